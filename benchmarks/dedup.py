@@ -1,0 +1,269 @@
+"""Near-dedup benchmark: synthetic clinical records with planted duplicates, at 100k / 1M / 2.5M.
+
+Records are built from clinical sentence templates with random findings, so distinct records are
+similar in the way real synthetic notes are (same sections, same phrasing, different patients);
+a known share of records are planted copies of another with paraphrase-level word edits, reordered
+sentences and/or changed case and punctuation. The script measures ``mediflow.quality.dedup``
+(wall time, peak RSS of a fresh child process that reads the Parquet and dedups it, pairwise
+precision and recall against the planted clusters) and a naive all-pairs ``rapidfuzz`` baseline on
+small sizes, extrapolated quadratically.
+
+    python benchmarks/dedup.py --sizes 100000 1000000 --baseline 2000 5000 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+AGES = list(range(18, 96))
+SEXES = ["male", "female", "man", "woman"]
+COMPLAINTS = ["chest pain", "shortness of breath", "abdominal pain", "fever and chills", "headache", "syncope", "palpitations",
+              "cough", "back pain", "dizziness", "nausea and vomiting", "leg swelling", "confusion", "weakness", "rash",
+              "dysuria", "hematuria", "melena", "hemoptysis", "joint pain", "weight loss", "fatigue", "seizure", "vision loss"]
+HISTORY = ["hypertension", "type 2 diabetes mellitus", "chronic kidney disease stage 3a", "atrial fibrillation", "COPD", "asthma",
+           "coronary artery disease", "heart failure with reduced ejection fraction", "hypothyroidism", "obesity", "depression",
+           "prior stroke", "hyperlipidemia", "GERD", "osteoarthritis", "cirrhosis", "HIV on antiretroviral therapy",
+           "rheumatoid arthritis", "sleep apnea", "peripheral artery disease", "breast cancer in remission", "gout", "anemia"]
+DRUGS = ["metformin", "lisinopril", "atorvastatin", "apixaban", "warfarin", "furosemide", "metoprolol", "insulin glargine",
+         "levothyroxine", "amlodipine", "sertraline", "omeprazole", "albuterol", "prednisone", "ceftriaxone", "vancomycin",
+         "piperacillin-tazobactam", "heparin", "aspirin", "clopidogrel", "spironolactone", "gabapentin", "tramadol", "allopurinol"]
+FINDINGS = ["bibasilar crackles", "a grade 2/6 systolic murmur", "right lower quadrant tenderness", "pitting edema to the knees",
+            "decreased breath sounds at the left base", "jugular venous distension", "a petechial rash on the lower legs",
+            "left-sided facial droop", "guarding without rebound", "an irregularly irregular rhythm", "scleral icterus",
+            "diffuse wheezing", "costovertebral angle tenderness", "a tender, warm right calf", "nuchal rigidity",
+            "dry mucous membranes", "an S3 gallop", "hepatomegaly", "clubbing", "a pulsatile abdominal mass"]
+LABS = ["troponin", "creatinine", "potassium", "sodium", "hemoglobin", "white cell count", "lactate", "BNP", "lipase", "INR",
+        "glucose", "ALT", "bilirubin", "procalcitonin", "D-dimer", "TSH", "albumin", "platelets"]
+IMAGING = ["chest X-ray", "CT of the abdomen", "CT angiogram of the chest", "renal ultrasound", "echocardiogram", "MRI of the brain",
+           "CT head without contrast", "right upper quadrant ultrasound", "lower extremity duplex", "abdominal X-ray"]
+IMAGING_RESULTS = ["a right lower lobe consolidation", "no acute abnormality", "a small left pleural effusion", "dilated loops of small bowel",
+                   "an ejection fraction of 30 percent", "an acute infarct in the left MCA territory", "gallstones with wall thickening",
+                   "a segmental pulmonary embolism", "moderate hydronephrosis", "a deep vein thrombosis in the popliteal vein",
+                   "free air under the diaphragm", "cardiomegaly with vascular congestion"]
+DIAGNOSES = ["community-acquired pneumonia", "acute decompensated heart failure", "acute appendicitis", "sepsis of urinary source",
+             "non-ST elevation myocardial infarction", "diabetic ketoacidosis", "acute ischemic stroke", "acute cholecystitis",
+             "pulmonary embolism", "acute kidney injury", "small bowel obstruction", "COPD exacerbation", "cellulitis",
+             "upper gastrointestinal bleed", "acute pancreatitis", "pyelonephritis", "new-onset atrial fibrillation"]
+SERVICES = ["medicine", "cardiology", "general surgery", "the intensive care unit", "neurology", "the step-down unit", "nephrology"]
+TIMES = ["two hours", "three days", "one week", "since this morning", "two weeks", "several months", "24 hours", "five days"]
+
+SENTENCES = [
+    "The patient is a {age}-year-old {sex} who presents with {complaint} for {time}.",
+    "{age}-year-old {sex} with a history of {hx} and {hx2} presenting with {complaint}.",
+    "Past medical history is notable for {hx}, {hx2} and {hx3}.",
+    "Home medications include {drug}, {drug2} and {drug3}.",
+    "She reports that the {complaint} started {time} ago and has been getting worse.",
+    "He denies {complaint2} but endorses {complaint3}.",
+    "On examination there was {finding} and {finding2}.",
+    "Vital signs: temperature {temp} C, heart rate {hr}, blood pressure {sbp}/{dbp}, oxygen saturation {spo2} percent on room air.",
+    "Laboratory studies showed a {lab} of {val} and a {lab2} of {val2}.",
+    "The {lab} was elevated at {val} and trended to {val2} on repeat testing.",
+    "A {imaging} demonstrated {imaging_result}.",
+    "{imaging} was obtained and showed {imaging_result}.",
+    "The working diagnosis is {dx}, with {dx2} also considered.",
+    "Assessment: {dx} in the setting of {hx}.",
+    "Plan: start {drug} {dose} mg daily, hold {drug2}, and repeat the {lab} in the morning.",
+    "She was admitted to {service} for further management of {dx}.",
+    "He was treated with intravenous {drug} and {drug2} with improvement in {complaint}.",
+    "Consults were placed to {service} given concern for {dx2}.",
+    "The family was updated at the bedside and agrees with the plan.",
+    "Follow up with the primary care physician in {days} days with a repeat {lab}.",
+    "Code status was confirmed as full code.",
+    "On day {day} of admission the patient developed {complaint2} and a {imaging} was repeated.",
+    "Discharge medications: {drug} {dose} mg twice daily and {drug2} as needed.",
+    "The patient was counseled on {hx} management and warning signs of {dx}.",
+]
+INSTRUCTIONS = [
+    "Summarize the key findings of this {doc} for the {service} team.",
+    "List the active problems documented in this {doc} with their status.",
+    "Extract every medication with dose and frequency from this {doc} as JSON.",
+    "Answer: what is the most likely diagnosis in this {doc}, and why?",
+    "Assign the ICD-10-CM codes supported by this {doc}.",
+    "Identify any factual errors in this {doc} and correct them.",
+    "Write a short handover note from this {doc} for the night team.",
+    "Which laboratory results in this {doc} are abnormal? Explain their significance.",
+]
+DOCS = ["discharge summary", "admission note", "progress note", "emergency department note", "consult note"]
+TASKS = ["summarization", "problem_list", "medication_extraction", "clinical_qa", "coding", "error_correction", "handover", "lab_interpretation"]
+SYNONYMS = {"patient": "pt", "presents": "presented", "history": "hx", "started": "began", "worse": "worsening", "showed": "revealed",
+            "demonstrated": "showed", "admitted": "transferred", "treated": "managed", "improvement": "resolution", "denies": "reports no",
+            "elevated": "raised", "examination": "exam", "medications": "meds", "repeat": "follow-up", "daily": "once a day",
+            "notable": "significant", "further": "ongoing", "morning": "am", "family": "daughter"}
+
+
+def _fill(template: str, rng: random.Random) -> str:
+    values = {
+        "age": rng.choice(AGES), "sex": rng.choice(SEXES), "time": rng.choice(TIMES), "service": rng.choice(SERVICES),
+        "temp": f"{rng.uniform(36.0, 40.2):.1f}", "hr": rng.randint(48, 150), "sbp": rng.randint(80, 190), "dbp": rng.randint(40, 110),
+        "spo2": rng.randint(82, 100), "val": f"{rng.uniform(0.1, 300):.1f}", "val2": f"{rng.uniform(0.1, 300):.1f}",
+        "dose": rng.choice([2.5, 5, 10, 20, 25, 40, 50, 100, 500, 1000]), "days": rng.randint(2, 30), "day": rng.randint(2, 9),
+        "imaging": rng.choice(IMAGING), "imaging_result": rng.choice(IMAGING_RESULTS), "doc": rng.choice(DOCS),
+    }
+    for name, pool in (("complaint", COMPLAINTS), ("hx", HISTORY), ("drug", DRUGS), ("finding", FINDINGS), ("lab", LABS), ("dx", DIAGNOSES)):
+        picks = rng.sample(pool, 3)
+        values[name], values[f"{name}2"], values[f"{name}3"] = picks
+    return template.format(**values)
+
+
+def original(rng: random.Random) -> tuple[str, str, str]:
+    """A fresh (instruction, document, task) made from templates and random findings."""
+    sentences = [_fill(t, rng) for t in rng.sample(SENTENCES, rng.randint(7, 11))]
+    instruction_index = rng.randrange(len(INSTRUCTIONS))
+    return _fill(INSTRUCTIONS[instruction_index], rng), " ".join(sentences), TASKS[instruction_index]
+
+
+def perturb(instruction: str, document: str, rng: random.Random) -> tuple[str, str, str]:
+    """A planted near-duplicate: word edits, reordered sentences and/or surface changes; returns the kind too."""
+    kind = rng.choice(["edit", "reorder", "surface", "edit+reorder"])
+    sentences = document.split(". ")
+    if "reorder" in kind:
+        rng.shuffle(sentences)
+    document = ". ".join(sentences)
+    if "edit" in kind:
+        words = document.split(" ")
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(words))
+            key = words[i].strip(".,:").lower()
+            if key in SYNONYMS:
+                words[i] = SYNONYMS[key]
+            elif rng.random() < 0.5:
+                del words[i]
+            else:
+                words[i] = words[i][:-1] if len(words[i]) > 3 else words[i]
+        document = " ".join(words)
+    if kind == "surface":
+        document = document.upper() if rng.random() < 0.3 else document.replace(",", "").replace(".", " .")
+        instruction = instruction.lower()
+    return instruction, document, kind
+
+
+def synthetic(n: int, duplicate_share: float, seed: int) -> tuple[pa.Table, np.ndarray]:
+    """``n`` records and their planted cluster label (records of one planted cluster share a label)."""
+    rng = random.Random(seed)
+    instructions, documents, tasks, clusters = [], [], [], []
+    label = 0
+    while len(instructions) < n:
+        instruction, document, task = original(rng)
+        copies = rng.choice([1, 1, 1, 2, 3]) if rng.random() < duplicate_share / (1 - duplicate_share) / 1.6 else 0
+        for variant in range(1 + copies):
+            if len(instructions) == n:
+                break
+            if variant:
+                instruction_v, document_v, _ = perturb(instruction, document, rng)
+            else:
+                instruction_v, document_v = instruction, document
+            instructions.append(instruction_v)
+            documents.append(document_v)
+            tasks.append(task)
+            clusters.append(label)
+        label += 1
+    ids = [f"r{i:08d}" for i in range(n)]
+    order = list(range(n))
+    rng.shuffle(order)  # planted copies are not next to their original
+    table = pa.table({"id": ids, "instruction": instructions, "input": documents, "task_type": tasks}).take(pa.array(order))
+    return table, np.asarray(clusters, np.int64)[order]
+
+
+def pair_scores(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
+    """Pairwise precision and recall of predicted clusters against planted ones."""
+
+    def pairs(sizes: np.ndarray) -> int:
+        return int((sizes * (sizes - 1) // 2).sum())
+
+    _, truth_sizes = np.unique(truth, return_counts=True)
+    _, predicted_sizes = np.unique(predicted, return_counts=True)
+    joint = truth.astype(np.int64) * (int(predicted.max()) + 1) + predicted
+    _, joint_sizes = np.unique(joint, return_counts=True)
+    together, planted, found = pairs(joint_sizes), pairs(truth_sizes), pairs(predicted_sizes)
+    return (together / found if found else 1.0), (together / planted if planted else 1.0)
+
+
+def measure_child(data: Path, config_json: str) -> None:
+    """In a fresh process: read the Parquet, dedup, print timings and cluster labels' quality as JSON."""
+    from mediflow.quality.config import DedupConfig
+    from mediflow.quality.dedup import find_duplicates
+
+    start = time.perf_counter()
+    table = pq.read_table(data / "records.parquet", columns=["id", "instruction", "input", "task_type"])
+    read_s = time.perf_counter() - start
+    result = find_duplicates(table, DedupConfig(**json.loads(config_json)))
+    total_s = time.perf_counter() - start
+    truth = np.load(data / "clusters.npy")
+    precision, recall = pair_scores(truth, result.keeper)
+    print(json.dumps({
+        "records": table.num_rows, "read_s": round(read_s, 1), "total_s": round(total_s, 1),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
+        "precision": round(precision, 4), "recall": round(recall, 4), "dropped": int(result.drop.sum()),
+        "planted_dropped": int(len(truth) - len(np.unique(truth))), **{k: v for k, v in result.details.items() if isinstance(v, dict)},
+    }))
+
+
+def baseline(size: int, threshold: float, seed: int) -> dict[str, float]:
+    """All-pairs rapidfuzz (``cdist`` on all cores) + components: exact but quadratic."""
+    from rapidfuzz import fuzz, process
+
+    from mediflow.quality.components import component_labels
+    from mediflow.quality.dedup import key_text
+    from mediflow.quality.text import normalize_column
+
+    table, truth = synthetic(size, 0.1, seed)
+    texts = normalize_column(key_text(table, "pair")).to_pylist()
+    start = time.perf_counter()
+    matrix = process.cdist(texts, texts, scorer=fuzz.token_sort_ratio, score_cutoff=threshold * 100, dtype=np.uint8, workers=-1)
+    left, right = np.nonzero(np.triu(matrix, 1))
+    labels = component_labels(size, np.stack([left, right], axis=1))
+    elapsed = time.perf_counter() - start
+    precision, recall = pair_scores(truth, labels)
+    return {"records": size, "total_s": round(elapsed, 2), "precision": round(precision, 4), "recall": round(recall, 4)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[100_000], help="record counts for mediflow's dedup")
+    parser.add_argument("--baseline", type=int, nargs="*", default=[2_000, 5_000, 10_000], help="record counts for the all-pairs baseline")
+    parser.add_argument("--duplicate-share", type=float, default=0.1, help="share of records that are planted copies")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--config", default="{}", help="DedupConfig overrides as JSON, e.g. '{\"num_perm\": 128, \"bands\": 32}'")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        measure_child(args.child, args.config)
+        return
+    config = {"scope": "across_tasks", **json.loads(args.config)}
+    baseline_rows = [baseline(size, config.get("threshold", 0.85), args.seed) for size in args.baseline]
+    for row in baseline_rows:
+        print("baseline all-pairs rapidfuzz", json.dumps(row), flush=True)
+    if len(baseline_rows) >= 2:
+        a, b = baseline_rows[-2], baseline_rows[-1]
+        exponent = np.log(b["total_s"] / a["total_s"]) / np.log(b["records"] / a["records"])
+        print(f"baseline growth exponent {exponent:.2f}; extrapolated (x^2 from {b['records']}): "
+              + ", ".join(f"{s}: {b['total_s'] * (s / b['records']) ** 2 / 3600:.1f} h" for s in (100_000, 1_000_000, 2_500_000)), flush=True)
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory(prefix="mediflow-dedup-bench-") as folder:
+            start = time.perf_counter()
+            table, clusters = synthetic(size, args.duplicate_share, args.seed)
+            pq.write_table(table, Path(folder) / "records.parquet")
+            np.save(Path(folder) / "clusters.npy", clusters)
+            del table
+            print(f"generated {size} records in {time.perf_counter() - start:.0f} s", flush=True)
+            child = subprocess.run([sys.executable, __file__, "--child", folder, "--config", json.dumps(config)], capture_output=True, text=True)
+            if child.returncode:
+                print(child.stderr, file=sys.stderr)
+                raise SystemExit(child.returncode)
+            print("mediflow dedup", child.stdout.strip(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

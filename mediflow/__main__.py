@@ -1,0 +1,7 @@
+"""``python -m mediflow`` is the same as the ``mediflow`` command."""
+
+import sys
+
+from mediflow.cli import main
+
+sys.exit(main())

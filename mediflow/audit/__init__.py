@@ -1,0 +1,55 @@
+"""Audit a MediFlow output folder before anyone trains on it: checks, plots, one HTML report.
+
+Each check takes an :class:`OutputFolder` and returns a :class:`CheckResult` (tables, headline
+numbers, a matplotlib figure where plotted); :func:`run_audit` runs them all and
+:func:`write_html` writes the self-contained report that ``mediflow audit IN --html FILE`` produces.
+The notebook ``examples/audit.ipynb`` calls the same functions one section at a time.
+"""
+
+from __future__ import annotations
+
+from mediflow.audit.coverage import coverage
+from mediflow.audit.duplicates import near_duplicates
+from mediflow.audit.folder import OutputFolder
+from mediflow.audit.funnel import funnel
+from mediflow.audit.html_report import render_html, write_html
+from mediflow.audit.icd_codes import icd_codes
+from mediflow.audit.json_validity import json_validity
+from mediflow.audit.judge_scores import judge_scores
+from mediflow.audit.lengths import lengths
+from mediflow.audit.ngrams import ngrams
+from mediflow.audit.plan import planned_cells
+from mediflow.audit.report import (
+    AuditReport,
+    coverage_with_plan,
+    icd_codes_with_terminology,
+    json_validity_with_taxonomy,
+    load_taxonomy_or_none,
+    run_audit,
+)
+from mediflow.audit.result import CheckResult
+from mediflow.audit.samples import sample_cells, samples
+
+__all__ = [
+    "AuditReport",
+    "CheckResult",
+    "OutputFolder",
+    "coverage",
+    "coverage_with_plan",
+    "funnel",
+    "icd_codes",
+    "icd_codes_with_terminology",
+    "json_validity",
+    "json_validity_with_taxonomy",
+    "judge_scores",
+    "lengths",
+    "load_taxonomy_or_none",
+    "near_duplicates",
+    "ngrams",
+    "planned_cells",
+    "render_html",
+    "run_audit",
+    "sample_cells",
+    "samples",
+    "write_html",
+]

@@ -1,0 +1,60 @@
+"""What the run meant to produce: planned records per (task, document type) cell.
+
+The best source is the run's own plan, rebuilt from the config in its manifest with the same
+:func:`mediflow.pipeline.plan.build_plan` that ``generate`` used (exact, even for a run stopped
+halfway). Failing that, the manifest's per-cell counts (records + rejects of finished shards), and
+failing that, the taxonomy's compatible cells (planned, count unknown).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import pandas as pd
+
+from mediflow.audit.folder import OutputFolder
+from mediflow.errors import MediflowError
+
+CELL = ["task_type", "input_data"]
+
+
+def planned_cells(folder: OutputFolder, taxonomy: Any | None) -> tuple[pd.DataFrame | None, str]:
+    """Planned records per cell (columns task_type, input_data, planned) and where that came from."""
+    config = folder.manifest.get("config")
+    if isinstance(config, dict) and taxonomy is not None:
+        try:
+            return _from_config(config, taxonomy), "the run's plan (rebuilt from the manifest's config)"
+        except (MediflowError, ImportError, KeyError, TypeError, ValueError):
+            pass  # a config from another version: fall back to the counts
+    cells = folder.manifest.get("counts", {}).get("cells") if isinstance(folder.manifest.get("counts"), dict) else None
+    if isinstance(cells, dict) and cells:
+        return _from_cell_counts(cells), "the manifest's per-cell counts (finished shards)"
+    if taxonomy is not None:
+        frame = pd.DataFrame(taxonomy.cells(), columns=CELL).assign(planned=float("nan"))
+        return frame, "the taxonomy's compatible cells"
+    return None, "no manifest plan and no taxonomy"
+
+
+def _from_config(config: dict[str, Any], taxonomy: Any) -> pd.DataFrame:
+    from mediflow.config import load_config
+    from mediflow.pipeline.plan import build_plan
+    from mediflow.taxonomy import load_taxonomy
+
+    run_config = load_config(json.loads(json.dumps(config)))
+    if run_config.taxonomy:
+        taxonomy = load_taxonomy(run_config.taxonomy)
+    counts = Counter((item.task, item.document_type) for item in build_plan(run_config, taxonomy).items)
+    return pd.DataFrame([(task, doc, n) for (task, doc), n in counts.items()], columns=[*CELL, "planned"])
+
+
+def _from_cell_counts(cells: dict[str, Any]) -> pd.DataFrame:
+    """Cells are named task/document_type/difficulty/format; sum records + rejects over the last two."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for name, tally in cells.items():
+        task, _, rest = str(name).partition("/")
+        document_type = rest.partition("/")[0]
+        if isinstance(tally, dict):
+            counts[(task, document_type)] += int(tally.get("records", 0)) + int(tally.get("rejects", 0))
+    return pd.DataFrame([(t, d, n) for (t, d), n in counts.items()], columns=[*CELL, "planned"])

@@ -1,0 +1,139 @@
+"""``run_audit``: every check on one output folder, as one :class:`AuditReport`.
+
+The taxonomy (schemas, coding tasks, compatible cells) and the ICD-10-CM table are looked up
+here, once, and handed to the checks as plain data; a check whose input is missing (no judge
+columns, no rejects, no taxonomy) becomes a "not available" section rather than an error, so an
+audit of any MediFlow-shaped folder always completes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mediflow.audit.coverage import coverage
+from mediflow.audit.duplicates import near_duplicates
+from mediflow.audit.folder import OutputFolder
+from mediflow.audit.funnel import funnel
+from mediflow.audit.icd_codes import TITLE as ICD_TITLE
+from mediflow.audit.icd_codes import icd_codes
+from mediflow.audit.json_validity import json_validity
+from mediflow.audit.judge_scores import judge_scores
+from mediflow.audit.lengths import lengths
+from mediflow.audit.ngrams import ngrams
+from mediflow.audit.plan import planned_cells
+from mediflow.audit.result import CheckResult
+from mediflow.audit.samples import sample_cells
+from mediflow.errors import MediflowError
+
+
+@dataclass
+class AuditReport:
+    """The sections of one audit, in report order, with the folder they describe."""
+
+    path: Path
+    records: int
+    sections: list[CheckResult]
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def section(self, key: str) -> CheckResult:
+        """The section named ``key`` (coverage, lengths, judge_scores, funnel, json_validity, ...)."""
+        for section in self.sections:
+            if section.key == key:
+                return section
+        raise MediflowError(f"no audit section '{key}'; sections: {', '.join(s.key for s in self.sections)}")
+
+    def summary(self) -> str:
+        """One line per section: what the CLI prints."""
+        lines = [f"audit of {self.path}: {self.records} records"]
+        lines += [f"  {s.title}: {s.summary}" for s in self.sections]
+        return "\n".join(lines)
+
+
+def load_taxonomy_or_none(path: str | Path | None = None) -> Any | None:
+    """The taxonomy (built-in, or ``path`` merged over it); None when it cannot be loaded, so checks degrade."""
+    try:
+        from mediflow.taxonomy import load_taxonomy
+
+        return load_taxonomy(Path(path) if path else None)
+    except (ImportError, MediflowError):
+        return None
+
+
+def task_schemas(taxonomy: Any | None) -> dict[str, Any]:
+    """Task name -> its JSON output schema."""
+    if taxonomy is None:
+        return {}
+    return {name: task.output_schema for name, task in taxonomy.tasks.items() if task.output_schema}
+
+
+def coding_tasks(taxonomy: Any | None) -> list[str]:
+    """Tasks whose answers carry ICD-10 codes: their output schema says so (data, not a hard-coded name)."""
+    return [name for name, schema in task_schemas(taxonomy).items() if "ICD-10" in json.dumps(schema)]
+
+
+def icd_lookups() -> tuple[Callable[[str], bool], Callable[[str], bool]] | None:
+    """``(is_valid, is_billable)`` from :mod:`mediflow.terminology`, or None when it is unavailable."""
+    try:
+        from mediflow.terminology import is_billable, is_valid
+    except ImportError:
+        return None
+    return is_valid, is_billable
+
+
+def run_audit(
+    path: str | Path,
+    *,
+    taxonomy: Any | None = None,
+    sample_size: int = 20_000,
+    duplicate_sample: int = 600,
+    sample_cells_shown: int = 12,
+) -> AuditReport:
+    """Run every check on the output folder ``path``.
+
+    ``taxonomy`` defaults to the run's own (from its manifest config) or the built-in one;
+    ``sample_size`` bounds the n-gram check, ``duplicate_sample`` the all-pairs near-duplicate
+    check (distinct texts per field), ``sample_cells_shown`` the sample viewer.
+    """
+    folder = OutputFolder.open(path)
+    if taxonomy is None:
+        config = folder.manifest.get("config")
+        taxonomy = load_taxonomy_or_none(config.get("taxonomy") if isinstance(config, dict) else None)
+    sections = [
+        coverage_with_plan(folder, taxonomy),
+        lengths(folder),
+        judge_scores(folder),
+        funnel(folder),
+        json_validity_with_taxonomy(folder, taxonomy),
+        icd_codes_with_terminology(folder, taxonomy),
+        ngrams(folder, sample_size=sample_size),
+        near_duplicates(folder, sample_size=duplicate_sample),
+        sample_cells(folder, max_cells=sample_cells_shown),
+    ]
+    return AuditReport(path=folder.path, records=len(folder.frame), sections=sections)
+
+
+def coverage_with_plan(folder: OutputFolder, taxonomy: Any | None) -> CheckResult:
+    """The coverage check against the best plan available (see :mod:`mediflow.audit.plan`)."""
+    planned, source = planned_cells(folder, taxonomy)
+    result = coverage(folder, planned)
+    result.summary += f" (plan: {source})"
+    result.numbers["plan_source"] = source
+    return result
+
+
+def json_validity_with_taxonomy(folder: OutputFolder, taxonomy: Any | None) -> CheckResult:
+    """The JSON check with the taxonomy's task schemas (outputs still parse-checked without one)."""
+    return json_validity(folder, task_schemas(taxonomy))
+
+
+def icd_codes_with_terminology(folder: OutputFolder, taxonomy: Any | None) -> CheckResult:
+    """The ICD-10-CM check with the taxonomy's coding tasks and the real code table."""
+    lookups = icd_lookups()
+    if lookups is None:
+        return CheckResult.not_available("icd_codes", ICD_TITLE, "mediflow.terminology (the ICD-10-CM table) is not importable")
+    return icd_codes(folder, coding_tasks(taxonomy), *lookups)

@@ -1,0 +1,70 @@
+"""The ``mediflow`` command line: thin argument parsing over the library.
+
+Each command group lives in its own module under ``mediflow.cli`` and exposes
+``register(subparsers)``; the handler it installs returns an exit status. User errors
+(:class:`mediflow.errors.MediflowError`) print one ``error: ...`` line and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from mediflow import __version__
+from mediflow.cli import (
+    audit_cmd,
+    export_cmd,
+    generate_cmd,
+    merge_cmd,
+    pairs_cmd,
+    quality_cmd,
+    taxonomy_cmd,
+    train_cmd,
+)
+from mediflow.errors import MediflowError
+
+_COMMAND_MODULES = (
+    taxonomy_cmd,
+    generate_cmd,
+    quality_cmd,
+    pairs_cmd,
+    export_cmd,
+    audit_cmd,
+    train_cmd,
+    merge_cmd,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser, one sub-command per pipeline stage."""
+    parser = argparse.ArgumentParser(
+        prog="mediflow",
+        description="Synthetic clinical instruction data with a teacher LLM, and small clinical models trained on it.",
+    )
+    parser.add_argument("--version", action="version", version=f"mediflow {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _COMMAND_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mediflow`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except MediflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: everything finished so far is saved; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""`mediflow merge` sub-command(s). (Owned by the merge stage; filled in by its issue.)"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add this module's sub-commands to the top-level parser."""

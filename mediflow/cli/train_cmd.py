@@ -1,0 +1,75 @@
+"""``mediflow train qa|pit|sft|dpo|eval --config X.yaml [--set section.key=value ...]``.
+
+Thin: parse, load the validated stage config, call :mod:`mediflow.train`. Under several GPUs the
+same command runs through ``accelerate launch -m mediflow train ...`` (see ``docs/training.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+_STAGE_HELP = {
+    "qa": "generate PIT task data (QA, summaries, entities, relations) from documents with the teacher",
+    "pit": "pre-instruction-tune an expert: task data first, then task data + documents",
+    "sft": "supervised fine-tuning on MediFlow records (loss on the assistant turns)",
+    "dpo": "direct preference optimisation on prompt/chosen/rejected pairs",
+    "eval": "perplexity per document domain and EM / JSON validity / field F1 per task",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``mediflow train`` and its stage sub-commands."""
+    train = subparsers.add_parser("train", help="train small clinical models on MediFlow data (needs the 'train' extra)")
+    stages = train.add_subparsers(dest="stage", metavar="STAGE")
+    for stage, help_text in _STAGE_HELP.items():
+        parser = stages.add_parser(stage, help=help_text, description=help_text)
+        parser.add_argument("--config", type=Path, required=stage != "eval", help="the stage's YAML config")
+        parser.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override one config value (YAML-parsed), e.g. --set train.max_steps=10; repeatable",
+        )
+        if stage == "eval":
+            parser.add_argument("--compare", type=Path, nargs="+", metavar="REPORT", help="print saved eval reports side by side")
+        parser.set_defaults(handler=_run)
+    train.set_defaults(handler=lambda args: train.print_help() or 2)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mediflow.errors import ConfigError
+
+    if args.stage == "eval" and args.compare:
+        from mediflow.train.eval import compare_reports
+
+        print(compare_reports(args.compare))
+        return 0
+    if args.config is None:
+        raise ConfigError(f"mediflow train {args.stage}: --config is required")
+    from mediflow.train.config import load_config
+
+    config = load_config(args.config, args.stage, args.overrides)
+    if args.stage == "qa":
+        from mediflow.train.qa import generate_task_data
+
+        generate_task_data(config)
+    elif args.stage == "pit":
+        from mediflow.train.pit import run_pit
+
+        print(f"expert: {run_pit(config)}")
+    elif args.stage == "sft":
+        from mediflow.train.align import run_sft
+
+        print(f"model: {run_sft(config)}")
+    elif args.stage == "dpo":
+        from mediflow.train.align import run_dpo
+
+        print(f"model: {run_dpo(config)}")
+    else:
+        from mediflow.train.eval import run_eval
+
+        run_eval(config)
+    return 0

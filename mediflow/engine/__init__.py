@@ -1,0 +1,11 @@
+"""Moves requests to a teacher: cache, limits (buckets, AIMD), retries, error breaker, accounting, progress.
+
+It knows nothing about clinical content; see ``docs/engine.md``.
+"""
+
+from mediflow.engine.accounting import PRICES_PER_1K, EngineStats
+from mediflow.engine.cache import ResponseCache, cache_key
+from mediflow.engine.config import EngineConfig
+from mediflow.engine.engine import CircuitOpenError, Engine
+
+__all__ = ["CircuitOpenError", "Engine", "EngineConfig", "EngineStats", "PRICES_PER_1K", "ResponseCache", "cache_key"]

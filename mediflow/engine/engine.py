@@ -1,0 +1,296 @@
+"""The engine: cache -> limits -> retries -> teacher, one request at a time, many at once.
+
+``await engine.complete(request)`` is the whole interface. Requests stream through independently
+(no batches, no barriers: a slow answer never holds back the next request); each answer is
+written to the cache before ``complete`` returns, so a crash loses only what was in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from pathlib import Path
+from types import TracebackType
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from mediflow.engine.accounting import EngineStats, price_per_1k
+from mediflow.engine.breaker import ErrorRateBreaker
+from mediflow.engine.cache import ResponseCache, cache_key
+from mediflow.engine.config import EngineConfig
+from mediflow.engine.failures import Failure, TruncatedAnswer, classify
+from mediflow.engine.limits import AdaptiveLimit, RateLimitHeaders, TokenBucket
+from mediflow.engine.progress import Activity, Progress
+from mediflow.errors import TeacherError
+from mediflow.teachers.base import ChatRequest, ChatResponse, Teacher
+
+#: Characters per token, for reserving tokens-per-minute before the server counts them.
+_CHARS_PER_TOKEN = 4
+
+
+class CircuitOpenError(TeacherError):
+    """The engine stopped: the teacher failed too often (or refused our credentials). Cached work is kept."""
+
+
+class _AttemptFailed(Exception):
+    """One attempt failed; carries the classification (and the answer, for truncated ones)."""
+
+    def __init__(self, failure: Failure, response: ChatResponse | None = None) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+        self.response = response
+
+
+class Engine:
+    """Moves requests to one teacher under limits, with retries, a durable cache and accounting.
+
+    The caller owns the teacher (the engine does not close it). Use as ``async with``.
+    """
+
+    def __init__(self, teacher: Teacher, cache_path: Path, config: EngineConfig | None = None) -> None:
+        self.teacher = teacher
+        self.config = config or EngineConfig()
+        self.cache_path = Path(cache_path)
+        self.stats = EngineStats()
+        teacher_cap = getattr(teacher, "max_concurrency", None)
+        self.limit = AdaptiveLimit(
+            min(self.config.concurrency, teacher_cap or self.config.concurrency),
+            adaptive=self.config.adaptive,
+            latency_tolerance=self.config.latency_tolerance,
+            latency_floor=self.config.latency_floor,
+        )
+        self.request_bucket = TokenBucket(self.config.rpm)
+        self.token_bucket = TokenBucket(self.config.tpm)
+        self.progress = Progress(
+            self.stats, self._activity, enabled=self.config.progress, request_timeout=self.config.request_timeout
+        )
+        self._breaker = ErrorRateBreaker(
+            self.config.error_rate_threshold, self.config.error_window, self.config.error_min_samples
+        )
+        self._cache: ResponseCache | None = None
+        self._stop_reason: str | None = None
+        self._pending: dict[str, asyncio.Future[ChatResponse]] = {}
+        self._in_flight: dict[int, float] = {}
+        self._attempt_ids = itertools.count()
+        self._backing_off = 0
+        self._queued = 0
+        self._last_answer = time.monotonic()
+        self._prices: dict[str, tuple[float, float] | None] = {}
+        self._where = getattr(teacher, "describe", lambda: teacher.name)()
+        self._backoff = wait_random_exponential(multiplier=self.config.backoff_initial, max=self.config.backoff_max)
+
+    async def __aenter__(self) -> Engine:
+        self._cache = ResponseCache(self.cache_path)
+        self.progress.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.progress.stop()
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+    @property
+    def stopped(self) -> bool:
+        """True once the breaker tripped; every later ``complete`` raises :class:`CircuitOpenError`."""
+        return self._stop_reason is not None
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        """The teacher's answer to ``request``: from the cache, or fetched under limits and retries, then cached.
+
+        Raises :class:`TeacherError` when the request still fails after its retries (or is not
+        retryable, e.g. HTTP 400), and :class:`CircuitOpenError` once the engine has stopped.
+        A JSON answer still truncated after the retries is returned (``finish_reason == "length"``)
+        for the caller to reject with its reason.
+        """
+        if self._cache is None:
+            raise RuntimeError("use the engine inside 'async with Engine(...)'")
+        self._raise_if_stopped()
+        key = cache_key(self.teacher.name, request)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self.stats.requests += 1
+            self.stats.cache_hits += 1
+            self._advance_progress()
+            return cached
+        pending = self._pending.get(key)
+        if pending is not None:  # the same request is already in flight: share its answer
+            return await asyncio.shield(pending)
+        future: asyncio.Future[ChatResponse] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            response = await self._fetch(key, request)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: sharing waiters, if any, re-raise it
+            raise
+        else:
+            future.set_result(response)
+            return response
+        finally:
+            del self._pending[key]
+
+    def cost_usd(self, response: ChatResponse) -> float | None:
+        """What ``response`` cost (also for cached answers: what it cost when fetched); None if unpriced."""
+        price = self._price(response.model)
+        if price is None:
+            return None
+        return (response.prompt_tokens * price[0] + response.completion_tokens * price[1]) / 1000.0
+
+    async def _fetch(self, key: str, request: ChatRequest) -> ChatResponse:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.config.max_retries + 1),
+            wait=self._wait_before_retry,
+            retry=retry_if_exception(self._worth_retrying),
+            sleep=self._sleep_in_backoff,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    response = await self._attempt(request)
+        except _AttemptFailed as failed:
+            self._raise_if_stopped()
+            if failed.response is None:
+                self.stats.failed_requests += 1
+                attempts = retrying.statistics.get("attempt_number", 1)
+                raise TeacherError(
+                    f"teacher at {self._where}: request failed after {attempts} attempt(s): {failed.failure.message}"
+                ) from None
+            response = failed.response  # truncated every time: hand it over, the caller rejects it
+        self._store(key, response)
+        return response
+
+    async def _attempt(self, request: ChatRequest) -> ChatResponse:
+        reserved = _estimate_tokens(request)
+        self._queued += 1
+        try:
+            await self.request_bucket.acquire(1)
+            await self.token_bucket.acquire(reserved)
+            started = await self.limit.acquire()
+        finally:
+            self._queued -= 1
+        attempt_id = next(self._attempt_ids)
+        self._in_flight[attempt_id] = started
+        self.stats.attempts += 1
+        try:
+            self._raise_if_stopped()
+            async with asyncio.timeout(self.config.request_timeout):
+                response = await self.teacher.complete(request)
+        except CircuitOpenError:
+            raise
+        except Exception as exc:
+            failure = classify(exc)
+            self._on_failure(failure, started)
+            raise _AttemptFailed(failure) from exc
+        finally:
+            del self._in_flight[attempt_id]
+            self.limit.release()
+        latency = time.monotonic() - started
+        self.stats.record_latency(latency)
+        self.limit.on_success(started, latency)
+        self.token_bucket.refund(reserved - response.prompt_tokens - response.completion_tokens)
+        if response.headers:
+            self._observe_rate_limits(response)
+        if request.response_schema is not None and response.finish_reason == "length":
+            failure = classify(TruncatedAnswer(f"JSON answer cut at max_tokens={request.max_tokens}"))
+            self._on_failure(failure, started)
+            raise _AttemptFailed(failure, response)
+        self._breaker.record(False)
+        return response
+
+    def _store(self, key: str, response: ChatResponse) -> None:
+        assert self._cache is not None
+        self._cache.put(key, self.teacher.name, response)
+        self._last_answer = time.monotonic()
+        self.stats.requests += 1
+        self.stats.prompt_tokens += response.prompt_tokens
+        self.stats.completion_tokens += response.completion_tokens
+        cost = self.cost_usd(response)
+        if cost is None:
+            self.stats.cost_known = False
+        else:
+            self.stats.cost_usd += cost
+        self._advance_progress()
+
+    def _on_failure(self, failure: Failure, started: float) -> None:
+        self.stats.errors[failure.kind] += 1
+        if failure.is_overload:
+            self.limit.on_overload(started)
+            return
+        self._breaker.record(True)
+        if failure.fatal:
+            self._stop(f"teacher at {self._where} refused the run ({failure.kind}): {failure.message}")
+        elif self._breaker.tripped:
+            self._stop(
+                f"teacher at {self._where} failing: {self._breaker.failure_rate:.0%} of the last "
+                f"{self._breaker.samples} requests failed; last error: {failure.message}"
+            )
+
+    def _stop(self, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason + " (answers received so far are cached; rerun to resume)"
+
+    def _raise_if_stopped(self) -> None:
+        if self._stop_reason is not None:
+            raise CircuitOpenError(self._stop_reason)
+
+    def _worth_retrying(self, exc: BaseException) -> bool:
+        return isinstance(exc, _AttemptFailed) and exc.failure.retryable and self._stop_reason is None
+
+    def _wait_before_retry(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _AttemptFailed) and exc.failure.retry_after is not None:
+            return max(0.0, exc.failure.retry_after) * random.uniform(1.0, 1.1)
+        return self._backoff(state)
+
+    async def _sleep_in_backoff(self, seconds: float) -> None:
+        self.stats.retries += 1
+        self._backing_off += 1
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self._backing_off -= 1
+
+    def _observe_rate_limits(self, response: ChatResponse) -> None:
+        limits = RateLimitHeaders(response.headers)
+        self.request_bucket.observe_server(
+            limits.limit_requests, limits.remaining_requests, user_limit=self.config.rpm
+        )
+        self.token_bucket.observe_server(limits.limit_tokens, limits.remaining_tokens, user_limit=self.config.tpm)
+
+    def _price(self, model: str) -> tuple[float, float] | None:
+        if model not in self._prices:
+            teacher_price = getattr(self.teacher, "price_per_1k", None)
+            if self.config.price_input_per_1k is None and self.config.price_output_per_1k is None and teacher_price:
+                self._prices[model] = teacher_price
+            else:
+                self._prices[model] = price_per_1k(
+                    model or getattr(self.teacher, "model", ""),
+                    self.config.price_input_per_1k,
+                    self.config.price_output_per_1k,
+                )
+        return self._prices[model]
+
+    def _advance_progress(self) -> None:
+        if self.progress.counts_requests:
+            self.progress.advance()
+
+    def _activity(self) -> Activity:
+        now = time.monotonic()
+        oldest = min(self._in_flight.values(), default=now)
+        return Activity(
+            in_flight=len(self._in_flight),
+            oldest_in_flight_s=now - oldest,
+            backing_off=self._backing_off,
+            queued=self._queued,
+            since_last_answer_s=now - self._last_answer,
+        )
+
+
+def _estimate_tokens(request: ChatRequest) -> int:
+    characters = sum(len(content) for _, content in request.messages)
+    return characters // _CHARS_PER_TOKEN + request.max_tokens

@@ -1,0 +1,83 @@
+"""Gather finished items (in whatever order they finish) into shards of fixed plan ranges.
+
+Records finish out of order: a slow request must not hold back the others. The collector keeps
+each unfinished range's rows in memory and commits the range as one shard the moment its last item
+finishes; memory is therefore bounded by the items in flight plus the ranges they span, whatever
+the run's size. A range finished by an earlier run is never recomputed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+from mediflow.pipeline.output import RunOutput
+
+
+class ShardCollector:
+    """Commits the plan range ``[i*S, (i+1)*S)`` as ``data/shard-i`` once all of its items are in."""
+
+    def __init__(self, output: RunOutput, plan_size: int, shard_size: int, finished: set[int]) -> None:
+        self.output = output
+        self.plan_size = plan_size
+        self.shard_size = shard_size
+        self.finished = set(finished)
+        self._pending: dict[int, dict[int, tuple[str, dict[str, Any]]]] = defaultdict(dict)
+        self.records = 0  # written by this session
+        self.rejects = 0
+
+    @property
+    def shard_count(self) -> int:
+        return -(-self.plan_size // self.shard_size)
+
+    def is_finished(self, position: int) -> bool:
+        """Whether the item at ``position`` is already in a committed shard."""
+        return position // self.shard_size in self.finished
+
+    def _expected(self, shard: int) -> int:
+        return min(self.shard_size, self.plan_size - shard * self.shard_size)
+
+    def add(self, position: int, kind: str, row: dict[str, Any]) -> None:
+        """Hand in one finished item (``kind`` is ``record`` or ``reject``); commits its shard when complete."""
+        shard = position // self.shard_size
+        if shard in self.finished:
+            return
+        bucket = self._pending[shard]
+        bucket[position] = (kind, row)
+        if len(bucket) == self._expected(shard):
+            self._commit(shard, bucket)
+
+    def _commit(self, shard: int, bucket: dict[int, tuple[str, dict[str, Any]]]) -> None:
+        ordered = [bucket[position] for position in sorted(bucket)]
+        rows = [row for kind, row in ordered if kind == "record"]
+        rejects = [row for kind, row in ordered if kind == "reject"]
+        self.output.write_shard(shard, rows, rejects, _summary(shard, rows, rejects))
+        self.finished.add(shard)
+        del self._pending[shard]
+        self.records += len(rows)
+        self.rejects += len(rejects)
+
+
+def _summary(shard: int, rows: list[dict[str, Any]], rejects: list[dict[str, Any]]) -> dict[str, Any]:
+    cells: dict[str, Counter[str]] = defaultdict(Counter)
+    usage: Counter[str] = Counter()
+    cost: float | None = None
+    for kind, group in (("records", rows), ("rejects", rejects)):
+        for row in group:
+            cell = row.get("cell") or "/".join(
+                (row["task_type"], row["input_data"], row["difficulty_level"], row["output_format"])
+            )
+            cells[cell][kind] += 1
+            usage["prompt_tokens"] += row["usage"]["prompt_tokens"]
+            usage["completion_tokens"] += row["usage"]["completion_tokens"]
+            if row["usage"]["cost_usd"] is not None:
+                cost = (cost or 0.0) + row["usage"]["cost_usd"]
+    failures = Counter(f"{row['stage']}: {row['reason']}" for row in rejects)
+    return {
+        "shard": shard,
+        "records": len(rows),
+        "rejects": len(rejects),
+        "cells": {cell: dict(counts) for cell, counts in sorted(cells.items())},
+        "usage": {**usage, "cost_usd": cost},
+        "failures": dict(failures),
+    }

@@ -1,0 +1,150 @@
+"""The three generation stages: render the messages, ask the engine, read the answer.
+
+Each stage is one small method. What to ask lives in ``prompts/`` (``document``, ``instruction``,
+``response_plain``, ``response_json``, ``correction``); how requests travel (limits, retries,
+cache) is the engine's business. Every request is fully determined by the plan item (its seed and
+index) and the config, so that a rerun produces byte-identical requests and the engine answers them
+from its cache.
+
+A stage returns a :class:`StageResult`: the text it produced, or the reason it failed and the raw
+answer, plus every teacher response it consumed (for the record's usage).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from mediflow import terminology
+from mediflow.config import RunConfig, SamplingConfig
+from mediflow.pipeline.plan import InstructionGroup, PlanItem
+from mediflow.pipeline.structured import CompletesChat, ask_json
+from mediflow.prompts import load_prompts
+from mediflow.teachers.base import ChatRequest, ChatResponse
+
+#: The templates a run renders, by stage.
+TEMPLATE_NAMES: tuple[str, ...] = ("document", "instruction", "response_plain", "response_json", "correction")
+#: Real codes handed to each document prompt: enough to ground it, few enough to stay plausible.
+_SEED_CONDITIONS = 2
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What one stage produced for one item (or group)."""
+
+    text: str | None  # the accepted text, None when the stage failed
+    raw_text: str = ""  # the teacher's last raw answer (kept for rejects)
+    error: str | None = None
+    responses: tuple[ChatResponse, ...] = field(default=())
+    corrections: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Stages:
+    """The stages of one run, bound to its engine, taxonomy, templates and config."""
+
+    def __init__(self, engine: CompletesChat, taxonomy: Any, config: RunConfig) -> None:
+        self.engine = engine
+        self.taxonomy = taxonomy
+        self.config = config
+        prompts = load_prompts(config.prompts)
+        self.templates = {name: prompts.get(name) for name in TEMPLATE_NAMES}
+        self._levels = {level.name: level for level in taxonomy.difficulty_levels}
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """Each template's version (a hash of its file), for the manifest and the cache keys."""
+        return {name: template.version for name, template in self.templates.items()}
+
+    def prompt_version(self, output_format: str) -> str:
+        """The versions of the templates one record's calls go through, joined: ``doc+instr+resp[+corr]``."""
+        response = "response_json" if output_format == "json" else "response_plain"
+        names = ["document", "instruction", response] + (["correction"] if output_format == "json" else [])
+        return "+".join(self.templates[name].version for name in names)
+
+    def _request(self, template: str, sampling: SamplingConfig, item: PlanItem, salt: int, **variables: Any) -> ChatRequest:
+        return ChatRequest(
+            messages=self.templates[template].render(**variables),
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            seed=(item.seed + salt) % (2**31),
+            sample_index=item.index,
+            prompt_version=self.templates[template].version,
+        )
+
+    @staticmethod
+    def _text_result(response: ChatResponse, what: str) -> StageResult:
+        text = response.text.strip()
+        if not text:
+            return StageResult(None, response.text, f"the teacher returned an empty {what}", (response,))
+        return StageResult(text, response.text, None, (response,))
+
+    @staticmethod
+    def seed_facts(item: PlanItem) -> list[str]:
+        """Real billable ICD-10-CM conditions drawn for this item (seeded by it), to ground the document.
+
+        Drug names are left to the teacher: the drug vocabulary takes ~7 s to load, per process.
+        """
+        codes = terminology.sample_billable_codes(_SEED_CONDITIONS, seed=item.seed)
+        return [f"{code.description} (ICD-10-CM {code.code})" for code in codes]
+
+    async def document(self, item: PlanItem) -> StageResult:
+        """A synthetic clinical document of the item's type, at the item's difficulty, for its task."""
+        document_type = self.taxonomy.document_types[item.document_type]
+        request = self._request(
+            "document",
+            self.config.sampling.document,
+            item,
+            0,
+            document_type=document_type,
+            category=self.taxonomy.categories[document_type.category],
+            difficulty=self._levels[item.difficulty],
+            seed_facts=self.seed_facts(item),
+            requirements=self.taxonomy.tasks[item.task].document_requirements,
+        )
+        return self._text_result(await self.engine.complete(request), "document")
+
+    async def instruction(self, group: InstructionGroup, document: str | None) -> StageResult:
+        """The task's instruction at the group's difficulty and format.
+
+        Written on ``document`` when the instruction serves that one document; written for the
+        group's document types (``document=None``) when it is reused, so that it cannot lean on
+        facts only one document has.
+        """
+        lead = group.items[0]
+        variables: dict[str, Any] = dict(
+            task=self.taxonomy.tasks[group.task],
+            difficulty=self._levels[group.difficulty],
+            document_type=self.taxonomy.document_types[lead.document_type],
+            other_document_types=[name for name in group.document_types if name != lead.document_type],
+            output_format=group.output_format,
+        )
+        if document is not None:
+            variables["document"] = document
+        request = self._request("instruction", self.config.sampling.instruction, lead, 1, **variables)
+        return self._text_result(await self.engine.complete(request), "instruction")
+
+    async def response(self, item: PlanItem, instruction: str, document: str) -> StageResult:
+        """The answer to ``instruction`` on ``document``: plain text, or JSON valid against the task's schema."""
+        task = self.taxonomy.tasks[item.task]
+        sampling = self.config.sampling.response
+        if item.output_format != "json":
+            request = self._request("response_plain", sampling, item, 2, task=task, instruction=instruction, document=document)
+            return self._text_result(await self.engine.complete(request), "response")
+        request = self._request("response_json", sampling, item, 2, task=task, instruction=instruction, document=document)
+        answer = await ask_json(
+            self.engine,
+            request,
+            task.output_schema,
+            self.config.max_corrections,
+            correction_template=self.templates["correction"],
+        )
+        if answer.error is not None:
+            return StageResult(None, answer.text, answer.error, answer.responses, answer.corrections)
+        text = json.dumps(answer.value, ensure_ascii=False)
+        return StageResult(text, answer.text, None, answer.responses, answer.corrections)

@@ -1,0 +1,11 @@
+"""DPO preference pairs from MediFlow records: error injection, other candidates, margins, TRL format.
+
+``build_pairs(IN, OUT, PairsConfig(...))`` (or ``mediflow pairs IN OUT``) writes pairs in TRL's
+conversational preference format with the released MediFlow DPO columns; see ``docs/preference.md``.
+"""
+
+from mediflow.preference.build import PairsResult, abuild_pairs, build_pairs
+from mediflow.preference.config import CandidateSource, PairsConfig
+from mediflow.preference.rows import PAIR_SCHEMA
+
+__all__ = ["CandidateSource", "PAIR_SCHEMA", "PairsConfig", "PairsResult", "abuild_pairs", "build_pairs"]

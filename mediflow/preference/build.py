@@ -1,0 +1,291 @@
+"""Build DPO preference pairs from a MediFlow output: select, corrupt or collect, judge, keep or drop.
+
+The run::
+
+    IN  (records, ideally judged) --select best--> records tried
+        inject:      one named error per record (teacher rewrite or code swap) -> hard checks (JSON)
+        candidates:  original + other sources' answers
+        -> comparative judge (seeded random order) -> margin rule -> pair or drop(reason)
+    OUT/data/part-*.parquet    pairs in TRL's preference format (+ released columns)
+        rejects.parquet        every record tried and not paired, with the drop reason
+        manifest.json          yield (kept / tried), drops by reason, config, prompt versions, usage
+        cache/*.sqlite         every teacher answer (a rerun re-pays nothing)
+
+Every record tried ends up in exactly one of the two files, so ``kept + dropped == tried``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import os
+from collections import Counter
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from mediflow.engine import Engine, EngineConfig
+from mediflow.errors import MediflowError
+from mediflow.preference.candidates import AnswerSource, answer
+from mediflow.preference.config import PairsConfig
+from mediflow.preference.error_kinds import ErrorKind, applicable_kinds, choose_kind, load_error_kinds
+from mediflow.preference.hard_checks import tell_apart
+from mediflow.preference.injection import INJECTION_FAILED, INJECTION_PROMPT, ErrorInjector
+from mediflow.preference.judge import PAIR_JUDGE_PROMPT, PairJudge
+from mediflow.preference.margins import IDENTICAL_TEXT, PairDecision, ScoredCandidate, best_worst_pair, confirmed_worse, same_text
+from mediflow.preference.rows import PAIR_SCHEMA, pair_row
+from mediflow.preference.selection import select_best
+from mediflow.prompts import load_prompts
+from mediflow.quality.io import StageOutput, input_files, read_columns, reject_table
+from mediflow.records import JUDGE_SCORE_COLUMNS, RELEASED_COLUMNS
+from mediflow.taxonomy import load_taxonomy
+from mediflow.teachers import make_teacher
+
+#: Drop reasons decided here (the margin rule, the hard checks and injection add their own).
+NO_APPLICABLE_KIND = "no_applicable_error_kind"
+JUDGE_FAILED = "judge_failed"
+STAGE = "pairs"
+_CHUNK = 512
+_INPUT_COLUMNS = ["id", *RELEASED_COLUMNS, "document_id", "document_category", "teacher", *JUDGE_SCORE_COLUMNS]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one record: a pair row, or a drop reason (with a detail)."""
+
+    row: dict[str, Any] | None = None
+    drop_reason: str | None = None
+    detail: str | None = None
+    error_type: str | None = None
+
+
+@dataclass(frozen=True)
+class PairsResult:
+    """The run's yield, as written to the manifest."""
+
+    out_dir: Path
+    tried: int
+    kept: int
+    dropped: dict[str, int]
+    manifest: dict[str, Any]
+
+    @property
+    def yield_rate(self) -> float:
+        return self.kept / self.tried if self.tried else 0.0
+
+
+def build_pairs(input_path: str | Path, out_dir: str | Path, config: PairsConfig | None = None, *, api_key: str | None = None) -> PairsResult:
+    """Build pairs from a MediFlow output folder or Parquet file into ``out_dir`` (see the module docstring)."""
+    return asyncio.run(abuild_pairs(input_path, out_dir, config, api_key=api_key))
+
+
+async def abuild_pairs(input_path: str | Path, out_dir: str | Path, config: PairsConfig | None = None, *, api_key: str | None = None) -> PairsResult:
+    """:func:`build_pairs` for callers already inside an event loop (notebooks)."""
+    config = config or PairsConfig()
+    source, out = Path(input_path), Path(out_dir)
+    input_files(source)  # a clear error for a missing or empty input, before any teacher starts
+    records = read_columns(source, _INPUT_COLUMNS)
+    selection = select_best(records, min_score=config.min_score, top_fraction=config.top_fraction)
+    tried = selection.records if config.max_records is None else selection.records.slice(0, config.max_records)
+    schemas = _task_schemas(config)
+    prompts = load_prompts()
+    kinds = load_error_kinds(config.error_kinds_path)
+    output = StageOutput(out, source)
+    try:
+        (out / "cache").mkdir(parents=True, exist_ok=True)
+        async with AsyncExitStack() as stack:
+            engines = await _open_engines(stack, config, out / "cache", api_key)
+            judge = PairJudge(
+                engines["judge"],
+                prompts.get(PAIR_JUDGE_PROMPT),
+                seed=config.seed,
+                samples=config.judge_samples,
+                temperature=config.judge_temperature,
+                max_corrections=config.max_corrections,
+            )
+            if config.method == "inject":
+                injector = ErrorInjector(
+                    engines["teacher"], prompts.get(INJECTION_PROMPT), seed=config.seed, max_corrections=config.max_corrections, max_tokens=config.max_tokens
+                )
+                run = functools.partial(_inject_one, injector=injector, judge=judge, kinds=kinds, schemas=schemas, config=config)
+            else:
+                sources = _answer_sources(config, engines)
+                run = functools.partial(_candidates_one, sources=sources, judge=judge, schemas=schemas, config=config)
+            dropped, error_types = Counter[str](), Counter[str]()
+            for start in range(0, tried.num_rows, _CHUNK):
+                chunk = tried.slice(start, _CHUNK)
+                outcomes = await asyncio.gather(*(run(record) for record in chunk.to_pylist()))
+                _store(output, chunk, outcomes, dropped, error_types)
+            usage = {role: engine.stats.as_dict() for role, engine in engines.items()}
+        manifest = _manifest(config, selection, tried.num_rows, output.kept, dropped, error_types, usage, prompts, kinds)
+        output.finish(manifest, PAIR_SCHEMA)
+    except BaseException:
+        output.abandon()
+        raise
+    return PairsResult(out, tried.num_rows, output.kept, dict(dropped), manifest)
+
+
+def _task_schemas(config: PairsConfig) -> dict[str, dict[str, Any]]:
+    taxonomy = load_taxonomy(config.taxonomy_path)
+    return {name: task.output_schema for name, task in taxonomy.tasks.items()}
+
+
+async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path, api_key: str | None) -> dict[str, Engine]:
+    """One engine per distinct teacher (the judge shares the teacher's engine when it is the same one)."""
+    engine_config = EngineConfig(concurrency=config.concurrency, progress=config.progress)
+    opened: dict[tuple[str, str | None], Engine] = {}
+
+    async def engine_for(spec: str, base_url: str | None, role: str) -> Engine:
+        if (spec, base_url) not in opened:
+            teacher = make_teacher(spec, base_url=base_url, api_key=api_key)
+            stack.push_async_callback(teacher.aclose)
+            opened[(spec, base_url)] = await stack.enter_async_context(Engine(teacher, cache / f"{role}.sqlite", engine_config))
+        return opened[(spec, base_url)]
+
+    engines = {"teacher": await engine_for(config.teacher, config.base_url, "teacher")}
+    engines["judge"] = await engine_for(config.judge_teacher or config.teacher, config.judge_base_url if config.judge_teacher else config.base_url, "judge")
+    for index, candidate in enumerate(config.candidate_sources):
+        engines[f"candidate{index}"] = await engine_for(candidate.spec, candidate.base_url, f"candidate{index}")
+    return engines
+
+
+def _answer_sources(config: PairsConfig, engines: Mapping[str, Engine]) -> list[AnswerSource]:
+    sources = [
+        AnswerSource(candidate.name, engines[f"candidate{index}"], candidate.temperature)
+        for index, candidate in enumerate(config.candidate_sources)
+    ]
+    sources += [
+        AnswerSource(f"{config.teacher}@t={config.hot_temperature:g}#{sample}", engines["teacher"], config.hot_temperature, sample)
+        for sample in range(config.hot_samples)
+    ]
+    return sources
+
+
+async def _inject_one(
+    record: dict[str, Any], injector: ErrorInjector, judge: PairJudge, kinds: tuple[ErrorKind, ...], schemas: Mapping[str, dict[str, Any]], config: PairsConfig
+) -> Outcome:
+    task, output_format, chosen = record.get("task_type") or "", record.get("output_format") or "plain_text", record.get("output") or ""
+    kind = choose_kind(applicable_kinds(kinds, task, output_format, chosen), record["id"], config.seed)
+    if kind is None:
+        return Outcome(drop_reason=NO_APPLICABLE_KIND, detail=f"no error kind applies to task {task!r} in {output_format}")
+    injection = await injector.inject(record, kind, record["id"])
+    if injection.rejected is None:
+        return Outcome(drop_reason=INJECTION_FAILED, detail=injection.error, error_type=kind.name)
+    if same_text(chosen, injection.rejected):
+        return Outcome(drop_reason=IDENTICAL_TEXT, detail="the rewrite is the original answer", error_type=kind.name)
+    if output_format == "json":
+        checks = tell_apart(chosen, injection.rejected, schemas.get(task))
+        if checks.drop_reason:
+            return Outcome(drop_reason=checks.drop_reason, error_type=kind.name)
+    verdict = await judge.score(record, [chosen, injection.rejected], record["id"])
+    if verdict.scores is None:
+        return Outcome(drop_reason=JUDGE_FAILED, detail=verdict.error, error_type=kind.name)
+    rejected_source = "icd10_sibling" if kind.strategy == "icd10_sibling" else f"{config.teacher}:error_injection"
+    decision = confirmed_worse(
+        ScoredCandidate(record.get("teacher") or "original", chosen, verdict.scores[0]),
+        ScoredCandidate(rejected_source, injection.rejected, verdict.scores[1]),
+        config.min_margin,
+    )
+    return _outcome(record, decision, "inject", kind.name, injection.description, schemas, verdict.scores)
+
+
+async def _candidates_one(
+    record: dict[str, Any], sources: list[AnswerSource], judge: PairJudge, schemas: Mapping[str, dict[str, Any]], config: PairsConfig
+) -> Outcome:
+    schema = schemas.get(record.get("task_type") or "")
+    texts = [record.get("output") or ""]
+    texts += await asyncio.gather(*(answer(source, record, schema, max_tokens=config.max_tokens, seed=config.seed) for source in sources))
+    names = [record.get("teacher") or "original"] + [source.name for source in sources]
+    verdict = await judge.score(record, texts, record["id"])
+    if verdict.scores is None:
+        return Outcome(drop_reason=JUDGE_FAILED, detail=verdict.error)
+    decision = best_worst_pair([ScoredCandidate(n, t, s) for n, t, s in zip(names, texts, verdict.scores)], config.min_margin)
+    return _outcome(record, decision, "candidates", None, None, schemas, verdict.scores)
+
+
+def _outcome(
+    record: dict[str, Any],
+    decision: PairDecision,
+    method: str,
+    error_type: str | None,
+    description: str | None,
+    schemas: Mapping[str, dict[str, Any]],
+    scores: tuple[float, ...],
+) -> Outcome:
+    if not decision.kept:
+        return Outcome(drop_reason=decision.drop_reason, detail=f"judge scores {list(scores)}", error_type=error_type)
+    assert decision.chosen is not None and decision.rejected is not None
+    if method == "candidates" and record.get("output_format") == "json":
+        checks = tell_apart(decision.chosen.text, decision.rejected.text, schemas.get(record.get("task_type") or ""))
+        if checks.drop_reason:
+            return Outcome(drop_reason=checks.drop_reason, detail=f"judge scores {list(scores)}")
+    row = pair_row(
+        record,
+        chosen=decision.chosen.text,
+        rejected=decision.rejected.text,
+        chosen_score=decision.chosen.score,
+        rejected_score=decision.rejected.score,
+        chosen_source=decision.chosen.source,
+        rejected_source=decision.rejected.source,
+        method=method,
+        error_type=error_type,
+        error_description=description,
+    )
+    return Outcome(row=row, error_type=error_type)
+
+
+def _store(output: StageOutput, chunk: pa.Table, outcomes: list[Outcome], dropped: Counter[str], error_types: Counter[str]) -> None:
+    rows = [o.row for o in outcomes if o.row is not None]
+    if rows:
+        output.keep(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA))
+    error_types.update(o.error_type for o in outcomes if o.row is not None and o.error_type)
+    failed = [i for i, o in enumerate(outcomes) if o.row is None]
+    if failed:
+        reasons = [outcomes[i].drop_reason or "" for i in failed]
+        dropped.update(reasons)
+        details = [outcomes[i].detail or "" for i in failed]
+        records = chunk.take(failed).append_column("error_type", pa.array([outcomes[i].error_type for i in failed], pa.string()))
+        output.reject(reject_table(records, STAGE, reasons, [float("nan")] * len(failed), details, [None] * len(failed)))
+
+
+def _manifest(
+    config: PairsConfig,
+    selection: Any,
+    tried: int,
+    kept: int,
+    dropped: Counter[str],
+    error_types: Counter[str],
+    usage: dict[str, Any],
+    prompts: Any,
+    kinds: tuple[ErrorKind, ...],
+) -> dict[str, Any]:
+    settings = dataclasses.asdict(config)
+    settings = {key: (str(value) if isinstance(value, os.PathLike) else value) for key, value in settings.items()}
+    return {
+        "stage": STAGE,
+        "in": selection.considered,
+        "kept": kept,
+        "dropped": tried - kept,
+        "dropped_by_rule": dict(sorted(dropped.items())),
+        "pairs": {
+            "method": config.method,
+            "records_in": selection.considered,
+            "selected": selection.records.num_rows,
+            "not_selected": selection.below_threshold,
+            "input_judged": selection.judged,
+            "tried": tried,
+            "kept": kept,
+            "yield": round(kept / tried, 4) if tried else 0.0,
+            "dropped": dict(sorted(dropped.items())),
+            "kept_by_error_type": dict(sorted(error_types.items())),
+        },
+        "config": settings,
+        "prompt_versions": {name: prompts.get(name).version for name in (PAIR_JUDGE_PROMPT, INJECTION_PROMPT)},
+        "error_kinds": [kind.name for kind in kinds],
+        "usage": usage,
+    }

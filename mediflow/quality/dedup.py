@@ -1,0 +1,195 @@
+"""Exact and near-duplicate detection that holds at millions of records.
+
+1. **Exact**: a 128-bit hash of the normalised text (two SipHash keys) groups identical texts.
+2. **Near**: one representative per exact group gets a MinHash signature over hashed word
+   shingles; LSH banding proposes candidate pairs; each candidate is *confirmed* with a rapidfuzz
+   similarity on the normalised texts (``threshold``), so LSH's false positives never count.
+3. **Clusters**: connected components over exact and confirmed edges, so the result is
+   transitive and does not depend on the input order. Each cluster keeps its best record: highest
+   judge ``quality`` when present, then the smallest ``id`` (deterministic).
+
+``scope: within_task`` salts every hash with the task, so records of different tasks never meet.
+Only uint32/uint64 numpy arrays grow with the input (signatures: ``num_perm`` x 4 bytes a record);
+shingling and hashing run in chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from rapidfuzz import fuzz, process
+
+from mediflow.quality.components import component_labels
+from mediflow.quality.config import DedupConfig
+from mediflow.quality.minhash import MinHasher, band_keys, bucket_pairs, unique_pairs
+from mediflow.quality.text import hash_strings, ngram_hashes, normalize_column, splitmix64, token_hashes
+
+_SECOND_HASH_KEY = "mediflow.dedup.2"
+_CONFIRM_BATCH = 100_000
+
+
+def key_text(table: pa.Table, key: str) -> pa.Array:
+    """The text a dedup key compares: one column, or ``pair`` = instruction and document together."""
+    if key == "pair":
+        joined = pc.binary_join_element_wise(pc.fill_null(table.column("instruction"), ""), pc.fill_null(table.column("input"), ""), "\n")
+        return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
+    column = table.column(key)
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+@dataclass
+class Edges:
+    """Duplicate edges found so far: endpoints, similarity (exact = 1.0), which key, and whether exact."""
+
+    left: list[np.ndarray] = field(default_factory=list)
+    right: list[np.ndarray] = field(default_factory=list)
+    similarity: list[np.ndarray] = field(default_factory=list)
+    key: list[np.ndarray] = field(default_factory=list)
+    exact: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, left: np.ndarray, right: np.ndarray, similarity: np.ndarray, key: int, exact: bool) -> None:
+        self.left.append(left.astype(np.int64))
+        self.right.append(right.astype(np.int64))
+        self.similarity.append(similarity.astype(np.float64))
+        self.key.append(np.full(len(left), key, np.int8))
+        self.exact.append(np.full(len(left), exact, bool))
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        if not self.left:
+            empty = np.empty(0, np.int64)
+            return empty, empty, np.empty(0), np.empty(0, np.int8), np.empty(0, bool)
+        return tuple(np.concatenate(parts) for parts in (self.left, self.right, self.similarity, self.key, self.exact))
+
+
+@dataclass
+class DedupResult:
+    """Per record: dropped or not, the kept record of its cluster, and the strongest edge that tied it there."""
+
+    drop: np.ndarray  # bool
+    keeper: np.ndarray  # int64 index of the record kept for this record's cluster
+    cluster_size: np.ndarray  # int64
+    similarity: np.ndarray  # float64: strongest similarity of this record's edges (nan without edges)
+    rule: list[str]  # per record: "exact:<key>" / "near:<key>" / ""
+    details: dict[str, Any]
+
+
+def _exact_groups(normalized: pa.Array, salt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(representative per record, 64-bit content key per record, hash of the first key)`` for exact groups."""
+    first = hash_strings(normalized) ^ salt
+    second = splitmix64(hash_strings(normalized, _SECOND_HASH_KEY) ^ salt)
+    order = np.lexsort((second, first))
+    same = np.concatenate([[False], (first[order][1:] == first[order][:-1]) & (second[order][1:] == second[order][:-1])])
+    group_start = np.maximum.accumulate(np.where(same, 0, np.arange(len(order))))
+    representative = np.empty(len(order), np.int64)
+    representative[order] = order[group_start]
+    return representative, first, second
+
+
+def _signatures(normalized: pa.Array, rows: np.ndarray, config: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """MinHash signatures of ``rows`` (chunked), and whether each row had any shingle."""
+    hasher = MinHasher(config.num_perm, config.seed)
+    signatures = np.empty((len(rows), config.num_perm), np.uint32)
+    has_shingles = np.zeros(len(rows), bool)
+    for start in range(0, len(rows), config.chunk_records):
+        chunk = rows[start : start + config.chunk_records]
+        tokens = token_hashes(normalized.take(pa.array(chunk)))
+        shingles = ngram_hashes(tokens, config.shingle_size, short_as_one=True)
+        signatures[start : start + len(chunk)] = hasher.signatures(shingles, len(chunk))
+        has_shingles[start : start + len(chunk)] = tokens.lengths > 0
+    return signatures, has_shingles
+
+
+def _confirm(normalized: pa.Array, pairs: np.ndarray, config: DedupConfig) -> np.ndarray:
+    """rapidfuzz similarity (0-1) of each candidate pair, computed in C++ batches on all cores."""
+    scorer = getattr(fuzz, config.scorer)
+    scores = np.empty(len(pairs), np.float64)
+    for start in range(0, len(pairs), _CONFIRM_BATCH):
+        batch = pairs[start : start + _CONFIRM_BATCH]
+        left = normalized.take(pa.array(batch[:, 0])).to_pylist()
+        right = normalized.take(pa.array(batch[:, 1])).to_pylist()
+        scores[start : start + len(batch)] = process.cpdist(left, right, scorer=scorer, workers=-1) / 100.0
+    return scores
+
+
+def _near_edges(normalized: pa.Array, representative: np.ndarray, content_key: np.ndarray, salt: np.ndarray, config: DedupConfig) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Confirmed near-duplicate pairs among exact-group representatives."""
+    rows = np.flatnonzero(representative == np.arange(len(representative)))
+    signatures, has_shingles = _signatures(normalized, rows, config)
+    candidates = []
+    for keys in band_keys(signatures, config.bands, salt[rows]):
+        candidates.append(bucket_pairs(keys, content_key[rows], has_shingles, config.max_bucket, config.window))
+        candidates = [unique_pairs(np.concatenate(candidates))]
+    del signatures
+    pairs = rows[candidates[0]] if len(candidates[0]) else np.empty((0, 2), np.int64)
+    similarity = _confirm(normalized, pairs, config)
+    confirmed = similarity >= config.threshold
+    return pairs[confirmed], similarity[confirmed], {"candidate_pairs": int(len(pairs)), "confirmed_pairs": int(confirmed.sum()), "signed_texts": int(len(rows))}
+
+
+def _keepers(labels: np.ndarray, ids: pa.Array, quality: np.ndarray | None) -> np.ndarray:
+    """The index kept for each record's cluster: best quality, then smallest id."""
+    sort_table = pa.table(
+        {
+            "label": labels,
+            "neg_quality": -np.nan_to_num(quality, nan=-np.inf) if quality is not None else np.zeros(len(labels)),
+            "id": ids,
+        }
+    )
+    order = pc.sort_indices(sort_table, sort_keys=[("label", "ascending"), ("neg_quality", "ascending"), ("id", "ascending")]).to_numpy()
+    sorted_labels = labels[order]
+    first = np.concatenate([[True], sorted_labels[1:] != sorted_labels[:-1]])
+    keeper_of_label = np.empty(len(labels), np.int64)
+    keeper_of_label[sorted_labels[first]] = order[first]
+    return keeper_of_label[labels]
+
+
+def find_duplicates(table: pa.Table, config: DedupConfig) -> DedupResult:
+    """Cluster ``table``'s records (needs ``id``, the key columns, ``task_type`` for within-task scope)."""
+    n = table.num_rows
+    if config.scope == "within_task" and "task_type" in table.column_names:
+        salt = splitmix64(hash_strings(table.column("task_type")))
+    else:
+        salt = np.zeros(n, np.uint64)
+    edges = Edges()
+    details: dict[str, Any] = {}
+    for key_index, key in enumerate(config.keys):
+        normalized = normalize_column(key_text(table, key))
+        representative, first_hash, _ = _exact_groups(normalized, salt)
+        members = np.flatnonzero(representative != np.arange(n))
+        key_details: dict[str, Any] = {"exact_pairs": int(len(members)) if config.exact else 0}
+        if config.exact:
+            edges.add(representative[members], members, np.ones(len(members)), key_index, exact=True)
+        if config.near:
+            pairs, similarity, near_details = _near_edges(normalized, representative, first_hash, salt, config)
+            edges.add(pairs[:, 0], pairs[:, 1], similarity, key_index, exact=False)
+            key_details.update(near_details)
+        details[key] = key_details
+        del normalized
+    left, right, similarity, key_of_edge, exact = edges.arrays()
+    labels = component_labels(n, np.stack([left, right], axis=1))
+    quality = table.column("quality").to_numpy(zero_copy_only=False).astype(np.float64) if "quality" in table.column_names else None
+    keeper = _keepers(labels, table.column("id"), quality)
+    cluster_size = np.bincount(labels, minlength=n)[labels]
+
+    best_similarity = np.full(n, np.nan)
+    rule = [""] * n
+    if len(left):
+        strength = similarity + exact  # an exact edge (2.0) beats any near one
+        order = np.argsort(-strength, kind="stable")
+        nodes = np.concatenate([left[order], right[order]])
+        edge_of_node = np.concatenate([order, order])
+        position = np.concatenate([np.arange(len(order)), np.arange(len(order))])
+        by_strength = np.lexsort((position, nodes))
+        nodes, edge_of_node = nodes[by_strength], edge_of_node[by_strength]
+        first = np.concatenate([[True], nodes[1:] != nodes[:-1]])
+        for node, edge in zip(nodes[first].tolist(), edge_of_node[first].tolist()):
+            best_similarity[node] = similarity[edge]
+            rule[node] = f"{'exact' if exact[edge] else 'near'}:{config.keys[key_of_edge[edge]]}"
+    drop = keeper != np.arange(n)
+    details["clusters_with_duplicates"] = int(len(np.unique(labels[cluster_size > 1])))
+    details["dropped"] = int(drop.sum())
+    return DedupResult(drop=drop, keeper=keeper, cluster_size=cluster_size, similarity=best_similarity, rule=rule, details=details)

@@ -1,0 +1,194 @@
+"""Real clinical vocabularies from installed PyPI packages: ICD-10-CM codes and drug names.
+
+Generated documents are synthetic, but the codes and drug names in them, in coding answers and in
+DPO corruptions must be real, so they come from pinned packages rather than from the teacher's
+memory: ``simple-icd-10-cm`` (the official ICD-10-CM tabular list) and
+``drug-named-entity-recognition`` (DrugBank / MeSH / MedlinePlus / NHS drug names). Both packages
+are imported lazily on first use because each takes one to two seconds and a few hundred MB;
+code that never touches terminology never pays for them. The releases are recorded in
+:data:`ICD10CM_RELEASE` and :data:`DRUG_VOCABULARY_RELEASE` so that manifests can state them.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from types import ModuleType
+from typing import Any
+
+from mediflow.errors import MediflowError
+
+#: The ICD-10-CM release every code lookup refers to (the pinned package ships exactly this one).
+ICD10CM_RELEASE = "ICD-10-CM April 2026 tabular list (simple-icd-10-cm 1.5.0)"
+#: The drug vocabulary every drug lookup refers to.
+DRUG_VOCABULARY_RELEASE = "drug-named-entity-recognition 2.0.9 (DrugBank, MeSH, MedlinePlus, NHS)"
+
+_CODE_SHAPE = re.compile(r"^[A-Z][0-9][0-9A-Z](?:\.?[0-9A-Z]{1,4})?$")
+
+
+@dataclass(frozen=True)
+class Icd10Code:
+    """A real ICD-10-CM code with its official description."""
+
+    code: str
+    description: str
+
+
+@cache
+def _icd() -> ModuleType:
+    """The ICD-10-CM tables, loaded on first use (~2 s, ~200 MB)."""
+    with warnings.catch_warnings():  # the package reads its data with a deprecated importlib API
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import simple_icd_10_cm
+
+    return simple_icd_10_cm
+
+
+def normalise(code: str) -> str:
+    """Canonical dotted upper-case form: ``' e119 '`` -> ``'E11.9'``; unknown shapes are only stripped and upper-cased."""
+    cleaned = code.strip().upper()
+    if _CODE_SHAPE.match(cleaned) and "." not in cleaned and len(cleaned) > 3:
+        return f"{cleaned[:3]}.{cleaned[3:]}"
+    return cleaned
+
+
+def is_valid(code: str) -> bool:
+    """True for any code of the tabular list (billable or a category heading), with or without its dot."""
+    cleaned = normalise(code)
+    return bool(_CODE_SHAPE.match(cleaned)) and _icd().is_valid_item(cleaned)
+
+
+def is_billable(code: str) -> bool:
+    """True for codes valid for claims: the leaves of the tabular list (``E11.9`` yes, ``N18.3`` no)."""
+    return is_valid(code) and _icd().is_leaf(normalise(code))
+
+
+def description(code: str) -> str:
+    """The official description of ``code``; a :class:`MediflowError` when it is not an ICD-10-CM code."""
+    _require_valid(code)
+    return str(_icd().get_description(normalise(code)))
+
+
+def parent(code: str) -> str | None:
+    """The code one level up (``E11.9`` -> ``E11``), or ``None`` for a three-character category."""
+    _require_valid(code)
+    up = _icd().get_parent(normalise(code))
+    return up if up and _CODE_SHAPE.match(up) else None
+
+
+def children(code: str) -> list[str]:
+    """The codes one level down (``N18.3`` -> ``N18.30``, ``N18.31``, ``N18.32``); empty for billable codes."""
+    _require_valid(code)
+    return list(_icd().get_children(normalise(code)))
+
+
+def siblings(code: str) -> list[str]:
+    """The other billable codes under the same parent: real but wrong alternatives (DPO, distractors)."""
+    up = parent(code)
+    if up is None:
+        return []
+    own = normalise(code)
+    return [other for other in _billable_descendants(up) if other != own]
+
+
+def sample_billable_codes(count: int, *, seed: int, within: str | None = None) -> list[Icd10Code]:
+    """``count`` distinct real billable codes, reproducible from ``seed``.
+
+    A three-character category is drawn uniformly first and then a billable code inside it, so the
+    tens of thousands of seventh-character injury extensions (S/T chapters) do not crowd out the
+    conditions that fill real problem lists. ``within`` restricts the draw to a chapter number
+    (``"4"``), a block (``"E08-E13"``) or a category (``"I50"``).
+    """
+    categories = _categories(within)
+    rng = random.Random(seed)
+    available = sum(len(_billable_descendants(category)) for category in categories)
+    if count > available:
+        raise MediflowError(f"cannot sample {count} billable ICD-10-CM codes within {within!r}: only {available}")
+    chosen: dict[str, None] = {}
+    while len(chosen) < count:
+        code = rng.choice(_billable_descendants(rng.choice(categories)))
+        chosen.setdefault(code)
+    return [Icd10Code(code, description(code)) for code in chosen]
+
+
+def _require_valid(code: str) -> None:
+    if not is_valid(code):
+        raise MediflowError(f"'{code}' is not an ICD-10-CM code ({ICD10CM_RELEASE})")
+
+
+@cache
+def _categories(within: str | None) -> tuple[str, ...]:
+    """The three-character categories (optionally under a chapter, block or category) that have billable codes."""
+    icd = _icd()
+    if within is None:
+        codes: Iterator[str] = iter(icd.get_all_codes(True))
+    elif icd.is_valid_item(within):
+        codes = iter([within, *icd.get_descendants(within)])
+    else:
+        raise MediflowError(f"'{within}' is not an ICD-10-CM chapter, block or code ({ICD10CM_RELEASE})")
+    return tuple(code for code in codes if icd.is_category(code) and _billable_descendants(code))
+
+
+@cache
+def _billable_descendants(code: str) -> tuple[str, ...]:
+    """The billable codes at or below ``code``."""
+    icd = _icd()
+    family = [code, *icd.get_descendants(code)]
+    return tuple(item for item in family if icd.is_leaf(item) and not icd.is_chapter_or_block(item))
+
+
+# --- drugs -----------------------------------------------------------------------------------------
+
+
+@cache
+def _drug_tables() -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
+    """The package's name -> canonical and canonical -> data tables (~1.5 s to load)."""
+    from drug_named_entity_recognition import drugs_finder
+
+    return drugs_finder.drug_variant_to_canonical, drugs_finder.drug_canonical_to_data
+
+
+def _is_clinical_drug(data: dict[str, Any]) -> bool:
+    """Drugs with a MedlinePlus or NHS page: the ~1.5k prescribable medicines, not every DrugBank chemical."""
+    return bool(data.get("medline_plus_id") or data.get("nhs_url"))
+
+
+def generic_drug_name(name: str) -> str | None:
+    """The generic name of a real drug given any of its names (``'Lipitor'`` -> ``'atorvastatin'``), else ``None``."""
+    variants, drugs = _drug_tables()
+    for canonical in variants.get(name.strip().lower(), []):
+        if _is_clinical_drug(drugs.get(canonical, {})):
+            return canonical
+    return None
+
+
+def is_known_drug(name: str) -> bool:
+    """True when ``name`` is a generic, brand or synonym name of a real prescribable medicine."""
+    return generic_drug_name(name) is not None
+
+
+def drug_synonyms(name: str) -> list[str]:
+    """All names the vocabulary knows for the drug called ``name`` (brands, salts, spellings); empty if unknown."""
+    generic = generic_drug_name(name)
+    if generic is None:
+        return []
+    return sorted(set(_drug_tables()[1][generic].get("synonyms", [])))
+
+
+def sample_drug_names(count: int, *, seed: int) -> list[str]:
+    """``count`` distinct generic names of real prescribable medicines, reproducible from ``seed``."""
+    names = _clinical_drug_names()
+    if count > len(names):
+        raise MediflowError(f"cannot sample {count} drug names: the vocabulary has {len(names)}")
+    return random.Random(seed).sample(names, count)
+
+
+@cache
+def _clinical_drug_names() -> list[str]:
+    """Single-ingredient prescribable medicines, sorted (so a seed always draws the same names)."""
+    drugs = _drug_tables()[1]
+    return sorted(name for name, data in drugs.items() if _is_clinical_drug(data) and "," not in name and " and " not in name)

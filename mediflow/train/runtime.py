@@ -1,0 +1,147 @@
+"""Turn a validated stage config into TRL arguments, the same way for every trainer.
+
+Kept in one place because the hardware defaults are easy to get wrong: TRL turns bf16 on by default
+(which fails on a CPU) and gradient checkpointing on by default (slow for small models); we decide
+both from the hardware unless the config says otherwise, and pass ``train.extra`` through after
+checking every key against the TRL config class, so a typo is a one-line error and not a silent no-op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mediflow.errors import ConfigError
+from mediflow.train.config import StageConfig
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def model_dir(config: StageConfig) -> Path:
+    """The model folder ``model.name_or_path`` names: relative to the config file, or a packaged model."""
+    from mediflow.train.models import resolve_model
+
+    cache = config.path(config.model.cache_dir) if config.model.cache_dir else None
+    spec = config.model.name_or_path
+    local = config.path(spec)
+    return resolve_model(local if (local / "config.json").is_file() else spec, cache)
+
+
+def is_main_process() -> bool:
+    """True on the process that writes reports and manifests (the only one without a launcher)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def trl_arguments(args_cls: type, config: StageConfig, output_dir: Path, **stage: Any) -> Any:
+    """Build ``args_cls`` (``SFTConfig`` / ``DPOConfig``) from the config, ``stage`` values winning."""
+    train = config.train
+    on_gpu = cuda_available() and not train.use_cpu
+    bf16 = train.bf16 if train.bf16 is not None else bool(on_gpu and _bf16_supported())
+    values: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "seed": train.seed,
+        "data_seed": train.seed,
+        "per_device_train_batch_size": train.batch_size,
+        "per_device_eval_batch_size": train.batch_size,
+        "gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "num_train_epochs": train.epochs,
+        "learning_rate": train.learning_rate,
+        "max_steps": train.max_steps,
+        "lr_scheduler_type": train.lr_scheduler_type,
+        "warmup_steps": train.warmup_steps,
+        "weight_decay": train.weight_decay,
+        "gradient_checkpointing": train.gradient_checkpointing,
+        "bf16": bf16,
+        "fp16": False,
+        "use_cpu": not on_gpu,
+        "logging_steps": config.output.logging_steps,
+        "save_steps": config.output.save_steps,
+        "save_total_limit": config.output.save_total_limit,
+        "report_to": config.output.report_to,
+        "max_length": config.data.max_length,
+    }
+    values.update(stage)
+    known = {f.name for f in dataclasses.fields(args_cls)}
+    for key in train.extra:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"train.extra.{key}: not a {args_cls.__name__} field{hint}")
+    values.update(train.extra)
+    try:
+        return args_cls(**values)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"train: {args_cls.__name__} rejected the settings ({str(exc).splitlines()[0]})") from None
+
+
+def _bf16_supported() -> bool:
+    import torch
+
+    return torch.cuda.is_bf16_supported()
+
+
+def lora_config(config: StageConfig) -> Any | None:
+    """The PEFT ``LoraConfig`` when ``method.finetuning`` is ``lora``, else ``None`` (full fine-tuning)."""
+    if config.method.finetuning != "lora":
+        return None
+    from peft import LoraConfig
+
+    lora = config.method.lora
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def resume_checkpoint(config: StageConfig, output_dir: Path) -> str | bool | None:
+    """``train.resume_from_checkpoint`` as the trainer wants it: ``True`` only when a checkpoint exists."""
+    value = config.train.resume_from_checkpoint
+    if value is True:
+        return True if any(output_dir.glob("checkpoint-*")) else None
+    if isinstance(value, str):
+        checkpoint = config.path(value)
+        if not checkpoint.is_dir():
+            raise ConfigError(f"train.resume_from_checkpoint: {checkpoint} is not a checkpoint folder")
+        return str(checkpoint)
+    return None
+
+
+def finished_model(trainer: Any, tokenizer: Any, target: Path) -> Path:
+    """Save the trained model as a full Hugging Face folder; LoRA adapters are merged into the weights.
+
+    Every stage hands the next one a plain model folder (the merge reads safetensors, DPO reloads
+    its reference from a path), so a LoRA run ends with ``merge_and_unload``. Full models go through
+    ``trainer.save_model``, which gathers FSDP / DeepSpeed shards. The folder appears atomically:
+    written beside the target, then renamed.
+    """
+    staging = target.parent / f".{target.name}.partial"
+    accelerator = trainer.accelerator
+    model = accelerator.unwrap_model(trainer.model)
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)
+    accelerator.wait_for_everyone()
+    if hasattr(model, "merge_and_unload"):
+        if accelerator.is_main_process:
+            model.merge_and_unload().save_pretrained(staging)
+    else:
+        trainer.save_model(str(staging))
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    accelerator.wait_for_everyone()
+    return target

@@ -1,0 +1,157 @@
+"""Export: the Hub layout round-trips through ``datasets.load_dataset``, splits never share a document,
+shards are bounded, the card's YAML parses, and a re-export leaves no stale shard behind."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from audit_fixtures import record, words, write_output_folder
+
+from mediflow.cli import main
+from mediflow.export import ExportOptions, ShardLimits, SplitFractions, export_dataset
+from mediflow.export.card import parse_card
+from mediflow.export.splits import assign_splits, document_key
+from mediflow.preference.rows import PAIR_SCHEMA, pair_row
+from mediflow.records import rows_to_table
+
+TASKS = ("clinical_inference", "medication_qa", "icd10cm_coding")
+DOCUMENT_TYPES = ("discharge_summary", "progress_note")
+
+
+def make_records(documents: int = 40, seed: int = 3) -> list[dict]:
+    """``documents`` synthetic documents, each answered by 1-3 records (tasks), some judged."""
+    rng = random.Random(seed)
+    rows = []
+    for index in range(documents):
+        document, document_id = words(rng, 40), f"doc-{index:03d}"
+        document_type = DOCUMENT_TYPES[index % len(DOCUMENT_TYPES)]
+        for task in rng.sample(TASKS, rng.randint(1, 3)):
+            rows.append(
+                record(task, document_type, words(rng, 12), "plain_text", rng, input=document, document_id=document_id, teacher="openai:gpt-4o", quality=4.0)
+            )
+    return rows
+
+
+def make_pairs(records: list[dict], every: int = 3) -> list[dict]:
+    return [
+        pair_row(r, chosen=r["output"], rejected=r["output"] + " wrong", chosen_score=8, rejected_score=3, chosen_source="teacher", rejected_source="inject", method="inject", error_type="factual_error")
+        for r in records[::every]
+    ]
+
+
+@pytest.fixture()
+def inputs(tmp_path: Path) -> tuple[Path, Path, list[dict], list[dict]]:
+    records = make_records()
+    records_dir = write_output_folder(
+        tmp_path / "curated",
+        records,
+        manifest={"stages": [{"stage": "heuristics", "in": 130, "kept": len(records), "dropped": 130 - len(records), "dropped_by_rule": {"too_short": 7}}]},
+    )
+    pairs = make_pairs(records)
+    pairs_dir = tmp_path / "pairs"
+    (pairs_dir / "data").mkdir(parents=True)
+    pq.write_table(rows_to_table(pairs, PAIR_SCHEMA), pairs_dir / "data" / "part-00000.parquet")
+    (pairs_dir / "manifest.json").write_text(json.dumps({"pairs": {"method": "inject", "tried": 50, "kept": len(pairs), "dropped": {"tie": 3}}}))
+    return records_dir, pairs_dir, records, pairs
+
+
+def test_local_export_round_trips_through_load_dataset(inputs, tmp_path: Path) -> None:
+    import datasets
+
+    records_dir, pairs_dir, records, pairs = inputs
+    out = tmp_path / "export"
+    summary = export_dataset(records_dir, out, pairs=pairs_dir, options=ExportOptions(fractions=SplitFractions(0.6, 0.2, 0.2), seed=1, limits=ShardLimits(max_rows=9)))
+
+    card = parse_card((out / "README.md").read_text())
+    configs = {entry["config_name"]: entry for entry in card["configs"]}
+    assert set(configs) == {"sft", "dpo", *TASKS}
+    assert sum(summary.rows["sft"].values()) == len(records)
+    assert sum(summary.rows["dpo"].values()) == len(pairs)
+    for task in TASKS:
+        assert sum(summary.rows[task].values()) == sum(r["task_type"] == task for r in records)
+
+    splits_of_document: dict[str, set[str]] = defaultdict(set)
+    for name, entry in configs.items():
+        assert {f["split"] for f in entry["data_files"]} == set(summary.rows[name])
+        loaded = datasets.load_dataset(str(out), name=name)
+        assert {split: ds.num_rows for split, ds in loaded.items()} == summary.rows[name]
+        for split, ds in loaded.items():
+            for row in ds.select_columns(["document_id", "input"]):
+                splits_of_document[document_key(row["document_id"], row["input"])].add(split)
+    assert all(len(splits) == 1 for splits in splits_of_document.values()), "a document is in two splits"
+    assert set().union(*splits_of_document.values()) == {"train", "validation", "test"}
+
+    sft = datasets.load_dataset(str(out), name="sft", split="train")
+    first = sft[0]
+    assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant"]
+    assert first["messages"][2]["content"] == first["output"]
+    dpo = datasets.load_dataset(str(out), name="dpo", split="train")
+    assert {"prompt", "chosen", "rejected", "rejected_output", "error_type", "chosen_score", "rejected_score", "rejected_source"} <= set(dpo.column_names)
+
+
+def test_shards_are_bounded_and_named_for_the_hub(inputs, tmp_path: Path) -> None:
+    records_dir, _, records, _ = inputs
+    out = tmp_path / "export"
+    summary = export_dataset(records_dir, out, options=ExportOptions(limits=ShardLimits(max_rows=10), per_task_configs=False))
+    train = summary.files["sft"]["train"]
+    assert len(train) == -(-summary.rows["sft"]["train"] // 10) > 1
+    for index, path in enumerate(train):
+        assert path == f"data/sft/train-{index:05d}-of-{len(train):05d}.parquet"
+        assert pq.ParquetFile(out / path).metadata.num_rows <= 10
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["sft"]
+
+    # A byte bound tighter than the row bound wins.
+    tiny = ShardLimits(max_rows=1000, max_bytes=1)
+    assert tiny.rows_per_shard(bytes_per_row=500.0) == 1
+
+
+def test_reexport_removes_stale_shards(inputs, tmp_path: Path) -> None:
+    records_dir, _, _, _ = inputs
+    out = tmp_path / "export"
+    export_dataset(records_dir, out, options=ExportOptions(limits=ShardLimits(max_rows=5)))
+    summary = export_dataset(records_dir, out, options=ExportOptions(limits=ShardLimits(max_rows=1000), per_task_configs=False))
+    on_disk = sorted(str(p.relative_to(out)) for p in (out / "data").rglob("*.parquet"))
+    assert on_disk == sorted(p for splits in summary.files.values() for paths in splits.values() for p in paths)
+    assert not list(out.glob(".staging-*"))
+
+
+def test_card_states_counts_teacher_filters_and_synthetic_origin(inputs, tmp_path: Path) -> None:
+    records_dir, pairs_dir, records, pairs = inputs
+    out = tmp_path / "export"
+    export_dataset(records_dir, out, pairs=pairs_dir, options=ExportOptions(repo_id="someone/mediflow-demo"))
+    text = (out / "README.md").read_text()
+    meta = parse_card(text)
+    assert meta["license"] == "cdla-permissive-2.0"
+    assert meta["language"] == ["en"] and meta["size_categories"] == ["n<1K"]
+    assert "text-generation" in meta["task_categories"] and "dpo" in meta["tags"]
+    assert "no real protected health information" in text
+    assert "`openai:gpt-4o`" in text
+    assert "`heuristics`: 130 in" in text and "too_short: 7" in text
+    assert f"{len(pairs)} kept of 50 records tried" in text
+    for task in TASKS:
+        assert f"| {task} | {sum(r['task_type'] == task for r in records)} |" in text
+
+
+def test_split_assignment_is_stratified_seeded_and_order_independent() -> None:
+    documents = [(f"d{i}", TASKS[i % 3], DOCUMENT_TYPES[i % 2]) for i in range(600)]
+    fractions = SplitFractions(0.8, 0.1, 0.1)
+    first = assign_splits(documents, fractions, seed=5)
+    assert first == assign_splits(list(reversed(documents)), fractions, seed=5)
+    assert first != assign_splits(documents, fractions, seed=6)
+    for stratum in {(t, d) for _, t, d in documents}:
+        keys = [k for k, t, d in documents if (t, d) == stratum]
+        share = sum(first[k] == "train" for k in keys) / len(keys)
+        assert 0.75 <= share <= 0.85
+
+
+def test_cli_local_export(inputs, tmp_path: Path, capsys) -> None:
+    records_dir, pairs_dir, _, _ = inputs
+    assert main(["export", str(records_dir), "--local-dir", str(tmp_path / "cli"), "--pairs", str(pairs_dir), "--no-task-configs"]) == 0
+    printed = capsys.readouterr().out
+    assert "sft: train" in printed and "dpo: train" in printed
+    assert main(["export", str(tmp_path / "missing"), "--local-dir", str(tmp_path / "x")]) == 2
