@@ -53,7 +53,7 @@ _ENVIRONMENT = _environment()
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """One prompt file: its templates, extra data keys and version."""
+    """One prompt file: its templates, extra data keys and version (a data-only file has no templates)."""
 
     name: str
     path: Path
@@ -75,6 +75,8 @@ class PromptTemplate:
 
     def render(self, **variables: Any) -> tuple[tuple[str, str], ...]:
         """The chat messages ``((role, content), ...)``; roles whose text renders empty are left out."""
+        if not self.sources:
+            raise MediflowError(f"prompt '{self.name}' ({self.path}) has no 'system:' or 'user:' template to render")
         messages: list[tuple[str, str]] = []
         for role, template in self._templates.items():
             try:
@@ -132,8 +134,8 @@ def _load_file(name: str, path: Path) -> PromptTemplate:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise MediflowError(f"{path}: YAML syntax error{where}: {getattr(exc, 'problem', None) or exc}") from None
-    if not isinstance(content, dict) or not any(isinstance(content.get(role), str) for role in ROLES):
-        raise MediflowError(f"{path}: a prompt file needs a 'system:' and/or 'user:' template")
+    if not isinstance(content, dict):
+        raise MediflowError(f"{path}: a prompt file must be a mapping with 'system:' and/or 'user:' templates")
     sources = {role: content[role] for role in ROLES if isinstance(content.get(role), str)}
     for role, source in sources.items():
         try:

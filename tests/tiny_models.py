@@ -94,7 +94,7 @@ def build_tiny_phi3(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = Phi3ForCausalLM(config)
     model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
     model.save_pretrained(path)
     return path

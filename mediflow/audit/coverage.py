@@ -24,11 +24,12 @@ def coverage(folder: OutputFolder, planned: pd.DataFrame | None) -> CheckResult:
     frame = folder.frame
     counts = frame.groupby(CELL, dropna=False).size().rename("records").reset_index()
     if planned is None:
-        cells = counts.assign(planned=np.nan)
+        cells = counts.assign(planned=np.nan, in_plan=False)
     else:
-        cells = planned[[*CELL, "planned"]].merge(counts, on=CELL, how="outer")
+        cells = planned[[*CELL, "planned"]].merge(counts, on=CELL, how="outer", indicator=True)
+        cells["in_plan"] = cells.pop("_merge") != "right_only"
     cells["records"] = cells["records"].fillna(0).astype(int)
-    cells["status"] = [_status(p, r, planned is not None) for p, r in zip(cells["planned"], cells["records"])]
+    cells["status"] = [_status(*row, have_plan=planned is not None) for row in zip(cells["in_plan"], cells["planned"], cells["records"])]
     cells = cells.sort_values(CELL).reset_index(drop=True)
 
     n_planned = int((cells["status"] != "not planned").sum()) if planned is not None else None
@@ -65,14 +66,15 @@ def coverage(folder: OutputFolder, planned: pd.DataFrame | None) -> CheckResult:
     )
 
 
-def _status(planned: float, records: int, have_plan: bool) -> str:
+def _status(in_plan: bool, planned: float, records: int, *, have_plan: bool) -> str:
+    """ok / planned, empty / below plan / not planned (``planned`` is NaN when only the cell is known)."""
     if not have_plan:
         return "present"
-    if pd.isna(planned):
+    if not in_plan:
         return "not planned"
     if records == 0:
         return "planned, empty"
-    return "below plan" if planned > 0 and records < planned else "ok"
+    return "below plan" if pd.notna(planned) and records < planned else "ok"
 
 
 def _per_task(cells: pd.DataFrame) -> pd.DataFrame:

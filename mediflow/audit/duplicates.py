@@ -1,113 +1,132 @@
 """Exact and near-duplicate texts: how much of the set says the same thing.
 
-Exact duplicates are counted over every record (a 64-bit hash per text, streamed). Near
-duplicates are a *spot check* on a bounded sample of distinct texts: all pairs of the sample
-compared with ``rapidfuzz`` and grouped into clusters (connected components, as the dedup stage
-does); the full-scale MinHash dedup is :mod:`mediflow.quality`'s job, not the audit's. Instructions
-are reused over several documents by design, so for them the interesting numbers are the
-distinct-text count and the near-duplicate clusters among distinct instructions.
+The audit measures duplicates the way the dedup stage removes them, so the two agree: texts are
+normalised with :func:`mediflow.quality.text.normalize_column`, and near-duplicate clusters come
+from :func:`mediflow.quality.dedup.find_duplicates` (MinHash LSH candidates confirmed with
+rapidfuzz, connected components), here with exact edges off so that a cluster groups *distinct*
+texts that say nearly the same thing. Instructions are reused over several documents by design,
+so their exact repeats are expected; near-duplicate instructions are not.
+
+Exact duplicates are counted over every record (a 64-bit hash per text, streamed); the near
+check runs on an evenly spaced sample of at most ``max_records`` records, since it holds its
+texts in memory.
 """
 
 from __future__ import annotations
 
-import re
+import dataclasses
 
 import numpy as np
 import pandas as pd
-from rapidfuzz import fuzz, process
+import pyarrow as pa
 
 from mediflow.audit.folder import TEXT_COLUMNS, OutputFolder
 from mediflow.audit.plots import new_figure
 from mediflow.audit.result import CheckResult
-from mediflow.quality.components import component_labels
+from mediflow.quality.config import DedupConfig
+from mediflow.quality.dedup import find_duplicates, key_text
+from mediflow.quality.text import hash_strings, normalize_column
 
 TITLE = "Exact and near-duplicate texts"
+#: What the dedup stage compares: the instruction, the document, and the two together.
+NEAR_KEYS: tuple[str, ...] = ("instruction", "input", "pair")
 #: Clusters listed in the report (largest first).
 MAX_CLUSTERS = 30
-_SPACE = re.compile(r"\s+")
 
 
-def near_duplicates(folder: OutputFolder, *, sample_size: int = 600, threshold: float = 90.0) -> CheckResult:
-    """Exact-duplicate counts over all records, and near-duplicate clusters among ``sample_size`` distinct texts per field.
+def near_duplicates(folder: OutputFolder, *, max_records: int = 50_000, config: DedupConfig | None = None) -> CheckResult:
+    """Exact-duplicate counts over all records, and near-duplicate clusters on a sample of ``max_records``.
 
-    ``threshold`` is rapidfuzz's normalised Indel similarity (``fuzz.ratio``, 0-100) on lower-cased,
-    whitespace-collapsed text.
+    ``config`` is the dedup stage's (threshold, scorer, scope, MinHash settings); its default by default.
     """
     exact = _exact_duplicates(folder)
-    sample = folder.sample(["task_type", *TEXT_COLUMNS], sample_size * 4)
+    table = _sample_table(folder, max_records)
+    base = config or DedupConfig()
     rows, clusters = [], []
-    for field in TEXT_COLUMNS:
-        distinct = sample.dropna(subset=[field]).drop_duplicates(subset=[field]).head(sample_size)
-        texts = [_SPACE.sub(" ", t.lower()).strip() for t in distinct[field]]
-        labels = _cluster(texts, threshold)
-        sizes = pd.Series(labels).value_counts()
-        multi = sizes[sizes > 1]
+    for key in NEAR_KEYS:
+        result = find_duplicates(table, dataclasses.replace(base, keys=(key,), exact=False, near=True))
+        in_cluster = result.cluster_size > 1
+        distinct = int(result.details[key].get("signed_texts", table.num_rows))
         rows.append(
             {
-                "field": field,
-                "texts_compared": len(texts),
-                "near_duplicate_clusters": int(len(multi)),
-                "texts_in_clusters": int(multi.sum()),
-                "share_in_clusters": float(multi.sum() / len(texts)) if texts else 0.0,
+                "key": key,
+                "distinct_texts_compared": distinct,
+                "near_duplicate_clusters": int(len(np.unique(result.keeper[in_cluster]))),
+                "texts_in_clusters": int(in_cluster.sum()),
+                "share_in_clusters": float(in_cluster.sum() / distinct) if distinct else 0.0,
             }
         )
-        for label, size in multi.items():
-            members = distinct.iloc[np.flatnonzero(labels == label)]
-            clusters.append(
-                {
-                    "field": field,
-                    "size": int(size),
-                    "tasks": ", ".join(sorted(set(members["task_type"].dropna()))),
-                    "example": str(members[field].iloc[0])[:160],
-                }
-            )
+        clusters += _clusters(table, key, result.keeper, in_cluster)
     near = pd.DataFrame(rows)
-    cluster_table = pd.DataFrame(clusters, columns=["field", "size", "tasks", "example"])
-    cluster_table = cluster_table.sort_values("size", ascending=False, kind="stable").head(MAX_CLUSTERS)
-    summary = "exact duplicates: " + ", ".join(
-        f"{r.field} {r.duplicate_records}" for r in exact.itertuples()
-    ) + "; near-duplicate share in sample: " + ", ".join(f"{r.field} {r.share_in_clusters:.1%}" for r in near.itertuples())
+    cluster_table = pd.DataFrame(clusters, columns=["key", "size", "tasks", "example"])
+    cluster_table = cluster_table.sort_values("size", ascending=False, kind="stable").head(MAX_CLUSTERS).reset_index(drop=True)
+    summary = (
+        "exact duplicates: "
+        + ", ".join(f"{r.field} {r.duplicate_records}" for r in exact.itertuples())
+        + f"; near-duplicate share (sample of {table.num_rows}): "
+        + ", ".join(f"{r.key} {r.share_in_clusters:.1%}" for r in near.itertuples())
+    )
     return CheckResult(
         key="duplicates",
         title=TITLE,
         summary=summary,
         numbers={
             "exact": {r.field: int(r.duplicate_records) for r in exact.itertuples()},
-            "near": {r.field: int(r.texts_in_clusters) for r in near.itertuples()},
-            "threshold": threshold,
+            "near": {r.key: int(r.texts_in_clusters) for r in near.itertuples()},
+            "sampled": table.num_rows,
+            "threshold": base.threshold,
+            "scorer": base.scorer,
         },
         tables={
-            "Exact duplicates (all records)": exact,
-            f"Near duplicates (sample, ratio >= {threshold:g})": near,
-            "Largest near-duplicate clusters": cluster_table.reset_index(drop=True),
+            "Exact duplicates (all records, normalised text)": exact,
+            f"Near duplicates among distinct texts ({base.scorer} >= {base.threshold:g}, {base.scope})": near,
+            "Largest near-duplicate clusters": cluster_table,
         },
         figure=_plot(exact, near),
     )
 
 
 def _exact_duplicates(folder: OutputFolder) -> pd.DataFrame:
-    """Per field (and per instruction+input pair): records, distinct texts, records repeating an earlier text."""
-    fields = {**{f: [f] for f in TEXT_COLUMNS}, "instruction+input": ["instruction", "input"]}
+    """Per field (and the instruction + input pair): records, distinct normalised texts, repeats."""
+    fields = (*TEXT_COLUMNS, "pair")
     hashes: dict[str, list[np.ndarray]] = {name: [] for name in fields}
-    for batch in folder.iter_batches(list(TEXT_COLUMNS)):
-        batch = batch.fillna("")
-        for name, columns in fields.items():
-            hashes[name].append(pd.util.hash_pandas_object(batch[columns], index=False).to_numpy())
+    for table in folder.iter_tables(list(TEXT_COLUMNS)):
+        for name in fields:
+            hashes[name].append(hash_strings(normalize_column(key_text(table, name))))
     rows = []
     for name, parts in hashes.items():
-        values = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
+        values = np.concatenate(parts) if parts else np.empty(0, np.uint64)
         distinct = int(len(np.unique(values)))
         rows.append({"field": name, "records": int(len(values)), "distinct": distinct, "duplicate_records": int(len(values) - distinct)})
     return pd.DataFrame(rows)
 
 
-def _cluster(texts: list[str], threshold: float) -> np.ndarray:
-    """A cluster label per text: connected components of the pairs scoring >= ``threshold``."""
-    if len(texts) < 2:
-        return np.arange(len(texts))
-    scores = process.cdist(texts, texts, scorer=fuzz.ratio, score_cutoff=threshold, dtype=np.uint8)
-    left, right = np.nonzero(np.triu(scores >= threshold, k=1))
-    return component_labels(len(texts), np.stack([left, right], axis=1))
+def _sample_table(folder: OutputFolder, max_records: int) -> pa.Table:
+    """The sample as the Arrow table ``find_duplicates`` reads (ids positional when records lack one)."""
+    sample = folder.sample(["id", "task_type", "instruction", "input", "quality"], max_records)
+    ids = [value if isinstance(value, str) else f"row-{index}" for index, value in enumerate(sample["id"])]
+    columns = {"id": pa.array(ids, pa.string())}
+    for name in ("task_type", "instruction", "input"):
+        columns[name] = pa.array([v if isinstance(v, str) else None for v in sample[name]], pa.string())
+    columns["quality"] = pa.array(pd.to_numeric(sample["quality"], errors="coerce"), pa.float64(), from_pandas=True)
+    return pa.table(columns)
+
+
+def _clusters(table: pa.Table, key: str, keeper: np.ndarray, in_cluster: np.ndarray) -> list[dict[str, object]]:
+    tasks = table.column("task_type").to_pylist()
+    texts = key_text(table, key).to_pylist()
+    groups: dict[int, list[int]] = {}
+    for index in np.flatnonzero(in_cluster).tolist():
+        groups.setdefault(int(keeper[index]), []).append(index)
+    return [
+        {
+            "key": key,
+            "size": len(members),
+            "tasks": ", ".join(sorted({tasks[i] for i in members if tasks[i]})),
+            "example": (texts[kept] or "")[:160],
+        }
+        for kept, members in groups.items()
+    ]
 
 
 def _plot(exact: pd.DataFrame, near: pd.DataFrame):
@@ -116,11 +135,11 @@ def _plot(exact: pd.DataFrame, near: pd.DataFrame):
     left.barh(list(exact["field"]), exact["records"], color="#cccccc", label="records")
     left.barh(list(exact["field"]), exact["distinct"], color="#2b7bba", label="distinct texts")
     left.invert_yaxis()
-    left.set_title("exact: records vs distinct texts")
+    left.set_title("exact: records vs distinct normalised texts")
     left.legend(fontsize=7)
     right = figure.add_subplot(1, 2, 2)
-    right.barh(list(near["field"]), near["share_in_clusters"] * 100, color="#c0392b")
+    right.barh(list(near["key"]), near["share_in_clusters"] * 100, color="#c0392b")
     right.invert_yaxis()
-    right.set_xlabel("% of sampled distinct texts in a near-duplicate cluster")
+    right.set_xlabel("% of distinct texts in a near-duplicate cluster")
     right.set_title("near duplicates (sample)")
     return figure

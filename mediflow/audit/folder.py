@@ -97,15 +97,20 @@ class OutputFolder:
         """Whether ``column`` exists and holds at least one non-null value."""
         return column in self.frame.columns and bool(self.frame[column].notna().any())
 
-    def iter_batches(self, columns: Sequence[str], *, batch_size: int = 50_000) -> Iterator[pd.DataFrame]:
-        """Stream ``columns`` (missing ones as nulls) shard by shard, so memory stays bounded."""
+    def iter_tables(self, columns: Sequence[str], *, batch_size: int = 50_000) -> Iterator[pa.Table]:
+        """Stream ``columns`` as Arrow tables (missing ones as null strings), shard by shard: memory stays bounded."""
         for shard in self.shards:
             present = [c for c in columns if c in pq.read_schema(shard).names]
             for batch in pq.ParquetFile(shard).iter_batches(batch_size=batch_size, columns=present):
-                frame = batch.to_pandas()
-                for missing in (c for c in columns if c not in frame.columns):
-                    frame[missing] = None
-                yield frame[list(columns)]
+                table = pa.Table.from_batches([batch])
+                yield pa.table(
+                    {c: table.column(c) if c in present else pa.nulls(table.num_rows, pa.string()) for c in columns}
+                )
+
+    def iter_batches(self, columns: Sequence[str], *, batch_size: int = 50_000) -> Iterator[pd.DataFrame]:
+        """:meth:`iter_tables` as pandas DataFrames."""
+        for table in self.iter_tables(columns, batch_size=batch_size):
+            yield table.to_pandas()
 
     @cached_property
     def num_records(self) -> int:

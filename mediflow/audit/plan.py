@@ -3,7 +3,8 @@
 The best source is the run's own plan, rebuilt from the config in its manifest with the same
 :func:`mediflow.pipeline.plan.build_plan` that ``generate`` used (exact, even for a run stopped
 halfway). Failing that, the manifest's per-cell counts (records + rejects of finished shards), and
-failing that, the taxonomy's compatible cells (planned, count unknown).
+failing that, the taxonomy's compatible cells for the tasks the folder holds (planned, count
+unknown).
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ def planned_cells(folder: OutputFolder, taxonomy: Any | None) -> tuple[pd.DataFr
     if isinstance(cells, dict) and cells:
         return _from_cell_counts(cells), "the manifest's per-cell counts (finished shards)"
     if taxonomy is not None:
-        frame = pd.DataFrame(taxonomy.cells(), columns=CELL).assign(planned=float("nan"))
-        return frame, "the taxonomy's compatible cells"
+        present = set(folder.frame["task_type"])
+        cells = [(task, doc) for task, doc in taxonomy.cells() if task in present]
+        frame = pd.DataFrame(cells, columns=CELL).assign(planned=float("nan"))
+        return frame, "the taxonomy's compatible cells of the tasks present"
     return None, "no manifest plan and no taxonomy"
 
 

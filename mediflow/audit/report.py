@@ -90,14 +90,14 @@ def run_audit(
     *,
     taxonomy: Any | None = None,
     sample_size: int = 20_000,
-    duplicate_sample: int = 600,
+    duplicate_records: int = 50_000,
     sample_cells_shown: int = 12,
 ) -> AuditReport:
     """Run every check on the output folder ``path``.
 
     ``taxonomy`` defaults to the run's own (from its manifest config) or the built-in one;
-    ``sample_size`` bounds the n-gram check, ``duplicate_sample`` the all-pairs near-duplicate
-    check (distinct texts per field), ``sample_cells_shown`` the sample viewer.
+    ``sample_size`` bounds the n-gram check, ``duplicate_records`` the near-duplicate check (records
+    held in memory), ``sample_cells_shown`` the sample viewer.
     """
     folder = OutputFolder.open(path)
     if taxonomy is None:
@@ -111,7 +111,7 @@ def run_audit(
         json_validity_with_taxonomy(folder, taxonomy),
         icd_codes_with_terminology(folder, taxonomy),
         ngrams(folder, sample_size=sample_size),
-        near_duplicates(folder, sample_size=duplicate_sample),
+        near_duplicates(folder, max_records=duplicate_records),
         sample_cells(folder, max_cells=sample_cells_shown),
     ]
     return AuditReport(path=folder.path, records=len(folder.frame), sections=sections)

@@ -35,6 +35,7 @@ class CheckResult:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     figure: Figure | None = None
     unavailable: str | None = None
+    _png: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def not_available(cls, key: str, title: str, reason: str) -> CheckResult:
@@ -47,12 +48,18 @@ class CheckResult:
         css = "unavailable" if self.unavailable else "summary"
         parts.append(f'<p class="{css}">{html.escape(self.summary)}</p>')
         if self.figure is not None:
-            parts.append(f'<img alt="{html.escape(self.title)}" src="data:image/png;base64,{figure_png_base64(self.figure)}">')
+            parts.append(f'<img alt="{html.escape(self.title)}" src="data:image/png;base64,{self.figure_png()}">')
         for name, table in self.tables.items():
             parts.append(f"<h3>{html.escape(name)}</h3>")
             parts.append(table_html(table))
         parts.append("</section>")
         return "\n".join(parts)
+
+    def figure_png(self) -> str:
+        """The figure as base64 PNG, rendered once (the notebook shows it, then the report embeds it)."""
+        if self._png is None and self.figure is not None:
+            self._png = figure_png_base64(self.figure)
+        return self._png or ""
 
     def _repr_html_(self) -> str:
         return self.to_html()
@@ -61,7 +68,7 @@ class CheckResult:
 def figure_png_base64(figure: Figure) -> str:
     """Render ``figure`` with Agg to PNG, base64-encoded for a ``data:`` URI."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=90)  # constrained layout already fits the labels
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

@@ -11,11 +11,11 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-_WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
+_WORD = re.compile(r"[a-z0-9]+(?:[.'-][a-z0-9]+)*")
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased word tokens (letters and digits, inner hyphens and apostrophes kept)."""
+    """Lower-cased word tokens (letters and digits; inner dots, hyphens and apostrophes kept: E11.22, 2.5, x-ray)."""
     return _WORD.findall(text.lower())
 
 

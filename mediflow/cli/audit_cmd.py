@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--taxonomy", metavar="DIR", help="taxonomy folder merged over the built-in one (default: the run's)")
     parser.add_argument("--sample-size", type=int, default=20_000, help="records sampled for the n-gram check (default: 20000)")
     parser.add_argument(
-        "--duplicate-sample", type=int, default=600, help="distinct texts per field compared all-pairs for near duplicates (default: 600)"
+        "--duplicate-records", type=int, default=50_000, help="records sampled for the near-duplicate check (default: 50000)"
     )
     parser.set_defaults(handler=_run)
 
@@ -33,7 +33,7 @@ def _run(args: argparse.Namespace) -> int:
         from mediflow.taxonomy import load_taxonomy
 
         taxonomy = load_taxonomy(Path(args.taxonomy))
-    report = run_audit(args.input, taxonomy=taxonomy, sample_size=args.sample_size, duplicate_sample=args.duplicate_sample)
+    report = run_audit(args.input, taxonomy=taxonomy, sample_size=args.sample_size, duplicate_records=args.duplicate_records)
     print(report.summary())
     if args.html:
         print(f"report written to {write_html(report, args.html)}")

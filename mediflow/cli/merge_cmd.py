@@ -1,9 +1,77 @@
-"""`mediflow merge` sub-command(s). (Owned by the merge stage; filled in by its issue.)"""
+"""``mediflow merge --config X.yaml --output DIR`` and ``mediflow merge --preset mediphi --config P.yaml``.
+
+Thin: a mergekit-format config runs one streamed merge; a preset config (``--preset`` or a
+``preset:`` key in the file) runs the MediPhi recipe with its budgeted search. Heavy imports (torch)
+happen only when the command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's sub-commands to the top-level parser."""
+    """Add ``mediflow merge``."""
+    parser = subparsers.add_parser(
+        "merge",
+        help="merge models (mergekit YAML format, streamed tensor by tensor), or run the MediPhi merge preset",
+        description="Merge model folders with a mergekit-format YAML config, or run a preset (--preset mediphi).",
+    )
+    parser.add_argument("--config", type=Path, required=True, help="a mergekit-format merge YAML, or a preset YAML")
+    parser.add_argument("--output", "-o", type=Path, help="the merged model folder (a preset may set it in its file)")
+    parser.add_argument("--preset", choices=("mediphi",), help="run a preset recipe instead of a single merge")
+    parser.add_argument("--seed", type=int, default=0, help="seed for DARE's random drops (default 0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output folder")
+    parser.add_argument("--max-shard-size", type=_size, default="2GB", help="largest output shard, e.g. 2GB, 500MB")
+    parser.set_defaults(handler=_run)
+
+
+def _size(text: str) -> int:
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 2GB, 500MB)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def _run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from mediflow.errors import ConfigError
+
+    try:
+        raw = yaml.safe_load(args.config.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{args.config}: config not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{args.config}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if args.preset or (isinstance(raw, dict) and "preset" in raw):
+        return _run_preset(args)
+    if args.output is None:
+        raise ConfigError("mediflow merge: --output is required for a merge config")
+    from mediflow.train.merge import parse_merge_config, run_merge
+
+    config = parse_merge_config(raw, source=str(args.config))
+    output = run_merge(
+        config, args.output, seed=args.seed, overwrite=args.overwrite, max_shard_bytes=args.max_shard_size, progress=True
+    )
+    (output / "merge_config.yaml").write_text(args.config.read_text(encoding="utf-8"), encoding="utf-8")
+    print(f"merged {len(config.models)} models with {config.method.name} -> {output}")
+    return 0
+
+
+def _run_preset(args: argparse.Namespace) -> int:
+    from mediflow.train.merge import build_evaluator, load_preset, run_mediphi_preset
+
+    preset = load_preset(args.config, output=args.output)
+    evaluate = build_evaluator(preset.evaluate, args.config.resolve().parent, preset.base_model)
+    result = run_mediphi_preset(preset, evaluate, overwrite=args.overwrite)
+    for expert, t in result.slerp_t.items():
+        print(f"slerp t={t} for {expert}")
+    print(f"best of {len(result.trials)} evaluations: score {result.best.score:.6g} with {result.best.candidate}")
+    print(f"merged model -> {result.output}")
+    return 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +38,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the taxonomy; validation errors propagate as TaxonomyError (one line, exit 2)."""
     taxonomy = load_taxonomy(args.path)
-    if args.json:
-        print(json.dumps(taxonomy.to_dict(), indent=2, ensure_ascii=False))
-    else:
-        print(render_listing(taxonomy, args.path))
+    text = json.dumps(taxonomy.to_dict(), indent=2, ensure_ascii=False) if args.json else render_listing(taxonomy, args.path)
+    try:
+        print(text)
+    except BrokenPipeError:  # `mediflow taxonomy | head`: the reader stopped early, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
 def render_listing(taxonomy: Taxonomy, path: Path | None) -> str:
     """The human-readable listing: tasks with their answer shape, document types by category, then counts."""
-    source = f"{taxonomies_dir()}" + (f" + {path}" if path else "")
+    source = "built-in" + (f" + {path}" if path else f": {taxonomies_dir().resolve()}")
     lines = [f"MediFlow taxonomy {taxonomy.version} ({source})", "", f"Tasks ({len(taxonomy.tasks)})"]
     name_width = max(len(name) for name in taxonomy.tasks)
     for task in taxonomy.tasks.values():

@@ -36,9 +36,12 @@ def demo_config(taxonomy: Any) -> dict[str, Any]:
                     "sampling": {
                         "document": {"max_tokens": 160},
                         "instruction": {"max_tokens": 48},
-                        "response": {"max_tokens": 160},
+                        "response": {"max_tokens": 320},
                     },
-                    "limits": {"concurrency": 1, "request_timeout": 300.0},
+                    # A deterministic local model gives the same answer to a retry: a truncated
+                    # JSON answer goes straight to a correction turn, and a weak model's rejects
+                    # must not trip the error-rate breaker meant for failing servers.
+                    "limits": {"concurrency": 1, "request_timeout": 600.0, "max_retries": 0, "error_rate_threshold": 1.0},
                     "output": {"dir": DEMO_OUT, "shard_size": 100},
                 }
     raise MediflowError("the taxonomy has no two tasks sharing two document types: pass --config for a run")

@@ -22,8 +22,8 @@ stratified sample rather than the first task only.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
+import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -81,12 +81,14 @@ class Plan:
 
 
 def _seed_of(*parts: object) -> int:
-    return int(content_id(*parts, length=12), 16)
+    """A 48-bit number derived from content (BLAKE2b of the parts; names hold no unit separator)."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode("utf-8"), digest_size=6).digest()
+    return int.from_bytes(digest, "big")
 
 
 def _unit(*parts: object) -> float:
     """A uniform number in [0, 1) derived from content."""
-    return _seed_of(*parts) / float(16**12)
+    return _seed_of(*parts) / float(2**48)
 
 
 def _check_names(key: str, wanted: Sequence[str] | None, known: Iterable[str]) -> list[str]:
@@ -128,37 +130,37 @@ def build_plan(config: RunConfig, taxonomy: object) -> Plan:
             f"no compatible (task, document type) pair in tasks={config.tasks} x document_types={config.document_types}"
         )
 
-    by_stream: dict[tuple[str, str, str], list[PlanItem]] = defaultdict(list)
+    # Items are plain tuples (category, document type, index) until their position is known: the
+    # plan of a 2.5M-record run is built in seconds.
+    by_stream: dict[tuple[str, str, str], list[tuple[str, str, int]]] = defaultdict(list)
     for task, doc in pairs:
+        category = taxonomy.document_types[doc].category
         for difficulty in difficulties:
             split = _stratum_counts(config, (task, doc, difficulty), weights[difficulty])
             for fmt in formats:
-                for index in range(split.get(fmt, 0)):
-                    seed = _seed_of(config.seed, task, doc, difficulty, fmt, index) % (2**31)
-                    by_stream[(task, difficulty, fmt)].append(PlanItem(task, doc, difficulty, fmt, index, seed))
+                by_stream[(task, difficulty, fmt)].extend((category, doc, index) for index in range(split.get(fmt, 0)))
+
+    size = config.documents_per_instruction
+    chunks: list[tuple[str, tuple[str, str, str], list[tuple[str, str, int]]]] = []
+    for stream, members in by_stream.items():
+        members.sort()
+        for start in range(0, len(members), size):
+            chunk = members[start : start + size]
+            chunks.append((content_id(config.seed, *stream, [(doc, index) for _, doc, index in chunk]), stream, chunk))
+    chunks.sort(key=lambda chunk: _seed_of(config.seed, "order", chunk[0]))
 
     groups: list[InstructionGroup] = []
-    size = config.documents_per_instruction
-    for (task, difficulty, fmt), items in by_stream.items():
-        items.sort(key=lambda i: (taxonomy.document_types[i.document_type].category, i.document_type, i.index))
-        for start in range(0, len(items), size):
-            members = tuple(items[start : start + size])
-            key = content_id(config.seed, task, difficulty, fmt, [(i.document_type, i.index) for i in members])
-            types = tuple(dict.fromkeys(i.document_type for i in members))
-            groups.append(InstructionGroup(key, task, difficulty, fmt, members, types))
-    groups.sort(key=lambda g: content_id(config.seed, "order", g.key))
-
-    placed: list[InstructionGroup] = []
     position = 0
-    for group in groups:
-        if config.max_records is not None and position >= config.max_records:
+    limit = config.max_records if config.max_records is not None else math.inf
+    for key, (task, difficulty, fmt), chunk in chunks:
+        if position >= limit:
             break
         items = []
-        for item in group.items:
-            if config.max_records is not None and position >= config.max_records:
-                break
-            items.append(dataclasses.replace(item, position=position))
+        for _, doc, index in chunk[: int(min(len(chunk), limit - position))]:
+            seed = _seed_of(config.seed, task, doc, difficulty, fmt, index) % (2**31)
+            items.append(PlanItem(task, doc, difficulty, fmt, index, seed, position))
             position += 1
-        placed.append(dataclasses.replace(group, items=tuple(items)))
-    plan_id = content_id([g.key for g in placed], [len(g.items) for g in placed], config.output.shard_size)
-    return Plan(tuple(placed), plan_id)
+        types = tuple(dict.fromkeys(doc for _, doc, _ in chunk))
+        groups.append(InstructionGroup(key, task, difficulty, fmt, tuple(items), types))
+    plan_id = content_id([g.key for g in groups], [len(g.items) for g in groups], config.output.shard_size)
+    return Plan(tuple(groups), plan_id)

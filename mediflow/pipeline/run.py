@@ -180,6 +180,7 @@ async def run_async(config: RunConfig) -> RunSummary:
             },
         }
         output.write_manifest(manifest)
+        stages.warm_up()
         collector = ShardCollector(output, len(plan), config.output.shard_size, finished)
         workers = -(-(config.records_in_flight or 2 * config.limits.concurrency) // config.documents_per_instruction)
         status, stop_reason = "interrupted", None

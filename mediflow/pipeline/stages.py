@@ -84,6 +84,10 @@ class Stages:
             return StageResult(None, response.text, f"the teacher returned an empty {what}", (response,))
         return StageResult(text, response.text, None, (response,))
 
+    def warm_up(self) -> None:
+        """Load the ICD-10-CM tables now (seconds, once per process), not inside the first request's timing."""
+        terminology.sample_billable_codes(_SEED_CONDITIONS, seed=0)
+
     @staticmethod
     def seed_facts(item: PlanItem) -> list[str]:
         """Real billable ICD-10-CM conditions drawn for this item (seeded by it), to ground the document.

@@ -93,7 +93,7 @@ async def abuild_pairs(input_path: str | Path, out_dir: str | Path, config: Pair
     selection = select_best(records, min_score=config.min_score, top_fraction=config.top_fraction)
     tried = selection.records if config.max_records is None else selection.records.slice(0, config.max_records)
     schemas = _task_schemas(config)
-    prompts = load_prompts()
+    prompts = load_prompts(config.prompts_path)
     kinds = load_error_kinds(config.error_kinds_path)
     output = StageOutput(out, source)
     try:

@@ -59,6 +59,8 @@ class PairsConfig:
     seed: int = 0
     #: A user ``error_kinds.yaml`` (default: the built-in ``prompts/error_kinds.yaml``).
     error_kinds_path: Path | None = None
+    #: A user prompts folder searched before the built-in one (to override ``pair_judge`` / ``error_injection``).
+    prompts_path: Path | None = None
     #: A user taxonomy folder (for the tasks' JSON schemas used by the hard checks).
     taxonomy_path: Path | None = None
     max_corrections: int = 2

@@ -117,8 +117,9 @@ class DedupConfig:
     keys: tuple[str, ...] = ("pair",)  # any of instruction, input, pair (instruction + input)
     scope: str = "within_task"  # within_task | across_tasks
     shingle_size: int = 3  # word n-grams
-    num_perm: int = 96
-    bands: int = 24
+    num_perm: int = 192
+    bands: int = 32  # 6 rows a band: candidates from Jaccard ~0.5 up
+    min_signature_jaccard: float = 0.4  # candidates whose signatures agree less are dropped before rapidfuzz
     threshold: float = 0.85  # rapidfuzz similarity (0-1) a candidate pair needs to count as duplicates
     scorer: str = "token_sort_ratio"  # a rapidfuzz.fuzz scorer: ratio, token_sort_ratio, token_set_ratio
     max_bucket: int = 100  # LSH buckets above this size only pair neighbours (see minhash.bucket_pairs)

@@ -65,19 +65,18 @@ def load_documents(path: Path, text_field: str = "text") -> list[dict[str, str]]
 
 
 def load_task_rows(path: Path) -> list[dict[str, str]]:
-    """PIT task data as prompt/completion rows (``question``/``answer`` columns are accepted too)."""
+    """PIT task data as prompt/completion rows; ``question``/``answer`` rows become a QA prompt."""
     table = read_table(path)
     columns = set(table.column_names)
-    if {"prompt", "completion"} <= columns:
-        rows = table.select(["prompt", "completion"]).to_pylist()
-    elif {"question", "answer"} <= columns:
-        rows = [
-            {"prompt": f"Question: {row['question']}\nAnswer:", "completion": f" {row['answer']}"}
-            for row in table.select(["question", "answer"]).to_pylist()
-        ]
-    else:
+    if not ({"prompt", "completion"} <= columns or {"question", "answer"} <= columns):
         raise MediflowError(f"{path}: task data needs prompt/completion (or question/answer) columns, found {sorted(columns)}")
-    return [row for row in rows if row["prompt"] is not None and row["completion"]]
+    rows = []
+    for row in table.to_pylist():
+        if row.get("completion"):
+            rows.append({"prompt": row.get("prompt") or "", "completion": row["completion"]})
+        elif row.get("question") and row.get("answer"):
+            rows.append({"prompt": f"Question: {row['question']}\nAnswer:", "completion": f" {row['answer']}"})
+    return rows
 
 
 def load_messages(path: Path, split: str = "train", max_samples: int | None = None) -> list[dict[str, Any]]:

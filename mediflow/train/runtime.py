@@ -60,7 +60,7 @@ def trl_arguments(args_cls: type, config: StageConfig, output_dir: Path, **stage
         "lr_scheduler_type": train.lr_scheduler_type,
         "warmup_steps": train.warmup_steps,
         "weight_decay": train.weight_decay,
-        "gradient_checkpointing": train.gradient_checkpointing,
+        "activation_checkpointing": train.gradient_checkpointing,
         "bf16": bf16,
         "fp16": False,
         "use_cpu": not on_gpu,

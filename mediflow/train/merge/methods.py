@@ -196,13 +196,14 @@ class SlerpStatistics:
     dot: float = 0.0
 
     def add(self, base_chunk: torch.Tensor, other_chunk: torch.Tensor) -> SlerpStatistics:
-        """Accumulate one chunk (in float64, so chunking does not change the result)."""
-        a = base_chunk.reshape(-1).double()
-        b = other_chunk.reshape(-1).double()
+        """Accumulate one chunk (sums in float64, so chunking does not change the result)."""
+        def total(x: torch.Tensor, y: torch.Tensor) -> float:
+            return float((x * y).sum(dtype=torch.float64))
+
         return SlerpStatistics(
-            self.base_sq_norm + float(a @ a),
-            self.other_sq_norm + float(b @ b),
-            self.dot + float(a @ b),
+            self.base_sq_norm + total(base_chunk, base_chunk),
+            self.other_sq_norm + total(other_chunk, other_chunk),
+            self.dot + total(base_chunk, other_chunk),
         )
 
 
@@ -231,15 +232,19 @@ def slerp(base: torch.Tensor, other: torch.Tensor, t: float) -> torch.Tensor:
 
 
 def offset_gram(base: torch.Tensor, others: Sequence[torch.Tensor], *, per_row: bool) -> torch.Tensor:
-    """Gram matrix of the offsets ``other_i - base`` (float64): ``[N, N]``, or ``[..., N, N]`` with
-    one matrix per slice along the last dimension when ``per_row`` (Model Stock's ``filter_wise``)."""
-    offsets = torch.stack([(other - base).double() for other in others])
-    if not per_row:
-        flat = offsets.reshape(len(others), -1)
-        return flat @ flat.T
-    if base.dim() == 1:
-        offsets = offsets.unsqueeze(1)
-    return torch.einsum("i...c,j...c->...ij", offsets, offsets)
+    """Gram matrix of the offsets ``other_i - base`` (accumulated in float64): ``[N, N]``, or
+    ``[..., N, N]`` with one matrix per slice along the last dimension when ``per_row`` (Model
+    Stock's ``filter_wise``; a 1-d tensor is one row)."""
+    offsets = [(other - base).double() for other in others]
+    if per_row and base.dim() == 1:
+        offsets = [offset.unsqueeze(0) for offset in offsets]
+    reduce_dims = (-1,) if per_row else tuple(range(base.dim()))
+    shape = offsets[0].shape[:-1] if per_row else ()
+    gram = torch.empty(*shape, len(others), len(others), dtype=torch.float64)
+    for i, first in enumerate(offsets):
+        for j in range(i, len(offsets)):
+            gram[..., i, j] = gram[..., j, i] = (first * offsets[j]).sum(dim=reduce_dims, dtype=torch.float64)
+    return gram
 
 
 def model_stock_ratio(gram: torch.Tensor) -> torch.Tensor:

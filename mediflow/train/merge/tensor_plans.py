@@ -163,22 +163,31 @@ def _model_stock_plan(
 @dataclass
 class _Sparsifier:
     """How one input's task vector is sparsified: a magnitude band or a seeded random drop, then
-    a rescale factor (1 unless ``rescale``)."""
+    a rescale factor (1 unless ``rescale``). Holds the running state of the merge pass: the random
+    stream and how many entries tied at the band's edges were already seen."""
 
     band: methods.KeepBand | None
     density: float
     make_generator: Callable[[], torch.Generator] | None
     factor: float
     generator: torch.Generator | None = None
+    low_ties_seen: int = 0
+    high_ties_seen: int = 0
 
     def restart(self) -> None:
-        """Rewind the random stream so the merge pass draws the masks the statistics pass drew."""
+        """Rewind to the first chunk, so the merge pass draws the masks the statistics pass drew."""
+        self.low_ties_seen = self.high_ties_seen = 0
         if self.make_generator is not None:
             self.generator = self.make_generator()
 
     def apply(self, delta: torch.Tensor) -> torch.Tensor:
+        """Sparsify and rescale the next chunk of the task vector, in place."""
         if self.band is not None and not self.band.keeps_everything:
-            delta.masked_fill_(~methods.band_mask(delta, self.band), 0.0)
+            magnitudes = delta.abs()
+            kept = methods.band_mask(magnitudes, self.band, self.low_ties_seen, self.high_ties_seen)
+            self.low_ties_seen += int((magnitudes == self.band.low).sum())
+            self.high_ties_seen += int((magnitudes == self.band.high).sum())
+            delta.masked_fill_(~kept, 0.0)
         elif self.generator is not None:
             delta.masked_fill_(~methods.random_mask(delta.shape, self.density, self.generator), 0.0)
         if self.factor != 1.0:

@@ -1,0 +1,1 @@
+"""Quality stages: rule filters, deduplication (and, still to come, judge, decontamination, curate)."""

@@ -1,0 +1,248 @@
+"""The MediPhi merge recipe as a preset: SLERP each expert into the base, then BreadCrumbs-TIES.
+
+MediPhi (arXiv 2505.10717) SLERP-merged every pre-instruction-tuned expert back into the base to
+keep general abilities, with the ratio chosen on validation from {0.1, 0.25, 0.5}; it then merged
+the SLERPed experts with mergekit's ``breadcrumbs_ties`` (``int8_mask``, ``normalize: false``),
+tuning each expert's weight / density / gamma with an evolutionary search (500 evaluations). This
+module runs that recipe from one YAML file, with every evaluation going through the same
+``evaluate(model_dir) -> float`` hook (see :mod:`.evaluation`)::
+
+    preset: mediphi
+    base_model: base/               # paths relative to this file
+    experts: [pubmed/, guidelines/] # or [{model: PATH}, ...]
+    output: mediphi/
+    work_dir: mediphi.work/         # default: <output>.work
+    dtype: bfloat16
+    slerp: {t_choices: [0.1, 0.25, 0.5]}
+    search: {budget: 500, seed: 0, population: 8,
+             weight: [0.0, 1.0], density: [0.1, 1.0], gamma: [0.0, 0.1]}
+    evaluate: {eval_config: eval.yaml}   # or {callable: 'package.module:function'}
+
+``search.budget`` bounds the BreadCrumbs search; the SLERP choice costs ``len(t_choices)`` more
+evaluations per expert. Intermediate merges are deleted as soon as they are scored (only the
+chosen SLERP per expert is kept), so disk use stays near ``experts + 2`` models. The result folder
+holds the merged model, ``merge_config.yaml`` (the final mergekit-format config, usable with
+mergekit too) and ``preset_report.json`` (every score).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mediflow.errors import ConfigError
+from mediflow.train.merge.config import parse_merge_config
+from mediflow.train.merge.engine import run_merge
+from mediflow.train.merge.evaluation import Evaluator, build_evaluator
+from mediflow.train.merge.search import Candidate, Dimension, Trial, best_trial, evolutionary_search
+
+PRESETS = ("mediphi",)
+_KEYS = {"preset", "base_model", "experts", "output", "work_dir", "dtype", "slerp", "search", "evaluate"}
+_SEARCH_KEYS = {"budget", "seed", "population", "weight", "density", "gamma"}
+_SEARCHED = ("weight", "density", "gamma")
+
+
+@dataclass(frozen=True)
+class MediPhiPreset:
+    """A validated preset config (paths resolved)."""
+
+    base_model: Path
+    experts: tuple[Path, ...]
+    output: Path
+    work_dir: Path
+    dtype: str | None
+    t_choices: tuple[float, ...]
+    budget: int
+    seed: int
+    population: int
+    bounds: Mapping[str, tuple[float, float]]
+    #: The raw ``evaluate:`` section; the CLI turns it into a callable with ``build_evaluator``
+    #: (Python callers pass their own callable to :func:`run_mediphi_preset` instead).
+    evaluate: Any
+
+
+@dataclass(frozen=True)
+class PresetResult:
+    output: Path
+    slerp_t: dict[str, float]
+    best: Trial
+    trials: list[Trial]
+
+
+def load_preset(path: Path, *, output: Path | None = None) -> MediPhiPreset:
+    """Read a preset YAML (paths relative to its folder); ``output`` overrides the file's."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: preset config not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_preset(raw, root=path.resolve().parent, output=output, source=str(path))
+
+
+def parse_preset(raw: Any, *, root: Path, output: Path | None = None, source: str = "preset") -> MediPhiPreset:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    for key in raw:
+        if key not in _KEYS:
+            raise ConfigError(f"{source}: unknown key '{key}' (known: {', '.join(sorted(_KEYS))})")
+    if raw.get("preset", "mediphi") not in PRESETS:
+        raise ConfigError(f"{source}: preset '{raw.get('preset')}' is not one of: {', '.join(PRESETS)}")
+    experts = raw.get("experts")
+    if not isinstance(experts, list) or not experts:
+        raise ConfigError(f"{source}: 'experts' must be a non-empty list of model folders")
+    expert_paths = tuple(_folder(root, e["model"] if isinstance(e, Mapping) else e, f"{source}: experts[{i}]") for i, e in enumerate(experts))
+    out = output if output is not None else (root / str(raw["output"]) if raw.get("output") else None)
+    if out is None:
+        raise ConfigError(f"{source}: 'output' is required (or pass --output)")
+    slerp = raw.get("slerp") or {}
+    if set(slerp) - {"t_choices"}:
+        raise ConfigError(f"{source}: slerp: only 't_choices' is known")
+    t_choices = tuple(float(t) for t in slerp.get("t_choices", (0.1, 0.25, 0.5)))
+    if not t_choices or not all(0.0 <= t <= 1.0 for t in t_choices):
+        raise ConfigError(f"{source}: slerp.t_choices: expected numbers in [0, 1], got {list(t_choices)}")
+    search = raw.get("search") or {}
+    unknown = set(search) - _SEARCH_KEYS
+    if unknown:
+        raise ConfigError(f"{source}: search: unknown key '{sorted(unknown)[0]}' (known: {', '.join(sorted(_SEARCH_KEYS))})")
+    defaults = {"weight": (0.0, 1.0), "density": (0.1, 1.0), "gamma": (0.0, 0.1)}
+    bounds = {}
+    for name in _SEARCHED:
+        value = search.get(name, defaults[name])
+        if not (isinstance(value, list | tuple) and len(value) == 2 and float(value[0]) <= float(value[1])):
+            raise ConfigError(f"{source}: search.{name}: expected [low, high], got {value!r}")
+        bounds[name] = (float(value[0]), float(value[1]))
+    out = Path(out)
+    return MediPhiPreset(
+        base_model=_folder(root, raw.get("base_model"), f"{source}: base_model"),
+        experts=expert_paths,
+        output=out,
+        work_dir=root / str(raw["work_dir"]) if raw.get("work_dir") else out.with_name(out.name + ".work"),
+        dtype=raw.get("dtype"),
+        t_choices=t_choices,
+        budget=int(search.get("budget", 500)),
+        seed=int(search.get("seed", 0)),
+        population=int(search.get("population", 8)),
+        bounds=bounds,
+        evaluate=raw.get("evaluate"),
+    )
+
+
+def _folder(root: Path, value: Any, where: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected a model folder path, got {value!r}")
+    path = (root / value).resolve()
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{where}: '{value}' is not a model folder with config.json")
+    return path
+
+
+def breadcrumbs_config(preset: MediPhiPreset, experts: list[Path], candidate: Candidate) -> dict[str, Any]:
+    """The mergekit-format ``breadcrumbs_ties`` config for one candidate (``weight_0``, ``density_0``...)."""
+    config: dict[str, Any] = {
+        "merge_method": "breadcrumbs_ties",
+        "base_model": str(preset.base_model),
+        "parameters": {"int8_mask": True, "normalize": False},
+        "models": [
+            {"model": str(expert), "parameters": {name: candidate[f"{name}_{i}"] for name in _SEARCHED}}
+            for i, expert in enumerate(experts)
+        ],
+    }
+    if preset.dtype:
+        config["dtype"] = preset.dtype
+    return config
+
+
+def run_mediphi_preset(preset: MediPhiPreset, evaluate: Evaluator, *, overwrite: bool = False) -> PresetResult:
+    """Run the recipe and write the best merge to ``preset.output``."""
+    if preset.output.exists() and any(preset.output.iterdir()) and not overwrite:
+        raise ConfigError(f"output folder {preset.output} already exists and is not empty (pass --overwrite to replace it)")
+    preset.work_dir.mkdir(parents=True, exist_ok=True)
+    slerp_scores: dict[str, dict[str, float]] = {}
+    slerped, slerp_t = [], {}
+    for index, expert in enumerate(preset.experts):
+        folder, t, scores = _choose_slerp(preset, index, expert, evaluate)
+        slerped.append(folder)
+        slerp_t[str(expert)] = t
+        slerp_scores[str(expert)] = scores
+
+    candidate_dir = preset.work_dir / "candidate"
+
+    def objective(candidate: Candidate) -> float:
+        config = parse_merge_config(breadcrumbs_config(preset, slerped, candidate), source="preset candidate")
+        run_merge(config, candidate_dir, overwrite=True)
+        try:
+            return evaluate(candidate_dir)
+        finally:
+            shutil.rmtree(candidate_dir, ignore_errors=True)
+
+    dimensions = [
+        Dimension(f"{name}_{i}", *preset.bounds[name]) for i in range(len(slerped)) for name in _SEARCHED
+    ]
+    start = {d.name: (d.low + d.high) / 2 for d in dimensions}
+    trials = evolutionary_search(
+        dimensions,
+        objective,
+        budget=preset.budget,
+        seed=preset.seed,
+        population=preset.population,
+        initial=[start],
+        log=preset.work_dir / "search_trials.jsonl",
+    )
+    best = best_trial(trials)
+    final = breadcrumbs_config(preset, slerped, best.candidate)
+    run_merge(parse_merge_config(final, source="preset result"), preset.output, overwrite=True)
+    (preset.output / "merge_config.yaml").write_text(yaml.safe_dump(final, sort_keys=False), encoding="utf-8")
+    report = {
+        "slerp": {"t": slerp_t, "scores": slerp_scores},
+        "search": {"budget": preset.budget, "evaluations": len(trials), "best_score": best.score, "best": best.candidate},
+    }
+    _write_json_atomic(preset.output / "preset_report.json", report)
+    return PresetResult(preset.output, slerp_t, best, trials)
+
+
+def _choose_slerp(preset: MediPhiPreset, index: int, expert: Path, evaluate: Evaluator) -> tuple[Path, float, dict[str, float]]:
+    """SLERP ``expert`` into the base at each ratio, keep the best-scoring one (resumable)."""
+    chosen = preset.work_dir / f"slerp_{index}"
+    record = preset.work_dir / f"slerp_{index}.json"
+    if record.is_file() and (chosen / "config.json").is_file():
+        saved = json.loads(record.read_text(encoding="utf-8"))
+        return chosen, saved["t"], saved["scores"]
+    scores: dict[str, float] = {}
+    best_t, best_score = None, float("-inf")
+    trial_dir = preset.work_dir / f"slerp_{index}.trial"
+    for t in preset.t_choices:
+        config = {
+            "merge_method": "slerp",
+            "base_model": str(preset.base_model),
+            "models": [{"model": str(preset.base_model)}, {"model": str(expert)}],
+            "parameters": {"t": t},
+        }
+        if preset.dtype:
+            config["dtype"] = preset.dtype
+        run_merge(parse_merge_config(config, source=f"slerp expert {index}"), trial_dir, overwrite=True)
+        scores[str(t)] = score = float(evaluate(trial_dir))
+        if score > best_score:
+            best_t, best_score = t, score
+            shutil.rmtree(chosen, ignore_errors=True)
+            os.replace(trial_dir, chosen)
+        else:
+            shutil.rmtree(trial_dir, ignore_errors=True)
+    if best_t is None:
+        raise ConfigError(f"slerp expert {expert}: the evaluator returned no comparable score ({scores})")
+    _write_json_atomic(record, {"expert": str(expert), "t": best_t, "scores": scores})
+    return chosen, best_t, scores
+
+
+def _write_json_atomic(path: Path, value: Any) -> None:
+    staging = path.with_suffix(path.suffix + ".tmp")
+    staging.write_text(json.dumps(value, indent=2), encoding="utf-8")
+    os.replace(staging, path)

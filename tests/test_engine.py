@@ -1,0 +1,216 @@
+"""The engine against the real test teacher subprocess, through the real openai client (loopback only)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from mediflow.engine import CircuitOpenError, Engine, EngineConfig, cache_key
+from mediflow.errors import TeacherError
+from mediflow.teachers import ChatRequest, make_teacher
+from mediflow.testing import TeacherServerURL
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "diagnosis": {"type": "string"},
+        "icd10": {"type": "string", "pattern": "^[A-Z][0-9]{2}(\\.[0-9A-Z]{1,4})?$"},
+        "severity": {"type": "string", "enum": ["mild", "moderate", "severe"]},
+    },
+    "required": ["diagnosis", "icd10"],
+}
+
+
+def fast_config(**changes: Any) -> EngineConfig:
+    """Test settings: no bar, short backoff, small breaker window."""
+    defaults: dict[str, Any] = {
+        "progress": False,
+        "backoff_initial": 0.01,
+        "backoff_max": 0.05,
+        "request_timeout": 10.0,
+    }
+    return EngineConfig(**{**defaults, **changes})
+
+
+def plain(i: int, max_tokens: int = 200) -> ChatRequest:
+    return ChatRequest(messages=(("system", "Write a short progress note."), ("user", f"patient {i}")), max_tokens=max_tokens)
+
+
+def structured(i: int) -> ChatRequest:
+    return ChatRequest(messages=(("user", f"Code the diagnosis of patient {i}."),), response_schema=SCHEMA)
+
+
+async def run_requests(
+    url: str, cache: Path, requests: list[ChatRequest], config: EngineConfig | None = None
+) -> tuple[list[Any], Engine]:
+    teacher = make_teacher("openai:test-teacher", base_url=url)
+    try:
+        async with Engine(teacher, cache, config or fast_config()) as engine:
+            results = await asyncio.gather(*(engine.complete(r) for r in requests), return_exceptions=True)
+    finally:
+        await teacher.aclose()
+    return results, engine
+
+
+def test_answers_are_cached_and_a_rerun_sends_nothing(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
+    requests = [plain(i) for i in range(20)] + [structured(i) for i in range(5)]
+    first, engine = asyncio.run(run_requests(teacher_server, tmp_path / "cache.sqlite", requests))
+    assert teacher_server.stats()["requests"] == 25
+    assert engine.stats.requests == 25 and engine.stats.cache_hits == 0
+    for response in first[20:]:
+        jsonschema.validate(json.loads(response.text), SCHEMA)
+
+    second, engine = asyncio.run(run_requests(teacher_server, tmp_path / "cache.sqlite", requests))
+    assert teacher_server.stats()["requests"] == 25  # nothing new reached the server
+    assert engine.stats.cache_hits == 25
+    assert [r.text for r in second] == [r.text for r in first]
+    assert all(r.cached for r in second)
+
+
+def test_cache_key_covers_what_changes_the_answer_and_nothing_else() -> None:
+    base = plain(1)
+    assert cache_key("openai:m", base) == cache_key("openai:m", plain(1))
+    variants = [
+        ChatRequest(messages=base.messages, max_tokens=base.max_tokens, temperature=0.1),
+        ChatRequest(messages=base.messages, max_tokens=base.max_tokens, seed=3),
+        ChatRequest(messages=base.messages, max_tokens=base.max_tokens, sample_index=1),
+        ChatRequest(messages=base.messages, max_tokens=base.max_tokens, prompt_version="abc"),
+        ChatRequest(messages=base.messages, max_tokens=base.max_tokens, response_schema=SCHEMA),
+        plain(2),
+    ]
+    keys = {cache_key("openai:m", r) for r in variants} | {cache_key("openai:other", base)}
+    assert len(keys) == len(variants) + 1 and cache_key("openai:m", base) not in keys
+
+
+def test_concurrency_cap_is_honoured(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
+    teacher_server.control(latency=0.1)
+    results, _ = asyncio.run(
+        run_requests(teacher_server, tmp_path / "c.sqlite", [plain(i) for i in range(48)], fast_config(concurrency=6))
+    )
+    assert not [r for r in results if isinstance(r, BaseException)]
+    assert teacher_server.stats()["max_in_flight"] == 6
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [
+        ("429", "rate_limited"),
+        ("500", "server_error"),
+        ("malformed", "malformed"),
+        ("cut", "connection"),
+        ("truncated", "truncated"),
+    ],
+)
+def test_each_fault_is_retried_and_survived(
+    teacher_server: TeacherServerURL, tmp_path: Path, fault: str, kind: str
+) -> None:
+    teacher_server.control(sequence=[fault, fault], retry_after=0.01)
+    [response], engine = asyncio.run(run_requests(teacher_server, tmp_path / "c.sqlite", [structured(1)]))
+    jsonschema.validate(json.loads(response.text), SCHEMA)
+    assert response.finish_reason == "stop"
+    assert teacher_server.stats()["requests"] == 3
+    assert engine.stats.retries == 2 and engine.stats.errors == {kind: 2}
+
+
+def test_retry_after_is_honoured(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
+    teacher_server.control(sequence=["429"], retry_after=0.6)
+    started = time.monotonic()
+    [response], engine = asyncio.run(run_requests(teacher_server, tmp_path / "c.sqlite", [plain(1)]))
+    assert response.text and engine.stats.errors == {"rate_limited": 1}
+    assert time.monotonic() - started >= 0.6
+
+
+def test_a_hanging_request_times_out_and_is_retried(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
+    teacher_server.control(sequence=["hang"])
+    [response], engine = asyncio.run(
+        run_requests(teacher_server, tmp_path / "c.sqlite", [plain(1)], fast_config(request_timeout=0.5))
+    )
+    assert response.text and engine.stats.errors == {"timeout": 1}
+    assert teacher_server.stats()["requests"] == 2
+
+
+def test_a_json_answer_truncated_every_time_is_returned_for_the_caller_to_reject(
+    teacher_server: TeacherServerURL, tmp_path: Path
+) -> None:
+    teacher_server.control(sequence=["truncated"] * 3)
+    [response], engine = asyncio.run(
+        run_requests(teacher_server, tmp_path / "c.sqlite", [structured(1)], fast_config(max_retries=2))
+    )
+    assert response.finish_reason == "length"
+    assert engine.stats.errors == {"truncated": 3} and not engine.stopped
+
+
+def test_bad_request_is_not_retried(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
+    teacher_server.control(sequence=["400"])
+    [error, ok], engine = asyncio.run(run_requests(teacher_server, tmp_path / "c.sqlite", [plain(1), plain(2)]))
+    assert isinstance(error, TeacherError) and not isinstance(error, CircuitOpenError)
+    assert "HTTP 400" in str(error) and "1 attempt" in str(error)
+    assert ok.text and not engine.stopped
+    assert teacher_server.stats()["requests"] == 2
+
+
+def test_unauthorised_stops_the_engine_without_retrying(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
+    teacher_server.control(sequence=["401"])
+    [error], engine = asyncio.run(run_requests(teacher_server, tmp_path / "c.sqlite", [plain(1)]))
+    assert isinstance(error, CircuitOpenError) and "HTTP 401" in str(error)
+    assert engine.stopped and teacher_server.stats()["requests"] == 1
+
+
+def test_error_rate_breaker_stops_with_a_clear_message_and_keeps_the_cache(
+    teacher_server: TeacherServerURL, tmp_path: Path
+) -> None:
+    cache = tmp_path / "c.sqlite"
+    asyncio.run(run_requests(teacher_server, cache, [plain(i) for i in range(5)]))
+    teacher_server.control(fault_rates={"500": 1.0})
+    config = fast_config(error_window=10, error_min_samples=10, max_retries=3, concurrency=4)
+    results, engine = asyncio.run(run_requests(teacher_server, cache, [plain(i) for i in range(40)], config))
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert len(errors) == 35 and all(isinstance(e, CircuitOpenError) for e in errors)
+    message = str(errors[0])
+    assert f"teacher at {teacher_server} failing: 100% of the last 10 requests failed" in message
+    assert "HTTP 500" in message
+    assert engine.stats.cache_hits == 5  # the earlier answers are still served
+    assert teacher_server.stats()["requests"] < 5 + 10 + 4  # it stopped soon after the window filled
+
+
+def test_identical_requests_in_flight_are_sent_once(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
+    teacher_server.control(latency=0.05)
+    results, engine = asyncio.run(run_requests(teacher_server, tmp_path / "c.sqlite", [plain(1)] * 5))
+    assert len({r.text for r in results}) == 1
+    assert teacher_server.stats()["requests"] == 1
+
+
+def test_rpm_bucket_spaces_requests(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
+    started = time.monotonic()
+    asyncio.run(run_requests(teacher_server, tmp_path / "c.sqlite", [plain(i) for i in range(30)], fast_config(rpm=1200)))
+    # 1200 rpm = 20/s with a one-second burst of 20: the last 10 need at least half a second.
+    assert time.monotonic() - started >= 0.45
+
+
+def test_rate_limit_headers_seed_the_request_bucket(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
+    teacher_server.control(ratelimit_rpm=6000)
+    _, engine = asyncio.run(run_requests(teacher_server, tmp_path / "c.sqlite", [plain(i) for i in range(3)]))
+    assert engine.request_bucket.per_minute == 6000
+
+
+def test_429s_shrink_the_adaptive_limit(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
+    teacher_server.control(sequence=["429"] * 4, retry_after=0.01, latency=0.02)
+    _, engine = asyncio.run(
+        run_requests(teacher_server, tmp_path / "c.sqlite", [plain(i) for i in range(16)], fast_config(concurrency=16))
+    )
+    assert engine.limit.decreases >= 1 and engine.limit.limit < 16
+    assert engine.stats.requests == 16
+
+
+def test_cost_from_configured_prices(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
+    config = fast_config(price_input_per_1k=1.0, price_output_per_1k=2.0)
+    [response], engine = asyncio.run(run_requests(teacher_server, tmp_path / "c.sqlite", [plain(1)], config))
+    expected = (response.prompt_tokens * 1.0 + response.completion_tokens * 2.0) / 1000
+    assert engine.stats.cost_usd == pytest.approx(expected) and engine.cost_usd(response) == pytest.approx(expected)
+    assert engine.stats.as_dict()["cost_usd"] == pytest.approx(expected, abs=1e-6)

@@ -1,0 +1,148 @@
+"""Pre-instruction tuning on a tiny local Phi-3: stage order, label masking, chaining, every weight moves."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny_models import build_tiny_phi3
+from transformers import TrainerCallback
+
+from mediflow.cli import main
+from mediflow.train.config import PitStageSection, StageConfig, config_from_dict
+from mediflow.train.data import load_documents, load_task_rows
+from mediflow.train.pit import build_stage_trainer, run_pit, stage_rows
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DOCUMENTS = [
+    {"id": "d1", "text": "Patient admitted with community-acquired pneumonia. Treated with amoxicillin 500 mg three times daily."},
+    {"id": "d2", "text": "CT chest without contrast shows a 4 mm nodule in the right upper lobe. Follow-up imaging in 12 months."},
+]
+TASKS = [
+    {"prompt": "Question: What was the pneumonia treated with?\nAnswer:", "completion": " amoxicillin 500 mg"},
+    {"prompt": "Question: Where is the lung nodule?\nAnswer:", "completion": " the right upper lobe"},
+    {"question": "How big is the nodule?", "answer": "4 mm"},
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pit")
+    build_tiny_phi3(root / "base")
+    (root / "docs").mkdir()
+    for doc in DOCUMENTS:
+        (root / "docs" / f"{doc['id']}.txt").write_text(doc["text"], encoding="utf-8")
+    (root / "tasks.jsonl").write_text("".join(json.dumps(row) + "\n" for row in TASKS), encoding="utf-8")
+    return root
+
+
+def _config(root: Path, output: str, **method: Any) -> StageConfig:
+    return config_from_dict(
+        {
+            "model": {"name_or_path": "base"},
+            "method": method,
+            "data": {"documents": "docs", "task_data": "tasks.jsonl", "max_length": 64},
+            "output": {"dir": output, "logging_steps": 1, "save_steps": 1000},
+            "train": {"batch_size": 2, "max_steps": 2},
+        },
+        "pit",
+        root=root,
+    )
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+class _SnapshotAtStart(TrainerCallback):
+    """Copies the weights each stage's trainer starts from."""
+
+    def __init__(self) -> None:
+        self.starts: list[dict[str, torch.Tensor]] = []
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.starts.append({name: p.detach().clone() for name, p in model.state_dict().items()})
+
+
+def test_task_data_loads_both_layouts_and_documents_get_an_empty_prompt(corpus: Path) -> None:
+    tasks = load_task_rows(corpus / "tasks.jsonl")
+    assert tasks[2] == {"prompt": "Question: How big is the nodule?\nAnswer:", "completion": " 4 mm"}
+    docs = load_documents(corpus / "docs")
+    assert [d["id"] for d in docs] == ["d1", "d2"]
+    stage = PitStageSection(name="s", data=["documents", "task"])
+    rows = stage_rows(stage, tasks, docs)
+    assert rows[0] == {"prompt": "", "completion": DOCUMENTS[0]["text"]}
+    assert rows[2:] == tasks  # the stage's data order is kept
+
+
+def test_labels_mask_prompts_and_keep_documents(corpus: Path) -> None:
+    config = _config(corpus, "mask")
+    stage = PitStageSection(name="mixed", data=["task", "documents"], order="as_listed")
+    rows = stage_rows(stage, load_task_rows(corpus / "tasks.jsonl"), load_documents(corpus / "docs"))
+    trainer = build_stage_trainer(config, stage, corpus / "base", rows, corpus / "mask")
+    tokenizer = trainer.processing_class
+    dataset = trainer.train_dataset
+    for index, row in enumerate(rows):
+        batch = trainer.data_collator([dataset[index]])
+        ids, labels = batch["input_ids"][0], batch["labels"][0]
+        trained = labels != -100
+        prompt_length = len(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"])
+        assert not trained[:prompt_length].any(), "prompt tokens must be labelled -100"
+        assert trained[prompt_length:].all(), "every completion / document token carries loss"
+        assert torch.equal(labels[trained], ids[trained])
+        assert tokenizer.decode(ids[trained]).startswith(row["completion"][:20])
+    assert trainer.args.train_sampling_strategy == "sequential"
+
+
+def test_schedule_chains_stages_and_moves_every_weight(corpus: Path) -> None:
+    snapshots = _SnapshotAtStart()
+    final = run_pit(_config(corpus, "expert"), callbacks=[snapshots])
+    manifest = json.loads((corpus / "expert" / "pit_manifest.json").read_text())
+    stage1, stage2 = manifest["stages"]
+    assert [stage1["name"], stage2["name"]] == ["task", "task_and_documents"]
+    assert (stage1["data"], stage2["data"]) == (["task"], ["task", "documents"])
+    assert (stage1["rows"], stage2["rows"]) == (3, 5)
+    assert stage1["init_from"] == str(corpus / "base")
+    assert stage2["init_from"] == stage1["model"] and manifest["final"] == str(final) == stage2["model"]
+    assert all(torch.isfinite(torch.tensor(s["losses"])).all() for s in (stage1, stage2))
+
+    base, after1, after2 = _weights(corpus / "base"), _weights(Path(stage1["model"])), _weights(final)
+    # Stage 2 started from exactly what stage 1 saved, not from the base.
+    assert len(snapshots.starts) == 2
+    for name, tensor in after1.items():
+        assert torch.equal(snapshots.starts[1][name], tensor), name
+    # Full fine-tuning: every trainable tensor moved in each stage.
+    for name in base:
+        assert not torch.equal(base[name], after1[name]), f"{name} did not move in stage 1"
+        assert not torch.equal(after1[name], after2[name]), f"{name} did not move in stage 2"
+
+    # A finished stage is not re-run.
+    run_pit(_config(corpus, "expert"))
+    rerun = json.loads((corpus / "expert" / "pit_manifest.json").read_text())
+    assert all("skipped" in s for s in rerun["stages"])
+
+
+def test_lora_stages_end_in_full_model_folders(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = corpus / "lora.yaml"
+    config.write_text(
+        "model: {name_or_path: base}\n"
+        "method: {finetuning: lora, lora: {r: 4, alpha: 8}}\n"
+        "data: {documents: docs, task_data: tasks.jsonl, max_length: 64}\n"
+        "output: {dir: lora_expert}\n"
+        "train: {batch_size: 2}\n",
+        encoding="utf-8",
+    )
+    assert main(["train", "pit", "--config", str(config), "--set", "train.max_steps=1", "--set", "train.learning_rate=1e-2"]) == 0
+    final = corpus / "lora_expert" / "stage2-task_and_documents" / "model"
+    assert capsys.readouterr().out.strip().endswith(f"expert: {final}")
+    assert not (final / "adapter_config.json").exists()
+    base, merged = _weights(corpus / "base"), _weights(final)
+    assert set(merged) == set(base)  # a plain model: the adapter is merged into the weights
+    moved = [name for name in base if not torch.equal(base[name], merged[name])]
+    assert moved and all("proj" in name for name in moved)  # only the LoRA-targeted linear layers changed

@@ -1,0 +1,117 @@
+"""Teachers: spec parsing, keys, strict schemas, and the OpenAI-compatible client against the test server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import jsonschema
+import pytest
+
+from mediflow.errors import MediflowError
+from mediflow.teachers import ChatRequest, make_teacher
+from mediflow.teachers.openai_compat import OpenAICompatTeacher
+from mediflow.teachers.strict_schema import strict_form
+from mediflow.testing import TeacherServerURL
+
+NESTED = {
+    "type": "object",
+    "properties": {
+        "patient": {
+            "type": "object",
+            "properties": {"age": {"type": "integer"}, "sex": {"type": "string", "enum": ["male", "female"]}},
+            "required": ["age"],
+        },
+        "codes": {"type": "array", "items": {"$ref": "#/$defs/code"}},
+        "note": {"type": "string"},
+    },
+    "required": ["patient", "codes"],
+    "$defs": {
+        "code": {"type": "object", "properties": {"code": {"type": "string"}, "why": {"type": ["string", "number"]}}}
+    },
+}
+
+
+def test_strict_form_closes_objects_requires_everything_and_makes_optionals_nullable() -> None:
+    strict = strict_form(NESTED)
+    assert strict["additionalProperties"] is False
+    assert strict["required"] == ["patient", "codes", "note"]
+    assert strict["properties"]["note"] == {"type": ["string", "null"]}
+    patient = strict["properties"]["patient"]
+    assert patient["additionalProperties"] is False and patient["required"] == ["age", "sex"]
+    assert patient["properties"]["sex"] == {"anyOf": [{"type": "string", "enum": ["male", "female"]}, {"type": "null"}]}
+    code = strict["$defs"]["code"]
+    assert code["required"] == ["code", "why"] and code["properties"]["why"]["type"] == ["string", "number", "null"]
+    assert NESTED["properties"]["note"] == {"type": "string"}  # the input is not modified
+
+
+def test_strict_answers_stay_valid_against_the_original_once_nulls_are_dropped() -> None:
+    answer = {"patient": {"age": 70, "sex": None}, "codes": [{"code": "I10", "why": None}], "note": None}
+    jsonschema.validate(answer, strict_form(NESTED))
+    drop_nulls = json.loads(json.dumps(answer), object_hook=lambda o: {k: v for k, v in o.items() if v is not None})
+    jsonschema.validate(drop_nulls, NESTED)
+
+
+def test_unknown_teacher_spec_names_the_known_ones() -> None:
+    with pytest.raises(MediflowError, match="unknown teacher 'gpt4'.*openai:MODEL"):
+        make_teacher("gpt4")
+
+
+def test_openai_needs_a_key_unless_self_hosted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(MediflowError, match="OPENAI_API_KEY"):
+        make_teacher("openai:gpt-4o-mini")
+    assert make_teacher("openai:m", base_url="http://127.0.0.1:9/v1").name == "openai:m"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    assert make_teacher("openai:gpt-4o-mini").name == "openai:gpt-4o-mini"
+
+
+def test_azure_reads_endpoint_and_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AZURE_OPENAI_ENDPOINT", raising=False)
+    with pytest.raises(MediflowError, match="AZURE_OPENAI_ENDPOINT"):
+        make_teacher("azure:my-deployment", api_key="k")
+    teacher = make_teacher("azure:my-deployment", base_url="https://example.openai.azure.com", api_key="k")
+    assert teacher.name == "azure:my-deployment"
+
+
+async def _ask(teacher: OpenAICompatTeacher, request: ChatRequest) -> Any:
+    try:
+        return await teacher.complete(request)
+    finally:
+        await teacher.aclose()
+
+
+def test_json_schema_request_gets_a_schema_valid_answer(teacher_server: TeacherServerURL) -> None:
+    teacher = make_teacher("openai:test-teacher", base_url=teacher_server)
+    response = asyncio.run(_ask(teacher, ChatRequest(messages=(("user", "code it"),), response_schema=NESTED)))
+    jsonschema.validate(json.loads(response.text), NESTED)
+    assert teacher.supports_json_schema is True
+
+
+def test_falls_back_to_json_mode_when_json_schema_is_refused(teacher_server: TeacherServerURL) -> None:
+    teacher_server.control(json_schema_supported=False)
+    teacher = make_teacher("openai:test-teacher", base_url=teacher_server)
+
+    async def two_requests() -> list[Any]:
+        try:
+            return [
+                await teacher.complete(ChatRequest(messages=(("user", f"code {i}"),), response_schema=NESTED))
+                for i in range(2)
+            ]
+        finally:
+            await teacher.aclose()
+
+    responses = asyncio.run(two_requests())
+    for response in responses:
+        jsonschema.validate(json.loads(response.text), NESTED)  # the schema travelled in the prompt
+    assert teacher.supports_json_schema is False
+    assert teacher_server.stats()["requests"] == 3  # one refusal, remembered: not asked again
+
+
+def test_rate_limit_headers_reach_the_response(teacher_server: TeacherServerURL) -> None:
+    teacher_server.control(ratelimit_rpm=500)
+    teacher = make_teacher("openai:test-teacher", base_url=teacher_server)
+    response = asyncio.run(_ask(teacher, ChatRequest(messages=(("user", "hi"),))))
+    assert response.headers["x-ratelimit-limit-requests"] == "500"
+    assert response.prompt_tokens > 0 and response.completion_tokens > 0

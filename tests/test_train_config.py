@@ -1,0 +1,93 @@
+"""Stage configs: defaults (MediPhi's PIT schedule), overrides, and one-line errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mediflow.cli import main
+from mediflow.errors import ConfigError
+from mediflow.train.config import config_from_dict, load_config
+
+PIT = {
+    "model": {"name_or_path": "base"},
+    "data": {"documents": "docs", "task_data": "qa.parquet"},
+    "output": {"dir": "out"},
+}
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "stage.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_pit_defaults_to_the_mediphi_schedule(tmp_path: Path) -> None:
+    config = config_from_dict(PIT, "pit", root=tmp_path)
+    first, second = config.method.schedule
+    assert (first.data, first.epochs, first.learning_rate) == (["task"], 1.0, 1e-4)
+    assert (second.data, second.epochs, second.learning_rate) == (["task", "documents"], 2.0, 3e-4)
+    assert config.path("out") == tmp_path / "out"
+    assert config.method.finetuning == "full"
+
+
+def test_yaml_and_overrides(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "model: {name_or_path: base}\n"
+        "data: {train: records.parquet}\n"
+        "output: {dir: out, report_to: [tensorboard]}\n"
+        "train: {learning_rate: 1e-5, extra: {max_grad_norm: 0.5}}\n",
+    )
+    config = load_config(path, "sft", ["train.max_steps=7", "method.finetuning=lora", "method.lora.r=4"])
+    assert config.train.max_steps == 7
+    assert config.train.learning_rate == 1e-5  # YAML reads "1e-5" as a string; the config widens it
+    assert config.method.finetuning == "lora" and config.method.lora.r == 4
+    assert config.output.report_to == ["tensorboard"]
+    assert config.train.extra == {"max_grad_norm": 0.5}
+    assert config.root == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("text", "stage", "message"),
+    [
+        ("model: {name_or_path: b}\noutput: {dir: o}\ndata: {train: t}\ntrain: {batch_sise: 2}\n", "sft", "unknown key 'train.batch_sise' (did you mean 'train.batch_size'?)"),
+        ("model: {name_or_path: b}\noutput: {dir: o}\ndata: {train: t}\ntrain: {batch_size: two}\n", "sft", "train.batch_size: expected int, got 'two'"),
+        ("model: {name_or_path: b}\noutput: {dir: o}\n", "sft", "data.train is required for the sft stage"),
+        ("output: {dir: o}\ndata: {train: t}\n", "dpo", "model.name_or_path is required"),
+        ("model: {name_or_path: b}\noutput: {dir: o}\ndata: {train: t}\nmethod: {reference: adapter}\n", "dpo", "method.reference 'adapter' needs method.finetuning 'lora'"),
+        ("model: {name_or_path: b}\noutput: {dir: o}\ndata: {documents: d, task_data: q}\nmethod: {schedule: [{name: s, data: [papers]}]}\n", "pit", "method.schedule[0].data: 'papers' is not one of ['task', 'documents']"),
+        ("stage: dpo\nmodel: {name_or_path: b}\n", "sft", "the file is for 'dpo' but was run as 'sft'"),
+        ("modle: {name_or_path: b}\n", "sft", "unknown key 'modle' (did you mean 'model'?)"),
+        ("model: [1, 2\n", "sft", "not valid YAML"),
+    ],
+)
+def test_errors_are_one_line_and_name_the_key(tmp_path: Path, text: str, stage: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(_write(tmp_path, text), stage)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert str(caught.value).startswith(str(tmp_path / "stage.yaml"))
+
+
+def test_bad_override_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load_config(_write(tmp_path, "model: {name_or_path: b}\n"), "sft", ["max_steps"])
+
+
+def test_cli_prints_one_error_line_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, "model: {name_or_path: b}\noutput: {dir: o}\ndata: {train: t}\nmethod: {beta: -1}\n")
+    assert main(["train", "dpo", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {path}: method.beta: must be > 0, got -1.0"
+
+
+def test_unknown_trl_extra_is_rejected(tmp_path: Path) -> None:
+    from trl import SFTConfig
+
+    from mediflow.train.runtime import trl_arguments
+
+    config = config_from_dict({**PIT, "train": {"extra": {"max_grad_nrom": 1.0}}}, "pit", root=tmp_path)
+    with pytest.raises(ConfigError, match=r"train.extra.max_grad_nrom: not a SFTConfig field \(did you mean 'max_grad_norm'\?\)"):
+        trl_arguments(SFTConfig, config, tmp_path)
