@@ -19,10 +19,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub.constants
 import pytest
+from audit_fixtures import write_output_folder
 from huggingface_hub.utils.sha import git_hash
 from test_export import make_records
-from audit_fixtures import write_output_folder
 
 from mediflow.cli import main
 from mediflow.export import ExportOptions, ShardLimits, export_dataset, upload_export
@@ -108,7 +109,10 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
 
 @pytest.fixture()
-def fake_hub() -> Iterator[tuple[str, FakeHub]]:
+def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, FakeHub]]:
+    # Other test modules load models with HF_HUB_OFFLINE=1, which huggingface_hub reads once into
+    # a constant; the upload must reach the loopback fake Hub regardless.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     hub = FakeHub()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
     thread = threading.Thread(target=server.serve_forever, daemon=True)

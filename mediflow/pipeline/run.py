@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow.parquet as pq
+
 from mediflow import __version__
 from mediflow.config import RunConfig, load_config
 from mediflow.engine import Engine, EngineConfig
@@ -258,7 +260,9 @@ def load_output(out_dir: str | Path) -> datasets.Dataset:
     import datasets
 
     output = RunOutput(out_dir)
-    files = [str(path) for _, path in output.shards()]
+    # A shard is also the commit marker of its plan range, so a range whose items were all rejected
+    # leaves a zero-row shard; datasets cannot read those, and they hold nothing to load.
+    files = [str(path) for _, path in output.shards() if pq.read_metadata(path).num_rows > 0]
     features = datasets.Features.from_arrow_schema(GENERATION_SCHEMA)
     if not files:
         return datasets.Dataset(GENERATION_SCHEMA.empty_table())

@@ -81,11 +81,16 @@ class FilterConfig:
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    """The LLM judge: which teacher, how many samples, how they aggregate, and the thresholds."""
+    """The LLM judge: which teacher, how many samples, how they aggregate, the thresholds, the limits.
+
+    The limits (``concurrency``, ``rpm``, ``tpm``, ``max_retries``, ``request_timeout``) mean what
+    they mean for generation (``limits:`` in a run config): the judge runs on the same engine.
+    """
 
     teacher: str | None = None  # e.g. openai:gpt-4o-mini; required to run the judge
     base_url: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # Python API only; never in a manifest (configs name api_key_env)
+    api_key_env: str | None = None  # the environment variable holding the key (default: the SDK's)
     samples: int = 5
     aggregate: str = "mean"  # mean | median
     temperature: float = 0.7
@@ -95,9 +100,14 @@ class JudgeConfig:
     on_failure: str = "drop"  # drop | keep: a record whose judge samples all failed
     rejudge: bool = False  # re-score records that already carry judge scores
     concurrency: int = 32
-    batch_records: int = 256
+    rpm: float | None = None
+    tpm: float | None = None
+    max_retries: int = 6
+    request_timeout: float = 120.0
+    batch_records: int = 256  # records judged at once; each batch is written before the next starts
     cache: str | None = None  # default: OUT/judge-cache.sqlite
     rubric: str | None = None  # a prompts folder holding judge.yaml (default: the built-in one)
+    progress: bool = True
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -106,6 +116,14 @@ class JudgeConfig:
             raise ConfigError(f"judge.aggregate: {self.aggregate!r} is not one of mean, median")
         if self.on_failure not in ("drop", "keep"):
             raise ConfigError(f"judge.on_failure: {self.on_failure!r} is not one of drop, keep")
+        if self.batch_records < 1:
+            raise ConfigError("judge.batch_records: must be at least 1")
+        if self.max_corrections < 0:
+            raise ConfigError("judge.max_corrections: must be at least 0")
+        thresholds = self.thresholds or {}
+        if not isinstance(thresholds, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in thresholds.values()):
+            raise ConfigError(f"judge.thresholds: expected a mapping of criterion name to a number, got {self.thresholds!r}")
+        object.__setattr__(self, "thresholds", {str(k): float(v) for k, v in thresholds.items()})
 
 
 @dataclass(frozen=True)

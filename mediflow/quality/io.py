@@ -109,15 +109,21 @@ def reject_table(records: pa.Table, stage: str, rule: list[str], score: list[flo
     return records
 
 
+def check_output(out: Path, source: Path) -> None:
+    """A clear error when ``out`` cannot be a stage's output folder for ``source`` (checked before any work)."""
+    out, source = Path(out), Path(source)
+    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
+        raise MediflowError(f"{out}: the output folder must not be (or be inside) the input {source}")
+    if out.exists() and not out.is_dir():
+        raise MediflowError(f"{out}: exists and is not a folder")
+
+
 class StageOutput:
     """Collects one stage's kept and rejected records and publishes the folder atomically on :meth:`finish`."""
 
     def __init__(self, out: Path, source: Path) -> None:
         self.out = Path(out)
-        if self.out.resolve() == Path(source).resolve() or Path(source).resolve() in self.out.resolve().parents:
-            raise MediflowError(f"{out}: the output folder must not be (or be inside) the input {source}")
-        if self.out.exists() and not self.out.is_dir():
-            raise MediflowError(f"{out}: exists and is not a folder")
+        check_output(self.out, source)
         self.staging = self.out / f".staging-{uuid.uuid4().hex[:8]}"
         (self.staging / "data").mkdir(parents=True)
         self._kept_writer: pq.ParquetWriter | None = None

@@ -20,6 +20,9 @@ from typing import Any
 class TeacherServerURL(str):
     """The server's OpenAI base URL (``http://127.0.0.1:PORT/v1``), with its control calls attached."""
 
+    #: The server's process id (the benchmark reads its CPU time from it); None when not started by us.
+    pid: int | None = None
+
     @property
     def root(self) -> str:
         return self.removesuffix("/v1")
@@ -53,6 +56,7 @@ def teacher_server(*args: str, startup_timeout: float = 30.0) -> Iterator[Teache
         stderr=subprocess.PIPE,
     )
     url = TeacherServerURL(f"http://127.0.0.1:{port}/v1")
+    url.pid = process.pid
     try:
         _wait_until_up(url, process, startup_timeout)
         yield url

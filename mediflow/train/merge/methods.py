@@ -20,6 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 #: SLERP interpolates linearly when the two directions are this close to (anti)parallel.
@@ -60,18 +61,31 @@ class KeepBand:
         return self.low == -math.inf and self.high == math.inf
 
 
-def rank_band(magnitudes: torch.Tensor, first: int, stop: int) -> KeepBand:
-    """The band keeping stable ascending ranks ``[first, stop)`` of a flat magnitude tensor."""
+def rank_band(magnitudes: torch.Tensor, first: int, stop: int, *, reorder_in_place: bool = False) -> KeepBand:
+    """The band keeping stable ascending ranks ``[first, stop)`` of a flat magnitude tensor.
+
+    ``reorder_in_place`` lets the selection permute ``magnitudes`` instead of copying it: for a
+    caller whose buffer is scratch (the streaming merge), that halves the peak memory of a tensor.
+    """
     if stop <= first:
         return KeepBand.nothing()
-    low = float(torch.kthvalue(magnitudes, first + 1).values)
-    high = float(torch.kthvalue(magnitudes, stop).values) if stop < magnitudes.numel() else math.inf
+    # numpy's introselect works in place; torch.kthvalue copies the values and allocates int64
+    # indices (twice the size of float32 values) per call, which would dominate a streaming merge.
+    edges = [first] + ([stop - 1] if stop < magnitudes.numel() else [])
+    exact_dtype = torch.float64 if magnitudes.dtype == torch.float64 else torch.float32
+    values = magnitudes.detach().to(exact_dtype).numpy()
+    if magnitudes.dtype == exact_dtype and not reorder_in_place:  # else `values` is scratch or a copy
+        values = values.copy()
+    values.partition(edges)
+    low = float(values[first])
+    high = float(values[stop - 1]) if stop < magnitudes.numel() else math.inf
+    del values
     if high == math.inf:
-        return KeepBand(low, math.inf, first - int((magnitudes < low).sum()), 0)
-    return KeepBand(low, high, first - int((magnitudes < low).sum()), stop - int((magnitudes < high).sum()))
+        return KeepBand(low, math.inf, first - int(torch.count_nonzero(magnitudes < low)), 0)
+    return KeepBand(low, high, first - int(torch.count_nonzero(magnitudes < low)), stop - int(torch.count_nonzero(magnitudes < high)))
 
 
-def magnitude_band(magnitudes: torch.Tensor, density: float) -> KeepBand:
+def magnitude_band(magnitudes: torch.Tensor, density: float, *, reorder_in_place: bool = False) -> KeepBand:
     """TIES sparsification: keep the ``max(1, int(density * n))`` largest magnitudes.
 
     ``magnitudes`` is the flat ``|delta|`` of the whole tensor. ``density >= 1`` keeps everything,
@@ -83,10 +97,10 @@ def magnitude_band(magnitudes: torch.Tensor, density: float) -> KeepBand:
     if density <= 0 or count == 0:
         return KeepBand.nothing()
     keep = max(1, int(density * count))
-    return rank_band(magnitudes, count - keep, count)
+    return rank_band(magnitudes, count - keep, count, reorder_in_place=reorder_in_place)
 
 
-def outlier_band(magnitudes: torch.Tensor, density: float, gamma: float) -> KeepBand:
+def outlier_band(magnitudes: torch.Tensor, density: float, gamma: float, *, reorder_in_place: bool = False) -> KeepBand:
     """BreadCrumbs sparsification: drop the ``gamma`` fraction of largest magnitudes, then the
     smallest ones, keeping ``int(density * n)`` entries.
 
@@ -100,7 +114,7 @@ def outlier_band(magnitudes: torch.Tensor, density: float, gamma: float) -> Keep
     if keep <= 0 or count == 0:
         return KeepBand.nothing()
     dropped_small = max(0, count - keep - int(gamma * count))
-    return rank_band(magnitudes, dropped_small, dropped_small + keep)
+    return rank_band(magnitudes, dropped_small, dropped_small + keep, reorder_in_place=reorder_in_place)
 
 
 def band_mask(magnitudes: torch.Tensor, band: KeepBand, low_ties_before: int = 0, high_ties_before: int = 0) -> torch.Tensor:

@@ -185,8 +185,8 @@ class _Sparsifier:
         if self.band is not None and not self.band.keeps_everything:
             magnitudes = delta.abs()
             kept = methods.band_mask(magnitudes, self.band, self.low_ties_seen, self.high_ties_seen)
-            self.low_ties_seen += int((magnitudes == self.band.low).sum())
-            self.high_ties_seen += int((magnitudes == self.band.high).sum())
+            self.low_ties_seen += int(torch.count_nonzero(magnitudes == self.band.low))
+            self.high_ties_seen += int(torch.count_nonzero(magnitudes == self.band.high))
             delta.masked_fill_(~kept, 0.0)
         elif self.generator is not None:
             delta.masked_fill_(~methods.random_mask(delta.shape, self.density, self.generator), 0.0)
@@ -219,11 +219,13 @@ def _sparsifier(
                 l1_after += float(delta.abs().masked_fill_(~kept, 0.0).sum(dtype=torch.float64))
             factor = methods.l1_rescale_factor(l1_before, l1_after)
         return _Sparsifier(None, density, make_generator, factor)
+    # ``magnitudes`` is this function's scratch buffer: the selection may reorder it, and the L1
+    # sums below do not depend on the order.
     magnitudes = _delta_magnitudes(base, other, chunks)
     if method.sparsification == "magnitude":
-        band = methods.magnitude_band(magnitudes, density)
+        band = methods.magnitude_band(magnitudes, density, reorder_in_place=True)
     else:
-        band = methods.outlier_band(magnitudes, density, parameters["gamma"])
+        band = methods.outlier_band(magnitudes, density, parameters["gamma"], reorder_in_place=True)
     factor = 1.0
     if rescale:
         l1_before = float(magnitudes.sum(dtype=torch.float64))
