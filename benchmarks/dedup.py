@@ -117,23 +117,34 @@ def _fill(template: str, rng: random.Random) -> str:
     return template.format(**values)
 
 
-def original(rng: random.Random) -> tuple[str, str, str]:
-    """A fresh (instruction, document, task) made from templates and random findings."""
-    sentences = [_fill(t, rng) for t in rng.sample(SENTENCES, rng.randint(7, 11))]
-    instruction_index = rng.randrange(len(INSTRUCTIONS))
+Shape = tuple[int, tuple[int, ...]]  # (instruction template, sentence templates in order)
+
+
+def new_shape(rng: random.Random) -> Shape:
+    return rng.randrange(len(INSTRUCTIONS)), tuple(rng.sample(range(len(SENTENCES)), rng.randint(7, 11)))
+
+
+def original(shape: Shape, rng: random.Random) -> tuple[str, str, str]:
+    """A fresh (instruction, document, task): the shape's templates filled with random findings and values.
+
+    Two originals of one shape are distinct-but-similar: the same sentences in the same order about
+    different patients, which is what template-driven synthetic data looks like.
+    """
+    instruction_index, sentence_indices = shape
+    sentences = [_fill(SENTENCES[i], rng) for i in sentence_indices]
     return _fill(INSTRUCTIONS[instruction_index], rng), " ".join(sentences), TASKS[instruction_index]
 
 
 def perturb(instruction: str, document: str, rng: random.Random) -> tuple[str, str, str]:
     """A planted near-duplicate: word edits, reordered sentences and/or surface changes; returns the kind too."""
-    kind = rng.choice(["edit", "reorder", "surface", "edit+reorder"])
+    kind = rng.choice(["edit", "reorder", "surface", "edit+reorder", "typo"])
     sentences = document.split(". ")
     if "reorder" in kind:
         rng.shuffle(sentences)
     document = ". ".join(sentences)
     if "edit" in kind:
         words = document.split(" ")
-        for _ in range(rng.randint(1, 3)):
+        for _ in range(rng.randint(1, 5)):
             i = rng.randrange(len(words))
             key = words[i].strip(".,:").lower()
             if key in SYNONYMS:
@@ -143,19 +154,35 @@ def perturb(instruction: str, document: str, rng: random.Random) -> tuple[str, s
             else:
                 words[i] = words[i][:-1] if len(words[i]) > 3 else words[i]
         document = " ".join(words)
+    if kind == "typo":
+        words = document.split(" ")
+        for i in rng.sample(range(len(words)), 3):
+            at = rng.randrange(len(words[i]))
+            words[i] = words[i][:at] + words[i][at + 1 :] + ("s" if rng.random() < 0.5 else "")
+        document = " ".join(words)
     if kind == "surface":
         document = document.upper() if rng.random() < 0.3 else document.replace(",", "").replace(".", " .")
         instruction = instruction.lower()
     return instruction, document, kind
 
 
-def synthetic(n: int, duplicate_share: float, seed: int) -> tuple[pa.Table, np.ndarray]:
-    """``n`` records and their planted cluster label (records of one planted cluster share a label)."""
+def synthetic(n: int, duplicate_share: float, seed: int, sibling_share: float = 0.5) -> tuple[pa.Table, np.ndarray]:
+    """``n`` records and their planted cluster label (records of one planted cluster share a label).
+
+    ``sibling_share`` of the originals reuse the shape of a recent original (distinct-but-similar);
+    a ``duplicate_share`` of all records are planted near-duplicates of an original.
+    """
     rng = random.Random(seed)
     instructions, documents, tasks, clusters = [], [], [], []
+    recent: list[Shape] = []
     label = 0
     while len(instructions) < n:
-        instruction, document, task = original(rng)
+        if recent and rng.random() < sibling_share:
+            shape = rng.choice(recent)
+        else:
+            shape = new_shape(rng)
+            recent = [*recent[-99:], shape]
+        instruction, document, task = original(shape, rng)
         copies = rng.choice([1, 1, 1, 2, 3]) if rng.random() < duplicate_share / (1 - duplicate_share) / 1.6 else 0
         for variant in range(1 + copies):
             if len(instructions) == n:

@@ -122,7 +122,7 @@ async def _engine(url: str, n: int, concurrency: int, workdir: Path) -> None:
 def generate_config(url: str, n: int, concurrency: int, out: Path) -> dict[str, Any]:
     """A run of about ``n`` teacher requests: n/3 records of document, instruction and response each."""
     return {
-        "teacher": {"spec": "openai:bench", "base_url": url},
+        "teacher": {"spec": "openai:bench", "base_url": str(url)},
         "per_cell": 50,  # a plan far larger than needed; max_records takes a stratified prefix of it
         "max_records": max(1, n // 3),
         "documents_per_instruction": 1,
@@ -164,6 +164,7 @@ def _measure(path: str, url: str, n: int, concurrency: int, workdir: Path) -> di
 
 def _run_child(path: str, url: TeacherServerURL, n: int, concurrency: int, workdir: Path) -> dict[str, float]:
     """One path in a fresh process. The CLI is timed from outside (start-up included)."""
+    workdir.mkdir(parents=True)
     if path == "cli":
         config = workdir / "run.yaml"
         config.write_text(yaml.safe_dump(generate_config(url, n, concurrency, workdir / "run")))

@@ -81,7 +81,8 @@ def fitting_sentences(model_dir: Path, max_length: int) -> int:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
     def length(sentences: int) -> int:
-        return len(tokenizer.apply_chat_template(synthetic_records(1, sentences)[0]["messages"], tokenize=True))
+        text = tokenizer.apply_chat_template(synthetic_records(1, sentences)[0]["messages"], tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     one, two = length(1), length(2)
     return max(1, int((0.9 * max_length - one) // max(1, two - one)) + 1)
@@ -149,16 +150,19 @@ def run_ours(model: Path, data: Path, work: Path, args: argparse.Namespace) -> t
     from mediflow.train.align import build_sft_trainer
     from mediflow.train.config import config_from_dict
 
-    step_times: list[float] = []
+    begins: list[float] = []
+    ends: list[float] = []
 
     class StepClock(TrainerCallback):
+        """Wall-clock marks at each step's start and end (the optimizer step done)."""
+
         def on_step_begin(self, *_: Any, **__: Any) -> None:
             _sync(args.device)
-            step_times.append(time.perf_counter())
+            begins.append(time.perf_counter())
 
-        def on_train_end(self, *_: Any, **__: Any) -> None:
+        def on_step_end(self, *_: Any, **__: Any) -> None:
             _sync(args.device)
-            step_times.append(time.perf_counter())
+            ends.append(time.perf_counter())
 
     on_gpu = args.device == "cuda"
     config = config_from_dict(
@@ -183,8 +187,7 @@ def run_ours(model: Path, data: Path, work: Path, args: argparse.Namespace) -> t
     trainer.train()
     trained = recorder.batches[: args.warmup + args.steps]
     tokens = sum(_tokens(batch) for batch in trained[args.warmup :])
-    # step_times: the start of each step, then the end of training.
-    return Throughput(tokens, step_times[-1] - step_times[args.warmup]), trained, trainer.model
+    return Throughput(tokens, ends[-1] - begins[args.warmup]), trained, trainer.model
 
 
 def run_plain_loop(model_dir: Path, batches: list[dict[str, Any]], args: argparse.Namespace) -> Throughput:

@@ -23,6 +23,7 @@ from mediflow.audit import (
     ngrams,
     planned_cells,
     run_audit,
+    run_config,
     samples,
     write_html,
 )
@@ -84,6 +85,26 @@ def test_coverage_plan_is_rebuilt_from_the_manifest_config(tmp_path: Path, taxon
     )
     result = coverage(folder, planned)
     assert result.numbers["planned_empty_cells"] == 1 and result.numbers["cells_below_plan"] == 1
+
+
+def test_a_curated_folder_is_checked_against_the_plan_of_the_run_it_came_from(tmp_path: Path, taxonomy) -> None:
+    docs = taxonomy.document_types_for(CODING_TASK)[:2]
+    rows = [record(CODING_TASK, doc, "x", "plain_text", _rng()) for doc in docs for _ in range(2)]
+    config = {"tasks": [CODING_TASK], "document_types": docs, "per_cell": 2}
+    run = write_output_folder(tmp_path / "run", rows, manifest={"config": config, "input": str(tmp_path / "curated")})
+    curate_manifest = {"stage": "curate", "input": str(run), "config": {"filters": {}, "dedup": {}}, "in": 4, "kept": 1}
+    folder = OutputFolder.open(write_output_folder(tmp_path / "curated", rows[:1], manifest=curate_manifest))
+
+    assert [path for path, _ in folder.lineage()] == [folder.path, run]  # and the cycle back to curated ends it
+    assert run_config(folder) == config
+    planned, source = planned_cells(folder, taxonomy)
+    assert f"the manifest of its source {run}" in source
+    assert sorted(zip(planned["input_data"], planned["planned"])) == sorted(planned_cells(OutputFolder.open(run), taxonomy)[0][["input_data", "planned"]].itertuples(index=False, name=None))
+    result = coverage(folder, planned)
+    assert result.numbers["cells_below_plan"] == 1 and result.numbers["planned_empty_cells"] == 1  # what curation removed
+
+    (run / "manifest.json").unlink()  # the source run is gone: the curated folder is still audited
+    assert [path for path, _ in folder.lineage()] == [folder.path] and run_config(folder) == {}
 
 
 def test_coverage_without_manifest_plans_the_taxonomy_cells_of_the_tasks_present(tmp_path: Path, taxonomy) -> None:

@@ -17,6 +17,9 @@ from nbclient import NotebookClient
 
 from audit_fixtures import demo_folder
 
+from mediflow import generate
+from mediflow.taxonomy import load_taxonomy
+
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "audit.ipynb"
 KERNEL_NAME = "mediflow-audit-test"
 
@@ -32,12 +35,11 @@ def _pin_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MPLBACKEND", "Agg")
 
 
-def test_audit_notebook_runs_headless_on_a_generated_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    output = tmp_path / "run"
-    demo_folder(output)
+def _execute(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """Run the notebook on ``folder``; return its HTML outputs and the report it wrote."""
     report = tmp_path / "notebook-report.html"
     _pin_kernel(tmp_path, monkeypatch)
-    monkeypatch.setenv("MEDIFLOW_AUDIT_DIR", str(output))
+    monkeypatch.setenv("MEDIFLOW_AUDIT_DIR", str(folder))
     monkeypatch.setenv("MEDIFLOW_AUDIT_HTML", str(report))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(notebook, timeout=120, kernel_name=KERNEL_NAME, resources={"metadata": {"path": str(tmp_path)}})
@@ -46,7 +48,26 @@ def test_audit_notebook_runs_headless_on_a_generated_folder(tmp_path: Path, monk
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     html_outputs = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    return html_outputs, report.read_text(encoding="utf-8")
+
+
+def test_audit_notebook_runs_headless_on_a_folder_with_planted_problems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    output = tmp_path / "run"
+    demo_folder(output)
+    html_outputs, text = _execute(output, tmp_path, monkeypatch)
     assert html_outputs.count('src="data:image/png;base64,') >= 8  # every plotted section shows its figure
     assert "JSON validity per task" in html_outputs and "Planned cells with no record" in html_outputs
-    text = report.read_text(encoding="utf-8")
     assert text.count("<h2>") == 10  # contents + 9 sections
+
+
+def test_audit_notebook_runs_headless_on_a_generate_output(teacher_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a data lead runs it on: a real ``mediflow generate`` folder (test teacher, 2 tasks x 2 document types)."""
+    taxonomy = load_taxonomy()
+    tasks = ["icd10cm_coding", "medication_qa"]
+    shared = [d for d in taxonomy.document_types_for(tasks[0]) if d in taxonomy.document_types_for(tasks[1])][:2]
+    output = tmp_path / "run"
+    config = {"teacher": {"spec": "openai:mediflow-test-teacher", "base_url": str(teacher_server)}, "tasks": tasks, "document_types": shared}
+    generate({**config, "difficulty_levels": ["routine"], "per_cell": 2, "progress": False, "output": {"dir": str(output)}})
+    html_outputs, text = _execute(output, tmp_path, monkeypatch)
+    assert "the run&#x27;s plan" in html_outputs or "the run's plan" in html_outputs  # coverage against the real plan
+    assert text.count("<h2>") == 10 and "ICD-10-CM code validity" in text

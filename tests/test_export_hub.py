@@ -22,6 +22,7 @@ from typing import Any
 import huggingface_hub.constants
 import pytest
 from audit_fixtures import write_output_folder
+from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils.sha import git_hash
 from test_export import make_records
 
@@ -39,6 +40,9 @@ class FakeHub:
         self.private: dict[str, bool] = {}
         self.commits: list[list[str]] = []
         self.auth_headers: set[str] = set()
+        #: Commit attempts (1-based) the fake refuses with a 500, as a Hub outage mid-upload would.
+        self.fail_commits: set[int] = set()
+        self.commit_attempts = 0
 
 
 def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
@@ -96,6 +100,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if match.group(2) == "preupload":
                 files = json.loads(body)["files"]
                 return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+            hub.commit_attempts += 1
+            if hub.commit_attempts in hub.fail_commits:
+                return self._reply(500, {"error": "Internal Error - We're working hard to fix this as soon as possible!"})
             paths = []
             for line in body.splitlines():
                 item = json.loads(line)
@@ -154,6 +161,24 @@ def test_upload_commits_in_bounded_batches_and_resumes(fake_hub, export_dir: Pat
 
     assert hub.auth_headers == {f"Bearer {TOKEN}"}
     assert not any(TOKEN.encode() in p.read_bytes() for p in export_dir.rglob("*") if p.is_file())
+
+
+def test_an_interrupted_upload_resumes_with_the_files_not_yet_committed(fake_hub, export_dir: Path) -> None:
+    """The Hub fails the second commit: the first batch stays on the Hub and a rerun sends only the rest."""
+    endpoint, hub = fake_hub
+    files = sorted(str(p.relative_to(export_dir)) for p in export_dir.rglob("*") if p.is_file())
+    hub.fail_commits = {2}
+    with pytest.raises(HfHubHTTPError):
+        upload_export(export_dir, "someone/resume", token=TOKEN, files_per_commit=3, endpoint=endpoint)
+    first_batch = hub.commits[0]
+    assert len(hub.commits) == 1 and len(first_batch) == 3 and "README.md" not in hub.repos["someone/resume"]
+
+    resumed = upload_export(export_dir, "someone/resume", token=TOKEN, files_per_commit=3, endpoint=endpoint)
+    assert sorted(resumed.skipped) == sorted(first_batch)
+    assert hub.commits[1:] == resumed.commits and all(len(c) <= 3 for c in resumed.commits)
+    assert sorted(p for c in resumed.commits for p in c) == sorted(set(files) - set(first_batch))
+    assert resumed.commits[-1][-1] == "README.md"
+    assert sorted(hub.repos["someone/resume"]) == files
 
 
 def test_cli_upload_reads_the_token_from_the_environment(fake_hub, tmp_path: Path, monkeypatch, capsys) -> None:

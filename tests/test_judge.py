@@ -139,7 +139,7 @@ def test_garbage_answers_get_corrections_then_on_failure(teacher_server: Teacher
     dropped = run_judge(source, tmp_path / "dropped", config(teacher_server, samples=2, max_corrections=1))
     _, rejects, _ = read(tmp_path / "dropped")
     assert dropped.kept == 0 and dropped.by_rule == {FAILED_RULE: records}
-    assert all(np.isnan(r["score"]) or r["score"] is None for r in rejects.to_pylist())
+    assert all(np.isnan(r["score"]) for r in rejects.to_pylist())
     assert all(r["reason"].startswith("judge: all 2 judge samples failed") and "after 1 correction turn" in r["reason"] for r in rejects.to_pylist())
     assert teacher_server.stats()["requests"] == records * 2 * 2  # each sample: the answer and one correction
 

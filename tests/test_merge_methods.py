@@ -44,6 +44,20 @@ def test_ties_at_the_band_edge_keep_exactly_the_requested_count_in_position_orde
     assert torch.cat([first, rest]).tolist() == kept.tolist()
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+def test_band_cursor_gives_the_whole_tensor_mask_chunk_by_chunk(chunk: int) -> None:
+    """The cursor's shortcuts (no tie ordinals where they cannot matter) change no kept entry."""
+    generator = torch.Generator().manual_seed(0)
+    magnitudes = torch.randint(0, 6, (1000,), generator=generator).float()  # heavy ties at every edge
+    bands = [m.magnitude_band(magnitudes, d) for d in (0.001, 0.3, 0.5, 0.97)]
+    bands += [m.outlier_band(magnitudes, d, g) for d, g in ((0.5, 0.1), (0.2, 0.5), (0.3, 1.672), (0.001, 0.0))]
+    bands += [m.KeepBand.nothing(), m.KeepBand(2.0, 2.0, 10, 90)]  # a band inside one tied value
+    for band in bands:
+        cursor = m.BandCursor(band)
+        dropped = torch.cat([cursor.dropped(part) for part in magnitudes.split(chunk)])
+        assert torch.equal(dropped, ~m.band_mask(magnitudes, band)), band
+
+
 def test_linear_closed_form_and_one_hot_weights() -> None:
     a, b = torch.randn(4, 3), torch.randn(4, 3)
     torch.testing.assert_close(_merge("linear", [a, b], per_input=[{"weight": 1.0}, {"weight": 0.0}]), a)

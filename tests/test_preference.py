@@ -15,7 +15,7 @@ import pytest
 from mediflow import terminology
 from mediflow.errors import MediflowError
 from mediflow.preference.error_kinds import applicable_kinds, choose_kind, load_error_kinds
-from mediflow.preference.hard_checks import CHOSEN_FAILS_CHECKS, INDISTINGUISHABLE, tell_apart
+from mediflow.preference.hard_checks import CHOSEN_FAILS_CHECKS, INDISTINGUISHABLE, fits_kind, tell_apart
 from mediflow.preference.icd10 import invalid_codes_in, swap_for_sibling, valid_codes_in
 from mediflow.preference.judge import PairJudge, presentation_order
 from mediflow.preference.margins import (
@@ -99,6 +99,9 @@ def test_error_kinds_file_errors_name_the_problem(tmp_path: Path) -> None:
     bad.write_text("error_kinds:\n  - name: x\n    how: h\n")
     with pytest.raises(MediflowError, match=r"error_kinds\[0\] is missing the key 'description'"):
         load_error_kinds(bad)
+    bad.write_text("error_kinds:\n  - name: x\n    description: d\n    how: h\n    formats: [json]\n    structural: maybe\n")
+    with pytest.raises(MediflowError, match=r"error kind 'x': 'structural' must be true or false"):
+        load_error_kinds(bad)
 
 
 # --- ICD-10 codes and hard checks --------------------------------------------------------------
@@ -124,6 +127,19 @@ def test_hard_checks_tell_json_answers_apart() -> None:
     assert "json_syntax" in tell_apart(chosen, '{"codes": ["E11.9"]', schema).differences
     assert "icd10_validity" in tell_apart(chosen, '{"codes": ["E11.ZZ"]}', schema).differences
     assert tell_apart('{"code": 1}', chosen, schema).drop_reason == CHOSEN_FAILS_CHECKS
+
+
+def test_an_injected_json_pair_must_differ_the_way_its_error_kind_says() -> None:
+    schema = {"type": "object", "required": ["codes"], "properties": {"codes": {"type": "array", "items": {"type": "string"}}}}
+    chosen = '{"codes": ["E11.9"]}'
+    structural = {k.name: k.structural for k in load_error_kinds()}
+    assert structural["broken_json_structure"] and not structural["factual_error"]
+    content_error = tell_apart(chosen, '{"codes": ["E11.8"]}', schema).differences
+    broken_syntax = tell_apart(chosen, "codes: E11.9", schema).differences
+    broken_schema = tell_apart(chosen, '{"code": "E11.9"}', schema).differences
+    assert fits_kind(content_error, structural=False) and not fits_kind(content_error, structural=True)
+    assert fits_kind(broken_schema, structural=True) and not fits_kind(broken_schema, structural=False)
+    assert not fits_kind(broken_syntax, structural=False) and not fits_kind(broken_syntax, structural=True)
 
 
 # --- selection ---------------------------------------------------------------------------------

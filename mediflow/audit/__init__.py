@@ -18,7 +18,7 @@ from mediflow.audit.json_validity import json_validity
 from mediflow.audit.judge_scores import judge_scores
 from mediflow.audit.lengths import lengths
 from mediflow.audit.ngrams import ngrams
-from mediflow.audit.plan import planned_cells
+from mediflow.audit.plan import planned_cells, run_config
 from mediflow.audit.report import (
     AuditReport,
     coverage_with_plan,
@@ -49,6 +49,7 @@ __all__ = [
     "planned_cells",
     "render_html",
     "run_audit",
+    "run_config",
     "sample_cells",
     "samples",
     "write_html",

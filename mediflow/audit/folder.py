@@ -44,6 +44,8 @@ JUDGE_COLUMNS: tuple[str, ...] = (*JUDGE_SCORE_COLUMNS, "judge_spread")
 _WORD = r"\S+"
 #: How a record with no task / document type / format is grouped, so it is counted, not dropped.
 MISSING = "(missing)"
+#: Most manifests followed back through ``input`` (generate -> curate -> ... stays far below this).
+MAX_LINEAGE = 8
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,23 @@ class OutputFolder:
             present = [c for c in REJECT_COLUMNS if c in pq.read_schema(file).names]
             tables.append(pq.read_table(file, columns=present))
         return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+
+    def lineage(self) -> list[tuple[Path, dict[str, Any]]]:
+        """This folder's manifest, then those of the folders it was made from, nearest first.
+
+        A curated (or any stage's) folder names its input in ``manifest["input"]``; following that
+        chain reaches the ``generate`` run whose config holds the plan and the taxonomy. Inputs that
+        are gone, cycles and chains longer than :data:`MAX_LINEAGE` simply end the list.
+        """
+        chain = [(self.path, self.manifest)]
+        seen = {self.path.resolve()}
+        while len(chain) < MAX_LINEAGE:
+            source = _input_folder(chain[-1][1].get("input"))
+            if source is None or source.resolve() in seen or not (source / "manifest.json").is_file():
+                break
+            seen.add(source.resolve())
+            chain.append((source, _read_manifest(source / "manifest.json")))
+        return chain
 
     def has_values(self, column: str) -> bool:
         """Whether ``column`` exists and holds at least one non-null value."""
@@ -144,6 +163,16 @@ class OutputFolder:
             values = table.column(name) if name in names else pa.nulls(table.num_rows, pa.float64())
             columns[name] = values.cast(pa.float64())
         return pa.table(columns).to_pandas()
+
+
+def _input_folder(value: Any) -> Path | None:
+    """The folder a manifest's ``input`` names (a folder, or a Parquet file in one); None when it is gone."""
+    if not isinstance(value, str) or not value:
+        return None
+    candidate = Path(value)
+    if candidate.is_file():
+        candidate = candidate.parent.parent if candidate.parent.name == "data" else candidate.parent
+    return candidate if candidate.is_dir() else None
 
 
 def _find_shards(root: Path) -> list[Path]:

@@ -25,7 +25,7 @@ from mediflow.audit.json_validity import json_validity
 from mediflow.audit.judge_scores import judge_scores
 from mediflow.audit.lengths import lengths
 from mediflow.audit.ngrams import ngrams
-from mediflow.audit.plan import planned_cells
+from mediflow.audit.plan import planned_cells, run_config
 from mediflow.audit.result import CheckResult
 from mediflow.audit.samples import sample_cells
 from mediflow.errors import MediflowError
@@ -95,14 +95,13 @@ def run_audit(
 ) -> AuditReport:
     """Run every check on the output folder ``path``.
 
-    ``taxonomy`` defaults to the run's own (from its manifest config) or the built-in one;
+    ``taxonomy`` defaults to the run's own (from its manifest config, or its source run's) or the built-in one;
     ``sample_size`` bounds the n-gram check, ``duplicate_records`` the near-duplicate check (records
     held in memory), ``sample_cells_shown`` the sample viewer.
     """
     folder = OutputFolder.open(path)
     if taxonomy is None:
-        config = folder.manifest.get("config")
-        taxonomy = load_taxonomy_or_none(config.get("taxonomy") if isinstance(config, dict) else None)
+        taxonomy = load_taxonomy_or_none(run_config(folder).get("taxonomy"))
     sections = [
         coverage_with_plan(folder, taxonomy),
         lengths(folder),

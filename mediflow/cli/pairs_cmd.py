@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 from pathlib import Path
 
 from mediflow.errors import MediflowError
@@ -85,7 +86,11 @@ def _run(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         progress=not args.no_progress,
     )
-    result = build_pairs(args.input, args.out, config, api_key=api_key)
+    with warnings.catch_warnings():  # said once below, as a note rather than a warning with a source line
+        warnings.filterwarnings("ignore", message="the input has no judge scores")
+        result = build_pairs(args.input, args.out, config, api_key=api_key)
+    if not result.manifest["pairs"]["input_judged"]:
+        print("note: the input has no judge scores, so every record was tried (run `mediflow curate` with a judge first)")
     drops = ", ".join(f"{reason} {count}" for reason, count in sorted(result.dropped.items())) or "none"
     print(f"pairs: {result.kept} kept of {result.tried} records tried (yield {result.yield_rate:.1%}); dropped: {drops}")
     print(f"wrote {args.out}")

@@ -1,7 +1,7 @@
 """``mediflow train qa|pit|sft|dpo|eval --config X.yaml [--set section.key=value ...]``.
 
 Thin: parse, load the validated stage config, call :mod:`mediflow.train`. Under several GPUs the
-same command runs through ``accelerate launch -m mediflow train ...`` (see ``docs/training.md``).
+same command runs through ``accelerate launch -m mediflow train ...`` (see ``docs/train.md``).
 """
 
 from __future__ import annotations

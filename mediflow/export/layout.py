@@ -108,9 +108,10 @@ def export_dataset(records: Path, out_dir: Path, *, pairs: Path | None = None, o
         written = _write_records(record_source, assignment, task_configs, staging, options.limits)
         if pair_source is not None:
             written.update(_write_pairs(pair_source, assignment, staging, options.limits))
+        order = [c for c in RESERVED_CONFIGS if c in written] + task_configs  # the card lists configs in this order
         files = {
-            config: {split: sorted(str(p.relative_to(staging)) for p in paths) for split, paths in splits.items()}
-            for config, splits in written.items()
+            config: {split: sorted(str(p.relative_to(staging)) for p in written[config][split]) for split in SPLITS if split in written[config]}
+            for config in order
         }
         _publish(staging, out_dir, files)
     finally:

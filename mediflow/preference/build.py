@@ -3,7 +3,8 @@
 The run::
 
     IN  (records, ideally judged) --select best--> records tried
-        inject:      one named error per record (teacher rewrite or code swap) -> hard checks (JSON)
+        inject:      one named error per record (teacher rewrite or code swap) -> hard checks (JSON:
+                     tell apart, and differ the way the error kind says)
         candidates:  original + other sources' answers
         -> comparative judge (seeded random order) -> margin rule -> pair or drop(reason)
     OUT/data/part-*.parquet    pairs in TRL's preference format (+ released columns)
@@ -34,7 +35,7 @@ from mediflow.errors import MediflowError
 from mediflow.preference.candidates import AnswerSource, answer
 from mediflow.preference.config import PairsConfig
 from mediflow.preference.error_kinds import ErrorKind, applicable_kinds, choose_kind, load_error_kinds
-from mediflow.preference.hard_checks import tell_apart
+from mediflow.preference.hard_checks import KIND_MISMATCH, fits_kind, tell_apart
 from mediflow.preference.injection import INJECTION_FAILED, INJECTION_PROMPT, ErrorInjector
 from mediflow.preference.judge import PAIR_JUDGE_PROMPT, PairJudge
 from mediflow.preference.margins import IDENTICAL_TEXT, PairDecision, ScoredCandidate, best_worst_pair, confirmed_worse, same_text
@@ -121,7 +122,7 @@ async def abuild_pairs(input_path: str | Path, out_dir: str | Path, config: Pair
                 chunk = tried.slice(start, _CHUNK)
                 outcomes = await asyncio.gather(*(run(record) for record in chunk.to_pylist()))
                 _store(output, chunk, outcomes, dropped, error_types)
-            usage = {role: engine.stats.as_dict() for role, engine in engines.items()}
+            usage = _usage(engines)
         manifest = _manifest(config, selection, tried.num_rows, output.kept, dropped, error_types, usage, prompts, kinds)
         output.finish(manifest, PAIR_SCHEMA)
     except BaseException:
@@ -182,6 +183,8 @@ async def _inject_one(
         checks = tell_apart(chosen, injection.rejected, schemas.get(task))
         if checks.drop_reason:
             return Outcome(drop_reason=checks.drop_reason, error_type=kind.name)
+        if not fits_kind(checks.differences, kind.structural):
+            return Outcome(drop_reason=KIND_MISMATCH, detail=f"differences {list(checks.differences)} do not fit {kind.name}", error_type=kind.name)
     verdict = await judge.score(record, [chosen, injection.rejected], record["id"])
     if verdict.scores is None:
         return Outcome(drop_reason=JUDGE_FAILED, detail=verdict.error, error_type=kind.name)
@@ -251,6 +254,16 @@ def _store(output: StageOutput, chunk: pa.Table, outcomes: list[Outcome], droppe
         details = [outcomes[i].detail or "" for i in failed]
         records = chunk.take(failed).append_column("error_type", pa.array([outcomes[i].error_type for i in failed], pa.string()))
         output.reject(reject_table(records, STAGE, reasons, [float("nan")] * len(failed), details, [None] * len(failed)))
+
+
+def _usage(engines: Mapping[str, Engine]) -> dict[str, Any]:
+    """Usage per engine, keyed by the roles it served (``teacher+judge`` when they share one), so no
+    request is counted twice when the manifest's figures are summed."""
+    roles: dict[int, list[str]] = {}
+    for role, engine in engines.items():
+        roles.setdefault(id(engine), []).append(role)
+    by_id = {id(engine): engine for engine in engines.values()}
+    return {"+".join(names): by_id[key].stats.as_dict() for key, names in roles.items()}
 
 
 def _manifest(

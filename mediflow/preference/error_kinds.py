@@ -36,6 +36,7 @@ class ErrorKind:
     tasks: tuple[str, ...] | None  # None = every task
     requires: str | None = None
     strategy: str = "rewrite"
+    structural: bool = False  # a JSON structure error (else a content error that must keep the structure)
 
     def applies_to(self, task_type: str, output_format: str) -> bool:
         """Whether the kind is meant for this task and output format (content is checked separately)."""
@@ -76,6 +77,9 @@ def _parse_kind(file: Path, index: int, entry: Any) -> ErrorKind:
     requires = entry.get("requires")
     if requires is not None and requires not in REQUIREMENTS:
         raise MediflowError(f"{where}: unknown requirement '{requires}' (known: {', '.join(REQUIREMENTS)})")
+    structural = entry.get("structural", False)
+    if not isinstance(structural, bool):
+        raise MediflowError(f"{where}: 'structural' must be true or false")
     tasks = entry.get("tasks", "all")
     if tasks != "all" and not (isinstance(tasks, list) and all(isinstance(t, str) for t in tasks)):
         raise MediflowError(f"{where}: 'tasks' must be 'all' or a list of task names")
@@ -87,6 +91,7 @@ def _parse_kind(file: Path, index: int, entry: Any) -> ErrorKind:
         tasks=None if tasks == "all" else tuple(tasks),
         requires=requires,
         strategy=strategy,
+        structural=structural,
     )
 
 

@@ -4,7 +4,8 @@ For JSON answers a judge can be fooled by formatting, so an injected pair is kep
 mechanical checks see a difference: the parsed values differ, or the rejected side fails a check
 the chosen side passes (JSON syntax, the task's JSON Schema, ICD-10-CM code validity). A rejected
 answer that passes every check the chosen one fails would teach the wrong preference, so such a
-pair is dropped too.
+pair is dropped too. An injected pair must also differ the way its ``error_type`` says: a content
+error that broke the JSON would be labelled with the wrong kind, so it is dropped as well.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from mediflow.records import canonical_json
 #: Drop reasons of the hard checks.
 INDISTINGUISHABLE = "hard_checks_indistinguishable"
 CHOSEN_FAILS_CHECKS = "chosen_fails_hard_checks"
+KIND_MISMATCH = "hard_checks_kind_mismatch"
 
 
 @dataclass(frozen=True)
@@ -64,3 +66,11 @@ def tell_apart(chosen: str, rejected: str, schema: dict[str, Any] | None) -> Har
     if not differences:
         return HardCheckResult((), INDISTINGUISHABLE)
     return HardCheckResult(tuple(differences), None)
+
+
+def fits_kind(differences: tuple[str, ...], structural: bool) -> bool:
+    """Whether the checks' differences are those of the error kind: a structural kind parses but breaks
+    the schema; any other kind keeps valid, schema-conforming JSON and changes its content."""
+    if structural:
+        return "json_schema" in differences and "json_syntax" not in differences
+    return "json_syntax" not in differences and "json_schema" not in differences

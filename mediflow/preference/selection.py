@@ -56,7 +56,7 @@ def select_best(records: pa.Table, *, min_score: float | None, top_fraction: flo
     if scores is None:
         warnings.warn(
             "the input has no judge scores: taking every record as a chosen candidate "
-            "(run `mediflow quality` first to pair only the best-judged records)",
+            "(run `mediflow curate` or `mediflow judge` first to pair only the best-judged records)",
             stacklevel=2,
         )
         return Selection(records, records.num_rows, 0, judged=False)

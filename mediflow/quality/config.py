@@ -136,9 +136,9 @@ class DedupConfig:
     scope: str = "within_task"  # within_task | across_tasks
     shingle_size: int = 3  # word n-grams
     num_perm: int = 192
-    bands: int = 32  # 6 rows a band: candidates from Jaccard ~0.5 up
+    bands: int = 48  # 4 rows a band: candidates from shingle Jaccard ~0.4 up (paraphrased short notes sit near 0.45)
     min_signature_jaccard: float = 0.4  # candidates whose signatures agree less are dropped before rapidfuzz
-    threshold: float = 0.85  # rapidfuzz similarity (0-1) a candidate pair needs to count as duplicates
+    threshold: float = 0.9  # rapidfuzz similarity (0-1) to count as duplicates; same-template notes about other patients reach 0.89
     scorer: str = "token_sort_ratio"  # a rapidfuzz.fuzz scorer: ratio, token_sort_ratio, token_set_ratio
     max_bucket: int = 100  # LSH buckets above this size only pair neighbours (see minhash.bucket_pairs)
     window: int = 20
@@ -230,7 +230,9 @@ class CurateConfig:
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the curate config ({exc.strerror})") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
         return cls.from_mapping(data)
 
 

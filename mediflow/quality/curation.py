@@ -27,8 +27,8 @@ from mediflow.quality.config import CurateConfig, as_plain
 from mediflow.quality.decontaminate import run_decontaminate
 from mediflow.quality.dedup_stage import run_dedup
 from mediflow.quality.filter_stage import run_filters
-from mediflow.quality.io import StageOutput, check_output, input_files, iter_batches
-from mediflow.quality.judge import run_judge
+from mediflow.quality.io import StageOutput, check_output, empty_input_schema, input_files, iter_batches
+from mediflow.quality.judge import check_config as check_judge_config, run_judge
 from mediflow.quality.report import StageReport
 from mediflow.records import conform
 
@@ -58,6 +58,18 @@ def _config(config: CurateConfig | Path | str | None) -> CurateConfig:
     return CurateConfig.load(Path(config))
 
 
+def _check_before_running(config: CurateConfig) -> None:
+    """What would fail a late stage fails now, before the earlier stages spend time (or the judge money)."""
+    if config.judge is not None:
+        check_judge_config(config.judge)
+    if config.decontaminate is not None:
+        if not config.decontaminate.eval:
+            raise ConfigError("decontaminate.eval: no evaluation sets given")
+        missing = [spec.path for spec in config.decontaminate.eval if not Path(spec.path).exists()]
+        if missing:
+            raise ConfigError(f"decontaminate.eval: no such file or folder: {', '.join(missing)}")
+
+
 def curate(source: Path, out: Path, config: CurateConfig | Path | str | None = None) -> dict[str, Any]:
     """Run the configured stages over ``source`` into ``out``; returns the manifest written to ``OUT/manifest.json``."""
     source, out = Path(source), Path(out)
@@ -65,6 +77,7 @@ def curate(source: Path, out: Path, config: CurateConfig | Path | str | None = N
     stages = planned_stages(config)
     if not stages:
         raise ConfigError("curate config: every stage is switched off (filters, judge, dedup, decontaminate)")
+    _check_before_running(config)
     input_files(source)
     check_output(out, source)
     reports: list[tuple[StageReport, Path]] = []
@@ -124,7 +137,7 @@ def _publish(source: Path, out: Path, last: Path, folders: list[Path], manifest:
                 output.reject(conform(pa.Table.from_batches([batch]), rejects_schema).select(rejects_schema.names))
         if output.kept != manifest["kept"]:  # the last stage's folder changed under us
             raise MediflowError(f"curate: published {output.kept} records but the last stage kept {manifest['kept']}")
-        output.finish(manifest, schema if schema is not None else pq.read_schema(input_files(last)[0]))
+        output.finish(manifest, schema if schema is not None else empty_input_schema(last))
     except BaseException:
         output.abandon()
         raise

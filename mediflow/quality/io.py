@@ -78,6 +78,12 @@ def with_ids(batch: pa.Table) -> pa.Table:
     return batch.add_column(0, "id", ids)
 
 
+def empty_input_schema(path: Path) -> pa.Schema:
+    """The columns of an input with no rows (so an empty stage output keeps them), ``id`` first."""
+    schema = pq.read_schema(input_files(path)[0]).remove_metadata()
+    return schema if "id" in schema.names else schema.insert(0, pa.field("id", pa.string()))
+
+
 def iter_batches(path: Path, columns: list[str] | None = None, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
     """The input as tables of at most ``batch_rows`` rows, each with an ``id`` column."""
     for file in input_files(path):

@@ -248,15 +248,23 @@ def run_judge(source: Path, out: Path, config: JudgeConfig) -> StageReport:
     return asyncio.run(arun_judge(source, out, config))
 
 
-async def arun_judge(source: Path, out: Path, config: JudgeConfig) -> StageReport:
-    """:func:`run_judge` for callers already inside an event loop (notebooks)."""
-    source, out = Path(source), Path(out)
+def check_config(config: JudgeConfig) -> Rubric:
+    """Everything about ``config`` that can be wrong before a request is sent (``curate`` checks it before any stage runs)."""
     rubric = load_rubric(config.rubric)
     unknown = sorted(set(config.thresholds) - set(rubric.names))
     if unknown:
         raise ConfigError(f"judge.thresholds: {', '.join(unknown)} not among the rubric's criteria ({', '.join(rubric.names)})")
     if not config.teacher:
         raise ConfigError("judge: no teacher (pass --teacher SPEC, or set judge.teacher in the config)")
+    _engine_config(config)
+    _api_key(config)
+    return rubric
+
+
+async def arun_judge(source: Path, out: Path, config: JudgeConfig) -> StageReport:
+    """:func:`run_judge` for callers already inside an event loop (notebooks)."""
+    source, out = Path(source), Path(out)
+    rubric = check_config(config)
     input_files(source)  # a missing or empty input fails here, before a teacher starts
     check_output(out, source)
     engine_config, api_key = _engine_config(config), _api_key(config)
@@ -274,7 +282,7 @@ async def arun_judge(source: Path, out: Path, config: JudgeConfig) -> StageRepor
 
             def details() -> dict[str, Any]:
                 return {
-                    **stage.counts,
+                    **{name: stage.counts[name] for name in ("judged", "already_judged", "failed")},
                     "samples": config.samples,
                     "failed_samples": judge.failed_samples,
                     "correction_turns": judge.corrections,

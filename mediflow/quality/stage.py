@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from mediflow import __version__
-from mediflow.quality.io import StageOutput, iter_batches, reject_table
+from mediflow.quality.io import StageOutput, empty_input_schema, iter_batches, reject_table
 from mediflow.quality.report import StageReport
 
 
@@ -75,7 +75,7 @@ def run_stage(
             "config": config,
             "report": report.as_dict(),
         }
-        output.finish(manifest, schema if schema is not None else pa.schema([pa.field("id", pa.string())]))
+        output.finish(manifest, schema if schema is not None else empty_input_schema(source))
     except BaseException:
         output.abandon()
         raise

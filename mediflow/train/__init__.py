@@ -10,5 +10,5 @@ One module per job, each importable without the others (torch/TRL load only when
 - :mod:`mediflow.train.eval`    perplexity / EM / JSON validity / field F1, and ``make_evaluator``
 - :mod:`mediflow.train.models`  model folders: local paths, the packaged Gemma-3-270M GGUF (cached)
 
-See ``docs/training.md``.
+See ``docs/train.md``.
 """

@@ -13,6 +13,7 @@ policy with its adapter switched off).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def build_sft_trainer(config: StageConfig, callbacks: list[Any] | None = None) -
     split, limit = config.data.split, config.data.max_samples
     train_rows = load_messages(config.path(config.data.train), split, limit)
     eval_rows = load_messages(config.path(config.data.eval), split, limit) if config.data.eval else None
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=load_causal_lm(model_path, config.model.dtype),
         args=args,
         train_dataset=Dataset.from_list(train_rows),
@@ -43,6 +44,16 @@ def build_sft_trainer(config: StageConfig, callbacks: list[Any] | None = None) -
         peft_config=lora_config(config),
         callbacks=callbacks,
     )
+    # TRL truncates to max_length and then drops, without a word, every record whose assistant turn
+    # was cut off entirely; long clinical documents make that common, so say how many went.
+    dropped = len(train_rows) - len(trainer.train_dataset)
+    if dropped:
+        warnings.warn(
+            f"sft: {dropped} of {len(train_rows)} records lost their whole answer to truncation at "
+            f"data.max_length={config.data.max_length} and are not trained on; raise data.max_length",
+            stacklevel=2,
+        )
+    return trainer
 
 
 def build_dpo_trainer(config: StageConfig, callbacks: list[Any] | None = None) -> Any:

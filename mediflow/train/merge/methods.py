@@ -139,6 +139,65 @@ def band_mask(magnitudes: torch.Tensor, band: KeepBand, low_ties_before: int = 0
     return keep.reshape(magnitudes.shape)
 
 
+@dataclass
+class BandCursor:
+    """Applies a :class:`KeepBand` to one tensor's chunks in position order, keeping the running tie
+    counts of :func:`band_mask`, and taking the cheap route wherever tie ordinals cannot matter.
+
+    Ordinals only matter in a chunk where the kept ties at an edge begin or end: before ``low_skip``
+    ties at ``low`` have gone by, and until ``high_take`` ties at ``high`` have. Every other chunk's
+    mask is one or two comparisons (just ``|d| < low`` for TIES) instead of the general rule's
+    cumulative sums; the mask is the same. Once an edge is settled its count stops being kept
+    exact: it only ever gets compared with ``low_skip`` / ``high_take`` again.
+    """
+
+    band: KeepBand
+    low_seen: int = 0
+    high_seen: int = 0
+
+    def dropped(self, magnitudes: torch.Tensor) -> torch.Tensor:
+        """Which entries of the next chunk of ``|delta|`` the band drops."""
+        band = self.band
+        if band.low > band.high:
+            return torch.ones_like(magnitudes, dtype=torch.bool)
+        single_value = band.low == band.high
+        low_state, low_ties = ("mixed", None) if single_value else self._low_edge(magnitudes)
+        high_state, high_ties = ("mixed", None) if single_value else self._high_edge(magnitudes)
+        if "mixed" in (low_state, high_state):
+            kept = band_mask(magnitudes, band, self.low_seen, self.high_seen)
+            self.low_seen += low_ties if low_ties is not None else _count_equal(magnitudes, band.low)
+            self.high_seen += high_ties if high_ties is not None else _count_equal(magnitudes, band.high)
+            return kept.logical_not_()
+        self.low_seen += low_ties
+        self.high_seen += high_ties
+        drop = magnitudes < band.low if low_state == "kept" else magnitudes <= band.low
+        if high_state == "kept":
+            drop |= magnitudes > band.high
+        elif high_state == "dropped":
+            drop |= magnitudes >= band.high
+        return drop
+
+    def _low_edge(self, magnitudes: torch.Tensor) -> tuple[str, int]:
+        """Are this chunk's ties at ``low`` all ``kept``, all ``dropped``, or ``mixed``? (+ how many were counted)"""
+        if self.low_seen >= self.band.low_skip:
+            return "kept", 0
+        ties = _count_equal(magnitudes, self.band.low)
+        return ("dropped" if self.low_seen + ties <= self.band.low_skip else "mixed"), ties
+
+    def _high_edge(self, magnitudes: torch.Tensor) -> tuple[str, int]:
+        """The same for ``high``; ``open`` when there is no upper edge."""
+        if self.band.high == math.inf:
+            return "open", 0
+        if self.high_seen >= self.band.high_take:
+            return "dropped", 0
+        ties = _count_equal(magnitudes, self.band.high)
+        return ("kept" if self.high_seen + ties <= self.band.high_take else "mixed"), ties
+
+
+def _count_equal(values: torch.Tensor, value: float) -> int:
+    return int(torch.count_nonzero(values == value))
+
+
 def random_mask(shape: Sequence[int], density: float, generator: torch.Generator) -> torch.Tensor:
     """DARE's drop: keep each entry independently with probability ``density``."""
     if density >= 1:
@@ -184,12 +243,14 @@ def task_vector_combine(
     if sign_consensus:
         positive_majority = torch.stack(list(weighted_deltas)).sum(dim=0) >= 0
         mixed = torch.zeros_like(base)
-        divisor = torch.zeros_like(base)
+        divisor = torch.zeros_like(base) if normalize else 1.0  # only `normalize` divides
         for delta, weight in zip(weighted_deltas, weights, strict=True):
             agrees = torch.where(positive_majority, delta > 0, delta < 0)
             mixed.add_(torch.where(agrees, delta, 0.0))
-            divisor.add_(agrees.to(base.dtype), alpha=weight)
-        divisor[divisor == 0] = 1
+            if normalize:
+                divisor.add_(agrees.to(base.dtype), alpha=weight)
+        if normalize:
+            divisor[divisor == 0] = 1
     else:
         mixed = torch.stack(list(weighted_deltas)).sum(dim=0)
         total_weight = sum(weights)

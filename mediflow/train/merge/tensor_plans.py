@@ -171,23 +171,19 @@ class _Sparsifier:
     make_generator: Callable[[], torch.Generator] | None
     factor: float
     generator: torch.Generator | None = None
-    low_ties_seen: int = 0
-    high_ties_seen: int = 0
+    cursor: methods.BandCursor | None = None
 
     def restart(self) -> None:
         """Rewind to the first chunk, so the merge pass draws the masks the statistics pass drew."""
-        self.low_ties_seen = self.high_ties_seen = 0
+        if self.band is not None:
+            self.cursor = methods.BandCursor(self.band)
         if self.make_generator is not None:
             self.generator = self.make_generator()
 
     def apply(self, delta: torch.Tensor) -> torch.Tensor:
         """Sparsify and rescale the next chunk of the task vector, in place."""
-        if self.band is not None and not self.band.keeps_everything:
-            magnitudes = delta.abs()
-            kept = methods.band_mask(magnitudes, self.band, self.low_ties_seen, self.high_ties_seen)
-            self.low_ties_seen += int(torch.count_nonzero(magnitudes == self.band.low))
-            self.high_ties_seen += int(torch.count_nonzero(magnitudes == self.band.high))
-            delta.masked_fill_(~kept, 0.0)
+        if self.cursor is not None and not self.cursor.band.keeps_everything:
+            delta.masked_fill_(self.cursor.dropped(delta.abs()), 0.0)
         elif self.generator is not None:
             delta.masked_fill_(~methods.random_mask(delta.shape, self.density, self.generator), 0.0)
         if self.factor != 1.0:
@@ -239,9 +235,10 @@ def _delta_magnitudes(base: TensorSource, other: TensorSource, chunks: Sequence[
     magnitudes = torch.empty(math.prod(base.shape), dtype=base.compute_dtype)
     position = 0
     for start, stop in chunks:
-        delta = other.rows(start, stop).sub_(base.rows(start, stop)).abs_().reshape(-1)
-        magnitudes[position : position + delta.numel()] = delta
-        position += delta.numel()
+        other_rows, base_rows = other.rows(start, stop), base.rows(start, stop)
+        target = magnitudes[position : position + other_rows.numel()].view(other_rows.shape)
+        torch.sub(other_rows, base_rows, out=target).abs_()  # straight into the buffer: no temporary
+        position += other_rows.numel()
     return magnitudes
 
 

@@ -1,0 +1,118 @@
+"""SFT and DPO on what the data pipeline really produces: ``generate`` -> ``pairs`` -> ``export``.
+
+The records and pairs come from the generation and preference stages talking to the test teacher
+server, and are exported in the Hub layout; the training stages are pointed at the export root
+(SFT reads its ``sft`` config, DPO its ``dpo``). A tiny local Phi-3 keeps it to seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tiny_models import build_tiny_phi3
+
+from mediflow import generate
+from mediflow.export import ExportOptions, SplitFractions, export_dataset
+from mediflow.preference import PairsConfig, build_pairs
+from mediflow.taxonomy import load_taxonomy
+from mediflow.testing import teacher_server
+from mediflow.train.align import build_sft_trainer, run_dpo, run_sft
+from mediflow.train.config import StageConfig, config_from_dict
+from mediflow.train.data import load_messages, load_preferences
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TEACHER = "openai:mediflow-test-teacher"
+MAX_LENGTH = 1024  # generated records are ~650-870 tokens here: no answer is truncated away
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real ``mediflow export`` of generated records and injected-error pairs, plus a tiny model."""
+    root = tmp_path_factory.mktemp("from_export")
+    taxonomy = load_taxonomy()
+    first, second = list(taxonomy.tasks)[:2]
+    document_types = [d for d in taxonomy.document_types_for(first) if d in taxonomy.document_types_for(second)][:2]
+    with teacher_server() as url:
+        generate(
+            {
+                "teacher": {"spec": TEACHER, "base_url": str(url)},
+                "tasks": [first, second],
+                "document_types": document_types,
+                "difficulty_levels": [min(taxonomy.difficulty_levels, key=lambda level: level.rank).name],
+                "per_cell": 2,
+                "json_share": 0.5,
+                "progress": False,
+                "output": {"dir": str(root / "generated")},
+            }
+        )
+        with pytest.warns(UserWarning, match="no judge scores"):
+            build_pairs(root / "generated", root / "pairs", PairsConfig(teacher=TEACHER, base_url=url, min_margin=1, progress=False, seed=3))
+    export_dataset(
+        root / "generated",
+        root / "export",
+        pairs=root / "pairs",
+        options=ExportOptions(fractions=SplitFractions(1.0, 0.0, 0.0), per_task_configs=False),
+    )
+    build_tiny_phi3(root / "base")
+    return root
+
+
+def _config(root: Path, stage: str, output: str, max_length: int = MAX_LENGTH, **method: Any) -> StageConfig:
+    return config_from_dict(
+        {
+            "model": {"name_or_path": "base"},
+            "method": method,
+            "data": {"train": "export", "max_length": max_length},
+            "output": {"dir": output, "logging_steps": 1, "save_steps": 1000},
+            "train": {"batch_size": 2, "max_steps": 2, "learning_rate": 1e-3},
+        },
+        stage,
+        root=root,
+    )
+
+
+def _logged(trainer_dir: Path, key: str) -> list[float]:
+    """Every logged value of ``key`` from the final checkpoint's trainer state; all must be finite."""
+    state = json.loads(sorted(trainer_dir.glob("checkpoint-*/trainer_state.json"))[-1].read_text())
+    values = [entry[key] for entry in state["log_history"] if key in entry]
+    assert values and all(math.isfinite(v) for v in values), (key, values)
+    return values
+
+
+def test_the_export_root_reads_as_sft_records_and_dpo_pairs(export: Path) -> None:
+    records = load_messages(export / "export")
+    pairs = load_preferences(export / "export")
+    assert len(records) == 8 and all([m["role"] for m in r["messages"]] == ["system", "user", "assistant"] for r in records)
+    assert pairs and all(p["chosen"] != p["rejected"] for p in pairs)
+    assert all([m["role"] for m in p["prompt"]] == ["system", "user"] for p in pairs)
+
+
+def test_records_whose_answer_is_truncated_away_are_reported(export: Path) -> None:
+    with pytest.warns(UserWarning, match=r"sft: \d of 8 records lost their whole answer to truncation at data.max_length=128"):
+        build_sft_trainer(_config(export, "sft", "sft_short", max_length=128))
+
+
+def test_sft_on_generated_records_trains_on_the_answers_and_logs_finite_losses(export: Path) -> None:
+    config = _config(export, "sft", "sft")
+    trainer = build_sft_trainer(config)
+    assert len(trainer.train_dataset) == 8, "no generated record may lose its answer to truncation"
+    answer = load_messages(export / "export")[0]["messages"][2]["content"]
+    example = trainer.data_collator([trainer.train_dataset[0]])
+    trained = trainer.processing_class.decode(example["input_ids"][0][example["labels"][0] != -100])
+    assert trained == answer + "<|end|>\n"
+    model = run_sft(config)
+    assert (model / "model.safetensors").is_file()
+    assert len(_logged(export / "sft", "loss")) == 2
+
+
+def test_dpo_on_exported_pairs_logs_finite_losses_and_reward_margins(export: Path) -> None:
+    model = run_dpo(_config(export, "dpo", "dpo", reference="precomputed", beta=0.1))
+    assert (model / "model.safetensors").is_file()
+    assert len(_logged(export / "dpo", "loss")) == 2
+    assert len(_logged(export / "dpo", "rewards/margins")) == 2
