@@ -1,14 +1,19 @@
 """Near-dedup benchmark: synthetic clinical records with planted duplicates, at 100k / 1M / 2.5M.
 
-Records are built from clinical sentence templates with random findings, so distinct records are
-similar in the way real synthetic notes are (same sections, same phrasing, different patients);
-a known share of records are planted copies of another with paraphrase-level word edits, reordered
-sentences and/or changed case and punctuation. The script measures ``mediflow.quality.dedup``
-(wall time, peak RSS of a fresh child process that reads the Parquet and dedups it, pairwise
-precision and recall against the planted clusters) and a naive all-pairs ``rapidfuzz`` baseline on
-small sizes, extrapolated quadratically.
+Records are built from clinical sentence templates with random findings and values. Half of the
+originals reuse the sentence templates (same sentences, same order) of a recent original about
+another patient, so distinct records are similar the way template-driven synthetic notes are; a
+known share of all records (10% by default) are planted near-duplicates of an original with
+word edits, synonyms, typos, reordered sentences and/or changed case and punctuation.
 
-    python benchmarks/dedup.py --sizes 100000 1000000 --baseline 2000 5000 10000
+For each size a child process generates the set (kept under ``--data`` and reused), and a fresh
+child runs the whole ``dedup`` stage on it (read Parquet, cluster, write kept + rejects): its wall
+time, its peak RSS, and the pairwise precision and recall of the clusters it found (rejects'
+``match``) against the planted ones. A naive all-pairs ``rapidfuzz`` baseline (``cdist`` +
+components, same scorer and threshold) runs on small sizes, each in its own child, and its growth
+is extrapolated quadratically.
+
+    flock /tmp/mediflow-bench.lock python benchmarks/dedup.py --sizes 100000 1000000 2500000 --baseline 1000 2000 4000
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 AGES = list(range(18, 96))
@@ -57,6 +63,7 @@ DIAGNOSES = ["community-acquired pneumonia", "acute decompensated heart failure"
              "pulmonary embolism", "acute kidney injury", "small bowel obstruction", "COPD exacerbation", "cellulitis",
              "upper gastrointestinal bleed", "acute pancreatitis", "pyelonephritis", "new-onset atrial fibrillation"]
 SERVICES = ["medicine", "cardiology", "general surgery", "the intensive care unit", "neurology", "the step-down unit", "nephrology"]
+_CHUNK = 200_000
 TIMES = ["two hours", "three days", "one week", "since this morning", "two weeks", "several months", "24 hours", "five days"]
 
 SENTENCES = [
@@ -174,9 +181,10 @@ def synthetic(n: int, duplicate_share: float, seed: int, sibling_share: float = 
     """
     rng = random.Random(seed)
     instructions, documents, tasks, clusters = [], [], [], []
+    chunks: list[pa.Table] = []
     recent: list[Shape] = []
     label = 0
-    while len(instructions) < n:
+    while len(clusters) < n:
         if recent and rng.random() < sibling_share:
             shape = rng.choice(recent)
         else:
@@ -185,7 +193,7 @@ def synthetic(n: int, duplicate_share: float, seed: int, sibling_share: float = 
         instruction, document, task = original(shape, rng)
         copies = rng.choice([1, 1, 1, 2, 3]) if rng.random() < duplicate_share / (1 - duplicate_share) / 1.6 else 0
         for variant in range(1 + copies):
-            if len(instructions) == n:
+            if len(clusters) == n:
                 break
             if variant:
                 instruction_v, document_v, _ = perturb(instruction, document, rng)
@@ -195,12 +203,15 @@ def synthetic(n: int, duplicate_share: float, seed: int, sibling_share: float = 
             documents.append(document_v)
             tasks.append(task)
             clusters.append(label)
+            if len(instructions) == _CHUNK:  # Arrow strings take a third of Python's memory
+                chunks.append(pa.table({"instruction": instructions, "input": documents, "task_type": tasks}))
+                instructions, documents, tasks = [], [], []
         label += 1
-    ids = [f"r{i:08d}" for i in range(n)]
-    order = list(range(n))
-    rng.shuffle(order)  # planted copies are not next to their original
-    table = pa.table({"id": ids, "instruction": instructions, "input": documents, "task_type": tasks}).take(pa.array(order))
-    return table, np.asarray(clusters, np.int64)[order]
+    chunks.append(pa.table({"instruction": instructions, "input": documents, "task_type": tasks}))
+    table = pa.concat_tables(chunks)
+    table = table.add_column(0, "id", pa.array([f"r{i:08d}" for i in range(n)]))
+    order = np.random.default_rng(seed).permutation(n)  # planted copies are not next to their original
+    return table.take(pa.array(order)), np.asarray(clusters, np.int64)[order]
 
 
 def pair_scores(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
@@ -217,27 +228,50 @@ def pair_scores(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]
     return (together / found if found else 1.0), (together / planted if planted else 1.0)
 
 
-def measure_child(data: Path, config_json: str) -> None:
-    """In a fresh process: read the Parquet, dedup, print timings and cluster labels' quality as JSON."""
-    from mediflow.quality.config import DedupConfig
-    from mediflow.quality.dedup import find_duplicates
+def _peak_rss_gb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)
 
+
+def generate_child(data: Path, size: int, duplicate_share: float, seed: int) -> None:
+    """In a fresh process (so its memory is given back): write the records and their planted clusters."""
     start = time.perf_counter()
-    table = pq.read_table(data / "records.parquet", columns=["id", "instruction", "input", "task_type"])
-    read_s = time.perf_counter() - start
-    result = find_duplicates(table, DedupConfig(**json.loads(config_json)))
+    table, clusters = synthetic(size, duplicate_share, seed)
+    pq.write_table(table, data / "records.parquet")
+    np.save(data / "clusters.npy", clusters)
+    (data / "complete").write_text(f"{time.perf_counter() - start:.0f}\n")
+
+
+def measure_child(data: Path, config_json: str) -> None:
+    """In a fresh process: run the dedup stage on the Parquet, then score its clusters against the planted ones."""
+    from mediflow.quality.config import DedupConfig
+    from mediflow.quality.dedup_stage import run_dedup
+
+    out = data / "dedup-out"
+    start = time.perf_counter()
+    report = run_dedup(data / "records.parquet", out, DedupConfig(**json.loads(config_json)))
     total_s = time.perf_counter() - start
+    peak = _peak_rss_gb()  # before scoring, which is not part of the stage
+    rejects = pq.read_table(out / "rejects.parquet", columns=["id", "match"])
+    ids = pq.read_table(data / "records.parquet", columns=["id"]).column("id")
+    row_of = np.empty(len(ids), np.int64)
+    row_of[_id_numbers(ids)] = np.arange(len(ids))
+    predicted = np.arange(len(ids))
+    predicted[row_of[_id_numbers(rejects.column("id"))]] = row_of[_id_numbers(rejects.column("match"))]
     truth = np.load(data / "clusters.npy")
-    precision, recall = pair_scores(truth, result.keeper)
+    precision, recall = pair_scores(truth, predicted)
     print(json.dumps({
-        "records": table.num_rows, "read_s": round(read_s, 1), "total_s": round(total_s, 1),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
-        "precision": round(precision, 4), "recall": round(recall, 4), "dropped": int(result.drop.sum()),
-        "planted_dropped": int(len(truth) - len(np.unique(truth))), **{k: v for k, v in result.details.items() if isinstance(v, dict)},
+        "records": len(ids), "total_s": round(total_s, 1), "peak_rss_gb": peak, "precision": round(precision, 4),
+        "recall": round(recall, 4), "dropped": report.dropped, "planted_dropped": int(len(truth) - len(np.unique(truth))),
+        **{k: v for k, v in report.details.items() if isinstance(v, dict)},
     }))
 
 
-def baseline(size: int, threshold: float, seed: int) -> dict[str, float]:
+def _id_numbers(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """``r00001234`` -> 1234 (the benchmark's ids number the records before shuffling)."""
+    return pc.cast(pc.utf8_slice_codeunits(ids, 1), pa.int64()).to_numpy()
+
+
+def baseline_child(size: int, threshold: float, seed: int) -> None:
     """All-pairs rapidfuzz (``cdist`` on all cores) + components: exact but quadratic."""
     from rapidfuzz import fuzz, process
 
@@ -246,50 +280,76 @@ def baseline(size: int, threshold: float, seed: int) -> dict[str, float]:
     from mediflow.quality.text import normalize_column
 
     table, truth = synthetic(size, 0.1, seed)
-    texts = normalize_column(key_text(table, "pair")).to_pylist()
     start = time.perf_counter()
+    texts = normalize_column(key_text(table, "pair")).to_pylist()
     matrix = process.cdist(texts, texts, scorer=fuzz.token_sort_ratio, score_cutoff=threshold * 100, dtype=np.uint8, workers=-1)
     left, right = np.nonzero(np.triu(matrix, 1))
     labels = component_labels(size, np.stack([left, right], axis=1))
     elapsed = time.perf_counter() - start
     precision, recall = pair_scores(truth, labels)
-    return {"records": size, "total_s": round(elapsed, 2), "precision": round(precision, 4), "recall": round(recall, 4)}
+    print(json.dumps({"records": size, "total_s": round(elapsed, 1), "peak_rss_gb": _peak_rss_gb(),
+                      "precision": round(precision, 4), "recall": round(recall, 4)}))
+
+
+def _child(*args: str) -> dict:
+    child = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if child.returncode:
+        print(child.stderr, file=sys.stderr)
+        raise SystemExit(child.returncode)
+    return json.loads(child.stdout.strip().splitlines()[-1]) if child.stdout.strip() else {}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000], help="record counts for mediflow's dedup")
-    parser.add_argument("--baseline", type=int, nargs="*", default=[2_000, 5_000, 10_000], help="record counts for the all-pairs baseline")
+    parser.add_argument("--baseline", type=int, nargs="*", default=[1_000, 2_000, 4_000], help="record counts for the all-pairs baseline")
     parser.add_argument("--duplicate-share", type=float, default=0.1, help="share of records that are planted copies")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--config", default="{}", help="DedupConfig overrides as JSON, e.g. '{\"num_perm\": 128, \"bands\": 32}'")
-    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "mediflow-dedup-bench",
+                        help="where generated record sets are kept (and reused) between runs")
+    parser.add_argument("--child", choices=["generate", "measure", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        measure_child(args.child, args.config)
-        return
     config = {"scope": "across_tasks", **json.loads(args.config)}
-    baseline_rows = [baseline(size, config.get("threshold", 0.85), args.seed) for size in args.baseline]
-    for row in baseline_rows:
+    if args.child == "generate":
+        return generate_child(args.folder, args.size, args.duplicate_share, args.seed)
+    if args.child == "measure":
+        return measure_child(args.folder, json.dumps(config))
+    if args.child == "baseline":
+        return baseline_child(args.size, config.get("threshold", _default_threshold()), args.seed)
+
+    rows = []
+    for size in args.baseline:
+        row = _child("--child", "baseline", "--size", str(size), "--seed", str(args.seed), "--config", json.dumps(config))
         print("baseline all-pairs rapidfuzz", json.dumps(row), flush=True)
-    if len(baseline_rows) >= 2:
-        a, b = baseline_rows[-2], baseline_rows[-1]
+        rows.append(("all-pairs rapidfuzz", row))
+    if len(args.baseline) >= 2:
+        a, b = rows[-2][1], rows[-1][1]
         exponent = np.log(b["total_s"] / a["total_s"]) / np.log(b["records"] / a["records"])
         print(f"baseline growth exponent {exponent:.2f}; extrapolated (x^2 from {b['records']}): "
-              + ", ".join(f"{s}: {b['total_s'] * (s / b['records']) ** 2 / 3600:.1f} h" for s in (100_000, 1_000_000, 2_500_000)), flush=True)
+              + ", ".join(f"{s}: {b['total_s'] * (s / b['records']) ** 2 / 3600:.0f} h" for s in (100_000, 1_000_000, 2_500_000)), flush=True)
     for size in args.sizes:
-        with tempfile.TemporaryDirectory(prefix="mediflow-dedup-bench-") as folder:
+        folder = args.data / f"n{size}-dup{args.duplicate_share}-seed{args.seed}"
+        if not (folder / "complete").exists():
+            folder.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
-            table, clusters = synthetic(size, args.duplicate_share, args.seed)
-            pq.write_table(table, Path(folder) / "records.parquet")
-            np.save(Path(folder) / "clusters.npy", clusters)
-            del table
+            _child("--child", "generate", "--folder", str(folder), "--size", str(size),
+                   "--duplicate-share", str(args.duplicate_share), "--seed", str(args.seed))
             print(f"generated {size} records in {time.perf_counter() - start:.0f} s", flush=True)
-            child = subprocess.run([sys.executable, __file__, "--child", folder, "--config", json.dumps(config)], capture_output=True, text=True)
-            if child.returncode:
-                print(child.stderr, file=sys.stderr)
-                raise SystemExit(child.returncode)
-            print("mediflow dedup", child.stdout.strip(), flush=True)
+        row = _child("--child", "measure", "--folder", str(folder), "--config", json.dumps(config))
+        print("mediflow dedup", json.dumps(row), flush=True)
+        rows.append(("mediflow dedup", row))
+    print("\n| method | records | wall time (s) | peak RSS (GB) | precision | recall |\n|---|---:|---:|---:|---:|---:|")
+    for method, row in rows:
+        print(f"| {method} | {row['records']:,} | {row['total_s']} | {row['peak_rss_gb']} | {row['precision']} | {row['recall']} |")
+
+
+def _default_threshold() -> float:
+    from mediflow.quality.config import DedupConfig
+
+    return DedupConfig().threshold
 
 
 if __name__ == "__main__":

@@ -6,8 +6,14 @@ written as sharded safetensors in a temp folder. Each merge then runs as its own
 ``python -m mediflow merge`` or ``mergekit-yaml`` on the very same YAML, and the child's wall time
 and peak RSS are read from ``os.wait4`` (the kernel's ``ru_maxrss`` of that child alone), so
 neither tool's figure includes the other's or this script's memory. Runs alternate between the
-tools and the table reports the median of ``--repeats``; a final column gives the largest
-element-wise difference between the two outputs, to show both computed the same merge.
+tools and the table reports the median of ``--repeats``; the last columns compare the two outputs
+(largest element-wise difference, and how many elements differ by more than 1e-6), to show both
+computed the same merge.
+
+On Linux ``ru_maxrss`` survives ``exec``: a child started from a process that had already grown
+(say, by building the models) would report the parent's size. So this script's own process never
+imports torch before the measurements: the models are built in a child (``--build``), and versions
+are read from package metadata.
 
     python benchmarks/merge.py                          # ties, breadcrumbs_ties, linear; 2 repeats
     python benchmarks/merge.py --methods ties --repeats 1 --keep /tmp/merge-bench
@@ -19,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -79,6 +87,11 @@ def build_models(root: Path) -> tuple[Path, list[Path]]:
     return base, experts
 
 
+def build_in_child(root: Path) -> None:
+    """Build the models in a separate process, so this one stays small (see the module docstring)."""
+    subprocess.run([sys.executable, __file__, "--build", str(root)], check=True)
+
+
 def merge_config(method: str, base: Path, experts: list[Path]) -> dict:
     """The same mergekit-format config for both tools."""
     if method == "linear":
@@ -111,6 +124,22 @@ def commands(config: Path, output: Path) -> dict[str, list[str]]:
     }
 
 
+def version(package: str) -> str:
+    from importlib.metadata import version as installed
+
+    return installed(package)
+
+
+def parameter_count(folder: Path) -> int:
+    """Parameters stored in a safetensors folder, from the shard headers alone (no torch import)."""
+    total = 0
+    for file in folder.glob("*.safetensors"):
+        with open(file, "rb") as handle:
+            header = json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
+        total += sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+    return total
+
+
 @dataclass
 class Run:
     seconds: float
@@ -131,8 +160,9 @@ def measure(command: list[str]) -> Run:
     return Run(seconds, usage.ru_maxrss / 1024)  # Linux reports KiB
 
 
-def max_difference(first: Path, second: Path) -> float:
-    """The largest ``|a - b|`` over every tensor of two merged folders, read one tensor at a time."""
+def compare_outputs(first: Path, second: Path) -> tuple[float, int]:
+    """The largest ``|a - b|`` over every tensor of two merged folders, and how many elements differ
+    by more than 1e-6 (read one tensor at a time)."""
     from safetensors import safe_open
 
     def locations(folder: Path) -> dict[str, Path]:
@@ -145,11 +175,13 @@ def max_difference(first: Path, second: Path) -> float:
     ours, theirs = locations(first), locations(second)
     if set(ours) != set(theirs):
         raise SystemExit(f"the merged folders hold different tensors: {sorted(set(ours) ^ set(theirs))[:5]}")
-    worst = 0.0
+    worst, differing = 0.0, 0
     for name in ours:
         with safe_open(str(ours[name]), framework="pt") as a, safe_open(str(theirs[name]), framework="pt") as b:
-            worst = max(worst, float((a.get_tensor(name).double() - b.get_tensor(name).double()).abs().max()))
-    return worst
+            difference = (a.get_tensor(name).double() - b.get_tensor(name).double()).abs()
+        worst = max(worst, float(difference.max()))
+        differing += int((difference > 1e-6).sum())
+    return worst, differing
 
 
 def main() -> int:
@@ -157,7 +189,11 @@ def main() -> int:
     parser.add_argument("--methods", nargs="+", default=["ties", "breadcrumbs_ties", "linear"])
     parser.add_argument("--repeats", type=int, default=2, help="runs per tool and method (the median is reported)")
     parser.add_argument("--keep", type=Path, help="build (or reuse) the models here and keep them")
+    parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)  # internal: build the models in ROOT and exit
     args = parser.parse_args()
+    if args.build:
+        build_models(args.build)
+        return 0
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="mediflow-merge-bench-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -166,13 +202,11 @@ def main() -> int:
             base, experts = root / "base", [root / f"expert{i}" for i in range(EXPERTS)]
             print(f"models: reusing {root}")
         else:
-            base, experts = build_models(root)
-        import mergekit
-        import torch
-
-        print(f"python {sys.version.split()[0]}, torch {torch.__version__}, mergekit {getattr(mergekit, '__version__', '0.1.5')}, "
-              f"{os.cpu_count()} CPUs")
+            build_in_child(root)
+            base, experts = root / "base", [root / f"expert{i}" for i in range(EXPERTS)]
+        print(f"python {sys.version.split()[0]}, torch {version('torch')}, mergekit {version('mergekit')}, {os.cpu_count()} CPUs")
         rows = []
+        outputs_by_method = {}
         for method in args.methods:
             config = root / f"{method}.yaml"
             config.write_text(yaml.safe_dump(merge_config(method, base, experts), sort_keys=False))
@@ -185,22 +219,25 @@ def main() -> int:
                     run = measure(commands(config, outputs[tool])[tool])
                     runs[tool].append(run)
                     print(f"  {method:17s} {tool:8s} run {repeat + 1}: {run.seconds:7.1f} s  {run.peak_rss_mib:7.0f} MiB", flush=True)
-            difference = max_difference(outputs["mediflow"], outputs["mergekit"])
-            for output in outputs.values():
-                shutil.rmtree(output, ignore_errors=True)
+            outputs_by_method[method] = outputs
             seconds = {tool: statistics.median(r.seconds for r in rs) for tool, rs in runs.items()}
             rss = {tool: statistics.median(r.peak_rss_mib for r in rs) for tool, rs in runs.items()}
-            rows.append((method, seconds, rss, difference))
+            rows.append((method, seconds, rss))
 
-        print("\nmethod              ours s  mergekit s  time x   ours MiB  mergekit MiB  RSS x   max |ours - mergekit|")
-        for method, seconds, rss, difference in rows:
+        # Only now may this process import torch (compare_outputs): every measurement is done.
+        print(f"\n{len(experts)} experts + base, {parameter_count(base) / 1e6:.1f}M parameters each (float32); median of {args.repeats} runs")
+        print("method             ours s  mergekit s  time x  ours MiB  mergekit MiB  RSS x  max |diff|  elements > 1e-6")
+        results = []
+        for method, seconds, rss in rows:
+            worst, differing = compare_outputs(outputs_by_method[method]["mediflow"], outputs_by_method[method]["mergekit"])
+            for output in outputs_by_method[method].values():
+                shutil.rmtree(output, ignore_errors=True)
             print(
-                f"{method:17s} {seconds['mediflow']:8.1f} {seconds['mergekit']:11.1f} {seconds['mediflow'] / seconds['mergekit']:7.2f}"
-                f" {rss['mediflow']:10.0f} {rss['mergekit']:13.0f} {rss['mediflow'] / rss['mergekit']:6.2f}   {difference:.2e}"
+                f"{method:17s} {seconds['mediflow']:7.1f} {seconds['mergekit']:11.1f} {seconds['mediflow'] / seconds['mergekit']:7.2f}"
+                f" {rss['mediflow']:9.0f} {rss['mergekit']:13.0f} {rss['mediflow'] / rss['mergekit']:6.2f}  {worst:10.2e}  {differing:>15,d}"
             )
-        print(json.dumps({"results": [
-            {"method": m, "seconds": s, "peak_rss_mib": r, "max_abs_difference": d} for m, s, r, d in rows
-        ]}))
+            results.append({"method": method, "seconds": seconds, "peak_rss_mib": rss, "max_abs_difference": worst, "elements_differing": differing})
+        print(json.dumps({"results": results}))
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -142,7 +142,14 @@ def _generate(url: str, n: int, concurrency: int, workdir: Path) -> None:
 
 
 def _measure(path: str, url: str, n: int, concurrency: int, workdir: Path) -> dict[str, float]:
-    """Run one path in this (child) process; wall and CPU seconds of the timed part only."""
+    """Run one path in this (child) process; wall and CPU seconds of the timed part only.
+
+    Imports happen before the timing (every path pays them once per process, not per request).
+    """
+    import mediflow.engine  # noqa: F401
+    import mediflow.pipeline.run  # noqa: F401
+    import mediflow.teachers.openai_compat  # noqa: F401
+
     if path == "generate":
         from mediflow import terminology
 

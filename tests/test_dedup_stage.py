@@ -266,3 +266,10 @@ def test_exact_only_and_near_only(tmp_path: Path, config: DedupConfig) -> None:
     run_dedup(write(table, tmp_path / "in.parquet"), tmp_path / "out", config)
     rules = set(pq.read_table(tmp_path / "out" / "rejects.parquet", columns=["rule"]).column("rule").to_pylist())
     assert rules == ({"exact_duplicate:pair"} if not config.near else {"near_duplicate:pair"})
+
+
+def test_empty_input(tmp_path: Path) -> None:
+    empty = pa.table({name: pa.array([], pa.string()) for name in ("id", "instruction", "input", "task_type")})
+    report = run_dedup(write(empty, tmp_path / "in.parquet"), tmp_path / "out")
+    assert (report.records_in, report.kept, report.dropped) == (0, 0, 0)
+    assert (tmp_path / "out" / "manifest.json").exists()

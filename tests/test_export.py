@@ -120,12 +120,31 @@ def test_reexport_removes_stale_shards(inputs, tmp_path: Path) -> None:
     assert not list(out.glob(".staging-*"))
 
 
+def test_a_reexport_into_the_same_folder_loads_its_own_rows(inputs, tmp_path: Path) -> None:
+    """``datasets`` caches a local folder under a hash of its card: the card's ``dataset_info`` must change with the data."""
+    import datasets
+
+    records_dir, _, records, _ = inputs
+    out = tmp_path / "export"
+    first = export_dataset(records_dir, out, options=ExportOptions(per_task_configs=False))
+    assert {s: d.num_rows for s, d in datasets.load_dataset(str(out), name="sft").items()} == first.rows["sft"]
+    fewer = write_output_folder(tmp_path / "fewer", records[: len(records) // 2])
+    second = export_dataset(fewer, out, options=ExportOptions(per_task_configs=False))
+    assert second.rows["sft"] != first.rows["sft"]
+    assert {s: d.num_rows for s, d in datasets.load_dataset(str(out), name="sft").items()} == second.rows["sft"]
+
+
 def test_card_states_counts_teacher_filters_and_synthetic_origin(inputs, tmp_path: Path) -> None:
     records_dir, pairs_dir, records, pairs = inputs
     out = tmp_path / "export"
-    export_dataset(records_dir, out, pairs=pairs_dir, options=ExportOptions(repo_id="someone/mediflow-demo"))
+    summary = export_dataset(records_dir, out, pairs=pairs_dir, options=ExportOptions(repo_id="someone/mediflow-demo"))
     text = (out / "README.md").read_text()
     meta = parse_card(text)
+    info = {entry["config_name"]: entry for entry in meta["dataset_info"]}
+    assert [entry["config_name"] for entry in meta["configs"]] == ["sft", "dpo", *sorted(TASKS)] == list(info)
+    for name, entry in info.items():
+        assert {split["name"]: split["num_examples"] for split in entry["splits"]} == summary.rows[name]
+        assert entry["download_size"] == sum((out / path).stat().st_size for paths in summary.files[name].values() for path in paths)
     assert meta["license"] == "cdla-permissive-2.0"
     assert meta["language"] == ["en"] and meta["size_categories"] == ["n<1K"]
     assert "text-generation" in meta["task_categories"] and "dpo" in meta["tags"]

@@ -54,10 +54,18 @@ class CardFacts:
     license: str = "cdla-permissive-2.0"
     judged: bool = False
     task_configs: list[str] = field(default_factory=list)
+    file_bytes: dict[str, int] = field(default_factory=dict)  # config -> bytes of its Parquet shards
+    split_bytes: dict[str, dict[str, int]] = field(default_factory=dict)  # config -> split -> uncompressed bytes
 
 
 def front_matter(facts: CardFacts) -> dict[str, Any]:
-    """The Hub metadata: ``configs`` with their data files per split, licence, categories, tags."""
+    """The Hub metadata: ``configs`` with their data files per split, licence, categories, tags.
+
+    ``dataset_info`` (rows per split, bytes per config) is not decoration: ``datasets`` caches a local
+    folder under a hash of its card, not of its files, so without it a re-export into the same folder
+    would load the previous export's rows from the cache (or fail its split-size check). It also lets
+    ``load_dataset`` verify the row counts.
+    """
     total = sum(facts.rows["sft"].values())
     tags = ["medical", "clinical", "synthetic", "mediflow"] + (["dpo"] if "dpo" in facts.configs else [])
     return {
@@ -66,6 +74,17 @@ def front_matter(facts: CardFacts) -> dict[str, Any]:
                 "config_name": name,
                 "data_files": [{"split": split, "path": f"data/{name}/{split}-*.parquet"} for split in splits],
                 **({"default": True} if name == "sft" else {}),
+            }
+            for name, splits in facts.configs.items()
+        ],
+        "dataset_info": [
+            {
+                "config_name": name,
+                "splits": [
+                    {"name": split, "num_bytes": facts.split_bytes.get(name, {}).get(split, 0), "num_examples": facts.rows[name][split]}
+                    for split in splits
+                ],
+                "download_size": facts.file_bytes.get(name, 0),
             }
             for name, splits in facts.configs.items()
         ],

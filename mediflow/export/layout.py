@@ -131,6 +131,8 @@ def export_dataset(records: Path, out_dir: Path, *, pairs: Path | None = None, o
         license=options.license,
         judged=_has_judge_scores(record_source.files),
         task_configs=task_configs,
+        file_bytes={config: sum((out_dir / path).stat().st_size for paths in splits.values() for path in paths) for config, splits in files.items()},
+        split_bytes={config: {split: _uncompressed_bytes(out_dir, paths) for split, paths in splits.items()} for config, splits in files.items()},
     )
     _write_text_atomically(out_dir / "README.md", render_card(facts))
     return ExportSummary(out_dir, files, {config: dict(counts) for config, counts in rows.items()})
@@ -270,6 +272,12 @@ def _write_text_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _uncompressed_bytes(root: Path, paths: list[str]) -> int:
+    """The uncompressed size of some shards, from their Parquet footers (what ``num_bytes`` reports)."""
+    metadata = [pq.ParquetFile(root / path).metadata for path in paths]
+    return sum(m.row_group(i).total_byte_size for m in metadata for i in range(m.num_row_groups))
 
 
 def _has_judge_scores(files: list[Path]) -> bool:

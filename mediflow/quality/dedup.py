@@ -3,7 +3,8 @@
 1. **Exact**: a 128-bit hash of the normalised text (two SipHash keys) groups identical texts.
 2. **Near**: one representative per exact group gets a MinHash signature over hashed word
    shingles; LSH banding proposes candidate pairs; each candidate is *confirmed* with a rapidfuzz
-   similarity on the normalised texts (``threshold``), so LSH's false positives never count.
+   similarity on the normalised texts (``threshold``), so LSH's false positives never count. For
+   the ``pair`` key both the instruction and the document must reach the threshold.
 3. **Clusters**: connected components over exact and confirmed edges, so the result is
    transitive and does not depend on the input order. Each cluster keeps its best record: highest
    judge ``quality`` when present, then the smallest ``id`` (deterministic).
@@ -103,19 +104,36 @@ def _signatures(normalized: pa.Array, rows: np.ndarray, config: DedupConfig) -> 
     return signatures, has_shingles
 
 
-def _confirm(normalized: pa.Array, pairs: np.ndarray, config: DedupConfig) -> np.ndarray:
-    """rapidfuzz similarity (0-1) of each candidate pair, computed in C++ batches on all cores."""
+def _confirm(table: pa.Table, key: str, normalized: pa.Array, pairs: np.ndarray, config: DedupConfig) -> np.ndarray:
+    """rapidfuzz similarity (0-1) of each candidate pair, computed in C++ batches on all cores.
+
+    A ``pair`` is a duplicate only when its instruction *and* its document are: the joined text
+    finds candidates, but a long shared document would otherwise hide two different questions
+    asked of it. Its similarity is the lower of the two fields' (normalised only for the candidates).
+    """
     scorer = getattr(fuzz, config.scorer)
     scores = np.empty(len(pairs), np.float64)
     for start in range(0, len(pairs), _CONFIRM_BATCH):
         batch = pairs[start : start + _CONFIRM_BATCH]
-        left = normalized.take(pa.array(batch[:, 0])).to_pylist()
-        right = normalized.take(pa.array(batch[:, 1])).to_pylist()
-        scores[start : start + len(batch)] = process.cpdist(left, right, scorer=scorer, workers=-1) / 100.0
+        score = np.ones(len(batch))
+        for texts in _confirm_texts(table, key, normalized, batch):
+            left, right = texts
+            score = np.minimum(score, process.cpdist(left, right, scorer=scorer, workers=-1) / 100.0)
+        scores[start : start + len(batch)] = score
     return scores
 
 
-def _near_edges(normalized: pa.Array, representative: np.ndarray, content_key: np.ndarray, salt: np.ndarray, config: DedupConfig) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+def _confirm_texts(table: pa.Table, key: str, normalized: pa.Array, batch: np.ndarray) -> list[tuple[list[str], list[str]]]:
+    """The texts compared for each side of a batch of pairs: the key's own, or a pair's two fields."""
+    if key != "pair":
+        return [(normalized.take(pa.array(batch[:, 0])).to_pylist(), normalized.take(pa.array(batch[:, 1])).to_pylist())]
+    return [
+        tuple(normalize_column(table.column(field).take(pa.array(batch[:, side]))).to_pylist() for side in (0, 1))
+        for field in ("instruction", "input")
+    ]
+
+
+def _near_edges(table: pa.Table, key: str, normalized: pa.Array, representative: np.ndarray, content_key: np.ndarray, salt: np.ndarray, config: DedupConfig) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Confirmed near-duplicate pairs among exact-group representatives."""
     rows = np.flatnonzero(representative == np.arange(len(representative)))
     signatures, has_shingles = _signatures(normalized, rows, config)
@@ -128,7 +146,7 @@ def _near_edges(normalized: pa.Array, representative: np.ndarray, content_key: n
         candidates = unique_pairs(np.concatenate([candidates, pairs]))
     del signatures
     pairs = rows[candidates]
-    similarity = _confirm(normalized, pairs, config)
+    similarity = _confirm(table, key, normalized, pairs, config)
     confirmed = similarity >= config.threshold
     return pairs[confirmed], similarity[confirmed], {
         "lsh_pairs": int(proposed),
@@ -171,6 +189,9 @@ def _keepers(labels: np.ndarray, ids: pa.Array, quality: np.ndarray | None) -> n
 def find_duplicates(table: pa.Table, config: DedupConfig) -> DedupResult:
     """Cluster ``table``'s records (needs ``id``, the key columns, ``task_type`` for within-task scope)."""
     n = table.num_rows
+    if n == 0:
+        empty = np.empty(0, np.int64)
+        return DedupResult(drop=np.empty(0, bool), keeper=empty, cluster_size=empty, similarity=np.empty(0), rule=[], details={"dropped": 0})
     if config.scope == "within_task" and "task_type" in table.column_names:
         salt = splitmix64(hash_strings(table.column("task_type")))
     else:
@@ -185,7 +206,7 @@ def find_duplicates(table: pa.Table, config: DedupConfig) -> DedupResult:
         if config.exact:
             edges.add(representative[members], members, np.ones(len(members)), key_index, exact=True)
         if config.near:
-            pairs, similarity, near_details = _near_edges(normalized, representative, first_hash, salt, config)
+            pairs, similarity, near_details = _near_edges(table, key, normalized, representative, first_hash, salt, config)
             edges.add(pairs[:, 0], pairs[:, 1], similarity, key_index, exact=False)
             key_details.update(near_details)
         details[key] = key_details

@@ -35,6 +35,8 @@ def read_dedup_columns(source: Path) -> pa.Table:
         batch.select([c for c in DEDUP_COLUMNS if c in batch.column_names])
         for batch in iter_batches(source, sorted(set(DEDUP_COLUMNS) | set(_ID_COLUMNS)), batch_rows=200_000)
     ]
+    if not batches:
+        return pa.table({name: pa.array([], pa.string()) for name in ("id", "instruction", "input")})
     return pa.concat_tables(batches, promote_options="default").combine_chunks()
 
 
