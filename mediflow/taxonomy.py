@@ -33,6 +33,9 @@ SUPPORTED_OUTPUT_FORMATS: tuple[str, ...] = ("plain_text", "json")
 _NAME = {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"}
 _TEXT = {"type": "string", "minLength": 1}
 _TEXT_LIST = {"type": "array", "items": _TEXT}
+#: The content checks a task can ask the quality filters for (``quality_checks`` in its YAML): real
+#: billable ICD-10-CM codes in the answer, and an answer that must not copy its document verbatim.
+QUALITY_CHECKS = ("icd10_codes", "verbatim_copy")
 _NAME_LIST = {"type": "array", "items": _NAME}
 
 # The shape of each kind of entry, checked with jsonschema so messages name the offending key.
@@ -84,6 +87,7 @@ _ENTRY_SCHEMAS: dict[str, dict[str, Any]] = {
             "instruction_guidance": _TEXT,
             "answer_guidance": _TEXT,
             "document_requirements": _TEXT,
+            "quality_checks": {"type": "array", "uniqueItems": True, "items": {"enum": list(QUALITY_CHECKS)}},
             "applies_to": {
                 "type": "object",
                 "additionalProperties": False,
@@ -193,6 +197,7 @@ class Task:
     example_instruction: str | None = None
     document_requirements: str | None = None
     benchmarks: tuple[str, ...] = ()
+    quality_checks: tuple[str, ...] = ()  # content checks the quality filters run on this task's answers
 
 
 @dataclass(frozen=True)
@@ -454,6 +459,7 @@ def _build_tasks(
             example_instruction=entry.get("example_instruction"),
             document_requirements=entry.get("document_requirements"),
             benchmarks=tuple(entry.get("benchmarks", ())),
+            quality_checks=tuple(entry.get("quality_checks", ())),
         )
     return tasks, compatible
 

@@ -31,3 +31,24 @@ def test_verbatim_copy_rule():
     assert not rule.check({"task_type": "summary", "input": document, "output": document}).keep
     assert rule.check({"task_type": "summary", "input": document, "output": "Pneumonia, treated, discharged."}).keep
     assert rule.check({"task_type": "other", "input": document, "output": document}).keep
+
+
+def test_default_filters_check_codes_and_copying_where_the_taxonomy_asks() -> None:
+    """`quality_checks` in the task YAML switch the ICD-10 and verbatim-copy rules on, with no config."""
+    from mediflow.quality.config import FilterConfig
+    from mediflow.quality.filter_stage import build_rules
+    from mediflow.taxonomy import load_taxonomy
+
+    taxonomy = load_taxonomy()
+    assert taxonomy.tasks["icd10cm_coding"].quality_checks == ("icd10_codes",)
+    assert "verbatim_copy" in taxonomy.tasks["question_summarization"].quality_checks
+    rules = {rule.name: rule for rule in build_rules(FilterConfig())}
+    codes = rules["icd10_codes"]
+    fake = {"task_type": "icd10cm_coding", "output_format": "json", "output": '{"codes": [{"code": "N9N", "description": "x", "role": "principal", "evidence": "y"}]}'}
+    real = dict(fake, output=fake["output"].replace("N9N", "I10"))
+    assert not codes.check(fake).keep
+    assert codes.check(real).keep
+    assert codes.check(dict(fake, task_type="keyword_extraction")).keep
+    document = "the patient asks whether she can keep taking ibuprofen for knee pain while on lisinopril for blood pressure"
+    copy = {"task_type": "question_summarization", "input": document, "output": document}
+    assert not rules["verbatim_copy"].check(copy).keep
