@@ -81,8 +81,9 @@ def _run(args: argparse.Namespace) -> int:
         from mediflow.pipeline.demo import demo_config
         from mediflow.taxonomy import load_taxonomy
 
-        print("no --config given: running the offline demo on the embedded local teacher (Gemma-3-270M, CPU)")
         config = load_config(demo_config(load_taxonomy()), **_overrides(args))
+        teacher = "the embedded local teacher (Gemma-3-270M, CPU)" if config.teacher.spec == "local" else config.teacher.spec
+        print(f"no --config given: running the small demo plan on {teacher}; pass --config for a real run")
     started = time.monotonic()
     summary = run(config)
     _print_summary(summary, time.monotonic() - started)
