@@ -290,3 +290,10 @@ def test_cli_prints_a_summary_and_writes_the_report(tmp_path: Path, capsys: pyte
 def test_cli_names_a_folder_without_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["audit", str(tmp_path)]) == 2
     assert "no record shards in" in capsys.readouterr().err
+
+
+def test_funnel_of_a_generate_run_without_rejects_comes_from_its_counts(tmp_path: Path) -> None:
+    rows = [record("task_a", "doc", "x", "plain_text", _rng()) for _ in range(2)]
+    manifest = {"plan": {"items": 3}, "counts": {"records": 2, "rejects": 0}}
+    result = funnel(OutputFolder.open(write_output_folder(tmp_path, rows, manifest=manifest)))
+    assert result.numbers["stages"] == [{"stage": "generate", "in": 3, "kept": 2}]

@@ -37,6 +37,8 @@ def funnel(folder: OutputFolder) -> CheckResult:
         stages = _funnel_from_rejects(drops, stage_order, kept=len(folder.frame))
         source = "rejects"
     if stages is None:
+        stages = _generation_funnel(manifest)
+    if stages is None:
         return CheckResult.not_available("funnel", TITLE, "no rejects and no funnel in the manifest")
     stages["kept_share"] = (stages["kept"] / stages["in"]).where(stages["in"] > 0)
     first_in, last_kept = int(stages["in"].iloc[0]), int(stages["kept"].iloc[-1])
@@ -85,6 +87,15 @@ def _funnel_from_rejects(drops: pd.DataFrame, stage_order: dict[str, int], kept:
         rows.append({"stage": stage, "in": current, "dropped": dropped, "kept": current - dropped})
         current -= dropped
     return pd.DataFrame(rows)
+
+
+def _generation_funnel(manifest: Mapping[str, Any]) -> pd.DataFrame | None:
+    """A ``generate`` manifest with no rejects: the planned items in, the records written kept."""
+    planned = (manifest.get("plan") or {}).get("items")
+    records = (manifest.get("counts") or {}).get("records")
+    if not isinstance(planned, int) or not isinstance(records, int):
+        return None
+    return pd.DataFrame([{"stage": "generate", "in": planned, "dropped": planned - records, "kept": records}])
 
 
 def _manifest_funnel(value: Any) -> pd.DataFrame | None:
