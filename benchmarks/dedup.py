@@ -207,7 +207,8 @@ def synthetic(n: int, duplicate_share: float, seed: int, sibling_share: float = 
                 chunks.append(pa.table({"instruction": instructions, "input": documents, "task_type": tasks}))
                 instructions, documents, tasks = [], [], []
         label += 1
-    chunks.append(pa.table({"instruction": instructions, "input": documents, "task_type": tasks}))
+    if instructions:
+        chunks.append(pa.table({"instruction": instructions, "input": documents, "task_type": tasks}))
     table = pa.concat_tables(chunks)
     table = table.add_column(0, "id", pa.array([f"r{i:08d}" for i in range(n)]))
     order = np.random.default_rng(seed).permutation(n)  # planted copies are not next to their original

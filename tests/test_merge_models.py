@@ -185,7 +185,8 @@ _MEMORY_PROBE = textwrap.dedent(
 
 def test_peak_memory_stays_near_one_tensor_not_whole_models(tmp_path: Path) -> None:
     """Four models whose 32 MiB tensor dominates: the TIES merge (global magnitude ranks, the most
-    demanding path) must peak well below holding that tensor for every model."""
+    demanding path) holds one ``|delta|`` buffer of that tensor plus row chunks, so its peak stays
+    below two copies of the tensor (holding it once per model would be four)."""
     rows, cols = 2048, 4096  # 8M float32 = 32 MiB
 
     def write_models(prefix: str, shape: tuple[int, int]) -> list[str]:
@@ -213,7 +214,7 @@ def test_peak_memory_stays_near_one_tensor_not_whole_models(tmp_path: Path) -> N
     peak_extra_mib = (usage["peak_kib"] - usage["before_kib"]) / 1024
     tensor_mib = rows * cols * 4 / 2**20
     print(f"peak extra {peak_extra_mib:.0f} MiB for a {tensor_mib:.0f} MiB tensor x 4 models")
-    assert peak_extra_mib < 3 * tensor_mib < 4 * tensor_mib  # below one copy per model, let alone whole models
+    assert peak_extra_mib < 2 * tensor_mib  # one tensor-sized buffer + chunks, never one copy per model
 
 
 def test_cli_merge_and_its_errors(models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
