@@ -40,3 +40,14 @@ def test_near_duplicates_clustered_and_order_independent():
         ids = table.column("id").to_pylist()
         kept_sets.add(frozenset(i for i, drop in zip(ids, result.drop) if not drop))
     assert kept_sets == {frozenset({"a", "d"})}
+
+
+def test_chunked_hashing_gives_the_same_clusters():
+    """Texts are normalised, hashed and signed chunk by chunk; the chunk size must not change any result."""
+    table = _table([2, 0, 3, 1])
+    whole = find_duplicates(table, DedupConfig(scope="within_task"))
+    for chunk_records in (1, 3):
+        chunked = find_duplicates(table, DedupConfig(scope="within_task", chunk_records=chunk_records))
+        assert np.array_equal(chunked.keeper, whole.keeper)
+        assert np.array_equal(chunked.similarity, whole.similarity, equal_nan=True)
+        assert chunked.rule == whole.rule and chunked.details == whole.details

@@ -41,7 +41,8 @@ class MinHasher:
         signatures = np.full((n_records, self.num_perm), _EMPTY, dtype=np.uint32)
         if len(ngrams.hashes) == 0:
             return signatures
-        present, first = np.unique(ngrams.owner, return_index=True)
+        first = np.flatnonzero(np.concatenate([[True], ngrams.owner[1:] != ngrams.owner[:-1]]))  # owner is sorted: no np.unique sort
+        present = ngrams.owner[first]
         multipliers, increments = self.parameters()
         shifted = np.empty_like(ngrams.hashes)
         with np.errstate(over="ignore"):
