@@ -123,7 +123,7 @@ def generate_config(url: str, n: int, concurrency: int, out: Path) -> dict[str, 
     """A run of about ``n`` teacher requests: n/3 records of document, instruction and response each."""
     return {
         "teacher": {"spec": "openai:bench", "base_url": str(url)},
-        "per_cell": 50,  # a plan far larger than needed; max_records takes a stratified prefix of it
+        "per_cell": 1 + n // 15000,  # per_cell 1 plans ~5,400 records; max_records takes a stratified prefix
         "max_records": max(1, n // 3),
         "documents_per_instruction": 1,
         "json_share": 0.5,

@@ -105,7 +105,7 @@ def sample_billable_codes(count: int, *, seed: int, within: str | None = None) -
     """
     categories = _categories(within)
     rng = random.Random(seed)
-    available = sum(len(_billable_descendants(category)) for category in categories)
+    available = _billable_count(within)
     if count > available:
         raise MediflowError(f"cannot sample {count} billable ICD-10-CM codes within {within!r}: only {available}")
     chosen: dict[str, None] = {}
@@ -131,6 +131,12 @@ def _categories(within: str | None) -> tuple[str, ...]:
     else:
         raise MediflowError(f"'{within}' is not an ICD-10-CM chapter, block or code ({ICD10CM_RELEASE})")
     return tuple(code for code in codes if icd.is_category(code) and _billable_descendants(code))
+
+
+@cache
+def _billable_count(within: str | None) -> int:
+    """How many billable codes :func:`sample_billable_codes` draws from (summed once, not per draw)."""
+    return sum(len(_billable_descendants(category)) for category in _categories(within))
 
 
 @cache

@@ -125,6 +125,9 @@ def test_progress_tells_waiting_from_stuck() -> None:
     assert "5 in backoff" in describe_state(backoff, request_timeout=120.0, typical_latency=2.0)
     moving = Activity(in_flight=8, oldest_in_flight_s=1.0, backing_off=0, queued=0, since_last_answer_s=0.1)
     assert describe_state(moving, request_timeout=120.0, typical_latency=1.0) == "8 in flight"
+    silent = Activity(in_flight=0, oldest_in_flight_s=0.0, backing_off=0, queued=0, since_last_answer_s=60.0)
+    assert describe_state(silent, request_timeout=120.0, typical_latency=1.0, work_left=True).startswith("STUCK: work left")
+    assert describe_state(silent, request_timeout=120.0, typical_latency=1.0, work_left=False) == "idle"
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -220,3 +221,41 @@ def test_embedded_local_teacher_end_to_end(taxonomy, tmp_path) -> None:
     assert len(dataset) + manifest["counts"]["rejects"] == manifest["plan"]["items"] >= 1
     for row in dataset:
         assert row["input"] and row["instruction"] and row["output"]
+
+
+def test_every_transport_fault_is_survived_and_leaves_the_records_unchanged(taxonomy, teacher_server, tmp_path) -> None:
+    """429 with Retry-After, 500, a hang, a malformed body and a cut body, each retried: same records as a clean run."""
+    limits = {"concurrency": 4, "max_retries": 4, "request_timeout": 1.0}
+    teacher_server.control(sequence=["429", "ok", "500", "ok", "hang", "ok", "malformed", "ok", "cut", "429"], retry_after=0.05)
+    faulty = generate(_config(taxonomy, teacher_server, tmp_path / "faulty", limits=limits))
+    stats = teacher_server.stats()
+    assert stats["faults"] == {"429": 2, "500": 1, "hang": 1, "malformed": 1, "cut": 1}
+    assert stats["max_in_flight"] <= limits["concurrency"]
+    session = json.loads((tmp_path / "faulty" / "manifest.json").read_text())["session"]
+    assert session["errors"] == {"rate_limited": 2, "server_error": 1, "timeout": 1, "malformed": 1, "connection": 1}
+
+    teacher_server.reset()
+    clean = generate(_config(taxonomy, teacher_server, tmp_path / "clean", limits=limits))
+    assert len(faulty) == len(clean) == 8
+    assert faulty.remove_columns("created_at").to_list() == clean.remove_columns("created_at").to_list()
+
+
+def test_the_api_key_is_never_written_or_printed(taxonomy, teacher_server, tmp_path, capsys, caplog, monkeypatch) -> None:
+    secret = "sk-mediflow-test-secret-4242"
+    monkeypatch.setenv("MEDIFLOW_TEST_KEY", secret)
+    caplog.set_level(logging.DEBUG)
+    out = tmp_path / "keyed"
+    config = _config(taxonomy, teacher_server, out, progress=True)
+    config["teacher"]["api_key_env"] = "MEDIFLOW_TEST_KEY"
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    teacher_server.control(sequence=["500", "429"], retry_after=0.05)
+    assert main(["generate", "--config", str(config_path)]) == 0
+    captured = capsys.readouterr()
+    files = [path for path in out.rglob("*") if path.is_file()]
+    assert {path.name for path in files} >= {"cache.sqlite", "manifest.json", "rejects.parquet"}
+    for path in files:
+        assert secret.encode() not in path.read_bytes(), path
+    assert secret not in captured.out + captured.err
+    assert "MEDIFLOW_TEST_KEY" in (out / "manifest.json").read_text()  # named, never its value
+    assert caplog.records and not [r for r in caplog.records if secret in r.getMessage()]

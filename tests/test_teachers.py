@@ -6,12 +6,16 @@ import asyncio
 import json
 from typing import Any
 
+import httpx
 import jsonschema
+import openai
 import pytest
+from aiohttp import web
 
+from mediflow.engine.failures import classify
 from mediflow.errors import MediflowError
 from mediflow.teachers import ChatRequest, make_teacher
-from mediflow.teachers.openai_compat import OpenAICompatTeacher
+from mediflow.teachers.openai_compat import OpenAICompatTeacher, _chat_response
 from mediflow.teachers.strict_schema import strict_form
 from mediflow.testing import TeacherServerURL
 
@@ -115,3 +119,46 @@ def test_rate_limit_headers_reach_the_response(teacher_server: TeacherServerURL)
     response = asyncio.run(_ask(teacher, ChatRequest(messages=(("user", "hi"),))))
     assert response.headers["x-ratelimit-limit-requests"] == "500"
     assert response.prompt_tokens > 0 and response.completion_tokens > 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"choices": []}', b'{"choices": [{"message": {"content": 7}}]}', b'{"id": "x"}', b'{"choices": [', b"[1, 2]"],
+)
+def test_an_unreadable_completion_body_is_a_retryable_malformed_answer(body: bytes) -> None:
+    response = httpx.Response(200, content=body, request=httpx.Request("POST", "http://127.0.0.1/v1/chat/completions"))
+    with pytest.raises(openai.APIResponseValidationError) as raised:
+        _chat_response(response, "m")
+    failure = classify(raised.value)
+    assert failure.kind == "malformed" and failure.retryable
+
+
+def test_azure_requests_are_routed_to_the_deployment() -> None:
+    """Requests go through the client's generic post: Azure's deployment routing must still apply."""
+    seen: list[tuple[str, str, str | None, Any]] = []
+
+    async def completions(request: web.Request) -> web.Response:
+        seen.append((request.path, request.query.get("api-version", ""), request.headers.get("api-key"), await request.json()))
+        body = {"model": "gpt-4o-mini", "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+        return web.json_response(body)
+
+    async def scenario() -> Any:
+        app = web.Application()
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", completions)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        teacher = make_teacher("azure:my-deployment", base_url=f"http://127.0.0.1:{port}", api_key="k", api_version="2024-10-21")
+        try:
+            return await _ask(teacher, ChatRequest(messages=(("user", "hi"),), max_tokens=5))
+        finally:
+            await runner.cleanup()
+
+    response = asyncio.run(scenario())
+    assert response.text == "ok" and response.model == "gpt-4o-mini" and response.prompt_tokens == 3
+    [(path, version, key, body)] = seen
+    assert path == "/openai/deployments/my-deployment/chat/completions" and version == "2024-10-21" and key == "k"
+    assert body["messages"] == [{"role": "user", "content": "hi"}] and body["max_tokens"] == 5

@@ -1,6 +1,6 @@
 """Moves requests to a teacher: cache, limits (buckets, AIMD), retries, error breaker, accounting, progress.
 
-It knows nothing about clinical content; see ``docs/engine.md``.
+It knows nothing about clinical content; see ``docs/architecture.md`` and ``docs/generation.md``.
 """
 
 from mediflow.engine.accounting import PRICES_PER_1K, EngineStats

@@ -31,11 +31,21 @@ class Activity:
     since_last_answer_s: float
 
 
-def describe_state(activity: Activity, request_timeout: float, typical_latency: float | None) -> str:
-    """One phrase: running / waiting on provider / stuck / backoff / rate-limited / idle."""
+def describe_state(
+    activity: Activity, request_timeout: float, typical_latency: float | None, *, work_left: bool = False
+) -> str:
+    """One phrase: running / waiting on provider / stuck / backoff / rate-limited / idle.
+
+    "Waiting on provider" means requests are out and the provider is slow to answer. "STUCK" means
+    something on our side: a request outliving its own timeout, or nothing out at all (nothing in
+    flight, queued or backing off) for a while although ``work_left`` says the run is not done.
+    """
     patience = max(5.0, 3.0 * (typical_latency or 0.0))
+    quiet = not (activity.in_flight or activity.queued or activity.backing_off)
     if activity.in_flight and activity.oldest_in_flight_s > request_timeout + 10.0:
         state = f"STUCK: a request in flight {activity.oldest_in_flight_s:.0f}s (timeout {request_timeout:.0f}s)"
+    elif quiet and work_left and activity.since_last_answer_s > patience:
+        state = f"STUCK: work left but nothing sent or answered for {activity.since_last_answer_s:.0f}s"
     elif activity.in_flight and activity.since_last_answer_s > patience:
         state = (
             f"waiting on provider: {activity.in_flight} in flight, "
@@ -119,7 +129,9 @@ class Progress:
         elapsed = max(time.monotonic() - self._started, 1e-9)
         fresh = stats.requests - stats.cache_hits
         cost = f"${stats.cost_usd:.4f}" if stats.cost_known else "$?"
-        state = describe_state(self._activity(), self._request_timeout, stats.latency().get("p50"))
+        work_left = self._total is not None and self._done < self._total
+        typical = stats.latency().get("p50")
+        state = describe_state(self._activity(), self._request_timeout, typical, work_left=work_left)
         self._bar.update(self._done - self._bar.n)
         self._bar.set_postfix_str(
             f"{fresh / elapsed:.1f} req/s, {stats.cache_hits} cached, {stats.tokens} tok, {cost}, "

@@ -5,6 +5,13 @@ for every request, with its connection pool sized for the engine's concurrency a
 retries switched off: the engine owns retries, so a 429 is seen once, by the component that
 knows the rate limits. Response headers travel back on :class:`ChatResponse.headers` so the
 engine can read ``x-ratelimit-*``.
+
+Requests go through the client's generic ``post`` (the SDK's documented route for raw bodies) with
+a body we build in the wire format, and the answer's JSON is read directly. The typed
+``chat.completions.create`` walks every parameter through its TypedDict transformer and builds
+pydantic models of the answer: together more CPU than the HTTP exchange itself, which at hundreds
+of requests a second is what bounds a run. Auth, base URL, Azure deployment routing, status errors
+(``openai.APIStatusError`` and subclasses) and timeouts are still the SDK's.
 """
 
 from __future__ import annotations
@@ -120,24 +127,39 @@ class OpenAICompatTeacher:
             arguments["seed"] = request.seed
         if response_format is not None:
             arguments["response_format"] = response_format
-        raw = await self._client.chat.completions.with_raw_response.create(**arguments)
-        completion = raw.parse()
-        if not completion.choices:
-            raise openai.APIResponseValidationError(raw.http_response, None, message="response has no choices")
-        choice = completion.choices[0]
-        usage = completion.usage
-        return ChatResponse(
-            text=choice.message.content or "",
-            finish_reason=choice.finish_reason or "stop",
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            model=completion.model or self.model,
-            headers=_forwarded_headers(raw.http_response.headers.raw),
-        )
+        http_response = await self._client.post("/chat/completions", body=arguments, cast_to=httpx.Response)
+        return _chat_response(http_response, self.model)
 
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._client.close()
+
+
+def _chat_response(http_response: httpx.Response, default_model: str) -> ChatResponse:
+    """The first choice of a chat-completion body; an unreadable body is a (retryable) validation error."""
+    try:
+        completion = json.loads(http_response.content)
+        choices = completion["choices"]
+        if not choices:
+            raise ValueError("response has no choices")
+        choice = choices[0]
+        text = choice["message"].get("content") or ""
+        if not isinstance(text, str):
+            raise ValueError(f"message content is {type(text).__name__}, not text")
+        usage = completion.get("usage") or {}
+        return ChatResponse(
+            text=text,
+            finish_reason=choice.get("finish_reason") or "stop",
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            model=completion.get("model") or default_model,
+            headers=_forwarded_headers(http_response.headers.raw),
+        )
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise openai.APIResponseValidationError(
+            http_response, None, message=f"unreadable chat completion: {type(exc).__name__}: {reason}"
+        ) from exc
 
 
 def _forwarded_headers(raw_headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
