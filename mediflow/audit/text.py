@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
+
+from mediflow.quality.text import json_strings
+
+__all__ = ["json_strings", "readable_output", "words"]
 
 _WORD = re.compile(r"[a-z0-9]+(?:[.'-][a-z0-9]+)*")
 
@@ -17,18 +20,6 @@ _WORD = re.compile(r"[a-z0-9]+(?:[.'-][a-z0-9]+)*")
 def words(text: str) -> list[str]:
     """Lower-cased word tokens (letters and digits; inner dots, hyphens and apostrophes kept: E11.22, 2.5, x-ray)."""
     return _WORD.findall(text.lower())
-
-
-def json_strings(value: Any) -> Iterator[str]:
-    """Every string value inside a parsed JSON value, depth first, in document order."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from json_strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from json_strings(item)
 
 
 def readable_output(output: Any, output_format: Any) -> str:

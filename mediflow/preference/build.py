@@ -31,7 +31,6 @@ from typing import Any
 import pyarrow as pa
 
 from mediflow.engine import Engine, EngineConfig
-from mediflow.errors import MediflowError
 from mediflow.preference.candidates import AnswerSource, answer
 from mediflow.preference.config import PairsConfig
 from mediflow.preference.error_kinds import ErrorKind, applicable_kinds, choose_kind, load_error_kinds

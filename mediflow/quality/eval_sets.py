@@ -8,7 +8,6 @@ the set does not have, a line that is not JSON) is a one-line :class:`MediflowEr
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pyarrow.parquet as pq
 
 from mediflow.errors import MediflowError
 from mediflow.quality.config import EvalSet
+from mediflow.quality.text import json_strings
 
 
 @dataclass(frozen=True)
@@ -28,16 +28,6 @@ class EvalTexts:
     item: list[int]
 
 
-def _leaves(value: Any) -> Iterator[str]:
-    """The strings inside a field value: itself, or the strings nested in a list or mapping (e.g. MCQ options)."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for nested in value.values():
-            yield from _leaves(nested)
-    elif isinstance(value, (list, tuple)):
-        for nested in value:
-            yield from _leaves(nested)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -102,7 +92,7 @@ def read_eval_set(spec: EvalSet) -> EvalTexts:
     for index, (row_name, row) in enumerate(zip(row_names, rows)):
         labels.append(f"{spec.path}#{row.get(spec.id_field) if spec.id_field else row_name}")
         for name in spec.fields:
-            for text in _leaves(row.get(name)):
+            for text in json_strings(row.get(name)):
                 texts.append(text)
                 item.append(index)
     return EvalTexts(labels=labels, texts=texts, item=item)

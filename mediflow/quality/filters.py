@@ -22,7 +22,7 @@ import jsonschema
 import yaml
 
 from mediflow.errors import ConfigError
-from mediflow.quality.text import word_tokens
+from mediflow.quality.text import json_strings, word_tokens
 
 Record = Mapping[str, Any]
 
@@ -209,15 +209,6 @@ class LanguageRule:
 _ICD10_SHAPE = re.compile(r"\b[A-TV-Z][0-9][0-9A-Z](?:\.[0-9A-Z]{1,4})?\b")
 
 
-def _strings(value: Any) -> Iterable[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
 
 
 @dataclass
@@ -241,7 +232,7 @@ class Icd10Rule:
                 value = json.loads(output)
             except json.JSONDecodeError:
                 return []
-            return [s.strip() for s in _strings(value) if _ICD10_SHAPE.fullmatch(s.strip())]
+            return [s.strip() for s in json_strings(value) if _ICD10_SHAPE.fullmatch(s.strip())]
         return _ICD10_SHAPE.findall(output)
 
     def check(self, record: Record) -> Verdict:
@@ -286,7 +277,7 @@ class VerbatimCopyRule:
         output = _text(record, "output")
         if record.get("output_format") == "json":
             try:
-                output = "\n".join(_strings(json.loads(output)))  # the values, not the keys
+                output = "\n".join(json_strings(json.loads(output)))  # the values, not the keys
             except json.JSONDecodeError:
                 pass
         share = self.copied_share(output, _text(record, "input"))

@@ -10,7 +10,9 @@ integer arithmetic. The same word tokens serve the rule filters' token counts.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -119,3 +121,19 @@ def ngram_hashes(tokens: TokenHashes, n: int, *, short_as_one: bool) -> NGramHas
         short_start = (positions == tokens.starts[owner_of_token]) & (lengths[owner_of_token] < n)
         full |= short_start
     return NGramHashes(hashes=splitmix64(combined[full]), owner=owner_of_token[full])
+
+
+def json_strings(value: Any) -> Iterator[str]:
+    """Every string inside a parsed JSON value (itself, or nested in lists and mappings), depth first.
+
+    The checks that read JSON answers (ICD-10 codes, verbatim copying, eval-set fields, the audit)
+    look at the values a model wrote, never at the schema's keys.
+    """
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from json_strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from json_strings(item)

@@ -20,7 +20,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 #: SLERP interpolates linearly when the two directions are this close to (anti)parallel.

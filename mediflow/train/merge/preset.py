@@ -40,7 +40,7 @@ import yaml
 from mediflow.errors import ConfigError
 from mediflow.train.merge.config import parse_merge_config
 from mediflow.train.merge.engine import run_merge
-from mediflow.train.merge.evaluation import Evaluator, build_evaluator
+from mediflow.train.merge.evaluation import Evaluator
 from mediflow.train.merge.search import Candidate, Dimension, Trial, best_trial, evolutionary_search
 
 PRESETS = ("mediphi",)
