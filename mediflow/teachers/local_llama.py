@@ -28,6 +28,9 @@ from mediflow.resources import prompts_dir
 from mediflow.teachers.base import ChatRequest, ChatResponse
 
 MODEL_NAME = "gemma-3-270m"
+#: Bounds the local teacher's grammar puts on strings and lists (see :func:`json_grammar`).
+STRING_CHARS = 120
+LIST_ITEMS = 3
 #: llama-cpp-python's string character rule, and JSON's (no unescaped control characters).
 _LOOSE_JSON_CHAR = 'char ::= [^"\\\\] |'
 _JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
@@ -113,6 +116,7 @@ class LocalLlamaTeacher:
         The pipeline validates every answer against the full schema anyway. The converter's string
         character rule admits raw control characters (a newline inside a string is invalid JSON,
         and a small model writes one in most multi-line answers), so it is narrowed to JSON's.
+        Strings and lists are bounded so that a base model's answer ends (:func:`json_grammar`).
         """
         key = canonical_json(schema)
         if key not in self._grammars:
@@ -168,18 +172,31 @@ def _assemble_weights() -> Path:
 
 
 def json_grammar(schema: dict[str, Any]) -> str:
-    """The GBNF text llama.cpp decodes a JSON answer with: the schema (less ``pattern``), strict JSON strings."""
+    """The GBNF text llama.cpp decodes a JSON answer with: the schema made decodable, strict JSON strings.
+
+    A 270M base model rarely ends a string or a list on its own, so its answers ran into
+    ``max_tokens`` and were rejected as unterminated. The grammar therefore bounds every string to
+    :data:`STRING_CHARS` characters and every list to :data:`LIST_ITEMS` items (never below the
+    schema's own minimum), which makes an answer close in a few hundred tokens. Only the grammar is
+    bounded: the pipeline still validates the answer against the task's full schema.
+    """
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-    return json_schema_to_gbnf(json.dumps(_without_patterns(schema))).replace(_LOOSE_JSON_CHAR, _JSON_CHAR)
+    return json_schema_to_gbnf(json.dumps(_decodable(schema))).replace(_LOOSE_JSON_CHAR, _JSON_CHAR)
 
 
-def _without_patterns(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {key: _without_patterns(value) for key, value in node.items() if key != "pattern" or not isinstance(value, str)}
+def _decodable(node: Any) -> Any:
+    """``node`` without ``pattern`` keywords, with strings and lists bounded (see :func:`json_grammar`)."""
     if isinstance(node, list):
-        return [_without_patterns(value) for value in node]
-    return node
+        return [_decodable(value) for value in node]
+    if not isinstance(node, dict):
+        return node
+    bounded = {key: _decodable(value) for key, value in node.items() if key != "pattern" or not isinstance(value, str)}
+    if node.get("type") == "string" and "enum" not in node and "const" not in node:
+        bounded["maxLength"] = max(node.get("minLength", 0), min(node.get("maxLength", STRING_CHARS), STRING_CHARS))
+    if node.get("type") == "array":
+        bounded["maxItems"] = max(node.get("minItems", 0), min(node.get("maxItems", LIST_ITEMS), LIST_ITEMS))
+    return bounded
 
 
 def _content_seed(request: ChatRequest) -> int:
