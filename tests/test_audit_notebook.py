@@ -18,7 +18,7 @@ from nbclient import NotebookClient
 from audit_fixtures import demo_folder
 
 from mediflow import generate
-from mediflow.taxonomy import load_taxonomy
+from small_runs import small_run_config
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "audit.ipynb"
 KERNEL_NAME = "mediflow-audit-test"
@@ -62,12 +62,9 @@ def test_audit_notebook_runs_headless_on_a_folder_with_planted_problems(tmp_path
 
 def test_audit_notebook_runs_headless_on_a_generate_output(teacher_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What a data lead runs it on: a real ``mediflow generate`` folder (test teacher, 2 tasks x 2 document types)."""
-    taxonomy = load_taxonomy()
-    tasks = ["icd10cm_coding", "medication_qa"]
-    shared = [d for d in taxonomy.document_types_for(tasks[0]) if d in taxonomy.document_types_for(tasks[1])][:2]
     output = tmp_path / "run"
-    config = {"teacher": {"spec": "openai:mediflow-test-teacher", "base_url": str(teacher_server)}, "tasks": tasks, "document_types": shared}
-    generate({**config, "difficulty_levels": ["routine"], "per_cell": 2, "progress": False, "output": {"dir": str(output)}})
+    tasks = ["icd10cm_coding", "medication_qa"]
+    generate(small_run_config(teacher_server, output, tasks=tasks, difficulty_levels=["routine"]))
     html_outputs, text = _execute(output, tmp_path, monkeypatch)
     assert "the run&#x27;s plan" in html_outputs or "the run's plan" in html_outputs  # coverage against the real plan
     assert text.count("<h2>") == 10 and "ICD-10-CM code validity" in text

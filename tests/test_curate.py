@@ -24,10 +24,8 @@ from mediflow.cli import main
 from mediflow.errors import ConfigError
 from mediflow.quality import CurateConfig, curate
 from mediflow.records import FULL_SCHEMA, JUDGE_SCORE_COLUMNS, record_id, rows_to_table
-from mediflow.taxonomy import load_taxonomy
 from mediflow.testing import TeacherServerURL
-
-TEACHER = "openai:mediflow-test-teacher"
+from small_runs import TEST_TEACHER as TEACHER, small_run_config
 
 
 @pytest.fixture()
@@ -38,23 +36,8 @@ def generated(teacher_server: TeacherServerURL, tmp_path: Path) -> Path:
     and the later stages surely see them: dedup must drop one of 0 and its copy, decontamination
     record 3 (its document is the eval item).
     """
-    taxonomy = load_taxonomy()
-    first, second = list(taxonomy.tasks)[:2]
-    shared = [d for d in taxonomy.document_types_for(first) if d in taxonomy.document_types_for(second)][:3]
-    easiest = min(taxonomy.difficulty_levels, key=lambda level: level.rank).name
     run = tmp_path / "run"
-    generate(
-        {
-            "teacher": {"spec": TEACHER, "base_url": str(teacher_server)},
-            "tasks": [first, second],
-            "document_types": shared,
-            "difficulty_levels": [easiest],
-            "per_cell": 2,
-            "json_share": 0.5,
-            "progress": False,
-            "output": {"dir": str(run)},
-        }
-    )
+    generate(small_run_config(teacher_server, run, document_types=3))
     rows = pq.read_table(sorted((run / "data").glob("*.parquet"))).to_pylist()
     copy = {**rows[0], "output": rows[0]["output"] + " Follow up in two weeks."}
     copy["id"] = record_id(copy["instruction"], copy["input"], copy["output"], copy["task_type"], copy["output_format"])

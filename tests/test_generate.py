@@ -21,6 +21,7 @@ from mediflow import generate
 from mediflow.cli import main
 from mediflow.records import GENERATION_SCHEMA, record_id
 from mediflow.taxonomy import load_taxonomy
+from small_runs import small_run_config
 
 
 @pytest.fixture(scope="module")
@@ -28,23 +29,8 @@ def taxonomy():
     return load_taxonomy()
 
 
-def _config(taxonomy, base_url: str, out: Path, **extra) -> dict:
-    first, second = list(taxonomy.tasks)[:2]
-    shared = [d for d in taxonomy.document_types_for(first) if d in taxonomy.document_types_for(second)][:2]
-    easiest = min(taxonomy.difficulty_levels, key=lambda level: level.rank).name
-    config = {
-        "teacher": {"spec": "openai:mediflow-test-teacher", "base_url": str(base_url) if base_url else None},
-        "tasks": [first, second],
-        "document_types": shared,
-        "difficulty_levels": [easiest],
-        "per_cell": 2,
-        "json_share": 0.5,
-        "progress": False,
-        "limits": {"concurrency": 8, "max_retries": 2},
-        "output": {"dir": str(out), "shard_size": 3},
-    }
-    config.update(extra)
-    return config
+def _config(base_url: str | None, out: Path, **extra) -> dict:
+    return small_run_config(base_url, out, **{"limits": {"concurrency": 8, "max_retries": 2}, "output": {"dir": str(out), "shard_size": 3}, **extra})
 
 
 def _records(out: Path):
@@ -53,7 +39,7 @@ def _records(out: Path):
 
 def test_generate_writes_valid_records_both_formats_and_reruns_from_cache(taxonomy, teacher_server, tmp_path) -> None:
     out = tmp_path / "run"
-    dataset = generate(_config(taxonomy, teacher_server, out))
+    dataset = generate(_config(teacher_server, out))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "finished"
     assert len(dataset) == manifest["counts"]["records"] == 8 and manifest["counts"]["rejects"] == 0
@@ -73,21 +59,21 @@ def test_generate_writes_valid_records_both_formats_and_reruns_from_cache(taxono
     served = teacher_server.stats()["requests"]
     assert served == 3 * 8  # document, instruction, response per record; no retries, no corrections
 
-    again = generate(_config(taxonomy, teacher_server, out))  # a rerun: nothing re-requested, same records
+    again = generate(_config(teacher_server, out))  # a rerun: nothing re-requested, same records
     assert teacher_server.stats()["requests"] == served
     assert again["id"] == dataset["id"]
 
 
 def test_instruction_reuse_shares_instructions(taxonomy, teacher_server, tmp_path) -> None:
     out = tmp_path / "reuse"
-    dataset = generate(_config(taxonomy, teacher_server, out, per_cell=4, documents_per_instruction=4))
+    dataset = generate(_config(teacher_server, out, per_cell=4, documents_per_instruction=4))
     assert len(set(dataset["instruction_id"])) < len(dataset) / 2
 
 
 def test_correction_turns_fix_invalid_json(taxonomy, teacher_server, tmp_path) -> None:
     teacher_server.control(garbage=1)  # the first answer of every conversation is invalid JSON
     out = tmp_path / "corrected"
-    dataset = generate(_config(taxonomy, teacher_server, out, max_corrections=1))
+    dataset = generate(_config(teacher_server, out, max_corrections=1))
     assert len(dataset) == 8
     for row in dataset.filter(lambda r: r["output_format"] == "json"):
         jsonschema.validate(json.loads(row["output"]), taxonomy.tasks[row["task_type"]].output_schema)
@@ -96,7 +82,7 @@ def test_correction_turns_fix_invalid_json(taxonomy, teacher_server, tmp_path) -
 def test_json_still_invalid_after_corrections_goes_to_rejects_with_raw_text(taxonomy, teacher_server, tmp_path) -> None:
     teacher_server.control(garbage=5)
     out = tmp_path / "rejected"
-    dataset = generate(_config(taxonomy, teacher_server, out, max_corrections=1))
+    dataset = generate(_config(teacher_server, out, max_corrections=1))
     assert set(dataset["output_format"]) == {"plain_text"} and len(dataset) == 4
     rejects = pq.read_table(out / "rejects.parquet").to_pylist()
     assert len(rejects) == 4
@@ -110,7 +96,7 @@ def test_json_still_invalid_after_corrections_goes_to_rejects_with_raw_text(taxo
 
 def test_generate_inside_a_running_event_loop(taxonomy, teacher_server, tmp_path) -> None:
     async def notebook_cell():
-        return generate(_config(taxonomy, teacher_server, tmp_path / "nb"), per_cell=1, json_share=0.0)
+        return generate(_config(teacher_server, tmp_path / "nb"), per_cell=1, json_share=0.0)
 
     dataset = asyncio.run(notebook_cell())
     assert len(dataset) == 4 and set(dataset["output_format"]) == {"plain_text"}
@@ -119,7 +105,7 @@ def test_generate_inside_a_running_event_loop(taxonomy, teacher_server, tmp_path
 def test_teacher_down_stops_with_a_clear_error_and_keeps_what_was_done(taxonomy, teacher_server, tmp_path, capsys) -> None:
     out = tmp_path / "down"
     config_path = tmp_path / "run.yaml"
-    config = _config(taxonomy, teacher_server, out, limits={"concurrency": 1, "max_retries": 0}, per_cell=1)
+    config = _config(teacher_server, out, limits={"concurrency": 1, "max_retries": 0}, per_cell=1)
     config["output"]["shard_size"] = 1
     config_path.write_text(yaml.safe_dump(config))
     teacher_server.control(sequence=["ok"] * 6 + ["500"] * 50)  # two records, then the server fails
@@ -144,7 +130,7 @@ def test_cli_errors_are_one_line(taxonomy, teacher_server, tmp_path, capsys) -> 
     assert capsys.readouterr().err == "error: unknown config key 'per_cel'; did you mean 'per_cell'?\n"
 
     good = tmp_path / "good.yaml"
-    good.write_text(yaml.safe_dump(_config(taxonomy, teacher_server, tmp_path / "x")))
+    good.write_text(yaml.safe_dump(_config(teacher_server, tmp_path / "x")))
     assert main(["generate", "--config", str(good), "--tasks", "summarise_everything"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: tasks: unknown name 'summarise_everything'") and "known:" in err
@@ -171,7 +157,7 @@ def _start(config: Path, out: Path) -> subprocess.Popen:
 
 def test_sigkill_then_rerun_gives_the_uninterrupted_records(taxonomy, start_teacher_server, tmp_path) -> None:
     server = start_teacher_server("--latency", "0.03")
-    config = _config(taxonomy, server, tmp_path / "unused", per_cell=3, documents_per_instruction=2)
+    config = _config(server, tmp_path / "unused", per_cell=3, documents_per_instruction=2)
     config["limits"] = {"concurrency": 4}
     config["document_types"] = None  # every compatible type: ~100 records
     config["max_records"] = 90
@@ -207,7 +193,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_records(taxonomy, start_teac
 @pytest.mark.slow
 def test_embedded_local_teacher_end_to_end(taxonomy, tmp_path) -> None:
     pytest.importorskip("llama_cpp")
-    config = _config(taxonomy, None, tmp_path / "local", per_cell=1, json_share=0.5)
+    config = _config(None, tmp_path / "local", per_cell=1, json_share=0.5)
     config["teacher"] = {"spec": "local"}
     config["document_types"] = config["document_types"][:1]
     config["tasks"] = config["tasks"][:1]
@@ -227,7 +213,7 @@ def test_every_transport_fault_is_survived_and_leaves_the_records_unchanged(taxo
     """429 with Retry-After, 500, a hang, a malformed body and a cut body, each retried: same records as a clean run."""
     limits = {"concurrency": 4, "max_retries": 4, "request_timeout": 1.0}
     teacher_server.control(sequence=["429", "ok", "500", "ok", "hang", "ok", "malformed", "ok", "cut", "429"], retry_after=0.05)
-    faulty = generate(_config(taxonomy, teacher_server, tmp_path / "faulty", limits=limits))
+    faulty = generate(_config(teacher_server, tmp_path / "faulty", limits=limits))
     stats = teacher_server.stats()
     assert stats["faults"] == {"429": 2, "500": 1, "hang": 1, "malformed": 1, "cut": 1}
     assert stats["max_in_flight"] <= limits["concurrency"]
@@ -235,7 +221,7 @@ def test_every_transport_fault_is_survived_and_leaves_the_records_unchanged(taxo
     assert session["errors"] == {"rate_limited": 2, "server_error": 1, "timeout": 1, "malformed": 1, "connection": 1}
 
     teacher_server.reset()
-    clean = generate(_config(taxonomy, teacher_server, tmp_path / "clean", limits=limits))
+    clean = generate(_config(teacher_server, tmp_path / "clean", limits=limits))
     assert len(faulty) == len(clean) == 8
     assert faulty.remove_columns("created_at").to_list() == clean.remove_columns("created_at").to_list()
 
@@ -245,7 +231,7 @@ def test_the_api_key_is_never_written_or_printed(taxonomy, teacher_server, tmp_p
     monkeypatch.setenv("MEDIFLOW_TEST_KEY", secret)
     caplog.set_level(logging.DEBUG)
     out = tmp_path / "keyed"
-    config = _config(taxonomy, teacher_server, out, progress=True)
+    config = _config(teacher_server, out, progress=True)
     config["teacher"]["api_key_env"] = "MEDIFLOW_TEST_KEY"
     config_path = tmp_path / "run.yaml"
     config_path.write_text(yaml.safe_dump(config))

@@ -20,32 +20,16 @@ from mediflow.export import ExportOptions, SplitFractions, export_dataset
 from mediflow.export.card import parse_card
 from mediflow.export.splits import document_key
 from mediflow.preference import PairsConfig, build_pairs
-from mediflow.taxonomy import load_taxonomy
 from mediflow.testing import TeacherServerURL
-
-TEACHER = "openai:mediflow-test-teacher"
+from small_runs import TEST_TEACHER as TEACHER, small_run_config
 
 
 @pytest.fixture()
 def generated(teacher_server: TeacherServerURL, tmp_path: Path) -> Path:
     """A finished ``generate`` run: 3 tasks x 3 shared document types x 2 records, half JSON."""
-    taxonomy = load_taxonomy()
-    tasks = ["icd10cm_coding", "medication_qa", "problem_list_summarization"]
-    shared = [d for d in taxonomy.document_types_for(tasks[0]) if all(d in taxonomy.document_types_for(t) for t in tasks)][:3]
     out = tmp_path / "run"
-    generate(
-        {
-            "teacher": {"spec": TEACHER, "base_url": str(teacher_server)},
-            "tasks": tasks,
-            "document_types": shared,
-            "difficulty_levels": ["routine"],
-            "per_cell": 2,
-            "json_share": 0.5,
-            "progress": False,
-            "limits": {"concurrency": 8},
-            "output": {"dir": str(out)},
-        }
-    )
+    tasks = ["icd10cm_coding", "medication_qa", "problem_list_summarization"]
+    generate(small_run_config(teacher_server, out, tasks=tasks, document_types=3, difficulty_levels=["routine"], limits={"concurrency": 8}))
     return out
 
 
