@@ -162,3 +162,13 @@ def test_azure_requests_are_routed_to_the_deployment() -> None:
     [(path, version, key, body)] = seen
     assert path == "/openai/deployments/my-deployment/chat/completions" and version == "2024-10-21" and key == "k"
     assert body["messages"] == [{"role": "user", "content": "hi"}] and body["max_tokens"] == 5
+
+
+def test_a_refused_connection_is_reported_as_one_not_as_a_timeout() -> None:
+    """The aiohttp transport raises a connect *timeout* for a refused port; the run's error must say 'cannot connect'."""
+    teacher = make_teacher("openai:test-teacher", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(openai.APIConnectionError) as raised:
+        asyncio.run(_ask(teacher, ChatRequest(messages=(("user", "hi"),))))
+    failure = classify(raised.value)
+    assert failure.kind == "connection" and failure.retryable
+    assert failure.message.startswith("cannot connect")

@@ -44,6 +44,9 @@ def classify(exc: BaseException) -> Failure:
     message = _one_line(exc)
     if isinstance(exc, openai.APIStatusError):
         return _classify_status(exc.status_code, exc, message)
+    if isinstance(exc, openai.APITimeoutError) and isinstance(exc.__cause__, httpx.ConnectTimeout):
+        # The aiohttp transport reports a refused connection as a connect *timeout*: say what happened.
+        return Failure("connection", retryable=True, fatal=False, message=f"cannot connect: {_one_line(exc.__cause__)}")
     if isinstance(exc, (openai.APITimeoutError, asyncio.TimeoutError, TimeoutError, httpx.TimeoutException)):
         return Failure("timeout", retryable=True, fatal=False, message=message or "request timed out")
     if isinstance(exc, (openai.APIConnectionError, httpx.TransportError, ConnectionError)):
