@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -11,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from tiny_models import build_tiny_phi3
+from train_stages import finite_logs, tiny_stage_config
 
 from mediflow.records import FULL_SCHEMA, rows_to_table, to_messages
 from mediflow.train.align import build_sft_trainer, run_dpo, run_sft
-from mediflow.train.config import StageConfig, config_from_dict
 from mediflow.train.data import load_messages, load_preferences
 from mediflow.train.models import load_tokenizer
 
@@ -60,29 +59,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _config(root: Path, stage: str, model: str, train: str, output: str, **method: Any) -> StageConfig:
-    return config_from_dict(
-        {
-            "model": {"name_or_path": model},
-            "method": method,
-            "data": {"train": train, "max_length": 96},
-            "output": {"dir": output, "logging_steps": 1, "save_steps": 1000},
-            "train": {"batch_size": 2, "max_steps": 2, "learning_rate": 1e-3},
-        },
-        stage,
-        root=root,
-    )
-
-
-def _finite_logs(trainer_dir: Path, key: str) -> list[float]:
-    import json
-
-    state = json.loads(sorted(trainer_dir.glob("checkpoint-*/trainer_state.json"))[-1].read_text())
-    values = [entry[key] for entry in state["log_history"] if key in entry]
-    assert values and all(math.isfinite(v) for v in values), (key, values)
-    return values
-
-
 def test_readers_accept_exports_and_released_dpo_layout(data: Path, tmp_path: Path) -> None:
     rows = load_messages(data / "export", split="train")
     assert len(rows) == 6 and [m["role"] for m in rows[0]["messages"]] == ["system", "user", "assistant"]
@@ -106,7 +82,7 @@ def test_template_without_generation_markers_gets_the_marked_copy(data: Path, tm
 
 
 def test_sft_trains_only_on_assistant_turns(data: Path) -> None:
-    config = _config(data, "sft", "base", "export", "sft")
+    config = tiny_stage_config(data, "sft", model="base", train="export", output="sft", max_length=96)
     trainer = build_sft_trainer(config)
     example = trainer.data_collator([trainer.train_dataset[0]])
     ids, labels = example["input_ids"][0], example["labels"][0]
@@ -114,7 +90,7 @@ def test_sft_trains_only_on_assistant_turns(data: Path) -> None:
     assert trained == '{"diagnosis": "pneumonia"}<|end|>\n'
     model = run_sft(config)
     assert (model / "model.safetensors").is_file() and (model / "chat_template.jinja").is_file()
-    _finite_logs(data / "sft", "loss")
+    finite_logs(data / "sft", "loss")
 
 
 @pytest.mark.parametrize(
@@ -122,9 +98,9 @@ def test_sft_trains_only_on_assistant_turns(data: Path) -> None:
     [("full", {}), ("precomputed", {}), ("adapter", {"finetuning": "lora", "lora": {"r": 4, "alpha": 8}})],
 )
 def test_dpo_logs_finite_losses_and_reward_margins(data: Path, reference: str, method: dict[str, Any]) -> None:
-    config = _config(data, "dpo", "base", "pairs.parquet", f"dpo_{reference}", reference=reference, beta=0.1, **method)
+    config = tiny_stage_config(data, "dpo", model="base", train="pairs.parquet", output=f"dpo_{reference}", max_length=96, reference=reference, beta=0.1, **method)
     model = run_dpo(config)
     assert (model / "model.safetensors").is_file()
-    _finite_logs(data / f"dpo_{reference}", "loss")
-    margins = _finite_logs(data / f"dpo_{reference}", "rewards/margins")
+    finite_logs(data / f"dpo_{reference}", "loss")
+    margins = finite_logs(data / f"dpo_{reference}", "rewards/margins")
     assert len(margins) == 2

@@ -7,14 +7,13 @@ server, and are exported in the Hub layout; the training stages are pointed at t
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tiny_models import build_tiny_phi3
+from train_stages import finite_logs, tiny_stage_config
 
 from mediflow import generate
 from mediflow.export import ExportOptions, SplitFractions, export_dataset
@@ -22,7 +21,7 @@ from mediflow.preference import PairsConfig, build_pairs
 from mediflow.taxonomy import load_taxonomy
 from mediflow.testing import teacher_server
 from mediflow.train.align import build_sft_trainer, run_dpo, run_sft
-from mediflow.train.config import StageConfig, config_from_dict
+from mediflow.train.config import StageConfig
 from mediflow.train.data import load_messages, load_preferences
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -64,25 +63,7 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(root: Path, stage: str, output: str, max_length: int = MAX_LENGTH, **method: Any) -> StageConfig:
-    return config_from_dict(
-        {
-            "model": {"name_or_path": "base"},
-            "method": method,
-            "data": {"train": "export", "max_length": max_length},
-            "output": {"dir": output, "logging_steps": 1, "save_steps": 1000},
-            "train": {"batch_size": 2, "max_steps": 2, "learning_rate": 1e-3},
-        },
-        stage,
-        root=root,
-    )
-
-
-def _logged(trainer_dir: Path, key: str) -> list[float]:
-    """Every logged value of ``key`` from the final checkpoint's trainer state; all must be finite."""
-    state = json.loads(sorted(trainer_dir.glob("checkpoint-*/trainer_state.json"))[-1].read_text())
-    values = [entry[key] for entry in state["log_history"] if key in entry]
-    assert values and all(math.isfinite(v) for v in values), (key, values)
-    return values
+    return tiny_stage_config(root, stage, model="base", train="export", output=output, max_length=max_length, **method)
 
 
 def test_the_export_root_reads_as_sft_records_and_dpo_pairs(export: Path) -> None:
@@ -108,11 +89,11 @@ def test_sft_on_generated_records_trains_on_the_answers_and_logs_finite_losses(e
     assert trained == answer + "<|end|>\n"
     model = run_sft(config)
     assert (model / "model.safetensors").is_file()
-    assert len(_logged(export / "sft", "loss")) == 2
+    assert len(finite_logs(export / "sft", "loss")) == 2
 
 
 def test_dpo_on_exported_pairs_logs_finite_losses_and_reward_margins(export: Path) -> None:
     model = run_dpo(_config(export, "dpo", "dpo", reference="precomputed", beta=0.1))
     assert (model / "model.safetensors").is_file()
-    assert len(_logged(export / "dpo", "loss")) == 2
-    assert len(_logged(export / "dpo", "rewards/margins")) == 2
+    assert len(finite_logs(export / "dpo", "loss")) == 2
+    assert len(finite_logs(export / "dpo", "rewards/margins")) == 2
