@@ -104,7 +104,7 @@ class JudgeConfig:
     tpm: float | None = None
     max_retries: int = 6
     request_timeout: float = 120.0
-    batch_records: int = 256  # records judged at once; each batch is written before the next starts
+    batch_records: int = 256  # records being judged at once, a sliding window (no barrier); concurrency bounds requests
     cache: str | None = None  # default: OUT/judge-cache.sqlite
     rubric: str | None = None  # a prompts folder holding judge.yaml (default: the built-in one)
     progress: bool = True

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -110,13 +110,25 @@ class RecordJudge:
             prompt_version=self.rubric.version,
         )
 
-    async def judge(self, records: Sequence[dict[str, Any]]) -> list[Judgement]:
-        """One judgement per record, all samples of all records in flight together (the engine bounds them)."""
-        n = self.config.samples
-        answers = await gather_or_cancel(
-            [ask_json(self.engine, self.request(record, sample), self.schema, self.config.max_corrections) for record in records for sample in range(n)]
-        )
-        return [self._combine(answers[index * n : (index + 1) * n]) for index in range(len(records))]
+    async def judge(self, records: Sequence[dict[str, Any]], on_done: Callable[[], None] | None = None) -> list[Judgement]:
+        """One judgement per record, in record order.
+
+        At most ``batch_records`` records are being judged at a time, as a sliding window: a record
+        starts as soon as an earlier one finishes, so a slow answer never holds back the rest (no
+        batch barrier). The engine bounds the requests in flight.
+        """
+        window = asyncio.Semaphore(self.config.batch_records)
+
+        async def one(record: dict[str, Any]) -> Judgement:
+            async with window:
+                answers = await gather_or_cancel(
+                    [ask_json(self.engine, self.request(record, sample), self.schema, self.config.max_corrections) for sample in range(self.config.samples)]
+                )
+            if on_done is not None:
+                on_done()
+            return self._combine(answers)
+
+        return await gather_or_cancel([one(record) for record in records])
 
     def _combine(self, answers: Sequence[JsonAnswer]) -> Judgement:
         self.corrections += sum(answer.corrections for answer in answers)
@@ -166,11 +178,7 @@ class JudgeStage:
         self.counts["already_judged"] += batch.num_rows - len(todo)
         self.progress.advance(batch.num_rows - len(todo))
         records = batch.select([c for c in _PROMPT_COLUMNS if c in batch.column_names]).take(pa.array(todo, pa.int64())).to_pylist()
-        judgements: list[Judgement] = []
-        for start in range(0, len(records), self.config.batch_records):
-            chunk = records[start : start + self.config.batch_records]
-            judgements += await self.judge.judge(chunk)
-            self.progress.advance(len(chunk))
+        judgements = await self.judge.judge(records, on_done=lambda: self.progress.advance(1))
         self.counts["judged"] += sum(j.scores is not None for j in judgements)
         self.counts["failed"] += sum(j.scores is None for j in judgements)
         batch = self._with_columns(batch, todo, judgements)
