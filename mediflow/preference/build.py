@@ -21,8 +21,8 @@ import asyncio
 import dataclasses
 import functools
 import os
-from collections import Counter
-from collections.abc import Mapping
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,9 +117,8 @@ async def abuild_pairs(input_path: str | Path, out_dir: str | Path, config: Pair
                 sources = _answer_sources(config, engines)
                 run = functools.partial(_candidates_one, sources=sources, judge=judge, schemas=schemas, config=config)
             dropped, error_types = Counter[str](), Counter[str]()
-            for start in range(0, tried.num_rows, _CHUNK):
-                chunk = tried.slice(start, _CHUNK)
-                outcomes = await asyncio.gather(*(run(record) for record in chunk.to_pylist()))
+            chunks = (tried.slice(start, _CHUNK) for start in range(0, tried.num_rows, _CHUNK))
+            async for chunk, outcomes in _one_chunk_ahead(chunks, run):
                 _store(output, chunk, outcomes, dropped, error_types)
             usage = _usage(engines)
         manifest = _manifest(config, selection, tried.num_rows, output.kept, dropped, error_types, usage, prompts, kinds)
@@ -128,6 +127,29 @@ async def abuild_pairs(input_path: str | Path, out_dir: str | Path, config: Pair
         output.abandon()
         raise
     return PairsResult(out, tried.num_rows, output.kept, dict(dropped), manifest)
+
+
+async def _one_chunk_ahead(chunks: Iterator[pa.Table], run: Callable[[dict[str, Any]], Awaitable[Outcome]]) -> AsyncIterator[tuple[pa.Table, list[Outcome]]]:
+    """Each chunk with its outcomes, in order, while the next chunk is already running.
+
+    Chunks bound what is held before it is written; starting the next one before the current one
+    is stored means the slowest records of a chunk never leave the teacher idle (no batch barrier).
+    A failure cancels whatever is still running.
+    """
+    running: deque[tuple[pa.Table, asyncio.Future[list[Outcome]]]] = deque()
+    try:
+        for chunk in chunks:
+            running.append((chunk, asyncio.ensure_future(asyncio.gather(*(run(record) for record in chunk.to_pylist())))))
+            if len(running) > 1:
+                done, future = running.popleft()
+                yield done, await future
+        while running:
+            done, future = running.popleft()
+            yield done, await future
+    finally:
+        for _, future in running:
+            future.cancel()
+        await asyncio.gather(*(future for _, future in running), return_exceptions=True)
 
 
 def _task_schemas(config: PairsConfig) -> dict[str, dict[str, Any]]:
