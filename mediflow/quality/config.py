@@ -140,6 +140,8 @@ class DedupConfig:
     min_signature_jaccard: float = 0.4  # candidates whose signatures agree less are dropped before rapidfuzz
     threshold: float = 0.9  # rapidfuzz similarity (0-1) to count as duplicates; same-template notes about other patients reach 0.89
     scorer: str = "token_sort_ratio"  # a rapidfuzz.fuzz scorer: ratio, token_sort_ratio, token_set_ratio
+    clinical: bool = True  # a near-duplicate must also agree on ages, sexes, sides, negation, values, doses, drugs, organs, codes
+    clinical_tokens: str | None = None  # a lexicon YAML replacing taxonomies/clinical_tokens.yaml (see docs/dedup.md)
     max_bucket: int = 100  # LSH buckets above this size only pair neighbours (see minhash.bucket_pairs)
     window: int = 20
     chunk_records: int = 50_000
@@ -158,6 +160,10 @@ class DedupConfig:
             raise ConfigError(f"dedup.threshold: {self.threshold} is not in (0, 1]")
         if self.scorer not in ("ratio", "token_sort_ratio", "token_set_ratio", "partial_ratio"):
             raise ConfigError(f"dedup.scorer: {self.scorer!r} is not a supported rapidfuzz.fuzz scorer")
+        if self.clinical:
+            from mediflow.quality.clinical import Lexicon  # reads the lexicon now, before any output is written
+
+            Lexicon.load(self.clinical_tokens)
 
 
 @dataclass(frozen=True)
