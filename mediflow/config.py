@@ -96,6 +96,30 @@ class OutputConfig:
 
 
 @dataclass
+class VllmProcessorConfig:
+    """The GPU path of ``engine: ray`` with a ``vllm:PATH`` teacher: ray.data.llm's vLLM engine processor."""
+
+    replicas: int = _key(1, "vLLM engine replicas (each holds the model on tensor_parallel_size GPUs)", minimum=1)
+    tensor_parallel_size: int = _key(1, "GPUs per replica", minimum=1)
+    batch_size: int = _key(64, "requests per batch handed to a replica", minimum=1)
+    max_model_len: int | None = _key(None, "context length the engine reserves (default: the model's)", minimum=1)
+
+
+@dataclass
+class RayConfig:
+    """Where and how wide ``engine: ray`` runs (see docs/scaling.md)."""
+
+    address: str | None = _key(None, "Ray cluster address (auto, ray://HOST:10001); none: start a local Ray on this machine")
+    actors: int = _key(
+        2, "engine actors; each runs our Engine with concurrency, rpm and tpm divided by the number of actors", minimum=1
+    )
+    batch_size: int = _key(8, "plan units (instruction groups or records) per batch handed to an actor", minimum=1)
+    batches_per_actor: int = _key(4, "batches one actor works on at once, so a slow answer holds back no batch", minimum=1)
+    num_cpus: float = _key(0.5, "CPUs Ray reserves per actor (an actor mostly waits on the network)", exclusiveMinimum=0)
+    vllm: VllmProcessorConfig = _key(VllmProcessorConfig(), "the vLLM engine processor (vllm:PATH teachers)")
+
+
+@dataclass
 class RunConfig:
     """Everything ``mediflow generate`` needs; every key has a default, so ``{}`` is a valid config."""
 
@@ -122,6 +146,9 @@ class RunConfig:
     prompts: str | None = _key(None, "a prompts folder used instead of the built-in one")
     output: OutputConfig = _key(OutputConfig(), "the output directory")
     progress: bool = _key(True, "show a progress bar")
+    engine: Literal["local", "ray"] = _key("local", "local: one asyncio process; ray: Ray Data actors (ray: section)")
+    ray: RayConfig = _key(RayConfig(), "the Ray engine (engine: ray)")
+    shard: str | None = _key(None, "K/N: make only the K-th of N deterministic shares of the plan (mediflow join)", pattern=r"^\s*\d+\s*/\s*\d+\s*$")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for the manifest). Holds no secret: the API key is only named, by its variable."""
@@ -139,6 +166,8 @@ ALIASES: dict[str, str] = {
     "adaptive": "limits.adaptive",
     "out": "output.dir",
     "shard_size": "output.shard_size",
+    "ray_address": "ray.address",
+    "actors": "ray.actors",
 }
 
 

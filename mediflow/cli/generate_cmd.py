@@ -44,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rpm", type=int, help="requests-per-minute limit")
     parser.add_argument("--tpm", type=int, help="tokens-per-minute limit")
     parser.add_argument("--shard-size", type=int, help="plan items per Parquet shard")
+    parser.add_argument("--shard", metavar="K/N", help="make only the K-th of N deterministic shares of the plan (then: mediflow join)")
+    parser.add_argument("--engine", choices=("local", "ray"), help="local: one process; ray: Ray Data actors (see docs/scaling.md)")
+    parser.add_argument("--ray-address", help="Ray cluster address for --engine ray (default: start a local Ray)")
+    parser.add_argument("--actors", type=int, help="engine actors for --engine ray")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run)
 
@@ -67,6 +71,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "rpm": args.rpm,
         "tpm": args.tpm,
         "shard_size": args.shard_size,
+        "shard": args.shard,
+        "engine": args.engine,
+        "ray_address": args.ray_address,
+        "actors": args.actors,
         "progress": False if args.no_progress else None,
     }
 

@@ -40,6 +40,9 @@ class EngineConfig:
     latency_floor: float = 1.0
     #: Fewest attempts seen before the error-rate breaker may trip.
     error_min_samples: int = field(default=20)
+    #: This engine's share of the rpm/tpm limits, configured or reported by the server: ``engine: ray``
+    #: runs one engine per actor, each with ``1 / actors`` of them, so the actors together keep the limits.
+    limit_share: float = 1.0
 
     def __post_init__(self) -> None:
         _positive("concurrency", self.concurrency)
@@ -53,6 +56,8 @@ class EngineConfig:
             raise ConfigError(f"engine.max_retries must be >= 0, got {self.max_retries}")
         if not 0.0 < self.error_rate_threshold <= 1.0:
             raise ConfigError(f"engine.error_rate_threshold must be in (0, 1], got {self.error_rate_threshold}")
+        if not 0.0 < self.limit_share <= 1.0:
+            raise ConfigError(f"engine.limit_share must be in (0, 1], got {self.limit_share}")
         if self.latency_tolerance <= 1.0:
             raise ConfigError(f"engine.latency_tolerance must be > 1, got {self.latency_tolerance}")
 

@@ -60,8 +60,8 @@ class Engine:
             latency_tolerance=self.config.latency_tolerance,
             latency_floor=self.config.latency_floor,
         )
-        self.request_bucket = TokenBucket(self.config.rpm)
-        self.token_bucket = TokenBucket(self.config.tpm)
+        self.request_bucket = TokenBucket(self._shared(self.config.rpm))
+        self.token_bucket = TokenBucket(self._shared(self.config.tpm))
         self.progress = Progress(
             self.stats, self._activity, enabled=self.config.progress, request_timeout=self.config.request_timeout
         )
@@ -255,12 +255,18 @@ class Engine:
         finally:
             self._backing_off -= 1
 
+    def _shared(self, per_minute: float | None) -> float | None:
+        """This engine's share of a per-minute limit (the whole of it unless several engines split it)."""
+        return None if per_minute is None else per_minute * self.config.limit_share
+
     def _observe_rate_limits(self, response: ChatResponse) -> None:
         limits = RateLimitHeaders(response.headers)
         self.request_bucket.observe_server(
-            limits.limit_requests, limits.remaining_requests, user_limit=self.config.rpm
+            self._shared(limits.limit_requests), self._shared(limits.remaining_requests), user_limit=self._shared(self.config.rpm)
         )
-        self.token_bucket.observe_server(limits.limit_tokens, limits.remaining_tokens, user_limit=self.config.tpm)
+        self.token_bucket.observe_server(
+            self._shared(limits.limit_tokens), self._shared(limits.remaining_tokens), user_limit=self._shared(self.config.tpm)
+        )
 
     def _price(self, model: str) -> tuple[float, float] | None:
         if model not in self._prices:

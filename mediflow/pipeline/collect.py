@@ -9,33 +9,31 @@ the run's size. A range finished by an earlier run is never recomputed.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 from mediflow.pipeline.output import RunOutput
 
 
 class ShardCollector:
-    """Commits the plan range ``[i*S, (i+1)*S)`` as ``data/shard-i`` once all of its items are in."""
+    """Commits the plan range ``[i*S, (i+1)*S)`` as ``data/shard-i`` once all of its items are in.
 
-    def __init__(self, output: RunOutput, plan_size: int, shard_size: int, finished: set[int]) -> None:
+    ``positions`` are the plan positions this run makes: all of them, or one share's
+    (:mod:`mediflow.pipeline.share`), whose ranges then hold only that share's items.
+    """
+
+    def __init__(self, output: RunOutput, positions: Iterable[int], shard_size: int, finished: set[int]) -> None:
         self.output = output
-        self.plan_size = plan_size
         self.shard_size = shard_size
         self.finished = set(finished)
+        self._expected = Counter(position // shard_size for position in positions)
         self._pending: dict[int, dict[int, tuple[str, dict[str, Any]]]] = defaultdict(dict)
         self.records = 0  # written by this session
         self.rejects = 0
 
-    @property
-    def shard_count(self) -> int:
-        return -(-self.plan_size // self.shard_size)
-
     def is_finished(self, position: int) -> bool:
         """Whether the item at ``position`` is already in a committed shard."""
         return position // self.shard_size in self.finished
-
-    def _expected(self, shard: int) -> int:
-        return min(self.shard_size, self.plan_size - shard * self.shard_size)
 
     def add(self, position: int, kind: str, row: dict[str, Any]) -> None:
         """Hand in one finished item (``kind`` is ``record`` or ``reject``); commits its shard when complete."""
@@ -44,21 +42,23 @@ class ShardCollector:
             return
         bucket = self._pending[shard]
         bucket[position] = (kind, row)
-        if len(bucket) == self._expected(shard):
+        if len(bucket) == self._expected[shard]:
             self._commit(shard, bucket)
 
     def _commit(self, shard: int, bucket: dict[int, tuple[str, dict[str, Any]]]) -> None:
-        ordered = [bucket[position] for position in sorted(bucket)]
-        rows = [row for kind, row in ordered if kind == "record"]
-        rejects = [row for kind, row in ordered if kind == "reject"]
-        self.output.write_shard(shard, rows, rejects, _summary(shard, rows, rejects))
+        ordered = sorted(bucket.items())
+        rows = [row for _, (kind, row) in ordered if kind == "record"]
+        rejects = [row for _, (kind, row) in ordered if kind == "reject"]
+        positions = {kind: [position for position, (k, _) in ordered if k == kind] for kind in ("record", "reject")}
+        self.output.write_shard(shard, rows, rejects, shard_summary(shard, rows, rejects, positions))
         self.finished.add(shard)
         del self._pending[shard]
         self.records += len(rows)
         self.rejects += len(rejects)
 
 
-def _summary(shard: int, rows: list[dict[str, Any]], rejects: list[dict[str, Any]]) -> dict[str, Any]:
+def shard_summary(shard: int, rows: list[dict[str, Any]], rejects: list[dict[str, Any]], positions: dict[str, list[int]]) -> dict[str, Any]:
+    """What one shard holds; ``positions`` (plan positions of its records and rejects, in file order) let ``join`` interleave shares."""
     cells: dict[str, Counter[str]] = defaultdict(Counter)
     usage: Counter[str] = Counter()
     cost: float | None = None
@@ -80,4 +80,5 @@ def _summary(shard: int, rows: list[dict[str, Any]], rejects: list[dict[str, Any
         "cells": {cell: dict(counts) for cell, counts in sorted(cells.items())},
         "usage": {**usage, "cost_usd": cost},
         "failures": dict(failures),
+        "positions": positions,
     }

@@ -6,6 +6,11 @@ number of workers bounds the records in flight, so memory stays flat at any run 
 items go to the :class:`~mediflow.pipeline.collect.ShardCollector`, which commits complete plan
 ranges as shards.
 
+With ``engine: ray`` the groups are mapped over Ray Data actors instead
+(:mod:`mediflow.pipeline.ray_generate`), and their items come back to the same collector. With
+``shard: K/N`` the run makes one deterministic share of the plan (:mod:`mediflow.pipeline.share`);
+``mediflow join`` puts the shares back together.
+
 Resume is a rerun: the engine's cache (``OUT/cache.sqlite``) answers every request already
 answered, shards already committed are skipped, and the same plan over the same answers gives the
 same records. ``created_at`` is the time the run first started (kept in the manifest), so a resumed
@@ -34,6 +39,7 @@ from mediflow.pipeline.collect import ShardCollector
 from mediflow.pipeline.flow import GroupFlow
 from mediflow.pipeline.output import RunOutput
 from mediflow.pipeline.plan import InstructionGroup, Plan, build_plan
+from mediflow.pipeline.share import Share
 from mediflow.pipeline.stages import Stages
 from mediflow.records import GENERATION_SCHEMA, content_id
 from mediflow.taxonomy import load_taxonomy
@@ -41,6 +47,8 @@ from mediflow.teachers import Teacher, make_teacher
 
 if TYPE_CHECKING:
     import datasets
+
+    from mediflow.scale.ray_runner import RayRun
 
 
 @dataclass
@@ -114,6 +122,21 @@ async def _drive(groups: list[InstructionGroup], flow: GroupFlow, workers: int) 
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _ray_run(groups: list[InstructionGroup], config: RunConfig, created_at: datetime) -> RayRun:
+    from mediflow.pipeline.ray_generate import GenerateWork
+    from mediflow.scale.ray_runner import RayRun
+
+    work = GenerateWork(config.to_dict(), created_at, config.ray.actors)
+    return RayRun(groups, work, config.ray, progress=config.progress)
+
+
+def _drive_on_ray(ray_run: RayRun, collector: ShardCollector) -> None:
+    """Map the groups over Ray actors; their items go to ``collector`` as batches come back."""
+    for _, rows in ray_run.results():
+        for position, kind, row in rows:
+            collector.add(position, kind, row)
+
+
 def _failures(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     reasons: Counter[str] = Counter()
     for summary in summaries:
@@ -145,12 +168,18 @@ async def run_async(config: RunConfig) -> RunSummary:
     """Run ``config`` in the current event loop; see :func:`generate` for the synchronous entry point."""
     taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
     plan: Plan = build_plan(config, taxonomy)
+    share = Share.parse(config.shard) if config.shard else None
+    groups = tuple(share.select(plan.groups)) if share else plan.groups
+    if config.engine == "ray":
+        from mediflow.scale.ray_runner import check_ray_installed
+
+        check_ray_installed()
     output = RunOutput(config.output.dir)
     teacher = _make_teacher(config)
     try:
         engine = Engine(teacher, cache_path=output.cache_path, config=_engine_config(config))
         stages = Stages(engine, taxonomy, config)
-        fingerprint = content_id(
+        unsharded_fingerprint = content_id(
             plan.id,
             teacher.name,
             config.stages,
@@ -159,6 +188,7 @@ async def run_async(config: RunConfig) -> RunSummary:
             stages.versions,
             taxonomy.version,
         )
+        fingerprint = content_id(unsharded_fingerprint, str(share)) if share else unsharded_fingerprint
         previous = output.read_manifest() or {}
         finished = output.prepare(fingerprint)
         started_at = previous.get("started_at") if previous.get("fingerprint") == fingerprint else None
@@ -176,14 +206,17 @@ async def run_async(config: RunConfig) -> RunSummary:
             "icd10cm_release": _icd10cm_release(),
             "plan": {
                 "id": plan.id,
-                "items": len(plan),
-                "instruction_groups": len(plan.groups),
+                "items": sum(len(group.items) for group in groups),
+                "instruction_groups": len(groups),
                 "shard_size": config.output.shard_size,
             },
         }
+        if share:
+            manifest["shard"] = {"share": str(share), "unsharded_fingerprint": unsharded_fingerprint, "unsharded_items": len(plan)}
         output.write_manifest(manifest)
         stages.warm_up()
-        collector = ShardCollector(output, len(plan), config.output.shard_size, finished)
+        positions = (item.position for group in groups for item in group.items)
+        collector = ShardCollector(output, positions, config.output.shard_size, finished)
         workers = -(-(config.records_in_flight or 2 * config.limits.concurrency) // config.documents_per_instruction)
         status, stop_reason = "interrupted", None
         async with engine:
@@ -196,15 +229,24 @@ async def run_async(config: RunConfig) -> RunSummary:
                 cost_of=engine.cost_usd,
                 on_item_done=engine.progress.advance,
             )
-            todo = [group for group in plan.groups if flow.pending(group)]
-            engine.progress.set_total(sum(not collector.is_finished(i.position) for g in todo for i in g.items))
+            todo = [group for group in groups if flow.pending(group)]
+            ray_run = _ray_run(todo, config, created_at) if config.engine == "ray" else None
+            if ray_run is None:
+                engine.progress.set_total(sum(not collector.is_finished(i.position) for g in todo for i in g.items))
             try:
-                await _drive(todo, flow, workers)
+                if ray_run is None:
+                    await _drive(todo, flow, workers)
+                else:
+                    from mediflow.scale.ray_runner import ray_session
+
+                    with ray_session(config.ray):  # in the main thread: Ray installs its signal handlers
+                        await asyncio.to_thread(_drive_on_ray, ray_run, collector)
                 status = "finished"
             except TeacherError as exc:
                 status, stop_reason = "stopped", str(exc)
             finally:
-                summary = _finish(output, manifest, status, stop_reason, engine.stats.as_dict())
+                session = engine.stats.as_dict() if ray_run is None else ray_run.session
+                summary = finish_run(output, manifest, status, stop_reason, session)
         if status == "stopped":
             raise TeacherError(
                 f"{stop_reason}; kept {summary.records} records in {output.data_dir} "
@@ -215,7 +257,8 @@ async def run_async(config: RunConfig) -> RunSummary:
         await teacher.aclose()
 
 
-def _finish(output: RunOutput, manifest: dict[str, Any], status: str, stop_reason: str | None, session: dict[str, Any]) -> RunSummary:
+def finish_run(output: RunOutput, manifest: dict[str, Any], status: str, stop_reason: str | None, session: dict[str, Any]) -> RunSummary:
+    """Fold the finished shards' rejects and summaries into ``rejects.parquet`` and the manifest (also ``join``'s last step)."""
     summaries = list(output.summaries())
     rejects = output.write_rejects()
     cells, usage = _totals(summaries)
