@@ -9,7 +9,7 @@ the run's size. A range finished by an earlier run is never recomputed.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 
 from mediflow.pipeline.output import RunOutput
@@ -18,18 +18,35 @@ from mediflow.pipeline.output import RunOutput
 class ShardCollector:
     """Commits the plan range ``[i*S, (i+1)*S)`` as ``data/shard-i`` once all of its items are in.
 
-    ``positions`` are the plan positions this run makes: all of them, or one share's
-    (:mod:`mediflow.pipeline.share`), whose ranges then hold only that share's items.
+    A run making one share of the plan (:mod:`mediflow.pipeline.share`) gives ``share_counts``, its
+    items per range: its ranges then hold only its items, and commit when those are in.
     """
 
-    def __init__(self, output: RunOutput, positions: Iterable[int], shard_size: int, finished: set[int]) -> None:
+    def __init__(
+        self, output: RunOutput, plan_size: int, shard_size: int, finished: set[int], share_counts: Mapping[int, int] | None = None
+    ) -> None:
         self.output = output
+        self.plan_size = plan_size
         self.shard_size = shard_size
         self.finished = set(finished)
-        self._expected = Counter(position // shard_size for position in positions)
+        self.share_counts = share_counts
         self._pending: dict[int, dict[int, tuple[str, dict[str, Any]]]] = defaultdict(dict)
         self.records = 0  # written by this session
         self.rejects = 0
+
+    @property
+    def shard_count(self) -> int:
+        return -(-self.plan_size // self.shard_size)
+
+    @property
+    def finished_items(self) -> int:
+        """How many of this run's plan items the committed shards cover."""
+        return sum(self._expected(shard) for shard in self.finished if shard < self.shard_count)
+
+    def _expected(self, shard: int) -> int:
+        if self.share_counts is not None:
+            return self.share_counts.get(shard, 0)
+        return min(self.shard_size, self.plan_size - shard * self.shard_size)
 
     def is_finished(self, position: int) -> bool:
         """Whether the item at ``position`` is already in a committed shard."""
@@ -42,7 +59,7 @@ class ShardCollector:
             return
         bucket = self._pending[shard]
         bucket[position] = (kind, row)
-        if len(bucket) == self._expected[shard]:
+        if len(bucket) == self._expected(shard):
             self._commit(shard, bucket)
 
     def _commit(self, shard: int, bucket: dict[int, tuple[str, dict[str, Any]]]) -> None:

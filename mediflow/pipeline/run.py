@@ -24,6 +24,7 @@ import concurrent.futures
 import dataclasses
 import os
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -105,15 +106,14 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-async def _drive(groups: list[InstructionGroup], flow: GroupFlow, workers: int) -> None:
-    """``workers`` coroutines pull groups in plan order; the first error cancels the rest."""
-    queue = iter(groups)
+async def _drive(groups: Iterator[InstructionGroup], flow: GroupFlow, workers: int) -> None:
+    """``workers`` coroutines pull groups in plan order from the lazy plan; the first error cancels the rest."""
 
     async def worker() -> None:
-        for group in queue:
+        for group in groups:
             await flow.run(group)
 
-    tasks = [asyncio.create_task(worker()) for _ in range(max(1, min(workers, len(groups))))]
+    tasks = [asyncio.create_task(worker()) for _ in range(max(1, workers))]
     try:
         await asyncio.gather(*tasks)
     finally:
@@ -122,19 +122,30 @@ async def _drive(groups: list[InstructionGroup], flow: GroupFlow, workers: int) 
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _share_counts(plan: Plan, share: Share, shard_size: int) -> tuple[Counter[int], int]:
+    """A share's items per plan range, and its number of instruction groups (one pass over the lazy plan)."""
+    counts: Counter[int] = Counter()
+    groups = 0
+    for group in share.select(plan.groups()):
+        groups += 1
+        counts.update(item.position // shard_size for item in group.items)
+    return counts, groups
+
+
 def _ray_run(groups: list[InstructionGroup], config: RunConfig, created_at: datetime) -> RayRun:
     from mediflow.pipeline.ray_generate import GenerateWork
     from mediflow.scale.ray_runner import RayRun
 
     work = GenerateWork(config.to_dict(), created_at, config.ray.actors)
-    return RayRun(groups, work, config.ray, progress=config.progress)
+    return RayRun(groups, work, config.ray)
 
 
-def _drive_on_ray(ray_run: RayRun, collector: ShardCollector) -> None:
+def _drive_on_ray(ray_run: RayRun, collector: ShardCollector, on_items_done: Callable[[int], None]) -> None:
     """Map the groups over Ray actors; their items go to ``collector`` as batches come back."""
     for _, rows in ray_run.results():
         for position, kind, row in rows:
             collector.add(position, kind, row)
+        on_items_done(len(rows))
 
 
 def _failures(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -169,7 +180,7 @@ async def run_async(config: RunConfig) -> RunSummary:
     taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
     plan: Plan = build_plan(config, taxonomy)
     share = Share.parse(config.shard) if config.shard else None
-    groups = tuple(share.select(plan.groups)) if share else plan.groups
+    share_counts, share_groups = _share_counts(plan, share, config.output.shard_size) if share else (None, 0)
     if config.engine == "ray":
         from mediflow.scale.ray_runner import check_ray_installed
 
@@ -206,8 +217,8 @@ async def run_async(config: RunConfig) -> RunSummary:
             "icd10cm_release": _icd10cm_release(),
             "plan": {
                 "id": plan.id,
-                "items": sum(len(group.items) for group in groups),
-                "instruction_groups": len(groups),
+                "items": len(plan) if share_counts is None else sum(share_counts.values()),
+                "instruction_groups": plan.group_count if share_counts is None else share_groups,
                 "shard_size": config.output.shard_size,
             },
         }
@@ -215,8 +226,7 @@ async def run_async(config: RunConfig) -> RunSummary:
             manifest["shard"] = {"share": str(share), "unsharded_fingerprint": unsharded_fingerprint, "unsharded_items": len(plan)}
         output.write_manifest(manifest)
         stages.warm_up()
-        positions = (item.position for group in groups for item in group.items)
-        collector = ShardCollector(output, positions, config.output.shard_size, finished)
+        collector = ShardCollector(output, len(plan), config.output.shard_size, finished, share_counts)
         workers = -(-(config.records_in_flight or 2 * config.limits.concurrency) // config.documents_per_instruction)
         status, stop_reason = "interrupted", None
         async with engine:
@@ -229,10 +239,10 @@ async def run_async(config: RunConfig) -> RunSummary:
                 cost_of=engine.cost_usd,
                 on_item_done=engine.progress.advance,
             )
-            todo = [group for group in groups if flow.pending(group)]
-            ray_run = _ray_run(todo, config, created_at) if config.engine == "ray" else None
-            if ray_run is None:
-                engine.progress.set_total(sum(not collector.is_finished(i.position) for g in todo for i in g.items))
+            groups = share.select(plan.groups()) if share else plan.groups()
+            todo = (group for group in groups if flow.pending(group))
+            ray_run = _ray_run(list(todo), config, created_at) if config.engine == "ray" else None
+            engine.progress.set_total(manifest["plan"]["items"] - collector.finished_items)
             try:
                 if ray_run is None:
                     await _drive(todo, flow, workers)
@@ -240,7 +250,7 @@ async def run_async(config: RunConfig) -> RunSummary:
                     from mediflow.scale.ray_runner import ray_session
 
                     with ray_session(config.ray):  # in the main thread: Ray installs its signal handlers
-                        await asyncio.to_thread(_drive_on_ray, ray_run, collector)
+                        await asyncio.to_thread(_drive_on_ray, ray_run, collector, engine.progress.advance)
                 status = "finished"
             except TeacherError as exc:
                 status, stop_reason = "stopped", str(exc)

@@ -152,11 +152,10 @@ async def _gather_or_cancel(awaitables: Sequence[Any]) -> list[Any]:
 class RayRun:
     """One mapping of units over actors; iterate :meth:`results`, then read :attr:`session` (summed engine stats)."""
 
-    def __init__(self, units: Sequence[Any], work: EngineWork, config: RayConfig, *, progress: bool = False) -> None:
+    def __init__(self, units: Sequence[Any], work: EngineWork, config: RayConfig) -> None:
         self.units = units
         self.work = work
         self.config = config
-        self.progress = progress
         self._latest: dict[str, dict[str, Any]] = {}
 
     def results(self) -> Iterator[tuple[int, Any]]:
@@ -166,7 +165,7 @@ class RayRun:
         import ray.data
 
         context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = self.progress
+        context.enable_progress_bars = False  # the stage shows its own, in its units
         context.print_on_execution_start = False
         per_block = self.config.batch_size * BATCHES_PER_ACTOR
         rows = [{"index": index, "unit": pickle.dumps(unit)} for index, unit in enumerate(self.units)]
