@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -67,8 +68,8 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-async def _drive(groups: list[InstructionGroup], flow: GroupFlow, workers: int) -> None:
-    """Groups through ``flow`` in plan order, ``workers`` at once; the first error cancels the rest."""
+async def _drive(groups: Iterator[InstructionGroup], flow: GroupFlow, workers: int) -> None:
+    """Groups through ``flow`` in plan order, pulled lazily from the plan, ``workers`` at once; the first error cancels the rest."""
     async for _ in map_ordered(flow.run, groups, max(1, workers)):
         pass
 
@@ -136,7 +137,7 @@ async def run_async(config: RunConfig) -> RunSummary:
             "plan": {
                 "id": plan.id,
                 "items": len(plan),
-                "instruction_groups": len(plan.groups),
+                "instruction_groups": plan.group_count,
                 "shard_size": config.output.shard_size,
             },
         }
@@ -155,8 +156,8 @@ async def run_async(config: RunConfig) -> RunSummary:
                 cost_of=engine.cost_usd,
                 on_item_done=engine.progress.advance,
             )
-            todo = [group for group in plan.groups if flow.pending(group)]
-            engine.progress.set_total(sum(not collector.is_finished(i.position) for g in todo for i in g.items))
+            todo = (group for group in plan.groups() if flow.pending(group))
+            engine.progress.set_total(len(plan) - collector.finished_items)
             try:
                 await _drive(todo, flow, workers)
                 status = "finished"
