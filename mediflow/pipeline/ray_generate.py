@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mediflow.config import RunConfig
 from mediflow.pipeline.plan import InstructionGroup
 
 #: One finished item as it travels back to the driver: (plan position, "record" | "reject", row).
@@ -37,28 +38,28 @@ class _GroupRows:
 
 @dataclass(frozen=True)
 class GenerateWork:
-    """What every actor needs to run groups: the run config (plain data), its start time and the actor count."""
+    """What every actor needs to run groups: the run config, its start time and the actor count."""
 
-    config: dict[str, Any]
+    config: RunConfig
     created_at: datetime
     actors: int
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[_GroupWorker]:
-        from mediflow.config import load_config
         from mediflow.engine import Engine
         from mediflow.pipeline.flow import GroupFlow
         from mediflow.pipeline.output import RunOutput
-        from mediflow.pipeline.run import _engine_config, _make_teacher
         from mediflow.pipeline.stages import Stages
-        from mediflow.scale.ray_runner import actor_engine_config
+        from mediflow.scale.ray_runner import actor_limits
         from mediflow.taxonomy import load_taxonomy
+        from mediflow.teachers.factory import teacher_from
 
-        config = load_config(self.config)
+        config = self.config
         taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
-        teacher = _make_teacher(config)
+        limits, share = actor_limits(config.limits, self.actors)
+        teacher = teacher_from(config.teacher, limits)
         try:
-            engine = Engine(teacher, RunOutput(config.output.dir).cache_path, actor_engine_config(_engine_config(config), self.actors))
+            engine = Engine(teacher, RunOutput(config.output.dir).cache_path, limits, prices=config.prices, progress=False, limit_share=share)
             stages = Stages(engine, taxonomy, config)
             stages.warm_up()
             rows = _GroupRows()

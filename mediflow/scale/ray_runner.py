@@ -39,8 +39,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mediflow.config import RayConfig
-from mediflow.engine.config import EngineConfig
+from mediflow.engine.config import LimitsConfig
+from mediflow.scale.config import RayConfig
 from mediflow.errors import ConfigError, MediflowError
 
 #: Ray Data's default number of batches one async actor works on at once.
@@ -63,14 +63,9 @@ class EngineWork(Protocol):
     def open(self) -> AbstractAsyncContextManager[Worker]: ...
 
 
-def actor_engine_config(config: EngineConfig, actors: int) -> EngineConfig:
-    """One actor's engine config: ``1 / actors`` of the concurrency and of every per-minute limit, no progress bar."""
-    return dataclasses.replace(
-        config,
-        concurrency=max(1, math.ceil(config.concurrency / actors)),
-        limit_share=config.limit_share / actors,
-        progress=False,
-    )
+def actor_limits(limits: LimitsConfig, actors: int) -> tuple[LimitsConfig, float]:
+    """One actor's limits, and its share of every per-minute limit (``Engine(limit_share=...)``): ``1 / actors`` of each."""
+    return dataclasses.replace(limits, concurrency=max(1, math.ceil(limits.concurrency / actors))), 1.0 / actors
 
 
 def check_ray_installed() -> None:
