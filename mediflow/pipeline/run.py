@@ -38,6 +38,7 @@ from mediflow.pipeline.stages import Stages
 from mediflow.records import GENERATION_SCHEMA, content_id
 from mediflow.taxonomy import load_taxonomy
 from mediflow.teachers import Teacher, make_teacher
+from mediflow.teachers.base import check_teacher, teacher_capabilities
 
 if TYPE_CHECKING:
     import datasets
@@ -148,6 +149,7 @@ async def run_async(config: RunConfig) -> RunSummary:
     output = RunOutput(config.output.dir)
     teacher = _make_teacher(config)
     try:
+        await check_teacher(teacher)  # a dead server or unknown model: one line, nothing written
         engine = Engine(teacher, cache_path=output.cache_path, config=_engine_config(config))
         stages = Stages(engine, taxonomy, config)
         fingerprint = content_id(
@@ -161,7 +163,8 @@ async def run_async(config: RunConfig) -> RunSummary:
         )
         previous = output.read_manifest() or {}
         finished = output.prepare(fingerprint)
-        started_at = previous.get("started_at") if previous.get("fingerprint") == fingerprint else None
+        resumed = previous if previous.get("fingerprint") == fingerprint else {}
+        started_at = resumed.get("started_at")
         created_at = datetime.fromisoformat(started_at) if started_at else _now()
         manifest: dict[str, Any] = {
             "mediflow_version": __version__,
@@ -204,6 +207,7 @@ async def run_async(config: RunConfig) -> RunSummary:
             except TeacherError as exc:
                 status, stop_reason = "stopped", str(exc)
             finally:
+                manifest["teacher_capabilities"] = _capabilities(teacher, resumed.get("teacher_capabilities"))
                 summary = _finish(output, manifest, status, stop_reason, engine.stats.as_dict())
         if status == "stopped":
             raise TeacherError(
@@ -213,6 +217,14 @@ async def run_async(config: RunConfig) -> RunSummary:
         return summary
     finally:
         await teacher.aclose()
+
+
+def _capabilities(teacher: Teacher, earlier: dict[str, Any] | None) -> dict[str, Any] | None:
+    """This session's negotiated capabilities; a resume answered from the cache keeps the earlier level."""
+    capabilities = teacher_capabilities(teacher)
+    if capabilities is not None and capabilities["structured_output"] is None and earlier:
+        capabilities["structured_output"] = earlier.get("structured_output")
+    return capabilities
 
 
 def _finish(output: RunOutput, manifest: dict[str, Any], status: str, stop_reason: str | None, session: dict[str, Any]) -> RunSummary:
