@@ -19,6 +19,7 @@ import concurrent.futures
 import dataclasses
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -98,15 +99,14 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-async def _drive(groups: list[InstructionGroup], flow: GroupFlow, workers: int) -> None:
-    """``workers`` coroutines pull groups in plan order; the first error cancels the rest."""
-    queue = iter(groups)
+async def _drive(groups: Iterator[InstructionGroup], flow: GroupFlow, workers: int) -> None:
+    """``workers`` coroutines pull groups in plan order from the lazy plan; the first error cancels the rest."""
 
     async def worker() -> None:
-        for group in queue:
+        for group in groups:
             await flow.run(group)
 
-    tasks = [asyncio.create_task(worker()) for _ in range(max(1, min(workers, len(groups))))]
+    tasks = [asyncio.create_task(worker()) for _ in range(max(1, workers))]
     try:
         await asyncio.gather(*tasks)
     finally:
@@ -180,7 +180,7 @@ async def run_async(config: RunConfig) -> RunSummary:
             "plan": {
                 "id": plan.id,
                 "items": len(plan),
-                "instruction_groups": len(plan.groups),
+                "instruction_groups": plan.group_count,
                 "shard_size": config.output.shard_size,
             },
         }
@@ -199,8 +199,8 @@ async def run_async(config: RunConfig) -> RunSummary:
                 cost_of=engine.cost_usd,
                 on_item_done=engine.progress.advance,
             )
-            todo = [group for group in plan.groups if flow.pending(group)]
-            engine.progress.set_total(sum(not collector.is_finished(i.position) for g in todo for i in g.items))
+            todo = (group for group in plan.groups() if flow.pending(group))
+            engine.progress.set_total(len(plan) - collector.finished_items)
             try:
                 await _drive(todo, flow, workers)
                 status = "finished"
