@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from mediflow.cli import main
-from mediflow.engine import Engine, EngineConfig
+from mediflow.engine import Engine, LimitsConfig
 from mediflow.engine.failures import classify
 from mediflow.errors import TeacherError, TeacherUnavailable
 from mediflow.pipeline.structured import ask_json
@@ -45,7 +45,7 @@ def _json_request(i: int) -> ChatRequest:
 
 async def _through_engine(teacher: OpenAICompatTeacher, requests: list[ChatRequest], tmp_path: Path, **config: Any) -> list[Any]:
     try:
-        async with Engine(teacher, tmp_path / "cache.sqlite", EngineConfig(progress=False, **config)) as engine:
+        async with Engine(teacher, tmp_path / "cache.sqlite", LimitsConfig(**config), progress=False) as engine:
             answers = await asyncio.gather(*(ask_json(engine, request, SCHEMA, max_corrections=0) for request in requests))
             assert engine.stats.retries == 0 and not engine.stats.errors  # refusals never reach the engine
             return answers
@@ -87,7 +87,7 @@ def test_a_generic_server_error_is_not_mistaken_for_a_refusal(teacher_server: Te
 
     async def two() -> tuple[Any, Any]:
         try:
-            async with Engine(teacher, tmp_path / "c.sqlite", EngineConfig(progress=False, backoff_initial=0.01)) as engine:
+            async with Engine(teacher, tmp_path / "c.sqlite", LimitsConfig(backoff_initial=0.01), progress=False) as engine:
                 first = await engine.complete(_json_request(1))  # a 500 with no word of response_format: retried
                 with pytest.raises(TeacherError, match="HTTP 400"):
                     await engine.complete(_json_request(2))  # a 400 that names nothing: the request's own fault
@@ -108,7 +108,7 @@ def test_refused_parameters_are_dropped_or_renamed_and_remembered(teacher_server
 
     async def ask() -> list[Any]:
         try:
-            async with Engine(teacher, tmp_path / "c.sqlite", EngineConfig(progress=False, concurrency=1)) as engine:
+            async with Engine(teacher, tmp_path / "c.sqlite", LimitsConfig(concurrency=1), progress=False) as engine:
                 return [await engine.complete(request) for request in requests]
         finally:
             await teacher.aclose()
@@ -245,7 +245,7 @@ def test_a_failed_check_stops_an_engine_at_its_first_request(teacher_server: Tea
 
     async def ask() -> None:
         try:
-            async with Engine(teacher, tmp_path / "c.sqlite", EngineConfig(progress=False)) as engine:
+            async with Engine(teacher, tmp_path / "c.sqlite", progress=False) as engine:
                 with pytest.raises(TeacherError, match="does not serve model 'other'"):
                     await engine.complete(_json_request(1))
                 assert engine.stopped and engine.stats.attempts == 1 and engine.stats.retries == 0

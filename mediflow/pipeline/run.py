@@ -14,10 +14,7 @@ run's records equal an uninterrupted run's.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import dataclasses
-import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,8 +26,8 @@ import pyarrow.parquet as pq
 
 from mediflow import __version__
 from mediflow.config import RunConfig, load_config
-from mediflow.engine import Engine, EngineConfig
-from mediflow.errors import ConfigError, TeacherError
+from mediflow.engine import Engine
+from mediflow.errors import TeacherError
 from mediflow.pipeline.collect import ShardCollector
 from mediflow.pipeline.flow import GroupFlow
 from mediflow.pipeline.output import RunOutput
@@ -38,8 +35,10 @@ from mediflow.pipeline.plan import InstructionGroup, Plan, build_plan
 from mediflow.pipeline.stages import Stages
 from mediflow.records import GENERATION_SCHEMA, content_id
 from mediflow.taxonomy import load_taxonomy
-from mediflow.teachers import Teacher, make_teacher
-from mediflow.teachers.base import check_teacher, teacher_capabilities
+from mediflow.steps import map_ordered
+from mediflow.sync import run_sync
+from mediflow.teachers.base import Teacher, check_teacher, teacher_capabilities
+from mediflow.teachers.factory import teacher_from
 
 if TYPE_CHECKING:
     import datasets
@@ -60,35 +59,6 @@ class RunSummary:
     stop_reason: str | None = None
 
 
-def _engine_config(config: RunConfig) -> EngineConfig:
-    limits = config.limits
-    return EngineConfig(
-        concurrency=limits.concurrency,
-        rpm=limits.rpm,
-        tpm=limits.tpm,
-        adaptive=limits.adaptive,
-        max_retries=limits.max_retries,
-        request_timeout=limits.request_timeout,
-        error_rate_threshold=limits.error_rate_threshold,
-        price_input_per_1k=config.prices.input_per_1k,
-        price_output_per_1k=config.prices.output_per_1k,
-        progress=config.progress,
-    )
-
-
-def _make_teacher(config: RunConfig) -> Teacher:
-    api_key = None
-    if config.teacher.api_key_env:
-        api_key = os.environ.get(config.teacher.api_key_env)
-        if not api_key:
-            raise ConfigError(f"teacher.api_key_env: the environment variable {config.teacher.api_key_env} is not set")
-    options: dict[str, Any] = {}
-    if config.teacher.spec.startswith(("openai:", "azure:")):
-        options["max_connections"] = max(config.limits.concurrency, 16)
-        options["timeout"] = config.limits.request_timeout
-    return make_teacher(config.teacher.spec, base_url=config.teacher.base_url, api_key=api_key, **options)
-
-
 def _icd10cm_release() -> str | None:
     from mediflow import terminology
 
@@ -100,19 +70,9 @@ def _now() -> datetime:
 
 
 async def _drive(groups: Iterator[InstructionGroup], flow: GroupFlow, workers: int) -> None:
-    """``workers`` coroutines pull groups in plan order from the lazy plan; the first error cancels the rest."""
-
-    async def worker() -> None:
-        for group in groups:
-            await flow.run(group)
-
-    tasks = [asyncio.create_task(worker()) for _ in range(max(1, workers))]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    """Groups through ``flow`` in plan order, pulled lazily from the plan, ``workers`` at once; the first error cancels the rest."""
+    async for _ in map_ordered(flow.run, groups, max(1, workers)):
+        pass
 
 
 def _failures(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -147,10 +107,10 @@ async def run_async(config: RunConfig) -> RunSummary:
     taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
     plan: Plan = build_plan(config, taxonomy)
     output = RunOutput(config.output.dir)
-    teacher = _make_teacher(config)
+    teacher = teacher_from(config.teacher, config.limits)
     try:
         await check_teacher(teacher)  # a dead server or unknown model: one line, nothing written
-        engine = Engine(teacher, cache_path=output.cache_path, config=_engine_config(config))
+        engine = Engine(teacher, output.cache_path, config.limits, prices=config.prices, progress=config.progress)
         stages = Stages(engine, taxonomy, config)
         fingerprint = content_id(
             plan.id,
@@ -258,13 +218,7 @@ def _finish(output: RunOutput, manifest: dict[str, Any], status: str, stop_reaso
 
 def run(config: RunConfig) -> RunSummary:
     """Run ``config`` to completion, also from inside a running event loop (a notebook cell)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(run_async(config))
-    # A loop is already running in this thread (Jupyter): run ours in a worker thread and wait.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mediflow-generate") as pool:
-        return pool.submit(asyncio.run, run_async(config)).result()
+    return run_sync(run_async(config))
 
 
 def load_output(out_dir: str | Path) -> datasets.Dataset:
@@ -289,5 +243,12 @@ def generate(config: RunConfig | dict[str, Any] | str | Path | None = None, /, *
     see :func:`mediflow.config.load_config`). Writes the output directory (``output.dir``, shards,
     rejects, manifest, cache) and resumes it when rerun. Works in a notebook (a running loop).
     """
-    summary = run(load_config(config, **overrides))
+    return run_sync(generate_async(config, **overrides))
+
+
+async def generate_async(
+    config: RunConfig | dict[str, Any] | str | Path | None = None, /, **overrides: Any
+) -> datasets.Dataset:
+    """:func:`generate` for callers already running an event loop."""
+    summary = await run_async(load_config(config, **overrides))
     return load_output(summary.out_dir)
