@@ -44,6 +44,7 @@ from mediflow.records import GENERATION_SCHEMA, content_id
 from mediflow.taxonomy import load_taxonomy
 from mediflow.steps import map_ordered
 from mediflow.sync import run_sync
+from mediflow.teachers.base import Teacher, check_teacher, teacher_capabilities
 from mediflow.teachers.factory import teacher_from
 
 if TYPE_CHECKING:
@@ -149,6 +150,7 @@ async def run_async(config: RunConfig) -> RunSummary:
     output = RunOutput(config.output.dir)
     teacher = teacher_from(config.teacher, config.limits)
     try:
+        await check_teacher(teacher)  # a dead server or unknown model: one line, nothing written
         engine = Engine(teacher, output.cache_path, config.limits, prices=config.prices, progress=config.progress)
         stages = Stages(engine, taxonomy, config)
         unsharded_fingerprint = content_id(
@@ -163,7 +165,8 @@ async def run_async(config: RunConfig) -> RunSummary:
         fingerprint = content_id(unsharded_fingerprint, str(share)) if share else unsharded_fingerprint
         previous = output.read_manifest() or {}
         finished = output.prepare(fingerprint)
-        started_at = previous.get("started_at") if previous.get("fingerprint") == fingerprint else None
+        resumed = previous if previous.get("fingerprint") == fingerprint else {}
+        started_at = resumed.get("started_at")
         created_at = datetime.fromisoformat(started_at) if started_at else _now()
         manifest: dict[str, Any] = {
             "mediflow_version": __version__,
@@ -216,6 +219,7 @@ async def run_async(config: RunConfig) -> RunSummary:
             except TeacherError as exc:
                 status, stop_reason = "stopped", str(exc)
             finally:
+                manifest["teacher_capabilities"] = _capabilities(teacher, resumed.get("teacher_capabilities"))
                 session = engine.stats.as_dict() if ray_run is None else ray_run.session
                 summary = finish_run(output, manifest, status, stop_reason, session)
         if status == "stopped":
@@ -226,6 +230,14 @@ async def run_async(config: RunConfig) -> RunSummary:
         return summary
     finally:
         await teacher.aclose()
+
+
+def _capabilities(teacher: Teacher, earlier: dict[str, Any] | None) -> dict[str, Any] | None:
+    """This session's negotiated capabilities; a resume answered from the cache keeps the earlier level."""
+    capabilities = teacher_capabilities(teacher)
+    if capabilities is not None and capabilities["structured_output"] is None and earlier:
+        capabilities["structured_output"] = earlier.get("structured_output")
+    return capabilities
 
 
 def finish_run(output: RunOutput, manifest: dict[str, Any], status: str, stop_reason: str | None, session: dict[str, Any]) -> RunSummary:
