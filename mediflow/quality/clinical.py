@@ -94,13 +94,13 @@ def _load(path: str) -> Lexicon:
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"dedup.clinical_tokens: cannot read {path}: {exc}") from exc
+        raise ConfigError(f"clinical_tokens: cannot read {path}: {exc}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"dedup.clinical_tokens: {path} is not a mapping of sections")
+        raise ConfigError(f"clinical_tokens: {path} is not a mapping of sections")
     known = {"phrases", "sex", "numbers", "condition_stop_words", *_COUNTED_SECTIONS, *_LISTED_SECTIONS}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"dedup.clinical_tokens: {path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise ConfigError(f"clinical_tokens: {path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     word_class: dict[str, tuple[str, str]] = {}
     for section in ("sex", "numbers", *_COUNTED_SECTIONS):
         for name, words in (data.get(section) or {}).items():
