@@ -14,7 +14,8 @@ and any model name is answered). Faults (``429`` with Retry-After, ``500``,
 ``hang``, ``malformed`` HTTP body, ``cut`` body, ``truncated`` answer with finish_reason length,
 ``bad_json`` content, ``400``, ``401``) come from rates (``--fault-rate``), a per-request header
 (``X-Mediflow-Fault: 429``) or a script (``POST /control {"sequence": ["429", "429"]}``).
-``GET /stats`` reports what was served (``requests``, ``by_key``, ``faults``, ``max_in_flight``);
+``GET /stats`` reports what was served (``requests``, ``by_key``, ``faults``, ``max_in_flight``,
+``arrivals``: each request's arrival, seconds since the last reset, for rate checks over time);
 ``POST /reset`` clears counters and restores the command-line settings. The tests, the benchmarks
 and anyone evaluating the library use it; it needs no key and no network.
 """
@@ -108,6 +109,8 @@ class TestTeacher:
         self.sequence: collections.deque[str] = collections.deque()
         self.garbage_tries: collections.Counter[str] = collections.Counter()
         self.minute: collections.deque[float] = collections.deque()
+        self.started = time.monotonic()
+        self.arrivals: list[float] = []
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -135,6 +138,7 @@ class TestTeacher:
                 "refusals": self.refusals,
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,
+                "arrivals": self.arrivals,
                 "settings": asdict(self.settings),
             }
         )
@@ -171,6 +175,7 @@ class TestTeacher:
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        self.arrivals.append(round(time.monotonic() - self.started, 4))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
