@@ -91,3 +91,14 @@ def test_kill_9_of_the_driver_then_rerun_repeats_only_what_was_in_flight(ray_add
     local = tmp_path / "local"
     generate(_config(server, local, per_cell=4))
     assert _records(tmp_path / "run") == _records(local)
+
+
+def test_each_actor_negotiates_and_the_manifest_records_the_level(ray_address, teacher_server, tmp_path) -> None:
+    teacher_server.control(response_formats=["text", "json_object"], refusal_status=500)  # as llama-cpp-python's server
+    out = tmp_path / "ray"
+    generate(_config(teacher_server, out, json_share=1.0, engine="ray", ray={"actors": 2, "batch_size": 1}))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["counts"]["rejects"] == 0
+    assert manifest["teacher_capabilities"]["structured_output"] == "json_object_schema"
+    assert manifest["teacher_capabilities"]["refusals"]["json_schema"].startswith("HTTP 500: ")
+    assert "server_error" not in manifest["session"]["errors"]
