@@ -129,3 +129,14 @@ def test_ray_pairs_give_the_local_pairs(ray_address, teacher_server, tmp_path) -
     assert _tables(tmp_path / "ray") == _tables(tmp_path / "local")
     assert (on_ray.tried, on_ray.kept, on_ray.dropped) == (local.tried, local.kept, local.dropped)
     assert on_ray.manifest["usage"]["ray"]["requests"] == local_requests
+
+
+def test_each_actor_negotiates_and_the_manifest_records_the_level(ray_address, teacher_server, tmp_path) -> None:
+    teacher_server.control(response_formats=["text", "json_object"], refusal_status=500)  # as llama-cpp-python's server
+    out = tmp_path / "ray"
+    generate(_config(teacher_server, out, json_share=1.0, engine="ray", ray={"actors": 2, "batch_size": 1}))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["counts"]["rejects"] == 0
+    assert manifest["teacher_capabilities"]["structured_output"] == "json_object_schema"
+    assert manifest["teacher_capabilities"]["refusals"]["json_schema"].startswith("HTTP 500: ")
+    assert "server_error" not in manifest["session"]["errors"]

@@ -46,6 +46,7 @@ from mediflow.steps import map_ordered
 from mediflow.sync import run_sync
 from mediflow.teachers.base import Teacher, check_teacher, teacher_capabilities
 from mediflow.teachers.factory import teacher_from
+from mediflow.teachers.negotiation import STRUCTURED_LEVELS
 
 if TYPE_CHECKING:
     import datasets
@@ -219,7 +220,8 @@ async def run_async(config: RunConfig) -> RunSummary:
             except TeacherError as exc:
                 status, stop_reason = "stopped", str(exc)
             finally:
-                manifest["teacher_capabilities"] = _capabilities(teacher, resumed.get("teacher_capabilities"))
+                actors = ray_run.teacher_capabilities if ray_run is not None else []
+                manifest["teacher_capabilities"] = _capabilities(teacher, actors, resumed.get("teacher_capabilities"))
                 session = engine.stats.as_dict() if ray_run is None else ray_run.session
                 summary = finish_run(output, manifest, status, stop_reason, session)
         if status == "stopped":
@@ -232,10 +234,26 @@ async def run_async(config: RunConfig) -> RunSummary:
         await teacher.aclose()
 
 
-def _capabilities(teacher: Teacher, earlier: dict[str, Any] | None) -> dict[str, Any] | None:
-    """This session's negotiated capabilities; a resume answered from the cache keeps the earlier level."""
+def _capabilities(
+    teacher: Teacher, actors: list[dict[str, Any]], earlier: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """This session's negotiated capabilities, for the manifest.
+
+    On Ray each actor's teacher negotiates for itself: the lowest structured-output level any of
+    them settled on is the one reported, with every refusal seen. A resume answered from the cache
+    negotiates nothing and keeps the earlier level.
+    """
     capabilities = teacher_capabilities(teacher)
-    if capabilities is not None and capabilities["structured_output"] is None and earlier:
+    if capabilities is None:
+        return None
+    for actor in actors:
+        capabilities["refusals"] = {**actor["refusals"], **capabilities["refusals"]}
+        capabilities["dropped_parameters"] = sorted({*capabilities["dropped_parameters"], *actor["dropped_parameters"]})
+        if actor["token_limit_field"] != capabilities["token_limit_field"]:
+            capabilities["token_limit_field"] = actor["token_limit_field"]
+        levels = [level for level in (capabilities["structured_output"], actor["structured_output"]) if level]
+        capabilities["structured_output"] = max(levels, key=STRUCTURED_LEVELS.index, default=None)
+    if capabilities["structured_output"] is None and earlier:
         capabilities["structured_output"] = earlier.get("structured_output")
     return capabilities
 

@@ -192,6 +192,11 @@ class RayRun:
             self._latest[actor] = stats
 
     @property
+    def teacher_capabilities(self) -> list[dict[str, Any]]:
+        """What each actor's teacher negotiated with the server (each actor learns it for itself)."""
+        return [stats["teacher_capabilities"] for stats in self._latest.values() if stats.get("teacher_capabilities")]
+
+    @property
     def session(self) -> dict[str, Any]:
         """The actors' engine totals, summed (latency is left out: percentiles do not add)."""
         total: dict[str, Any] = {}
