@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 from mediflow.configuration import Config, option
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError
+from mediflow.scale.config import EngineKind, RayConfig
 from mediflow.teachers.factory import TeacherConfig
 
 TEXT_COLUMNS = ("instruction", "input", "output")
@@ -126,6 +127,8 @@ class JudgeConfig(Config):
     cache: str | None = option(None, "the judge's answer cache (default: OUT/judge-cache.sqlite)")
     rubric: str | None = option(None, "a prompts folder holding your own judge.yaml")
     progress: bool = option(True, "show a progress bar")
+    engine: EngineKind = option("local", "local: one asyncio process; ray: Ray Data actors (see the ray section)")
+    ray: RayConfig = option(RayConfig(), "the Ray engine (engine: ray)")
 
 
 DedupKey = Literal["instruction", "input", "pair"]
