@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import pandas as pd
 
@@ -59,7 +59,7 @@ def run_config(folder: OutputFolder) -> dict[str, Any]:
     return {}
 
 
-def _is_run_config(config: Any) -> bool:
+def _is_run_config(config: Any) -> TypeGuard[dict[str, Any]]:
     """A ``generate`` config (its manifest always lists ``tasks``, null for all); a stage's config has none."""
     return isinstance(config, dict) and "tasks" in config
 

@@ -23,8 +23,6 @@ class ShardCollector:
         self.shard_size = shard_size
         self.finished = set(finished)
         self._pending: dict[int, dict[int, tuple[str, dict[str, Any]]]] = defaultdict(dict)
-        self.records = 0  # written by this session
-        self.rejects = 0
 
     @property
     def shard_count(self) -> int:
@@ -59,8 +57,6 @@ class ShardCollector:
         self.output.write_shard(shard, rows, rejects, _summary(shard, rows, rejects))
         self.finished.add(shard)
         del self._pending[shard]
-        self.records += len(rows)
-        self.rejects += len(rejects)
 
 
 def _summary(shard: int, rows: list[dict[str, Any]], rejects: list[dict[str, Any]]) -> dict[str, Any]:

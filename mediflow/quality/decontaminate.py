@@ -166,7 +166,8 @@ def run_decontaminate(source: Path, out: Path, config: DecontamConfig) -> StageR
     def decide(batch: pa.Table, offset: int) -> tuple[pa.Table, Drops]:
         drops = find_contamination(index, batch, config.columns, config.ngram)
         for label in drops.match:
-            matched[label] = matched.get(label, 0) + 1
+            if label is not None:
+                matched[label] = matched.get(label, 0) + 1
         return batch, drops
 
     def details() -> dict[str, Any]:

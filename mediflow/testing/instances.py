@@ -14,12 +14,8 @@ import hashlib
 import re
 from typing import Any
 
-try:  # Python >= 3.11
-    from re import _constants as sre_constants  # type: ignore[attr-defined]
-    from re import _parser as sre_parse  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - Python 3.10
-    import sre_constants  # type: ignore[no-redef]
-    import sre_parse  # type: ignore[no-redef]
+from re import _constants as sre_constants  # type: ignore[attr-defined]
+from re import _parser as sre_parse  # type: ignore[attr-defined]
 
 _WORDS = (
     "hypertension", "metformin", "dyspnea", "afebrile", "tachycardia", "troponin", "anemia", "sepsis",

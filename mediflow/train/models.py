@@ -142,18 +142,3 @@ def load_causal_lm(path: Path, dtype: str = "auto", for_training: bool = True) -
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype, for_training))
-
-
-def save_model_folder(model: Any, tokenizer: Any, target: Path) -> Path:
-    """Save model + tokenizer as a complete Hugging Face folder, atomically (temp folder, then rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
