@@ -17,6 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from fixtures import TEST_TEACHER as TEACHER
+from fixtures import small_run_config
 
 from mediflow import generate
 from mediflow.audit import OutputFolder, funnel
@@ -25,7 +27,6 @@ from mediflow.errors import ConfigError
 from mediflow.quality import CurateConfig, curate
 from mediflow.records import FULL_SCHEMA, JUDGE_SCORE_COLUMNS, record_id, rows_to_table
 from mediflow.testing import TeacherServerURL
-from small_runs import TEST_TEACHER as TEACHER, small_run_config
 
 
 @pytest.fixture()

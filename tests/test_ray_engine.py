@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from fixtures import small_run_config
 
 from mediflow import generate
-from small_runs import small_run_config
 
 ray = pytest.importorskip("ray")
 

@@ -19,11 +19,12 @@ import pandas as pd
 
 from mediflow.audit.folder import OutputFolder
 from mediflow.errors import MediflowError
+from mediflow.taxonomy import Taxonomy
 
 CELL = ["task_type", "input_data"]
 
 
-def planned_cells(folder: OutputFolder, taxonomy: Any | None) -> tuple[pd.DataFrame | None, str]:
+def planned_cells(folder: OutputFolder, taxonomy: Taxonomy | None) -> tuple[pd.DataFrame | None, str]:
     """Planned records per cell (columns task_type, input_data, planned) and where that came from.
 
     The folder's own manifest is read first, then those of the folders it was made from (a curated
@@ -68,7 +69,7 @@ def _where(folder: OutputFolder, path: Path) -> str:
     return "the manifest" if path == folder.path else f"the manifest of its source {path}"
 
 
-def _from_config(config: dict[str, Any], taxonomy: Any) -> pd.DataFrame:
+def _from_config(config: dict[str, Any], taxonomy: Taxonomy) -> pd.DataFrame:
     from mediflow.config import load_config
     from mediflow.pipeline.plan import build_plan
     from mediflow.taxonomy import load_taxonomy

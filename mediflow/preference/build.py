@@ -41,9 +41,9 @@ from mediflow.preference.selection import select_best
 from mediflow.prompts import load_prompts
 from mediflow.quality.io import StageOutput, input_files, read_columns, reject_table
 from mediflow.records import JUDGE_SCORE_COLUMNS, RELEASED_COLUMNS
-from mediflow.taxonomy import load_taxonomy
 from mediflow.steps import map_ordered
 from mediflow.sync import run_sync
+from mediflow.taxonomy import load_taxonomy
 from mediflow.teachers.factory import TeacherConfig, api_key_of, teacher_from
 
 #: Drop reasons decided here (the margin rule, the hard checks and injection add their own).

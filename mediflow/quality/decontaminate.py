@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mediflow.errors import ConfigError
 from mediflow.configuration import to_plain
+from mediflow.errors import ConfigError
 from mediflow.quality.config import DecontamConfig
 from mediflow.quality.eval_sets import read_eval_set
 from mediflow.quality.io import input_files

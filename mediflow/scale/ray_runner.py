@@ -40,8 +40,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from mediflow.engine.config import LimitsConfig
-from mediflow.scale.config import RayConfig
 from mediflow.errors import ConfigError, MediflowError
+from mediflow.scale.config import RayConfig
 
 #: Ray Data's default number of batches one async actor works on at once.
 BATCHES_PER_ACTOR = 4
@@ -90,7 +90,7 @@ def ray_session(config: RayConfig) -> Iterator[None]:
             address=config.address,
             include_dashboard=False,
             configure_logging=True,
-            logging_level="WARNING",
+            logging_level=logging.WARNING,
             log_to_driver=False,
         )
     except ConnectionError as exc:

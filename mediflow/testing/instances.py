@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
-
 from re import _constants as sre_constants  # type: ignore[attr-defined]
 from re import _parser as sre_parse  # type: ignore[attr-defined]
+from typing import Any
 
 _WORDS = (
     "hypertension", "metformin", "dyspnea", "afebrile", "tachycardia", "troponin", "anemia", "sepsis",

@@ -290,8 +290,14 @@ class StageConfig:
     train: TrainSection = field(default_factory=TrainSection)
     root: Path = field(default_factory=Path.cwd)
 
-    def path(self, value: str | Path) -> Path:
-        """A config path resolved against the config file's folder (``~`` expanded)."""
+    def path(self, value: str | Path | dict[str, str] | None) -> Path:
+        """A config path resolved against the config file's folder (``~`` expanded).
+
+        Takes a section's optional path field as it is: the stage's ``check`` made it required, so
+        an unset one (or a per-domain mapping where one path is expected) here is one clear error.
+        """
+        if value is None or isinstance(value, dict):
+            raise ConfigError(f"{self.stage}: expected one path here, got {value!r}")
         candidate = Path(value).expanduser()
         return candidate if candidate.is_absolute() else (self.root / candidate)
 
@@ -390,7 +396,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{where}: expected {_describe(hint)}, got {value!r}")
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
     if origin is list:
         if not isinstance(value, list):
