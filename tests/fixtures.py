@@ -180,6 +180,14 @@ def make_records(documents: int = 40, seed: int = 3) -> list[dict]:
     return rows
 
 
+def unjudged(documents: int = 6) -> list[dict]:
+    """:func:`make_records` without judge scores (what the judge stage gets)."""
+    records = make_records(documents=documents)
+    for record in records:
+        del record["quality"]
+    return records
+
+
 TEST_TEACHER = "openai:mediflow-test-teacher"
 
 
