@@ -158,6 +158,7 @@ async def run_async(config: RunConfig) -> RunSummary:
             config.max_corrections,
             stages.versions,
             taxonomy.version,
+            stages.cases.version,
         )
         previous = output.read_manifest() or {}
         finished = output.prepare(fingerprint)
@@ -172,6 +173,7 @@ async def run_async(config: RunConfig) -> RunSummary:
             "config": config.to_dict(),
             "teacher": teacher.name,
             "taxonomy_version": taxonomy.version,
+            "case_data_version": stages.cases.version,
             "prompt_versions": stages.versions,
             "icd10cm_release": _icd10cm_release(),
             "plan": {

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mediflow import terminology
+from mediflow.cases import Case, CaseSampler, load_case_book
 from mediflow.config import RunConfig, SamplingConfig
 from mediflow.pipeline.plan import InstructionGroup, PlanItem
 from mediflow.pipeline.structured import CompletesChat, ask_json
@@ -25,8 +26,6 @@ from mediflow.teachers.base import ChatRequest, ChatResponse
 
 #: The templates a run renders, by stage.
 TEMPLATE_NAMES: tuple[str, ...] = ("document", "instruction", "response_plain", "response_json", "correction")
-#: Real codes handed to each document prompt: enough to ground it, few enough to stay plausible.
-_SEED_CONDITIONS = 2
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,7 @@ class Stages:
         prompts = load_prompts(config.prompts)
         self.templates = {name: prompts.get(name) for name in TEMPLATE_NAMES}
         self._levels = {level.name: level for level in taxonomy.difficulty_levels}
+        self.cases = CaseSampler(taxonomy, load_case_book(config.taxonomy))
 
     @property
     def versions(self) -> dict[str, str]:
@@ -86,19 +86,14 @@ class Stages:
 
     def warm_up(self) -> None:
         """Load the ICD-10-CM tables now (seconds, once per process), not inside the first request's timing."""
-        terminology.sample_billable_codes(_SEED_CONDITIONS, seed=0)
+        terminology.is_valid("I10")
 
-    @staticmethod
-    def seed_facts(item: PlanItem) -> list[str]:
-        """Real billable ICD-10-CM conditions drawn for this item (seeded by it), to ground the document.
+    def case_of(self, item: PlanItem) -> Case:
+        """The clinical case behind the item's document: drawn from its document type's profile, seeded by the item."""
+        return self.cases.case_for(item.document_type, item.seed)
 
-        Drug names are left to the teacher: the drug vocabulary takes ~7 s to load, per process.
-        """
-        codes = terminology.sample_billable_codes(_SEED_CONDITIONS, seed=item.seed)
-        return [f"{code.description} (ICD-10-CM {code.code})" for code in codes]
-
-    async def document(self, item: PlanItem) -> StageResult:
-        """A synthetic clinical document of the item's type, at the item's difficulty, for its task."""
+    async def document(self, item: PlanItem, case: Case) -> StageResult:
+        """A synthetic clinical document of the item's type about ``case``, at the item's difficulty, for its task."""
         document_type = self.taxonomy.document_types[item.document_type]
         request = self._request(
             "document",
@@ -108,7 +103,7 @@ class Stages:
             document_type=document_type,
             category=self.taxonomy.categories[document_type.category],
             difficulty=self._levels[item.difficulty],
-            seed_facts=self.seed_facts(item),
+            case=case,
             requirements=self.taxonomy.tasks[item.task].document_requirements,
         )
         return self._text_result(await self.engine.complete(request), "document")
