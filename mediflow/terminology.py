@@ -249,6 +249,13 @@ def billable_codes(spec: str) -> tuple[str, ...]:
     return _billable_descendants(spec)
 
 
+def inclusion_terms(code: str) -> tuple[str, ...]:
+    """The tabular list's inclusion terms of a code and of its ancestors up to its category (other names it goes by)."""
+    icd = _icd()
+    family = [code, *(item for item in ancestors(code) if icd.is_category_or_subcategory(item))]
+    return tuple(term for item in family for term in icd.get_inclusion_term(item))
+
+
 def seventh_character(code: str) -> str | None:
     """The 7th-character extension of a code that carries one (``S72.001A`` -> ``A``), else ``None``."""
     return code[-1] if _icd().is_extended_subcategory(code) else None

@@ -52,6 +52,7 @@ class Profile:
     primary: Weighted  # of code specs
     comorbidity_pool: str
     child_pool: str  # the comorbidity pool of patients under 18
+    chronic_only: bool  # comorbidities limited to codes AHRQ's Chronic Condition Indicator marks chronic
     comorbidity_counts: Weighted  # of ints
     companions: tuple[str, ...]
     external_causes: str | None
@@ -100,6 +101,7 @@ class CaseBook:
     drug_min_age: dict[str, int]
     not_in_pregnancy: frozenset[str]
     synonyms: dict[str, tuple[str, ...]]
+    ignore_words: frozenset[str]  # description words that do not identify a condition (mention filter)
     version: str
 
     def assignment(self, document_type: str, category: str) -> Assignment:
@@ -198,6 +200,7 @@ def _load(user_folder: str | None) -> CaseBook:
         drug_min_age={str(k): _age(paths["drugs"], f"min_age: {k}", v) for k, v in (drugs_file.get("min_age") or {}).items()},
         not_in_pregnancy=frozenset(str(d) for d in drugs_file.get("not_in_pregnancy") or []),
         synonyms=synonyms,
+        ignore_words=frozenset(str(w).lower() for w in raw["synonyms"].get("ignore_words") or []),
         version=hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:12],
     )
 
@@ -308,6 +311,7 @@ def _profile(path: Path, name: str, entry: Any, pools: Mapping[str, Weighted]) -
         acuities=_weighted(path, f"{what}: acuity", entry.get("acuity"), _one_of(ACUITIES)),
         primary=primary,
         comorbidity_pool=pool,
+        chronic_only=bool(comorbidities.get("chronic", True)),
         child_pool=_pool(path, f"{what}: comorbidities", comorbidities["child_pool"], pools) if "child_pool" in comorbidities else pool,
         comorbidity_counts=_weighted(path, f"{what}: comorbidities: counts", comorbidities.get("counts"), _count),
         companions=companions,

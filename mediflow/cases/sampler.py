@@ -89,6 +89,8 @@ class CaseSampler:
         self._drug_names = self._checked_drugs() if any(
             self.book.assignment(doc, category).drugs for doc, category in self._categories.items()
         ) else {}
+        for profile in {self.profile_name(doc) for doc in self._categories}:  # every data error now, before any request
+            self._all_draws(self.book.profiles[profile])
 
     @property
     def version(self) -> str:
@@ -126,23 +128,27 @@ class CaseSampler:
         comorbidities = self._code_draw(profile, "comorbidity" if age >= 18 else "child_comorbidity")
         for _ in range(_choose(rng, profile.comorbidity_counts)):
             self._add(rng, codes, comorbidities, "comorbidity", age, sex)
-        for pool in profile.companions:
-            self._add(rng, codes, self._code_draw(profile, f"companion:{pool}"), "companion", age, sex)
+        for pool in profile.companions:  # always there: a case that cannot have one is redrawn
+            if not self._add(rng, codes, self._code_draw(profile, f"companion:{pool}"), "companion", age, sex, tries=40):
+                return None
         if profile.external_causes and _is_injury(primary):
             self._add(rng, codes, self._code_draw(profile, "external_cause"), "external_cause", age, sex)
         conditions = tuple(Condition(code, _description(code), role) for code, role in codes)
         drugs = self._drugs(rng, [code for code, _ in codes], age) if with_drugs else ()
         return Case(profile.name, age, sex, rng.choice(settings), _choose(rng, profile.acuities), conditions, drugs)
 
-    def _add(self, rng: random.Random, codes: list[tuple[str, str]], draw: _CodeDraw, role: str, age: int, sex: str) -> None:
-        """Add one code of ``draw`` that fits the patient and the codes so far (a few tries, else none)."""
-        for _ in range(8):
+    def _add(
+        self, rng: random.Random, codes: list[tuple[str, str]], draw: _CodeDraw, role: str, age: int, sex: str, tries: int = 8
+    ) -> bool:
+        """Add one code of ``draw`` that fits the patient and the codes so far; False when ``tries`` draws found none."""
+        for _ in range(tries):
             code = draw.pick(rng)
             if not self.rules.demographic_breaks(code, age, sex) and not any(
                 self.rules.pair_breaks(code, other) for other, _ in codes
             ):
                 codes.append((code, role))
-                return
+                return True
+        return False
 
     def _drugs(self, rng: random.Random, codes: list[str], age: int) -> tuple[str, ...]:
         """1-4 drugs from the treatments of the case's conditions (one for the primary first), else supportive ones.
@@ -177,15 +183,20 @@ class CaseSampler:
 
     # --- the draws of a profile, built once -------------------------------------------------------
 
+    def _all_draws(self, profile: Profile) -> None:
+        parts = ["primary", "comorbidity", "child_comorbidity", *(f"companion:{pool}" for pool in profile.companions)]
+        for part in parts + (["external_cause"] if profile.external_causes else []):
+            self._code_draw(profile, part)
+
     def _code_draw(self, profile: Profile, part: str) -> _CodeDraw:
         key = (profile.name, part)
         if key not in self._draws:
             if part == "primary":
                 source, keep = profile.primary, _primary_filter(profile.seventh_characters)
             elif part == "comorbidity":
-                source, keep = self.book.pools[profile.comorbidity_pool], _chronic
+                source, keep = self.book.pools[profile.comorbidity_pool], _chronic if profile.chronic_only else _no_extension
             elif part == "child_comorbidity":
-                source, keep = self.book.pools[profile.child_pool], _chronic
+                source, keep = self.book.pools[profile.child_pool], _chronic if profile.chronic_only else _no_extension
             elif part == "external_cause":
                 source, keep = self.book.pools[profile.external_causes or ""], _encounter_filter(profile.seventh_characters)
             else:
@@ -227,6 +238,10 @@ def _encounter_filter(seventh: str) -> Callable[[str], bool]:
         return extension is None or extension in seventh
 
     return keep
+
+
+def _no_extension(code: str) -> bool:
+    return terminology.seventh_character(code) is None
 
 
 def _chronic(code: str) -> bool:

@@ -59,6 +59,8 @@ class FilterConfig:
     language: dict[str, Any] | None = field(default_factory=dict)  # min_share, columns
     icd10_codes: dict[str, Any] | None = field(default_factory=dict)  # tasks, require_billable
     verbatim_copy: dict[str, Any] | None = field(default_factory=dict)  # tasks, ngram, max_copied
+    case_mentions: dict[str, Any] | None = field(default_factory=dict)  # no options: the document names a case condition
+    case_codes: dict[str, Any] | None = field(default_factory=dict)  # tasks (default: the icd10_codes tasks)
     taxonomy: str | None = None  # a user taxonomy folder merged over the built-in one
 
     @classmethod

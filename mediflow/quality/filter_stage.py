@@ -11,6 +11,8 @@ import pyarrow as pa
 from mediflow.errors import ConfigError
 from mediflow.quality.config import FilterConfig, as_plain
 from mediflow.quality.filters import (
+    CaseCodesRule,
+    CaseMentionRule,
     Icd10Rule,
     JsonRule,
     LanguageRule,
@@ -72,7 +74,7 @@ def build_rules(config: FilterConfig) -> list[Rule]:
         options = _options("language", config.language, {"min_share", "columns"})
         stopwords = {lang: frozenset(words) for lang, words in data["stopwords"].items()}
         rules.append(LanguageRule(stopwords, tuple(options.get("columns", ("instruction", "input", "output"))), float(options.get("min_share", 0.5))))
-    needs_taxonomy = any(section is not None for section in (config.json, config.icd10_codes, config.verbatim_copy))
+    needs_taxonomy = any(section is not None for section in (config.json, config.icd10_codes, config.verbatim_copy, config.case_codes))
     taxonomy = _taxonomy(config) if needs_taxonomy else None
     if config.json is not None:
         options = _options("json", config.json, {"unknown_task"})
@@ -102,6 +104,15 @@ def build_rules(config: FilterConfig) -> list[Rule]:
                 float(options.get("max_copied", 0.8)),
             )
         )
+    if config.case_mentions is not None:
+        _options("case_mentions", config.case_mentions, set())
+        from mediflow.cases import load_case_book
+        from mediflow.cases.mentions import MentionMatcher
+
+        rules.append(CaseMentionRule(MentionMatcher(load_case_book(config.taxonomy)).mentioned))
+    if config.case_codes is not None:
+        options = _options("case_codes", config.case_codes, {"tasks"})
+        rules.append(CaseCodesRule(_tasks_for("icd10_codes", options.get("tasks", "auto"), taxonomy)))
     return rules
 
 
@@ -126,7 +137,7 @@ def run_filters(source: Path, out: Path, config: FilterConfig | None = None) -> 
     config = config or FilterConfig()
     rules = build_rules(config)
     applies: dict[str, Any] = {
-        rule.name: sorted(rule.tasks) for rule in rules if isinstance(rule, (Icd10Rule, VerbatimCopyRule))
+        rule.name: sorted(rule.tasks) for rule in rules if isinstance(rule, (Icd10Rule, VerbatimCopyRule, CaseCodesRule))
     }
 
     def decide(batch: pa.Table, offset: int) -> tuple[pa.Table, Drops]:
