@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import pytest
@@ -140,9 +139,8 @@ def test_profile_errors_are_one_line(tmp_path: Path, old: str, new: str, message
 
 def test_a_user_folder_replaces_one_case_file(tmp_path: Path) -> None:
     (tmp_path / "cases").mkdir()
-    shutil.copy(taxonomies_dir() / "cases" / "synonyms.yaml", tmp_path / "cases" / "synonyms.yaml")
-    with open(tmp_path / "cases" / "synonyms.yaml", "a", encoding="utf-8") as handle:
-        handle.write("  R05: [tussis]\n")
+    text = (taxonomies_dir() / "cases" / "synonyms.yaml").read_text(encoding="utf-8")
+    (tmp_path / "cases" / "synonyms.yaml").write_text(text.replace("synonyms:\n", "synonyms:\n  R05: [tussis]\n", 1), encoding="utf-8")
     book = load_case_book(tmp_path)
     assert book.synonyms["R05"] == ("tussis",) and book.version != load_case_book().version
     assert book.profiles == load_case_book().profiles

@@ -92,10 +92,10 @@ class Stages:
         """The clinical case behind the item's document: drawn from its document type's profile, seeded by the item."""
         return self.cases.case_for(item.document_type, item.seed)
 
-    async def document(self, item: PlanItem, case: Case) -> StageResult:
-        """A synthetic clinical document of the item's type about ``case``, at the item's difficulty, for its task."""
+    def document_request(self, item: PlanItem, case: Case) -> ChatRequest:
+        """The request that writes the item's document about ``case`` (also what ``--dry-run`` measures)."""
         document_type = self.taxonomy.document_types[item.document_type]
-        request = self._request(
+        return self._request(
             "document",
             self.config.sampling.document,
             item,
@@ -106,15 +106,13 @@ class Stages:
             case=case,
             requirements=self.taxonomy.tasks[item.task].document_requirements,
         )
-        return self._text_result(await self.engine.complete(request), "document")
 
-    async def instruction(self, group: InstructionGroup, document: str | None) -> StageResult:
-        """The task's instruction at the group's difficulty and format.
+    async def document(self, item: PlanItem, case: Case) -> StageResult:
+        """A synthetic clinical document of the item's type about ``case``, at the item's difficulty, for its task."""
+        return self._text_result(await self.engine.complete(self.document_request(item, case)), "document")
 
-        Written on ``document`` when the instruction serves that one document; written for the
-        group's document types (``document=None``) when it is reused, so that it cannot lean on
-        facts only one document has.
-        """
+    def instruction_request(self, group: InstructionGroup, document: str | None) -> ChatRequest:
+        """The request that writes the group's instruction (on ``document`` when it serves that one document)."""
         lead = group.items[0]
         variables: dict[str, Any] = dict(
             task=self.taxonomy.tasks[group.task],
@@ -125,17 +123,29 @@ class Stages:
         )
         if document is not None:
             variables["document"] = document
-        request = self._request("instruction", self.config.sampling.instruction, lead, 1, **variables)
-        return self._text_result(await self.engine.complete(request), "instruction")
+        return self._request("instruction", self.config.sampling.instruction, lead, 1, **variables)
+
+    async def instruction(self, group: InstructionGroup, document: str | None) -> StageResult:
+        """The task's instruction at the group's difficulty and format.
+
+        Written on ``document`` when the instruction serves that one document; written for the
+        group's document types (``document=None``) when it is reused, so that it cannot lean on
+        facts only one document has.
+        """
+        return self._text_result(await self.engine.complete(self.instruction_request(group, document)), "instruction")
+
+    def response_request(self, item: PlanItem, instruction: str, document: str) -> ChatRequest:
+        """The first request for the answer to ``instruction`` on ``document`` (plain text or JSON)."""
+        template = "response_json" if item.output_format == "json" else "response_plain"
+        task = self.taxonomy.tasks[item.task]
+        return self._request(template, self.config.sampling.response, item, 2, task=task, instruction=instruction, document=document)
 
     async def response(self, item: PlanItem, instruction: str, document: str) -> StageResult:
         """The answer to ``instruction`` on ``document``: plain text, or JSON valid against the task's schema."""
         task = self.taxonomy.tasks[item.task]
-        sampling = self.config.sampling.response
+        request = self.response_request(item, instruction, document)
         if item.output_format != "json":
-            request = self._request("response_plain", sampling, item, 2, task=task, instruction=instruction, document=document)
             return self._text_result(await self.engine.complete(request), "response")
-        request = self._request("response_json", sampling, item, 2, task=task, instruction=instruction, document=document)
         answer = await ask_json(
             self.engine,
             request,
