@@ -16,6 +16,7 @@ from mediflow.cli import (
     audit_cmd,
     export_cmd,
     generate_cmd,
+    join_cmd,
     merge_cmd,
     pairs_cmd,
     quality_cmd,
@@ -27,6 +28,7 @@ from mediflow.errors import MediflowError
 _COMMAND_MODULES = (
     taxonomy_cmd,
     generate_cmd,
+    join_cmd,
     quality_cmd,
     pairs_cmd,
     export_cmd,

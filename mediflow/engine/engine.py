@@ -18,7 +18,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from mediflow.engine.accounting import EngineStats, price_per_1k
 from mediflow.engine.breaker import ErrorRateBreaker
 from mediflow.engine.cache import ResponseCache, cache_key
-from mediflow.engine.config import EngineConfig
+from mediflow.engine.config import LimitsConfig, PricesConfig
 from mediflow.engine.failures import Failure, TruncatedAnswer, classify
 from mediflow.engine.limits import AdaptiveLimit, RateLimitHeaders, TokenBucket
 from mediflow.engine.progress import Activity, Progress
@@ -48,9 +48,24 @@ class Engine:
     The caller owns the teacher (the engine does not close it). Use as ``async with``.
     """
 
-    def __init__(self, teacher: Teacher, cache_path: Path, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self,
+        teacher: Teacher,
+        cache_path: Path,
+        limits: LimitsConfig | None = None,
+        *,
+        prices: PricesConfig | None = None,
+        progress: bool = True,
+        limit_share: float = 1.0,
+    ) -> None:
+        if not 0.0 < limit_share <= 1.0:
+            raise ValueError(f"limit_share must be in (0, 1], got {limit_share}")
         self.teacher = teacher
-        self.config = config or EngineConfig()
+        #: This engine's share of the rpm/tpm limits, configured or reported by the server: ``engine: ray``
+        #: runs one engine per actor, each with ``1 / actors`` of them, so that together they keep the limits.
+        self.limit_share = limit_share
+        self.config = limits or LimitsConfig()
+        self.prices = prices or PricesConfig()
         self.cache_path = Path(cache_path)
         self.stats = EngineStats()
         teacher_cap = getattr(teacher, "max_concurrency", None)
@@ -60,10 +75,10 @@ class Engine:
             latency_tolerance=self.config.latency_tolerance,
             latency_floor=self.config.latency_floor,
         )
-        self.request_bucket = TokenBucket(self.config.rpm)
-        self.token_bucket = TokenBucket(self.config.tpm)
+        self.request_bucket = TokenBucket(self._shared(self.config.rpm))
+        self.token_bucket = TokenBucket(self._shared(self.config.tpm))
         self.progress = Progress(
-            self.stats, self._activity, enabled=self.config.progress, request_timeout=self.config.request_timeout
+            self.stats, self._activity, enabled=progress, request_timeout=self.config.request_timeout
         )
         self._breaker = ErrorRateBreaker(
             self.config.error_rate_threshold, self.config.error_window, self.config.error_min_samples
@@ -255,23 +270,29 @@ class Engine:
         finally:
             self._backing_off -= 1
 
+    def _shared(self, per_minute: float | None) -> float | None:
+        """This engine's share of a per-minute limit (the whole of it unless several engines split it)."""
+        return None if per_minute is None else per_minute * self.limit_share
+
     def _observe_rate_limits(self, response: ChatResponse) -> None:
         limits = RateLimitHeaders(response.headers)
         self.request_bucket.observe_server(
-            limits.limit_requests, limits.remaining_requests, user_limit=self.config.rpm
+            self._shared(limits.limit_requests), self._shared(limits.remaining_requests), user_limit=self._shared(self.config.rpm)
         )
-        self.token_bucket.observe_server(limits.limit_tokens, limits.remaining_tokens, user_limit=self.config.tpm)
+        self.token_bucket.observe_server(
+            self._shared(limits.limit_tokens), self._shared(limits.remaining_tokens), user_limit=self._shared(self.config.tpm)
+        )
 
     def _price(self, model: str) -> tuple[float, float] | None:
         if model not in self._prices:
             teacher_price = getattr(self.teacher, "price_per_1k", None)
-            if self.config.price_input_per_1k is None and self.config.price_output_per_1k is None and teacher_price:
+            if self.prices.input_per_1k is None and self.prices.output_per_1k is None and teacher_price:
                 self._prices[model] = teacher_price
             else:
                 self._prices[model] = price_per_1k(
                     model or getattr(self.teacher, "model", ""),
-                    self.config.price_input_per_1k,
-                    self.config.price_output_per_1k,
+                    self.prices.input_per_1k,
+                    self.prices.output_per_1k,
                 )
         return self._prices[model]
 

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from mediflow.cases import Case
 from mediflow.config import RunConfig
+from mediflow.engine.accounting import price_per_1k
 from mediflow.errors import MediflowError
 from mediflow.pipeline.plan import InstructionGroup, Plan, PlanItem, build_plan
 from mediflow.pipeline.stages import Stages
@@ -88,6 +89,7 @@ class DryRunReport:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float | None
+    priced_by: str
     minutes: float | None
     limited_by: str | None
     sample: list[tuple[PlanItem, Case]] = field(default_factory=list)
@@ -115,7 +117,7 @@ class DryRunReport:
         out.append(f"expected tokens: {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion")
         out.append(
             "expected cost: "
-            + (f"${self.cost_usd:,.2f} at the configured prices" if self.cost_usd is not None else "unknown (set prices.input_per_1k and prices.output_per_1k)")
+            + (f"${self.cost_usd:,.2f} at {self.priced_by}" if self.cost_usd is not None else "unknown (set prices.input_per_1k and prices.output_per_1k)")
         )
         out.append(
             "expected time: "
@@ -147,15 +149,15 @@ def dry_run(config: RunConfig, sample_cases: int = 5) -> DryRunReport:
     prompt = round(per_item_prompt * items)
     completion = round(per_item_completion * items)
     prices = config.prices
-    cost = None
-    if prices.input_per_1k is not None and prices.output_per_1k is not None:
-        cost = prompt / 1000 * prices.input_per_1k + completion / 1000 * prices.output_per_1k
+    price = price_per_1k(config.teacher.spec.partition(":")[2], prices.input_per_1k, prices.output_per_1k)
+    cost = None if price is None else prompt / 1000 * price[0] + completion / 1000 * price[1]
+    priced_by = "the configured prices" if prices.input_per_1k is not None or prices.output_per_1k is not None else "the list price of the model"
     minutes, limited_by = None, None
     bounds = []
     if config.limits.rpm:
-        bounds.append((requests / config.limits.rpm, f"rpm ({config.limits.rpm:,})"))
+        bounds.append((requests / config.limits.rpm, f"rpm ({config.limits.rpm:,g})"))
     if config.limits.tpm:
-        bounds.append(((prompt + completion) / config.limits.tpm, f"tpm ({config.limits.tpm:,})"))
+        bounds.append(((prompt + completion) / config.limits.tpm, f"tpm ({config.limits.tpm:,g})"))
     if bounds:
         minutes, limited_by = max(bounds)
     return DryRunReport(
@@ -171,6 +173,7 @@ def dry_run(config: RunConfig, sample_cases: int = 5) -> DryRunReport:
         prompt_tokens=prompt,
         completion_tokens=completion,
         cost_usd=cost,
+        priced_by=priced_by,
         minutes=minutes,
         limited_by=limited_by,
         sample=list(zip(sampled, cases))[:sample_cases],
@@ -197,15 +200,15 @@ def _sample_tokens(stages: Stages, plan: Plan, items: list[PlanItem], cases: lis
         instruction_tokens = min(sampling.instruction.max_tokens, EXPECTED_INSTRUCTION_TOKENS)
         response_tokens = min(sampling.response.max_tokens, EXPECTED_RESPONSE_TOKENS)
         if "document" in config.stages:
-            prompt += _request_tokens(stages.document_request(item, case))
+            prompt += _request_tokens(stages.document_step.request((item, case)))
             completion += document_tokens
         if "instruction" in config.stages:
             group = _single_group(item)
             on_document = config.documents_per_instruction == 1
-            prompt += (_request_tokens(stages.instruction_request(group, "" if on_document else None)) + (document_tokens if on_document else 0)) / group_size
+            prompt += (_request_tokens(stages.instruction_step.request((group, "" if on_document else None))) + (document_tokens if on_document else 0)) / group_size
             completion += instruction_tokens / group_size
         if "response" in config.stages:
-            prompt += _request_tokens(stages.response_request(item, "", "")) + document_tokens + instruction_tokens
+            prompt += _request_tokens(stages.response_step.request((item, "", ""))) + document_tokens + instruction_tokens
             completion += response_tokens
     count = max(len(items), 1)
     return prompt / count, completion / count

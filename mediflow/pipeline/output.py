@@ -131,11 +131,14 @@ class RunOutput:
         write_json_atomically(summary, self.parts_dir / f"summary-{index:05d}.json")
         write_parquet_atomically(rows_to_table(rows, GENERATION_SCHEMA), self.shard_path(index))
 
+    def read_summary(self, index: int) -> dict[str, Any]:
+        """The summary of finished shard ``index``."""
+        return json.loads((self.parts_dir / f"summary-{index:05d}.json").read_text(encoding="utf-8"))
+
     def summaries(self) -> Iterator[dict[str, Any]]:
         """The summaries of the finished shards."""
         for index, _ in self.shards():
-            path = self.parts_dir / f"summary-{index:05d}.json"
-            yield json.loads(path.read_text(encoding="utf-8"))
+            yield self.read_summary(index)
 
     def write_rejects(self) -> int:
         """Fold the finished shards' rejects into ``rejects.parquet``; return how many there are."""

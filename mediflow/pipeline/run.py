@@ -6,6 +6,11 @@ number of workers bounds the records in flight, so memory stays flat at any run 
 items go to the :class:`~mediflow.pipeline.collect.ShardCollector`, which commits complete plan
 ranges as shards.
 
+With ``engine: ray`` the groups are mapped over Ray Data actors instead
+(:mod:`mediflow.pipeline.ray_generate`), and their items come back to the same collector. With
+``shard: K/N`` the run makes one deterministic share of the plan (:mod:`mediflow.pipeline.share`);
+``mediflow join`` puts the shares back together.
+
 Resume is a rerun: the engine's cache (``OUT/cache.sqlite``) answers every request already
 answered, shards already committed are skipped, and the same plan over the same answers gives the
 same records. ``created_at`` is the time the run first started (kept in the manifest), so a resumed
@@ -15,11 +20,9 @@ run's records equal an uninterrupted run's.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
-import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,19 +32,26 @@ import pyarrow.parquet as pq
 
 from mediflow import __version__
 from mediflow.config import RunConfig, load_config
-from mediflow.engine import Engine, EngineConfig
-from mediflow.errors import ConfigError, TeacherError
+from mediflow.engine import Engine
+from mediflow.errors import TeacherError
 from mediflow.pipeline.collect import ShardCollector
 from mediflow.pipeline.flow import GroupFlow
 from mediflow.pipeline.output import RunOutput
 from mediflow.pipeline.plan import InstructionGroup, Plan, build_plan
+from mediflow.pipeline.share import Share
 from mediflow.pipeline.stages import Stages
 from mediflow.records import GENERATION_SCHEMA, content_id
 from mediflow.taxonomy import load_taxonomy
-from mediflow.teachers import Teacher, make_teacher
+from mediflow.steps import map_ordered
+from mediflow.sync import run_sync
+from mediflow.teachers.base import Teacher, check_teacher, teacher_capabilities
+from mediflow.teachers.factory import teacher_from
+from mediflow.teachers.negotiation import STRUCTURED_LEVELS
 
 if TYPE_CHECKING:
     import datasets
+
+    from mediflow.scale.ray_runner import RayRun
 
 
 @dataclass
@@ -59,35 +69,6 @@ class RunSummary:
     stop_reason: str | None = None
 
 
-def _engine_config(config: RunConfig) -> EngineConfig:
-    limits = config.limits
-    return EngineConfig(
-        concurrency=limits.concurrency,
-        rpm=limits.rpm,
-        tpm=limits.tpm,
-        adaptive=limits.adaptive,
-        max_retries=limits.max_retries,
-        request_timeout=limits.request_timeout,
-        error_rate_threshold=limits.error_rate_threshold,
-        price_input_per_1k=config.prices.input_per_1k,
-        price_output_per_1k=config.prices.output_per_1k,
-        progress=config.progress,
-    )
-
-
-def _make_teacher(config: RunConfig) -> Teacher:
-    api_key = None
-    if config.teacher.api_key_env:
-        api_key = os.environ.get(config.teacher.api_key_env)
-        if not api_key:
-            raise ConfigError(f"teacher.api_key_env: the environment variable {config.teacher.api_key_env} is not set")
-    options: dict[str, Any] = {}
-    if config.teacher.spec.startswith(("openai:", "azure:")):
-        options["max_connections"] = max(config.limits.concurrency, 16)
-        options["timeout"] = config.limits.request_timeout
-    return make_teacher(config.teacher.spec, base_url=config.teacher.base_url, api_key=api_key, **options)
-
-
 def _icd10cm_release() -> str | None:
     from mediflow import terminology
 
@@ -99,19 +80,35 @@ def _now() -> datetime:
 
 
 async def _drive(groups: Iterator[InstructionGroup], flow: GroupFlow, workers: int) -> None:
-    """``workers`` coroutines pull groups in plan order from the lazy plan; the first error cancels the rest."""
+    """Groups through ``flow`` in plan order, pulled lazily from the plan, ``workers`` at once; the first error cancels the rest."""
+    async for _ in map_ordered(flow.run, groups, max(1, workers)):
+        pass
 
-    async def worker() -> None:
-        for group in groups:
-            await flow.run(group)
 
-    tasks = [asyncio.create_task(worker()) for _ in range(max(1, workers))]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+def _share_counts(plan: Plan, share: Share, shard_size: int) -> tuple[Counter[int], int]:
+    """A share's items per plan range, and its number of instruction groups (one pass over the lazy plan)."""
+    counts: Counter[int] = Counter()
+    groups = 0
+    for group in share.select(plan.groups()):
+        groups += 1
+        counts.update(item.position // shard_size for item in group.items)
+    return counts, groups
+
+
+def _ray_run(groups: list[InstructionGroup], config: RunConfig, created_at: datetime) -> RayRun:
+    from mediflow.pipeline.ray_generate import GenerateWork
+    from mediflow.scale.ray_runner import RayRun
+
+    work = GenerateWork(config, created_at, config.ray.actors)
+    return RayRun(groups, work, config.ray)
+
+
+def _drive_on_ray(ray_run: RayRun, collector: ShardCollector, on_items_done: Callable[[int], None]) -> None:
+    """Map the groups over Ray actors; their items go to ``collector`` as batches come back."""
+    for _, rows in ray_run.results():
+        for position, kind, row in rows:
+            collector.add(position, kind, row)
+        on_items_done(len(rows))
 
 
 def _failures(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -145,12 +142,19 @@ async def run_async(config: RunConfig) -> RunSummary:
     """Run ``config`` in the current event loop; see :func:`generate` for the synchronous entry point."""
     taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
     plan: Plan = build_plan(config, taxonomy)
+    share = Share.parse(config.shard) if config.shard else None
+    share_counts, share_groups = _share_counts(plan, share, config.output.shard_size) if share else (None, 0)
+    if config.engine == "ray":
+        from mediflow.scale.ray_runner import check_ray_installed
+
+        check_ray_installed()
     output = RunOutput(config.output.dir)
-    teacher = _make_teacher(config)
+    teacher = teacher_from(config.teacher, config.limits)
     try:
-        engine = Engine(teacher, cache_path=output.cache_path, config=_engine_config(config))
+        await check_teacher(teacher)  # a dead server or unknown model: one line, nothing written
+        engine = Engine(teacher, output.cache_path, config.limits, prices=config.prices, progress=config.progress)
         stages = Stages(engine, taxonomy, config)
-        fingerprint = content_id(
+        unsharded_fingerprint = content_id(
             plan.id,
             teacher.name,
             config.stages,
@@ -160,9 +164,11 @@ async def run_async(config: RunConfig) -> RunSummary:
             taxonomy.version,
             stages.cases.version,
         )
+        fingerprint = content_id(unsharded_fingerprint, str(share)) if share else unsharded_fingerprint
         previous = output.read_manifest() or {}
         finished = output.prepare(fingerprint)
-        started_at = previous.get("started_at") if previous.get("fingerprint") == fingerprint else None
+        resumed = previous if previous.get("fingerprint") == fingerprint else {}
+        started_at = resumed.get("started_at")
         created_at = datetime.fromisoformat(started_at) if started_at else _now()
         manifest: dict[str, Any] = {
             "mediflow_version": __version__,
@@ -178,14 +184,15 @@ async def run_async(config: RunConfig) -> RunSummary:
             "icd10cm_release": _icd10cm_release(),
             "plan": {
                 "id": plan.id,
-                "items": len(plan),
-                "instruction_groups": plan.group_count,
+                "items": len(plan) if share_counts is None else sum(share_counts.values()),
+                "instruction_groups": plan.group_count if share_counts is None else share_groups,
                 "shard_size": config.output.shard_size,
             },
         }
+        if share:
+            manifest["shard"] = {"share": str(share), "unsharded_fingerprint": unsharded_fingerprint, "unsharded_items": len(plan)}
         output.write_manifest(manifest)
-        stages.warm_up()
-        collector = ShardCollector(output, len(plan), config.output.shard_size, finished)
+        collector = ShardCollector(output, len(plan), config.output.shard_size, finished, share_counts)
         workers = -(-(config.records_in_flight or 2 * config.limits.concurrency) // config.documents_per_instruction)
         status, stop_reason = "interrupted", None
         async with engine:
@@ -198,15 +205,26 @@ async def run_async(config: RunConfig) -> RunSummary:
                 cost_of=engine.cost_usd,
                 on_item_done=engine.progress.advance,
             )
-            todo = (group for group in plan.groups() if flow.pending(group))
-            engine.progress.set_total(len(plan) - collector.finished_items)
+            groups = share.select(plan.groups()) if share else plan.groups()
+            todo = (group for group in groups if flow.pending(group))
+            ray_run = _ray_run(list(todo), config, created_at) if config.engine == "ray" else None
+            engine.progress.set_total(manifest["plan"]["items"] - collector.finished_items)
             try:
-                await _drive(todo, flow, workers)
+                if ray_run is None:
+                    await _drive(todo, flow, workers)
+                else:
+                    from mediflow.scale.ray_runner import ray_session
+
+                    with ray_session(config.ray):  # in the main thread: Ray installs its signal handlers
+                        await asyncio.to_thread(_drive_on_ray, ray_run, collector, engine.progress.advance)
                 status = "finished"
             except TeacherError as exc:
                 status, stop_reason = "stopped", str(exc)
             finally:
-                summary = _finish(output, manifest, status, stop_reason, engine.stats.as_dict())
+                actors = ray_run.teacher_capabilities if ray_run is not None else []
+                manifest["teacher_capabilities"] = _capabilities(teacher, actors, resumed.get("teacher_capabilities"))
+                session = engine.stats.as_dict() if ray_run is None else ray_run.session
+                summary = finish_run(output, manifest, status, stop_reason, session)
         if status == "stopped":
             raise TeacherError(
                 f"{stop_reason}; kept {summary.records} records in {output.data_dir} "
@@ -217,7 +235,32 @@ async def run_async(config: RunConfig) -> RunSummary:
         await teacher.aclose()
 
 
-def _finish(output: RunOutput, manifest: dict[str, Any], status: str, stop_reason: str | None, session: dict[str, Any]) -> RunSummary:
+def _capabilities(
+    teacher: Teacher, actors: list[dict[str, Any]], earlier: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """This session's negotiated capabilities, for the manifest.
+
+    On Ray each actor's teacher negotiates for itself: the lowest structured-output level any of
+    them settled on is the one reported, with every refusal seen. A resume answered from the cache
+    negotiates nothing and keeps the earlier level.
+    """
+    capabilities = teacher_capabilities(teacher)
+    if capabilities is None:
+        return None
+    for actor in actors:
+        capabilities["refusals"] = {**actor["refusals"], **capabilities["refusals"]}
+        capabilities["dropped_parameters"] = sorted({*capabilities["dropped_parameters"], *actor["dropped_parameters"]})
+        if actor["token_limit_field"] != capabilities["token_limit_field"]:
+            capabilities["token_limit_field"] = actor["token_limit_field"]
+        levels = [level for level in (capabilities["structured_output"], actor["structured_output"]) if level]
+        capabilities["structured_output"] = max(levels, key=STRUCTURED_LEVELS.index, default=None)
+    if capabilities["structured_output"] is None and earlier:
+        capabilities["structured_output"] = earlier.get("structured_output")
+    return capabilities
+
+
+def finish_run(output: RunOutput, manifest: dict[str, Any], status: str, stop_reason: str | None, session: dict[str, Any]) -> RunSummary:
+    """Fold the finished shards' rejects and summaries into ``rejects.parquet`` and the manifest (also ``join``'s last step)."""
     summaries = list(output.summaries())
     rejects = output.write_rejects()
     cells, usage = _totals(summaries)
@@ -248,13 +291,7 @@ def _finish(output: RunOutput, manifest: dict[str, Any], status: str, stop_reaso
 
 def run(config: RunConfig) -> RunSummary:
     """Run ``config`` to completion, also from inside a running event loop (a notebook cell)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(run_async(config))
-    # A loop is already running in this thread (Jupyter): run ours in a worker thread and wait.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mediflow-generate") as pool:
-        return pool.submit(asyncio.run, run_async(config)).result()
+    return run_sync(run_async(config))
 
 
 def load_output(out_dir: str | Path) -> datasets.Dataset:
@@ -279,5 +316,12 @@ def generate(config: RunConfig | dict[str, Any] | str | Path | None = None, /, *
     see :func:`mediflow.config.load_config`). Writes the output directory (``output.dir``, shards,
     rejects, manifest, cache) and resumes it when rerun. Works in a notebook (a running loop).
     """
-    summary = run(load_config(config, **overrides))
+    return run_sync(generate_async(config, **overrides))
+
+
+async def generate_async(
+    config: RunConfig | dict[str, Any] | str | Path | None = None, /, **overrides: Any
+) -> datasets.Dataset:
+    """:func:`generate` for callers already running an event loop."""
+    summary = await run_async(load_config(config, **overrides))
     return load_output(summary.out_dir)

@@ -13,7 +13,8 @@ killed run, redoes every stage and gets the same result, with nothing skipped on
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,39 +24,38 @@ import pyarrow.parquet as pq
 
 from mediflow import __version__
 from mediflow.errors import ConfigError, MediflowError
-from mediflow.quality.config import CurateConfig, as_plain
+from mediflow.quality.config import CurateConfig
 from mediflow.quality.decontaminate import run_decontaminate
 from mediflow.quality.dedup_stage import run_dedup
 from mediflow.quality.filter_stage import run_filters
 from mediflow.quality.io import StageOutput, check_output, empty_input_schema, input_files, iter_batches
-from mediflow.quality.judge import check_config as check_judge_config, run_judge
+from mediflow.quality.judge import check_config as check_judge_config, run_judge_async
 from mediflow.quality.report import StageReport
 from mediflow.records import conform
+from mediflow.sync import run_sync
 
 STAGES_DIR = "stages"
-StageRun = Callable[[Path, Path], StageReport]
+StageRun = Callable[[Path, Path], Awaitable[StageReport]]
+
+
+def _in_thread(run: Callable[[Path, Path, Any], StageReport], config: Any) -> StageRun:
+    """A CPU-bound stage as a coroutine: it runs in a worker thread, the loop stays free."""
+    return lambda source, out: asyncio.to_thread(run, source, out, config)
 
 
 def planned_stages(config: CurateConfig) -> list[tuple[str, StageRun]]:
     """The configured stages, in the order they run."""
     stages: list[tuple[str, StageRun]] = []
     if config.filters is not None:
-        stages.append(("filter", lambda source, out: run_filters(source, out, config.filters)))
+        stages.append(("filter", _in_thread(run_filters, config.filters)))
     if config.judge is not None:
-        stages.append(("judge", lambda source, out: run_judge(source, out, config.judge)))
+        judge = config.judge
+        stages.append(("judge", lambda source, out: run_judge_async(source, out, judge)))
     if config.dedup is not None:
-        stages.append(("dedup", lambda source, out: run_dedup(source, out, config.dedup)))
+        stages.append(("dedup", _in_thread(run_dedup, config.dedup)))
     if config.decontaminate is not None:
-        stages.append(("decontaminate", lambda source, out: run_decontaminate(source, out, config.decontaminate)))
+        stages.append(("decontaminate", _in_thread(run_decontaminate, config.decontaminate)))
     return stages
-
-
-def _config(config: CurateConfig | Path | str | None) -> CurateConfig:
-    if config is None:
-        return CurateConfig()
-    if isinstance(config, CurateConfig):
-        return config
-    return CurateConfig.load(Path(config))
 
 
 def _check_before_running(config: CurateConfig) -> None:
@@ -71,9 +71,17 @@ def _check_before_running(config: CurateConfig) -> None:
 
 
 def curate(source: Path, out: Path, config: CurateConfig | Path | str | None = None) -> dict[str, Any]:
-    """Run the configured stages over ``source`` into ``out``; returns the manifest written to ``OUT/manifest.json``."""
+    """Run the configured stages over ``source`` into ``out``; returns the manifest written to ``OUT/manifest.json``.
+
+    ``config`` is a :class:`CurateConfig` or a curate YAML/JSON path. Works in a notebook (a running loop).
+    """
+    return run_sync(curate_async(source, out, config))
+
+
+async def curate_async(source: Path, out: Path, config: CurateConfig | Path | str | None = None) -> dict[str, Any]:
+    """:func:`curate` for callers already running an event loop."""
     source, out = Path(source), Path(out)
-    config = _config(config)
+    config = CurateConfig.load(config)
     stages = planned_stages(config)
     if not stages:
         raise ConfigError("curate config: every stage is switched off (filters, judge, dedup, decontaminate)")
@@ -84,10 +92,10 @@ def curate(source: Path, out: Path, config: CurateConfig | Path | str | None = N
     current = source
     for number, (name, run) in enumerate(stages, start=1):
         folder = out / STAGES_DIR / f"{number}-{name}"
-        reports.append((run(current, folder), folder))
+        reports.append((await run(current, folder), folder))
         current = folder
     manifest = funnel_manifest(source, out, config, reports)
-    _publish(source, out, current, [folder for _, folder in reports], manifest)
+    await asyncio.to_thread(_publish, source, out, current, [folder for _, folder in reports], manifest)
     return manifest
 
 
@@ -114,7 +122,7 @@ def funnel_manifest(source: Path, out: Path, config: CurateConfig, reports: list
         "dropped_by_rule": dropped_by_rule,
         "by_task": by_task,
         "stages": [report.as_dict() for report, _ in reports],
-        "config": as_plain(config),
+        "config": config.to_dict(),
     }
 
 

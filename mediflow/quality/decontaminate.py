@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mediflow.errors import ConfigError
-from mediflow.quality.config import DecontamConfig, as_plain
+from mediflow.configuration import to_plain
+from mediflow.quality.config import DecontamConfig
 from mediflow.quality.eval_sets import read_eval_set
 from mediflow.quality.io import input_files
 from mediflow.quality.report import StageReport
@@ -171,4 +172,4 @@ def run_decontaminate(source: Path, out: Path, config: DecontamConfig) -> StageR
     def details() -> dict[str, Any]:
         return {"eval_sets": index.per_set, "min_run": min(MIN_RUN, config.ngram), "removed_per_eval_item": dict(sorted(matched.items()))}
 
-    return run_stage(source, out, "decontaminate", decide, as_plain(config), details=details)
+    return run_stage(source, out, "decontaminate", decide, to_plain(config), details=details)

@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 
 from mediflow.errors import MediflowError
-from mediflow.quality.config import DedupConfig, as_plain
+from mediflow.configuration import to_plain
+from mediflow.quality.config import DedupConfig
 from mediflow.quality.dedup import DedupResult, find_duplicates
 from mediflow.quality.io import iter_batches
 from mediflow.quality.report import StageReport
@@ -70,4 +71,4 @@ def run_dedup(source: Path, out: Path, config: DedupConfig | None = None) -> Sta
         return batch, _drops(result, ids, offset, batch.column("id").to_pylist())
 
     details: dict[str, Any] = {**result.details, "keeper": keeper_score}
-    return run_stage(source, out, "dedup", decide, as_plain(config), details=lambda: details)
+    return run_stage(source, out, "dedup", decide, to_plain(config), details=lambda: details)

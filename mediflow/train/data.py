@@ -25,6 +25,8 @@ from mediflow.errors import MediflowError
 from mediflow.records import content_id, to_messages
 
 _TEXT_SUFFIXES = (".txt", ".md")
+#: The split names of a Hub-layout export (``mediflow.export.splits``).
+SPLITS = ("train", "validation", "test")
 
 
 def read_table(path: Path, split: str = "train") -> pa.Table:
@@ -33,10 +35,24 @@ def read_table(path: Path, split: str = "train") -> pa.Table:
         raise MediflowError(f"{path}: no such file or folder")
     if path.is_file():
         return _read_file(path)
-    shards = sorted(path.rglob(f"{split}-*.parquet")) or sorted(path.rglob("*.parquet")) or sorted(path.rglob("*.jsonl"))
+    shards = sorted(path.rglob(f"{split}-*.parquet"))
+    if not shards:
+        present = sorted(splits_of(path))
+        if present:
+            # A split layout without the asked-for split: reading the other splits instead would
+            # evaluate on training data (or train on the test set).
+            raise MediflowError(f"{path}: no '{split}' split here (splits: {', '.join(present)})")
+        shards = sorted(path.rglob("*.parquet")) or sorted(path.rglob("*.jsonl"))
     if not shards:
         raise MediflowError(f"{path}: no .parquet or .jsonl files in this folder")
     return pa.concat_tables([_read_file(shard) for shard in shards], promote_options="default")
+
+
+def splits_of(path: Path) -> set[str]:
+    """The export splits (``train``/``validation``/``test``) a folder's shards are named for; empty for a plain file."""
+    if not path.is_dir():
+        return set()
+    return {p.name.split("-")[0] for p in path.rglob("*-*.parquet")} & set(SPLITS)
 
 
 def _read_file(path: Path) -> pa.Table:
