@@ -36,7 +36,7 @@ def test_the_case_survives_curate_pairs_and_export(teacher_server: TeacherServer
     assert kept and all(row["case"] == cases[row["id"]] for row in kept)  # the test teacher names the primary: all kept
 
     pairs = tmp_path / "pairs"
-    build_pairs(curated, pairs, PairsConfig(teacher=TEST_TEACHER, base_url=teacher_server, min_margin=1, top_fraction=1.0, progress=False))
+    build_pairs(curated, pairs, PairsConfig.load(None, teacher=TEST_TEACHER, base_url=teacher_server, min_margin=1, top_fraction=1.0, progress=False))
     paired = _rows(pairs)
     assert paired and all(pair["case"] == cases[pair["id"]] for pair in paired)
 
