@@ -71,6 +71,7 @@ def _description(code: str) -> str:
     return terminology.description(code)
 
 
+@cache
 def _is_injury(code: str) -> bool:
     return any(terminology.covers(block, code) for block in _INJURY_BLOCKS)
 
