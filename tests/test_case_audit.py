@@ -5,8 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from audit_fixtures import record, words, write_output_folder
-from small_runs import small_run_config
+from fixtures import record, small_run_config, words, write_output_folder
 
 from mediflow import generate
 from mediflow.audit import OutputFolder, case_mix, run_audit, text_diversity, write_html

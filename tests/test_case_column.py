@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from small_runs import TEST_TEACHER, small_run_config
+from fixtures import TEST_TEACHER, small_run_config
 
 from mediflow import generate
 from mediflow.cases import load_case_book

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from small_runs import small_run_config
+from fixtures import small_run_config
 
 from mediflow.cli import main
 from mediflow.config import load_config

@@ -108,8 +108,15 @@ def _block(code: str) -> str:
 def _shares(counts: Counter[tuple[str, str]], row: str, column: str) -> pd.DataFrame:
     frame = pd.DataFrame([{row: r, column: c, "cases": n} for (r, c), n in counts.items()])
     table = frame.pivot_table(index=row, columns=column, values="cases", aggfunc="sum", fill_value=0)
-    table = table[sorted(table.columns, key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else 0, c))]
+    table.columns = [str(c) for c in table.columns]
+    table = table[sorted(table.columns, key=_chapter_order)]
     return table.div(table.sum(axis=1), axis=0).round(3).reset_index()
+
+
+def _chapter_order(name: object) -> tuple[bool, int, str]:
+    """Chapters in number order ("2" before "10"), anything else after."""
+    text = str(name)
+    return (not text.isdigit(), int(text) if text.isdigit() else 0, text)
 
 
 def _profiles_vs_plan(profiles: Counter[str], cases: int, planned: pd.DataFrame | None, taxonomy: Any | None) -> pd.DataFrame:
@@ -119,8 +126,9 @@ def _profiles_vs_plan(profiles: Counter[str], cases: int, planned: pd.DataFrame 
 
         book = load_case_book()
         for document_type, count in planned.groupby("input_data")["planned"].sum().items():
-            if document_type in taxonomy.document_types:
-                expected[book.assignment(document_type, taxonomy.document_types[document_type].category).profile] += int(count)
+            name = str(document_type)
+            if name in taxonomy.document_types:
+                expected[book.assignment(name, taxonomy.document_types[name].category).profile] += int(count)
     total = sum(expected.values())
     names = sorted(set(profiles) | set(expected), key=lambda p: -profiles[p])
     return pd.DataFrame(

@@ -20,6 +20,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from rapidfuzz import fuzz, process
 
 from mediflow.audit.folder import OutputFolder
@@ -104,7 +105,7 @@ def _near_duplicate_rate(records: pd.DataFrame) -> float:
     return flagged / total if total else 0.0
 
 
-def _plot(table: pd.DataFrame):  # type: ignore[no-untyped-def]
+def _plot(table: pd.DataFrame) -> Figure:
     figure = new_figure(13, bounded(0.3 * len(table) + 2, 3, 10))
     left, right = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
     positions = np.arange(len(table))
