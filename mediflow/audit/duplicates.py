@@ -3,8 +3,10 @@
 The audit measures duplicates the way the dedup stage removes them, so the two agree: texts are
 normalised with :func:`mediflow.quality.text.normalize_column`, and near-duplicate clusters come
 from :func:`mediflow.quality.dedup.find_duplicates` (MinHash LSH candidates confirmed with
-rapidfuzz, connected components), here with exact edges off so that a cluster groups *distinct*
-texts that say nearly the same thing. Instructions are reused over several documents by design,
+rapidfuzz and, as in the stage, by their clinically distinguishing tokens agreeing, connected
+components), here with exact edges off so that a cluster groups *distinct* texts that say nearly
+the same thing. Two notes on one template about two patients (another age, side, dose, value) are
+not reported as duplicates; the table counts them as "siblings kept apart". Instructions are reused over several documents by design,
 so their exact repeats are expected; near-duplicate instructions are not.
 
 Exact duplicates are counted over every record (a 64-bit hash per text, streamed); the near
@@ -54,6 +56,7 @@ def near_duplicates(folder: OutputFolder, *, max_records: int = 50_000, config: 
                 "near_duplicate_clusters": int(len(np.unique(result.keeper[in_cluster]))),
                 "texts_in_clusters": int(in_cluster.sum()),
                 "share_in_clusters": float(in_cluster.sum() / distinct) if distinct else 0.0,
+                "siblings_kept_apart": int(result.details[key].get("clinical_conflicts", 0)),
             }
         )
         clusters += _clusters(table, key, result.keeper, in_cluster)
@@ -76,10 +79,13 @@ def near_duplicates(folder: OutputFolder, *, max_records: int = 50_000, config: 
             "sampled": table.num_rows,
             "threshold": base.threshold,
             "scorer": base.scorer,
+            "clinical": base.clinical,
+            "siblings_kept_apart": {r.key: int(r.siblings_kept_apart) for r in near.itertuples()},
         },
         tables={
             "Exact duplicates (all records, normalised text)": exact,
-            f"Near duplicates among distinct texts ({base.scorer} >= {base.threshold:g}, {base.scope})": near,
+            f"Near duplicates among distinct texts ({base.scorer} >= {base.threshold:g}"
+            f"{', clinical tokens agree' if base.clinical else ''}, {base.scope})": near,
             "Largest near-duplicate clusters": cluster_table,
         },
         figure=_plot(exact, near),

@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import Counter
-from collections.abc import Mapping
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,42 +100,104 @@ async def build_pairs_async(input_path: str | Path, out_dir: str | Path, config:
     output = StageOutput(out, source)
     try:
         (out / "cache").mkdir(parents=True, exist_ok=True)
-        async with AsyncExitStack() as stack:
-            engines = await _open_engines(stack, config, out / "cache")
-            judge = PairJudge(
-                engines["judge"],
-                prompts.get(PAIR_JUDGE_PROMPT),
-                seed=config.seed,
-                samples=config.judge_samples,
-                temperature=config.judge_temperature,
-                max_corrections=config.max_corrections,
-            )
-            if config.method == "inject":
-                injector = ErrorInjector(
-                    engines["teacher"], prompts.get(INJECTION_PROMPT), seed=config.seed, max_corrections=config.max_corrections, max_tokens=config.max_tokens
-                )
-                run = functools.partial(_inject_one, injector=injector, judge=judge, kinds=kinds, schemas=schemas, config=config)
-            else:
-                sources = _answer_sources(config, engines)
-                run = functools.partial(_candidates_one, sources=sources, judge=judge, schemas=schemas, config=config)
-            dropped, error_types = Counter[str](), Counter[str]()
-            records_in_order = (record for start in range(0, tried.num_rows, _CHUNK) for record in tried.slice(start, _CHUNK).to_pylist())
-            outcomes: list[Outcome] = []
-            stored = 0
-            async for outcome in map_ordered(run, records_in_order, 2 * config.limits.concurrency):
+        dropped, error_types = Counter[str](), Counter[str]()
+        outcomes: list[Outcome] = []
+        stored = 0
+        async with _outcomes(tried, config, out / "cache", schemas, prompts, kinds) as (results, usage_of):
+            async for outcome in results:
                 outcomes.append(outcome)
                 if len(outcomes) == _CHUNK:
                     _store(output, tried.slice(stored, _CHUNK), outcomes, dropped, error_types)
                     stored, outcomes = stored + _CHUNK, []
             if outcomes:
                 _store(output, tried.slice(stored, len(outcomes)), outcomes, dropped, error_types)
-            usage = _usage(engines)
+            usage = usage_of()
         manifest = _manifest(config, selection, tried.num_rows, output.kept, dropped, error_types, usage, prompts, kinds)
         output.finish(manifest, PAIR_SCHEMA)
     except BaseException:
         output.abandon()
         raise
     return PairsResult(out, tried.num_rows, output.kept, dict(dropped), manifest)
+
+
+@asynccontextmanager
+async def _outcomes(
+    tried: pa.Table, config: PairsConfig, cache: Path, schemas: Mapping[str, dict[str, Any]], prompts: Any, kinds: tuple[ErrorKind, ...]
+) -> AsyncIterator[tuple[AsyncIterator[Outcome], Callable[[], dict[str, Any]]]]:
+    """Every tried record's outcome in record order, on this process's engines or on Ray actors; and the usage."""
+    records = (record for start in range(0, tried.num_rows, _CHUNK) for record in tried.slice(start, _CHUNK).to_pylist())
+    if config.engine == "ray":
+        from mediflow.scale.ray_runner import RayRun, check_ray_installed, in_order, ray_session
+
+        check_ray_installed()
+        ray_run = RayRun(list(records), PairsWork(config, cache, schemas, prompts, kinds), config.ray)
+        with ray_session(config.ray):
+            yield in_order(ray_run), lambda: {"ray": ray_run.session}
+        return
+    async with open_pair_runner(config, cache, schemas, prompts, kinds) as (run, engines):
+        yield map_ordered(run, records, 2 * config.limits.concurrency), lambda: _usage(engines)
+
+
+@asynccontextmanager
+async def open_pair_runner(
+    config: PairsConfig,
+    cache: Path,
+    schemas: Mapping[str, dict[str, Any]],
+    prompts: Any,
+    kinds: tuple[ErrorKind, ...],
+    *,
+    actors: int = 1,
+) -> AsyncIterator[tuple[Callable[[dict[str, Any]], Awaitable[Outcome]], dict[str, Engine]]]:
+    """``run(record) -> Outcome`` on open engines (one of ``actors`` that share the limits); the local and the Ray path both use it."""
+    async with AsyncExitStack() as stack:
+        engines = await _open_engines(stack, config, cache, actors)
+        judge = PairJudge(
+            engines["judge"],
+            prompts.get(PAIR_JUDGE_PROMPT),
+            seed=config.seed,
+            samples=config.judge_samples,
+            temperature=config.judge_temperature,
+            max_corrections=config.max_corrections,
+        )
+        if config.method == "inject":
+            injector = ErrorInjector(
+                engines["teacher"], prompts.get(INJECTION_PROMPT), seed=config.seed, max_corrections=config.max_corrections, max_tokens=config.max_tokens
+            )
+            run = functools.partial(_inject_one, injector=injector, judge=judge, kinds=kinds, schemas=schemas, config=config)
+        else:
+            sources = _answer_sources(config, engines)
+            run = functools.partial(_candidates_one, sources=sources, judge=judge, schemas=schemas, config=config)
+        yield run, engines
+
+
+@dataclass(frozen=True)
+class PairsWork:
+    """``engine: ray``: what each actor needs to open its own pair runner (it must pickle)."""
+
+    config: PairsConfig
+    cache: Path
+    schemas: Mapping[str, dict[str, Any]]
+    prompts: Any
+    kinds: tuple[ErrorKind, ...]
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[_PairsWorker]:
+        async with open_pair_runner(self.config, self.cache, self.schemas, self.prompts, self.kinds, actors=self.config.ray.actors) as (run, engines):
+            yield _PairsWorker(run, engines)
+
+
+class _PairsWorker:
+    def __init__(self, run: Callable[[dict[str, Any]], Awaitable[Outcome]], engines: dict[str, Engine]) -> None:
+        self.run = run
+        self.engines = engines
+
+    def stats(self) -> dict[str, Any]:
+        from mediflow.scale.ray_runner import add_stats
+
+        total: dict[str, Any] = {}
+        for engine in {id(engine): engine for engine in self.engines.values()}.values():
+            total = add_stats(total, engine.stats.as_dict())
+        return total
 
 
 def _roles(config: PairsConfig) -> list[tuple[str, TeacherConfig]]:
@@ -150,17 +212,24 @@ def _task_schemas(config: PairsConfig) -> dict[str, dict[str, Any]]:
     return {name: task.output_schema for name, task in taxonomy.tasks.items()}
 
 
-async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path) -> dict[str, Engine]:
-    """One engine per distinct teacher section (the judge shares the teacher's engine when it is the same one)."""
+async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path, actors: int = 1) -> dict[str, Engine]:
+    """One engine per distinct teacher section (the judge shares the teacher's engine when it is the same one).
+
+    With ``actors`` > 1 (``engine: ray``) each engine gets its actor's share of the limits.
+    """
+    from mediflow.scale.ray_runner import actor_limits
+
+    limits, share = actor_limits(config.limits, actors)
+    progress = config.progress and actors == 1
     opened: dict[tuple[str, str | None, str | None], Engine] = {}
     engines: dict[str, Engine] = {}
     for (role, section), name in zip(_roles(config), ["teacher", "judge", *(f"candidate{i}" for i in range(len(config.candidate_sources)))]):
         identity = (section.spec, section.base_url, section.api_key_env)
         if identity not in opened:
-            teacher = teacher_from(section, config.limits, where=role)
+            teacher = teacher_from(section, limits, where=role)
             stack.push_async_callback(teacher.aclose)
             opened[identity] = await stack.enter_async_context(
-                Engine(teacher, cache / f"{name}.sqlite", config.limits, progress=config.progress)
+                Engine(teacher, cache / f"{name}.sqlite", limits, progress=progress, limit_share=share)
             )
         engines[name] = opened[identity]
     return engines
