@@ -148,6 +148,8 @@ def _type_schema(annotation: Any) -> dict[str, Any]:
         return {"enum": list(typing.get_args(annotation))}
     if dataclasses.is_dataclass(annotation):
         return _dataclass_schema(typing.cast(type, annotation))
+    if annotation is Any:
+        return {}  # passed through as is (e.g. train.extra: checked against TRL's own fields)
     simple = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null", Path: "string"}
     return {"type": simple[annotation]}
 
