@@ -124,6 +124,10 @@ class MethodSection:
     temperature: float = 0.3
     max_tokens: int = 768
     concurrency: int = 8
+    #: qa: ``local`` (one process) or ``ray`` (the QA step on Ray Data actors, see docs/scaling.md), and where/how wide.
+    engine: str = "local"
+    ray_address: str | None = None
+    ray_actors: int = 2
     #: eval: greedy generation budget, batch size, and what ``make_evaluator`` returns.
     max_new_tokens: int = 256
     eval_batch_size: int = 4
@@ -144,6 +148,8 @@ class MethodSection:
         _positive("method.max_new_tokens", self.max_new_tokens)
         _positive("method.eval_batch_size", self.eval_batch_size)
         _positive("method.concurrency", self.concurrency)
+        _choice("method.engine", self.engine, ("local", "ray"))
+        _positive("method.ray_actors", self.ray_actors)
         if stage == "qa" and not self.tasks:
             raise ConfigError("method.tasks must name at least one task-data prompt (qa, pit_summary, pit_entities, pit_relations)")
 
