@@ -15,16 +15,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
-from audit_fixtures import write_output_folder
-from test_export import make_records
-from test_judge import TEACHER, unjudged
+from fixtures import TEST_TEACHER as TEACHER
+from fixtures import make_records, small_run_config, unjudged, write_output_folder
 
 from mediflow import generate
 from mediflow.cli import main
 from mediflow.preference import PairsConfig, build_pairs
 from mediflow.quality import JudgeConfig, run_judge
-from small_runs import small_run_config
 
 ray = pytest.importorskip("ray")
 
@@ -151,7 +148,7 @@ def test_ray_pit_qa_gives_the_local_task_data(ray_address, teacher_server, tmp_p
         config = tmp_path / f"{engine}.yaml"
         config.write_text(
             f"model: {{teacher: 'openai:mediflow-test-teacher', base_url: '{teacher_server}'}}\n"
-            f"method: {{qa_pairs: 2, concurrency: 4, engine: {engine}, ray_actors: 2}}\n"
+            f"method: {{qa_pairs: 2, concurrency: 4, engine: {engine}, ray: {{actors: 2}}}}\n"
             f"data: {{documents: docs.jsonl}}\noutput: {{dir: {engine}}}\n",
             encoding="utf-8",
         )

@@ -110,13 +110,11 @@ async def _ask_all(
     rejects: list[dict[str, Any]] = []
     try:
         if method.engine == "ray":  # the same step on Ray Data actors, each with its share of the limits
-            from mediflow.scale.config import RayConfig
             from mediflow.scale.ray_runner import StepWork, check_ray_installed, run_step_on_ray
 
             check_ray_installed()
-            ray = RayConfig(address=method.ray_address, actors=method.ray_actors)
-            work = StepWork(step, section, limits, cache_path, ray.actors, "model")
-            results, _ = await asyncio.to_thread(run_step_on_ray, rows, work, ray)
+            work = StepWork(step, section, limits, cache_path, method.ray.actors, "model")
+            results, _ = await asyncio.to_thread(run_step_on_ray, rows, work, method.ray)
         else:
             async with Engine(teacher, cache_path, limits) as engine:
                 results = [result async for result in run_step(engine, step, rows, 2 * limits.concurrency)]
