@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from audit_fixtures import write_output_folder
-from test_export import make_records
+from fixtures import TEST_TEACHER as TEACHER
+from fixtures import unjudged, write_output_folder
 
 from mediflow.cli import main
 from mediflow.errors import ConfigError, MediflowError
@@ -31,15 +31,7 @@ from mediflow.records import JUDGE_SCORE_COLUMNS
 from mediflow.testing import TeacherServerURL
 from mediflow.testing.server_process import free_port
 
-TEACHER = "openai:mediflow-test-teacher"
 JUDGE_COLUMNS = [*JUDGE_SCORE_COLUMNS, "judge_spread", "judge_rationale"]
-
-
-def unjudged(documents: int = 6) -> list[dict]:
-    records = make_records(documents=documents)
-    for record in records:
-        del record["quality"]
-    return records
 
 
 @pytest.fixture()

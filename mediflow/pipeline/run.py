@@ -24,7 +24,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,12 +41,13 @@ from mediflow.pipeline.plan import InstructionGroup, Plan, build_plan
 from mediflow.pipeline.share import Share
 from mediflow.pipeline.stages import Stages
 from mediflow.records import GENERATION_SCHEMA, content_id
-from mediflow.taxonomy import load_taxonomy
 from mediflow.steps import map_ordered
 from mediflow.sync import run_sync
+from mediflow.taxonomy import load_taxonomy
 from mediflow.teachers.base import Teacher, check_teacher, teacher_capabilities
 from mediflow.teachers.factory import teacher_from
 from mediflow.teachers.negotiation import STRUCTURED_LEVELS
+from mediflow.terminology import ICD10CM_RELEASE
 
 if TYPE_CHECKING:
     import datasets
@@ -69,14 +70,8 @@ class RunSummary:
     stop_reason: str | None = None
 
 
-def _icd10cm_release() -> str | None:
-    from mediflow import terminology
-
-    return getattr(terminology, "ICD10CM_RELEASE", None)
-
-
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 async def _drive(groups: Iterator[InstructionGroup], flow: GroupFlow, workers: int) -> None:
@@ -179,7 +174,7 @@ async def run_async(config: RunConfig) -> RunSummary:
             "teacher": teacher.name,
             "taxonomy_version": taxonomy.version,
             "prompt_versions": stages.versions,
-            "icd10cm_release": _icd10cm_release(),
+            "icd10cm_release": ICD10CM_RELEASE,
             "plan": {
                 "id": plan.id,
                 "items": len(plan) if share_counts is None else sum(share_counts.values()),

@@ -16,7 +16,7 @@ from mediflow.configuration import Config, option
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError
 from mediflow.scale.config import EngineKind, RayConfig
-from mediflow.teachers.factory import TeacherConfig
+from mediflow.teachers.factory import TeacherConfig, teacher_aliases
 
 TEXT_COLUMNS = ("instruction", "input", "output")
 TextColumn = Literal["instruction", "input", "output"]
@@ -101,12 +101,7 @@ class FilterConfig(Config):
 class JudgeConfig(Config):
     """The LLM judge: its teacher and limits, how many samples, how they aggregate, the thresholds."""
 
-    ALIASES: ClassVar[dict[str, str]] = {
-        "teacher": "teacher.spec",
-        "base_url": "teacher.base_url",
-        "api_key_env": "teacher.api_key_env",
-        "concurrency": "limits.concurrency",
-    }
+    ALIASES: ClassVar[dict[str, str]] = {**teacher_aliases(), "concurrency": "limits.concurrency"}
 
     teacher: TeacherConfig | None = option(None, "the judge's teacher (required to run the judge)")
     limits: LimitsConfig = option(LimitsConfig(concurrency=32), "the judge engine's limits (as a run config's limits:)")
@@ -149,7 +144,8 @@ class DedupConfig(Config):
     )
     min_signature_jaccard: float = option(0.4, "candidates whose signatures agree less are dropped before rapidfuzz", minimum=0, maximum=1)
     threshold: float = option(
-        0.9, "rapidfuzz similarity (0-1) to count as duplicates; same-template notes about other patients reach 0.89", exclusiveMinimum=0, maximum=1
+        0.8, "rapidfuzz similarity (0-1) a candidate needs; the clinical check keeps same-template siblings apart (docs/dedup.md)",
+        exclusiveMinimum=0, maximum=1,
     )
     scorer: Literal["ratio", "token_sort_ratio", "token_set_ratio", "partial_ratio"] = option("token_sort_ratio", "the rapidfuzz.fuzz scorer")
     clinical: bool = option(
@@ -192,11 +188,7 @@ class DecontamConfig(Config):
 class CurateConfig(Config):
     """The whole curate run: stages in order filters -> judge -> dedup -> decontaminate."""
 
-    ALIASES: ClassVar[dict[str, str]] = {
-        "teacher": "judge.teacher.spec",
-        "base_url": "judge.teacher.base_url",
-        "api_key_env": "judge.teacher.api_key_env",
-    }
+    ALIASES: ClassVar[dict[str, str]] = teacher_aliases("judge")
 
     filters: FilterConfig | None = option(FilterConfig(), "rule filters (default on)")
     judge: JudgeConfig | None = option(None, "the LLM judge (off unless given: it costs teacher calls)")

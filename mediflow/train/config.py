@@ -27,6 +27,7 @@ import yaml
 
 from mediflow.configuration import Config, option, read_config_file
 from mediflow.errors import ConfigError
+from mediflow.scale.config import EngineKind, RayConfig
 
 STAGES = ("qa", "pit", "sft", "dpo", "eval")
 PIT_PARTS = ("task", "documents")
@@ -96,6 +97,8 @@ class MethodSection(Config):
     temperature: float = option(0.3, "qa: sampling temperature", minimum=0, maximum=2)
     max_tokens: int = option(768, "qa: longest answer in tokens", minimum=1)
     concurrency: int = option(8, "qa: requests in flight", minimum=1)
+    engine: EngineKind = option("local", "qa: local (one process) or ray (the QA step on Ray Data actors, see docs/scaling.md)")
+    ray: RayConfig = option(RayConfig(), "qa: the Ray engine (engine: ray)")
     max_new_tokens: int = option(256, "eval: greedy generation budget per answer", minimum=1)
     eval_batch_size: int = option(4, "eval: prompts generated per batch", minimum=1)
     objective: Literal["auto", "task_score", "neg_log_perplexity"] = option(
@@ -202,10 +205,12 @@ class StageConfig(Config):
     #: Not config data (no key, no flag, not in manifests): where the file was, set by the loader.
     root: Path = dataclasses.field(default=Path("."), repr=False, compare=False, metadata={"help": "", "secret": True})
 
-    def path(self, value: str | Path | None) -> Path:
+    def path(self, value: str | Path | dict[str, str] | None) -> Path:
         """A config path resolved against the config file's folder (``~`` expanded)."""
         if value is None:
             raise ConfigError("a path the stage needs is not set")
+        if isinstance(value, dict):  # data.documents maps domains to paths only for the eval stage
+            raise ConfigError(f"{self.stage}: expected one path here, got a mapping {value!r}")
         candidate = Path(value).expanduser()
         return candidate if candidate.is_absolute() else (self.root / candidate)
 
