@@ -15,6 +15,7 @@ that stay invalid are written to ``rejects.jsonl`` with the reason, never silent
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from dataclasses import dataclass
@@ -107,14 +108,21 @@ async def _ask_all(
     produced: list[dict[str, str]] = []
     rejects: list[dict[str, Any]] = []
     try:
-        async with Engine(teacher, cache_path, limits) as engine:
-            results = run_step(engine, step, rows, 2 * limits.concurrency)
-            for (document, template), result in zip(rows, [result async for result in results]):
-                if result.value is not None:
-                    produced += result.value
-                else:
-                    meta = {"task": template.name, "document_id": document["id"], "prompt_version": template.version}
-                    rejects.append({**meta, "error": result.error, "text": result.raw_text})
+        if method.engine == "ray":  # the same step on Ray Data actors, each with its share of the limits
+            from mediflow.scale.ray_runner import StepWork, check_ray_installed, run_step_on_ray
+
+            check_ray_installed()
+            work = StepWork(step, section, limits, cache_path, method.ray.actors, "model")
+            results, _ = await asyncio.to_thread(run_step_on_ray, rows, work, method.ray)
+        else:
+            async with Engine(teacher, cache_path, limits) as engine:
+                results = [result async for result in run_step(engine, step, rows, 2 * limits.concurrency)]
+        for (document, template), result in zip(rows, results):
+            if result.value is not None:
+                produced += result.value
+            else:
+                meta = {"task": template.name, "document_id": document["id"], "prompt_version": template.version}
+                rejects.append({**meta, "error": result.error, "text": result.raw_text})
     finally:
         await teacher.aclose()
     return produced, rejects
