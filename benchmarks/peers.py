@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     ceiling = max((row["req_per_s"] for row in rows if row["path"].startswith("bare")), default=None)
     for row in rows:
         row["vs_bare"] = round(row["req_per_s"] / ceiling, 2) if ceiling else None
-    print(f"\n| path | requests (server) | wall s | req/s | vs bare | CPU ms/req (process tree) | peak RSS MB |\n|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| path | requests (server) | wall s | req/s | vs bare | CPU ms/req (process tree) | peak RSS MB |\n|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print(f"| {LABELS[row['path']]} | {row['requests']} | {row['wall_s']} | {row['req_per_s']} | {row['vs_bare']} | {row['cpu_ms_per_req']} | {row['peak_rss_mb']} |")
     if args.out:

@@ -26,8 +26,8 @@ from typing import Any, Literal
 import yaml
 
 from mediflow.configuration import Config, option, read_config_file
-from mediflow.scale.config import EngineKind, RayConfig
 from mediflow.errors import ConfigError
+from mediflow.scale.config import EngineKind, RayConfig
 
 STAGES = ("qa", "pit", "sft", "dpo", "eval")
 PIT_PARTS = ("task", "documents")

@@ -16,7 +16,6 @@ that stay invalid are written to ``rejects.jsonl`` with the reason, never silent
 from __future__ import annotations
 
 import asyncio
-
 import json
 import os
 from dataclasses import dataclass
