@@ -47,6 +47,7 @@ from mediflow.taxonomy import load_taxonomy
 from mediflow.teachers.base import Teacher, check_teacher, teacher_capabilities
 from mediflow.teachers.factory import teacher_from
 from mediflow.teachers.negotiation import STRUCTURED_LEVELS
+from mediflow.terminology import ICD10CM_RELEASE
 
 if TYPE_CHECKING:
     import datasets
@@ -67,12 +68,6 @@ class RunSummary:
     session: dict[str, Any]  # this process's engine stats: requests, cache hits, tokens paid
     failures: list[dict[str, Any]] = field(default_factory=list)
     stop_reason: str | None = None
-
-
-def _icd10cm_release() -> str | None:
-    from mediflow import terminology
-
-    return getattr(terminology, "ICD10CM_RELEASE", None)
 
 
 def _now() -> datetime:
@@ -162,6 +157,7 @@ async def run_async(config: RunConfig) -> RunSummary:
             config.max_corrections,
             stages.versions,
             taxonomy.version,
+            stages.cases.version,
         )
         fingerprint = content_id(unsharded_fingerprint, str(share)) if share else unsharded_fingerprint
         previous = output.read_manifest() or {}
@@ -178,8 +174,9 @@ async def run_async(config: RunConfig) -> RunSummary:
             "config": config.to_dict(),
             "teacher": teacher.name,
             "taxonomy_version": taxonomy.version,
+            "case_data_version": stages.cases.version,
             "prompt_versions": stages.versions,
-            "icd10cm_release": _icd10cm_release(),
+            "icd10cm_release": ICD10CM_RELEASE,
             "plan": {
                 "id": plan.id,
                 "items": len(plan) if share_counts is None else sum(share_counts.values()),
@@ -190,7 +187,6 @@ async def run_async(config: RunConfig) -> RunSummary:
         if share:
             manifest["shard"] = {"share": str(share), "unsharded_fingerprint": unsharded_fingerprint, "unsharded_items": len(plan)}
         output.write_manifest(manifest)
-        stages.warm_up()
         collector = ShardCollector(output, len(plan), config.output.shard_size, finished, share_counts)
         workers = -(-(config.records_in_flight or 2 * config.limits.concurrency) // config.documents_per_instruction)
         status, stop_reason = "interrupted", None
