@@ -157,6 +157,7 @@ async def run_async(config: RunConfig) -> RunSummary:
             config.max_corrections,
             stages.versions,
             taxonomy.version,
+            stages.cases.version,
         )
         fingerprint = content_id(unsharded_fingerprint, str(share)) if share else unsharded_fingerprint
         previous = output.read_manifest() or {}
@@ -173,6 +174,7 @@ async def run_async(config: RunConfig) -> RunSummary:
             "config": config.to_dict(),
             "teacher": teacher.name,
             "taxonomy_version": taxonomy.version,
+            "case_data_version": stages.cases.version,
             "prompt_versions": stages.versions,
             "icd10cm_release": ICD10CM_RELEASE,
             "plan": {
@@ -185,7 +187,6 @@ async def run_async(config: RunConfig) -> RunSummary:
         if share:
             manifest["shard"] = {"share": str(share), "unsharded_fingerprint": unsharded_fingerprint, "unsharded_items": len(plan)}
         output.write_manifest(manifest)
-        stages.warm_up()
         collector = ShardCollector(output, len(plan), config.output.shard_size, finished, share_counts)
         workers = -(-(config.records_in_flight or 2 * config.limits.concurrency) // config.documents_per_instruction)
         status, stop_reason = "interrupted", None

@@ -11,6 +11,8 @@ import pyarrow as pa
 from mediflow.configuration import to_plain
 from mediflow.quality.config import FilterConfig, TaskChoice
 from mediflow.quality.filters import (
+    CaseCodesRule,
+    CaseMentionRule,
     Icd10Rule,
     JsonRule,
     LanguageRule,
@@ -53,7 +55,12 @@ def build_rules(config: FilterConfig) -> list[Rule]:
     if config.language is not None:
         stopwords = {lang: frozenset(words) for lang, words in data["stopwords"].items()}
         rules.append(LanguageRule(stopwords, tuple(config.language.columns), config.language.min_share))
-    if config.json is None and config.icd10_codes is None and config.verbatim_copy is None:
+    if config.case_mentions is not None:
+        from mediflow.cases import load_case_book
+        from mediflow.cases.mentions import MentionMatcher
+
+        rules.append(CaseMentionRule(MentionMatcher(load_case_book(config.taxonomy)).mentioned))
+    if config.json is None and config.icd10_codes is None and config.verbatim_copy is None and config.case_codes is None:
         return rules
     taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
     if config.json is not None:
@@ -71,6 +78,8 @@ def build_rules(config: FilterConfig) -> list[Rule]:
     if config.verbatim_copy is not None:
         copy = config.verbatim_copy
         rules.append(VerbatimCopyRule(_tasks_for("verbatim_copy", copy.tasks, taxonomy), copy.ngram, copy.max_copied))
+    if config.case_codes is not None:
+        rules.append(CaseCodesRule(_tasks_for("icd10_codes", config.case_codes.tasks, taxonomy)))
     return rules
 
 
@@ -95,7 +104,7 @@ def run_filters(source: Path, out: Path, config: FilterConfig | None = None) -> 
     config = config or FilterConfig()
     rules = build_rules(config)
     applies: dict[str, Any] = {
-        rule.name: sorted(rule.tasks) for rule in rules if isinstance(rule, (Icd10Rule, VerbatimCopyRule))
+        rule.name: sorted(rule.tasks) for rule in rules if isinstance(rule, (Icd10Rule, VerbatimCopyRule, CaseCodesRule))
     }
 
     def decide(batch: pa.Table, offset: int) -> tuple[pa.Table, Drops]:
