@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mediflow.folders import Manifest
 from mediflow.records import FULL_SCHEMA, GENERATION_SCHEMA, record_id, rows_to_table
 from mediflow.taxonomy import load_taxonomy
 
@@ -77,10 +78,19 @@ def write_output_folder(
         if part or index == 0:
             pq.write_table(rows_to_table(part, schema), root / "data" / f"shard-{index:05d}.parquet")
     if manifest is not None:
-        (root / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        (root / "manifest.json").write_text(json.dumps(typed_manifest(manifest), indent=2), encoding="utf-8")
     if rejects is not None:
         pq.write_table(rows_to_table(list(rejects), _reject_schema()), root / "rejects.parquet")
     return root
+
+
+def typed_manifest(details: Mapping[str, Any], kind: str | None = None) -> dict[str, Any]:
+    """``details`` as a finished folder's manifest (the typed keys of :class:`mediflow.folders.Manifest` added)."""
+    if kind is None:
+        kind = "curate" if "stages" in details else "pairs" if "pairs" in details else str(details.get("stage") or "generate")
+    config = dict(details.get("config") or {})
+    counts = dict(details.get("counts") or {})
+    return Manifest(kind=kind, config=config, config_fingerprint="fixture", status="finished", counts=counts, details=dict(details)).to_dict()
 
 
 def _reject_schema() -> pa.Schema:

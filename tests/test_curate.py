@@ -130,7 +130,7 @@ def test_cli_matches_python_and_a_rerun_is_idempotent(teacher_server: TeacherSer
     assert teacher_server.stats()["requests"] == served + cli_requests  # the rerun: all from the cache
     again_kept, again_rejects = published(tmp_path / "cli")
     assert again_kept.equals(kept) and again_rejects.equals(rejects)
-    assert not list((tmp_path / "cli").glob(".staging-*"))
+    assert not list((tmp_path / "cli").glob(".tmp-*"))
 
 
 def test_stage_commands_read_their_section_of_the_curate_config(teacher_server: TeacherServerURL, generated: Path, tmp_path: Path, capsys) -> None:

@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tpm", type=int, help="tokens-per-minute limit")
     parser.add_argument("--shard-size", type=int, help="plan items per Parquet shard")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true", help="replace an --out holding another kind of folder or another config's run (its teacher cache is kept)")
     parser.set_defaults(handler=_run)
 
 
@@ -85,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
         teacher = "the embedded local teacher (Gemma-3-270M, CPU)" if config.teacher.spec == "local" else config.teacher.spec
         print(f"no --config given: running the small demo plan on {teacher}; pass --config for a real run")
     started = time.monotonic()
-    summary = run(config)
+    summary = run(config, overwrite=args.overwrite)
     _print_summary(summary, time.monotonic() - started)
     return 0
 

@@ -54,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the error kinds and the judge's candidate order")
     parser.add_argument("--concurrency", type=int, default=16, help="teacher requests in flight per engine (default 16)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true", help="replace an OUT holding another kind of folder or another config's run")
     parser.set_defaults(handler=_run)
 
 
@@ -88,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     with warnings.catch_warnings():  # said once below, as a note rather than a warning with a source line
         warnings.filterwarnings("ignore", message="the input has no judge scores")
-        result = build_pairs(args.input, args.out, config, api_key=api_key)
+        result = build_pairs(args.input, args.out, config, api_key=api_key, overwrite=args.overwrite)
     if not result.manifest["pairs"]["input_judged"]:
         print("note: the input has no judge scores, so every record was tried (run `mediflow curate` with a judge first)")
     drops = ", ".join(f"{reason} {count}" for reason, count in sorted(result.dropped.items())) or "none"

@@ -37,6 +37,7 @@ def _add_io(parser: argparse.ArgumentParser, config_help: str) -> None:
     parser.add_argument("input", type=Path, help="a MediFlow output folder, a folder of Parquet files, or one Parquet file")
     parser.add_argument("out", type=Path, help="output folder: data/part-*.parquet (kept), rejects.parquet, manifest.json")
     parser.add_argument("--config", type=Path, help=config_help)
+    parser.add_argument("--overwrite", action="store_true", help="replace an OUT holding another kind of folder or another config's run")
 
 
 def _add_teacher(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +102,7 @@ def _print_report(report: StageReport, out: Path) -> None:
 def _filter(args: argparse.Namespace) -> int:
     from mediflow.quality import FilterConfig, run_filters
 
-    _print_report(run_filters(args.input, args.out, _load(args.config).filters or FilterConfig()), args.out)
+    _print_report(run_filters(args.input, args.out, _load(args.config).filters or FilterConfig(), overwrite=args.overwrite), args.out)
     return 0
 
 
@@ -122,7 +123,7 @@ def _judge(args: argparse.Namespace) -> int:
     from mediflow.quality import JudgeConfig, run_judge
 
     config = dataclasses.replace(_load(args.config).judge or JudgeConfig(), **_judge_overrides(args))
-    report = run_judge(args.input, args.out, config)
+    report = run_judge(args.input, args.out, config, overwrite=args.overwrite)
     usage = report.details["usage"]
     print(report.summary_line())
     print(
@@ -136,7 +137,7 @@ def _judge(args: argparse.Namespace) -> int:
 def _dedup(args: argparse.Namespace) -> int:
     from mediflow.quality import DedupConfig, run_dedup
 
-    _print_report(run_dedup(args.input, args.out, _load(args.config).dedup or DedupConfig()), args.out)
+    _print_report(run_dedup(args.input, args.out, _load(args.config).dedup or DedupConfig(), overwrite=args.overwrite), args.out)
     return 0
 
 
@@ -147,7 +148,7 @@ def _decontaminate(args: argparse.Namespace) -> int:
     config = dataclasses.replace(config, eval=config.eval + tuple(args.eval), **({"ngram": args.ngram} if args.ngram else {}))
     if not config.eval:
         raise ConfigError("decontaminate: no evaluation sets (pass --eval PATH[:field,field], or set decontaminate.eval in --config)")
-    _print_report(run_decontaminate(args.input, args.out, config), args.out)
+    _print_report(run_decontaminate(args.input, args.out, config, overwrite=args.overwrite), args.out)
     return 0
 
 
@@ -158,7 +159,7 @@ def _curate(args: argparse.Namespace) -> int:
     overrides = _judge_overrides(args)
     if args.teacher or (config.judge is not None and overrides):
         config = dataclasses.replace(config, judge=dataclasses.replace(config.judge or JudgeConfig(), **overrides))
-    manifest = curate(args.input, args.out, config)
+    manifest = curate(args.input, args.out, config, overwrite=args.overwrite)
     for stage in manifest["stages"]:
         rules = ", ".join(f"{rule} {count}" for rule, count in stage["dropped_by_rule"].items()) or "none"
         print(f"{stage['stage']}: {stage['in']} in, {stage['kept']} kept, {stage['dropped']} dropped ({rules})")

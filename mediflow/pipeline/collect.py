@@ -15,7 +15,7 @@ from mediflow.pipeline.output import RunOutput
 
 
 class ShardCollector:
-    """Commits the plan range ``[i*S, (i+1)*S)`` as ``data/shard-i`` once all of its items are in."""
+    """Commits the plan range ``[i*S, (i+1)*S)`` as ``data/part-i`` once all of its items are in."""
 
     def __init__(self, output: RunOutput, plan_size: int, shard_size: int, finished: set[int]) -> None:
         self.output = output

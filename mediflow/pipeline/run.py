@@ -18,6 +18,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
-from mediflow import __version__
 from mediflow.config import RunConfig, load_config
 from mediflow.engine import Engine, EngineConfig
 from mediflow.errors import ConfigError, TeacherError
+from mediflow.folders import CACHE_NAME, OutputFolder, open_input
 from mediflow.pipeline.collect import ShardCollector
 from mediflow.pipeline.flow import GroupFlow
 from mediflow.pipeline.output import RunOutput
@@ -141,14 +142,18 @@ def _totals(summaries: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, 
     return {cell: dict(counts) for cell, counts in sorted(cells.items())}, usage
 
 
-async def run_async(config: RunConfig) -> RunSummary:
-    """Run ``config`` in the current event loop; see :func:`generate` for the synchronous entry point."""
+async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary:
+    """Run ``config`` in the current event loop; see :func:`generate` for the synchronous entry point.
+
+    ``overwrite`` replaces an ``--out`` holding another kind of folder or another config's run
+    (its teacher cache is kept); without it such a folder is refused before anything is written.
+    """
     taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
     plan: Plan = build_plan(config, taxonomy)
-    output = RunOutput(config.output.dir)
+    out = Path(config.output.dir)
     teacher = _make_teacher(config)
     try:
-        engine = Engine(teacher, cache_path=output.cache_path, config=_engine_config(config))
+        engine = Engine(teacher, cache_path=out / CACHE_NAME, config=_engine_config(config))
         stages = Stages(engine, taxonomy, config)
         fingerprint = content_id(
             plan.id,
@@ -159,17 +164,8 @@ async def run_async(config: RunConfig) -> RunSummary:
             stages.versions,
             taxonomy.version,
         )
-        previous = output.read_manifest() or {}
-        finished = output.prepare(fingerprint)
-        started_at = previous.get("started_at") if previous.get("fingerprint") == fingerprint else None
-        created_at = datetime.fromisoformat(started_at) if started_at else _now()
-        manifest: dict[str, Any] = {
-            "mediflow_version": __version__,
-            "status": "running",
-            "fingerprint": fingerprint,
-            "started_at": created_at.isoformat(),
+        details: dict[str, Any] = {
             "session_started_at": _now().isoformat(),
-            "config": config.to_dict(),
             "teacher": teacher.name,
             "taxonomy_version": taxonomy.version,
             "prompt_versions": stages.versions,
@@ -181,62 +177,80 @@ async def run_async(config: RunConfig) -> RunSummary:
                 "shard_size": config.output.shard_size,
             },
         }
-        output.write_manifest(manifest)
-        stages.warm_up()
-        collector = ShardCollector(output, len(plan), config.output.shard_size, finished)
-        workers = -(-(config.records_in_flight or 2 * config.limits.concurrency) // config.documents_per_instruction)
-        status, stop_reason = "interrupted", None
-        async with engine:
-            flow = GroupFlow(
-                stages,
-                collector,
-                config,
-                teacher=teacher.name,
-                created_at=created_at,
-                cost_of=engine.cost_usd,
-                on_item_done=engine.progress.advance,
-            )
-            todo = [group for group in plan.groups if flow.pending(group)]
-            engine.progress.set_total(sum(not collector.is_finished(i.position) for g in todo for i in g.items))
-            try:
-                await _drive(todo, flow, workers)
-                status = "finished"
-            except TeacherError as exc:
-                status, stop_reason = "stopped", str(exc)
-            finally:
-                summary = _finish(output, manifest, status, stop_reason, engine.stats.as_dict())
-        if status == "stopped":
-            raise TeacherError(
-                f"{stop_reason}; kept {summary.records} records in {output.data_dir} "
-                f"and every answer received in {output.cache_path}: rerun the same command to resume"
-            )
-        return summary
+        folder = OutputFolder.open(
+            out,
+            kind="generate",
+            config=config.to_dict(),
+            fingerprint=fingerprint,
+            input_paths=[Path(config.taxonomy)] if config.taxonomy else [],
+            overwrite=overwrite,
+            staged=False,
+            details=details,
+        )
+        with folder:
+            return await _generate(config, plan, folder, engine, stages, teacher)
     finally:
         await teacher.aclose()
 
 
-def _finish(output: RunOutput, manifest: dict[str, Any], status: str, stop_reason: str | None, session: dict[str, Any]) -> RunSummary:
+async def _generate(config: RunConfig, plan: Plan, folder: OutputFolder, engine: Engine, stages: Stages, teacher: Teacher) -> RunSummary:
+    """The run itself, inside the locked folder (its manifest says ``running``)."""
+    output = RunOutput(folder)
+    finished = output.finished()
+    created_at = datetime.fromisoformat(folder.manifest.created_at)
+    stages.warm_up()
+    collector = ShardCollector(output, len(plan), config.output.shard_size, finished)
+    workers = -(-(config.records_in_flight or 2 * config.limits.concurrency) // config.documents_per_instruction)
+    status, stop_reason = "finished", None
+    async with engine:
+        flow = GroupFlow(
+            stages,
+            collector,
+            config,
+            teacher=teacher.name,
+            created_at=created_at,
+            cost_of=engine.cost_usd,
+            on_item_done=engine.progress.advance,
+        )
+        todo = [group for group in plan.groups if flow.pending(group)]
+        engine.progress.set_total(sum(not collector.is_finished(i.position) for g in todo for i in g.items))
+        try:
+            await _drive(todo, flow, workers)
+        except TeacherError as exc:
+            status, stop_reason = "stopped", str(exc)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            _finish(output, "stopped", "interrupted", engine.stats.as_dict(), len(plan))
+            raise
+        # any other error propagates: the folder records it as failed, with why
+        summary = _finish(output, status, stop_reason, engine.stats.as_dict(), len(plan))
+    if status == "stopped":
+        raise TeacherError(
+            f"{stop_reason}; kept {summary.records} records in {output.data_dir} "
+            f"and every answer received in {output.cache_path}: rerun the same command to resume"
+        )
+    return summary
+
+
+def _finish(output: RunOutput, status: str, stop_reason: str | None, session: dict[str, Any], planned: int) -> RunSummary:
+    """Fold the shards' rejects and summaries, then write the final manifest (the run's last write)."""
     summaries = list(output.summaries())
     rejects = output.write_rejects()
     cells, usage = _totals(summaries)
     records = sum(summary["records"] for summary in summaries)
     failures = _failures(summaries)
-    manifest.update(
+    truncated = sum(f["count"] for f in failures if f["reason"].startswith("truncated"))
+    output.folder.finish(
+        {"records": records, "rejects": rejects, "truncated": truncated, "shards": len(summaries), "cells": cells},
+        {"finished_at": _now().isoformat(), "usage": usage, "session": session, "failures": failures},
         status=status,
-        stop_reason=stop_reason,
-        finished_at=_now().isoformat(),
-        counts={"records": records, "rejects": rejects, "shards": len(summaries), "cells": cells},
-        usage=usage,
-        session=session,
-        failures=failures,
+        reason=stop_reason,
     )
-    output.write_manifest(manifest)
     return RunSummary(
         out_dir=output.root,
         status=status,
         records=records,
         rejects=rejects,
-        planned=manifest["plan"]["items"],
+        planned=planned,
         usage=usage,
         session=session,
         failures=failures,
@@ -244,32 +258,33 @@ def _finish(output: RunOutput, manifest: dict[str, Any], status: str, stop_reaso
     )
 
 
-def run(config: RunConfig) -> RunSummary:
+def run(config: RunConfig, *, overwrite: bool = False) -> RunSummary:
     """Run ``config`` to completion, also from inside a running event loop (a notebook cell)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(run_async(config))
+        return asyncio.run(run_async(config, overwrite=overwrite))
     # A loop is already running in this thread (Jupyter): run ours in a worker thread and wait.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mediflow-generate") as pool:
-        return pool.submit(asyncio.run, run_async(config)).result()
+        return pool.submit(asyncio.run, run_async(config, overwrite=overwrite)).result()
 
 
 def load_output(out_dir: str | Path) -> datasets.Dataset:
     """The records of a run's output directory as a :class:`datasets.Dataset` (memory-mapped)."""
     import datasets
 
-    output = RunOutput(out_dir)
+    data = open_input(out_dir, allow_empty=True)
     # A shard is also the commit marker of its plan range, so a range whose items were all rejected
     # leaves a zero-row shard; datasets cannot read those, and they hold nothing to load.
-    files = [str(path) for _, path in output.shards() if pq.read_metadata(path).num_rows > 0]
+    files = [str(path) for path in data.files if pq.read_metadata(path).num_rows > 0]
     features = datasets.Features.from_arrow_schema(GENERATION_SCHEMA)
     if not files:
         return datasets.Dataset(GENERATION_SCHEMA.empty_table())
-    return datasets.Dataset.from_parquet(files, features=features, cache_dir=str(output.root / ".datasets-cache"))
+    cache_dir = tempfile.mkdtemp(prefix="mediflow-datasets-")  # never inside the output folder (not part of its layout)
+    return datasets.Dataset.from_parquet(files, features=features, cache_dir=cache_dir)
 
 
-def generate(config: RunConfig | dict[str, Any] | str | Path | None = None, /, **overrides: Any) -> datasets.Dataset:
+def generate(config: RunConfig | dict[str, Any] | str | Path | None = None, /, *, overwrite: bool = False, **overrides: Any) -> datasets.Dataset:
     """Generate records and return them as a :class:`datasets.Dataset`.
 
     ``config`` is a run config (a YAML/JSON path, a dict or a :class:`~mediflow.config.RunConfig`);
@@ -277,5 +292,5 @@ def generate(config: RunConfig | dict[str, Any] | str | Path | None = None, /, *
     see :func:`mediflow.config.load_config`). Writes the output directory (``output.dir``, shards,
     rejects, manifest, cache) and resumes it when rerun. Works in a notebook (a running loop).
     """
-    summary = run(load_config(config, **overrides))
+    summary = run(load_config(config, **overrides), overwrite=overwrite)
     return load_output(summary.out_dir)

@@ -10,7 +10,7 @@ The run::
     OUT/data/part-*.parquet    pairs in TRL's preference format (+ released columns)
         rejects.parquet        every record tried and not paired, with the drop reason
         manifest.json          yield (kept / tried), drops by reason, config, prompt versions, usage
-        cache/*.sqlite         every teacher answer (a rerun re-pays nothing)
+        cache.sqlite           every teacher answer (a rerun re-pays nothing)
 
 Every record tried ends up in exactly one of the two files, so ``kept + dropped == tried``.
 """
@@ -41,7 +41,7 @@ from mediflow.preference.margins import IDENTICAL_TEXT, PairDecision, ScoredCand
 from mediflow.preference.rows import PAIR_SCHEMA, pair_row
 from mediflow.preference.selection import select_best
 from mediflow.prompts import load_prompts
-from mediflow.quality.io import StageOutput, input_files, read_columns, reject_table
+from mediflow.folders import OutputFolder, StagedWriter, open_input, reject_table
 from mediflow.records import JUDGE_SCORE_COLUMNS, RELEASED_COLUMNS
 from mediflow.taxonomy import load_taxonomy
 from mediflow.teachers import make_teacher
@@ -79,54 +79,67 @@ class PairsResult:
         return self.kept / self.tried if self.tried else 0.0
 
 
-def build_pairs(input_path: str | Path, out_dir: str | Path, config: PairsConfig | None = None, *, api_key: str | None = None) -> PairsResult:
+def build_pairs(
+    input_path: str | Path, out_dir: str | Path, config: PairsConfig | None = None, *, api_key: str | None = None, overwrite: bool = False
+) -> PairsResult:
     """Build pairs from a MediFlow output folder or Parquet file into ``out_dir`` (see the module docstring)."""
-    return asyncio.run(abuild_pairs(input_path, out_dir, config, api_key=api_key))
+    return asyncio.run(abuild_pairs(input_path, out_dir, config, api_key=api_key, overwrite=overwrite))
 
 
-async def abuild_pairs(input_path: str | Path, out_dir: str | Path, config: PairsConfig | None = None, *, api_key: str | None = None) -> PairsResult:
+async def abuild_pairs(
+    input_path: str | Path, out_dir: str | Path, config: PairsConfig | None = None, *, api_key: str | None = None, overwrite: bool = False
+) -> PairsResult:
     """:func:`build_pairs` for callers already inside an event loop (notebooks)."""
     config = config or PairsConfig()
-    source, out = Path(input_path), Path(out_dir)
-    input_files(source)  # a clear error for a missing or empty input, before any teacher starts
-    records = read_columns(source, _INPUT_COLUMNS)
+    out = Path(out_dir)
+    data = open_input(input_path)  # a clear error for a missing, empty or malformed input, before any teacher starts
+    records = data.read(_INPUT_COLUMNS)
     selection = select_best(records, min_score=config.min_score, top_fraction=config.top_fraction)
     tried = selection.records if config.max_records is None else selection.records.slice(0, config.max_records)
     schemas = _task_schemas(config)
     prompts = load_prompts(config.prompts_path)
     kinds = load_error_kinds(config.error_kinds_path)
-    output = StageOutput(out, source)
-    try:
-        (out / "cache").mkdir(parents=True, exist_ok=True)
-        async with AsyncExitStack() as stack:
-            engines = await _open_engines(stack, config, out / "cache", api_key)
-            judge = PairJudge(
-                engines["judge"],
-                prompts.get(PAIR_JUDGE_PROMPT),
-                seed=config.seed,
-                samples=config.judge_samples,
-                temperature=config.judge_temperature,
-                max_corrections=config.max_corrections,
+    folder = OutputFolder.open(out, kind=STAGE, config=_settings(config), inputs=[data.ref()], overwrite=overwrite)
+    with folder:
+        output = StagedWriter(folder)
+        try:
+            result = await _build(config, selection, tried, prompts, kinds, schemas, folder, output, api_key)
+        except BaseException:
+            output.abandon()
+            raise
+    return result
+
+
+async def _build(
+    config: PairsConfig, selection: Any, tried: pa.Table, prompts: Any, kinds: tuple[ErrorKind, ...], schemas: Mapping[str, dict[str, Any]],
+    folder: OutputFolder, output: StagedWriter, api_key: str | None,
+) -> PairsResult:
+    async with AsyncExitStack() as stack:
+        engines = await _open_engines(stack, config, folder.cache_path, api_key)
+        judge = PairJudge(
+            engines["judge"],
+            prompts.get(PAIR_JUDGE_PROMPT),
+            seed=config.seed,
+            samples=config.judge_samples,
+            temperature=config.judge_temperature,
+            max_corrections=config.max_corrections,
+        )
+        if config.method == "inject":
+            injector = ErrorInjector(
+                engines["teacher"], prompts.get(INJECTION_PROMPT), seed=config.seed, max_corrections=config.max_corrections, max_tokens=config.max_tokens
             )
-            if config.method == "inject":
-                injector = ErrorInjector(
-                    engines["teacher"], prompts.get(INJECTION_PROMPT), seed=config.seed, max_corrections=config.max_corrections, max_tokens=config.max_tokens
-                )
-                run = functools.partial(_inject_one, injector=injector, judge=judge, kinds=kinds, schemas=schemas, config=config)
-            else:
-                sources = _answer_sources(config, engines)
-                run = functools.partial(_candidates_one, sources=sources, judge=judge, schemas=schemas, config=config)
-            dropped, error_types = Counter[str](), Counter[str]()
-            chunks = (tried.slice(start, _CHUNK) for start in range(0, tried.num_rows, _CHUNK))
-            async for chunk, outcomes in _one_chunk_ahead(chunks, run):
-                _store(output, chunk, outcomes, dropped, error_types)
-            usage = _usage(engines)
-        manifest = _manifest(config, selection, tried.num_rows, output.kept, dropped, error_types, usage, prompts, kinds)
-        output.finish(manifest, PAIR_SCHEMA)
-    except BaseException:
-        output.abandon()
-        raise
-    return PairsResult(out, tried.num_rows, output.kept, dict(dropped), manifest)
+            run = functools.partial(_inject_one, injector=injector, judge=judge, kinds=kinds, schemas=schemas, config=config)
+        else:
+            sources = _answer_sources(config, engines)
+            run = functools.partial(_candidates_one, sources=sources, judge=judge, schemas=schemas, config=config)
+        dropped, error_types = Counter[str](), Counter[str]()
+        chunks = (tried.slice(start, _CHUNK) for start in range(0, tried.num_rows, _CHUNK))
+        async for chunk, outcomes in _one_chunk_ahead(chunks, run):
+            _store(output, chunk, outcomes, dropped, error_types)
+        usage = _usage(engines)
+    manifest = _manifest(config, selection, tried.num_rows, output.kept, dropped, error_types, usage, prompts, kinds)
+    output.publish(PAIR_SCHEMA, {"in": selection.considered, "tried": tried.num_rows, "kept": output.kept, "rejected": tried.num_rows - output.kept}, manifest)
+    return PairsResult(folder.root, tried.num_rows, output.kept, dict(dropped), folder.manifest.to_dict())
 
 
 async def _one_chunk_ahead(chunks: Iterator[pa.Table], run: Callable[[dict[str, Any]], Awaitable[Outcome]]) -> AsyncIterator[tuple[pa.Table, list[Outcome]]]:
@@ -158,7 +171,8 @@ def _task_schemas(config: PairsConfig) -> dict[str, dict[str, Any]]:
 
 
 async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path, api_key: str | None) -> dict[str, Engine]:
-    """One engine per distinct teacher (the judge shares the teacher's engine when it is the same one)."""
+    """One engine per distinct teacher (the judge shares the teacher's engine when it is the same one);
+    they share the folder's one cache file (keys name the teacher, so answers never mix)."""
     engine_config = EngineConfig(concurrency=config.concurrency, progress=config.progress)
     opened: dict[tuple[str, str | None], Engine] = {}
 
@@ -166,7 +180,7 @@ async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path,
         if (spec, base_url) not in opened:
             teacher = make_teacher(spec, base_url=base_url, api_key=api_key)
             stack.push_async_callback(teacher.aclose)
-            opened[(spec, base_url)] = await stack.enter_async_context(Engine(teacher, cache / f"{role}.sqlite", engine_config))
+            opened[(spec, base_url)] = await stack.enter_async_context(Engine(teacher, cache, engine_config))
         return opened[(spec, base_url)]
 
     engines = {"teacher": await engine_for(config.teacher, config.base_url, "teacher")}
@@ -263,7 +277,7 @@ def _outcome(
     return Outcome(row=row, error_type=error_type)
 
 
-def _store(output: StageOutput, chunk: pa.Table, outcomes: list[Outcome], dropped: Counter[str], error_types: Counter[str]) -> None:
+def _store(output: StagedWriter, chunk: pa.Table, outcomes: list[Outcome], dropped: Counter[str], error_types: Counter[str]) -> None:
     rows = [o.row for o in outcomes if o.row is not None]
     if rows:
         output.keep(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA))
@@ -287,6 +301,12 @@ def _usage(engines: Mapping[str, Engine]) -> dict[str, Any]:
     return {"+".join(names): by_id[key].stats.as_dict() for key, names in roles.items()}
 
 
+def _settings(config: PairsConfig) -> dict[str, Any]:
+    """The config as plain data for the manifest (paths as strings)."""
+    settings = dataclasses.asdict(config)
+    return {key: (str(value) if isinstance(value, os.PathLike) else value) for key, value in settings.items()}
+
+
 def _manifest(
     config: PairsConfig,
     selection: Any,
@@ -298,8 +318,6 @@ def _manifest(
     prompts: Any,
     kinds: tuple[ErrorKind, ...],
 ) -> dict[str, Any]:
-    settings = dataclasses.asdict(config)
-    settings = {key: (str(value) if isinstance(value, os.PathLike) else value) for key, value in settings.items()}
     return {
         "stage": STAGE,
         "in": selection.considered,
@@ -318,7 +336,6 @@ def _manifest(
             "dropped": dict(sorted(dropped.items())),
             "kept_by_error_type": dict(sorted(error_types.items())),
         },
-        "config": settings,
         "prompt_versions": {name: prompts.get(name).version for name in (PAIR_JUDGE_PROMPT, INJECTION_PROMPT)},
         "error_kinds": [kind.name for kind in kinds],
         "usage": usage,

@@ -14,39 +14,37 @@ killed run, redoes every stage and gets the same result, with nothing skipped on
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mediflow import __version__
 from mediflow.errors import ConfigError, MediflowError
+from mediflow.folders.output import STAGES_DIR
 from mediflow.quality.config import CurateConfig, as_plain
 from mediflow.quality.decontaminate import run_decontaminate
 from mediflow.quality.dedup_stage import run_dedup
 from mediflow.quality.filter_stage import run_filters
-from mediflow.quality.io import StageOutput, check_output, empty_input_schema, input_files, iter_batches
+from mediflow.folders import REJECTS_NAME, InputData, OutputFolder, StagedWriter, open_input
 from mediflow.quality.judge import check_config as check_judge_config, run_judge
 from mediflow.quality.report import StageReport
 from mediflow.records import conform
 
-STAGES_DIR = "stages"
-StageRun = Callable[[Path, Path], StageReport]
+StageRun = Callable[[InputData, Path], StageReport]
 
 
 def planned_stages(config: CurateConfig) -> list[tuple[str, StageRun]]:
     """The configured stages, in the order they run."""
     stages: list[tuple[str, StageRun]] = []
     if config.filters is not None:
-        stages.append(("filter", lambda source, out: run_filters(source, out, config.filters)))
+        stages.append(("filter", lambda source, out: run_filters(source, out, config.filters, overwrite=True)))
     if config.judge is not None:
-        stages.append(("judge", lambda source, out: run_judge(source, out, config.judge)))
+        stages.append(("judge", lambda source, out: run_judge(source, out, config.judge, overwrite=True)))
     if config.dedup is not None:
-        stages.append(("dedup", lambda source, out: run_dedup(source, out, config.dedup)))
+        stages.append(("dedup", lambda source, out: run_dedup(source, out, config.dedup, overwrite=True)))
     if config.decontaminate is not None:
-        stages.append(("decontaminate", lambda source, out: run_decontaminate(source, out, config.decontaminate)))
+        stages.append(("decontaminate", lambda source, out: run_decontaminate(source, out, config.decontaminate, overwrite=True)))
     return stages
 
 
@@ -70,7 +68,7 @@ def _check_before_running(config: CurateConfig) -> None:
             raise ConfigError(f"decontaminate.eval: no such file or folder: {', '.join(missing)}")
 
 
-def curate(source: Path, out: Path, config: CurateConfig | Path | str | None = None) -> dict[str, Any]:
+def curate(source: Path, out: Path, config: CurateConfig | Path | str | None = None, *, overwrite: bool = False) -> dict[str, Any]:
     """Run the configured stages over ``source`` into ``out``; returns the manifest written to ``OUT/manifest.json``."""
     source, out = Path(source), Path(out)
     config = _config(config)
@@ -78,17 +76,19 @@ def curate(source: Path, out: Path, config: CurateConfig | Path | str | None = N
     if not stages:
         raise ConfigError("curate config: every stage is switched off (filters, judge, dedup, decontaminate)")
     _check_before_running(config)
-    input_files(source)
-    check_output(out, source)
-    reports: list[tuple[StageReport, Path]] = []
-    current = source
-    for number, (name, run) in enumerate(stages, start=1):
-        folder = out / STAGES_DIR / f"{number}-{name}"
-        reports.append((run(current, folder), folder))
-        current = folder
-    manifest = funnel_manifest(source, out, config, reports)
-    _publish(source, out, current, [folder for _, folder in reports], manifest)
-    return manifest
+    data = open_input(source)
+    eval_paths = [Path(spec.path) for spec in config.decontaminate.eval] if config.decontaminate is not None else []
+    folder = OutputFolder.open(out, kind="curate", config=as_plain(config), inputs=[data.ref()], input_paths=eval_paths, overwrite=overwrite)
+    with folder:
+        reports: list[tuple[StageReport, Path]] = []
+        current = data
+        for number, (name, run) in enumerate(stages, start=1):
+            stage_folder = out / STAGES_DIR / f"{number}-{name}"
+            reports.append((run(current, stage_folder), stage_folder))  # curate owns its stage folders: each is replaced
+            current = open_input(stage_folder, allow_empty=True)
+        manifest = funnel_manifest(source, out, config, reports)
+        _publish(folder, current, [stage_folder for _, stage_folder in reports], manifest)
+    return folder.manifest.to_dict()
 
 
 def funnel_manifest(source: Path, out: Path, config: CurateConfig, reports: list[tuple[StageReport, Path]]) -> dict[str, Any]:
@@ -101,9 +101,7 @@ def funnel_manifest(source: Path, out: Path, config: CurateConfig, reports: list
         by_task[task] = {"in": count, "kept": count - sum(dropped.values()), "dropped": dropped}
     return {
         "stage": "curate",
-        "mediflow_version": __version__,
         "input": str(source),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "in": first.records_in,
         "kept": last.kept,
         "dropped": first.records_in - last.kept,
@@ -114,7 +112,6 @@ def funnel_manifest(source: Path, out: Path, config: CurateConfig, reports: list
         "dropped_by_rule": dropped_by_rule,
         "by_task": by_task,
         "stages": [report.as_dict() for report, _ in reports],
-        "config": as_plain(config),
     }
 
 
@@ -123,21 +120,22 @@ def _reject_schema(folders: list[Path]) -> pa.Schema:
     return pa.unify_schemas([pq.read_schema(folder / "rejects.parquet") for folder in folders], promote_options="permissive")
 
 
-def _publish(source: Path, out: Path, last: Path, folders: list[Path], manifest: dict[str, Any]) -> None:
-    """Write ``OUT/data``, ``OUT/rejects.parquet`` and ``OUT/manifest.json`` atomically (the manifest last)."""
-    output = StageOutput(out, source)
+def _publish(folder: OutputFolder, last: InputData, stage_folders: list[Path], manifest: dict[str, Any]) -> None:
+    """Publish ``OUT/data`` (the last stage's kept records), ``OUT/rejects.parquet`` (every stage's) and the manifest last."""
+    writer = StagedWriter(folder)
     schema: pa.Schema | None = None
     try:
-        for batch in iter_batches(last):
+        for batch in last.iter_batches():
             schema = batch.schema
-            output.keep(batch)
-        rejects_schema = _reject_schema(folders)
-        for folder in folders:
-            for batch in pq.ParquetFile(folder / "rejects.parquet").iter_batches():
-                output.reject(conform(pa.Table.from_batches([batch]), rejects_schema).select(rejects_schema.names))
-        if output.kept != manifest["kept"]:  # the last stage's folder changed under us
-            raise MediflowError(f"curate: published {output.kept} records but the last stage kept {manifest['kept']}")
-        output.finish(manifest, schema if schema is not None else empty_input_schema(last))
+            writer.keep(batch)
+        rejects_schema = _reject_schema(stage_folders)
+        for stage_folder in stage_folders:
+            for batch in pq.ParquetFile(stage_folder / REJECTS_NAME).iter_batches():
+                writer.reject(conform(pa.Table.from_batches([batch]), rejects_schema).select(rejects_schema.names))
+        if writer.kept != manifest["kept"]:  # the last stage's folder changed under us
+            raise MediflowError(f"curate: published {writer.kept} records but the last stage kept {manifest['kept']}")
+        counts = {"in": manifest["in"], "kept": manifest["kept"], "rejected": manifest["dropped"]}
+        writer.publish(schema if schema is not None else last.schema(), counts, manifest)
     except BaseException:
-        output.abandon()
+        writer.abandon()
         raise

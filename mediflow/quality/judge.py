@@ -10,8 +10,8 @@ deviation of a criterion across the samples (0 = the samples agree; high = low c
 ``judge_rationale`` the rationale of the sample closest to the aggregate.
 
 Requests go through the same :class:`~mediflow.engine.Engine` as generation: limits, retries, the
-error breaker, and a durable cache (``OUT/judge-cache.sqlite`` by default; it sits beside the
-published files, which :class:`~mediflow.quality.io.StageOutput` replaces atomically, so it
+error breaker, and a durable cache (``OUT/cache.sqlite`` by default; it sits beside the
+published files, which :class:`~mediflow.folders.StagedWriter` replaces atomically, so it
 survives both a finished run and a killed one). A rerun therefore re-asks nothing already answered
 and, the answers being the same, writes the same records.
 """
@@ -34,10 +34,10 @@ from mediflow.engine import Engine, EngineConfig
 from mediflow.errors import ConfigError
 from mediflow.pipeline.structured import CompletesChat, JsonAnswer, ask_json
 from mediflow.quality.config import JudgeConfig, as_plain
-from mediflow.quality.io import check_output, count_rows, input_files
 from mediflow.quality.report import StageReport
 from mediflow.quality.rubric import RATIONALE, Rubric, load_rubric
-from mediflow.quality.stage import Drops, run_stage
+from mediflow.folders import InputData, OutputFolder
+from mediflow.quality.stage import Drops, open_stage, run_stage
 from mediflow.teachers import make_teacher
 from mediflow.teachers.base import ChatRequest
 
@@ -251,9 +251,9 @@ def _engine_config(config: JudgeConfig) -> EngineConfig:
         raise ConfigError(f"judge: {exc}") from None
 
 
-def run_judge(source: Path, out: Path, config: JudgeConfig) -> StageReport:
+def run_judge(source: Path | InputData, out: Path, config: JudgeConfig, *, overwrite: bool = False) -> StageReport:
     """Judge ``source`` and write ``out`` (kept records with the judge columns, rejects, manifest)."""
-    return asyncio.run(arun_judge(source, out, config))
+    return asyncio.run(arun_judge(source, out, config, overwrite=overwrite))
 
 
 def check_config(config: JudgeConfig) -> Rubric:
@@ -269,18 +269,23 @@ def check_config(config: JudgeConfig) -> Rubric:
     return rubric
 
 
-async def arun_judge(source: Path, out: Path, config: JudgeConfig) -> StageReport:
+async def arun_judge(source: Path | InputData, out: Path, config: JudgeConfig, *, overwrite: bool = False) -> StageReport:
     """:func:`run_judge` for callers already inside an event loop (notebooks)."""
-    source, out = Path(source), Path(out)
     rubric = check_config(config)
-    input_files(source)  # a missing or empty input fails here, before a teacher starts
-    check_output(out, source)
     engine_config, api_key = _engine_config(config), _api_key(config)
-    cache = Path(config.cache) if config.cache else out / "judge-cache.sqlite"
+    manifest_config = {**as_plain(config), "rubric_version": rubric.version}
+    # the input is checked and the output folder guarded and locked here, before a teacher starts
+    data, folder = open_stage(source, out, STAGE, manifest_config, overwrite=overwrite)
+    cache = Path(config.cache) if config.cache else folder.cache_path
+    with folder:
+        return await _judge_into(data, folder, config, rubric, engine_config, api_key, cache)
+
+
+async def _judge_into(data: InputData, folder: OutputFolder, config: JudgeConfig, rubric: Rubric, engine_config: EngineConfig, api_key: str | None, cache: Path) -> StageReport:
     teacher = make_teacher(config.teacher, base_url=config.base_url, api_key=api_key)
     try:
         async with Engine(teacher, cache, engine_config) as engine:
-            engine.progress.set_total(count_rows(source), "records")
+            engine.progress.set_total(data.num_rows, "records")
             judge = RecordJudge(engine, rubric, config)
             stage = JudgeStage(judge, rubric, config, engine.progress)
             loop = asyncio.get_running_loop()
@@ -300,7 +305,6 @@ async def arun_judge(source: Path, out: Path, config: JudgeConfig) -> StageRepor
                     "usage": engine.stats.as_dict(),
                 }
 
-            manifest_config = {**as_plain(config), "rubric_version": rubric.version}
-            return await asyncio.to_thread(run_stage, source, out, STAGE, decide, manifest_config, details)
+            return await asyncio.to_thread(run_stage, data, folder, decide, details)
     finally:
         await teacher.aclose()
