@@ -45,14 +45,25 @@ FAMILY_OF_KIND: dict[str, str] = {
     "qa": "task_data",
     "export": "export",
 }
-#: The columns a reader needs, per family (any one alternative suffices).
+#: What each reader reads: the columns it needs (any one alternative suffices), the kinds of folder
+#: it accepts (by what they hold), and the config of a Hub-layout export it reads.
 REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
     "records": (("instruction", "input"),),
+    "sft": (("messages",), ("instruction", "input", "output")),
     "pairs": (("prompt", "chosen", "rejected"),),
+    "preferences": (("prompt", "chosen", "rejected"), ("instruction", "input", "output", "rejected_output")),
     "task_data": (("prompt", "completion"), ("question", "answer")),
+    "documents": (),
 }
-#: The config of a Hub-layout export each family reads.
-EXPORT_CONFIG: dict[str, str] = {"records": "sft", "pairs": "dpo"}
+ACCEPTS: dict[str, frozenset[str]] = {
+    "records": frozenset({"records"}),
+    "sft": frozenset({"records"}),
+    "pairs": frozenset({"pairs"}),
+    "preferences": frozenset({"pairs", "records"}),
+    "task_data": frozenset({"task_data"}),
+    "documents": frozenset({"records"}),
+}
+EXPORT_CONFIG: dict[str, str] = {"records": "sft", "sft": "sft", "documents": "sft", "pairs": "dpo", "preferences": "dpo"}
 _TEXT = ("id", "instruction", "input", "output", "task_type", "input_data", "output_format", "difficulty_level", "document_id",
          "completion", "question", "answer", "rejected_output", "text")
 _NUMBER = ("quality", "alignment", "coherence", "realism", "difficulty", "judge_spread")
@@ -201,7 +212,7 @@ def _folder_files(path: Path, family: str, split: str | None) -> tuple[Manifest 
             raise MediflowError(f"{path}: the {manifest.kind} run did not finish (status {manifest.status}{why}); rerun it first")
         if held == "export":
             return manifest, _export_files(path, family, split)
-        if held != family:
+        if held not in ACCEPTS.get(family, frozenset({family})):
             raise MediflowError(f"{path}: a '{manifest.kind}' folder holds {held.replace('_', ' ')}, not {family.replace('_', ' ')}")
         return manifest, _parquet_in(data)
     if data.is_dir() and any(p.is_dir() for p in data.iterdir()):
@@ -263,8 +274,8 @@ def _check_file(file: Path, family: str, require: tuple[str, ...] = ()) -> int:
         if isinstance(exc, PermissionError):
             raise MediflowError(f"{file}: permission denied") from None
         raise MediflowError(f"{file}: not a readable Parquet file ({_first_line(exc)})") from None
-    alternatives = tuple(names + require for names in REQUIRED.get(family, ((),)))
-    if alternatives and not any(set(names) <= set(schema.names) for names in alternatives):
+    alternatives = tuple(names + require for names in REQUIRED.get(family) or ((),))
+    if alternatives and any(alternatives) and not any(set(names) <= set(schema.names) for names in alternatives):
         wanted = " or ".join("/".join(names) for names in alternatives)
         missing = [name for name in alternatives[0] if name not in schema.names]
         raise MediflowError(f"{file}: missing column '{missing[0]}' ({family.replace('_', ' ')} need {wanted})")

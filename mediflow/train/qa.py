@@ -8,13 +8,16 @@ prompt/completion rows. Adding a kind is adding a file.
 
 The teacher machinery is the same as ``generate``'s: :class:`mediflow.engine.Engine` (limits,
 retries, a durable response cache, so a rerun pays only for what is missing) and
-:func:`mediflow.pipeline.structured.ask_json` (schema validation with correction turns). Answers
-that stay invalid are written to ``rejects.jsonl`` with the reason, never silently dropped.
+:func:`mediflow.pipeline.structured.ask_json` (schema validation with correction turns). The output
+is a contract folder of kind ``qa`` (:class:`mediflow.folders.OutputFolder`): the rows in
+``data/``, answers that stay invalid in ``rejects.parquet`` with the reason (never silently
+dropped), the teacher cache in ``cache.sqlite``; ``data.task_data`` of a ``pit`` config names it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -22,14 +25,14 @@ from typing import Any
 
 import jinja2
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mediflow.errors import ConfigError
+from mediflow.folders import OutputFolder, StagedWriter
 from mediflow.train.config import StageConfig
 from mediflow.train.data import load_documents
 
-TASK_DATA_NAME = "task_data.parquet"
-REJECTS_NAME = "rejects.jsonl"
+TASK_DATA_SCHEMA = pa.schema([(name, pa.string()) for name in ("prompt", "completion", "task", "document_id", "prompt_version")])
+REJECT_SCHEMA = pa.schema([(name, pa.string()) for name in ("task", "document_id", "prompt_version", "error", "text")])
 
 _TRAINING_TEMPLATES = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
@@ -88,33 +91,35 @@ async def _ask_all(config: StageConfig, documents: list[dict[str, str]], templat
     return rows, rejects
 
 
-def generate_task_data(config: StageConfig) -> Path:
-    """Ask the teacher for every (document, task prompt); write ``<output.dir>/task_data.parquet``.
+def generate_task_data(config: StageConfig, *, overwrite: bool = False) -> Path:
+    """Ask the teacher for every (document, task prompt); write the ``qa`` folder ``<output.dir>``.
 
-    The Parquet has ``prompt``, ``completion``, ``task``, ``document_id``, ``prompt_version``:
-    exactly what ``data.task_data`` of a ``pit`` config reads.
+    Its rows have ``prompt``, ``completion``, ``task``, ``document_id``, ``prompt_version``:
+    exactly what ``data.task_data`` of a ``pit`` config reads (name the folder).
     """
     from mediflow.prompts import load_prompts
 
-    documents = load_documents(config.path(config.data.documents), config.data.text_field)
+    documents_path = config.path(config.data.documents)
+    documents = load_documents(documents_path, config.data.text_field)
     if config.data.max_samples:
         documents = documents[: config.data.max_samples]
     library = load_prompts(config.path(config.data.prompts) if config.data.prompts else None)
     templates = [library.get(name) for name in config.method.tasks]
-    output = config.path(config.output.dir)
-    output.mkdir(parents=True, exist_ok=True)
-    rows, rejects = asyncio.run(_ask_all(config, documents, templates, output / "teacher_cache.sqlite"))
-    target = output / TASK_DATA_NAME
-    columns = ["prompt", "completion", "task", "document_id", "prompt_version"]
-    table = pa.Table.from_pylist(rows, schema=pa.schema([(name, pa.string()) for name in columns]))
-    staging = target.with_suffix(".parquet.tmp")
-    pq.write_table(table, staging)
-    os.replace(staging, target)
-    rejects_path = output / REJECTS_NAME
-    staging = rejects_path.with_suffix(".jsonl.tmp")
-    staging.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects), encoding="utf-8")
-    os.replace(staging, rejects_path)
-    print(f"task data: {len(rows)} rows from {len(documents)} documents x {len(templates)} prompts -> {target}")
+    plain = {"model": dataclasses.asdict(config.model), "method": dataclasses.asdict(config.method), "data": dataclasses.asdict(config.data)}
+    folder = OutputFolder.open(
+        config.path(config.output.dir), kind="qa", config=json.loads(json.dumps(plain, default=str)), input_paths=[documents_path], overwrite=overwrite
+    )
+    with folder:
+        rows, rejects = asyncio.run(_ask_all(config, documents, templates, folder.cache_path))
+        writer = StagedWriter(folder)
+        try:
+            writer.keep(pa.Table.from_pylist(rows, schema=TASK_DATA_SCHEMA))
+            writer.reject(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA))
+            writer.publish(TASK_DATA_SCHEMA, {"documents": len(documents), "rows": len(rows), "rejected": len(rejects)})
+        except BaseException:
+            writer.abandon()
+            raise
+    print(f"task data: {len(rows)} rows from {len(documents)} documents x {len(templates)} prompts -> {folder.data_dir}")
     if rejects:
-        print(f"rejected: {len(rejects)} teacher answers still invalid after corrections -> {rejects_path}")
-    return target
+        print(f"rejected: {len(rejects)} teacher answers still invalid after corrections -> {folder.rejects_path}")
+    return folder.root
