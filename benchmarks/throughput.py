@@ -105,7 +105,7 @@ async def _bare(url: str, n: int, concurrency: int, transport: str) -> None:
 
 
 async def _engine(url: str, n: int, concurrency: int, workdir: Path) -> None:
-    from mediflow.engine import Engine, EngineConfig
+    from mediflow.engine import Engine, LimitsConfig
     from mediflow.teachers import ChatRequest, make_teacher
 
     teacher = make_teacher("openai:bench", base_url=url, max_connections=concurrency, timeout=120.0)
@@ -113,7 +113,7 @@ async def _engine(url: str, n: int, concurrency: int, workdir: Path) -> None:
         ChatRequest(messages=(("system", _SYSTEM), ("user", _user_prompt(i))), max_tokens=_MAX_TOKENS) for i in range(n)
     ]
     try:
-        async with Engine(teacher, workdir / "cache.sqlite", EngineConfig(concurrency=concurrency)) as engine:
+        async with Engine(teacher, workdir / "cache.sqlite", LimitsConfig(concurrency=concurrency)) as engine:
             await asyncio.gather(*(engine.complete(request) for request in requests))
     finally:
         await teacher.aclose()

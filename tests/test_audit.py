@@ -79,7 +79,7 @@ def test_coverage_plan_is_rebuilt_from_the_manifest_config(tmp_path: Path, taxon
     folder = OutputFolder.open(write_output_folder(tmp_path, rows, manifest={"config": config}))
     planned, source = planned_cells(folder, taxonomy)
     assert "plan" in source
-    items = build_plan(load_config(config), taxonomy).items  # what `generate` would have made
+    items = list(build_plan(load_config(config), taxonomy).items())  # what `generate` would have made
     assert sorted(zip(planned["input_data"], planned["planned"])) == sorted(
         (d, sum(i.document_type == d for i in items)) for d in docs
     )

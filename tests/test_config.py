@@ -7,7 +7,8 @@ import json
 import jsonschema
 import pytest
 
-from mediflow.config import RunConfig, json_schema, load_config
+from mediflow.config import RunConfig, load_config
+from mediflow.configuration import json_schema
 from mediflow.errors import ConfigError
 
 
@@ -54,7 +55,7 @@ def test_overrides_use_flat_aliases_and_dotted_paths() -> None:
         ({"per_cel": 2}, "unknown config key 'per_cel'; did you mean 'per_cell'?"),
         ({"sampling": {"respons": {}}}, "unknown config key 'sampling.respons'; did you mean 'sampling.response'?"),
         ({"sampling": {"response": {"temperature": -1}}}, "sampling.response.temperature: -1 is less than the minimum of 0"),
-        ({"limits": {"rpm": "fast"}}, "limits.rpm: 'fast' is not of type 'integer'"),
+        ({"limits": {"rpm": "fast"}}, "limits.rpm: 'fast' is not of type 'number'"),
         ({"tasks": "summarize"}, "tasks: 'summarize' is not of type 'array'"),
         ({"json_share": 1.5}, "json_share: 1.5 is greater than the maximum of 1"),
         ({"stages": ["response"]}, "stages: ['response'] must be a non-empty prefix"),
@@ -82,7 +83,7 @@ def test_file_errors_name_the_file(tmp_path) -> None:
 
 
 def test_json_schema_is_valid_and_documents_every_key() -> None:
-    schema = json_schema()
+    schema = json_schema(RunConfig)
     jsonschema.Draft202012Validator.check_schema(schema)
     assert all(prop["description"] for prop in schema["properties"].values())
     assert set(schema["properties"]["sampling"]["properties"]) == {"document", "instruction", "response"}

@@ -59,7 +59,7 @@ def curate_config(tmp_path: Path, server: str, generated: Path) -> Path:
     eval_set.write_text(json.dumps({"id": "q1", "text": records["input"][3].as_py()}) + "\n")
     config = {
         "filters": {"length": {"output": {"min_tokens": 1, "max_tokens": 4096}}},
-        "judge": {"teacher": TEACHER, "base_url": str(server), "samples": 2, "thresholds": {"quality": 3.0}, "progress": False},
+        "judge": {"teacher": {"spec": TEACHER, "base_url": str(server)}, "samples": 2, "thresholds": {"quality": 3.0}, "progress": False},
         "dedup": {"keys": ["pair"]},
         "decontaminate": {"eval": [{"path": str(eval_set), "fields": ["text"], "id_field": "id"}]},
     }
@@ -151,13 +151,16 @@ def test_stage_commands_read_their_section_of_the_curate_config(teacher_server: 
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("filters: {lenght: {}}\n", "filters: unknown key(s) lenght"),
-        ("judge: {teacher: openai:x, samples: 0}\n", "judge.samples: must be at least 1"),
+        ("filters: {lenght: {}}\n", "unknown config key 'filters.lenght'; did you mean 'filters.length'?"),
+        ("judge: {teacher: {spec: openai:x}, samples: 0}\n", "judge.samples: 0 is less than the minimum of 1"),
+        ("judge: {teacher: openai:x}\n", "judge.teacher: 'openai:x' is not of type 'object'"),
+        ("filters: {language: {min_share: 2}}\n", "filters.language.min_share: 2 is greater than the maximum of 1"),
+        ("dedup: {bands: 50}\n", "dedup.bands: 50 does not divide num_perm 192"),
         ("filters: false\ndedup: false\n", "every stage is switched off"),
-        ("judge: [not, a, mapping]\n", "judge: expected a mapping"),
+        ("judge: [not, a, mapping]\n", "judge: ['not', 'a', 'mapping'] is not of type 'object'"),
         ("filters: {length: {output: {min_tokens: 1}}\n", "not valid YAML"),
-        ("judge: {teacher: openai:x, thresholds: {safety: 3}}\n", "judge.thresholds: safety not among the rubric's criteria"),
-        ("decontaminate: {eval: [missing.jsonl]}\n", "decontaminate.eval: no such file or folder: missing.jsonl"),
+        ("judge: {teacher: {spec: openai:x}, thresholds: {safety: 3}}\n", "judge.thresholds: safety not among the rubric's criteria"),
+        ("decontaminate: {eval: [{path: missing.jsonl}]}\n", "decontaminate.eval: no such file or folder: missing.jsonl"),
     ],
 )
 def test_a_bad_config_is_one_line_error(generated: Path, tmp_path: Path, capsys, content: str, message: str) -> None:
@@ -171,7 +174,7 @@ def test_a_bad_config_is_one_line_error(generated: Path, tmp_path: Path, capsys,
 
 def test_missing_config_and_missing_input(generated: Path, tmp_path: Path, capsys) -> None:
     assert main(["curate", str(generated), str(tmp_path / "out"), "--config", str(tmp_path / "nope.yaml")]) == 2
-    assert "cannot read the curate config" in capsys.readouterr().err
+    assert "cannot read config file" in capsys.readouterr().err
     with pytest.raises(ConfigError):
         curate(generated, tmp_path / "out", CurateConfig(filters=None, dedup=None))
     assert main(["decontaminate", str(generated), str(tmp_path / "out")]) == 2

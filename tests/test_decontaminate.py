@@ -61,7 +61,7 @@ def eval_file(tmp_path: Path, kind: str) -> Path:
 
 
 def config(path: Path, **eval_options) -> DecontamConfig:
-    return DecontamConfig.from_mapping({"eval": [{"path": str(path), "fields": ["question", "answer"], **eval_options}]})
+    return DecontamConfig.load({"eval": [{"path": str(path), "fields": ["question", "answer"], **eval_options}]})
 
 
 def rejects(out: Path) -> dict[str, dict]:
@@ -106,7 +106,7 @@ def test_short_eval_texts_match_only_whole(tmp_path: Path) -> None:
 
 def test_a_smaller_ngram_catches_more(tmp_path: Path) -> None:
     path = eval_file(tmp_path, "jsonl")
-    loose = DecontamConfig.from_mapping({"eval": [{"path": str(path), "fields": ["question"]}], "ngram": 5, "columns": ["input"]})
+    loose = DecontamConfig.load({"eval": [{"path": str(path), "fields": ["question"]}], "ngram": 5, "columns": ["input"]})
     run_decontaminate(records(tmp_path), tmp_path / "out", loose)
     assert {"planted", "clean-2"} <= set(rejects(tmp_path / "out"))
 
@@ -134,7 +134,7 @@ def test_rerun_is_idempotent(tmp_path: Path) -> None:
 )
 def test_eval_set_errors_are_one_line(tmp_path: Path, setup, message: str) -> None:
     with pytest.raises(MediflowError, match="eval set .*" + message.replace("(", r"\(").replace(")", r"\)")) as error:
-        run_decontaminate(records(tmp_path), tmp_path / "out", DecontamConfig.from_mapping({"eval": [setup(tmp_path)]}))
+        run_decontaminate(records(tmp_path), tmp_path / "out", DecontamConfig.load({"eval": [setup(tmp_path)]}))
     assert "\n" not in str(error.value)
     assert not (tmp_path / "out" / "manifest.json").exists()
 
@@ -142,7 +142,7 @@ def test_eval_set_errors_are_one_line(tmp_path: Path, setup, message: str) -> No
 def test_unknown_record_column_and_no_eval_sets(tmp_path: Path) -> None:
     path = eval_file(tmp_path, "jsonl")
     with pytest.raises(MediflowError, match="decontaminate.columns: answer not in the input"):
-        run_decontaminate(records(tmp_path), tmp_path / "out", DecontamConfig.from_mapping({"eval": [str(path)], "columns": ["answer"]}))
+        run_decontaminate(records(tmp_path), tmp_path / "out", DecontamConfig.load({"eval": [{"path": str(path)}], "columns": ["answer"]}))
     with pytest.raises(MediflowError, match="decontaminate.eval: no evaluation sets given"):
         run_decontaminate(records(tmp_path), tmp_path / "out", DecontamConfig())
 

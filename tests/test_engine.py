@@ -11,9 +11,9 @@ from typing import Any
 import jsonschema
 import pytest
 
-from mediflow.engine import CircuitOpenError, Engine, EngineConfig, cache_key
+from mediflow.engine import CircuitOpenError, Engine, LimitsConfig, PricesConfig, cache_key
 from mediflow.errors import TeacherError
-from mediflow.teachers import ChatRequest, make_teacher
+from mediflow.teachers import ChatRequest, ChatResponse, make_teacher
 from mediflow.testing import TeacherServerURL
 
 SCHEMA = {
@@ -27,15 +27,14 @@ SCHEMA = {
 }
 
 
-def fast_config(**changes: Any) -> EngineConfig:
-    """Test settings: no bar, short backoff, small breaker window."""
+def fast_config(**changes: Any) -> LimitsConfig:
+    """Test settings: short backoff and timeouts."""
     defaults: dict[str, Any] = {
-        "progress": False,
         "backoff_initial": 0.01,
         "backoff_max": 0.05,
         "request_timeout": 10.0,
     }
-    return EngineConfig(**{**defaults, **changes})
+    return LimitsConfig(**{**defaults, **changes})
 
 
 def plain(i: int, max_tokens: int = 200) -> ChatRequest:
@@ -47,11 +46,11 @@ def structured(i: int) -> ChatRequest:
 
 
 async def run_requests(
-    url: str, cache: Path, requests: list[ChatRequest], config: EngineConfig | None = None
+    url: str, cache: Path, requests: list[ChatRequest], config: LimitsConfig | None = None
 ) -> tuple[list[Any], Engine]:
     teacher = make_teacher("openai:test-teacher", base_url=url)
     try:
-        async with Engine(teacher, cache, config or fast_config()) as engine:
+        async with Engine(teacher, cache, config or fast_config(), progress=False) as engine:
             results = await asyncio.gather(*(engine.complete(r) for r in requests), return_exceptions=True)
     finally:
         await teacher.aclose()
@@ -208,9 +207,20 @@ def test_429s_shrink_the_adaptive_limit(teacher_server: TeacherServerURL, tmp_pa
     assert engine.stats.requests == 16
 
 
-def test_cost_from_configured_prices(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
-    config = fast_config(price_input_per_1k=1.0, price_output_per_1k=2.0)
-    [response], engine = asyncio.run(run_requests(teacher_server, tmp_path / "c.sqlite", [plain(1)], config))
-    expected = (response.prompt_tokens * 1.0 + response.completion_tokens * 2.0) / 1000
-    assert engine.stats.cost_usd == pytest.approx(expected) and engine.cost_usd(response) == pytest.approx(expected)
-    assert engine.stats.as_dict()["cost_usd"] == pytest.approx(expected, abs=1e-6)
+@pytest.mark.parametrize(("prices", "paid"), [((1000.0, 0.0), "prompt_tokens"), ((0.0, 1000.0), "completion_tokens")])
+def test_configured_prices_charge_each_side_of_the_tokens(
+    teacher_server: TeacherServerURL, tmp_path: Path, prices: tuple[float, float], paid: str
+) -> None:
+    async def one() -> tuple[ChatResponse, Engine]:
+        teacher = make_teacher("openai:test-teacher", base_url=teacher_server)
+        try:
+            async with Engine(teacher, tmp_path / "c.sqlite", fast_config(), prices=PricesConfig(*prices), progress=False) as engine:
+                return await engine.complete(plain(1)), engine
+        finally:
+            await teacher.aclose()
+
+    response, engine = asyncio.run(one())
+    assert response.prompt_tokens > 0 and response.completion_tokens > 0
+    # $1 a token on one side only: the cost is exactly that side's token count.
+    assert engine.stats.cost_usd == pytest.approx(getattr(response, paid))
+    assert engine.cost_usd(response) == pytest.approx(getattr(response, paid))

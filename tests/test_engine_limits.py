@@ -8,7 +8,7 @@ import time
 import pytest
 
 from mediflow.engine.breaker import ErrorRateBreaker
-from mediflow.engine.config import EngineConfig
+from mediflow.engine.config import LimitsConfig
 from mediflow.engine.limits import AdaptiveLimit, TokenBucket, retry_after_seconds
 from mediflow.engine.progress import Activity, describe_state
 from mediflow.errors import ConfigError
@@ -133,6 +133,8 @@ def test_progress_tells_waiting_from_stuck() -> None:
 @pytest.mark.parametrize(
     ("field", "value"), [("concurrency", 0), ("rpm", -1), ("error_rate_threshold", 1.5), ("max_retries", -1)]
 )
-def test_engine_config_rejects_nonsense(field: str, value: float) -> None:
-    with pytest.raises(ConfigError, match=f"engine.{field}"):
-        EngineConfig(**{field: value})
+def test_limits_reject_nonsense_built_from_python_or_loaded(field: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=f"^{field}: "):
+        LimitsConfig(**{field: value})
+    with pytest.raises(ConfigError, match=f"^limits.{field}: "):
+        LimitsConfig.load({"limits": {field: value}}, section="limits")

@@ -19,13 +19,13 @@ WORKER = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from mediflow.engine import Engine, EngineConfig
+    from mediflow.engine import Engine, LimitsConfig
     from mediflow.teachers import ChatRequest, make_teacher
 
     async def main(url, cache, n, concurrency):
         teacher = make_teacher("openai:test-teacher", base_url=url)
-        config = EngineConfig(progress=False, concurrency=concurrency)
-        async with Engine(teacher, Path(cache), config) as engine:
+        config = LimitsConfig(concurrency=concurrency)
+        async with Engine(teacher, Path(cache), config, progress=False) as engine:
             async def one(i):
                 await engine.complete(ChatRequest(messages=(("user", f"prompt {i}"),), max_tokens=64))
                 print(i, flush=True)  # printed only once the answer is in the cache

@@ -52,7 +52,7 @@ def test_pairs_from_the_cli_and_python_agree_on_a_generate_output(generated: Pat
     assert manifest["kept"] + sum(manifest["dropped"].values()) == manifest["tried"]
 
     with pytest.warns(UserWarning, match="no judge scores"):
-        result = build_pairs(generated, tmp_path / "py", PairsConfig(teacher=TEACHER, base_url=str(teacher_server), min_margin=1, progress=False))
+        result = build_pairs(generated, tmp_path / "py", PairsConfig.load(None, teacher=TEACHER, base_url=str(teacher_server), min_margin=1, progress=False))
     assert (result.tried, result.kept, result.dropped) == (manifest["tried"], manifest["kept"], manifest["dropped"])
     assert _pairs(tmp_path / "py") == _pairs(tmp_path / "cli")  # same seed, same pairs, whichever way it ran
 
@@ -63,7 +63,7 @@ def test_export_and_audit_of_a_generate_output_and_of_its_curated_output(generat
     pairs = tmp_path / "pairs"
     assert main(["pairs", str(generated), str(pairs), "--teacher", TEACHER, "--base-url", str(teacher_server), "--min-margin", "1", "--no-progress"]) == 0
     curated = tmp_path / "curated"
-    assert main(["curate", str(generated), str(curated), "--no-progress"]) == 0  # default curate: filters and dedup, no teacher
+    assert main(["curate", str(generated), str(curated)]) == 0  # default curate: filters and dedup, no teacher
     records, kept = _record_count(generated), _record_count(curated)
     pair_count = len(_pairs(pairs))
 

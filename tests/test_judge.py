@@ -48,7 +48,7 @@ def source(tmp_path: Path) -> Path:
 
 
 def config(server: str, **changes) -> JudgeConfig:
-    return JudgeConfig(teacher=TEACHER, base_url=server, progress=False, **changes)
+    return JudgeConfig.load(None, teacher=TEACHER, base_url=server, progress=False, **changes)
 
 
 def read(out: Path) -> tuple[pa.Table, pa.Table, dict]:
@@ -156,7 +156,7 @@ def test_a_teacher_that_is_down_is_one_error_and_leaves_the_output_alone(teacher
 
     down = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(MediflowError, match="teacher at .* fail") as error:
-        run_judge(source, out, config(down, samples=1, rejudge=True, max_retries=0, cache=str(tmp_path / "empty.sqlite")), overwrite=True)
+        run_judge(source, out, config(down, samples=1, rejudge=True, **{"limits.max_retries": 0}, cache=str(tmp_path / "empty.sqlite")), overwrite=True)
     assert "\n" not in str(error.value)
     assert {path: path.read_bytes() for path in published} == published
     assert not list(out.glob(".tmp-*"))
@@ -173,8 +173,10 @@ def test_bad_input_is_a_one_line_error(teacher_server: TeacherServerURL, source:
         run_judge(source, tmp_path / "a", config(teacher_server, thresholds={"safety": 3.0}))
     with pytest.raises(ConfigError, match="judge: no teacher"):
         run_judge(source, tmp_path / "b", JudgeConfig())
-    with pytest.raises(ConfigError, match="judge.samples"):
+    with pytest.raises(ConfigError, match="^samples: 0 is less than the minimum of 1"):
         JudgeConfig(samples=0)
+    with pytest.raises(ConfigError, match="^judge.samples: 0 is less than the minimum of 1"):
+        JudgeConfig.load({"judge": {"samples": 0}}, section="judge")
     assert main(["judge", str(tmp_path / "missing"), str(tmp_path / "c"), "--teacher", TEACHER, "--base-url", teacher_server]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and "missing: no such file or folder" in error and "\n" not in error
@@ -205,7 +207,7 @@ def test_sigkill_then_rerun_requests_only_what_was_in_flight(start_teacher_serve
     source = write_output_folder(tmp_path / "in", unjudged(documents=30))
     records = pq.read_table(sorted((source / "data").glob("*.parquet"))).num_rows
     curate_yaml = tmp_path / "judge.yaml"
-    curate_yaml.write_text(json.dumps({"judge": {"samples": 2, "concurrency": 4, "batch_records": 8}}))
+    curate_yaml.write_text(json.dumps({"judge": {"samples": 2, "limits": {"concurrency": 4}, "batch_records": 8}}))
     command = [sys.executable, "-m", "mediflow", "judge", str(source), str(tmp_path / "out"), "--config", str(curate_yaml),
                "--teacher", TEACHER, "--base-url", server, "--no-progress"]
     env = {**os.environ, "OPENAI_API_KEY": "unused"}

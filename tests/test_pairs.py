@@ -8,13 +8,11 @@ and the format, not the clinical quality of the pairs.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from audit_fixtures import write_output_folder
@@ -22,7 +20,7 @@ from test_export import make_records
 
 from mediflow.cli import main
 from mediflow.preference import CandidateSource, PairsConfig, build_pairs
-from mediflow.preference.build import _one_chunk_ahead
+from mediflow.teachers.factory import TeacherConfig
 from mediflow.preference.error_kinds import load_error_kinds
 from mediflow.taxonomy import load_taxonomy
 from mediflow.testing import TeacherServerURL, teacher_server
@@ -71,7 +69,7 @@ def check_bookkeeping(pairs: list[dict], rejects: list[dict], manifest: dict, mi
 
 
 def test_error_injection_end_to_end(server: TeacherServerURL, records_dir: Path, tmp_path: Path) -> None:
-    config = PairsConfig(teacher=TEACHER, base_url=server, min_margin=1, top_fraction=0.9, progress=False, seed=3)
+    config = PairsConfig.load(None, teacher=TEACHER, base_url=server, min_margin=1, top_fraction=0.9, progress=False, seed=3)
     result = build_pairs(records_dir, tmp_path / "pairs", config)
     pairs, rejects, manifest = read_output(tmp_path / "pairs")
     check_bookkeeping(pairs, rejects, manifest, min_margin=1)
@@ -100,7 +98,7 @@ def test_ties_are_dropped_and_counted(server: TeacherServerURL, records_dir: Pat
     prompts.mkdir()
     judge = (Path(__file__).parents[1] / "prompts" / "pair_judge.yaml").read_text()
     (prompts / "pair_judge.yaml").write_text(judge.replace("score: {type: integer, minimum: 1, maximum: 10}", "score: {type: integer, minimum: 5, maximum: 5}"))
-    config = PairsConfig(method="candidates", teacher=TEACHER, base_url=server, hot_samples=2, prompts_path=prompts, progress=False, min_margin=0.5)
+    config = PairsConfig.load(None, method="candidates", teacher=TEACHER, base_url=server, hot_samples=2, prompts_path=prompts, progress=False, min_margin=0.5)
     result = build_pairs(records_dir, tmp_path / "pairs", config)
     pairs, rejects, manifest = read_output(tmp_path / "pairs")
     assert result.kept == 0 and pairs == []
@@ -108,11 +106,12 @@ def test_ties_are_dropped_and_counted(server: TeacherServerURL, records_dir: Pat
 
 
 def test_candidates_from_other_sources(server: TeacherServerURL, records_dir: Path, tmp_path: Path) -> None:
-    config = PairsConfig(
+    config = PairsConfig.load(
+        None,
         method="candidates",
         teacher=TEACHER,
         base_url=server,
-        candidate_sources=(CandidateSource("openai:student-model", 0.9, server),),
+        candidate_sources=(CandidateSource(TeacherConfig("openai:student-model", server), 0.9),),
         hot_samples=1,
         min_margin=3,
         progress=False,
@@ -151,42 +150,3 @@ def test_cli_pairs_and_every_row_accepted_by_trl_dpo(server: TeacherServerURL, r
         assert row["chosen_ids"] != row["rejected_ids"]
     batch = trainer.data_collator([prepared[i] for i in range(min(2, prepared.num_rows))])
     assert batch["input_ids"].shape[0] == 2 * min(2, prepared.num_rows)  # chosen and rejected halves
-
-
-def test_chunks_come_back_in_order_with_the_next_one_already_running() -> None:
-    """No batch barrier: the next chunk's records start before the current chunk is handed back."""
-    table = pa.table({"n": list(range(6))})
-    started: list[int] = []
-
-    async def run(record: dict) -> int:
-        started.append(record["n"])
-        await asyncio.sleep(0.01 * (3 - record["n"] % 3))  # the first record of a chunk is its slowest
-        return record["n"] * 10
-
-    async def collect() -> list[tuple[list[int], list[int], int]]:
-        chunks = (table.slice(start, 3) for start in range(0, 6, 3))
-        return [(chunk.column("n").to_pylist(), outcomes, len(started)) async for chunk, outcomes in _one_chunk_ahead(chunks, run)]
-
-    results = asyncio.run(collect())
-    assert [(n, outcomes) for n, outcomes, _ in results] == [([0, 1, 2], [0, 10, 20]), ([3, 4, 5], [30, 40, 50])]
-    assert results[0][2] == 6  # both chunks were running when the first came back
-
-
-def test_a_failing_record_cancels_the_chunk_running_ahead() -> None:
-    finished: list[int] = []
-
-    async def run(record: dict) -> int:
-        if record["n"] == 0:
-            raise RuntimeError("teacher down")
-        await asyncio.sleep(0.05)
-        finished.append(record["n"])
-        return record["n"]
-
-    async def collect() -> None:
-        table = pa.table({"n": list(range(4))})
-        async for _ in _one_chunk_ahead((table.slice(start, 2) for start in (0, 2)), run):
-            pass
-
-    with pytest.raises(RuntimeError, match="teacher down"):
-        asyncio.run(collect())
-    assert 2 not in finished and 3 not in finished

@@ -51,7 +51,7 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
             }
         )
         with pytest.warns(UserWarning, match="no judge scores"):
-            build_pairs(root / "generated", root / "pairs", PairsConfig(teacher=TEACHER, base_url=url, min_margin=1, progress=False, seed=3))
+            build_pairs(root / "generated", root / "pairs", PairsConfig.load(None, teacher=TEACHER, base_url=url, min_margin=1, progress=False, seed=3))
     export_dataset(
         root / "generated",
         root / "export",

@@ -76,7 +76,9 @@ def _from_config(config: dict[str, Any], taxonomy: Any) -> pd.DataFrame:
     parsed = load_config(json.loads(json.dumps(config)))
     if parsed.taxonomy:
         taxonomy = load_taxonomy(parsed.taxonomy)
-    counts = Counter((item.task, item.document_type) for item in build_plan(parsed, taxonomy).items)
+    counts: Counter[tuple[str, str]] = Counter()
+    for (task, document_type, _, _), count in build_plan(parsed, taxonomy).strata().items():
+        counts[(task, document_type)] += count
     return pd.DataFrame([(task, doc, n) for (task, doc), n in counts.items()], columns=[*CELL, "planned"])
 
 

@@ -5,7 +5,7 @@ It knows nothing about clinical content; see ``docs/architecture.md`` and ``docs
 
 from mediflow.engine.accounting import PRICES_PER_1K, EngineStats
 from mediflow.engine.cache import ResponseCache, cache_key
-from mediflow.engine.config import EngineConfig
+from mediflow.engine.config import LimitsConfig, PricesConfig
 from mediflow.engine.engine import CircuitOpenError, Engine
 
-__all__ = ["CircuitOpenError", "Engine", "EngineConfig", "EngineStats", "PRICES_PER_1K", "ResponseCache", "cache_key"]
+__all__ = ["CircuitOpenError", "Engine", "EngineStats", "LimitsConfig", "PricesConfig", "PRICES_PER_1K", "ResponseCache", "cache_key"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: USD per 1k (input, output) tokens of common OpenAI models (list prices, 2025); the longest
-#: matching prefix of the model name wins. Override with EngineConfig.price_*_per_1k.
+#: matching prefix of the model name wins. Override with the prices: section (PricesConfig).
 PRICES_PER_1K: dict[str, tuple[float, float]] = {
     "gpt-4o-mini": (0.00015, 0.0006),
     "gpt-4o": (0.0025, 0.01),

@@ -1,62 +1,47 @@
-"""How hard the engine may push a teacher, and when it gives up."""
+"""How hard an engine may push a teacher, when it gives up, and what its tokens cost.
+
+:class:`LimitsConfig` is the one ``limits:`` section of every config that calls a teacher (the run,
+the judge, pairs, PIT QA): the same keys mean the same thing everywhere, and the engine takes it
+as it is. :class:`PricesConfig` is the ``prices:`` section.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from mediflow.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Limits, retries and prices for one engine. Every field has a safe default."""
-
-    #: Most requests in flight at once (the adaptive limit moves below this, never above).
-    concurrency: int = 64
-    #: Requests per minute; None = unlimited unless the server's ``x-ratelimit-limit-requests`` says otherwise.
-    rpm: float | None = None
-    #: Tokens per minute (prompt estimate + max_tokens are reserved up front, the excess refunded on answer).
-    tpm: float | None = None
-    #: Additive-increase / multiplicative-decrease of the concurrency on 429s and on rising latency.
-    adaptive: bool = True
-    #: Retries after the first attempt, for 429 / 5xx / timeouts / connection errors / truncated answers.
-    max_retries: int = 6
-    #: Seconds one attempt may take before it counts as a timeout (and is retried).
-    request_timeout: float = 120.0
-    #: Stop the run when more than this share of the last ``error_window`` attempts failed.
-    error_rate_threshold: float = 0.5
-    error_window: int = 200
-    #: USD per 1k tokens; None = the built-in table for known OpenAI models, else 0.
-    price_input_per_1k: float | None = None
-    price_output_per_1k: float | None = None
-    #: Show a tqdm progress bar on stderr.
-    progress: bool = True
-    #: Exponential backoff between retries: first wait (s) and cap (s); full jitter is applied.
-    backoff_initial: float = 1.0
-    backoff_max: float = 60.0
-    #: Latency rising above ``latency_tolerance`` x its baseline (and by at least ``latency_floor``
-    #: seconds) makes the adaptive limit back off, because a saturated vLLM queues instead of answering 429.
-    latency_tolerance: float = 2.0
-    latency_floor: float = 1.0
-    #: Fewest attempts seen before the error-rate breaker may trip.
-    error_min_samples: int = field(default=20)
-
-    def __post_init__(self) -> None:
-        _positive("concurrency", self.concurrency)
-        _positive("request_timeout", self.request_timeout)
-        _positive("error_window", self.error_window)
-        for name in ("rpm", "tpm"):
-            value = getattr(self, name)
-            if value is not None:
-                _positive(name, value)
-        if self.max_retries < 0:
-            raise ConfigError(f"engine.max_retries must be >= 0, got {self.max_retries}")
-        if not 0.0 < self.error_rate_threshold <= 1.0:
-            raise ConfigError(f"engine.error_rate_threshold must be in (0, 1], got {self.error_rate_threshold}")
-        if self.latency_tolerance <= 1.0:
-            raise ConfigError(f"engine.latency_tolerance must be > 1, got {self.latency_tolerance}")
+from mediflow.configuration import Config, option
 
 
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"engine.{name} must be > 0, got {value}")
+@dataclass
+class LimitsConfig(Config):
+    """A concurrency cap, rate buckets, adaptive backoff, retries and the error breaker."""
+
+    concurrency: int = option(64, "most teacher requests in flight at once (the adaptive limit moves below it)", minimum=1)
+    rpm: float | None = option(
+        None, "requests-per-minute bucket (default: from x-ratelimit headers, else none)", exclusiveMinimum=0
+    )
+    tpm: float | None = option(
+        None, "tokens-per-minute bucket (prompt estimate + max_tokens reserved, the excess refunded)", exclusiveMinimum=0
+    )
+    adaptive: bool = option(True, "additive-increase / multiplicative-decrease on 429s and rising latency")
+    max_retries: int = option(6, "retries per request on 429 / 5xx / timeouts / truncated answers", minimum=0)
+    request_timeout: float = option(120.0, "seconds before one attempt counts as timed out", exclusiveMinimum=0)
+    error_rate_threshold: float = option(
+        0.5, "stop when more than this share of the last error_window attempts failed", exclusiveMinimum=0, maximum=1
+    )
+    error_window: int = option(200, "attempts the error breaker looks back over", minimum=1)
+    error_min_samples: int = option(20, "fewest attempts seen before the error breaker may trip", minimum=1)
+    backoff_initial: float = option(1.0, "first wait between retries in seconds (full jitter)", exclusiveMinimum=0)
+    backoff_max: float = option(60.0, "longest wait between retries in seconds", exclusiveMinimum=0)
+    latency_tolerance: float = option(
+        2.0, "back off when latency rises above this multiple of its baseline (a saturated vLLM queues)", exclusiveMinimum=1
+    )
+    latency_floor: float = option(1.0, "... and by at least this many seconds", minimum=0)
+
+
+@dataclass
+class PricesConfig(Config):
+    """Price of the teacher's tokens, for the cost in the progress bar and the manifest (None: the built-in table)."""
+
+    input_per_1k: float | None = option(None, "USD per 1,000 prompt tokens", minimum=0)
+    output_per_1k: float | None = option(None, "USD per 1,000 completion tokens", minimum=0)

@@ -18,7 +18,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from mediflow.engine.accounting import EngineStats, price_per_1k
 from mediflow.engine.breaker import ErrorRateBreaker
 from mediflow.engine.cache import ResponseCache, cache_key
-from mediflow.engine.config import EngineConfig
+from mediflow.engine.config import LimitsConfig, PricesConfig
 from mediflow.engine.failures import Failure, TruncatedAnswer, classify
 from mediflow.engine.limits import AdaptiveLimit, RateLimitHeaders, TokenBucket
 from mediflow.engine.progress import Activity, Progress
@@ -48,9 +48,18 @@ class Engine:
     The caller owns the teacher (the engine does not close it). Use as ``async with``.
     """
 
-    def __init__(self, teacher: Teacher, cache_path: Path, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self,
+        teacher: Teacher,
+        cache_path: Path,
+        limits: LimitsConfig | None = None,
+        *,
+        prices: PricesConfig | None = None,
+        progress: bool = True,
+    ) -> None:
         self.teacher = teacher
-        self.config = config or EngineConfig()
+        self.config = limits or LimitsConfig()
+        self.prices = prices or PricesConfig()
         self.cache_path = Path(cache_path)
         self.stats = EngineStats()
         teacher_cap = getattr(teacher, "max_concurrency", None)
@@ -63,7 +72,7 @@ class Engine:
         self.request_bucket = TokenBucket(self.config.rpm)
         self.token_bucket = TokenBucket(self.config.tpm)
         self.progress = Progress(
-            self.stats, self._activity, enabled=self.config.progress, request_timeout=self.config.request_timeout
+            self.stats, self._activity, enabled=progress, request_timeout=self.config.request_timeout
         )
         self._breaker = ErrorRateBreaker(
             self.config.error_rate_threshold, self.config.error_window, self.config.error_min_samples
@@ -265,13 +274,13 @@ class Engine:
     def _price(self, model: str) -> tuple[float, float] | None:
         if model not in self._prices:
             teacher_price = getattr(self.teacher, "price_per_1k", None)
-            if self.config.price_input_per_1k is None and self.config.price_output_per_1k is None and teacher_price:
+            if self.prices.input_per_1k is None and self.prices.output_per_1k is None and teacher_price:
                 self._prices[model] = teacher_price
             else:
                 self._prices[model] = price_per_1k(
                     model or getattr(self.teacher, "model", ""),
-                    self.config.price_input_per_1k,
-                    self.config.price_output_per_1k,
+                    self.prices.input_per_1k,
+                    self.prices.output_per_1k,
                 )
         return self._prices[model]
 

@@ -39,9 +39,11 @@ CACHE_NAME = "cache.sqlite"
 PARTS_DIR = ".parts"
 #: Where curate keeps each stage's own folder.
 STAGES_DIR = "stages"
+#: Where ``datasets`` keeps its Arrow copy when a folder is loaded as a Dataset (derived, removable).
+DATASETS_CACHE = ".datasets-cache"
 #: Entries of a folder that belong to the contract (anything else there is foreign).
 OWN_ENTRIES = frozenset(
-    {DATA_DIR, REJECTS_NAME, MANIFEST_NAME, CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", LOCK_NAME, PARTS_DIR, STAGES_DIR}
+    {DATA_DIR, REJECTS_NAME, MANIFEST_NAME, CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", LOCK_NAME, PARTS_DIR, STAGES_DIR, DATASETS_CACHE}
 )
 
 

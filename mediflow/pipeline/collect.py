@@ -30,6 +30,11 @@ class ShardCollector:
     def shard_count(self) -> int:
         return -(-self.plan_size // self.shard_size)
 
+    @property
+    def finished_items(self) -> int:
+        """How many plan items the committed shards cover."""
+        return sum(self._expected(shard) for shard in self.finished if shard < self.shard_count)
+
     def is_finished(self, position: int) -> bool:
         """Whether the item at ``position`` is already in a committed shard."""
         return position // self.shard_size in self.finished

@@ -18,7 +18,8 @@ from mediflow.config import RunConfig
 from mediflow.pipeline.collect import ShardCollector
 from mediflow.pipeline.plan import InstructionGroup, PlanItem
 from mediflow.pipeline.rows import record_row, reject_row, usage
-from mediflow.pipeline.stages import StageResult, Stages
+from mediflow.pipeline.stages import Stages
+from mediflow.steps import StepResult
 from mediflow.teachers.base import ChatResponse
 
 
@@ -51,8 +52,8 @@ class GroupFlow:
         return not all(self.collector.is_finished(item.position) for item in group.items)
 
     async def run(self, group: InstructionGroup) -> None:
-        documents: list[StageResult]
-        instruction: StageResult | None = None
+        documents: list[StepResult[str]]
+        instruction: StepResult[str] | None = None
         if "instruction" not in self.config.stages:
             documents = list(await asyncio.gather(*(self.stages.document(item) for item in group.items)))
         elif self.config.documents_per_instruction > 1:  # reused: written for the types, alongside the documents
@@ -62,7 +63,7 @@ class GroupFlow:
         else:  # one document, one instruction written on it
             documents = [await self.stages.document(group.items[0])]
             if documents[0].ok:
-                instruction = await self.stages.instruction(group, documents[0].text)
+                instruction = await self.stages.instruction(group, documents[0].value)
         await asyncio.gather(
             *(
                 self._finish(item, document, instruction, charged=(index == 0))
@@ -71,24 +72,24 @@ class GroupFlow:
             )
         )
 
-    async def _finish(self, item: PlanItem, document: StageResult, instruction: StageResult | None, charged: bool) -> None:
+    async def _finish(self, item: PlanItem, document: StepResult[str], instruction: StepResult[str] | None, charged: bool) -> None:
         responses = list(document.responses)
         if charged and instruction is not None:
             responses += instruction.responses
         if not document.ok:
             self._reject(item, "document", document, None, None, responses)
         elif instruction is not None and not instruction.ok:
-            self._reject(item, "instruction", instruction, None, document.text, responses)
+            self._reject(item, "instruction", instruction, None, document.value, responses)
         elif "response" not in self.config.stages:
-            self._record(item, instruction.text if instruction else None, document.text or "", None, responses)
+            self._record(item, instruction.value if instruction else None, document.value or "", None, responses)
         else:
-            assert instruction is not None and instruction.text is not None
-            answer = await self.stages.response(item, instruction.text, document.text or "")
+            assert instruction is not None and instruction.value is not None
+            answer = await self.stages.response(item, instruction.value, document.value or "")
             responses += answer.responses
             if answer.ok:
-                self._record(item, instruction.text, document.text or "", answer.text, responses)
+                self._record(item, instruction.value, document.value or "", answer.value, responses)
             else:
-                self._reject(item, "response", answer, instruction.text, document.text, responses)
+                self._reject(item, "response", answer, instruction.value, document.value, responses)
         self.on_item_done()
 
     def _record(self, item: PlanItem, instruction: str | None, document: str, output: str | None, responses: list) -> None:
@@ -109,7 +110,7 @@ class GroupFlow:
         self,
         item: PlanItem,
         stage: str,
-        result: StageResult,
+        result: StepResult[str],
         instruction: str | None,
         document: str | None,
         responses: list,

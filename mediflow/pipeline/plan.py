@@ -1,4 +1,4 @@
-"""The plan of a run: which records to make, stratified over the taxonomy's cells and seeded.
+"""The plan of a run: which records to make, stratified over the taxonomy's cells, seeded, and lazy.
 
 A *stratum* is a compatible (task, document type) pair of the taxonomy at one difficulty level;
 each gets ``per_cell`` x the level's ``weight`` records (the taxonomy weights the three hardest
@@ -8,30 +8,44 @@ expectation and every stratum is as even as its size allows. A *cell* is a strat
 format.
 
 Everything is derived from content, never from a position in a list: an item's seed (hence its
-teacher calls' cache keys) is a hash of the run seed and the item's (task, document type, difficulty,
-format, index). Adding a task to a config therefore leaves the cache keys of every existing item
-unchanged, and the same config always gives the same plan.
+teacher calls' cache keys and its clinical case) is a hash of the run seed and the item's (task,
+document type, difficulty, format, index). Adding a task to a config therefore leaves the seed of
+every existing item unchanged, and the same config always gives the same plan.
 
 Instruction reuse (the released set has ~700k instructions over 2.5M rows): the items of one
-(task, difficulty, format) are sorted by document category and type, then cut into groups of
-``documents_per_instruction``; one instruction is written per group, for its first document and
-the group's document types, and reused for every document of the group. Groups are then put in a
-seeded order, so that any prefix of the plan (``max_records``, or a run stopped early) is a
-stratified sample rather than the first task only.
+*stream* (task, difficulty, format) are sorted by document category and type, then cut into
+chunks of ``documents_per_instruction``; one instruction is written per chunk (an
+:class:`InstructionGroup`), for its first document and the chunk's document types, and reused for
+every document of the chunk.
+
+The plan is never materialised. :func:`build_plan` keeps only the per-cell counts (a few thousand
+integers, whatever ``per_cell`` is); :meth:`Plan.groups` enumerates the groups as a stream. The
+order is stratified and seeded: streams are interleaved by a smooth weighted round robin (each
+stream's k-th chunk is due at ``(k + offset) / chunks``, the offset a seeded number), and each
+stream visits its chunks in a seeded golden-ratio stride permutation, so every prefix of the plan
+(``max_records``, or a run stopped early) holds every stream and document category in proportion.
+Enumerating ``max_records`` items costs those items only, and memory is bounded by the number of
+streams, so a 2.5M-item plan costs what a 100-item plan costs (``benchmarks/plan.py``).
 """
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import hashlib
+import heapq
 import math
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, islice
 
 from mediflow.config import RunConfig
 from mediflow.errors import ConfigError
 from mediflow.records import content_id
+
+#: 1/phi: the stride of the within-stream permutation spreads any prefix evenly over the stream.
+_GOLDEN = (math.sqrt(5) - 1) / 2
 
 
 @dataclass(frozen=True)
@@ -43,7 +57,7 @@ class PlanItem:
     difficulty: str
     output_format: str
     index: int  # index within its cell: the teacher calls' sample index
-    seed: int  # derived from content: the teacher calls' seed and the seed facts' RNG seed
+    seed: int  # derived from content: the teacher calls' seed and the clinical case's RNG seed
     position: int = -1  # place in the plan (which shard the record goes to)
 
     @property
@@ -61,23 +75,119 @@ class InstructionGroup:
     difficulty: str
     output_format: str
     items: tuple[PlanItem, ...]
-    document_types: tuple[str, ...]  # the distinct types of the whole group: the instruction must fit them all
+    document_types: tuple[str, ...]  # the distinct types of the whole chunk: the instruction must fit them all
 
 
 @dataclass(frozen=True)
+class _Stream:
+    """The items of one (task, difficulty, format), as sorted (category, document type, count) segments."""
+
+    task: str
+    difficulty: str
+    output_format: str
+    segments: tuple[tuple[str, str, int], ...]
+    starts: tuple[int, ...]  # cumulative item offset of each segment
+    size: int  # items in the stream
+
+    def member(self, offset: int) -> tuple[str, int]:
+        """The (document type, index within its cell) of the stream's ``offset``-th item in sorted order."""
+        segment = bisect.bisect_right(self.starts, offset) - 1
+        return self.segments[segment][1], offset - self.starts[segment]
+
+
 class Plan:
-    """The groups of a run, in order; ``id`` changes whenever any record to make changes."""
+    """The groups of a run, enumerated lazily in stratified seeded order; ``id`` changes whenever any record to make changes."""
 
-    groups: tuple[InstructionGroup, ...]
-    id: str
-
-    @property
-    def items(self) -> list[PlanItem]:
-        """Every item in plan order."""
-        return [item for group in self.groups for item in group.items]
+    def __init__(self, streams: Sequence[_Stream], *, seed: int, chunk_size: int, limit: int | None, shard_size: int) -> None:
+        self._streams = tuple(streams)
+        self._seed = seed
+        self._chunk_size = chunk_size
+        self._limit = limit
+        total = sum(stream.size for stream in self._streams)
+        self._length = total if limit is None else min(total, limit)
+        self.id = content_id(
+            "plan-v2",
+            seed,
+            chunk_size,
+            limit,
+            shard_size,
+            [(s.task, s.difficulty, s.output_format, s.segments) for s in self._streams],
+        )
 
     def __len__(self) -> int:
-        return sum(len(group.items) for group in self.groups)
+        return self._length
+
+    @property
+    def group_count(self) -> int:
+        """How many instruction groups (teacher calls for instructions) the plan holds."""
+        if self._limit is None or self._length == sum(s.size for s in self._streams):
+            return sum(-(-s.size // self._chunk_size) for s in self._streams)
+        return sum(1 for _ in self.groups())
+
+    def strata(self) -> Counter[tuple[str, str, str, str]]:
+        """Items per cell (task, document type, difficulty, format) of the whole plan, ``max_records`` applied."""
+        if self._length < sum(s.size for s in self._streams):
+            return Counter((i.task, i.document_type, i.difficulty, i.output_format) for i in self.items())
+        counts: Counter[tuple[str, str, str, str]] = Counter()
+        for stream in self._streams:
+            for _, document_type, count in stream.segments:
+                counts[(stream.task, document_type, stream.difficulty, stream.output_format)] += count
+        return counts
+
+    def items(self) -> Iterator[PlanItem]:
+        """Every item in plan order."""
+        for group in self.groups():
+            yield from group.items
+
+    def sample(self, count: int) -> list[PlanItem]:
+        """The first ``count`` items: a stratified sample of the plan."""
+        return list(islice(self.items(), count))
+
+    def groups(self) -> Iterator[InstructionGroup]:
+        """The instruction groups in plan order, positions assigned as they come; stops at ``max_records``."""
+        position = 0
+        for stream, chunk in self._chunk_order():
+            if position >= self._length:
+                return
+            first = chunk * self._chunk_size
+            members = [stream.member(offset) for offset in range(first, min(first + self._chunk_size, stream.size))]
+            key = content_id(self._seed, stream.task, stream.difficulty, stream.output_format, members)
+            items = []
+            for document_type, index in members[: self._length - position]:
+                item_seed = _seed_of(self._seed, stream.task, document_type, stream.difficulty, stream.output_format, index)
+                items.append(
+                    PlanItem(stream.task, document_type, stream.difficulty, stream.output_format, index, item_seed % (2**31), position)
+                )
+                position += 1
+            types = tuple(dict.fromkeys(document_type for document_type, _ in members))
+            yield InstructionGroup(key, stream.task, stream.difficulty, stream.output_format, tuple(items), types)
+
+    def _chunk_order(self) -> Iterator[tuple[_Stream, int]]:
+        """(stream, chunk) pairs: streams interleaved by weighted round robin, chunks by a seeded stride permutation."""
+        heap: list[tuple[float, int, int]] = []  # (due time, stream number, chunks already given)
+        shape: dict[int, tuple[int, float, int, int]] = {}  # stream number -> (chunks, offset, shift, stride)
+        for number, stream in enumerate(self._streams):
+            if stream.size:
+                name = (stream.task, stream.difficulty, stream.output_format)
+                chunks = -(-stream.size // self._chunk_size)
+                offset = _unit(self._seed, "offset", *name)
+                shape[number] = (chunks, offset, _seed_of(self._seed, "shift", *name) % chunks, _stride(chunks))
+                heap.append((offset / chunks, number, 0))
+        heapq.heapify(heap)
+        while heap:
+            _, number, given = heapq.heappop(heap)
+            chunks, offset, shift, stride = shape[number]
+            yield self._streams[number], (shift + given * stride) % chunks
+            if given + 1 < chunks:
+                heapq.heappush(heap, ((given + 1 + offset) / chunks, number, given + 1))
+
+
+def _stride(size: int) -> int:
+    """A step near ``size``/phi and coprime with ``size``: ``(shift + k * step) % size`` visits every chunk once, spread out."""
+    stride = max(1, round(size * _GOLDEN))
+    while math.gcd(stride, size) != 1:
+        stride += 1
+    return stride
 
 
 def _seed_of(*parts: object) -> int:
@@ -117,50 +227,38 @@ def _stratum_counts(config: RunConfig, stratum: tuple[str, str, str], weight: fl
 
 
 def build_plan(config: RunConfig, taxonomy: object) -> Plan:
-    """The seeded, stratified plan of ``config`` over ``taxonomy`` (a :class:`mediflow.taxonomy.Taxonomy`)."""
-    tasks = _check_names("tasks", config.tasks, taxonomy.tasks)
-    document_types = _check_names("document_types", config.document_types, taxonomy.document_types)
-    weights = {level.name: level.weight for level in taxonomy.difficulty_levels}
+    """The seeded, stratified plan of ``config`` over ``taxonomy`` (a :class:`mediflow.taxonomy.Taxonomy`).
+
+    Only the per-cell counts are computed here; items are enumerated by :meth:`Plan.groups`.
+    """
+    tasks = _check_names("tasks", config.tasks, taxonomy.tasks)  # type: ignore[attr-defined]
+    document_types = _check_names("document_types", config.document_types, taxonomy.document_types)  # type: ignore[attr-defined]
+    weights = {level.name: level.weight for level in taxonomy.difficulty_levels}  # type: ignore[attr-defined]
     difficulties = _check_names("difficulty_levels", config.difficulty_levels, weights)
-    formats = [fmt for fmt in taxonomy.output_formats if fmt in ("plain_text", "json")]
+    formats = [fmt for fmt in taxonomy.output_formats if fmt in ("plain_text", "json")]  # type: ignore[attr-defined]
     wanted_tasks, wanted_types = set(tasks), set(document_types)
-    pairs = [(task, doc) for task, doc in taxonomy.cells() if task in wanted_tasks and doc in wanted_types]
+    pairs = [(task, doc) for task, doc in taxonomy.cells() if task in wanted_tasks and doc in wanted_types]  # type: ignore[attr-defined]
     if not pairs:
         raise ConfigError(
             f"no compatible (task, document type) pair in tasks={config.tasks} x document_types={config.document_types}"
         )
-
-    # Items are plain tuples (category, document type, index) until their position is known: the
-    # plan of a 2.5M-record run is built in seconds.
-    by_stream: dict[tuple[str, str, str], list[tuple[str, str, int]]] = defaultdict(list)
+    segments: dict[tuple[str, str, str], list[tuple[str, str, int]]] = {}
     for task, doc in pairs:
-        category = taxonomy.document_types[doc].category
+        category = taxonomy.document_types[doc].category  # type: ignore[attr-defined]
         for difficulty in difficulties:
             split = _stratum_counts(config, (task, doc, difficulty), weights[difficulty])
             for fmt in formats:
-                by_stream[(task, difficulty, fmt)].extend((category, doc, index) for index in range(split.get(fmt, 0)))
-
-    size = config.documents_per_instruction
-    chunks: list[tuple[str, tuple[str, str, str], list[tuple[str, str, int]]]] = []
-    for stream, members in by_stream.items():
-        members.sort()
-        for start in range(0, len(members), size):
-            chunk = members[start : start + size]
-            chunks.append((content_id(config.seed, *stream, [(doc, index) for _, doc, index in chunk]), stream, chunk))
-    chunks.sort(key=lambda chunk: _seed_of(config.seed, "order", chunk[0]))
-
-    groups: list[InstructionGroup] = []
-    position = 0
-    limit = config.max_records if config.max_records is not None else math.inf
-    for key, (task, difficulty, fmt), chunk in chunks:
-        if position >= limit:
-            break
-        items = []
-        for _, doc, index in chunk[: int(min(len(chunk), limit - position))]:
-            seed = _seed_of(config.seed, task, doc, difficulty, fmt, index) % (2**31)
-            items.append(PlanItem(task, doc, difficulty, fmt, index, seed, position))
-            position += 1
-        types = tuple(dict.fromkeys(doc for _, doc, _ in chunk))
-        groups.append(InstructionGroup(key, task, difficulty, fmt, tuple(items), types))
-    plan_id = content_id([g.key for g in groups], [len(g.items) for g in groups], config.output.shard_size)
-    return Plan(tuple(groups), plan_id)
+                if split.get(fmt, 0):
+                    segments.setdefault((task, difficulty, fmt), []).append((category, doc, split[fmt]))
+    streams = []
+    for (task, difficulty, fmt), parts in sorted(segments.items()):
+        parts.sort()
+        starts = (0, *accumulate(count for _, _, count in parts))
+        streams.append(_Stream(task, difficulty, fmt, tuple(parts), starts[:-1], starts[-1]))
+    return Plan(
+        streams,
+        seed=config.seed,
+        chunk_size=config.documents_per_instruction,
+        limit=config.max_records,
+        shard_size=config.output.shard_size,
+    )

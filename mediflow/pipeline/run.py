@@ -15,11 +15,9 @@ run's records equal an uninterrupted run's.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
-import os
-import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,17 +26,21 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.parquet as pq
 
 from mediflow.config import RunConfig, load_config
-from mediflow.engine import Engine, EngineConfig
-from mediflow.errors import ConfigError, TeacherError
+from mediflow.engine import Engine
+from mediflow.errors import TeacherError
 from mediflow.folders import CACHE_NAME, OutputFolder, open_input
+from mediflow.folders.output import DATASETS_CACHE
 from mediflow.pipeline.collect import ShardCollector
 from mediflow.pipeline.flow import GroupFlow
 from mediflow.pipeline.output import RunOutput
 from mediflow.pipeline.plan import InstructionGroup, Plan, build_plan
 from mediflow.pipeline.stages import Stages
 from mediflow.records import GENERATION_SCHEMA, content_id
+from mediflow.steps import map_ordered
 from mediflow.taxonomy import load_taxonomy
-from mediflow.teachers import Teacher, make_teacher
+from mediflow.sync import run_sync
+from mediflow.teachers.base import Teacher
+from mediflow.teachers.factory import teacher_from
 
 if TYPE_CHECKING:
     import datasets
@@ -59,35 +61,6 @@ class RunSummary:
     stop_reason: str | None = None
 
 
-def _engine_config(config: RunConfig) -> EngineConfig:
-    limits = config.limits
-    return EngineConfig(
-        concurrency=limits.concurrency,
-        rpm=limits.rpm,
-        tpm=limits.tpm,
-        adaptive=limits.adaptive,
-        max_retries=limits.max_retries,
-        request_timeout=limits.request_timeout,
-        error_rate_threshold=limits.error_rate_threshold,
-        price_input_per_1k=config.prices.input_per_1k,
-        price_output_per_1k=config.prices.output_per_1k,
-        progress=config.progress,
-    )
-
-
-def _make_teacher(config: RunConfig) -> Teacher:
-    api_key = None
-    if config.teacher.api_key_env:
-        api_key = os.environ.get(config.teacher.api_key_env)
-        if not api_key:
-            raise ConfigError(f"teacher.api_key_env: the environment variable {config.teacher.api_key_env} is not set")
-    options: dict[str, Any] = {}
-    if config.teacher.spec.startswith(("openai:", "azure:")):
-        options["max_connections"] = max(config.limits.concurrency, 16)
-        options["timeout"] = config.limits.request_timeout
-    return make_teacher(config.teacher.spec, base_url=config.teacher.base_url, api_key=api_key, **options)
-
-
 def _icd10cm_release() -> str | None:
     from mediflow import terminology
 
@@ -98,21 +71,10 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-async def _drive(groups: list[InstructionGroup], flow: GroupFlow, workers: int) -> None:
-    """``workers`` coroutines pull groups in plan order; the first error cancels the rest."""
-    queue = iter(groups)
-
-    async def worker() -> None:
-        for group in queue:
-            await flow.run(group)
-
-    tasks = [asyncio.create_task(worker()) for _ in range(max(1, min(workers, len(groups))))]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+async def _drive(groups: Iterator[InstructionGroup], flow: GroupFlow, workers: int) -> None:
+    """Groups through ``flow`` in plan order, pulled lazily from the plan, ``workers`` at once; the first error cancels the rest."""
+    async for _ in map_ordered(flow.run, groups, max(1, workers)):
+        pass
 
 
 def _failures(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -151,9 +113,9 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
     taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
     plan: Plan = build_plan(config, taxonomy)
     out = Path(config.output.dir)
-    teacher = _make_teacher(config)
+    teacher = teacher_from(config.teacher, config.limits)
     try:
-        engine = Engine(teacher, cache_path=out / CACHE_NAME, config=_engine_config(config))
+        engine = Engine(teacher, out / CACHE_NAME, config.limits, prices=config.prices, progress=config.progress)
         stages = Stages(engine, taxonomy, config)
         fingerprint = content_id(
             plan.id,
@@ -173,7 +135,7 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
             "plan": {
                 "id": plan.id,
                 "items": len(plan),
-                "instruction_groups": len(plan.groups),
+                "instruction_groups": plan.group_count,
                 "shard_size": config.output.shard_size,
             },
         }
@@ -212,8 +174,8 @@ async def _generate(config: RunConfig, plan: Plan, folder: OutputFolder, engine:
             cost_of=engine.cost_usd,
             on_item_done=engine.progress.advance,
         )
-        todo = [group for group in plan.groups if flow.pending(group)]
-        engine.progress.set_total(sum(not collector.is_finished(i.position) for g in todo for i in g.items))
+        todo = (group for group in plan.groups() if flow.pending(group))
+        engine.progress.set_total(len(plan) - collector.finished_items)
         try:
             await _drive(todo, flow, workers)
         except TeacherError as exc:
@@ -260,13 +222,7 @@ def _finish(output: RunOutput, status: str, stop_reason: str | None, session: di
 
 def run(config: RunConfig, *, overwrite: bool = False) -> RunSummary:
     """Run ``config`` to completion, also from inside a running event loop (a notebook cell)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(run_async(config, overwrite=overwrite))
-    # A loop is already running in this thread (Jupyter): run ours in a worker thread and wait.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mediflow-generate") as pool:
-        return pool.submit(asyncio.run, run_async(config, overwrite=overwrite)).result()
+    return run_sync(run_async(config, overwrite=overwrite))
 
 
 def load_output(out_dir: str | Path) -> datasets.Dataset:
@@ -280,8 +236,7 @@ def load_output(out_dir: str | Path) -> datasets.Dataset:
     features = datasets.Features.from_arrow_schema(GENERATION_SCHEMA)
     if not files:
         return datasets.Dataset(GENERATION_SCHEMA.empty_table())
-    cache_dir = tempfile.mkdtemp(prefix="mediflow-datasets-")  # never inside the output folder (not part of its layout)
-    return datasets.Dataset.from_parquet(files, features=features, cache_dir=cache_dir)
+    return datasets.Dataset.from_parquet(files, features=features, cache_dir=str(Path(out_dir) / DATASETS_CACHE))
 
 
 def generate(config: RunConfig | dict[str, Any] | str | Path | None = None, /, *, overwrite: bool = False, **overrides: Any) -> datasets.Dataset:
@@ -292,5 +247,12 @@ def generate(config: RunConfig | dict[str, Any] | str | Path | None = None, /, *
     see :func:`mediflow.config.load_config`). Writes the output directory (``output.dir``, shards,
     rejects, manifest, cache) and resumes it when rerun. Works in a notebook (a running loop).
     """
-    summary = run(load_config(config, **overrides), overwrite=overwrite)
+    return run_sync(generate_async(config, overwrite=overwrite, **overrides))
+
+
+async def generate_async(
+    config: RunConfig | dict[str, Any] | str | Path | None = None, /, *, overwrite: bool = False, **overrides: Any
+) -> datasets.Dataset:
+    """:func:`generate` for callers already running an event loop."""
+    summary = await run_async(load_config(config, **overrides), overwrite=overwrite)
     return load_output(summary.out_dir)

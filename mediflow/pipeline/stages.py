@@ -1,27 +1,30 @@
-"""The three generation stages: render the messages, ask the engine, read the answer.
+"""The three generation stages as LLM steps: render the messages, ask the engine, read the answer.
 
-Each stage is one small method. What to ask lives in ``prompts/`` (``document``, ``instruction``,
-``response_plain``, ``response_json``, ``correction``); how requests travel (limits, retries,
-cache) is the engine's business. Every request is fully determined by the plan item (its seed and
-index) and the config, so that a rerun produces byte-identical requests and the engine answers them
-from its cache.
+Each stage is one :class:`~mediflow.steps.LLMStep` (``request(row)`` / ``parse(row, answer)``).
+What to ask lives in ``prompts/`` (``document``, ``instruction``, ``response_plain``,
+``response_json``, ``correction``); how requests travel (limits, retries, cache) is the engine's
+business. Every request is fully determined by the plan item (its seed and index) and the config,
+so that a rerun produces byte-identical requests and the engine answers them from its cache.
 
-A stage returns a :class:`StageResult`: the text it produced, or the reason it failed and the raw
-answer, plus every teacher response it consumed (for the record's usage).
+A stage returns a :class:`~mediflow.steps.StepResult` (its text, or the reason it failed and the raw
+answer, plus every teacher response it consumed, for the record's usage).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mediflow import terminology
 from mediflow.config import RunConfig, SamplingConfig
 from mediflow.pipeline.plan import InstructionGroup, PlanItem
-from mediflow.pipeline.structured import CompletesChat, ask_json
-from mediflow.prompts import load_prompts
-from mediflow.teachers.base import ChatRequest, ChatResponse
+from mediflow.pipeline.structured import CompletesChat
+from mediflow.prompts import PromptTemplate, load_prompts
+from mediflow.steps import Answer, LLMStep, Reject, StepResult, ask
+from mediflow.taxonomy import DifficultyLevel, Taxonomy
+from mediflow.teachers.base import ChatRequest
 
 #: The templates a run renders, by stage.
 TEMPLATE_NAMES: tuple[str, ...] = ("document", "instruction", "response_plain", "response_json", "correction")
@@ -29,31 +32,137 @@ TEMPLATE_NAMES: tuple[str, ...] = ("document", "instruction", "response_plain", 
 _SEED_CONDITIONS = 2
 
 
-@dataclass(frozen=True)
-class StageResult:
-    """What one stage produced for one item (or group)."""
+def _request(template: PromptTemplate, sampling: SamplingConfig, item: PlanItem, salt: int, **variables: Any) -> ChatRequest:
+    return ChatRequest(
+        messages=template.render(**variables),
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_tokens=sampling.max_tokens,
+        seed=(item.seed + salt) % (2**31),
+        sample_index=item.index,
+        prompt_version=template.version,
+    )
 
-    text: str | None  # the accepted text, None when the stage failed
-    raw_text: str = ""  # the teacher's last raw answer (kept for rejects)
-    error: str | None = None
-    responses: tuple[ChatResponse, ...] = field(default=())
-    corrections: int = 0
 
-    @property
-    def ok(self) -> bool:
-        return self.error is None
+def _text(answer: Answer, what: str) -> str | Reject:
+    text = answer.text.strip()
+    return text if text else Reject(f"the teacher returned an empty {what}")
+
+
+def seed_facts(item: PlanItem) -> list[str]:
+    """Real billable ICD-10-CM conditions drawn for this item (seeded by it), to ground the document.
+
+    Drug names are left to the teacher: the drug vocabulary takes ~7 s to load, per process.
+    """
+    codes = terminology.sample_billable_codes(_SEED_CONDITIONS, seed=item.seed)
+    return [f"{code.description} (ICD-10-CM {code.code})" for code in codes]
+
+
+@dataclass
+class DocumentStep(LLMStep[PlanItem, str]):
+    """A synthetic clinical document of the item's type, at the item's difficulty, for its task."""
+
+    template: PromptTemplate
+    taxonomy: Taxonomy
+    sampling: SamplingConfig
+    levels: dict[str, DifficultyLevel]
+
+    def request(self, row: PlanItem) -> ChatRequest:
+        document_type = self.taxonomy.document_types[row.document_type]
+        return _request(
+            self.template,
+            self.sampling,
+            row,
+            0,
+            document_type=document_type,
+            category=self.taxonomy.categories[document_type.category],
+            difficulty=self.levels[row.difficulty],
+            seed_facts=seed_facts(row),
+            requirements=self.taxonomy.tasks[row.task].document_requirements,
+        )
+
+    def parse(self, row: PlanItem, answer: Answer) -> str | Reject:
+        return _text(answer, "document")
+
+
+@dataclass
+class InstructionStep(LLMStep[tuple[InstructionGroup, "str | None"], str]):
+    """The task's instruction at the group's difficulty and format.
+
+    Written on the document when the instruction serves that one document; written for the
+    group's document types (document ``None``) when it is reused, so that it cannot lean on facts
+    only one document has.
+    """
+
+    template: PromptTemplate
+    taxonomy: Taxonomy
+    sampling: SamplingConfig
+    levels: dict[str, DifficultyLevel]
+
+    def request(self, row: tuple[InstructionGroup, str | None]) -> ChatRequest:
+        group, document = row
+        lead = group.items[0]
+        variables: dict[str, Any] = dict(
+            task=self.taxonomy.tasks[group.task],
+            difficulty=self.levels[group.difficulty],
+            document_type=self.taxonomy.document_types[lead.document_type],
+            other_document_types=[name for name in group.document_types if name != lead.document_type],
+            output_format=group.output_format,
+        )
+        if document is not None:
+            variables["document"] = document
+        return _request(self.template, self.sampling, lead, 1, **variables)
+
+    def parse(self, row: tuple[InstructionGroup, str | None], answer: Answer) -> str | Reject:
+        return _text(answer, "instruction")
+
+
+@dataclass
+class ResponseStep(LLMStep[tuple[PlanItem, str, str], str]):
+    """The answer to the instruction on the document: plain text, or JSON valid against the task's schema."""
+
+    plain: PromptTemplate
+    json_template: PromptTemplate
+    taxonomy: Taxonomy
+    sampling: SamplingConfig
+    max_corrections: int = 2
+    correction_template: PromptTemplate | None = None
+
+    def request(self, row: tuple[PlanItem, str, str]) -> ChatRequest:
+        item, instruction, document = row
+        task = self.taxonomy.tasks[item.task]
+        if item.output_format != "json":
+            return _request(self.plain, self.sampling, item, 2, task=task, instruction=instruction, document=document)
+        request = _request(self.json_template, self.sampling, item, 2, task=task, instruction=instruction, document=document)
+        return dataclasses.replace(request, response_schema=task.output_schema)
+
+    def parse(self, row: tuple[PlanItem, str, str], answer: Answer) -> str | Reject:
+        if row[0].output_format == "json":
+            return json.dumps(answer.value, ensure_ascii=False)
+        return _text(answer, "response")
 
 
 class Stages:
     """The stages of one run, bound to its engine, taxonomy, templates and config."""
 
-    def __init__(self, engine: CompletesChat, taxonomy: Any, config: RunConfig) -> None:
+    def __init__(self, engine: CompletesChat, taxonomy: Taxonomy, config: RunConfig) -> None:
         self.engine = engine
         self.taxonomy = taxonomy
         self.config = config
         prompts = load_prompts(config.prompts)
         self.templates = {name: prompts.get(name) for name in TEMPLATE_NAMES}
-        self._levels = {level.name: level for level in taxonomy.difficulty_levels}
+        levels = {level.name: level for level in taxonomy.difficulty_levels}
+        sampling = config.sampling
+        self.document_step = DocumentStep(self.templates["document"], taxonomy, sampling.document, levels)
+        self.instruction_step = InstructionStep(self.templates["instruction"], taxonomy, sampling.instruction, levels)
+        self.response_step = ResponseStep(
+            self.templates["response_plain"],
+            self.templates["response_json"],
+            taxonomy,
+            sampling.response,
+            config.max_corrections,
+            self.templates["correction"],
+        )
 
     @property
     def versions(self) -> dict[str, str]:
@@ -66,89 +175,15 @@ class Stages:
         names = ["document", "instruction", response] + (["correction"] if output_format == "json" else [])
         return "+".join(self.templates[name].version for name in names)
 
-    def _request(self, template: str, sampling: SamplingConfig, item: PlanItem, salt: int, **variables: Any) -> ChatRequest:
-        return ChatRequest(
-            messages=self.templates[template].render(**variables),
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,
-            seed=(item.seed + salt) % (2**31),
-            sample_index=item.index,
-            prompt_version=self.templates[template].version,
-        )
-
-    @staticmethod
-    def _text_result(response: ChatResponse, what: str) -> StageResult:
-        text = response.text.strip()
-        if not text:
-            return StageResult(None, response.text, f"the teacher returned an empty {what}", (response,))
-        return StageResult(text, response.text, None, (response,))
-
     def warm_up(self) -> None:
         """Load the ICD-10-CM tables now (seconds, once per process), not inside the first request's timing."""
         terminology.sample_billable_codes(_SEED_CONDITIONS, seed=0)
 
-    @staticmethod
-    def seed_facts(item: PlanItem) -> list[str]:
-        """Real billable ICD-10-CM conditions drawn for this item (seeded by it), to ground the document.
+    async def document(self, item: PlanItem) -> StepResult[str]:
+        return await ask(self.engine, self.document_step, item)
 
-        Drug names are left to the teacher: the drug vocabulary takes ~7 s to load, per process.
-        """
-        codes = terminology.sample_billable_codes(_SEED_CONDITIONS, seed=item.seed)
-        return [f"{code.description} (ICD-10-CM {code.code})" for code in codes]
+    async def instruction(self, group: InstructionGroup, document: str | None) -> StepResult[str]:
+        return await ask(self.engine, self.instruction_step, (group, document))
 
-    async def document(self, item: PlanItem) -> StageResult:
-        """A synthetic clinical document of the item's type, at the item's difficulty, for its task."""
-        document_type = self.taxonomy.document_types[item.document_type]
-        request = self._request(
-            "document",
-            self.config.sampling.document,
-            item,
-            0,
-            document_type=document_type,
-            category=self.taxonomy.categories[document_type.category],
-            difficulty=self._levels[item.difficulty],
-            seed_facts=self.seed_facts(item),
-            requirements=self.taxonomy.tasks[item.task].document_requirements,
-        )
-        return self._text_result(await self.engine.complete(request), "document")
-
-    async def instruction(self, group: InstructionGroup, document: str | None) -> StageResult:
-        """The task's instruction at the group's difficulty and format.
-
-        Written on ``document`` when the instruction serves that one document; written for the
-        group's document types (``document=None``) when it is reused, so that it cannot lean on
-        facts only one document has.
-        """
-        lead = group.items[0]
-        variables: dict[str, Any] = dict(
-            task=self.taxonomy.tasks[group.task],
-            difficulty=self._levels[group.difficulty],
-            document_type=self.taxonomy.document_types[lead.document_type],
-            other_document_types=[name for name in group.document_types if name != lead.document_type],
-            output_format=group.output_format,
-        )
-        if document is not None:
-            variables["document"] = document
-        request = self._request("instruction", self.config.sampling.instruction, lead, 1, **variables)
-        return self._text_result(await self.engine.complete(request), "instruction")
-
-    async def response(self, item: PlanItem, instruction: str, document: str) -> StageResult:
-        """The answer to ``instruction`` on ``document``: plain text, or JSON valid against the task's schema."""
-        task = self.taxonomy.tasks[item.task]
-        sampling = self.config.sampling.response
-        if item.output_format != "json":
-            request = self._request("response_plain", sampling, item, 2, task=task, instruction=instruction, document=document)
-            return self._text_result(await self.engine.complete(request), "response")
-        request = self._request("response_json", sampling, item, 2, task=task, instruction=instruction, document=document)
-        answer = await ask_json(
-            self.engine,
-            request,
-            task.output_schema,
-            self.config.max_corrections,
-            correction_template=self.templates["correction"],
-        )
-        if answer.error is not None:
-            return StageResult(None, answer.text, answer.error, answer.responses, answer.corrections)
-        text = json.dumps(answer.value, ensure_ascii=False)
-        return StageResult(text, answer.text, None, answer.responses, answer.corrections)
+    async def response(self, item: PlanItem, instruction: str, document: str) -> StepResult[str]:
+        return await ask(self.engine, self.response_step, (item, instruction, document))

@@ -4,8 +4,8 @@
 conversational preference format with the released MediFlow DPO columns; see ``docs/preference.md``.
 """
 
-from mediflow.preference.build import PairsResult, abuild_pairs, build_pairs
+from mediflow.preference.build import PairsResult, build_pairs, build_pairs_async
 from mediflow.preference.config import CandidateSource, PairsConfig
 from mediflow.preference.rows import PAIR_SCHEMA
 
-__all__ = ["CandidateSource", "PAIR_SCHEMA", "PairsConfig", "PairsResult", "abuild_pairs", "build_pairs"]
+__all__ = ["CandidateSource", "PAIR_SCHEMA", "PairsConfig", "PairsResult", "build_pairs", "build_pairs_async"]

@@ -18,11 +18,9 @@ Every record tried ends up in exactly one of the two files, so ``kept + dropped 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
-import os
-from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from mediflow.engine import Engine, EngineConfig
+from mediflow.engine import Engine
+from mediflow.folders import OutputFolder, StagedWriter, open_input, reject_table
 from mediflow.preference.candidates import AnswerSource, answer
 from mediflow.preference.config import PairsConfig
 from mediflow.preference.error_kinds import ErrorKind, applicable_kinds, choose_kind, load_error_kinds
@@ -41,10 +40,11 @@ from mediflow.preference.margins import IDENTICAL_TEXT, PairDecision, ScoredCand
 from mediflow.preference.rows import PAIR_SCHEMA, pair_row
 from mediflow.preference.selection import select_best
 from mediflow.prompts import load_prompts
-from mediflow.folders import OutputFolder, StagedWriter, open_input, reject_table
 from mediflow.records import JUDGE_SCORE_COLUMNS, RELEASED_COLUMNS
+from mediflow.steps import map_ordered
 from mediflow.taxonomy import load_taxonomy
-from mediflow.teachers import make_teacher
+from mediflow.sync import run_sync
+from mediflow.teachers.factory import TeacherConfig, api_key_of, teacher_from
 
 #: Drop reasons decided here (the margin rule, the hard checks and injection add their own).
 NO_APPLICABLE_KIND = "no_applicable_error_kind"
@@ -79,31 +79,29 @@ class PairsResult:
         return self.kept / self.tried if self.tried else 0.0
 
 
-def build_pairs(
-    input_path: str | Path, out_dir: str | Path, config: PairsConfig | None = None, *, api_key: str | None = None, overwrite: bool = False
-) -> PairsResult:
-    """Build pairs from a MediFlow output folder or Parquet file into ``out_dir`` (see the module docstring)."""
-    return asyncio.run(abuild_pairs(input_path, out_dir, config, api_key=api_key, overwrite=overwrite))
+def build_pairs(input_path: str | Path, out_dir: str | Path, config: PairsConfig | None = None, *, overwrite: bool = False) -> PairsResult:
+    """Build pairs from a MediFlow output folder or Parquet file into ``out_dir`` (see the module docstring); works in a notebook."""
+    return run_sync(build_pairs_async(input_path, out_dir, config, overwrite=overwrite))
 
 
-async def abuild_pairs(
-    input_path: str | Path, out_dir: str | Path, config: PairsConfig | None = None, *, api_key: str | None = None, overwrite: bool = False
-) -> PairsResult:
-    """:func:`build_pairs` for callers already inside an event loop (notebooks)."""
+async def build_pairs_async(input_path: str | Path, out_dir: str | Path, config: PairsConfig | None = None, *, overwrite: bool = False) -> PairsResult:
+    """:func:`build_pairs` for callers already running an event loop."""
     config = config or PairsConfig()
     out = Path(out_dir)
     data = open_input(input_path)  # a clear error for a missing, empty or malformed input, before any teacher starts
+    for role, section in _roles(config):
+        api_key_of(section, role)  # an unset key variable fails here, before anything is written
     records = data.read(_INPUT_COLUMNS)
     selection = select_best(records, min_score=config.min_score, top_fraction=config.top_fraction)
     tried = selection.records if config.max_records is None else selection.records.slice(0, config.max_records)
     schemas = _task_schemas(config)
     prompts = load_prompts(config.prompts_path)
     kinds = load_error_kinds(config.error_kinds_path)
-    folder = OutputFolder.open(out, kind=STAGE, config=_settings(config), inputs=[data.ref()], overwrite=overwrite)
+    folder = OutputFolder.open(out, kind=STAGE, config=config.to_dict(), inputs=[data.ref()], overwrite=overwrite)
     with folder:
         output = StagedWriter(folder)
         try:
-            result = await _build(config, selection, tried, prompts, kinds, schemas, folder, output, api_key)
+            result = await _build(config, selection, tried, prompts, kinds, schemas, folder, output)
         except BaseException:
             output.abandon()
             raise
@@ -112,10 +110,11 @@ async def abuild_pairs(
 
 async def _build(
     config: PairsConfig, selection: Any, tried: pa.Table, prompts: Any, kinds: tuple[ErrorKind, ...], schemas: Mapping[str, dict[str, Any]],
-    folder: OutputFolder, output: StagedWriter, api_key: str | None,
+    folder: OutputFolder, output: StagedWriter,
 ) -> PairsResult:
+    """The pairing itself, inside the locked output folder; publishes it at the end."""
     async with AsyncExitStack() as stack:
-        engines = await _open_engines(stack, config, folder.cache_path, api_key)
+        engines = await _open_engines(stack, config, folder.cache_path)
         judge = PairJudge(
             engines["judge"],
             prompts.get(PAIR_JUDGE_PROMPT),
@@ -133,36 +132,27 @@ async def _build(
             sources = _answer_sources(config, engines)
             run = functools.partial(_candidates_one, sources=sources, judge=judge, schemas=schemas, config=config)
         dropped, error_types = Counter[str](), Counter[str]()
-        chunks = (tried.slice(start, _CHUNK) for start in range(0, tried.num_rows, _CHUNK))
-        async for chunk, outcomes in _one_chunk_ahead(chunks, run):
-            _store(output, chunk, outcomes, dropped, error_types)
+        records_in_order = (record for start in range(0, tried.num_rows, _CHUNK) for record in tried.slice(start, _CHUNK).to_pylist())
+        outcomes: list[Outcome] = []
+        stored = 0
+        async for outcome in map_ordered(run, records_in_order, 2 * config.limits.concurrency):
+            outcomes.append(outcome)
+            if len(outcomes) == _CHUNK:
+                _store(output, tried.slice(stored, _CHUNK), outcomes, dropped, error_types)
+                stored, outcomes = stored + _CHUNK, []
+        if outcomes:
+            _store(output, tried.slice(stored, len(outcomes)), outcomes, dropped, error_types)
         usage = _usage(engines)
     manifest = _manifest(config, selection, tried.num_rows, output.kept, dropped, error_types, usage, prompts, kinds)
     output.publish(PAIR_SCHEMA, {"in": selection.considered, "tried": tried.num_rows, "kept": output.kept, "rejected": tried.num_rows - output.kept}, manifest)
     return PairsResult(folder.root, tried.num_rows, output.kept, dict(dropped), folder.manifest.to_dict())
 
 
-async def _one_chunk_ahead(chunks: Iterator[pa.Table], run: Callable[[dict[str, Any]], Awaitable[Outcome]]) -> AsyncIterator[tuple[pa.Table, list[Outcome]]]:
-    """Each chunk with its outcomes, in order, while the next chunk is already running.
-
-    Chunks bound what is held before it is written; starting the next one before the current one
-    is stored means the slowest records of a chunk never leave the teacher idle (no batch barrier).
-    A failure cancels whatever is still running.
-    """
-    running: deque[tuple[pa.Table, asyncio.Future[list[Outcome]]]] = deque()
-    try:
-        for chunk in chunks:
-            running.append((chunk, asyncio.ensure_future(asyncio.gather(*(run(record) for record in chunk.to_pylist())))))
-            if len(running) > 1:
-                done, future = running.popleft()
-                yield done, await future
-        while running:
-            done, future = running.popleft()
-            yield done, await future
-    finally:
-        for _, future in running:
-            future.cancel()
-        await asyncio.gather(*(future for _, future in running), return_exceptions=True)
+def _roles(config: PairsConfig) -> list[tuple[str, TeacherConfig]]:
+    """Every teacher section a run uses, named by its key in the config (for errors)."""
+    roles = [("teacher", config.teacher), ("judge_teacher", config.judge)]
+    roles += [(f"candidate_sources[{i}].teacher", source.teacher) for i, source in enumerate(config.candidate_sources)]
+    return roles
 
 
 def _task_schemas(config: PairsConfig) -> dict[str, dict[str, Any]]:
@@ -170,23 +160,18 @@ def _task_schemas(config: PairsConfig) -> dict[str, dict[str, Any]]:
     return {name: task.output_schema for name, task in taxonomy.tasks.items()}
 
 
-async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path, api_key: str | None) -> dict[str, Engine]:
-    """One engine per distinct teacher (the judge shares the teacher's engine when it is the same one);
-    they share the folder's one cache file (keys name the teacher, so answers never mix)."""
-    engine_config = EngineConfig(concurrency=config.concurrency, progress=config.progress)
-    opened: dict[tuple[str, str | None], Engine] = {}
-
-    async def engine_for(spec: str, base_url: str | None, role: str) -> Engine:
-        if (spec, base_url) not in opened:
-            teacher = make_teacher(spec, base_url=base_url, api_key=api_key)
+async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path) -> dict[str, Engine]:
+    """One engine per distinct teacher section (the judge shares the teacher's engine when it is the same
+    one); they share the folder's one cache file (keys name the teacher, so answers never mix)."""
+    opened: dict[tuple[str, str | None, str | None], Engine] = {}
+    engines: dict[str, Engine] = {}
+    for (role, section), name in zip(_roles(config), ["teacher", "judge", *(f"candidate{i}" for i in range(len(config.candidate_sources)))]):
+        identity = (section.spec, section.base_url, section.api_key_env)
+        if identity not in opened:
+            teacher = teacher_from(section, config.limits, where=role)
             stack.push_async_callback(teacher.aclose)
-            opened[(spec, base_url)] = await stack.enter_async_context(Engine(teacher, cache, engine_config))
-        return opened[(spec, base_url)]
-
-    engines = {"teacher": await engine_for(config.teacher, config.base_url, "teacher")}
-    engines["judge"] = await engine_for(config.judge_teacher or config.teacher, config.judge_base_url if config.judge_teacher else config.base_url, "judge")
-    for index, candidate in enumerate(config.candidate_sources):
-        engines[f"candidate{index}"] = await engine_for(candidate.spec, candidate.base_url, f"candidate{index}")
+            opened[identity] = await stack.enter_async_context(Engine(teacher, cache, config.limits, progress=config.progress))
+        engines[name] = opened[identity]
     return engines
 
 
@@ -196,7 +181,7 @@ def _answer_sources(config: PairsConfig, engines: Mapping[str, Engine]) -> list[
         for index, candidate in enumerate(config.candidate_sources)
     ]
     sources += [
-        AnswerSource(f"{config.teacher}@t={config.hot_temperature:g}#{sample}", engines["teacher"], config.hot_temperature, sample)
+        AnswerSource(f"{config.teacher.spec}@t={config.hot_temperature:g}#{sample}", engines["teacher"], config.hot_temperature, sample)
         for sample in range(config.hot_samples)
     ]
     return sources
@@ -223,7 +208,7 @@ async def _inject_one(
     verdict = await judge.score(record, [chosen, injection.rejected], record["id"])
     if verdict.scores is None:
         return Outcome(drop_reason=JUDGE_FAILED, detail=verdict.error, error_type=kind.name)
-    rejected_source = "icd10_sibling" if kind.strategy == "icd10_sibling" else f"{config.teacher}:error_injection"
+    rejected_source = "icd10_sibling" if kind.strategy == "icd10_sibling" else f"{config.teacher.spec}:error_injection"
     decision = confirmed_worse(
         ScoredCandidate(record.get("teacher") or "original", chosen, verdict.scores[0]),
         ScoredCandidate(rejected_source, injection.rejected, verdict.scores[1]),
@@ -299,12 +284,6 @@ def _usage(engines: Mapping[str, Engine]) -> dict[str, Any]:
         roles.setdefault(id(engine), []).append(role)
     by_id = {id(engine): engine for engine in engines.values()}
     return {"+".join(names): by_id[key].stats.as_dict() for key, names in roles.items()}
-
-
-def _settings(config: PairsConfig) -> dict[str, Any]:
-    """The config as plain data for the manifest (paths as strings)."""
-    settings = dataclasses.asdict(config)
-    return {key: (str(value) if isinstance(value, os.PathLike) else value) for key, value in settings.items()}
 
 
 def _manifest(

@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mediflow.pipeline.structured import CompletesChat, ask_json
+from mediflow.pipeline.structured import CompletesChat
 from mediflow.preference.error_kinds import ErrorKind
 from mediflow.preference.icd10 import swap_for_sibling
 from mediflow.prompts import PromptTemplate
+from mediflow.steps import Answer, LLMStep, ask
 from mediflow.teachers.base import ChatRequest
 
 INJECTION_PROMPT = "error_injection"
@@ -32,6 +33,39 @@ class Injection:
     error: str | None = None
 
 
+class InjectionStep(LLMStep[tuple[Mapping[str, Any], ErrorKind], Injection]):
+    """The teacher rewrites a record's answer with one named error (``strategy: rewrite`` kinds)."""
+
+    def __init__(self, template: PromptTemplate, *, seed: int, temperature: float, max_corrections: int, max_tokens: int) -> None:
+        self.template = template
+        self.seed = seed
+        self.temperature = temperature
+        self.max_corrections = max_corrections
+        self.max_tokens = max_tokens
+
+    def request(self, row: tuple[Mapping[str, Any], ErrorKind]) -> ChatRequest:
+        record, kind = row
+        return ChatRequest(
+            messages=self.template.render(
+                instruction=record["instruction"],
+                document=record["input"],
+                output=record["output"],
+                output_format=record.get("output_format") or "plain_text",
+                error_name=kind.name,
+                error_description=kind.description,
+                error_how=kind.how,
+            ),
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+            prompt_version=self.template.version,
+            response_schema=self.template.data["response_schema"],
+        )
+
+    def parse(self, row: tuple[Mapping[str, Any], ErrorKind], answer: Answer) -> Injection:
+        return Injection(answer.value["rejected_output"], answer.value["error_description"])
+
+
 class ErrorInjector:
     """Produces one corrupted answer per (record, error kind)."""
 
@@ -46,11 +80,8 @@ class ErrorInjector:
         max_tokens: int = 2048,
     ) -> None:
         self.engine = engine
-        self.template = template
         self.seed = seed
-        self.temperature = temperature
-        self.max_corrections = max_corrections
-        self.max_tokens = max_tokens
+        self.step = InjectionStep(template, seed=seed, temperature=temperature, max_corrections=max_corrections, max_tokens=max_tokens)
 
     async def inject(self, record: Mapping[str, Any], kind: ErrorKind, record_key: str) -> Injection:
         if kind.strategy == "icd10_sibling":
@@ -58,22 +89,5 @@ class ErrorInjector:
             if swap is None:
                 return Injection(None, None, "no ICD-10-CM code with a sibling in the answer")
             return Injection(swap.text, swap.describe())
-        request = ChatRequest(
-            messages=self.template.render(
-                instruction=record["instruction"],
-                document=record["input"],
-                output=record["output"],
-                output_format=record.get("output_format") or "plain_text",
-                error_name=kind.name,
-                error_description=kind.description,
-                error_how=kind.how,
-            ),
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            seed=self.seed,
-            prompt_version=self.template.version,
-        )
-        answer = await ask_json(self.engine, request, self.template.data["response_schema"], self.max_corrections)
-        if answer.value is None:
-            return Injection(None, None, answer.error)
-        return Injection(answer.value["rejected_output"], answer.value["error_description"])
+        result = await ask(self.engine, self.step, (record, kind))
+        return result.value if result.value is not None else Injection(None, None, result.error)

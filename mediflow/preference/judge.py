@@ -4,7 +4,8 @@ Judges favour positions (often the first answer shown). Candidates are therefore
 neutral labels (A, B, ...) in an order drawn per record and per judge sample from a seeded RNG,
 and scores are mapped back to the candidates before anything else sees them. With several judge
 samples (self-consistency, as the MediFlow judge did with 5) each sample gets its own order and the
-scores are averaged. The answer is schema-validated JSON via :func:`mediflow.pipeline.structured.ask_json`.
+scores are averaged. Each sample is a row of :class:`PairJudgeStep` (an LLM step: the samples run
+concurrently, each with its own seed, like the record judge's), answered as schema-validated JSON.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mediflow.pipeline.structured import CompletesChat, ask_json
+from mediflow.pipeline.structured import CompletesChat
 from mediflow.prompts import PromptTemplate
+from mediflow.steps import Answer, LLMStep, run_step
 from mediflow.teachers.base import ChatRequest
 
 PAIR_JUDGE_PROMPT = "pair_judge"
@@ -41,7 +43,7 @@ def presentation_order(count: int, record_key: str, sample: int, seed: int) -> l
 
 
 def verdict_schema(labels: Sequence[str], candidate_schema: Mapping[str, Any]) -> dict[str, Any]:
-    """One required entry per label, each valid against the prompt's ``candidate_schema``."""
+    """One required entry per label, each valid against the prompt's ``response_schema`` (one candidate's verdict)."""
     return {
         "type": "object",
         "additionalProperties": False,
@@ -50,8 +52,57 @@ def verdict_schema(labels: Sequence[str], candidate_schema: Mapping[str, Any]) -
     }
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """One judge sample of one record's candidates (a row of :class:`PairJudgeStep`)."""
+
+    record: Mapping[str, Any]
+    candidates: tuple[str, ...]
+    record_key: str
+    sample: int
+
+
+class PairJudgeStep(LLMStep[Comparison, tuple[float, ...]]):
+    """One judge sample: the candidates under neutral labels in a seeded order; scores mapped back to the candidates."""
+
+    def __init__(self, template: PromptTemplate, *, seed: int, temperature: float, max_corrections: int, max_tokens: int) -> None:
+        self.template = template
+        self.seed = seed
+        self.temperature = temperature
+        self.max_corrections = max_corrections
+        self.max_tokens = max_tokens
+
+    def order(self, row: Comparison) -> list[int]:
+        return presentation_order(len(row.candidates), row.record_key, row.sample, self.seed)
+
+    def request(self, row: Comparison) -> ChatRequest:
+        labels = string.ascii_uppercase[: len(row.candidates)]
+        shown = [{"label": label, "text": row.candidates[index]} for label, index in zip(labels, self.order(row))]
+        return ChatRequest(
+            messages=self.template.render(
+                instruction=row.record["instruction"],
+                document=row.record["input"],
+                output_format=row.record.get("output_format") or "plain_text",
+                candidates=shown,
+                scale=self.template.data["scale"],
+            ),
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            seed=row.sample,
+            sample_index=row.sample,
+            prompt_version=self.template.version,
+            response_schema=verdict_schema(labels, self.template.data["response_schema"]),
+        )
+
+    def parse(self, row: Comparison, answer: Answer) -> tuple[float, ...]:
+        scores = [0.0] * len(row.candidates)
+        for label, index in zip(string.ascii_uppercase, self.order(row)):
+            scores[index] = float(answer.value[label]["score"])
+        return tuple(scores)
+
+
 class PairJudge:
-    """Scores candidate answers to one record with the ``pair_judge`` prompt."""
+    """Scores candidate answers to one record with the ``pair_judge`` prompt, its samples concurrently."""
 
     def __init__(
         self,
@@ -65,41 +116,18 @@ class PairJudge:
         max_tokens: int = 1024,
     ) -> None:
         self.engine = engine
-        self.template = template
-        self.seed = seed
         self.samples = samples
-        self.temperature = temperature
-        self.max_corrections = max_corrections
-        self.max_tokens = max_tokens
+        self.step = PairJudgeStep(template, seed=seed, temperature=temperature, max_corrections=max_corrections, max_tokens=max_tokens)
 
     async def score(self, record: Mapping[str, Any], candidates: Sequence[str], record_key: str) -> Verdict:
         """Mean score per candidate over the judge samples; an unusable answer yields ``scores=None``."""
         if len(candidates) > len(string.ascii_uppercase):
             raise ValueError(f"at most {len(string.ascii_uppercase)} candidates per record, got {len(candidates)}")
-        labels = list(string.ascii_uppercase[: len(candidates)])
-        schema = verdict_schema(labels, self.template.data["candidate_schema"])
+        rows = [Comparison(record, tuple(candidates), record_key, sample) for sample in range(self.samples)]
+        orders = tuple(tuple(self.step.order(row)) for row in rows)
         totals = [0.0] * len(candidates)
-        orders = []
-        for sample in range(self.samples):
-            order = presentation_order(len(candidates), record_key, sample, self.seed)
-            orders.append(tuple(order))
-            shown = [{"label": label, "text": candidates[index]} for label, index in zip(labels, order)]
-            request = ChatRequest(
-                messages=self.template.render(
-                    instruction=record["instruction"],
-                    document=record["input"],
-                    output_format=record.get("output_format") or "plain_text",
-                    candidates=shown,
-                    scale=self.template.data["scale"],
-                ),
-                temperature=self.temperature,
-                max_tokens=self.max_tokens,
-                sample_index=sample,
-                prompt_version=self.template.version,
-            )
-            answer = await ask_json(self.engine, request, schema, self.max_corrections)
-            if answer.value is None:
-                return Verdict(None, tuple(orders), f"judge: {answer.error}")
-            for label, index in zip(labels, order):
-                totals[index] += float(answer.value[label]["score"])
-        return Verdict(tuple(total / self.samples for total in totals), tuple(orders))
+        async for result in run_step(self.engine, self.step, rows, self.samples):
+            if result.value is None:
+                return Verdict(None, orders, f"judge: {result.error}")
+            totals = [total + score for total, score in zip(totals, result.value)]
+        return Verdict(tuple(total / self.samples for total in totals), orders)

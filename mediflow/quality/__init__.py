@@ -16,9 +16,11 @@ from mediflow.quality.config import CurateConfig, DecontamConfig, DedupConfig, E
 _LAZY = {
     "run_filters": "mediflow.quality.filter_stage",
     "run_judge": "mediflow.quality.judge",
+    "run_judge_async": "mediflow.quality.judge",
     "run_dedup": "mediflow.quality.dedup_stage",
     "run_decontaminate": "mediflow.quality.decontaminate",
     "curate": "mediflow.quality.curation",  # not quality/curate.py: the submodule would shadow the function
+    "curate_async": "mediflow.quality.curation",
 }
 
 __all__ = ["CurateConfig", "DecontamConfig", "DedupConfig", "EvalSet", "FilterConfig", "JudgeConfig", *_LAZY]

@@ -1,247 +1,193 @@
-"""The quality stages' settings: one dataclass per stage, read from a curate YAML with clear errors.
+"""The quality stages' settings: one :class:`~mediflow.configuration.Config` section per stage.
 
 Every field has a default, so ``mediflow filter IN OUT`` works with no config at all; a curate
-config only names what it changes. Unknown keys are errors (a typo must not silently fall back to
-a default), and each message names the key.
+config only names what it changes. Validation, "did you mean" hints and the CLI flags come from
+:mod:`mediflow.configuration`, so unknown keys are errors (a typo must not silently fall back to a
+default) and each message names the key. A rule or stage section set to ``false`` is switched off;
+``true`` switches it on with its defaults.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
-import yaml
-
+from mediflow.configuration import Config, option
+from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError
+from mediflow.teachers.factory import TeacherConfig
 
 TEXT_COLUMNS = ("instruction", "input", "output")
-
-
-def _check_keys(section: str, given: dict[str, Any], allowed: set[str]) -> None:
-    if not isinstance(given, dict):
-        raise ConfigError(f"{section}: expected a mapping, got {type(given).__name__}")
-    unknown = sorted(set(given) - allowed)
-    if unknown:
-        raise ConfigError(f"{section}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
-
-
-def _from_mapping(cls: type, section: str, given: dict[str, Any] | None) -> Any:
-    given = given or {}
-    _check_keys(section, given, {f.name for f in dataclasses.fields(cls)})
-    try:
-        return cls(**given)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{section}: {exc}") from exc
+TextColumn = Literal["instruction", "input", "output"]
+#: ``auto``: the tasks whose taxonomy entry lists the check in ``quality_checks``; else task names.
+TaskChoice = Literal["auto"] | list[str]
 
 
 @dataclass(frozen=True)
-class LengthLimits:
-    min_tokens: int = 1
-    max_tokens: int | None = None
+class LengthLimits(Config):
+    """Word tokens one column may have."""
+
+    min_tokens: int = option(1, "fewest word tokens", minimum=0)
+    max_tokens: int | None = option(None, "most word tokens (none: no upper bound)", minimum=1)
 
 
 @dataclass(frozen=True)
-class FilterConfig:
-    """Which rules run and their thresholds; a rule set to ``false`` in YAML is switched off."""
+class RefusalOptions(Config):
+    """Refusals and AI self-talk in the output ("As an AI...", "I cannot help...")."""
 
-    length: dict[str, LengthLimits] | None = field(
-        default_factory=lambda: {
-            "instruction": LengthLimits(3, 1024),
-            "input": LengthLimits(5, 8192),
-            "output": LengthLimits(1, 4096),
-        }
+    extra_patterns: list[str] = option([], "more regular expressions counted as refusals")
+
+
+@dataclass(frozen=True)
+class TemplateResidueOptions(Config):
+    """Unfilled {{ slots }}, prompt scaffolding and the instruction echoed in the output."""
+
+    extra_patterns: list[str] = option([], "more regular expressions counted as unfilled placeholders")
+    prompt_echo_min_tokens: int = option(8, "shortest instruction (in tokens) whose echo in the output counts", minimum=1)
+
+
+@dataclass(frozen=True)
+class JsonOptions(Config):
+    """JSON outputs must validate against their task's output_schema."""
+
+    unknown_task: Literal["keep", "drop"] = option("keep", "a JSON record of a task the taxonomy does not know")
+
+
+@dataclass(frozen=True)
+class LanguageOptions(Config):
+    """English, by a stop-word heuristic."""
+
+    min_share: float = option(0.5, "least share of English stop words among a column's stop words", minimum=0, maximum=1)
+    columns: list[TextColumn] = option(list(TEXT_COLUMNS), "columns checked")
+
+
+@dataclass(frozen=True)
+class Icd10Options(Config):
+    """ICD-10-CM codes in the output must exist (and be billable)."""
+
+    tasks: TaskChoice = option("auto", "auto (the tasks whose taxonomy entry asks for it) or a list of task names")
+    require_billable: bool = option(True, "a valid but non-billable (category) code is a failure too")
+
+
+@dataclass(frozen=True)
+class VerbatimCopyOptions(Config):
+    """Extraction-style outputs that copy the document wholesale."""
+
+    tasks: TaskChoice = option("auto", "auto (the tasks whose taxonomy entry asks for it) or a list of task names")
+    ngram: int = option(8, "word n-gram length compared with the document", minimum=1)
+    max_copied: float = option(0.8, "most share of the output's n-grams found in the document", minimum=0, maximum=1)
+
+
+@dataclass(frozen=True)
+class FilterConfig(Config):
+    """Which rules run and their options; a rule set to ``false`` is switched off."""
+
+    length: dict[str, LengthLimits] | None = option(
+        {"instruction": LengthLimits(3, 1024), "input": LengthLimits(5, 8192), "output": LengthLimits(1, 4096)},
+        "word tokens per column; a column left out is not checked",
+        propertyNames={"enum": list(TEXT_COLUMNS)},
     )
-    refusal: dict[str, Any] | None = field(default_factory=dict)  # extra_patterns
-    template_residue: dict[str, Any] | None = field(default_factory=dict)  # extra_patterns, prompt_echo_min_tokens
-    json: dict[str, Any] | None = field(default_factory=dict)  # unknown_task: keep | drop
-    language: dict[str, Any] | None = field(default_factory=dict)  # min_share, columns
-    icd10_codes: dict[str, Any] | None = field(default_factory=dict)  # tasks, require_billable
-    verbatim_copy: dict[str, Any] | None = field(default_factory=dict)  # tasks, ngram, max_copied
-    taxonomy: str | None = None  # a user taxonomy folder merged over the built-in one
-
-    @classmethod
-    def from_mapping(cls, given: dict[str, Any] | None) -> FilterConfig:
-        given = dict(given or {})
-        _check_keys("filters", given, {f.name for f in dataclasses.fields(cls)})
-        if "length" in given and given["length"] not in (None, False):
-            _check_keys("filters.length", given["length"], set(TEXT_COLUMNS))
-            given["length"] = {
-                column: _from_mapping(LengthLimits, f"filters.length.{column}", limits)
-                for column, limits in given["length"].items()
-            }
-        for name, value in list(given.items()):
-            if value is False:
-                given[name] = None
-            elif value is True:
-                given[name] = {} if name != "length" else cls().length
-        return cls(**given)
+    refusal: RefusalOptions | None = option(RefusalOptions(), RefusalOptions.__doc__ or "")
+    template_residue: TemplateResidueOptions | None = option(TemplateResidueOptions(), TemplateResidueOptions.__doc__ or "")
+    json: JsonOptions | None = option(JsonOptions(), JsonOptions.__doc__ or "")
+    language: LanguageOptions | None = option(LanguageOptions(), LanguageOptions.__doc__ or "")
+    icd10_codes: Icd10Options | None = option(Icd10Options(), Icd10Options.__doc__ or "")
+    verbatim_copy: VerbatimCopyOptions | None = option(VerbatimCopyOptions(), VerbatimCopyOptions.__doc__ or "")
+    taxonomy: str | None = option(None, "a user taxonomy folder merged over the built-in one")
 
 
 @dataclass(frozen=True)
-class JudgeConfig:
-    """The LLM judge: which teacher, how many samples, how they aggregate, the thresholds, the limits.
+class JudgeConfig(Config):
+    """The LLM judge: its teacher and limits, how many samples, how they aggregate, the thresholds."""
 
-    The limits (``concurrency``, ``rpm``, ``tpm``, ``max_retries``, ``request_timeout``) mean what
-    they mean for generation (``limits:`` in a run config): the judge runs on the same engine.
-    """
+    ALIASES: ClassVar[dict[str, str]] = {
+        "teacher": "teacher.spec",
+        "base_url": "teacher.base_url",
+        "api_key_env": "teacher.api_key_env",
+        "concurrency": "limits.concurrency",
+    }
 
-    teacher: str | None = None  # e.g. openai:gpt-4o-mini; required to run the judge
-    base_url: str | None = None
-    api_key: str | None = field(default=None, repr=False)  # Python API only; never in a manifest (configs name api_key_env)
-    api_key_env: str | None = None  # the environment variable holding the key (default: the SDK's)
-    samples: int = 5
-    aggregate: str = "mean"  # mean | median
-    temperature: float = 0.7
-    max_tokens: int = 400
-    max_corrections: int = 2
-    thresholds: dict[str, float] = field(default_factory=lambda: {"quality": 3.0, "alignment": 3.0, "coherence": 3.0, "realism": 3.0})
-    on_failure: str = "drop"  # drop | keep: a record whose judge samples all failed
-    rejudge: bool = False  # re-score records that already carry judge scores
-    concurrency: int = 32
-    rpm: float | None = None
-    tpm: float | None = None
-    max_retries: int = 6
-    request_timeout: float = 120.0
-    batch_records: int = 256  # records being judged at once, a sliding window (no barrier); concurrency bounds requests
-    cache: str | None = None  # default: OUT/judge-cache.sqlite
-    rubric: str | None = None  # a prompts folder holding judge.yaml (default: the built-in one)
-    progress: bool = True
+    teacher: TeacherConfig | None = option(None, "the judge's teacher (required to run the judge)")
+    limits: LimitsConfig = option(LimitsConfig(concurrency=32), "the judge engine's limits (as a run config's limits:)")
+    samples: int = option(5, "judge samples per record (self-consistency), aggregated per criterion", minimum=1)
+    aggregate: Literal["mean", "median"] = option("mean", "how the samples' scores combine, per criterion")
+    temperature: float = option(0.7, "> 0 so that the samples can disagree (their spread is judge_spread)", minimum=0, maximum=2)
+    max_tokens: int = option(400, "longest judge answer in tokens", minimum=1)
+    max_corrections: int = option(2, "correction turns for an answer that fails the schema", minimum=0)
+    thresholds: dict[str, float] = option(
+        {"quality": 3.0, "alignment": 3.0, "coherence": 3.0, "realism": 3.0},
+        "drop a record whose aggregated score is below any of these (criterion: minimum)",
+    )
+    on_failure: Literal["drop", "keep"] = option("drop", "a record none of whose samples gave a valid answer")
+    rejudge: bool = option(False, "re-score records that already carry judge scores")
+    batch_records: int = option(
+        256, "records being judged at once, a sliding window (limits.concurrency bounds requests)", minimum=1
+    )
+    cache: str | None = option(None, "the judge's answer cache (default: OUT/judge-cache.sqlite)")
+    rubric: str | None = option(None, "a prompts folder holding your own judge.yaml")
+    progress: bool = option(True, "show a progress bar")
 
-    def __post_init__(self) -> None:
-        if self.samples < 1:
-            raise ConfigError("judge.samples: must be at least 1")
-        if self.aggregate not in ("mean", "median"):
-            raise ConfigError(f"judge.aggregate: {self.aggregate!r} is not one of mean, median")
-        if self.on_failure not in ("drop", "keep"):
-            raise ConfigError(f"judge.on_failure: {self.on_failure!r} is not one of drop, keep")
-        if self.batch_records < 1:
-            raise ConfigError("judge.batch_records: must be at least 1")
-        if self.max_corrections < 0:
-            raise ConfigError("judge.max_corrections: must be at least 0")
-        thresholds = self.thresholds or {}
-        if not isinstance(thresholds, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in thresholds.values()):
-            raise ConfigError(f"judge.thresholds: expected a mapping of criterion name to a number, got {self.thresholds!r}")
-        object.__setattr__(self, "thresholds", {str(k): float(v) for k, v in thresholds.items()})
+
+DedupKey = Literal["instruction", "input", "pair"]
 
 
 @dataclass(frozen=True)
-class DedupConfig:
+class DedupConfig(Config):
     """Exact and MinHash-LSH near-duplicate removal; defaults tuned on benchmarks/dedup.py."""
 
-    exact: bool = True
-    near: bool = True
-    keys: tuple[str, ...] = ("pair",)  # any of instruction, input, pair (instruction + input)
-    scope: str = "within_task"  # within_task | across_tasks
-    shingle_size: int = 3  # word n-grams
-    num_perm: int = 192
-    bands: int = 48  # 4 rows a band: candidates from shingle Jaccard ~0.4 up (paraphrased short notes sit near 0.45)
-    min_signature_jaccard: float = 0.4  # candidates whose signatures agree less are dropped before rapidfuzz
-    threshold: float = 0.9  # rapidfuzz similarity (0-1) to count as duplicates; same-template notes about other patients reach 0.89
-    scorer: str = "token_sort_ratio"  # a rapidfuzz.fuzz scorer: ratio, token_sort_ratio, token_set_ratio
-    max_bucket: int = 100  # LSH buckets above this size only pair neighbours (see minhash.bucket_pairs)
-    window: int = 20
-    chunk_records: int = 50_000
-    seed: int = 1
+    exact: bool = option(True, "drop exact duplicates (normalised text)")
+    near: bool = option(True, "drop near duplicates: MinHash-LSH candidates confirmed with rapidfuzz")
+    keys: tuple[DedupKey, ...] = option(("pair",), "what is compared: instruction, input, pair (instruction + input)", minItems=1)
+    scope: Literal["within_task", "across_tasks"] = option("within_task", "compare records of the same task only, or all")
+    shingle_size: int = option(3, "word n-grams per shingle", minimum=1)
+    num_perm: int = option(192, "MinHash permutations", minimum=1)
+    bands: int = option(
+        48, "LSH bands (4 rows a band: candidates from shingle Jaccard ~0.4 up; paraphrased short notes sit near 0.45)", minimum=1
+    )
+    min_signature_jaccard: float = option(0.4, "candidates whose signatures agree less are dropped before rapidfuzz", minimum=0, maximum=1)
+    threshold: float = option(
+        0.9, "rapidfuzz similarity (0-1) to count as duplicates; same-template notes about other patients reach 0.89", exclusiveMinimum=0, maximum=1
+    )
+    scorer: Literal["ratio", "token_sort_ratio", "token_set_ratio", "partial_ratio"] = option("token_sort_ratio", "the rapidfuzz.fuzz scorer")
+    max_bucket: int = option(100, "LSH buckets above this size only pair neighbours (see minhash.bucket_pairs)", minimum=2)
+    window: int = option(20, "neighbours paired in an oversized bucket", minimum=1)
+    chunk_records: int = option(50_000, "records signed per chunk (bounds memory)", minimum=1)
+    seed: int = option(1, "seed of the MinHash permutations", minimum=0)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "keys", tuple(self.keys))
-        bad = [k for k in self.keys if k not in ("instruction", "input", "pair")]
-        if bad or not self.keys:
-            raise ConfigError(f"dedup.keys: {bad or self.keys} not among instruction, input, pair")
-        if self.scope not in ("within_task", "across_tasks"):
-            raise ConfigError(f"dedup.scope: {self.scope!r} is not one of within_task, across_tasks")
+    def check(self) -> None:
         if self.num_perm % self.bands:
-            raise ConfigError(f"dedup.bands: {self.bands} does not divide num_perm {self.num_perm}")
-        if not 0 < self.threshold <= 1:
-            raise ConfigError(f"dedup.threshold: {self.threshold} is not in (0, 1]")
-        if self.scorer not in ("ratio", "token_sort_ratio", "token_set_ratio", "partial_ratio"):
-            raise ConfigError(f"dedup.scorer: {self.scorer!r} is not a supported rapidfuzz.fuzz scorer")
+            raise ConfigError(f"bands: {self.bands} does not divide num_perm {self.num_perm}")
 
 
 @dataclass(frozen=True)
-class EvalSet:
+class EvalSet(Config):
     """One evaluation set: a Parquet or JSONL file or a ``datasets.save_to_disk`` folder."""
 
-    path: str
-    fields: tuple[str, ...] = ("text",)
-    id_field: str | None = None  # reported as the matched item's id (default: its row index)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "fields", tuple(self.fields))
+    path: str = option("", "the file or folder", minLength=1)
+    fields: tuple[str, ...] = option(("text",), "its text fields", minItems=1)
+    id_field: str | None = option(None, "reported as the matched item's id (default: its row index)")
 
 
 @dataclass(frozen=True)
-class DecontamConfig:
+class DecontamConfig(Config):
     """N-gram overlap against evaluation sets (13-grams of normalised words by default)."""
 
-    eval: tuple[EvalSet, ...] = ()
-    ngram: int = 13
-    columns: tuple[str, ...] = TEXT_COLUMNS
-
-    @classmethod
-    def from_mapping(cls, given: dict[str, Any] | None) -> DecontamConfig:
-        given = dict(given or {})
-        _check_keys("decontaminate", given, {"eval", "ngram", "columns"})
-        sets = []
-        for i, entry in enumerate(given.pop("eval", []) or []):
-            entry = {"path": entry} if isinstance(entry, str) else entry
-            sets.append(_from_mapping(EvalSet, f"decontaminate.eval[{i}]", entry))
-        if "columns" in given:
-            given["columns"] = tuple(given["columns"])
-        config = cls(eval=tuple(sets), **given)
-        if config.ngram < 1:
-            raise ConfigError("decontaminate.ngram: must be at least 1")
-        return config
+    eval: tuple[EvalSet, ...] = option((), "evaluation sets")
+    ngram: int = option(13, "shared word n-grams that make a record contaminated", minimum=1)
+    columns: tuple[str, ...] = option(TEXT_COLUMNS, "record columns compared")
 
 
 @dataclass(frozen=True)
-class CurateConfig:
+class CurateConfig(Config):
     """The whole curate run: stages in order filters -> judge -> dedup -> decontaminate."""
 
-    filters: FilterConfig | None = field(default_factory=FilterConfig)
-    judge: JudgeConfig | None = None
-    dedup: DedupConfig | None = field(default_factory=DedupConfig)
-    decontaminate: DecontamConfig | None = None
+    ALIASES: ClassVar[dict[str, str]] = {
+        "teacher": "judge.teacher.spec",
+        "base_url": "judge.teacher.base_url",
+        "api_key_env": "judge.teacher.api_key_env",
+    }
 
-    @classmethod
-    def from_mapping(cls, given: dict[str, Any] | None) -> CurateConfig:
-        given = given or {}
-        _check_keys("curate config", given, {"filters", "judge", "dedup", "decontaminate"})
-
-        def section(name: str, build: Any, default_on: bool) -> Any:
-            value = given.get(name, {} if default_on else None)
-            if value is None or value is False:
-                return None
-            return build({} if value is True else value)
-
-        return cls(
-            filters=section("filters", FilterConfig.from_mapping, True),
-            judge=section("judge", lambda v: _from_mapping(JudgeConfig, "judge", v), False),
-            dedup=section("dedup", lambda v: _from_mapping(DedupConfig, "dedup", v), True),
-            decontaminate=section("decontaminate", DecontamConfig.from_mapping, False),
-        )
-
-    @classmethod
-    def load(cls, path: Path) -> CurateConfig:
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the curate config ({exc.strerror})") from exc
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
-        return cls.from_mapping(data)
-
-
-def as_plain(value: Any) -> Any:
-    """A config as JSON-able data, for the manifest."""
-    if dataclasses.is_dataclass(value):
-        return {f.name: as_plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "api_key"}
-    if isinstance(value, dict):
-        return {k: as_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [as_plain(v) for v in value]
-    return value
+    filters: FilterConfig | None = option(FilterConfig(), "rule filters (default on)")
+    judge: JudgeConfig | None = option(None, "the LLM judge (off unless given: it costs teacher calls)")
+    dedup: DedupConfig | None = option(DedupConfig(), "deduplication (default on)")
+    decontaminate: DecontamConfig | None = option(None, "decontamination against evaluation sets (off unless given)")

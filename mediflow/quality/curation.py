@@ -13,7 +13,8 @@ killed run, redoes every stage and gets the same result, with nothing skipped on
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,39 +22,39 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mediflow.errors import ConfigError, MediflowError
+from mediflow.folders import REJECTS_NAME, InputData, OutputFolder, StagedWriter, open_input
 from mediflow.folders.output import STAGES_DIR
-from mediflow.quality.config import CurateConfig, as_plain
+from mediflow.quality.config import CurateConfig
 from mediflow.quality.decontaminate import run_decontaminate
 from mediflow.quality.dedup_stage import run_dedup
 from mediflow.quality.filter_stage import run_filters
-from mediflow.folders import REJECTS_NAME, InputData, OutputFolder, StagedWriter, open_input
-from mediflow.quality.judge import check_config as check_judge_config, run_judge
+from mediflow.quality.judge import check_config as check_judge_config, run_judge_async
 from mediflow.quality.report import StageReport
 from mediflow.records import conform
+from mediflow.sync import run_sync
 
-StageRun = Callable[[InputData, Path], StageReport]
+StageRun = Callable[[InputData, Path], Awaitable[StageReport]]
+
+
+def _in_thread(run: Callable[..., StageReport], config: Any) -> StageRun:
+    """A CPU-bound stage as a coroutine: it runs in a worker thread, the loop stays free. Curate owns
+    its stage folders, so each is replaced (``overwrite``) when the curate run is a new one."""
+    return lambda source, out: asyncio.to_thread(run, source, out, config, overwrite=True)
 
 
 def planned_stages(config: CurateConfig) -> list[tuple[str, StageRun]]:
     """The configured stages, in the order they run."""
     stages: list[tuple[str, StageRun]] = []
     if config.filters is not None:
-        stages.append(("filter", lambda source, out: run_filters(source, out, config.filters, overwrite=True)))
+        stages.append(("filter", _in_thread(run_filters, config.filters)))
     if config.judge is not None:
-        stages.append(("judge", lambda source, out: run_judge(source, out, config.judge, overwrite=True)))
+        judge = config.judge
+        stages.append(("judge", lambda source, out: run_judge_async(source, out, judge, overwrite=True)))
     if config.dedup is not None:
-        stages.append(("dedup", lambda source, out: run_dedup(source, out, config.dedup, overwrite=True)))
+        stages.append(("dedup", _in_thread(run_dedup, config.dedup)))
     if config.decontaminate is not None:
-        stages.append(("decontaminate", lambda source, out: run_decontaminate(source, out, config.decontaminate, overwrite=True)))
+        stages.append(("decontaminate", _in_thread(run_decontaminate, config.decontaminate)))
     return stages
-
-
-def _config(config: CurateConfig | Path | str | None) -> CurateConfig:
-    if config is None:
-        return CurateConfig()
-    if isinstance(config, CurateConfig):
-        return config
-    return CurateConfig.load(Path(config))
 
 
 def _check_before_running(config: CurateConfig) -> None:
@@ -69,25 +70,33 @@ def _check_before_running(config: CurateConfig) -> None:
 
 
 def curate(source: Path, out: Path, config: CurateConfig | Path | str | None = None, *, overwrite: bool = False) -> dict[str, Any]:
-    """Run the configured stages over ``source`` into ``out``; returns the manifest written to ``OUT/manifest.json``."""
+    """Run the configured stages over ``source`` into ``out``; returns the manifest written to ``OUT/manifest.json``.
+
+    ``config`` is a :class:`CurateConfig` or a curate YAML/JSON path. Works in a notebook (a running loop).
+    """
+    return run_sync(curate_async(source, out, config, overwrite=overwrite))
+
+
+async def curate_async(source: Path, out: Path, config: CurateConfig | Path | str | None = None, *, overwrite: bool = False) -> dict[str, Any]:
+    """:func:`curate` for callers already running an event loop."""
     source, out = Path(source), Path(out)
-    config = _config(config)
+    config = CurateConfig.load(config)
     stages = planned_stages(config)
     if not stages:
         raise ConfigError("curate config: every stage is switched off (filters, judge, dedup, decontaminate)")
     _check_before_running(config)
     data = open_input(source)
     eval_paths = [Path(spec.path) for spec in config.decontaminate.eval] if config.decontaminate is not None else []
-    folder = OutputFolder.open(out, kind="curate", config=as_plain(config), inputs=[data.ref()], input_paths=eval_paths, overwrite=overwrite)
+    folder = OutputFolder.open(out, kind="curate", config=config.to_dict(), inputs=[data.ref()], input_paths=eval_paths, overwrite=overwrite)
     with folder:
         reports: list[tuple[StageReport, Path]] = []
         current = data
         for number, (name, run) in enumerate(stages, start=1):
             stage_folder = out / STAGES_DIR / f"{number}-{name}"
-            reports.append((run(current, stage_folder), stage_folder))  # curate owns its stage folders: each is replaced
+            reports.append((await run(current, stage_folder), stage_folder))
             current = open_input(stage_folder, allow_empty=True)
         manifest = funnel_manifest(source, out, config, reports)
-        _publish(folder, current, [stage_folder for _, stage_folder in reports], manifest)
+        await asyncio.to_thread(_publish, folder, current, [stage_folder for _, stage_folder in reports], manifest)
     return folder.manifest.to_dict()
 
 

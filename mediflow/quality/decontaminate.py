@@ -24,8 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mediflow.errors import ConfigError
+from mediflow.configuration import to_plain
 from mediflow.folders import InputData, open_input
-from mediflow.quality.config import DecontamConfig, as_plain
+from mediflow.quality.config import DecontamConfig
 from mediflow.quality.eval_sets import read_eval_set
 from mediflow.quality.report import StageReport
 from mediflow.quality.stage import Drops, open_stage, run_stage
@@ -161,7 +162,7 @@ def run_decontaminate(source: Path | InputData, out: Path, config: DecontamConfi
     data = source if isinstance(source, InputData) else open_input(source)
     _check_columns(data, config.columns)
     index = build_index(config)  # reads (and so checks) every eval set before the output is touched
-    data, folder = open_stage(data, out, "decontaminate", as_plain(config), overwrite=overwrite, other_inputs=[Path(spec.path) for spec in config.eval])
+    data, folder = open_stage(data, out, "decontaminate", to_plain(config), overwrite=overwrite, other_inputs=[Path(spec.path) for spec in config.eval])
     matched: dict[str, int] = {}
 
     def decide(batch: pa.Table, offset: int) -> tuple[pa.Table, Drops]:

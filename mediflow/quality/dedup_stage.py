@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 
 from mediflow.errors import MediflowError
-from mediflow.quality.config import DedupConfig, as_plain
+from mediflow.configuration import to_plain
+from mediflow.quality.config import DedupConfig
 from mediflow.quality.dedup import DedupResult, find_duplicates
 from mediflow.folders import InputData
 from mediflow.quality.report import StageReport
@@ -60,7 +61,7 @@ def _drops(result: DedupResult, ids: list[str], offset: int, batch_ids: list[str
 def run_dedup(source: Path | InputData, out: Path, config: DedupConfig | None = None, *, overwrite: bool = False) -> StageReport:
     """Remove exact and near-duplicates from ``source`` and write ``out`` (kept, rejects, manifest)."""
     config = config or DedupConfig()
-    data, folder = open_stage(source, out, "dedup", as_plain(config), overwrite=overwrite)
+    data, folder = open_stage(source, out, "dedup", to_plain(config), overwrite=overwrite)
     try:
         table = read_dedup_columns(data)
     except BaseException:

@@ -19,27 +19,28 @@ and, the answers being the same, writes the same records.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mediflow.engine import Engine, EngineConfig
+from mediflow.engine import Engine
 from mediflow.errors import ConfigError
-from mediflow.pipeline.structured import CompletesChat, JsonAnswer, ask_json
-from mediflow.quality.config import JudgeConfig, as_plain
+from mediflow.folders import InputData, OutputFolder
+from mediflow.pipeline.structured import CompletesChat
+from mediflow.quality.config import JudgeConfig
 from mediflow.quality.report import StageReport
 from mediflow.quality.rubric import RATIONALE, Rubric, load_rubric
-from mediflow.folders import InputData, OutputFolder
 from mediflow.quality.stage import Drops, open_stage, run_stage
-from mediflow.teachers import make_teacher
+from mediflow.steps import Answer, LLMStep, StepResult, run_step
+from mediflow.sync import run_sync
 from mediflow.teachers.base import ChatRequest
+from mediflow.teachers.factory import api_key_of, teacher_from
 
 STAGE = "judge"
 #: The rule of a record none of whose judge samples gave a valid answer (``on_failure: drop``).
@@ -49,8 +50,6 @@ RATIONALE_COLUMN = "judge_rationale"
 #: The record fields the judge prompt shows.
 _PROMPT_COLUMNS = ("instruction", "input", "output", "task_type", "output_format")
 _REASON_RATIONALE_CHARS = 300
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -77,16 +76,29 @@ def aggregate(answers: Sequence[dict[str, Any]], criteria: Sequence[str], how: s
     )
 
 
-async def gather_or_cancel(awaitables: Sequence[Awaitable[T]]) -> list[T]:
-    """``asyncio.gather``, except that the first failure cancels the rest (a down teacher stops the batch at once)."""
-    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+class JudgeStep(LLMStep[tuple[dict[str, Any], int], dict[str, Any]]):
+    """One judge sample of one record: the rubric's prompt, seeded by the sample, a schema-valid answer."""
+
+    def __init__(self, rubric: Rubric, config: JudgeConfig) -> None:
+        self.rubric = rubric
+        self.config = config
+        self.schema = rubric.answer_schema()
+        self.max_corrections = config.max_corrections
+
+    def request(self, row: tuple[dict[str, Any], int]) -> ChatRequest:
+        record, sample = row
+        return ChatRequest(
+            messages=self.rubric.render(record),
+            temperature=self.config.temperature,
+            max_tokens=self.config.max_tokens,
+            seed=sample,
+            sample_index=sample,
+            prompt_version=self.rubric.version,
+            response_schema=self.schema,
+        )
+
+    def parse(self, row: tuple[dict[str, Any], int], answer: Answer) -> dict[str, Any]:
+        return dict(answer.value)
 
 
 class RecordJudge:
@@ -96,41 +108,31 @@ class RecordJudge:
         self.engine = engine
         self.rubric = rubric
         self.config = config
-        self.schema = rubric.answer_schema()
+        self.step = JudgeStep(rubric, config)
         self.corrections = 0
         self.failed_samples = 0
-
-    def request(self, record: dict[str, Any], sample: int) -> ChatRequest:
-        return ChatRequest(
-            messages=self.rubric.render(record),
-            temperature=self.config.temperature,
-            max_tokens=self.config.max_tokens,
-            seed=sample,
-            sample_index=sample,
-            prompt_version=self.rubric.version,
-        )
 
     async def judge(self, records: Sequence[dict[str, Any]], on_done: Callable[[], None] | None = None) -> list[Judgement]:
         """One judgement per record, in record order.
 
-        At most ``batch_records`` records are being judged at a time, as a sliding window: a record
-        starts as soon as an earlier one finishes, so a slow answer never holds back the rest (no
-        batch barrier). The engine bounds the requests in flight.
+        Every sample of every record is a row of the step runner: ``batch_records`` records' samples
+        run at once as a sliding window (a record starts as soon as an earlier one finishes: no
+        batch barrier), and the engine bounds the requests in flight.
         """
-        window = asyncio.Semaphore(self.config.batch_records)
+        samples = self.config.samples
+        rows = ((record, sample) for record in records for sample in range(samples))
+        judgements: list[Judgement] = []
+        answers: list[StepResult[dict[str, Any]]] = []
+        async for answer in run_step(self.engine, self.step, rows, self.config.batch_records * samples):
+            answers.append(answer)
+            if len(answers) == samples:
+                judgements.append(self._combine(answers))
+                answers = []
+                if on_done is not None:
+                    on_done()
+        return judgements
 
-        async def one(record: dict[str, Any]) -> Judgement:
-            async with window:
-                answers = await gather_or_cancel(
-                    [ask_json(self.engine, self.request(record, sample), self.schema, self.config.max_corrections) for sample in range(self.config.samples)]
-                )
-            if on_done is not None:
-                on_done()
-            return self._combine(answers)
-
-        return await gather_or_cancel([one(record) for record in records])
-
-    def _combine(self, answers: Sequence[JsonAnswer]) -> Judgement:
+    def _combine(self, answers: Sequence[StepResult[dict[str, Any]]]) -> Judgement:
         self.corrections += sum(answer.corrections for answer in answers)
         valid = [answer.value for answer in answers if answer.value is not None]
         self.failed_samples += len(answers) - len(valid)
@@ -228,63 +230,41 @@ class JudgeStage:
         return drops
 
 
-def _api_key(config: JudgeConfig) -> str | None:
-    if config.api_key or not config.api_key_env:
-        return config.api_key
-    key = os.environ.get(config.api_key_env)
-    if not key:
-        raise ConfigError(f"judge.api_key_env: the environment variable {config.api_key_env} is not set")
-    return key
-
-
-def _engine_config(config: JudgeConfig) -> EngineConfig:
-    try:
-        return EngineConfig(
-            concurrency=config.concurrency,
-            rpm=config.rpm,
-            tpm=config.tpm,
-            max_retries=config.max_retries,
-            request_timeout=config.request_timeout,
-            progress=config.progress,
-        )
-    except ConfigError as exc:
-        raise ConfigError(f"judge: {exc}") from None
-
-
-def run_judge(source: Path | InputData, out: Path, config: JudgeConfig, *, overwrite: bool = False) -> StageReport:
-    """Judge ``source`` and write ``out`` (kept records with the judge columns, rejects, manifest)."""
-    return asyncio.run(arun_judge(source, out, config, overwrite=overwrite))
-
-
 def check_config(config: JudgeConfig) -> Rubric:
     """Everything about ``config`` that can be wrong before a request is sent (``curate`` checks it before any stage runs)."""
     rubric = load_rubric(config.rubric)
     unknown = sorted(set(config.thresholds) - set(rubric.names))
     if unknown:
         raise ConfigError(f"judge.thresholds: {', '.join(unknown)} not among the rubric's criteria ({', '.join(rubric.names)})")
-    if not config.teacher:
-        raise ConfigError("judge: no teacher (pass --teacher SPEC, or set judge.teacher in the config)")
-    _engine_config(config)
-    _api_key(config)
+    if config.teacher is None:
+        raise ConfigError("judge: no teacher (pass --teacher SPEC, or set judge.teacher.spec in the config)")
+    api_key_of(config.teacher, "judge.teacher")
     return rubric
 
 
-async def arun_judge(source: Path | InputData, out: Path, config: JudgeConfig, *, overwrite: bool = False) -> StageReport:
-    """:func:`run_judge` for callers already inside an event loop (notebooks)."""
+def run_judge(source: Path | InputData, out: Path, config: JudgeConfig, *, overwrite: bool = False) -> StageReport:
+    """Judge ``source`` and write ``out`` (kept records with the judge columns, rejects, manifest); works in a notebook."""
+    return run_sync(run_judge_async(source, out, config, overwrite=overwrite))
+
+
+async def run_judge_async(source: Path | InputData, out: Path, config: JudgeConfig, *, overwrite: bool = False) -> StageReport:
+    """:func:`run_judge` for callers already running an event loop."""
     rubric = check_config(config)
-    engine_config, api_key = _engine_config(config), _api_key(config)
-    manifest_config = {**as_plain(config), "rubric_version": rubric.version}
+    assert config.teacher is not None  # check_config said so
+    manifest_config = {**config.to_dict(), "rubric_version": rubric.version}
     # the input is checked and the output folder guarded and locked here, before a teacher starts
-    data, folder = open_stage(source, out, STAGE, manifest_config, overwrite=overwrite)
+    data, folder = open_stage(source, Path(out), STAGE, manifest_config, overwrite=overwrite)
     cache = Path(config.cache) if config.cache else folder.cache_path
     with folder:
-        return await _judge_into(data, folder, config, rubric, engine_config, api_key, cache)
+        return await _judge_into(data, folder, config, rubric, cache)
 
 
-async def _judge_into(data: InputData, folder: OutputFolder, config: JudgeConfig, rubric: Rubric, engine_config: EngineConfig, api_key: str | None, cache: Path) -> StageReport:
-    teacher = make_teacher(config.teacher, base_url=config.base_url, api_key=api_key)
+async def _judge_into(data: InputData, folder: OutputFolder, config: JudgeConfig, rubric: Rubric, cache: Path) -> StageReport:
+    """The judging itself, inside the locked output folder."""
+    assert config.teacher is not None
+    teacher = teacher_from(config.teacher, config.limits, where="judge.teacher")
     try:
-        async with Engine(teacher, cache, engine_config) as engine:
+        async with Engine(teacher, cache, config.limits, progress=config.progress) as engine:
             engine.progress.set_total(data.num_rows, "records")
             judge = RecordJudge(engine, rubric, config)
             stage = JudgeStage(judge, rubric, config, engine.progress)

@@ -6,28 +6,34 @@ also summaries, entity lists and relations. Each kind is a prompt file in ``prom
 JSON Schema its answer must satisfy, and a ``training`` block saying how an answer becomes
 prompt/completion rows. Adding a kind is adding a file.
 
-The teacher machinery is the same as ``generate``'s: :class:`mediflow.engine.Engine` (limits,
-retries, a durable response cache, so a rerun pays only for what is missing) and
-:func:`mediflow.pipeline.structured.ask_json` (schema validation with correction turns). The output
-is a contract folder of kind ``qa`` (:class:`mediflow.folders.OutputFolder`): the rows in
-``data/``, answers that stay invalid in ``rejects.parquet`` with the reason (never silently
+The teacher machinery is the same as ``generate``'s: the teacher factory (the key from the
+variable the config names, an error when it is unset), :class:`mediflow.engine.Engine` (limits,
+retries, a durable response cache, so a rerun pays only for what is missing) and one LLM step,
+:class:`QAStep`, run by :func:`mediflow.steps.run_step` (schema validation with correction turns).
+The output is a contract folder of kind ``qa`` (:class:`mediflow.folders.OutputFolder`): the rows
+in ``data/``, answers that stay invalid in ``rejects.parquet`` with the reason (never silently
 dropped), the teacher cache in ``cache.sqlite``; ``data.task_data`` of a ``pit`` config names it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import pyarrow as pa
 
+from mediflow.engine import Engine, LimitsConfig
 from mediflow.errors import ConfigError
 from mediflow.folders import OutputFolder, StagedWriter
+from mediflow.prompts import PromptTemplate, load_prompts
+from mediflow.steps import Answer, LLMStep, run_step
+from mediflow.sync import run_sync
+from mediflow.teachers.base import ChatRequest
+from mediflow.teachers.factory import TeacherConfig, teacher_from
 from mediflow.train.config import StageConfig
 from mediflow.train.data import load_documents
 
@@ -37,7 +43,7 @@ REJECT_SCHEMA = pa.schema([(name, pa.string()) for name in ("task", "document_id
 _TRAINING_TEMPLATES = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
-def training_rows(template: Any, answer: Any, document: str) -> list[dict[str, str]]:
+def training_rows(template: PromptTemplate, answer: Any, document: str) -> list[dict[str, str]]:
     """Turn one schema-valid teacher answer into prompt/completion rows, per the prompt's ``training`` block."""
     training = template.data.get("training")
     if not isinstance(training, dict) or not {"prompt", "completion"} <= set(training):
@@ -54,63 +60,97 @@ def training_rows(template: Any, answer: Any, document: str) -> list[dict[str, s
     ]
 
 
-async def _ask_all(config: StageConfig, documents: list[dict[str, str]], templates: list[Any], cache_path: Path) -> tuple[list[dict], list[dict]]:
-    from mediflow.engine import Engine, EngineConfig
-    from mediflow.pipeline.structured import ask_json
-    from mediflow.teachers import ChatRequest, make_teacher
+@dataclass(frozen=True)
+class QAStep(LLMStep[tuple[dict[str, str], PromptTemplate], list[dict[str, str]]]):
+    """One task-data prompt on one document: a schema-valid answer turned into prompt/completion rows."""
 
-    model = config.model
-    api_key = os.environ.get(model.api_key_env) if model.api_key_env else None
-    teacher = make_teacher(model.teacher, base_url=model.base_url, api_key=api_key)
-    method = config.method
+    count: int
+    temperature: float
+    max_tokens: int
+    seed: int
 
-    async def one(engine: Any, document: dict[str, str], template: Any) -> tuple[list[dict], dict | None]:
-        schema = template.data.get("schema")
+    def request(self, row: tuple[dict[str, str], PromptTemplate]) -> ChatRequest:
+        document, template = row
+        schema = template.data.get("response_schema")
         if not isinstance(schema, dict):
-            raise ConfigError(f"prompt '{template.name}' ({template.path}): needs a 'schema' (JSON Schema of the answer)")
-        request = ChatRequest(
-            messages=template.render(document=document["text"], count=method.qa_pairs),
-            temperature=method.temperature,
-            max_tokens=method.max_tokens,
-            seed=config.train.seed,
+            raise ConfigError(f"prompt '{template.name}' ({template.path}): needs a 'response_schema' (JSON Schema of the answer)")
+        return ChatRequest(
+            messages=template.render(document=document["text"], count=self.count),
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
             prompt_version=template.version,
+            response_schema=schema,
         )
-        answer = await ask_json(engine, request, schema)
-        meta = {"task": template.name, "document_id": document["id"], "prompt_version": template.version}
-        if answer.value is None:
-            return [], {**meta, "error": answer.error, "text": answer.text}
-        return [{**row, **meta} for row in training_rows(template, answer.value, document["text"])], None
 
+    def parse(self, row: tuple[dict[str, str], PromptTemplate], answer: Answer) -> list[dict[str, str]]:
+        document, template = row
+        meta = {"task": template.name, "document_id": document["id"], "prompt_version": template.version}
+        return [{**produced, **meta} for produced in training_rows(template, answer.value, document["text"])]
+
+
+def qa_sections(config: StageConfig) -> tuple[TeacherConfig, LimitsConfig]:
+    """The QA teacher's ``teacher:`` and ``limits:`` sections, from the qa stage's model and method keys."""
+    model, method = config.model, config.method
+    if not model.teacher:
+        raise ConfigError("model.teacher is required for the qa stage (e.g. 'local' or 'openai:gpt-4o')")
+    teacher = TeacherConfig(spec=model.teacher, base_url=model.base_url, api_key_env=model.api_key_env)
+    return teacher, LimitsConfig(concurrency=method.concurrency)
+
+
+async def _ask_all(
+    config: StageConfig, documents: list[dict[str, str]], templates: list[PromptTemplate], cache_path: Path
+) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+    method = config.method
+    section, limits = qa_sections(config)
+    step = QAStep(count=method.qa_pairs, temperature=method.temperature, max_tokens=method.max_tokens, seed=config.train.seed)
+    rows = [(document, template) for document in documents for template in templates]
+    teacher = teacher_from(section, limits, where="model")
+    produced: list[dict[str, str]] = []
+    rejects: list[dict[str, Any]] = []
     try:
-        async with Engine(teacher, cache_path=cache_path, config=EngineConfig(concurrency=method.concurrency)) as engine:
-            results = await asyncio.gather(*(one(engine, doc, tpl) for doc in documents for tpl in templates))
+        async with Engine(teacher, cache_path, limits) as engine:
+            results = run_step(engine, step, rows, 2 * limits.concurrency)
+            for (document, template), result in zip(rows, [result async for result in results]):
+                if result.value is not None:
+                    produced += result.value
+                else:
+                    meta = {"task": template.name, "document_id": document["id"], "prompt_version": template.version}
+                    rejects.append({**meta, "error": result.error, "text": result.raw_text})
     finally:
         await teacher.aclose()
-    rows = [row for produced, _ in results for row in produced]
-    rejects = [reject for _, reject in results if reject is not None]
-    return rows, rejects
+    return produced, rejects
+
+
+def _plain(config: StageConfig) -> dict[str, Any]:
+    """What the manifest records of the stage config (what decides the rows: model, method, data)."""
+    plain = {"model": dataclasses.asdict(config.model), "method": dataclasses.asdict(config.method), "data": dataclasses.asdict(config.data)}
+    return dict(json.loads(json.dumps(plain, default=str)))
 
 
 def generate_task_data(config: StageConfig, *, overwrite: bool = False) -> Path:
     """Ask the teacher for every (document, task prompt); write the ``qa`` folder ``<output.dir>``.
 
     Its rows have ``prompt``, ``completion``, ``task``, ``document_id``, ``prompt_version``:
-    exactly what ``data.task_data`` of a ``pit`` config reads (name the folder).
+    exactly what ``data.task_data`` of a ``pit`` config reads (name the folder). Works in a notebook.
     """
-    from mediflow.prompts import load_prompts
+    return run_sync(generate_task_data_async(config, overwrite=overwrite))
 
+
+
+async def generate_task_data_async(config: StageConfig, *, overwrite: bool = False) -> Path:
+    """:func:`generate_task_data` for callers already running an event loop."""
     documents_path = config.path(config.data.documents)
     documents = load_documents(documents_path, config.data.text_field)
     if config.data.max_samples:
         documents = documents[: config.data.max_samples]
     library = load_prompts(config.path(config.data.prompts) if config.data.prompts else None)
     templates = [library.get(name) for name in config.method.tasks]
-    plain = {"model": dataclasses.asdict(config.model), "method": dataclasses.asdict(config.method), "data": dataclasses.asdict(config.data)}
     folder = OutputFolder.open(
-        config.path(config.output.dir), kind="qa", config=json.loads(json.dumps(plain, default=str)), input_paths=[documents_path], overwrite=overwrite
+        config.path(config.output.dir), kind="qa", config=_plain(config), input_paths=[documents_path], overwrite=overwrite
     )
     with folder:
-        rows, rejects = asyncio.run(_ask_all(config, documents, templates, folder.cache_path))
+        rows, rejects = await _ask_all(config, documents, templates, folder.cache_path)
         writer = StagedWriter(folder)
         try:
             writer.keep(pa.Table.from_pylist(rows, schema=TASK_DATA_SCHEMA))

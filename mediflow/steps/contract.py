@@ -1,0 +1,103 @@
+"""The LLM-step contract: a stage says what to ask about a row and how to read the answer.
+
+Every stage that calls a teacher (the document, instruction and response stages, the record
+judge, error injection, the pair judge, candidate answers, PIT task data) is an :class:`LLMStep`
+with two methods, Curator-style::
+
+    class Summary(LLMStep[Record, str]):
+        def request(self, row: Record) -> ChatRequest: ...          # fully determined by the row: cacheable
+        def parse(self, row: Record, answer: Answer) -> str | Reject: ...
+
+JSON answers: a request that carries ``response_schema`` is answered through
+:func:`~mediflow.pipeline.structured.ask_json` (strict decoding where the server has it, local
+validation, correction turns quoting the validator, never a repair), so ``parse`` only ever sees a
+schema-valid ``answer.value``; an answer still invalid after ``max_corrections`` turns becomes a
+reject without ``parse`` being called. A step that wants whatever the teacher wrote (a weak
+candidate's malformed answer is data for the pair judge) sets ``validate_json = False``.
+
+:func:`ask` runs one row through a step on an engine (cache, limits, retries); the runner
+(:func:`mediflow.steps.runner.run_step`) maps many rows through it concurrently, in order.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from mediflow.pipeline.structured import CompletesChat, ask_json
+from mediflow.prompts import PromptTemplate
+from mediflow.teachers.base import ChatRequest, ChatResponse
+
+Row = TypeVar("Row")
+Value = TypeVar("Value")
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Why a row produced no value (the reason goes to the stage's rejects)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What :meth:`LLMStep.parse` reads: the last raw text, the schema-valid JSON value (JSON requests) and every response."""
+
+    text: str
+    value: Any = None
+    responses: tuple[ChatResponse, ...] = ()
+
+
+@dataclass(frozen=True)
+class StepResult(Generic[Value]):
+    """One row's outcome: the parsed ``value``, or the ``error`` and the raw answer; plus what it cost."""
+
+    value: Value | None
+    raw_text: str = ""
+    error: str | None = None
+    responses: tuple[ChatResponse, ...] = field(default=())
+    corrections: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class LLMStep(ABC, Generic[Row, Value]):
+    """One teacher call per row: :meth:`request` builds it, :meth:`parse` reads the answer."""
+
+    #: Correction turns for a JSON answer that fails its schema.
+    max_corrections: int = 2
+    #: The correction prompt (default: the built-in ``prompts/correction.yaml``).
+    correction_template: PromptTemplate | None = None
+    #: False: hand ``parse`` the raw text of a JSON request without validating or correcting it.
+    validate_json: bool = True
+
+    @abstractmethod
+    def request(self, row: Row) -> ChatRequest:
+        """The request for ``row``; everything that changes the answer must come from ``row`` and the step."""
+
+    @abstractmethod
+    def parse(self, row: Row, answer: Answer) -> Value | Reject:
+        """The value ``answer`` gives for ``row``, or a :class:`Reject` with the reason."""
+
+
+async def ask(engine: CompletesChat, step: LLMStep[Row, Value], row: Row) -> StepResult[Value]:
+    """Run one row through ``step`` on ``engine`` (see the module docstring)."""
+    request = step.request(row)
+    if request.response_schema is None or not step.validate_json:
+        response = await engine.complete(request)
+        answer = Answer(response.text, None, (response,))
+    else:
+        checked = await ask_json(
+            engine, request, request.response_schema, step.max_corrections, correction_template=step.correction_template
+        )
+        if checked.error is not None:
+            return StepResult(None, checked.text, checked.error, checked.responses, checked.corrections)
+        answer = Answer(checked.text, checked.value, checked.responses)
+    value = step.parse(row, answer)
+    corrections = max(len(answer.responses) - 1, 0)
+    if isinstance(value, Reject):
+        return StepResult(None, answer.text, value.reason, answer.responses, corrections)
+    return StepResult(value, answer.text, None, answer.responses, corrections)
