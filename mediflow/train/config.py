@@ -26,6 +26,7 @@ from typing import Any, Union
 import yaml
 
 from mediflow.errors import ConfigError
+from mediflow.textfiles import read_text
 
 STAGES = ("qa", "pit", "sft", "dpo", "eval")
 FINETUNING_KINDS = ("full", "lora")
@@ -276,7 +277,7 @@ def load_config(path: Path | str, stage: str, overrides: typing.Sequence[str] = 
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(read_text(path, "config file", ConfigError)) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
