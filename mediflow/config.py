@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 from mediflow.configuration import Config, option
 from mediflow.engine.config import LimitsConfig, PricesConfig
 from mediflow.errors import ConfigError
+from mediflow.scale.config import EngineKind, RayConfig
 from mediflow.teachers.factory import TeacherConfig
 
 #: The generation stages, in the order a record goes through them.
@@ -78,6 +79,9 @@ class RunConfig(Config):
     prompts: str | None = option(None, "a prompts folder used instead of the built-in one")
     output: OutputConfig = option(OutputConfig(), "the output directory")
     progress: bool = option(True, "show a progress bar")
+    engine: EngineKind = option("local", "local: one asyncio process; ray: Ray Data actors (see the ray section)")
+    ray: RayConfig = option(RayConfig(), "the Ray engine (engine: ray)")
+    shard: str | None = option(None, "K/N: make only the K-th of N deterministic shares of the plan (then mediflow join)")
 
     ALIASES: ClassVar[dict[str, str]] = {
         "teacher": "teacher.spec",
@@ -89,11 +93,16 @@ class RunConfig(Config):
         "out": "output.dir",
         "shard_size": "output.shard_size",
         "difficulty": "difficulty_levels",
+        "actors": "ray.actors",
     }
 
     def check(self) -> None:
         if not self.stages or list(self.stages) != list(STAGES[: len(self.stages)]):
             raise ConfigError(f"stages: {self.stages} must be a non-empty prefix of {list(STAGES)}")
+        if self.shard is not None:
+            from mediflow.pipeline.share import Share  # the plan module imports this one
+
+            Share.parse(self.shard)
 
 
 def load_config(source: RunConfig | Mapping[str, Any] | str | Path | None = None, /, **overrides: Any) -> RunConfig:

@@ -20,3 +20,7 @@ class ConfigError(MediflowError):
 
 class TeacherError(MediflowError):
     """The teacher could not be reached or kept failing after its retries."""
+
+
+class TeacherUnavailable(TeacherError):
+    """The teacher's start-up check failed (no server, refused key, model not served): nothing was paid for."""

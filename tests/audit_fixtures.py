@@ -68,7 +68,7 @@ def write_output_folder(
     rejects: Sequence[Mapping[str, Any]] | None = None,
     shards: int = 2,
 ) -> Path:
-    """Write ``rows`` as ``data/shard-*.parquet`` (split over ``shards`` files), plus manifest and rejects."""
+    """Write ``rows`` as ``data/part-*.parquet`` (split over ``shards`` files), plus manifest and rejects."""
     has_judge = any("quality" in row for row in rows)
     schema = FULL_SCHEMA if has_judge else GENERATION_SCHEMA
     (root / "data").mkdir(parents=True, exist_ok=True)
@@ -76,7 +76,7 @@ def write_output_folder(
     for index in range(shards):
         part = list(rows[index * size : (index + 1) * size])
         if part or index == 0:
-            pq.write_table(rows_to_table(part, schema), root / "data" / f"shard-{index:05d}.parquet")
+            pq.write_table(rows_to_table(part, schema), root / "data" / f"part-{index:05d}.parquet")
     if manifest is not None:
         (root / "manifest.json").write_text(json.dumps(typed_manifest(manifest), indent=2), encoding="utf-8")
     if rejects is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -9,13 +10,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tiny_models import build_tiny_phi3
+from tiny_models import TINY_CHAT_TEMPLATE, build_tiny_phi3
 from train_stages import finite_logs, tiny_stage_config
 
+from mediflow.cli import main
+from mediflow.errors import ConfigError
 from mediflow.records import FULL_SCHEMA, rows_to_table, to_messages
-from mediflow.train.align import build_sft_trainer, run_dpo, run_sft
+from mediflow.train.align import build_sft_trainer, prepare_inputs, run_dpo, run_sft
 from mediflow.train.data import load_messages, load_preferences
 from mediflow.train.models import load_tokenizer
+from mediflow.train.templates import ASSISTANT_ONLY, COMPLETION_ONLY, plan_chat_template, strip_generation_markers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -47,6 +51,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     hub.mkdir(parents=True)
     pq.write_table(rows_to_table([_record(i) for i in range(6)]), hub / "train-00000-of-00001.parquet")
     pq.write_table(rows_to_table([_record(100)]), hub / "test-00000-of-00001.parquet")
+    pq.write_table(rows_to_table([_record(200), _record(201)]), hub / "validation-00000-of-00001.parquet")
     pairs = [
         {
             "prompt": to_messages(INSTRUCTION, f"Patient {i} admitted with pneumonia."),
@@ -71,14 +76,47 @@ def test_readers_accept_exports_and_released_dpo_layout(data: Path, tmp_path: Pa
     assert pairs[0]["rejected"] == [{"role": "assistant", "content": '{"diagnosis": "asthma"}'}]
 
 
-def test_template_without_generation_markers_gets_the_marked_copy(data: Path, tmp_path: Path) -> None:
-    tokenizer = load_tokenizer(data / "base")
-    tokenizer.chat_template = tokenizer.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
-    tokenizer.save_pretrained(tmp_path)
-    marked = load_tokenizer(tmp_path, need_generation_markers=True)
-    assert "{% generation %}" in marked.chat_template
-    messages = to_messages("S", "U", "A")
-    assert marked.apply_chat_template(messages, tokenize=False) == tokenizer.apply_chat_template(messages, tokenize=False)
+#: A Phi-4-mini-style layout: no newline after the role tag or the end token, unlike Phi-3's.
+PHI4_STYLE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+def _with_template(data: Path, folder: Path, template: str | None) -> Path:
+    """A copy of the tiny base whose tokenizer carries ``template`` (or none)."""
+    import shutil
+
+    shutil.copytree(data / "base", folder)
+    (folder / "chat_template.jinja").unlink()
+    tokenizer = load_tokenizer(folder)
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_template_plan_uses_a_marked_copy_only_when_it_renders_the_same(data: Path, tmp_path: Path) -> None:
+    unmarked = strip_generation_markers(TINY_CHAT_TEMPLATE)
+    same = plan_chat_template(load_tokenizer(_with_template(data, tmp_path / "same", unmarked)), None)
+    assert (same.masking, same.saved_template) == (ASSISTANT_ONLY, unmarked)
+    assert "{% generation %}" in same.training_template
+    other = plan_chat_template(load_tokenizer(_with_template(data, tmp_path / "other", PHI4_STYLE)), None)
+    assert (other.masking, other.training_template, other.saved_template) == (COMPLETION_ONLY, PHI4_STYLE, PHI4_STYLE)
+    none = plan_chat_template(load_tokenizer(_with_template(data, tmp_path / "none", None)), None)
+    assert none.masking == ASSISTANT_ONLY and "{% generation %}" not in none.saved_template  # phi3 layout from the vocabulary
+
+
+def test_native_template_is_kept_byte_for_byte_and_only_the_answer_is_trained(data: Path, tmp_path: Path) -> None:
+    _with_template(data, tmp_path / "phi4", PHI4_STYLE)
+    native = (tmp_path / "phi4" / "chat_template.jinja").read_bytes()
+    config = tiny_stage_config(tmp_path, "sft", model="phi4", train=str(data / "export"), output="sft", max_length=96)
+    trainer = build_sft_trainer(config)
+    example = trainer.data_collator([trainer.train_dataset[0]])
+    ids, labels = example["input_ids"][0], example["labels"][0]
+    assert trainer.processing_class.decode(ids[labels != -100]) == '{"diagnosis": "pneumonia"}<|end|>'
+    model = run_sft(config)
+    assert (model / "chat_template.jinja").read_bytes() == native
+    assert json.loads((tmp_path / "sft" / "train_manifest.json").read_text())["chat_template"]["masking"] == COMPLETION_ONLY
 
 
 def test_sft_trains_only_on_assistant_turns(data: Path) -> None:
@@ -104,3 +142,53 @@ def test_dpo_logs_finite_losses_and_reward_margins(data: Path, reference: str, m
     finite_logs(data / f"dpo_{reference}", "loss")
     margins = finite_logs(data / f"dpo_{reference}", "rewards/margins")
     assert len(margins) == 2
+
+
+def test_sft_evaluates_on_the_validation_split_and_counts_lengths(data: Path) -> None:
+    config = tiny_stage_config(data, "sft", model="base", train="export", output="sft_val", max_length=96)
+    model = run_sft(config)
+    manifest = json.loads((data / "sft_val" / "train_manifest.json").read_text())
+    assert manifest["eval_rows"] == 2 and manifest["eval_losses"]  # eval_strategy is wired: it was evaluated
+    assert manifest["lengths"] == {**manifest["lengths"], "rows": 6, "kept": 6, "dropped": 0, "cut": 0, "tokens_lost": 0}
+    assert manifest["overlap"]["contaminated"] == 0
+    generation = json.loads((model / "generation_config.json").read_text())
+    tokenizer = load_tokenizer(model)
+    assert tokenizer.convert_tokens_to_ids("<|end|>") in (generation["eos_token_id"] if isinstance(generation["eos_token_id"], list) else [generation["eos_token_id"]])
+
+
+def test_sft_rerun_reuses_refuses_or_retrains(data: Path) -> None:
+    config = tiny_stage_config(data, "sft", model="base", train="export", output="sft_rerun", max_length=96)
+    model = run_sft(config)
+    weights = (model / "model.safetensors").read_bytes()
+    assert run_sft(config) == model and (model / "model.safetensors").read_bytes() == weights  # same inputs: reused
+    config.train.learning_rate = 5e-3
+    with pytest.raises(ConfigError, match=r"changed: train.learning_rate 0.001 -> 0.005\).*--overwrite"):
+        run_sft(config)
+    assert (model / "model.safetensors").read_bytes() == weights  # nothing touched
+    run_sft(config, overwrite=True)
+    assert (model / "model.safetensors").read_bytes() != weights
+    manifest = json.loads((data / "sft_rerun" / "train_manifest.json").read_text())
+    assert manifest["fingerprint"]["train.learning_rate"] == 5e-3  # the manifest describes the model on disk
+
+
+def test_sft_truncation_is_counted_and_dropped_rows_are_not_trained(data: Path) -> None:
+    config = tiny_stage_config(data, "sft", model="base", train="export", output="sft_short", max_length=24)
+    inputs = prepare_inputs(config, "sft")
+    with pytest.warns(UserWarning, match="6 of 6 rows do not fit"):
+        inputs.lengths.announce(config.data.warn_fraction)
+    assert inputs.lengths.dropped == 6 and inputs.train_rows == [] and inputs.lengths.tokens_lost == inputs.lengths.tokens
+    config.data.overlong, config.data.max_length = "cut", 56  # prompts are ~52 tokens, whole records ~61
+    cut = prepare_inputs(config, "sft").lengths
+    assert (cut.cut, cut.kept, cut.dropped) == (6, 6, 0) and 0 < cut.tokens_lost < cut.tokens
+
+
+def test_all_dropped_dpo_set_is_one_error_line(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = data / "dpo_short.yaml"
+    config.write_text(
+        "model: {name_or_path: base}\ndata: {train: pairs.parquet, max_length: 8}\noutput: {dir: dpo_short}\ntrain: {max_steps: 1}\n",
+        encoding="utf-8",
+    )
+    assert main(["train", "dpo", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: dpo: none of the 4 preference pairs fits data.max_length=8") and len(err.splitlines()) == 1
+    assert not (data / "dpo_short").exists()  # refused before anything was written

@@ -7,22 +7,30 @@ import math
 import os
 from pathlib import Path
 
+from typing import Any
+
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mediflow.errors import MediflowError
 from mediflow.records import rows_to_table, to_messages
 from mediflow.train.config import config_from_dict
-from mediflow.train.eval import (
-    compare_reports,
+from mediflow.train.eval import compare_reports, make_evaluator, objective, read_eval_rows, run_eval, score_rows
+from mediflow.train.metrics import (
+    TaskMetric,
+    aggregate,
+    bootstrap,
     exact_match,
+    extract_json,
     field_f1,
     flatten_json,
-    json_valid,
-    make_evaluator,
-    objective,
+    icd10_codes,
+    load_task_metrics,
+    measure,
     parse_json,
-    run_eval,
-    score_records,
+    rouge_l,
+    task_metrics,
     token_f1,
 )
 from tiny_models import build_tiny_phi3
@@ -30,23 +38,85 @@ from tiny_models import build_tiny_phi3
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REFERENCE = '{"diagnosis": "Pneumonia", "medications": [{"name": "amoxicillin", "dose": "500 mg"}, {"name": "aspirin", "dose": "81 mg"}]}'
+METRICS = load_task_metrics()
+
+
+def _judgements(*labels: str) -> str:
+    return json.dumps({"judgements": [{"hypothesis": "h", "label": label, "evidence": [], "rationale": "r"} for label in labels]})
 
 
 def test_exact_match_compares_parsed_json_and_normalized_text() -> None:
     reordered = '{"medications": [{"dose": "500 mg", "name": "amoxicillin"}, {"name": "aspirin", "dose": "81 mg"}], "diagnosis": "Pneumonia"}'
-    assert exact_match(reordered, REFERENCE, "json")
-    assert not exact_match('{"diagnosis": "Pneumonia"}', REFERENCE, "json")
-    assert exact_match("  The patient has PNEUMONIA. ", "patient has pneumonia", "plain_text")
-    assert not exact_match("asthma", "pneumonia", "plain_text")
+    assert exact_match(reordered, REFERENCE)
+    assert not exact_match('{"diagnosis": "Pneumonia"}', REFERENCE)
+    assert exact_match("  The patient has PNEUMONIA. ", "patient has pneumonia")
+    assert not exact_match("asthma", "pneumonia")
 
 
-def test_json_validity_checks_the_schema() -> None:
-    schema = {"type": "object", "properties": {"diagnosis": {"type": "string"}}, "required": ["diagnosis"]}
-    assert json_valid('{"diagnosis": "x"}', schema)
-    assert json_valid('```json\n{"diagnosis": "x"}\n```', schema)  # one surrounding fence is tolerated
-    assert not json_valid('{"diagnosis": 3}', schema)
-    assert not json_valid('{"diagnosis": "x"', schema)
-    assert json_valid('{"anything": 1}', None)
+def test_strict_and_lenient_json_are_told_apart() -> None:
+    chatty = 'Here is the JSON:\n{"diagnosis": "x"}\nHope this helps.'
+    assert parse_json(chatty) == (False, None)
+    assert extract_json(chatty) == (True, {"diagnosis": "x"})
+    assert parse_json('```json\n{"diagnosis": "x"}\n```') == (True, {"diagnosis": "x"})  # one fence is still strict JSON
+    assert parse_json("[1, 2]") == (True, [1, 2]) and extract_json("{") == (False, None)
+    rows = [{"task": "t", "metric": None, "json": True, "reference": '{"diagnosis": "x"}', "prediction": p} for p in (chatty, '{"diagnosis": "x"}', "no")]
+    scores = score_rows(rows, {"t": {"type": "object", "required": ["diagnosis"]}}, {}, resamples=50)["t"]
+    assert scores["json_strict"] == pytest.approx(1 / 3) and scores["json_lenient"] == pytest.approx(2 / 3)
+    assert scores["exact_match"] == pytest.approx(2 / 3)  # the chatty answer scores on its content
+    assert [r["scores"]["json_lenient"] for r in rows] == [True, True, False]
+
+
+def test_classification_exact_match_and_macro_f1_by_hand() -> None:
+    # gold a b a c / predicted a a a c: F1(a) = 2*2/(2*2+1+0) = 0.8, F1(b) = 0, F1(c) = 1 -> macro 0.6.
+    pairs = [
+        (_judgements("entailment"), _judgements("entailment")),
+        ("Answer: " + _judgements("entailment"), _judgements("contradiction")),
+        (_judgements("entailment"), _judgements("entailment")),
+        (_judgements("neutral"), _judgements("neutral")),
+    ]
+    scores = task_metrics(METRICS["clinical_inference"], pairs)
+    assert scores["macro_f1"] == pytest.approx(0.6) and scores["exact_match"] == pytest.approx(0.75) and scores["score"] == scores["macro_f1"]
+
+
+def test_rouge_l_by_hand() -> None:
+    # "patient has pneumonia" vs "patient has severe pneumonia": LCS 3, P = 1, R = 3/4.
+    assert rouge_l("patient has pneumonia", "patient has severe pneumonia") == pytest.approx(2 * 0.75 / 1.75)
+    metric = METRICS["question_summarization"]
+    scores = task_metrics(metric, [('{"summary_question": "The patient has pneumonia?"}', '{"summary_question": "Patient has severe pneumonia?"}')])
+    assert scores["rouge_l"] == pytest.approx(2 * 0.75 / 1.75)
+
+
+def test_icd10_code_precision_recall_f1_by_hand() -> None:
+    assert icd10_codes("E119 and I10; s72.001a") == {"E11.9", "I10", "S72.001A"}
+    pairs = [
+        ('{"codes": [{"code": "E11.9"}, {"code": "I10"}]}', '{"codes": [{"code": "E11.9"}, {"code": "N18.31"}]}'),
+        ("Codes: E119, I10", '{"codes": [{"code": "E11.9"}]}'),
+    ]
+    # tp = 1 + 1, predicted 2 + 2, reference 2 + 1: P = 1/2, R = 2/3.
+    scores = task_metrics(METRICS["icd10cm_coding"], pairs)
+    assert (scores["precision"], scores["recall"]) == (pytest.approx(0.5), pytest.approx(2 / 3))
+    assert scores["f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+
+
+def test_span_f1_for_deidentification_and_relations_by_hand() -> None:
+    def phi(*texts: str) -> str:
+        return json.dumps({"phi": [{"text": t, "category": "name", "start": 0, "end": 1} for t in texts], "deidentified_text": ""})
+
+    scores = task_metrics(METRICS["deidentification"], [(phi("Harlan Voss", "555-0142"), phi("Harlan Voss", "00483921", "555-0142"))])
+    assert (scores["precision"], scores["recall"], scores["f1"]) == (1.0, pytest.approx(2 / 3), pytest.approx(0.8))
+    relation = TaskMetric("spans", "relations[]", ("head", "relation", "tail"))
+    gold = json.dumps({"relations": [{"head": "amoxicillin", "relation": "treats", "tail": "pneumonia", "evidence": "e"}]})
+    wrong = json.dumps({"relations": [{"head": "amoxicillin", "relation": "causes", "tail": "pneumonia", "evidence": "e"}]})
+    assert task_metrics(relation, [(gold, gold)])["f1"] == 1.0 and task_metrics(relation, [(wrong, gold)])["f1"] == 0.0
+
+
+def test_bootstrap_intervals_bracket_the_estimate_and_are_seeded() -> None:
+    metric = TaskMetric("rouge_l")
+    examples = [measure(metric, p, r) for p, r in [("a b c", "a b c"), ("a", "a b c d"), ("x", "y"), ("a b", "a b")] * 5]
+    point = aggregate("rouge_l", examples)["rouge_l"]
+    low, high = bootstrap("rouge_l", examples, resamples=300)["rouge_l"]
+    assert 0 <= low < point < high <= 1
+    assert bootstrap("rouge_l", examples, resamples=300) == bootstrap("rouge_l", examples, resamples=300)
 
 
 def test_field_f1_counts_matching_leaves() -> None:
@@ -57,27 +127,8 @@ def test_field_f1_counts_matching_leaves() -> None:
     assert field_f1(partial, REFERENCE) == pytest.approx(2 * (2 / 3) * (2 / 5) / (2 / 3 + 2 / 5))
     assert field_f1("not json", REFERENCE) == 0.0
     assert token_f1("amoxicillin 500 mg", "amoxicillin 250 mg") == pytest.approx(2 / 3)
-
-
-def test_score_records_groups_by_task() -> None:
-    rows = [
-        {"task_type": "extraction", "output_format": "json", "output": REFERENCE, "prediction": REFERENCE},
-        {"task_type": "extraction", "output_format": "json", "output": REFERENCE, "prediction": "oops"},
-        {"task_type": "summary", "output_format": "plain_text", "output": "stable, discharged home", "prediction": "discharged home"},
-    ]
-    scores = score_records(rows, {"extraction": {"type": "object"}, "summary": None})
-    assert scores["extraction"]["exact_match"] == 0.5
-    assert scores["extraction"]["json_valid"] == 0.5
-    assert scores["extraction"]["field_f1"] == 0.5
-    assert scores["extraction"]["token_f1"] is None
-    assert scores["summary"]["token_f1"] == pytest.approx(0.8)
-    assert objective({"tasks": scores, "perplexity": {}}) == pytest.approx((0.5 + 0.8) / 2)
+    assert objective({"tasks": {"a": {"score": 0.5}, "b": {"score": 0.8}}, "perplexity": {}}) == pytest.approx(0.65)
     assert objective({"tasks": {}, "perplexity": {"a": {"perplexity": math.e}}}) == pytest.approx(-1.0)
-
-
-def test_parse_json_rejects_garbage() -> None:
-    assert parse_json("[1, 2]") == (True, [1, 2])
-    assert parse_json("{") == (False, None)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +171,9 @@ def test_eval_hook_writes_a_report_with_finite_perplexity(eval_setup: Path, caps
     notes = report["perplexity"]["notes"]
     assert math.isfinite(notes["perplexity"]) and notes["perplexity"] > 1 and notes["documents"] == 3
     extraction = report["tasks"]["extraction"]
-    assert extraction["n"] == 3 and 0.0 <= extraction["field_f1"] <= 1.0
+    assert extraction["n"] == 3 and extraction["metric"] == "fields" and 0.0 <= extraction["f1"] <= 1.0
+    lines = (eval_setup / "eval_base" / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and set(json.loads(lines[0])) == {"id", "task", "prompt", "reference", "prediction", "scores"}
     assert "ppl notes" in capsys.readouterr().out
     table = compare_reports([eval_setup / "eval_base" / "eval_report.json"] * 2)
     assert table.splitlines()[0].split() == ["eval_base", "eval_base"]
@@ -132,3 +185,51 @@ def test_eval_hook_writes_a_report_with_finite_perplexity(eval_setup: Path, caps
     )
     score = make_evaluator(ppl_only)(eval_setup / "model")
     assert score == pytest.approx(-math.log(notes["perplexity"]), rel=1e-4)
+
+
+def test_a_plain_prompt_reference_file_is_scored_with_its_metric(eval_setup: Path) -> None:
+    rows = [
+        {"id": "q1", "prompt": "Code: type 2 diabetes", "reference": "E11.9", "task": "coding", "metric": "icd10_codes"},
+        {"id": "q2", "prompt": [{"role": "user", "content": "Summarize: stable."}], "reference": "stable", "task": "summary", "metric": "rouge_l"},
+    ]
+    (eval_setup / "plain.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:1]))
+    pq.write_table(pa.Table.from_pylist(rows[1:]), eval_setup / "plain.parquet")
+    for name in ("plain.jsonl", "plain.parquet"):
+        config = config_from_dict(
+            {"model": {"name_or_path": "model"}, "data": {"records": name}, "method": {"max_new_tokens": 4, "eval_batch_size": 2}, "output": {"dir": f"eval_{name}"}},
+            "eval",
+            root=eval_setup,
+        )
+        report = run_eval(config)
+        (task,) = report["tasks"].values()
+        assert task["metric"] in ("icd10_codes", "rouge_l") and task["n"] == 1
+        assert len((eval_setup / f"eval_{name}" / "predictions.jsonl").read_text().splitlines()) == 1
+
+
+def test_an_export_root_is_read_from_test_once_per_record(tmp_path: Path) -> None:
+    def record(i: int) -> dict[str, str]:
+        return {"id": f"r{i}", "instruction": "Summarize.", "input": f"Note {i}.", "output": f"Summary {i}.", "task_type": "question_summarization", "output_format": "plain_text"}
+
+    # The export's configs (sft, dpo, one per task) share split names: only sft's test split is read.
+    for config, split, ids in [("sft", "train", range(5)), ("sft", "validation", [5]), ("sft", "test", [6, 7]), ("dpo", "test", [6, 7]), ("question_summarization", "test", [6, 7])]:
+        folder = tmp_path / "export" / "data" / config
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(rows_to_table([record(i) for i in ids]), folder / f"{split}-00000-of-00001.parquet")
+    config = config_from_dict({"model": {"name_or_path": "m"}, "data": {"records": "export"}, "output": {"dir": "e"}}, "eval", root=tmp_path)
+    assert [row["id"] for row in read_eval_rows(config)] == ["r6", "r7"]
+    assert [row["id"] for row in read_eval_rows(config, "validation")] == ["r5"]
+    with pytest.raises(MediflowError, match="no 'dev' split here"):
+        read_eval_rows(config, "dev")
+
+
+def test_the_evaluators_fingerprint_follows_the_eval_data(eval_setup: Path, tmp_path: Path) -> None:
+    def hook(records: Path, split: str | None = None) -> Any:
+        config = config_from_dict({"model": {"name_or_path": "m"}, "data": {"records": str(records)}, "output": {"dir": "e"}}, "eval", root=tmp_path)
+        return make_evaluator(config, split)
+
+    copy = tmp_path / "heldout.parquet"
+    copy.write_bytes((eval_setup / "heldout.parquet").read_bytes())
+    first = hook(copy).fingerprint
+    assert hook(copy).fingerprint == first and hook(copy, "validation").fingerprint != first
+    pq.write_table(pq.read_table(copy).slice(0, 1), copy)  # the same path, another eval set
+    assert hook(copy).fingerprint != first

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -260,6 +261,47 @@ def test_mediphi_preset_picks_slerp_ratios_searches_and_resumes(models: dict[str
     calls.clear()  # a rerun reuses the chosen SLERPs and replays the search log: no new evaluations
     again = run_mediphi_preset(preset, evaluate, overwrite=True)
     assert calls == [] and again.best == result.best
+    report = json.loads((result.output / "preset_report.json").read_text())["report"]
+    assert report["score"] is None and "no separate report set" in report["note"]
+
+    # Another eval set (a new fingerprint): every score is measured again, nothing replayed.
+    evaluate.fingerprint = "another eval set"  # type: ignore[attr-defined]
+    run_mediphi_preset(preset, evaluate, overwrite=True)
+    assert len(calls) == 2 * 2 + 6
+
+    # Expert 0 replaced in place by expert 1's weights: its SLERP is redone and the result changes.
+    calls.clear()
+    swapped = tmp_path / "swapped"
+    shutil.copytree(models["expert0"], swapped)
+    preset = parse_preset({**raw, "experts": [str(swapped), str(models["expert1"])]}, root=tmp_path)
+    before = run_mediphi_preset(preset, evaluate, overwrite=True)
+    assert calls == []  # the same weights at another path: everything reused
+
+    shutil.copy(models["expert1"] / "model.safetensors", swapped / "model.safetensors")
+    after = run_mediphi_preset(preset, evaluate, overwrite=True)
+    assert len(calls) == 2 + 6  # expert 0's SLERP ratios and the whole search were scored again
+    assert after.slerp_t[str(swapped)] == 0.5 and after.best.score != before.best.score
+
+
+def test_preset_selects_on_validation_and_reports_on_test(models: dict[str, Path], tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def hook(split: str) -> Any:
+        def evaluate(folder: Path) -> float:
+            seen.append(split)
+            return -float(_tensors(folder)["model.layers.1.mlp.down_proj.weight"].float().pow(2).sum())
+
+        evaluate.fingerprint = split  # type: ignore[attr-defined]
+        return evaluate
+
+    raw = {"base_model": str(models["base"]), "experts": [str(models["expert0"])], "output": str(tmp_path / "out"),
+           "slerp": {"t_choices": [0.1, 0.5]}, "search": {"budget": 3, "population": 2}}
+    result = run_mediphi_preset(parse_preset(raw, root=tmp_path), hook("validation"), report=hook("test"))
+    assert seen == ["validation"] * 5 + ["test"]
+    report = json.loads((tmp_path / "out" / "preset_report.json").read_text())
+    assert report["report"]["score"] == pytest.approx(result.report_score) and report["report"]["evaluator"] == "test"
+    first = json.loads((tmp_path / "out.work" / "search_trials.jsonl").read_text().splitlines()[0])["candidate"]
+    assert first == {"weight_0": 0.0635, "density_0": 0.494, "gamma_0": 1.672}  # the search starts from the paper's published point
 
 
 def test_cli_preset_with_the_train_eval_hook(models: dict[str, Path], tmp_path: Path) -> None:

@@ -14,8 +14,11 @@ from tiny_models import build_tiny_phi3
 from transformers import TrainerCallback
 
 from mediflow.cli import main
+from mediflow.errors import ConfigError
 from mediflow.train.config import PitStageSection, StageConfig, config_from_dict
 from mediflow.train.data import load_documents, load_task_rows
+from mediflow.train.lengths import LengthReport, chunk_documents
+from mediflow.train.models import load_tokenizer
 from mediflow.train.pit import build_stage_trainer, run_pit, stage_rows
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -76,7 +79,7 @@ def test_task_data_loads_both_layouts_and_documents_get_an_empty_prompt(corpus: 
     docs = load_documents(corpus / "docs")
     assert [d["id"] for d in docs] == ["d1", "d2"]
     stage = PitStageSection(name="s", data=["documents", "task"])
-    rows = stage_rows(stage, tasks, docs)
+    rows = stage_rows(stage, tasks, [d["text"] for d in docs])
     assert rows[0] == {"prompt": "", "completion": DOCUMENTS[0]["text"]}
     assert rows[2:] == tasks  # the stage's data order is kept
 
@@ -84,7 +87,7 @@ def test_task_data_loads_both_layouts_and_documents_get_an_empty_prompt(corpus: 
 def test_labels_mask_prompts_and_keep_documents(corpus: Path) -> None:
     config = _config(corpus, "mask")
     stage = PitStageSection(name="mixed", data=["task", "documents"], order="as_listed")
-    rows = stage_rows(stage, load_task_rows(corpus / "tasks.jsonl"), load_documents(corpus / "docs"))
+    rows = stage_rows(stage, load_task_rows(corpus / "tasks.jsonl"), [d["text"] for d in load_documents(corpus / "docs")])
     trainer = build_stage_trainer(config, stage, corpus / "base", rows, corpus / "mask")
     tokenizer = trainer.processing_class
     dataset = trainer.train_dataset
@@ -122,10 +125,22 @@ def test_schedule_chains_stages_and_moves_every_weight(corpus: Path) -> None:
         assert not torch.equal(base[name], after1[name]), f"{name} did not move in stage 1"
         assert not torch.equal(after1[name], after2[name]), f"{name} did not move in stage 2"
 
-    # A finished stage is not re-run.
-    run_pit(_config(corpus, "expert"))
-    rerun = json.loads((corpus / "expert" / "pit_manifest.json").read_text())
-    assert all("skipped" in s for s in rerun["stages"])
+    # A stage finished from the same inputs is not re-run, and the manifest still describes it.
+    again = _SnapshotAtStart()
+    run_pit(_config(corpus, "expert"), callbacks=[again])
+    assert again.starts == []
+    assert json.loads((corpus / "expert" / "pit_manifest.json").read_text()) == manifest
+
+    # Another learning rate: one line naming the change, nothing retrained; --overwrite retrains.
+    changed = _config(corpus, "expert")
+    changed.method.schedule[1].learning_rate = 5e-3
+    with pytest.raises(ConfigError, match=r"pit stage 2 \(task_and_documents\).*changed: stage.learning_rate .*--overwrite"):
+        run_pit(changed, callbacks=[again])
+    assert again.starts == []
+    run_pit(changed, callbacks=[again], overwrite=True)
+    assert len(again.starts) == 2
+    redone = json.loads((corpus / "expert" / "pit_manifest.json").read_text())
+    assert redone["stages"][1]["learning_rate"] == 5e-3
 
 
 def test_lora_stages_end_in_full_model_folders(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -146,3 +161,30 @@ def test_lora_stages_end_in_full_model_folders(corpus: Path, capsys: pytest.Capt
     assert set(merged) == set(base)  # a plain model: the adapter is merged into the weights
     moved = [name for name in base if not torch.equal(base[name], merged[name])]
     assert moved and all("proj" in name for name in moved)  # only the LoRA-targeted linear layers changed
+
+
+def test_long_documents_are_chunked_with_overlap_and_counted(corpus: Path) -> None:
+    tokenizer = load_tokenizer(corpus / "base")
+    long_text = " ".join(doc["text"] for doc in DOCUMENTS * 6)
+    tokens = len(tokenizer(long_text, add_special_tokens=False)["input_ids"])
+    report = LengthReport("pit", 64)
+    chunks = chunk_documents([long_text, DOCUMENTS[0]["text"]], tokenizer, 64, 16, report)
+    assert report.documents_chunked == 1 and report.rows == 2 and report.tokens_lost == 0
+    assert chunks[-1] == DOCUMENTS[0]["text"]  # a short document stays whole
+    pieces = chunks[:-1]
+    assert len(pieces) == report.chunks > 1
+    assert all(len(tokenizer(p, add_special_tokens=False)["input_ids"]) <= 64 for p in pieces)
+    assert pieces[0] == long_text[: len(pieces[0])] and long_text.endswith(pieces[-1])  # exact text, nothing re-spelled
+    assert sum(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in pieces) >= tokens  # overlap, no loss
+    assert pieces[0][-20:] in pieces[1]  # consecutive chunks overlap
+
+
+def test_truncation_counts_reach_the_manifest(corpus: Path) -> None:
+    config = _config(corpus, "counted")
+    config.data.max_length = 16  # the task rows' prompts alone are longer than 16 tokens
+    config.method.schedule = config.method.schedule[1:]
+    with pytest.warns(UserWarning, match="rows do not fit data.max_length=16"):
+        run_pit(config)
+    lengths = json.loads((corpus / "counted" / "pit_manifest.json").read_text())["lengths"]
+    assert lengths["max_length"] == 16 and lengths["dropped"] == 3 and lengths["tokens_lost"] > 0
+    assert lengths["documents_chunked"] == 2 and lengths["chunks"] >= 4

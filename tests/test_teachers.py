@@ -18,6 +18,7 @@ from mediflow.teachers import ChatRequest, make_teacher
 from mediflow.teachers.openai_compat import OpenAICompatTeacher, _chat_response
 from mediflow.teachers.strict_schema import strict_form
 from mediflow.testing import TeacherServerURL
+from mediflow.testing import teacher_server as run_teacher_server
 
 NESTED = {
     "type": "object",
@@ -90,11 +91,11 @@ def test_json_schema_request_gets_a_schema_valid_answer(teacher_server: TeacherS
     teacher = make_teacher("openai:test-teacher", base_url=teacher_server)
     response = asyncio.run(_ask(teacher, ChatRequest(messages=(("user", "code it"),), response_schema=NESTED)))
     jsonschema.validate(json.loads(response.text), NESTED)
-    assert teacher.supports_json_schema is True
+    assert teacher.capabilities()["structured_output"] == "json_schema"
 
 
 def test_falls_back_to_json_mode_when_json_schema_is_refused(teacher_server: TeacherServerURL) -> None:
-    teacher_server.control(json_schema_supported=False)
+    teacher_server.control(response_formats=["text", "json_object"])
     teacher = make_teacher("openai:test-teacher", base_url=teacher_server)
 
     async def two_requests() -> list[Any]:
@@ -109,7 +110,7 @@ def test_falls_back_to_json_mode_when_json_schema_is_refused(teacher_server: Tea
     responses = asyncio.run(two_requests())
     for response in responses:
         jsonschema.validate(json.loads(response.text), NESTED)  # the schema travelled in the prompt
-    assert teacher.supports_json_schema is False
+    assert teacher.capabilities()["structured_output"] == "json_object_schema"
     assert teacher_server.stats()["requests"] == 3  # one refusal, remembered: not asked again
 
 
@@ -166,9 +167,20 @@ def test_azure_requests_are_routed_to_the_deployment() -> None:
 
 def test_a_refused_connection_is_reported_as_one_not_as_a_timeout() -> None:
     """The aiohttp transport raises a connect *timeout* for a refused port; the run's error must say 'cannot connect'."""
-    teacher = make_teacher("openai:test-teacher", base_url="http://127.0.0.1:9/v1")
+
+    async def check_then_ask(teacher: OpenAICompatTeacher, server: Any) -> None:
+        try:
+            await teacher.check()
+            server.__exit__(None, None, None)  # the server goes away after the start-up check
+            await teacher.complete(ChatRequest(messages=(("user", "hi"),)))
+        finally:
+            await teacher.aclose()
+
+    server = run_teacher_server()
+    url = server.__enter__()
+    teacher = make_teacher("openai:test-teacher", base_url=url)
     with pytest.raises(openai.APIConnectionError) as raised:
-        asyncio.run(_ask(teacher, ChatRequest(messages=(("user", "hi"),))))
+        asyncio.run(check_then_ask(teacher, server))
     failure = classify(raised.value)
     assert failure.kind == "connection" and failure.retryable
     assert failure.message.startswith("cannot connect")

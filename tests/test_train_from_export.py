@@ -20,7 +20,7 @@ from mediflow.export import ExportOptions, SplitFractions, export_dataset
 from mediflow.preference import PairsConfig, build_pairs
 from mediflow.taxonomy import load_taxonomy
 from mediflow.testing import teacher_server
-from mediflow.train.align import build_sft_trainer, run_dpo, run_sft
+from mediflow.train.align import build_sft_trainer, prepare_inputs, run_dpo, run_sft
 from mediflow.train.config import StageConfig
 from mediflow.train.data import load_messages, load_preferences
 
@@ -74,9 +74,11 @@ def test_the_export_root_reads_as_sft_records_and_dpo_pairs(export: Path) -> Non
     assert all([m["role"] for m in p["prompt"]] == ["system", "user"] for p in pairs)
 
 
-def test_records_whose_answer_is_truncated_away_are_reported(export: Path) -> None:
-    with pytest.warns(UserWarning, match=r"sft: \d of 8 records lost their whole answer to truncation at data.max_length=128"):
-        build_sft_trainer(_config(export, "sft", "sft_short", max_length=128))
+def test_records_longer_than_max_length_are_counted_and_dropped(export: Path) -> None:
+    inputs = prepare_inputs(_config(export, "sft", "sft_short", max_length=128), "sft")
+    assert inputs.lengths.rows == 8 and inputs.lengths.dropped == 8 - len(inputs.train_rows) > 0
+    with pytest.warns(UserWarning, match=r"sft: \d+ of 8 rows do not fit data.max_length=128"):
+        inputs.lengths.announce(0.05)
 
 
 def test_sft_on_generated_records_trains_on_the_answers_and_logs_finite_losses(export: Path) -> None:

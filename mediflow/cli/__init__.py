@@ -18,6 +18,7 @@ from mediflow.cli import (
     audit_cmd,
     export_cmd,
     generate_cmd,
+    join_cmd,
     merge_cmd,
     pairs_cmd,
     quality_cmd,
@@ -29,6 +30,7 @@ from mediflow.errors import MediflowError
 _COMMAND_MODULES = (
     taxonomy_cmd,
     generate_cmd,
+    join_cmd,
     quality_cmd,
     pairs_cmd,
     export_cmd,

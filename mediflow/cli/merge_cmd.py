@@ -68,10 +68,12 @@ def _run_preset(args: argparse.Namespace) -> int:
     from mediflow.train.merge import build_evaluator, load_preset, run_mediphi_preset
 
     preset = load_preset(args.config, output=args.output)
-    evaluate = build_evaluator(preset.evaluate, args.config.resolve().parent, preset.base_model)
-    result = run_mediphi_preset(preset, evaluate, overwrite=args.overwrite)
+    hooks = build_evaluator(preset.evaluate, args.config.resolve().parent, preset.base_model)
+    result = run_mediphi_preset(preset, hooks.select, report=hooks.report, overwrite=args.overwrite)
     for expert, t in result.slerp_t.items():
         print(f"slerp t={t} for {expert}")
     print(f"best of {len(result.trials)} evaluations: score {result.best.score:.6g} with {result.best.candidate}")
+    held_out = f"{result.report_score:.6g}" if result.report_score is not None else "none (no separate report set)"
+    print(f"held-out report score: {held_out}")
     print(f"merged model -> {result.output}")
     return 0

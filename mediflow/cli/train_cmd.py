@@ -33,6 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             metavar="SECTION.KEY=VALUE",
             help="override one config value (YAML-parsed), e.g. --set train.max_steps=10; repeatable",
         )
+        if stage in ("pit", "sft", "dpo"):
+            parser.add_argument(
+                "--overwrite", action="store_true", help="retrain even when the output folder holds a model from other (or the same) inputs"
+            )
         if stage == "eval":
             parser.add_argument("--compare", type=Path, nargs="+", metavar="REPORT", help="print saved eval reports side by side")
         parser.set_defaults(handler=_run)
@@ -59,15 +63,15 @@ def _run(args: argparse.Namespace) -> int:
     elif args.stage == "pit":
         from mediflow.train.pit import run_pit
 
-        print(f"expert: {run_pit(config)}")
+        print(f"expert: {run_pit(config, overwrite=args.overwrite)}")
     elif args.stage == "sft":
         from mediflow.train.align import run_sft
 
-        print(f"model: {run_sft(config)}")
+        print(f"model: {run_sft(config, overwrite=args.overwrite)}")
     elif args.stage == "dpo":
         from mediflow.train.align import run_dpo
 
-        print(f"model: {run_dpo(config)}")
+        print(f"model: {run_dpo(config, overwrite=args.overwrite)}")
     else:
         from mediflow.train.eval import run_eval
 

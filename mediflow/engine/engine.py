@@ -56,8 +56,14 @@ class Engine:
         *,
         prices: PricesConfig | None = None,
         progress: bool = True,
+        limit_share: float = 1.0,
     ) -> None:
+        if not 0.0 < limit_share <= 1.0:
+            raise ValueError(f"limit_share must be in (0, 1], got {limit_share}")
         self.teacher = teacher
+        #: This engine's share of the rpm/tpm limits, configured or reported by the server: ``engine: ray``
+        #: runs one engine per actor, each with ``1 / actors`` of them, so that together they keep the limits.
+        self.limit_share = limit_share
         self.config = limits or LimitsConfig()
         self.prices = prices or PricesConfig()
         self.cache_path = Path(cache_path)
@@ -69,8 +75,8 @@ class Engine:
             latency_tolerance=self.config.latency_tolerance,
             latency_floor=self.config.latency_floor,
         )
-        self.request_bucket = TokenBucket(self.config.rpm)
-        self.token_bucket = TokenBucket(self.config.tpm)
+        self.request_bucket = TokenBucket(self._shared(self.config.rpm))
+        self.token_bucket = TokenBucket(self._shared(self.config.tpm))
         self.progress = Progress(
             self.stats, self._activity, enabled=progress, request_timeout=self.config.request_timeout
         )
@@ -264,12 +270,18 @@ class Engine:
         finally:
             self._backing_off -= 1
 
+    def _shared(self, per_minute: float | None) -> float | None:
+        """This engine's share of a per-minute limit (the whole of it unless several engines split it)."""
+        return None if per_minute is None else per_minute * self.limit_share
+
     def _observe_rate_limits(self, response: ChatResponse) -> None:
         limits = RateLimitHeaders(response.headers)
         self.request_bucket.observe_server(
-            limits.limit_requests, limits.remaining_requests, user_limit=self.config.rpm
+            self._shared(limits.limit_requests), self._shared(limits.remaining_requests), user_limit=self._shared(self.config.rpm)
         )
-        self.token_bucket.observe_server(limits.limit_tokens, limits.remaining_tokens, user_limit=self.config.tpm)
+        self.token_bucket.observe_server(
+            self._shared(limits.limit_tokens), self._shared(limits.remaining_tokens), user_limit=self._shared(self.config.tpm)
+        )
 
     def _price(self, model: str) -> tuple[float, float] | None:
         if model not in self._prices:

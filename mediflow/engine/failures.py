@@ -4,7 +4,7 @@ Teachers raise their transport's exceptions; this module is the one place that m
 kind the engine counts, retries or gives up on. 429, 5xx, timeouts, connection errors, cut bodies
 and truncated JSON answers are worth another attempt; 400/401/403/404 are not (the same request
 will fail the same way), and 401/403/404 and an exhausted quota stop the whole run, since every
-other request will fail too.
+other request will fail too, as does a failed start-up check (:class:`TeacherUnavailable`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import httpx
 import openai
 
 from mediflow.engine.limits import retry_after_seconds
+from mediflow.errors import TeacherUnavailable
 
 
 class TruncatedAnswer(Exception):
@@ -42,6 +43,8 @@ class Failure:
 def classify(exc: BaseException) -> Failure:
     """Map an exception raised by a teacher (or by the engine's timeout) to a :class:`Failure`."""
     message = _one_line(exc)
+    if isinstance(exc, TeacherUnavailable):  # the start-up check failed: no request can succeed
+        return Failure("unavailable", retryable=False, fatal=True, message=message)
     if isinstance(exc, openai.APIStatusError):
         return _classify_status(exc.status_code, exc, message)
     if isinstance(exc, openai.APITimeoutError) and isinstance(exc.__cause__, httpx.ConnectTimeout):

@@ -53,6 +53,7 @@ REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
     "pairs": (("prompt", "chosen", "rejected"),),
     "preferences": (("prompt", "chosen", "rejected"), ("instruction", "input", "output", "rejected_output")),
     "task_data": (("prompt", "completion"), ("question", "answer")),
+    "eval": (("prompt", "reference"), ("messages",), ("instruction", "input")),
     "documents": (),
 }
 ACCEPTS: dict[str, frozenset[str]] = {
@@ -61,14 +62,17 @@ ACCEPTS: dict[str, frozenset[str]] = {
     "pairs": frozenset({"pairs"}),
     "preferences": frozenset({"pairs", "records"}),
     "task_data": frozenset({"task_data"}),
+    "eval": frozenset({"records"}),
     "documents": frozenset({"records"}),
 }
-EXPORT_CONFIG: dict[str, str] = {"records": "sft", "sft": "sft", "documents": "sft", "pairs": "dpo", "preferences": "dpo"}
+EXPORT_CONFIG: dict[str, str] = {"records": "sft", "sft": "sft", "eval": "sft", "documents": "sft", "pairs": "dpo", "preferences": "dpo"}
 _TEXT = ("id", "instruction", "input", "output", "task_type", "input_data", "output_format", "difficulty_level", "document_id",
          "completion", "question", "answer", "rejected_output", "text")
 _NUMBER = ("quality", "alignment", "coherence", "realism", "difficulty", "judge_spread")
 _CONVERSATION = ("messages", "prompt", "chosen", "rejected")
 _SUFFIXES = (".parquet", ".jsonl", ".json")
+#: The split names of a Hub-layout export (``mediflow.export.splits``).
+SPLITS = ("train", "validation", "test")
 
 
 def _is_text(kind: pa.DataType) -> bool:
@@ -217,9 +221,7 @@ def _folder_files(path: Path, family: str, split: str | None) -> tuple[Manifest 
         return manifest, _parquet_in(data)
     if data.is_dir() and any(p.is_dir() for p in data.iterdir()):
         return None, _export_files(path, family, split)
-    files = _parquet_in(data) or _parquet_in(path)  # the contract's layout without a manifest, or a plain folder
-    if split is not None and any(f.name.startswith(f"{split}-") for f in files):
-        files = [f for f in files if f.name.startswith(f"{split}-")]
+    files = _in_split(_parquet_in(data) or _parquet_in(path), split, path)  # the contract's layout without a manifest, or a plain folder
     if not files:
         raise MediflowError(f"{path}: no MediFlow manifest and no .parquet/.jsonl files in this folder")
     return None, files
@@ -236,10 +238,24 @@ def _export_files(path: Path, family: str, split: str | None) -> list[Path]:
     folder = path / DATA_DIR / config if config else None
     if folder is None or not folder.is_dir():
         raise MediflowError(f"{path}: an export with no '{config}' config (data/{config}/) to read {family.replace('_', ' ')} from")
-    files = [f for f in _parquet_in(folder) if split is None or f.name.startswith(f"{split}-")]
+    files = _in_split(_parquet_in(folder), split, folder)
     if not files:
-        raise MediflowError(f"{folder}: no {split or 'any'} split shards")
+        raise MediflowError(f"{folder}: no Parquet shards")
     return files
+
+
+def _in_split(files: list[Path], split: str | None, where: Path) -> list[Path]:
+    """The files of ``split`` when the files are named by split (``train-00000-of-00001.parquet``).
+
+    A split layout without the asked-for split is an error: reading the other splits instead would
+    evaluate on training data (or train on the test set).
+    """
+    present = sorted({f.name.split("-")[0] for f in files} & set(SPLITS))
+    if split is None or not present:
+        return files
+    if split not in present:
+        raise MediflowError(f"{where}: no '{split}' split here (splits: {', '.join(present)})")
+    return [f for f in files if f.name.startswith(f"{split}-")]
 
 
 def _schema(file: Path) -> pa.Schema:

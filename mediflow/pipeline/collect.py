@@ -9,19 +9,27 @@ the run's size. A range finished by an earlier run is never recomputed.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 from mediflow.pipeline.output import RunOutput
 
 
 class ShardCollector:
-    """Commits the plan range ``[i*S, (i+1)*S)`` as ``data/part-i`` once all of its items are in."""
+    """Commits the plan range ``[i*S, (i+1)*S)`` as ``data/part-i`` once all of its items are in.
 
-    def __init__(self, output: RunOutput, plan_size: int, shard_size: int, finished: set[int]) -> None:
+    A run making one share of the plan (:mod:`mediflow.pipeline.share`) gives ``share_counts``, its
+    items per range: its ranges then hold only its items, and commit when those are in.
+    """
+
+    def __init__(
+        self, output: RunOutput, plan_size: int, shard_size: int, finished: set[int], share_counts: Mapping[int, int] | None = None
+    ) -> None:
         self.output = output
         self.plan_size = plan_size
         self.shard_size = shard_size
         self.finished = set(finished)
+        self.share_counts = share_counts
         self._pending: dict[int, dict[int, tuple[str, dict[str, Any]]]] = defaultdict(dict)
         self.records = 0  # written by this session
         self.rejects = 0
@@ -32,15 +40,17 @@ class ShardCollector:
 
     @property
     def finished_items(self) -> int:
-        """How many plan items the committed shards cover."""
+        """How many of this run's plan items the committed shards cover."""
         return sum(self._expected(shard) for shard in self.finished if shard < self.shard_count)
+
+    def _expected(self, shard: int) -> int:
+        if self.share_counts is not None:
+            return self.share_counts.get(shard, 0)
+        return min(self.shard_size, self.plan_size - shard * self.shard_size)
 
     def is_finished(self, position: int) -> bool:
         """Whether the item at ``position`` is already in a committed shard."""
         return position // self.shard_size in self.finished
-
-    def _expected(self, shard: int) -> int:
-        return min(self.shard_size, self.plan_size - shard * self.shard_size)
 
     def add(self, position: int, kind: str, row: dict[str, Any]) -> None:
         """Hand in one finished item (``kind`` is ``record`` or ``reject``); commits its shard when complete."""
@@ -53,17 +63,19 @@ class ShardCollector:
             self._commit(shard, bucket)
 
     def _commit(self, shard: int, bucket: dict[int, tuple[str, dict[str, Any]]]) -> None:
-        ordered = [bucket[position] for position in sorted(bucket)]
-        rows = [row for kind, row in ordered if kind == "record"]
-        rejects = [row for kind, row in ordered if kind == "reject"]
-        self.output.write_shard(shard, rows, rejects, _summary(shard, rows, rejects))
+        ordered = sorted(bucket.items())
+        rows = [row for _, (kind, row) in ordered if kind == "record"]
+        rejects = [row for _, (kind, row) in ordered if kind == "reject"]
+        positions = {kind: [position for position, (k, _) in ordered if k == kind] for kind in ("record", "reject")}
+        self.output.write_shard(shard, rows, rejects, shard_summary(shard, rows, rejects, positions))
         self.finished.add(shard)
         del self._pending[shard]
         self.records += len(rows)
         self.rejects += len(rejects)
 
 
-def _summary(shard: int, rows: list[dict[str, Any]], rejects: list[dict[str, Any]]) -> dict[str, Any]:
+def shard_summary(shard: int, rows: list[dict[str, Any]], rejects: list[dict[str, Any]], positions: dict[str, list[int]]) -> dict[str, Any]:
+    """What one shard holds; ``positions`` (plan positions of its records and rejects, in file order) let ``join`` interleave shares."""
     cells: dict[str, Counter[str]] = defaultdict(Counter)
     usage: Counter[str] = Counter()
     cost: float | None = None
@@ -85,4 +97,5 @@ def _summary(shard: int, rows: list[dict[str, Any]], rejects: list[dict[str, Any
         "cells": {cell: dict(counts) for cell, counts in sorted(cells.items())},
         "usage": {**usage, "cost_usd": cost},
         "failures": dict(failures),
+        "positions": positions,
     }

@@ -28,7 +28,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mediflow.folders import OutputFolder, write_json, write_parquet
+from mediflow.folders import CACHE_NAME, DATA_DIR, REJECTS_NAME, OutputFolder, shard_name, write_json, write_parquet
+from mediflow.folders.output import PARTS_DIR
 from mediflow.records import GENERATION_SCHEMA, rows_to_table
 
 REJECT_SCHEMA = pa.schema(
@@ -56,22 +57,36 @@ REJECT_SCHEMA = pa.schema(
 
 
 class RunOutput:
-    """Reads and writes one generate run's shards and side files inside its :class:`OutputFolder`."""
+    """One generate run's shards and side files: read from any folder, written inside its :class:`OutputFolder`.
 
-    def __init__(self, folder: OutputFolder) -> None:
+    ``RunOutput(path)`` reads a run (``mediflow join`` reads its shares so); writing needs the
+    locked folder, ``RunOutput(folder.root, folder)``.
+    """
+
+    def __init__(self, root: str | Path, folder: OutputFolder | None = None) -> None:
+        self.root = Path(root)
         self.folder = folder
-        self.root = folder.root
-        self.data_dir = folder.data_dir
-        self.parts_dir = folder.parts_dir
-        self.rejects_path = folder.rejects_path
-        self.cache_path = folder.cache_path
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.root / DATA_DIR
+        self.parts_dir = self.root / PARTS_DIR
+        self.rejects_path = self.root / REJECTS_NAME
+        self.cache_path = self.root / CACHE_NAME
+        if folder is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
+
+    def writable(self) -> OutputFolder:
+        """The locked folder this run writes (an error for a run opened for reading only)."""
+        if self.folder is None:
+            raise RuntimeError(f"{self.root}: opened for reading only")
+        return self.folder
 
     def shards(self) -> Iterator[tuple[int, Path]]:
         """Finished shards, in order."""
-        for path in self.folder.shards():
+        for path in sorted(self.data_dir.glob("part-*.parquet")):
             yield int(path.stem.split("-")[1]), path
+
+    def shard_path(self, index: int) -> Path:
+        return self.data_dir / shard_name(index)
 
     def finished(self) -> set[int]:
         """The plan ranges already committed (by this run, or by the run it resumes)."""
@@ -79,18 +94,23 @@ class RunOutput:
 
     def write_shard(self, index: int, rows: list[dict[str, Any]], rejects: list[dict[str, Any]], summary: dict[str, Any]) -> None:
         """Commit one plan range: its rejects and summary first, then its shard (the commit marker)."""
+        self.writable()
         write_parquet(self.parts_dir / f"rejects-{index:05d}.parquet", rows_to_table(rejects, REJECT_SCHEMA))
         write_json(self.parts_dir / f"summary-{index:05d}.json", summary)
-        write_parquet(self.folder.shard_path(index), rows_to_table(rows, GENERATION_SCHEMA))
+        write_parquet(self.shard_path(index), rows_to_table(rows, GENERATION_SCHEMA))
+
+    def read_summary(self, index: int) -> dict[str, Any]:
+        """The summary of finished shard ``index``."""
+        return json.loads((self.parts_dir / f"summary-{index:05d}.json").read_text(encoding="utf-8"))
 
     def summaries(self) -> Iterator[dict[str, Any]]:
         """The summaries of the finished shards."""
         for index, _ in self.shards():
-            path = self.parts_dir / f"summary-{index:05d}.json"
-            yield json.loads(path.read_text(encoding="utf-8"))
+            yield self.read_summary(index)
 
     def write_rejects(self) -> int:
         """Fold the finished shards' rejects into ``rejects.parquet``; return how many there are."""
+        self.writable()
         tables = [
             pq.read_table(self.parts_dir / f"rejects-{index:05d}.parquet", schema=REJECT_SCHEMA)
             for index, _ in self.shards()

@@ -6,10 +6,17 @@ number of workers bounds the records in flight, so memory stays flat at any run 
 items go to the :class:`~mediflow.pipeline.collect.ShardCollector`, which commits complete plan
 ranges as shards.
 
+With ``engine: ray`` the groups are mapped over Ray Data actors instead
+(:mod:`mediflow.pipeline.ray_generate`), and their items come back to the same collector. With
+``shard: K/N`` the run makes one deterministic share of the plan (:mod:`mediflow.pipeline.share`);
+``mediflow join`` puts the shares back together.
+
+The output is an :class:`~mediflow.folders.OutputFolder` of kind ``generate`` (guarded and
+locked before anything is written; another config's run there is refused unless ``overwrite``).
 Resume is a rerun: the engine's cache (``OUT/cache.sqlite``) answers every request already
 answered, shards already committed are skipped, and the same plan over the same answers gives the
-same records. ``created_at`` is the time the run first started (kept in the manifest), so a resumed
-run's records equal an uninterrupted run's.
+same records. ``created_at`` is the time the run first started (the manifest's ``created_at``), so
+a resumed run's records equal an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,16 +41,19 @@ from mediflow.pipeline.collect import ShardCollector
 from mediflow.pipeline.flow import GroupFlow
 from mediflow.pipeline.output import RunOutput
 from mediflow.pipeline.plan import InstructionGroup, Plan, build_plan
+from mediflow.pipeline.share import Share
 from mediflow.pipeline.stages import Stages
 from mediflow.records import GENERATION_SCHEMA, content_id
 from mediflow.steps import map_ordered
 from mediflow.taxonomy import load_taxonomy
 from mediflow.sync import run_sync
-from mediflow.teachers.base import Teacher
+from mediflow.teachers.base import Teacher, check_teacher, teacher_capabilities
 from mediflow.teachers.factory import teacher_from
 
 if TYPE_CHECKING:
     import datasets
+
+    from mediflow.scale.ray_runner import RayRun
 
 
 @dataclass
@@ -51,7 +61,7 @@ class RunSummary:
     """What a run left in its output directory (read back from the manifest)."""
 
     out_dir: Path
-    status: str  # finished | stopped | interrupted
+    status: str  # finished | stopped
     records: int
     rejects: int
     planned: int
@@ -75,6 +85,32 @@ async def _drive(groups: Iterator[InstructionGroup], flow: GroupFlow, workers: i
     """Groups through ``flow`` in plan order, pulled lazily from the plan, ``workers`` at once; the first error cancels the rest."""
     async for _ in map_ordered(flow.run, groups, max(1, workers)):
         pass
+
+
+def _share_counts(plan: Plan, share: Share, shard_size: int) -> tuple[Counter[int], int]:
+    """A share's items per plan range, and its number of instruction groups (one pass over the lazy plan)."""
+    counts: Counter[int] = Counter()
+    groups = 0
+    for group in share.select(plan.groups()):
+        groups += 1
+        counts.update(item.position // shard_size for item in group.items)
+    return counts, groups
+
+
+def _ray_run(groups: list[InstructionGroup], config: RunConfig, created_at: datetime) -> RayRun:
+    from mediflow.pipeline.ray_generate import GenerateWork
+    from mediflow.scale.ray_runner import RayRun
+
+    work = GenerateWork(config, created_at, config.ray.actors)
+    return RayRun(groups, work, config.ray)
+
+
+def _drive_on_ray(ray_run: RayRun, collector: ShardCollector, on_items_done: Callable[[int], None]) -> None:
+    """Map the groups over Ray actors; their items go to ``collector`` as batches come back."""
+    for _, rows in ray_run.results():
+        for position, kind, row in rows:
+            collector.add(position, kind, row)
+        on_items_done(len(rows))
 
 
 def _failures(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -112,12 +148,19 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
     """
     taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
     plan: Plan = build_plan(config, taxonomy)
+    share = Share.parse(config.shard) if config.shard else None
+    share_counts, share_groups = _share_counts(plan, share, config.output.shard_size) if share else (None, 0)
+    if config.engine == "ray":
+        from mediflow.scale.ray_runner import check_ray_installed
+
+        check_ray_installed()
     out = Path(config.output.dir)
     teacher = teacher_from(config.teacher, config.limits)
     try:
+        await check_teacher(teacher)  # a dead server or unknown model: one line, nothing written
         engine = Engine(teacher, out / CACHE_NAME, config.limits, prices=config.prices, progress=config.progress)
         stages = Stages(engine, taxonomy, config)
-        fingerprint = content_id(
+        unsharded_fingerprint = content_id(
             plan.id,
             teacher.name,
             config.stages,
@@ -126,6 +169,7 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
             stages.versions,
             taxonomy.version,
         )
+        fingerprint = content_id(unsharded_fingerprint, str(share)) if share else unsharded_fingerprint
         details: dict[str, Any] = {
             "session_started_at": _now().isoformat(),
             "teacher": teacher.name,
@@ -134,11 +178,13 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
             "icd10cm_release": _icd10cm_release(),
             "plan": {
                 "id": plan.id,
-                "items": len(plan),
-                "instruction_groups": plan.group_count,
+                "items": len(plan) if share_counts is None else sum(share_counts.values()),
+                "instruction_groups": plan.group_count if share_counts is None else share_groups,
                 "shard_size": config.output.shard_size,
             },
         }
+        if share:
+            details["shard"] = {"share": str(share), "unsharded_fingerprint": unsharded_fingerprint, "unsharded_items": len(plan)}
         folder = OutputFolder.open(
             out,
             kind="generate",
@@ -150,18 +196,27 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
             details=details,
         )
         with folder:
-            return await _generate(config, plan, folder, engine, stages, teacher)
+            return await _generate(config, plan, share, share_counts, folder, engine, stages, teacher)
     finally:
         await teacher.aclose()
 
 
-async def _generate(config: RunConfig, plan: Plan, folder: OutputFolder, engine: Engine, stages: Stages, teacher: Teacher) -> RunSummary:
+async def _generate(
+    config: RunConfig,
+    plan: Plan,
+    share: Share | None,
+    share_counts: Counter[int] | None,
+    folder: OutputFolder,
+    engine: Engine,
+    stages: Stages,
+    teacher: Teacher,
+) -> RunSummary:
     """The run itself, inside the locked folder (its manifest says ``running``)."""
-    output = RunOutput(folder)
-    finished = output.finished()
+    output = RunOutput(folder.root, folder)
     created_at = datetime.fromisoformat(folder.manifest.created_at)
+    earlier = folder.previous.details.get("teacher_capabilities") if folder.previous is not None else None
     stages.warm_up()
-    collector = ShardCollector(output, len(plan), config.output.shard_size, finished)
+    collector = ShardCollector(output, len(plan), config.output.shard_size, output.finished(), share_counts)
     workers = -(-(config.records_in_flight or 2 * config.limits.concurrency) // config.documents_per_instruction)
     status, stop_reason = "finished", None
     async with engine:
@@ -174,17 +229,30 @@ async def _generate(config: RunConfig, plan: Plan, folder: OutputFolder, engine:
             cost_of=engine.cost_usd,
             on_item_done=engine.progress.advance,
         )
-        todo = (group for group in plan.groups() if flow.pending(group))
-        engine.progress.set_total(len(plan) - collector.finished_items)
+        groups = share.select(plan.groups()) if share else plan.groups()
+        todo = (group for group in groups if flow.pending(group))
+        ray_run = _ray_run(list(todo), config, created_at) if config.engine == "ray" else None
+        engine.progress.set_total(folder.manifest.details["plan"]["items"] - collector.finished_items)
+
+        def finish(status: str, reason: str | None) -> RunSummary:
+            folder.manifest.details["teacher_capabilities"] = _capabilities(teacher, earlier)
+            return finish_run(output, status, reason, engine.stats.as_dict() if ray_run is None else ray_run.session)
+
         try:
-            await _drive(todo, flow, workers)
+            if ray_run is None:
+                await _drive(todo, flow, workers)
+            else:
+                from mediflow.scale.ray_runner import ray_session
+
+                with ray_session(config.ray):  # in the main thread: Ray installs its signal handlers
+                    await asyncio.to_thread(_drive_on_ray, ray_run, collector, engine.progress.advance)
         except TeacherError as exc:
             status, stop_reason = "stopped", str(exc)
         except (KeyboardInterrupt, asyncio.CancelledError):
-            _finish(output, "stopped", "interrupted", engine.stats.as_dict(), len(plan))
+            finish("stopped", "interrupted")
             raise
         # any other error propagates: the folder records it as failed, with why
-        summary = _finish(output, status, stop_reason, engine.stats.as_dict(), len(plan))
+        summary = finish(status, stop_reason)
     if status == "stopped":
         raise TeacherError(
             f"{stop_reason}; kept {summary.records} records in {output.data_dir} "
@@ -193,15 +261,25 @@ async def _generate(config: RunConfig, plan: Plan, folder: OutputFolder, engine:
     return summary
 
 
-def _finish(output: RunOutput, status: str, stop_reason: str | None, session: dict[str, Any], planned: int) -> RunSummary:
-    """Fold the shards' rejects and summaries, then write the final manifest (the run's last write)."""
+def _capabilities(teacher: Teacher, earlier: dict[str, Any] | None) -> dict[str, Any] | None:
+    """This session's negotiated capabilities; a resume answered from the cache keeps the earlier level."""
+    capabilities = teacher_capabilities(teacher)
+    if capabilities is not None and capabilities["structured_output"] is None and earlier:
+        capabilities["structured_output"] = earlier.get("structured_output")
+    return capabilities
+
+
+def finish_run(output: RunOutput, status: str, stop_reason: str | None, session: dict[str, Any]) -> RunSummary:
+    """Fold the finished shards' rejects and summaries into ``rejects.parquet``, then write the final
+    manifest, the run's last write (also ``join``'s last step)."""
+    folder = output.writable()
     summaries = list(output.summaries())
     rejects = output.write_rejects()
     cells, usage = _totals(summaries)
     records = sum(summary["records"] for summary in summaries)
     failures = _failures(summaries)
     truncated = sum(f["count"] for f in failures if f["reason"].startswith("truncated"))
-    output.folder.finish(
+    folder.finish(
         {"records": records, "rejects": rejects, "truncated": truncated, "shards": len(summaries), "cells": cells},
         {"finished_at": _now().isoformat(), "usage": usage, "session": session, "failures": failures},
         status=status,
@@ -212,7 +290,7 @@ def _finish(output: RunOutput, status: str, stop_reason: str | None, session: di
         status=status,
         records=records,
         rejects=rejects,
-        planned=planned,
+        planned=folder.manifest.details["plan"]["items"],
         usage=usage,
         session=session,
         failures=failures,

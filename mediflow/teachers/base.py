@@ -61,3 +61,21 @@ class Teacher(Protocol):
     async def aclose(self) -> None:
         """Release connections / models."""
         ...
+
+
+async def check_teacher(teacher: Teacher) -> None:
+    """Run the teacher's start-up check where it has one, before anything is written or paid for.
+
+    A server teacher has ``async check()`` (see :class:`~mediflow.teachers.openai_compat.OpenAICompatTeacher`);
+    an in-process model has nothing to reach, so it has none. The check also runs lazily before the
+    teacher's first request, so callers that skip this only learn of a dead server a little later.
+    """
+    check = getattr(teacher, "check", None)
+    if check is not None:
+        await check()
+
+
+def teacher_capabilities(teacher: Teacher) -> dict[str, Any] | None:
+    """What the teacher negotiated with its server (structured-output level, parameters), for manifests."""
+    capabilities = getattr(teacher, "capabilities", None)
+    return capabilities() if capabilities is not None else None

@@ -12,30 +12,36 @@ a body we build in the wire format, and the answer's JSON is read directly. The 
 pydantic models of the answer: together more CPU than the HTTP exchange itself, which at hundreds
 of requests a second is what bounds a run. Auth, base URL, Azure deployment routing, status errors
 (``openai.APIStatusError`` and subclasses) and timeouts are still the SDK's.
+
+Servers differ in what they take; :mod:`mediflow.teachers.negotiation` builds each body in the
+best form this server has not refused, and :meth:`OpenAICompatTeacher.check` (``GET /models``)
+runs before the first paid request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import os
-import re
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 import openai
 
-from mediflow.errors import MediflowError
+from mediflow.errors import MediflowError, TeacherUnavailable
 from mediflow.teachers.base import ChatRequest, ChatResponse
-from mediflow.teachers.strict_schema import is_strict_compatible, strict_form
+from mediflow.teachers.negotiation import Negotiation
 
 #: Response headers worth handing to the engine (rate limits and server back-off hints).
 _FORWARDED_HEADER_PREFIXES = (b"x-ratelimit-", b"retry-after")
 #: Key used when the server is self-hosted and asks for none (vLLM, llama.cpp, the test server).
 _NO_KEY = "not-needed"
 _DEFAULT_AZURE_API_VERSION = "2024-10-21"
-_SCHEMA_NAME = re.compile(r"[^a-zA-Z0-9_-]")
+#: Longest wait for ``GET /models``: a model list is instant on a live server, however loaded.
+_CHECK_TIMEOUT = 30.0
+_MAX_LISTED_MODELS = 20
 
 
 class OpenAICompatTeacher:
@@ -54,9 +60,15 @@ class OpenAICompatTeacher:
     ) -> None:
         self.name = f"{provider}:{model}"
         self.model = model
+        self.provider = provider
         self.base_url = base_url
-        #: None until the server has answered a json_schema request (True) or refused one (False).
-        self.supports_json_schema: bool | None = None
+        #: What this server takes (structured-output level, parameters), learned from its refusals.
+        self.negotiation = Negotiation(model)
+        #: The start-up check's outcome ("served", "not offered: ...", "failed: ..."); None until run.
+        self.models_check: str | None = None
+        self._check_error: TeacherUnavailable | None = None
+        self._check_lock = asyncio.Lock()
+        self._check_timeout = min(timeout, _CHECK_TIMEOUT)
         # aiohttp transport: httpx's own pool costs O(pool size) CPU per request, ~4x more at 256 connections.
         http_client = openai.DefaultAioHttpClient(
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
@@ -89,46 +101,79 @@ class OpenAICompatTeacher:
         """Where requests go, for error messages (never the key)."""
         return str(self._client.base_url).rstrip("/")
 
-    async def complete(self, request: ChatRequest) -> ChatResponse:
-        """One chat completion; JSON requests use strict json_schema, falling back to JSON mode once refused."""
-        if request.response_schema is None:
-            return await self._create(request, response_format=None, messages=request.message_dicts())
-        schema = request.response_schema
-        if self.supports_json_schema is not False and is_strict_compatible(schema):
-            try:
-                response = await self._create(
-                    request, response_format=_json_schema_format(schema), messages=request.message_dicts()
-                )
-            except (openai.BadRequestError, openai.UnprocessableEntityError):
-                if self.supports_json_schema:
-                    raise  # the server takes json_schema: this request itself is bad
-                # Fall through: retry once in JSON mode; remember only if that one is accepted.
-            else:
-                self.supports_json_schema = True
-                return response
-        response = await self._create(
-            request, response_format={"type": "json_object"}, messages=_with_schema_hint(request, schema)
-        )
-        if self.supports_json_schema is None and is_strict_compatible(schema):
-            self.supports_json_schema = False
-        return response
+    async def check(self) -> None:
+        """The start-up check, once per teacher: the server answers, takes the key and serves the model.
 
-    async def _create(
-        self, request: ChatRequest, *, response_format: dict[str, Any] | None, messages: list[dict[str, str]]
-    ) -> ChatResponse:
-        arguments: dict[str, Any] = {
-            "model": self.model,
-            "messages": messages,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "max_tokens": request.max_tokens,
-        }
-        if request.seed is not None:
-            arguments["seed"] = request.seed
-        if response_format is not None:
-            arguments["response_format"] = response_format
-        http_response = await self._client.post("/chat/completions", body=arguments, cast_to=httpx.Response)
-        return _chat_response(http_response, self.model)
+        ``GET /models`` costs nothing, so it runs before the first paid request: a wrong model name
+        or a dead server is one line naming the problem instead of a run of failed requests. A
+        server without the route (404/405/501) or with an unreadable list is not held to it.
+        Raises :class:`TeacherUnavailable` (again on every later call, once failed).
+        """
+        async with self._check_lock:
+            if self.models_check is None:
+                try:
+                    self.models_check = await self._check_models()
+                except TeacherUnavailable as exc:
+                    self.models_check = f"failed: {exc}"
+                    self._check_error = exc
+        if self._check_error is not None:
+            raise self._check_error
+
+    async def _check_models(self) -> str:
+        if self.provider == "azure":
+            return "skipped: Azure lists base models, not deployments"
+        where = self.describe()
+        try:
+            http_response = await self._client.get(
+                "/models", cast_to=httpx.Response, options={"timeout": self._check_timeout}
+            )
+        except openai.APITimeoutError as exc:
+            if isinstance(exc.__cause__, httpx.ConnectTimeout):  # the aiohttp transport's refused connection
+                raise TeacherUnavailable(f"cannot connect to the teacher at {where}: is the server running?") from None
+            raise TeacherUnavailable(
+                f"teacher at {where} did not answer GET /models within {self._check_timeout:g}s: "
+                "is the server up and reachable?"
+            ) from None
+        except openai.APIConnectionError as exc:
+            raise TeacherUnavailable(f"cannot connect to the teacher at {where}: {_one_line(exc.__cause__ or exc)}") from None
+        except openai.APIStatusError as exc:
+            if exc.status_code in (401, 403):
+                raise TeacherUnavailable(
+                    f"teacher at {where} refused the credentials (HTTP {exc.status_code}): {_one_line(exc)}"
+                ) from None
+            return f"not offered: GET /models answered HTTP {exc.status_code}"
+        served = _served_models(http_response)
+        if served is None:
+            return "not offered: GET /models gave no model list"
+        if not _is_served(self.model, served):
+            listed = ", ".join(repr(name) for name in served[:_MAX_LISTED_MODELS])
+            more = f" and {len(served) - _MAX_LISTED_MODELS} more" if len(served) > _MAX_LISTED_MODELS else ""
+            raise TeacherUnavailable(
+                f"teacher at {where} does not serve model {self.model!r}; it serves {listed or 'no model'}{more}"
+            )
+        return "served"
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        """One chat completion, in the best form this server takes (see :mod:`mediflow.teachers.negotiation`).
+
+        A refusal of a capability is answered here by resending one step down, so the engine never
+        sees it as a failure to retry; every other error goes to the engine unchanged.
+        """
+        await self.check()
+        while True:  # terminates: each resend follows a step down, and the steps are finite
+            wire = self.negotiation.wire(request)
+            try:
+                http_response = await self._client.post("/chat/completions", body=wire.body, cast_to=httpx.Response)
+            except openai.APIStatusError as error:
+                if not self.negotiation.learn(wire, error):
+                    raise
+                continue
+            self.negotiation.answered(wire)
+            return _chat_response(http_response, self.model)
+
+    def capabilities(self) -> dict[str, Any]:
+        """What the start-up check found and what was negotiated, for the run's manifest."""
+        return {"base_url": self.describe(), "models_check": self.models_check, **self.negotiation.summary()}
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -172,15 +217,23 @@ def _forwarded_headers(raw_headers: list[tuple[bytes, bytes]]) -> dict[str, str]
     return forwarded
 
 
-def _json_schema_format(schema: dict[str, Any]) -> dict[str, Any]:
-    name = _SCHEMA_NAME.sub("_", str(schema.get("title") or "answer"))[:64] or "answer"
-    return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": strict_form(schema)}}
+def _served_models(http_response: httpx.Response) -> list[str] | None:
+    """The model ids of an OpenAI-style ``{"data": [{"id": ...}]}`` list; None when it is not one."""
+    try:
+        listing = json.loads(http_response.content)
+        return [str(entry["id"]) for entry in listing["data"]]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
-def _with_schema_hint(request: ChatRequest, schema: dict[str, Any]) -> list[dict[str, str]]:
-    """JSON mode does not carry the schema, so state it in the conversation (JSON mode also needs the word)."""
-    hint = "Answer with one JSON object that validates against this JSON Schema: " + json.dumps(schema)
-    return [{"role": "system", "content": hint}, *request.message_dicts()]
+def _is_served(model: str, served: list[str]) -> bool:
+    """Exact match; Ollama also answers a bare name with its ``:latest`` tag."""
+    return model in served or (":" not in model and f"{model}:latest" in served)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
 
 
 def _api_key(explicit: str | None, env_name: str, base_url: str | None) -> str:

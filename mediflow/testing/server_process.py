@@ -78,7 +78,7 @@ def _wait_until_up(url: TeacherServerURL, process: subprocess.Popen[bytes], time
             error = process.stderr.read().decode() if process.stderr else ""
             raise RuntimeError(f"test teacher exited with status {process.returncode}: {error[-2000:]}")
         try:
-            _call(url + "/models")
+            _call(url.root + "/stats")
             return
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.05)

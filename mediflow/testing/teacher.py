@@ -2,13 +2,20 @@
 
     python -m mediflow.testing.teacher --port 8001 [--latency 0.5] [--fault-rate 429=0.05] [--garbage 1]
 
-``POST /v1/chat/completions`` answers JSON requests (``response_format`` json_schema, or json_object
-with a ``JSON Schema:`` in the prompt) with a deterministic schema-valid instance, and plain
-requests with deterministic clinical-looking text. Faults (``429`` with Retry-After, ``500``,
+``POST /v1/chat/completions`` answers JSON requests (``response_format`` json_schema, json_object
+with a ``schema`` key or a ``JSON Schema:`` in the prompt, or no response_format with that phrase in
+the prompt) with a deterministic schema-valid instance, and plain requests with deterministic
+clinical-looking text. It can play other servers: which ``response_format`` types it takes
+(``--response-formats text,json_object``, as llama-cpp-python's server), the status it refuses the
+others with (``--refusal-status 500``), parameters it refuses as unsupported (``--refuse-parameter
+seed``, as OpenAI's reasoning models do with ``top_p`` and ``max_tokens``), and the models it serves
+(``--models a,b``: listed at ``GET /v1/models``, others answered 404; without it the route is absent
+and any model name is answered). Faults (``429`` with Retry-After, ``500``,
 ``hang``, ``malformed`` HTTP body, ``cut`` body, ``truncated`` answer with finish_reason length,
 ``bad_json`` content, ``400``, ``401``) come from rates (``--fault-rate``), a per-request header
 (``X-Mediflow-Fault: 429``) or a script (``POST /control {"sequence": ["429", "429"]}``).
-``GET /stats`` reports what was served (``requests``, ``by_key``, ``faults``, ``max_in_flight``);
+``GET /stats`` reports what was served (``requests``, ``by_key``, ``faults``, ``max_in_flight``,
+``arrivals``: each request's arrival, seconds since the last reset, for rate checks over time);
 ``POST /reset`` clears counters and restores the command-line settings. The tests, the benchmarks
 and anyone evaluating the library use it; it needs no key and no network.
 """
@@ -32,6 +39,7 @@ from mediflow.testing.instances import schema_instance
 from mediflow.testing.texts import clinical_text
 
 FAULT_KINDS = ("429", "500", "hang", "malformed", "cut", "truncated", "bad_json", "400", "401")
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 FAULT_HEADER = "X-Mediflow-Fault"
 MODEL_ID = "mediflow-test-teacher"
 _SCHEMA_MARKER = "JSON Schema:"
@@ -49,13 +57,22 @@ class Settings:
     garbage: int = 0
     #: Enforce (and report in x-ratelimit-* headers) this many requests per minute; 0 = no limit.
     ratelimit_rpm: int = 0
-    json_schema_supported: bool = True
+    #: The response_format types accepted; a request with another type is refused, naming it.
+    response_formats: list[str] = field(default_factory=lambda: list(RESPONSE_FORMATS))
+    #: The status of a refusal (OpenAI answers 400; llama-cpp-python's server 500).
+    refusal_status: int = 400
+    #: Request parameters refused as unsupported (e.g. "seed", "top_p", "max_tokens").
+    refused_parameters: list[str] = field(default_factory=list)
+    #: The model names served (GET /v1/models, 404 for others); None: no model list, any name answered.
+    models: list[str] | None = None
     seed: int = 0
 
 
 def request_key(body: dict[str, Any]) -> str:
     """The id of one distinct request: what changes its answer (messages, sampling, format)."""
     identity = {name: body.get(name) for name in ("messages", "seed", "temperature", "top_p", "max_tokens")}
+    if "max_completion_tokens" in body:
+        identity["max_completion_tokens"] = body["max_completion_tokens"]
     identity["response_format"] = body.get("response_format")
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -84,11 +101,16 @@ class TestTeacher:
         self.served = 0
         self.by_key: collections.Counter[str] = collections.Counter()
         self.faults: collections.Counter[str] = collections.Counter()
+        #: Requests by response_format type ("none" when absent), refused ones included.
+        self.formats: collections.Counter[str] = collections.Counter()
+        self.refusals = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self.sequence: collections.deque[str] = collections.deque()
         self.garbage_tries: collections.Counter[str] = collections.Counter()
         self.minute: collections.deque[float] = collections.deque()
+        self.started = time.monotonic()
+        self.arrivals: list[float] = []
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -100,7 +122,10 @@ class TestTeacher:
         return app
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": MODEL_ID, "object": "model", "owned_by": "mediflow"}]})
+        if self.settings.models is None:
+            return _error(404, "Not Found", "not_found")
+        served = [{"id": name, "object": "model", "owned_by": "mediflow"} for name in self.settings.models]
+        return web.json_response({"object": "list", "data": served})
 
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -109,8 +134,11 @@ class TestTeacher:
                 "served": self.served,
                 "by_key": dict(self.by_key),
                 "faults": dict(self.faults),
+                "formats": dict(self.formats),
+                "refusals": self.refusals,
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,
+                "arrivals": self.arrivals,
                 "settings": asdict(self.settings),
             }
         )
@@ -147,10 +175,12 @@ class TestTeacher:
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        self.arrivals.append(round(time.monotonic() - self.started, 4))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             body = json.loads(await request.read())
+            self.formats[_format_type(body) or "none"] += 1
             key = request_key(body)
             self.by_key[key] += 1
             settings = self.settings
@@ -162,8 +192,10 @@ class TestTeacher:
                 early = await self._fault_response(fault, request)
                 if early is not None:
                     return early
-            if not settings.json_schema_supported and _format_type(body) == "json_schema":
-                return _error(400, "response_format json_schema is not supported by this server", "invalid_request_error")
+            refusal = self._refusal(body)
+            if refusal is not None:
+                self.refusals += 1
+                return refusal
             text, finish_reason = self._answer(body, key, fault)
             self.served += 1
             payload = _completion(body, key, text, finish_reason)
@@ -174,6 +206,22 @@ class TestTeacher:
             return web.Response(body=payload, content_type="application/json", headers=self._ratelimit_headers())
         finally:
             self.in_flight -= 1
+
+    def _refusal(self, body: dict[str, Any]) -> web.Response | None:
+        """What this server refuses in ``body``, answered the way the emulated server does; None if nothing."""
+        settings = self.settings
+        if settings.models is not None and body.get("model") not in settings.models:
+            return _error(404, f"The model `{body.get('model')}` does not exist", "model_not_found")
+        kind = _format_type(body)
+        if kind is not None and kind not in settings.response_formats:
+            accepted = " or ".join(repr(name) for name in settings.response_formats)
+            message = f"response_format.type: Input should be {accepted}; got {kind!r}"
+            return _error(settings.refusal_status, message, "invalid_request_error", param="response_format")
+        for name in settings.refused_parameters:
+            if name in body:
+                message = f"Unsupported parameter: '{name}' is not supported with this model."
+                return _error(settings.refusal_status, message, "unsupported_parameter", param=name)
+        return None
 
     def _rate_limit_fault(self) -> str | None:
         if not self.settings.ratelimit_rpm:
@@ -245,20 +293,27 @@ def _format_type(body: dict[str, Any]) -> str | None:
 
 
 def _requested_schema(body: dict[str, Any], prompt: str) -> dict[str, Any] | None:
+    """The schema a JSON answer must follow; None for a plain-text request."""
     kind = _format_type(body)
     if kind == "json_schema":
         return body["response_format"].get("json_schema", {}).get("schema") or {"type": "object"}
+    if kind == "json_object" and isinstance(body["response_format"].get("schema"), dict):
+        return body["response_format"]["schema"]  # llama-cpp-python / Anyscale style: JSON mode with a schema
+    stated = _schema_in_prompt(prompt)
     if kind == "json_object":
-        position = prompt.find(_SCHEMA_MARKER)
-        if position >= 0:
-            try:
-                schema, _ = json.JSONDecoder().raw_decode(prompt[position + len(_SCHEMA_MARKER) :].lstrip())
-                if isinstance(schema, dict):
-                    return schema
-            except json.JSONDecodeError:
-                pass
-        return {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
-    return None
+        return stated or {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    return stated  # no response_format: a good model follows a schema stated in the prompt
+
+
+def _schema_in_prompt(prompt: str) -> dict[str, Any] | None:
+    position = prompt.find(_SCHEMA_MARKER)
+    if position < 0:
+        return None
+    try:
+        schema, _ = json.JSONDecoder().raw_decode(prompt[position + len(_SCHEMA_MARKER) :].lstrip())
+    except json.JSONDecodeError:
+        return None
+    return schema if isinstance(schema, dict) else None
 
 
 def _garbage(schema: dict[str, Any], attempt: int) -> str:
@@ -289,8 +344,10 @@ def _completion(body: dict[str, Any], key: str, text: str, finish_reason: str) -
     ).encode()
 
 
-def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> web.Response:
-    payload = {"error": {"message": message, "type": code, "code": code, "param": None}}
+def _error(
+    status: int, message: str, code: str, headers: dict[str, str] | None = None, param: str | None = None
+) -> web.Response:
+    payload = {"error": {"message": message, "type": code, "code": code, "param": param}}
     return web.json_response(payload, status=status, headers=headers)
 
 
@@ -314,6 +371,10 @@ def _fault_rate(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"--fault-rate wants KIND=RATE, e.g. 429=0.05; got {text!r}") from None
 
 
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mediflow.testing.teacher", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -325,7 +386,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds sent with 429s")
     parser.add_argument("--garbage", type=int, default=0, help="invalid JSON for the first K tries of each prompt")
     parser.add_argument("--ratelimit-rpm", type=int, default=0, help="enforce and advertise requests per minute")
-    parser.add_argument("--no-json-schema", action="store_true", help="refuse response_format json_schema (HTTP 400)")
+    parser.add_argument("--response-formats", type=_names, default=list(RESPONSE_FORMATS), metavar="A,B",
+                        help=f"response_format types accepted (default: {','.join(RESPONSE_FORMATS)})")
+    parser.add_argument("--refusal-status", type=int, default=400, help="HTTP status of a refusal (llama-cpp-python: 500)")
+    parser.add_argument("--refuse-parameter", action="append", default=[], metavar="NAME",
+                        help="refuse requests carrying this parameter as unsupported (seed, top_p, max_tokens, ...)")
+    parser.add_argument("--models", type=_names, default=None, metavar="A,B",
+                        help="serve only these model names, listed at GET /v1/models (default: no list, any name)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault draws and jitter")
     args = parser.parse_args(argv)
     settings = Settings(
@@ -335,7 +402,10 @@ def main(argv: list[str] | None = None) -> None:
         retry_after=args.retry_after,
         garbage=args.garbage,
         ratelimit_rpm=args.ratelimit_rpm,
-        json_schema_supported=not args.no_json_schema,
+        response_formats=args.response_formats,
+        refusal_status=args.refusal_status,
+        refused_parameters=args.refuse_parameter,
+        models=args.models,
         seed=args.seed,
     )
     server = TestTeacher(settings)

@@ -35,6 +35,7 @@ PIT_PARTS = ("task", "documents")
 PIT_ORDERS = ("shuffled", "as_listed")
 EVAL_OBJECTIVES = ("auto", "task_score", "neg_log_perplexity")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+OVERLONG = ("drop", "cut")
 
 
 @dataclass
@@ -161,15 +162,34 @@ class DataSection:
     #: SFT: MediFlow records with ``messages``; DPO: prompt/chosen/rejected (or records with
     #: ``rejected_output``). A Parquet file, a folder of shards, or a Hub-layout export folder.
     train: str | None = None
+    #: SFT/DPO: the set evaluated during training (model selection). Unset with an export root as
+    #: ``train``: that export's ``eval_split``. Never the training split.
     eval: str | None = None
-    #: Which split to read from a Hub-layout export (``data/<config>/<split>-*.parquet``).
-    split: str = "train"
-    #: eval: held-out MediFlow records, scored per task.
+    #: Which split to read from a Hub-layout export (``data/<config>/<split>-*.parquet``); unset:
+    #: ``train`` for training stages, ``test`` for the eval stage (the held-out report set).
+    split: str | None = None
+    #: The export split SFT/DPO evaluate on while training (and the merge preset selects on).
+    eval_split: str = "validation"
+    #: eval: held-out examples scored per task: MediFlow records, an export root (its ``test`` split)
+    #: or any prompt/reference Parquet/JSONL file.
     records: str | None = None
+    #: eval: a YAML mapping task -> metric overriding the built-in ``taxonomies/eval_metrics.yaml``.
+    metrics: str | None = None
     taxonomy: str | None = None
     #: A user prompts folder searched before the built-in ``prompts/`` (qa stage).
     prompts: str | None = None
+    #: Tokens per training sequence (prompt + answer). Longer rows are counted, reported and handled
+    #: by ``overlong``; PIT documents are cut into overlapping chunks instead.
     max_length: int = 512
+    #: SFT/DPO/PIT task rows longer than ``max_length``: ``drop`` them (no answer trains without its
+    #: end-of-turn) or ``cut`` them (keep the truncated answer).
+    overlong: str = "drop"
+    #: PIT: tokens each document chunk repeats from the previous one (unset: an eighth of max_length).
+    chunk_overlap: int | None = None
+    #: Warn when more than this fraction of a stage's rows is dropped or cut.
+    warn_fraction: float = 0.05
+    #: Pack several rows into each ``max_length`` sequence (SFT and PIT; TRL's ``packing``).
+    packing: bool = False
     max_samples: int | None = None
 
     def check(self, stage: str) -> None:
@@ -180,6 +200,21 @@ class DataSection:
         if stage == "eval" and not self.documents and not self.records:
             raise ConfigError("data.documents or data.records is required for the eval stage")
         _positive("data.max_length", self.max_length)
+        _choice("data.overlong", self.overlong, OVERLONG)
+        if not 0 <= self.overlap() < self.max_length // 2:
+            raise ConfigError(f"data.chunk_overlap: must be >= 0 and below half of data.max_length ({self.max_length}), got {self.chunk_overlap}")
+        if not 0 <= self.warn_fraction <= 1:
+            raise ConfigError(f"data.warn_fraction: must be in [0, 1], got {self.warn_fraction}")
+        if self.packing and stage == "dpo":
+            raise ConfigError("data.packing: DPO compares whole chosen/rejected sequences and cannot pack them; set it to false")
+
+    def overlap(self) -> int:
+        """The PIT chunk overlap in tokens."""
+        return self.chunk_overlap if self.chunk_overlap is not None else self.max_length // 8
+
+    def read_split(self, stage: str) -> str:
+        """The split a stage reads its main input from (``train``, or ``test`` for the eval stage)."""
+        return self.split or ("test" if stage == "eval" else "train")
 
     def document_domains(self) -> dict[str, str]:
         """The eval documents as ``{domain: path}``."""
@@ -224,6 +259,10 @@ class TrainSection:
     gradient_checkpointing: bool = False
     #: ``None`` = decide from the hardware: bf16 on a CUDA GPU that has it, fp32 on a CPU.
     bf16: bool | None = None
+    #: ``None`` = fp16 mixed precision on a CUDA GPU without bf16 (V100, T4), else off.
+    fp16: bool | None = None
+    #: With an eval set: evaluate every this many steps (``None``: at the end of every epoch).
+    eval_steps: int | None = None
     use_cpu: bool | None = None
     #: ``true`` = the latest checkpoint in output.dir; or a checkpoint folder.
     resume_from_checkpoint: bool | str | None = None
@@ -234,6 +273,8 @@ class TrainSection:
         _positive("train.batch_size", self.batch_size)
         _positive("train.gradient_accumulation_steps", self.gradient_accumulation_steps)
         _positive("train.learning_rate", self.learning_rate)
+        if self.bf16 and self.fp16:
+            raise ConfigError("train.bf16 and train.fp16: choose one mixed precision")
         if self.max_steps <= 0:
             _positive("train.epochs", self.epochs)
 

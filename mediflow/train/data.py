@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from mediflow.errors import MediflowError
 from mediflow.folders import open_input
+from mediflow.folders.reader import SPLITS
 from mediflow.folders.manifest import MANIFEST_NAME
 from mediflow.records import content_id, to_messages
 
@@ -45,6 +46,16 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise MediflowError(f"{path}: not UTF-8 text") from None
+
+
+def splits_of(path: Path, family: str = "sft") -> set[str]:
+    """The export splits (``train``/``validation``/``test``) the rows a ``family`` reader reads at ``path``
+    are sharded by (an export root: its ``sft`` config, or ``dpo`` for preferences); empty otherwise."""
+    try:
+        files = open_input(path, family, split=None, allow_empty=True).files
+    except MediflowError:
+        return set()
+    return {file.name.split("-")[0] for file in files} & set(SPLITS)
 
 
 def load_documents(path: Path, text_field: str = "text") -> list[dict[str, str]]:

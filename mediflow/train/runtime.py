@@ -17,6 +17,7 @@ from typing import Any
 
 from mediflow.errors import ConfigError
 from mediflow.train.config import StageConfig
+from mediflow.train.models import set_end_of_turn
 
 
 def cuda_available() -> bool:
@@ -42,11 +43,16 @@ def is_main_process() -> bool:
     return PartialState().is_main_process
 
 
-def trl_arguments(args_cls: type, config: StageConfig, output_dir: Path, **stage: Any) -> Any:
-    """Build ``args_cls`` (``SFTConfig`` / ``DPOConfig``) from the config, ``stage`` values winning."""
+def trl_arguments(args_cls: type, config: StageConfig, output_dir: Path, *, has_eval: bool = False, **stage: Any) -> Any:
+    """Build ``args_cls`` (``SFTConfig`` / ``DPOConfig``) from the config, ``stage`` values winning.
+
+    ``has_eval``: an eval set is given, so it is evaluated (every ``train.eval_steps``, else every epoch).
+    """
     train = config.train
     on_gpu = cuda_available() and not train.use_cpu
     bf16 = train.bf16 if train.bf16 is not None else bool(on_gpu and _bf16_supported())
+    # A GPU without bf16 (V100, T4) gets fp16 mixed precision rather than fp32.
+    fp16 = train.fp16 if train.fp16 is not None else bool(on_gpu and not bf16)
     values: dict[str, Any] = {
         "output_dir": str(output_dir),
         "seed": train.seed,
@@ -62,7 +68,7 @@ def trl_arguments(args_cls: type, config: StageConfig, output_dir: Path, **stage
         "weight_decay": train.weight_decay,
         "activation_checkpointing": train.gradient_checkpointing,
         "bf16": bf16,
-        "fp16": False,
+        "fp16": fp16,
         "use_cpu": not on_gpu,
         "logging_steps": config.output.logging_steps,
         "save_steps": config.output.save_steps,
@@ -70,6 +76,10 @@ def trl_arguments(args_cls: type, config: StageConfig, output_dir: Path, **stage
         "report_to": config.output.report_to,
         "max_length": config.data.max_length,
     }
+    if has_eval:
+        values["eval_strategy"] = "steps" if train.eval_steps else "epoch"
+        if train.eval_steps:
+            values["eval_steps"] = train.eval_steps
     values.update(stage)
     known = {f.name for f in dataclasses.fields(args_cls)}
     for key in train.extra:
@@ -119,29 +129,50 @@ def resume_checkpoint(config: StageConfig, output_dir: Path) -> str | bool | Non
     return None
 
 
-def finished_model(trainer: Any, tokenizer: Any, target: Path) -> Path:
+def finished_model(trainer: Any, tokenizer: Any, target: Path, saved_template: str | None) -> Path:
     """Save the trained model as a full Hugging Face folder; LoRA adapters are merged into the weights.
 
     Every stage hands the next one a plain model folder (the merge reads safetensors, DPO reloads
-    its reference from a path), so a LoRA run ends with ``merge_and_unload``. Full models go through
-    ``trainer.save_model``, which gathers FSDP / DeepSpeed shards. The folder appears atomically:
-    written beside the target, then renamed.
+    its reference from a path). ``trainer.save_model`` gathers FSDP / DeepSpeed shards on every
+    backend, so a LoRA run saves its adapter that way first and the main process then merges it into
+    a fresh copy of the base (``merge_and_unload`` on a sharded in-memory model would merge shards).
+    The saved tokenizer carries ``saved_template`` (the model's native chat template), and the
+    generation config stops at the end of a turn. The folder appears atomically.
     """
     staging = target.parent / f".{target.name}.partial"
+    adapter = target.parent / f".{target.name}.adapter"
     accelerator = trainer.accelerator
     model = accelerator.unwrap_model(trainer.model)
-    if accelerator.is_main_process and staging.exists():
-        shutil.rmtree(staging)
+    if accelerator.is_main_process:
+        for leftover in (staging, adapter):
+            shutil.rmtree(leftover, ignore_errors=True)
     accelerator.wait_for_everyone()
-    if hasattr(model, "merge_and_unload"):
+    if hasattr(model, "peft_config"):
+        trainer.save_model(str(adapter))
         if accelerator.is_main_process:
-            model.merge_and_unload().save_pretrained(staging)
+            merged = _merge_adapter(adapter, model)
+            set_end_of_turn(merged, tokenizer, saved_template)
+            merged.save_pretrained(staging)
+            shutil.rmtree(adapter, ignore_errors=True)
     else:
+        set_end_of_turn(model, tokenizer, saved_template)
         trainer.save_model(str(staging))
     if accelerator.is_main_process:
+        tokenizer.chat_template = saved_template
         tokenizer.save_pretrained(staging)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
     accelerator.wait_for_everyone()
     return target
+
+
+def _merge_adapter(adapter: Path, model: Any) -> Any:
+    """A fresh full-precision copy of the base with the saved adapter merged in."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_path = model.peft_config["default"].base_model_name_or_path
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    return PeftModel.from_pretrained(base, adapter).merge_and_unload()

@@ -10,33 +10,66 @@ it in one of two ways:
   left out: the base model is filled in, and the folder being scored is passed explicitly.
 * ``callable: package.module:function`` -- any importable function with that signature.
 
-Python callers pass their own callable to :func:`mediflow.train.merge.run_mediphi_preset`.
+Selection and report never share data: with an export root as the eval config's ``data.records``,
+the preset selects on its ``validation`` split and reports on ``test``; otherwise ``report_config``
+(or ``report_callable``) names the report set, and without one the report says there is none.
+
+Python callers pass their own callables to :func:`mediflow.train.merge.run_mediphi_preset`. A
+callable may carry a ``fingerprint`` attribute (a string naming its data and settings): cached
+scores are reused only under the same fingerprint.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mediflow.errors import ConfigError
 
 Evaluator = Callable[[Path], float]
+_KEYS = {"eval_config", "report_config", "callable", "report_callable"}
 
 
-def build_evaluator(spec: Any, root: Path, base_model: Path) -> Evaluator:
-    """The evaluator a preset's ``evaluate:`` section describes (paths relative to ``root``)."""
-    if not isinstance(spec, Mapping) or len(spec) != 1 or not set(spec) <= {"eval_config", "callable"}:
-        raise ConfigError("evaluate: the preset needs exactly one of {eval_config: PATH} or {callable: 'module:function'}")
-    if "eval_config" in spec:
-        from mediflow.train.config import load_config
-        from mediflow.train.eval import make_evaluator
+@dataclass(frozen=True)
+class PresetEvaluators:
+    """The selection hook (SLERP ratios, search) and, on other data, the report hook (or ``None``)."""
 
-        path = root / str(spec["eval_config"])
-        config = load_config(path, "eval", overrides=[f"model.name_or_path={base_model}"])
-        return make_evaluator(config)
-    return _import_callable(str(spec["callable"]))
+    select: Evaluator
+    report: Evaluator | None
+
+
+def build_evaluator(spec: Any, root: Path, base_model: Path) -> PresetEvaluators:
+    """The evaluators a preset's ``evaluate:`` section describes (paths relative to ``root``).
+
+    ``{eval_config: eval.yaml}`` whose ``data.records`` is an export root selects on its
+    ``validation`` split and reports on ``test``; with another records file, ``report_config:``
+    names a second eval config for the report. ``{callable: ..., report_callable: ...}`` likewise.
+    """
+    keys = set(spec) if isinstance(spec, Mapping) else set()
+    if not keys or not keys <= _KEYS or len(keys & {"eval_config", "callable"}) != 1:
+        raise ConfigError(
+            "evaluate: the preset needs one of {eval_config: PATH} or {callable: 'module:function'} "
+            "(optionally report_config / report_callable for the held-out report)"
+        )
+    if "callable" in spec:
+        report = _import_callable(str(spec["report_callable"])) if spec.get("report_callable") else None
+        return PresetEvaluators(_import_callable(str(spec["callable"])), report)
+    from mediflow.train.config import load_config
+    from mediflow.train.data import splits_of
+    from mediflow.train.eval import make_evaluator
+
+    def config(name: str) -> Any:
+        return load_config(root / str(spec[name]), "eval", overrides=[f"model.name_or_path={base_model}"])
+
+    selection = config("eval_config")
+    records = selection.path(selection.data.records) if selection.data.records else None
+    if records is not None and {"validation", "test"} <= splits_of(records):
+        return PresetEvaluators(make_evaluator(selection, "validation"), make_evaluator(selection, "test"))
+    report = make_evaluator(config("report_config")) if spec.get("report_config") else None
+    return PresetEvaluators(make_evaluator(selection), report)
 
 
 def _import_callable(reference: str) -> Evaluator:

@@ -15,8 +15,15 @@ module runs that recipe from one YAML file, with every evaluation going through 
     dtype: bfloat16
     slerp: {t_choices: [0.1, 0.25, 0.5]}
     search: {budget: 500, seed: 0, population: 8,
-             weight: [0.0, 1.0], density: [0.1, 1.0], gamma: [0.0, 0.1]}
+             weight: [0.0, 1.0], density: [0.1, 1.0], gamma: [0.0, 2.0]}
     evaluate: {eval_config: eval.yaml}   # or {callable: 'package.module:function'}
+
+Selection and report use different data: the SLERP ratio and the search are chosen on the eval
+hook's ``validation`` split and the result is scored once on ``test`` (``preset_report.json``'s
+``report``); see :mod:`.evaluation`. Every cached result is keyed by the content it depends on:
+a chosen SLERP by the base's and the expert's weights, the ratios, the dtype and the evaluator's
+fingerprint; a logged search score by all of those for every expert. Replacing an expert in place,
+or pointing the evaluator at another eval set, recomputes instead of reusing.
 
 ``search.budget`` bounds the BreadCrumbs search; the SLERP choice costs ``len(t_choices)`` more
 evaluations per expert. Intermediate merges are deleted as soon as they are scored (only the
@@ -41,12 +48,18 @@ from mediflow.errors import ConfigError
 from mediflow.train.merge.config import parse_merge_config
 from mediflow.train.merge.engine import run_merge
 from mediflow.train.merge.evaluation import Evaluator
+from mediflow.train.fingerprint import file_hash, model_fingerprint, value_hash
 from mediflow.train.merge.search import Candidate, Dimension, Trial, best_trial, evolutionary_search
 
 PRESETS = ("mediphi",)
 _KEYS = {"preset", "base_model", "experts", "output", "work_dir", "dtype", "slerp", "search", "evaluate"}
 _SEARCH_KEYS = {"budget", "seed", "population", "weight", "density", "gamma"}
 _SEARCHED = ("weight", "density", "gamma")
+#: The one expert's parameters MediPhi published (density 0.494, gamma 1.672, weight 0.0635); the
+#: search starts from them, and the default box contains them (gamma above 1 is meaningful: see
+#: :func:`mediflow.train.merge.methods.outlier_band`).
+PUBLISHED = {"weight": 0.0635, "density": 0.494, "gamma": 1.672}
+DEFAULT_BOUNDS = {"weight": (0.0, 1.0), "density": (0.1, 1.0), "gamma": (0.0, 2.0)}
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,8 @@ class PresetResult:
     slerp_t: dict[str, float]
     best: Trial
     trials: list[Trial]
+    #: The result's score on the report set (``None`` without one).
+    report_score: float | None = None
 
 
 def load_preset(path: Path, *, output: Path | None = None) -> MediPhiPreset:
@@ -113,10 +128,9 @@ def parse_preset(raw: Any, *, root: Path, output: Path | None = None, source: st
     unknown = set(search) - _SEARCH_KEYS
     if unknown:
         raise ConfigError(f"{source}: search: unknown key '{sorted(unknown)[0]}' (known: {', '.join(sorted(_SEARCH_KEYS))})")
-    defaults = {"weight": (0.0, 1.0), "density": (0.1, 1.0), "gamma": (0.0, 0.1)}
     bounds = {}
     for name in _SEARCHED:
-        value = search.get(name, defaults[name])
+        value = search.get(name, DEFAULT_BOUNDS[name])
         if not (isinstance(value, list | tuple) and len(value) == 2 and float(value[0]) <= float(value[1])):
             raise ConfigError(f"{source}: search.{name}: expected [low, high], got {value!r}")
         bounds[name] = (float(value[0]), float(value[1]))
@@ -161,18 +175,42 @@ def breadcrumbs_config(preset: MediPhiPreset, experts: list[Path], candidate: Ca
     return config
 
 
-def run_mediphi_preset(preset: MediPhiPreset, evaluate: Evaluator, *, overwrite: bool = False) -> PresetResult:
-    """Run the recipe and write the best merge to ``preset.output``."""
+def evaluator_fingerprint(evaluate: Evaluator) -> str:
+    """What an evaluator's scores depend on: its ``fingerprint`` attribute, else its code.
+
+    ``mediflow train eval`` hooks carry a fingerprint of their settings and data. For any other
+    callable, the module file and name stand in; give it a ``fingerprint`` attribute naming its
+    data so that switching the data invalidates cached scores.
+    """
+    declared = getattr(evaluate, "fingerprint", None)
+    if declared:
+        return str(declared)
+    import inspect
+
+    source = inspect.getsourcefile(evaluate) if inspect.isfunction(evaluate) or inspect.ismethod(evaluate) else None
+    return value_hash({"callable": getattr(evaluate, "__qualname__", repr(evaluate)), "source": file_hash(Path(source)) if source else None})
+
+
+def run_mediphi_preset(preset: MediPhiPreset, evaluate: Evaluator, *, report: Evaluator | None = None, overwrite: bool = False) -> PresetResult:
+    """Run the recipe and write the best merge to ``preset.output``.
+
+    ``evaluate`` selects (the SLERP ratios, the search); ``report``, on other data, scores the result
+    once for ``preset_report.json``. Without ``report`` the report says there is no held-out score.
+    """
     if preset.output.exists() and any(preset.output.iterdir()) and not overwrite:
         raise ConfigError(f"output folder {preset.output} already exists and is not empty (pass --overwrite to replace it)")
     preset.work_dir.mkdir(parents=True, exist_ok=True)
+    judge = evaluator_fingerprint(evaluate)
+    base = model_fingerprint(preset.base_model)
     slerp_scores: dict[str, dict[str, float]] = {}
-    slerped, slerp_t = [], {}
+    slerped, slerp_t, slerp_keys = [], {}, []
     for index, expert in enumerate(preset.experts):
-        folder, t, scores = _choose_slerp(preset, index, expert, evaluate)
+        key = value_hash({"base": base, "expert": model_fingerprint(expert), "t": preset.t_choices, "dtype": preset.dtype, "evaluator": judge})
+        folder, t, scores = _choose_slerp(preset, index, expert, evaluate, key)
         slerped.append(folder)
         slerp_t[str(expert)] = t
         slerp_scores[str(expert)] = scores
+        slerp_keys.append(key)
 
     candidate_dir = preset.work_dir / "candidate"
 
@@ -188,34 +226,46 @@ def run_mediphi_preset(preset: MediPhiPreset, evaluate: Evaluator, *, overwrite:
         Dimension(f"{name}_{i}", *preset.bounds[name]) for i in range(len(slerped)) for name in _SEARCHED
     ]
     start = {d.name: (d.low + d.high) / 2 for d in dimensions}
+    published = {f"{name}_{i}": PUBLISHED[name] for i in range(len(slerped)) for name in _SEARCHED}
+    inside = all(d.low <= published[d.name] <= d.high for d in dimensions)
     trials = evolutionary_search(
         dimensions,
         objective,
         budget=preset.budget,
         seed=preset.seed,
         population=preset.population,
-        initial=[start],
+        initial=[published, start] if inside else [start],
         log=preset.work_dir / "search_trials.jsonl",
+        context=value_hash({"slerps": slerp_keys, "evaluator": judge, "dtype": preset.dtype, "base": base}),
     )
     best = best_trial(trials)
     final = breadcrumbs_config(preset, slerped, best.candidate)
     run_merge(parse_merge_config(final, source="preset result"), preset.output, overwrite=True)
     (preset.output / "merge_config.yaml").write_text(yaml.safe_dump(final, sort_keys=False), encoding="utf-8")
-    report = {
+    held_out: dict[str, Any] = (
+        {"score": float(report(preset.output)), "evaluator": evaluator_fingerprint(report)}
+        if report is not None
+        else {"score": None, "note": "no separate report set: the best score above is the selection score"}
+    )
+    summary = {
         "slerp": {"t": slerp_t, "scores": slerp_scores},
         "search": {"budget": preset.budget, "evaluations": len(trials), "best_score": best.score, "best": best.candidate},
+        "selection": {"evaluator": judge},
+        "report": held_out,
     }
-    _write_json_atomic(preset.output / "preset_report.json", report)
-    return PresetResult(preset.output, slerp_t, best, trials)
+    _write_json_atomic(preset.output / "preset_report.json", summary)
+    return PresetResult(preset.output, slerp_t, best, trials, held_out["score"])
 
 
-def _choose_slerp(preset: MediPhiPreset, index: int, expert: Path, evaluate: Evaluator) -> tuple[Path, float, dict[str, float]]:
-    """SLERP ``expert`` into the base at each ratio, keep the best-scoring one (resumable)."""
+def _choose_slerp(preset: MediPhiPreset, index: int, expert: Path, evaluate: Evaluator, key: str) -> tuple[Path, float, dict[str, float]]:
+    """SLERP ``expert`` into the base at each ratio, keep the best-scoring one (reused when ``key`` matches)."""
     chosen = preset.work_dir / f"slerp_{index}"
     record = preset.work_dir / f"slerp_{index}.json"
     if record.is_file() and (chosen / "config.json").is_file():
         saved = json.loads(record.read_text(encoding="utf-8"))
-        return chosen, saved["t"], saved["scores"]
+        if saved.get("key") == key:
+            return chosen, saved["t"], saved["scores"]
+    record.unlink(missing_ok=True)
     scores: dict[str, float] = {}
     best_t, best_score = None, float("-inf")
     trial_dir = preset.work_dir / f"slerp_{index}.trial"
@@ -238,7 +288,7 @@ def _choose_slerp(preset: MediPhiPreset, index: int, expert: Path, evaluate: Eva
             shutil.rmtree(trial_dir, ignore_errors=True)
     if best_t is None:
         raise ConfigError(f"slerp expert {expert}: the evaluator returned no comparable score ({scores})")
-    _write_json_atomic(record, {"expert": str(expert), "t": best_t, "scores": scores})
+    _write_json_atomic(record, {"expert": str(expert), "key": key, "t": best_t, "scores": scores})
     return chosen, best_t, scores
 
 

@@ -5,9 +5,10 @@ with mergekit-evolve). Each evaluation here is a full merge plus a validation ru
 deliberately simple and frugal: a (mu + lambda) strategy whose parents are the best candidates seen
 so far, with uniform crossover and Gaussian mutation whose step shrinks as the budget is spent.
 
-Every trial is appended to a JSON-lines log as soon as it is scored. A rerun with the same seed
-replays the same candidates and takes their scores from the log instead of re-evaluating, so an
-interrupted search resumes where it stopped.
+Every trial is appended to a JSON-lines log as soon as it is scored, with the fingerprint of what
+it was measured on. A rerun with the same seed and the same inputs replays the same candidates and
+takes their scores from the log instead of re-evaluating, so an interrupted search resumes where it
+stopped; with other inputs (a replaced expert, another eval set) every candidate is scored anew.
 """
 
 from __future__ import annotations
@@ -48,14 +49,16 @@ def _key(candidate: Candidate) -> str:
     return json.dumps({name: round(value, 6) for name, value in sorted(candidate.items())})
 
 
-def _read_log(log: Path | None) -> dict[str, float]:
+def _read_log(log: Path | None, context: str) -> dict[str, float]:
+    """Scores logged under ``context`` (what the scores were measured on); others are not reused."""
     if log is None or not log.is_file():
         return {}
     scores = {}
     for line in log.read_text(encoding="utf-8").splitlines():
         if line.strip():
             entry = json.loads(line)
-            scores[_key(entry["candidate"])] = entry["score"]
+            if entry.get("context") == context:
+                scores[_key(entry["candidate"])] = entry["score"]
     return scores
 
 
@@ -68,18 +71,21 @@ def evolutionary_search(
     population: int = 8,
     initial: Sequence[Candidate] = (),
     log: Path | None = None,
+    context: str = "",
 ) -> list[Trial]:
     """Maximise ``objective`` over the box with at most ``budget`` evaluations; return all trials.
 
     ``initial`` candidates (e.g. a known good point) are evaluated first; the rest of the first
-    generation is uniform in the box.
+    generation is uniform in the box. ``context`` fingerprints what a score depends on besides the
+    candidate (the models merged, the evaluator and its data): logged scores are replayed only
+    under the same context.
     """
     if budget < 1:
         raise ConfigError(f"search.budget: must be at least 1, got {budget}")
     if population < 2:
         raise ConfigError(f"search.population: must be at least 2, got {population}")
     rng = random.Random(seed)
-    logged = _read_log(log)
+    logged = _read_log(log, context)
     trials: list[Trial] = []
 
     def evaluate(candidate: Candidate) -> None:
@@ -93,7 +99,7 @@ def evolutionary_search(
             if log is not None:
                 log.parent.mkdir(parents=True, exist_ok=True)
                 with log.open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps({"trial": len(trials), "candidate": candidate, "score": score}) + "\n")
+                    handle.write(json.dumps({"trial": len(trials), "context": context, "candidate": candidate, "score": score}) + "\n")
         trials.append(Trial(len(trials), candidate, score))
 
     first_generation = list(initial)[:budget]

@@ -1,0 +1,226 @@
+"""``engine: ray``: map units of work (instruction groups, records) over Ray Data actors that each run our Engine.
+
+The driver turns the units into a Ray Dataset and maps it with ``map_batches`` over a fixed pool
+of actors. Each actor opens the stage's :class:`EngineWork` once, inside its own event loop: a
+teacher, our :class:`~mediflow.engine.Engine` (cache, limits, retries, breaker) and the stage's
+code (validation, correction turns). The actor's ``__call__`` is a coroutine, so Ray Data runs
+several batches of one actor at once (its async batch concurrency, 4 by default) and a slow
+answer holds back no other batch. Results stream back to the driver as batches finish; the
+driver writes them through the stage's usual output (the run's shards, the quality stage's
+writer), so the output folder is the same as with the local engine.
+
+Limits: every actor's engine gets ``1 / actors`` of the run's concurrency, rpm and tpm (also of
+the limits a server reports in ``x-ratelimit-*`` headers), so the actors together keep the run's
+limits without a limiter actor on every request's path. The cost: an actor that runs out of work
+early leaves its share unused for the tail of the run.
+
+Cache: all actors write answers to the same SQLite file (WAL, one transaction per answer), so a
+killed run loses only the requests in flight, and a rerun, local or on Ray, pays for nothing
+twice. On a multi-node cluster the output folder must be on a file system every node mounts with
+working POSIX locks (see docs/scaling.md).
+
+Without ``ray.address`` a local Ray is started on this machine (and stopped at the end); with one,
+the driver connects to that cluster, whose nodes must have mediflow installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import pickle
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+import numpy as np
+
+from mediflow.engine.config import LimitsConfig
+from mediflow.scale.config import RayConfig
+from mediflow.errors import ConfigError, MediflowError
+
+#: Ray Data's default number of batches one async actor works on at once.
+BATCHES_PER_ACTOR = 4
+
+
+class Worker(Protocol):
+    """One actor's open stage: maps a unit to its result on the actor's engine."""
+
+    async def run(self, unit: Any) -> Any: ...
+
+    def stats(self) -> dict[str, Any]:
+        """The actor's engine totals so far (:meth:`EngineStats.as_dict`)."""
+        ...
+
+
+class EngineWork(Protocol):
+    """A stage's work, sent to every actor (it must pickle); ``open()`` runs once per actor, in its event loop."""
+
+    def open(self) -> AbstractAsyncContextManager[Worker]: ...
+
+
+def actor_limits(limits: LimitsConfig, actors: int) -> tuple[LimitsConfig, float]:
+    """One actor's limits, and its share of every per-minute limit (``Engine(limit_share=...)``): ``1 / actors`` of each."""
+    return dataclasses.replace(limits, concurrency=max(1, math.ceil(limits.concurrency / actors))), 1.0 / actors
+
+
+def check_ray_installed() -> None:
+    """A clear error (before anything is written) when ``engine: ray`` is asked for without Ray installed."""
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ConfigError("engine: ray needs Ray Data: pip install 'mediflow[ray]'") from None
+
+
+@contextlib.contextmanager
+def ray_session(config: RayConfig) -> Iterator[None]:
+    """Connect to ``config.address``, or start a local Ray; a session this call started is shut down after."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    try:
+        ray.init(
+            address=config.address,
+            include_dashboard=False,
+            configure_logging=True,
+            logging_level="WARNING",
+            log_to_driver=False,
+        )
+    except ConnectionError as exc:
+        raise MediflowError(f"ray.address: cannot connect to the Ray cluster at {config.address}: {exc}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+class _EngineActor:
+    """The Ray Data UDF: opens the work once (lazily, in Ray's event loop for this actor), then maps batches."""
+
+    def __init__(self, work: EngineWork) -> None:
+        self._work = work
+        self._worker: Worker | None = None
+        self._opening: asyncio.Lock | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._id = uuid.uuid4().hex
+
+    async def _open(self) -> Worker:
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._worker is None:
+                self._worker = await self._stack.enter_async_context(self._work.open())
+        return self._worker
+
+    async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        worker = await self._open()
+        units = [pickle.loads(blob) for blob in batch["unit"]]
+        results = await _gather_or_cancel([worker.run(unit) for unit in units])
+        # The actor's running totals, on every row: the driver keeps the latest per actor.
+        stats = json.dumps(worker.stats())
+        return {
+            "index": batch["index"],
+            "result": [pickle.dumps(result) for result in results],
+            "actor": [self._id] * len(results),
+            "stats": [stats] * len(results),
+        }
+
+
+async def _gather_or_cancel(awaitables: Sequence[Any]) -> list[Any]:
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+class RayRun:
+    """One mapping of units over actors; iterate :meth:`results`, then read :attr:`session` (summed engine stats)."""
+
+    def __init__(self, units: Sequence[Any], work: EngineWork, config: RayConfig) -> None:
+        self.units = units
+        self.work = work
+        self.config = config
+        self._latest: dict[str, dict[str, Any]] = {}
+
+    def results(self) -> Iterator[tuple[int, Any]]:
+        """``(index of the unit, its result)``, in the order batches finish (not the units' order)."""
+        if not self.units:
+            return
+        import ray.data
+
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # the stage shows its own, in its units
+        context.print_on_execution_start = False
+        per_block = self.config.batch_size * BATCHES_PER_ACTOR
+        rows = [{"index": index, "unit": pickle.dumps(unit)} for index, unit in enumerate(self.units)]
+        blocks = min(len(rows), max(self.config.actors, math.ceil(len(rows) / per_block)))
+        dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+        mapped = dataset.map_batches(
+            _EngineActor,
+            fn_constructor_kwargs={"work": self.work},
+            batch_size=self.config.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=self.config.actors),
+            num_cpus=self.config.num_cpus,
+        )
+        try:
+            for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):
+                for actor, stats in zip(batch["actor"], batch["stats"]):
+                    self._keep_latest(str(actor), json.loads(stats))
+                for index, blob in zip(batch["index"], batch["result"]):
+                    yield int(index), pickle.loads(blob)
+        except Exception as exc:
+            raise _user_error(exc) from None
+
+    def _keep_latest(self, actor: str, stats: dict[str, Any]) -> None:
+        if stats["requests"] + stats["failed_requests"] >= _done(self._latest.get(actor)):
+            self._latest[actor] = stats
+
+    @property
+    def session(self) -> dict[str, Any]:
+        """The actors' engine totals, summed (latency is left out: percentiles do not add)."""
+        total: dict[str, Any] = {"actors": len(self._latest)}
+        for stats in self._latest.values():
+            for name, value in stats.items():
+                if name == "errors":
+                    errors = total.setdefault("errors", {})
+                    for kind, count in value.items():
+                        errors[kind] = errors.get(kind, 0) + count
+                elif name == "cost_usd":
+                    known = total.get("cost_usd", 0.0)
+                    total["cost_usd"] = None if value is None or known is None else known + value
+                elif isinstance(value, (int, float)):
+                    total[name] = total.get(name, 0) + value
+        for name in ("requests", "cache_hits", "attempts", "retries", "failed_requests", "prompt_tokens", "completion_tokens"):
+            total.setdefault(name, 0)
+        total.setdefault("errors", {})
+        total.setdefault("cost_usd", 0.0)
+        return total
+
+
+def _done(stats: dict[str, Any] | None) -> int:
+    return -1 if stats is None else int(stats["requests"] + stats["failed_requests"])
+
+
+def _user_error(exc: BaseException) -> BaseException:
+    """The actor's own exception (a :class:`MediflowError`, e.g. the breaker's stop) out of Ray's wrappers."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MediflowError):
+            return current
+        cause = getattr(current, "cause", None)  # ray.exceptions.RayTaskError
+        current = cause if isinstance(cause, BaseException) else (current.__cause__ or current.__context__)
+    return exc

@@ -1,0 +1,157 @@
+"""Content fingerprints behind every reuse of a training result.
+
+A finished stage, a checkpoint to resume from, a cached SLERP merge or a logged search score may
+only be reused when everything it was computed from is unchanged. "Everything" is the content, not
+the name: a model folder is identified by the hash of its weights and config (replacing an expert
+in place changes it), a data set by the hash of its rows, and every hyperparameter by its value.
+
+A fingerprint is a flat mapping ``{name: value or hash}``, so a mismatch can say *what* changed
+(``train.learning_rate 2e-05 -> 0.0001``, ``model weights``) in one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mediflow.errors import ConfigError
+
+FINGERPRINT_NAME = "fingerprint.json"
+
+#: Files whose bytes define a model: weights, its config and the tokenizer that reads its inputs.
+_MODEL_FILES = ("*.safetensors", "*.bin", "config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+#: (path, size, mtime_ns) -> hash, so one process hashes a model folder's weights once.
+_HASHED: dict[tuple[str, int, int], str] = {}
+
+
+def file_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes (remembered per path, size and modification time)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHED:
+        with path.open("rb") as handle:
+            _HASHED[key] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return _HASHED[key]
+
+
+def model_fingerprint(folder: Path) -> str:
+    """One hash over the weights, config and tokenizer files of a model folder."""
+    digest = hashlib.sha256()
+    files = sorted({p for pattern in _MODEL_FILES for p in Path(folder).glob(pattern) if p.is_file()})
+    if not files:
+        raise ConfigError(f"{folder}: no model files to fingerprint")
+    for path in files:
+        digest.update(f"{path.name}={file_hash(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def value_hash(value: Any) -> str:
+    """SHA-256 of a JSON-serialisable value (rows of data, a config mapping) in canonical form."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as ``{"a.b": leaf}`` (lists are leaves), the layout fingerprints compare in."""
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}
+
+
+def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two fingerprints, as short readable items."""
+    items = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if before == after:
+            continue
+        if isinstance(before, str) and len(before) == 64 or isinstance(after, str) and len(after) == 64:
+            items.append(key)  # a content hash: the name says enough
+        else:
+            items.append(f"{key} {before!r} -> {after!r}")
+    return items
+
+
+def read_fingerprint(folder: Path) -> dict[str, Any] | None:
+    path = folder / FINGERPRINT_NAME
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write JSON atomically (a temp file, then rename), so a killed run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(path.suffix + ".tmp")
+    staging.write_text(json.dumps(value, indent=2, default=str), encoding="utf-8")
+    os.replace(staging, path)
+
+
+def claim_output(folder: Path, fingerprint: dict[str, Any], *, what: str, overwrite: bool, finished: Path) -> bool:
+    """Decide whether ``folder``'s previous work may be reused; return True when ``finished`` is reusable.
+
+    * same fingerprint, ``finished`` exists: reuse it (nothing to train);
+    * same fingerprint, not finished: its checkpoints may be resumed;
+    * different fingerprint, or earlier work without one: stop with one line naming what changed;
+    * ``overwrite``: clear the folder and start again whatever it holds.
+    """
+    previous = read_fingerprint(folder)
+    has_work = folder.is_dir() and any(folder.iterdir())
+    if previous == fingerprint and not overwrite:
+        return (finished / "config.json").is_file()
+    if has_work and not overwrite:
+        if previous is None:
+            reason = "holds earlier work with no fingerprint"
+        else:
+            changed = changes(previous, fingerprint)
+            reason = "was trained with other inputs (changed: " + ", ".join(changed[:6]) + (", ..." if len(changed) > 6 else "") + ")"
+        raise ConfigError(f"{what}: {folder} {reason}; pass --overwrite to retrain it")
+    if has_work:
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / FINGERPRINT_NAME, fingerprint)
+    return False
+
+
+def path_fingerprint(path: Path) -> str:
+    """The content hash of a data file, or of every file under a folder (names and bytes)."""
+    if path.is_file():
+        return file_hash(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{item.relative_to(path)}={file_hash(item)}\n".encode())
+    return digest.hexdigest()
+
+
+#: Method settings each training stage depends on (the others belong to other stages).
+STAGE_METHOD_KEYS = {
+    "pit": ("finetuning", "lora"),
+    "sft": ("finetuning", "lora"),
+    "dpo": ("finetuning", "lora", "beta", "loss_type", "reference"),
+}
+
+#: Config values that are not inputs of the result: where things are (their content is hashed
+#: instead), how progress is shown, whether to resume.
+_NOT_INPUTS = ("data.train", "data.eval", "data.documents", "data.task_data", "data.records", "data.prompts", "train.resume_from_checkpoint")
+
+
+def training_inputs(config: Any) -> dict[str, Any]:
+    """The flat ``section.key`` values of a training stage's config that shape its result."""
+    import dataclasses
+
+    method = dataclasses.asdict(config.method)
+    values = {
+        "model": {"dtype": config.model.dtype, "chat_template": config.model.chat_template},
+        "method": {key: method[key] for key in STAGE_METHOD_KEYS.get(config.stage, ())},
+        "data": dataclasses.asdict(config.data),
+        "train": dataclasses.asdict(config.train),
+    }
+    return {key: value for key, value in flatten(values).items() if key not in _NOT_INPUTS}
