@@ -41,7 +41,10 @@ def _run(args: argparse.Namespace) -> int:
         from mediflow.pipeline.demo import demo_config
         from mediflow.taxonomy import load_taxonomy
 
-        config = load_config(demo_config(load_taxonomy()), **flag_overrides(args))
+        taxonomy = load_taxonomy()
+        config = load_config(demo_config(taxonomy), **flag_overrides(args))
+        if config.teacher.spec != "local":  # the demo's limits are for the embedded teacher only
+            config = load_config(demo_config(taxonomy, embedded=False), **flag_overrides(args))
         teacher = "the embedded local teacher (Gemma-3-270M, CPU)" if config.teacher.spec == "local" else config.teacher.spec
         print(f"no --config given: running the small demo plan on {teacher}; pass --config for a real run")
     started = time.monotonic()

@@ -234,10 +234,14 @@ def _parquet_in(folder: Path) -> list[Path]:
 
 
 def _export_files(path: Path, family: str, split: str | None) -> list[Path]:
+    """A Hub-layout folder's shards of the config this family reads (``sft`` / ``dpo``, or the only one there is)."""
     config = EXPORT_CONFIG.get(family)
-    folder = path / DATA_DIR / config if config else None
-    if folder is None or not folder.is_dir():
-        raise MediflowError(f"{path}: an export with no '{config}' config (data/{config}/) to read {family.replace('_', ' ')} from")
+    configs = sorted(p.name for p in (path / DATA_DIR).iterdir() if p.is_dir())
+    if config not in configs and len(configs) == 1:
+        config = configs[0]  # a dataset with one config (``default``): that is the one
+    if config not in configs:
+        raise MediflowError(f"{path}: a Hub-layout folder with no '{config}' config to read {family.replace('_', ' ')} from (configs: {', '.join(configs)})")
+    folder = path / DATA_DIR / str(config)
     files = _in_split(_parquet_in(folder), split, folder)
     if not files:
         raise MediflowError(f"{folder}: no Parquet shards")

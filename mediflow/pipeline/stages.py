@@ -58,8 +58,17 @@ def seed_facts(item: PlanItem) -> list[str]:
     return [f"{code.description} (ICD-10-CM {code.code})" for code in codes]
 
 
+class _Sampled:
+    """A stage step with its sampling config: a truncated answer's retry budget comes from there."""
+
+    sampling: SamplingConfig
+
+    def retry_budget(self, request: ChatRequest) -> int:
+        return self.sampling.retry_max_tokens or 2 * request.max_tokens
+
+
 @dataclass
-class DocumentStep(LLMStep[PlanItem, str]):
+class DocumentStep(_Sampled, LLMStep[PlanItem, str]):
     """A synthetic clinical document of the item's type, at the item's difficulty, for its task."""
 
     template: PromptTemplate
@@ -86,7 +95,7 @@ class DocumentStep(LLMStep[PlanItem, str]):
 
 
 @dataclass
-class InstructionStep(LLMStep[tuple[InstructionGroup, "str | None"], str]):
+class InstructionStep(_Sampled, LLMStep[tuple[InstructionGroup, "str | None"], str]):
     """The task's instruction at the group's difficulty and format.
 
     Written on the document when the instruction serves that one document; written for the
@@ -118,7 +127,7 @@ class InstructionStep(LLMStep[tuple[InstructionGroup, "str | None"], str]):
 
 
 @dataclass
-class ResponseStep(LLMStep[tuple[PlanItem, str, str], str]):
+class ResponseStep(_Sampled, LLMStep[tuple[PlanItem, str, str], str]):
     """The answer to the instruction on the document: plain text, or JSON valid against the task's schema."""
 
     plain: PromptTemplate

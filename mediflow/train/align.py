@@ -62,16 +62,19 @@ def _eval_source(config: StageConfig, config_name: str) -> tuple[Path, str] | No
 
 
 def prepare_inputs(config: StageConfig, kind: str) -> AlignmentInputs:
-    """Read, measure and fingerprint one SFT (``kind='sft'``) or DPO run's inputs; nothing is written."""
-    model_path = model_dir(config)
-    tokenizer = load_tokenizer(model_path)
-    plan = plan_chat_template(tokenizer, config.model.chat_template)
-    tokenizer.chat_template = plan.training_template
+    """Read, measure and fingerprint one SFT (``kind='sft'``) or DPO run's inputs; nothing is written.
+
+    The data is read (and checked by the input reader) first: a broken input fails before a model loads.
+    """
     data = config.data
     reader = load_messages if kind == "sft" else load_preferences
     rows = reader(config.path(data.train), data.read_split(config.stage), data.max_samples)
     source = _eval_source(config, kind)
     eval_rows = reader(source[0], source[1], data.max_samples) if source else []
+    model_path = model_dir(config)
+    tokenizer = load_tokenizer(model_path)
+    plan = plan_chat_template(tokenizer, config.model.chat_template)
+    tokenizer.chat_template = plan.training_template
     if kind == "sft":
         train_rows, lengths = fit_conversations(rows, tokenizer, data.max_length, data.overlong)
         eval_rows, _ = fit_conversations(eval_rows, tokenizer, data.max_length, data.overlong, stage="sft eval")
