@@ -3,16 +3,17 @@
 Each case runs one real command line and must end with exit status 2, exactly one ``error:`` line
 on stderr, no traceback, and every input and every existing output byte-for-byte as before (the
 trees are hashed before and after). Most cases run in-process (``mediflow.cli.main``); the ones
-that need the operating system's help run the CLI in a subprocess: a full disk (``RLIMIT_FSIZE``:
-every write past the limit fails with ``EFBIG``, as on a full disk) and a read-only output (a
-folder without write permission, the command run as an unprivileged user when the tests run as
-root, since root ignores permissions).
+that need the operating system's help are honest about it: a full disk runs the CLI in a subprocess
+under ``RLIMIT_FSIZE`` (every write past the limit fails with ``EFBIG``, as on a full disk), and a
+read-only output sits in a folder nobody may write (``chmod 555``; as root, who ignores
+permissions, the folder is made immutable with ``chattr +i``, which stops root too).
 
 Add a row whenever a command or a flag is added.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,8 +22,7 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,11 +30,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from audit_fixtures import record, words
+from small_runs import small_run_config
 
 from mediflow.cli import main
 from mediflow.folders import FolderLock, OutputFolder, StagedWriter
 from mediflow.preference.rows import PAIR_SCHEMA, pair_row
 from mediflow.records import FULL_SCHEMA, rows_to_table
+from mediflow.taxonomy import load_taxonomy
 
 DEAD_URL = "http://127.0.0.1:9/v1"  # nothing listens there: a case that reached the teacher would say so
 KEY_ENV = "MEDIFLOW_BAD_INPUT_KEY"
@@ -72,7 +74,6 @@ def _folder(root: Path, kind: str, table: pa.Table) -> Path:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     root = tmp_path_factory.mktemp("bad-inputs")
-    os.chmod(root, 0o755)
     rng = random.Random(5)
     rows = _records(12, rng)
     records = _folder(root / "records", "filter", rows_to_table(rows, FULL_SCHEMA))
@@ -88,12 +89,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     pq.write_table(good, bad / "truncated.parquet")
     (bad / "truncated.parquet").write_bytes((bad / "truncated.parquet").read_bytes()[:-40])
     pq.write_table(good.slice(0, 0), bad / "empty.parquet")
-    pq.write_table(good.drop_columns(["input"]), bad / "missing_column.parquet")
+    pq.write_table(good.drop_columns(["input", "messages"]), bad / "missing_column.parquet")
     pq.write_table(good.set_column(good.column_names.index("output"), "output", pa.array(range(good.num_rows))), bad / "mistyped.parquet")
     unsafe = good.set_column(good.column_names.index("task_type"), "task_type", pa.array(["../../escaped"] * good.num_rows))
     pq.write_table(unsafe, bad / "unsafe_task.parquet")
-    for path in [*root.rglob("*")]:
-        os.chmod(path, 0o755 if path.is_dir() else 0o644)
     return World(root, records, pairs_dir, big, eval_set, {p.stem: p for p in bad.iterdir()})
 
 
@@ -113,8 +112,9 @@ class Case:
     argv: list[str]
     says: str
     protect: list[Path]
-    sandbox: str | None = None  # "full_disk" | "read_only": run in a subprocess
+    sandbox: str | None = None  # "full_disk": run in a subprocess under a file-size limit
     hold_lock: Path | None = None  # a folder another "process" holds while the command runs
+    read_only: Path | None = None  # a folder nobody may write while the command runs
 
 
 #: A data command's argv over (input, output folder, world).
@@ -131,13 +131,19 @@ READERS = [*COMMANDS, "audit", "train sft"]
 
 
 def _train_config(tmp: Path, data: Path, out: Path) -> Path:
+    """An SFT config whose model folder exists (the data is read, and refused, before a model loads)."""
+    (tmp / "model").mkdir(exist_ok=True)
+    (tmp / "model" / "config.json").write_text("{}")
     path = tmp / "sft.yaml"
-    path.write_text(json.dumps({"model": {"name_or_path": str(tmp / "no-model")}, "data": {"train": str(data)}, "output": {"dir": str(out)}}))
+    path.write_text(json.dumps({"model": {"name_or_path": str(tmp / "model")}, "data": {"train": str(data)}, "output": {"dir": str(out)}}))
     return path
 
 
 def _reader_argv(command: str, data: Path, tmp: Path, world: World) -> list[str]:
-    if command == "audit":
+    if command == "audit":  # the audit reads folders: the bad file as a folder's only shard
+        if data.is_file():
+            (tmp / "folder" / "data").mkdir(parents=True)
+            data = Path(shutil.copy(data, tmp / "folder" / "data" / "part-00000.parquet")).parent.parent
         return ["audit", str(data), "--html", str(tmp / "report.html")]
     if command == "train sft":
         return ["train", "sft", "--config", str(_train_config(tmp, data, tmp / "model"))]
@@ -148,7 +154,7 @@ BAD_TABLES = {
     "corrupt": "not a readable Parquet file",
     "truncated": "not a readable Parquet file",
     "empty": "no records",
-    "missing_column": "missing column 'input'",
+    "missing_column": "missing column",
     "mistyped": "column 'output' is int64, expected string",
 }
 
@@ -194,25 +200,30 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
             COMMANDS[c](w.records, _file(tmp / "out"), w), "is a file", [w.records, tmp]))
         add(f"{command}: output locked by another process", lambda tmp, w, c=command: Case(
             COMMANDS[c](w.records, tmp / "busy", w), "in use by another process", [w.records, tmp], hold_lock=tmp / "busy"))
-        add(f"{command}: read-only output", lambda tmp, w, c=command: _read_only_case(c, w))
+        add(f"{command}: read-only output", lambda tmp, w, c=command: _read_only_case(c, tmp, w))
     for command in ("filter", "dedup", "curate", "export"):  # the CPU stages: their outputs are written for real
         add(f"{command}: full disk", lambda tmp, w, c=command: Case(COMMANDS[c](w.big, tmp / "out", w), "File too large", [w.big], sandbox="full_disk"))
 
-    # generate: its config, its flags, its output folder
-    generate = ["generate", "--teacher", "openai:m", "--base-url", DEAD_URL, "--api-key-env", KEY_ENV, "--tasks", TASKS[0], "--per-cell", "1"]
-    add("generate: output holds a records folder", lambda tmp, w: Case([*generate, "--out", str(_copy(w.records, tmp / "other"))], "not a 'generate' one", [w.records, tmp]))
-    add("generate: output holds foreign files", lambda tmp, w: Case([*generate, "--out", str(_foreign(tmp / "mine"))], "not a MediFlow", [tmp]))
-    add("generate: output is a file", lambda tmp, w: Case([*generate, "--out", str(_file(tmp / "out"))], "is a file", [tmp]))
-    add("generate: output locked by another process", lambda tmp, w: Case([*generate, "--out", str(tmp / "busy")], "in use by another process", [tmp], hold_lock=tmp / "busy"))
-    add("generate: --per-cell 0", lambda tmp, w: Case([*generate, "--per-cell", "0", "--out", str(tmp / "o")], "per_cell", [tmp]))
-    add("generate: --concurrency 0", lambda tmp, w: Case([*generate, "--concurrency", "0", "--out", str(tmp / "o")], "concurrency", [tmp]))
-    add("generate: --json-share 2", lambda tmp, w: Case([*generate, "--json-share", "2", "--out", str(tmp / "o")], "json_share", [tmp]))
+    # generate: its config, its flags, its output folder (a teacher nobody answers: no case may get that far)
+    def generate(tmp: Path) -> list[str]:
+        config = tmp / "run.json"
+        config.write_text(json.dumps({**small_run_config(DEAD_URL, tmp / "unused", per_cell=1), "limits": {"max_retries": 0}}))
+        return ["generate", "--config", str(config), "--api-key-env", KEY_ENV]
+
+    add("generate: output holds a records folder", lambda tmp, w: Case([*generate(tmp), "--out", str(_copy(w.records, tmp / "other"))], "not a 'generate' one", [w.records, tmp]))
+    add("generate: output holds foreign files", lambda tmp, w: Case([*generate(tmp), "--out", str(_foreign(tmp / "mine"))], "not a MediFlow", [tmp]))
+    add("generate: output is a file", lambda tmp, w: Case([*generate(tmp), "--out", str(_file(tmp / "out"))], "is a file", [tmp]))
+    add("generate: output locked by another process", lambda tmp, w: Case([*generate(tmp), "--out", str(tmp / "busy")], "in use by another process", [tmp], hold_lock=tmp / "busy"))
+    add("generate: read-only output", lambda tmp, w: Case([*generate(tmp), "--out", str(_mkdir(tmp / "ro") / "out")], "read-only", [tmp], read_only=tmp / "ro"))
+    add("generate: --per-cell 0", lambda tmp, w: Case([*generate(tmp), "--per-cell", "0", "--out", str(tmp / "o")], "per_cell", [tmp]))
+    add("generate: --concurrency 0", lambda tmp, w: Case([*generate(tmp), "--concurrency", "0", "--out", str(tmp / "o")], "concurrency", [tmp]))
+    add("generate: --json-share 2", lambda tmp, w: Case([*generate(tmp), "--json-share", "2", "--out", str(tmp / "o")], "json_share", [tmp]))
     add("generate: unknown --teacher local:x", lambda tmp, w: Case(["generate", "--teacher", "local:x", "--out", str(tmp / "o")], "local:x", [tmp]))
     add("generate: unset --api-key-env", lambda tmp, w: Case(["generate", "--teacher", "openai:m", "--api-key-env", "MEDIFLOW_NOT_SET", "--out", str(tmp / "o")], "MEDIFLOW_NOT_SET", [tmp]))
     add("generate: a config that is not UTF-8", lambda tmp, w: Case(["generate", "--config", str(_latin1(tmp / "run.yaml")), "--out", str(tmp / "o")], "not UTF-8", [tmp]))
-    add("generate: a taxonomy with an unsafe name", lambda tmp, w: Case([*generate, "--taxonomy", str(_taxonomy(tmp / "tax", name="../escape")), "--out", str(tmp / "o")], "does not match", [tmp]))
-    add("generate: a taxonomy schema with a remote $ref", lambda tmp, w: Case([*generate, "--taxonomy", str(_taxonomy(tmp / "tax", ref="https://example.org/s.json")), "--out", str(tmp / "o")], "only local references", [tmp]))
-    add("generate: a taxonomy file that is not UTF-8", lambda tmp, w: Case([*generate, "--taxonomy", str(_taxonomy(tmp / "tax", latin1=True)), "--out", str(tmp / "o")], "not UTF-8", [tmp]))
+    add("generate: a taxonomy with an unsafe name", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", name="../escape")), "--out", str(tmp / "o")], "'../escape'", [tmp]))
+    add("generate: a taxonomy schema with a remote $ref", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", ref="https://example.org/s.json")), "--out", str(tmp / "o")], "only local references", [tmp]))
+    add("generate: a taxonomy file that is not UTF-8", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", latin1=True)), "--out", str(tmp / "o")], "not UTF-8", [tmp]))
 
     # numbers out of range
     add("decontaminate: --ngram 0", lambda tmp, w: Case(["decontaminate", str(w.records), str(tmp / "o"), "--eval", str(w.eval_set), "--ngram", "0"], "ngram", [w.records, tmp]))
@@ -232,6 +243,11 @@ def _symlink(link: Path, target: Path) -> Path:
     return link
 
 
+def _mkdir(folder: Path) -> Path:
+    folder.mkdir()
+    return folder
+
+
 def _foreign(folder: Path) -> Path:
     folder.mkdir()
     (folder / "thesis.tex").write_text("years of work")
@@ -243,20 +259,26 @@ def _file(path: Path) -> Path:
     return path
 
 
-def _read_only_case(command: str, world: World) -> Case:
-    """The output inside a folder nobody may write; everything the command reads is readable by all
-    (the case runs as an unprivileged user when the tests run as root)."""
-    base = Path(tempfile.mkdtemp(prefix="mediflow-read-only-"))
-    base.chmod(0o755)
-    records = _copy(world.records, base / "records")
-    shutil.copy(world.eval_set, base / "eval.jsonl")
-    for path in base.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    read_only = base / "ro"
-    read_only.mkdir()
-    read_only.chmod(0o555)
-    readable = World(base, records, world.pairs, world.big, base / "eval.jsonl")
-    return Case(COMMANDS[command](records, read_only / "out", readable), "ermission denied", [records, read_only], sandbox="read_only")
+def _read_only_case(command: str, tmp: Path, world: World) -> Case:
+    """The output inside a folder nobody may write (made so while the command runs)."""
+    (tmp / "ro").mkdir()
+    return Case(COMMANDS[command](world.records, tmp / "ro" / "out", world), "read-only", [world.records, tmp], read_only=tmp / "ro")
+
+
+@contextlib.contextmanager
+def _unwritable(folder: Path) -> Iterator[None]:
+    """``folder`` read-only for the duration: chmod 555, or, for root, the immutable attribute."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+    try:
+        yield
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        else:
+            folder.chmod(0o755)
 
 
 def _latin1(path: Path) -> Path:
@@ -265,9 +287,10 @@ def _latin1(path: Path) -> Path:
 
 
 def _taxonomy(folder: Path, *, name: str = "veterinary_note", ref: str | None = None, latin1: bool = False) -> Path:
+    category = next(iter(load_taxonomy().categories))
     (folder / "document_types").mkdir(parents=True)
     entry = (
-        f"document_types:\n  - name: {json.dumps(name)}\n    category: discharge_summaries\n    description: A note.\n"
+        f"document_types:\n  - name: {json.dumps(name)}\n    category: {category}\n    description: A note.\n"
         "    sections: [A]\n    typical_length: {min_words: 100, max_words: 200}\n    specialties: [x]\n    settings: [y]\n"
     )
     if latin1:
@@ -277,7 +300,7 @@ def _taxonomy(folder: Path, *, name: str = "veterinary_note", ref: str | None = 
         (folder / "tasks").mkdir()
         (folder / "tasks" / "remote_task.yaml").write_text(
             "name: remote_task\ndescription: d\ninstruction_guidance: i\nanswer_guidance: a\n"
-            "applies_to: {categories: [discharge_summaries]}\n"
+            f"applies_to: {{categories: [{category}]}}\n"
             f"output_schema: {{type: object, properties: {{x: {{$ref: {json.dumps(ref)}}}}}}}\nexample_output: {{x: 1}}\n"
         )
     return folder
@@ -287,18 +310,14 @@ CASES = build_cases()
 
 
 def _run_in_sandbox(case: Case, tmp: Path) -> tuple[int, str]:
-    """The CLI in a subprocess, under a small file-size limit or as an unprivileged user."""
+    """The CLI in a subprocess under a small file-size limit: a disk that fills up mid-run."""
     limit_bytes = 256 * 1024
 
     def prepare() -> None:
-        if case.sandbox == "full_disk":
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
-        elif os.geteuid() == 0:
-            os.setgid(65534)
-            os.setuid(65534)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), KEY_ENV: "unused", "HOME": tempfile.gettempdir()}
-    process = subprocess.run([sys.executable, "-m", "mediflow", *case.argv], capture_output=True, text=True, env=env, preexec_fn=prepare, timeout=300, cwd="/")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), KEY_ENV: "unused"}
+    process = subprocess.run([sys.executable, "-m", "mediflow", *case.argv], capture_output=True, text=True, env=env, preexec_fn=prepare, timeout=300, cwd=tmp)
     return process.returncode, process.stderr
 
 
@@ -306,8 +325,6 @@ def _run_in_sandbox(case: Case, tmp: Path) -> tuple[int, str]:
 def test_bad_input_is_one_error_line_and_changes_nothing(make: Callable[[Path, World], Case], world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     tmp = tmp_path / "case"
     tmp.mkdir()
-    os.chmod(tmp_path, 0o755)
-    os.chmod(tmp, 0o777)
     case = make(tmp, world)
     protected = [path for path in case.protect]
     before = {str(path): tree(path) for path in protected}
@@ -316,16 +333,18 @@ def test_bad_input_is_one_error_line_and_changes_nothing(make: Callable[[Path, W
     else:
         monkeypatch.setenv(KEY_ENV, "unused")
         lock = None
+        unwritable = _unwritable(case.read_only) if case.read_only is not None else contextlib.nullcontext()
         if case.hold_lock is not None:
             case.hold_lock.mkdir(exist_ok=True)
             lock = FolderLock(case.hold_lock)
             lock.acquire()
             before = {str(path): tree(path) for path in protected}
         try:
-            try:
-                code = main(case.argv)
-            except SystemExit as exit_:  # argparse rejects a flag value itself
-                code = int(exit_.code or 0)
+            with unwritable:
+                try:
+                    code = main(case.argv)
+                except SystemExit as exit_:  # argparse rejects a flag value itself
+                    code = int(exit_.code or 0)
         finally:
             if lock is not None:
                 lock.release()

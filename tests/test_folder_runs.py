@@ -56,9 +56,9 @@ def _start(config: Path, out: Path, seed: int | None = None) -> subprocess.Popen
 
 
 def test_two_generates_on_one_folder_run_once_and_never_mix(start_teacher_server, tmp_path: Path) -> None:
-    server = start_teacher_server("--latency", "0.05")
+    server = start_teacher_server("--latency", "1.0")  # the first run lasts long enough for the others to start
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(small_run_config(server, tmp_path / "unused", per_cell=2, limits={"concurrency": 2})))
+    config.write_text(yaml.safe_dump(small_run_config(server, tmp_path / "unused", per_cell=2, limits={"concurrency": 1})))
     out = tmp_path / "shared"
     first = _start(config, out)
     deadline = time.monotonic() + 60

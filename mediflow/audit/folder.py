@@ -63,6 +63,8 @@ class OutputFolder:
     def open(cls, path: str | Path) -> OutputFolder:
         """Find the shards and manifest of ``path``; a folder with no records is a user error."""
         root = Path(path)
+        if not root.exists():
+            raise MediflowError(f"{root}: no such file or folder")
         if not root.is_dir():
             raise MediflowError(f"audit input {root} is not a folder (expected a MediFlow output folder)")
         data = open_input(root, "records")

@@ -102,6 +102,9 @@ def export_dataset(
     out_dir = Path(out_dir)
     record_data = open_input(records, "records", require=("output",))
     pair_data = open_input(pairs, "pairs") if pairs is not None else None
+    scanned = _scan(record_data)  # the first pass checks every task name before anything is written
+    pair_source = _scan(pair_data)[0] if pair_data is not None else None
+    task_configs = _task_configs(scanned[0], record_data, options)
     folder = OutputFolder.open(
         out_dir,
         kind="export",
@@ -111,7 +114,18 @@ def export_dataset(
         extra_entries={CARD_NAME},
     )
     with folder:
-        return _export(record_data, pair_data, folder, options)
+        return _export(record_data, scanned, pair_data, pair_source, task_configs, folder, options)
+
+
+def _task_configs(source: _Source, data: InputData, options: ExportOptions) -> list[str]:
+    """The per-task configs: each task name becomes a folder, so it must be a safe name and not sft/dpo."""
+    if not options.per_task_configs:
+        return []
+    task_configs = sorted({safe_name(t, f"task_type in {data.path}") for t in source.tasks if t})
+    clash = set(task_configs) & set(RESERVED_CONFIGS)
+    if clash:
+        raise MediflowError(f"task name(s) {', '.join(sorted(clash))} clash with the reserved config names sft/dpo")
+    return task_configs
 
 
 def _options_config(options: ExportOptions) -> dict[str, Any]:
@@ -126,17 +140,19 @@ def _options_config(options: ExportOptions) -> dict[str, Any]:
     }
 
 
-def _export(record_data: InputData, pair_data: InputData | None, folder: OutputFolder, options: ExportOptions) -> ExportSummary:
+def _export(
+    record_data: InputData,
+    scanned: tuple[_Source, Counter[str], Counter[str], Counter[str]],
+    pair_data: InputData | None,
+    pair_source: _Source | None,
+    task_configs: list[str],
+    folder: OutputFolder,
+    options: ExportOptions,
+) -> ExportSummary:
     out_dir = folder.root
-    record_source, tasks, document_types, teachers = _scan(record_data)
-    pair_source = _scan(pair_data)[0] if pair_data is not None else None
+    record_source, tasks, document_types, teachers = scanned
     documents = record_source.document_kinds() + (pair_source.document_kinds() if pair_source is not None else [])
     assignment = assign_splits(documents, options.fractions, options.seed)
-    task_configs = sorted({safe_name(t, f"task_type in {record_data.path}") for t in record_source.tasks if t}) if options.per_task_configs else []
-    clash = set(task_configs) & set(RESERVED_CONFIGS)
-    if clash:
-        raise MediflowError(f"task name(s) {', '.join(sorted(clash))} clash with the reserved config names sft/dpo")
-
     staging = out_dir / f"{TEMP_PREFIX}staging-{uuid.uuid4().hex[:8]}"
     try:
         written = _write_records(record_source, assignment, task_configs, staging, options.limits)

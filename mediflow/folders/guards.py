@@ -49,6 +49,13 @@ def check_folder_path(out: Path, *, what: str = "output folder") -> None:
             break
 
 
+def check_writable(out: Path, *, what: str = "output folder") -> None:
+    """The folder (or, while it does not exist, the folder it would be created in) accepts writes."""
+    existing = next((p for p in (Path(out), *Path(out).parents) if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MediflowError(f"{out}: cannot write the {what} in {existing} (permission denied or read-only file system)")
+
+
 class FolderLock:
     """An exclusive, non-blocking lock on a folder, naming its holder (pid and command) in ``.lock``."""
 

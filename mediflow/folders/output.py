@@ -28,7 +28,7 @@ from typing import Any
 
 from mediflow.errors import MediflowError
 from mediflow.folders.atomic import TEMP_PREFIX, remove_leftovers
-from mediflow.folders.guards import LOCK_NAME, FolderLock, check_folder_path, check_no_overlap
+from mediflow.folders.guards import LOCK_NAME, FolderLock, check_folder_path, check_no_overlap, check_writable, lock_holder
 from mediflow.folders.manifest import MANIFEST_NAME, InputRef, Manifest, read_manifest
 from mediflow.records import canonical_json, content_id
 
@@ -142,8 +142,6 @@ class OutputFolder:
         stays untouched until then (every stage); generate commits shards as it goes (``False``).
         """
         root = Path(root)
-        check_folder_path(root)
-        check_no_overlap(root, [Path(ref.path) for ref in inputs] + [Path(p) for p in input_paths])
         manifest = Manifest(
             kind=kind,
             config=config,
@@ -152,7 +150,7 @@ class OutputFolder:
             details=dict(details or {}),
         )
         own = OWN_ENTRIES | set(extra_entries)
-        _check_contents(root, manifest, own, overwrite)  # read-only: refuse before writing
+        _check(root, manifest, own, list(input_paths), overwrite)  # read-only: refuse before writing
         try:
             root.mkdir(parents=True, exist_ok=True)
         except PermissionError:
@@ -174,6 +172,24 @@ class OutputFolder:
             lock.release()
             raise
         return folder
+
+    @classmethod
+    def check(
+        cls,
+        root: str | Path,
+        *,
+        kind: str,
+        config: dict[str, Any],
+        inputs: Sequence[InputRef] = (),
+        input_paths: Iterable[Path] = (),
+        overwrite: bool = False,
+        fingerprint: str | None = None,
+        extra_entries: Iterable[str] = (),
+    ) -> None:
+        """Every guard of :meth:`open`, writing nothing: a caller about to do something slow or remote
+        first (``generate`` asks the teacher's server) learns now that the folder would be refused."""
+        manifest = Manifest(kind=kind, config=config, config_fingerprint=fingerprint or config_fingerprint(config), inputs=list(inputs))
+        _check(Path(root), manifest, OWN_ENTRIES | set(extra_entries), list(input_paths), overwrite)
 
     def finish(self, counts: dict[str, Any], details: dict[str, Any] | None = None, *, status: str = "finished", reason: str | None = None) -> None:
         """Write the final manifest (the last file a run writes) and release the folder."""
@@ -208,6 +224,17 @@ class OutputFolder:
             self.fail("interrupted", status="stopped")
         else:
             self.fail(str(exc) or type(exc).__name__)
+
+
+def _check(root: Path, manifest: Manifest, own: frozenset[str] | set[str], input_paths: list[Path], overwrite: bool) -> None:
+    """The guards that need no lock: a folder path, no overlap with any input, nothing foreign in it."""
+    check_folder_path(root)
+    check_no_overlap(root, [Path(ref.path) for ref in manifest.inputs] + input_paths)
+    holder = lock_holder(root)
+    if holder is not None:  # said first: what the folder holds is changing under the other process
+        raise MediflowError(f"{root}: in use by another process ({holder}); wait for it to finish or stop it")
+    _check_contents(root, manifest, own, overwrite)
+    check_writable(root)
 
 
 def _check_contents(root: Path, manifest: Manifest, own: frozenset[str] | set[str], overwrite: bool) -> Manifest | None:

@@ -157,7 +157,6 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
     out = Path(config.output.dir)
     teacher = teacher_from(config.teacher, config.limits)
     try:
-        await check_teacher(teacher)  # a dead server or unknown model: one line, nothing written
         engine = Engine(teacher, out / CACHE_NAME, config.limits, prices=config.prices, progress=config.progress)
         stages = Stages(engine, taxonomy, config)
         unsharded_fingerprint = content_id(
@@ -185,16 +184,11 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
         }
         if share:
             details["shard"] = {"share": str(share), "unsharded_fingerprint": unsharded_fingerprint, "unsharded_items": len(plan)}
-        folder = OutputFolder.open(
-            out,
-            kind="generate",
-            config=config.to_dict(),
-            fingerprint=fingerprint,
-            input_paths=[Path(config.taxonomy)] if config.taxonomy else [],
-            overwrite=overwrite,
-            staged=False,
-            details=details,
-        )
+        where = {"kind": "generate", "config": config.to_dict(), "fingerprint": fingerprint, "overwrite": overwrite}
+        taxonomy_paths = [Path(config.taxonomy)] if config.taxonomy else []
+        OutputFolder.check(out, input_paths=taxonomy_paths, **where)  # a folder we may not write: refused first, offline
+        await check_teacher(teacher)  # a dead server or unknown model: one line, nothing written
+        folder = OutputFolder.open(out, input_paths=taxonomy_paths, staged=False, details=details, **where)
         with folder:
             return await _generate(config, plan, share, share_counts, folder, engine, stages, teacher)
     finally:

@@ -96,17 +96,14 @@ def load_messages(path: Path, split: str = "train", max_samples: int | None = No
     ``path`` may be an export root: its ``sft`` config is read.
     """
     table = read_table(path, split, "sft")
-    columns = set(table.column_names)
-    if "messages" in columns:
-        rows = [{"messages": messages} for messages in table.column("messages").to_pylist() if messages]
-    elif {"instruction", "input", "output"} <= columns:
-        rows = [
-            {"messages": to_messages(row["instruction"], row["input"], row["output"])}
-            for row in table.select(["instruction", "input", "output"]).to_pylist()
-            if row["output"]
-        ]
-    else:
-        raise MediflowError(f"{path}: records need a 'messages' column or instruction/input/output, found {sorted(columns)}")
+    columns = [c for c in ("messages", "instruction", "input", "output") if c in table.column_names]
+    rows = []
+    for row in table.select(columns).to_pylist():
+        messages = row.get("messages")
+        if not messages and row.get("output"):  # records without the messages view (or with it null): build it
+            messages = to_messages(row.get("instruction") or "", row.get("input") or "", row["output"])
+        if messages:
+            rows.append({"messages": messages})
     return rows[:max_samples] if max_samples else rows
 
 

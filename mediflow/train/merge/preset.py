@@ -45,6 +45,7 @@ from typing import Any
 import yaml
 
 from mediflow.errors import ConfigError
+from mediflow.textfiles import read_text
 from mediflow.train.merge.config import parse_merge_config
 from mediflow.train.merge.engine import run_merge
 from mediflow.train.merge.evaluation import Evaluator
@@ -95,7 +96,7 @@ def load_preset(path: Path, *, output: Path | None = None) -> MediPhiPreset:
     """Read a preset YAML (paths relative to its folder); ``output`` overrides the file's."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(read_text(path, "preset file", ConfigError))
     except FileNotFoundError:
         raise ConfigError(f"{path}: preset config not found") from None
     except yaml.YAMLError as exc:
