@@ -149,6 +149,8 @@ def _type_schema(annotation: Any) -> dict[str, Any]:
         return {"enum": list(typing.get_args(annotation))}
     if dataclasses.is_dataclass(annotation):
         return _dataclass_schema(typing.cast(type, annotation))
+    if annotation is Any:
+        return {}  # passed through as is (e.g. train.extra: checked against TRL's own fields)
     simple = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null", Path: "string"}
     return {"type": simple[annotation]}
 
@@ -184,7 +186,7 @@ def _validator(cls: type) -> jsonschema.protocols.Validator:
 
 def _error_line(error: jsonschema.ValidationError, prefix: str) -> str:
     key = ".".join(([prefix] if prefix else []) + [str(p) for p in error.absolute_path]) or "config"
-    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping) and isinstance(error.schema, Mapping):
         known = sorted(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - set(known))
         where = f"{key}." if key != "config" else ""

@@ -22,8 +22,8 @@ import jsonschema
 import yaml
 
 from mediflow.errors import MediflowError, TaxonomyError
-from mediflow.textfiles import read_text
 from mediflow.resources import taxonomies_dir
+from mediflow.textfiles import read_text
 
 #: The sections of a taxonomy, in the order they are resolved (later ones refer to earlier ones).
 SECTIONS: tuple[str, ...] = ("categories", "document_types", "tasks", "difficulty_levels", "output_formats")
@@ -363,7 +363,7 @@ def _read_yaml(file_path: Path) -> Any:
         raise TaxonomyError(f"{file_path}: YAML syntax error{where}: {problem}") from None
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def _describe(error: jsonschema.ValidationError | jsonschema.SchemaError) -> str:
     """One line from a jsonschema error: the key path, then the message (trimmed)."""
     where = "/".join(str(part) for part in error.absolute_path)
     message = " ".join(error.message.split())

@@ -73,6 +73,16 @@ def description(code: str) -> str:
     return str(_icd().get_description(normalise(code)))
 
 
+@cache
+def condition_words() -> frozenset[str]:
+    """Every lower-case word of the ICD-10-CM code descriptions: the vocabulary of conditions, findings and sites."""
+    icd = _icd()
+    words: set[str] = set()
+    for code in icd.get_all_codes(with_dots=True):
+        words.update(re.findall(r"[a-z]+", icd.get_description(code).lower()))
+    return frozenset(words)
+
+
 def parent(code: str) -> str | None:
     """The code one level up (``E11.9`` -> ``E11``), or ``None`` for a three-character category."""
     _require_valid(code)

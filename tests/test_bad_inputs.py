@@ -29,8 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from audit_fixtures import record, words
-from small_runs import small_run_config
+from fixtures import record, small_run_config, words
 
 from mediflow.cli import main
 from mediflow.folders import FolderLock, OutputFolder, StagedWriter

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
-from audit_fixtures import record, words
-from small_runs import small_run_config
+from fixtures import record, small_run_config, words
 
 from mediflow import generate
 from mediflow.folders import OutputFolder, StagedWriter, open_input

@@ -15,9 +15,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from fixtures import TEST_TEACHER as TEACHER
+from fixtures import make_records, small_run_config, unjudged, write_output_folder
 
 from mediflow import generate
-from small_runs import small_run_config
+from mediflow.preference import PairsConfig, build_pairs
+from mediflow.quality import JudgeConfig, run_judge
 
 ray = pytest.importorskip("ray")
 
@@ -91,3 +94,46 @@ def test_kill_9_of_the_driver_then_rerun_repeats_only_what_was_in_flight(ray_add
     local = tmp_path / "local"
     generate(_config(server, local, per_cell=4))
     assert _records(tmp_path / "run") == _records(local)
+
+
+def _tables(out: Path) -> str:
+    """A stage folder's kept rows and rejects as canonical text (NaN scores compare equal)."""
+    kept = pq.read_table(sorted(str(p) for p in (out / "data").glob("*.parquet"))).to_pylist()
+    return json.dumps([kept, pq.read_table(out / "rejects.parquet").to_pylist()], default=str, sort_keys=True)
+
+
+def test_ray_judge_gives_the_local_judges_scores(ray_address, teacher_server, tmp_path) -> None:
+    source = write_output_folder(tmp_path / "in", unjudged())
+    settings = {"teacher": TEACHER, "base_url": teacher_server, "progress": False, "samples": 2, "thresholds": {"quality": 3.0}}
+    local = run_judge(source, tmp_path / "local", JudgeConfig.load(None, **settings))
+    local_requests = teacher_server.stats()["requests"]
+    teacher_server.reset()
+    on_ray = run_judge(source, tmp_path / "ray", JudgeConfig.load(None, engine="ray", ray={"actors": 2, "batch_size": 2}, **settings))
+    assert teacher_server.stats()["requests"] == local_requests
+    assert _tables(tmp_path / "ray") == _tables(tmp_path / "local")
+    assert on_ray.kept == local.kept and on_ray.details["judged"] == local.details["judged"]
+    assert on_ray.details["usage"]["requests"] == local_requests and on_ray.details["usage"]["actors"] >= 1
+
+
+def test_ray_pairs_give_the_local_pairs(ray_address, teacher_server, tmp_path) -> None:
+    source = write_output_folder(tmp_path / "in", make_records(documents=6))
+    settings = {"teacher": TEACHER, "base_url": teacher_server, "progress": False, "min_margin": 1, "seed": 3}
+    local = build_pairs(source, tmp_path / "local", PairsConfig.load(None, **settings))
+    local_requests = teacher_server.stats()["requests"]
+    teacher_server.reset()
+    on_ray = build_pairs(source, tmp_path / "ray", PairsConfig.load(None, engine="ray", ray={"actors": 2, "batch_size": 2}, **settings))
+    assert teacher_server.stats()["requests"] == local_requests
+    assert _tables(tmp_path / "ray") == _tables(tmp_path / "local")
+    assert (on_ray.tried, on_ray.kept, on_ray.dropped) == (local.tried, local.kept, local.dropped)
+    assert on_ray.manifest["usage"]["ray"]["requests"] == local_requests
+
+
+def test_each_actor_negotiates_and_the_manifest_records_the_level(ray_address, teacher_server, tmp_path) -> None:
+    teacher_server.control(response_formats=["text", "json_object"], refusal_status=500)  # as llama-cpp-python's server
+    out = tmp_path / "ray"
+    generate(_config(teacher_server, out, json_share=1.0, engine="ray", ray={"actors": 2, "batch_size": 1}))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["counts"]["rejects"] == 0
+    assert manifest["teacher_capabilities"]["structured_output"] == "json_object_schema"
+    assert manifest["teacher_capabilities"]["refusals"]["json_schema"].startswith("HTTP 500: ")
+    assert "server_error" not in manifest["session"]["errors"]

@@ -52,15 +52,19 @@ def test_yaml_and_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "stage", "message"),
     [
-        ("model: {name_or_path: b}\noutput: {dir: o}\ndata: {train: t}\ntrain: {batch_sise: 2}\n", "sft", "unknown key 'train.batch_sise' (did you mean 'train.batch_size'?)"),
-        ("model: {name_or_path: b}\noutput: {dir: o}\ndata: {train: t}\ntrain: {batch_size: two}\n", "sft", "train.batch_size: expected int, got 'two'"),
+        ("model: {name_or_path: b}\noutput: {dir: o}\ndata: {train: t}\ntrain: {batch_sise: 2}\n", "sft", "unknown config key 'train.batch_sise'; did you mean 'train.batch_size'?"),
+        ("model: {name_or_path: b}\noutput: {dir: o}\ndata: {train: t}\ntrain: {batch_size: two}\n", "sft", "train.batch_size: 'two' is not of type 'integer'"),
         ("model: {name_or_path: b}\noutput: {dir: o}\n", "sft", "data.train is required for the sft stage"),
         ("output: {dir: o}\ndata: {train: t}\n", "dpo", "model.name_or_path is required"),
         ("model: {name_or_path: b}\noutput: {dir: o}\ndata: {train: t}\nmethod: {reference: adapter}\n", "dpo", "method.reference 'adapter' needs method.finetuning 'lora'"),
-        ("model: {name_or_path: b}\noutput: {dir: o}\ndata: {documents: d, task_data: q}\nmethod: {schedule: [{name: s, data: [papers]}]}\n", "pit", "method.schedule[0].data: 'papers' is not one of ['task', 'documents']"),
+        ("model: {name_or_path: b}\noutput: {dir: o}\ndata: {documents: d, task_data: q}\nmethod: {schedule: [{name: s, data: [papers]}]}\n", "pit", "method.schedule.0.data.0: 'papers' is not one of ['task', 'documents']"),
         ("stage: dpo\nmodel: {name_or_path: b}\n", "sft", "the file is for 'dpo' but was run as 'sft'"),
-        ("modle: {name_or_path: b}\n", "sft", "unknown key 'modle' (did you mean 'model'?)"),
+        ("modle: {name_or_path: b}\n", "sft", "unknown config key 'modle'; did you mean 'model'?"),
         ("model: [1, 2\n", "sft", "not valid YAML"),
+        ("model: {name_or_path: b}\noutput: {dir: o}\ndata: {train: t, overlong: trim}\n", "sft", "data.overlong: 'trim' is not one of ['drop', 'cut']"),
+        ("model: {name_or_path: b}\noutput: {dir: o}\ndata: {train: t, packing: true}\n", "dpo", "data.packing: DPO compares whole chosen/rejected sequences"),
+        ("model: {name_or_path: b}\noutput: {dir: o}\ndata: {documents: d, task_data: q, max_length: 64, chunk_overlap: 40}\n", "pit", "data.chunk_overlap: must be below half"),
+        ("model: {name_or_path: b}\noutput: {dir: o}\ndata: {train: t}\ntrain: {bf16: true, fp16: true}\n", "sft", "train.bf16 and train.fp16: choose one"),
     ],
 )
 def test_errors_are_one_line_and_name_the_key(tmp_path: Path, text: str, stage: str, message: str) -> None:
@@ -80,7 +84,7 @@ def test_cli_prints_one_error_line_and_exits_2(tmp_path: Path, capsys: pytest.Ca
     path = _write(tmp_path, "model: {name_or_path: b}\noutput: {dir: o}\ndata: {train: t}\nmethod: {beta: -1}\n")
     assert main(["train", "dpo", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"error: {path}: method.beta: must be > 0, got -1.0"
+    assert err == f"error: {path}: method.beta: -1 is less than or equal to the minimum of 0"
 
 
 def test_unknown_trl_extra_is_rejected(tmp_path: Path) -> None:
@@ -91,3 +95,19 @@ def test_unknown_trl_extra_is_rejected(tmp_path: Path) -> None:
     config = config_from_dict({**PIT, "train": {"extra": {"max_grad_nrom": 1.0}}}, "pit", root=tmp_path)
     with pytest.raises(ConfigError, match=r"train.extra.max_grad_nrom: not a SFTConfig field \(did you mean 'max_grad_norm'\?\)"):
         trl_arguments(SFTConfig, config, tmp_path)
+
+
+@pytest.mark.parametrize(("gpu", "bf16_capable", "expected"), [(False, False, (False, False)), (True, False, (False, True))])
+def test_mixed_precision_follows_the_hardware(tmp_path: Path, gpu: bool, bf16_capable: bool, expected: tuple[bool, bool]) -> None:
+    """fp16 on a GPU without bf16 (V100, T4), fp32 on a CPU (bf16 cannot be built on a CPU machine); eval wired with an eval set."""
+    from unittest import mock
+
+    from trl import SFTConfig
+
+    from mediflow.train import runtime
+
+    config = config_from_dict({**PIT, "train": {"eval_steps": 5}}, "pit", root=tmp_path)
+    with mock.patch.object(runtime, "cuda_available", return_value=gpu), mock.patch.object(runtime, "_bf16_supported", return_value=bf16_capable):
+        args = runtime.trl_arguments(SFTConfig, config, tmp_path, has_eval=True)
+    assert (args.bf16, args.fp16) == expected
+    assert (str(args.eval_strategy), args.eval_steps) in (("steps", 5), ("IntervalStrategy.STEPS", 5))

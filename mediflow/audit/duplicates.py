@@ -3,8 +3,10 @@
 The audit measures duplicates the way the dedup stage removes them, so the two agree: texts are
 normalised with :func:`mediflow.quality.text.normalize_column`, and near-duplicate clusters come
 from :func:`mediflow.quality.dedup.find_duplicates` (MinHash LSH candidates confirmed with
-rapidfuzz, connected components), here with exact edges off so that a cluster groups *distinct*
-texts that say nearly the same thing. Instructions are reused over several documents by design,
+rapidfuzz and, as in the stage, by their clinically distinguishing tokens agreeing, connected
+components), here with exact edges off so that a cluster groups *distinct* texts that say nearly
+the same thing. Two notes on one template about two patients (another age, side, dose, value) are
+not reported as duplicates; the table counts them as "siblings kept apart". Instructions are reused over several documents by design,
 so their exact repeats are expected; near-duplicate instructions are not.
 
 Exact duplicates are counted over every record (a 64-bit hash per text, streamed); the near
@@ -23,13 +25,13 @@ import pyarrow as pa
 from mediflow.audit.folder import TEXT_COLUMNS, OutputFolder
 from mediflow.audit.plots import new_figure
 from mediflow.audit.result import CheckResult
-from mediflow.quality.config import DedupConfig
+from mediflow.quality.config import DedupConfig, DedupKey
 from mediflow.quality.dedup import find_duplicates, key_text
 from mediflow.quality.text import hash_strings, normalize_column
 
 TITLE = "Exact and near-duplicate texts"
 #: What the dedup stage compares: the instruction, the document, and the two together.
-NEAR_KEYS: tuple[str, ...] = ("instruction", "input", "pair")
+NEAR_KEYS: tuple[DedupKey, ...] = ("instruction", "input", "pair")
 #: Clusters listed in the report (largest first).
 MAX_CLUSTERS = 30
 
@@ -54,6 +56,7 @@ def near_duplicates(folder: OutputFolder, *, max_records: int = 50_000, config: 
                 "near_duplicate_clusters": int(len(np.unique(result.keeper[in_cluster]))),
                 "texts_in_clusters": int(in_cluster.sum()),
                 "share_in_clusters": float(in_cluster.sum() / distinct) if distinct else 0.0,
+                "siblings_kept_apart": int(result.details[key].get("clinical_conflicts", 0)),
             }
         )
         clusters += _clusters(table, key, result.keeper, in_cluster)
@@ -71,15 +74,18 @@ def near_duplicates(folder: OutputFolder, *, max_records: int = 50_000, config: 
         title=TITLE,
         summary=summary,
         numbers={
-            "exact": {r.field: int(r.duplicate_records) for r in exact.itertuples()},
-            "near": {r.key: int(r.texts_in_clusters) for r in near.itertuples()},
+            "exact": {str(k): int(v) for k, v in zip(exact["field"], exact["duplicate_records"])},
+            "near": {str(k): int(v) for k, v in zip(near["key"], near["texts_in_clusters"])},
             "sampled": table.num_rows,
             "threshold": base.threshold,
             "scorer": base.scorer,
+            "clinical": base.clinical,
+            "siblings_kept_apart": {str(k): int(v) for k, v in zip(near["key"], near["siblings_kept_apart"])},
         },
         tables={
             "Exact duplicates (all records, normalised text)": exact,
-            f"Near duplicates among distinct texts ({base.scorer} >= {base.threshold:g}, {base.scope})": near,
+            f"Near duplicates among distinct texts ({base.scorer} >= {base.threshold:g}"
+            f"{', clinical tokens agree' if base.clinical else ''}, {base.scope})": near,
             "Largest near-duplicate clusters": cluster_table,
         },
         figure=_plot(exact, near),

@@ -42,7 +42,6 @@ def _run(args: argparse.Namespace) -> int:
     import yaml
 
     from mediflow.errors import ConfigError
-
     from mediflow.textfiles import read_text
 
     if not args.config.exists():

@@ -1,4 +1,7 @@
-"""``mediflow train qa|pit|sft|dpo|eval --config X.yaml [--set section.key=value ...]``.
+"""``mediflow train qa|pit|sft|dpo|eval --config X.yaml [--section-key VALUE ...] [--set section.key=value ...]``.
+
+Every config key is also a flag (``--train-learning-rate 1e-4``, ``--data-max-length 1024``), from
+the one config mechanism; ``--set`` takes the same dotted keys with YAML values (lists of sections).
 
 Thin: parse, load the validated stage config, call :mod:`mediflow.train`. Under several GPUs the
 same command runs through ``accelerate launch -m mediflow train ...`` (see ``docs/train.md``).
@@ -8,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from mediflow.configuration import add_flags, flag_overrides
+from mediflow.train.config import StageConfig
 
 _STAGE_HELP = {
     "qa": "generate PIT task data (QA, summaries, entities, relations) from documents with the teacher",
@@ -33,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             metavar="SECTION.KEY=VALUE",
             help="override one config value (YAML-parsed), e.g. --set train.max_steps=10; repeatable",
         )
+        add_flags(parser, StageConfig, skip=("stage",))
         if stage in ("pit", "sft", "dpo"):
             parser.add_argument(
                 "--overwrite", action="store_true", help="retrain even when the output folder holds a model from other (or the same) inputs"
@@ -55,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"mediflow train {args.stage}: --config is required")
     from mediflow.train.config import load_config
 
-    config = load_config(args.config, args.stage, args.overrides)
+    config = load_config(args.config, args.stage, args.overrides, flag_overrides(args))
     if args.stage == "qa":
         from mediflow.train.qa import generate_task_data
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -33,7 +33,7 @@ _TYPED_KEYS = ("kind", "status", "reason", "mediflow_version", "created_at", "up
 
 def now() -> str:
     """The current UTC time, as manifests write it."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def redact_url(url: str) -> str:

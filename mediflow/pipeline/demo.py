@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from mediflow.errors import MediflowError
+from mediflow.taxonomy import Taxonomy
 
 DEMO_OUT = "mediflow-out/demo"
 
 
-def demo_config(taxonomy: Any, *, embedded: bool = True) -> dict[str, Any]:
+def demo_config(taxonomy: Taxonomy, *, embedded: bool = True) -> dict[str, Any]:
     """A small run config over ``taxonomy``; with ``embedded`` (the embedded local teacher) its limits too.
 
     The demo's limits (no retries, the error breaker off) suit a deterministic CPU model only: any

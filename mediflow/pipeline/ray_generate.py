@@ -65,20 +65,24 @@ class GenerateWork:
             rows = _GroupRows()
             async with engine:
                 flow = GroupFlow(stages, rows, config, teacher=teacher.name, created_at=self.created_at, cost_of=engine.cost_usd)  # type: ignore[arg-type]
-                yield _GroupWorker(flow, rows, engine)
+                yield _GroupWorker(flow, rows, engine, teacher)
         finally:
             await teacher.aclose()
 
 
 class _GroupWorker:
-    def __init__(self, flow: Any, rows: _GroupRows, engine: Any) -> None:
+    def __init__(self, flow: Any, rows: _GroupRows, engine: Any, teacher: Any) -> None:
         self.flow = flow
         self.rows = rows
         self.engine = engine
+        self.teacher = teacher
 
     async def run(self, group: InstructionGroup) -> list[ItemRow]:
         await self.flow.run(group)
         return [(item.position, *self.rows.rows.pop(item.position)) for item in group.items if item.position in self.rows.rows]
 
     def stats(self) -> dict[str, Any]:
-        return dict(self.engine.stats.as_dict())
+        """The engine's running totals, and what this actor's teacher negotiated with the server."""
+        from mediflow.teachers.base import teacher_capabilities
+
+        return {**self.engine.stats.as_dict(), "teacher_capabilities": teacher_capabilities(self.teacher)}

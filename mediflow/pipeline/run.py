@@ -26,7 +26,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,10 +45,11 @@ from mediflow.pipeline.share import Share
 from mediflow.pipeline.stages import Stages
 from mediflow.records import GENERATION_SCHEMA, content_id
 from mediflow.steps import map_ordered
-from mediflow.taxonomy import load_taxonomy
 from mediflow.sync import run_sync
+from mediflow.taxonomy import load_taxonomy
 from mediflow.teachers.base import Teacher, check_teacher, teacher_capabilities
 from mediflow.teachers.factory import teacher_from
+from mediflow.teachers.negotiation import STRUCTURED_LEVELS
 
 if TYPE_CHECKING:
     import datasets
@@ -78,7 +79,7 @@ def _icd10cm_release() -> str | None:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 async def _drive(groups: Iterator[InstructionGroup], flow: GroupFlow, workers: int) -> None:
@@ -184,11 +185,14 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
         }
         if share:
             details["shard"] = {"share": str(share), "unsharded_fingerprint": unsharded_fingerprint, "unsharded_items": len(plan)}
-        where = {"kind": "generate", "config": config.to_dict(), "fingerprint": fingerprint, "overwrite": overwrite}
+        plain = config.to_dict()
         taxonomy_paths = [Path(config.taxonomy)] if config.taxonomy else []
-        OutputFolder.check(out, input_paths=taxonomy_paths, **where)  # a folder we may not write: refused first, offline
+        # a folder we may not write is refused first, offline; then the teacher is asked (nothing written yet)
+        OutputFolder.check(out, kind="generate", config=plain, fingerprint=fingerprint, input_paths=taxonomy_paths, overwrite=overwrite)
         await check_teacher(teacher)  # a dead server or unknown model: one line, nothing written
-        folder = OutputFolder.open(out, input_paths=taxonomy_paths, staged=False, details=details, **where)
+        folder = OutputFolder.open(
+            out, kind="generate", config=plain, fingerprint=fingerprint, input_paths=taxonomy_paths, overwrite=overwrite, staged=False, details=details
+        )
         with folder:
             return await _generate(config, plan, share, share_counts, folder, engine, stages, teacher)
     finally:
@@ -229,7 +233,8 @@ async def _generate(
         engine.progress.set_total(folder.manifest.details["plan"]["items"] - collector.finished_items)
 
         def finish(status: str, reason: str | None) -> RunSummary:
-            folder.manifest.details["teacher_capabilities"] = _capabilities(teacher, earlier)
+            actors = ray_run.teacher_capabilities if ray_run is not None else []
+            folder.manifest.details["teacher_capabilities"] = _capabilities(teacher, actors, earlier)
             return finish_run(output, status, reason, engine.stats.as_dict() if ray_run is None else ray_run.session)
 
         try:
@@ -255,10 +260,26 @@ async def _generate(
     return summary
 
 
-def _capabilities(teacher: Teacher, earlier: dict[str, Any] | None) -> dict[str, Any] | None:
-    """This session's negotiated capabilities; a resume answered from the cache keeps the earlier level."""
+def _capabilities(
+    teacher: Teacher, actors: list[dict[str, Any]], earlier: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """This session's negotiated capabilities, for the manifest.
+
+    On Ray each actor's teacher negotiates for itself: the lowest structured-output level any of
+    them settled on is the one reported, with every refusal seen. A resume answered from the cache
+    negotiates nothing and keeps the earlier level.
+    """
     capabilities = teacher_capabilities(teacher)
-    if capabilities is not None and capabilities["structured_output"] is None and earlier:
+    if capabilities is None:
+        return None
+    for actor in actors:
+        capabilities["refusals"] = {**actor["refusals"], **capabilities["refusals"]}
+        capabilities["dropped_parameters"] = sorted({*capabilities["dropped_parameters"], *actor["dropped_parameters"]})
+        if actor["token_limit_field"] != capabilities["token_limit_field"]:
+            capabilities["token_limit_field"] = actor["token_limit_field"]
+        levels = [level for level in (capabilities["structured_output"], actor["structured_output"]) if level]
+        capabilities["structured_output"] = max(levels, key=STRUCTURED_LEVELS.index, default=None)
+    if capabilities["structured_output"] is None and earlier:
         capabilities["structured_output"] = earlier.get("structured_output")
     return capabilities
 

@@ -10,7 +10,7 @@ The run::
     OUT/data/part-*.parquet    pairs in TRL's preference format (+ released columns)
         rejects.parquet        every record tried and not paired, with the drop reason
         manifest.json          yield (kept / tried), drops by reason, config, prompt versions, usage
-        cache.sqlite           every teacher answer (a rerun re-pays nothing)
+        cache.sqlite           every teacher answer, every engine's (a rerun re-pays nothing)
 
 Every record tried ends up in exactly one of the two files, so ``kept + dropped == tried``.
 """
@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import Counter
-from collections.abc import Mapping
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,8 @@ from mediflow.preference.selection import select_best
 from mediflow.prompts import load_prompts
 from mediflow.records import JUDGE_SCORE_COLUMNS, RELEASED_COLUMNS
 from mediflow.steps import map_ordered
-from mediflow.taxonomy import load_taxonomy
 from mediflow.sync import run_sync
+from mediflow.taxonomy import load_taxonomy
 from mediflow.teachers.factory import TeacherConfig, api_key_of, teacher_from
 
 #: Drop reasons decided here (the margin rule, the hard checks and injection add their own).
@@ -84,10 +84,11 @@ def build_pairs(input_path: str | Path, out_dir: str | Path, config: PairsConfig
     return run_sync(build_pairs_async(input_path, out_dir, config, overwrite=overwrite))
 
 
-async def build_pairs_async(input_path: str | Path, out_dir: str | Path, config: PairsConfig | None = None, *, overwrite: bool = False) -> PairsResult:
+async def build_pairs_async(
+    input_path: str | Path, out_dir: str | Path, config: PairsConfig | None = None, *, overwrite: bool = False
+) -> PairsResult:
     """:func:`build_pairs` for callers already running an event loop."""
     config = config or PairsConfig()
-    out = Path(out_dir)
     data = open_input(input_path)  # a clear error for a missing, empty or malformed input, before any teacher starts
     for role, section in _roles(config):
         api_key_of(section, role)  # an unset key variable fails here, before anything is written
@@ -97,24 +98,76 @@ async def build_pairs_async(input_path: str | Path, out_dir: str | Path, config:
     schemas = _task_schemas(config)
     prompts = load_prompts(config.prompts_path)
     kinds = load_error_kinds(config.error_kinds_path)
-    folder = OutputFolder.open(out, kind=STAGE, config=config.to_dict(), inputs=[data.ref()], overwrite=overwrite)
+    folder = OutputFolder.open(Path(out_dir), kind=STAGE, config=config.to_dict(), inputs=[data.ref()], overwrite=overwrite)
     with folder:
         output = StagedWriter(folder)
         try:
-            result = await _build(config, selection, tried, prompts, kinds, schemas, folder, output)
+            return await _build(tried, selection, config, folder, output, schemas, prompts, kinds)
         except BaseException:
             output.abandon()
             raise
-    return result
 
 
 async def _build(
-    config: PairsConfig, selection: Any, tried: pa.Table, prompts: Any, kinds: tuple[ErrorKind, ...], schemas: Mapping[str, dict[str, Any]],
-    folder: OutputFolder, output: StagedWriter,
+    tried: pa.Table,
+    selection: Any,
+    config: PairsConfig,
+    folder: OutputFolder,
+    output: StagedWriter,
+    schemas: Mapping[str, dict[str, Any]],
+    prompts: Any,
+    kinds: tuple[ErrorKind, ...],
 ) -> PairsResult:
     """The pairing itself, inside the locked output folder; publishes it at the end."""
+    dropped, error_types = Counter[str](), Counter[str]()
+    outcomes: list[Outcome] = []
+    stored = 0
+    async with _outcomes(tried, config, folder.cache_path, schemas, prompts, kinds) as (results, usage_of):
+        async for outcome in results:
+            outcomes.append(outcome)
+            if len(outcomes) == _CHUNK:
+                _store(output, tried.slice(stored, _CHUNK), outcomes, dropped, error_types)
+                stored, outcomes = stored + _CHUNK, []
+        if outcomes:
+            _store(output, tried.slice(stored, len(outcomes)), outcomes, dropped, error_types)
+        usage = usage_of()
+    manifest = _manifest(config, selection, tried.num_rows, output.kept, dropped, error_types, usage, prompts, kinds)
+    counts = {"in": selection.considered, "tried": tried.num_rows, "kept": output.kept, "rejected": tried.num_rows - output.kept}
+    output.publish(PAIR_SCHEMA, counts, manifest)
+    return PairsResult(folder.root, tried.num_rows, output.kept, dict(dropped), folder.manifest.to_dict())
+
+
+@asynccontextmanager
+async def _outcomes(
+    tried: pa.Table, config: PairsConfig, cache: Path, schemas: Mapping[str, dict[str, Any]], prompts: Any, kinds: tuple[ErrorKind, ...]
+) -> AsyncIterator[tuple[AsyncIterator[Outcome], Callable[[], dict[str, Any]]]]:
+    """Every tried record's outcome in record order, on this process's engines or on Ray actors; and the usage."""
+    records = (record for start in range(0, tried.num_rows, _CHUNK) for record in tried.slice(start, _CHUNK).to_pylist())
+    if config.engine == "ray":
+        from mediflow.scale.ray_runner import RayRun, check_ray_installed, in_order, ray_session
+
+        check_ray_installed()
+        ray_run = RayRun(list(records), PairsWork(config, cache, schemas, prompts, kinds), config.ray)
+        with ray_session(config.ray):
+            yield in_order(ray_run), lambda: {"ray": ray_run.session}
+        return
+    async with open_pair_runner(config, cache, schemas, prompts, kinds) as (run, engines):
+        yield map_ordered(run, records, 2 * config.limits.concurrency), lambda: _usage(engines)
+
+
+@asynccontextmanager
+async def open_pair_runner(
+    config: PairsConfig,
+    cache: Path,
+    schemas: Mapping[str, dict[str, Any]],
+    prompts: Any,
+    kinds: tuple[ErrorKind, ...],
+    *,
+    actors: int = 1,
+) -> AsyncIterator[tuple[Callable[[dict[str, Any]], Awaitable[Outcome]], dict[str, Engine]]]:
+    """``run(record) -> Outcome`` on open engines (one of ``actors`` that share the limits); the local and the Ray path both use it."""
     async with AsyncExitStack() as stack:
-        engines = await _open_engines(stack, config, folder.cache_path)
+        engines = await _open_engines(stack, config, cache, actors)
         judge = PairJudge(
             engines["judge"],
             prompts.get(PAIR_JUDGE_PROMPT),
@@ -131,21 +184,40 @@ async def _build(
         else:
             sources = _answer_sources(config, engines)
             run = functools.partial(_candidates_one, sources=sources, judge=judge, schemas=schemas, config=config)
-        dropped, error_types = Counter[str](), Counter[str]()
-        records_in_order = (record for start in range(0, tried.num_rows, _CHUNK) for record in tried.slice(start, _CHUNK).to_pylist())
-        outcomes: list[Outcome] = []
-        stored = 0
-        async for outcome in map_ordered(run, records_in_order, 2 * config.limits.concurrency):
-            outcomes.append(outcome)
-            if len(outcomes) == _CHUNK:
-                _store(output, tried.slice(stored, _CHUNK), outcomes, dropped, error_types)
-                stored, outcomes = stored + _CHUNK, []
-        if outcomes:
-            _store(output, tried.slice(stored, len(outcomes)), outcomes, dropped, error_types)
-        usage = _usage(engines)
-    manifest = _manifest(config, selection, tried.num_rows, output.kept, dropped, error_types, usage, prompts, kinds)
-    output.publish(PAIR_SCHEMA, {"in": selection.considered, "tried": tried.num_rows, "kept": output.kept, "rejected": tried.num_rows - output.kept}, manifest)
-    return PairsResult(folder.root, tried.num_rows, output.kept, dict(dropped), folder.manifest.to_dict())
+        yield run, engines
+
+
+@dataclass(frozen=True)
+class PairsWork:
+    """``engine: ray``: what each actor needs to open its own pair runner (it must pickle)."""
+
+    config: PairsConfig
+    cache: Path
+    schemas: Mapping[str, dict[str, Any]]
+    prompts: Any
+    kinds: tuple[ErrorKind, ...]
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[_PairsWorker]:
+        async with open_pair_runner(self.config, self.cache, self.schemas, self.prompts, self.kinds, actors=self.config.ray.actors) as (run, engines):
+            yield _PairsWorker(run, engines)
+
+
+class _PairsWorker:
+    def __init__(self, run: Callable[[dict[str, Any]], Awaitable[Outcome]], engines: dict[str, Engine]) -> None:
+        self._run = run
+        self.engines = engines
+
+    async def run(self, record: dict[str, Any]) -> Outcome:
+        return await self._run(record)
+
+    def stats(self) -> dict[str, Any]:
+        from mediflow.scale.ray_runner import add_stats
+
+        total: dict[str, Any] = {}
+        for engine in {id(engine): engine for engine in self.engines.values()}.values():
+            total = add_stats(total, engine.stats.as_dict())
+        return total
 
 
 def _roles(config: PairsConfig) -> list[tuple[str, TeacherConfig]]:
@@ -160,17 +232,26 @@ def _task_schemas(config: PairsConfig) -> dict[str, dict[str, Any]]:
     return {name: task.output_schema for name, task in taxonomy.tasks.items()}
 
 
-async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path) -> dict[str, Engine]:
-    """One engine per distinct teacher section (the judge shares the teacher's engine when it is the same
-    one); they share the folder's one cache file (keys name the teacher, so answers never mix)."""
+async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path, actors: int = 1) -> dict[str, Engine]:
+    """One engine per distinct teacher section (the judge shares the teacher's engine when it is the same one);
+    they share the folder's one cache file (keys name the teacher, so answers never mix).
+
+    With ``actors`` > 1 (``engine: ray``) each engine gets its actor's share of the limits.
+    """
+    from mediflow.scale.ray_runner import actor_limits
+
+    limits, share = actor_limits(config.limits, actors)
+    progress = config.progress and actors == 1
     opened: dict[tuple[str, str | None, str | None], Engine] = {}
     engines: dict[str, Engine] = {}
     for (role, section), name in zip(_roles(config), ["teacher", "judge", *(f"candidate{i}" for i in range(len(config.candidate_sources)))]):
         identity = (section.spec, section.base_url, section.api_key_env)
         if identity not in opened:
-            teacher = teacher_from(section, config.limits, where=role)
+            teacher = teacher_from(section, limits, where=role)
             stack.push_async_callback(teacher.aclose)
-            opened[identity] = await stack.enter_async_context(Engine(teacher, cache, config.limits, progress=config.progress))
+            opened[identity] = await stack.enter_async_context(
+                Engine(teacher, cache, limits, progress=progress, limit_share=share)
+            )
         engines[name] = opened[identity]
     return engines
 

@@ -16,6 +16,7 @@ from typing import ClassVar, Literal
 from mediflow.configuration import Config, option
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError
+from mediflow.scale.config import EngineKind, RayConfig
 from mediflow.teachers.factory import TeacherConfig
 
 METHODS: tuple[str, ...] = ("inject", "candidates")
@@ -75,6 +76,8 @@ class PairsConfig(Config):
     max_corrections: int = option(2, "correction turns for a JSON answer that fails its schema", minimum=0)
     max_tokens: int = option(2048, "longest rewrite / candidate answer in tokens", minimum=1)
     progress: bool = option(True, "show a progress bar")
+    engine: EngineKind = option("local", "local: one asyncio process; ray: Ray Data actors (see the ray section)")
+    ray: RayConfig = option(RayConfig(), "the Ray engine (engine: ray)")
 
     def check(self) -> None:
         if self.method == "candidates" and not self.candidate_sources and self.hot_samples < 1:

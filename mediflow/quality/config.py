@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 from mediflow.configuration import Config, option
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError
+from mediflow.scale.config import EngineKind, RayConfig
 from mediflow.teachers.factory import TeacherConfig
 
 TEXT_COLUMNS = ("instruction", "input", "output")
@@ -126,6 +127,8 @@ class JudgeConfig(Config):
     cache: str | None = option(None, "the judge's answer cache (default: OUT/cache.sqlite)")
     rubric: str | None = option(None, "a prompts folder holding your own judge.yaml")
     progress: bool = option(True, "show a progress bar")
+    engine: EngineKind = option("local", "local: one asyncio process; ray: Ray Data actors (see the ray section)")
+    ray: RayConfig = option(RayConfig(), "the Ray engine (engine: ray)")
 
 
 DedupKey = Literal["instruction", "input", "pair"]
@@ -146,9 +149,14 @@ class DedupConfig(Config):
     )
     min_signature_jaccard: float = option(0.4, "candidates whose signatures agree less are dropped before rapidfuzz", minimum=0, maximum=1)
     threshold: float = option(
-        0.9, "rapidfuzz similarity (0-1) to count as duplicates; same-template notes about other patients reach 0.89", exclusiveMinimum=0, maximum=1
+        0.8, "rapidfuzz similarity (0-1) a candidate needs; the clinical check keeps same-template siblings apart (docs/dedup.md)",
+        exclusiveMinimum=0, maximum=1,
     )
     scorer: Literal["ratio", "token_sort_ratio", "token_set_ratio", "partial_ratio"] = option("token_sort_ratio", "the rapidfuzz.fuzz scorer")
+    clinical: bool = option(
+        True, "a near duplicate must also agree on values, ages, sexes, sides, negations, doses, drugs, organs, labs, codes"
+    )
+    clinical_tokens: str | None = option(None, "a lexicon YAML used instead of taxonomies/clinical_tokens.yaml (docs/dedup.md)")
     max_bucket: int = option(100, "LSH buckets above this size only pair neighbours (see minhash.bucket_pairs)", minimum=2)
     window: int = option(20, "neighbours paired in an oversized bucket", minimum=1)
     chunk_records: int = option(50_000, "records signed per chunk (bounds memory)", minimum=1)
@@ -157,6 +165,10 @@ class DedupConfig(Config):
     def check(self) -> None:
         if self.num_perm % self.bands:
             raise ConfigError(f"bands: {self.bands} does not divide num_perm {self.num_perm}")
+        if self.clinical:
+            from mediflow.quality.clinical import Lexicon  # reads the lexicon now, before any output is written
+
+            Lexicon.load(self.clinical_tokens)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from mediflow.quality.config import CurateConfig
 from mediflow.quality.decontaminate import run_decontaminate
 from mediflow.quality.dedup_stage import run_dedup
 from mediflow.quality.filter_stage import run_filters
-from mediflow.quality.judge import check_config as check_judge_config, run_judge_async
+from mediflow.quality.judge import check_config as check_judge_config
+from mediflow.quality.judge import run_judge_async
 from mediflow.quality.report import StageReport
 from mediflow.records import conform
 from mediflow.sync import run_sync

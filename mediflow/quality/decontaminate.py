@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from mediflow.errors import ConfigError
 from mediflow.configuration import to_plain
+from mediflow.errors import ConfigError
 from mediflow.folders import InputData, open_input
 from mediflow.quality.config import DecontamConfig
 from mediflow.quality.eval_sets import read_eval_set
@@ -168,7 +167,8 @@ def run_decontaminate(source: Path | InputData, out: Path, config: DecontamConfi
     def decide(batch: pa.Table, offset: int) -> tuple[pa.Table, Drops]:
         drops = find_contamination(index, batch, config.columns, config.ngram)
         for label in drops.match:
-            matched[label] = matched.get(label, 0) + 1
+            if label is not None:
+                matched[label] = matched.get(label, 0) + 1
         return batch, drops
 
     def details() -> dict[str, Any]:

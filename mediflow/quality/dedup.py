@@ -4,8 +4,9 @@
 2. **Near**: every record gets a MinHash signature over hashed word shingles (in the same pass as
    its exact hashes); LSH banding over one representative per exact group proposes candidate
    pairs; each candidate is *confirmed* with a rapidfuzz similarity on the normalised texts
-   (``threshold``), so LSH's false positives never count. For the ``pair`` key both the
-   instruction and the document must reach the threshold.
+   (``threshold``), so LSH's false positives never count, and (``clinical``) by its clinically
+   distinguishing tokens agreeing (:mod:`mediflow.quality.clinical`). For the ``pair`` key both
+   the instruction and the document must reach the threshold.
 3. **Clusters**: connected components over exact and confirmed edges, so the result is
    transitive and does not depend on the input order. Each cluster keeps its best record: highest
    judge ``quality`` when present, then the smallest ``id`` (deterministic).
@@ -27,10 +28,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from rapidfuzz import fuzz, process
 
+from mediflow.quality.clinical import Lexicon, same_cases
 from mediflow.quality.components import component_labels
 from mediflow.quality.config import DedupConfig
 from mediflow.quality.minhash import MinHasher, band_keys, bucket_pairs, unique_pairs
-from mediflow.quality.text import hash_strings, ngram_hashes, normalize_column, splitmix64, token_hashes
+from mediflow.quality.text import (
+    hash_strings,
+    ngram_hashes,
+    normalize_column,
+    splitmix64,
+    token_hashes,
+)
 
 _SECOND_HASH_KEY = "mediflow.dedup.2"
 _CONFIRM_BATCH = 100_000
@@ -126,23 +134,40 @@ def _exact_groups(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return representative
 
 
-def _confirm(table: pa.Table, key: str, pairs: np.ndarray, config: DedupConfig) -> np.ndarray:
-    """rapidfuzz similarity (0-1) of each candidate pair, computed in C++ batches on all cores.
+def confirm(table: pa.Table, key: str, pairs: np.ndarray, config: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """rapidfuzz similarity (0-1) of each candidate pair, and whether it is a confirmed duplicate.
 
-    A ``pair`` is a duplicate only when its instruction *and* its document are: the joined text
-    finds candidates, but a long shared document would otherwise hide two different questions
-    asked of it. Its similarity is the lower of the two fields' (normalised only for the candidates).
+    Similarity runs in C++ batches on all cores. A ``pair`` is a duplicate only when its instruction
+    *and* its document are: the joined text finds candidates, but a long shared document would
+    otherwise hide two different questions asked of it; its similarity is the lower of the two
+    fields' (normalised only for the candidates). With ``clinical`` a pair over the threshold must
+    also agree on its clinically distinguishing tokens (:mod:`mediflow.quality.clinical`): two
+    notes on one template about two patients are as similar as a copy with typos.
     """
     scorer = getattr(fuzz, config.scorer)
     scores = np.empty(len(pairs), np.float64)
-    for start in range(0, len(pairs), _CONFIRM_BATCH):
+    confirmed = np.zeros(len(pairs), bool)
+    lexicon = Lexicon.load(config.clinical_tokens) if config.clinical else None
+    for start in range(0, len(pairs), _CONFIRM_BATCH):  # a batch's texts at a time, so memory stays flat
         batch = pairs[start : start + _CONFIRM_BATCH]
         score = np.ones(len(batch))
         for field_name in ("instruction", "input") if key == "pair" else (key,):
             left, right = (_normalized_texts(table, field_name, batch[:, side]) for side in (0, 1))
             score = np.minimum(score, process.cpdist(left, right, scorer=scorer, workers=-1) / 100.0)
+        similar = score >= config.threshold
+        if lexicon is not None and similar.any():
+            similar[similar] = clinically_equal(table, key, batch[similar], lexicon)
         scores[start : start + len(batch)] = score
-    return scores
+        confirmed[start : start + len(batch)] = similar
+    return scores, confirmed
+
+
+def clinically_equal(table: pa.Table, key: str, pairs: np.ndarray, lexicon: Lexicon) -> np.ndarray:
+    """Whether each pair's raw texts state the same values and distinguishing facts (:func:`clinical.same_cases`)."""
+    rows, local = np.unique(pairs, return_inverse=True)
+    columns = ["instruction", "input"] if key == "pair" else [key]
+    texts = key_text(table.select(columns).take(pa.array(rows)), key)
+    return same_cases(texts, local.reshape(pairs.shape), lexicon)
 
 
 def _normalized_texts(table: pa.Table, key: str, rows: np.ndarray) -> list[str]:
@@ -200,32 +225,52 @@ def _keepers(labels: np.ndarray, ids: pa.Array, quality: np.ndarray | None) -> n
     return keeper_of_label[labels]
 
 
+@dataclass
+class KeyCandidates:
+    """One key's exact groups and its LSH candidate pairs, before any text is compared."""
+
+    representative: np.ndarray  # int64 per record: the smallest index of its exact group
+    pairs: np.ndarray  # (k, 2) int64 candidate pairs of representatives, i < j, unique
+    proposed: int  # pairs the LSH bands proposed before the signature check
+
+
+def scope_salt(table: pa.Table, config: DedupConfig) -> np.ndarray:
+    """Per record, what its hashes are salted with: its task under ``within_task`` scope, else nothing."""
+    if config.scope == "within_task" and "task_type" in table.column_names:
+        return splitmix64(hash_strings(table.column("task_type")))
+    return np.zeros(table.num_rows, np.uint64)
+
+
+def key_candidates(table: pa.Table, key: str, salt: np.ndarray, config: DedupConfig) -> KeyCandidates:
+    """Exact groups and (with ``near``) LSH candidates of ``key``; the signatures are let go on return."""
+    hashes = _hash_key(table, key, salt, config)
+    representative = _exact_groups(hashes.first, hashes.second)
+    if not config.near:
+        return KeyCandidates(representative, np.empty((0, 2), np.int64), 0)
+    pairs, proposed = _lsh_candidates(hashes, representative, salt, config)
+    return KeyCandidates(representative, pairs, proposed)
+
+
 def find_duplicates(table: pa.Table, config: DedupConfig) -> DedupResult:
     """Cluster ``table``'s records (needs ``id``, the key columns, ``task_type`` for within-task scope)."""
     n = table.num_rows
     if n == 0:
         empty = np.empty(0, np.int64)
         return DedupResult(drop=np.empty(0, bool), keeper=empty, cluster_size=empty, similarity=np.empty(0), rule=[], details={"dropped": 0})
-    if config.scope == "within_task" and "task_type" in table.column_names:
-        salt = splitmix64(hash_strings(table.column("task_type")))
-    else:
-        salt = np.zeros(n, np.uint64)
+    salt = scope_salt(table, config)
     edges = Edges()
     details: dict[str, Any] = {}
     for key_index, key in enumerate(config.keys):
-        hashes = _hash_key(table, key, salt, config)
-        representative = _exact_groups(hashes.first, hashes.second)
-        members = np.flatnonzero(representative != np.arange(n))
+        found = key_candidates(table, key, salt, config)
+        members = np.flatnonzero(found.representative != np.arange(n))
         key_details: dict[str, Any] = {"exact_pairs": int(len(members)) if config.exact else 0}
         if config.exact:
-            edges.add(representative[members], members, np.ones(len(members)), key_index, exact=True)
+            edges.add(found.representative[members], members, np.ones(len(members)), key_index, exact=True)
         if config.near:
-            candidates, proposed = _lsh_candidates(hashes, representative, salt, config)
-            del hashes  # the signatures are the largest array left, and confirmation reads texts
-            similarity = _confirm(table, key, candidates, config)
-            confirmed = similarity >= config.threshold
-            edges.add(candidates[confirmed, 0], candidates[confirmed, 1], similarity[confirmed], key_index, exact=False)
-            key_details.update(lsh_pairs=proposed, candidate_pairs=int(len(candidates)), confirmed_pairs=int(confirmed.sum()),
+            similarity, confirmed = confirm(table, key, found.pairs, config)
+            edges.add(found.pairs[confirmed, 0], found.pairs[confirmed, 1], similarity[confirmed], key_index, exact=False)
+            key_details.update(lsh_pairs=found.proposed, candidate_pairs=int(len(found.pairs)), confirmed_pairs=int(confirmed.sum()),
+                               clinical_conflicts=int((similarity >= config.threshold).sum() - confirmed.sum()),
                                signed_texts=n - int(len(members)))
         details[key] = key_details
     left, right, similarity, key_of_edge, exact = edges.arrays()

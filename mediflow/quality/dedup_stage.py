@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mediflow.errors import MediflowError
 from mediflow.configuration import to_plain
+from mediflow.errors import MediflowError
+from mediflow.folders import InputData
 from mediflow.quality.config import DedupConfig
 from mediflow.quality.dedup import DedupResult, find_duplicates
-from mediflow.folders import InputData
 from mediflow.quality.report import StageReport
 from mediflow.quality.stage import Drops, open_stage, run_stage
 

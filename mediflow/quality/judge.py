@@ -19,8 +19,9 @@ and, the answers being the same, writes the same records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,13 +105,15 @@ class JudgeStep(LLMStep[tuple[dict[str, Any], int], dict[str, Any]]):
 class RecordJudge:
     """Asks the judge about records, ``samples`` requests each, and aggregates the answers."""
 
-    def __init__(self, engine: CompletesChat, rubric: Rubric, config: JudgeConfig) -> None:
+    def __init__(self, engine: CompletesChat, rubric: Rubric, config: JudgeConfig, cache: Path | None = None) -> None:
         self.engine = engine
         self.rubric = rubric
         self.config = config
+        self.cache = cache
         self.step = JudgeStep(rubric, config)
         self.corrections = 0
         self.failed_samples = 0
+        self.ray_usage: dict[str, Any] = {}  # engine: ray: the actors' engine totals, summed over batches
 
     async def judge(self, records: Sequence[dict[str, Any]], on_done: Callable[[], None] | None = None) -> list[Judgement]:
         """One judgement per record, in record order.
@@ -123,7 +126,7 @@ class RecordJudge:
         rows = ((record, sample) for record in records for sample in range(samples))
         judgements: list[Judgement] = []
         answers: list[StepResult[dict[str, Any]]] = []
-        async for answer in run_step(self.engine, self.step, rows, self.config.batch_records * samples):
+        async for answer in self._answers(rows):
             answers.append(answer)
             if len(answers) == samples:
                 judgements.append(self._combine(answers))
@@ -131,6 +134,21 @@ class RecordJudge:
                 if on_done is not None:
                     on_done()
         return judgements
+
+    async def _answers(self, rows: Iterator[tuple[dict[str, Any], int]]) -> AsyncIterator[StepResult[dict[str, Any]]]:
+        """The step's results in row order: on this engine, or (``engine: ray``) on Ray actors sharing the cache."""
+        if self.config.engine == "local":
+            async for answer in run_step(self.engine, self.step, rows, self.config.batch_records * self.config.samples):
+                yield answer
+            return
+        from mediflow.scale.ray_runner import StepWork, add_stats, run_step_on_ray
+
+        assert self.config.teacher is not None and self.cache is not None
+        work = StepWork(self.step, self.config.teacher, self.config.limits, self.cache, self.config.ray.actors, "judge.teacher")
+        results, usage = await asyncio.to_thread(run_step_on_ray, list(rows), work, self.config.ray)
+        self.ray_usage = add_stats(self.ray_usage, usage)
+        for result in results:
+            yield result
 
     def _combine(self, answers: Sequence[StepResult[dict[str, Any]]]) -> Judgement:
         self.corrections += sum(answer.corrections for answer in answers)
@@ -242,6 +260,15 @@ def check_config(config: JudgeConfig) -> Rubric:
     return rubric
 
 
+def _ray_session_if(config: JudgeConfig) -> contextlib.AbstractContextManager[None]:
+    if config.engine == "local":
+        return contextlib.nullcontext()
+    from mediflow.scale.ray_runner import check_ray_installed, ray_session
+
+    check_ray_installed()
+    return ray_session(config.ray)
+
+
 def run_judge(source: Path | InputData, out: Path, config: JudgeConfig, *, overwrite: bool = False) -> StageReport:
     """Judge ``source`` and write ``out`` (kept records with the judge columns, rejects, manifest); works in a notebook."""
     return run_sync(run_judge_async(source, out, config, overwrite=overwrite))
@@ -266,7 +293,7 @@ async def _judge_into(data: InputData, folder: OutputFolder, config: JudgeConfig
     try:
         async with Engine(teacher, cache, config.limits, progress=config.progress) as engine:
             engine.progress.set_total(data.num_rows, "records")
-            judge = RecordJudge(engine, rubric, config)
+            judge = RecordJudge(engine, rubric, config, cache)
             stage = JudgeStage(judge, rubric, config, engine.progress)
             loop = asyncio.get_running_loop()
 
@@ -282,9 +309,10 @@ async def _judge_into(data: InputData, folder: OutputFolder, config: JudgeConfig
                     "criteria": list(rubric.names),
                     "rubric_version": rubric.version,
                     "cache": str(cache),
-                    "usage": engine.stats.as_dict(),
+                    "usage": engine.stats.as_dict() if config.engine == "local" else judge.ray_usage,
                 }
 
-            return await asyncio.to_thread(run_stage, data, folder, decide, details)
+            with _ray_session_if(config):  # in the main thread: Ray installs its signal handlers
+                return await asyncio.to_thread(run_stage, data, folder, decide, details)
     finally:
         await teacher.aclose()

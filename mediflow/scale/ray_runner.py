@@ -33,15 +33,19 @@ import logging
 import math
 import pickle
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from mediflow.engine.config import LimitsConfig
-from mediflow.scale.config import RayConfig
 from mediflow.errors import ConfigError, MediflowError
+from mediflow.scale.config import RayConfig
+from mediflow.steps.contract import LLMStep, StepResult
+from mediflow.teachers.factory import TeacherConfig
 
 #: Ray Data's default number of batches one async actor works on at once.
 BATCHES_PER_ACTOR = 4
@@ -90,7 +94,7 @@ def ray_session(config: RayConfig) -> Iterator[None]:
             address=config.address,
             include_dashboard=False,
             configure_logging=True,
-            logging_level="WARNING",
+            logging_level=logging.WARNING,
             log_to_driver=False,
         )
     except ConnectionError as exc:
@@ -188,25 +192,69 @@ class RayRun:
             self._latest[actor] = stats
 
     @property
+    def teacher_capabilities(self) -> list[dict[str, Any]]:
+        """What each actor's teacher negotiated with the server (each actor learns it for itself)."""
+        return [stats["teacher_capabilities"] for stats in self._latest.values() if stats.get("teacher_capabilities")]
+
+    @property
     def session(self) -> dict[str, Any]:
         """The actors' engine totals, summed (latency is left out: percentiles do not add)."""
-        total: dict[str, Any] = {"actors": len(self._latest)}
+        total: dict[str, Any] = {}
         for stats in self._latest.values():
-            for name, value in stats.items():
-                if name == "errors":
-                    errors = total.setdefault("errors", {})
-                    for kind, count in value.items():
-                        errors[kind] = errors.get(kind, 0) + count
-                elif name == "cost_usd":
-                    known = total.get("cost_usd", 0.0)
-                    total["cost_usd"] = None if value is None or known is None else known + value
-                elif isinstance(value, (int, float)):
-                    total[name] = total.get(name, 0) + value
-        for name in ("requests", "cache_hits", "attempts", "retries", "failed_requests", "prompt_tokens", "completion_tokens"):
-            total.setdefault(name, 0)
-        total.setdefault("errors", {})
-        total.setdefault("cost_usd", 0.0)
-        return total
+            total = add_stats(total, {**stats, "actors": 1})
+        return add_stats(total, {})
+
+
+async def in_order(run: RayRun) -> AsyncIterator[Any]:
+    """The results of ``run`` in unit order, while Ray works in a thread (the event loop stays free).
+
+    Results that come back ahead of an earlier unit wait in memory until it does.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    finished = object()
+
+    def pump() -> None:
+        try:
+            for item in run.results():
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            loop.call_soon_threadsafe(queue.put_nowait, finished)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+    worker = loop.run_in_executor(None, pump)
+    waiting: dict[int, Any] = {}
+    next_index = 0
+    while next_index < len(run.units):
+        item = await queue.get()
+        if item is finished:
+            break
+        if isinstance(item, BaseException):
+            raise item
+        index, result = item
+        waiting[index] = result
+        while next_index in waiting:
+            yield waiting.pop(next_index)
+            next_index += 1
+    await worker
+
+
+def add_stats(total: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    """Two engines' totals (:meth:`EngineStats.as_dict`) added up; latency percentiles, which do not add, are left out."""
+    summed: dict[str, Any] = dict(total)
+    for name, value in stats.items():
+        if name == "errors":
+            summed["errors"] = {kind: summed.get("errors", {}).get(kind, 0) + value.get(kind, 0) for kind in {*summed.get("errors", {}), *value}}
+        elif name == "cost_usd":
+            known = summed.get("cost_usd", 0.0)
+            summed["cost_usd"] = None if value is None or known is None else known + value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            summed[name] = summed.get(name, 0) + value
+    for name in ("actors", "requests", "cache_hits", "attempts", "retries", "failed_requests", "prompt_tokens", "completion_tokens"):
+        summed.setdefault(name, 0)
+    summed.setdefault("errors", {})
+    summed.setdefault("cost_usd", 0.0)
+    return summed
 
 
 def _done(stats: dict[str, Any] | None) -> int:
@@ -224,3 +272,52 @@ def _user_error(exc: BaseException) -> BaseException:
         cause = getattr(current, "cause", None)  # ray.exceptions.RayTaskError
         current = cause if isinstance(cause, BaseException) else (current.__cause__ or current.__context__)
     return exc
+
+
+@dataclass(frozen=True)
+class StepWork:
+    """Any :class:`~mediflow.steps.LLMStep` on actors: each actor asks ``step`` about its rows on its own engine."""
+
+    step: LLMStep[Any, Any]
+    teacher: TeacherConfig
+    limits: LimitsConfig
+    cache_path: Path
+    actors: int
+    where: str = "teacher"
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[Worker]:
+        from mediflow.engine import Engine
+        from mediflow.teachers.factory import teacher_from
+
+        limits, share = actor_limits(self.limits, self.actors)
+        teacher = teacher_from(self.teacher, limits, where=self.where)
+        try:
+            async with Engine(teacher, self.cache_path, limits, progress=False, limit_share=share) as engine:
+                yield _StepWorker(engine, self.step)
+        finally:
+            await teacher.aclose()
+
+
+class _StepWorker:
+    def __init__(self, engine: Any, step: LLMStep[Any, Any]) -> None:
+        self.engine = engine
+        self.step = step
+
+    async def run(self, row: Any) -> StepResult[Any]:
+        from mediflow.steps import ask
+
+        return await ask(self.engine, self.step, row)
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.engine.stats.as_dict())
+
+
+def run_step_on_ray(rows: Sequence[Any], work: StepWork, config: RayConfig) -> tuple[list[StepResult[Any]], dict[str, Any]]:
+    """Every row through ``work.step`` on Ray actors: the results in row order, and the actors' summed engine stats."""
+    run = RayRun(rows, work, config)
+    results: list[StepResult[Any] | None] = [None] * len(rows)
+    with ray_session(config):
+        for index, result in run.results():
+            results[index] = result
+    return [result for result in results if result is not None], run.session

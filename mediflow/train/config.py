@@ -1,102 +1,74 @@
-"""One validated YAML config per training stage, sectioned like LLaMA-Factory's.
+"""One validated config per training stage, on the one config mechanism (:mod:`mediflow.configuration`).
 
 Every stage (``qa``, ``pit``, ``sft``, ``dpo``, ``eval``) reads the same five sections::
 
     model:   what to start from (a local folder, or ``gemma3-270m`` for the PyPI GGUF), chat template
     method:  full fine-tuning or LoRA, the PIT schedule, DPO's beta and reference, eval settings
-    data:    where the documents / task data / MediFlow records are
+    data:    where the inputs are, and length handling: max_length, overlong, packing, chunk overlap
     output:  where checkpoints, models and reports go; logging; ``report_to``
-    train:   seed, batch size, learning rate, steps, resume; ``extra`` passes anything else to TRL
+    train:   seed, batch size, learning rate, steps, precision, resume; ``extra`` passes anything else to TRL
 
-Why dataclasses and hand-written checks rather than a schema library: the errors are the product.
-Each problem is raised as one :class:`~mediflow.errors.ConfigError` line naming the file, the
-``section.key`` and what was expected, and an unknown key suggests the closest known one.
+The fields (type, default, help, constraints) are the single source of truth: the JSON Schema, the
+one-line errors with "did you mean", and the ``mediflow train STAGE --section-key VALUE`` flags all
+derive from them. Rules that depend on the stage (what is required for ``pit``, what DPO cannot do)
+are :meth:`StageConfig.check`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
+import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal
 
 import yaml
 
+from mediflow.configuration import Config, option, read_config_file
 from mediflow.errors import ConfigError
-from mediflow.textfiles import read_text
 
 STAGES = ("qa", "pit", "sft", "dpo", "eval")
-FINETUNING_KINDS = ("full", "lora")
-DPO_REFERENCES = ("full", "precomputed", "adapter")
 PIT_PARTS = ("task", "documents")
-PIT_ORDERS = ("shuffled", "as_listed")
-EVAL_OBJECTIVES = ("auto", "task_score", "neg_log_perplexity")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-OVERLONG = ("drop", "cut")
 
 
 @dataclass
-class ModelSection:
+class ModelSection(Config):
     """What to start from. ``name_or_path`` is a local model folder or ``gemma3-270m``."""
 
-    name_or_path: str = ""
-    #: A shipped chat template name (``phi3``, ``gemma``, ``chatml``) or a ``.jinja`` path; used when
-    #: the model's own template lacks ``{% generation %}`` markers (assistant-only loss needs them).
-    chat_template: str | None = None
-    dtype: str = "auto"
-    #: Where converted models (the GGUF dequantized to a Hugging Face folder) are cached.
-    cache_dir: str | None = None
-    #: ``qa`` stage only: the teacher spec (``local``, ``openai:MODEL``, ...) and its endpoint.
-    teacher: str | None = None
-    base_url: str | None = None
-    api_key_env: str | None = None
-
-    def check(self, stage: str) -> None:
-        if stage == "qa":
-            if not self.teacher:
-                raise ConfigError("model.teacher is required for the qa stage (e.g. 'local' or 'openai:gpt-4o')")
-        elif not self.name_or_path:
-            raise ConfigError("model.name_or_path is required (a local model folder or 'gemma3-270m')")
-        _choice("model.dtype", self.dtype, DTYPES)
+    name_or_path: str = option("", "a local Hugging Face model folder, or gemma3-270m (the packaged GGUF)")
+    chat_template: str | None = option(
+        None,
+        "a shipped template (gemma, phi3, chatml) or a .jinja path, used only where it renders like the model's own "
+        "(or the model has none); the model's own template is always the one saved",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "weights dtype (auto: fp32 to train, bf16 to evaluate on a GPU that has it)")
+    cache_dir: str | None = option(None, "where converted models (the GGUF dequantized) are cached")
+    teacher: str | None = option(None, "qa stage: the teacher spec (local, openai:MODEL, ...)")
+    base_url: str | None = option(None, "qa stage: the teacher's endpoint")
+    api_key_env: str | None = option(None, "qa stage: the environment variable holding the teacher's key")
 
 
 @dataclass
-class LoraSection:
+class LoraSection(Config):
     """PEFT LoRA settings, used when ``method.finetuning`` is ``lora``."""
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: str | list[str] = "all-linear"
+    r: int = option(16, "LoRA rank", minimum=1)
+    alpha: int = option(32, "LoRA alpha", minimum=1)
+    dropout: float = option(0.05, "LoRA dropout", minimum=0, maximum=1)
+    target_modules: str | list[str] = option("all-linear", "modules to adapt (PEFT's target_modules)")
 
 
 @dataclass
-class PitStageSection:
+class PitStageSection(Config):
     """One stage of the pre-instruction-tuning schedule: which data, how long, how fast."""
 
-    name: str = ""
-    #: ``task`` (prompt/completion task data, loss on the answers) and/or ``documents`` (full loss).
-    data: list[str] = field(default_factory=list)
-    epochs: float = 1.0
-    learning_rate: float = 1e-4
-    max_steps: int = -1
-    #: ``shuffled`` mixes the parts; ``as_listed`` keeps ``data``'s order (no shuffling).
-    order: str = "shuffled"
-
-    def check(self, where: str) -> None:
-        if not self.name:
-            raise ConfigError(f"{where}.name is required")
-        if not self.data:
-            raise ConfigError(f"{where}.data must list at least one of {list(PIT_PARTS)}")
-        for part in self.data:
-            _choice(f"{where}.data", part, PIT_PARTS)
-        _choice(f"{where}.order", self.order, PIT_ORDERS)
-        _positive(f"{where}.learning_rate", self.learning_rate)
-        if self.max_steps <= 0:
-            _positive(f"{where}.epochs", self.epochs)
+    name: str = option("", "the stage's name (its folder is stage<i>-<name>)", minLength=1)
+    data: list[Literal["task", "documents"]] = option([], "task (prompt/completion, loss on the answers) and/or documents (full loss)", minItems=1)
+    epochs: float = option(1.0, "epochs (when max_steps <= 0)", exclusiveMinimum=0)
+    learning_rate: float = option(1e-4, "peak learning rate", exclusiveMinimum=0)
+    max_steps: int = option(-1, "stop after this many steps (-1: train.max_steps, else epochs)")
+    order: Literal["shuffled", "as_listed"] = option("shuffled", "shuffled mixes the parts; as_listed keeps data's order")
 
 
 def mediphi_schedule() -> list[PitStageSection]:
@@ -108,105 +80,57 @@ def mediphi_schedule() -> list[PitStageSection]:
 
 
 @dataclass
-class MethodSection:
+class MethodSection(Config):
     """How to train (or evaluate, or generate task data)."""
 
-    finetuning: str = "full"
-    lora: LoraSection = field(default_factory=LoraSection)
-    #: PIT: the schedule, as data. Each stage starts from the previous stage's model.
-    schedule: list[PitStageSection] = field(default_factory=mediphi_schedule)
-    #: DPO: the KL weight, the loss, and what serves as the reference model.
-    beta: float = 0.1
-    loss_type: str = "sigmoid"
-    reference: str = "full"
-    #: qa: the task-data prompts (names in ``prompts/``) run on every document, and QA pairs per document.
-    tasks: list[str] = field(default_factory=lambda: ["qa", "pit_summary", "pit_entities", "pit_relations"])
-    qa_pairs: int = 5
-    temperature: float = 0.3
-    max_tokens: int = 768
-    concurrency: int = 8
-    #: eval: greedy generation budget, batch size, and what ``make_evaluator`` returns.
-    max_new_tokens: int = 256
-    eval_batch_size: int = 4
-    objective: str = "auto"
-
-    def check(self, stage: str) -> None:
-        _choice("method.finetuning", self.finetuning, FINETUNING_KINDS)
-        _choice("method.reference", self.reference, DPO_REFERENCES)
-        _choice("method.objective", self.objective, EVAL_OBJECTIVES)
-        if stage == "dpo" and self.reference == "adapter" and self.finetuning != "lora":
-            raise ConfigError("method.reference 'adapter' needs method.finetuning 'lora' (the reference is the adapter switched off)")
-        if stage == "pit":
-            if not self.schedule:
-                raise ConfigError("method.schedule must have at least one stage")
-            for index, stage_section in enumerate(self.schedule):
-                stage_section.check(f"method.schedule[{index}]")
-        _positive("method.beta", self.beta)
-        _positive("method.max_new_tokens", self.max_new_tokens)
-        _positive("method.eval_batch_size", self.eval_batch_size)
-        _positive("method.concurrency", self.concurrency)
-        if stage == "qa" and not self.tasks:
-            raise ConfigError("method.tasks must name at least one task-data prompt (qa, pit_summary, pit_entities, pit_relations)")
+    finetuning: Literal["full", "lora"] = option("full", "full fine-tuning, or LoRA (merged into the saved weights)")
+    lora: LoraSection = option(LoraSection(), "LoRA settings")
+    schedule: list[PitStageSection] = option(mediphi_schedule(), "pit: the schedule; each stage starts from the previous one's model", minItems=1)
+    beta: float = option(0.1, "dpo: the KL weight", exclusiveMinimum=0)
+    loss_type: str = option("sigmoid", "dpo: TRL's loss_type")
+    reference: Literal["full", "precomputed", "adapter"] = option(
+        "full", "dpo: a frozen copy, log-probs precomputed once, or (LoRA) the policy with its adapter off"
+    )
+    tasks: list[str] = option(["qa", "pit_summary", "pit_entities", "pit_relations"], "qa: the task-data prompts run on every document", minItems=1)
+    qa_pairs: int = option(5, "qa: QA pairs per document", minimum=1)
+    temperature: float = option(0.3, "qa: sampling temperature", minimum=0, maximum=2)
+    max_tokens: int = option(768, "qa: longest answer in tokens", minimum=1)
+    concurrency: int = option(8, "qa: requests in flight", minimum=1)
+    max_new_tokens: int = option(256, "eval: greedy generation budget per answer", minimum=1)
+    eval_batch_size: int = option(4, "eval: prompts generated per batch", minimum=1)
+    objective: Literal["auto", "task_score", "neg_log_perplexity"] = option(
+        "auto", "eval: the one number make_evaluator returns (auto: task score when there are records)"
+    )
 
 
 @dataclass
-class DataSection:
-    """Where the inputs are. Paths are relative to the config file's folder."""
+class DataSection(Config):
+    """Where the inputs are (paths relative to the config file's folder), and how length is handled."""
 
-    #: Domain documents: a folder of .txt/.md, a .parquet/.jsonl file, or a folder of them.
-    #: For ``eval``: a mapping ``{domain: path}`` (a single path is the domain ``documents``).
-    documents: str | dict[str, str] | None = None
-    text_field: str = "text"
-    #: PIT task data (prompt/completion or question/answer rows); the qa stage writes it.
-    task_data: str | None = None
-    #: SFT: MediFlow records with ``messages``; DPO: prompt/chosen/rejected (or records with
-    #: ``rejected_output``). A Parquet file, a folder of shards, or a Hub-layout export folder.
-    train: str | None = None
-    #: SFT/DPO: the set evaluated during training (model selection). Unset with an export root as
-    #: ``train``: that export's ``eval_split``. Never the training split.
-    eval: str | None = None
-    #: Which split to read from a Hub-layout export (``data/<config>/<split>-*.parquet``); unset:
-    #: ``train`` for training stages, ``test`` for the eval stage (the held-out report set).
-    split: str | None = None
-    #: The export split SFT/DPO evaluate on while training (and the merge preset selects on).
-    eval_split: str = "validation"
-    #: eval: held-out examples scored per task: MediFlow records, an export root (its ``test`` split)
-    #: or any prompt/reference Parquet/JSONL file.
-    records: str | None = None
-    #: eval: a YAML mapping task -> metric overriding the built-in ``taxonomies/eval_metrics.yaml``.
-    metrics: str | None = None
-    taxonomy: str | None = None
-    #: A user prompts folder searched before the built-in ``prompts/`` (qa stage).
-    prompts: str | None = None
-    #: Tokens per training sequence (prompt + answer). Longer rows are counted, reported and handled
-    #: by ``overlong``; PIT documents are cut into overlapping chunks instead.
-    max_length: int = 512
-    #: SFT/DPO/PIT task rows longer than ``max_length``: ``drop`` them (no answer trains without its
-    #: end-of-turn) or ``cut`` them (keep the truncated answer).
-    overlong: str = "drop"
-    #: PIT: tokens each document chunk repeats from the previous one (unset: an eighth of max_length).
-    chunk_overlap: int | None = None
-    #: Warn when more than this fraction of a stage's rows is dropped or cut.
-    warn_fraction: float = 0.05
-    #: Pack several rows into each ``max_length`` sequence (SFT and PIT; TRL's ``packing``).
-    packing: bool = False
-    max_samples: int | None = None
-
-    def check(self, stage: str) -> None:
-        required = {"pit": ("documents", "task_data"), "sft": ("train",), "dpo": ("train",), "qa": ("documents",)}
-        for key in required.get(stage, ()):
-            if getattr(self, key) in (None, "", {}):
-                raise ConfigError(f"data.{key} is required for the {stage} stage")
-        if stage == "eval" and not self.documents and not self.records:
-            raise ConfigError("data.documents or data.records is required for the eval stage")
-        _positive("data.max_length", self.max_length)
-        _choice("data.overlong", self.overlong, OVERLONG)
-        if not 0 <= self.overlap() < self.max_length // 2:
-            raise ConfigError(f"data.chunk_overlap: must be >= 0 and below half of data.max_length ({self.max_length}), got {self.chunk_overlap}")
-        if not 0 <= self.warn_fraction <= 1:
-            raise ConfigError(f"data.warn_fraction: must be in [0, 1], got {self.warn_fraction}")
-        if self.packing and stage == "dpo":
-            raise ConfigError("data.packing: DPO compares whole chosen/rejected sequences and cannot pack them; set it to false")
+    documents: str | dict[str, str] | None = option(
+        None, "documents: a folder of .txt/.md, a .parquet/.jsonl file or a folder of them; eval: {domain: path}"
+    )
+    text_field: str = option("text", "the documents' text column")
+    task_data: str | None = option(None, "pit: prompt/completion (or question/answer) rows; the qa stage writes them")
+    train: str | None = option(
+        None, "sft: MediFlow records; dpo: prompt/chosen/rejected pairs (or records with rejected_output); "
+        "a file, a folder of shards or an export root. eval: the training data checked for overlap"
+    )
+    eval: str | None = option(None, "sft/dpo: the selection set (unset with an export root: its eval_split); never the training split")
+    split: str | None = option(None, "the export split to read (unset: train for training stages, test for eval)")
+    eval_split: str = option("validation", "the export split SFT/DPO evaluate on and the merge preset selects on")
+    records: str | None = option(None, "eval: held-out MediFlow records, an export root (its test split) or a prompt/reference file")
+    metrics: str | None = option(None, "eval: a YAML task -> metric mapping overriding taxonomies/eval_metrics.yaml")
+    taxonomy: str | None = option(None, "a user taxonomy folder (the tasks' output schemas)")
+    prompts: str | None = option(None, "qa: a user prompts folder searched before the built-in one")
+    max_length: int = option(512, "tokens per training sequence (prompt + answer); what does not fit is counted and reported", minimum=1)
+    overlong: Literal["drop", "cut"] = option(
+        "drop", "rows longer than max_length: drop them (no answer trains without its end of turn) or keep them cut"
+    )
+    chunk_overlap: int | None = option(None, "pit: tokens each document chunk repeats from the previous (unset: max_length / 8)", minimum=0)
+    warn_fraction: float = option(0.05, "warn when more than this fraction of a stage's rows is dropped or cut", minimum=0, maximum=1)
+    packing: bool = option(False, "pack several rows into each max_length sequence (sft and pit)")
+    max_samples: int | None = option(None, "use at most this many rows of each input", minimum=1)
 
     def overlap(self) -> int:
         """The PIT chunk overlap in tokens."""
@@ -226,222 +150,150 @@ class DataSection:
 
 
 @dataclass
-class OutputSection:
+class OutputSection(Config):
     """Where results go, and how progress is reported."""
 
-    dir: str = ""
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: int | None = 2
-    #: Passed to the trainer as is: ``none``, ``tensorboard``, ``wandb``, ``mlflow``, a list, ...
-    report_to: str | list[str] = "none"
-    #: eval: the JSON report's path (default ``<dir>/eval_report.json``).
-    report: str | None = None
-
-    def check(self, stage: str) -> None:
-        if not self.dir:
-            raise ConfigError("output.dir is required")
+    dir: str = option("", "the stage's output folder")
+    logging_steps: int = option(10, "log every this many steps", minimum=1)
+    save_steps: int = option(500, "checkpoint every this many steps", minimum=1)
+    save_total_limit: int | None = option(2, "checkpoints kept", minimum=1)
+    report_to: str | list[str] = option("none", "passed to the trainer: none, tensorboard, wandb, mlflow, a list")
+    report: str | None = option(None, "eval: the JSON report's path (default <dir>/eval_report.json)")
 
 
 @dataclass
-class TrainSection:
+class TrainSection(Config):
     """Optimisation settings shared by every training stage."""
 
-    seed: int = 42
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    epochs: float = 1.0
-    learning_rate: float = 2e-5
-    max_steps: int = -1
-    lr_scheduler_type: str = "linear"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    gradient_checkpointing: bool = False
-    #: ``None`` = decide from the hardware: bf16 on a CUDA GPU that has it, fp32 on a CPU.
-    bf16: bool | None = None
-    #: ``None`` = fp16 mixed precision on a CUDA GPU without bf16 (V100, T4), else off.
-    fp16: bool | None = None
-    #: With an eval set: evaluate every this many steps (``None``: at the end of every epoch).
-    eval_steps: int | None = None
-    use_cpu: bool | None = None
-    #: ``true`` = the latest checkpoint in output.dir; or a checkpoint folder.
-    resume_from_checkpoint: bool | str | None = None
-    #: Any other ``SFTConfig`` / ``DPOConfig`` field, passed through (checked against TRL's fields).
-    extra: dict[str, Any] = field(default_factory=dict)
+    seed: int = option(42, "seeds training and data order")
+    batch_size: int = option(4, "per-device batch size", minimum=1)
+    gradient_accumulation_steps: int = option(1, "batches per optimiser step", minimum=1)
+    epochs: float = option(1.0, "epochs (when max_steps <= 0)")
+    learning_rate: float = option(2e-5, "peak learning rate", exclusiveMinimum=0)
+    max_steps: int = option(-1, "stop after this many steps (-1: epochs decide)")
+    lr_scheduler_type: str = option("linear", "the learning-rate schedule (transformers' names)")
+    warmup_steps: int = option(0, "warm-up steps", minimum=0)
+    weight_decay: float = option(0.0, "AdamW weight decay", minimum=0)
+    gradient_checkpointing: bool = option(False, "activation checkpointing (less memory, slower)")
+    bf16: bool | None = option(None, "bf16 mixed precision (unset: on a CUDA GPU that has it)")
+    fp16: bool | None = option(None, "fp16 mixed precision (unset: on a CUDA GPU without bf16, e.g. V100, T4)")
+    use_cpu: bool | None = option(None, "train on the CPU even when a GPU is present")
+    eval_steps: int | None = option(None, "with an eval set: evaluate every this many steps (unset: every epoch)", minimum=1)
+    resume_from_checkpoint: bool | str | None = option(
+        None, "true: the latest checkpoint in output.dir (only when its fingerprint matches); or a checkpoint folder"
+    )
+    extra: dict[str, Any] = option({}, "any other SFTConfig / DPOConfig field, checked against TRL's fields")
 
-    def check(self, stage: str) -> None:
-        _positive("train.batch_size", self.batch_size)
-        _positive("train.gradient_accumulation_steps", self.gradient_accumulation_steps)
-        _positive("train.learning_rate", self.learning_rate)
-        if self.bf16 and self.fp16:
-            raise ConfigError("train.bf16 and train.fp16: choose one mixed precision")
-        if self.max_steps <= 0:
-            _positive("train.epochs", self.epochs)
+
+#: The inputs each stage cannot run without.
+_REQUIRED = {"pit": ("documents", "task_data"), "sft": ("train",), "dpo": ("train",), "qa": ("documents",)}
 
 
 @dataclass
-class StageConfig:
+class StageConfig(Config):
     """A whole stage config. ``root`` is the config file's folder: relative paths resolve against it."""
 
-    stage: str
-    model: ModelSection = field(default_factory=ModelSection)
-    method: MethodSection = field(default_factory=MethodSection)
-    data: DataSection = field(default_factory=DataSection)
-    output: OutputSection = field(default_factory=OutputSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    root: Path = field(default_factory=Path.cwd)
+    stage: Literal["qa", "pit", "sft", "dpo", "eval"] = option("sft", "which stage this config is for")
+    model: ModelSection = option(ModelSection(), "what to start from")
+    method: MethodSection = option(MethodSection(), "how to train, evaluate or generate task data")
+    data: DataSection = option(DataSection(), "where the inputs are; length handling")
+    output: OutputSection = option(OutputSection(), "where results go")
+    train: TrainSection = option(TrainSection(), "optimisation settings")
+    #: Not config data (no key, no flag, not in manifests): where the file was, set by the loader.
+    root: Path = dataclasses.field(default=Path("."), repr=False, compare=False, metadata={"help": "", "secret": True})
 
-    def path(self, value: str | Path) -> Path:
+    def path(self, value: str | Path | dict[str, str] | None) -> Path:
         """A config path resolved against the config file's folder (``~`` expanded)."""
+        if value is None:
+            raise ConfigError("a path the stage needs is not set")
+        if isinstance(value, dict):  # data.documents maps domains to paths only for the eval stage
+            raise ConfigError(f"{self.stage}: expected one path here, got a mapping {value!r}")
         candidate = Path(value).expanduser()
         return candidate if candidate.is_absolute() else (self.root / candidate)
 
-    def check(self) -> StageConfig:
-        _choice("stage", self.stage, STAGES)
-        for section in (self.model, self.method, self.data, self.output, self.train):
-            section.check(self.stage)
-        return self
+    def check(self) -> None:
+        stage, data = self.stage, self.data
+        if stage == "qa" and not self.model.teacher:
+            raise ConfigError("model.teacher is required for the qa stage (e.g. 'local' or 'openai:gpt-4o')")
+        if stage != "qa" and not self.model.name_or_path:
+            raise ConfigError("model.name_or_path is required (a local model folder or 'gemma3-270m')")
+        for key in _REQUIRED.get(stage, ()):
+            if getattr(data, key) in (None, "", {}):
+                raise ConfigError(f"data.{key} is required for the {stage} stage")
+        if stage == "eval" and not data.documents and not data.records:
+            raise ConfigError("data.documents or data.records is required for the eval stage")
+        if stage != "eval" and isinstance(data.documents, dict):
+            raise ConfigError(f"data.documents: a {{domain: path}} mapping is for the eval stage; {stage} reads one path")
+        if stage == "dpo" and data.packing:
+            raise ConfigError("data.packing: DPO compares whole chosen/rejected sequences and cannot pack them; set it to false")
+        if stage == "dpo" and self.method.reference == "adapter" and self.method.finetuning != "lora":
+            raise ConfigError("method.reference 'adapter' needs method.finetuning 'lora' (the reference is the adapter switched off)")
+        if stage == "pit":
+            for index, section in enumerate(self.method.schedule):
+                if section.max_steps <= 0 and self.train.max_steps <= 0 and not section.epochs > 0:
+                    raise ConfigError(f"method.schedule[{index}].epochs: must be > 0")
+        if not self.output.dir:
+            raise ConfigError("output.dir is required")
+        if data.chunk_overlap is not None and data.chunk_overlap >= data.max_length // 2:
+            raise ConfigError(f"data.chunk_overlap: must be below half of data.max_length ({data.max_length}), got {data.chunk_overlap}")
+        if self.train.bf16 and self.train.fp16:
+            raise ConfigError("train.bf16 and train.fp16: choose one mixed precision")
+        if self.train.max_steps <= 0 and not self.train.epochs > 0:
+            raise ConfigError(f"train.epochs: must be > 0 when train.max_steps is not set, got {self.train.epochs}")
 
 
-_SECTIONS = {
-    "model": ModelSection,
-    "method": MethodSection,
-    "data": DataSection,
-    "output": OutputSection,
-    "train": TrainSection,
-}
-
-
-def load_config(path: Path | str, stage: str, overrides: typing.Sequence[str] = ()) -> StageConfig:
-    """Read, override (``section.key=value``, value parsed as YAML) and validate a stage config."""
+def load_config(path: Path | str, stage: str, overrides: typing.Sequence[str] = (), flags: dict[str, Any] | None = None) -> StageConfig:
+    """Read a stage config, apply ``--set section.key=value`` overrides and flags, validate it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(read_text(path, "config file", ConfigError)) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections {sorted(_SECTIONS)}")
+    raw = read_config_file(path)
+    settings = dict(flags or {})
     for override in overrides:
-        _apply_override(raw, override)
+        key, value = _parse_override(override)
+        settings[key] = value
     try:
-        return config_from_dict(raw, stage=stage, root=path.resolve().parent)
+        return config_from_dict(raw, stage, root=path.resolve().parent, **settings)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def config_from_dict(raw: dict[str, Any], stage: str, root: Path | None = None) -> StageConfig:
+def config_from_dict(raw: dict[str, Any], stage: str, root: Path | None = None, **overrides: Any) -> StageConfig:
     """Build and validate a :class:`StageConfig` from a plain mapping (what the YAML holds)."""
     raw = dict(raw)
-    declared = raw.pop("stage", stage)
+    declared = raw.get("stage", stage)
     if declared != stage:
         raise ConfigError(f"stage: the file is for '{declared}' but was run as '{stage}'")
-    sections: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in _SECTIONS:
-            raise ConfigError(_unknown("", key, list(_SECTIONS) + ["stage"]))
-        sections[key] = _build(_SECTIONS[key], value, key)
-    return StageConfig(stage=stage, root=root or Path.cwd(), **sections).check()
+    if stage not in STAGES:
+        raise ConfigError(f"stage: '{stage}' is not one of {list(STAGES)}")
+    raw["stage"] = stage
+    config = StageConfig.load(_exponents_as_numbers(raw), **{key: _exponents_as_numbers(value) for key, value in overrides.items()})
+    config.root = root or Path.cwd()
+    return config
 
 
-def _apply_override(raw: dict[str, Any], override: str) -> None:
+#: What YAML 1.1 (PyYAML) reads as a string but every reader means as a number: 1e-5, 3E4.
+_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _exponents_as_numbers(value: Any) -> Any:
+    """``learning_rate: 1e-5`` as the number it means (PyYAML reads an exponent without a dot as a string)."""
+    if isinstance(value, str) and _EXPONENT.match(value):
+        return float(value)
+    if isinstance(value, dict):
+        return {key: _exponents_as_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_exponents_as_numbers(item) for item in value]
+    return value
+
+
+def _parse_override(override: str) -> tuple[str, Any]:
     if "=" not in override:
         raise ConfigError(f"--set {override!r}: expected section.key=value")
     dotted, _, text = override.partition("=")
-    keys = dotted.strip().split(".")
-    if len(keys) < 2:
+    if "." not in dotted.strip():
         raise ConfigError(f"--set {override!r}: the key must name a section, e.g. train.learning_rate")
-    target = raw
-    for key in keys[:-1]:
-        target = target.setdefault(key, {})
-        if not isinstance(target, dict):
-            raise ConfigError(f"--set {override!r}: {key} is not a mapping")
-    target[keys[-1]] = yaml.safe_load(text)
-
-
-def _build(cls: type, value: Any, where: str) -> Any:
-    """Instantiate dataclass ``cls`` from ``value``, checking keys and value types."""
-    if value is None:
-        value = {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, item in value.items():
-        if key not in fields:
-            raise ConfigError(_unknown(where, key, sorted(fields)))
-        kwargs[key] = _coerce(hints[key], item, f"{where}.{key}")
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    """Check ``value`` against a type hint (dataclasses, lists, unions, scalars); ints widen to floats."""
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(option, value, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {_describe(hint)}, got {value!r}")
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item_hint,) = typing.get_args(hint)
-        return [_coerce(item_hint, item, f"{where}[{index}]") for index, item in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        key_hint, item_hint = typing.get_args(hint)
-        return {str(k): (item if item_hint is Any else _coerce(item_hint, item, f"{where}.{k}")) for k, item in value.items()}
-    if hint is Any:
-        return value
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:
-            return float(value)  # YAML reads 1e-4 (no dot) as a string
-        except ValueError:
-            pass
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint is bool and isinstance(value, bool):
-        return value
-    if hint is str and isinstance(value, str):
-        return value
-    raise ConfigError(f"{where}: expected {_describe(hint)}, got {value!r}")
-
-
-def _describe(hint: Any) -> str:
-    args = typing.get_args(hint)
-    if args and typing.get_origin(hint) in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if hint is type(None):
-        return "null"
-    return getattr(hint, "__name__", str(hint)).replace("list", "a list").replace("dict", "a mapping")
-
-
-def _unknown(where: str, key: str, known: list[str]) -> str:
-    prefix = f"{where}." if where else ""
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(known)})"
-    return f"unknown key '{prefix}{key}'{hint}"
-
-
-def _choice(where: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{where}: '{value}' is not one of {list(choices)}")
-
-
-def _positive(where: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{where}: must be > 0, got {value}")
+    try:
+        return dotted.strip(), yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {override!r}: the value is not valid YAML") from None

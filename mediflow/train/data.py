@@ -22,8 +22,8 @@ import pyarrow as pa
 
 from mediflow.errors import MediflowError
 from mediflow.folders import open_input
-from mediflow.folders.reader import SPLITS
 from mediflow.folders.manifest import MANIFEST_NAME
+from mediflow.folders.reader import SPLITS
 from mediflow.records import content_id, to_messages
 
 _TEXT_SUFFIXES = (".txt", ".md")

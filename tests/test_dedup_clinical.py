@@ -1,0 +1,151 @@
+"""Near-dedup with the clinical confirmation, shipped defaults: copies merge, same-template siblings do not.
+
+Each case is two records through the whole ``find_duplicates`` path (exact hashes, MinHash-LSH
+candidates, rapidfuzz, the clinical-token check). A copy (typos, whitespace and case, reordered
+sentences, abbreviations, a few words changed) must merge with its original; a sibling written on
+the same template for another patient, differing only in one age, sex, side, dose, negation,
+value, drug, organ, code, lab or in what a negation negates, must not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mediflow.cli import main
+from mediflow.errors import ConfigError
+from mediflow.quality.clinical import Lexicon, agree, facts, same_case
+from mediflow.quality.config import DedupConfig
+from mediflow.quality.dedup import find_duplicates
+
+INSTRUCTION = "Summarize the key findings of this discharge summary for the primary care physician."
+NOTE = (
+    "The patient is a 67-year-old man admitted with community-acquired pneumonia after three days of fever. "
+    "A chest X-ray showed a right lower lobe consolidation with no pleural effusion. "
+    "He was treated with intravenous ceftriaxone 1 g daily for 5 days and improved steadily. "
+    "Creatinine was 1.1 mg/dL on discharge and the white cell count was 14.2. "
+    "He denies chest pain but reports mild fatigue. "
+    "The encounter was coded J18.9. "
+    "He was discharged home on oral amoxicillin 500 mg three times daily. "
+    "Follow up with the primary care physician in 2 weeks with a repeat chest X-ray."
+)
+
+COPIES = {
+    "typos": NOTE.replace("admitted", "admited").replace("consolidation", "consolidaiton").replace("steadily", "steadilly"),
+    "typo in a drug and an organ": NOTE.replace("ceftriaxone", "ceftriaxnoe").replace("chest pain", "chset pain"),
+    "whitespace and case": "  " + NOTE.upper().replace(". ", " .\n").replace(", ", " ,  "),
+    "reordered sentences": ". ".join(reversed(NOTE.rstrip(".").split(". "))) + ".",
+    "abbreviations": NOTE.replace("patient", "pt").replace("intravenous", "IV").replace("67-year-old", "67 y/o")
+    .replace("three times daily", "t.i.d.").replace("Follow up", "F/u"),
+    "a few words changed": NOTE.replace("improved steadily", "got better").replace("The encounter was", "This encounter is"),
+}
+
+SIBLINGS = {
+    "age": NOTE.replace("67-year-old", "76-year-old"),
+    "sex": NOTE.replace("67-year-old man", "67-year-old woman").replace("He ", "She "),
+    "side": NOTE.replace("right lower lobe", "left lower lobe"),
+    "dose": NOTE.replace("amoxicillin 500 mg", "amoxicillin 250 mg"),
+    "frequency": NOTE.replace("1 g daily", "1 g twice daily"),
+    "negation": NOTE.replace("with no pleural effusion", "with a pleural effusion"),
+    "negated finding": NOTE.replace("no pleural effusion", "pleural effusion").replace("denies chest pain but reports mild fatigue",
+                                                                                    "reports chest pain but no mild fatigue"),
+    "value": NOTE.replace("14.2", "4.2"),
+    "drug": NOTE.replace("ceftriaxone", "cefepime"),
+    "organ": NOTE.replace("chest X-ray showed", "abdominal X-ray showed").replace("lower lobe", "kidney"),
+    "code": NOTE.replace("J18.9", "J15.9"),
+    "lab": NOTE.replace("Creatinine was", "Lactate was"),
+    "condition": NOTE.replace("community-acquired pneumonia", "community-acquired bronchitis"),
+}
+
+
+def _dropped(first: tuple[str, str], second: tuple[str, str], config: DedupConfig | None = None) -> int:
+    table = pa.table({"id": ["a", "b"], "instruction": [first[0], second[0]], "input": [first[1], second[1]],
+                      "task_type": ["summarization"] * 2})
+    return int(find_duplicates(table, config or DedupConfig()).drop.sum())
+
+
+@pytest.mark.parametrize("kind", sorted(COPIES))
+def test_copy_merges(kind: str) -> None:
+    assert _dropped((INSTRUCTION, NOTE), (INSTRUCTION, COPIES[kind])) == 1
+
+
+@pytest.mark.parametrize("kind", sorted(SIBLINGS))
+def test_sibling_differing_in_one_fact_is_kept(kind: str) -> None:
+    assert _dropped((INSTRUCTION, NOTE), (INSTRUCTION, SIBLINGS[kind])) == 0
+
+
+def test_siblings_merge_without_the_clinical_check() -> None:
+    """What the check is for: the same siblings are merged by text similarity alone."""
+    merged = [kind for kind, sibling in SIBLINGS.items() if _dropped((INSTRUCTION, NOTE), (INSTRUCTION, sibling), DedupConfig(clinical=False))]
+    assert len(merged) >= len(SIBLINGS) - 1
+
+
+def test_facts_read_words_units_and_abbreviations() -> None:
+    lexicon = Lexicon.load()
+    note = facts("67 y/o woman, metformin 500 mg b.i.d., no edema of the left leg, HbA1c 7.50, code E11.9", lexicon)
+    assert note.sexes == {"female"}
+    assert note.counts[("numbers", "2")] == 1 and note.counts[("frequency", "daily")] == 1  # b.i.d. = twice daily
+    assert note.counts[("units", "mg")] == 1 and note.counts[("units", "year")] == 1  # y/o = year old
+    assert note.counts[("drugs", "metformin")] == 1 and note.counts[("laterality", "left")] == 1
+    assert note.counts[("negation", "edema")] == 1
+
+
+def test_values_and_codes_must_be_equal() -> None:
+    lexicon = Lexicon.load()
+    note = "67 y/o woman, metformin 500 mg b.i.d., no edema of the left leg, HbA1c 7.50, glucose 1,200, code E11.9"
+    assert same_case(note, "67-year-old female; Metformin 500 milligrams twice daily. No edema of the left leg. HbA1c 7.5; "
+                           "glucose 1200; E11.9", lexicon)
+    for changed in ("E11.9", "E11.8"), ("7.50", "7.05"), ("500 mg", "50 mg"), ("67", "76"), ("1,200", "1,300"):
+        assert not same_case(note, note.replace(*changed), lexicon), changed
+
+
+def test_a_brand_name_is_its_generic() -> None:
+    lexicon = Lexicon.load()
+    assert same_case("Started Lipitor 40 mg at night.", "Started atorvastatin 40 mg at night.", lexicon)
+
+
+def test_a_lexicon_of_your_own(tmp_path: Path) -> None:
+    custom = tmp_path / "tokens.yaml"
+    custom.write_text("laterality:\n  left: [left, sinistra]\n  right: [right, dextra]\n")
+    lexicon = Lexicon.load(custom)
+    assert not agree(facts("the sinistra kidney", lexicon), facts("the dextra kidney", lexicon), lexicon)
+    assert DedupConfig(clinical_tokens=str(custom)).clinical_tokens == str(custom)
+
+
+@pytest.mark.parametrize("content, message", [(None, "cannot read"), ("- a list\n", "not a mapping"), ("organs: [liver]\n", "unknown section")])
+def test_a_bad_lexicon_is_a_config_error(tmp_path: Path, content: str | None, message: str) -> None:
+    path = tmp_path / "tokens.yaml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        DedupConfig(clinical_tokens=str(path))
+
+
+def test_cli_bad_lexicon_is_one_error_line_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": ["a"], "instruction": [INSTRUCTION], "input": [NOTE], "output": ["x"],
+                             "task_type": ["summarization"], "output_format": ["plain_text"]}), source)
+    config = tmp_path / "curate.yaml"
+    config.write_text(f"dedup:\n  clinical_tokens: {tmp_path / 'missing.yaml'}\n")
+    assert main(["dedup", str(source), str(tmp_path / "out"), "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "missing.yaml" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_audit_does_not_report_siblings_as_near_duplicates(tmp_path: Path) -> None:
+    """The audit's near-duplicate section confirms like the stage: a copy is a duplicate, siblings are not."""
+    from mediflow.audit import near_duplicates
+    from mediflow.audit.folder import OutputFolder
+
+    documents = [NOTE, COPIES["typos"], *SIBLINGS.values()]
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(len(documents))], "instruction": [INSTRUCTION] * len(documents),
+                             "input": documents, "output": ["x"] * len(documents), "task_type": ["summarization"] * len(documents)}),
+                   tmp_path / "data" / "part-00000.parquet")
+    result = near_duplicates(OutputFolder.open(tmp_path))
+    assert result.numbers["near"]["input"] == 2  # the note and its copy, no sibling
+    assert result.numbers["siblings_kept_apart"]["input"] >= len(SIBLINGS) - 1
