@@ -157,7 +157,7 @@ def test_a_teacher_that_is_down_is_one_error_and_leaves_the_output_alone(teacher
     code = main(["judge", str(source), str(fresh), "--teacher", TEACHER, "--base-url", down, "--no-progress"])
     assert code == 2 and not list(fresh.glob("data/*.parquet"))
     failed = json.loads((fresh / "manifest.json").read_text())
-    assert failed["status"] == "failed" and "failing" in failed["reason"]  # the folder says why it holds nothing
+    assert failed["status"] == "failed" and "teacher at" in failed["reason"]  # the folder says why it holds nothing
 
 
 def test_bad_input_is_a_one_line_error(teacher_server: TeacherServerURL, source: Path, tmp_path: Path, capsys) -> None:

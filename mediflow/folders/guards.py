@@ -77,7 +77,7 @@ class FolderLock:
             os.close(fd)
             raise MediflowError(f"{self.folder}: in use by another process ({holder}); wait for it to finish or stop it") from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:300]}\n".encode())
+        os.write(fd, f"pid {os.getpid()}: {_command()[:300]}\n".encode())
         self._fd = fd
 
     def release(self) -> None:
@@ -92,6 +92,14 @@ class FolderLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _command() -> str:
+    """This process's command line as the user typed it (``mediflow generate ...``)."""
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    if program in ("mediflow", "__main__.py"):
+        program = "mediflow"
+    return " ".join([program, *sys.argv[1:]])
 
 
 def _read_holder(fd: int) -> str:
