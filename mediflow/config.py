@@ -19,7 +19,7 @@ from mediflow.configuration import Config, option
 from mediflow.engine.config import LimitsConfig, PricesConfig
 from mediflow.errors import ConfigError
 from mediflow.scale.config import EngineKind, RayConfig
-from mediflow.teachers.factory import TeacherConfig
+from mediflow.teachers.factory import TeacherConfig, teacher_aliases
 
 #: The generation stages, in the order a record goes through them.
 Stage = Literal["document", "instruction", "response"]
@@ -87,9 +87,7 @@ class RunConfig(Config):
     shard: str | None = option(None, "K/N: make only the K-th of N deterministic shares of the plan (then mediflow join)")
 
     ALIASES: ClassVar[dict[str, str]] = {
-        "teacher": "teacher.spec",
-        "base_url": "teacher.base_url",
-        "api_key_env": "teacher.api_key_env",
+        **teacher_aliases(),
         "concurrency": "limits.concurrency",
         "rpm": "limits.rpm",
         "tpm": "limits.tpm",

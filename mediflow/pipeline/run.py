@@ -50,6 +50,7 @@ from mediflow.taxonomy import load_taxonomy
 from mediflow.teachers.base import Teacher, check_teacher, teacher_capabilities
 from mediflow.teachers.factory import teacher_from
 from mediflow.teachers.negotiation import STRUCTURED_LEVELS
+from mediflow.terminology import ICD10CM_RELEASE
 
 if TYPE_CHECKING:
     import datasets
@@ -70,12 +71,6 @@ class RunSummary:
     session: dict[str, Any]  # this process's engine stats: requests, cache hits, tokens paid
     failures: list[dict[str, Any]] = field(default_factory=list)
     stop_reason: str | None = None
-
-
-def _icd10cm_release() -> str | None:
-    from mediflow import terminology
-
-    return getattr(terminology, "ICD10CM_RELEASE", None)
 
 
 def _now() -> datetime:
@@ -175,7 +170,7 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
             "teacher": teacher.name,
             "taxonomy_version": taxonomy.version,
             "prompt_versions": stages.versions,
-            "icd10cm_release": _icd10cm_release(),
+            "icd10cm_release": ICD10CM_RELEASE,
             "plan": {
                 "id": plan.id,
                 "items": len(plan) if share_counts is None else sum(share_counts.values()),

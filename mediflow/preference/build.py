@@ -34,8 +34,8 @@ from mediflow.preference.candidates import AnswerSource, answer
 from mediflow.preference.config import PairsConfig
 from mediflow.preference.error_kinds import ErrorKind, applicable_kinds, choose_kind, load_error_kinds
 from mediflow.preference.hard_checks import KIND_MISMATCH, fits_kind, tell_apart
-from mediflow.preference.injection import INJECTION_FAILED, INJECTION_PROMPT, ErrorInjector
-from mediflow.preference.judge import PAIR_JUDGE_PROMPT, PairJudge
+from mediflow.preference.injection import INJECTION_FAILED, INJECTION_PROMPT, ErrorInjector, InjectionStep
+from mediflow.preference.judge import PAIR_JUDGE_PROMPT, PairJudge, PairJudgeStep
 from mediflow.preference.margins import IDENTICAL_TEXT, PairDecision, ScoredCandidate, best_worst_pair, confirmed_worse, same_text
 from mediflow.preference.rows import PAIR_SCHEMA, pair_row
 from mediflow.preference.selection import select_best
@@ -168,18 +168,11 @@ async def open_pair_runner(
     """``run(record) -> Outcome`` on open engines (one of ``actors`` that share the limits); the local and the Ray path both use it."""
     async with AsyncExitStack() as stack:
         engines = await _open_engines(stack, config, cache, actors)
-        judge = PairJudge(
-            engines["judge"],
-            prompts.get(PAIR_JUDGE_PROMPT),
-            seed=config.seed,
-            samples=config.judge_samples,
-            temperature=config.judge_temperature,
-            max_corrections=config.max_corrections,
-        )
+        judge_step = PairJudgeStep(prompts.get(PAIR_JUDGE_PROMPT), seed=config.seed, temperature=config.judge_temperature, max_corrections=config.max_corrections)
+        judge = PairJudge(engines["judge"], judge_step, config.judge_samples)
         if config.method == "inject":
-            injector = ErrorInjector(
-                engines["teacher"], prompts.get(INJECTION_PROMPT), seed=config.seed, max_corrections=config.max_corrections, max_tokens=config.max_tokens
-            )
+            inject_step = InjectionStep(prompts.get(INJECTION_PROMPT), seed=config.seed, max_tokens=config.max_tokens, max_corrections=config.max_corrections)
+            injector = ErrorInjector(engines["teacher"], inject_step)
             run = functools.partial(_inject_one, injector=injector, judge=judge, kinds=kinds, schemas=schemas, config=config)
         else:
             sources = _answer_sources(config, engines)

@@ -16,7 +16,7 @@ from mediflow.configuration import Config, option
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError
 from mediflow.scale.config import EngineKind, RayConfig
-from mediflow.teachers.factory import TeacherConfig
+from mediflow.teachers.factory import TeacherConfig, teacher_aliases
 
 TEXT_COLUMNS = ("instruction", "input", "output")
 TextColumn = Literal["instruction", "input", "output"]
@@ -101,12 +101,7 @@ class FilterConfig(Config):
 class JudgeConfig(Config):
     """The LLM judge: its teacher and limits, how many samples, how they aggregate, the thresholds."""
 
-    ALIASES: ClassVar[dict[str, str]] = {
-        "teacher": "teacher.spec",
-        "base_url": "teacher.base_url",
-        "api_key_env": "teacher.api_key_env",
-        "concurrency": "limits.concurrency",
-    }
+    ALIASES: ClassVar[dict[str, str]] = {**teacher_aliases(), "concurrency": "limits.concurrency"}
 
     teacher: TeacherConfig | None = option(None, "the judge's teacher (required to run the judge)")
     limits: LimitsConfig = option(LimitsConfig(concurrency=32), "the judge engine's limits (as a run config's limits:)")
@@ -193,11 +188,7 @@ class DecontamConfig(Config):
 class CurateConfig(Config):
     """The whole curate run: stages in order filters -> judge -> dedup -> decontaminate."""
 
-    ALIASES: ClassVar[dict[str, str]] = {
-        "teacher": "judge.teacher.spec",
-        "base_url": "judge.teacher.base_url",
-        "api_key_env": "judge.teacher.api_key_env",
-    }
+    ALIASES: ClassVar[dict[str, str]] = teacher_aliases("judge")
 
     filters: FilterConfig | None = option(FilterConfig(), "rule filters (default on)")
     judge: JudgeConfig | None = option(None, "the LLM judge (off unless given: it costs teacher calls)")

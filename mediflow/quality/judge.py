@@ -144,6 +144,13 @@ class RecordJudge:
         from mediflow.scale.ray_runner import StepWork, add_stats, run_step_on_ray
 
         assert self.config.teacher is not None and self.cache is not None
+        if self.config.teacher.spec.startswith("vllm:"):  # a GPU teacher: ray.data.llm's vLLM engine processor
+            from mediflow.scale.vllm_processor import run_step_on_vllm
+
+            model = self.config.teacher.spec.partition(":")[2]
+            for result in await asyncio.to_thread(run_step_on_vllm, list(rows), self.step, model, self.config.ray.vllm):
+                yield result
+            return
         work = StepWork(self.step, self.config.teacher, self.config.limits, self.cache, self.config.ray.actors, "judge.teacher")
         results, usage = await asyncio.to_thread(run_step_on_ray, list(rows), work, self.config.ray)
         self.ray_usage = add_stats(self.ray_usage, usage)

@@ -104,6 +104,17 @@ async def _plain_text(engine: CompletesChat, step: LLMStep[Row, Value], request:
     return (response, retry)
 
 
+@dataclass
+class PromptStep(LLMStep[Row, Value]):
+    """A step that renders one prompt file at fixed sampling settings (error injection, the pair judge)."""
+
+    template: PromptTemplate
+    seed: int = 0
+    temperature: float = 0.7
+    max_tokens: int = 1024
+    max_corrections: int = 2
+
+
 async def ask(engine: CompletesChat, step: LLMStep[Row, Value], row: Row) -> StepResult[Value]:
     """Run one row through ``step`` on ``engine`` (see the module docstring)."""
     request = step.request(row)

@@ -17,8 +17,7 @@ dropped), the teacher cache in ``cache.sqlite``; ``data.task_data`` of a ``pit``
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,14 +108,21 @@ async def _ask_all(
     produced: list[dict[str, str]] = []
     rejects: list[dict[str, Any]] = []
     try:
-        async with Engine(teacher, cache_path, limits) as engine:
-            results = run_step(engine, step, rows, 2 * limits.concurrency)
-            for (document, template), result in zip(rows, [result async for result in results]):
-                if result.value is not None:
-                    produced += result.value
-                else:
-                    meta = {"task": template.name, "document_id": document["id"], "prompt_version": template.version}
-                    rejects.append({**meta, "error": result.error, "text": result.raw_text})
+        if method.engine == "ray":  # the same step on Ray Data actors, each with its share of the limits
+            from mediflow.scale.ray_runner import StepWork, check_ray_installed, run_step_on_ray
+
+            check_ray_installed()
+            work = StepWork(step, section, limits, cache_path, method.ray.actors, "model")
+            results, _ = await asyncio.to_thread(run_step_on_ray, rows, work, method.ray)
+        else:
+            async with Engine(teacher, cache_path, limits) as engine:
+                results = [result async for result in run_step(engine, step, rows, 2 * limits.concurrency)]
+        for (document, template), result in zip(rows, results):
+            if result.value is not None:
+                produced += result.value
+            else:
+                meta = {"task": template.name, "document_id": document["id"], "prompt_version": template.version}
+                rejects.append({**meta, "error": result.error, "text": result.raw_text})
     finally:
         await teacher.aclose()
     return produced, rejects
@@ -124,8 +130,8 @@ async def _ask_all(
 
 def _plain(config: StageConfig) -> dict[str, Any]:
     """What the manifest records of the stage config (what decides the rows: model, method, data)."""
-    plain = {"model": dataclasses.asdict(config.model), "method": dataclasses.asdict(config.method), "data": dataclasses.asdict(config.data)}
-    return dict(json.loads(json.dumps(plain, default=str)))
+    plain = config.to_dict()
+    return {section: plain[section] for section in ("model", "method", "data")}
 
 
 def generate_task_data(config: StageConfig, *, overwrite: bool = False) -> Path:
@@ -135,7 +141,6 @@ def generate_task_data(config: StageConfig, *, overwrite: bool = False) -> Path:
     exactly what ``data.task_data`` of a ``pit`` config reads (name the folder). Works in a notebook.
     """
     return run_sync(generate_task_data_async(config, overwrite=overwrite))
-
 
 
 async def generate_task_data_async(config: StageConfig, *, overwrite: bool = False) -> Path:
