@@ -267,7 +267,8 @@ def test_report_has_every_section_and_an_image_per_plotted_section(tmp_path: Pat
         has_image = re.search(r'<img [^>]*src="data:image/png;base64,[A-Za-z0-9+/=]{100,}"', block) is not None
         assert has_image == (section.figure is not None), section.key
     plotted = {s.key for s in report.sections if s.figure is not None}
-    assert plotted == {"coverage", "lengths", "judge_scores", "funnel", "json_validity", "icd_codes", "ngrams", "duplicates"}
+    assert plotted == {"coverage", "lengths", "judge_scores", "funnel", "json_validity", "icd_codes", "ngrams", "duplicates", "diversity"}
+    assert report.section("case_mix").unavailable  # the demo records were made without cases
     assert report.section("coverage").numbers["planned_empty_cells"] == 1
     assert report.section("json_validity").numbers["invalid"] == 2
     assert report.section("icd_codes").numbers["invalid"] == 1

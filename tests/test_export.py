@@ -51,7 +51,7 @@ def test_local_export_round_trips_through_load_dataset(inputs, tmp_path: Path) -
 
     card = parse_card((out / "README.md").read_text())
     configs = {entry["config_name"]: entry for entry in card["configs"]}
-    assert set(configs) == {"sft", "dpo", *TASKS}
+    assert set(configs) == {"sft", "dpo", "records", *TASKS}
     assert sum(summary.rows["sft"].values()) == len(records)
     assert sum(summary.rows["dpo"].values()) == len(pairs)
     for task in TASKS:
@@ -85,7 +85,7 @@ def test_shards_are_bounded_and_named_for_the_hub(inputs, tmp_path: Path) -> Non
     for index, path in enumerate(train):
         assert path == f"data/sft/train-{index:05d}-of-{len(train):05d}.parquet"
         assert pq.ParquetFile(out / path).metadata.num_rows <= 10
-    assert sorted(p.name for p in (out / "data").iterdir()) == ["sft"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["records", "sft"]
 
     # A byte bound tighter than the row bound wins.
     tiny = ShardLimits(max_rows=1000, max_bytes=1)
@@ -123,7 +123,7 @@ def test_card_states_counts_teacher_filters_and_synthetic_origin(inputs, tmp_pat
     text = (out / "README.md").read_text()
     meta = parse_card(text)
     info = {entry["config_name"]: entry for entry in meta["dataset_info"]}
-    assert [entry["config_name"] for entry in meta["configs"]] == ["sft", "dpo", *sorted(TASKS)] == list(info)
+    assert [entry["config_name"] for entry in meta["configs"]] == ["sft", "dpo", "records", *sorted(TASKS)] == list(info)
     for name, entry in info.items():
         assert {split["name"]: split["num_examples"] for split in entry["splits"]} == summary.rows[name]
         assert entry["download_size"] == sum((out / path).stat().st_size for paths in summary.files[name].values() for path in paths)

@@ -6,6 +6,7 @@ Layout (what ``datasets.load_dataset(DIR, name=config)`` and the Hub read throug
     DIR/README.md                                        dataset card (YAML metadata + counts)
     DIR/data/sft/{split}-NNNNN-of-MMMMM.parquet          every record: messages + released columns
     DIR/data/dpo/{split}-NNNNN-of-MMMMM.parquet          preference pairs (when pairs are given)
+    DIR/data/records/{split}-NNNNN-of-MMMMM.parquet      every record with all its columns, the clinical ``case`` included
     DIR/data/{task}/{split}-NNNNN-of-MMMMM.parquet       the sft rows of one task
 
 Two passes over the input keep memory bounded at any size: the first reads only the small columns
@@ -53,7 +54,9 @@ SFT_COLUMNS: tuple[str, ...] = (
     *JUDGE_SCORE_COLUMNS,
 )
 SFT_SCHEMA = pa.schema([FULL_SCHEMA.field(name) for name in SFT_COLUMNS])
-RESERVED_CONFIGS: tuple[str, ...] = ("sft", "dpo")
+#: The model-facing pair columns: the pairs stage's own minus the clinical case (kept in ``records``).
+DPO_SCHEMA = pa.schema([field for field in PAIR_SCHEMA if field.name != "case"])
+RESERVED_CONFIGS: tuple[str, ...] = ("sft", "dpo", "records")
 _LIGHT_COLUMNS = ["document_id", "input", "task_type", "input_data", "teacher"]
 _BATCH_ROWS = 20_000
 CARD_NAME = "README.md"
@@ -227,6 +230,7 @@ def _batches(files: list[Path], columns: list[str]) -> Iterator[pa.Table]:
 
 def _row_counts(records: _Source, pairs: _Source | None, assignment: dict[str, str], task_configs: list[str]) -> dict[str, Counter[str]]:
     counts: dict[str, Counter[str]] = {"sft": Counter(assignment[k] for k in records.keys)}
+    counts["records"] = counts["sft"]
     for task in task_configs:
         counts[task] = Counter(assignment[k] for k, t in zip(records.keys, records.tasks) if t == task)
     if pairs is not None:
@@ -234,9 +238,9 @@ def _row_counts(records: _Source, pairs: _Source | None, assignment: dict[str, s
     return {config: Counter({s: c[s] for s in SPLITS if c[s]}) for config, c in counts.items()}
 
 
-def _sft_rows(batch: pa.Table) -> pa.Table:
-    """A record batch in the SFT schema, with ``messages`` built for records that lack it."""
-    table = conform(with_ids(batch)).select(list(SFT_COLUMNS))
+def _full_rows(batch: pa.Table) -> pa.Table:
+    """A record batch in the full record schema (the ``records`` config), with ``messages`` built for records that lack it."""
+    table = conform(with_ids(batch)).select(FULL_SCHEMA.names)
     messages = table.column("messages").to_pylist()
     if any(m is None for m in messages):
         fields = {name: table.column(name).to_pylist() for name in ("instruction", "input", "output")}
@@ -245,7 +249,7 @@ def _sft_rows(batch: pa.Table) -> pa.Table:
             for i, m in enumerate(messages)
         ]
         table = table.set_column(table.column_names.index("messages"), "messages", pa.array(messages, FULL_SCHEMA.field("messages").type))
-    return table.cast(SFT_SCHEMA)
+    return table.cast(FULL_SCHEMA)
 
 
 def _write_records(
@@ -254,14 +258,17 @@ def _write_records(
     counts = _row_counts(source, None, assignment, task_configs)
     rows_per_shard = limits.rows_per_shard(source.bytes_per_row)
     writers = {
-        (config, split): ShardedSplitWriter(staging / "data" / config, split, SFT_SCHEMA, n, rows_per_shard)
+        (config, split): ShardedSplitWriter(
+            staging / "data" / config, split, FULL_SCHEMA if config == "records" else SFT_SCHEMA, n, rows_per_shard
+        )
         for config, splits in counts.items()
         for split, n in splits.items()
     }
     offset = 0
     for file in source.files:
         for batch in pq.ParquetFile(file).iter_batches(batch_size=_BATCH_ROWS):
-            table = _sft_rows(pa.Table.from_batches([batch]))
+            full = _full_rows(pa.Table.from_batches([batch]))
+            table = full.select(list(SFT_COLUMNS)).cast(SFT_SCHEMA)
             splits = pa.array([assignment[k] for k in source.keys[offset : offset + table.num_rows]], pa.string())
             offset += table.num_rows
             for split in SPLITS:
@@ -269,6 +276,7 @@ def _write_records(
                 if in_split.num_rows == 0:
                     continue
                 writers[("sft", split)].write(in_split)
+                writers[("records", split)].write(full.filter(pc.equal(splits, split)))
                 for task in task_configs:
                     rows = in_split.filter(pc.equal(in_split.column("task_type"), task))
                     if rows.num_rows:
@@ -280,13 +288,13 @@ def _write_pairs(source: _Source, assignment: dict[str, str], staging: Path, lim
     counts = Counter(assignment[k] for k in source.keys)
     rows_per_shard = limits.rows_per_shard(source.bytes_per_row)
     writers = {
-        ("dpo", split): ShardedSplitWriter(staging / "data" / "dpo", split, PAIR_SCHEMA, n, rows_per_shard)
+        ("dpo", split): ShardedSplitWriter(staging / "data" / "dpo", split, DPO_SCHEMA, n, rows_per_shard)
         for split, n in counts.items()
     }
     offset = 0
     for file in source.files:
         for batch in pq.ParquetFile(file).iter_batches(batch_size=_BATCH_ROWS):
-            table = conform(pa.Table.from_batches([batch]), PAIR_SCHEMA).select(PAIR_SCHEMA.names).cast(PAIR_SCHEMA)
+            table = conform(pa.Table.from_batches([batch]), DPO_SCHEMA).select(DPO_SCHEMA.names).cast(DPO_SCHEMA)
             splits = pa.array([assignment[k] for k in source.keys[offset : offset + table.num_rows]], pa.string())
             offset += table.num_rows
             for split in SPLITS:

@@ -52,6 +52,7 @@ REJECT_SCHEMA = pa.schema(
         pa.field("prompt_version", pa.string()),
         pa.field("usage", GENERATION_SCHEMA.field("usage").type),
         pa.field("created_at", pa.timestamp("us", tz="UTC")),
+        pa.field("case", GENERATION_SCHEMA.field("case").type),
     ]
 )
 

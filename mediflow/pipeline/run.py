@@ -163,12 +163,14 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
             config.max_corrections,
             stages.versions,
             taxonomy.version,
+            stages.cases.version,
         )
         fingerprint = content_id(unsharded_fingerprint, str(share)) if share else unsharded_fingerprint
         details: dict[str, Any] = {
             "session_started_at": _now().isoformat(),
             "teacher": teacher.name,
             "taxonomy_version": taxonomy.version,
+            "case_data_version": stages.cases.version,
             "prompt_versions": stages.versions,
             "icd10cm_release": ICD10CM_RELEASE,
             "plan": {
@@ -208,7 +210,6 @@ async def _generate(
     output = RunOutput(folder.root, folder)
     created_at = datetime.fromisoformat(folder.manifest.created_at)
     earlier = folder.previous.details.get("teacher_capabilities") if folder.previous is not None else None
-    stages.warm_up()
     collector = ShardCollector(output, len(plan), config.output.shard_size, output.finished(), share_counts)
     workers = -(-(config.records_in_flight or 2 * config.limits.concurrency) // config.documents_per_instruction)
     status, stop_reason = "finished", None

@@ -51,7 +51,7 @@ NO_APPLICABLE_KIND = "no_applicable_error_kind"
 JUDGE_FAILED = "judge_failed"
 STAGE = "pairs"
 _CHUNK = 512
-_INPUT_COLUMNS = ["id", *RELEASED_COLUMNS, "document_id", "document_category", "teacher", *JUDGE_SCORE_COLUMNS]
+_INPUT_COLUMNS = ["id", *RELEASED_COLUMNS, "document_id", "document_category", "teacher", *JUDGE_SCORE_COLUMNS, "case"]
 
 
 @dataclass(frozen=True)

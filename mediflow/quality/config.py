@@ -80,6 +80,18 @@ class VerbatimCopyOptions(Config):
 
 
 @dataclass(frozen=True)
+class CaseMentionOptions(Config):
+    """The document must name at least one condition of its clinical case (description words, synonym or code)."""
+
+
+@dataclass(frozen=True)
+class CaseCodesOptions(Config):
+    """A coding task's gold codes must share a three-character category with the record's clinical case."""
+
+    tasks: TaskChoice = option("auto", "auto (the tasks that ask for the icd10_codes check) or a list of task names")
+
+
+@dataclass(frozen=True)
 class FilterConfig(Config):
     """Which rules run and their options; a rule set to ``false`` is switched off."""
 
@@ -94,6 +106,8 @@ class FilterConfig(Config):
     language: LanguageOptions | None = option(LanguageOptions(), LanguageOptions.__doc__ or "")
     icd10_codes: Icd10Options | None = option(Icd10Options(), Icd10Options.__doc__ or "")
     verbatim_copy: VerbatimCopyOptions | None = option(VerbatimCopyOptions(), VerbatimCopyOptions.__doc__ or "")
+    case_mentions: CaseMentionOptions | None = option(CaseMentionOptions(), CaseMentionOptions.__doc__ or "")
+    case_codes: CaseCodesOptions | None = option(CaseCodesOptions(), CaseCodesOptions.__doc__ or "")
     taxonomy: str | None = option(None, "a user taxonomy folder merged over the built-in one")
 
 
