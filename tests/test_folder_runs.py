@@ -16,7 +16,7 @@ import yaml
 from fixtures import record, small_run_config, words
 
 from mediflow import generate
-from mediflow.folders import OutputFolder, StagedWriter, open_input
+from mediflow.folders import OutputFolder, StagedWriter, lock_holder, open_input
 from mediflow.quality import curate
 from mediflow.records import FULL_SCHEMA, rows_to_table
 from mediflow.train.data import load_messages
@@ -61,7 +61,7 @@ def test_two_generates_on_one_folder_run_once_and_never_mix(start_teacher_server
     out = tmp_path / "shared"
     first = _start(config, out)
     deadline = time.monotonic() + 60
-    while server.stats()["served"] < 1 and time.monotonic() < deadline:  # the first holds the folder
+    while lock_holder(out) is None and time.monotonic() < deadline:  # until the first holds the folder
         assert first.poll() is None, first.stderr.read().decode()
         time.sleep(0.05)
     same, other_seed = _start(config, out), _start(config, out, seed=7)
