@@ -114,6 +114,7 @@ class Case:
     sandbox: str | None = None  # "full_disk": run in a subprocess under a file-size limit
     hold_lock: Path | None = None  # a folder another "process" holds while the command runs
     read_only: Path | None = None  # a folder nobody may write while the command runs
+    unset: tuple[str, ...] = ()  # environment variables absent while the command runs
 
 
 #: A data command's argv over (input, output folder, world).
@@ -218,7 +219,8 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("generate: --concurrency 0", lambda tmp, w: Case([*generate(tmp), "--concurrency", "0", "--out", str(tmp / "o")], "concurrency", [tmp]))
     add("generate: --json-share 2", lambda tmp, w: Case([*generate(tmp), "--json-share", "2", "--out", str(tmp / "o")], "json_share", [tmp]))
     add("generate: unknown --teacher local:x", lambda tmp, w: Case(["generate", "--teacher", "local:x", "--out", str(tmp / "o")], "local:x", [tmp]))
-    add("generate: unset --api-key-env", lambda tmp, w: Case(["generate", "--teacher", "openai:m", "--api-key-env", "MEDIFLOW_NOT_SET", "--out", str(tmp / "o")], "MEDIFLOW_NOT_SET", [tmp]))
+    add("generate: unset --api-key-env", lambda tmp, w: Case(["generate", "--teacher", "openai:m", "--api-key-env", "MEDIFLOW_NOT_SET", "--out", str(tmp / "o")], "(--api-key-env): the environment variable MEDIFLOW_NOT_SET is not set", [tmp]))
+    add("generate: no key at all", lambda tmp, w: Case(["generate", "--teacher", "openai:m", "--out", str(tmp / "o")], "with --api-key-env", [tmp], unset=("OPENAI_API_KEY",)))
     add("generate: a config that is not UTF-8", lambda tmp, w: Case(["generate", "--config", str(_latin1(tmp / "run.yaml")), "--out", str(tmp / "o")], "not UTF-8", [tmp]))
     add("generate: a taxonomy with an unsafe name", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", name="../escape")), "--out", str(tmp / "o")], "'../escape'", [tmp]))
     add("generate: a taxonomy schema with a remote $ref", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", ref="https://example.org/s.json")), "--out", str(tmp / "o")], "only local references", [tmp]))
@@ -331,6 +333,8 @@ def test_bad_input_is_one_error_line_and_changes_nothing(make: Callable[[Path, W
         code, err = _run_in_sandbox(case, tmp)
     else:
         monkeypatch.setenv(KEY_ENV, "unused")
+        for name in case.unset:
+            monkeypatch.delenv(name, raising=False)
         lock = None
         unwritable = _unwritable(case.read_only) if case.read_only is not None else contextlib.nullcontext()
         if case.hold_lock is not None:
