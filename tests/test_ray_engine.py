@@ -42,7 +42,7 @@ def _config(base_url: str, out: Path, rpm: int | None = None, **extra) -> dict:
 
 
 def _records(out: Path) -> list[dict]:
-    table = pq.read_table(sorted(str(p) for p in (out / "data").glob("shard-*.parquet")))
+    table = pq.read_table(sorted(str(p) for p in (out / "data").glob("part-*.parquet")))
     return table.drop(["created_at"]).to_pylist()
 
 
