@@ -73,9 +73,9 @@ def scores(truth: np.ndarray, kinds: np.ndarray, keeper: np.ndarray) -> dict:
             continue
         if kind in COPY_KINDS:
             found = keeper[members] == keeper[original[truth[members]]]
-            per_kind[kind] = {"records": int(len(members)), "found": round(float(found.mean()), 4)}
+            per_kind[kind] = {"records": len(members), "found": round(float(found.mean()), 4)}
         else:
-            per_kind[kind] = {"records": int(len(members)), "merged": int(merged[members].sum()),
+            per_kind[kind] = {"records": len(members), "merged": int(merged[members].sum()),
                               "lost": int(lost_cluster[truth[members]].sum())}
     return {"precision": round(precision, 4), "recall": round(recall, 4), "distinct_lost": true_clusters - clusters_kept,
             "distinct_lost_share": round((true_clusters - clusters_kept) / true_clusters, 5), "per_kind": per_kind}
@@ -152,7 +152,7 @@ def curve_child(data: Path, config_json: str, thresholds: list[float]) -> None:
         measures[scorer] = np.minimum(*(process.cpdist(*texts[f], scorer=getattr(fuzz, scorer), workers=-1) / 100 for f in texts))
     measures["shingle_jaccard"] = np.minimum(*(np.fromiter((_jaccard(a, b) for a, b in zip(*texts[f])), float, len(pairs)) for f in texts))
     agree = clinically_equal(table, "pair", pairs, Lexicon.load(config.clinical_tokens))
-    print(json.dumps({"records": len(truth), "candidates": int(len(pairs)), "clinical_disagree": int((~agree).sum()),
+    print(json.dumps({"records": len(truth), "candidates": len(pairs), "clinical_disagree": int((~agree).sum()),
                       "prepare_s": round(time.perf_counter() - start, 1)}), flush=True)
     rows = []
     for name, similarity in measures.items():
@@ -205,7 +205,7 @@ def baseline_child(size: int, threshold: float, seed: int) -> None:
 
 
 def _child(*args: str) -> dict:
-    child = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    child = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
     if child.returncode:
         print(child.stderr, file=sys.stderr)
         raise SystemExit(child.returncode)

@@ -344,8 +344,8 @@ def synthetic(n: int, duplicate_share: float = 0.1, seed: int = 7, sibling_share
     """``n`` shuffled records, their true cluster and their kind (an index into :data:`KINDS`).
 
     A sibling's parent is one of the last ``recent_roots`` fresh originals, so a shape is written
-    for a few patients (3.4 originals a shape on average at the defaults), as a teacher reuses one
-    generated instruction over ~3.6 documents.
+    for a few patients (1.84 originals a shape on average at the defaults, up to ~10), as a teacher
+    reuses one generated instruction and layout over several documents.
     """
     rng = random.Random(seed)
     kind_index = {kind: i for i, kind in enumerate(KINDS)}

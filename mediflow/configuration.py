@@ -185,7 +185,7 @@ def _validator(cls: type) -> jsonschema.protocols.Validator:
 
 def _error_line(error: jsonschema.ValidationError, prefix: str) -> str:
     key = ".".join(([prefix] if prefix else []) + [str(p) for p in error.absolute_path]) or "config"
-    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping) and isinstance(error.schema, Mapping):
         known = sorted(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - set(known))
         where = f"{key}." if key != "config" else ""

@@ -32,6 +32,8 @@ ROLES: tuple[str, ...] = ("system", "user")
 
 def _to_json(value: Any, indent: int | None = 2) -> str:
     """JSON for prompts: readable, non-ASCII kept (Jinja's own ``tojson`` HTML-escapes ``<`` and ``&``)."""
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # a strict undefined raises UndefinedError naming the variable (json.dumps would raise TypeError)
     return json.dumps(value, indent=indent, ensure_ascii=False)
 
 

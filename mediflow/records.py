@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -114,6 +114,6 @@ def conform(table: pa.Table, schema: pa.Schema = FULL_SCHEMA) -> pa.Table:
     return pa.table(columns)
 
 
-def rows_to_table(rows: list[Mapping[str, Any]], schema: pa.Schema = GENERATION_SCHEMA) -> pa.Table:
+def rows_to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema = GENERATION_SCHEMA) -> pa.Table:
     """Build a table in ``schema`` from row dicts (missing keys become nulls)."""
     return pa.Table.from_pylist([{f.name: row.get(f.name) for f in schema} for row in rows], schema=schema)

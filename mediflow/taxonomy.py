@@ -362,7 +362,7 @@ def _read_yaml(file_path: Path) -> Any:
         raise TaxonomyError(f"{file_path}: YAML syntax error{where}: {problem}") from None
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def _describe(error: jsonschema.ValidationError | jsonschema.SchemaError) -> str:
     """One line from a jsonschema error: the key path, then the message (trimmed)."""
     where = "/".join(str(part) for part in error.absolute_path)
     message = " ".join(error.message.split())

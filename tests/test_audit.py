@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from fixtures import CATEGORY_CODE, CODING_TASK, FAKE_CODE, demo_folder, record, write_output_folder
 
-from audit_fixtures import CATEGORY_CODE, CODING_TASK, FAKE_CODE, demo_folder, record, write_output_folder
 from mediflow.audit import (
     OutputFolder,
     coverage,

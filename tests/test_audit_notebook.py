@@ -1,44 +1,27 @@
 """``examples/audit.ipynb`` runs top to bottom, headless, on a small generated output folder.
 
-The kernel is pinned to this interpreter through a throw-away kernelspec (put first on
-``JUPYTER_PATH``), so the test never picks up some other Python's ``python3`` kernel on a CI machine;
-Jupyter's and IPython's runtime folders go to the temp dir so a read-only home does not matter.
+The kernel is pinned to this interpreter (``fixtures.pin_kernel``).
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from fixtures import demo_folder, pin_kernel, small_run_config
 from nbclient import NotebookClient
 
-from audit_fixtures import demo_folder
-
 from mediflow import generate
-from small_runs import small_run_config
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "audit.ipynb"
 KERNEL_NAME = "mediflow-audit-test"
 
 
-def _pin_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    spec_dir = tmp_path / "jupyter" / "kernels" / KERNEL_NAME
-    spec_dir.mkdir(parents=True)
-    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    (spec_dir / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": KERNEL_NAME, "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-
-
 def _execute(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
     """Run the notebook on ``folder``; return its HTML outputs and the report it wrote."""
     report = tmp_path / "notebook-report.html"
-    _pin_kernel(tmp_path, monkeypatch)
+    pin_kernel(KERNEL_NAME, tmp_path, monkeypatch)
     monkeypatch.setenv("MEDIFLOW_AUDIT_DIR", str(folder))
     monkeypatch.setenv("MEDIFLOW_AUDIT_HTML", str(report))
     notebook = nbformat.read(NOTEBOOK, as_version=4)

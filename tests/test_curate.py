@@ -17,6 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from fixtures import TEST_TEACHER as TEACHER
+from fixtures import small_run_config
 
 from mediflow import generate
 from mediflow.audit import OutputFolder, funnel
@@ -25,24 +27,24 @@ from mediflow.errors import ConfigError
 from mediflow.quality import CurateConfig, curate
 from mediflow.records import FULL_SCHEMA, JUDGE_SCORE_COLUMNS, record_id, rows_to_table
 from mediflow.testing import TeacherServerURL
-from small_runs import TEST_TEACHER as TEACHER, small_run_config
 
 
 @pytest.fixture()
 def generated(teacher_server: TeacherServerURL, tmp_path: Path) -> Path:
-    """A ``generate`` output (12 records) plus a planted duplicate of record 0, as one judged-in-part folder.
+    """A ``generate`` output (12 records) plus a planted near-copy of a plain-text record, as one judged-in-part folder.
 
-    Records 0, its copy and 3 already carry top judge scores, so the judge keeps them without asking
-    and the later stages surely see them: dedup must drop one of 0 and its copy, decontamination
+    The first plain-text record, its copy and record 3 already carry top judge scores, so the judge keeps them without asking
+    and the later stages surely see them: dedup must drop one of the two, decontamination
     record 3 (its document is the eval item).
     """
     run = tmp_path / "run"
     generate(small_run_config(teacher_server, run, document_types=3))
     rows = pq.read_table(sorted((run / "data").glob("*.parquet"))).to_pylist()
-    copy = {**rows[0], "output": rows[0]["output"] + " Follow up in two weeks."}
+    original = next(row for row in rows if row["output_format"] == "plain_text")  # an appended sentence keeps it valid
+    copy = {**original, "output": original["output"] + " Follow up in two weeks."}
     copy["id"] = record_id(copy["instruction"], copy["input"], copy["output"], copy["task_type"], copy["output_format"])
     rows.append(copy)
-    for row in (rows[0], rows[3], copy):
+    for row in (original, rows[3], copy):
         row.update({name: 5.0 for name in JUDGE_SCORE_COLUMNS}, judge_rationale="judged before")
     out = tmp_path / "generated"
     (out / "data").mkdir(parents=True)

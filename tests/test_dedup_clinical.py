@@ -111,7 +111,7 @@ def test_a_lexicon_of_your_own(tmp_path: Path) -> None:
     custom = tmp_path / "tokens.yaml"
     custom.write_text("laterality:\n  left: [left, sinistra]\n  right: [right, dextra]\n")
     lexicon = Lexicon.load(custom)
-    assert not agree(facts("the sinistra kidney", lexicon), facts("the dextra kidney", lexicon))
+    assert not agree(facts("the sinistra kidney", lexicon), facts("the dextra kidney", lexicon), lexicon)
     assert DedupConfig(clinical_tokens=str(custom)).clinical_tokens == str(custom)
 
 

@@ -6,12 +6,12 @@ import json
 import math
 import os
 from pathlib import Path
-
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tiny_models import build_tiny_phi3
 
 from mediflow.errors import MediflowError
 from mediflow.records import rows_to_table, to_messages
@@ -33,7 +33,6 @@ from mediflow.train.metrics import (
     task_metrics,
     token_f1,
 )
-from tiny_models import build_tiny_phi3
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

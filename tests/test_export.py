@@ -4,13 +4,12 @@ shards are bounded, the card's YAML parses, and a re-export leaves no stale shar
 from __future__ import annotations
 
 import json
-import random
 from collections import defaultdict
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from audit_fixtures import record, words, write_output_folder
+from fixtures import DOCUMENT_TYPES, TASKS, make_records, write_output_folder
 
 from mediflow.cli import main
 from mediflow.export import ExportOptions, ShardLimits, SplitFractions, export_dataset
@@ -18,23 +17,6 @@ from mediflow.export.card import parse_card
 from mediflow.export.splits import assign_splits, document_key
 from mediflow.preference.rows import PAIR_SCHEMA, pair_row
 from mediflow.records import rows_to_table
-
-TASKS = ("clinical_inference", "medication_qa", "icd10cm_coding")
-DOCUMENT_TYPES = ("discharge_summary", "progress_note")
-
-
-def make_records(documents: int = 40, seed: int = 3) -> list[dict]:
-    """``documents`` synthetic documents, each answered by 1-3 records (tasks), some judged."""
-    rng = random.Random(seed)
-    rows = []
-    for index in range(documents):
-        document, document_id = words(rng, 40), f"doc-{index:03d}"
-        document_type = DOCUMENT_TYPES[index % len(DOCUMENT_TYPES)]
-        for task in rng.sample(TASKS, rng.randint(1, 3)):
-            rows.append(
-                record(task, document_type, words(rng, 12), "plain_text", rng, input=document, document_id=document_id, teacher="openai:gpt-4o", quality=4.0)
-            )
-    return rows
 
 
 def make_pairs(records: list[dict], every: int = 3) -> list[dict]:

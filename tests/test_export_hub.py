@@ -21,10 +21,9 @@ from typing import Any
 
 import huggingface_hub.constants
 import pytest
-from audit_fixtures import write_output_folder
+from fixtures import make_records, write_output_folder
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils.sha import git_hash
-from test_export import make_records
 
 from mediflow.cli import main
 from mediflow.export import ExportOptions, ShardLimits, export_dataset, upload_export

@@ -16,12 +16,12 @@ import jsonschema
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from fixtures import small_run_config
 
 from mediflow import generate
 from mediflow.cli import main
 from mediflow.records import GENERATION_SCHEMA, record_id
 from mediflow.taxonomy import load_taxonomy
-from small_runs import small_run_config
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from fixtures import TEST_TEACHER as TEACHER
+from fixtures import small_run_config
 
 from mediflow import generate
 from mediflow.audit import run_audit
@@ -21,7 +23,6 @@ from mediflow.export.card import parse_card
 from mediflow.export.splits import document_key
 from mediflow.preference import PairsConfig, build_pairs
 from mediflow.testing import TeacherServerURL
-from small_runs import TEST_TEACHER as TEACHER, small_run_config
 
 
 @pytest.fixture()

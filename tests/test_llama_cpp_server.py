@@ -21,12 +21,12 @@ import jsonschema
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from fixtures import small_run_config
 
 from mediflow.cli import main
 from mediflow.taxonomy import load_taxonomy
 from mediflow.teachers.local_llama import _assemble_weights
 from mediflow.testing.server_process import free_port
-from small_runs import small_run_config
 
 pytestmark = pytest.mark.slow
 

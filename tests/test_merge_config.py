@@ -111,7 +111,8 @@ SLERP_T = [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]}, {"filter": "
     ],
 )
 def test_filters_and_gradients_match_mergekit(tensor: str, position: float) -> None:
-    from mergekit.config import ConditionalParameter, evaluate_setting as mergekit_evaluate
+    from mergekit.config import ConditionalParameter
+    from mergekit.config import evaluate_setting as mergekit_evaluate
 
     assert layer_position(tensor, 6) == pytest.approx(position)
     spec = METHODS["slerp"].parameter("t")

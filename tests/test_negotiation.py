@@ -18,6 +18,7 @@ import jsonschema
 import openai
 import pytest
 import yaml
+from fixtures import small_run_config
 
 from mediflow.cli import main
 from mediflow.engine import Engine, LimitsConfig
@@ -28,7 +29,6 @@ from mediflow.teachers import ChatRequest, make_teacher
 from mediflow.teachers.negotiation import Negotiation
 from mediflow.teachers.openai_compat import OpenAICompatTeacher
 from mediflow.testing import TeacherServerURL
-from small_runs import small_run_config
 
 SCHEMA = {
     "type": "object",

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from audit_fixtures import write_output_folder
-from test_export import make_records
+from fixtures import make_records, write_output_folder
 
 from mediflow.cli import main
 from mediflow.preference import CandidateSource, PairsConfig, build_pairs
-from mediflow.teachers.factory import TeacherConfig
 from mediflow.preference.error_kinds import load_error_kinds
 from mediflow.taxonomy import load_taxonomy
+from mediflow.teachers.factory import TeacherConfig
 from mediflow.testing import TeacherServerURL, teacher_server
 
 TEACHER = "openai:mediflow-test-teacher"

@@ -140,3 +140,54 @@ def test_broken_prompt_files_are_reported_in_one_line(tmp_path: Path) -> None:
         data_only.render()
     with pytest.raises(MediflowError, match="unknown prompt 'nope'.*document"):
         library.get("nope")
+
+
+class _Anything(str):
+    """A stand-in for any variable: a string that has every attribute and item, iterates once, compares as a number."""
+
+    def __getattr__(self, name: str) -> _Anything:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Anything(name)
+
+    def __getitem__(self, key: object) -> _Anything:  # type: ignore[override]
+        return _Anything(str(key))
+
+    def __iter__(self):  # type: ignore[override]
+        return iter([_Anything("item")])
+
+    def items(self):
+        return [(_Anything("key"), _Anything("value"))]
+
+    def __gt__(self, other: object) -> bool:
+        return True
+
+    __lt__ = __ge__ = __le__ = __gt__
+
+
+def _declared(name: str) -> tuple[set[str], set[str]]:
+    variables = PROMPTS.get(name).data.get("variables")
+    assert isinstance(variables, dict) and set(variables) <= {"required", "optional"}, (
+        f"prompt '{name}': declare its variables as 'variables: {{required: {{name: what}}, optional: {{...}}}}'"
+    )
+    return set(variables.get("required") or {}), set(variables.get("optional") or {})
+
+
+@pytest.mark.parametrize("name", [name for name in PROMPTS.names() if PROMPTS.get(name).sources])
+def test_every_prompt_declares_exactly_the_variables_it_renders(name: str) -> None:
+    required, optional = _declared(name)
+    used = set(PROMPTS.get(name).variables)
+    assert not used - required - optional, f"prompt '{name}' uses undeclared variables {sorted(used - required - optional)}"
+    assert not (required | optional) - used, f"prompt '{name}' declares unused variables {sorted((required | optional) - used)}"
+    everything = PROMPTS.get(name).render(**{variable: _Anything(variable) for variable in required | optional})
+    only_required = PROMPTS.get(name).render(**{variable: _Anything(variable) for variable in required})
+    assert everything and only_required
+    if required:
+        with pytest.raises(MediflowError, match="is undefined"):
+            PROMPTS.get(name).render(**{variable: _Anything(variable) for variable in sorted(required)[1:]})
+
+
+def test_prompts_name_their_answer_schema_response_schema() -> None:
+    with_schema = [name for name in PROMPTS.names() if "response_schema" in PROMPTS.get(name).data]
+    other_names = [name for name in PROMPTS.names() if {"schema", "candidate_schema", "answer_schema"} & set(PROMPTS.get(name).data)]
+    assert with_schema and not other_names, f"name the answer's JSON Schema 'response_schema' in {other_names}"

@@ -15,15 +15,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
-from audit_fixtures import write_output_folder
-from test_export import make_records
-from test_judge import TEACHER, unjudged
+from fixtures import TEST_TEACHER as TEACHER
+from fixtures import make_records, small_run_config, unjudged, write_output_folder
 
 from mediflow import generate
 from mediflow.preference import PairsConfig, build_pairs
 from mediflow.quality import JudgeConfig, run_judge
-from small_runs import small_run_config
 
 ray = pytest.importorskip("ray")
 

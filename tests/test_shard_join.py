@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from fixtures import small_run_config
 
 from mediflow import generate
 from mediflow.cli import main
 from mediflow.errors import ConfigError
 from mediflow.pipeline.share import Share
-from small_runs import small_run_config
 
 
 def _config(base_url: str, out: Path, **extra) -> dict:

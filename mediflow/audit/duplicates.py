@@ -25,13 +25,13 @@ import pyarrow as pa
 from mediflow.audit.folder import TEXT_COLUMNS, OutputFolder
 from mediflow.audit.plots import new_figure
 from mediflow.audit.result import CheckResult
-from mediflow.quality.config import DedupConfig
+from mediflow.quality.config import DedupConfig, DedupKey
 from mediflow.quality.dedup import find_duplicates, key_text
 from mediflow.quality.text import hash_strings, normalize_column
 
 TITLE = "Exact and near-duplicate texts"
 #: What the dedup stage compares: the instruction, the document, and the two together.
-NEAR_KEYS: tuple[str, ...] = ("instruction", "input", "pair")
+NEAR_KEYS: tuple[DedupKey, ...] = ("instruction", "input", "pair")
 #: Clusters listed in the report (largest first).
 MAX_CLUSTERS = 30
 
@@ -74,13 +74,13 @@ def near_duplicates(folder: OutputFolder, *, max_records: int = 50_000, config: 
         title=TITLE,
         summary=summary,
         numbers={
-            "exact": {r.field: int(r.duplicate_records) for r in exact.itertuples()},
-            "near": {r.key: int(r.texts_in_clusters) for r in near.itertuples()},
+            "exact": {str(k): int(v) for k, v in zip(exact["field"], exact["duplicate_records"])},
+            "near": {str(k): int(v) for k, v in zip(near["key"], near["texts_in_clusters"])},
             "sampled": table.num_rows,
             "threshold": base.threshold,
             "scorer": base.scorer,
             "clinical": base.clinical,
-            "siblings_kept_apart": {r.key: int(r.siblings_kept_apart) for r in near.itertuples()},
+            "siblings_kept_apart": {str(k): int(v) for k, v in zip(near["key"], near["siblings_kept_apart"])},
         },
         tables={
             "Exact duplicates (all records, normalised text)": exact,

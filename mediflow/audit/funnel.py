@@ -33,6 +33,7 @@ def funnel(folder: OutputFolder) -> CheckResult:
     stages = _manifest_funnel(manifest.get("funnel", [manifest] if {"stage", "in", "kept"} <= set(manifest) else None))
     source = "manifest"
     if stages is None and drops is not None:
+        assert rejects is not None  # drops come from them
         stage_order = _stage_order(rejects["stage"].fillna("(unknown)") if "stage" in rejects else drops["stage"])
         stages = _funnel_from_rejects(drops, stage_order, kept=len(folder.frame))
         source = "rejects"
@@ -51,7 +52,7 @@ def funnel(folder: OutputFolder) -> CheckResult:
         tables["Drops per rule"] = drops
     numbers = {
         "stages": stages[["stage", "in", "kept"]].to_dict("records"),
-        "drops_per_rule": {} if drops is None else {f"{r.stage}/{r.rule}": int(r.dropped) for r in drops.itertuples()},
+        "drops_per_rule": {} if drops is None else {f"{r['stage']}/{r['rule']}": int(r["dropped"]) for r in drops.to_dict("records")},
     }
     return CheckResult(
         key="funnel", title=TITLE, summary=summary, numbers=numbers, tables=tables, figure=_plot(stages, drops)
@@ -104,7 +105,7 @@ def _manifest_funnel(value: Any) -> pd.DataFrame | None:
         value = [{"stage": name, **entry} for name, entry in value.items() if isinstance(entry, Mapping)]
     if not isinstance(value, list) or not value:
         return None
-    rows = []
+    rows: list[dict[str, Any]] = []
     for entry in value:
         if not isinstance(entry, Mapping):
             return None

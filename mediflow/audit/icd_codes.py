@@ -45,7 +45,7 @@ def icd_codes(
     codes: Counter[str] = Counter()
     for batch in folder.iter_batches(["task_type", "output_format", "output"]):
         for record in batch[batch["task_type"].isin(tasks)].itertuples(index=False):
-            tally = per_task.setdefault(record.task_type, Counter())
+            tally = per_task.setdefault(str(record.task_type), Counter())
             tally["records"] += 1
             found = list(codes_in(record.output, record.output_format))
             tally["records_with_codes"] += bool(found)

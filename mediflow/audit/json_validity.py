@@ -35,7 +35,7 @@ def json_validity(folder: OutputFolder, schemas: Mapping[str, Mapping[str, Any]]
             tally["json_records"] += 1
             problem = _problem(record.output, validators.get(task), tally)
             if problem and len(examples) < MAX_EXAMPLES:
-                examples.append({"id": record.id, "task_type": task, "problem": problem})
+                examples.append({"id": str(record.id), "task_type": task, "problem": problem})
     if not counts:
         return CheckResult.not_available("json_validity", TITLE, "no record with output_format == json")
     table = pd.DataFrame([{"task_type": task, **tally} for task, tally in sorted(counts.items())])

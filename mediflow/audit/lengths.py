@@ -6,6 +6,8 @@ outputs, truncated documents and runaway answers show up as outliers per task.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 from mediflow.audit.folder import TEXT_COLUMNS, OutputFolder
@@ -52,7 +54,7 @@ def lengths(folder: OutputFolder) -> CheckResult:
     )
 
 
-def _stat(value: float) -> float:
+def _stat(value: Any) -> float:
     return float(value) if pd.notna(value) else float("nan")
 
 

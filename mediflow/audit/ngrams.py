@@ -28,12 +28,12 @@ def ngrams(
     per_task: dict[str, Counter[str]] = {}
     output_grams: Counter[str] = Counter()
     outputs_with: Counter[str] = Counter()  # in how many outputs each n-gram occurs
-    for record in sample.itertuples(index=False):
-        opening = " ".join(words(record.instruction or "")[:opening_words])
+    for record in sample.to_dict("records"):
+        opening = " ".join(words(record["instruction"] or "")[:opening_words])
         if opening:
             openings[opening] += 1
-            per_task.setdefault(record.task_type, Counter())[opening] += 1
-        tokens = words(readable_output(record.output, record.output_format))
+            per_task.setdefault(record["task_type"], Counter())[opening] += 1
+        tokens = words(readable_output(record["output"], record["output_format"]))
         grams = [" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
         output_grams.update(grams)
         outputs_with.update(set(grams))

@@ -13,17 +13,18 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import pandas as pd
 
 from mediflow.audit.folder import OutputFolder
 from mediflow.errors import MediflowError
+from mediflow.taxonomy import Taxonomy
 
 CELL = ["task_type", "input_data"]
 
 
-def planned_cells(folder: OutputFolder, taxonomy: Any | None) -> tuple[pd.DataFrame | None, str]:
+def planned_cells(folder: OutputFolder, taxonomy: Taxonomy | None) -> tuple[pd.DataFrame | None, str]:
     """Planned records per cell (columns task_type, input_data, planned) and where that came from.
 
     The folder's own manifest is read first, then those of the folders it was made from (a curated
@@ -59,7 +60,7 @@ def run_config(folder: OutputFolder) -> dict[str, Any]:
     return {}
 
 
-def _is_run_config(config: Any) -> bool:
+def _is_run_config(config: Any) -> TypeGuard[dict[str, Any]]:
     """A ``generate`` config (its manifest always lists ``tasks``, null for all); a stage's config has none."""
     return isinstance(config, dict) and "tasks" in config
 
@@ -68,7 +69,7 @@ def _where(folder: OutputFolder, path: Path) -> str:
     return "the manifest" if path == folder.path else f"the manifest of its source {path}"
 
 
-def _from_config(config: dict[str, Any], taxonomy: Any) -> pd.DataFrame:
+def _from_config(config: dict[str, Any], taxonomy: Taxonomy) -> pd.DataFrame:
     from mediflow.config import load_config
     from mediflow.pipeline.plan import build_plan
     from mediflow.taxonomy import load_taxonomy

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from mediflow.audit.plan import planned_cells, run_config
 from mediflow.audit.result import CheckResult
 from mediflow.audit.samples import sample_cells
 from mediflow.errors import MediflowError
+from mediflow.taxonomy import Taxonomy
 
 
 @dataclass
@@ -38,7 +39,7 @@ class AuditReport:
     path: Path
     records: int
     sections: list[CheckResult]
-    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def section(self, key: str) -> CheckResult:
         """The section named ``key`` (coverage, lengths, judge_scores, funnel, json_validity, ...)."""
@@ -64,14 +65,14 @@ def load_taxonomy_or_none(path: str | Path | None = None) -> Any | None:
         return None
 
 
-def task_schemas(taxonomy: Any | None) -> dict[str, Any]:
+def task_schemas(taxonomy: Taxonomy | None) -> dict[str, Any]:
     """Task name -> its JSON output schema."""
     if taxonomy is None:
         return {}
     return {name: task.output_schema for name, task in taxonomy.tasks.items() if task.output_schema}
 
 
-def coding_tasks(taxonomy: Any | None) -> list[str]:
+def coding_tasks(taxonomy: Taxonomy | None) -> list[str]:
     """Tasks whose answers carry ICD-10 codes: their output schema says so (data, not a hard-coded name)."""
     return [name for name, schema in task_schemas(taxonomy).items() if "ICD-10" in json.dumps(schema)]
 
@@ -88,7 +89,7 @@ def icd_lookups() -> tuple[Callable[[str], bool], Callable[[str], bool]] | None:
 def run_audit(
     path: str | Path,
     *,
-    taxonomy: Any | None = None,
+    taxonomy: Taxonomy | None = None,
     sample_size: int = 20_000,
     duplicate_records: int = 50_000,
     sample_cells_shown: int = 12,
@@ -116,7 +117,7 @@ def run_audit(
     return AuditReport(path=folder.path, records=len(folder.frame), sections=sections)
 
 
-def coverage_with_plan(folder: OutputFolder, taxonomy: Any | None) -> CheckResult:
+def coverage_with_plan(folder: OutputFolder, taxonomy: Taxonomy | None) -> CheckResult:
     """The coverage check against the best plan available (see :mod:`mediflow.audit.plan`)."""
     planned, source = planned_cells(folder, taxonomy)
     result = coverage(folder, planned)
@@ -125,12 +126,12 @@ def coverage_with_plan(folder: OutputFolder, taxonomy: Any | None) -> CheckResul
     return result
 
 
-def json_validity_with_taxonomy(folder: OutputFolder, taxonomy: Any | None) -> CheckResult:
+def json_validity_with_taxonomy(folder: OutputFolder, taxonomy: Taxonomy | None) -> CheckResult:
     """The JSON check with the taxonomy's task schemas (outputs still parse-checked without one)."""
     return json_validity(folder, task_schemas(taxonomy))
 
 
-def icd_codes_with_terminology(folder: OutputFolder, taxonomy: Any | None) -> CheckResult:
+def icd_codes_with_terminology(folder: OutputFolder, taxonomy: Taxonomy | None) -> CheckResult:
     """The ICD-10-CM check with the taxonomy's coding tasks and the real code table."""
     lookups = icd_lookups()
     if lookups is None:

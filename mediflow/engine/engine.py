@@ -13,6 +13,7 @@ import random
 import time
 from pathlib import Path
 from types import TracebackType
+
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from mediflow.engine.accounting import EngineStats, price_per_1k

@@ -298,7 +298,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 def _filters_from_manifest(path: Path) -> list[dict[str, Any]]:
     """Each quality stage's in/kept/dropped and drops per rule, from a curate or stage manifest."""
     manifest = _read_manifest(path)
-    stages = manifest.get("stages") if isinstance(manifest.get("stages"), list) else [manifest] if "stage" in manifest else []
+    listed = manifest.get("stages")
+    stages: list[Any] = listed if isinstance(listed, list) else [manifest] if "stage" in manifest else []
     return [
         {
             "stage": stage.get("stage", "?"),

@@ -31,8 +31,6 @@ class ShardCollector:
         self.finished = set(finished)
         self.share_counts = share_counts
         self._pending: dict[int, dict[int, tuple[str, dict[str, Any]]]] = defaultdict(dict)
-        self.records = 0  # written by this session
-        self.rejects = 0
 
     @property
     def shard_count(self) -> int:
@@ -70,8 +68,6 @@ class ShardCollector:
         self.output.write_shard(shard, rows, rejects, shard_summary(shard, rows, rejects, positions))
         self.finished.add(shard)
         del self._pending[shard]
-        self.records += len(rows)
-        self.rejects += len(rejects)
 
 
 def shard_summary(shard: int, rows: list[dict[str, Any]], rejects: list[dict[str, Any]], positions: dict[str, list[int]]) -> dict[str, Any]:

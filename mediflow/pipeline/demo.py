@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from mediflow.errors import MediflowError
+from mediflow.taxonomy import Taxonomy
 
 DEMO_OUT = "mediflow-out/demo"
 
 
-def demo_config(taxonomy: Any) -> dict[str, Any]:
+def demo_config(taxonomy: Taxonomy) -> dict[str, Any]:
     """A small run config over ``taxonomy`` for the embedded local teacher."""
     task_names = list(taxonomy.tasks)
     compatible = {task: taxonomy.document_types_for(task) for task in task_names}

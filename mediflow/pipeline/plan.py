@@ -43,6 +43,7 @@ from itertools import accumulate, islice
 from mediflow.config import RunConfig
 from mediflow.errors import ConfigError
 from mediflow.records import content_id
+from mediflow.taxonomy import Taxonomy
 
 #: 1/phi: the stride of the within-stream permutation spreads any prefix evenly over the stream.
 _GOLDEN = (math.sqrt(5) - 1) / 2
@@ -226,25 +227,25 @@ def _stratum_counts(config: RunConfig, stratum: tuple[str, str, str], weight: fl
     return {"json": n_json, "plain_text": total - n_json}
 
 
-def build_plan(config: RunConfig, taxonomy: object) -> Plan:
+def build_plan(config: RunConfig, taxonomy: Taxonomy) -> Plan:
     """The seeded, stratified plan of ``config`` over ``taxonomy`` (a :class:`mediflow.taxonomy.Taxonomy`).
 
     Only the per-cell counts are computed here; items are enumerated by :meth:`Plan.groups`.
     """
-    tasks = _check_names("tasks", config.tasks, taxonomy.tasks)  # type: ignore[attr-defined]
-    document_types = _check_names("document_types", config.document_types, taxonomy.document_types)  # type: ignore[attr-defined]
-    weights = {level.name: level.weight for level in taxonomy.difficulty_levels}  # type: ignore[attr-defined]
+    tasks = _check_names("tasks", config.tasks, taxonomy.tasks)
+    document_types = _check_names("document_types", config.document_types, taxonomy.document_types)
+    weights = {level.name: level.weight for level in taxonomy.difficulty_levels}
     difficulties = _check_names("difficulty_levels", config.difficulty_levels, weights)
-    formats = [fmt for fmt in taxonomy.output_formats if fmt in ("plain_text", "json")]  # type: ignore[attr-defined]
+    formats = [fmt for fmt in taxonomy.output_formats if fmt in ("plain_text", "json")]
     wanted_tasks, wanted_types = set(tasks), set(document_types)
-    pairs = [(task, doc) for task, doc in taxonomy.cells() if task in wanted_tasks and doc in wanted_types]  # type: ignore[attr-defined]
+    pairs = [(task, doc) for task, doc in taxonomy.cells() if task in wanted_tasks and doc in wanted_types]
     if not pairs:
         raise ConfigError(
             f"no compatible (task, document type) pair in tasks={config.tasks} x document_types={config.document_types}"
         )
     segments: dict[tuple[str, str, str], list[tuple[str, str, int]]] = {}
     for task, doc in pairs:
-        category = taxonomy.document_types[doc].category  # type: ignore[attr-defined]
+        category = taxonomy.document_types[doc].category
         for difficulty in difficulties:
             split = _stratum_counts(config, (task, doc, difficulty), weights[difficulty])
             for fmt in formats:

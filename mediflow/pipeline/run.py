@@ -24,7 +24,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,9 +41,9 @@ from mediflow.pipeline.plan import InstructionGroup, Plan, build_plan
 from mediflow.pipeline.share import Share
 from mediflow.pipeline.stages import Stages
 from mediflow.records import GENERATION_SCHEMA, content_id
-from mediflow.taxonomy import load_taxonomy
 from mediflow.steps import map_ordered
 from mediflow.sync import run_sync
+from mediflow.taxonomy import load_taxonomy
 from mediflow.teachers.base import Teacher, check_teacher, teacher_capabilities
 from mediflow.teachers.factory import teacher_from
 from mediflow.teachers.negotiation import STRUCTURED_LEVELS
@@ -76,7 +76,7 @@ def _icd10cm_release() -> str | None:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 async def _drive(groups: Iterator[InstructionGroup], flow: GroupFlow, workers: int) -> None:

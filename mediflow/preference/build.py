@@ -41,9 +41,9 @@ from mediflow.preference.selection import select_best
 from mediflow.prompts import load_prompts
 from mediflow.quality.io import StageOutput, input_files, read_columns, reject_table
 from mediflow.records import JUDGE_SCORE_COLUMNS, RELEASED_COLUMNS
-from mediflow.taxonomy import load_taxonomy
 from mediflow.steps import map_ordered
 from mediflow.sync import run_sync
+from mediflow.taxonomy import load_taxonomy
 from mediflow.teachers.factory import TeacherConfig, api_key_of, teacher_from
 
 #: Drop reasons decided here (the margin rule, the hard checks and injection add their own).
@@ -188,8 +188,11 @@ class PairsWork:
 
 class _PairsWorker:
     def __init__(self, run: Callable[[dict[str, Any]], Awaitable[Outcome]], engines: dict[str, Engine]) -> None:
-        self.run = run
+        self._run = run
         self.engines = engines
+
+    async def run(self, record: dict[str, Any]) -> Outcome:
+        return await self._run(record)
 
     def stats(self) -> dict[str, Any]:
         from mediflow.scale.ray_runner import add_stats

@@ -204,7 +204,7 @@ def _typo_of(words: set[str] | frozenset[str], candidates: Counter[str]) -> bool
     return False
 
 
-def agree(a: Facts, b: Facts) -> bool:
+def agree(a: Facts, b: Facts, lexicon: Lexicon) -> bool:
     """Whether two texts state the same distinguishing facts (up to typos in distinguishing words).
 
     Each class a text has more of than the other must be explained by a typo: one of its words
@@ -216,7 +216,7 @@ def agree(a: Facts, b: Facts) -> bool:
         return True
     missing = {side: [item for item in mine.counts if mine.counts[item] > theirs.counts.get(item, 0)] for side, mine, theirs in (("a", a, b), ("b", b, a))}
     a_only_words, b_only_words = a.other_words - b.other_words, b.other_words - a.other_words
-    replaced_conditions = 0
+    dropped_conditions = []
     for side, mine, theirs, their_words in (("a", a, b, b_only_words), ("b", b, a, a_only_words)):
         their_negated = Counter(word for section, word in missing["b" if side == "a" else "a"] if section == "negation")
         unexplained = [
@@ -225,8 +225,17 @@ def agree(a: Facts, b: Facts) -> bool:
         ]
         if any(section != "conditions" for section, _ in unexplained):
             return False
-        replaced_conditions += bool(unexplained)
-    return replaced_conditions < 2
+        dropped_conditions.append(bool(unexplained))
+    if all(dropped_conditions):
+        return False  # one finding replaced by another
+    if any(dropped_conditions):  # replaced by a word outside the vocabulary ("jaundice" -> "new confusion")?
+        replaced_by, other_side = (b_only_words, a_only_words) if dropped_conditions[0] else (a_only_words, b_only_words)
+        return not any(_content_word(word, lexicon) and not _typo_of({word}, other_side) for word in replaced_by)
+    return True
+
+
+def _content_word(word: str, lexicon: Lexicon) -> bool:
+    return len(word) >= _MIN_CONDITION_WORD and word not in lexicon.condition_stop_words
 
 
 def same_cases(texts: pa.Array | pa.ChunkedArray, pairs: np.ndarray, lexicon: Lexicon) -> np.ndarray:
@@ -245,7 +254,7 @@ def same_cases(texts: pa.Array | pa.ChunkedArray, pairs: np.ndarray, lexicon: Le
         return read[index]
 
     for position in np.flatnonzero(same).tolist():
-        same[position] = agree(facts_of(int(pairs[position, 0])), facts_of(int(pairs[position, 1])))
+        same[position] = agree(facts_of(int(pairs[position, 0])), facts_of(int(pairs[position, 1])), lexicon)
     return same
 
 

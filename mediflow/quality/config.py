@@ -149,7 +149,8 @@ class DedupConfig(Config):
     )
     min_signature_jaccard: float = option(0.4, "candidates whose signatures agree less are dropped before rapidfuzz", minimum=0, maximum=1)
     threshold: float = option(
-        0.9, "rapidfuzz similarity (0-1) to count as duplicates; same-template notes about other patients reach 0.89", exclusiveMinimum=0, maximum=1
+        0.8, "rapidfuzz similarity (0-1) a candidate needs; the clinical check keeps same-template siblings apart (docs/dedup.md)",
+        exclusiveMinimum=0, maximum=1,
     )
     scorer: Literal["ratio", "token_sort_ratio", "token_set_ratio", "partial_ratio"] = option("token_sort_ratio", "the rapidfuzz.fuzz scorer")
     clinical: bool = option(

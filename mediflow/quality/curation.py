@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,8 @@ from mediflow.quality.decontaminate import run_decontaminate
 from mediflow.quality.dedup_stage import run_dedup
 from mediflow.quality.filter_stage import run_filters
 from mediflow.quality.io import StageOutput, check_output, empty_input_schema, input_files, iter_batches
-from mediflow.quality.judge import check_config as check_judge_config, run_judge_async
+from mediflow.quality.judge import check_config as check_judge_config
+from mediflow.quality.judge import run_judge_async
 from mediflow.quality.report import StageReport
 from mediflow.records import conform
 from mediflow.sync import run_sync
@@ -111,7 +112,7 @@ def funnel_manifest(source: Path, out: Path, config: CurateConfig, reports: list
         "stage": "curate",
         "mediflow_version": __version__,
         "input": str(source),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "in": first.records_in,
         "kept": last.kept,
         "dropped": first.records_in - last.kept,

@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mediflow.errors import ConfigError
 from mediflow.configuration import to_plain
+from mediflow.errors import ConfigError
 from mediflow.quality.config import DecontamConfig
 from mediflow.quality.eval_sets import read_eval_set
 from mediflow.quality.io import input_files
@@ -166,7 +166,8 @@ def run_decontaminate(source: Path, out: Path, config: DecontamConfig) -> StageR
     def decide(batch: pa.Table, offset: int) -> tuple[pa.Table, Drops]:
         drops = find_contamination(index, batch, config.columns, config.ngram)
         for label in drops.match:
-            matched[label] = matched.get(label, 0) + 1
+            if label is not None:
+                matched[label] = matched.get(label, 0) + 1
         return batch, drops
 
     def details() -> dict[str, Any]:

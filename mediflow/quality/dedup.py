@@ -146,16 +146,19 @@ def confirm(table: pa.Table, key: str, pairs: np.ndarray, config: DedupConfig) -
     """
     scorer = getattr(fuzz, config.scorer)
     scores = np.empty(len(pairs), np.float64)
-    for start in range(0, len(pairs), _CONFIRM_BATCH):
+    confirmed = np.zeros(len(pairs), bool)
+    lexicon = Lexicon.load(config.clinical_tokens) if config.clinical else None
+    for start in range(0, len(pairs), _CONFIRM_BATCH):  # a batch's texts at a time, so memory stays flat
         batch = pairs[start : start + _CONFIRM_BATCH]
         score = np.ones(len(batch))
         for field_name in ("instruction", "input") if key == "pair" else (key,):
             left, right = (_normalized_texts(table, field_name, batch[:, side]) for side in (0, 1))
             score = np.minimum(score, process.cpdist(left, right, scorer=scorer, workers=-1) / 100.0)
+        similar = score >= config.threshold
+        if lexicon is not None and similar.any():
+            similar[similar] = clinically_equal(table, key, batch[similar], lexicon)
         scores[start : start + len(batch)] = score
-    confirmed = scores >= config.threshold
-    if config.clinical:
-        confirmed[confirmed] = clinically_equal(table, key, pairs[confirmed], Lexicon.load(config.clinical_tokens))
+        confirmed[start : start + len(batch)] = similar
     return scores, confirmed
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mediflow.errors import MediflowError
 from mediflow.configuration import to_plain
+from mediflow.errors import MediflowError
 from mediflow.quality.config import DedupConfig
 from mediflow.quality.dedup import DedupResult, find_duplicates
 from mediflow.quality.io import iter_batches

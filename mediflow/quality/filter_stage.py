@@ -26,6 +26,7 @@ from mediflow.quality.report import StageReport
 from mediflow.quality.stage import Drops, run_stage
 from mediflow.taxonomy import Taxonomy, load_taxonomy
 
+
 def _tasks_for(check: str, setting: TaskChoice, taxonomy: Taxonomy) -> frozenset[str]:
     """The tasks a check applies to: listed in the config, or ``auto`` = those whose taxonomy entry asks for it."""
     if setting == "auto":

@@ -42,7 +42,8 @@ KEEP_NOT_APPLICABLE = Verdict(score=math.nan, keep=True, reason="not applicable"
 class Rule(Protocol):
     """A named check. ``name`` is what the report and the rejects call it."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def check(self, record: Record) -> Verdict: ...
 

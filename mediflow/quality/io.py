@@ -167,6 +167,7 @@ class StageOutput:
         if self._reject_writer is None:
             self._reject_schema = table.schema
             self._reject_writer = pq.ParquetWriter(self.staging / "rejects.parquet", table.schema)
+        assert self._reject_schema is not None  # set with the writer
         self._reject_writer.write_table(table.select(self._reject_schema.names).cast(self._reject_schema))
         self.rejected += table.num_rows
 

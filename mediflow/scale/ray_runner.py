@@ -42,10 +42,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from mediflow.engine.config import LimitsConfig
+from mediflow.errors import ConfigError, MediflowError
 from mediflow.scale.config import RayConfig
 from mediflow.steps.contract import LLMStep, StepResult
 from mediflow.teachers.factory import TeacherConfig
-from mediflow.errors import ConfigError, MediflowError
 
 #: Ray Data's default number of batches one async actor works on at once.
 BATCHES_PER_ACTOR = 4
@@ -94,7 +94,7 @@ def ray_session(config: RayConfig) -> Iterator[None]:
             address=config.address,
             include_dashboard=False,
             configure_logging=True,
-            logging_level="WARNING",
+            logging_level=logging.WARNING,
             log_to_driver=False,
         )
     except ConnectionError as exc:

@@ -11,6 +11,7 @@ already cached by the engine, so a rerun pays only for the rest.
 from __future__ import annotations
 
 import asyncio
+import typing
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
@@ -58,7 +59,7 @@ async def map_ordered(
 async def _next(pending: deque[asyncio.Task[Result]], failed: asyncio.Future[BaseException]) -> Result:
     """The head's result, or the first failure of any row as soon as it happens."""
     head = pending[0]
-    await asyncio.wait([head, failed], return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait([head, typing.cast("asyncio.Future[Result]", failed)], return_when=asyncio.FIRST_COMPLETED)
     if failed.done() and not head.done():
         raise failed.result()
     pending.popleft()

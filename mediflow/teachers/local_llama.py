@@ -53,7 +53,7 @@ class LocalLlamaTeacher:
             raise MediflowError(_INSTALL_HINT) from exc
         self._llama_cpp = llama_cpp
         self._model_path = Path(model_path) if model_path else None
-        self._options = {"n_ctx": n_ctx, "n_threads": n_threads, "seed": seed}
+        self._options: dict[str, Any] = {"n_ctx": n_ctx, "n_threads": n_threads, "seed": seed}
         self._llm: Any = None
         self._lock = threading.Lock()  # held by the worker thread: a timed-out call still finishes alone
         self._grammars: dict[str, Any] = {}

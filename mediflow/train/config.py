@@ -202,10 +202,12 @@ class StageConfig(Config):
     #: Not config data (no key, no flag, not in manifests): where the file was, set by the loader.
     root: Path = dataclasses.field(default=Path("."), repr=False, compare=False, metadata={"help": "", "secret": True})
 
-    def path(self, value: str | Path | None) -> Path:
+    def path(self, value: str | Path | dict[str, str] | None) -> Path:
         """A config path resolved against the config file's folder (``~`` expanded)."""
         if value is None:
             raise ConfigError("a path the stage needs is not set")
+        if isinstance(value, dict):  # data.documents maps domains to paths only for the eval stage
+            raise ConfigError(f"{self.stage}: expected one path here, got a mapping {value!r}")
         candidate = Path(value).expanduser()
         return candidate if candidate.is_absolute() else (self.root / candidate)
 

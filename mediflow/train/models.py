@@ -63,8 +63,9 @@ def _converted_gguf(name: str, cache_dir: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(
             gguf_path.parent, gguf_file=gguf_path.name, dtype="float32", quantization_config=GgufConfig(dequantize=True)
         )
-        if getattr(model, "hf_quantizer", None) is not None:
-            model.hf_quantizer.remove_quantization_config(model)
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:
+            quantizer.remove_quantization_config(model)
         # The GGUF carries no chat template and only <eos> as its stop token; a chat model needs both.
         from mediflow.train.templates import shipped_chat_template, strip_generation_markers
 

@@ -134,7 +134,7 @@ def _model_path(value: Any, where: str) -> Path:
 def _input_models(raw: Any, method: MethodSpec, source: str) -> list[InputModel]:
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{source}: 'models' must be a non-empty list of {{model: PATH, parameters: {{...}}}}")
-    models = []
+    models: list[InputModel] = []
     for index, entry in enumerate(raw):
         where = f"{source}: models[{index}]"
         if isinstance(entry, str):

@@ -10,6 +10,7 @@ output dtype), ``generation_config.json`` and the tokenizer files of the tokeniz
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -145,7 +146,7 @@ def _merge_one(
         return
     compute = torch.float64 if torch.float64 in (config.dtype, *(i.dtype for i in infos)) else torch.float32
     sources = [
-        TensorSource(info.shape, lambda a, b, f=folder, n=n: f.read_rows(n, a, b), compute, config.dtype)
+        TensorSource(info.shape, functools.partial(folder.read_rows, n), compute, config.dtype)
         for folder, n, info in zip(folders, input_names, infos, strict=True)
     ]
     shared, per_input = _tensor_parameters(config, name, input_names, num_layers)

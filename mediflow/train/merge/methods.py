@@ -167,6 +167,7 @@ class BandCursor:
             self.low_seen += low_ties if low_ties is not None else _count_equal(magnitudes, band.low)
             self.high_seen += high_ties if high_ties is not None else _count_equal(magnitudes, band.high)
             return kept.logical_not_()
+        assert low_ties is not None and high_ties is not None  # counted by the edges when not mixed
         self.low_seen += low_ties
         self.high_seen += high_ties
         drop = magnitudes < band.low if low_state == "kept" else magnitudes <= band.low
@@ -242,14 +243,14 @@ def task_vector_combine(
     if sign_consensus:
         positive_majority = torch.stack(list(weighted_deltas)).sum(dim=0) >= 0
         mixed = torch.zeros_like(base)
-        divisor = torch.zeros_like(base) if normalize else 1.0  # only `normalize` divides
+        agreeing_weight = torch.zeros_like(base)  # only `normalize` divides by it
         for delta, weight in zip(weighted_deltas, weights, strict=True):
             agrees = torch.where(positive_majority, delta > 0, delta < 0)
             mixed.add_(torch.where(agrees, delta, 0.0))
             if normalize:
-                divisor.add_(agrees.to(base.dtype), alpha=weight)
-        if normalize:
-            divisor[divisor == 0] = 1
+                agreeing_weight.add_(agrees.to(base.dtype), alpha=weight)
+        agreeing_weight[agreeing_weight == 0] = 1
+        divisor: torch.Tensor | float = agreeing_weight
     else:
         mixed = torch.stack(list(weighted_deltas)).sum(dim=0)
         total_weight = sum(weights)

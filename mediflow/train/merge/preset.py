@@ -45,10 +45,10 @@ from typing import Any
 import yaml
 
 from mediflow.errors import ConfigError
+from mediflow.train.fingerprint import file_hash, model_fingerprint, value_hash
 from mediflow.train.merge.config import parse_merge_config
 from mediflow.train.merge.engine import run_merge
 from mediflow.train.merge.evaluation import Evaluator
-from mediflow.train.fingerprint import file_hash, model_fingerprint, value_hash
 from mediflow.train.merge.search import Candidate, Dimension, Trial, best_trial, evolutionary_search
 
 PRESETS = ("mediphi",)

@@ -172,7 +172,7 @@ class ShardedWriter:
             raise ValueError(f"{name}: chunk dtype {chunk.dtype} differs from the planned {self._dtypes[name]}")
         handle = self._handle_for(self._shard_of[name])
         data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
-        handle.write(memoryview(data))
+        handle.write(data.data)
         self._written[name] = self._written.get(name, 0) + data.nbytes
         if self._written[name] > self._expected[name]:
             raise ValueError(f"{name}: more bytes written than its shape holds")

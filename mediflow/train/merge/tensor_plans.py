@@ -11,6 +11,7 @@ magnitude ranks are global) one full-size ``|delta|`` buffer for one input at a 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -99,7 +100,7 @@ def plan_tensor(
     if method.family == "model_stock":
         return _model_stock_plan(base, [sources[i] for i in others], shared["filter_wise"], chunks)
     sparsifiers = [
-        _sparsifier(method, base, sources[i], per_input[i], shared["rescale"], chunks, lambda i=i: make_generator(i))
+        _sparsifier(method, base, sources[i], per_input[i], shared["rescale"], chunks, functools.partial(make_generator, i))
         for i in others
     ]
     return _TaskVectorPlan(

@@ -1,21 +1,31 @@
-"""Small MediFlow-shaped output folders for the audit tests, with planted problems of known counts.
+"""The tests' shared helpers, in one module: output folders, records, and small run configs.
 
-Records use the real built-in taxonomy's task and document-type names and its tasks' example
-outputs (which are schema-valid), so the audit sees what ``mediflow generate`` would write.
-Texts are random words from a seeded generator, so that no two of them are near duplicates
-except the ones planted on purpose.
+- Small MediFlow-shaped output folders with planted problems of known counts (the audit, export,
+  judge and pairs tests). Records use the real built-in taxonomy's task and document-type names and
+  its tasks' example outputs (which are schema-valid), so the stages see what ``mediflow generate``
+  would write. Texts are random words from a seeded generator, so that no two of them are near
+  duplicates except the ones planted on purpose.
+- :func:`make_records`: documents answered by one to three tasks each, judged.
+- :func:`small_run_config`: a small ``generate`` run config against the test teacher. Its cells
+  are picked from the taxonomy (tasks given, or its first two; document types they all share),
+  never hard-coded, so the tests follow the taxonomy when it grows.
+
+The tiny torch models and training-stage configs live in ``tiny_models.py`` / ``train_stages.py``:
+they import torch, which the data tests should not pay for.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from mediflow.records import FULL_SCHEMA, GENERATION_SCHEMA, record_id, rows_to_table
 from mediflow.taxonomy import load_taxonomy
@@ -150,3 +160,68 @@ def _scores(rng: random.Random) -> dict[str, float]:
     return {name: float(rng.randint(1, 5)) for name in ("quality", "alignment", "coherence", "realism", "difficulty")} | {
         "judge_spread": rng.random()
     }
+
+
+TASKS = ("clinical_inference", "medication_qa", "icd10cm_coding")
+DOCUMENT_TYPES = ("discharge_summary", "progress_note")
+
+
+def make_records(documents: int = 40, seed: int = 3) -> list[dict]:
+    """``documents`` synthetic documents, each answered by 1-3 records (tasks), some judged."""
+    rng = random.Random(seed)
+    rows = []
+    for index in range(documents):
+        document, document_id = words(rng, 40), f"doc-{index:03d}"
+        document_type = DOCUMENT_TYPES[index % len(DOCUMENT_TYPES)]
+        for task in rng.sample(TASKS, rng.randint(1, 3)):
+            rows.append(
+                record(task, document_type, words(rng, 12), "plain_text", rng, input=document, document_id=document_id, teacher="openai:gpt-4o", quality=4.0)
+            )
+    return rows
+
+
+def unjudged(documents: int = 6) -> list[dict]:
+    """:func:`make_records` without judge scores (what the judge stage gets)."""
+    records = make_records(documents=documents)
+    for record in records:
+        del record["quality"]
+    return records
+
+
+TEST_TEACHER = "openai:mediflow-test-teacher"
+
+
+def small_run_config(base_url: str | None, out: Path, *, tasks: list[str] | None = None, document_types: int = 2, **extra: Any) -> dict[str, Any]:
+    """Tasks x ``document_types`` shared document types x the easiest difficulty, 2 records a cell, half JSON."""
+    taxonomy = load_taxonomy()
+    tasks = tasks or list(taxonomy.tasks)[:2]
+    shared = [d for d in taxonomy.document_types_for(tasks[0]) if all(d in taxonomy.document_types_for(t) for t in tasks)]
+    easiest = min(taxonomy.difficulty_levels, key=lambda level: level.rank).name
+    config: dict[str, Any] = {
+        "teacher": {"spec": TEST_TEACHER, "base_url": str(base_url) if base_url else None},
+        "tasks": tasks,
+        "document_types": shared[:document_types],
+        "difficulty_levels": [easiest],
+        "per_cell": 2,
+        "json_share": 0.5,
+        "progress": False,
+        "output": {"dir": str(out)},
+    }
+    config.update(extra)
+    return config
+
+
+def pin_kernel(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pin notebook kernels named ``name`` to this interpreter through a throw-away kernelspec first on ``JUPYTER_PATH``.
+
+    So a test never picks up some other Python's ``python3`` kernel on a CI machine; Jupyter's and
+    IPython's runtime folders go to the temp dir so a read-only home does not matter.
+    """
+    spec_dir = tmp_path / "jupyter" / "kernels" / name
+    spec_dir.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec_dir / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": name, "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
