@@ -76,6 +76,12 @@ def _user_prompt(i: int) -> str:
 
 
 async def _bare(url: str, n: int, concurrency: int, transport: str) -> None:
+    prompts = [[{"role": "system", "content": _SYSTEM}, {"role": "user", "content": _user_prompt(i)}] for i in range(n)]
+    await bare_client(url, prompts, concurrency, transport)
+
+
+async def bare_client(url: str, prompts: list[list[dict[str, str]]], concurrency: int, transport: str) -> None:
+    """The ceiling: ``AsyncOpenAI`` on the ``httpx`` or ``aiohttp`` transport, a semaphore, nothing else (also benchmarks/peers.py)."""
     import httpx
     import openai
 
@@ -87,33 +93,31 @@ async def _bare(url: str, n: int, concurrency: int, transport: str) -> None:
     client = openai.AsyncOpenAI(base_url=url, api_key="not-needed", max_retries=0, http_client=http_client)
     semaphore = asyncio.Semaphore(concurrency)
 
-    async def one(i: int) -> None:
+    async def one(messages: list[dict[str, str]]) -> None:
         async with semaphore:
             completion = await client.chat.completions.create(
-                model="bench",
-                messages=[{"role": "system", "content": _SYSTEM}, {"role": "user", "content": _user_prompt(i)}],
-                temperature=0.7,
-                top_p=1.0,
-                max_tokens=_MAX_TOKENS,
+                model="bench", messages=messages, temperature=0.7, top_p=1.0, max_tokens=_MAX_TOKENS  # type: ignore[arg-type]
             )
             assert completion.choices[0].message.content
 
     try:
-        await asyncio.gather(*(one(i) for i in range(n)))
+        await asyncio.gather(*(one(messages) for messages in prompts))
     finally:
         await client.close()
 
 
 async def _engine(url: str, n: int, concurrency: int, workdir: Path) -> None:
     from mediflow.engine import Engine, LimitsConfig
-    from mediflow.teachers import ChatRequest, make_teacher
+    from mediflow.teachers import ChatRequest
+    from mediflow.teachers.factory import TeacherConfig, teacher_from
 
-    teacher = make_teacher("openai:bench", base_url=url, max_connections=concurrency, timeout=120.0)
+    limits = LimitsConfig(concurrency=concurrency)
+    teacher = teacher_from(TeacherConfig("openai:bench", base_url=url), limits)
     requests = [
         ChatRequest(messages=(("system", _SYSTEM), ("user", _user_prompt(i))), max_tokens=_MAX_TOKENS) for i in range(n)
     ]
     try:
-        async with Engine(teacher, workdir / "cache.sqlite", LimitsConfig(concurrency=concurrency)) as engine:
+        async with Engine(teacher, workdir / "cache.sqlite", limits) as engine:
             await asyncio.gather(*(engine.complete(request) for request in requests))
     finally:
         await teacher.aclose()
@@ -153,7 +157,7 @@ def _measure(path: str, url: str, n: int, concurrency: int, workdir: Path) -> di
     if path == "generate":
         from mediflow import terminology
 
-        terminology.sample_billable_codes(2, seed=0)  # the once-per-process table load (see Stages.warm_up)
+        terminology.is_valid("I10")  # the once-per-process table load, outside the timing
     started, cpu = time.perf_counter(), _cpu_seconds()
     if path in ("bare-httpx", "bare-aiohttp"):
         asyncio.run(_bare(url, n, concurrency, path.partition("-")[2]))

@@ -126,7 +126,7 @@ def main() -> int:
             mediflow("train", "qa", "--config", CONFIGS / "qa_discharge.yaml",
                      *with_sets([f"model.teacher={args.teacher}", f"data.documents={HERE / 'data' / corpus}",
                                  f"output.dir={work / ('task_data_' + domain)}"]))
-            task_data = [f"data.task_data={work / ('task_data_' + domain) / 'task_data.parquet'}"]
+            task_data = [f"data.task_data={work / ('task_data_' + domain)}"]
         output = work / f"expert_{domain}"
         mediflow("train", "pit", "--config", CONFIGS / f"pit_{domain}.yaml",
                  *with_sets([f"model.name_or_path={base}", f"output.dir={output}", *task_data, *budget["pit"]]))

@@ -19,7 +19,7 @@ from mediflow.configuration import Config, option
 from mediflow.engine.config import LimitsConfig, PricesConfig
 from mediflow.errors import ConfigError
 from mediflow.scale.config import EngineKind, RayConfig
-from mediflow.teachers.factory import TeacherConfig
+from mediflow.teachers.factory import TeacherConfig, teacher_aliases
 
 #: The generation stages, in the order a record goes through them.
 Stage = Literal["document", "instruction", "response"]
@@ -33,6 +33,9 @@ class SamplingConfig(Config):
     temperature: float = option(0.7, "sampling temperature", minimum=0, maximum=2)
     top_p: float = option(1.0, "nucleus sampling mass", exclusiveMinimum=0, maximum=1)
     max_tokens: int = option(1024, "upper bound on the answer's length in tokens", minimum=1)
+    retry_max_tokens: int | None = option(
+        None, "a plain-text answer cut at max_tokens is retried once with this budget (default: twice max_tokens); still cut, it is rejected as truncated", minimum=1
+    )
 
 
 @dataclass
@@ -84,9 +87,7 @@ class RunConfig(Config):
     shard: str | None = option(None, "K/N: make only the K-th of N deterministic shares of the plan (then mediflow join)")
 
     ALIASES: ClassVar[dict[str, str]] = {
-        "teacher": "teacher.spec",
-        "base_url": "teacher.base_url",
-        "api_key_env": "teacher.api_key_env",
+        **teacher_aliases(),
         "concurrency": "limits.concurrency",
         "rpm": "limits.rpm",
         "tpm": "limits.tpm",

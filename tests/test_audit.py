@@ -267,7 +267,8 @@ def test_report_has_every_section_and_an_image_per_plotted_section(tmp_path: Pat
         has_image = re.search(r'<img [^>]*src="data:image/png;base64,[A-Za-z0-9+/=]{100,}"', block) is not None
         assert has_image == (section.figure is not None), section.key
     plotted = {s.key for s in report.sections if s.figure is not None}
-    assert plotted == {"coverage", "lengths", "judge_scores", "funnel", "json_validity", "icd_codes", "ngrams", "duplicates"}
+    assert plotted == {"coverage", "lengths", "judge_scores", "funnel", "json_validity", "icd_codes", "ngrams", "duplicates", "diversity"}
+    assert report.section("case_mix").unavailable  # the demo records were made without cases
     assert report.section("coverage").numbers["planned_empty_cells"] == 1
     assert report.section("json_validity").numbers["invalid"] == 2
     assert report.section("icd_codes").numbers["invalid"] == 1
@@ -289,7 +290,7 @@ def test_cli_prints_a_summary_and_writes_the_report(tmp_path: Path, capsys: pyte
 
 def test_cli_names_a_folder_without_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["audit", str(tmp_path)]) == 2
-    assert "no record shards in" in capsys.readouterr().err
+    assert "no MediFlow manifest and no .parquet/.jsonl files" in capsys.readouterr().err
 
 
 def test_funnel_of_a_generate_run_without_rejects_comes_from_its_counts(tmp_path: Path) -> None:

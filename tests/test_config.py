@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -93,3 +94,57 @@ def test_manifest_view_holds_no_secret() -> None:
     config = load_config({"teacher": {"spec": "openai:gpt-4o", "api_key_env": "MY_KEY"}})
     assert "MY_KEY" in json.dumps(config.to_dict())  # only the variable's name
     assert "api_key" not in {key for key in config.to_dict()["teacher"] if key != "api_key_env"}
+
+
+def test_every_example_config_loads() -> None:
+    from mediflow.preference import PairsConfig
+    from mediflow.quality import CurateConfig
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    assert load_config(examples / "run.yaml").teacher.api_key_env == "OPENAI_API_KEY"
+    assert CurateConfig.load(examples / "curate.yaml").judge is not None
+    pairs = PairsConfig.load(examples / "pairs.yaml")
+    assert pairs.judge.spec == "openai:gpt-4o" and pairs.teacher.spec == "openai:gpt-4o-mini"
+
+
+def test_flags_are_derived_from_the_fields_and_only_given_ones_override() -> None:
+    import argparse
+
+    from mediflow.configuration import add_flags, flag_overrides
+    from mediflow.quality import JudgeConfig
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser, JudgeConfig)
+    args = parser.parse_args(["--teacher", "openai:x", "--concurrency", "7", "--limits-rpm", "60", "--no-progress", "--thresholds", "{quality: 4}"])
+    overrides = flag_overrides(args)
+    assert overrides == {"teacher.spec": "openai:x", "limits.concurrency": 7, "limits.rpm": 60.0, "progress": False, "thresholds": {"quality": 4}}
+    config = JudgeConfig.load(None, **overrides)
+    assert (config.teacher.spec, config.limits.concurrency, config.limits.max_retries, config.samples) == ("openai:x", 7, 6, 5)
+    assert config.thresholds == {"quality": 4.0} and not config.progress
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--aggregate", "mode"])  # a Literal field's flag takes only its choices
+    assert "default 5" in parser.format_help() and "judge samples per record" in parser.format_help()
+
+
+def test_sections_secrets_and_cross_field_checks() -> None:
+    from mediflow.configuration import to_plain
+    from mediflow.quality import CurateConfig
+    from mediflow.teachers.factory import TeacherConfig
+
+    assert CurateConfig.load({"judge": True, "dedup": False}).judge is not None  # true: on, with defaults
+    assert CurateConfig.load({"judge": True, "dedup": False}).dedup is None  # false: off
+    with pytest.raises(ConfigError, match=r"^unknown config key 'judge.concurrency'; did you mean 'judge.limits.concurrency'\?$"):
+        CurateConfig.load({"judge": {"concurrency": 3}})
+    with pytest.raises(ConfigError, match=r"^dedup.bands: 50 does not divide num_perm 192$"):
+        CurateConfig.load({"dedup": {"bands": 50}})
+    section = TeacherConfig("openai:x", api_key="sk-secret")
+    assert "sk-secret" not in json.dumps(to_plain(section)) and "sk-secret" not in repr(section)
+    assert TeacherConfig.load(section) is section  # a built config passes through with its secret
+
+
+def test_an_unset_key_variable_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mediflow.teachers.factory import TeacherConfig, teacher_from
+
+    monkeypatch.delenv("MEDIFLOW_UNSET_KEY", raising=False)
+    with pytest.raises(ConfigError, match="^judge.teacher.api_key_env: the environment variable MEDIFLOW_UNSET_KEY is not set$"):
+        teacher_from(TeacherConfig("openai:x", api_key_env="MEDIFLOW_UNSET_KEY"), where="judge.teacher")

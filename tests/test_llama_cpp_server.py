@@ -41,7 +41,7 @@ def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = tmp_path_factory.mktemp("llama-cpp-server") / "server.log"
     command = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(_assemble_weights()), "--model_alias", ALIAS,
-        "--n_ctx", "4096", "--n_threads", "2", "--host", "127.0.0.1", "--port", str(port),
+        "--n_ctx", "2048", "--n_threads", "2", "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -76,8 +76,8 @@ def _json_run_config(out: Path) -> dict:
     config = small_run_config(None, out, document_types=1, per_cell=1, json_share=1.0)
     config["tasks"] = config["tasks"][:1]
     config["limits"] = {"concurrency": 1, "max_retries": 0, "request_timeout": 300}
-    config["sampling"] = {"document": {"max_tokens": 64}, "instruction": {"max_tokens": 48}, "response": {"max_tokens": 96}}
-    config["max_corrections"] = 1
+    config["sampling"] = {"document": {"max_tokens": 48}, "instruction": {"max_tokens": 40}, "response": {"max_tokens": 96}}
+    config["max_corrections"] = 0  # three requests; an invalid answer is a reasoned reject
     return config
 
 
@@ -107,7 +107,7 @@ def test_generate_json_records_through_llama_cpp_server(
     assert "response_format" in capabilities["refusals"]["json_schema"]
 
     taxonomy = load_taxonomy()
-    for path in (out / "data").glob("shard-*.parquet"):
+    for path in (out / "data").glob("part-*.parquet"):
         for row in pq.read_table(path).to_pylist():
             assert row["output_format"] == "json"
             jsonschema.validate(json.loads(row["output"]), taxonomy.tasks[row["task_type"]].output_schema)

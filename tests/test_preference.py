@@ -17,7 +17,7 @@ from mediflow.errors import MediflowError
 from mediflow.preference.error_kinds import applicable_kinds, choose_kind, load_error_kinds
 from mediflow.preference.hard_checks import CHOSEN_FAILS_CHECKS, INDISTINGUISHABLE, fits_kind, tell_apart
 from mediflow.preference.icd10 import invalid_codes_in, swap_for_sibling, valid_codes_in
-from mediflow.preference.judge import PairJudge, presentation_order
+from mediflow.preference.judge import PairJudge, PairJudgeStep, presentation_order
 from mediflow.preference.margins import (
     IDENTICAL_TEXT,
     LOW_MARGIN,
@@ -177,7 +177,7 @@ def shown_order(request: ChatRequest) -> list[str]:
 
 def test_candidate_order_is_shuffled_seeded_and_scores_map_back() -> None:
     engine = RecordingJudgeEngine()
-    judge = PairJudge(engine, load_prompts().get("pair_judge"), seed=11, samples=2)
+    judge = PairJudge(engine, PairJudgeStep(load_prompts().get("pair_judge"), seed=11, temperature=0.0), samples=2)
     record = {"instruction": "Summarise.", "input": "Note.", "output_format": "plain_text"}
     candidates = [f"candidate-{i}" for i in range(4)]
     verdicts = [asyncio.run(judge.score(record, candidates, f"record-{r}")) for r in range(6)]
@@ -192,7 +192,7 @@ def test_candidate_order_is_shuffled_seeded_and_scores_map_back() -> None:
         assert [candidates[i] for i in verdict.orders[0]] == first and [candidates[i] for i in verdict.orders[1]] == second
 
     again = RecordingJudgeEngine()
-    asyncio.run(PairJudge(again, load_prompts().get("pair_judge"), seed=11, samples=2).score(record, candidates, "record-0"))
+    asyncio.run(PairJudge(again, PairJudgeStep(load_prompts().get("pair_judge"), seed=11, temperature=0.0), samples=2).score(record, candidates, "record-0"))
     assert [shown_order(r) for r in again.requests] == orders[:2]
     assert presentation_order(4, "record-0", 0, seed=12) != presentation_order(4, "record-0", 0, seed=11) or presentation_order(
         4, "record-1", 0, seed=12
@@ -204,7 +204,7 @@ def test_judge_without_a_valid_answer_gives_no_scores() -> None:
         async def complete(self, request: ChatRequest) -> ChatResponse:
             return ChatResponse("not json", "stop")
 
-    judge = PairJudge(Garbage(), load_prompts().get("pair_judge"), seed=0, max_corrections=1)
+    judge = PairJudge(Garbage(), PairJudgeStep(load_prompts().get("pair_judge"), seed=0, temperature=0.0, max_corrections=1))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         verdict = asyncio.run(judge.score({"instruction": "i", "input": "d"}, ["a", "b"], "r"))

@@ -37,18 +37,29 @@ def test_document_prompt_renders_for_every_document_type() -> None:
         assert "fictitious" in messages[0][1]
 
 
-def test_document_prompt_takes_seed_facts_requirements_and_difficulty() -> None:
+def test_document_prompt_renders_the_case_requirements_and_difficulty() -> None:
+    from mediflow.cases import Case, Condition
+
     doc_type = TAXONOMY.document_type("discharge_summary")
     task = TAXONOMY.task("error_detection_correction")
+    case = Case(
+        "general_inpatient", 71, "female", "inpatient ward", "urgent",
+        (Condition("E11.22", "Type 2 diabetes mellitus with diabetic chronic kidney disease", "primary"),
+         Condition("I48.91", "Unspecified atrial fibrillation", "comorbidity")),
+        ("metformin", "apixaban"),
+    )
     (_, _), (_, user) = PROMPTS.get("document").render(
         document_type=doc_type,
         category=TAXONOMY.category(doc_type.category),
-        seed_facts=["E11.22 Type 2 diabetes mellitus with diabetic chronic kidney disease", "apixaban"],
+        case=case,
         requirements=task.document_requirements,
         difficulty=TAXONOMY.difficulty_levels[-1],
         target_words=700,
     )
-    assert "- E11.22 Type 2 diabetes" in user and "- apixaban" in user
+    assert "71 years old, female; seen in inpatient ward; urgent encounter" in user
+    assert "- Type 2 diabetes mellitus with diabetic chronic kidney disease (ICD-10-CM E11.22) - the main problem" in user
+    assert "- Unspecified atrial fibrillation (ICD-10-CM I48.91) - a chronic comorbidity" in user
+    assert "metformin, apixaban" in user
     assert task.document_requirements in user
     assert "about 700 words" in user and "specialist" in user
 

@@ -19,6 +19,7 @@ from fixtures import TEST_TEACHER as TEACHER
 from fixtures import make_records, small_run_config, unjudged, write_output_folder
 
 from mediflow import generate
+from mediflow.cli import main
 from mediflow.preference import PairsConfig, build_pairs
 from mediflow.quality import JudgeConfig, run_judge
 
@@ -41,7 +42,7 @@ def _config(base_url: str, out: Path, rpm: int | None = None, **extra) -> dict:
 
 
 def _records(out: Path) -> list[dict]:
-    table = pq.read_table(sorted(str(p) for p in (out / "data").glob("shard-*.parquet")))
+    table = pq.read_table(sorted(str(p) for p in (out / "data").glob("part-*.parquet")))
     return table.drop(["created_at"]).to_pylist()
 
 
@@ -137,3 +138,22 @@ def test_each_actor_negotiates_and_the_manifest_records_the_level(ray_address, t
     assert manifest["teacher_capabilities"]["structured_output"] == "json_object_schema"
     assert manifest["teacher_capabilities"]["refusals"]["json_schema"].startswith("HTTP 500: ")
     assert "server_error" not in manifest["session"]["errors"]
+
+
+def test_ray_pit_qa_gives_the_local_task_data(ray_address, teacher_server, tmp_path) -> None:
+    documents = [{"id": f"n{i}", "text": f"Discharge summary {i}. Admitted with pneumonia; amoxicillin 500 mg."} for i in range(3)]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in documents), encoding="utf-8")
+    served = []
+    for engine in ("local", "ray"):
+        config = tmp_path / f"{engine}.yaml"
+        config.write_text(
+            f"model: {{teacher: 'openai:mediflow-test-teacher', base_url: '{teacher_server}'}}\n"
+            f"method: {{qa_pairs: 2, concurrency: 4, engine: {engine}, ray: {{actors: 2}}}}\n"
+            f"data: {{documents: docs.jsonl}}\noutput: {{dir: {engine}}}\n",
+            encoding="utf-8",
+        )
+        teacher_server.reset()
+        assert main(["train", "qa", "--config", str(config)]) == 0
+        served.append(teacher_server.stats()["requests"])
+    assert served[0] == served[1] == 3 * 4
+    assert pq.read_table(tmp_path / "ray" / "task_data.parquet").equals(pq.read_table(tmp_path / "local" / "task_data.parquet"))

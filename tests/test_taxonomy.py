@@ -114,13 +114,6 @@ def test_document_types_are_complete() -> None:
 
 
 @pytest.mark.parametrize("task_name", sorted(TAXONOMY.tasks))
-def test_schema_is_valid_and_accepts_its_example(task_name: str) -> None:
-    task = TAXONOMY.task(task_name)
-    jsonschema.Draft202012Validator.check_schema(task.output_schema)
-    jsonschema.validate(task.example_output, task.output_schema, cls=jsonschema.Draft202012Validator)
-
-
-@pytest.mark.parametrize("task_name", sorted(TAXONOMY.tasks))
 def test_schema_rejects_a_wrong_answer(task_name: str) -> None:
     validator = jsonschema.Draft202012Validator(TAXONOMY.task(task_name).output_schema)
     assert not validator.is_valid(INVALID_OUTPUTS[task_name])

@@ -8,7 +8,9 @@ The notebook ``examples/audit.ipynb`` calls the same functions one section at a 
 
 from __future__ import annotations
 
+from mediflow.audit.case_mix import case_mix
 from mediflow.audit.coverage import coverage
+from mediflow.audit.diversity import text_diversity
 from mediflow.audit.duplicates import near_duplicates
 from mediflow.audit.folder import OutputFolder
 from mediflow.audit.funnel import funnel
@@ -21,6 +23,7 @@ from mediflow.audit.ngrams import ngrams
 from mediflow.audit.plan import planned_cells, run_config
 from mediflow.audit.report import (
     AuditReport,
+    case_mix_with_plan,
     coverage_with_plan,
     icd_codes_with_terminology,
     json_validity_with_taxonomy,
@@ -34,6 +37,8 @@ __all__ = [
     "AuditReport",
     "CheckResult",
     "OutputFolder",
+    "case_mix",
+    "case_mix_with_plan",
     "coverage",
     "coverage_with_plan",
     "funnel",
@@ -51,6 +56,7 @@ __all__ = [
     "run_audit",
     "run_config",
     "sample_cells",
+    "text_diversity",
     "samples",
     "write_html",
 ]

@@ -14,7 +14,7 @@ import pandas as pd
 from mediflow.audit.folder import OutputFolder
 from mediflow.audit.plots import new_figure
 from mediflow.audit.result import CheckResult
-from mediflow.audit.text import readable_output, words
+from mediflow.audit.text import instruction_opening, readable_output, words
 
 TITLE = "Frequent instruction openings and output n-grams"
 
@@ -29,7 +29,7 @@ def ngrams(
     output_grams: Counter[str] = Counter()
     outputs_with: Counter[str] = Counter()  # in how many outputs each n-gram occurs
     for record in sample.to_dict("records"):
-        opening = " ".join(words(record["instruction"] or "")[:opening_words])
+        opening = instruction_opening(record["instruction"] or "", opening_words)
         if opening:
             openings[opening] += 1
             per_task.setdefault(record["task_type"], Counter())[opening] += 1

@@ -15,7 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mediflow.audit.case_mix import case_mix
 from mediflow.audit.coverage import coverage
+from mediflow.audit.diversity import text_diversity
 from mediflow.audit.duplicates import near_duplicates
 from mediflow.audit.folder import OutputFolder
 from mediflow.audit.funnel import funnel
@@ -112,6 +114,8 @@ def run_audit(
         icd_codes_with_terminology(folder, taxonomy),
         ngrams(folder, sample_size=sample_size),
         near_duplicates(folder, max_records=duplicate_records),
+        case_mix_with_plan(folder, taxonomy),
+        text_diversity(folder, sample_size=sample_size),
         sample_cells(folder, max_cells=sample_cells_shown),
     ]
     return AuditReport(path=folder.path, records=len(folder.frame), sections=sections)
@@ -124,6 +128,12 @@ def coverage_with_plan(folder: OutputFolder, taxonomy: Taxonomy | None) -> Check
     result.summary += f" (plan: {source})"
     result.numbers["plan_source"] = source
     return result
+
+
+def case_mix_with_plan(folder: OutputFolder, taxonomy: Taxonomy | None) -> CheckResult:
+    """The case mix, with the profile shares the plan asked for."""
+    planned, _ = planned_cells(folder, taxonomy)
+    return case_mix(folder, planned, taxonomy)
 
 
 def json_validity_with_taxonomy(folder: OutputFolder, taxonomy: Taxonomy | None) -> CheckResult:

@@ -12,7 +12,7 @@ from typing import Any
 
 from mediflow.quality.text import json_strings
 
-__all__ = ["json_strings", "readable_output", "words"]
+__all__ = ["instruction_opening", "json_strings", "readable_output", "words"]
 
 _WORD = re.compile(r"[a-z0-9]+(?:[.'-][a-z0-9]+)*")
 
@@ -20,6 +20,11 @@ _WORD = re.compile(r"[a-z0-9]+(?:[.'-][a-z0-9]+)*")
 def words(text: str) -> list[str]:
     """Lower-cased word tokens (letters and digits; inner dots, hyphens and apostrophes kept: E11.22, 2.5, x-ray)."""
     return _WORD.findall(text.lower())
+
+
+def instruction_opening(text: str, length: int = 4) -> str:
+    """The first ``length`` words of an instruction: how stock phrasing ("You are a clinical coder") shows."""
+    return " ".join(words(text)[:length])
 
 
 def readable_output(output: Any, output_format: Any) -> str:

@@ -238,7 +238,9 @@ class Engine:
             self.limit.on_overload(started)
             return
         self._breaker.record(True)
-        if failure.fatal:
+        if failure.kind == "unavailable":  # the teacher's start-up check: its line names the teacher and the cause
+            self._stop(failure.message)
+        elif failure.fatal:
             self._stop(f"teacher at {self._where} refused the run ({failure.kind}): {failure.message}")
         elif self._breaker.tripped:
             self._stop(

@@ -200,7 +200,3 @@ class AdaptiveLimit:
     @property
     def latency_baseline(self) -> float | None:
         return self._baseline
-
-    @property
-    def recent_latency(self) -> float | None:
-        return self._recent_latency

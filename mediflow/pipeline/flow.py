@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Callable
 from datetime import datetime
 
+from mediflow.cases import Case
 from mediflow.config import RunConfig
 from mediflow.pipeline.collect import ShardCollector
 from mediflow.pipeline.plan import InstructionGroup, PlanItem
@@ -52,47 +53,50 @@ class GroupFlow:
         return not all(self.collector.is_finished(item.position) for item in group.items)
 
     async def run(self, group: InstructionGroup) -> None:
+        cases = [self.stages.case_of(item) for item in group.items]
         documents: list[StepResult[str]]
         instruction: StepResult[str] | None = None
         if "instruction" not in self.config.stages:
-            documents = list(await asyncio.gather(*(self.stages.document(item) for item in group.items)))
+            documents = list(await asyncio.gather(*(self.stages.document(i, c) for i, c in zip(group.items, cases))))
         elif self.config.documents_per_instruction > 1:  # reused: written for the types, alongside the documents
             *documents, instruction = await asyncio.gather(
-                *(self.stages.document(item) for item in group.items), self.stages.instruction(group, None)
+                *(self.stages.document(i, c) for i, c in zip(group.items, cases)), self.stages.instruction(group, None)
             )
         else:  # one document, one instruction written on it
-            documents = [await self.stages.document(group.items[0])]
+            documents = [await self.stages.document(group.items[0], cases[0])]
             if documents[0].ok:
                 instruction = await self.stages.instruction(group, documents[0].value)
         await asyncio.gather(
             *(
-                self._finish(item, document, instruction, charged=(index == 0))
-                for index, (item, document) in enumerate(zip(group.items, documents))
+                self._finish(item, case, document, instruction, charged=(index == 0))
+                for index, (item, case, document) in enumerate(zip(group.items, cases, documents))
                 if not self.collector.is_finished(item.position)
             )
         )
 
-    async def _finish(self, item: PlanItem, document: StepResult[str], instruction: StepResult[str] | None, charged: bool) -> None:
+    async def _finish(
+        self, item: PlanItem, case: Case, document: StepResult[str], instruction: StepResult[str] | None, charged: bool
+    ) -> None:
         responses = list(document.responses)
         if charged and instruction is not None:
             responses += instruction.responses
         if not document.ok:
-            self._reject(item, "document", document, None, None, responses)
+            self._reject(item, case, "document", document, None, None, responses)
         elif instruction is not None and not instruction.ok:
-            self._reject(item, "instruction", instruction, None, document.value, responses)
+            self._reject(item, case, "instruction", instruction, None, document.value, responses)
         elif "response" not in self.config.stages:
-            self._record(item, instruction.value if instruction else None, document.value or "", None, responses)
+            self._record(item, case, instruction.value if instruction else None, document.value or "", None, responses)
         else:
             assert instruction is not None and instruction.value is not None
             answer = await self.stages.response(item, instruction.value, document.value or "")
             responses += answer.responses
             if answer.ok:
-                self._record(item, instruction.value, document.value or "", answer.value, responses)
+                self._record(item, case, instruction.value, document.value or "", answer.value, responses)
             else:
-                self._reject(item, "response", answer, instruction.value, document.value, responses)
+                self._reject(item, case, "response", answer, instruction.value, document.value, responses)
         self.on_item_done()
 
-    def _record(self, item: PlanItem, instruction: str | None, document: str, output: str | None, responses: list) -> None:
+    def _record(self, item: PlanItem, case: Case, instruction: str | None, document: str, output: str | None, responses: list) -> None:
         row = record_row(
             item,
             instruction=instruction,
@@ -103,12 +107,14 @@ class GroupFlow:
             prompt_version=self._versions[item.output_format],
             usage=usage(responses, self.cost_of),
             created_at=self.created_at,
+            case=case.to_row(),
         )
         self.collector.add(item.position, "record", row)
 
     def _reject(
         self,
         item: PlanItem,
+        case: Case,
         stage: str,
         result: StepResult[str],
         instruction: str | None,
@@ -128,5 +134,6 @@ class GroupFlow:
             prompt_version=self._versions[item.output_format],
             usage=usage(responses, self.cost_of),
             created_at=self.created_at,
+            case=case.to_row(),
         )
         self.collector.add(item.position, "reject", row)

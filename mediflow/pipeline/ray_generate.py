@@ -61,7 +61,6 @@ class GenerateWork:
         try:
             engine = Engine(teacher, RunOutput(config.output.dir).cache_path, limits, prices=config.prices, progress=False, limit_share=share)
             stages = Stages(engine, taxonomy, config)
-            stages.warm_up()
             rows = _GroupRows()
             async with engine:
                 flow = GroupFlow(stages, rows, config, teacher=teacher.name, created_at=self.created_at, cost_of=engine.cost_usd)  # type: ignore[arg-type]

@@ -57,6 +57,7 @@ def record_row(
     prompt_version: str,
     usage: dict[str, Any],
     created_at: datetime,
+    case: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One accepted record (``instruction`` / ``output`` are None when those stages were not run)."""
     return {
@@ -76,6 +77,7 @@ def record_row(
         "prompt_version": prompt_version,
         "usage": usage,
         "created_at": created_at,
+        "case": case,
     }
 
 
@@ -93,6 +95,7 @@ def reject_row(
     prompt_version: str,
     usage: dict[str, Any],
     created_at: datetime,
+    case: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One item kept out of the dataset, with everything needed to see why."""
     return {
@@ -114,4 +117,5 @@ def reject_row(
         "prompt_version": prompt_version,
         "usage": usage,
         "created_at": created_at,
+        "case": case,
     }

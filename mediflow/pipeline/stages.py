@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from mediflow import terminology
+from mediflow.cases import Case, CaseSampler, load_case_book
 from mediflow.config import RunConfig, SamplingConfig
 from mediflow.pipeline.plan import InstructionGroup, PlanItem
 from mediflow.pipeline.structured import CompletesChat
@@ -28,8 +28,6 @@ from mediflow.teachers.base import ChatRequest
 
 #: The templates a run renders, by stage.
 TEMPLATE_NAMES: tuple[str, ...] = ("document", "instruction", "response_plain", "response_json", "correction")
-#: Real codes handed to each document prompt: enough to ground it, few enough to stay plausible.
-_SEED_CONDITIONS = 2
 
 
 def _request(template: PromptTemplate, sampling: SamplingConfig, item: PlanItem, salt: int, **variables: Any) -> ChatRequest:
@@ -49,44 +47,45 @@ def _text(answer: Answer, what: str) -> str | Reject:
     return text if text else Reject(f"the teacher returned an empty {what}")
 
 
-def seed_facts(item: PlanItem) -> list[str]:
-    """Real billable ICD-10-CM conditions drawn for this item (seeded by it), to ground the document.
+class _Sampled:
+    """A stage step with its sampling config: a truncated answer's retry budget comes from there."""
 
-    Drug names are left to the teacher: the drug vocabulary takes ~7 s to load, per process.
-    """
-    codes = terminology.sample_billable_codes(_SEED_CONDITIONS, seed=item.seed)
-    return [f"{code.description} (ICD-10-CM {code.code})" for code in codes]
+    sampling: SamplingConfig
+
+    def retry_budget(self, request: ChatRequest) -> int:
+        return self.sampling.retry_max_tokens or 2 * request.max_tokens
 
 
 @dataclass
-class DocumentStep(LLMStep[PlanItem, str]):
-    """A synthetic clinical document of the item's type, at the item's difficulty, for its task."""
+class DocumentStep(_Sampled, LLMStep[tuple[PlanItem, Case], str]):
+    """A synthetic clinical document of the item's type about its clinical case, at the item's difficulty, for its task."""
 
     template: PromptTemplate
     taxonomy: Taxonomy
     sampling: SamplingConfig
     levels: dict[str, DifficultyLevel]
 
-    def request(self, row: PlanItem) -> ChatRequest:
-        document_type = self.taxonomy.document_types[row.document_type]
+    def request(self, row: tuple[PlanItem, Case]) -> ChatRequest:
+        item, case = row
+        document_type = self.taxonomy.document_types[item.document_type]
         return _request(
             self.template,
             self.sampling,
-            row,
+            item,
             0,
             document_type=document_type,
             category=self.taxonomy.categories[document_type.category],
-            difficulty=self.levels[row.difficulty],
-            seed_facts=seed_facts(row),
-            requirements=self.taxonomy.tasks[row.task].document_requirements,
+            difficulty=self.levels[item.difficulty],
+            case=case,
+            requirements=self.taxonomy.tasks[item.task].document_requirements,
         )
 
-    def parse(self, row: PlanItem, answer: Answer) -> str | Reject:
+    def parse(self, row: tuple[PlanItem, Case], answer: Answer) -> str | Reject:
         return _text(answer, "document")
 
 
 @dataclass
-class InstructionStep(LLMStep[tuple[InstructionGroup, "str | None"], str]):
+class InstructionStep(_Sampled, LLMStep[tuple[InstructionGroup, "str | None"], str]):
     """The task's instruction at the group's difficulty and format.
 
     Written on the document when the instruction serves that one document; written for the
@@ -118,7 +117,7 @@ class InstructionStep(LLMStep[tuple[InstructionGroup, "str | None"], str]):
 
 
 @dataclass
-class ResponseStep(LLMStep[tuple[PlanItem, str, str], str]):
+class ResponseStep(_Sampled, LLMStep[tuple[PlanItem, str, str], str]):
     """The answer to the instruction on the document: plain text, or JSON valid against the task's schema."""
 
     plain: PromptTemplate
@@ -152,6 +151,7 @@ class Stages:
         prompts = load_prompts(config.prompts)
         self.templates = {name: prompts.get(name) for name in TEMPLATE_NAMES}
         levels = {level.name: level for level in taxonomy.difficulty_levels}
+        self.cases = CaseSampler(taxonomy, load_case_book(config.taxonomy))
         sampling = config.sampling
         self.document_step = DocumentStep(self.templates["document"], taxonomy, sampling.document, levels)
         self.instruction_step = InstructionStep(self.templates["instruction"], taxonomy, sampling.instruction, levels)
@@ -175,12 +175,12 @@ class Stages:
         names = ["document", "instruction", response] + (["correction"] if output_format == "json" else [])
         return "+".join(self.templates[name].version for name in names)
 
-    def warm_up(self) -> None:
-        """Load the ICD-10-CM tables now (seconds, once per process), not inside the first request's timing."""
-        terminology.sample_billable_codes(_SEED_CONDITIONS, seed=0)
+    def case_of(self, item: PlanItem) -> Case:
+        """The clinical case behind the item's document: drawn from its document type's profile, seeded by the item."""
+        return self.cases.case_for(item.document_type, item.seed)
 
-    async def document(self, item: PlanItem) -> StepResult[str]:
-        return await ask(self.engine, self.document_step, item)
+    async def document(self, item: PlanItem, case: Case) -> StepResult[str]:
+        return await ask(self.engine, self.document_step, (item, case))
 
     async def instruction(self, group: InstructionGroup, document: str | None) -> StepResult[str]:
         return await ask(self.engine, self.instruction_step, (group, document))

@@ -17,7 +17,7 @@ from mediflow.configuration import Config, option
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError
 from mediflow.scale.config import EngineKind, RayConfig
-from mediflow.teachers.factory import TeacherConfig
+from mediflow.teachers.factory import TeacherConfig, teacher_aliases
 
 METHODS: tuple[str, ...] = ("inject", "candidates")
 
@@ -40,9 +40,7 @@ class PairsConfig(Config):
     """How preference pairs are built."""
 
     ALIASES: ClassVar[dict[str, str]] = {
-        "teacher": "teacher.spec",
-        "base_url": "teacher.base_url",
-        "api_key_env": "teacher.api_key_env",
+        **teacher_aliases(),
         "judge_teacher": "judge_teacher.spec",
         "judge_base_url": "judge_teacher.base_url",
         "concurrency": "limits.concurrency",

@@ -15,8 +15,7 @@ from typing import Any
 from mediflow.pipeline.structured import CompletesChat
 from mediflow.preference.error_kinds import ErrorKind
 from mediflow.preference.icd10 import swap_for_sibling
-from mediflow.prompts import PromptTemplate
-from mediflow.steps import Answer, LLMStep, ask
+from mediflow.steps import Answer, PromptStep, ask
 from mediflow.teachers.base import ChatRequest
 
 INJECTION_PROMPT = "error_injection"
@@ -33,15 +32,8 @@ class Injection:
     error: str | None = None
 
 
-class InjectionStep(LLMStep[tuple[Mapping[str, Any], ErrorKind], Injection]):
+class InjectionStep(PromptStep[tuple[Mapping[str, Any], ErrorKind], Injection]):
     """The teacher rewrites a record's answer with one named error (``strategy: rewrite`` kinds)."""
-
-    def __init__(self, template: PromptTemplate, *, seed: int, temperature: float, max_corrections: int, max_tokens: int) -> None:
-        self.template = template
-        self.seed = seed
-        self.temperature = temperature
-        self.max_corrections = max_corrections
-        self.max_tokens = max_tokens
 
     def request(self, row: tuple[Mapping[str, Any], ErrorKind]) -> ChatRequest:
         record, kind = row
@@ -69,23 +61,13 @@ class InjectionStep(LLMStep[tuple[Mapping[str, Any], ErrorKind], Injection]):
 class ErrorInjector:
     """Produces one corrupted answer per (record, error kind)."""
 
-    def __init__(
-        self,
-        engine: CompletesChat,
-        template: PromptTemplate,
-        *,
-        seed: int,
-        temperature: float = 0.7,
-        max_corrections: int = 2,
-        max_tokens: int = 2048,
-    ) -> None:
+    def __init__(self, engine: CompletesChat, step: InjectionStep) -> None:
         self.engine = engine
-        self.seed = seed
-        self.step = InjectionStep(template, seed=seed, temperature=temperature, max_corrections=max_corrections, max_tokens=max_tokens)
+        self.step = step
 
     async def inject(self, record: Mapping[str, Any], kind: ErrorKind, record_key: str) -> Injection:
         if kind.strategy == "icd10_sibling":
-            swap = swap_for_sibling(record["output"], record_key, self.seed)
+            swap = swap_for_sibling(record["output"], record_key, self.step.seed)
             if swap is None:
                 return Injection(None, None, "no ICD-10-CM code with a sibling in the answer")
             return Injection(swap.text, swap.describe())

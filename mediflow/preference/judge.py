@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mediflow.pipeline.structured import CompletesChat
-from mediflow.prompts import PromptTemplate
-from mediflow.steps import Answer, LLMStep, run_step
+from mediflow.steps import Answer, PromptStep, run_step
 from mediflow.teachers.base import ChatRequest
 
 PAIR_JUDGE_PROMPT = "pair_judge"
@@ -62,15 +61,8 @@ class Comparison:
     sample: int
 
 
-class PairJudgeStep(LLMStep[Comparison, tuple[float, ...]]):
+class PairJudgeStep(PromptStep[Comparison, tuple[float, ...]]):
     """One judge sample: the candidates under neutral labels in a seeded order; scores mapped back to the candidates."""
-
-    def __init__(self, template: PromptTemplate, *, seed: int, temperature: float, max_corrections: int, max_tokens: int) -> None:
-        self.template = template
-        self.seed = seed
-        self.temperature = temperature
-        self.max_corrections = max_corrections
-        self.max_tokens = max_tokens
 
     def order(self, row: Comparison) -> list[int]:
         return presentation_order(len(row.candidates), row.record_key, row.sample, self.seed)
@@ -104,20 +96,10 @@ class PairJudgeStep(LLMStep[Comparison, tuple[float, ...]]):
 class PairJudge:
     """Scores candidate answers to one record with the ``pair_judge`` prompt, its samples concurrently."""
 
-    def __init__(
-        self,
-        engine: CompletesChat,
-        template: PromptTemplate,
-        *,
-        seed: int,
-        samples: int = 1,
-        temperature: float = 0.0,
-        max_corrections: int = 2,
-        max_tokens: int = 1024,
-    ) -> None:
+    def __init__(self, engine: CompletesChat, step: PairJudgeStep, samples: int = 1) -> None:
         self.engine = engine
+        self.step = step
         self.samples = samples
-        self.step = PairJudgeStep(template, seed=seed, temperature=temperature, max_corrections=max_corrections, max_tokens=max_tokens)
 
     async def score(self, record: Mapping[str, Any], candidates: Sequence[str], record_key: str) -> Verdict:
         """Mean score per candidate over the judge samples; an unusable answer yields ``scores=None``."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from mediflow.records import JUDGE_SCORE_COLUMNS, MESSAGE_TYPE, RELEASED_COLUMNS, to_messages
+from mediflow.records import CASE_TYPE, JUDGE_SCORE_COLUMNS, MESSAGE_TYPE, RELEASED_COLUMNS, to_messages
 
 MESSAGES = pa.list_(MESSAGE_TYPE)
 
@@ -38,6 +38,7 @@ PAIR_SCHEMA = pa.schema(
         pa.field("document_id", pa.string()),
         pa.field("document_category", pa.string()),
         *(pa.field(name, pa.float64()) for name in JUDGE_SCORE_COLUMNS),
+        pa.field("case", CASE_TYPE),  # the source record's clinical case (not in the export's dpo config)
     ]
 )
 

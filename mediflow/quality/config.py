@@ -16,7 +16,7 @@ from mediflow.configuration import Config, option
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError
 from mediflow.scale.config import EngineKind, RayConfig
-from mediflow.teachers.factory import TeacherConfig
+from mediflow.teachers.factory import TeacherConfig, teacher_aliases
 
 TEXT_COLUMNS = ("instruction", "input", "output")
 TextColumn = Literal["instruction", "input", "output"]
@@ -80,6 +80,18 @@ class VerbatimCopyOptions(Config):
 
 
 @dataclass(frozen=True)
+class CaseMentionOptions(Config):
+    """The document must name at least one condition of its clinical case (description words, synonym or code)."""
+
+
+@dataclass(frozen=True)
+class CaseCodesOptions(Config):
+    """A coding task's gold codes must share a three-character category with the record's clinical case."""
+
+    tasks: TaskChoice = option("auto", "auto (the tasks that ask for the icd10_codes check) or a list of task names")
+
+
+@dataclass(frozen=True)
 class FilterConfig(Config):
     """Which rules run and their options; a rule set to ``false`` is switched off."""
 
@@ -94,6 +106,8 @@ class FilterConfig(Config):
     language: LanguageOptions | None = option(LanguageOptions(), LanguageOptions.__doc__ or "")
     icd10_codes: Icd10Options | None = option(Icd10Options(), Icd10Options.__doc__ or "")
     verbatim_copy: VerbatimCopyOptions | None = option(VerbatimCopyOptions(), VerbatimCopyOptions.__doc__ or "")
+    case_mentions: CaseMentionOptions | None = option(CaseMentionOptions(), CaseMentionOptions.__doc__ or "")
+    case_codes: CaseCodesOptions | None = option(CaseCodesOptions(), CaseCodesOptions.__doc__ or "")
     taxonomy: str | None = option(None, "a user taxonomy folder merged over the built-in one")
 
 
@@ -101,12 +115,7 @@ class FilterConfig(Config):
 class JudgeConfig(Config):
     """The LLM judge: its teacher and limits, how many samples, how they aggregate, the thresholds."""
 
-    ALIASES: ClassVar[dict[str, str]] = {
-        "teacher": "teacher.spec",
-        "base_url": "teacher.base_url",
-        "api_key_env": "teacher.api_key_env",
-        "concurrency": "limits.concurrency",
-    }
+    ALIASES: ClassVar[dict[str, str]] = {**teacher_aliases(), "concurrency": "limits.concurrency"}
 
     teacher: TeacherConfig | None = option(None, "the judge's teacher (required to run the judge)")
     limits: LimitsConfig = option(LimitsConfig(concurrency=32), "the judge engine's limits (as a run config's limits:)")
@@ -124,7 +133,7 @@ class JudgeConfig(Config):
     batch_records: int = option(
         256, "records being judged at once, a sliding window (limits.concurrency bounds requests)", minimum=1
     )
-    cache: str | None = option(None, "the judge's answer cache (default: OUT/judge-cache.sqlite)")
+    cache: str | None = option(None, "the judge's answer cache (default: OUT/cache.sqlite)")
     rubric: str | None = option(None, "a prompts folder holding your own judge.yaml")
     progress: bool = option(True, "show a progress bar")
     engine: EngineKind = option("local", "local: one asyncio process; ray: Ray Data actors (see the ray section)")
@@ -193,11 +202,7 @@ class DecontamConfig(Config):
 class CurateConfig(Config):
     """The whole curate run: stages in order filters -> judge -> dedup -> decontaminate."""
 
-    ALIASES: ClassVar[dict[str, str]] = {
-        "teacher": "judge.teacher.spec",
-        "base_url": "judge.teacher.base_url",
-        "api_key_env": "judge.teacher.api_key_env",
-    }
+    ALIASES: ClassVar[dict[str, str]] = teacher_aliases("judge")
 
     filters: FilterConfig | None = option(FilterConfig(), "rule filters (default on)")
     judge: JudgeConfig | None = option(None, "the LLM judge (off unless given: it costs teacher calls)")

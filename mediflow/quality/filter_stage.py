@@ -9,8 +9,11 @@ from typing import Any
 import pyarrow as pa
 
 from mediflow.configuration import to_plain
+from mediflow.folders import InputData
 from mediflow.quality.config import FilterConfig, TaskChoice
 from mediflow.quality.filters import (
+    CaseCodesRule,
+    CaseMentionRule,
     Icd10Rule,
     JsonRule,
     LanguageRule,
@@ -23,7 +26,7 @@ from mediflow.quality.filters import (
     rule_data,
 )
 from mediflow.quality.report import StageReport
-from mediflow.quality.stage import Drops, run_stage
+from mediflow.quality.stage import Drops, open_stage, run_stage
 from mediflow.taxonomy import Taxonomy, load_taxonomy
 
 
@@ -53,7 +56,12 @@ def build_rules(config: FilterConfig) -> list[Rule]:
     if config.language is not None:
         stopwords = {lang: frozenset(words) for lang, words in data["stopwords"].items()}
         rules.append(LanguageRule(stopwords, tuple(config.language.columns), config.language.min_share))
-    if config.json is None and config.icd10_codes is None and config.verbatim_copy is None:
+    if config.case_mentions is not None:
+        from mediflow.cases import load_case_book
+        from mediflow.cases.mentions import MentionMatcher
+
+        rules.append(CaseMentionRule(MentionMatcher(load_case_book(config.taxonomy)).mentioned))
+    if config.json is None and config.icd10_codes is None and config.verbatim_copy is None and config.case_codes is None:
         return rules
     taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
     if config.json is not None:
@@ -71,6 +79,8 @@ def build_rules(config: FilterConfig) -> list[Rule]:
     if config.verbatim_copy is not None:
         copy = config.verbatim_copy
         rules.append(VerbatimCopyRule(_tasks_for("verbatim_copy", copy.tasks, taxonomy), copy.ngram, copy.max_copied))
+    if config.case_codes is not None:
+        rules.append(CaseCodesRule(_tasks_for("icd10_codes", config.case_codes.tasks, taxonomy)))
     return rules
 
 
@@ -90,22 +100,16 @@ def filter_table(table: pa.Table, rules: list[Rule]) -> Drops:
     return drops
 
 
-def run_filters(source: Path, out: Path, config: FilterConfig | None = None) -> StageReport:
+def run_filters(source: Path | InputData, out: Path, config: FilterConfig | None = None, *, overwrite: bool = False) -> StageReport:
     """Apply the rule filters to ``source`` and write ``out``."""
     config = config or FilterConfig()
     rules = build_rules(config)
+    data, folder = open_stage(source, out, "filter", {"rules": [rule.name for rule in rules], **to_plain(config)}, overwrite=overwrite)
     applies: dict[str, Any] = {
-        rule.name: sorted(rule.tasks) for rule in rules if isinstance(rule, (Icd10Rule, VerbatimCopyRule))
+        rule.name: sorted(rule.tasks) for rule in rules if isinstance(rule, (Icd10Rule, VerbatimCopyRule, CaseCodesRule))
     }
 
     def decide(batch: pa.Table, offset: int) -> tuple[pa.Table, Drops]:
         return batch, filter_table(batch, rules)
 
-    return run_stage(
-        source,
-        out,
-        "filter",
-        decide,
-        {"rules": [rule.name for rule in rules], **to_plain(config)},
-        details=lambda: {"tasks_checked": applies},
-    )
+    return run_stage(data, folder, decide, details=lambda: {"tasks_checked": applies})

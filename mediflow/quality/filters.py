@@ -212,6 +212,18 @@ _ICD10_SHAPE = re.compile(r"\b[A-TV-Z][0-9][0-9A-Z](?:\.[0-9A-Z]{1,4})?\b")
 
 
 
+def output_codes(record: Record) -> list[str]:
+    """The ICD-10-CM-shaped codes of a record's output: JSON string values that are entirely a code, or code-shaped words of plain text."""
+    output = _text(record, "output")
+    if record.get("output_format") == "json":
+        try:
+            value = json.loads(output)
+        except json.JSONDecodeError:
+            return []
+        return [s.strip() for s in json_strings(value) if _ICD10_SHAPE.fullmatch(s.strip())]
+    return _ICD10_SHAPE.findall(output)
+
+
 @dataclass
 class Icd10Rule:
     """Codes in a coding task's output must be real (and, by default, billable) ICD-10-CM codes.
@@ -227,14 +239,7 @@ class Icd10Rule:
     name: str = "icd10_codes"
 
     def codes(self, record: Record) -> list[str]:
-        output = _text(record, "output")
-        if record.get("output_format") == "json":
-            try:
-                value = json.loads(output)
-            except json.JSONDecodeError:
-                return []
-            return [s.strip() for s in json_strings(value) if _ICD10_SHAPE.fullmatch(s.strip())]
-        return _ICD10_SHAPE.findall(output)
+        return output_codes(record)
 
     def check(self, record: Record) -> Verdict:
         if _text(record, "task_type") not in self.tasks:
@@ -285,3 +290,55 @@ class VerbatimCopyRule:
         if share >= self.max_copied:
             return Verdict(share, False, f"summary copies the document: {share:.0%} of its tokens in copied {self.ngram}-grams")
         return Verdict(share, True)
+
+
+def _case_conditions(record: Record) -> list[dict[str, Any]]:
+    case = record.get("case")
+    return list(case.get("conditions") or []) if isinstance(case, Mapping) else []
+
+
+@dataclass
+class CaseMentionRule:
+    """The document must name at least one of the conditions of the case it was written about.
+
+    Names are a condition's description words, its synonyms and inclusion terms, or its code
+    (:class:`mediflow.cases.mentions.MentionMatcher`). Records without a ``case`` (released data,
+    runs made before cases existed) are not applicable. The score is the share of the case's
+    conditions the document names.
+    """
+
+    mentioned: Callable[[str, list[str]], list[str]]
+    name: str = "case_mentions"
+
+    def check(self, record: Record) -> Verdict:
+        conditions = _case_conditions(record)
+        if not conditions:
+            return KEEP_NOT_APPLICABLE
+        codes = [c["code"] for c in conditions]
+        found = self.mentioned(_text(record, "input"), codes)
+        if not found:
+            named = "; ".join(f"{c['code']} {c['description']}" for c in conditions[:4])
+            return Verdict(0.0, False, f"the document names none of its case's conditions ({named[:200]})")
+        return Verdict(len(found) / len(codes), True)
+
+
+@dataclass(frozen=True)
+class CaseCodesRule:
+    """A coding task's gold codes must share at least a three-character category with the record's case."""
+
+    tasks: frozenset[str]
+    name: str = "case_codes"
+
+    def check(self, record: Record) -> Verdict:
+        conditions = _case_conditions(record)
+        if _text(record, "task_type") not in self.tasks or not conditions:
+            return KEEP_NOT_APPLICABLE
+        codes = output_codes(record)
+        if not codes:
+            return KEEP_NOT_APPLICABLE
+        gold = {code.strip().upper()[:3] for code in codes}
+        case = {c["code"][:3] for c in conditions}
+        shared = gold & case
+        if not shared:
+            return Verdict(0.0, False, f"gold codes share nothing with the case: {', '.join(sorted(set(codes))[:6])} vs {', '.join(c['code'] for c in conditions)}")
+        return Verdict(len(shared) / len(case), True)

@@ -45,6 +45,7 @@ from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError, MediflowError
 from mediflow.scale.config import RayConfig
 from mediflow.steps.contract import LLMStep, StepResult
+from mediflow.steps.runner import map_ordered
 from mediflow.teachers.factory import TeacherConfig
 
 #: Ray Data's default number of batches one async actor works on at once.
@@ -126,7 +127,7 @@ class _EngineActor:
     async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         worker = await self._open()
         units = [pickle.loads(blob) for blob in batch["unit"]]
-        results = await _gather_or_cancel([worker.run(unit) for unit in units])
+        results = [result async for result in map_ordered(worker.run, units, max(1, len(units)))]
         # The actor's running totals, on every row: the driver keeps the latest per actor.
         stats = json.dumps(worker.stats())
         return {
@@ -135,17 +136,6 @@ class _EngineActor:
             "actor": [self._id] * len(results),
             "stats": [stats] * len(results),
         }
-
-
-async def _gather_or_cancel(awaitables: Sequence[Any]) -> list[Any]:
-    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 class RayRun:

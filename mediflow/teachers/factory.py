@@ -32,6 +32,15 @@ class TeacherConfig(Config):
     api_key: str | None = secret("the API key itself, from Python only; never written anywhere")
 
 
+def teacher_aliases(section: str = "") -> dict[str, str]:
+    """The short flags every teacher-calling config shares: ``--teacher``, ``--base-url``, ``--api-key-env``.
+
+    ``section`` is the dotted key of the section holding ``teacher:`` (``judge`` in a curate config).
+    """
+    where = f"{section}." if section else ""
+    return {"teacher": f"{where}teacher.spec", "base_url": f"{where}teacher.base_url", "api_key_env": f"{where}teacher.api_key_env"}
+
+
 def api_key_of(section: TeacherConfig, where: str = "teacher") -> str | None:
     """The key ``section`` names; a :class:`ConfigError` naming the variable when it is unset or empty."""
     if section.api_key is not None or section.api_key_env is None:

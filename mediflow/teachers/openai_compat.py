@@ -109,6 +109,8 @@ class OpenAICompatTeacher:
         server without the route (404/405/501) or with an unreadable list is not held to it.
         Raises :class:`TeacherUnavailable` (again on every later call, once failed).
         """
+        if self.models_check is not None and self._check_error is None:
+            return  # checked and passed: every request after the first comes through here
         async with self._check_lock:
             if self.models_check is None:
                 try:

@@ -3,7 +3,8 @@
 The test teacher answers plain-text requests with a few sentences assembled from the prompt's
 hash, plus content words taken from the prompt itself, so that answers differ across prompts the
 way real ones do (length, wording, numbers) and downstream text filters and dedup behave as they
-would on real data, not on one repeated string.
+would on real data, not on one repeated string. Like a real teacher following the document prompt,
+it names the main problem of the clinical case the prompt gives.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ _IMAGING = ("no acute cardiopulmonary process", "a small right pleural effusion"
             "a 6 mm pulmonary nodule", "no evidence of obstruction")
 _SERVICES = ("cardiology", "nephrology", "pulmonology", "endocrinology", "gastroenterology")
 _WORD = re.compile(r"[A-Za-z][a-z]{5,}")
+_CASE_PRIMARY = re.compile(r"^- (.+?) \(ICD-10-CM [0-9A-Z.]+\) - the main problem", re.MULTILINE)
 
 
 def clinical_text(prompt: str, digest: bytes | None = None) -> str:
@@ -78,6 +80,9 @@ def clinical_text(prompt: str, digest: bytes | None = None) -> str:
     middles = [_MIDDLES[(start + i) % len(_MIDDLES)] for i in range(middle_count)]
     sentences = [pick(_OPENINGS), *middles, pick(_CLOSINGS)]
     text = " ".join(sentence.format(**fields) for sentence in sentences)
+    primary = _CASE_PRIMARY.search(prompt)
+    if primary:
+        text += f" Assessment: {primary.group(1)}."
     topic = sorted(set(_WORD.findall(prompt)), key=lambda w: hashlib.md5(w.encode()).digest())[:3]
     if topic:
         text += " Note addresses: " + ", ".join(word.lower() for word in topic) + "."

@@ -27,6 +27,7 @@ import yaml
 
 from mediflow.configuration import Config, option, read_config_file
 from mediflow.errors import ConfigError
+from mediflow.scale.config import EngineKind, RayConfig
 
 STAGES = ("qa", "pit", "sft", "dpo", "eval")
 PIT_PARTS = ("task", "documents")
@@ -96,6 +97,8 @@ class MethodSection(Config):
     temperature: float = option(0.3, "qa: sampling temperature", minimum=0, maximum=2)
     max_tokens: int = option(768, "qa: longest answer in tokens", minimum=1)
     concurrency: int = option(8, "qa: requests in flight", minimum=1)
+    engine: EngineKind = option("local", "qa: local (one process) or ray (the QA step on Ray Data actors, see docs/scaling.md)")
+    ray: RayConfig = option(RayConfig(), "qa: the Ray engine (engine: ray)")
     max_new_tokens: int = option(256, "eval: greedy generation budget per answer", minimum=1)
     eval_batch_size: int = option(4, "eval: prompts generated per batch", minimum=1)
     objective: Literal["auto", "task_score", "neg_log_perplexity"] = option(

@@ -1,0 +1,259 @@
+"""``generate --dry-run``: what a run would ask, cost and take, with nothing sent and nothing written.
+
+The plan is counted without being enumerated (strata from :meth:`Plan.strata`), a stratified sample
+of its first items gets its cases drawn and its prompts rendered exactly as the run would render
+them, and the figures are scaled to the whole plan:
+
+- requests: one document and one response per item, one instruction per group, and up to
+  ``max_corrections`` correction turns per JSON item (shown as a range);
+- prompt tokens: measured on the rendered sample prompts (:data:`CHARS_PER_TOKEN` characters a
+  token, OpenAI's rule of thumb for English), plus the expected document and instruction text the
+  later prompts embed;
+- completion tokens: a document of the middle of its type's ``typical_length`` at
+  :data:`TOKENS_PER_WORD`, capped by the stage's ``max_tokens``; instructions and answers at
+  :data:`EXPECTED_INSTRUCTION_TOKENS` / :data:`EXPECTED_RESPONSE_TOKENS`, capped likewise;
+- cost at ``prices.input_per_1k`` / ``output_per_1k``; time at ``limits.rpm`` / ``tpm`` (the
+  slower of the two buckets).
+
+``--plan-out plan.parquet`` writes every plan item with its case (streamed in batches, written to a
+temporary file and renamed), and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mediflow.cases import Case
+from mediflow.config import RunConfig
+from mediflow.engine.accounting import price_per_1k
+from mediflow.errors import MediflowError
+from mediflow.pipeline.plan import InstructionGroup, Plan, PlanItem, build_plan
+from mediflow.pipeline.stages import Stages
+from mediflow.records import CASE_TYPE
+from mediflow.taxonomy import load_taxonomy
+from mediflow.teachers.base import ChatRequest, ChatResponse
+
+CHARS_PER_TOKEN = 4.0
+TOKENS_PER_WORD = 1.33
+EXPECTED_INSTRUCTION_TOKENS = 120
+EXPECTED_RESPONSE_TOKENS = 300
+#: Items whose prompts are rendered and measured.
+SAMPLE_ITEMS = 200
+
+PLAN_SCHEMA = pa.schema(
+    [
+        pa.field("position", pa.int64()),
+        pa.field("task_type", pa.string()),
+        pa.field("input_data", pa.string()),
+        pa.field("difficulty_level", pa.string()),
+        pa.field("output_format", pa.string()),
+        pa.field("index", pa.int64()),
+        pa.field("seed", pa.int64()),
+        pa.field("instruction_group", pa.string()),
+        pa.field("case", CASE_TYPE),
+    ]
+)
+
+
+class _NoEngine:
+    """Stands where the engine would: a dry run renders requests and never sends one."""
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        raise MediflowError("a dry run sends no request")
+
+
+def _stages(config: RunConfig, taxonomy: Any) -> Stages:
+    return Stages(_NoEngine(), taxonomy, config)
+
+
+@dataclass
+class DryRunReport:
+    """The figures ``--dry-run`` prints."""
+
+    items: int
+    groups: int
+    cells: int
+    by_task: Counter[str]
+    by_difficulty: Counter[str]
+    by_format: Counter[str]
+    by_category: Counter[str]
+    requests: int
+    max_correction_requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    priced_by: str
+    minutes: float | None
+    limited_by: str | None
+    sample: list[tuple[PlanItem, Case]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The report as printed lines."""
+        def top(counts: Counter[str], limit: int = 14) -> str:
+            shown = ", ".join(f"{name} {count:,}" for name, count in counts.most_common(limit))
+            return shown + (f", ... {len(counts) - limit} more" if len(counts) > limit else "")
+
+        out = [
+            f"plan: {self.items:,} items in {self.cells:,} cells, {self.groups:,} instruction groups",
+            f"  by task: {top(self.by_task)}",
+            f"  by difficulty: {top(self.by_difficulty)}",
+            f"  by format: {top(self.by_format)}",
+            f"  by document category: {top(self.by_category)}",
+            f"sample of cases (the first {len(self.sample)} items of the plan):",
+        ]
+        for item, case in self.sample:
+            conditions = "; ".join(f"{c.code} {c.description}" + ("" if c.role == "primary" else f" [{c.role}]") for c in case.conditions)
+            drugs = f"; drugs: {', '.join(case.drugs)}" if case.drugs else ""
+            out.append(f"  {item.task} / {item.document_type}: {case.age}y {case.sex}, {case.setting}, {case.acuity}: {conditions}{drugs}")
+        corrections = f" (+ up to {self.max_correction_requests:,} JSON correction turns)" if self.max_correction_requests else ""
+        out.append(f"requests: {self.requests:,}{corrections}")
+        out.append(f"expected tokens: {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion")
+        out.append(
+            "expected cost: "
+            + (f"${self.cost_usd:,.2f} at {self.priced_by}" if self.cost_usd is not None else "unknown (set prices.input_per_1k and prices.output_per_1k)")
+        )
+        out.append(
+            "expected time: "
+            + (f"{self.minutes:,.1f} min at the configured {self.limited_by}" if self.minutes is not None else "not bounded by the config (set limits.rpm / limits.tpm)")
+        )
+        out.append("nothing was sent and nothing was written")
+        return out
+
+
+def dry_run(config: RunConfig, sample_cases: int = 5) -> DryRunReport:
+    """The dry-run figures of ``config``: no teacher is made, no request sent, no file written."""
+    taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
+    plan = build_plan(config, taxonomy)
+    stages = _stages(config, taxonomy)
+    strata = plan.strata()
+    by: dict[str, Counter[str]] = {key: Counter() for key in ("task", "difficulty", "format", "category")}
+    for (task, document_type, difficulty, fmt), count in strata.items():
+        by["task"][task] += count
+        by["difficulty"][difficulty] += count
+        by["format"][fmt] += count
+        by["category"][taxonomy.document_types[document_type].category] += count
+
+    sampled = plan.sample(min(SAMPLE_ITEMS, len(plan)))
+    cases = [stages.case_of(item) for item in sampled]
+    per_item_prompt, per_item_completion = _sample_tokens(stages, plan, sampled, cases, taxonomy)
+    items, groups = len(plan), plan.group_count
+    json_items = by["format"]["json"]
+    requests = items * int("document" in config.stages) + groups * int("instruction" in config.stages) + items * int("response" in config.stages)
+    prompt = round(per_item_prompt * items)
+    completion = round(per_item_completion * items)
+    prices = config.prices
+    price = price_per_1k(config.teacher.spec.partition(":")[2], prices.input_per_1k, prices.output_per_1k)
+    cost = None if price is None else prompt / 1000 * price[0] + completion / 1000 * price[1]
+    priced_by = "the configured prices" if prices.input_per_1k is not None or prices.output_per_1k is not None else "the list price of the model"
+    minutes, limited_by = None, None
+    bounds = []
+    if config.limits.rpm:
+        bounds.append((requests / config.limits.rpm, f"rpm ({config.limits.rpm:,g})"))
+    if config.limits.tpm:
+        bounds.append(((prompt + completion) / config.limits.tpm, f"tpm ({config.limits.tpm:,g})"))
+    if bounds:
+        minutes, limited_by = max(bounds)
+    return DryRunReport(
+        items=items,
+        groups=groups,
+        cells=len(strata),
+        by_task=by["task"],
+        by_difficulty=by["difficulty"],
+        by_format=by["format"],
+        by_category=by["category"],
+        requests=requests,
+        max_correction_requests=json_items * config.max_corrections if "response" in config.stages else 0,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cost_usd=cost,
+        priced_by=priced_by,
+        minutes=minutes,
+        limited_by=limited_by,
+        sample=list(zip(sampled, cases))[:sample_cases],
+    )
+
+
+def _tokens(text: str) -> float:
+    return len(text) / CHARS_PER_TOKEN
+
+
+def _request_tokens(request: Any) -> float:
+    return sum(_tokens(content) for _, content in request.messages)
+
+
+def _sample_tokens(stages: Stages, plan: Plan, items: list[PlanItem], cases: list[Case], taxonomy: Any) -> tuple[float, float]:
+    """Expected prompt and completion tokens per item, measured on ``items`` (the instruction call spread over its group)."""
+    config = stages.config
+    sampling = config.sampling
+    group_size = len(plan) / max(plan.group_count, 1)
+    prompt = completion = 0.0
+    for item, case in zip(items, cases):
+        typical = taxonomy.document_types[item.document_type].typical_length
+        document_tokens = min(sampling.document.max_tokens, (typical.min_words + typical.max_words) / 2 * TOKENS_PER_WORD)
+        instruction_tokens = min(sampling.instruction.max_tokens, EXPECTED_INSTRUCTION_TOKENS)
+        response_tokens = min(sampling.response.max_tokens, EXPECTED_RESPONSE_TOKENS)
+        if "document" in config.stages:
+            prompt += _request_tokens(stages.document_step.request((item, case)))
+            completion += document_tokens
+        if "instruction" in config.stages:
+            group = _single_group(item)
+            on_document = config.documents_per_instruction == 1
+            prompt += (_request_tokens(stages.instruction_step.request((group, "" if on_document else None))) + (document_tokens if on_document else 0)) / group_size
+            completion += instruction_tokens / group_size
+        if "response" in config.stages:
+            prompt += _request_tokens(stages.response_step.request((item, "", ""))) + document_tokens + instruction_tokens
+            completion += response_tokens
+    count = max(len(items), 1)
+    return prompt / count, completion / count
+
+
+def _single_group(item: PlanItem) -> InstructionGroup:
+    return InstructionGroup("dry-run", item.task, item.difficulty, item.output_format, (item,), (item.document_type,))
+
+
+def write_plan(config: RunConfig, path: Path, batch_rows: int = 10_000) -> int:
+    """Write every plan item with its case to ``path`` (Parquet, atomically); the number of rows."""
+    path = Path(path)
+    if path.is_dir() or not path.parent.is_dir():
+        raise MediflowError(f"--plan-out {path}: " + ("is a folder" if path.is_dir() else f"folder {path.parent} does not exist"))
+    taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
+    plan = build_plan(config, taxonomy)
+    stages = _stages(config, taxonomy)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    rows: list[dict[str, Any]] = []
+    written = 0
+    try:
+        with pq.ParquetWriter(tmp, PLAN_SCHEMA) as writer:
+            for group in plan.groups():
+                for item in group.items:
+                    rows.append(
+                        {
+                            "position": item.position,
+                            "task_type": item.task,
+                            "input_data": item.document_type,
+                            "difficulty_level": item.difficulty,
+                            "output_format": item.output_format,
+                            "index": item.index,
+                            "seed": item.seed,
+                            "instruction_group": group.key,
+                            "case": stages.case_of(item).to_row(),
+                        }
+                    )
+                if len(rows) >= batch_rows:
+                    writer.write_table(pa.Table.from_pylist(rows, schema=PLAN_SCHEMA))
+                    written += len(rows)
+                    rows = []
+            if rows:
+                writer.write_table(pa.Table.from_pylist(rows, schema=PLAN_SCHEMA))
+                written += len(rows)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return written
