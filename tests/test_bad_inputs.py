@@ -218,6 +218,7 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("generate: --concurrency 0", lambda tmp, w: Case([*generate(tmp), "--concurrency", "0", "--out", str(tmp / "o")], "concurrency", [tmp]))
     add("generate: --json-share 2", lambda tmp, w: Case([*generate(tmp), "--json-share", "2", "--out", str(tmp / "o")], "json_share", [tmp]))
     add("generate: unknown --teacher local:x", lambda tmp, w: Case(["generate", "--teacher", "local:x", "--out", str(tmp / "o")], "local:x", [tmp]))
+    add("generate: a teacher server nobody runs", lambda tmp, w: Case([*generate(tmp), "--out", str(tmp / "o")], f"cannot connect to the teacher at {DEAD_URL}", [tmp]))
     add("generate: unset --api-key-env", lambda tmp, w: Case(["generate", "--teacher", "openai:m", "--api-key-env", "MEDIFLOW_NOT_SET", "--out", str(tmp / "o")], "MEDIFLOW_NOT_SET", [tmp]))
     add("generate: a config that is not UTF-8", lambda tmp, w: Case(["generate", "--config", str(_latin1(tmp / "run.yaml")), "--out", str(tmp / "o")], "not UTF-8", [tmp]))
     add("generate: a taxonomy with an unsafe name", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", name="../escape")), "--out", str(tmp / "o")], "'../escape'", [tmp]))
