@@ -219,6 +219,7 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("generate: --concurrency 0", lambda tmp, w: Case([*generate(tmp), "--concurrency", "0", "--out", str(tmp / "o")], "concurrency", [tmp]))
     add("generate: --json-share 2", lambda tmp, w: Case([*generate(tmp), "--json-share", "2", "--out", str(tmp / "o")], "json_share", [tmp]))
     add("generate: unknown --teacher local:x", lambda tmp, w: Case(["generate", "--teacher", "local:x", "--out", str(tmp / "o")], "local:x", [tmp]))
+    add("generate: a teacher server nobody runs", lambda tmp, w: Case([*generate(tmp), "--out", str(tmp / "o")], f"cannot connect to the teacher at {DEAD_URL}", [tmp]))
     add("generate: unset --api-key-env", lambda tmp, w: Case(
         ["generate", "--teacher", "openai:m", "--api-key-env", "MEDIFLOW_NOT_SET", "--out", str(tmp / "o")], "(--api-key-env): the environment variable MEDIFLOW_NOT_SET is not set", [tmp]))
     add("generate: no key at all", lambda tmp, w: Case(["generate", "--teacher", "openai:m", "--out", str(tmp / "o")], "with --api-key-env", [tmp], unset=("OPENAI_API_KEY",)))
