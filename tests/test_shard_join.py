@@ -86,3 +86,14 @@ def test_shares_partition_the_groups() -> None:
     owners = [[k for k in range(1, 5) if Share(k, 4).holds(key)] for key in keys]
     assert all(len(owner) == 1 for owner in owners)
     assert min(sum(o == [k] for o in owners) for k in range(1, 5)) > 50  # roughly even
+
+
+def test_an_unreachable_ray_address_is_one_error_before_anything_is_written(tmp_path, capsys) -> None:
+    pytest.importorskip("ray")
+    out = tmp_path / "run"
+    args = ["generate", "--teacher", "openai:mediflow-test-teacher", "--base-url", "http://127.0.0.1:9/v1", "--out", str(out)]
+    assert main([*args, "--engine", "ray", "--ray-address", "127.0.0.1:9"]) == 2
+    assert "ray.address: nothing answers at 127.0.0.1:9" in capsys.readouterr().err
+    assert main([*args, "--engine", "ray", "--ray-address", "no-port"]) == 2
+    assert "is not HOST:PORT" in capsys.readouterr().err
+    assert not out.exists()

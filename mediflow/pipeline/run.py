@@ -147,9 +147,9 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
     share = Share.parse(config.shard) if config.shard else None
     share_counts, share_groups = _share_counts(plan, share, config.output.shard_size) if share else (None, 0)
     if config.engine == "ray":
-        from mediflow.scale.ray_runner import check_ray_installed
+        from mediflow.scale.ray_runner import check_ray
 
-        check_ray_installed()
+        check_ray(config.ray)
     out = Path(config.output.dir)
     teacher = teacher_from(config.teacher, config.limits)
     try:

@@ -92,6 +92,10 @@ async def build_pairs_async(
     data = open_input(input_path)  # a clear error for a missing, empty or malformed input, before any teacher starts
     for role, section in _roles(config):
         api_key_of(section, role)  # an unset key variable fails here, before anything is written
+    if config.engine == "ray":
+        from mediflow.scale.ray_runner import check_ray
+
+        check_ray(config.ray)
     records = data.read(_INPUT_COLUMNS)
     selection = select_best(records, min_score=config.min_score, top_fraction=config.top_fraction)
     tried = selection.records if config.max_records is None else selection.records.slice(0, config.max_records)
@@ -144,9 +148,8 @@ async def _outcomes(
     """Every tried record's outcome in record order, on this process's engines or on Ray actors; and the usage."""
     records = (record for start in range(0, tried.num_rows, _CHUNK) for record in tried.slice(start, _CHUNK).to_pylist())
     if config.engine == "ray":
-        from mediflow.scale.ray_runner import RayRun, check_ray_installed, in_order, ray_session
+        from mediflow.scale.ray_runner import RayRun, in_order, ray_session
 
-        check_ray_installed()
         ray_run = RayRun(list(records), PairsWork(config, cache, schemas, prompts, kinds), config.ray)
         with ray_session(config.ray):
             yield in_order(ray_run), lambda: {"ray": ray_run.session}

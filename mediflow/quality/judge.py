@@ -264,15 +264,18 @@ def check_config(config: JudgeConfig) -> Rubric:
     if config.teacher is None:
         raise ConfigError("judge: no teacher (pass --teacher SPEC, or set judge.teacher.spec in the config)")
     api_key_of(config.teacher, "judge.teacher")
+    if config.engine == "ray":
+        from mediflow.scale.ray_runner import check_ray
+
+        check_ray(config.ray)
     return rubric
 
 
 def _ray_session_if(config: JudgeConfig) -> contextlib.AbstractContextManager[None]:
     if config.engine == "local":
         return contextlib.nullcontext()
-    from mediflow.scale.ray_runner import check_ray_installed, ray_session
+    from mediflow.scale.ray_runner import ray_session
 
-    check_ray_installed()
     return ray_session(config.ray)
 
 

@@ -109,9 +109,8 @@ async def _ask_all(
     rejects: list[dict[str, Any]] = []
     try:
         if method.engine == "ray":  # the same step on Ray Data actors, each with its share of the limits
-            from mediflow.scale.ray_runner import StepWork, check_ray_installed, run_step_on_ray
+            from mediflow.scale.ray_runner import StepWork, run_step_on_ray
 
-            check_ray_installed()
             work = StepWork(step, section, limits, cache_path, method.ray.actors, "model")
             results, _ = await asyncio.to_thread(run_step_on_ray, rows, work, method.ray)
         else:
@@ -145,6 +144,10 @@ def generate_task_data(config: StageConfig, *, overwrite: bool = False) -> Path:
 
 async def generate_task_data_async(config: StageConfig, *, overwrite: bool = False) -> Path:
     """:func:`generate_task_data` for callers already running an event loop."""
+    if config.method.engine == "ray":
+        from mediflow.scale.ray_runner import check_ray
+
+        check_ray(config.method.ray)  # before anything is written
     documents_path = config.path(config.data.documents)
     documents = load_documents(documents_path, config.data.text_field)
     if config.data.max_samples:
