@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -236,6 +236,17 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("audit: --sample-size 0", lambda tmp, w: Case(["audit", str(w.records), "--sample-size", "0"], "--sample-size", [w.records, tmp]))
     add("curate: a config that is not UTF-8", lambda tmp, w: Case(["curate", str(w.records), str(tmp / "o"), "--config", str(_latin1(tmp / "c.yaml"))], "not UTF-8", [w.records, tmp]))
     add("train sft: a config that is not UTF-8", lambda tmp, w: Case(["train", "sft", "--config", str(_latin1(tmp / "t.yaml"))], "not UTF-8", [tmp]))
+    # training flags: length handling and precision are checked before anything is read or written
+    def sft(tmp: Path, w: World, *flags: str, stage: str = "sft") -> Case:
+        return Case(["train", stage, "--config", str(_train_config(tmp, w.records, tmp / "out")), *flags], "", [w.records, tmp])
+
+    add("train sft: --data-overlong trim", lambda tmp, w: replace(sft(tmp, w, "--data-overlong", "trim"), says="argument --data-overlong: invalid choice"))
+    add("train dpo: --data-packing", lambda tmp, w: replace(sft(tmp, w, "--data-packing", stage="dpo"), says="data.packing: DPO compares whole chosen/rejected sequences"))
+    add("train pit: --data-chunk-overlap above half of max_length", lambda tmp, w: replace(
+        sft(tmp, w, "--data-documents", str(w.records), "--data-task-data", str(w.records), "--data-max-length", "64", "--data-chunk-overlap", "40", stage="pit"),
+        says="data.chunk_overlap: must be below half of data.max_length (64)"))
+    add("train sft: --train-bf16 with --train-fp16", lambda tmp, w: replace(sft(tmp, w, "--train-bf16", "--train-fp16"), says="choose one mixed precision"))
+    add("train sft: --data-max-length 0", lambda tmp, w: replace(sft(tmp, w, "--data-max-length", "0"), says="data.max_length"))
     add("merge: a config that is not UTF-8", lambda tmp, w: Case(["merge", "--config", str(_latin1(tmp / "m.yaml")), "--output", str(tmp / "merged")], "not UTF-8", [tmp]))
     add("merge: a missing config", lambda tmp, w: Case(["merge", "--config", str(tmp / "none.yaml"), "--output", str(tmp / "merged")], "not found", [tmp]))
     return cases
