@@ -117,7 +117,7 @@ def test_excludes1_pairs_break_a_case(sampler) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ("      I50: 7     # heart failure", "      I5O: 7", "profile 'cardiology': primary: 'I5O' is not an ICD-10-CM chapter, block or code"),
+        ("      I50: 7     # heart failure", "      I5O: 7", "profile 'cardiology': primary: 'I5O' is not an ICD-10-CM chapter, block or code (ICD-10-CM April 2026 tabular list (simple-icd-10-cm 1.5.0)); did you mean 'I50'?"),
         ('      "9": 2     # the rest of circulatory disease', '      "23": 2', "'23' is not an ICD-10-CM chapter, block or code"),
         ("      R07: 6     # chest pain", "      R00-R08: 6", "'R00-R08' is not an ICD-10-CM chapter, block or code"),
         ("    W19: 8     # unspecified fall", "    W19: -1", "weight of 'W19' must be a positive number"),

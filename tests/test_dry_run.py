@@ -57,3 +57,19 @@ def test_plan_out_into_a_missing_folder_is_one_line(teacher_server: TeacherServe
     assert main(["generate", "--config", str(path), "--plan-out", str(tmp_path / "nowhere" / "plan.parquet")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --plan-out") and "does not exist" in err and err.count("\n") == 1
+
+
+def test_a_broken_case_profile_stops_generate_before_anything_is_sent(teacher_server: TeacherServerURL, tmp_path: Path, capsys) -> None:
+    from mediflow.resources import taxonomies_dir
+
+    (tmp_path / "taxonomy" / "cases").mkdir(parents=True)
+    text = (taxonomies_dir() / "cases" / "profiles.yaml").read_text(encoding="utf-8")
+    (tmp_path / "taxonomy" / "cases" / "profiles.yaml").write_text(text.replace("      I50: 7     # heart failure", "      I5O: 7"), encoding="utf-8")
+    config = small_run_config(teacher_server, tmp_path / "out", taxonomy=str(tmp_path / "taxonomy"))
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config))
+    for extra in (["--dry-run"], []):
+        assert main(["generate", "--config", str(path), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "'I5O' is not an ICD-10-CM" in err and "did you mean 'I50'?" in err and err.count("\n") == 1
+    assert teacher_server.stats()["requests"] == 0 and not (tmp_path / "out" / "data").exists()

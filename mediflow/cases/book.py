@@ -236,7 +236,9 @@ def _code(path: Path, what: str, spec: Any) -> str:
     spec = str(spec).strip()
     if terminology.is_known_item(spec):
         return spec
-    close = difflib.get_close_matches(spec.upper(), _all_items(), n=1, cutoff=0.75)
+    typed = spec.upper()
+    confusions = typed[:1] + typed[1:].replace("O", "0").replace("I", "1").replace("L", "1")  # letters typed for digits
+    close = [confusions] if terminology.is_known_item(confusions) else difflib.get_close_matches(typed, _all_items(), n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise TaxonomyError(f"{path}: {what}: '{spec}' is not an ICD-10-CM chapter, block or code ({terminology.ICD10CM_RELEASE}){hint}")
 
