@@ -228,6 +228,10 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("generate: a taxonomy schema with a remote $ref", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", ref="https://example.org/s.json")), "--out", str(tmp / "o")], "only local references", [tmp]))
     add("generate: a taxonomy file that is not UTF-8", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", latin1=True)), "--out", str(tmp / "o")], "not UTF-8", [tmp]))
 
+    # join: its shares are inputs like any other
+    add("join: output inside a share", lambda tmp, w: Case(["join", str(_copy(w.records, tmp / "share") / "joined"), str(tmp / "share")], "is inside the input", [tmp]))
+    add("join: a folder that is not a share", lambda tmp, w: Case(["join", str(tmp / "joined"), str(w.records)], "not a generate output folder", [w.records, tmp]))
+
     # numbers out of range
     add("decontaminate: --ngram 0", lambda tmp, w: Case(["decontaminate", str(w.records), str(tmp / "o"), "--eval", str(w.eval_set), "--ngram", "0"], "ngram", [w.records, tmp]))
     add("judge: --samples 0", lambda tmp, w: Case(COMMANDS["judge"](w.records, tmp / "o", w) + ["--samples", "0"], "samples", [w.records, tmp]))
