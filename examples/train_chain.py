@@ -4,6 +4,7 @@
     python examples/train_chain.py --gpu           # GPU: the configs' realistic epochs / lengths / batches
     python examples/train_chain.py --model PATH    # any local Hugging Face model folder instead
     python examples/train_chain.py --teacher openai:gpt-4o-mini   # generate PIT task data with a teacher first
+    python examples/train_chain.py --evaluate final               # evaluate the final model only (and compare with earlier reports)
 
 Every stage runs through the real command line (``python -m mediflow train ...`` and
 ``python -m mediflow merge``) in its own process, with the stage configs in ``examples/train/``
@@ -92,6 +93,10 @@ def main() -> int:
     parser.add_argument("--gpu", action="store_true", help="realistic settings for a GPU (default: a few CPU steps)")
     parser.add_argument("--model", default="gemma3-270m", help="base model: 'gemma3-270m' (PyPI GGUF) or a local folder")
     parser.add_argument("--workdir", type=Path, default=Path("runs/train_chain"), help="where every stage writes")
+    parser.add_argument(
+        "--evaluate", choices=("every", "final"), default="every",
+        help="evaluate after every stage (default), or only the final model; the comparison shows every report in --workdir",
+    )
     parser.add_argument("--teacher", help="generate the PIT task data with this teacher (e.g. local, openai:MODEL) instead of the supplied files")
     args = parser.parse_args()
     budget = BUDGETS["gpu" if args.gpu else "cpu"]
@@ -105,7 +110,9 @@ def main() -> int:
     print(f"base model: {base}")
     reports: list[Path] = []
 
-    def evaluate(label: str, model: Path) -> None:
+    def evaluate(label: str, model: Path, final: bool = False) -> None:
+        if args.evaluate == "final" and not final:
+            return
         mediflow("train", "eval", "--config", CONFIGS / "eval.yaml",
                  *with_sets([f"model.name_or_path={model}", f"output.dir={work / ('eval_' + label)}", *budget["eval"]]))
         reports.append(work / f"eval_{label}" / "eval_report.json")
@@ -119,7 +126,7 @@ def main() -> int:
             mediflow("train", "qa", "--config", CONFIGS / "qa_discharge.yaml",
                      *with_sets([f"model.teacher={args.teacher}", f"data.documents={HERE / 'data' / corpus}",
                                  f"output.dir={work / ('task_data_' + domain)}"]))
-            task_data = [f"data.task_data={work / ('task_data_' + domain) / 'task_data.parquet'}"]
+            task_data = [f"data.task_data={work / ('task_data_' + domain)}"]
         output = work / f"expert_{domain}"
         mediflow("train", "pit", "--config", CONFIGS / f"pit_{domain}.yaml",
                  *with_sets([f"model.name_or_path={base}", f"output.dir={output}", *task_data, *budget["pit"]]))
@@ -143,9 +150,11 @@ def main() -> int:
 
     mediflow("train", "dpo", "--config", CONFIGS / "dpo.yaml",
              *with_sets([f"model.name_or_path={work / 'sft' / 'model'}", f"output.dir={work / 'dpo'}", *budget["dpo"]]))
-    evaluate("4_dpo", work / "dpo" / "model")
+    evaluate("4_dpo", work / "dpo" / "model", final=True)
 
     print_length_table(work)
+    # Reports of earlier runs in the same folder count too (a stage reused from its fingerprint is the same model).
+    reports = sorted(set(reports) | set(work.glob("eval_*/eval_report.json")))
     mediflow("train", "eval", "--compare", *reports)
     print(f"\nchain finished in {time.perf_counter() - started:.0f} s; everything is under {work}")
     return 0

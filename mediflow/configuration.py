@@ -52,6 +52,7 @@ import jsonschema
 import yaml
 
 from mediflow.errors import ConfigError
+from mediflow.textfiles import read_text
 
 C = TypeVar("C", bound="Config")
 
@@ -222,10 +223,7 @@ def _raise_first_error(cls: type, data: Any, prefix: str) -> None:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML or JSON config file as a dict; a missing or unparsable file is one ConfigError line."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    text = read_text(path, "config file", ConfigError)
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:

@@ -25,6 +25,7 @@ import yaml
 
 from mediflow.errors import MediflowError
 from mediflow.resources import prompts_dir
+from mediflow.textfiles import read_text
 
 #: The roles a prompt file may define, in the order their messages are sent.
 ROLES: tuple[str, ...] = ("system", "user")
@@ -131,7 +132,7 @@ def _load_file(name: str, path: Path) -> PromptTemplate:
     """Parse one prompt file and compile its templates, reporting problems in one line."""
     raw = path.read_bytes()
     try:
-        content = yaml.safe_load(raw.decode("utf-8"))
+        content = yaml.safe_load(read_text(path, "prompt file"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

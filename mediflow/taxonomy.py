@@ -23,6 +23,7 @@ import yaml
 
 from mediflow.errors import MediflowError, TaxonomyError
 from mediflow.resources import taxonomies_dir
+from mediflow.textfiles import read_text
 
 #: The sections of a taxonomy, in the order they are resolved (later ones refer to earlier ones).
 SECTIONS: tuple[str, ...] = ("categories", "document_types", "tasks", "difficulty_levels", "output_formats")
@@ -354,7 +355,7 @@ def _entries_in_file(file_path: Path, section: str) -> list[dict[str, Any]]:
 def _read_yaml(file_path: Path) -> Any:
     """Parse a YAML file; syntax errors become one line with the position."""
     try:
-        return yaml.load(file_path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
+        return yaml.load(read_text(file_path, "taxonomy file"), Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -471,8 +472,26 @@ def _check_references(label: str, key: str, names: Iterable[str], known: Mapping
             raise TaxonomyError(f"{label}: applies_to.{key} names unknown '{name}'")
 
 
+def _remote_refs(schema: Any) -> list[str]:
+    """Every ``$ref`` / ``$dynamicRef`` in ``schema`` that does not point inside the schema itself."""
+    found: list[str] = []
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key in ("$ref", "$dynamicRef") and isinstance(value, str) and not value.startswith("#"):
+                found.append(value)
+            else:
+                found += _remote_refs(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            found += _remote_refs(item)
+    return found
+
+
 def _check_output_schema(label: str, schema: dict[str, Any], example: dict[str, Any]) -> None:
     """The schema must be valid Draft 2020-12 with an object root, and the example must satisfy it."""
+    remote = _remote_refs(schema)
+    if remote:
+        raise TaxonomyError(f"{label}: output_schema refers to {remote[0]!r}: only local references ('#/...') are allowed (a data file never fetches from the network)")
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mediflow.folders import Manifest
 from mediflow.records import FULL_SCHEMA, GENERATION_SCHEMA, record_id, rows_to_table
 from mediflow.taxonomy import load_taxonomy
 
@@ -77,7 +78,7 @@ def write_output_folder(
     rejects: Sequence[Mapping[str, Any]] | None = None,
     shards: int = 2,
 ) -> Path:
-    """Write ``rows`` as ``data/shard-*.parquet`` (split over ``shards`` files), plus manifest and rejects."""
+    """Write ``rows`` as ``data/part-*.parquet`` (split over ``shards`` files), plus manifest and rejects."""
     has_judge = any("quality" in row for row in rows)
     schema = FULL_SCHEMA if has_judge else GENERATION_SCHEMA
     (root / "data").mkdir(parents=True, exist_ok=True)
@@ -85,12 +86,21 @@ def write_output_folder(
     for index in range(shards):
         part = list(rows[index * size : (index + 1) * size])
         if part or index == 0:
-            pq.write_table(rows_to_table(part, schema), root / "data" / f"shard-{index:05d}.parquet")
+            pq.write_table(rows_to_table(part, schema), root / "data" / f"part-{index:05d}.parquet")
     if manifest is not None:
-        (root / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        (root / "manifest.json").write_text(json.dumps(typed_manifest(manifest), indent=2), encoding="utf-8")
     if rejects is not None:
         pq.write_table(rows_to_table(list(rejects), _reject_schema()), root / "rejects.parquet")
     return root
+
+
+def typed_manifest(details: Mapping[str, Any], kind: str | None = None) -> dict[str, Any]:
+    """``details`` as a finished folder's manifest (the typed keys of :class:`mediflow.folders.Manifest` added)."""
+    if kind is None:
+        kind = "curate" if "stages" in details else "pairs" if "pairs" in details else str(details.get("stage") or "generate")
+    config = dict(details.get("config") or {})
+    counts = dict(details.get("counts") or {})
+    return Manifest(kind=kind, config=config, config_fingerprint="fixture", status="finished", counts=counts, details=dict(details)).to_dict()
 
 
 def _reject_schema() -> pa.Schema:

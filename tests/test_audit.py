@@ -290,7 +290,7 @@ def test_cli_prints_a_summary_and_writes_the_report(tmp_path: Path, capsys: pyte
 
 def test_cli_names_a_folder_without_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["audit", str(tmp_path)]) == 2
-    assert "no record shards in" in capsys.readouterr().err
+    assert "no MediFlow manifest and no .parquet/.jsonl files" in capsys.readouterr().err
 
 
 def test_funnel_of_a_generate_run_without_rejects_comes_from_its_counts(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ def generated(teacher_server: TeacherServerURL, tmp_path: Path) -> Path:
         row.update({name: 5.0 for name in JUDGE_SCORE_COLUMNS}, judge_rationale="judged before")
     out = tmp_path / "generated"
     (out / "data").mkdir(parents=True)
-    pq.write_table(rows_to_table(rows, FULL_SCHEMA), out / "data" / "shard-00000.parquet")
+    pq.write_table(rows_to_table(rows, FULL_SCHEMA), out / "data" / "part-00000.parquet")
     (out / "manifest.json").write_text((run / "manifest.json").read_text())
     teacher_server.reset()
     return out
@@ -132,7 +132,7 @@ def test_cli_matches_python_and_a_rerun_is_idempotent(teacher_server: TeacherSer
     assert teacher_server.stats()["requests"] == served + cli_requests  # the rerun: all from the cache
     again_kept, again_rejects = published(tmp_path / "cli")
     assert again_kept.equals(kept) and again_rejects.equals(rejects)
-    assert not list((tmp_path / "cli").glob(".staging-*"))
+    assert not list((tmp_path / "cli").glob(".tmp-*"))
 
 
 def test_stage_commands_read_their_section_of_the_curate_config(teacher_server: TeacherServerURL, generated: Path, tmp_path: Path, capsys) -> None:

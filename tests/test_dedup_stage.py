@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mediflow.errors import MediflowError
 from mediflow.quality.config import DedupConfig
 from mediflow.quality.dedup_stage import run_dedup
 
@@ -268,8 +269,8 @@ def test_exact_only_and_near_only(tmp_path: Path, config: DedupConfig) -> None:
     assert rules == ({"exact_duplicate:pair"} if not config.near else {"near_duplicate:pair"})
 
 
-def test_empty_input(tmp_path: Path) -> None:
+def test_empty_input_is_refused_before_writing(tmp_path: Path) -> None:
     empty = pa.table({name: pa.array([], pa.string()) for name in ("id", "instruction", "input", "task_type")})
-    report = run_dedup(write(empty, tmp_path / "in.parquet"), tmp_path / "out")
-    assert (report.records_in, report.kept, report.dropped) == (0, 0, 0)
-    assert (tmp_path / "out" / "manifest.json").exists()
+    with pytest.raises(MediflowError, match="no records"):
+        run_dedup(write(empty, tmp_path / "in.parquet"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

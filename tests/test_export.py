@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from fixtures import DOCUMENT_TYPES, TASKS, make_records, write_output_folder
+from fixtures import DOCUMENT_TYPES, TASKS, make_records, typed_manifest, write_output_folder
 
 from mediflow.cli import main
 from mediflow.export import ExportOptions, ShardLimits, SplitFractions, export_dataset
@@ -38,7 +38,7 @@ def inputs(tmp_path: Path) -> tuple[Path, Path, list[dict], list[dict]]:
     pairs_dir = tmp_path / "pairs"
     (pairs_dir / "data").mkdir(parents=True)
     pq.write_table(rows_to_table(pairs, PAIR_SCHEMA), pairs_dir / "data" / "part-00000.parquet")
-    (pairs_dir / "manifest.json").write_text(json.dumps({"pairs": {"method": "inject", "tried": 50, "kept": len(pairs), "dropped": {"tie": 3}}}))
+    (pairs_dir / "manifest.json").write_text(json.dumps(typed_manifest({"pairs": {"method": "inject", "tried": 50, "kept": len(pairs), "dropped": {"tie": 3}}})))
     return records_dir, pairs_dir, records, pairs
 
 
@@ -96,10 +96,10 @@ def test_reexport_removes_stale_shards(inputs, tmp_path: Path) -> None:
     records_dir, _, _, _ = inputs
     out = tmp_path / "export"
     export_dataset(records_dir, out, options=ExportOptions(limits=ShardLimits(max_rows=5)))
-    summary = export_dataset(records_dir, out, options=ExportOptions(limits=ShardLimits(max_rows=1000), per_task_configs=False))
+    summary = export_dataset(records_dir, out, options=ExportOptions(limits=ShardLimits(max_rows=1000), per_task_configs=False), overwrite=True)
     on_disk = sorted(str(p.relative_to(out)) for p in (out / "data").rglob("*.parquet"))
     assert on_disk == sorted(p for splits in summary.files.values() for paths in splits.values() for p in paths)
-    assert not list(out.glob(".staging-*"))
+    assert not list(out.glob(".tmp-*"))
 
 
 def test_a_reexport_into_the_same_folder_loads_its_own_rows(inputs, tmp_path: Path) -> None:
@@ -111,7 +111,7 @@ def test_a_reexport_into_the_same_folder_loads_its_own_rows(inputs, tmp_path: Pa
     first = export_dataset(records_dir, out, options=ExportOptions(per_task_configs=False))
     assert {s: d.num_rows for s, d in datasets.load_dataset(str(out), name="sft").items()} == first.rows["sft"]
     fewer = write_output_folder(tmp_path / "fewer", records[: len(records) // 2])
-    second = export_dataset(fewer, out, options=ExportOptions(per_task_configs=False))
+    second = export_dataset(fewer, out, options=ExportOptions(per_task_configs=False), overwrite=True)
     assert second.rows["sft"] != first.rows["sft"]
     assert {s: d.num_rows for s, d in datasets.load_dataset(str(out), name="sft").items()} == second.rows["sft"]
 

@@ -43,6 +43,9 @@ class FakeHub:
         self.fail_commits: set[int] = set()
         self.commit_attempts = 0
 
+#: What an export folder keeps locally and never uploads (the folder contract's manifest and lock).
+LOCAL_ONLY = {"manifest.json", ".lock"}
+
 
 def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
@@ -140,7 +143,7 @@ def export_dir(tmp_path: Path) -> Path:
 
 def test_upload_commits_in_bounded_batches_and_resumes(fake_hub, export_dir: Path) -> None:
     endpoint, hub = fake_hub
-    files = sorted(str(p.relative_to(export_dir)) for p in export_dir.rglob("*") if p.is_file())
+    files = sorted(str(p.relative_to(export_dir)) for p in export_dir.rglob("*") if p.is_file() and p.name not in LOCAL_ONLY)
     report = upload_export(export_dir, "someone/mediflow-demo", token=TOKEN, private=True, files_per_commit=4, endpoint=endpoint)
 
     assert hub.commits == report.commits
@@ -165,7 +168,7 @@ def test_upload_commits_in_bounded_batches_and_resumes(fake_hub, export_dir: Pat
 def test_an_interrupted_upload_resumes_with_the_files_not_yet_committed(fake_hub, export_dir: Path) -> None:
     """The Hub fails the second commit: the first batch stays on the Hub and a rerun sends only the rest."""
     endpoint, hub = fake_hub
-    files = sorted(str(p.relative_to(export_dir)) for p in export_dir.rglob("*") if p.is_file())
+    files = sorted(str(p.relative_to(export_dir)) for p in export_dir.rglob("*") if p.is_file() and p.name not in LOCAL_ONLY)
     hub.fail_commits = {2}
     with pytest.raises(HfHubHTTPError):
         upload_export(export_dir, "someone/resume", token=TOKEN, files_per_commit=3, endpoint=endpoint)

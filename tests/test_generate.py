@@ -34,7 +34,7 @@ def _config(base_url: str | None, out: Path, **extra) -> dict:
 
 
 def _records(out: Path):
-    return pq.read_table(sorted(str(p) for p in (out / "data").glob("shard-*.parquet")))
+    return pq.read_table(sorted(str(p) for p in (out / "data").glob("part-*.parquet")))
 
 
 def test_generate_writes_valid_records_both_formats_and_reruns_from_cache(taxonomy, teacher_server, tmp_path) -> None:
@@ -168,12 +168,12 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_records(taxonomy, start_teac
     killed = tmp_path / "killed"
     process = _start(path, killed)
     deadline = time.monotonic() + 60
-    while len(list((killed / "data").glob("shard-*.parquet"))) < 3 and time.monotonic() < deadline:
+    while len(list((killed / "data").glob("part-*.parquet"))) < 3 and time.monotonic() < deadline:
         assert process.poll() is None, process.stderr.read().decode()
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done_before = len(list((killed / "data").glob("shard-*.parquet")))
+    done_before = len(list((killed / "data").glob("part-*.parquet")))
     assert 3 <= done_before < 15  # killed mid-run
     resumed = _start(path, killed)
     assert resumed.wait(timeout=120) == 0, resumed.stderr.read().decode()

@@ -91,7 +91,7 @@ def test_scores_spread_thresholds_and_an_idempotent_rerun(teacher_server: Teache
     details = manifest["report"]["details"]
     assert details["judged"] == records and details["samples"] == 3 and details["failed"] == 0
     assert manifest["config"]["rubric_version"] == details["rubric_version"] and "api_key" not in manifest["config"]
-    assert (out / "judge-cache.sqlite").is_file()
+    assert (out / "cache.sqlite").is_file()
 
     served = teacher_server.stats()["requests"]
     again = run_judge(source, out, config(teacher_server, samples=3, thresholds={"quality": 3.0, "realism": 2.0}))
@@ -148,14 +148,16 @@ def test_a_teacher_that_is_down_is_one_error_and_leaves_the_output_alone(teacher
 
     down = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(MediflowError, match="^cannot connect to the teacher at http://127.0.0.1:") as error:
-        run_judge(source, out, config(down, samples=1, rejudge=True, **{"limits.max_retries": 0}, cache=str(tmp_path / "empty.sqlite")))
+        run_judge(source, out, config(down, samples=1, rejudge=True, **{"limits.max_retries": 0}, cache=str(tmp_path / "empty.sqlite")), overwrite=True)
     assert "\n" not in str(error.value)
     assert {path: path.read_bytes() for path in published} == published
-    assert not list(out.glob(".staging-*"))
+    assert not list(out.glob(".tmp-*"))
 
     fresh = tmp_path / "never"
     code = main(["judge", str(source), str(fresh), "--teacher", TEACHER, "--base-url", down, "--no-progress"])
-    assert code == 2 and not (fresh / "manifest.json").exists() and not (fresh / "data").exists()
+    assert code == 2 and not list(fresh.glob("data/*.parquet"))
+    failed = json.loads((fresh / "manifest.json").read_text())
+    assert failed["status"] == "failed" and "teacher at" in failed["reason"]  # the folder says why it holds nothing
 
 
 def test_bad_input_is_a_one_line_error(teacher_server: TeacherServerURL, source: Path, tmp_path: Path, capsys) -> None:
@@ -208,7 +210,9 @@ def test_sigkill_then_rerun_requests_only_what_was_in_flight(start_teacher_serve
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert server.stats()["served"] < 2 * records and not (tmp_path / "out" / "manifest.json").exists()
+    assert server.stats()["served"] < 2 * records
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["status"] == "running"  # killed: never "finished"
+    assert not list((tmp_path / "out" / "data").glob("*.parquet"))
 
     finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert finished.returncode == 0, finished.stderr

@@ -107,7 +107,7 @@ def test_generate_json_records_through_llama_cpp_server(
     assert "response_format" in capabilities["refusals"]["json_schema"]
 
     taxonomy = load_taxonomy()
-    for path in (out / "data").glob("shard-*.parquet"):
+    for path in (out / "data").glob("part-*.parquet"):
         for row in pq.read_table(path).to_pylist():
             assert row["output_format"] == "json"
             jsonschema.validate(json.loads(row["output"]), taxonomy.tasks[row["task_type"]].output_schema)

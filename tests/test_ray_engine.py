@@ -42,7 +42,7 @@ def _config(base_url: str, out: Path, rpm: int | None = None, **extra) -> dict:
 
 
 def _records(out: Path) -> list[dict]:
-    table = pq.read_table(sorted(str(p) for p in (out / "data").glob("shard-*.parquet")))
+    table = pq.read_table(sorted(str(p) for p in (out / "data").glob("part-*.parquet")))
     return table.drop(["created_at"]).to_pylist()
 
 
@@ -156,4 +156,5 @@ def test_ray_pit_qa_gives_the_local_task_data(ray_address, teacher_server, tmp_p
         assert main(["train", "qa", "--config", str(config)]) == 0
         served.append(teacher_server.stats()["requests"])
     assert served[0] == served[1] == 3 * 4
-    assert pq.read_table(tmp_path / "ray" / "task_data.parquet").equals(pq.read_table(tmp_path / "local" / "task_data.parquet"))
+    tables = [pq.read_table(sorted((tmp_path / engine / "data").glob("*.parquet"))) for engine in ("ray", "local")]
+    assert tables[0].num_rows > 0 and tables[0].equals(tables[1])

@@ -24,7 +24,7 @@ def _config(base_url: str, out: Path, **extra) -> dict:
 
 def _folder(out: Path) -> dict:
     """Everything a run folder holds except created_at (a run's start time): records, rejects, counts."""
-    records = pq.read_table(sorted(str(p) for p in (out / "data").glob("shard-*.parquet"))).drop(["created_at"])
+    records = pq.read_table(sorted(str(p) for p in (out / "data").glob("part-*.parquet"))).drop(["created_at"])
     rejects = pq.read_table(out / "rejects.parquet").drop(["created_at"])
     manifest = json.loads((out / "manifest.json").read_text())
     return {
@@ -33,7 +33,7 @@ def _folder(out: Path) -> dict:
         "rejects": rejects.to_pylist(),
         "counts": manifest["counts"],
         "usage": manifest["usage"],
-        "fingerprint": manifest["fingerprint"],
+        "fingerprint": manifest["config_fingerprint"],
     }
 
 
@@ -71,7 +71,7 @@ def test_join_refuses_incomplete_or_mixed_shares(teacher_server, tmp_path, capsy
     assert main(["join", str(tmp_path / "j3"), str(one), str(one)]) == 2
     assert "given twice" in capsys.readouterr().err
     assert main(["join", str(one / "inside"), str(one)]) == 2
-    assert "overlaps" in capsys.readouterr().err
+    assert "is inside the input" in capsys.readouterr().err
     assert not (tmp_path / "j1").exists() and not (tmp_path / "j2").exists()
 
 
@@ -86,3 +86,14 @@ def test_shares_partition_the_groups() -> None:
     owners = [[k for k in range(1, 5) if Share(k, 4).holds(key)] for key in keys]
     assert all(len(owner) == 1 for owner in owners)
     assert min(sum(o == [k] for o in owners) for k in range(1, 5)) > 50  # roughly even
+
+
+def test_an_unreachable_ray_address_is_one_error_before_anything_is_written(tmp_path, capsys) -> None:
+    pytest.importorskip("ray")
+    out = tmp_path / "run"
+    args = ["generate", "--teacher", "openai:mediflow-test-teacher", "--base-url", "http://127.0.0.1:9/v1", "--out", str(out)]
+    assert main([*args, "--engine", "ray", "--ray-address", "127.0.0.1:9"]) == 2
+    assert "ray.address: nothing answers at 127.0.0.1:9" in capsys.readouterr().err
+    assert main([*args, "--engine", "ray", "--ray-address", "no-port"]) == 2
+    assert "is not HOST:PORT" in capsys.readouterr().err
+    assert not out.exists()

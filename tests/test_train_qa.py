@@ -48,7 +48,7 @@ def test_qa_stage_writes_task_data_for_every_document_and_prompt(
         encoding="utf-8",
     )
     assert main(["train", "qa", "--config", str(config)]) == 0
-    table = pq.read_table(tmp_path / "task_data" / "task_data.parquet")
+    table = pq.read_table(sorted((tmp_path / "task_data" / "data").glob("*.parquet")))
     rows = table.to_pylist()
     assert {(r["document_id"], r["task"]) for r in rows} == {
         (doc["id"], task) for doc in DOCUMENTS for task in ("qa", "pit_summary", "pit_entities", "pit_relations")
@@ -58,7 +58,7 @@ def test_qa_stage_writes_task_data_for_every_document_and_prompt(
     assert all(r["prompt"].startswith("Question: ") and r["prompt"].endswith("\nAnswer:") for r in qa_rows)
     assert "task data:" in capsys.readouterr().out
     # What the pit stage reads.
-    assert len(load_task_rows(tmp_path / "task_data" / "task_data.parquet")) == sum(1 for r in rows if r["completion"])
+    assert len(load_task_rows(tmp_path / "task_data")) == sum(1 for r in rows if r["completion"])
     # A rerun is answered from the engine's cache: the teacher sees no new request.
     served = teacher_server.stats()["requests"]
     assert main(["train", "qa", "--config", str(config)]) == 0

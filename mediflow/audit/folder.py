@@ -1,7 +1,9 @@
 """Read a MediFlow output folder once, cheaply, for every audit check.
 
 An output folder is what ``mediflow generate`` (or a quality stage) writes: ``data/*.parquet`` in
-the record schema, ``manifest.json`` and, optionally, ``rejects.parquet``. Checks must work on a
+the record schema, ``manifest.json`` and, optionally, ``rejects.parquet``. It is opened with the
+one input reader (:func:`mediflow.folders.open_input`), so the audit sees exactly the kept records
+every other stage sees, checked against the record schema first. Checks must work on a
 2.5M-record folder on a laptop, so the folder is never loaded whole: :attr:`OutputFolder.frame`
 holds only the small per-record columns (task, document type, lengths, judge scores) computed with
 Arrow kernels, and the text-heavy checks stream just the columns they need, shard by shard.
@@ -22,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mediflow.errors import MediflowError
+from mediflow.folders import REJECTS_NAME, open_input
 from mediflow.records import JUDGE_SCORE_COLUMNS
 
 #: The record columns the checks group by; absent ones are read as nulls.
@@ -60,12 +63,13 @@ class OutputFolder:
     def open(cls, path: str | Path) -> OutputFolder:
         """Find the shards and manifest of ``path``; a folder with no records is a user error."""
         root = Path(path)
+        if not root.exists():
+            raise MediflowError(f"{root}: no such file or folder")
         if not root.is_dir():
             raise MediflowError(f"audit input {root} is not a folder (expected a MediFlow output folder)")
-        shards = _find_shards(root)
-        if not shards:
-            raise MediflowError(f"no record shards in {root}: expected data/*.parquet (a MediFlow output folder)")
-        return cls(path=root, shards=tuple(shards), manifest=_read_manifest(root / "manifest.json"))
+        data = open_input(root, "records")
+        manifest = data.manifest.to_dict() if data.manifest is not None else {}
+        return cls(path=root, shards=data.files, manifest=manifest)
 
     @cached_property
     def columns(self) -> frozenset[str]:
@@ -86,7 +90,7 @@ class OutputFolder:
     @cached_property
     def rejects(self) -> pd.DataFrame | None:
         """The rejects table (every stage's drops with stage, rule and reason), or None when absent."""
-        files = sorted(self.path.glob("rejects*.parquet")) + sorted((self.path / "rejects").glob("*.parquet"))
+        files = [self.path / REJECTS_NAME] if (self.path / REJECTS_NAME).is_file() else []
         if not files:
             return None
         tables = []
@@ -98,14 +102,14 @@ class OutputFolder:
     def lineage(self) -> list[tuple[Path, dict[str, Any]]]:
         """This folder's manifest, then those of the folders it was made from, nearest first.
 
-        A curated (or any stage's) folder names its input in ``manifest["input"]``; following that
+        A curated (or any stage's) folder names its inputs in its manifest; following the first
         chain reaches the ``generate`` run whose config holds the plan and the taxonomy. Inputs that
         are gone, cycles and chains longer than :data:`MAX_LINEAGE` simply end the list.
         """
         chain = [(self.path, self.manifest)]
         seen = {self.path.resolve()}
         while len(chain) < MAX_LINEAGE:
-            source = _input_folder(chain[-1][1].get("input"))
+            source = _input_folder(_first_input(chain[-1][1]))
             if source is None or source.resolve() in seen or not (source / "manifest.json").is_file():
                 break
             seen.add(source.resolve())
@@ -175,11 +179,12 @@ def _input_folder(value: Any) -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
-def _find_shards(root: Path) -> list[Path]:
-    data = root / "data"
-    if data.is_dir():
-        return sorted(p for p in data.rglob("*.parquet") if p.is_file())
-    return sorted(p for p in root.glob("*.parquet") if not p.name.startswith("rejects"))
+def _first_input(manifest: dict[str, Any]) -> Any:
+    """The path of the first input a manifest names (typed ``inputs``; older manifests: ``input``)."""
+    inputs = manifest.get("inputs")
+    if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict):
+        return inputs[0].get("path")
+    return manifest.get("input")
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

@@ -7,10 +7,10 @@ years later; no Jupyter needed. Written atomically so a half-written report neve
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
 
 from mediflow.audit.report import AuditReport
+from mediflow.folders.atomic import write_text
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }
@@ -43,10 +43,5 @@ def write_html(report: AuditReport, path: str | Path) -> Path:
     """Write ``report`` to ``path`` (atomically); return the path."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(render_html(report), encoding="utf-8")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text(target, render_html(report))
     return target

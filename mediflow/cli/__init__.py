@@ -2,12 +2,14 @@
 
 Each command group lives in its own module under ``mediflow.cli`` and exposes
 ``register(subparsers)``; the handler it installs returns an exit status. User errors
-(:class:`mediflow.errors.MediflowError`) print one ``error: ...`` line and exit 2, never a traceback.
+(:class:`mediflow.errors.MediflowError`) and file-system errors (a full or read-only disk, a
+permission, a path that is a file) print one ``error: ...`` line and exit 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +26,7 @@ from mediflow.cli import (
     train_cmd,
 )
 from mediflow.errors import MediflowError
+from mediflow.redact import redact_text
 
 _COMMAND_MODULES = (
     taxonomy_cmd,
@@ -36,6 +39,14 @@ _COMMAND_MODULES = (
     train_cmd,
     merge_cmd,
 )
+
+
+def os_error_line(exc: OSError) -> str:
+    """A file-system error as one line naming the file and the problem (``runs/a/data: No space left on device``)."""
+    what = exc.strerror or next(iter(str(exc).splitlines()), type(exc).__name__)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        what = f"{what} (the disk or your quota is full: free space, then rerun the same command to resume)"
+    return f"{exc.filename}: {what}" if exc.filename else what
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except MediflowError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {redact_text(os_error_line(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: everything finished so far is saved; rerun the same command to resume", file=sys.stderr)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mediflow.cli.numbers import positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``audit`` to the top-level parser."""
@@ -17,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("input", metavar="IN", help="a MediFlow output folder (data/*.parquet, manifest.json, rejects.parquet)")
     parser.add_argument("--html", metavar="FILE", help="write the self-contained HTML report here")
     parser.add_argument("--taxonomy", metavar="DIR", help="taxonomy folder merged over the built-in one (default: the run's)")
-    parser.add_argument("--sample-size", type=int, default=20_000, help="records sampled for the n-gram check (default: 20000)")
+    parser.add_argument("--sample-size", type=positive_int, default=20_000, help="records sampled for the n-gram check (default: 20000)")
     parser.add_argument(
         "--duplicate-records", type=int, default=50_000, help="records sampled for the near-duplicate check (default: 50000)"
     )

@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from mediflow.cli.numbers import fraction, positive_float, positive_int
 from mediflow.errors import MediflowError
 
 
@@ -29,13 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
     parser.add_argument("--token-env", default="HF_TOKEN", help="environment variable holding the Hub token (default HF_TOKEN)")
     parser.add_argument("--endpoint", help="Hub endpoint URL (default: huggingface_hub's, or $HF_ENDPOINT)")
-    parser.add_argument("--files-per-commit", type=int, default=100, help="most files per Hub commit (default 100)")
-    parser.add_argument("--split", nargs=3, type=float, metavar=("TRAIN", "VALIDATION", "TEST"), default=(0.9, 0.05, 0.05), help="document fractions per split (default 0.9 0.05 0.05)")
+    parser.add_argument("--files-per-commit", type=positive_int, default=100, help="most files per Hub commit (default 100)")
+    parser.add_argument("--split", nargs=3, type=fraction, metavar=("TRAIN", "VALIDATION", "TEST"), default=(0.9, 0.05, 0.05), help="document fractions per split (default 0.9 0.05 0.05)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
-    parser.add_argument("--max-shard-rows", type=int, default=100_000, help="most rows per Parquet shard (default 100000)")
-    parser.add_argument("--max-shard-mb", type=float, default=500.0, help="most uncompressed MB per shard (default 500)")
+    parser.add_argument("--max-shard-rows", type=positive_int, default=100_000, help="most rows per Parquet shard (default 100000)")
+    parser.add_argument("--max-shard-mb", type=positive_float, default=500.0, help="most uncompressed MB per shard (default 500)")
     parser.add_argument("--no-task-configs", action="store_true", help="only the sft and dpo configs")
     parser.add_argument("--license", default="cdla-permissive-2.0", help="licence id for the card (default cdla-permissive-2.0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a --local-dir holding another kind of folder or another export")
     parser.set_defaults(handler=_run)
 
 
@@ -51,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
         repo_id=args.to_hub or args.local_dir.name,
     )
     if args.local_dir is not None:
-        summary = export_dataset(args.input, args.local_dir, pairs=args.pairs, options=options)
+        summary = export_dataset(args.input, args.local_dir, pairs=args.pairs, options=options, overwrite=args.overwrite)
         _print_summary(summary.rows, summary.files)
         print(f"wrote {args.local_dir}")
         return 0

@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", type=Path, help="run config (YAML or JSON); see docs/generation.md")
     add_flags(parser, RunConfig)
+    parser.add_argument("--overwrite", action="store_true", help="replace an --out holding another kind of folder or another config's run (its teacher cache is kept)")
     parser.add_argument(
         "--dry-run", action="store_true", help="print the plan, a sample of cases, requests, tokens, cost and time; send and write nothing"
     )
@@ -44,14 +45,17 @@ def _run(args: argparse.Namespace) -> int:
         from mediflow.pipeline.demo import demo_config
         from mediflow.taxonomy import load_taxonomy
 
-        config = load_config(demo_config(load_taxonomy()), **flag_overrides(args))
+        taxonomy = load_taxonomy()
+        config = load_config(demo_config(taxonomy), **flag_overrides(args))
+        if config.teacher.spec != "local":  # the demo's limits are for the embedded teacher only
+            config = load_config(demo_config(taxonomy, embedded=False), **flag_overrides(args))
         teacher = "the embedded local teacher (Gemma-3-270M, CPU)" if config.teacher.spec == "local" else config.teacher.spec
         if not (args.dry_run or args.plan_out is not None):
             print(f"no --config given: running the small demo plan on {teacher}; pass --config for a real run")
     if args.dry_run or args.plan_out is not None:
         return _dry_run(config, args.plan_out)
     started = time.monotonic()
-    summary = run(config)
+    summary = run(config, overwrite=args.overwrite)
     _print_summary(summary, time.monotonic() - started)
     return 0
 

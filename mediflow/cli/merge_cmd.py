@@ -42,11 +42,13 @@ def _run(args: argparse.Namespace) -> int:
     import yaml
 
     from mediflow.errors import ConfigError
+    from mediflow.textfiles import read_text
 
+    if not args.config.exists():
+        raise ConfigError(f"{args.config}: config not found")
+    text = read_text(args.config, "merge config", ConfigError)
     try:
-        raw = yaml.safe_load(args.config.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{args.config}: config not found") from None
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{args.config}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if args.preset or (isinstance(raw, dict) and "preset" in raw):
@@ -59,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
     output = run_merge(
         config, args.output, seed=args.seed, overwrite=args.overwrite, max_shard_bytes=args.max_shard_size, progress=True
     )
-    (output / "merge_config.yaml").write_text(args.config.read_text(encoding="utf-8"), encoding="utf-8")
+    (output / "merge_config.yaml").write_text(text, encoding="utf-8")
     print(f"merged {len(config.models)} models with {config.method.name} -> {output}")
     return 0
 

@@ -38,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("out", type=Path, help="output folder (data/part-*.parquet, rejects.parquet, manifest.json)")
     parser.add_argument("--config", type=Path, help="a pairs config (YAML or JSON); see docs/preference.md")
     add_flags(parser, PairsConfig)
+    parser.add_argument("--overwrite", action="store_true", help="replace an OUT holding another kind of folder or another config's run")
     parser.add_argument(
         "--candidate", action="append", type=_source, default=[], metavar="SPEC[@T][,URL]",
         help="candidates method: another answer source (repeatable), e.g. openai:student@0.7,http://127.0.0.1:8000/v1",
@@ -53,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
         config = PairsConfig.load(config, candidate_sources=[*config.candidate_sources, *args.candidate])
     with warnings.catch_warnings():  # said once below, as a note rather than a warning with a source line
         warnings.filterwarnings("ignore", message="the input has no judge scores")
-        result = build_pairs(args.input, args.out, config)
+        result = build_pairs(args.input, args.out, config, overwrite=args.overwrite)
     if not result.manifest["pairs"]["input_judged"]:
         print("note: the input has no judge scores, so every record was tried (run `mediflow curate` with a judge first)")
     drops = ", ".join(f"{reason} {count}" for reason, count in sorted(result.dropped.items())) or "none"

@@ -44,6 +44,7 @@ def _add_io(parser: argparse.ArgumentParser, config_help: str) -> None:
     parser.add_argument("input", type=Path, help="a MediFlow output folder, a folder of Parquet files, or one Parquet file")
     parser.add_argument("out", type=Path, help="output folder: data/part-*.parquet (kept), rejects.parquet, manifest.json")
     parser.add_argument("--config", type=Path, help=config_help)
+    parser.add_argument("--overwrite", action="store_true", help="replace an OUT holding another kind of folder or another config's run")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -90,14 +91,14 @@ def _stage(args: argparse.Namespace) -> int:
         if not config.eval:
             raise ConfigError("decontaminate: no evaluation sets (pass --eval PATH[:field,field], or set decontaminate.eval in --config)")
     run = {"filter": quality.run_filters, "judge": quality.run_judge, "dedup": quality.run_dedup, "decontaminate": quality.run_decontaminate}
-    _print_report(run[args.command_name](args.input, args.out, config), args.out)
+    _print_report(run[args.command_name](args.input, args.out, config, overwrite=args.overwrite), args.out)
     return 0
 
 
 def _curate(args: argparse.Namespace) -> int:
     from mediflow.quality import curate
 
-    manifest = curate(args.input, args.out, CurateConfig.load(args.config, **flag_overrides(args)))
+    manifest = curate(args.input, args.out, CurateConfig.load(args.config, **flag_overrides(args)), overwrite=args.overwrite)
     for stage in manifest["stages"]:
         rules = ", ".join(f"{rule} {count}" for rule, count in stage["dropped_by_rule"].items()) or "none"
         print(f"{stage['stage']}: {stage['in']} in, {stage['kept']} kept, {stage['dropped']} dropped ({rules})")

@@ -11,15 +11,16 @@ Layout (what ``datasets.load_dataset(DIR, name=config)`` and the Hub read throug
 
 Two passes over the input keep memory bounded at any size: the first reads only the small columns
 (document, task, document type, teacher) to assign splits and count rows per (config, split), so
-the shard count in each file name is known; the second streams the records into the shards. Files
-are written under a staging folder and moved into place; stale shards of an earlier export are
-removed, and the card is written last.
+the shard count in each file name is known; the second streams the records into the shards. The
+folder is an :class:`~mediflow.folders.OutputFolder` of kind ``export`` (guarded, locked, with a
+manifest beside the card): files are written under a staging folder and moved into place, stale
+shards of an earlier export are removed (only inside ``DIR/data``, which the guards keep apart from
+every input), and the card and manifest are written last. Task names become folder names, so each
+is checked to be a safe name first.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import uuid
 from collections import Counter
@@ -36,9 +37,11 @@ from mediflow.errors import MediflowError
 from mediflow.export.card import CardFacts, render_card
 from mediflow.export.shards import ShardedSplitWriter, ShardLimits
 from mediflow.export.splits import SPLITS, SplitFractions, assign_splits, document_key
+from mediflow.folders import InputData, OutputFolder, open_input, with_ids, write_text
+from mediflow.folders.atomic import TEMP_PREFIX, commit
 from mediflow.preference.rows import PAIR_SCHEMA
-from mediflow.quality.io import input_files, with_ids
 from mediflow.records import FULL_SCHEMA, JUDGE_SCORE_COLUMNS, RELEASED_COLUMNS, conform, to_messages
+from mediflow.safe_names import safe_name
 
 SFT_COLUMNS: tuple[str, ...] = (
     "id",
@@ -56,6 +59,7 @@ DPO_SCHEMA = pa.schema([field for field in PAIR_SCHEMA if field.name != "case"])
 RESERVED_CONFIGS: tuple[str, ...] = ("sft", "dpo", "records")
 _LIGHT_COLUMNS = ["document_id", "input", "task_type", "input_data", "teacher"]
 _BATCH_ROWS = 20_000
+CARD_NAME = "README.md"
 
 
 @dataclass(frozen=True)
@@ -94,19 +98,65 @@ class _Source:
         return [(key, task or "", kind or "") for key, task, kind in zip(self.keys, self.tasks, self.document_types)]
 
 
-def export_dataset(records: Path, out_dir: Path, *, pairs: Path | None = None, options: ExportOptions = ExportOptions()) -> ExportSummary:
+def export_dataset(
+    records: Path, out_dir: Path, *, pairs: Path | None = None, options: ExportOptions = ExportOptions(), overwrite: bool = False
+) -> ExportSummary:
     """Export ``records`` (a MediFlow output folder or Parquet) and optional ``pairs`` to ``out_dir``."""
     out_dir = Path(out_dir)
-    record_source, tasks, document_types, teachers = _scan(Path(records))
-    pair_source = _scan(Path(pairs))[0] if pairs is not None else None
-    documents = record_source.document_kinds() + (pair_source.document_kinds() if pair_source is not None else [])
-    assignment = assign_splits(documents, options.fractions, options.seed)
-    task_configs = sorted({t for t in record_source.tasks if t}) if options.per_task_configs else []
+    record_data = open_input(records, "records", require=("output",))
+    pair_data = open_input(pairs, "pairs") if pairs is not None else None
+    scanned = _scan(record_data)  # the first pass checks every task name before anything is written
+    pair_source = _scan(pair_data)[0] if pair_data is not None else None
+    task_configs = _task_configs(scanned[0], record_data, options)
+    folder = OutputFolder.open(
+        out_dir,
+        kind="export",
+        config=_options_config(options),
+        inputs=[data.ref() for data in (record_data, pair_data) if data is not None],
+        overwrite=overwrite,
+        extra_entries={CARD_NAME},
+    )
+    with folder:
+        return _export(record_data, scanned, pair_data, pair_source, task_configs, folder, options)
+
+
+def _task_configs(source: _Source, data: InputData, options: ExportOptions) -> list[str]:
+    """The per-task configs: each task name becomes a folder, so it must be a safe name and not sft/dpo."""
+    if not options.per_task_configs:
+        return []
+    task_configs = sorted({safe_name(t, f"task_type in {data.path}") for t in source.tasks if t})
     clash = set(task_configs) & set(RESERVED_CONFIGS)
     if clash:
         raise MediflowError(f"task name(s) {', '.join(sorted(clash))} clash with the reserved config names sft/dpo")
+    return task_configs
 
-    staging = out_dir / f".staging-{uuid.uuid4().hex[:8]}"
+
+def _options_config(options: ExportOptions) -> dict[str, Any]:
+    return {
+        "fractions": options.fractions.as_dict(),
+        "seed": options.seed,
+        "max_shard_rows": options.limits.max_rows,
+        "max_shard_bytes": options.limits.max_bytes,
+        "per_task_configs": options.per_task_configs,
+        "license": options.license,
+        "repo_id": options.repo_id,
+    }
+
+
+def _export(
+    record_data: InputData,
+    scanned: tuple[_Source, Counter[str], Counter[str], Counter[str]],
+    pair_data: InputData | None,
+    pair_source: _Source | None,
+    task_configs: list[str],
+    folder: OutputFolder,
+    options: ExportOptions,
+) -> ExportSummary:
+    out_dir = folder.root
+    record_source, tasks, document_types, teachers = scanned
+    documents = record_source.document_kinds() + (pair_source.document_kinds() if pair_source is not None else [])
+    assignment = assign_splits(documents, options.fractions, options.seed)
+    staging = out_dir / f"{TEMP_PREFIX}staging-{uuid.uuid4().hex[:8]}"
     try:
         written = _write_records(record_source, assignment, task_configs, staging, options.limits)
         if pair_source is not None:
@@ -127,8 +177,8 @@ def export_dataset(records: Path, out_dir: Path, *, pairs: Path | None = None, o
         tasks=tasks,
         document_types=document_types,
         teachers=teachers,
-        filters=_filters_from_manifest(Path(records)),
-        pairs=_pairs_from_manifest(Path(pairs)) if pairs is not None else None,
+        filters=_filters_from_manifest(record_data),
+        pairs=_pairs_from_manifest(pair_data) if pair_data is not None else None,
         seed=options.seed,
         fractions=options.fractions.as_dict(),
         license=options.license,
@@ -137,13 +187,14 @@ def export_dataset(records: Path, out_dir: Path, *, pairs: Path | None = None, o
         file_bytes={config: sum((out_dir / path).stat().st_size for paths in splits.values() for path in paths) for config, splits in files.items()},
         split_bytes={config: {split: _uncompressed_bytes(out_dir, paths) for split, paths in splits.items()} for config, splits in files.items()},
     )
-    _write_text_atomically(out_dir / "README.md", render_card(facts))
+    write_text(out_dir / CARD_NAME, render_card(facts))
+    folder.finish({config: sum(counts.values()) for config, counts in rows.items()}, {"files": files})
     return ExportSummary(out_dir, files, {config: dict(counts) for config, counts in rows.items()})
 
 
-def _scan(path: Path) -> tuple[_Source, Counter[str], Counter[str], Counter[str]]:
+def _scan(data: InputData) -> tuple[_Source, Counter[str], Counter[str], Counter[str]]:
     """First pass: document keys, tasks, document types and teachers, from the small columns only."""
-    files = input_files(path)
+    files = list(data.files)
     keys: list[str] = []
     tasks: list[str | None] = []
     types: list[str | None] = []
@@ -266,7 +317,7 @@ def _publish(staging: Path, out_dir: Path, files: dict[str, dict[str, list[str]]
     for relative in sorted(new):
         target = out_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging / relative, target)
+        commit(staging / relative, target)
     data = out_dir / "data"
     for stale in data.rglob("*.parquet"):
         if str(stale.relative_to(out_dir)) not in new:
@@ -274,12 +325,6 @@ def _publish(staging: Path, out_dir: Path, files: dict[str, dict[str, list[str]]
     for folder in sorted(data.iterdir()):
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _uncompressed_bytes(root: Path, paths: list[str]) -> int:
@@ -292,20 +337,13 @@ def _has_judge_scores(files: list[Path]) -> bool:
     return any(name in pq.read_schema(f).names for f in files for name in JUDGE_SCORE_COLUMNS)
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
-    manifest = (path if path.is_dir() else path.parent) / "manifest.json"
-    if not manifest.is_file():
-        return {}
-    try:
-        value = json.loads(manifest.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise MediflowError(f"{manifest} is not valid JSON: {exc.msg} at line {exc.lineno}") from exc
-    return value if isinstance(value, dict) else {}
+def _read_manifest(data: InputData) -> dict[str, Any]:
+    return data.manifest.to_dict() if data.manifest is not None else {}
 
 
-def _filters_from_manifest(path: Path) -> list[dict[str, Any]]:
+def _filters_from_manifest(data: InputData) -> list[dict[str, Any]]:
     """Each quality stage's in/kept/dropped and drops per rule, from a curate or stage manifest."""
-    manifest = _read_manifest(path)
+    manifest = _read_manifest(data)
     listed = manifest.get("stages")
     stages: list[Any] = listed if isinstance(listed, list) else [manifest] if "stage" in manifest else []
     return [
@@ -321,9 +359,9 @@ def _filters_from_manifest(path: Path) -> list[dict[str, Any]]:
     ]
 
 
-def _pairs_from_manifest(path: Path) -> dict[str, Any] | None:
+def _pairs_from_manifest(data: InputData) -> dict[str, Any] | None:
     """The pair yield from a ``mediflow pairs`` manifest."""
-    manifest = _read_manifest(path).get("pairs")
+    manifest = _read_manifest(data).get("pairs")
     if not isinstance(manifest, dict):
         return None
     return {

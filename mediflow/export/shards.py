@@ -10,12 +10,13 @@ A shard is written to a temporary name and renamed when complete.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from mediflow.folders.atomic import commit
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class ShardedSplitWriter:
     def _close_current(self) -> None:
         if self._writer is not None and self._tmp is not None:
             self._writer.close()
-            os.replace(self._tmp, self.paths[-1])
+            commit(self._tmp, self.paths[-1])
             self._writer = None
 
     def close(self) -> list[Path]:

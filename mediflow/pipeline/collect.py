@@ -16,7 +16,7 @@ from mediflow.pipeline.output import RunOutput
 
 
 class ShardCollector:
-    """Commits the plan range ``[i*S, (i+1)*S)`` as ``data/shard-i`` once all of its items are in.
+    """Commits the plan range ``[i*S, (i+1)*S)`` as ``data/part-i`` once all of its items are in.
 
     A run making one share of the plan (:mod:`mediflow.pipeline.share`) gives ``share_counts``, its
     items per range: its ranges then hold only its items, and commit when those are in.

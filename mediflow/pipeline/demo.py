@@ -16,8 +16,13 @@ from mediflow.taxonomy import Taxonomy
 DEMO_OUT = "mediflow-out/demo"
 
 
-def demo_config(taxonomy: Taxonomy) -> dict[str, Any]:
-    """A small run config over ``taxonomy`` for the embedded local teacher."""
+def demo_config(taxonomy: Taxonomy, *, embedded: bool = True) -> dict[str, Any]:
+    """A small run config over ``taxonomy``; with ``embedded`` (the embedded local teacher) its limits too.
+
+    The demo's limits (no retries, the error breaker off) suit a deterministic CPU model only: any
+    other teacher (``--teacher openai:M`` without ``--config``) keeps the production limits, so
+    the first 429 of a paid run is retried, not fatal.
+    """
     task_names = list(taxonomy.tasks)
     compatible = {task: taxonomy.document_types_for(task) for task in task_names}
     for i, first in enumerate(task_names):
@@ -25,7 +30,7 @@ def demo_config(taxonomy: Taxonomy) -> dict[str, Any]:
             shared = [doc for doc in compatible[first] if doc in compatible[second]]
             if len(shared) >= 2:
                 easiest = min(taxonomy.difficulty_levels, key=lambda level: level.rank)
-                return {
+                config: dict[str, Any] = {
                     "teacher": {"spec": "local"},
                     "tasks": [first, second],
                     "document_types": shared[:2],
@@ -45,4 +50,7 @@ def demo_config(taxonomy: Taxonomy) -> dict[str, Any]:
                     "limits": {"concurrency": 1, "request_timeout": 600.0, "max_retries": 0, "error_rate_threshold": 1.0},
                     "output": {"dir": DEMO_OUT, "shard_size": 100},
                 }
+                if not embedded:
+                    del config["limits"]
+                return config
     raise MediflowError("the taxonomy has no two tasks sharing two document types: pass --config for a run")

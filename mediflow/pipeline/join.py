@@ -1,13 +1,15 @@
 """``mediflow join OUT SHARD_DIR...``: the N shares of a ``generate --shard K/N`` job, as one run's output folder.
 
-Each share kept its items' full-plan positions, so its ``data/shard-i`` holds its part of plan range
+Each share kept its items' full-plan positions, so its ``data/part-i`` holds its part of plan range
 ``i`` and its summary lists the positions of those rows. Joining interleaves the shares' parts of
 every range by position: ``OUT`` then holds the records and rejects of the unsharded run, in its
 order, under its fingerprint (rerunning the unsharded ``generate`` into ``OUT`` finds nothing to
 do). ``created_at`` becomes the earliest share's start, as a single run's records carry its start.
 The shares' teacher caches are merged into ``OUT/cache.sqlite``.
 
-Nothing is written before every input is checked: all N shares of one job, each finished.
+Nothing is written before every input is checked: all N shares of one job, each finished, and
+``OUT`` a folder the contract lets us write (:class:`~mediflow.folders.OutputFolder`: no overlap
+with a share, nothing foreign in it, not locked by another process).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from mediflow.errors import MediflowError
+from mediflow.folders import OutputFolder, check_no_overlap, read_manifest
 from mediflow.pipeline.collect import shard_summary
 from mediflow.pipeline.output import REJECT_SCHEMA, RunOutput
 from mediflow.pipeline.run import RunSummary, finish_run
@@ -29,27 +32,24 @@ from mediflow.records import GENERATION_SCHEMA
 
 
 def _share_manifest(folder: Path) -> dict[str, Any]:
-    manifest = RunOutput(folder).read_manifest()
-    if manifest is None:
-        raise MediflowError(f"join: {folder} is not a generate output folder (no readable manifest.json)")
-    if "shard" not in manifest:
+    """A share's manifest as a dict (typed keys and details side by side)."""
+    if not folder.is_dir():
+        raise MediflowError(f"join: {folder} is not a folder")
+    manifest = read_manifest(folder)
+    if manifest is None or manifest.kind != "generate":
+        raise MediflowError(f"join: {folder} is not a generate output folder (no generate manifest.json)")
+    if "shard" not in manifest.details:
         raise MediflowError(f"join: {folder} is not a share of a sharded run (made without generate --shard K/N)")
-    if manifest.get("status") != "finished":
-        raise MediflowError(f"join: {folder} is {manifest.get('status')}: rerun its generate command to finish it first")
-    return manifest
+    if manifest.status != "finished":
+        raise MediflowError(f"join: {folder} is {manifest.status}: rerun its generate command to finish it first")
+    return manifest.to_dict()
 
 
 def check_shares(out: Path, folders: Sequence[Path]) -> list[dict[str, Any]]:
     """The shares' manifests, once they are known to be all N finished shares of one job and ``out`` is free."""
     if not folders:
         raise MediflowError("join: no share folder given")
-    resolved = out.resolve()
-    for folder in folders:
-        source = folder.resolve()
-        if resolved == source or source in resolved.parents or resolved in source.parents:
-            raise MediflowError(f"join: the output {out} overlaps the share folder {folder}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise MediflowError(f"join: {out} exists and is not an empty folder")
+    check_no_overlap(out, folders)
     manifests = [_share_manifest(folder) for folder in folders]
     first = manifests[0]["shard"]
     count = int(first["share"].split("/")[1])
@@ -71,19 +71,21 @@ def join_shares(out: str | Path, folders: Sequence[str | Path]) -> RunSummary:
     """Join the shares in ``folders`` into ``out`` (see the module docstring)."""
     out, paths = Path(out), [Path(folder) for folder in folders]
     manifests = check_shares(out, paths)
-    started_at = min(datetime.fromisoformat(manifest["started_at"]) for manifest in manifests)
-    output = RunOutput(out)
-    output.data_dir.mkdir(parents=True, exist_ok=True)
-    output.parts_dir.mkdir(parents=True, exist_ok=True)
-    shares = [RunOutput(path) for path in paths]
-    ranges = sorted({index for share in shares for index, _ in share.shards()})
-    for index in ranges:
-        rows, rejects, positions = _join_range(shares, index, started_at)
-        output.write_shard(index, rows, rejects, shard_summary(index, rows, rejects, positions))
-    _merge_caches(output.cache_path, [share.cache_path for share in shares])
-    manifest = _joined_manifest(manifests, paths, out, started_at)
-    session = {"shares": len(paths)}
-    return finish_run(output, manifest, "finished", None, session)
+    started_at = min(datetime.fromisoformat(manifest["created_at"]) for manifest in manifests)
+    config, details = _joined_manifest(manifests, paths, out)
+    folder = OutputFolder.open(
+        out, kind="generate", config=config, fingerprint=manifests[0]["shard"]["unsharded_fingerprint"], input_paths=paths, staged=False, details=details
+    )
+    with folder:
+        folder.manifest.created_at = started_at.isoformat()
+        output = RunOutput(folder.root, folder)
+        shares = [RunOutput(path) for path in paths]
+        ranges = sorted({index for share in shares for index, _ in share.shards()})
+        for index in ranges:
+            rows, rejects, positions = _join_range(shares, index, started_at)
+            output.write_shard(index, rows, rejects, shard_summary(index, rows, rejects, positions))
+        _merge_caches(output.cache_path, [share.cache_path for share in shares])
+        return finish_run(output, "finished", None, {"shares": len(paths)})
 
 
 def _join_range(shares: Sequence[RunOutput], index: int, started_at: datetime) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, list[int]]]:
@@ -128,17 +130,17 @@ def _merge_caches(target: Path, sources: Sequence[Path]) -> None:
         db.close()
 
 
-def _joined_manifest(manifests: Sequence[dict[str, Any]], folders: Sequence[Path], out: Path, started_at: datetime) -> dict[str, Any]:
+def _joined_manifest(manifests: Sequence[dict[str, Any]], folders: Sequence[Path], out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The joined run's config and manifest details: the unsharded run's."""
     first = manifests[0]
-    manifest = {key: value for key, value in first.items() if key not in ("shard", "counts", "usage", "session", "failures")}
-    manifest["fingerprint"] = first["shard"]["unsharded_fingerprint"]
-    manifest["started_at"] = started_at.isoformat()
-    manifest["config"] = {**first["config"], "shard": None, "output": {**first["config"]["output"], "dir": str(out)}}
+    typed = ("kind", "status", "reason", "mediflow_version", "created_at", "updated_at", "config", "config_fingerprint", "inputs", "counts")
+    manifest = {key: value for key, value in first.items() if key not in ("shard", "usage", "session", "failures", "finished_at", *typed)}
+    config = {**first["config"], "shard": None, "output": {**first["config"]["output"], "dir": str(out)}}
     manifest["plan"] = {
         **first["plan"],
         "items": first["shard"]["unsharded_items"],
         "instruction_groups": sum(m["plan"]["instruction_groups"] for m in manifests),
     }
     manifest["joined_from"] = [{"share": m["shard"]["share"], "folder": str(folder)} for m, folder in zip(manifests, folders)]
-    return manifest
+    return config, manifest
 

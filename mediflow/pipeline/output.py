@@ -1,28 +1,26 @@
-"""The run's output directory: Parquet shards, rejects, manifest, written so that a crash loses nothing.
+"""generate's side of the output-folder contract: plan ranges committed as shards, so a crash loses nothing.
 
-Layout::
+The folder is an :class:`~mediflow.folders.OutputFolder` of kind ``generate``::
 
     OUT/
-      data/shard-00000.parquet   accepted records of plan items [0, S), in plan order (GENERATION_SCHEMA)
-      data/shard-00001.parquet   ... of [S, 2S)
+      data/part-00000.parquet    accepted records of plan items [0, S), in plan order (GENERATION_SCHEMA)
+      data/part-00001.parquet    ... of [S, 2S)
       rejects.parquet            every item kept out of the data, with stage, reason and raw text
-      manifest.json              config (no secrets), versions, counts per cell, usage, cost, failures
+      manifest.json              the typed manifest: config (no secrets), status, counts, plus versions, usage, cost
       cache.sqlite               the engine's cache of every teacher answer (what makes resume free)
       .parts/                    per-shard rejects and summaries, folded into rejects.parquet / manifest.json
 
 A shard holds the records of a fixed range of plan positions, so its content depends only on the
 plan and the teacher's (cached) answers, never on which request came back first. A shard is written
-once all items of its range are finished, to a temporary file that is then ``os.replace``-d into
-place: a shard is either absent or complete. Its rejects and summary are written first, so the
-shard file is the commit marker of its range; on resume, ranges with a shard are skipped outright
-and the others are recomputed (from the cache, for every answer already received).
+once all items of its range are finished, atomically: a shard is either absent or complete. Its
+rejects and summary are written first, so the shard file is the commit marker of its range; on
+resume, ranges with a shard are skipped outright and the others are recomputed (from the cache,
+for every answer already received).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mediflow.folders import CACHE_NAME, DATA_DIR, REJECTS_NAME, OutputFolder, shard_name, write_json, write_parquet
+from mediflow.folders.output import PARTS_DIR
 from mediflow.records import GENERATION_SCHEMA, rows_to_table
 
 REJECT_SCHEMA = pa.schema(
@@ -57,79 +57,48 @@ REJECT_SCHEMA = pa.schema(
 )
 
 
-def _replace_atomically(path: Path, write: Any) -> None:
-    """Write through ``write(tmp_path)``, fsync, then rename over ``path``: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_parquet_atomically(table: pa.Table, path: Path) -> None:
-    """One Parquet file, atomically."""
-    _replace_atomically(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
-
-
-def write_json_atomically(value: Any, path: Path) -> None:
-    """One JSON file, atomically."""
-    text = json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n"
-    _replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
 class RunOutput:
-    """Reads and writes one run's output directory (see the module docstring for the layout)."""
+    """One generate run's shards and side files: read from any folder, written inside its :class:`OutputFolder`.
 
-    def __init__(self, root: str | Path) -> None:
+    ``RunOutput(path)`` reads a run (``mediflow join`` reads its shares so); writing needs the
+    locked folder, ``RunOutput(folder.root, folder)``.
+    """
+
+    def __init__(self, root: str | Path, folder: OutputFolder | None = None) -> None:
         self.root = Path(root)
-        self.data_dir = self.root / "data"
-        self.parts_dir = self.root / ".parts"
-        self.manifest_path = self.root / "manifest.json"
-        self.rejects_path = self.root / "rejects.parquet"
-        self.cache_path = self.root / "cache.sqlite"
+        self.folder = folder
+        self.data_dir = self.root / DATA_DIR
+        self.parts_dir = self.root / PARTS_DIR
+        self.rejects_path = self.root / REJECTS_NAME
+        self.cache_path = self.root / CACHE_NAME
+        if folder is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
 
-    def read_manifest(self) -> dict[str, Any] | None:
-        """The manifest left by an earlier run in this directory, if any."""
-        try:
-            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return None
-
-    def prepare(self, fingerprint: str) -> set[int]:
-        """Make the directory ready for a run; return the shards already finished by the same run.
-
-        A directory holding another run's shards (a different plan, teacher, prompt or sampling
-        setting) has its shards and rejects removed; the teacher cache is kept, so every answer the
-        new run shares with the old one is still free.
-        """
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.parts_dir.mkdir(parents=True, exist_ok=True)
-        previous = self.read_manifest()
-        if previous is not None and previous.get("fingerprint") == fingerprint:
-            return {index for index, _ in self.shards()}
-        for path in self.data_dir.glob("shard-*.parquet"):
-            path.unlink()
-        shutil.rmtree(self.parts_dir)
-        self.parts_dir.mkdir()
-        self.rejects_path.unlink(missing_ok=True)
-        return set()
+    def writable(self) -> OutputFolder:
+        """The locked folder this run writes (an error for a run opened for reading only)."""
+        if self.folder is None:
+            raise RuntimeError(f"{self.root}: opened for reading only")
+        return self.folder
 
     def shards(self) -> Iterator[tuple[int, Path]]:
         """Finished shards, in order."""
-        for path in sorted(self.data_dir.glob("shard-*.parquet")):
+        for path in sorted(self.data_dir.glob("part-*.parquet")):
             yield int(path.stem.split("-")[1]), path
 
     def shard_path(self, index: int) -> Path:
-        return self.data_dir / f"shard-{index:05d}.parquet"
+        return self.data_dir / shard_name(index)
+
+    def finished(self) -> set[int]:
+        """The plan ranges already committed (by this run, or by the run it resumes)."""
+        return {index for index, _ in self.shards()}
 
     def write_shard(self, index: int, rows: list[dict[str, Any]], rejects: list[dict[str, Any]], summary: dict[str, Any]) -> None:
         """Commit one plan range: its rejects and summary first, then its shard (the commit marker)."""
-        write_parquet_atomically(rows_to_table(rejects, REJECT_SCHEMA), self.parts_dir / f"rejects-{index:05d}.parquet")
-        write_json_atomically(summary, self.parts_dir / f"summary-{index:05d}.json")
-        write_parquet_atomically(rows_to_table(rows, GENERATION_SCHEMA), self.shard_path(index))
+        self.writable()
+        write_parquet(self.parts_dir / f"rejects-{index:05d}.parquet", rows_to_table(rejects, REJECT_SCHEMA))
+        write_json(self.parts_dir / f"summary-{index:05d}.json", summary)
+        write_parquet(self.shard_path(index), rows_to_table(rows, GENERATION_SCHEMA))
 
     def read_summary(self, index: int) -> dict[str, Any]:
         """The summary of finished shard ``index``."""
@@ -142,13 +111,11 @@ class RunOutput:
 
     def write_rejects(self) -> int:
         """Fold the finished shards' rejects into ``rejects.parquet``; return how many there are."""
+        self.writable()
         tables = [
             pq.read_table(self.parts_dir / f"rejects-{index:05d}.parquet", schema=REJECT_SCHEMA)
             for index, _ in self.shards()
         ]
         table = pa.concat_tables(tables) if tables else REJECT_SCHEMA.empty_table()
-        write_parquet_atomically(table, self.rejects_path)
+        write_parquet(self.rejects_path, table)
         return table.num_rows
-
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        write_json_atomically(manifest, self.manifest_path)

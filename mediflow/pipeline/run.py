@@ -11,10 +11,12 @@ With ``engine: ray`` the groups are mapped over Ray Data actors instead
 ``shard: K/N`` the run makes one deterministic share of the plan (:mod:`mediflow.pipeline.share`);
 ``mediflow join`` puts the shares back together.
 
+The output is an :class:`~mediflow.folders.OutputFolder` of kind ``generate`` (guarded and
+locked before anything is written; another config's run there is refused unless ``overwrite``).
 Resume is a rerun: the engine's cache (``OUT/cache.sqlite``) answers every request already
 answered, shards already committed are skipped, and the same plan over the same answers gives the
-same records. ``created_at`` is the time the run first started (kept in the manifest), so a resumed
-run's records equal an uninterrupted run's.
+same records. ``created_at`` is the time the run first started (the manifest's ``created_at``), so
+a resumed run's records equal an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
-from mediflow import __version__
 from mediflow.config import RunConfig, load_config
 from mediflow.engine import Engine
 from mediflow.errors import TeacherError
+from mediflow.folders import CACHE_NAME, OutputFolder, open_input
+from mediflow.folders.output import DATASETS_CACHE
 from mediflow.pipeline.collect import ShardCollector
 from mediflow.pipeline.flow import GroupFlow
 from mediflow.pipeline.output import RunOutput
@@ -60,7 +63,7 @@ class RunSummary:
     """What a run left in its output directory (read back from the manifest)."""
 
     out_dir: Path
-    status: str  # finished | stopped | interrupted
+    status: str  # finished | stopped
     records: int
     rejects: int
     planned: int
@@ -133,21 +136,24 @@ def _totals(summaries: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, 
     return {cell: dict(counts) for cell, counts in sorted(cells.items())}, usage
 
 
-async def run_async(config: RunConfig) -> RunSummary:
-    """Run ``config`` in the current event loop; see :func:`generate` for the synchronous entry point."""
+async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary:
+    """Run ``config`` in the current event loop; see :func:`generate` for the synchronous entry point.
+
+    ``overwrite`` replaces an ``--out`` holding another kind of folder or another config's run
+    (its teacher cache is kept); without it such a folder is refused before anything is written.
+    """
     taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
     plan: Plan = build_plan(config, taxonomy)
     share = Share.parse(config.shard) if config.shard else None
     share_counts, share_groups = _share_counts(plan, share, config.output.shard_size) if share else (None, 0)
     if config.engine == "ray":
-        from mediflow.scale.ray_runner import check_ray_installed
+        from mediflow.scale.ray_runner import check_ray
 
-        check_ray_installed()
-    output = RunOutput(config.output.dir)
+        check_ray(config.ray)
+    out = Path(config.output.dir)
     teacher = teacher_from(config.teacher, config.limits)
     try:
-        await check_teacher(teacher)  # a dead server or unknown model: one line, nothing written
-        engine = Engine(teacher, output.cache_path, config.limits, prices=config.prices, progress=config.progress)
+        engine = Engine(teacher, out / CACHE_NAME, config.limits, prices=config.prices, progress=config.progress)
         stages = Stages(engine, taxonomy, config)
         unsharded_fingerprint = content_id(
             plan.id,
@@ -160,18 +166,8 @@ async def run_async(config: RunConfig) -> RunSummary:
             stages.cases.version,
         )
         fingerprint = content_id(unsharded_fingerprint, str(share)) if share else unsharded_fingerprint
-        previous = output.read_manifest() or {}
-        finished = output.prepare(fingerprint)
-        resumed = previous if previous.get("fingerprint") == fingerprint else {}
-        started_at = resumed.get("started_at")
-        created_at = datetime.fromisoformat(started_at) if started_at else _now()
-        manifest: dict[str, Any] = {
-            "mediflow_version": __version__,
-            "status": "running",
-            "fingerprint": fingerprint,
-            "started_at": created_at.isoformat(),
+        details: dict[str, Any] = {
             "session_started_at": _now().isoformat(),
-            "config": config.to_dict(),
             "teacher": teacher.name,
             "taxonomy_version": taxonomy.version,
             "case_data_version": stages.cases.version,
@@ -185,49 +181,79 @@ async def run_async(config: RunConfig) -> RunSummary:
             },
         }
         if share:
-            manifest["shard"] = {"share": str(share), "unsharded_fingerprint": unsharded_fingerprint, "unsharded_items": len(plan)}
-        output.write_manifest(manifest)
-        collector = ShardCollector(output, len(plan), config.output.shard_size, finished, share_counts)
-        workers = -(-(config.records_in_flight or 2 * config.limits.concurrency) // config.documents_per_instruction)
-        status, stop_reason = "interrupted", None
-        async with engine:
-            flow = GroupFlow(
-                stages,
-                collector,
-                config,
-                teacher=teacher.name,
-                created_at=created_at,
-                cost_of=engine.cost_usd,
-                on_item_done=engine.progress.advance,
-            )
-            groups = share.select(plan.groups()) if share else plan.groups()
-            todo = (group for group in groups if flow.pending(group))
-            ray_run = _ray_run(list(todo), config, created_at) if config.engine == "ray" else None
-            engine.progress.set_total(manifest["plan"]["items"] - collector.finished_items)
-            try:
-                if ray_run is None:
-                    await _drive(todo, flow, workers)
-                else:
-                    from mediflow.scale.ray_runner import ray_session
-
-                    with ray_session(config.ray):  # in the main thread: Ray installs its signal handlers
-                        await asyncio.to_thread(_drive_on_ray, ray_run, collector, engine.progress.advance)
-                status = "finished"
-            except TeacherError as exc:
-                status, stop_reason = "stopped", str(exc)
-            finally:
-                actors = ray_run.teacher_capabilities if ray_run is not None else []
-                manifest["teacher_capabilities"] = _capabilities(teacher, actors, resumed.get("teacher_capabilities"))
-                session = engine.stats.as_dict() if ray_run is None else ray_run.session
-                summary = finish_run(output, manifest, status, stop_reason, session)
-        if status == "stopped":
-            raise TeacherError(
-                f"{stop_reason}; kept {summary.records} records in {output.data_dir} "
-                f"and every answer received in {output.cache_path}: rerun the same command to resume"
-            )
-        return summary
+            details["shard"] = {"share": str(share), "unsharded_fingerprint": unsharded_fingerprint, "unsharded_items": len(plan)}
+        plain = config.to_dict()
+        taxonomy_paths = [Path(config.taxonomy)] if config.taxonomy else []
+        # a folder we may not write is refused first, offline; then the teacher is asked (nothing written yet)
+        OutputFolder.check(out, kind="generate", config=plain, fingerprint=fingerprint, input_paths=taxonomy_paths, overwrite=overwrite)
+        await check_teacher(teacher)  # a dead server or unknown model: one line, nothing written
+        folder = OutputFolder.open(
+            out, kind="generate", config=plain, fingerprint=fingerprint, input_paths=taxonomy_paths, overwrite=overwrite, staged=False, details=details
+        )
+        with folder:
+            return await _generate(config, plan, share, share_counts, folder, engine, stages, teacher)
     finally:
         await teacher.aclose()
+
+
+async def _generate(
+    config: RunConfig,
+    plan: Plan,
+    share: Share | None,
+    share_counts: Counter[int] | None,
+    folder: OutputFolder,
+    engine: Engine,
+    stages: Stages,
+    teacher: Teacher,
+) -> RunSummary:
+    """The run itself, inside the locked folder (its manifest says ``running``)."""
+    output = RunOutput(folder.root, folder)
+    created_at = datetime.fromisoformat(folder.manifest.created_at)
+    earlier = folder.previous.details.get("teacher_capabilities") if folder.previous is not None else None
+    collector = ShardCollector(output, len(plan), config.output.shard_size, output.finished(), share_counts)
+    workers = -(-(config.records_in_flight or 2 * config.limits.concurrency) // config.documents_per_instruction)
+    status, stop_reason = "finished", None
+    async with engine:
+        flow = GroupFlow(
+            stages,
+            collector,
+            config,
+            teacher=teacher.name,
+            created_at=created_at,
+            cost_of=engine.cost_usd,
+            on_item_done=engine.progress.advance,
+        )
+        groups = share.select(plan.groups()) if share else plan.groups()
+        todo = (group for group in groups if flow.pending(group))
+        ray_run = _ray_run(list(todo), config, created_at) if config.engine == "ray" else None
+        engine.progress.set_total(folder.manifest.details["plan"]["items"] - collector.finished_items)
+
+        def finish(status: str, reason: str | None) -> RunSummary:
+            actors = ray_run.teacher_capabilities if ray_run is not None else []
+            folder.manifest.details["teacher_capabilities"] = _capabilities(teacher, actors, earlier)
+            return finish_run(output, status, reason, engine.stats.as_dict() if ray_run is None else ray_run.session)
+
+        try:
+            if ray_run is None:
+                await _drive(todo, flow, workers)
+            else:
+                from mediflow.scale.ray_runner import ray_session
+
+                with ray_session(config.ray):  # in the main thread: Ray installs its signal handlers
+                    await asyncio.to_thread(_drive_on_ray, ray_run, collector, engine.progress.advance)
+        except TeacherError as exc:
+            status, stop_reason = "stopped", str(exc)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            finish("stopped", "interrupted")
+            raise
+        # any other error propagates: the folder records it as failed, with why
+        summary = finish(status, stop_reason)
+    if status == "stopped":
+        raise TeacherError(
+            f"{stop_reason}; kept {summary.records} records in {output.data_dir} "
+            f"and every answer received in {output.cache_path}: rerun the same command to resume"
+        )
+    return summary
 
 
 def _capabilities(
@@ -254,29 +280,28 @@ def _capabilities(
     return capabilities
 
 
-def finish_run(output: RunOutput, manifest: dict[str, Any], status: str, stop_reason: str | None, session: dict[str, Any]) -> RunSummary:
-    """Fold the finished shards' rejects and summaries into ``rejects.parquet`` and the manifest (also ``join``'s last step)."""
+def finish_run(output: RunOutput, status: str, stop_reason: str | None, session: dict[str, Any]) -> RunSummary:
+    """Fold the finished shards' rejects and summaries into ``rejects.parquet``, then write the final
+    manifest, the run's last write (also ``join``'s last step)."""
+    folder = output.writable()
     summaries = list(output.summaries())
     rejects = output.write_rejects()
     cells, usage = _totals(summaries)
     records = sum(summary["records"] for summary in summaries)
     failures = _failures(summaries)
-    manifest.update(
+    truncated = sum(f["count"] for f in failures if f["reason"].startswith("truncated"))
+    folder.finish(
+        {"records": records, "rejects": rejects, "truncated": truncated, "shards": len(summaries), "cells": cells},
+        {"finished_at": _now().isoformat(), "usage": usage, "session": session, "failures": failures},
         status=status,
-        stop_reason=stop_reason,
-        finished_at=_now().isoformat(),
-        counts={"records": records, "rejects": rejects, "shards": len(summaries), "cells": cells},
-        usage=usage,
-        session=session,
-        failures=failures,
+        reason=stop_reason,
     )
-    output.write_manifest(manifest)
     return RunSummary(
         out_dir=output.root,
         status=status,
         records=records,
         rejects=rejects,
-        planned=manifest["plan"]["items"],
+        planned=folder.manifest.details["plan"]["items"],
         usage=usage,
         session=session,
         failures=failures,
@@ -284,26 +309,26 @@ def finish_run(output: RunOutput, manifest: dict[str, Any], status: str, stop_re
     )
 
 
-def run(config: RunConfig) -> RunSummary:
+def run(config: RunConfig, *, overwrite: bool = False) -> RunSummary:
     """Run ``config`` to completion, also from inside a running event loop (a notebook cell)."""
-    return run_sync(run_async(config))
+    return run_sync(run_async(config, overwrite=overwrite))
 
 
 def load_output(out_dir: str | Path) -> datasets.Dataset:
     """The records of a run's output directory as a :class:`datasets.Dataset` (memory-mapped)."""
     import datasets
 
-    output = RunOutput(out_dir)
+    data = open_input(out_dir, allow_empty=True)
     # A shard is also the commit marker of its plan range, so a range whose items were all rejected
     # leaves a zero-row shard; datasets cannot read those, and they hold nothing to load.
-    files = [str(path) for _, path in output.shards() if pq.read_metadata(path).num_rows > 0]
+    files = [str(path) for path in data.files if pq.read_metadata(path).num_rows > 0]
     features = datasets.Features.from_arrow_schema(GENERATION_SCHEMA)
     if not files:
         return datasets.Dataset(GENERATION_SCHEMA.empty_table())
-    return datasets.Dataset.from_parquet(files, features=features, cache_dir=str(output.root / ".datasets-cache"))
+    return datasets.Dataset.from_parquet(files, features=features, cache_dir=str(Path(out_dir) / DATASETS_CACHE))
 
 
-def generate(config: RunConfig | dict[str, Any] | str | Path | None = None, /, **overrides: Any) -> datasets.Dataset:
+def generate(config: RunConfig | dict[str, Any] | str | Path | None = None, /, *, overwrite: bool = False, **overrides: Any) -> datasets.Dataset:
     """Generate records and return them as a :class:`datasets.Dataset`.
 
     ``config`` is a run config (a YAML/JSON path, a dict or a :class:`~mediflow.config.RunConfig`);
@@ -311,12 +336,12 @@ def generate(config: RunConfig | dict[str, Any] | str | Path | None = None, /, *
     see :func:`mediflow.config.load_config`). Writes the output directory (``output.dir``, shards,
     rejects, manifest, cache) and resumes it when rerun. Works in a notebook (a running loop).
     """
-    return run_sync(generate_async(config, **overrides))
+    return run_sync(generate_async(config, overwrite=overwrite, **overrides))
 
 
 async def generate_async(
-    config: RunConfig | dict[str, Any] | str | Path | None = None, /, **overrides: Any
+    config: RunConfig | dict[str, Any] | str | Path | None = None, /, *, overwrite: bool = False, **overrides: Any
 ) -> datasets.Dataset:
     """:func:`generate` for callers already running an event loop."""
-    summary = await run_async(load_config(config, **overrides))
+    summary = await run_async(load_config(config, **overrides), overwrite=overwrite)
     return load_output(summary.out_dir)

@@ -47,8 +47,17 @@ def _text(answer: Answer, what: str) -> str | Reject:
     return text if text else Reject(f"the teacher returned an empty {what}")
 
 
+class _Sampled:
+    """A stage step with its sampling config: a truncated answer's retry budget comes from there."""
+
+    sampling: SamplingConfig
+
+    def retry_budget(self, request: ChatRequest) -> int:
+        return self.sampling.retry_max_tokens or 2 * request.max_tokens
+
+
 @dataclass
-class DocumentStep(LLMStep[tuple[PlanItem, Case], str]):
+class DocumentStep(_Sampled, LLMStep[tuple[PlanItem, Case], str]):
     """A synthetic clinical document of the item's type about its clinical case, at the item's difficulty, for its task."""
 
     template: PromptTemplate
@@ -76,7 +85,7 @@ class DocumentStep(LLMStep[tuple[PlanItem, Case], str]):
 
 
 @dataclass
-class InstructionStep(LLMStep[tuple[InstructionGroup, "str | None"], str]):
+class InstructionStep(_Sampled, LLMStep[tuple[InstructionGroup, "str | None"], str]):
     """The task's instruction at the group's difficulty and format.
 
     Written on the document when the instruction serves that one document; written for the
@@ -108,7 +117,7 @@ class InstructionStep(LLMStep[tuple[InstructionGroup, "str | None"], str]):
 
 
 @dataclass
-class ResponseStep(LLMStep[tuple[PlanItem, str, str], str]):
+class ResponseStep(_Sampled, LLMStep[tuple[PlanItem, str, str], str]):
     """The answer to the instruction on the document: plain text, or JSON valid against the task's schema."""
 
     plain: PromptTemplate

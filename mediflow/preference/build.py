@@ -10,7 +10,7 @@ The run::
     OUT/data/part-*.parquet    pairs in TRL's preference format (+ released columns)
         rejects.parquet        every record tried and not paired, with the drop reason
         manifest.json          yield (kept / tried), drops by reason, config, prompt versions, usage
-        cache/*.sqlite         every teacher answer (a rerun re-pays nothing)
+        cache.sqlite           every teacher answer, every engine's (a rerun re-pays nothing)
 
 Every record tried ends up in exactly one of the two files, so ``kept + dropped == tried``.
 """
@@ -29,6 +29,7 @@ from typing import Any
 import pyarrow as pa
 
 from mediflow.engine import Engine
+from mediflow.folders import OutputFolder, StagedWriter, open_input, reject_table
 from mediflow.preference.candidates import AnswerSource, answer
 from mediflow.preference.config import PairsConfig
 from mediflow.preference.error_kinds import ErrorKind, applicable_kinds, choose_kind, load_error_kinds
@@ -39,7 +40,6 @@ from mediflow.preference.margins import IDENTICAL_TEXT, PairDecision, ScoredCand
 from mediflow.preference.rows import PAIR_SCHEMA, pair_row
 from mediflow.preference.selection import select_best
 from mediflow.prompts import load_prompts
-from mediflow.quality.io import StageOutput, input_files, read_columns, reject_table
 from mediflow.records import JUDGE_SCORE_COLUMNS, RELEASED_COLUMNS
 from mediflow.steps import map_ordered
 from mediflow.sync import run_sync
@@ -79,45 +79,66 @@ class PairsResult:
         return self.kept / self.tried if self.tried else 0.0
 
 
-def build_pairs(input_path: str | Path, out_dir: str | Path, config: PairsConfig | None = None) -> PairsResult:
+def build_pairs(input_path: str | Path, out_dir: str | Path, config: PairsConfig | None = None, *, overwrite: bool = False) -> PairsResult:
     """Build pairs from a MediFlow output folder or Parquet file into ``out_dir`` (see the module docstring); works in a notebook."""
-    return run_sync(build_pairs_async(input_path, out_dir, config))
+    return run_sync(build_pairs_async(input_path, out_dir, config, overwrite=overwrite))
 
 
-async def build_pairs_async(input_path: str | Path, out_dir: str | Path, config: PairsConfig | None = None) -> PairsResult:
+async def build_pairs_async(
+    input_path: str | Path, out_dir: str | Path, config: PairsConfig | None = None, *, overwrite: bool = False
+) -> PairsResult:
     """:func:`build_pairs` for callers already running an event loop."""
     config = config or PairsConfig()
-    source, out = Path(input_path), Path(out_dir)
-    input_files(source)  # a clear error for a missing or empty input, before any teacher starts
+    data = open_input(input_path)  # a clear error for a missing, empty or malformed input, before any teacher starts
     for role, section in _roles(config):
         api_key_of(section, role)  # an unset key variable fails here, before anything is written
-    records = read_columns(source, _INPUT_COLUMNS)
+    if config.engine == "ray":
+        from mediflow.scale.ray_runner import check_ray
+
+        check_ray(config.ray)
+    records = data.read(_INPUT_COLUMNS)
     selection = select_best(records, min_score=config.min_score, top_fraction=config.top_fraction)
     tried = selection.records if config.max_records is None else selection.records.slice(0, config.max_records)
     schemas = _task_schemas(config)
     prompts = load_prompts(config.prompts_path)
     kinds = load_error_kinds(config.error_kinds_path)
-    output = StageOutput(out, source)
-    try:
-        (out / "cache").mkdir(parents=True, exist_ok=True)
-        dropped, error_types = Counter[str](), Counter[str]()
-        outcomes: list[Outcome] = []
-        stored = 0
-        async with _outcomes(tried, config, out / "cache", schemas, prompts, kinds) as (results, usage_of):
-            async for outcome in results:
-                outcomes.append(outcome)
-                if len(outcomes) == _CHUNK:
-                    _store(output, tried.slice(stored, _CHUNK), outcomes, dropped, error_types)
-                    stored, outcomes = stored + _CHUNK, []
-            if outcomes:
-                _store(output, tried.slice(stored, len(outcomes)), outcomes, dropped, error_types)
-            usage = usage_of()
-        manifest = _manifest(config, selection, tried.num_rows, output.kept, dropped, error_types, usage, prompts, kinds)
-        output.finish(manifest, PAIR_SCHEMA)
-    except BaseException:
-        output.abandon()
-        raise
-    return PairsResult(out, tried.num_rows, output.kept, dict(dropped), manifest)
+    folder = OutputFolder.open(Path(out_dir), kind=STAGE, config=config.to_dict(), inputs=[data.ref()], overwrite=overwrite)
+    with folder:
+        output = StagedWriter(folder)
+        try:
+            return await _build(tried, selection, config, folder, output, schemas, prompts, kinds)
+        except BaseException:
+            output.abandon()
+            raise
+
+
+async def _build(
+    tried: pa.Table,
+    selection: Any,
+    config: PairsConfig,
+    folder: OutputFolder,
+    output: StagedWriter,
+    schemas: Mapping[str, dict[str, Any]],
+    prompts: Any,
+    kinds: tuple[ErrorKind, ...],
+) -> PairsResult:
+    """The pairing itself, inside the locked output folder; publishes it at the end."""
+    dropped, error_types = Counter[str](), Counter[str]()
+    outcomes: list[Outcome] = []
+    stored = 0
+    async with _outcomes(tried, config, folder.cache_path, schemas, prompts, kinds) as (results, usage_of):
+        async for outcome in results:
+            outcomes.append(outcome)
+            if len(outcomes) == _CHUNK:
+                _store(output, tried.slice(stored, _CHUNK), outcomes, dropped, error_types)
+                stored, outcomes = stored + _CHUNK, []
+        if outcomes:
+            _store(output, tried.slice(stored, len(outcomes)), outcomes, dropped, error_types)
+        usage = usage_of()
+    manifest = _manifest(config, selection, tried.num_rows, output.kept, dropped, error_types, usage, prompts, kinds)
+    counts = {"in": selection.considered, "tried": tried.num_rows, "kept": output.kept, "rejected": tried.num_rows - output.kept}
+    output.publish(PAIR_SCHEMA, counts, manifest)
+    return PairsResult(folder.root, tried.num_rows, output.kept, dict(dropped), folder.manifest.to_dict())
 
 
 @asynccontextmanager
@@ -127,9 +148,8 @@ async def _outcomes(
     """Every tried record's outcome in record order, on this process's engines or on Ray actors; and the usage."""
     records = (record for start in range(0, tried.num_rows, _CHUNK) for record in tried.slice(start, _CHUNK).to_pylist())
     if config.engine == "ray":
-        from mediflow.scale.ray_runner import RayRun, check_ray_installed, in_order, ray_session
+        from mediflow.scale.ray_runner import RayRun, in_order, ray_session
 
-        check_ray_installed()
         ray_run = RayRun(list(records), PairsWork(config, cache, schemas, prompts, kinds), config.ray)
         with ray_session(config.ray):
             yield in_order(ray_run), lambda: {"ray": ray_run.session}
@@ -209,7 +229,8 @@ def _task_schemas(config: PairsConfig) -> dict[str, dict[str, Any]]:
 
 
 async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path, actors: int = 1) -> dict[str, Engine]:
-    """One engine per distinct teacher section (the judge shares the teacher's engine when it is the same one).
+    """One engine per distinct teacher section (the judge shares the teacher's engine when it is the same one);
+    they share the folder's one cache file (keys name the teacher, so answers never mix).
 
     With ``actors`` > 1 (``engine: ray``) each engine gets its actor's share of the limits.
     """
@@ -225,7 +246,7 @@ async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path,
             teacher = teacher_from(section, limits, where=role)
             stack.push_async_callback(teacher.aclose)
             opened[identity] = await stack.enter_async_context(
-                Engine(teacher, cache / f"{name}.sqlite", limits, progress=progress, limit_share=share)
+                Engine(teacher, cache, limits, progress=progress, limit_share=share)
             )
         engines[name] = opened[identity]
     return engines
@@ -318,7 +339,7 @@ def _outcome(
     return Outcome(row=row, error_type=error_type)
 
 
-def _store(output: StageOutput, chunk: pa.Table, outcomes: list[Outcome], dropped: Counter[str], error_types: Counter[str]) -> None:
+def _store(output: StagedWriter, chunk: pa.Table, outcomes: list[Outcome], dropped: Counter[str], error_types: Counter[str]) -> None:
     rows = [o.row for o in outcomes if o.row is not None]
     if rows:
         output.keep(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA))
@@ -353,7 +374,6 @@ def _manifest(
     prompts: Any,
     kinds: tuple[ErrorKind, ...],
 ) -> dict[str, Any]:
-    settings = config.to_dict()
     return {
         "stage": STAGE,
         "in": selection.considered,
@@ -372,7 +392,6 @@ def _manifest(
             "dropped": dict(sorted(dropped.items())),
             "kept_by_error_type": dict(sorted(error_types.items())),
         },
-        "config": settings,
         "prompt_versions": {name: prompts.get(name).version for name in (PAIR_JUDGE_PROMPT, INJECTION_PROMPT)},
         "error_kinds": [kind.name for kind in kinds],
         "usage": usage,

@@ -18,6 +18,7 @@ import yaml
 
 from mediflow.errors import MediflowError
 from mediflow.resources import prompts_dir
+from mediflow.textfiles import read_text
 
 #: How a kind's error is introduced: by the teacher, or by a deterministic substitution in code.
 STRATEGIES: tuple[str, ...] = ("rewrite", "icd10_sibling")
@@ -47,7 +48,7 @@ def load_error_kinds(path: str | Path | None = None) -> tuple[ErrorKind, ...]:
     """Read and validate the error kinds file (default: the built-in ``prompts/error_kinds.yaml``)."""
     file = Path(path) if path is not None else prompts_dir() / ERROR_KINDS_FILE
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text(file, "error kinds file"))
     except OSError as exc:
         raise MediflowError(f"cannot read error kinds file {file}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:

@@ -133,7 +133,7 @@ class JudgeConfig(Config):
     batch_records: int = option(
         256, "records being judged at once, a sliding window (limits.concurrency bounds requests)", minimum=1
     )
-    cache: str | None = option(None, "the judge's answer cache (default: OUT/judge-cache.sqlite)")
+    cache: str | None = option(None, "the judge's answer cache (default: OUT/cache.sqlite)")
     rubric: str | None = option(None, "a prompts folder holding your own judge.yaml")
     progress: bool = option(True, "show a progress bar")
     engine: EngineKind = option("local", "local: one asyncio process; ray: Ray Data actors (see the ray section)")

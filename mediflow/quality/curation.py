@@ -15,33 +15,32 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mediflow import __version__
 from mediflow.errors import ConfigError, MediflowError
+from mediflow.folders import REJECTS_NAME, InputData, OutputFolder, StagedWriter, open_input
+from mediflow.folders.output import STAGES_DIR
 from mediflow.quality.config import CurateConfig
 from mediflow.quality.decontaminate import run_decontaminate
 from mediflow.quality.dedup_stage import run_dedup
 from mediflow.quality.filter_stage import run_filters
-from mediflow.quality.io import StageOutput, check_output, empty_input_schema, input_files, iter_batches
 from mediflow.quality.judge import check_config as check_judge_config
 from mediflow.quality.judge import run_judge_async
 from mediflow.quality.report import StageReport
 from mediflow.records import conform
 from mediflow.sync import run_sync
 
-STAGES_DIR = "stages"
-StageRun = Callable[[Path, Path], Awaitable[StageReport]]
+StageRun = Callable[[InputData, Path], Awaitable[StageReport]]
 
 
-def _in_thread(run: Callable[[Path, Path, Any], StageReport], config: Any) -> StageRun:
-    """A CPU-bound stage as a coroutine: it runs in a worker thread, the loop stays free."""
-    return lambda source, out: asyncio.to_thread(run, source, out, config)
+def _in_thread(run: Callable[..., StageReport], config: Any) -> StageRun:
+    """A CPU-bound stage as a coroutine: it runs in a worker thread, the loop stays free. Curate owns
+    its stage folders, so each is replaced (``overwrite``) when the curate run is a new one."""
+    return lambda source, out: asyncio.to_thread(run, source, out, config, overwrite=True)
 
 
 def planned_stages(config: CurateConfig) -> list[tuple[str, StageRun]]:
@@ -51,7 +50,7 @@ def planned_stages(config: CurateConfig) -> list[tuple[str, StageRun]]:
         stages.append(("filter", _in_thread(run_filters, config.filters)))
     if config.judge is not None:
         judge = config.judge
-        stages.append(("judge", lambda source, out: run_judge_async(source, out, judge)))
+        stages.append(("judge", lambda source, out: run_judge_async(source, out, judge, overwrite=True)))
     if config.dedup is not None:
         stages.append(("dedup", _in_thread(run_dedup, config.dedup)))
     if config.decontaminate is not None:
@@ -71,15 +70,15 @@ def _check_before_running(config: CurateConfig) -> None:
             raise ConfigError(f"decontaminate.eval: no such file or folder: {', '.join(missing)}")
 
 
-def curate(source: Path, out: Path, config: CurateConfig | Path | str | None = None) -> dict[str, Any]:
+def curate(source: Path, out: Path, config: CurateConfig | Path | str | None = None, *, overwrite: bool = False) -> dict[str, Any]:
     """Run the configured stages over ``source`` into ``out``; returns the manifest written to ``OUT/manifest.json``.
 
     ``config`` is a :class:`CurateConfig` or a curate YAML/JSON path. Works in a notebook (a running loop).
     """
-    return run_sync(curate_async(source, out, config))
+    return run_sync(curate_async(source, out, config, overwrite=overwrite))
 
 
-async def curate_async(source: Path, out: Path, config: CurateConfig | Path | str | None = None) -> dict[str, Any]:
+async def curate_async(source: Path, out: Path, config: CurateConfig | Path | str | None = None, *, overwrite: bool = False) -> dict[str, Any]:
     """:func:`curate` for callers already running an event loop."""
     source, out = Path(source), Path(out)
     config = CurateConfig.load(config)
@@ -87,17 +86,19 @@ async def curate_async(source: Path, out: Path, config: CurateConfig | Path | st
     if not stages:
         raise ConfigError("curate config: every stage is switched off (filters, judge, dedup, decontaminate)")
     _check_before_running(config)
-    input_files(source)
-    check_output(out, source)
-    reports: list[tuple[StageReport, Path]] = []
-    current = source
-    for number, (name, run) in enumerate(stages, start=1):
-        folder = out / STAGES_DIR / f"{number}-{name}"
-        reports.append((await run(current, folder), folder))
-        current = folder
-    manifest = funnel_manifest(source, out, config, reports)
-    await asyncio.to_thread(_publish, source, out, current, [folder for _, folder in reports], manifest)
-    return manifest
+    data = open_input(source)
+    eval_paths = [Path(spec.path) for spec in config.decontaminate.eval] if config.decontaminate is not None else []
+    folder = OutputFolder.open(out, kind="curate", config=config.to_dict(), inputs=[data.ref()], input_paths=eval_paths, overwrite=overwrite)
+    with folder:
+        reports: list[tuple[StageReport, Path]] = []
+        current = data
+        for number, (name, run) in enumerate(stages, start=1):
+            stage_folder = out / STAGES_DIR / f"{number}-{name}"
+            reports.append((await run(current, stage_folder), stage_folder))
+            current = open_input(stage_folder, allow_empty=True)
+        manifest = funnel_manifest(source, out, config, reports)
+        await asyncio.to_thread(_publish, folder, current, [stage_folder for _, stage_folder in reports], manifest)
+    return folder.manifest.to_dict()
 
 
 def funnel_manifest(source: Path, out: Path, config: CurateConfig, reports: list[tuple[StageReport, Path]]) -> dict[str, Any]:
@@ -110,9 +111,7 @@ def funnel_manifest(source: Path, out: Path, config: CurateConfig, reports: list
         by_task[task] = {"in": count, "kept": count - sum(dropped.values()), "dropped": dropped}
     return {
         "stage": "curate",
-        "mediflow_version": __version__,
         "input": str(source),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "in": first.records_in,
         "kept": last.kept,
         "dropped": first.records_in - last.kept,
@@ -123,7 +122,6 @@ def funnel_manifest(source: Path, out: Path, config: CurateConfig, reports: list
         "dropped_by_rule": dropped_by_rule,
         "by_task": by_task,
         "stages": [report.as_dict() for report, _ in reports],
-        "config": config.to_dict(),
     }
 
 
@@ -132,21 +130,22 @@ def _reject_schema(folders: list[Path]) -> pa.Schema:
     return pa.unify_schemas([pq.read_schema(folder / "rejects.parquet") for folder in folders], promote_options="permissive")
 
 
-def _publish(source: Path, out: Path, last: Path, folders: list[Path], manifest: dict[str, Any]) -> None:
-    """Write ``OUT/data``, ``OUT/rejects.parquet`` and ``OUT/manifest.json`` atomically (the manifest last)."""
-    output = StageOutput(out, source)
+def _publish(folder: OutputFolder, last: InputData, stage_folders: list[Path], manifest: dict[str, Any]) -> None:
+    """Publish ``OUT/data`` (the last stage's kept records), ``OUT/rejects.parquet`` (every stage's) and the manifest last."""
+    writer = StagedWriter(folder)
     schema: pa.Schema | None = None
     try:
-        for batch in iter_batches(last):
+        for batch in last.iter_batches():
             schema = batch.schema
-            output.keep(batch)
-        rejects_schema = _reject_schema(folders)
-        for folder in folders:
-            for batch in pq.ParquetFile(folder / "rejects.parquet").iter_batches():
-                output.reject(conform(pa.Table.from_batches([batch]), rejects_schema).select(rejects_schema.names))
-        if output.kept != manifest["kept"]:  # the last stage's folder changed under us
-            raise MediflowError(f"curate: published {output.kept} records but the last stage kept {manifest['kept']}")
-        output.finish(manifest, schema if schema is not None else empty_input_schema(last))
+            writer.keep(batch)
+        rejects_schema = _reject_schema(stage_folders)
+        for stage_folder in stage_folders:
+            for batch in pq.ParquetFile(stage_folder / REJECTS_NAME).iter_batches():
+                writer.reject(conform(pa.Table.from_batches([batch]), rejects_schema).select(rejects_schema.names))
+        if writer.kept != manifest["kept"]:  # the last stage's folder changed under us
+            raise MediflowError(f"curate: published {writer.kept} records but the last stage kept {manifest['kept']}")
+        counts = {"in": manifest["in"], "kept": manifest["kept"], "rejected": manifest["dropped"]}
+        writer.publish(schema if schema is not None else last.schema(), counts, manifest)
     except BaseException:
-        output.abandon()
+        writer.abandon()
         raise

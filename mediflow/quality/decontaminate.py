@@ -21,15 +21,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mediflow.configuration import to_plain
 from mediflow.errors import ConfigError
+from mediflow.folders import InputData, open_input
 from mediflow.quality.config import DecontamConfig
 from mediflow.quality.eval_sets import read_eval_set
-from mediflow.quality.io import input_files
 from mediflow.quality.report import StageReport
-from mediflow.quality.stage import Drops, run_stage
+from mediflow.quality.stage import Drops, open_stage, run_stage
 from mediflow.quality.text import hash_strings, ngram_hashes, normalize_column, token_hashes
 
 #: Fewest consecutive words a match may rest on; shorter eval texts match only an equal column.
@@ -150,17 +149,19 @@ def find_contamination(index: EvalIndex, batch: pa.Table, columns: tuple[str, ..
     return drops
 
 
-def _check_columns(source: Path, columns: tuple[str, ...]) -> None:
-    present = pq.read_schema(input_files(source)[0]).names
+def _check_columns(source: InputData, columns: tuple[str, ...]) -> None:
+    present = source.columns
     missing = [c for c in columns if c not in present]
     if missing:
-        raise ConfigError(f"decontaminate.columns: {', '.join(missing)} not in the input {source} (it has: {', '.join(present)})")
+        raise ConfigError(f"decontaminate.columns: {', '.join(missing)} not in the input {source.path} (it has: {', '.join(present)})")
 
 
-def run_decontaminate(source: Path, out: Path, config: DecontamConfig) -> StageReport:
+def run_decontaminate(source: Path | InputData, out: Path, config: DecontamConfig, *, overwrite: bool = False) -> StageReport:
     """Remove records overlapping ``config.eval`` from ``source`` and write ``out`` (kept, rejects, manifest)."""
-    _check_columns(source, config.columns)
-    index = build_index(config)
+    data = source if isinstance(source, InputData) else open_input(source)
+    _check_columns(data, config.columns)
+    index = build_index(config)  # reads (and so checks) every eval set before the output is touched
+    data, folder = open_stage(data, out, "decontaminate", to_plain(config), overwrite=overwrite, other_inputs=[Path(spec.path) for spec in config.eval])
     matched: dict[str, int] = {}
 
     def decide(batch: pa.Table, offset: int) -> tuple[pa.Table, Drops]:
@@ -173,4 +174,4 @@ def run_decontaminate(source: Path, out: Path, config: DecontamConfig) -> StageR
     def details() -> dict[str, Any]:
         return {"eval_sets": index.per_set, "min_run": min(MIN_RUN, config.ngram), "removed_per_eval_item": dict(sorted(matched.items()))}
 
-    return run_stage(source, out, "decontaminate", decide, to_plain(config), details=details)
+    return run_stage(data, folder, decide, details=details)

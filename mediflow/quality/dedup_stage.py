@@ -18,11 +18,11 @@ import pyarrow as pa
 
 from mediflow.configuration import to_plain
 from mediflow.errors import MediflowError
+from mediflow.folders import InputData
 from mediflow.quality.config import DedupConfig
 from mediflow.quality.dedup import DedupResult, find_duplicates
-from mediflow.quality.io import iter_batches
 from mediflow.quality.report import StageReport
-from mediflow.quality.stage import Drops, run_stage
+from mediflow.quality.stage import Drops, open_stage, run_stage
 
 #: What ``find_duplicates`` reads: the compared texts, the scope, and the score that picks the keeper.
 DEDUP_COLUMNS = ("id", "instruction", "input", "task_type", "quality")
@@ -30,11 +30,11 @@ DEDUP_COLUMNS = ("id", "instruction", "input", "task_type", "quality")
 _ID_COLUMNS = ("instruction", "input", "output", "task_type", "output_format")
 
 
-def read_dedup_columns(source: Path) -> pa.Table:
+def read_dedup_columns(source: InputData) -> pa.Table:
     """The dedup columns of the whole input, in input order (the order :func:`run_stage` streams)."""
     batches = [
         batch.select([c for c in DEDUP_COLUMNS if c in batch.column_names])
-        for batch in iter_batches(source, sorted(set(DEDUP_COLUMNS) | set(_ID_COLUMNS)), batch_rows=200_000)
+        for batch in source.iter_batches(sorted(set(DEDUP_COLUMNS) | set(_ID_COLUMNS)), batch_rows=200_000)
     ]
     if not batches:
         return pa.table({name: pa.array([], pa.string()) for name in ("id", "instruction", "input")})
@@ -58,10 +58,15 @@ def _drops(result: DedupResult, ids: list[str], offset: int, batch_ids: list[str
     return drops
 
 
-def run_dedup(source: Path, out: Path, config: DedupConfig | None = None) -> StageReport:
+def run_dedup(source: Path | InputData, out: Path, config: DedupConfig | None = None, *, overwrite: bool = False) -> StageReport:
     """Remove exact and near-duplicates from ``source`` and write ``out`` (kept, rejects, manifest)."""
     config = config or DedupConfig()
-    table = read_dedup_columns(source)
+    data, folder = open_stage(source, out, "dedup", to_plain(config), overwrite=overwrite)
+    try:
+        table = read_dedup_columns(data)
+    except BaseException:
+        folder.close()
+        raise
     result = find_duplicates(table, config)
     ids = table.column("id").to_pylist()
     keeper_score = "quality, then smallest id" if "quality" in table.column_names else "smallest id"
@@ -71,4 +76,4 @@ def run_dedup(source: Path, out: Path, config: DedupConfig | None = None) -> Sta
         return batch, _drops(result, ids, offset, batch.column("id").to_pylist())
 
     details: dict[str, Any] = {**result.details, "keeper": keeper_score}
-    return run_stage(source, out, "dedup", decide, to_plain(config), details=lambda: details)
+    return run_stage(data, folder, decide, details=lambda: details)

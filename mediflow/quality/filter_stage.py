@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow as pa
 
 from mediflow.configuration import to_plain
+from mediflow.folders import InputData
 from mediflow.quality.config import FilterConfig, TaskChoice
 from mediflow.quality.filters import (
     CaseCodesRule,
@@ -25,7 +26,7 @@ from mediflow.quality.filters import (
     rule_data,
 )
 from mediflow.quality.report import StageReport
-from mediflow.quality.stage import Drops, run_stage
+from mediflow.quality.stage import Drops, open_stage, run_stage
 from mediflow.taxonomy import Taxonomy, load_taxonomy
 
 
@@ -99,10 +100,11 @@ def filter_table(table: pa.Table, rules: list[Rule]) -> Drops:
     return drops
 
 
-def run_filters(source: Path, out: Path, config: FilterConfig | None = None) -> StageReport:
+def run_filters(source: Path | InputData, out: Path, config: FilterConfig | None = None, *, overwrite: bool = False) -> StageReport:
     """Apply the rule filters to ``source`` and write ``out``."""
     config = config or FilterConfig()
     rules = build_rules(config)
+    data, folder = open_stage(source, out, "filter", {"rules": [rule.name for rule in rules], **to_plain(config)}, overwrite=overwrite)
     applies: dict[str, Any] = {
         rule.name: sorted(rule.tasks) for rule in rules if isinstance(rule, (Icd10Rule, VerbatimCopyRule, CaseCodesRule))
     }
@@ -110,11 +112,4 @@ def run_filters(source: Path, out: Path, config: FilterConfig | None = None) -> 
     def decide(batch: pa.Table, offset: int) -> tuple[pa.Table, Drops]:
         return batch, filter_table(batch, rules)
 
-    return run_stage(
-        source,
-        out,
-        "filter",
-        decide,
-        {"rules": [rule.name for rule in rules], **to_plain(config)},
-        details=lambda: {"tasks_checked": applies},
-    )
+    return run_stage(data, folder, decide, details=lambda: {"tasks_checked": applies})

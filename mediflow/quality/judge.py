@@ -10,8 +10,8 @@ deviation of a criterion across the samples (0 = the samples agree; high = low c
 ``judge_rationale`` the rationale of the sample closest to the aggregate.
 
 Requests go through the same :class:`~mediflow.engine.Engine` as generation: limits, retries, the
-error breaker, and a durable cache (``OUT/judge-cache.sqlite`` by default; it sits beside the
-published files, which :class:`~mediflow.quality.io.StageOutput` replaces atomically, so it
+error breaker, and a durable cache (``OUT/cache.sqlite`` by default; it sits beside the
+published files, which :class:`~mediflow.folders.StagedWriter` replaces atomically, so it
 survives both a finished run and a killed one). A rerun therefore re-asks nothing already answered
 and, the answers being the same, writes the same records.
 """
@@ -32,12 +32,12 @@ import pyarrow.compute as pc
 
 from mediflow.engine import Engine
 from mediflow.errors import ConfigError
+from mediflow.folders import InputData, OutputFolder
 from mediflow.pipeline.structured import CompletesChat
 from mediflow.quality.config import JudgeConfig
-from mediflow.quality.io import check_output, count_rows, input_files
 from mediflow.quality.report import StageReport
 from mediflow.quality.rubric import RATIONALE, Rubric, load_rubric
-from mediflow.quality.stage import Drops, run_stage
+from mediflow.quality.stage import Drops, open_stage, run_stage
 from mediflow.steps import Answer, LLMStep, StepResult, run_step
 from mediflow.sync import run_sync
 from mediflow.teachers.base import ChatRequest
@@ -264,35 +264,45 @@ def check_config(config: JudgeConfig) -> Rubric:
     if config.teacher is None:
         raise ConfigError("judge: no teacher (pass --teacher SPEC, or set judge.teacher.spec in the config)")
     api_key_of(config.teacher, "judge.teacher")
+    if config.engine == "ray":
+        from mediflow.scale.ray_runner import check_ray
+
+        check_ray(config.ray)
     return rubric
 
 
 def _ray_session_if(config: JudgeConfig) -> contextlib.AbstractContextManager[None]:
     if config.engine == "local":
         return contextlib.nullcontext()
-    from mediflow.scale.ray_runner import check_ray_installed, ray_session
+    from mediflow.scale.ray_runner import ray_session
 
-    check_ray_installed()
     return ray_session(config.ray)
 
 
-def run_judge(source: Path, out: Path, config: JudgeConfig) -> StageReport:
+def run_judge(source: Path | InputData, out: Path, config: JudgeConfig, *, overwrite: bool = False) -> StageReport:
     """Judge ``source`` and write ``out`` (kept records with the judge columns, rejects, manifest); works in a notebook."""
-    return run_sync(run_judge_async(source, out, config))
+    return run_sync(run_judge_async(source, out, config, overwrite=overwrite))
 
 
-async def run_judge_async(source: Path, out: Path, config: JudgeConfig) -> StageReport:
+async def run_judge_async(source: Path | InputData, out: Path, config: JudgeConfig, *, overwrite: bool = False) -> StageReport:
     """:func:`run_judge` for callers already running an event loop."""
-    source, out = Path(source), Path(out)
     rubric = check_config(config)
-    input_files(source)  # a missing or empty input fails here, before a teacher starts
-    check_output(out, source)
     assert config.teacher is not None  # check_config said so
-    cache = Path(config.cache) if config.cache else out / "judge-cache.sqlite"
+    manifest_config = {**config.to_dict(), "rubric_version": rubric.version}
+    # the input is checked and the output folder guarded and locked here, before a teacher starts
+    data, folder = open_stage(source, Path(out), STAGE, manifest_config, overwrite=overwrite)
+    cache = Path(config.cache) if config.cache else folder.cache_path
+    with folder:
+        return await _judge_into(data, folder, config, rubric, cache)
+
+
+async def _judge_into(data: InputData, folder: OutputFolder, config: JudgeConfig, rubric: Rubric, cache: Path) -> StageReport:
+    """The judging itself, inside the locked output folder."""
+    assert config.teacher is not None
     teacher = teacher_from(config.teacher, config.limits, where="judge.teacher")
     try:
         async with Engine(teacher, cache, config.limits, progress=config.progress) as engine:
-            engine.progress.set_total(count_rows(source), "records")
+            engine.progress.set_total(data.num_rows, "records")
             judge = RecordJudge(engine, rubric, config, cache)
             stage = JudgeStage(judge, rubric, config, engine.progress)
             loop = asyncio.get_running_loop()
@@ -312,8 +322,7 @@ async def run_judge_async(source: Path, out: Path, config: JudgeConfig) -> Stage
                     "usage": engine.stats.as_dict() if config.engine == "local" else judge.ray_usage,
                 }
 
-            manifest_config = {**config.to_dict(), "rubric_version": rubric.version}
             with _ray_session_if(config):  # in the main thread: Ray installs its signal handlers
-                return await asyncio.to_thread(run_stage, source, out, STAGE, decide, manifest_config, details)
+                return await asyncio.to_thread(run_stage, data, folder, decide, details)
     finally:
         await teacher.aclose()

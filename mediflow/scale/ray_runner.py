@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import pickle
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -73,12 +74,24 @@ def actor_limits(limits: LimitsConfig, actors: int) -> tuple[LimitsConfig, float
     return dataclasses.replace(limits, concurrency=max(1, math.ceil(limits.concurrency / actors))), 1.0 / actors
 
 
-def check_ray_installed() -> None:
-    """A clear error (before anything is written) when ``engine: ray`` is asked for without Ray installed."""
+def check_ray(config: RayConfig) -> None:
+    """Clear errors before anything is written: Ray not installed, or a cluster address nothing answers on.
+
+    Ray itself keeps retrying an unreachable address for minutes; one TCP connection tells at once.
+    """
     try:
         import ray.data  # noqa: F401
     except ImportError:
         raise ConfigError("engine: ray needs Ray Data: pip install 'mediflow[ray]'") from None
+    if config.address in (None, "auto", "local"):
+        return
+    host, _, port = config.address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except ValueError:
+        raise ConfigError(f"ray.address: {config.address!r} is not HOST:PORT, ray://HOST:PORT or auto") from None
+    except OSError as exc:
+        raise MediflowError(f"ray.address: nothing answers at {config.address} ({exc.strerror or exc}): is the Ray cluster up?") from None
 
 
 @contextlib.contextmanager
@@ -89,13 +102,13 @@ def ray_session(config: RayConfig) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # "progress bars disabled" and the like: ours is the bar
     try:
         ray.init(
             address=config.address,
             include_dashboard=False,
             configure_logging=True,
-            logging_level=logging.WARNING,
+            logging_level=logging.ERROR,
             log_to_driver=False,
         )
     except ConnectionError as exc:

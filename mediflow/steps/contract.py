@@ -15,12 +15,17 @@ schema-valid ``answer.value``; an answer still invalid after ``max_corrections``
 reject without ``parse`` being called. A step that wants whatever the teacher wrote (a weak
 candidate's malformed answer is data for the pair judge) sets ``validate_json = False``.
 
+Plain-text answers cut at ``max_tokens`` (``finish_reason: length``) are asked again once with a
+larger budget (:meth:`LLMStep.retry_budget`); still cut, the row is rejected as ``truncated``, so a
+half sentence never becomes a record.
+
 :func:`ask` runs one row through a step on an engine (cache, limits, retries); the runner
 (:func:`mediflow.steps.runner.run_step`) maps many rows through it concurrently, in order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -29,6 +34,8 @@ from mediflow.pipeline.structured import CompletesChat, ask_json
 from mediflow.prompts import PromptTemplate
 from mediflow.teachers.base import ChatRequest, ChatResponse
 
+#: The reject reason of a plain-text answer still cut at ``max_tokens`` after its retry (counted in the manifest).
+TRUNCATED = "truncated"
 Row = TypeVar("Row")
 Value = TypeVar("Value")
 
@@ -74,6 +81,10 @@ class LLMStep(ABC, Generic[Row, Value]):
     #: False: hand ``parse`` the raw text of a JSON request without validating or correcting it.
     validate_json: bool = True
 
+    def retry_budget(self, request: ChatRequest) -> int:
+        """The ``max_tokens`` of the one retry a plain-text answer cut at ``max_tokens`` gets (default: twice)."""
+        return 2 * request.max_tokens
+
     @abstractmethod
     def request(self, row: Row) -> ChatRequest:
         """The request for ``row``; everything that changes the answer must come from ``row`` and the step."""
@@ -81,6 +92,16 @@ class LLMStep(ABC, Generic[Row, Value]):
     @abstractmethod
     def parse(self, row: Row, answer: Answer) -> Value | Reject:
         """The value ``answer`` gives for ``row``, or a :class:`Reject` with the reason."""
+
+
+async def _plain_text(engine: CompletesChat, step: LLMStep[Row, Value], request: ChatRequest) -> tuple[ChatResponse, ...]:
+    """A plain-text answer; one cut at ``max_tokens`` (``finish_reason: length``) is asked again, once,
+    with the step's larger budget (both answers are cached like any other)."""
+    response = await engine.complete(request)
+    if response.finish_reason != "length":
+        return (response,)
+    retry = await engine.complete(dataclasses.replace(request, max_tokens=step.retry_budget(request)))
+    return (response, retry)
 
 
 @dataclass
@@ -97,7 +118,13 @@ class PromptStep(LLMStep[Row, Value]):
 async def ask(engine: CompletesChat, step: LLMStep[Row, Value], row: Row) -> StepResult[Value]:
     """Run one row through ``step`` on ``engine`` (see the module docstring)."""
     request = step.request(row)
-    if request.response_schema is None or not step.validate_json:
+    if request.response_schema is None:
+        responses = await _plain_text(engine, step, request)
+        if responses[-1].finish_reason == "length":
+            reason = f"{TRUNCATED}: the answer stopped at max_tokens={request.max_tokens}, and at {step.retry_budget(request)} on its retry"
+            return StepResult(None, responses[-1].text, reason, responses, 0)
+        answer = Answer(responses[-1].text, None, responses)
+    elif not step.validate_json:
         response = await engine.complete(request)
         answer = Answer(response.text, None, (response,))
     else:

@@ -23,7 +23,7 @@ TEACHER_SPECS = ("local", "openai:MODEL", "azure:DEPLOYMENT", "vllm:PATH")
 def make_teacher(spec: str, *, base_url: str | None = None, api_key: str | None = None, **options: Any) -> Teacher:
     """Build the teacher named by ``spec``; ``options`` go to its constructor (e.g. ``api_version``, ``n_ctx``)."""
     kind, _, target = spec.partition(":")
-    if kind == "local":
+    if spec == "local":  # exactly: "local:x" names no teacher (it must not silently run the embedded one)
         from mediflow.teachers.local_llama import LocalLlamaTeacher
 
         return LocalLlamaTeacher(**options)

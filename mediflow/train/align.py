@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mediflow.train.config import StageConfig
-from mediflow.train.data import export_config, load_messages, load_preferences
+from mediflow.train.data import load_messages, load_preferences, splits_of
 from mediflow.train.fingerprint import claim_output, model_fingerprint, training_inputs, value_hash, write_json
 from mediflow.train.lengths import LengthReport, fit_conversations, fit_preferences
 from mediflow.train.models import load_causal_lm, load_tokenizer
@@ -56,23 +56,25 @@ def _eval_source(config: StageConfig, config_name: str) -> tuple[Path, str] | No
     if config.data.eval:
         return config.path(config.data.eval), config.data.read_split(config.stage)
     train = config.path(config.data.train)
-    exported = export_config(train, config_name)
-    if exported.is_dir() and any(exported.rglob(f"{config.data.eval_split}-*.parquet")):
+    if config.data.eval_split in splits_of(train, "sft" if config_name == "sft" else "preferences"):
         return train, config.data.eval_split
     return None
 
 
 def prepare_inputs(config: StageConfig, kind: str) -> AlignmentInputs:
-    """Read, measure and fingerprint one SFT (``kind='sft'``) or DPO run's inputs; nothing is written."""
-    model_path = model_dir(config)
-    tokenizer = load_tokenizer(model_path)
-    plan = plan_chat_template(tokenizer, config.model.chat_template)
-    tokenizer.chat_template = plan.training_template
+    """Read, measure and fingerprint one SFT (``kind='sft'``) or DPO run's inputs; nothing is written.
+
+    The data is read (and checked by the input reader) first: a broken input fails before a model loads.
+    """
     data = config.data
     reader = load_messages if kind == "sft" else load_preferences
     rows = reader(config.path(data.train), data.read_split(config.stage), data.max_samples)
     source = _eval_source(config, kind)
     eval_rows = reader(source[0], source[1], data.max_samples) if source else []
+    model_path = model_dir(config)
+    tokenizer = load_tokenizer(model_path)
+    plan = plan_chat_template(tokenizer, config.model.chat_template)
+    tokenizer.chat_template = plan.training_template
     if kind == "sft":
         train_rows, lengths = fit_conversations(rows, tokenizer, data.max_length, data.overlong)
         eval_rows, _ = fit_conversations(eval_rows, tokenizer, data.max_length, data.overlong, stage="sft eval")

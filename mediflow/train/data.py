@@ -1,8 +1,9 @@
 """Read the inputs of the training stages into the row layouts TRL expects.
 
-One reader for every place data comes from (a Parquet file, a folder of shards, the Hub-layout
-export ``data/<config>/<split>-*.parquet``, JSONL, a folder of ``.txt``/``.md`` documents), and one
-small function per layout:
+Tables come through the one input reader (:func:`mediflow.folders.open_input`): a MediFlow folder
+gives only its kept records (never its rejects, stage copies or caches), a Hub-layout export its
+``data/<config>/<split>-*.parquet``, a file itself; a folder of ``.txt``/``.md`` documents is read
+here. One small function per layout:
 
 * documents -> ``{"id", "text"}``
 * PIT task data -> ``{"prompt", "completion"}`` (plain text: loss on the completion only)
@@ -18,59 +19,51 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.json as pa_json
-import pyarrow.parquet as pq
 
 from mediflow.errors import MediflowError
+from mediflow.folders import open_input
+from mediflow.folders.manifest import MANIFEST_NAME
+from mediflow.folders.reader import SPLITS
 from mediflow.records import content_id, to_messages
 
 _TEXT_SUFFIXES = (".txt", ".md")
-#: The split names of a Hub-layout export (``mediflow.export.splits``).
-SPLITS = ("train", "validation", "test")
 
 
-def read_table(path: Path, split: str = "train") -> pa.Table:
-    """Read Parquet/JSONL from a file or a folder (Hub layout: only ``<split>-*.parquet`` shards)."""
-    if not path.exists():
-        raise MediflowError(f"{path}: no such file or folder")
-    if path.is_file():
-        return _read_file(path)
-    shards = sorted(path.rglob(f"{split}-*.parquet"))
-    if not shards:
-        present = sorted(splits_of(path))
-        if present:
-            # A split layout without the asked-for split: reading the other splits instead would
-            # evaluate on training data (or train on the test set).
-            raise MediflowError(f"{path}: no '{split}' split here (splits: {', '.join(present)})")
-        shards = sorted(path.rglob("*.parquet")) or sorted(path.rglob("*.jsonl"))
-    if not shards:
-        raise MediflowError(f"{path}: no .parquet or .jsonl files in this folder")
-    return pa.concat_tables([_read_file(shard) for shard in shards], promote_options="default")
+def read_table(path: Path, split: str | None = "train", family: str = "sft") -> pa.Table:
+    """The checked rows of ``path`` for a reader of ``family`` (a Hub-layout export: only ``split``)."""
+    return open_input(path, family, split=split).read()
 
 
-def splits_of(path: Path) -> set[str]:
-    """The export splits (``train``/``validation``/``test``) a folder's shards are named for; empty for a plain file."""
-    if not path.is_dir():
+def _text_files(path: Path) -> list[Path]:
+    """The ``.txt``/``.md`` documents of a folder that holds no tables (a plain corpus folder)."""
+    if not path.is_dir() or (path / MANIFEST_NAME).exists() or any(p.suffix in (".parquet", ".jsonl") for p in path.iterdir()):
+        return []
+    return sorted(p for p in path.rglob("*") if p.suffix in _TEXT_SUFFIXES and p.is_file())
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise MediflowError(f"{path}: not UTF-8 text") from None
+
+
+def splits_of(path: Path, family: str = "sft") -> set[str]:
+    """The export splits (``train``/``validation``/``test``) the rows a ``family`` reader reads at ``path``
+    are sharded by (an export root: its ``sft`` config, or ``dpo`` for preferences); empty otherwise."""
+    try:
+        files = open_input(path, family, split=None, allow_empty=True).files
+    except MediflowError:
         return set()
-    return {p.name.split("-")[0] for p in path.rglob("*-*.parquet")} & set(SPLITS)
-
-
-def _read_file(path: Path) -> pa.Table:
-    if path.suffix == ".parquet":
-        return pq.read_table(path)
-    if path.suffix in (".jsonl", ".json"):
-        return pa_json.read_json(path)
-    raise MediflowError(f"{path}: expected a .parquet or .jsonl file")
+    return {file.name.split("-")[0] for file in files} & set(SPLITS)
 
 
 def load_documents(path: Path, text_field: str = "text") -> list[dict[str, str]]:
     """Documents as ``{"id", "text"}``: one per ``.txt``/``.md`` file, or one per table row."""
-    if path.is_dir() and not any(path.rglob("*.parquet")) and not any(path.rglob("*.jsonl")):
-        files = sorted(p for p in path.rglob("*") if p.suffix in _TEXT_SUFFIXES)
-        if not files:
-            raise MediflowError(f"{path}: no .txt, .md, .parquet or .jsonl documents in this folder")
-        return [{"id": p.stem, "text": p.read_text(encoding="utf-8")} for p in files]
-    table = read_table(path)
+    files = _text_files(path)
+    if files:
+        return [{"id": p.stem, "text": _read_text(p)} for p in files]
+    table = read_table(path, split=None, family="documents")
     if text_field not in table.column_names:
         raise MediflowError(f"{path}: no '{text_field}' column (columns: {table.column_names}); set data.text_field")
     ids = table.column("id").to_pylist() if "id" in table.column_names else [None] * table.num_rows
@@ -84,7 +77,7 @@ def load_documents(path: Path, text_field: str = "text") -> list[dict[str, str]]
 
 def load_task_rows(path: Path) -> list[dict[str, str]]:
     """PIT task data as prompt/completion rows; ``question``/``answer`` rows become a QA prompt."""
-    table = read_table(path)
+    table = read_table(path, split=None, family="task_data")
     columns = set(table.column_names)
     if not ({"prompt", "completion"} <= columns or {"question", "answer"} <= columns):
         raise MediflowError(f"{path}: task data needs prompt/completion (or question/answer) columns, found {sorted(columns)}")
@@ -97,33 +90,20 @@ def load_task_rows(path: Path) -> list[dict[str, str]]:
     return rows
 
 
-def export_config(path: Path, config: str) -> Path:
-    """``path/data/<config>`` when ``path`` is the root of a ``mediflow export`` (Hub layout), else ``path``.
-
-    An export root holds several configs (``sft``, ``dpo``, one per task) whose shards share split
-    names, so reading the whole root would mix them; SFT reads ``sft`` and DPO ``dpo`` by default.
-    """
-    candidate = path / "data" / config
-    return candidate if path.is_dir() and candidate.is_dir() else path
-
-
 def load_messages(path: Path, split: str = "train", max_samples: int | None = None) -> list[dict[str, Any]]:
     """MediFlow records as ``{"messages": [...]}`` rows; built from instruction/input/output if needed.
 
     ``path`` may be an export root: its ``sft`` config is read.
     """
-    table = read_table(export_config(path, "sft"), split)
-    columns = set(table.column_names)
-    if "messages" in columns:
-        rows = [{"messages": messages} for messages in table.column("messages").to_pylist() if messages]
-    elif {"instruction", "input", "output"} <= columns:
-        rows = [
-            {"messages": to_messages(row["instruction"], row["input"], row["output"])}
-            for row in table.select(["instruction", "input", "output"]).to_pylist()
-            if row["output"]
-        ]
-    else:
-        raise MediflowError(f"{path}: records need a 'messages' column or instruction/input/output, found {sorted(columns)}")
+    table = read_table(path, split, "sft")
+    columns = [c for c in ("messages", "instruction", "input", "output") if c in table.column_names]
+    rows = []
+    for row in table.select(columns).to_pylist():
+        messages = row.get("messages")
+        if not messages and row.get("output"):  # records without the messages view (or with it null): build it
+            messages = to_messages(row.get("instruction") or "", row.get("input") or "", row["output"])
+        if messages:
+            rows.append({"messages": messages})
     return rows[:max_samples] if max_samples else rows
 
 
@@ -134,7 +114,7 @@ def load_preferences(path: Path, split: str = "train", max_samples: int | None =
     ``rejected_output`` (the released ``mediflow_dpo`` layout): chosen = ``output``. ``path`` may be
     an export root: its ``dpo`` config is read.
     """
-    table = read_table(export_config(path, "dpo"), split)
+    table = read_table(path, split, "preferences")
     columns = set(table.column_names)
     if {"prompt", "chosen", "rejected"} <= columns:
         rows = [

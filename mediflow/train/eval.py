@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from mediflow.errors import MediflowError
+from mediflow.folders.atomic import write_json, write_text
 from mediflow.train.config import StageConfig
-from mediflow.train.data import export_config, load_documents, load_messages, read_table
+from mediflow.train.data import load_documents, load_messages, read_table
 from mediflow.train.fingerprint import path_fingerprint, value_hash
 from mediflow.train.lengths import LengthReport, chunk_documents
 from mediflow.train.metrics import METRIC_KINDS, TaskMetric, aggregate, bootstrap, extract_json, load_task_metrics, measure, parse_json
@@ -101,7 +101,7 @@ def read_eval_rows(config: StageConfig, split: str | None = None) -> list[dict[s
     from mediflow.records import to_messages
 
     path = config.path(config.data.records)
-    table = read_table(export_config(path, "sft"), split or config.data.read_split("eval"))
+    table = read_table(path, split or config.data.read_split("eval"), "eval")
     columns = set(table.column_names)
     generic = {"prompt", "reference"} <= columns
     if not generic and not ({"output", "task_type"} <= columns and ({"messages"} <= columns or {"instruction", "input"} <= columns)):
@@ -235,11 +235,8 @@ def evaluate_model(model_dir: Path, config: StageConfig, *, split: str | None = 
             report["overlap"] = check_overlap("eval", train_texts, eval_texts)
         if predictions is not None:
             predictions.parent.mkdir(parents=True, exist_ok=True)
-            staging = predictions.with_suffix(".tmp")
-            with staging.open("w", encoding="utf-8") as handle:
-                for row in rows:
-                    handle.write(json.dumps({key: row[key] for key in ("id", "task", "prompt", "reference", "prediction", "scores")}, ensure_ascii=False) + "\n")
-            os.replace(staging, predictions)
+            keys = ("id", "task", "prompt", "reference", "prediction", "scores")
+            write_text(predictions, "".join(json.dumps({key: row[key] for key in keys}, ensure_ascii=False) + "\n" for row in rows))
     report["score"] = objective(report, config.method.objective)
     return report
 
@@ -302,9 +299,7 @@ def run_eval(config: StageConfig) -> dict[str, Any]:
     report = evaluate_model(model_dir(config), config, predictions=output / "predictions.jsonl" if config.data.records else None)
     report["label"] = Path(config.output.dir).name
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_suffix(target.suffix + ".tmp")
-    staging.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    os.replace(staging, target)
+    write_json(target, report)
     print(format_reports([report]))
     print(f"report: {target}")
     return report

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from mediflow.errors import ConfigError
+from mediflow.folders import atomic
 
 FINGERPRINT_NAME = "fingerprint.json"
 
@@ -90,9 +90,7 @@ def read_fingerprint(folder: Path) -> dict[str, Any] | None:
 def write_json(path: Path, value: Any) -> None:
     """Write JSON atomically (a temp file, then rename), so a killed run never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(path.suffix + ".tmp")
-    staging.write_text(json.dumps(value, indent=2, default=str), encoding="utf-8")
-    os.replace(staging, path)
+    atomic.write_json(path, value)
 
 
 def claim_output(folder: Path, fingerprint: dict[str, Any], *, what: str, overwrite: bool, finished: Path) -> bool:

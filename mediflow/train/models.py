@@ -86,7 +86,11 @@ def load_tokenizer(path: Path) -> Any:
     """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:  # a folder without (or with a broken) tokenizer
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise MediflowError(f"{path}: cannot load a tokenizer from this model folder ({first})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ def fitted_inputs(config: StageConfig, tokenizer: Any) -> tuple[list[dict[str, s
     """Task rows that fit ``data.max_length`` and the documents as overlapping chunks, with the counts."""
     data = config.data
     task_rows = load_task_rows(config.path(data.task_data))
-    documents = load_documents(config.path(data.documents), data.text_field)
+    documents = load_documents(config.path(typing.cast(str, data.documents)), data.text_field)  # one path: checked for pit
     if data.max_samples:
         task_rows, documents = task_rows[: data.max_samples], documents[: data.max_samples]
     report = LengthReport("pit", data.max_length)

@@ -9,25 +9,25 @@ prompt/completion rows. Adding a kind is adding a file.
 The teacher machinery is the same as ``generate``'s: the teacher factory (the key from the
 variable the config names, an error when it is unset), :class:`mediflow.engine.Engine` (limits,
 retries, a durable response cache, so a rerun pays only for what is missing) and one LLM step,
-:class:`QAStep`, run by :func:`mediflow.steps.run_step` (schema validation with correction turns). Answers
-that stay invalid are written to ``rejects.jsonl`` with the reason, never silently dropped.
+:class:`QAStep`, run by :func:`mediflow.steps.run_step` (schema validation with correction turns).
+The output is a contract folder of kind ``qa`` (:class:`mediflow.folders.OutputFolder`): the rows
+in ``data/``, answers that stay invalid in ``rejects.parquet`` with the reason (never silently
+dropped), the teacher cache in ``cache.sqlite``; ``data.task_data`` of a ``pit`` config names it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mediflow.engine import Engine, LimitsConfig
 from mediflow.errors import ConfigError
+from mediflow.folders import OutputFolder, StagedWriter
 from mediflow.prompts import PromptTemplate, load_prompts
 from mediflow.steps import Answer, LLMStep, run_step
 from mediflow.sync import run_sync
@@ -36,8 +36,8 @@ from mediflow.teachers.factory import TeacherConfig, teacher_from
 from mediflow.train.config import StageConfig
 from mediflow.train.data import load_documents
 
-TASK_DATA_NAME = "task_data.parquet"
-REJECTS_NAME = "rejects.jsonl"
+TASK_DATA_SCHEMA = pa.schema([(name, pa.string()) for name in ("prompt", "completion", "task", "document_id", "prompt_version")])
+REJECT_SCHEMA = pa.schema([(name, pa.string()) for name in ("task", "document_id", "prompt_version", "error", "text")])
 
 _TRAINING_TEMPLATES = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
@@ -109,9 +109,8 @@ async def _ask_all(
     rejects: list[dict[str, Any]] = []
     try:
         if method.engine == "ray":  # the same step on Ray Data actors, each with its share of the limits
-            from mediflow.scale.ray_runner import StepWork, check_ray_installed, run_step_on_ray
+            from mediflow.scale.ray_runner import StepWork, run_step_on_ray
 
-            check_ray_installed()
             work = StepWork(step, section, limits, cache_path, method.ray.actors, "model")
             results, _ = await asyncio.to_thread(run_step_on_ray, rows, work, method.ray)
         else:
@@ -128,36 +127,47 @@ async def _ask_all(
     return produced, rejects
 
 
-def generate_task_data(config: StageConfig) -> Path:
-    """Ask the teacher for every (document, task prompt); write ``<output.dir>/task_data.parquet``.
+def _plain(config: StageConfig) -> dict[str, Any]:
+    """What the manifest records of the stage config (what decides the rows: model, method, data)."""
+    plain = config.to_dict()
+    return {section: plain[section] for section in ("model", "method", "data")}
 
-    The Parquet has ``prompt``, ``completion``, ``task``, ``document_id``, ``prompt_version``:
-    exactly what ``data.task_data`` of a ``pit`` config reads. Works in a notebook (a running loop).
+
+def generate_task_data(config: StageConfig, *, overwrite: bool = False) -> Path:
+    """Ask the teacher for every (document, task prompt); write the ``qa`` folder ``<output.dir>``.
+
+    Its rows have ``prompt``, ``completion``, ``task``, ``document_id``, ``prompt_version``:
+    exactly what ``data.task_data`` of a ``pit`` config reads (name the folder). Works in a notebook.
     """
-    return run_sync(generate_task_data_async(config))
+    return run_sync(generate_task_data_async(config, overwrite=overwrite))
 
 
-async def generate_task_data_async(config: StageConfig) -> Path:
+async def generate_task_data_async(config: StageConfig, *, overwrite: bool = False) -> Path:
     """:func:`generate_task_data` for callers already running an event loop."""
-    documents = load_documents(config.path(config.data.documents), config.data.text_field)
+    if config.method.engine == "ray":
+        from mediflow.scale.ray_runner import check_ray
+
+        check_ray(config.method.ray)  # before anything is written
+    documents_path = config.path(config.data.documents)
+    documents = load_documents(documents_path, config.data.text_field)
     if config.data.max_samples:
         documents = documents[: config.data.max_samples]
     library = load_prompts(config.path(config.data.prompts) if config.data.prompts else None)
     templates = [library.get(name) for name in config.method.tasks]
-    output = config.path(config.output.dir)
-    output.mkdir(parents=True, exist_ok=True)
-    rows, rejects = await _ask_all(config, documents, templates, output / "teacher_cache.sqlite")
-    target = output / TASK_DATA_NAME
-    columns = ["prompt", "completion", "task", "document_id", "prompt_version"]
-    table = pa.Table.from_pylist(rows, schema=pa.schema([(name, pa.string()) for name in columns]))
-    staging = target.with_suffix(".parquet.tmp")
-    pq.write_table(table, staging)
-    os.replace(staging, target)
-    rejects_path = output / REJECTS_NAME
-    staging = rejects_path.with_suffix(".jsonl.tmp")
-    staging.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects), encoding="utf-8")
-    os.replace(staging, rejects_path)
-    print(f"task data: {len(rows)} rows from {len(documents)} documents x {len(templates)} prompts -> {target}")
+    folder = OutputFolder.open(
+        config.path(config.output.dir), kind="qa", config=_plain(config), input_paths=[documents_path], overwrite=overwrite
+    )
+    with folder:
+        rows, rejects = await _ask_all(config, documents, templates, folder.cache_path)
+        writer = StagedWriter(folder)
+        try:
+            writer.keep(pa.Table.from_pylist(rows, schema=TASK_DATA_SCHEMA))
+            writer.reject(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA))
+            writer.publish(TASK_DATA_SCHEMA, {"documents": len(documents), "rows": len(rows), "rejected": len(rejects)})
+        except BaseException:
+            writer.abandon()
+            raise
+    print(f"task data: {len(rows)} rows from {len(documents)} documents x {len(templates)} prompts -> {folder.data_dir}")
     if rejects:
-        print(f"rejected: {len(rejects)} teacher answers still invalid after corrections -> {rejects_path}")
-    return target
+        print(f"rejected: {len(rejects)} teacher answers still invalid after corrections -> {folder.rejects_path}")
+    return folder.root

@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from mediflow.errors import ConfigError
+from mediflow.textfiles import read_text
 from mediflow.train.merge.catalog import METHODS, MethodSpec, ParameterSpec
 
 DTYPES = {
@@ -81,10 +82,10 @@ class MergeConfig:
 
 def load_merge_config(path: Path) -> MergeConfig:
     """Parse and validate a mergekit-style YAML file."""
+    if not Path(path).exists():
+        raise ConfigError(f"{path}: merge config not found")
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: merge config not found") from None
+        raw = yaml.safe_load(read_text(path, "merge config", ConfigError))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return parse_merge_config(raw, source=str(path))

@@ -58,7 +58,7 @@ def build_evaluator(spec: Any, root: Path, base_model: Path) -> PresetEvaluators
         report = _import_callable(str(spec["report_callable"])) if spec.get("report_callable") else None
         return PresetEvaluators(_import_callable(str(spec["callable"])), report)
     from mediflow.train.config import load_config
-    from mediflow.train.data import export_config, splits_of
+    from mediflow.train.data import splits_of
     from mediflow.train.eval import make_evaluator
 
     def config(name: str) -> Any:
@@ -66,7 +66,7 @@ def build_evaluator(spec: Any, root: Path, base_model: Path) -> PresetEvaluators
 
     selection = config("eval_config")
     records = selection.path(selection.data.records) if selection.data.records else None
-    if records is not None and {"validation", "test"} <= splits_of(export_config(records, "sft")):
+    if records is not None and {"validation", "test"} <= splits_of(records):
         return PresetEvaluators(make_evaluator(selection, "validation"), make_evaluator(selection, "test"))
     report = make_evaluator(config("report_config")) if spec.get("report_config") else None
     return PresetEvaluators(make_evaluator(selection), report)

@@ -45,6 +45,8 @@ from typing import Any
 import yaml
 
 from mediflow.errors import ConfigError
+from mediflow.folders.atomic import write_json
+from mediflow.textfiles import read_text
 from mediflow.train.fingerprint import file_hash, model_fingerprint, value_hash
 from mediflow.train.merge.config import parse_merge_config
 from mediflow.train.merge.engine import run_merge
@@ -95,7 +97,7 @@ def load_preset(path: Path, *, output: Path | None = None) -> MediPhiPreset:
     """Read a preset YAML (paths relative to its folder); ``output`` overrides the file's."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(read_text(path, "preset file", ConfigError))
     except FileNotFoundError:
         raise ConfigError(f"{path}: preset config not found") from None
     except yaml.YAMLError as exc:
@@ -253,7 +255,7 @@ def run_mediphi_preset(preset: MediPhiPreset, evaluate: Evaluator, *, report: Ev
         "selection": {"evaluator": judge},
         "report": held_out,
     }
-    _write_json_atomic(preset.output / "preset_report.json", summary)
+    write_json(preset.output / "preset_report.json", summary)
     return PresetResult(preset.output, slerp_t, best, trials, held_out["score"])
 
 
@@ -288,11 +290,7 @@ def _choose_slerp(preset: MediPhiPreset, index: int, expert: Path, evaluate: Eva
             shutil.rmtree(trial_dir, ignore_errors=True)
     if best_t is None:
         raise ConfigError(f"slerp expert {expert}: the evaluator returned no comparable score ({scores})")
-    _write_json_atomic(record, {"expert": str(expert), "key": key, "t": best_t, "scores": scores})
+    write_json(record, {"expert": str(expert), "key": key, "t": best_t, "scores": scores})
     return chosen, best_t, scores
 
 
-def _write_json_atomic(path: Path, value: Any) -> None:
-    staging = path.with_suffix(path.suffix + ".tmp")
-    staging.write_text(json.dumps(value, indent=2), encoding="utf-8")
-    os.replace(staging, path)

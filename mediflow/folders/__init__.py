@@ -1,0 +1,40 @@
+"""The one output-folder contract and the one input reader (see docs/architecture.md).
+
+* :class:`OutputFolder` (``output.py``): layout, guards, lock, manifest life cycle, leftovers.
+* :class:`StagedWriter` (``staged.py``): a stage's kept/rejected records, published at the end.
+* :func:`open_input` (``reader.py``): a folder's kept records, or a file, checked before any work.
+* ``atomic.py``: the one atomic writer; ``manifest.py``: the typed manifest; ``guards.py``: overlap and lock.
+"""
+
+from mediflow.folders.atomic import write_atomically, write_json, write_parquet, write_text
+from mediflow.folders.guards import FolderLock, check_folder_path, check_no_overlap, lock_holder
+from mediflow.folders.manifest import InputRef, Manifest, read_manifest
+from mediflow.folders.output import CACHE_NAME, DATA_DIR, REJECTS_NAME, OutputFolder, config_fingerprint, shard_name
+from mediflow.folders.reader import InputData, open_input, with_ids
+from mediflow.folders.staged import REJECT_FIELDS, StagedWriter, reject_table
+
+__all__ = [
+    "CACHE_NAME",
+    "DATA_DIR",
+    "REJECTS_NAME",
+    "REJECT_FIELDS",
+    "FolderLock",
+    "InputData",
+    "InputRef",
+    "Manifest",
+    "OutputFolder",
+    "StagedWriter",
+    "check_folder_path",
+    "check_no_overlap",
+    "config_fingerprint",
+    "lock_holder",
+    "open_input",
+    "read_manifest",
+    "reject_table",
+    "shard_name",
+    "with_ids",
+    "write_atomically",
+    "write_json",
+    "write_parquet",
+    "write_text",
+]

@@ -1,0 +1,390 @@
+"""The bad-input table: every command x every class of bad input.
+
+Each case runs one real command line and must end with exit status 2, exactly one ``error:`` line
+on stderr, no traceback, and every input and every existing output byte-for-byte as before (the
+trees are hashed before and after). Most cases run in-process (``mediflow.cli.main``); the ones
+that need the operating system's help are honest about it: a full disk runs the CLI in a subprocess
+under ``RLIMIT_FSIZE`` (every write past the limit fails with ``EFBIG``, as on a full disk), and a
+read-only output sits in a folder nobody may write (``chmod 555``; as root, who ignores
+permissions, the folder is made immutable with ``chattr +i``, which stops root too).
+
+Add a row whenever a command or a flag is added.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fixtures import record, small_run_config, words
+
+from mediflow.cli import main
+from mediflow.folders import FolderLock, OutputFolder, StagedWriter
+from mediflow.preference.rows import PAIR_SCHEMA, pair_row
+from mediflow.records import FULL_SCHEMA, rows_to_table
+from mediflow.taxonomy import load_taxonomy
+
+DEAD_URL = "http://127.0.0.1:9/v1"  # nothing listens there: a case that reached the teacher would say so
+KEY_ENV = "MEDIFLOW_BAD_INPUT_KEY"
+TASKS = ("question_summarization", "clinical_coding")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class World:
+    """The inputs and existing outputs every case starts from (built once, copied per case)."""
+
+    root: Path
+    records: Path  # a finished generate folder
+    pairs: Path  # a finished pairs folder
+    big: Path  # a finished generate folder of ~1 MB (its outputs cannot fit a small disk)
+    eval_set: Path
+    bad: dict[str, Path] = field(default_factory=dict)  # broken Parquet files by name
+
+
+def _records(count: int, rng: random.Random, words_per_output: int = 12) -> list[dict]:
+    return [
+        record(TASKS[i % 2], "discharge_summary", words(rng, words_per_output), "plain_text", rng, input=words(rng, 40), document_id=f"d{i}")
+        for i in range(count)
+    ]
+
+
+def _folder(root: Path, kind: str, table: pa.Table) -> Path:
+    folder = OutputFolder.open(root, kind=kind, config={"made_by": "test_bad_inputs"}, staged=kind != "generate")
+    writer = StagedWriter(folder)
+    writer.keep(table)
+    writer.publish(table.schema, {"kept": table.num_rows})
+    return root
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    root = tmp_path_factory.mktemp("bad-inputs")
+    rng = random.Random(5)
+    rows = _records(12, rng)
+    records = _folder(root / "records", "filter", rows_to_table(rows, FULL_SCHEMA))
+    pairs = [pair_row(r, chosen=r["output"], rejected=r["output"] + " x", chosen_score=8, rejected_score=2, chosen_source="t", rejected_source="i", method="inject") for r in rows[:4]]
+    pairs_dir = _folder(root / "pairs", "pairs", rows_to_table(pairs, PAIR_SCHEMA))
+    big = _folder(root / "big", "filter", rows_to_table(_records(400, rng, words_per_output=300), FULL_SCHEMA))
+    eval_set = root / "eval.jsonl"
+    eval_set.write_text(json.dumps({"id": "q", "text": "an unrelated question about the weather"}) + "\n")
+    good = pq.read_table(records / "data" / "part-00000.parquet")
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "corrupt.parquet").write_bytes(b"PAR1" + os.urandom(64) + b"PAR1")
+    pq.write_table(good, bad / "truncated.parquet")
+    (bad / "truncated.parquet").write_bytes((bad / "truncated.parquet").read_bytes()[:-40])
+    pq.write_table(good.slice(0, 0), bad / "empty.parquet")
+    pq.write_table(good.drop_columns(["input", "messages"]), bad / "missing_column.parquet")
+    pq.write_table(good.set_column(good.column_names.index("output"), "output", pa.array(range(good.num_rows))), bad / "mistyped.parquet")
+    unsafe = good.set_column(good.column_names.index("task_type"), "task_type", pa.array(["../../escaped"] * good.num_rows))
+    pq.write_table(unsafe, bad / "unsafe_task.parquet")
+    return World(root, records, pairs_dir, big, eval_set, {p.stem: p for p in bad.iterdir()})
+
+
+def tree(path: Path) -> dict[str, str]:
+    """Every file under ``path`` (or ``path`` itself) with a hash of its bytes; {} when absent."""
+    if path.is_file():
+        return {".": hashlib.sha256(path.read_bytes()).hexdigest()}
+    if not path.exists():
+        return {}
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@dataclass
+class Case:
+    """One bad command line, what its error line must say, and what it must leave alone."""
+
+    argv: list[str]
+    says: str
+    protect: list[Path]
+    sandbox: str | None = None  # "full_disk": run in a subprocess under a file-size limit
+    hold_lock: Path | None = None  # a folder another "process" holds while the command runs
+    read_only: Path | None = None  # a folder nobody may write while the command runs
+    unset: tuple[str, ...] = ()  # environment variables absent while the command runs
+
+
+#: A data command's argv over (input, output folder, world).
+COMMANDS: dict[str, Callable[[Path, Path, World], list[str]]] = {
+    "filter": lambda i, o, w: ["filter", str(i), str(o)],
+    "judge": lambda i, o, w: ["judge", str(i), str(o), "--teacher", "openai:m", "--base-url", DEAD_URL, "--api-key-env", KEY_ENV],
+    "dedup": lambda i, o, w: ["dedup", str(i), str(o)],
+    "decontaminate": lambda i, o, w: ["decontaminate", str(i), str(o), "--eval", str(w.eval_set)],
+    "curate": lambda i, o, w: ["curate", str(i), str(o)],
+    "pairs": lambda i, o, w: ["pairs", str(i), str(o), "--teacher", "openai:m", "--base-url", DEAD_URL, "--api-key-env", KEY_ENV],
+    "export": lambda i, o, w: ["export", str(i), "--local-dir", str(o)],
+}
+READERS = [*COMMANDS, "audit", "train sft"]
+
+
+def _train_config(tmp: Path, data: Path, out: Path) -> Path:
+    """An SFT config whose model folder exists (the data is read, and refused, before a model loads)."""
+    (tmp / "model").mkdir(exist_ok=True)
+    (tmp / "model" / "config.json").write_text("{}")
+    path = tmp / "sft.yaml"
+    path.write_text(json.dumps({"model": {"name_or_path": str(tmp / "model")}, "data": {"train": str(data)}, "output": {"dir": str(out)}}))
+    return path
+
+
+def _reader_argv(command: str, data: Path, tmp: Path, world: World) -> list[str]:
+    if command == "audit":  # the audit reads folders: the bad file as a folder's only shard
+        if data.is_file():
+            (tmp / "folder" / "data").mkdir(parents=True)
+            data = Path(shutil.copy(data, tmp / "folder" / "data" / "part-00000.parquet")).parent.parent
+        return ["audit", str(data), "--html", str(tmp / "report.html")]
+    if command == "train sft":
+        return ["train", "sft", "--config", str(_train_config(tmp, data, tmp / "model"))]
+    return COMMANDS[command](data, tmp / "out", world)
+
+
+BAD_TABLES = {
+    "corrupt": "not a readable Parquet file",
+    "truncated": "not a readable Parquet file",
+    "empty": "no records",
+    "missing_column": "missing column",
+    "mistyped": "column 'output' is int64, expected string",
+}
+
+
+def _copy(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target, symlinks=True)
+    (target / ".lock").unlink(missing_ok=True)
+    return target
+
+
+def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
+    cases: list[tuple[str, Callable[[Path, World], Case]]] = []
+
+    def add(name: str, make: Callable[[Path, World], Case]) -> None:
+        cases.append((name, make))
+
+    for command in READERS:
+        for bad, says in BAD_TABLES.items():
+            add(f"{command}: {bad} Parquet", lambda tmp, w, c=command, b=bad, s=says: Case(_reader_argv(c, w.bad[b], tmp, w), s, [w.bad[b].parent, tmp]))
+        add(f"{command}: a missing input", lambda tmp, w, c=command: Case(_reader_argv(c, tmp / "nowhere", tmp, w), "no such file or folder", [tmp]))
+    for command in ("filter", "judge", "dedup", "decontaminate", "curate", "pairs", "train sft"):
+        wrong = {"pairs": "records", "train sft": "records"}.get(command)
+        if wrong is None:
+            add(f"{command}: a pairs folder as records", lambda tmp, w, c=command: Case(_reader_argv(c, w.pairs, tmp, w), "holds pairs, not records", [w.pairs, tmp]))
+    add("export: --pairs names a records folder", lambda tmp, w: Case(["export", str(w.records), "--pairs", str(w.records), "--local-dir", str(tmp / "out")], "holds records, not pairs", [w.records, tmp]))
+    add("export: a task name that is a path", lambda tmp, w: Case(["export", str(w.bad["unsafe_task"]), "--local-dir", str(tmp / "out")], "is not a safe name", [w.bad["unsafe_task"].parent, tmp]))
+
+    for command in COMMANDS:
+        # the output inside the input, and the input inside the output (a shard of the folder it would replace)
+        add(f"{command}: output inside the input", lambda tmp, w, c=command: Case(
+            COMMANDS[c](_copy(w.records, tmp / "run"), tmp / "run" / "out", w), "is inside the input", [tmp]))
+        add(f"{command}: input inside the output", lambda tmp, w, c=command: Case(
+            COMMANDS[c](_copy(w.records, tmp / "run") / "data" / "part-00000.parquet", tmp / "run", w), "contains the input", [tmp]))
+        add(f"{command}: output is the input", lambda tmp, w, c=command: Case(
+            COMMANDS[c](_copy(w.records, tmp / "run"), tmp / "run", w), "is the input", [tmp]))
+        add(f"{command}: output through a symlink to the input", lambda tmp, w, c=command: Case(
+            COMMANDS[c](_copy(w.records, tmp / "run"), _symlink(tmp / "alias", tmp / "run") / "out", w), "is inside the input", [tmp]))
+        add(f"{command}: output holds another kind of folder", lambda tmp, w, c=command: Case(
+            COMMANDS[c](w.records, _copy(w.pairs if c != "pairs" else w.records, tmp / "other"), w), "folder, not a", [w.records, tmp]))
+        add(f"{command}: output holds foreign files", lambda tmp, w, c=command: Case(
+            COMMANDS[c](w.records, _foreign(tmp / "mine"), w), "not a MediFlow", [w.records, tmp]))
+        add(f"{command}: output is a file", lambda tmp, w, c=command: Case(
+            COMMANDS[c](w.records, _file(tmp / "out"), w), "is a file", [w.records, tmp]))
+        add(f"{command}: output locked by another process", lambda tmp, w, c=command: Case(
+            COMMANDS[c](w.records, tmp / "busy", w), "in use by another process", [w.records, tmp], hold_lock=tmp / "busy"))
+        add(f"{command}: read-only output", lambda tmp, w, c=command: _read_only_case(c, tmp, w))
+    for command in ("filter", "dedup", "curate", "export"):  # the CPU stages: their outputs are written for real
+        add(f"{command}: full disk", lambda tmp, w, c=command: Case(COMMANDS[c](w.big, tmp / "out", w), "File too large", [w.big], sandbox="full_disk"))
+
+    # generate: its config, its flags, its output folder (a teacher nobody answers: no case may get that far)
+    def generate(tmp: Path) -> list[str]:
+        config = tmp / "run.json"
+        config.write_text(json.dumps({**small_run_config(DEAD_URL, tmp / "unused", per_cell=1), "limits": {"max_retries": 0}}))
+        return ["generate", "--config", str(config), "--api-key-env", KEY_ENV]
+
+    add("generate: output holds a records folder", lambda tmp, w: Case([*generate(tmp), "--out", str(_copy(w.records, tmp / "other"))], "not a 'generate' one", [w.records, tmp]))
+    add("generate: output holds foreign files", lambda tmp, w: Case([*generate(tmp), "--out", str(_foreign(tmp / "mine"))], "not a MediFlow", [tmp]))
+    add("generate: output is a file", lambda tmp, w: Case([*generate(tmp), "--out", str(_file(tmp / "out"))], "is a file", [tmp]))
+    add("generate: output locked by another process", lambda tmp, w: Case([*generate(tmp), "--out", str(tmp / "busy")], "in use by another process", [tmp], hold_lock=tmp / "busy"))
+    add("generate: read-only output", lambda tmp, w: Case([*generate(tmp), "--out", str(_mkdir(tmp / "ro") / "out")], "read-only", [tmp], read_only=tmp / "ro"))
+    add("generate: --per-cell 0", lambda tmp, w: Case([*generate(tmp), "--per-cell", "0", "--out", str(tmp / "o")], "per_cell", [tmp]))
+    add("generate: --concurrency 0", lambda tmp, w: Case([*generate(tmp), "--concurrency", "0", "--out", str(tmp / "o")], "concurrency", [tmp]))
+    add("generate: --json-share 2", lambda tmp, w: Case([*generate(tmp), "--json-share", "2", "--out", str(tmp / "o")], "json_share", [tmp]))
+    add("generate: unknown --teacher local:x", lambda tmp, w: Case(["generate", "--teacher", "local:x", "--out", str(tmp / "o")], "local:x", [tmp]))
+    add("generate: a teacher server nobody runs", lambda tmp, w: Case([*generate(tmp), "--out", str(tmp / "o")], f"cannot connect to the teacher at {DEAD_URL}", [tmp]))
+    add("generate: unset --api-key-env", lambda tmp, w: Case(
+        ["generate", "--teacher", "openai:m", "--api-key-env", "MEDIFLOW_NOT_SET", "--out", str(tmp / "o")], "(--api-key-env): the environment variable MEDIFLOW_NOT_SET is not set", [tmp]))
+    add("generate: no key at all", lambda tmp, w: Case(["generate", "--teacher", "openai:m", "--out", str(tmp / "o")], "with --api-key-env", [tmp], unset=("OPENAI_API_KEY",)))
+    add("generate: a config that is not UTF-8", lambda tmp, w: Case(["generate", "--config", str(_latin1(tmp / "run.yaml")), "--out", str(tmp / "o")], "not UTF-8", [tmp]))
+    add("generate: a taxonomy with an unsafe name", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", name="../escape")), "--out", str(tmp / "o")], "'../escape'", [tmp]))
+    add("generate: a taxonomy schema with a remote $ref", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", ref="https://example.org/s.json")), "--out", str(tmp / "o")], "only local references", [tmp]))
+    add("generate: a taxonomy file that is not UTF-8", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", latin1=True)), "--out", str(tmp / "o")], "not UTF-8", [tmp]))
+
+    # join: its shares are inputs like any other
+    add("join: output inside a share", lambda tmp, w: Case(["join", str(_copy(w.records, tmp / "share") / "joined"), str(tmp / "share")], "is inside the input", [tmp]))
+    add("join: a folder that is not a share", lambda tmp, w: Case(["join", str(tmp / "joined"), str(w.records)], "not a generate output folder", [w.records, tmp]))
+
+    # numbers out of range
+    add("decontaminate: --ngram 0", lambda tmp, w: Case(["decontaminate", str(w.records), str(tmp / "o"), "--eval", str(w.eval_set), "--ngram", "0"], "ngram", [w.records, tmp]))
+    add("judge: --samples 0", lambda tmp, w: Case(COMMANDS["judge"](w.records, tmp / "o", w) + ["--samples", "0"], "samples", [w.records, tmp]))
+    add("export: --max-shard-rows 0", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--max-shard-rows", "0"], "--max-shard-rows", [w.records, tmp]))
+    add("export: --max-shard-mb -1", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--max-shard-mb", "-1"], "--max-shard-mb", [w.records, tmp]))
+    add("audit: --sample-size 0", lambda tmp, w: Case(["audit", str(w.records), "--sample-size", "0"], "--sample-size", [w.records, tmp]))
+    add("curate: a config that is not UTF-8", lambda tmp, w: Case(["curate", str(w.records), str(tmp / "o"), "--config", str(_latin1(tmp / "c.yaml"))], "not UTF-8", [w.records, tmp]))
+    add("train sft: a config that is not UTF-8", lambda tmp, w: Case(["train", "sft", "--config", str(_latin1(tmp / "t.yaml"))], "not UTF-8", [tmp]))
+    # training flags: length handling and precision are checked before anything is read or written
+    def sft(tmp: Path, w: World, *flags: str, stage: str = "sft") -> Case:
+        return Case(["train", stage, "--config", str(_train_config(tmp, w.records, tmp / "out")), *flags], "", [w.records, tmp])
+
+    add("train sft: --data-overlong trim", lambda tmp, w: replace(sft(tmp, w, "--data-overlong", "trim"), says="argument --data-overlong: invalid choice"))
+    add("train dpo: --data-packing", lambda tmp, w: replace(sft(tmp, w, "--data-packing", stage="dpo"), says="data.packing: DPO compares whole chosen/rejected sequences"))
+    add("train pit: --data-chunk-overlap above half of max_length", lambda tmp, w: replace(
+        sft(tmp, w, "--data-documents", str(w.records), "--data-task-data", str(w.records), "--data-max-length", "64", "--data-chunk-overlap", "40", stage="pit"),
+        says="data.chunk_overlap: must be below half of data.max_length (64)"))
+    add("train sft: --train-bf16 with --train-fp16", lambda tmp, w: replace(sft(tmp, w, "--train-bf16", "--train-fp16"), says="choose one mixed precision"))
+    add("train sft: --data-max-length 0", lambda tmp, w: replace(sft(tmp, w, "--data-max-length", "0"), says="data.max_length"))
+    add("merge: a config that is not UTF-8", lambda tmp, w: Case(["merge", "--config", str(_latin1(tmp / "m.yaml")), "--output", str(tmp / "merged")], "not UTF-8", [tmp]))
+    add("merge: a missing config", lambda tmp, w: Case(["merge", "--config", str(tmp / "none.yaml"), "--output", str(tmp / "merged")], "not found", [tmp]))
+    return cases
+
+
+def _symlink(link: Path, target: Path) -> Path:
+    link.symlink_to(target)
+    return link
+
+
+def _mkdir(folder: Path) -> Path:
+    folder.mkdir()
+    return folder
+
+
+def _foreign(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("years of work")
+    return folder
+
+
+def _file(path: Path) -> Path:
+    path.write_text("a file, not a folder")
+    return path
+
+
+def _read_only_case(command: str, tmp: Path, world: World) -> Case:
+    """The output inside a folder nobody may write (made so while the command runs)."""
+    (tmp / "ro").mkdir()
+    return Case(COMMANDS[command](world.records, tmp / "ro" / "out", world), "read-only", [world.records, tmp], read_only=tmp / "ro")
+
+
+@contextlib.contextmanager
+def _unwritable(folder: Path) -> Iterator[None]:
+    """``folder`` read-only for the duration: chmod 555, or, for root, the immutable attribute."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+    try:
+        yield
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        else:
+            folder.chmod(0o755)
+
+
+def _latin1(path: Path) -> Path:
+    path.write_bytes("per_cell: 1\n# caf\xe9 au lait\n".encode("latin-1"))
+    return path
+
+
+def _taxonomy(folder: Path, *, name: str = "veterinary_note", ref: str | None = None, latin1: bool = False) -> Path:
+    category = next(iter(load_taxonomy().categories))
+    (folder / "document_types").mkdir(parents=True)
+    entry = (
+        f"document_types:\n  - name: {json.dumps(name)}\n    category: {category}\n    description: A note.\n"
+        "    sections: [A]\n    typical_length: {min_words: 100, max_words: 200}\n    specialties: [x]\n    settings: [y]\n"
+    )
+    if latin1:
+        entry += "# caf\xe9\n"
+    (folder / "document_types" / "extra.yaml").write_bytes(entry.encode("latin-1"))
+    if ref is not None:
+        (folder / "tasks").mkdir()
+        (folder / "tasks" / "remote_task.yaml").write_text(
+            "name: remote_task\ndescription: d\ninstruction_guidance: i\nanswer_guidance: a\n"
+            f"applies_to: {{categories: [{category}]}}\n"
+            f"output_schema: {{type: object, properties: {{x: {{$ref: {json.dumps(ref)}}}}}}}\nexample_output: {{x: 1}}\n"
+        )
+    return folder
+
+
+CASES = build_cases()
+
+
+def _run_in_sandbox(case: Case, tmp: Path) -> tuple[int, str]:
+    """The CLI in a subprocess under a small file-size limit: a disk that fills up mid-run."""
+    limit_bytes = 256 * 1024
+
+    def prepare() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), KEY_ENV: "unused"}
+    process = subprocess.run([sys.executable, "-m", "mediflow", *case.argv], capture_output=True, text=True, env=env, preexec_fn=prepare, timeout=300, cwd=tmp)
+    return process.returncode, process.stderr
+
+
+@pytest.mark.parametrize("make", [make for _, make in CASES], ids=[name for name, _ in CASES])
+def test_bad_input_is_one_error_line_and_changes_nothing(make: Callable[[Path, World], Case], world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp = tmp_path / "case"
+    tmp.mkdir()
+    case = make(tmp, world)
+    protected = [path for path in case.protect]
+    before = {str(path): tree(path) for path in protected}
+    if case.sandbox is not None:
+        code, err = _run_in_sandbox(case, tmp)
+    else:
+        monkeypatch.setenv(KEY_ENV, "unused")
+        for name in case.unset:
+            monkeypatch.delenv(name, raising=False)
+        lock = None
+        unwritable = _unwritable(case.read_only) if case.read_only is not None else contextlib.nullcontext()
+        if case.hold_lock is not None:
+            case.hold_lock.mkdir(exist_ok=True)
+            lock = FolderLock(case.hold_lock)
+            lock.acquire()
+            before = {str(path): tree(path) for path in protected}
+        try:
+            with unwritable:
+                try:
+                    code = main(case.argv)
+                except SystemExit as exit_:  # argparse rejects a flag value itself
+                    code = int(exit_.code or 0)
+        finally:
+            if lock is not None:
+                lock.release()
+        err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    assert len(lines) == 1, err
+    assert case.says in lines[0], lines[0]
+    if case.sandbox == "full_disk":
+        manifest = json.loads((tmp / "out" / "manifest.json").read_text())
+        assert manifest["status"] == "failed" and "File too large" in manifest["reason"]  # the folder says why
+        return
+    assert {str(path): tree(path) for path in protected} == before
+
+
+def test_the_table_covers_every_command_and_class() -> None:
+    names = [name for name, _ in CASES]
+    for command in ("generate", "filter", "judge", "dedup", "decontaminate", "curate", "pairs", "export", "audit", "train sft", "merge"):
+        assert any(name.startswith(f"{command}:") for name in names), command
+    for kind in ("inside the input", "input inside the output", "another kind", "locked", "corrupt", "truncated", "empty", "missing_column",
+                 "mistyped", "task name that is a path", "read-only", "full disk", " 0"):
+        assert any(kind in name for name in names), kind
