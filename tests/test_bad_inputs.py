@@ -223,6 +223,9 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("generate: unset --api-key-env", lambda tmp, w: Case(
         ["generate", "--teacher", "openai:m", "--api-key-env", "MEDIFLOW_NOT_SET", "--out", str(tmp / "o")], "(--api-key-env): the environment variable MEDIFLOW_NOT_SET is not set", [tmp]))
     add("generate: no key at all", lambda tmp, w: Case(["generate", "--teacher", "openai:m", "--out", str(tmp / "o")], "with --api-key-env", [tmp], unset=("OPENAI_API_KEY",)))
+    add("generate: --plan-out into a missing folder", lambda tmp, w: Case([*generate(tmp), "--dry-run", "--plan-out", str(tmp / "nowhere" / "plan.parquet")], "does not exist", [tmp]))
+    add("generate: --plan-out is a folder", lambda tmp, w: Case([*generate(tmp), "--dry-run", "--plan-out", str(_mkdir(tmp / "plans"))], "is a folder", [tmp]))
+    add("generate: a case profile naming an unknown code", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_broken_cases(tmp / "tax")), "--out", str(tmp / "o")], "'I5O' is not an ICD-10-CM", [tmp]))
     add("generate: a config that is not UTF-8", lambda tmp, w: Case(["generate", "--config", str(_latin1(tmp / "run.yaml")), "--out", str(tmp / "o")], "not UTF-8", [tmp]))
     add("generate: a taxonomy with an unsafe name", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", name="../escape")), "--out", str(tmp / "o")], "'../escape'", [tmp]))
     add("generate: a taxonomy schema with a remote $ref", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", ref="https://example.org/s.json")), "--out", str(tmp / "o")], "only local references", [tmp]))
@@ -259,6 +262,14 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
 def _symlink(link: Path, target: Path) -> Path:
     link.symlink_to(target)
     return link
+
+
+def _broken_cases(folder: Path) -> Path:
+    """A taxonomy folder whose cases/profiles.yaml names a code that does not exist."""
+    (folder / "cases").mkdir(parents=True)
+    text = (ROOT / "taxonomies" / "cases" / "profiles.yaml").read_text(encoding="utf-8")
+    (folder / "cases" / "profiles.yaml").write_text(text.replace("      I50: 7     # heart failure", "      I5O: 7"), encoding="utf-8")
+    return folder
 
 
 def _mkdir(folder: Path) -> Path:
