@@ -55,6 +55,11 @@ class World:
     bad: dict[str, Path] = field(default_factory=dict)  # broken Parquet files by name
 
 
+def _text(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def _records(count: int, rng: random.Random, words_per_output: int = 12) -> list[dict]:
     return [
         record(TASKS[i % 2], "discharge_summary", words(rng, words_per_output), "plain_text", rng, input=words(rng, 40), document_id=f"d{i}")
@@ -242,6 +247,13 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("export: --max-shard-mb -1", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--max-shard-mb", "-1"], "--max-shard-mb", [w.records, tmp]))
     add("audit: --sample-size 0", lambda tmp, w: Case(["audit", str(w.records), "--sample-size", "0"], "--sample-size", [w.records, tmp]))
     add("curate: a config that is not UTF-8", lambda tmp, w: Case(["curate", str(w.records), str(tmp / "o"), "--config", str(_latin1(tmp / "c.yaml"))], "not UTF-8", [w.records, tmp]))
+    # config keys: the flags derived from every config's fields, and the config files they override
+    add("curate: --judge-limits-rpm 0", lambda tmp, w: Case(["curate", str(w.records), str(tmp / "o"), "--teacher", "openai:m", "--judge-limits-rpm", "0"], "judge.limits.rpm: 0.0 is less than or equal", [w.records, tmp]))
+    add("curate: a misplaced key in --config", lambda tmp, w: Case(["curate", str(w.records), str(tmp / "o"), "--config", str(_text(tmp / "c.yaml", "judge: {concurrency: 4}\n"))], "'judge.limits.concurrency'", [w.records, tmp]))
+    add("pairs: --judge-samples 0", lambda tmp, w: Case(COMMANDS["pairs"](w.records, tmp / "o", w) + ["--judge-samples", "0"], "judge_samples: 0 is less than the minimum of 1", [w.records, tmp]))
+    add("pairs: a --config with an unknown key", lambda tmp, w: Case(COMMANDS["pairs"](w.records, tmp / "o", w) + ["--config", str(_text(tmp / "p.yaml", "min_margn: 1\n"))], "did you mean 'min_margin'", [w.records, tmp]))
+    add("pairs: a missing --config", lambda tmp, w: Case(COMMANDS["pairs"](w.records, tmp / "o", w) + ["--config", str(tmp / "none.yaml")], "cannot read config file", [w.records, tmp]))
+    add("generate: --sampling-response-temperature -1", lambda tmp, w: Case([*generate(tmp), "--sampling-response-temperature", "-1", "--out", str(tmp / "o")], "sampling.response.temperature: -1", [tmp]))
     add("train sft: a config that is not UTF-8", lambda tmp, w: Case(["train", "sft", "--config", str(_latin1(tmp / "t.yaml"))], "not UTF-8", [tmp]))
     # training flags: length handling and precision are checked before anything is read or written
     def sft(tmp: Path, w: World, *flags: str, stage: str = "sft") -> Case:
