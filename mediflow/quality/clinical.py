@@ -187,9 +187,9 @@ def facts(text: str, lexicon: Lexicon) -> Facts:
     if negated:  # what is negated: a negation moved to another finding is another case
         tokens.append("")
         for index in [i for i, token in enumerate(tokens) if token in lexicon.negation_cues]:
-            negated = ("negation", tokens[index + 1])
-            counts[negated] += 1
-            surface.setdefault(negated, set()).add(tokens[index])
+            what = ("negation", tokens[index + 1])
+            counts[what] += 1
+            surface.setdefault(what, set()).add(tokens[index])
     return Facts(counts, frozenset(sexes), surface, other)
 
 
@@ -209,8 +209,10 @@ def agree(a: Facts, b: Facts, lexicon: Lexicon) -> bool:
 
     Each class a text has more of than the other must be explained by a typo: one of its words
     misspelled into a non-distinguishing word that only the other text has (for a negation, its
-    cue, or the negated word misspelled in the other text's negation). Numbers written in digits and codes
-    never are: a changed digit is a changed value.
+    cue, or the negated word misspelled in the other text's negation). Values written with digits
+    are not compared here but by :func:`value_fingerprints` (see :func:`same_cases`). A condition
+    word (ICD-10-CM vocabulary) is looser, as rewording drops and adds them ("acute"): it conflicts
+    only when the other text puts another condition or another content word in its place.
     """
     if a.counts == b.counts and a.sexes == b.sexes:
         return True
