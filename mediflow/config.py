@@ -34,7 +34,7 @@ class SamplingConfig(Config):
     top_p: float = option(1.0, "nucleus sampling mass", exclusiveMinimum=0, maximum=1)
     max_tokens: int = option(1024, "upper bound on the answer's length in tokens", minimum=1)
     retry_max_tokens: int | None = option(
-        None, "a plain-text answer cut at max_tokens is retried once with this budget (default: twice max_tokens); still cut, it is rejected as truncated", minimum=1
+        None, "response stage: a plain-text answer cut at max_tokens is retried once with this budget (default: twice max_tokens); still cut, it is rejected as truncated", minimum=1
     )
 
 

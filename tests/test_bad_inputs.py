@@ -55,6 +55,11 @@ class World:
     bad: dict[str, Path] = field(default_factory=dict)  # broken Parquet files by name
 
 
+def _text(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def _records(count: int, rng: random.Random, words_per_output: int = 12) -> list[dict]:
     return [
         record(TASKS[i % 2], "discharge_summary", words(rng, words_per_output), "plain_text", rng, input=words(rng, 40), document_id=f"d{i}")
@@ -114,6 +119,7 @@ class Case:
     sandbox: str | None = None  # "full_disk": run in a subprocess under a file-size limit
     hold_lock: Path | None = None  # a folder another "process" holds while the command runs
     read_only: Path | None = None  # a folder nobody may write while the command runs
+    unset: tuple[str, ...] = ()  # environment variables absent while the command runs
 
 
 #: A data command's argv over (input, output folder, world).
@@ -219,11 +225,20 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("generate: --json-share 2", lambda tmp, w: Case([*generate(tmp), "--json-share", "2", "--out", str(tmp / "o")], "json_share", [tmp]))
     add("generate: unknown --teacher local:x", lambda tmp, w: Case(["generate", "--teacher", "local:x", "--out", str(tmp / "o")], "local:x", [tmp]))
     add("generate: a teacher server nobody runs", lambda tmp, w: Case([*generate(tmp), "--out", str(tmp / "o")], f"cannot connect to the teacher at {DEAD_URL}", [tmp]))
-    add("generate: unset --api-key-env", lambda tmp, w: Case(["generate", "--teacher", "openai:m", "--api-key-env", "MEDIFLOW_NOT_SET", "--out", str(tmp / "o")], "MEDIFLOW_NOT_SET", [tmp]))
+    add("generate: unset --api-key-env", lambda tmp, w: Case(
+        ["generate", "--teacher", "openai:m", "--api-key-env", "MEDIFLOW_NOT_SET", "--out", str(tmp / "o")], "(--api-key-env): the environment variable MEDIFLOW_NOT_SET is not set", [tmp]))
+    add("generate: no key at all", lambda tmp, w: Case(["generate", "--teacher", "openai:m", "--out", str(tmp / "o")], "with --api-key-env", [tmp], unset=("OPENAI_API_KEY",)))
+    add("generate: --plan-out into a missing folder", lambda tmp, w: Case([*generate(tmp), "--dry-run", "--plan-out", str(tmp / "nowhere" / "plan.parquet")], "does not exist", [tmp]))
+    add("generate: --plan-out is a folder", lambda tmp, w: Case([*generate(tmp), "--dry-run", "--plan-out", str(_mkdir(tmp / "plans"))], "is a folder", [tmp]))
+    add("generate: a case profile naming an unknown code", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_broken_cases(tmp / "tax")), "--out", str(tmp / "o")], "'I5O' is not an ICD-10-CM", [tmp]))
     add("generate: a config that is not UTF-8", lambda tmp, w: Case(["generate", "--config", str(_latin1(tmp / "run.yaml")), "--out", str(tmp / "o")], "not UTF-8", [tmp]))
     add("generate: a taxonomy with an unsafe name", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", name="../escape")), "--out", str(tmp / "o")], "'../escape'", [tmp]))
     add("generate: a taxonomy schema with a remote $ref", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", ref="https://example.org/s.json")), "--out", str(tmp / "o")], "only local references", [tmp]))
     add("generate: a taxonomy file that is not UTF-8", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", latin1=True)), "--out", str(tmp / "o")], "not UTF-8", [tmp]))
+
+    # join: its shares are inputs like any other
+    add("join: output inside a share", lambda tmp, w: Case(["join", str(_copy(w.records, tmp / "share") / "joined"), str(tmp / "share")], "is inside the input", [tmp]))
+    add("join: a folder that is not a share", lambda tmp, w: Case(["join", str(tmp / "joined"), str(w.records)], "not a generate output folder", [w.records, tmp]))
 
     # numbers out of range
     add("decontaminate: --ngram 0", lambda tmp, w: Case(["decontaminate", str(w.records), str(tmp / "o"), "--eval", str(w.eval_set), "--ngram", "0"], "ngram", [w.records, tmp]))
@@ -232,6 +247,13 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("export: --max-shard-mb -1", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--max-shard-mb", "-1"], "--max-shard-mb", [w.records, tmp]))
     add("audit: --sample-size 0", lambda tmp, w: Case(["audit", str(w.records), "--sample-size", "0"], "--sample-size", [w.records, tmp]))
     add("curate: a config that is not UTF-8", lambda tmp, w: Case(["curate", str(w.records), str(tmp / "o"), "--config", str(_latin1(tmp / "c.yaml"))], "not UTF-8", [w.records, tmp]))
+    # config keys: the flags derived from every config's fields, and the config files they override
+    add("curate: --judge-limits-rpm 0", lambda tmp, w: Case(["curate", str(w.records), str(tmp / "o"), "--teacher", "openai:m", "--judge-limits-rpm", "0"], "judge.limits.rpm: 0.0 is less than or equal", [w.records, tmp]))
+    add("curate: a misplaced key in --config", lambda tmp, w: Case(["curate", str(w.records), str(tmp / "o"), "--config", str(_text(tmp / "c.yaml", "judge: {concurrency: 4}\n"))], "'judge.limits.concurrency'", [w.records, tmp]))
+    add("pairs: --judge-samples 0", lambda tmp, w: Case(COMMANDS["pairs"](w.records, tmp / "o", w) + ["--judge-samples", "0"], "judge_samples: 0 is less than the minimum of 1", [w.records, tmp]))
+    add("pairs: a --config with an unknown key", lambda tmp, w: Case(COMMANDS["pairs"](w.records, tmp / "o", w) + ["--config", str(_text(tmp / "p.yaml", "min_margn: 1\n"))], "did you mean 'min_margin'", [w.records, tmp]))
+    add("pairs: a missing --config", lambda tmp, w: Case(COMMANDS["pairs"](w.records, tmp / "o", w) + ["--config", str(tmp / "none.yaml")], "cannot read config file", [w.records, tmp]))
+    add("generate: --sampling-response-temperature -1", lambda tmp, w: Case([*generate(tmp), "--sampling-response-temperature", "-1", "--out", str(tmp / "o")], "sampling.response.temperature: -1", [tmp]))
     add("train sft: a config that is not UTF-8", lambda tmp, w: Case(["train", "sft", "--config", str(_latin1(tmp / "t.yaml"))], "not UTF-8", [tmp]))
     # training flags: length handling and precision are checked before anything is read or written
     def sft(tmp: Path, w: World, *flags: str, stage: str = "sft") -> Case:
@@ -252,6 +274,14 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
 def _symlink(link: Path, target: Path) -> Path:
     link.symlink_to(target)
     return link
+
+
+def _broken_cases(folder: Path) -> Path:
+    """A taxonomy folder whose cases/profiles.yaml names a code that does not exist."""
+    (folder / "cases").mkdir(parents=True)
+    text = (ROOT / "taxonomies" / "cases" / "profiles.yaml").read_text(encoding="utf-8")
+    (folder / "cases" / "profiles.yaml").write_text(text.replace("      I50: 7     # heart failure", "      I5O: 7"), encoding="utf-8")
+    return folder
 
 
 def _mkdir(folder: Path) -> Path:
@@ -343,6 +373,8 @@ def test_bad_input_is_one_error_line_and_changes_nothing(make: Callable[[Path, W
         code, err = _run_in_sandbox(case, tmp)
     else:
         monkeypatch.setenv(KEY_ENV, "unused")
+        for name in case.unset:
+            monkeypatch.delenv(name, raising=False)
         lock = None
         unwritable = _unwritable(case.read_only) if case.read_only is not None else contextlib.nullcontext()
         if case.hold_lock is not None:

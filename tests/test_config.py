@@ -146,5 +146,5 @@ def test_an_unset_key_variable_is_an_error_naming_it(monkeypatch: pytest.MonkeyP
     from mediflow.teachers.factory import TeacherConfig, teacher_from
 
     monkeypatch.delenv("MEDIFLOW_UNSET_KEY", raising=False)
-    with pytest.raises(ConfigError, match="^judge.teacher.api_key_env: the environment variable MEDIFLOW_UNSET_KEY is not set$"):
+    with pytest.raises(ConfigError, match="^judge.teacher.api_key_env \\(--api-key-env\\): the environment variable MEDIFLOW_UNSET_KEY is not set$"):
         teacher_from(TeacherConfig("openai:x", api_key_env="MEDIFLOW_UNSET_KEY"), where="judge.teacher")

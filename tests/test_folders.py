@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mediflow.cli import main
 from mediflow.errors import MediflowError
 from mediflow.folders import (
     InputRef,
@@ -22,9 +23,9 @@ from mediflow.folders import (
     lock_holder,
     open_input,
     read_manifest,
-    redact_url,
     write_json,
 )
+from mediflow.redact import redact_text, redact_url
 
 RECORDS = pa.table({"id": ["a", "b"], "instruction": ["i1", "i2"], "input": ["d1", "d2"], "output": ["o1", "o2"]})
 
@@ -143,8 +144,14 @@ def test_the_lock_names_its_holder_and_is_released_by_a_killed_process(tmp_path:
     OutputFolder.open(tmp_path / "out", kind="generate", config={}, staged=False).close()
 
 
-def test_credentials_never_reach_the_manifest(tmp_path: Path) -> None:
+def test_credentials_never_reach_the_manifest_or_an_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     assert redact_url("https://user:secret@host:8000/v1?api-key=k&x=1") == "https://***@host:8000/v1?api-key=***&x=1"
+    assert redact_text("teacher at https://user:secret@host/v1?sig=abc failed") == "teacher at https://***@host/v1?sig=*** failed"
+    monkeypatch.setenv("MEDIFLOW_TEST_UNUSED_KEY", "unused")
+    code = main(["generate", "--teacher", "openai:m", "--base-url", "http://user:secret@127.0.0.1:9/v1", "--api-key-env", "MEDIFLOW_TEST_UNUSED_KEY",
+                 "--out", str(tmp_path / "never")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "secret" not in err and "***@127.0.0.1:9" in err
     config = {"teacher": {"base_url": "https://user:secret@host/v1?sig=abc"}}
     OutputFolder.open(tmp_path / "out", kind="generate", config=config, staged=False).close()
     text = (tmp_path / "out" / "manifest.json").read_text()

@@ -26,6 +26,7 @@ from mediflow.cli import (
     train_cmd,
 )
 from mediflow.errors import MediflowError
+from mediflow.redact import redact_text
 
 _COMMAND_MODULES = (
     taxonomy_cmd,
@@ -71,10 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except MediflowError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        print(f"error: {redact_text(os_error_line(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: everything finished so far is saved; rerun the same command to resume", file=sys.stderr)

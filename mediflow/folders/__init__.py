@@ -8,7 +8,7 @@
 
 from mediflow.folders.atomic import write_atomically, write_json, write_parquet, write_text
 from mediflow.folders.guards import FolderLock, check_folder_path, check_no_overlap, lock_holder
-from mediflow.folders.manifest import InputRef, Manifest, read_manifest, redact_url, redact_urls
+from mediflow.folders.manifest import InputRef, Manifest, read_manifest
 from mediflow.folders.output import CACHE_NAME, DATA_DIR, REJECTS_NAME, OutputFolder, config_fingerprint, shard_name
 from mediflow.folders.reader import InputData, open_input, with_ids
 from mediflow.folders.staged import REJECT_FIELDS, StagedWriter, reject_table
@@ -30,8 +30,6 @@ __all__ = [
     "lock_holder",
     "open_input",
     "read_manifest",
-    "redact_url",
-    "redact_urls",
     "reject_table",
     "shard_name",
     "with_ids",

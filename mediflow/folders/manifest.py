@@ -13,53 +13,24 @@ parameters (:func:`redact_urls`).
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from mediflow import __version__
 from mediflow.errors import MediflowError
 from mediflow.folders.atomic import write_json
+from mediflow.redact import redact_urls
 
 MANIFEST_NAME = "manifest.json"
 STATUSES: tuple[str, ...] = ("running", "finished", "failed", "stopped")
-#: Query parameters of a URL whose values are secrets (Azure's ``api-key``, ``sig``, ``token`` ...).
-_SECRET_QUERY = re.compile(r"(key|token|secret|sig|signature|password|auth)", re.IGNORECASE)
 _TYPED_KEYS = ("kind", "status", "reason", "mediflow_version", "created_at", "updated_at", "config", "config_fingerprint", "inputs", "counts")
 
 
 def now() -> str:
     """The current UTC time, as manifests write it."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def redact_url(url: str) -> str:
-    """``url`` without embedded credentials: ``https://user:pw@h/v1?api-key=x`` -> ``https://***@h/v1?api-key=***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if not parts.scheme or not parts.netloc:
-        return url
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    query = urlencode([(k, "***" if _SECRET_QUERY.search(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def redact_urls(value: Any) -> Any:
-    """``value`` (config-shaped: dicts, lists, strings) with every URL passed through :func:`redact_url`."""
-    if isinstance(value, dict):
-        return {key: redact_urls(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact_urls(item) for item in value]
-    if isinstance(value, str) and "://" in value:
-        return redact_url(value)
-    return value
 
 
 @dataclass(frozen=True)

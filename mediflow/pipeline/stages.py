@@ -47,17 +47,8 @@ def _text(answer: Answer, what: str) -> str | Reject:
     return text if text else Reject(f"the teacher returned an empty {what}")
 
 
-class _Sampled:
-    """A stage step with its sampling config: a truncated answer's retry budget comes from there."""
-
-    sampling: SamplingConfig
-
-    def retry_budget(self, request: ChatRequest) -> int:
-        return self.sampling.retry_max_tokens or 2 * request.max_tokens
-
-
 @dataclass
-class DocumentStep(_Sampled, LLMStep[tuple[PlanItem, Case], str]):
+class DocumentStep(LLMStep[tuple[PlanItem, Case], str]):
     """A synthetic clinical document of the item's type about its clinical case, at the item's difficulty, for its task."""
 
     template: PromptTemplate
@@ -85,7 +76,7 @@ class DocumentStep(_Sampled, LLMStep[tuple[PlanItem, Case], str]):
 
 
 @dataclass
-class InstructionStep(_Sampled, LLMStep[tuple[InstructionGroup, "str | None"], str]):
+class InstructionStep(LLMStep[tuple[InstructionGroup, "str | None"], str]):
     """The task's instruction at the group's difficulty and format.
 
     Written on the document when the instruction serves that one document; written for the
@@ -117,8 +108,10 @@ class InstructionStep(_Sampled, LLMStep[tuple[InstructionGroup, "str | None"], s
 
 
 @dataclass
-class ResponseStep(_Sampled, LLMStep[tuple[PlanItem, str, str], str]):
+class ResponseStep(LLMStep[tuple[PlanItem, str, str], str]):
     """The answer to the instruction on the document: plain text, or JSON valid against the task's schema."""
+
+    reject_truncated = True  # the record's answer: never half a sentence
 
     plain: PromptTemplate
     json_template: PromptTemplate
@@ -126,6 +119,9 @@ class ResponseStep(_Sampled, LLMStep[tuple[PlanItem, str, str], str]):
     sampling: SamplingConfig
     max_corrections: int = 2
     correction_template: PromptTemplate | None = None
+
+    def retry_budget(self, request: ChatRequest) -> int:
+        return self.sampling.retry_max_tokens or 2 * request.max_tokens
 
     def request(self, row: tuple[PlanItem, str, str]) -> ChatRequest:
         item, instruction, document = row

@@ -35,7 +35,7 @@ from mediflow.errors import ConfigError
 from mediflow.quality.text import hash_strings, splitmix64
 from mediflow.resources import taxonomies_dir
 
-#: Words, numbers with their decimals, codes such as ``e11.9``; hyphens and slashes separate.
+#: Words; a token holding a digit (a value, a code such as ``e11.9``) is left to value_fingerprints.
 _TOKEN = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?|%")
 _DIGIT = re.compile(r"\d")
 #: Sections compared as counts of each class; ``sex`` is compared as a set (pronouns come and go with rewording).
@@ -169,7 +169,7 @@ def facts(text: str, lexicon: Lexicon) -> Facts:
     surface: dict[tuple[str, str], set[str]] = {}
     other: Counter[str] = Counter()
     sexes: set[str] = set()
-    negation_at: list[int] = []
+    negated = False
     for token, count in Counter(tokens).items():
         item = lexicon.item(token)
         if item is _VALUE:
@@ -177,14 +177,14 @@ def facts(text: str, lexicon: Lexicon) -> Facts:
         if item is None:
             other[token] = count
         elif item[0] == "negation":
-            negation_at.append(0)  # counted below, with the word each one negates
+            negated = True  # counted below, with the word each one negates
         elif item[0] == "sex":
             sexes.add(item[1])
             surface.setdefault(item, set()).add(token)
         else:
             counts[item] += count
             surface.setdefault(item, set()).add(token)
-    if negation_at:  # what is negated: a negation moved to another finding is another case
+    if negated:  # what is negated: a negation moved to another finding is another case
         tokens.append("")
         for index in [i for i, token in enumerate(tokens) if token in lexicon.negation_cues]:
             negated = ("negation", tokens[index + 1])

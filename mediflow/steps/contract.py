@@ -15,9 +15,10 @@ schema-valid ``answer.value``; an answer still invalid after ``max_corrections``
 reject without ``parse`` being called. A step that wants whatever the teacher wrote (a weak
 candidate's malformed answer is data for the pair judge) sets ``validate_json = False``.
 
-Plain-text answers cut at ``max_tokens`` (``finish_reason: length``) are asked again once with a
-larger budget (:meth:`LLMStep.retry_budget`); still cut, the row is rejected as ``truncated``, so a
-half sentence never becomes a record.
+A step whose plain-text answer becomes a record's text (``reject_truncated = True``: the response
+stage) has an answer cut at ``max_tokens`` (``finish_reason: length``) asked again once with a larger
+budget (:meth:`LLMStep.retry_budget`); still cut, the row is rejected as ``truncated``, so a half
+sentence never becomes a record.
 
 :func:`ask` runs one row through a step on an engine (cache, limits, retries); the runner
 (:func:`mediflow.steps.runner.run_step`) maps many rows through it concurrently, in order.
@@ -80,6 +81,8 @@ class LLMStep(ABC, Generic[Row, Value]):
     correction_template: PromptTemplate | None = None
     #: False: hand ``parse`` the raw text of a JSON request without validating or correcting it.
     validate_json: bool = True
+    #: True: a plain-text answer cut at ``max_tokens`` is retried once, then rejected as ``truncated``.
+    reject_truncated: bool = False
 
     def retry_budget(self, request: ChatRequest) -> int:
         """The ``max_tokens`` of the one retry a plain-text answer cut at ``max_tokens`` gets (default: twice)."""
@@ -118,13 +121,13 @@ class PromptStep(LLMStep[Row, Value]):
 async def ask(engine: CompletesChat, step: LLMStep[Row, Value], row: Row) -> StepResult[Value]:
     """Run one row through ``step`` on ``engine`` (see the module docstring)."""
     request = step.request(row)
-    if request.response_schema is None:
+    if request.response_schema is None and step.reject_truncated:
         responses = await _plain_text(engine, step, request)
         if responses[-1].finish_reason == "length":
             reason = f"{TRUNCATED}: the answer stopped at max_tokens={request.max_tokens}, and at {step.retry_budget(request)} on its retry"
             return StepResult(None, responses[-1].text, reason, responses, 0)
         answer = Answer(responses[-1].text, None, responses)
-    elif not step.validate_json:
+    elif request.response_schema is None or not step.validate_json:
         response = await engine.complete(request)
         answer = Answer(response.text, None, (response,))
     else:

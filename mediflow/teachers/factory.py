@@ -47,7 +47,7 @@ def api_key_of(section: TeacherConfig, where: str = "teacher") -> str | None:
         return section.api_key
     key = os.environ.get(section.api_key_env)
     if not key:
-        raise ConfigError(f"{where}.api_key_env: the environment variable {section.api_key_env} is not set")
+        raise ConfigError(f"{where}.api_key_env (--api-key-env): the environment variable {section.api_key_env} is not set")
     return key
 
 

@@ -244,7 +244,7 @@ def _api_key(explicit: str | None, env_name: str, base_url: str | None) -> str:
         return key
     if base_url is not None and _is_self_hosted(base_url):
         return _NO_KEY
-    raise MediflowError(f"no API key: set {env_name} or pass --api-key (the key is never written anywhere)")
+    raise MediflowError(f"no API key: set {env_name}, or name the variable that holds the key with --api-key-env (the key is never written anywhere)")
 
 
 def _is_self_hosted(base_url: str) -> bool:
