@@ -107,7 +107,7 @@ def measure_child(data: Path, config_json: str) -> None:
 
     out = data / "dedup-out"
     start = time.perf_counter()
-    report = run_dedup(data / "records.parquet", out, DedupConfig(**json.loads(config_json)))
+    report = run_dedup(data / "records.parquet", out, DedupConfig(**json.loads(config_json)), overwrite=True)  # its own scratch folder
     total_s = time.perf_counter() - start
     peak = _peak_rss_gb()  # before scoring, which is not part of the stage
     rejects = pq.read_table(out / "rejects.parquet", columns=["id", "match"])

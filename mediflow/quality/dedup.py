@@ -151,8 +151,11 @@ def confirm(table: pa.Table, key: str, pairs: np.ndarray, config: DedupConfig) -
     for start in range(0, len(pairs), _CONFIRM_BATCH):  # a batch's texts at a time, so memory stays flat
         batch = pairs[start : start + _CONFIRM_BATCH]
         score = np.ones(len(batch))
+        rows, local = np.unique(batch, return_inverse=True)  # each text normalised once, however many pairs it is in
+        local = local.reshape(batch.shape)
         for field_name in ("instruction", "input") if key == "pair" else (key,):
-            left, right = (_normalized_texts(table, field_name, batch[:, side]) for side in (0, 1))
+            texts = _normalized_texts(table, field_name, rows)
+            left, right = ([texts[row] for row in local[:, side].tolist()] for side in (0, 1))
             score = np.minimum(score, process.cpdist(left, right, scorer=scorer, workers=-1) / 100.0)
         similar = score >= config.threshold
         if lexicon is not None and similar.any():
