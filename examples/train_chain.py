@@ -43,12 +43,12 @@ CPU_PIT_SCHEDULE = (
 BUDGETS = {
     "cpu": {
         "pit": ["train.max_steps=2", "train.batch_size=1", "train.gradient_accumulation_steps=1", "train.warmup_steps=0",
-                "data.max_length=256", "output.logging_steps=1", f"method.schedule={CPU_PIT_SCHEDULE}"],
+                "data.max_length=256", "output.logging_steps=1", f"pit.schedule={CPU_PIT_SCHEDULE}"],
         "sft": ["train.max_steps=3", "train.batch_size=1", "train.gradient_accumulation_steps=1", "train.warmup_steps=0",
                 "train.learning_rate=2.0e-5", "data.max_length=256", "output.logging_steps=1"],
         "dpo": ["train.max_steps=2", "train.batch_size=1", "train.gradient_accumulation_steps=1", "train.warmup_steps=0",
                 "train.learning_rate=1.0e-6", "data.max_length=256", "output.logging_steps=1"],
-        "eval": ["method.max_new_tokens=96", "method.eval_batch_size=4", "data.max_length=256"],
+        "eval": ["eval.max_new_tokens=96", "eval.eval_batch_size=4", "data.max_length=256"],
     },
     "gpu": {"pit": [], "sft": [], "dpo": [], "eval": []},
 }
@@ -124,7 +124,7 @@ def main() -> int:
         task_data: list[str] = []
         if args.teacher:
             mediflow("train", "qa", "--config", CONFIGS / "qa_discharge.yaml",
-                     *with_sets([f"model.teacher={args.teacher}", f"data.documents={HERE / 'data' / corpus}",
+                     *with_sets([f"qa.teacher.spec={args.teacher}", f"data.documents={HERE / 'data' / corpus}",
                                  f"output.dir={work / ('task_data_' + domain)}"]))
             task_data = [f"data.task_data={work / ('task_data_' + domain)}"]
         output = work / f"expert_{domain}"

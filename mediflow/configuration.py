@@ -184,21 +184,25 @@ def _validator(cls: type) -> jsonschema.protocols.Validator:
     return jsonschema.Draft202012Validator(json_schema(cls))
 
 
-def _error_line(error: jsonschema.ValidationError, prefix: str) -> str:
+def _error_line(error: jsonschema.ValidationError, prefix: str, root: Mapping[str, Any]) -> str:
     key = ".".join(([prefix] if prefix else []) + [str(p) for p in error.absolute_path]) or "config"
     if error.validator == "additionalProperties" and isinstance(error.instance, Mapping) and isinstance(error.schema, Mapping):
         known = sorted(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - set(known))
         where = f"{key}." if key != "config" else ""
-        close = difflib.get_close_matches(unknown[0], known, n=1) or _nested_home(error.schema, unknown[0])
-        hint = f"; did you mean '{where}{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+        # the key spelt right in a section of this level, or elsewhere in the config (a stage's own section), else a near spelling
+        close = [f"{where}{name}" for name in _nested_home(error.schema, unknown[0])]
+        if not close and key != "config":
+            close = [f"{prefix}.{home}" if prefix else home for home in _home_anywhere(root, unknown[0])]
+        close = close or [f"{where}{name}" for name in difflib.get_close_matches(unknown[0], known, n=1)]
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
         return f"unknown config key '{where}{unknown[0]}'{hint}"
     if error.validator == "anyOf":  # an optional value of the wrong type: report the non-null branch
         branches = [
             e for e in error.context or [] if e.validator != "type" or e.validator_value not in ("null", "boolean")
         ]
         if branches:
-            return _error_line(branches[0], prefix)
+            return _error_line(branches[0], prefix, root)
     return f"{key}: {error.message}"
 
 
@@ -211,10 +215,27 @@ def _nested_home(schema: Mapping[str, Any], name: str) -> list[str]:
     return []
 
 
+def _home_anywhere(root: Mapping[str, Any], name: str) -> list[str]:
+    """The shallowest dotted key named ``name`` anywhere in the config (``method.beta`` lives at ``dpo.beta``)."""
+    level: list[tuple[str, Mapping[str, Any]]] = [("", root)]
+    while level:
+        for path, schema in level:
+            if name in schema.get("properties", {}):
+                return [f"{path}{name}"]
+        level = [
+            (f"{path}{key}.", option_schema)
+            for path, schema in level
+            for key, branch in schema.get("properties", {}).items()
+            for option_schema in branch.get("anyOf", [branch])
+            if option_schema.get("type") == "object"
+        ]
+    return []
+
+
 def _raise_first_error(cls: type, data: Any, prefix: str) -> None:
     error = jsonschema.exceptions.best_match(_validator(cls).iter_errors(data))
     if error is not None:
-        raise ConfigError(_error_line(error, prefix))
+        raise ConfigError(_error_line(error, prefix, json_schema(cls)))
 
 
 # --------------------------------------------------------------------------- loading

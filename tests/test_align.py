@@ -136,7 +136,7 @@ def test_sft_trains_only_on_assistant_turns(data: Path) -> None:
     [("full", {}), ("precomputed", {}), ("adapter", {"finetuning": "lora", "lora": {"r": 4, "alpha": 8}})],
 )
 def test_dpo_logs_finite_losses_and_reward_margins(data: Path, reference: str, method: dict[str, Any]) -> None:
-    config = tiny_stage_config(data, "dpo", model="base", train="pairs.parquet", output=f"dpo_{reference}", max_length=96, reference=reference, beta=0.1, **method)
+    config = tiny_stage_config(data, "dpo", model="base", train="pairs.parquet", output=f"dpo_{reference}", max_length=96, dpo={"reference": reference, "beta": 0.1}, **method)
     model = run_dpo(config)
     assert (model / "model.safetensors").is_file()
     finite_logs(data / f"dpo_{reference}", "loss")

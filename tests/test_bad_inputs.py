@@ -266,6 +266,11 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
         says="data.chunk_overlap: must be below half of data.max_length (64)"))
     add("train sft: --train-bf16 with --train-fp16", lambda tmp, w: replace(sft(tmp, w, "--train-bf16", "--train-fp16"), says="choose one mixed precision"))
     add("train sft: --data-max-length 0", lambda tmp, w: replace(sft(tmp, w, "--data-max-length", "0"), says="data.max_length"))
+    # each stage's own section: its flags, and no other stage's keys
+    add("train dpo: --dpo-beta 0", lambda tmp, w: replace(sft(tmp, w, "--dpo-beta", "0", stage="dpo"), says="dpo.beta: 0"))
+    add("train sft: --set dpo.beta=0.2", lambda tmp, w: replace(sft(tmp, w, "--set", "dpo.beta=0.2"), says="dpo: this section belongs to the dpo stage, not to a sft config"))
+    add("train qa: no teacher", lambda tmp, w: replace(sft(tmp, w, stage="qa"), says="qa.teacher is required for the qa stage"))
+    add("train qa: --concurrency 0", lambda tmp, w: replace(sft(tmp, w, "--teacher", "local", "--concurrency", "0", stage="qa"), says="qa.limits.concurrency: 0 is less than the minimum of 1"))
     add("merge: a config that is not UTF-8", lambda tmp, w: Case(["merge", "--config", str(_latin1(tmp / "m.yaml")), "--output", str(tmp / "merged")], "not UTF-8", [tmp]))
     add("merge: a missing config", lambda tmp, w: Case(["merge", "--config", str(tmp / "none.yaml"), "--output", str(tmp / "merged")], "not found", [tmp]))
     return cases

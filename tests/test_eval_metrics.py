@@ -158,7 +158,7 @@ def test_eval_hook_writes_a_report_with_finite_perplexity(eval_setup: Path, caps
         {
             "model": {"name_or_path": "model"},
             "data": {"documents": {"notes": "notes.jsonl"}, "records": "heldout.parquet", "max_length": 64},
-            "method": {"max_new_tokens": 6, "eval_batch_size": 2},
+            "eval": {"max_new_tokens": 6, "eval_batch_size": 2},
             "output": {"dir": "eval_base"},
         },
         "eval",
@@ -195,7 +195,7 @@ def test_a_plain_prompt_reference_file_is_scored_with_its_metric(eval_setup: Pat
     pq.write_table(pa.Table.from_pylist(rows[1:]), eval_setup / "plain.parquet")
     for name in ("plain.jsonl", "plain.parquet"):
         config = config_from_dict(
-            {"model": {"name_or_path": "model"}, "data": {"records": name}, "method": {"max_new_tokens": 4, "eval_batch_size": 2}, "output": {"dir": f"eval_{name}"}},
+            {"model": {"name_or_path": "model"}, "data": {"records": name}, "eval": {"max_new_tokens": 4, "eval_batch_size": 2}, "output": {"dir": f"eval_{name}"}},
             "eval",
             root=eval_setup,
         )

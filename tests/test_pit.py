@@ -133,7 +133,7 @@ def test_schedule_chains_stages_and_moves_every_weight(corpus: Path) -> None:
 
     # Another learning rate: one line naming the change, nothing retrained; --overwrite retrains.
     changed = _config(corpus, "expert")
-    changed.method.schedule[1].learning_rate = 5e-3
+    changed.pit.schedule[1].learning_rate = 5e-3
     with pytest.raises(ConfigError, match=r"pit stage 2 \(task_and_documents\).*changed: stage.learning_rate .*--overwrite"):
         run_pit(changed, callbacks=[again])
     assert again.starts == []
@@ -182,7 +182,7 @@ def test_long_documents_are_chunked_with_overlap_and_counted(corpus: Path) -> No
 def test_truncation_counts_reach_the_manifest(corpus: Path) -> None:
     config = _config(corpus, "counted")
     config.data.max_length = 16  # the task rows' prompts alone are longer than 16 tokens
-    config.method.schedule = config.method.schedule[1:]
+    config.pit.schedule = config.pit.schedule[1:]
     with pytest.warns(UserWarning, match="rows do not fit data.max_length=16"):
         run_pit(config)
     lengths = json.loads((corpus / "counted" / "pit_manifest.json").read_text())["lengths"]

@@ -147,8 +147,8 @@ def test_ray_pit_qa_gives_the_local_task_data(ray_address, teacher_server, tmp_p
     for engine in ("local", "ray"):
         config = tmp_path / f"{engine}.yaml"
         config.write_text(
-            f"model: {{teacher: 'openai:mediflow-test-teacher', base_url: '{teacher_server}'}}\n"
-            f"method: {{qa_pairs: 2, concurrency: 4, engine: {engine}, ray: {{actors: 2}}}}\n"
+            f"qa: {{teacher: {{spec: 'openai:mediflow-test-teacher', base_url: '{teacher_server}'}},\n"
+            f"     qa_pairs: 2, limits: {{concurrency: 4}}, engine: {engine}, ray: {{actors: 2}}}}\n"
             f"data: {{documents: docs.jsonl}}\noutput: {{dir: {engine}}}\n",
             encoding="utf-8",
         )

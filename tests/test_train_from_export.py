@@ -95,7 +95,7 @@ def test_sft_on_generated_records_trains_on_the_answers_and_logs_finite_losses(e
 
 
 def test_dpo_on_exported_pairs_logs_finite_losses_and_reward_margins(export: Path) -> None:
-    model = run_dpo(_config(export, "dpo", "dpo", reference="precomputed", beta=0.1))
+    model = run_dpo(_config(export, "dpo", "dpo", dpo={"reference": "precomputed", "beta": 0.1}))
     assert (model / "model.safetensors").is_file()
     assert len(finite_logs(export / "dpo", "loss")) == 2
     assert len(finite_logs(export / "dpo", "rewards/margins")) == 2

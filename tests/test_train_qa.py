@@ -41,8 +41,8 @@ def test_qa_stage_writes_task_data_for_every_document_and_prompt(
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in DOCUMENTS), encoding="utf-8")
     config = tmp_path / "qa.yaml"
     config.write_text(
-        f"model: {{teacher: 'openai:mediflow-test-teacher', base_url: '{teacher_server}', api_key_env: TEST_TEACHER_KEY}}\n"
-        "method: {qa_pairs: 2, concurrency: 4}\n"
+        f"qa: {{teacher: {{spec: 'openai:mediflow-test-teacher', base_url: '{teacher_server}', api_key_env: TEST_TEACHER_KEY}},\n"
+        "     qa_pairs: 2, limits: {concurrency: 4}}\n"
         "data: {documents: docs.jsonl}\n"
         "output: {dir: task_data}\n",
         encoding="utf-8",

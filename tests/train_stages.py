@@ -10,12 +10,18 @@ from typing import Any
 from mediflow.train.config import StageConfig, config_from_dict
 
 
-def tiny_stage_config(root: Path, stage: str, *, model: str, train: str, output: str, max_length: int, **method: Any) -> StageConfig:
-    """``stage`` (sft, dpo) on ``train`` under ``root``: 2 steps of batch 2 at LR 1e-3, logged every step."""
+def tiny_stage_config(
+    root: Path, stage: str, *, model: str, train: str, output: str, max_length: int, dpo: dict[str, Any] | None = None, **method: Any
+) -> StageConfig:
+    """``stage`` (sft, dpo) on ``train`` under ``root``: 2 steps of batch 2 at LR 1e-3, logged every step.
+
+    ``method`` keys go to the shared ``method:`` section, ``dpo`` to the dpo stage's own section.
+    """
     return config_from_dict(
         {
             "model": {"name_or_path": model},
             "method": method,
+            **({"dpo": dpo} if dpo else {}),
             "data": {"train": train, "max_length": max_length},
             "output": {"dir": output, "logging_steps": 1, "save_steps": 1000},
             "train": {"batch_size": 2, "max_steps": 2, "learning_rate": 1e-3},

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
+
+
+def _number(value: str, cast: Callable[[str], float], noun: str) -> float:
+    """``value`` read with ``cast``; a value that does not read is an argparse error naming ``noun``."""
+    try:
+        return cast(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not {noun}") from None
 
 
 def positive_int(value: str) -> int:
     """An integer >= 1."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    number = int(_number(value, int, "a whole number"))
     if number < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return number
@@ -18,10 +25,7 @@ def positive_int(value: str) -> int:
 
 def non_negative_int(value: str) -> int:
     """An integer >= 0."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    number = int(_number(value, int, "a whole number"))
     if number < 0:
         raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
     return number
@@ -29,21 +33,15 @@ def non_negative_int(value: str) -> int:
 
 def positive_float(value: str) -> float:
     """A finite number > 0."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not number > 0 or number == float("inf"):
+    number = _number(value, float, "a number")
+    if not number > 0 or math.isinf(number):
         raise argparse.ArgumentTypeError(f"{value} must be a number above 0")
     return number
 
 
 def fraction(value: str) -> float:
     """A number in [0, 1]."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    number = _number(value, float, "a number")
     if not 0.0 <= number <= 1.0:
         raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1")
     return number

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from mediflow.configuration import add_flags, flag_overrides
-from mediflow.train.config import StageConfig
+from mediflow.train.config import OWN_SECTIONS, StageConfig
 
 _STAGE_HELP = {
     "qa": "generate PIT task data (QA, summaries, entities, relations) from documents with the teacher",
@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             metavar="SECTION.KEY=VALUE",
             help="override one config value (YAML-parsed), e.g. --set train.max_steps=10; repeatable",
         )
-        add_flags(parser, StageConfig, skip=("stage",))
+        add_flags(parser, StageConfig, skip=("stage", *(section for section in OWN_SECTIONS if section != stage)))
         if stage in ("pit", "sft", "dpo"):
             parser.add_argument(
                 "--overwrite", action="store_true", help="retrain even when the output folder holds a model from other (or the same) inputs"

@@ -6,7 +6,7 @@ markers when a marked template renders exactly like the model's own, else the lo
 rendered prompt ends (conversational prompt/completion rows, TRL's completion-only loss). The
 model's native template is what is saved.
 
-DPO's reference model is one of three, by ``method.reference``:
+DPO's reference model is one of three, by ``dpo.reference``:
 ``full`` (a frozen copy, reloaded from the model folder), ``precomputed`` (reference log-probs
 computed once before training, so no second model sits in memory), or ``adapter`` (LoRA only: the
 policy with its adapter switched off).
@@ -148,20 +148,20 @@ def build_dpo_trainer(config: StageConfig, callbacks: list[Any] | None = None, i
 
     inputs = inputs or prepare_inputs(config, "dpo")
     output = config.path(config.output.dir)
-    method = config.method
+    dpo = config.dpo
     args = trl_arguments(
         DPOConfig,
         config,
         output,
         has_eval=bool(inputs.eval_rows),
-        beta=method.beta,
-        loss_type=[method.loss_type],
-        precompute_ref_log_probs=method.reference == "precomputed",
+        beta=dpo.beta,
+        loss_type=[dpo.loss_type],
+        precompute_ref_log_probs=dpo.reference == "precomputed",
     )
     peft = lora_config(config)
     # A LoRA policy with reference 'full' needs an explicit frozen copy; otherwise TRL either reloads
     # the policy's folder (full fine-tuning) or disables the adapter (reference 'adapter').
-    reference = load_causal_lm(inputs.model_path, config.model.dtype) if peft is not None and method.reference == "full" else None
+    reference = load_causal_lm(inputs.model_path, config.model.dtype) if peft is not None and dpo.reference == "full" else None
     return DPOTrainer(
         model=load_causal_lm(inputs.model_path, config.model.dtype),
         ref_model=reference,

@@ -1,12 +1,20 @@
 """One validated config per training stage, on the one config mechanism (:mod:`mediflow.configuration`).
 
-Every stage (``qa``, ``pit``, ``sft``, ``dpo``, ``eval``) reads the same five sections::
+Every stage (``qa``, ``pit``, ``sft``, ``dpo``, ``eval``) reads the same five shared sections::
 
     model:   what to start from (a local folder, or ``gemma3-270m`` for the PyPI GGUF), chat template
-    method:  full fine-tuning or LoRA, the PIT schedule, DPO's beta and reference, eval settings
+    method:  what every training stage shares: full fine-tuning or LoRA
     data:    where the inputs are, and length handling: max_length, overlong, packing, chunk overlap
     output:  where checkpoints, models and reports go; logging; ``report_to``
     train:   seed, batch size, learning rate, steps, precision, resume; ``extra`` passes anything else to TRL
+
+plus the section of its own stage, and no other stage's (a key of another stage is an error naming
+its section)::
+
+    qa:      teacher: and limits: (the shared sections of every teacher-calling config), tasks, qa_pairs, ...
+    pit:     the schedule
+    dpo:     beta, loss_type, reference
+    eval:    max_new_tokens, eval_batch_size, objective
 
 The fields (type, default, help, constraints) are the single source of truth: the JSON Schema, the
 one-line errors with "did you mean", and the ``mediflow train STAGE --section-key VALUE`` flags all
@@ -21,15 +29,19 @@ import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
 from mediflow.configuration import Config, option, read_config_file
+from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError
 from mediflow.scale.config import EngineKind, RayConfig
+from mediflow.teachers.factory import TeacherConfig, teacher_aliases
 
 STAGES = ("qa", "pit", "sft", "dpo", "eval")
+#: The stages that have a section of their own (sft has none: it only uses the shared sections).
+OWN_SECTIONS = ("qa", "pit", "dpo", "eval")
 PIT_PARTS = ("task", "documents")
 
 
@@ -45,9 +57,6 @@ class ModelSection(Config):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "weights dtype (auto: fp32 to train, bf16 to evaluate on a GPU that has it)")
     cache_dir: str | None = option(None, "where converted models (the GGUF dequantized) are cached")
-    teacher: str | None = option(None, "qa stage: the teacher spec (local, openai:MODEL, ...)")
-    base_url: str | None = option(None, "qa stage: the teacher's endpoint")
-    api_key_env: str | None = option(None, "qa stage: the environment variable holding the teacher's key")
 
 
 @dataclass
@@ -82,27 +91,52 @@ def mediphi_schedule() -> list[PitStageSection]:
 
 @dataclass
 class MethodSection(Config):
-    """How to train (or evaluate, or generate task data)."""
+    """How every training stage trains: full fine-tuning or LoRA."""
 
     finetuning: Literal["full", "lora"] = option("full", "full fine-tuning, or LoRA (merged into the saved weights)")
     lora: LoraSection = option(LoraSection(), "LoRA settings")
-    schedule: list[PitStageSection] = option(mediphi_schedule(), "pit: the schedule; each stage starts from the previous one's model", minItems=1)
-    beta: float = option(0.1, "dpo: the KL weight", exclusiveMinimum=0)
-    loss_type: str = option("sigmoid", "dpo: TRL's loss_type")
+
+
+@dataclass
+class PitSection(Config):
+    """The pit stage's own settings: its schedule."""
+
+    schedule: list[PitStageSection] = option(mediphi_schedule(), "the schedule; each stage starts from the previous one's model", minItems=1)
+
+
+@dataclass
+class DpoSection(Config):
+    """The dpo stage's own settings: TRL's beta and loss, and which reference model."""
+
+    beta: float = option(0.1, "the KL weight", exclusiveMinimum=0)
+    loss_type: str = option("sigmoid", "TRL's loss_type")
     reference: Literal["full", "precomputed", "adapter"] = option(
-        "full", "dpo: a frozen copy, log-probs precomputed once, or (LoRA) the policy with its adapter off"
+        "full", "a frozen copy, log-probs precomputed once, or (LoRA) the policy with its adapter off"
     )
-    tasks: list[str] = option(["qa", "pit_summary", "pit_entities", "pit_relations"], "qa: the task-data prompts run on every document", minItems=1)
-    qa_pairs: int = option(5, "qa: QA pairs per document", minimum=1)
-    temperature: float = option(0.3, "qa: sampling temperature", minimum=0, maximum=2)
-    max_tokens: int = option(768, "qa: longest answer in tokens", minimum=1)
-    concurrency: int = option(8, "qa: requests in flight", minimum=1)
-    engine: EngineKind = option("local", "qa: local (one process) or ray (the QA step on Ray Data actors, see docs/scaling.md)")
-    ray: RayConfig = option(RayConfig(), "qa: the Ray engine (engine: ray)")
-    max_new_tokens: int = option(256, "eval: greedy generation budget per answer", minimum=1)
-    eval_batch_size: int = option(4, "eval: prompts generated per batch", minimum=1)
+
+
+@dataclass
+class QASection(Config):
+    """The qa stage's own settings: its teacher (the shared ``teacher:`` and ``limits:`` sections) and the task prompts."""
+
+    teacher: TeacherConfig | None = option(None, "the QA teacher (required): spec local, openai:MODEL, ...; base_url; api_key_env")
+    limits: LimitsConfig = option(LimitsConfig(concurrency=8), "how hard the QA teacher is pushed (the engine's limits)")
+    tasks: list[str] = option(["qa", "pit_summary", "pit_entities", "pit_relations"], "the task-data prompts run on every document", minItems=1)
+    qa_pairs: int = option(5, "QA pairs per document", minimum=1)
+    temperature: float = option(0.3, "sampling temperature", minimum=0, maximum=2)
+    max_tokens: int = option(768, "longest answer in tokens", minimum=1)
+    engine: EngineKind = option("local", "local (one process) or ray (the QA step on Ray Data actors, see docs/scaling.md)")
+    ray: RayConfig = option(RayConfig(), "the Ray engine (engine: ray)")
+
+
+@dataclass
+class EvalSection(Config):
+    """The eval stage's own settings: the generation budget and the objective."""
+
+    max_new_tokens: int = option(256, "greedy generation budget per answer", minimum=1)
+    eval_batch_size: int = option(4, "prompts generated per batch", minimum=1)
     objective: Literal["auto", "task_score", "neg_log_perplexity"] = option(
-        "auto", "eval: the one number make_evaluator returns (auto: task score when there are records)"
+        "auto", "the one number make_evaluator returns (auto: task score when there are records)"
     )
 
 
@@ -196,9 +230,15 @@ _REQUIRED = {"pit": ("documents", "task_data"), "sft": ("train",), "dpo": ("trai
 class StageConfig(Config):
     """A whole stage config. ``root`` is the config file's folder: relative paths resolve against it."""
 
+    ALIASES: ClassVar[dict[str, str]] = {**teacher_aliases("qa"), "concurrency": "qa.limits.concurrency"}
+
     stage: Literal["qa", "pit", "sft", "dpo", "eval"] = option("sft", "which stage this config is for")
     model: ModelSection = option(ModelSection(), "what to start from")
-    method: MethodSection = option(MethodSection(), "how to train, evaluate or generate task data")
+    method: MethodSection = option(MethodSection(), "how every training stage trains: full or LoRA")
+    qa: QASection = option(QASection(), "qa stage only: the teacher, its limits, the task prompts")
+    pit: PitSection = option(PitSection(), "pit stage only: the schedule")
+    dpo: DpoSection = option(DpoSection(), "dpo stage only: beta, loss_type, reference")
+    eval: EvalSection = option(EvalSection(), "eval stage only: generation budget, objective")
     data: DataSection = option(DataSection(), "where the inputs are; length handling")
     output: OutputSection = option(OutputSection(), "where results go")
     train: TrainSection = option(TrainSection(), "optimisation settings")
@@ -216,8 +256,11 @@ class StageConfig(Config):
 
     def check(self) -> None:
         stage, data = self.stage, self.data
-        if stage == "qa" and not self.model.teacher:
-            raise ConfigError("model.teacher is required for the qa stage (e.g. 'local' or 'openai:gpt-4o')")
+        for section in OWN_SECTIONS:
+            if section != stage and getattr(self, section) != type(getattr(self, section))():
+                raise ConfigError(f"{section}: this section belongs to the {section} stage, not to a {stage} config")
+        if stage == "qa" and self.qa.teacher is None:
+            raise ConfigError("qa.teacher is required for the qa stage (e.g. teacher: {spec: local} or --teacher openai:gpt-4o)")
         if stage != "qa" and not self.model.name_or_path:
             raise ConfigError("model.name_or_path is required (a local model folder or 'gemma3-270m')")
         for key in _REQUIRED.get(stage, ()):
@@ -229,12 +272,12 @@ class StageConfig(Config):
             raise ConfigError(f"data.documents: a {{domain: path}} mapping is for the eval stage; {stage} reads one path")
         if stage == "dpo" and data.packing:
             raise ConfigError("data.packing: DPO compares whole chosen/rejected sequences and cannot pack them; set it to false")
-        if stage == "dpo" and self.method.reference == "adapter" and self.method.finetuning != "lora":
-            raise ConfigError("method.reference 'adapter' needs method.finetuning 'lora' (the reference is the adapter switched off)")
+        if stage == "dpo" and self.dpo.reference == "adapter" and self.method.finetuning != "lora":
+            raise ConfigError("dpo.reference 'adapter' needs method.finetuning 'lora' (the reference is the adapter switched off)")
         if stage == "pit":
-            for index, section in enumerate(self.method.schedule):
-                if section.max_steps <= 0 and self.train.max_steps <= 0 and not section.epochs > 0:
-                    raise ConfigError(f"method.schedule[{index}].epochs: must be > 0")
+            for index, part in enumerate(self.pit.schedule):
+                if part.max_steps <= 0 and self.train.max_steps <= 0 and not part.epochs > 0:
+                    raise ConfigError(f"pit.schedule[{index}].epochs: must be > 0")
         if not self.output.dir:
             raise ConfigError("output.dir is required")
         if data.chunk_overlap is not None and data.chunk_overlap >= data.max_length // 2:

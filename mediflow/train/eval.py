@@ -6,7 +6,7 @@ Two views, both cheap enough to run after every stage:
   what merging should preserve across the experts' corpora.
 * **Generated answers on held-out examples, per task** — MediFlow records or any prompt/reference
   file (Parquet/JSONL), answered greedily with the model's own chat template in batches of
-  ``method.eval_batch_size``, scored with the task's metric (:mod:`.metrics`: exact match and
+  ``eval.eval_batch_size``, scored with the task's metric (:mod:`.metrics`: exact match and
   macro-F1, ROUGE-L, ICD-10-CM code P/R/F1, span P/R/F1, JSON field F1) with bootstrap 95%
   intervals, plus strict and lenient JSON validity against the task's ``output_schema``. Every
   example's prompt, reference, prediction and scores go to ``predictions.jsonl``.
@@ -224,7 +224,7 @@ def evaluate_model(model_dir: Path, config: StageConfig, *, split: str | None = 
     if config.data.records:
         rows = read_eval_rows(config, split)
         report["split"] = split or config.data.read_split("eval")
-        answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], config.method.max_new_tokens, config.method.eval_batch_size)
+        answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], config.eval.max_new_tokens, config.eval.eval_batch_size)
         for row, answer in zip(rows, answers):
             row["prediction"] = answer
         metrics_file = config.path(config.data.metrics) if config.data.metrics else None
@@ -237,7 +237,7 @@ def evaluate_model(model_dir: Path, config: StageConfig, *, split: str | None = 
             predictions.parent.mkdir(parents=True, exist_ok=True)
             keys = ("id", "task", "prompt", "reference", "prediction", "scores")
             write_text(predictions, "".join(json.dumps({key: row[key] for key in keys}, ensure_ascii=False) + "\n" for row in rows))
-    report["score"] = objective(report, config.method.objective)
+    report["score"] = objective(report, config.eval.objective)
     return report
 
 
@@ -270,8 +270,8 @@ class ScoreHook:
         if data.records:
             files["records"] = path_fingerprint(config.path(data.records))
         settings = {
-            "objective": config.method.objective,
-            "max_new_tokens": config.method.max_new_tokens,
+            "objective": config.eval.objective,
+            "max_new_tokens": config.eval.max_new_tokens,
             "chat_template": config.model.chat_template,
             "dtype": config.model.dtype,
             "max_length": data.max_length,
@@ -286,7 +286,7 @@ class ScoreHook:
 
 
 def make_evaluator(config: StageConfig, split: str | None = None) -> ScoreHook:
-    """The score of :func:`evaluate_model` under ``method.objective``, on ``split`` of ``data.records``."""
+    """The score of :func:`evaluate_model` under ``eval.objective``, on ``split`` of ``data.records``."""
     return ScoreHook(config, split)
 
 

@@ -129,12 +129,9 @@ def path_fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-#: Method settings each training stage depends on (the others belong to other stages).
-STAGE_METHOD_KEYS = {
-    "pit": ("finetuning", "lora"),
-    "sft": ("finetuning", "lora"),
-    "dpo": ("finetuning", "lora", "beta", "loss_type", "reference"),
-}
+#: The training stages with a section of their own that shapes the result (pit's schedule is
+#: fingerprinted stage by stage by :mod:`.pit`).
+_OWN_SECTION_INPUTS = ("dpo",)
 
 #: Config values that are not inputs of the result: where things are (their content is hashed
 #: instead), how progress is shown, whether to resume.
@@ -145,10 +142,10 @@ def training_inputs(config: Any) -> dict[str, Any]:
     """The flat ``section.key`` values of a training stage's config that shape its result."""
     import dataclasses
 
-    method = dataclasses.asdict(config.method)
     values = {
         "model": {"dtype": config.model.dtype, "chat_template": config.model.chat_template},
-        "method": {key: method[key] for key in STAGE_METHOD_KEYS.get(config.stage, ())},
+        "method": dataclasses.asdict(config.method),
+        **({config.stage: dataclasses.asdict(getattr(config, config.stage))} if config.stage in _OWN_SECTION_INPUTS else {}),
         "data": dataclasses.asdict(config.data),
         "train": dataclasses.asdict(config.train),
     }

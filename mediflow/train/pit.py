@@ -5,7 +5,7 @@ knowledge will be asked for (QA about the documents, loss on the answers only) a
 the QA and the documents together; MediPhi applied this per clinical corpus with summaries, entity
 lists and relations alongside the QA (stage 1: 1 epoch at LR 1e-4; stage 2: 2 epochs at 3e-4).
 
-The schedule is data (``method.schedule``), so that ablations such as documents-then-QA are config
+The schedule is data (``pit.schedule``), so that ablations such as documents-then-QA are config
 edits. Every row is a TRL prompt/completion pair: task rows carry the question as the prompt (its
 tokens labelled -100), documents carry an empty prompt (full loss on the document); a document
 longer than ``data.max_length`` is split into overlapping chunks rather than cut. Each stage
@@ -116,7 +116,7 @@ def run_pit(config: StageConfig, callbacks: list[Any] | None = None, *, overwrit
     output.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"base": str(base), "lengths": lengths.as_dict(), "stages": []}
     current = base
-    for index, stage in enumerate(config.method.schedule, start=1):
+    for index, stage in enumerate(config.pit.schedule, start=1):
         stage_dir = output / f"stage{index}-{stage.name}"
         stage_model = stage_dir / "model"
         rows = stage_rows(stage, task_rows, chunks)

@@ -25,14 +25,14 @@ from typing import Any
 import jinja2
 import pyarrow as pa
 
-from mediflow.engine import Engine, LimitsConfig
+from mediflow.engine import Engine
 from mediflow.errors import ConfigError
 from mediflow.folders import OutputFolder, StagedWriter
 from mediflow.prompts import PromptTemplate, load_prompts
 from mediflow.steps import Answer, LLMStep, run_step
 from mediflow.sync import run_sync
 from mediflow.teachers.base import ChatRequest
-from mediflow.teachers.factory import TeacherConfig, teacher_from
+from mediflow.teachers.factory import teacher_from
 from mediflow.train.config import StageConfig
 from mediflow.train.data import load_documents
 
@@ -88,31 +88,24 @@ class QAStep(LLMStep[tuple[dict[str, str], PromptTemplate], list[dict[str, str]]
         return [{**produced, **meta} for produced in training_rows(template, answer.value, document["text"])]
 
 
-def qa_sections(config: StageConfig) -> tuple[TeacherConfig, LimitsConfig]:
-    """The QA teacher's ``teacher:`` and ``limits:`` sections, from the qa stage's model and method keys."""
-    model, method = config.model, config.method
-    if not model.teacher:
-        raise ConfigError("model.teacher is required for the qa stage (e.g. 'local' or 'openai:gpt-4o')")
-    teacher = TeacherConfig(spec=model.teacher, base_url=model.base_url, api_key_env=model.api_key_env)
-    return teacher, LimitsConfig(concurrency=method.concurrency)
-
-
 async def _ask_all(
     config: StageConfig, documents: list[dict[str, str]], templates: list[PromptTemplate], cache_path: Path
 ) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
-    method = config.method
-    section, limits = qa_sections(config)
-    step = QAStep(count=method.qa_pairs, temperature=method.temperature, max_tokens=method.max_tokens, seed=config.train.seed)
+    qa = config.qa
+    section, limits = qa.teacher, qa.limits
+    if section is None:  # StageConfig.check requires it for the qa stage
+        raise ConfigError("qa.teacher is required for the qa stage")
+    step = QAStep(count=qa.qa_pairs, temperature=qa.temperature, max_tokens=qa.max_tokens, seed=config.train.seed)
     rows = [(document, template) for document in documents for template in templates]
-    teacher = teacher_from(section, limits, where="model")
+    teacher = teacher_from(section, limits, where="qa.teacher")
     produced: list[dict[str, str]] = []
     rejects: list[dict[str, Any]] = []
     try:
-        if method.engine == "ray":  # the same step on Ray Data actors, each with its share of the limits
+        if qa.engine == "ray":  # the same step on Ray Data actors, each with its share of the limits
             from mediflow.scale.ray_runner import StepWork, run_step_on_ray
 
-            work = StepWork(step, section, limits, cache_path, method.ray.actors, "model")
-            results, _ = await asyncio.to_thread(run_step_on_ray, rows, work, method.ray)
+            work = StepWork(step, section, limits, cache_path, qa.ray.actors, "qa.teacher")
+            results, _ = await asyncio.to_thread(run_step_on_ray, rows, work, qa.ray)
         else:
             async with Engine(teacher, cache_path, limits) as engine:
                 results = [result async for result in run_step(engine, step, rows, 2 * limits.concurrency)]
@@ -128,9 +121,9 @@ async def _ask_all(
 
 
 def _plain(config: StageConfig) -> dict[str, Any]:
-    """What the manifest records of the stage config (what decides the rows: model, method, data)."""
+    """What the manifest records of the stage config (what decides the rows: the qa section and data)."""
     plain = config.to_dict()
-    return {section: plain[section] for section in ("model", "method", "data")}
+    return {section: plain[section] for section in ("qa", "data")}
 
 
 def generate_task_data(config: StageConfig, *, overwrite: bool = False) -> Path:
@@ -144,16 +137,16 @@ def generate_task_data(config: StageConfig, *, overwrite: bool = False) -> Path:
 
 async def generate_task_data_async(config: StageConfig, *, overwrite: bool = False) -> Path:
     """:func:`generate_task_data` for callers already running an event loop."""
-    if config.method.engine == "ray":
+    if config.qa.engine == "ray":
         from mediflow.scale.ray_runner import check_ray
 
-        check_ray(config.method.ray)  # before anything is written
+        check_ray(config.qa.ray)  # before anything is written
     documents_path = config.path(config.data.documents)
     documents = load_documents(documents_path, config.data.text_field)
     if config.data.max_samples:
         documents = documents[: config.data.max_samples]
     library = load_prompts(config.path(config.data.prompts) if config.data.prompts else None)
-    templates = [library.get(name) for name in config.method.tasks]
+    templates = [library.get(name) for name in config.qa.tasks]
     folder = OutputFolder.open(
         config.path(config.output.dir), kind="qa", config=_plain(config), input_paths=[documents_path], overwrite=overwrite
     )
