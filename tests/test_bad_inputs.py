@@ -271,6 +271,10 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("train sft: --set dpo.beta=0.2", lambda tmp, w: replace(sft(tmp, w, "--set", "dpo.beta=0.2"), says="dpo: this section belongs to the dpo stage, not to a sft config"))
     add("train qa: no teacher", lambda tmp, w: replace(sft(tmp, w, stage="qa"), says="qa.teacher is required for the qa stage"))
     add("train qa: --concurrency 0", lambda tmp, w: replace(sft(tmp, w, "--teacher", "local", "--concurrency", "0", stage="qa"), says="qa.limits.concurrency: 0 is less than the minimum of 1"))
+    # train eval: its held-out inputs are checked before a model is loaded
+    add("train eval: --eval-eval-batch-size 0", lambda tmp, w: replace(sft(tmp, w, "--eval-eval-batch-size", "0", stage="eval"), says="eval.eval_batch_size: 0 is less than the minimum of 1"))
+    add("train eval: corrupt --data-records", lambda tmp, w: replace(sft(tmp, w, "--data-records", str(w.bad["corrupt"]), stage="eval"), says="not a readable Parquet file"))
+    add("train eval: a missing --data-records", lambda tmp, w: replace(sft(tmp, w, "--data-records", str(tmp / "nowhere.jsonl"), stage="eval"), says="no such file or folder"))
     add("merge: a config that is not UTF-8", lambda tmp, w: Case(["merge", "--config", str(_latin1(tmp / "m.yaml")), "--output", str(tmp / "merged")], "not UTF-8", [tmp]))
     add("merge: a missing config", lambda tmp, w: Case(["merge", "--config", str(tmp / "none.yaml"), "--output", str(tmp / "merged")], "not found", [tmp]))
     return cases

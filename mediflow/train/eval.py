@@ -212,17 +212,21 @@ def evaluate_model(model_dir: Path, config: StageConfig, *, split: str | None = 
     """
     import torch
 
+    # The inputs are read (and a bad one refused) before a model is loaded.
+    documents = {
+        domain: [doc["text"] for doc in load_documents(config.path(path), config.data.text_field)]
+        for domain, path in config.data.document_domains().items()
+    }
+    rows = read_eval_rows(config, split) if config.data.records else None
     tokenizer = load_tokenizer(model_dir)
     plan = plan_chat_template(tokenizer, config.model.chat_template)
     tokenizer.chat_template = plan.saved_template
     model = load_causal_lm(model_dir, config.model.dtype, for_training=False)
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     report: dict[str, Any] = {"model": str(model_dir), "perplexity": {}, "tasks": {}}
-    for domain, path in config.data.document_domains().items():
-        texts = [doc["text"] for doc in load_documents(config.path(path), config.data.text_field)]
+    for domain, texts in documents.items():
         report["perplexity"][domain] = perplexity(model, tokenizer, texts[: config.data.max_samples or None], config.data.max_length)
-    if config.data.records:
-        rows = read_eval_rows(config, split)
+    if rows is not None:
         report["split"] = split or config.data.read_split("eval")
         answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], config.eval.max_new_tokens, config.eval.eval_batch_size)
         for row, answer in zip(rows, answers):
