@@ -26,7 +26,7 @@ from fixtures import small_run_config
 from mediflow.cli import main
 from mediflow.taxonomy import load_taxonomy
 from mediflow.teachers.local_llama import _assemble_weights
-from mediflow.testing.server_process import free_port
+from mediflow.testing.server_process import free_port, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -50,12 +50,7 @@ def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _wait_until_serving(url, process, log_path)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace=20)
 
 
 def _wait_until_serving(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:

@@ -61,14 +61,19 @@ def teacher_server(*args: str, startup_timeout: float = 30.0) -> Iterator[Teache
         _wait_until_up(url, process, startup_timeout)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace=10)
         if process.stderr is not None:
             process.stderr.close()
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float) -> None:
+    """Ask a server subprocess to stop; kill it if it is still running after ``grace`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _wait_until_up(url: TeacherServerURL, process: subprocess.Popen[bytes], timeout: float) -> None:
