@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import jsonschema
 import pytest
 
 from mediflow.engine import CircuitOpenError, Engine, LimitsConfig, PricesConfig, cache_key
+from mediflow.engine.cache import ResponseCache
 from mediflow.errors import TeacherError
 from mediflow.teachers import ChatRequest, ChatResponse, make_teacher
 from mediflow.testing import TeacherServerURL
@@ -85,6 +87,34 @@ def test_cache_key_covers_what_changes_the_answer_and_nothing_else() -> None:
     ]
     keys = {cache_key("openai:m", r) for r in variants} | {cache_key("openai:other", base)}
     assert len(keys) == len(variants) + 1 and cache_key("openai:m", base) not in keys
+
+
+def test_many_connections_open_one_fresh_cache_at_once(tmp_path: Path) -> None:
+    # Ray actors and shards on a shared disk open one cache together; turning a fresh file to WAL
+    # used to fail one of them at once with "database is locked" (seen in CI on the Ray pairs test).
+    failures: list[BaseException] = []
+    for trial in range(60):
+        path = tmp_path / f"cache-{trial}.sqlite"
+        start = threading.Barrier(8)
+
+        def open_and_write(worker: int, path: Path = path, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                cache = ResponseCache(path)
+                cache.put(f"key-{worker}", "openai:m", ChatResponse(text=str(worker), finish_reason="stop"))
+                cache.close()
+            except BaseException as exc:  # collected, then asserted empty below
+                failures.append(exc)
+
+        workers = [threading.Thread(target=open_and_write, args=(worker,)) for worker in range(8)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+        assert not failures, failures[:3]
+        cache = ResponseCache(path)
+        assert len(cache) == 8
+        cache.close()
 
 
 def test_concurrency_cap_is_honoured(teacher_server: TeacherServerURL, tmp_path: Path) -> None:

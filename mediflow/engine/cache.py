@@ -14,6 +14,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
+
 from mediflow.errors import MediflowError
 from mediflow.records import canonical_json
 from mediflow.teachers.base import ChatRequest, ChatResponse
@@ -48,18 +50,45 @@ def cache_key(teacher_name: str, request: ChatRequest) -> str:
     return hashlib.sha256(canonical_json(identity).encode("utf-8")).hexdigest()
 
 
+_BUSY_TIMEOUT_S = 10.0
+
+
+def _is_busy(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
+@retry(
+    retry=retry_if_exception(_is_busy),
+    stop=stop_after_delay(_BUSY_TIMEOUT_S * 3),
+    wait=wait_random_exponential(multiplier=0.02, max=0.5),
+    reraise=True,
+)
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open ``path`` in WAL mode, retrying while another process is creating or converting it.
+
+    Several processes open one cache at once (Ray actors, shards on a shared disk). Switching a
+    fresh file to WAL needs an exclusive lock, and SQLite answers ``database is locked`` at once
+    there instead of waiting out the busy timeout, so the whole open is retried with jitter.
+    """
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_S)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # durable against process kills; WAL keeps it consistent
+        db.execute(_SCHEMA)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 class ResponseCache:
-    """A SQLite file of answers by :func:`cache_key`."""
+    """A SQLite file of answers by :func:`cache_key`; any number of processes may share one."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # durable against process kills; WAL keeps it consistent
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.execute(_SCHEMA)
+            self._db = _connect(self.path)
         except sqlite3.DatabaseError as exc:
             raise MediflowError(f"cannot open the response cache {self.path}: {exc}") from exc
 
