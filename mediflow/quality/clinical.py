@@ -147,28 +147,54 @@ def value_fingerprints(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Per text, a 64-bit fingerprint of the multiset of values and codes written with digits.
 
     Values are the facts no typo excuses (a changed digit is a changed age, dose or result), and
-    most same-template siblings differ in one, so they are compared first, for all candidates at
-    once in Arrow's C++ kernels: tokens holding a digit (``7.50`` = ``7.5``, ``1,000`` = ``1000``,
-    ``E11.9``), each hashed, summed per text (order-free). Equal fingerprints = equal values.
+    most same-template siblings differ in one, so the dedup stage computes this for every record
+    and only records with equal values can become candidates at all. Tokens holding a digit
+    (``7.50`` = ``7.5``, ``1,000`` = ``1000``, ``E11.9``) are each hashed and summed per text
+    (order-free). Equal fingerprints = equal values.
+
+    Every rule reads one whitespace-separated token at a time, so the texts are only split and
+    dictionary-encoded (in Arrow's C++ kernels), the rules run once per *distinct* token
+    (:func:`_token_values`), and a text's fingerprint is a difference of running sums: at 2.5M
+    records this is what keeps the value check off the stage's critical path.
     """
-    text = pc.utf8_lower(pc.fill_null(texts, ""))
+    tokens = pc.utf8_split_whitespace(pc.fill_null(texts, ""))
+    if isinstance(tokens, pa.ChunkedArray):
+        tokens = tokens.combine_chunks()
+    offsets = tokens.offsets.to_numpy().astype(np.int64)
+    if len(tokens) == 0:
+        return np.zeros(0, np.uint64)
+    flat = tokens.values.slice(offsets[0], offsets[-1] - offsets[0])
+    encoded = pc.dictionary_encode(flat)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    per_token = _token_values(encoded.dictionary)[encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
+    running = np.zeros(len(per_token) + 1, np.uint64)
+    with np.errstate(over="ignore"):
+        np.cumsum(per_token, dtype=np.uint64, out=running[1:])
+        return running[offsets[1:] - offsets[0]] - running[offsets[:-1] - offsets[0]]  # sums modulo 2**64
+
+
+def _token_values(words: pa.Array) -> np.ndarray:
+    """Per distinct whitespace token, the sum of the hashes of the values it writes (0 for none)."""
+    has_digit = pc.match_substring_regex(words, r"\d").to_numpy(zero_copy_only=False)
+    text = pc.utf8_lower(pc.filter(words, has_digit))
     for _ in range(2):  # 1,000,000: each pass joins every other group
         text = pc.replace_substring_regex(text, r"(\d),(\d\d\d)", r"\1\2")
     text = pc.replace_substring_regex(text, r"[^a-z0-9.]+", " ")
     text = pc.replace_substring_regex(text, r"\.+(\s|$)|(^|\s)\.+", " ")  # a full stop is not a decimal point
-    tokens = pc.utf8_split_whitespace(text)
-    if isinstance(tokens, pa.ChunkedArray):
-        tokens = tokens.combine_chunks()
-    flat = pc.list_flatten(tokens)
-    owner = pc.list_parent_indices(tokens).to_numpy()
+    parts = pc.utf8_split_whitespace(text)
+    flat = pc.list_flatten(parts)
+    owner = pc.list_parent_indices(parts).to_numpy()
     with_digit = pc.match_substring_regex(flat, r"\d")
     values, owner = pc.filter(flat, with_digit), owner[with_digit.to_numpy(zero_copy_only=False)]
     for pattern, rewrite in ((r"^0+(\d)", r"\1"), (r"^(\d+\.\d*[1-9])0+$", r"\1"), (r"^(\d+)\.0+$", r"\1")):
         values = pc.replace_substring_regex(values, pattern, rewrite)
-    fingerprints = np.zeros(len(tokens), np.uint64)
+    sums = np.zeros(len(text), np.uint64)
     with np.errstate(over="ignore"):
-        np.add.at(fingerprints, owner, splitmix64(hash_strings(values)))
-    return fingerprints
+        np.add.at(sums, owner, splitmix64(hash_strings(values)))
+    contribution = np.zeros(len(words), np.uint64)
+    contribution[has_digit] = sums
+    return contribution
 
 
 def facts(text: str, lexicon: Lexicon) -> Facts:
@@ -257,13 +283,15 @@ def _content_word(word: str, lexicon: Lexicon) -> bool:
     return len(word) >= _MIN_CONDITION_WORD and word not in lexicon.condition_stop_words
 
 
-def same_cases(texts: pa.Array | pa.ChunkedArray, pairs: np.ndarray, lexicon: Lexicon) -> np.ndarray:
+def same_cases(texts: pa.Array | pa.ChunkedArray, pairs: np.ndarray, lexicon: Lexicon, fingerprints: np.ndarray | None = None) -> np.ndarray:
     """Per pair of indices into ``texts`` (raw): do the two state the same values and distinguishing facts?
 
-    Values first, for every pair at once (:func:`value_fingerprints`); the word facts of
-    :func:`agree` only for pairs whose values are equal, each text read once.
+    Values first, for every pair at once (:func:`value_fingerprints`, or ``fingerprints`` already
+    computed for ``texts``); the word facts of :func:`agree` only for pairs whose values are equal,
+    each text read once.
     """
-    fingerprints = value_fingerprints(texts)
+    if fingerprints is None:
+        fingerprints = value_fingerprints(texts)
     same = fingerprints[pairs[:, 0]] == fingerprints[pairs[:, 1]]
     read: dict[int, Facts] = {}
 

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from rapidfuzz import fuzz, process
 
-from mediflow.quality.clinical import Lexicon, same_cases
+from mediflow.quality.clinical import Lexicon, same_cases, value_fingerprints
 from mediflow.quality.components import component_labels
 from mediflow.quality.config import DedupConfig
 from mediflow.quality.minhash import MinHasher, band_keys, bucket_pairs, unique_pairs
@@ -41,7 +41,7 @@ from mediflow.quality.text import (
 )
 
 _SECOND_HASH_KEY = "mediflow.dedup.2"
-_CONFIRM_BATCH = 100_000
+_CONFIRM_BATCH = 20_000  # candidate pairs whose texts and clinical facts are held at once (~0.4 GB of facts)
 
 
 def key_text(table: pa.Table, key: str) -> pa.Array:
@@ -102,6 +102,7 @@ class KeyHashes:
     second: np.ndarray  # uint64 per record: a second, independent content hash (128 bits together)
     signatures: np.ndarray  # (n, num_perm) uint32 MinHash per record; (n, 0) without near dedup
     has_shingles: np.ndarray  # bool per record (all False without near dedup)
+    values: np.ndarray  # uint64 per record: clinical.value_fingerprints of the raw text (all 0 without the clinical check)
 
 
 def _hash_key(table: pa.Table, key: str, salt: np.ndarray, config: DedupConfig) -> KeyHashes:
@@ -110,9 +111,11 @@ def _hash_key(table: pa.Table, key: str, salt: np.ndarray, config: DedupConfig) 
     first, second = np.empty(n, np.uint64), np.empty(n, np.uint64)
     signatures = np.empty((n, config.num_perm if config.near else 0), np.uint32)
     has_shingles = np.zeros(n, bool)
+    values = np.zeros(n, np.uint64)
     hasher = MinHasher(config.num_perm, config.seed)
     for start in range(0, n, config.chunk_records):
-        normalized = normalize_column(key_text(table.slice(start, config.chunk_records), key))
+        raw = key_text(table.slice(start, config.chunk_records), key)
+        normalized = normalize_column(raw)
         end = start + len(normalized)
         first[start:end] = hash_strings(normalized) ^ salt[start:end]
         second[start:end] = splitmix64(hash_strings(normalized, _SECOND_HASH_KEY) ^ salt[start:end])
@@ -121,7 +124,9 @@ def _hash_key(table: pa.Table, key: str, salt: np.ndarray, config: DedupConfig) 
             shingles = ngram_hashes(tokens, config.shingle_size, short_as_one=True)
             signatures[start:end] = hasher.signatures(shingles, end - start)
             has_shingles[start:end] = tokens.lengths > 0
-    return KeyHashes(first, second, signatures, has_shingles)
+            if config.clinical:
+                values[start:end] = value_fingerprints(raw)
+    return KeyHashes(first, second, signatures, has_shingles, values)
 
 
 def _exact_groups(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -134,7 +139,7 @@ def _exact_groups(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return representative
 
 
-def confirm(table: pa.Table, key: str, pairs: np.ndarray, config: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+def confirm(table: pa.Table, key: str, pairs: np.ndarray, config: DedupConfig, values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """rapidfuzz similarity (0-1) of each candidate pair, and whether it is a confirmed duplicate.
 
     Similarity runs in C++ batches on all cores. A ``pair`` is a duplicate only when its instruction
@@ -142,7 +147,8 @@ def confirm(table: pa.Table, key: str, pairs: np.ndarray, config: DedupConfig) -
     otherwise hide two different questions asked of it; its similarity is the lower of the two
     fields' (normalised only for the candidates). With ``clinical`` a pair over the threshold must
     also agree on its clinically distinguishing tokens (:mod:`mediflow.quality.clinical`): two
-    notes on one template about two patients are as similar as a copy with typos.
+    notes on one template about two patients are as similar as a copy with typos. ``values``
+    (per record, :func:`clinical.value_fingerprints`) spares the check computing them again.
     """
     scorer = getattr(fuzz, config.scorer)
     scores = np.empty(len(pairs), np.float64)
@@ -159,18 +165,18 @@ def confirm(table: pa.Table, key: str, pairs: np.ndarray, config: DedupConfig) -
             score = np.minimum(score, process.cpdist(left, right, scorer=scorer, workers=-1) / 100.0)
         similar = score >= config.threshold
         if lexicon is not None and similar.any():
-            similar[similar] = clinically_equal(table, key, batch[similar], lexicon)
+            similar[similar] = clinically_equal(table, key, batch[similar], lexicon, values)
         scores[start : start + len(batch)] = score
         confirmed[start : start + len(batch)] = similar
     return scores, confirmed
 
 
-def clinically_equal(table: pa.Table, key: str, pairs: np.ndarray, lexicon: Lexicon) -> np.ndarray:
+def clinically_equal(table: pa.Table, key: str, pairs: np.ndarray, lexicon: Lexicon, values: np.ndarray | None = None) -> np.ndarray:
     """Whether each pair's raw texts state the same values and distinguishing facts (:func:`clinical.same_cases`)."""
     rows, local = np.unique(pairs, return_inverse=True)
     columns = ["instruction", "input"] if key == "pair" else [key]
     texts = key_text(table.select(columns).take(pa.array(rows)), key)
-    return same_cases(texts, local.reshape(pairs.shape), lexicon)
+    return same_cases(texts, local.reshape(pairs.shape), lexicon, None if values is None else values[rows])
 
 
 def _normalized_texts(table: pa.Table, key: str, rows: np.ndarray) -> list[str]:
@@ -183,12 +189,15 @@ def _lsh_candidates(hashes: KeyHashes, representative: np.ndarray, salt: np.ndar
     unique), and how many pairs the bands proposed before the signature check.
 
     Each band's pairs are checked against the signatures and merged into the unique set at once,
-    so only one band's raw pairs are ever held (at 1M records 138M pairs over 48 bands, 115k kept).
+    so only one band's raw pairs are ever held. With the clinical check, a record's values
+    (:func:`clinical.value_fingerprints`) salt its band keys: two records that write different
+    values are never duplicates, so they never share a bucket. Same-template siblings share whole
+    bands; before this salt they made 189M proposed and 1.58M candidate pairs at 1M records.
     """
     is_representative = representative == np.arange(len(representative))
     candidates = np.empty((0, 2), np.int64)
     proposed = 0
-    for keys in band_keys(hashes.signatures, config.bands, salt):
+    for keys in band_keys(hashes.signatures, config.bands, salt ^ hashes.values):
         pairs = bucket_pairs(keys, hashes.first, hashes.has_shingles & is_representative, config.max_bucket, config.window)
         proposed += len(pairs)
         pairs = pairs[_estimated_jaccard(hashes.signatures, pairs) >= config.min_signature_jaccard]
@@ -235,6 +244,7 @@ class KeyCandidates:
     representative: np.ndarray  # int64 per record: the smallest index of its exact group
     pairs: np.ndarray  # (k, 2) int64 candidate pairs of representatives, i < j, unique
     proposed: int  # pairs the LSH bands proposed before the signature check
+    values: np.ndarray  # uint64 per record: its value fingerprint (all 0 without the clinical check)
 
 
 def scope_salt(table: pa.Table, config: DedupConfig) -> np.ndarray:
@@ -249,9 +259,9 @@ def key_candidates(table: pa.Table, key: str, salt: np.ndarray, config: DedupCon
     hashes = _hash_key(table, key, salt, config)
     representative = _exact_groups(hashes.first, hashes.second)
     if not config.near:
-        return KeyCandidates(representative, np.empty((0, 2), np.int64), 0)
+        return KeyCandidates(representative, np.empty((0, 2), np.int64), 0, hashes.values)
     pairs, proposed = _lsh_candidates(hashes, representative, salt, config)
-    return KeyCandidates(representative, pairs, proposed)
+    return KeyCandidates(representative, pairs, proposed, hashes.values)
 
 
 def find_duplicates(table: pa.Table, config: DedupConfig) -> DedupResult:
@@ -270,7 +280,7 @@ def find_duplicates(table: pa.Table, config: DedupConfig) -> DedupResult:
         if config.exact:
             edges.add(found.representative[members], members, np.ones(len(members)), key_index, exact=True)
         if config.near:
-            similarity, confirmed = confirm(table, key, found.pairs, config)
+            similarity, confirmed = confirm(table, key, found.pairs, config, found.values)
             edges.add(found.pairs[confirmed, 0], found.pairs[confirmed, 1], similarity[confirmed], key_index, exact=False)
             key_details.update(lsh_pairs=found.proposed, candidate_pairs=int(len(found.pairs)), confirmed_pairs=int(confirmed.sum()),
                                clinical_conflicts=int((similarity >= config.threshold).sum() - confirmed.sum()),
