@@ -40,10 +40,9 @@ def model_dir(config: StageConfig) -> Path:
     cache = config.path(config.model.cache_dir) if config.model.cache_dir else None
     spec = config.model.name_or_path
     local = config.path(spec)
-    if (local / "config.json").is_file():
+    if local.is_dir():
         check_model_input(local)  # a model another run is still writing (or never finished) is refused
-        return resolve_model(local, cache)
-    return resolve_model(spec, cache)
+    return resolve_model(local if (local / "config.json").is_file() else spec, cache)
 
 
 def is_main_process() -> bool:
