@@ -23,7 +23,6 @@ from mediflow.errors import ConfigError
 from mediflow.folders import atomic
 from mediflow.folders.manifest import flatten
 
-
 #: Files whose bytes define a model: weights, its config and the tokenizer that reads its inputs.
 _MODEL_FILES = ("*.safetensors", "*.bin", "config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 

@@ -55,8 +55,8 @@ from mediflow.textfiles import read_text
 from mediflow.train.fingerprint import file_hash, value_hash
 from mediflow.train.merge.config import parse_merge_config
 from mediflow.train.merge.engine import plan_merge, write_merge
-from mediflow.train.merge.output import MERGE_CONFIG_NAME, PRESET_REPORT_NAME, model_inputs, open_merge_output, publish_merge
 from mediflow.train.merge.evaluation import Evaluator
+from mediflow.train.merge.output import MERGE_CONFIG_NAME, PRESET_REPORT_NAME, model_inputs, open_merge_output, publish_merge
 from mediflow.train.merge.search import Candidate, Dimension, Trial, best_trial, evolutionary_search
 
 PRESETS = ("mediphi",)
@@ -215,7 +215,8 @@ def evaluator_fingerprint(evaluate: Evaluator) -> str:
     import inspect
 
     source = inspect.getsourcefile(evaluate) if inspect.isfunction(evaluate) or inspect.ismethod(evaluate) else None
-    return value_hash({"callable": getattr(evaluate, "__qualname__", repr(evaluate)), "source": file_hash(Path(source)) if source else None})
+    code = file_hash(Path(source)) if source and Path(source).is_file() else None  # None: a frozen or built-in module
+    return value_hash({"callable": getattr(evaluate, "__qualname__", repr(evaluate)), "source": code})
 
 
 def run_mediphi_preset(preset: MediPhiPreset, evaluate: Evaluator, *, report: Evaluator | None = None, overwrite: bool = False) -> PresetResult:
