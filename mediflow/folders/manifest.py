@@ -120,6 +120,30 @@ def _capabilities(value: Any) -> dict[str, dict[str, Any]]:
     return {str(role): entry for role, entry in value.items() if isinstance(entry, dict) and "structured_output" in entry}
 
 
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as ``{"a.b": leaf}`` (lists are leaves), the layout fingerprints compare in."""
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}
+
+
+def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two flat fingerprints, as short readable items (a content hash by its name)."""
+    items = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if before == after:
+            continue
+        if isinstance(before, str) and len(before) == 64 or isinstance(after, str) and len(after) == 64:
+            items.append(key)  # a content hash: the name says enough
+        else:
+            items.append(f"{key} {before!r} -> {after!r}")
+    return items
+
+
 def read_manifest(folder: Path) -> Manifest | None:
     """The manifest in ``folder``, None when there is none; unreadable or foreign JSON is an error naming the file."""
     path = Path(folder) / MANIFEST_NAME
