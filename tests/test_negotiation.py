@@ -156,6 +156,8 @@ def test_what_is_not_a_refusal(status: int, message: str, param: str | None) -> 
         (422, "Invalid schema for response_format 'answer': 'additionalProperties' is required", None, "level"),
         (400, "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.", "max_tokens", "token"),
         (400, "Unsupported parameter: 'top_p' is not supported with this model.", "top_p", "top_p"),
+        # no param field: the parameter named first is the refused one, not the temperature named after it
+        (400, "Unsupported parameter: 'top_p' is not supported with this model when temperature is set.", None, "top_p"),
         (422, "Extra inputs are not permitted: seed", None, "seed"),
     ],
 )
@@ -167,7 +169,7 @@ def test_refusals_are_read_from_the_body_whatever_the_status(status: int, messag
     expected = {
         "level": body.get("response_format") == {"type": "json_object", "schema": SCHEMA},
         "token": "max_completion_tokens" in body and "max_tokens" not in body,
-        "top_p": "top_p" not in body,
+        "top_p": "top_p" not in body and "temperature" in body,
         "seed": "seed" not in body,
     }
     assert expected[learned]

@@ -134,22 +134,17 @@ class Negotiation:
             self.level = max(self.level, STRUCTURED_LEVELS.index(wire.structured) + 1)
             self.refusals.setdefault(wire.structured, reason)
             return True
-        if not _SAYS_UNSUPPORTED.search(text):
-            return False
-        for name in wire.parameters:
-            if not re.search(rf"\b{name}\b", text):
-                continue
-            if name in DROPPABLE_PARAMETERS:
-                if name == "temperature" and name not in self.dropped:
-                    _say_temperature_dropped(self.model, reason)
-                self.dropped.add(name)
-            elif name == TOKEN_LIMIT_FIELDS[0]:
-                self.token_field = TOKEN_LIMIT_FIELDS[1]
-            else:
-                return False  # max_completion_tokens refused too: nothing left to try
-            self.refusals.setdefault(name, reason)
-            return True
-        return False
+        name = _refused_parameter(error, text, wire.parameters) if _SAYS_UNSUPPORTED.search(text) else None
+        if name in DROPPABLE_PARAMETERS:
+            if name == "temperature" and name not in self.dropped:
+                _say_temperature_dropped(self.model, reason)
+            self.dropped.add(name)
+        elif name == TOKEN_LIMIT_FIELDS[0]:
+            self.token_field = TOKEN_LIMIT_FIELDS[1]
+        else:
+            return False  # nothing we sent is refused, or max_completion_tokens refused too: nothing left to try
+        self.refusals.setdefault(name, reason)
+        return True
 
     def answered(self, wire: WireRequest) -> None:
         """The server answered ``wire``: its structured level is the one that works."""
@@ -197,6 +192,18 @@ def _error_text(error: openai.APIStatusError) -> str:
     """Everything the refusal says, lower-cased: the message and the body (FastAPI puts the field in ``loc``)."""
     body = json.dumps(error.body, default=str) if error.body is not None else ""
     return f"{error.message} {body}".lower()
+
+
+def _refused_parameter(error: openai.APIStatusError, text: str, parameters: tuple[str, ...]) -> str | None:
+    """The sent parameter a refusal is about: the one its body names as ``param`` (OpenAI's errors), else
+    the one its text names first ("'top_p' is not supported when temperature is set" refuses top_p)."""
+    body = error.body
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    param = inner.get("param") if isinstance(inner, dict) else None
+    if param in parameters:
+        return str(param)
+    mentions = {name: found.start() for name in parameters if (found := re.search(rf"\b{name}\b", text))}
+    return min(mentions, key=lambda name: mentions[name], default=None)
 
 
 def _reason(error: openai.APIStatusError) -> str:
