@@ -109,5 +109,6 @@ def check_model_input(path: Path) -> None:
             raise MediflowError(f"{path}: is being written by another process ({holder}); wait for it to finish")
         if manifest.status != "finished":
             why = f": {manifest.reason}" if manifest.reason else ""
-            raise MediflowError(f"{path}: the {manifest.kind} run in {root} did not finish (status {manifest.status}{why}); rerun it first")
+            where = "" if root == path else f" in {root}"
+            raise MediflowError(f"{path}: the {manifest.kind} run{where} did not finish (status {manifest.status}{why}); rerun it first")
         return

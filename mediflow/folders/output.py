@@ -1,7 +1,7 @@
 """The one output-folder contract: layout, guards, lock, manifest life cycle, leftover clean-up.
 
 Every command that writes a folder (generate, each quality stage, curate, pairs, PIT QA, export)
-writes this layout::
+writes this layout (a model folder, :mod:`mediflow.folders.model`, holds a model instead of data)::
 
     OUT/
       manifest.json       the typed manifest (kind, status + reason, config, inputs, counts)
@@ -272,6 +272,8 @@ def _check_contents(root: Path, manifest: Manifest, own: frozenset[str] | set[st
         if overwrite:
             return None
         raise MediflowError(f"{root}: holds an unreadable manifest ({exc}); {hint}") from None
+    if previous is not None and previous.kind != manifest.kind and not overwrite:  # said first: it explains the other files
+        raise MediflowError(f"{root}: holds a '{previous.kind}' folder, not a '{manifest.kind}' one; {hint}")
     if foreign and not overwrite:
         raise MediflowError(f"{root}: holds files that are not a MediFlow {manifest.kind} output ({', '.join(foreign[:3])}); {hint}")
     if previous is None:
