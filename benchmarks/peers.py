@@ -117,7 +117,7 @@ def _ray_engine(url: str, prompts: list[list[dict[str, str]]], concurrency: int,
     config = RayConfig(actors=2, batch_size=32)
     work = StepWork(PromptStep(), TeacherConfig(spec="openai:bench", base_url=url), LimitsConfig(concurrency=concurrency), workdir / "cache.sqlite", config.actors)
     started = time.perf_counter()
-    results, _ = run_step_on_ray(prompts, work, config)
+    results = run_step_on_ray(prompts, work, config).results
     assert len(results) == len(prompts) and all(result.ok for result in results)
     return started, setup
 

@@ -70,10 +70,10 @@ def with_sets(overrides: list[str]) -> list[str]:
 def length_rows(work: Path) -> list[tuple[str, dict[str, int]]]:
     """Every training stage's length counts, read back from the manifests the stages wrote."""
     rows = []
-    for manifest in sorted(work.glob("expert_*/pit_manifest.json")):
+    for manifest in sorted(work.glob("expert_*/manifest.json")):
         rows.append((manifest.parent.name, json.loads(manifest.read_text())["lengths"]))
     for stage in ("sft", "dpo"):
-        manifest = work / stage / "train_manifest.json"
+        manifest = work / stage / "manifest.json"
         if manifest.is_file():
             rows.append((stage, json.loads(manifest.read_text())["lengths"]))
     return rows
@@ -130,7 +130,7 @@ def main() -> int:
         output = work / f"expert_{domain}"
         mediflow("train", "pit", "--config", CONFIGS / f"pit_{domain}.yaml",
                  *with_sets([f"model.name_or_path={base}", f"output.dir={output}", *task_data, *budget["pit"]]))
-        expert = Path(json.loads((output / "pit_manifest.json").read_text())["final"])
+        expert = Path(json.loads((output / "manifest.json").read_text())["final"])
         experts.append(expert)
         evaluate(f"1_expert_{domain}", expert)
 

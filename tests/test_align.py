@@ -14,7 +14,7 @@ from tiny_models import TINY_CHAT_TEMPLATE, build_tiny_phi3
 from train_stages import finite_logs, tiny_stage_config
 
 from mediflow.cli import main
-from mediflow.errors import ConfigError
+from mediflow.errors import MediflowError
 from mediflow.records import FULL_SCHEMA, rows_to_table, to_messages
 from mediflow.train.align import build_sft_trainer, prepare_inputs, run_dpo, run_sft
 from mediflow.train.data import load_messages, load_preferences
@@ -116,7 +116,7 @@ def test_native_template_is_kept_byte_for_byte_and_only_the_answer_is_trained(da
     assert trainer.processing_class.decode(ids[labels != -100]) == '{"diagnosis": "pneumonia"}<|end|>'
     model = run_sft(config)
     assert (model / "chat_template.jinja").read_bytes() == native
-    assert json.loads((tmp_path / "sft" / "train_manifest.json").read_text())["chat_template"]["masking"] == COMPLETION_ONLY
+    assert json.loads((tmp_path / "sft" / "manifest.json").read_text())["chat_template"]["masking"] == COMPLETION_ONLY
 
 
 def test_sft_trains_only_on_assistant_turns(data: Path) -> None:
@@ -147,7 +147,7 @@ def test_dpo_logs_finite_losses_and_reward_margins(data: Path, reference: str, m
 def test_sft_evaluates_on_the_validation_split_and_counts_lengths(data: Path) -> None:
     config = tiny_stage_config(data, "sft", model="base", train="export", output="sft_val", max_length=96)
     model = run_sft(config)
-    manifest = json.loads((data / "sft_val" / "train_manifest.json").read_text())
+    manifest = json.loads((data / "sft_val" / "manifest.json").read_text())
     assert manifest["eval_rows"] == 2 and manifest["eval_losses"]  # eval_strategy is wired: it was evaluated
     assert manifest["lengths"] == {**manifest["lengths"], "rows": 6, "kept": 6, "dropped": 0, "cut": 0, "tokens_lost": 0}
     assert manifest["overlap"]["contaminated"] == 0
@@ -162,13 +162,13 @@ def test_sft_rerun_reuses_refuses_or_retrains(data: Path) -> None:
     weights = (model / "model.safetensors").read_bytes()
     assert run_sft(config) == model and (model / "model.safetensors").read_bytes() == weights  # same inputs: reused
     config.train.learning_rate = 5e-3
-    with pytest.raises(ConfigError, match=r"changed: train.learning_rate 0.001 -> 0.005\).*--overwrite"):
+    with pytest.raises(MediflowError, match=r"another config \(changed: train.learning_rate 0.001 -> 0.005\).*--overwrite"):
         run_sft(config)
     assert (model / "model.safetensors").read_bytes() == weights  # nothing touched
     run_sft(config, overwrite=True)
     assert (model / "model.safetensors").read_bytes() != weights
-    manifest = json.loads((data / "sft_rerun" / "train_manifest.json").read_text())
-    assert manifest["fingerprint"]["train.learning_rate"] == 5e-3  # the manifest describes the model on disk
+    manifest = json.loads((data / "sft_rerun" / "manifest.json").read_text())
+    assert manifest["fingerprint"]["train.learning_rate"] == 5e-3 and manifest["status"] == "finished"  # the manifest describes the model on disk
 
 
 def test_sft_truncation_is_counted_and_dropped_rows_are_not_trained(data: Path) -> None:

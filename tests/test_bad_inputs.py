@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fixtures import record, small_run_config, words
+from tiny_models import build_tiny_phi3
 
 from mediflow.cli import main
 from mediflow.folders import FolderLock, OutputFolder, StagedWriter
@@ -52,6 +53,10 @@ class World:
     pairs: Path  # a finished pairs folder
     big: Path  # a finished generate folder of ~1 MB (its outputs cannot fit a small disk)
     eval_set: Path
+    model: Path  # a tiny model folder (the training and merge commands read its tokenizer and weights)
+    expert: Path  # another tiny model of the same shape
+    documents: Path  # documents and task data for pit and eval
+    task_data: Path
     bad: dict[str, Path] = field(default_factory=dict)  # broken Parquet files by name
 
 
@@ -97,7 +102,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     pq.write_table(good.set_column(good.column_names.index("output"), "output", pa.array(range(good.num_rows))), bad / "mistyped.parquet")
     unsafe = good.set_column(good.column_names.index("task_type"), "task_type", pa.array(["../../escaped"] * good.num_rows))
     pq.write_table(unsafe, bad / "unsafe_task.parquet")
-    return World(root, records, pairs_dir, big, eval_set, {p.stem: p for p in bad.iterdir()})
+    model, expert = build_tiny_phi3(root / "model", seed=0), build_tiny_phi3(root / "expert", seed=1)
+    documents = _text(root / "documents.jsonl", "".join(json.dumps({"text": words(rng, 30)}) + "\n" for _ in range(3)))
+    task_data = _text(root / "task_data.jsonl", "".join(json.dumps({"prompt": "Q?", "completion": words(rng, 5)}) + "\n" for _ in range(3)))
+    return World(root, records, pairs_dir, big, eval_set, model, expert, documents, task_data, {p.stem: p for p in bad.iterdir()})
 
 
 def tree(path: Path) -> dict[str, str]:
@@ -275,9 +283,66 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("train eval: --eval-eval-batch-size 0", lambda tmp, w: replace(sft(tmp, w, "--eval-eval-batch-size", "0", stage="eval"), says="eval.eval_batch_size: 0 is less than the minimum of 1"))
     add("train eval: corrupt --data-records", lambda tmp, w: replace(sft(tmp, w, "--data-records", str(w.bad["corrupt"]), stage="eval"), says="not a readable Parquet file"))
     add("train eval: a missing --data-records", lambda tmp, w: replace(sft(tmp, w, "--data-records", str(tmp / "nowhere.jsonl"), stage="eval"), says="no such file or folder"))
+    # the model-writing commands: their output folder overlaps no input, is locked, holds no other config's run
+    for command in MODEL_COMMANDS:
+        add(f"{command}: output inside the data", lambda tmp, w, c=command: Case(  # a merge's data: an expert model
+            _model_argv(c, tmp, w, _copy(w.expert if c.startswith("merge") else w.records, tmp / "data"), tmp / "data" / "out"), "is inside the input", [tmp]))
+        add(f"{command}: output contains the model", lambda tmp, w, c=command: Case(
+            _model_argv(c, tmp, w, w.records, tmp, model=Path(shutil.copytree(w.model, tmp / "model"))), "contains the input", [w.records, tmp]))
+        add(f"{command}: output locked by another process", lambda tmp, w, c=command: Case(
+            _model_argv(c, tmp, w, w.records, tmp / "busy"), "in use by another process", [w.records, tmp], hold_lock=tmp / "busy"))
+        add(f"{command}: output holds a run of another config", lambda tmp, w, c=command: Case(
+            _model_argv(c, tmp, w, w.records, _other_run(tmp / "other", MODEL_COMMANDS[c])), "run of another config", [w.records, tmp]))
+        add(f"{command}: output holds another kind of folder", lambda tmp, w, c=command: Case(
+            _model_argv(c, tmp, w, w.records, _copy(w.pairs, tmp / "other")), "folder, not a", [w.records, tmp]))
+    add("train sft: a model folder whose run did not finish", lambda tmp, w: Case(
+        _model_argv("train sft", tmp, w, w.records, tmp / "out", model=_unfinished(tmp / "merged", w.model)), "did not finish (status running)", [w.records, tmp]))
+    add("merge --preset: a work_dir outside the output", lambda tmp, w: Case(
+        _model_argv("merge --preset", tmp, w, w.records, tmp / "out", work_dir="elsewhere"), "work_dir: the preset keeps its cache in", [tmp]))
     add("merge: a config that is not UTF-8", lambda tmp, w: Case(["merge", "--config", str(_latin1(tmp / "m.yaml")), "--output", str(tmp / "merged")], "not UTF-8", [tmp]))
     add("merge: a missing config", lambda tmp, w: Case(["merge", "--config", str(tmp / "none.yaml"), "--output", str(tmp / "merged")], "not found", [tmp]))
     return cases
+
+
+#: The commands that write a model folder (or an eval report), and the kind of folder each writes.
+MODEL_COMMANDS = {"train sft": "sft", "train dpo": "dpo", "train pit": "pit", "train eval": "eval", "merge": "merge", "merge --preset": "merge"}
+
+
+def _model_argv(command: str, tmp: Path, world: World, data: Path, out: Path, *, model: Path | None = None, **extra: str) -> list[str]:
+    """A model command over ``data`` (records; pairs for dpo) writing ``out``, with a real tiny model."""
+    model = model or world.model
+    if command.startswith("merge"):
+        if command == "merge":
+            config = {"merge_method": "slerp", "base_model": str(model), "models": [{"model": str(model)}, {"model": str(data if data != world.records else world.expert)}], "parameters": {"t": 0.5}}
+            return ["merge", "--config", str(_text(tmp / "merge.yaml", json.dumps(config))), "--output", str(out)]
+        experts = [str(world.expert)] if data == world.records else [str(world.expert), str(data)]
+        config = {"preset": "mediphi", "base_model": str(model), "experts": experts, "output": str(out), "evaluate": {"callable": "mediflow.train.merge.search:best_trial"}, **extra}
+        return ["merge", "--config", str(_text(tmp / "preset.yaml", json.dumps(config)))]
+    stage = command.split()[1]
+    data_keys = {
+        "sft": {"train": str(data)},
+        "dpo": {"train": str(data if data != world.records else world.pairs)},
+        "pit": {"documents": str(data), "text_field": "input", "task_data": str(world.task_data)},
+        "eval": {"documents": str(data), "text_field": "input"},
+    }[stage]
+    config = {"model": {"name_or_path": str(model)}, "data": {**data_keys, "max_length": 2048}, "output": {"dir": str(out)}}
+    return ["train", stage, "--config", str(_text(tmp / f"{stage}.yaml", json.dumps(config)))]
+
+
+def _other_run(folder: Path, kind: str) -> Path:
+    """A finished folder of ``kind`` made by another config."""
+    run = OutputFolder.open(folder, kind=kind, config={"made_by": "another config"}, details={"fingerprint": {"train.learning_rate": 1.0}})
+    run.finish({})
+    return folder
+
+
+def _unfinished(folder: Path, model: Path) -> Path:
+    """A merge folder whose run was killed after its model files arrived: its manifest still says running."""
+    run = OutputFolder.open(folder, kind="merge", config={"made_by": "a killed merge"}, staged=False)
+    for file in model.iterdir():
+        shutil.copy(file, folder / file.name)
+    run.close()
+    return folder
 
 
 def _symlink(link: Path, target: Path) -> Path:
@@ -415,7 +480,8 @@ def test_bad_input_is_one_error_line_and_changes_nothing(make: Callable[[Path, W
 
 def test_the_table_covers_every_command_and_class() -> None:
     names = [name for name, _ in CASES]
-    for command in ("generate", "filter", "judge", "dedup", "decontaminate", "curate", "pairs", "export", "audit", "train sft", "merge"):
+    for command in ("generate", "filter", "judge", "dedup", "decontaminate", "curate", "pairs", "export", "audit", "train sft", "train dpo",
+                    "train pit", "train eval", "merge", "merge --preset"):
         assert any(name.startswith(f"{command}:") for name in names), command
     for kind in ("inside the input", "input inside the output", "another kind", "locked", "corrupt", "truncated", "empty", "missing_column",
                  "mistyped", "task name that is a path", "read-only", "full disk", " 0"):

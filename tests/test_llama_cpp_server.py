@@ -95,7 +95,7 @@ def test_generate_json_records_through_llama_cpp_server(
     assert manifest["status"] == "finished"
     assert manifest["counts"]["records"] + manifest["counts"]["rejects"] == manifest["plan"]["items"] >= 1
     assert "server_error" not in manifest["session"]["errors"]  # no HTTP 500 retry storm
-    capabilities = manifest["teacher_capabilities"]
+    capabilities = manifest["teacher_capabilities"]["teacher"]
     assert capabilities["models_check"] == "served"
     assert capabilities["structured_output"] == "json_object_schema"
     assert capabilities["refusals"]["json_schema"].startswith("HTTP 500: ")

@@ -218,13 +218,24 @@ def test_peak_memory_stays_near_one_tensor_not_whole_models(tmp_path: Path) -> N
     assert peak_extra_mib < 2 * tensor_mib  # one tensor-sized buffer + chunks, never one copy per model
 
 
+def _same(left: dict[str, torch.Tensor], right: dict[str, torch.Tensor]) -> bool:
+    return left.keys() == right.keys() and all(torch.equal(left[name], right[name]) for name in left)
+
+
 def test_cli_merge_and_its_errors(models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "merge.yaml"
     config.write_text(yaml.safe_dump(_config("ties", models)))
     assert main(["merge", "--config", str(config), "--output", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "merge_config.yaml").read_text() == config.read_text()
-    assert main(["merge", "--config", str(config), "--output", str(tmp_path / "out")]) == 2
-    assert "already exists" in capsys.readouterr().err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert (manifest["kind"], manifest["status"]) == ("merge", "finished") and len(manifest["inputs"]) == EXPERTS + 1
+    weights = _tensors(tmp_path / "out")
+    assert main(["merge", "--config", str(config), "--output", str(tmp_path / "out")]) == 0  # the same merge: reused
+    assert "reused" in capsys.readouterr().out and _same(_tensors(tmp_path / "out"), weights)
+    config.write_text(yaml.safe_dump(_config("ties", models) | {"parameters": {"normalize": False}}))
+    assert main(["merge", "--config", str(config), "--output", str(tmp_path / "out")]) == 2  # another merge: refused, untouched
+    assert "another config (changed: parameters.normalize" in capsys.readouterr().err
+    assert _same(_tensors(tmp_path / "out"), weights)
     config.write_text(yaml.safe_dump(_config("ties", models) | {"merge_method": "nope"}))
     assert main(["merge", "--config", str(config), "--output", str(tmp_path / "other")]) == 2
     assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "other").exists()
@@ -257,9 +268,10 @@ def test_mediphi_preset_picks_slerp_ratios_searches_and_resumes(models: dict[str
     assert final["merge_method"] == "breadcrumbs_ties" and final["parameters"] == {"int8_mask": True, "normalize": False}
     assert evaluate(result.output) == pytest.approx(result.best.score)
     assert sorted(p.name for p in preset.work_dir.iterdir()) == ["search_trials.jsonl", "slerp_0", "slerp_0.json", "slerp_1", "slerp_1.json"]
+    assert preset.work_dir == result.output / "work"  # the cache lives under the output folder's lock
 
     calls.clear()  # a rerun reuses the chosen SLERPs and replays the search log: no new evaluations
-    again = run_mediphi_preset(preset, evaluate, overwrite=True)
+    again = run_mediphi_preset(preset, evaluate)
     assert calls == [] and again.best == result.best
     report = json.loads((result.output / "preset_report.json").read_text())["report"]
     assert report["score"] is None and "no separate report set" in report["note"]
@@ -300,7 +312,7 @@ def test_preset_selects_on_validation_and_reports_on_test(models: dict[str, Path
     assert seen == ["validation"] * 5 + ["test"]
     report = json.loads((tmp_path / "out" / "preset_report.json").read_text())
     assert report["report"]["score"] == pytest.approx(result.report_score) and report["report"]["evaluator"] == "test"
-    first = json.loads((tmp_path / "out.work" / "search_trials.jsonl").read_text().splitlines()[0])["candidate"]
+    first = json.loads((tmp_path / "out" / "work" / "search_trials.jsonl").read_text().splitlines()[0])["candidate"]
     assert first == {"weight_0": 0.0635, "density_0": 0.494, "gamma_0": 1.672}  # the search starts from the paper's published point
 
 

@@ -156,6 +156,8 @@ def test_what_is_not_a_refusal(status: int, message: str, param: str | None) -> 
         (422, "Invalid schema for response_format 'answer': 'additionalProperties' is required", None, "level"),
         (400, "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.", "max_tokens", "token"),
         (400, "Unsupported parameter: 'top_p' is not supported with this model.", "top_p", "top_p"),
+        # no param field: the parameter named first is the refused one, not the temperature named after it
+        (400, "Unsupported parameter: 'top_p' is not supported with this model when temperature is set.", None, "top_p"),
         (422, "Extra inputs are not permitted: seed", None, "seed"),
     ],
 )
@@ -167,7 +169,7 @@ def test_refusals_are_read_from_the_body_whatever_the_status(status: int, messag
     expected = {
         "level": body.get("response_format") == {"type": "json_object", "schema": SCHEMA},
         "token": "max_completion_tokens" in body and "max_tokens" not in body,
-        "top_p": "top_p" not in body,
+        "top_p": "top_p" not in body and "temperature" in body,
         "seed": "seed" not in body,
     }
     assert expected[learned]
@@ -280,9 +282,97 @@ def test_generate_records_the_negotiated_level_in_the_manifest(teacher_server: T
     assert main(["generate", "--config", str(config_path)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "finished" and manifest["counts"]["rejects"] == 0
-    capabilities = manifest["teacher_capabilities"]
+    capabilities = manifest["teacher_capabilities"]["teacher"]
     assert capabilities["models_check"] == "served" and capabilities["structured_output"] == "json_object_schema"
     assert "server_error" not in manifest["session"]["errors"]
 
     assert main(["generate", "--config", str(config_path)]) == 0  # resumed from the cache: the level is kept
-    assert json.loads((out / "manifest.json").read_text())["teacher_capabilities"]["structured_output"] == "json_object_schema"
+    assert json.loads((out / "manifest.json").read_text())["teacher_capabilities"] == manifest["teacher_capabilities"]
+
+
+# --- a refused non-default temperature (OpenAI's reasoning models) -------------------------------
+
+#: OpenAI's answer to o1/o3/gpt-5 asked for a temperature other than 1 (HTTP 400, param "temperature").
+TEMPERATURE_REFUSAL = "Unsupported value: 'temperature' does not support 0.7 with this model. Only the default (1) value is supported."
+
+
+def test_a_refused_temperature_is_dropped_once_and_said_once() -> None:
+    negotiation = Negotiation("o3")
+    request = ChatRequest(messages=(("user", "x"),), temperature=0.7)
+    wire = negotiation.wire(request)
+    with pytest.warns(UserWarning, match=r"model 'o3' refuses the requested temperature \(HTTP 400: Unsupported value") as said:
+        assert negotiation.learn(wire, _status_error(400, TEMPERATURE_REFUSAL, "temperature")) is True
+        assert negotiation.learn(wire, _status_error(400, TEMPERATURE_REFUSAL, "temperature")) is True  # one in flight too
+    assert len(said) == 1
+    assert "temperature" not in negotiation.wire(request).body
+    assert negotiation.summary()["dropped_parameters"] == ["temperature"]
+    assert negotiation.summary()["refusals"]["temperature"] == f"HTTP 400: {TEMPERATURE_REFUSAL}"
+
+
+def test_a_reasoning_model_gets_its_default_temperature_and_a_rerun_reuses_every_answer(
+    start_teacher_server: Any, tmp_path: Path
+) -> None:
+    """The test teacher plays o3: temperature only at 1, no top_p, max_completion_tokens instead of max_tokens."""
+    server = start_teacher_server("--refuse-parameter", "temperature=1", "--refuse-parameter", "top_p", "--refuse-parameter", "max_tokens")
+    requests = [ChatRequest(messages=(("user", f"note {i}"),), temperature=0.7, max_tokens=50) for i in range(6)]
+
+    async def ask(teacher: OpenAICompatTeacher) -> list[Any]:
+        try:
+            async with Engine(teacher, tmp_path / "c.sqlite", LimitsConfig(concurrency=3), progress=False) as engine:
+                answers = await asyncio.gather(*(engine.complete(request) for request in requests))
+                assert engine.stats.retries == 0 and not engine.stats.errors  # refusals never reach the engine
+                return answers
+        finally:
+            await teacher.aclose()
+
+    teacher = make_teacher("openai:o3", base_url=server)
+    with pytest.warns(UserWarning, match="refuses the requested temperature") as said:
+        answers = asyncio.run(ask(teacher))
+    assert len([w for w in said if "temperature" in str(w.message)]) == 1
+    assert all(answer.text for answer in answers)
+    capabilities = teacher.capabilities()
+    assert capabilities["dropped_parameters"] == ["temperature", "top_p"]
+    assert capabilities["token_limit_field"] == "max_completion_tokens"
+    assert capabilities["refusals"]["temperature"] == f"HTTP 400: {TEMPERATURE_REFUSAL}"
+    # The cache key is the request as asked: a new run (which has not met the refusal yet) pays for nothing again.
+    served = server.stats()["requests"]
+    again = asyncio.run(ask(make_teacher("openai:o3", base_url=server)))
+    assert server.stats()["requests"] == served and [a.text for a in again] == [a.text for a in answers]
+    # Asked for the default itself, the temperature is kept.
+    default = make_teacher("openai:o3", base_url=server)
+    asyncio.run(ask_one(default, ChatRequest(messages=(("user", "x"),), temperature=1.0)))
+    assert default.capabilities()["dropped_parameters"] == ["top_p"]
+
+
+async def ask_one(teacher: OpenAICompatTeacher, request: ChatRequest) -> None:
+    try:
+        await teacher.complete(request)
+    finally:
+        await teacher.aclose()
+
+
+def test_generate_against_a_reasoning_model_records_the_default_temperature(
+    teacher_server: TeacherServerURL, tmp_path: Path
+) -> None:
+    teacher_server.control(refused_parameters=["temperature=1"])
+    out = tmp_path / "run"
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(small_run_config(teacher_server, out, limits={"concurrency": 4})))
+    with pytest.warns(UserWarning, match="refuses the requested temperature") as said:
+        assert main(["generate", "--config", str(config_path)]) == 0
+    assert len([w for w in said if "temperature" in str(w.message)]) == 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["counts"]["records"] > 0
+    capabilities = manifest["teacher_capabilities"]["teacher"]
+    assert capabilities["dropped_parameters"] == ["temperature"]
+    assert capabilities["refusals"]["temperature"].startswith("HTTP 400: Unsupported value: 'temperature' does not support 0.")
+
+
+def test_the_command_line_says_a_mediflow_warning_in_one_line() -> None:
+    from mediflow import cli
+
+    inside = str(Path(cli.__file__).parents[1] / "teachers" / "negotiation.py")
+    assert cli._warning_line(UserWarning("model 'o3' refuses the requested temperature"), UserWarning, inside, 140) == (
+        "warning: model 'o3' refuses the requested temperature\n"
+    )
+    assert cli._warning_line(FutureWarning("x"), FutureWarning, "/elsewhere/lib.py", 3).startswith("/elsewhere/lib.py:3: FutureWarning: x")

@@ -14,7 +14,7 @@ from tiny_models import build_tiny_phi3
 from transformers import TrainerCallback
 
 from mediflow.cli import main
-from mediflow.errors import ConfigError
+from mediflow.errors import MediflowError
 from mediflow.train.config import PitStageSection, StageConfig, config_from_dict
 from mediflow.train.data import load_documents, load_task_rows
 from mediflow.train.lengths import LengthReport, chunk_documents
@@ -106,7 +106,7 @@ def test_labels_mask_prompts_and_keep_documents(corpus: Path) -> None:
 def test_schedule_chains_stages_and_moves_every_weight(corpus: Path) -> None:
     snapshots = _SnapshotAtStart()
     final = run_pit(_config(corpus, "expert"), callbacks=[snapshots])
-    manifest = json.loads((corpus / "expert" / "pit_manifest.json").read_text())
+    manifest = json.loads((corpus / "expert" / "manifest.json").read_text())
     stage1, stage2 = manifest["stages"]
     assert [stage1["name"], stage2["name"]] == ["task", "task_and_documents"]
     assert (stage1["data"], stage2["data"]) == (["task"], ["task", "documents"])
@@ -129,17 +129,17 @@ def test_schedule_chains_stages_and_moves_every_weight(corpus: Path) -> None:
     again = _SnapshotAtStart()
     run_pit(_config(corpus, "expert"), callbacks=[again])
     assert again.starts == []
-    assert json.loads((corpus / "expert" / "pit_manifest.json").read_text()) == manifest
+    assert json.loads((corpus / "expert" / "manifest.json").read_text())["stages"] == manifest["stages"]
 
     # Another learning rate: one line naming the change, nothing retrained; --overwrite retrains.
     changed = _config(corpus, "expert")
     changed.pit.schedule[1].learning_rate = 5e-3
-    with pytest.raises(ConfigError, match=r"pit stage 2 \(task_and_documents\).*changed: stage.learning_rate .*--overwrite"):
+    with pytest.raises(MediflowError, match=r"another config \(changed: schedule.2.learning_rate 0.0003 -> 0.005\).*--overwrite"):
         run_pit(changed, callbacks=[again])
     assert again.starts == []
     run_pit(changed, callbacks=[again], overwrite=True)
     assert len(again.starts) == 2
-    redone = json.loads((corpus / "expert" / "pit_manifest.json").read_text())
+    redone = json.loads((corpus / "expert" / "manifest.json").read_text())
     assert redone["stages"][1]["learning_rate"] == 5e-3
 
 
@@ -185,6 +185,6 @@ def test_truncation_counts_reach_the_manifest(corpus: Path) -> None:
     config.pit.schedule = config.pit.schedule[1:]
     with pytest.warns(UserWarning, match="rows do not fit data.max_length=16"):
         run_pit(config)
-    lengths = json.loads((corpus / "counted" / "pit_manifest.json").read_text())["lengths"]
+    lengths = json.loads((corpus / "counted" / "manifest.json").read_text())["lengths"]
     assert lengths["max_length"] == 16 and lengths["dropped"] == 3 and lengths["tokens_lost"] > 0
     assert lengths["documents_chunked"] == 2 and lengths["chunks"] >= 4

@@ -114,6 +114,8 @@ def test_ray_judge_gives_the_local_judges_scores(ray_address, teacher_server, tm
     assert _tables(tmp_path / "ray") == _tables(tmp_path / "local")
     assert on_ray.kept == local.kept and on_ray.details["judged"] == local.details["judged"]
     assert on_ray.details["usage"]["requests"] == local_requests and on_ray.details["usage"]["actors"] >= 1
+    negotiated = [json.loads((tmp_path / engine / "manifest.json").read_text())["teacher_capabilities"] for engine in ("ray", "local")]
+    assert negotiated[0] == negotiated[1] and negotiated[0]["judge.teacher"]["structured_output"] == "json_schema"
 
 
 def test_ray_pairs_give_the_local_pairs(ray_address, teacher_server, tmp_path) -> None:
@@ -127,6 +129,8 @@ def test_ray_pairs_give_the_local_pairs(ray_address, teacher_server, tmp_path) -
     assert _tables(tmp_path / "ray") == _tables(tmp_path / "local")
     assert (on_ray.tried, on_ray.kept, on_ray.dropped) == (local.tried, local.kept, local.dropped)
     assert on_ray.manifest["usage"]["ray"]["requests"] == local_requests
+    assert on_ray.manifest["teacher_capabilities"] == local.manifest["teacher_capabilities"]  # the actors' reports, combined
+    assert set(local.manifest["teacher_capabilities"]) == {"teacher", "judge_teacher"}
 
 
 def test_each_actor_negotiates_and_the_manifest_records_the_level(ray_address, teacher_server, tmp_path) -> None:
@@ -135,8 +139,8 @@ def test_each_actor_negotiates_and_the_manifest_records_the_level(ray_address, t
     generate(_config(teacher_server, out, json_share=1.0, engine="ray", ray={"actors": 2, "batch_size": 1}))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "finished" and manifest["counts"]["rejects"] == 0
-    assert manifest["teacher_capabilities"]["structured_output"] == "json_object_schema"
-    assert manifest["teacher_capabilities"]["refusals"]["json_schema"].startswith("HTTP 500: ")
+    assert manifest["teacher_capabilities"]["teacher"]["structured_output"] == "json_object_schema"
+    assert manifest["teacher_capabilities"]["teacher"]["refusals"]["json_schema"].startswith("HTTP 500: ")
     assert "server_error" not in manifest["session"]["errors"]
 
 
@@ -158,3 +162,5 @@ def test_ray_pit_qa_gives_the_local_task_data(ray_address, teacher_server, tmp_p
     assert served[0] == served[1] == 3 * 4
     tables = [pq.read_table(sorted((tmp_path / engine / "data").glob("*.parquet"))) for engine in ("ray", "local")]
     assert tables[0].num_rows > 0 and tables[0].equals(tables[1])
+    negotiated = [json.loads((tmp_path / engine / "manifest.json").read_text())["teacher_capabilities"] for engine in ("ray", "local")]
+    assert negotiated[0] == negotiated[1] and negotiated[0]["qa.teacher"]["structured_output"] == "json_schema"

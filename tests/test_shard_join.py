@@ -34,6 +34,7 @@ def _folder(out: Path) -> dict:
         "counts": manifest["counts"],
         "usage": manifest["usage"],
         "fingerprint": manifest["config_fingerprint"],
+        "teacher_capabilities": manifest["teacher_capabilities"],  # the shares' negotiations, combined
     }
 
 

@@ -3,7 +3,9 @@
 Each command group lives in its own module under ``mediflow.cli`` and exposes
 ``register(subparsers)``; the handler it installs returns an exit status. User errors
 (:class:`mediflow.errors.MediflowError`) and file-system errors (a full or read-only disk, a
-permission, a path that is a file) print one ``error: ...`` line and exit 2, never a traceback.
+permission, a path that is a file) print one ``error: ...`` line and exit 2, never a traceback;
+MediFlow's own warnings (a teacher that refuses the configured temperature, an input without judge
+scores) print one ``warning: ...`` line.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from mediflow import __version__
 from mediflow.cli import (
@@ -40,6 +44,16 @@ _COMMAND_MODULES = (
     merge_cmd,
 )
 
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+_python_warning_format = warnings.formatwarning
+
+
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
+    """MediFlow's own warnings as one line, like its errors; other libraries' keep Python's format (with the source line)."""
+    if Path(filename).resolve().is_relative_to(_PACKAGE_ROOT):
+        return f"warning: {redact_text(str(message))}\n"
+    return _python_warning_format(message, category, filename, lineno, line)
+
 
 def os_error_line(exc: OSError) -> str:
     """A file-system error as one line naming the file and the problem (``runs/a/data: No space left on device``)."""
@@ -64,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mediflow`` console script."""
+    warnings.formatwarning = _warning_line
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

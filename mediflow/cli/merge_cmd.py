@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", "-o", type=Path, help="the merged model folder (a preset may set it in its file)")
     parser.add_argument("--preset", choices=("mediphi",), help="run a preset recipe instead of a single merge")
     parser.add_argument("--seed", type=int, default=0, help="seed for DARE's random drops (default 0)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output folder")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an output folder holding another merge (or anything else); the preset's work/ cache is kept"
+    )
     parser.add_argument("--max-shard-size", type=_size, default="2GB", help="largest output shard, e.g. 2GB, 500MB")
     parser.set_defaults(handler=_run)
 
@@ -59,9 +61,8 @@ def _run(args: argparse.Namespace) -> int:
 
     config = parse_merge_config(raw, source=str(args.config))
     output = run_merge(
-        config, args.output, seed=args.seed, overwrite=args.overwrite, max_shard_bytes=args.max_shard_size, progress=True
+        config, args.output, seed=args.seed, overwrite=args.overwrite, max_shard_bytes=args.max_shard_size, progress=True, config_text=text
     )
-    (output / "merge_config.yaml").write_text(text, encoding="utf-8")
     print(f"merged {len(config.models)} models with {config.method.name} -> {output}")
     return 0
 

@@ -40,10 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             help="override one config value (YAML-parsed), e.g. --set train.max_steps=10; repeatable",
         )
         add_flags(parser, StageConfig, skip=("stage", *(section for section in OWN_SECTIONS if section != stage)))
-        if stage in ("pit", "sft", "dpo"):
-            parser.add_argument(
-                "--overwrite", action="store_true", help="retrain even when the output folder holds a model from other (or the same) inputs"
-            )
+        parser.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace an output folder holding another kind of folder or a run of another config or inputs (qa keeps its teacher cache)",
+        )
         if stage == "eval":
             parser.add_argument("--compare", type=Path, nargs="+", metavar="REPORT", help="print saved eval reports side by side")
         parser.set_defaults(handler=_run)
@@ -66,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.stage == "qa":
         from mediflow.train.qa import generate_task_data
 
-        generate_task_data(config)
+        generate_task_data(config, overwrite=args.overwrite)
     elif args.stage == "pit":
         from mediflow.train.pit import run_pit
 
@@ -82,5 +83,5 @@ def _run(args: argparse.Namespace) -> int:
     else:
         from mediflow.train.eval import run_eval
 
-        run_eval(config)
+        run_eval(config, overwrite=args.overwrite)
     return 0

@@ -4,6 +4,8 @@
 * :class:`StagedWriter` (``staged.py``): a stage's kept/rejected records, published at the end.
 * :func:`open_input` (``reader.py``): a folder's kept records, or a file, checked before any work.
 * ``atomic.py``: the one atomic writer; ``manifest.py``: the typed manifest; ``guards.py``: overlap and lock.
+* ``model.py``: what a model folder (training, merge) adds: its layout, :func:`publish_model` and
+  :func:`check_model_input`.
 """
 
 from mediflow.folders.atomic import write_atomically, write_json, write_parquet, write_text

@@ -26,7 +26,7 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make the rename itself durable (the folder's entry), where the platform allows it."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -49,7 +49,7 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -77,7 +77,7 @@ def commit(tmp: Path, path: Path) -> None:
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def remove_leftovers(folder: Path) -> list[Path]:

@@ -2,9 +2,10 @@
 
 One shape for every kind of folder: what wrote it (``kind``), how far it got (``status`` and the
 ``reason`` when it is not ``finished``), the exact config and its fingerprint, the inputs it read
-with a content fingerprint each, and its counts. Stage-specific facts (a run's plan and usage, a
-stage's report, curate's funnel) travel in ``details`` and are written at the top level beside
-the typed keys, where the audit and the dataset card read them.
+with a content fingerprint each, its counts, and, for a folder made with a teacher, what each
+role's teacher negotiated with its server (``teacher_capabilities``). Stage-specific facts (a run's
+plan and usage, a stage's report, curate's funnel) travel in ``details`` and are written at the top
+level beside the typed keys, where the audit and the dataset card read them.
 
 Credentials never reach the file: URLs in the config lose their user/password and secret query
 parameters (:func:`redact_urls`).
@@ -25,7 +26,9 @@ from mediflow.redact import redact_urls
 
 MANIFEST_NAME = "manifest.json"
 STATUSES: tuple[str, ...] = ("running", "finished", "failed", "stopped")
-_TYPED_KEYS = ("kind", "status", "reason", "mediflow_version", "created_at", "updated_at", "config", "config_fingerprint", "inputs", "counts")
+_TYPED_KEYS = (
+    "kind", "status", "reason", "mediflow_version", "created_at", "updated_at", "config", "config_fingerprint", "inputs", "counts", "teacher_capabilities",
+)
 
 
 def now() -> str:
@@ -53,6 +56,10 @@ class Manifest:
     status: str = "running"
     reason: str | None = None
     counts: dict[str, Any] = field(default_factory=dict)
+    #: ``{role: capabilities}``: what each role's teacher (by the config key of its ``teacher:`` section)
+    #: learned from its server: structured-output level, dropped or renamed parameters and the refusals
+    #: behind them (:func:`mediflow.teachers.negotiation.capabilities_by_role`). Written when not empty.
+    teacher_capabilities: dict[str, dict[str, Any]] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     mediflow_version: str = __version__
     created_at: str = field(default_factory=now)
@@ -72,7 +79,9 @@ class Manifest:
             "inputs": [{"path": ref.path, "kind": ref.kind, "fingerprint": ref.fingerprint} for ref in self.inputs],
             "counts": self.counts,
         }
-        return {**typed, **{key: value for key, value in redact_urls(self.details).items() if key not in typed}}
+        if self.teacher_capabilities:
+            typed["teacher_capabilities"] = redact_urls(self.teacher_capabilities)
+        return {**typed, **{key: value for key, value in redact_urls(self.details).items() if key not in _TYPED_KEYS}}
 
     @classmethod
     def from_dict(cls, value: dict[str, Any], source: Path) -> Manifest:
@@ -91,6 +100,7 @@ class Manifest:
             status=value["status"],
             reason=value.get("reason"),
             counts=value.get("counts") or {},
+            teacher_capabilities=_capabilities(value.get("teacher_capabilities")),
             details={key: item for key, item in value.items() if key not in _TYPED_KEYS},
             mediflow_version=str(value.get("mediflow_version", "")),
             created_at=str(value.get("created_at", "")),
@@ -101,6 +111,37 @@ class Manifest:
         """Write ``folder/manifest.json`` atomically (stamping ``updated_at``)."""
         self.updated_at = now()
         write_json(Path(folder) / MANIFEST_NAME, self.to_dict())
+
+
+def _capabilities(value: Any) -> dict[str, dict[str, Any]]:
+    """The ``{role: capabilities}`` entries of a manifest read back (anything else in there is ignored)."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(role): entry for role, entry in value.items() if isinstance(entry, dict) and "structured_output" in entry}
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as ``{"a.b": leaf}`` (lists are leaves), the layout fingerprints compare in."""
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}
+
+
+def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two flat fingerprints, as short readable items (a content hash by its name)."""
+    items = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if before == after:
+            continue
+        if isinstance(before, str) and len(before) == 64 or isinstance(after, str) and len(after) == 64:
+            items.append(key)  # a content hash: the name says enough
+        else:
+            items.append(f"{key} {before!r} -> {after!r}")
+    return items
 
 
 def read_manifest(folder: Path) -> Manifest | None:

@@ -1,7 +1,7 @@
 """The one output-folder contract: layout, guards, lock, manifest life cycle, leftover clean-up.
 
 Every command that writes a folder (generate, each quality stage, curate, pairs, PIT QA, export)
-writes this layout::
+writes this layout (a model folder, :mod:`mediflow.folders.model`, holds a model instead of data)::
 
     OUT/
       manifest.json       the typed manifest (kind, status + reason, config, inputs, counts)
@@ -21,6 +21,7 @@ output of the same run is still in place (then that output is left exactly as it
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 from mediflow.errors import MediflowError
 from mediflow.folders.atomic import TEMP_PREFIX, remove_leftovers
 from mediflow.folders.guards import LOCK_NAME, FolderLock, check_folder_path, check_no_overlap, check_writable, lock_holder
-from mediflow.folders.manifest import MANIFEST_NAME, InputRef, Manifest, read_manifest
+from mediflow.folders.manifest import MANIFEST_NAME, InputRef, Manifest, changes, read_manifest
 from mediflow.records import canonical_json, content_id
 
 DATA_DIR = "data"
@@ -131,6 +132,7 @@ class OutputFolder:
         fingerprint: str | None = None,
         staged: bool = True,
         extra_entries: Iterable[str] = (),
+        caches: Iterable[str] = (),
         details: dict[str, Any] | None = None,
     ) -> OutputFolder:
         """Check, lock and prepare ``root`` for a run of ``kind``; see the module docstring.
@@ -139,7 +141,13 @@ class OutputFolder:
         ``input_paths`` are further paths the output must not overlap (evaluation sets, taxonomy).
         ``fingerprint`` identifies the config (default: :func:`config_fingerprint` of ``config``).
         ``staged``: the run publishes its data at the end, so a finished output of the same run
-        stays untouched until then (every stage); generate commits shards as it goes (``False``).
+        stays untouched until then (every stage); generate commits shards as it goes (``False``), and a
+        model folder says ``running`` before it touches its model (``False``).
+        ``extra_entries``: further names (or glob patterns, ``checkpoint-*``) that belong to this kind of
+        folder; ``caches``: those of them that hold paid-for work and survive ``overwrite`` like
+        ``cache.sqlite`` (the merge preset's scores and chosen SLERPs).
+        ``details["fingerprint"]``: the flat mapping ``fingerprint`` hashes (a model folder's inputs
+        and settings); when present on both sides, a refusal names what changed.
         """
         root = Path(root)
         manifest = Manifest(
@@ -149,8 +157,9 @@ class OutputFolder:
             inputs=list(inputs),
             details=dict(details or {}),
         )
-        own = OWN_ENTRIES | set(extra_entries)
-        _check(root, manifest, own, list(input_paths), overwrite)  # read-only: refuse before writing
+        own = OWN_ENTRIES | set(extra_entries) | set(caches)
+        kept = _CACHES | set(caches)
+        _check(root, manifest, own, kept, list(input_paths), overwrite)  # read-only: refuse before writing
         try:
             root.mkdir(parents=True, exist_ok=True)
         except PermissionError:
@@ -158,11 +167,11 @@ class OutputFolder:
         lock = FolderLock(root)
         lock.acquire()
         try:
-            on_disk = _check_contents(root, manifest, own, overwrite)  # again, now that nobody else can change it
+            on_disk = _check_contents(root, manifest, own, kept, overwrite)  # again, now that nobody else can change it
             previous = None if overwrite else on_disk
             remove_leftovers(root)
             if previous is None:
-                _clear(root, own, keep_published=staged)
+                _clear(root, own, kept, keep_published=staged)
             folder = cls(root, manifest, previous, on_disk, lock, staged=staged)
             if previous is not None:
                 manifest.created_at = previous.created_at
@@ -185,11 +194,12 @@ class OutputFolder:
         overwrite: bool = False,
         fingerprint: str | None = None,
         extra_entries: Iterable[str] = (),
+        caches: Iterable[str] = (),
     ) -> None:
         """Every guard of :meth:`open`, writing nothing: a caller about to do something slow or remote
         first (``generate`` asks the teacher's server) learns now that the folder would be refused."""
         manifest = Manifest(kind=kind, config=config, config_fingerprint=fingerprint or config_fingerprint(config), inputs=list(inputs))
-        _check(Path(root), manifest, OWN_ENTRIES | set(extra_entries), list(input_paths), overwrite)
+        _check(Path(root), manifest, OWN_ENTRIES | set(extra_entries) | set(caches), _CACHES | set(caches), list(input_paths), overwrite)
 
     def finish(self, counts: dict[str, Any], details: dict[str, Any] | None = None, *, status: str = "finished", reason: str | None = None) -> None:
         """Write the final manifest (the last file a run writes) and release the folder."""
@@ -226,18 +236,27 @@ class OutputFolder:
             self.fail(str(exc) or type(exc).__name__)
 
 
-def _check(root: Path, manifest: Manifest, own: frozenset[str] | set[str], input_paths: list[Path], overwrite: bool) -> None:
+#: What survives ``overwrite`` and a fresh start: paid-for answers, and the lock itself.
+_CACHES = frozenset({CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm"})
+
+
+def _is_own(name: str, own: Iterable[str]) -> bool:
+    """Whether an entry named ``name`` belongs to the contract (``own`` holds names and glob patterns)."""
+    return any(name == entry or ("*" in entry and fnmatch.fnmatchcase(name, entry)) for entry in own)
+
+
+def _check(root: Path, manifest: Manifest, own: frozenset[str] | set[str], kept: frozenset[str] | set[str], input_paths: list[Path], overwrite: bool) -> None:
     """The guards that need no lock: a folder path, no overlap with any input, nothing foreign in it."""
     check_folder_path(root)
     check_no_overlap(root, [Path(ref.path) for ref in manifest.inputs] + input_paths)
     holder = lock_holder(root)
     if holder is not None:  # said first: what the folder holds is changing under the other process
         raise MediflowError(f"{root}: in use by another process ({holder}); wait for it to finish or stop it")
-    _check_contents(root, manifest, own, overwrite)
+    _check_contents(root, manifest, own, kept, overwrite)
     check_writable(root)
 
 
-def _check_contents(root: Path, manifest: Manifest, own: frozenset[str] | set[str], overwrite: bool) -> Manifest | None:
+def _check_contents(root: Path, manifest: Manifest, own: frozenset[str] | set[str], kept: frozenset[str] | set[str], overwrite: bool) -> Manifest | None:
     """The manifest in ``root`` (None when there is none) once its contents are known to be this run's, or ``overwrite``.
 
     Refuses, unless ``overwrite``: files that are not the contract's, another kind of folder, another
@@ -245,7 +264,7 @@ def _check_contents(root: Path, manifest: Manifest, own: frozenset[str] | set[st
     """
     if not root.is_dir():
         return None
-    foreign = sorted(p.name for p in root.iterdir() if p.name not in own and not p.name.startswith(TEMP_PREFIX))
+    foreign = sorted(p.name for p in root.iterdir() if not _is_own(p.name, own) and not p.name.startswith(TEMP_PREFIX))
     hint = "choose another folder, or pass --overwrite to replace it"
     try:
         previous = read_manifest(root)
@@ -253,37 +272,49 @@ def _check_contents(root: Path, manifest: Manifest, own: frozenset[str] | set[st
         if overwrite:
             return None
         raise MediflowError(f"{root}: holds an unreadable manifest ({exc}); {hint}") from None
+    if previous is not None and previous.kind != manifest.kind and not overwrite:  # said first: it explains the other files
+        raise MediflowError(f"{root}: holds a '{previous.kind}' folder, not a '{manifest.kind}' one; {hint}")
     if foreign and not overwrite:
         raise MediflowError(f"{root}: holds files that are not a MediFlow {manifest.kind} output ({', '.join(foreign[:3])}); {hint}")
     if previous is None:
         stray = [p.name for p in (root / DATA_DIR).glob("*")] if (root / DATA_DIR).is_dir() else []
+        stray += [p.name for p in root.iterdir() if p.name not in kept | {LOCK_NAME, DATA_DIR} and not p.name.startswith(TEMP_PREFIX)]
         if stray and not overwrite:
-            raise MediflowError(f"{root}: holds data/ files but no manifest.json; {hint}")
+            where = "data/ files" if (root / DATA_DIR).is_dir() and any((root / DATA_DIR).iterdir()) else f"{', '.join(sorted(stray)[:3])}"
+            raise MediflowError(f"{root}: holds {where} but no manifest.json; {hint}")
         return None
     if overwrite:
         return previous
     if previous.kind != manifest.kind:
         raise MediflowError(f"{root}: holds a '{previous.kind}' folder, not a '{manifest.kind}' one; {hint}")
     if previous.config_fingerprint != manifest.config_fingerprint:
-        raise MediflowError(f"{root}: holds a {manifest.kind} run of another config; {hint}")
+        raise MediflowError(f"{root}: holds a {manifest.kind} run of another config{_what_changed(previous, manifest)}; {hint}")
     if [(r.path, r.fingerprint) for r in previous.inputs] != [(r.path, r.fingerprint) for r in manifest.inputs]:
         before = ", ".join(r.path for r in previous.inputs) or "no input"
         raise MediflowError(f"{root}: holds a {manifest.kind} run of other input data (was: {before}); {hint}")
     return previous
 
 
-def _clear(root: Path, own: frozenset[str] | set[str], *, keep_published: bool) -> None:
-    """Remove the contract's files of an earlier run (never the cache, the lock or foreign files).
+def _what_changed(previous: Manifest, manifest: Manifest) -> str:
+    """`` (changed: train.learning_rate 0.001 -> 0.005)`` when both manifests carry their flat fingerprint."""
+    old, new = previous.details.get("fingerprint"), manifest.details.get("fingerprint")
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return ""
+    changed = changes(old, new)
+    return " (changed: " + ", ".join(changed[:6]) + (", ..." if len(changed) > 6 else "") + ")" if changed else ""
+
+
+def _clear(root: Path, own: frozenset[str] | set[str], kept: frozenset[str] | set[str], *, keep_published: bool) -> None:
+    """Remove the contract's files of an earlier run (never a cache, the lock or foreign files).
 
     ``keep_published``: leave the data, rejects, manifest and card in place (a staged run replaces
     them when it publishes, so a failure leaves them as they were).
     """
-    kept = {CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", LOCK_NAME}
+    kept = set(kept) | {LOCK_NAME}
     if keep_published:
         kept |= {DATA_DIR, REJECTS_NAME, MANIFEST_NAME, "README.md"}
-    for name in sorted(set(own) - kept):
-        path = root / name
+    for path in sorted(p for p in root.iterdir() if _is_own(p.name, own) and p.name not in kept):
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
+        else:
             path.unlink()

@@ -29,6 +29,7 @@ from mediflow.pipeline.collect import shard_summary
 from mediflow.pipeline.output import REJECT_SCHEMA, RunOutput
 from mediflow.pipeline.run import RunSummary, finish_run
 from mediflow.records import GENERATION_SCHEMA
+from mediflow.teachers.negotiation import capabilities_by_role
 
 
 def _share_manifest(folder: Path) -> dict[str, Any]:
@@ -78,6 +79,8 @@ def join_shares(out: str | Path, folders: Sequence[str | Path]) -> RunSummary:
     )
     with folder:
         folder.manifest.created_at = started_at.isoformat()
+        # each share negotiated with the server for itself: its answers are all in the joined run
+        folder.manifest.teacher_capabilities = capabilities_by_role({}, [manifest.get("teacher_capabilities") or {} for manifest in manifests])
         output = RunOutput(folder.root, folder)
         shares = [RunOutput(path) for path in paths]
         ranges = sorted({index for share in shares for index, _ in share.shards()})
@@ -133,7 +136,7 @@ def _merge_caches(target: Path, sources: Sequence[Path]) -> None:
 def _joined_manifest(manifests: Sequence[dict[str, Any]], folders: Sequence[Path], out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The joined run's config and manifest details: the unsharded run's."""
     first = manifests[0]
-    typed = ("kind", "status", "reason", "mediflow_version", "created_at", "updated_at", "config", "config_fingerprint", "inputs", "counts")
+    typed = ("kind", "status", "reason", "mediflow_version", "created_at", "updated_at", "config", "config_fingerprint", "inputs", "counts", "teacher_capabilities")
     manifest = {key: value for key, value in first.items() if key not in ("shard", "usage", "session", "failures", "finished_at", *typed)}
     config = {**first["config"], "shard": None, "output": {**first["config"]["output"], "dir": str(out)}}
     manifest["plan"] = {

@@ -82,6 +82,7 @@ class _GroupWorker:
 
     def stats(self) -> dict[str, Any]:
         """The engine's running totals, and what this actor's teacher negotiated with the server."""
-        from mediflow.teachers.base import teacher_capabilities
+        from mediflow.pipeline.run import ROLE
+        from mediflow.teachers.negotiation import capabilities_by_role
 
-        return {**self.engine.stats.as_dict(), "teacher_capabilities": teacher_capabilities(self.teacher)}
+        return {**self.engine.stats.as_dict(), "teacher_capabilities": capabilities_by_role({ROLE: self.teacher})}

@@ -47,15 +47,19 @@ from mediflow.records import GENERATION_SCHEMA, content_id
 from mediflow.steps import map_ordered
 from mediflow.sync import run_sync
 from mediflow.taxonomy import load_taxonomy
-from mediflow.teachers.base import Teacher, check_teacher, teacher_capabilities
+from mediflow.teachers.base import Teacher, check_teacher
 from mediflow.teachers.factory import teacher_from
-from mediflow.teachers.negotiation import STRUCTURED_LEVELS
+from mediflow.teachers.negotiation import capabilities_by_role
 from mediflow.terminology import ICD10CM_RELEASE
 
 if TYPE_CHECKING:
     import datasets
 
     from mediflow.scale.ray_runner import RayRun
+
+
+#: The generator's role in the manifest's ``teacher_capabilities`` (the config key of its section).
+ROLE = "teacher"
 
 
 @dataclass
@@ -209,7 +213,6 @@ async def _generate(
     """The run itself, inside the locked folder (its manifest says ``running``)."""
     output = RunOutput(folder.root, folder)
     created_at = datetime.fromisoformat(folder.manifest.created_at)
-    earlier = folder.previous.details.get("teacher_capabilities") if folder.previous is not None else None
     collector = ShardCollector(output, len(plan), config.output.shard_size, output.finished(), share_counts)
     workers = -(-(config.records_in_flight or 2 * config.limits.concurrency) // config.documents_per_instruction)
     status, stop_reason = "finished", None
@@ -230,7 +233,7 @@ async def _generate(
 
         def finish(status: str, reason: str | None) -> RunSummary:
             actors = ray_run.teacher_capabilities if ray_run is not None else []
-            folder.manifest.details["teacher_capabilities"] = _capabilities(teacher, actors, earlier)
+            folder.manifest.teacher_capabilities = capabilities_by_role({ROLE: teacher}, actors, folder.previous)
             return finish_run(output, status, reason, engine.stats.as_dict() if ray_run is None else ray_run.session)
 
         try:
@@ -254,30 +257,6 @@ async def _generate(
             f"and every answer received in {output.cache_path}: rerun the same command to resume"
         )
     return summary
-
-
-def _capabilities(
-    teacher: Teacher, actors: list[dict[str, Any]], earlier: dict[str, Any] | None
-) -> dict[str, Any] | None:
-    """This session's negotiated capabilities, for the manifest.
-
-    On Ray each actor's teacher negotiates for itself: the lowest structured-output level any of
-    them settled on is the one reported, with every refusal seen. A resume answered from the cache
-    negotiates nothing and keeps the earlier level.
-    """
-    capabilities = teacher_capabilities(teacher)
-    if capabilities is None:
-        return None
-    for actor in actors:
-        capabilities["refusals"] = {**actor["refusals"], **capabilities["refusals"]}
-        capabilities["dropped_parameters"] = sorted({*capabilities["dropped_parameters"], *actor["dropped_parameters"]})
-        if actor["token_limit_field"] != capabilities["token_limit_field"]:
-            capabilities["token_limit_field"] = actor["token_limit_field"]
-        levels = [level for level in (capabilities["structured_output"], actor["structured_output"]) if level]
-        capabilities["structured_output"] = max(levels, key=STRUCTURED_LEVELS.index, default=None)
-    if capabilities["structured_output"] is None and earlier:
-        capabilities["structured_output"] = earlier.get("structured_output")
-    return capabilities
 
 
 def finish_run(output: RunOutput, status: str, stop_reason: str | None, session: dict[str, Any]) -> RunSummary:

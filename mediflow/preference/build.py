@@ -9,7 +9,8 @@ The run::
         -> comparative judge (seeded random order) -> margin rule -> pair or drop(reason)
     OUT/data/part-*.parquet    pairs in TRL's preference format (+ released columns)
         rejects.parquet        every record tried and not paired, with the drop reason
-        manifest.json          yield (kept / tried), drops by reason, config, prompt versions, usage
+        manifest.json          yield (kept / tried), drops by reason, config, prompt versions, usage,
+                               what each role's teacher negotiated with its server (teacher_capabilities)
         cache.sqlite           every teacher answer, every engine's (a rerun re-pays nothing)
 
 Every record tried ends up in exactly one of the two files, so ``kept + dropped == tried``.
@@ -45,6 +46,7 @@ from mediflow.steps import map_ordered
 from mediflow.sync import run_sync
 from mediflow.taxonomy import load_taxonomy
 from mediflow.teachers.factory import TeacherConfig, api_key_of, teacher_from
+from mediflow.teachers.negotiation import capabilities_by_role
 
 #: Drop reasons decided here (the margin rule, the hard checks and injection add their own).
 NO_APPLICABLE_KIND = "no_applicable_error_kind"
@@ -126,7 +128,7 @@ async def _build(
     dropped, error_types = Counter[str](), Counter[str]()
     outcomes: list[Outcome] = []
     stored = 0
-    async with _outcomes(tried, config, folder.cache_path, schemas, prompts, kinds) as (results, usage_of):
+    async with _outcomes(tried, config, folder.cache_path, schemas, prompts, kinds) as (results, usage_of, capabilities_of):
         async for outcome in results:
             outcomes.append(outcome)
             if len(outcomes) == _CHUNK:
@@ -135,6 +137,7 @@ async def _build(
         if outcomes:
             _store(output, tried.slice(stored, len(outcomes)), outcomes, dropped, error_types)
         usage = usage_of()
+        folder.manifest.teacher_capabilities = capabilities_by_role({}, capabilities_of(), folder.previous)
     manifest = _manifest(config, selection, tried.num_rows, output.kept, dropped, error_types, usage, prompts, kinds)
     counts = {"in": selection.considered, "tried": tried.num_rows, "kept": output.kept, "rejected": tried.num_rows - output.kept}
     output.publish(PAIR_SCHEMA, counts, manifest)
@@ -144,18 +147,19 @@ async def _build(
 @asynccontextmanager
 async def _outcomes(
     tried: pa.Table, config: PairsConfig, cache: Path, schemas: Mapping[str, dict[str, Any]], prompts: Any, kinds: tuple[ErrorKind, ...]
-) -> AsyncIterator[tuple[AsyncIterator[Outcome], Callable[[], dict[str, Any]]]]:
-    """Every tried record's outcome in record order, on this process's engines or on Ray actors; and the usage."""
+) -> AsyncIterator[tuple[AsyncIterator[Outcome], Callable[[], dict[str, Any]], Callable[[], list[dict[str, Any]]]]]:
+    """Every tried record's outcome in record order, on this process's engines or on Ray actors; the usage;
+    and what the teachers negotiated with their servers (``{role: capabilities}`` per process)."""
     records = (record for start in range(0, tried.num_rows, _CHUNK) for record in tried.slice(start, _CHUNK).to_pylist())
     if config.engine == "ray":
         from mediflow.scale.ray_runner import RayRun, in_order, ray_session
 
         ray_run = RayRun(list(records), PairsWork(config, cache, schemas, prompts, kinds), config.ray)
         with ray_session(config.ray):
-            yield in_order(ray_run), lambda: {"ray": ray_run.session}
+            yield in_order(ray_run), lambda: {"ray": ray_run.session}, lambda: ray_run.teacher_capabilities
         return
     async with open_pair_runner(config, cache, schemas, prompts, kinds) as (run, engines):
-        yield map_ordered(run, records, 2 * config.limits.concurrency), lambda: _usage(engines)
+        yield map_ordered(run, records, 2 * config.limits.concurrency), lambda: _usage(engines), lambda: [_capabilities(config, engines)]
 
 
 @asynccontextmanager
@@ -196,13 +200,14 @@ class PairsWork:
     @asynccontextmanager
     async def open(self) -> AsyncIterator[_PairsWorker]:
         async with open_pair_runner(self.config, self.cache, self.schemas, self.prompts, self.kinds, actors=self.config.ray.actors) as (run, engines):
-            yield _PairsWorker(run, engines)
+            yield _PairsWorker(run, engines, self.config)
 
 
 class _PairsWorker:
-    def __init__(self, run: Callable[[dict[str, Any]], Awaitable[Outcome]], engines: dict[str, Engine]) -> None:
+    def __init__(self, run: Callable[[dict[str, Any]], Awaitable[Outcome]], engines: dict[str, Engine], config: PairsConfig) -> None:
         self._run = run
         self.engines = engines
+        self.config = config
 
     async def run(self, record: dict[str, Any]) -> Outcome:
         return await self._run(record)
@@ -213,7 +218,7 @@ class _PairsWorker:
         total: dict[str, Any] = {}
         for engine in {id(engine): engine for engine in self.engines.values()}.values():
             total = add_stats(total, engine.stats.as_dict())
-        return total
+        return {**total, "teacher_capabilities": _capabilities(self.config, self.engines)}
 
 
 def _roles(config: PairsConfig) -> list[tuple[str, TeacherConfig]]:
@@ -221,6 +226,16 @@ def _roles(config: PairsConfig) -> list[tuple[str, TeacherConfig]]:
     roles = [("teacher", config.teacher), ("judge_teacher", config.judge)]
     roles += [(f"candidate_sources[{i}].teacher", source.teacher) for i, source in enumerate(config.candidate_sources)]
     return roles
+
+
+def _engine_names(config: PairsConfig) -> list[str]:
+    """The engine of each role of :func:`_roles`, in the same order."""
+    return ["teacher", "judge", *(f"candidate{i}" for i in range(len(config.candidate_sources)))]
+
+
+def _capabilities(config: PairsConfig, engines: Mapping[str, Engine]) -> dict[str, dict[str, Any]]:
+    """What each role's teacher negotiated with its server (roles sharing a teacher share its entry)."""
+    return capabilities_by_role({role: engines[name].teacher for (role, _), name in zip(_roles(config), _engine_names(config))})
 
 
 def _task_schemas(config: PairsConfig) -> dict[str, dict[str, Any]]:
@@ -240,7 +255,7 @@ async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path,
     progress = config.progress and actors == 1
     opened: dict[tuple[str, str | None, str | None], Engine] = {}
     engines: dict[str, Engine] = {}
-    for (role, section), name in zip(_roles(config), ["teacher", "judge", *(f"candidate{i}" for i in range(len(config.candidate_sources)))]):
+    for (role, section), name in zip(_roles(config), _engine_names(config)):
         identity = (section.spec, section.base_url, section.api_key_env)
         if identity not in opened:
             teacher = teacher_from(section, limits, where=role)

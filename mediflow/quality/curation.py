@@ -6,7 +6,8 @@ write), so every step can be inspected or rerun alone. The curated set is then p
 top of ``OUT`` in the same shape as any stage: ``OUT/data/`` (the last stage's kept records),
 ``OUT/rejects.parquet`` (every stage's rejects, with their ``stage`` and ``rule``) and
 ``OUT/manifest.json``, whose ``funnel`` (records in / kept per stage) and ``stages`` (each stage's
-full report) are what ``mediflow audit`` and the dataset card read. Cheap stages stay cheap
+full report) are what ``mediflow audit`` and the dataset card read, and whose
+``teacher_capabilities`` says how the judge's server was asked (as the judge's own folder does). Cheap stages stay cheap
 because the expensive one (the judge) answers a rerun from its cache; so a rerun, or a resumed
 killed run, redoes every stage and gets the same result, with nothing skipped on stale evidence.
 """
@@ -33,6 +34,7 @@ from mediflow.quality.judge import run_judge_async
 from mediflow.quality.report import StageReport
 from mediflow.records import conform
 from mediflow.sync import run_sync
+from mediflow.teachers.negotiation import capabilities_by_role
 
 StageRun = Callable[[InputData, Path], Awaitable[StageReport]]
 
@@ -91,11 +93,14 @@ async def curate_async(source: Path, out: Path, config: CurateConfig | Path | st
     folder = OutputFolder.open(out, kind="curate", config=config.to_dict(), inputs=[data.ref()], input_paths=eval_paths, overwrite=overwrite)
     with folder:
         reports: list[tuple[StageReport, Path]] = []
+        negotiated: list[dict[str, dict[str, Any]]] = []  # each stage's teacher_capabilities (the judge's)
         current = data
         for number, (name, run) in enumerate(stages, start=1):
             stage_folder = out / STAGES_DIR / f"{number}-{name}"
             reports.append((await run(current, stage_folder), stage_folder))
             current = open_input(stage_folder, allow_empty=True)
+            negotiated.append(current.manifest.teacher_capabilities if current.manifest is not None else {})
+        folder.manifest.teacher_capabilities = capabilities_by_role({}, negotiated, folder.previous)
         manifest = funnel_manifest(source, out, config, reports)
         await asyncio.to_thread(_publish, folder, current, [stage_folder for _, stage_folder in reports], manifest)
     return folder.manifest.to_dict()

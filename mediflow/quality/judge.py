@@ -42,8 +42,11 @@ from mediflow.steps import Answer, LLMStep, StepResult, run_step
 from mediflow.sync import run_sync
 from mediflow.teachers.base import ChatRequest
 from mediflow.teachers.factory import api_key_of, teacher_from
+from mediflow.teachers.negotiation import capabilities_by_role
 
 STAGE = "judge"
+#: The judge's role in the manifest's ``teacher_capabilities`` (the config key of its teacher section).
+ROLE = "judge.teacher"
 #: The rule of a record none of whose judge samples gave a valid answer (``on_failure: drop``).
 FAILED_RULE = "judge_failed"
 SPREAD_COLUMN = "judge_spread"
@@ -114,6 +117,7 @@ class RecordJudge:
         self.corrections = 0
         self.failed_samples = 0
         self.ray_usage: dict[str, Any] = {}  # engine: ray: the actors' engine totals, summed over batches
+        self.ray_capabilities: list[dict[str, Any]] = []  # engine: ray: what each actor's teacher negotiated, per batch
 
     async def judge(self, records: Sequence[dict[str, Any]], on_done: Callable[[], None] | None = None) -> list[Judgement]:
         """One judgement per record, in record order.
@@ -151,10 +155,11 @@ class RecordJudge:
             for result in await asyncio.to_thread(run_step_on_vllm, list(rows), self.step, model, self.config.ray.vllm):
                 yield result
             return
-        work = StepWork(self.step, self.config.teacher, self.config.limits, self.cache, self.config.ray.actors, "judge.teacher")
-        results, usage = await asyncio.to_thread(run_step_on_ray, list(rows), work, self.config.ray)
-        self.ray_usage = add_stats(self.ray_usage, usage)
-        for result in results:
+        work = StepWork(self.step, self.config.teacher, self.config.limits, self.cache, self.config.ray.actors, ROLE)
+        run = await asyncio.to_thread(run_step_on_ray, list(rows), work, self.config.ray)
+        self.ray_usage = add_stats(self.ray_usage, run.session)
+        self.ray_capabilities += run.teacher_capabilities
+        for result in run.results:
             yield result
 
     def _combine(self, answers: Sequence[StepResult[dict[str, Any]]]) -> Judgement:
@@ -299,7 +304,7 @@ async def run_judge_async(source: Path | InputData, out: Path, config: JudgeConf
 async def _judge_into(data: InputData, folder: OutputFolder, config: JudgeConfig, rubric: Rubric, cache: Path) -> StageReport:
     """The judging itself, inside the locked output folder."""
     assert config.teacher is not None
-    teacher = teacher_from(config.teacher, config.limits, where="judge.teacher")
+    teacher = teacher_from(config.teacher, config.limits, where=ROLE)
     try:
         async with Engine(teacher, cache, config.limits, progress=config.progress) as engine:
             engine.progress.set_total(data.num_rows, "records")
@@ -311,6 +316,8 @@ async def _judge_into(data: InputData, folder: OutputFolder, config: JudgeConfig
                 return asyncio.run_coroutine_threadsafe(stage.decide(batch), loop).result()
 
             def details() -> dict[str, Any]:
+                # the stage's last step before it publishes: the manifest also says how the judge was asked
+                folder.manifest.teacher_capabilities = capabilities_by_role({ROLE: teacher}, judge.ray_capabilities, folder.previous)
                 return {
                     **{name: stage.counts[name] for name in ("judged", "already_judged", "failed")},
                     "samples": config.samples,

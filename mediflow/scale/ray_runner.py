@@ -196,7 +196,8 @@ class RayRun:
 
     @property
     def teacher_capabilities(self) -> list[dict[str, Any]]:
-        """What each actor's teacher negotiated with the server (each actor learns it for itself)."""
+        """What each actor's teachers negotiated with their servers, ``{role: capabilities}`` per actor
+        (each actor learns it for itself; :func:`~mediflow.teachers.negotiation.capabilities_by_role` combines them)."""
         return [stats["teacher_capabilities"] for stats in self._latest.values() if stats.get("teacher_capabilities")]
 
     @property
@@ -297,15 +298,16 @@ class StepWork:
         teacher = teacher_from(self.teacher, limits, where=self.where)
         try:
             async with Engine(teacher, self.cache_path, limits, progress=False, limit_share=share) as engine:
-                yield _StepWorker(engine, self.step)
+                yield _StepWorker(engine, self.step, self.where)
         finally:
             await teacher.aclose()
 
 
 class _StepWorker:
-    def __init__(self, engine: Any, step: LLMStep[Any, Any]) -> None:
+    def __init__(self, engine: Any, step: LLMStep[Any, Any], role: str) -> None:
         self.engine = engine
         self.step = step
+        self.role = role
 
     async def run(self, row: Any) -> StepResult[Any]:
         from mediflow.steps import ask
@@ -313,14 +315,27 @@ class _StepWorker:
         return await ask(self.engine, self.step, row)
 
     def stats(self) -> dict[str, Any]:
-        return dict(self.engine.stats.as_dict())
+        """The engine's running totals, and what this actor's teacher negotiated with the server."""
+        from mediflow.teachers.negotiation import capabilities_by_role
+
+        return {**self.engine.stats.as_dict(), "teacher_capabilities": capabilities_by_role({self.role: self.engine.teacher})}
 
 
-def run_step_on_ray(rows: Sequence[Any], work: StepWork, config: RayConfig) -> tuple[list[StepResult[Any]], dict[str, Any]]:
-    """Every row through ``work.step`` on Ray actors: the results in row order, and the actors' summed engine stats."""
+@dataclass(frozen=True)
+class StepRun:
+    """What :func:`run_step_on_ray` brings back: the results in row order, the actors' summed engine
+    stats, and what each actor's teacher negotiated (``{role: capabilities}`` per actor)."""
+
+    results: list[StepResult[Any]]
+    session: dict[str, Any]
+    teacher_capabilities: list[dict[str, Any]]
+
+
+def run_step_on_ray(rows: Sequence[Any], work: StepWork, config: RayConfig) -> StepRun:
+    """Every row through ``work.step`` on Ray actors (see :class:`StepRun`)."""
     run = RayRun(rows, work, config)
     results: list[StepResult[Any] | None] = [None] * len(rows)
     with ray_session(config):
         for index, result in run.results():
             results[index] = result
-    return [result for result in results if result is not None], run.session
+    return StepRun([result for result in results if result is not None], run.session, run.teacher_capabilities)

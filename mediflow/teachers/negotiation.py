@@ -9,32 +9,50 @@ So a refusal is recognised by what its body says, never by one status code: a 4x
 ``response_format``, ``json_schema``, ``json_object`` or the schema steps structured output down one
 level (:data:`STRUCTURED_LEVELS`; below strict mode the schema is also stated in the prompt); one
 saying a parameter is unsupported drops it (``seed``, ``top_p``) or
-renames it (``max_tokens`` -> ``max_completion_tokens``). What was learned stays with the teacher
-(one per model and base URL, for the run), so the run pays each refusal about once, and goes into
-the run's manifest. Whatever the level, every JSON answer is validated locally
-(:mod:`mediflow.pipeline.structured`): negotiation decides how to ask, never what to accept.
+renames it (``max_tokens`` -> ``max_completion_tokens``). A refused non-default ``temperature``
+(reasoning models: "Unsupported value: 'temperature' does not support 0.7 with this model. Only the
+default (1) value is supported.") is dropped the same way, and said once as a warning: from then on
+answers come at the server's default temperature, not the one the config asked for. What was learned
+stays with the teacher (one per model and base URL, for the run), so the run pays each refusal about
+once, and goes into the manifest of every folder made with the teacher (:func:`capabilities_by_role`,
+one entry per role: the generator, the judge, each pair role, the PIT QA teacher). Whatever the
+level, every JSON answer is validated locally (:mod:`mediflow.pipeline.structured`): negotiation
+decides how to ask, never what to accept.
+
+The cache key stays the request as asked (temperature included) even when the temperature was
+dropped: the cache is read before the server is asked, so a key of what was sent would miss every
+answer a resumed run already paid for (a fresh run has not met the refusal yet), and requests that
+differ only in temperature stay distinct draws. The teacher's name is in the key, so an answer at
+the default is only ever reused for that model (see docs/generation.md).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import openai
 
 from mediflow.prompts import PromptTemplate, load_prompts
-from mediflow.teachers.base import ChatRequest
+from mediflow.teachers.base import ChatRequest, Teacher, teacher_capabilities
 from mediflow.teachers.strict_schema import is_strict_compatible, strict_form
+
+if TYPE_CHECKING:
+    from mediflow.folders.manifest import Manifest
 
 #: Structured-output levels, best first: strict ``json_schema``; JSON mode carrying the schema in
 #: ``response_format.schema`` (llama-cpp-python turns it into a grammar, Anyscale-style servers
 #: constrain to it, others ignore the key or refuse it by name); plain JSON mode; no response_format.
 STRUCTURED_LEVELS = ("json_schema", "json_object_schema", "json_object", "prompt")
 #: Optional request parameters a server may refuse, and what happens then: dropped, or renamed.
-DROPPABLE_PARAMETERS = ("seed", "top_p")
+#: ``temperature`` is refused by reasoning models unless it is their default; dropping it changes the
+#: answers, so that drop is also said once as a warning.
+DROPPABLE_PARAMETERS = ("seed", "top_p", "temperature")
 TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
 
 #: Statuses that never mean "this server does not take that parameter": auth, missing route or
@@ -57,7 +75,7 @@ class WireRequest:
 
     body: dict[str, Any]
     structured: str | None  # the STRUCTURED_LEVELS entry used; None for a plain-text request
-    parameters: tuple[str, ...]  # optional parameters sent: "seed", "top_p", and the token-limit field
+    parameters: tuple[str, ...]  # optional parameters sent: "temperature", "seed", "top_p", and the token-limit field
 
 
 @dataclass
@@ -76,9 +94,12 @@ class Negotiation:
 
     def wire(self, request: ChatRequest) -> WireRequest:
         """The body to send for ``request`` given what the server is known to take."""
-        body: dict[str, Any] = {"model": self.model, "temperature": request.temperature}
+        body: dict[str, Any] = {"model": self.model}
         parameters = [self.token_field]
         body[self.token_field] = request.max_tokens
+        if "temperature" not in self.dropped:
+            body["temperature"] = request.temperature
+            parameters.append("temperature")
         if "top_p" not in self.dropped:
             body["top_p"] = request.top_p
             parameters.append("top_p")
@@ -113,20 +134,17 @@ class Negotiation:
             self.level = max(self.level, STRUCTURED_LEVELS.index(wire.structured) + 1)
             self.refusals.setdefault(wire.structured, reason)
             return True
-        if not _SAYS_UNSUPPORTED.search(text):
-            return False
-        for name in wire.parameters:
-            if not re.search(rf"\b{name}\b", text):
-                continue
-            if name in DROPPABLE_PARAMETERS:
-                self.dropped.add(name)
-            elif name == TOKEN_LIMIT_FIELDS[0]:
-                self.token_field = TOKEN_LIMIT_FIELDS[1]
-            else:
-                return False  # max_completion_tokens refused too: nothing left to try
-            self.refusals.setdefault(name, reason)
-            return True
-        return False
+        name = _refused_parameter(error, text, wire.parameters) if _SAYS_UNSUPPORTED.search(text) else None
+        if name in DROPPABLE_PARAMETERS:
+            if name == "temperature" and name not in self.dropped:
+                _say_temperature_dropped(self.model, reason)
+            self.dropped.add(name)
+        elif name == TOKEN_LIMIT_FIELDS[0]:
+            self.token_field = TOKEN_LIMIT_FIELDS[1]
+        else:
+            return False  # nothing we sent is refused, or max_completion_tokens refused too: nothing left to try
+        self.refusals.setdefault(name, reason)
+        return True
 
     def answered(self, wire: WireRequest) -> None:
         """The server answered ``wire``: its structured level is the one that works."""
@@ -176,6 +194,18 @@ def _error_text(error: openai.APIStatusError) -> str:
     return f"{error.message} {body}".lower()
 
 
+def _refused_parameter(error: openai.APIStatusError, text: str, parameters: tuple[str, ...]) -> str | None:
+    """The sent parameter a refusal is about: the one its body names as ``param`` (OpenAI's errors), else
+    the one its text names first ("'top_p' is not supported when temperature is set" refuses top_p)."""
+    body = error.body
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    param = inner.get("param") if isinstance(inner, dict) else None
+    if param in parameters:
+        return str(param)
+    mentions = {name: found.start() for name in parameters if (found := re.search(rf"\b{name}\b", text))}
+    return min(mentions, key=lambda name: mentions[name], default=None)
+
+
 def _reason(error: openai.APIStatusError) -> str:
     """``HTTP <status>: <the server's own message>``, on one line (the SDK's message repeats the whole body)."""
     body = error.body
@@ -188,3 +218,67 @@ def _reason(error: openai.APIStatusError) -> str:
             message = json.dumps(body["detail"], default=str)
     text = " ".join(f"HTTP {error.status_code}: {message}".split())
     return text if len(text) <= _MAX_REASON_CHARS else text[: _MAX_REASON_CHARS - 3] + "..."
+
+
+def _say_temperature_dropped(model: str, reason: str) -> None:
+    """The one line a run gets when its temperature stops being sent: its answers are no longer sampled as configured."""
+    warnings.warn(
+        f"model {model!r} refuses the requested temperature ({reason}); temperature is no longer sent "
+        "for the rest of this run, so its answers come at the server's default temperature "
+        "(recorded under teacher_capabilities in the manifest)",
+        UserWarning,
+        stacklevel=2,
+    )
+
+
+def combine(summaries: Iterable[Mapping[str, Any] | None]) -> dict[str, Any] | None:
+    """One role's capabilities from several teachers' (:meth:`OpenAICompatTeacher.capabilities`); None if none.
+
+    Each Ray actor negotiates for itself, and a rerun's answers from the cache were got the earlier
+    session's way: the lowest structured-output level any of them settled on is the one reported,
+    with every dropped parameter and every refusal; other facts (server, model check) come from the
+    first summary that has them.
+    """
+    combined: dict[str, Any] | None = None
+    for summary in summaries:
+        if not summary:
+            continue
+        if combined is None:
+            negotiated: dict[str, Any] = {"structured_output": None, "token_limit_field": TOKEN_LIMIT_FIELDS[0], "dropped_parameters": [], "refusals": {}}
+            combined = {**dict.fromkeys(summary), **negotiated}  # the first summary's key order
+        for name, value in summary.items():
+            if combined.get(name) is None:
+                combined[name] = value
+        levels = [level for level in (combined["structured_output"], summary.get("structured_output")) if level in STRUCTURED_LEVELS]
+        combined["structured_output"] = max(levels, key=STRUCTURED_LEVELS.index, default=None)
+        if summary.get("token_limit_field") == TOKEN_LIMIT_FIELDS[1]:
+            combined["token_limit_field"] = TOKEN_LIMIT_FIELDS[1]
+        combined["dropped_parameters"] = sorted({*combined["dropped_parameters"], *summary.get("dropped_parameters", ())})
+        combined["refusals"] = {**summary.get("refusals", {}), **combined["refusals"]}
+    return combined
+
+
+def capabilities_by_role(
+    teachers: Mapping[str, Teacher],
+    reported: Iterable[Mapping[str, Mapping[str, Any]]] = (),
+    previous: Manifest | None = None,
+) -> dict[str, dict[str, Any]]:
+    """What each role's teacher negotiated, for a manifest's ``teacher_capabilities``: ``{role: capabilities}``.
+
+    A role is the config key of its ``teacher:`` section (``teacher``, ``judge.teacher``,
+    ``judge_teacher``, ``candidate_sources[0].teacher``, ``qa.teacher``). ``teachers`` are this
+    process's, ``reported`` what each Ray actor's teachers negotiated (this function, run on the
+    actor), ``previous`` the same run's earlier manifest (``OutputFolder.previous``: a rerun's answers
+    from the cache were got that session's way, see :func:`combine`). A teacher that negotiates
+    nothing (the embedded model, vLLM offline) has no entry.
+    """
+    reports = list(reported)
+    earlier = previous.teacher_capabilities if previous is not None else {}
+    roles = dict.fromkeys([*teachers, *(role for report in reports for role in report)])
+    by_role: dict[str, dict[str, Any]] = {}
+    for role in roles:
+        own = teacher_capabilities(teachers[role]) if role in teachers else None
+        summary = combine([own, *(report.get(role) for report in reports), earlier.get(role)])
+        if summary is not None:
+            by_role[role] = summary
+    return by_role

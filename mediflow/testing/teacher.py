@@ -8,7 +8,9 @@ the prompt) with a deterministic schema-valid instance, and plain requests with 
 clinical-looking text. It can play other servers: which ``response_format`` types it takes
 (``--response-formats text,json_object``, as llama-cpp-python's server), the status it refuses the
 others with (``--refusal-status 500``), parameters it refuses as unsupported (``--refuse-parameter
-seed``, as OpenAI's reasoning models do with ``top_p`` and ``max_tokens``), and the models it serves
+seed``, as OpenAI's reasoning models do with ``top_p`` and ``max_tokens``) or accepts at one value
+only (``--refuse-parameter temperature=1``: any other temperature is refused as those models do,
+"Unsupported value: 'temperature' does not support 0.7 ..."), and the models it serves
 (``--models a,b``: listed at ``GET /v1/models``, others answered 404; without it the route is absent
 and any model name is answered). Faults (``429`` with Retry-After, ``500``,
 ``hang``, ``malformed`` HTTP body, ``cut`` body, ``truncated`` answer with finish_reason length,
@@ -61,7 +63,8 @@ class Settings:
     response_formats: list[str] = field(default_factory=lambda: list(RESPONSE_FORMATS))
     #: The status of a refusal (OpenAI answers 400; llama-cpp-python's server 500).
     refusal_status: int = 400
-    #: Request parameters refused as unsupported (e.g. "seed", "top_p", "max_tokens").
+    #: Request parameters refused as unsupported (e.g. "seed", "top_p", "max_tokens"), or, as
+    #: ``NAME=VALUE``, refused at any value but that one (``temperature=1``, as reasoning models do).
     refused_parameters: list[str] = field(default_factory=list)
     #: The model names served (GET /v1/models, 404 for others); None: no model list, any name answered.
     models: list[str] | None = None
@@ -217,10 +220,16 @@ class TestTeacher:
             accepted = " or ".join(repr(name) for name in settings.response_formats)
             message = f"response_format.type: Input should be {accepted}; got {kind!r}"
             return _error(settings.refusal_status, message, "invalid_request_error", param="response_format")
-        for name in settings.refused_parameters:
-            if name in body:
+        for refused in settings.refused_parameters:
+            name, _, only = refused.partition("=")
+            if name not in body:
+                continue
+            if not only:
                 message = f"Unsupported parameter: '{name}' is not supported with this model."
                 return _error(settings.refusal_status, message, "unsupported_parameter", param=name)
+            if str(body[name]) != only and body[name] != _number(only):
+                message = f"Unsupported value: '{name}' does not support {body[name]} with this model. Only the default ({only}) value is supported."
+                return _error(settings.refusal_status, message, "unsupported_value", param=name)
         return None
 
     def _rate_limit_fault(self) -> str | None:
@@ -371,6 +380,13 @@ def _fault_rate(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"--fault-rate wants KIND=RATE, e.g. 429=0.05; got {text!r}") from None
 
 
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
@@ -389,8 +405,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--response-formats", type=_names, default=list(RESPONSE_FORMATS), metavar="A,B",
                         help=f"response_format types accepted (default: {','.join(RESPONSE_FORMATS)})")
     parser.add_argument("--refusal-status", type=int, default=400, help="HTTP status of a refusal (llama-cpp-python: 500)")
-    parser.add_argument("--refuse-parameter", action="append", default=[], metavar="NAME",
-                        help="refuse requests carrying this parameter as unsupported (seed, top_p, max_tokens, ...)")
+    parser.add_argument("--refuse-parameter", action="append", default=[], metavar="NAME[=VALUE]",
+                        help="refuse requests carrying this parameter as unsupported (seed, top_p, max_tokens, ...); "
+                        "with =VALUE, refuse any other value (temperature=1: as OpenAI's reasoning models)")
     parser.add_argument("--models", type=_names, default=None, metavar="A,B",
                         help="serve only these model names, listed at GET /v1/models (default: no list, any name)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault draws and jitter")

@@ -14,27 +14,37 @@ policy with its adapter switched off).
 Both stages: the eval set is the export's ``validation`` split (or ``data.eval``), never the
 training split, and it is evaluated (``eval_strategy``); rows are measured against
 ``data.max_length`` before training (:mod:`.lengths`); the eval set is checked for overlap with the
-training rows (:mod:`.overlap`); and the output folder is claimed with a fingerprint of every input
-(:mod:`.fingerprint`), so a rerun with the same inputs reuses the finished model, and one with other
-inputs stops with a line naming what changed (``--overwrite`` retrains).
+training rows (:mod:`.overlap`); and ``output.dir`` is a contract folder (kind ``sft``/``dpo``, see
+:mod:`mediflow.folders.model`) whose identity is a fingerprint of every input (:mod:`.fingerprint`):
+a rerun with the same inputs reuses the finished model (or resumes its checkpoints), one with other
+inputs stops with a line naming what changed (``--overwrite`` retrains), a second process on the
+same folder stops naming the first, and ``OUT/model`` appears only once it is complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mediflow.folders import InputRef
+from mediflow.folders.model import MODEL_DIR
 from mediflow.train.config import StageConfig
 from mediflow.train.data import load_messages, load_preferences, splits_of
-from mediflow.train.fingerprint import claim_output, model_fingerprint, training_inputs, value_hash, write_json
+from mediflow.train.fingerprint import model_fingerprint, training_inputs, value_hash
 from mediflow.train.lengths import LengthReport, fit_conversations, fit_preferences
 from mediflow.train.models import load_causal_lm, load_tokenizer
 from mediflow.train.overlap import check_overlap, conversation_text
-from mediflow.train.runtime import finished_model, is_main_process, lora_config, model_dir, resume_checkpoint, trl_arguments
+from mediflow.train.runtime import (
+    finished_model,
+    lora_config,
+    model_dir,
+    open_model_output,
+    resume_checkpoint,
+    trl_arguments,
+)
 from mediflow.train.templates import ASSISTANT_ONLY, TemplatePlan, plan_chat_template
-
-MANIFEST_NAME = "train_manifest.json"
 
 
 @dataclass
@@ -49,6 +59,7 @@ class AlignmentInputs:
     lengths: LengthReport
     overlap: dict[str, Any]
     fingerprint: dict[str, Any]
+    inputs: list[InputRef]
 
 
 def _eval_source(config: StageConfig, config_name: str) -> tuple[Path, str] | None:
@@ -95,6 +106,13 @@ def prepare_inputs(config: StageConfig, kind: str) -> AlignmentInputs:
         "chat template": value_hash([plan.training_template, plan.masking]),
         **training_inputs(config),
     }
+    family = "sft" if kind == "sft" else "preferences"
+    refs = [
+        InputRef(str(model_path), "model", fingerprint["model weights"]),
+        InputRef(str(config.path(data.train)), family, fingerprint["data.train rows"]),
+    ]
+    if source is not None and source[0] != config.path(data.train):
+        refs.append(InputRef(str(source[0]), family, fingerprint["data.eval rows"]))
     return AlignmentInputs(
         model_path=model_path,
         tokenizer=tokenizer,
@@ -104,6 +122,7 @@ def prepare_inputs(config: StageConfig, kind: str) -> AlignmentInputs:
         lengths=lengths,
         overlap=check_overlap(kind, texts(train_rows), texts(eval_rows)),
         fingerprint=fingerprint,
+        inputs=refs,
     )
 
 
@@ -185,33 +204,41 @@ def run_dpo(config: StageConfig, callbacks: list[Any] | None = None, *, overwrit
 
 
 def _run(config: StageConfig, kind: str, build: Any, callbacks: list[Any] | None, overwrite: bool) -> Path:
+    """Train ``kind`` into ``<output.dir>/model`` under the folder contract (see the module docstring)."""
     output = config.path(config.output.dir)
-    target = output / "model"
+    target = output / MODEL_DIR
     inputs = prepare_inputs(config, kind)
     inputs.lengths.announce(config.data.warn_fraction)
-    if claim_output(output, inputs.fingerprint, what=kind, overwrite=overwrite, finished=target):
-        print(f"{kind}: {target} was trained from these exact inputs; reused (--overwrite retrains)", flush=True)
-        return target
-    trainer = build(config, callbacks, inputs)
-    trainer.train(resume_from_checkpoint=resume_checkpoint(config, output))
-    finished_model(trainer, trainer.processing_class, target, inputs.plan.saved_template)
-    if is_main_process():
+    folder = open_model_output(config, inputs.fingerprint, inputs.inputs, overwrite=overwrite)
+    with folder or contextlib.nullcontext():
+        if (target / "config.json").is_file():  # kept by the open: this same run's complete model
+            if folder is not None:
+                previous = folder.previous
+                folder.finish(previous.counts if previous else {}, previous.details if previous else {})
+            print(f"{kind}: {target} was trained from these exact inputs; reused (--overwrite retrains)", flush=True)
+            return target
+        trainer = build(config, callbacks, inputs)
+        trainer.train(resume_from_checkpoint=resume_checkpoint(config, output))
         history = trainer.state.log_history
-        write_json(
-            output / MANIFEST_NAME,
-            {
-                "stage": kind,
-                "model": str(target),
-                "init_from": str(inputs.model_path),
-                "fingerprint": inputs.fingerprint,
-                "chat_template": {"masking": inputs.plan.masking, "reason": inputs.plan.reason},
-                "lengths": inputs.lengths.as_dict(),
-                "eval_rows": len(inputs.eval_rows),
-                "overlap": inputs.overlap,
-                "steps": trainer.state.global_step,
-                "losses": [entry["loss"] for entry in history if "loss" in entry],
-                "eval_losses": [entry["eval_loss"] for entry in history if "eval_loss" in entry],
-                "train_loss": next((e["train_loss"] for e in history if "train_loss" in e), None),
-            },
-        )
+        record = {
+            "stage": kind,
+            "model": str(target),
+            "init_from": str(inputs.model_path),
+            "chat_template": {"masking": inputs.plan.masking, "reason": inputs.plan.reason},
+            "lengths": inputs.lengths.as_dict(),
+            "eval_rows": len(inputs.eval_rows),
+            "overlap": inputs.overlap,
+            "steps": trainer.state.global_step,
+            "losses": [entry["loss"] for entry in history if "loss" in entry],
+            "eval_losses": [entry["eval_loss"] for entry in history if "eval_loss" in entry],
+            "train_loss": next((e["train_loss"] for e in history if "train_loss" in e), None),
+        }
+        counts = {"rows": len(inputs.train_rows), "eval_rows": len(inputs.eval_rows), "steps": trainer.state.global_step}
+        if folder is not None:  # the record is in the manifest before the model appears (a rerun reusing it keeps it)
+            folder.manifest.details.update(record)
+            folder.manifest.counts = counts
+            folder.manifest.write(folder.root)
+        finished_model(trainer, trainer.processing_class, target, inputs.plan.saved_template)
+        if folder is not None:
+            folder.finish(counts)
     return target

@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mediflow.errors import MediflowError
+from mediflow.folders import InputRef, OutputFolder, check_no_overlap
 from mediflow.folders.atomic import write_json, write_text
+from mediflow.folders.manifest import flatten
 from mediflow.train.config import StageConfig
 from mediflow.train.data import load_documents, load_messages, read_table
-from mediflow.train.fingerprint import path_fingerprint, value_hash
+from mediflow.train.fingerprint import model_fingerprint, path_fingerprint, value_hash
 from mediflow.train.lengths import LengthReport, chunk_documents
 from mediflow.train.metrics import METRIC_KINDS, TaskMetric, aggregate, bootstrap, extract_json, load_task_metrics, measure, parse_json
 from mediflow.train.models import load_causal_lm, load_tokenizer
@@ -204,7 +207,26 @@ def _mean(values: list[bool]) -> float | None:
     return sum(float(v) for v in values) / len(values) if values else None
 
 
-def evaluate_model(model_dir: Path, config: StageConfig, *, split: str | None = None, predictions: Path | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class EvalInputs:
+    """The held-out data one evaluation reads: documents per domain, and the examples (or ``None``)."""
+
+    documents: dict[str, list[str]]
+    rows: list[dict[str, Any]] | None
+
+
+def read_eval_inputs(config: StageConfig, split: str | None = None) -> EvalInputs:
+    """Read (and check) the held-out documents and examples; a bad input is refused before a model loads."""
+    documents = {
+        domain: [doc["text"] for doc in load_documents(config.path(path), config.data.text_field)]
+        for domain, path in config.data.document_domains().items()
+    }
+    return EvalInputs(documents, read_eval_rows(config, split) if config.data.records else None)
+
+
+def evaluate_model(
+    model_dir: Path, config: StageConfig, *, split: str | None = None, predictions: Path | None = None, inputs: EvalInputs | None = None
+) -> dict[str, Any]:
     """Measure one model folder: perplexity per document domain and task metrics on held-out examples.
 
     Answers are generated with the model's own chat template (see :mod:`.templates`) and stop at
@@ -212,12 +234,8 @@ def evaluate_model(model_dir: Path, config: StageConfig, *, split: str | None = 
     """
     import torch
 
-    # The inputs are read (and a bad one refused) before a model is loaded.
-    documents = {
-        domain: [doc["text"] for doc in load_documents(config.path(path), config.data.text_field)]
-        for domain, path in config.data.document_domains().items()
-    }
-    rows = read_eval_rows(config, split) if config.data.records else None
+    inputs = inputs or read_eval_inputs(config, split)
+    documents, rows = inputs.documents, inputs.rows
     tokenizer = load_tokenizer(model_dir)
     plan = plan_chat_template(tokenizer, config.model.chat_template)
     tokenizer.chat_template = plan.saved_template
@@ -269,24 +287,29 @@ class ScoreHook:
 
     def __init__(self, config: StageConfig, split: str | None = None) -> None:
         self.config, self.split = config, split
-        data = config.data
-        files = {f"documents.{domain}": path_fingerprint(config.path(path)) for domain, path in data.document_domains().items()}
-        if data.records:
-            files["records"] = path_fingerprint(config.path(data.records))
-        settings = {
-            "objective": config.eval.objective,
-            "max_new_tokens": config.eval.max_new_tokens,
-            "chat_template": config.model.chat_template,
-            "dtype": config.model.dtype,
-            "max_length": data.max_length,
-            "max_samples": data.max_samples,
-            "split": split or data.read_split("eval"),
-            "metrics": path_fingerprint(config.path(data.metrics)) if data.metrics else None,
-        }
-        self.fingerprint = value_hash({"files": files, "settings": settings})
+        self.fingerprint = value_hash(measurement(config, split))
 
     def __call__(self, model_dir: Path) -> float:
         return float(evaluate_model(Path(model_dir), self.config, split=self.split)["score"])
+
+
+def measurement(config: StageConfig, split: str | None = None) -> dict[str, Any]:
+    """What a score measures, the model aside: the content of every eval file and the eval settings."""
+    data = config.data
+    files = {f"documents.{domain}": path_fingerprint(config.path(path)) for domain, path in data.document_domains().items()}
+    if data.records:
+        files["records"] = path_fingerprint(config.path(data.records))
+    settings = {
+        "objective": config.eval.objective,
+        "max_new_tokens": config.eval.max_new_tokens,
+        "chat_template": config.model.chat_template,
+        "dtype": config.model.dtype,
+        "max_length": data.max_length,
+        "max_samples": data.max_samples,
+        "split": split or data.read_split("eval"),
+        "metrics": path_fingerprint(config.path(data.metrics)) if data.metrics else None,
+    }
+    return {"files": files, "settings": settings}
 
 
 def make_evaluator(config: StageConfig, split: str | None = None) -> ScoreHook:
@@ -294,16 +317,44 @@ def make_evaluator(config: StageConfig, split: str | None = None) -> ScoreHook:
     return ScoreHook(config, split)
 
 
-def run_eval(config: StageConfig) -> dict[str, Any]:
-    """Evaluate ``model.name_or_path``; write the JSON report and the predictions; print the table."""
-    from mediflow.train.runtime import model_dir
+def run_eval(config: StageConfig, *, overwrite: bool = False) -> dict[str, Any]:
+    """Evaluate ``model.name_or_path``; write the JSON report and the predictions; print the table.
 
+    ``output.dir`` is a contract folder of kind ``eval`` (overlap guards, lock, typed manifest whose
+    identity is the model's weights and the measurement): rerunning the same evaluation redoes it,
+    another one there is refused naming what changed unless ``overwrite``. The held-out inputs are
+    read and checked before anything is written or a model loads.
+    """
+    from mediflow.train.runtime import model_dir, stage_paths
+
+    model = model_dir(config)
+    inputs = read_eval_inputs(config)
     output = config.path(config.output.dir)
     target = config.path(config.output.report) if config.output.report else output / "eval_report.json"
-    report = evaluate_model(model_dir(config), config, predictions=output / "predictions.jsonl" if config.data.records else None)
-    report["label"] = Path(config.output.dir).name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_json(target, report)
+    identity = flatten(
+        {
+            "model weights": model_fingerprint(model),
+            **measurement(config),
+            "overlap with": path_fingerprint(config.path(config.data.train)) if config.data.train else None,
+            "eval_batch_size": config.eval.eval_batch_size,
+        }
+    )
+    refs = [InputRef(str(model), "model", identity["model weights"])]
+    refs += [InputRef(str(config.path(path)), "documents", identity[f"files.documents.{domain}"]) for domain, path in config.data.document_domains().items()]
+    if config.data.records:
+        refs.append(InputRef(str(config.path(config.data.records)), "eval", identity["files.records"]))
+    paths = [model, *stage_paths(config)]
+    check_no_overlap(target, paths, what="eval report")
+    folder = OutputFolder.open(
+        output, kind="eval", config=config.to_dict(), fingerprint=value_hash(identity), inputs=refs, input_paths=paths,
+        overwrite=overwrite, staged=False, extra_entries=("eval_report.json", "predictions.jsonl"), details={"fingerprint": identity},
+    )
+    with folder:
+        report = evaluate_model(model, config, predictions=output / "predictions.jsonl" if config.data.records else None, inputs=inputs)
+        report["label"] = Path(config.output.dir).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_json(target, report)
+        folder.finish({"examples": len(inputs.rows or []), "domains": len(inputs.documents)}, {"report": str(target), "score": report["score"]})
     print(format_reports([report]))
     print(f"report: {target}")
     return report

@@ -6,21 +6,22 @@ the name: a model folder is identified by the hash of its weights and config (re
 in place changes it), a data set by the hash of its rows, and every hyperparameter by its value.
 
 A fingerprint is a flat mapping ``{name: value or hash}``, so a mismatch can say *what* changed
-(``train.learning_rate 2e-05 -> 0.0001``, ``model weights``) in one line.
+(``train.learning_rate 2e-05 -> 0.0001``, ``model weights``) in one line. A training or merge
+output folder keeps it in its manifest (``fingerprint``) and its hash is the folder's
+``config_fingerprint`` (see :mod:`mediflow.folders.model`): the folder contract refuses a rerun with
+another fingerprint, naming what changed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 from mediflow.errors import ConfigError
 from mediflow.folders import atomic
-
-FINGERPRINT_NAME = "fingerprint.json"
+from mediflow.folders.manifest import flatten
 
 #: Files whose bytes define a model: weights, its config and the tokenizer that reads its inputs.
 _MODEL_FILES = ("*.safetensors", "*.bin", "config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -56,67 +57,10 @@ def value_hash(value: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as ``{"a.b": leaf}`` (lists are leaves), the layout fingerprints compare in."""
-    if isinstance(value, dict):
-        flat: dict[str, Any] = {}
-        for key, item in value.items():
-            flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return flat
-    return {prefix: value}
-
-
-def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """What differs between two fingerprints, as short readable items."""
-    items = []
-    for key in sorted(set(old) | set(new)):
-        before, after = old.get(key), new.get(key)
-        if before == after:
-            continue
-        if isinstance(before, str) and len(before) == 64 or isinstance(after, str) and len(after) == 64:
-            items.append(key)  # a content hash: the name says enough
-        else:
-            items.append(f"{key} {before!r} -> {after!r}")
-    return items
-
-
-def read_fingerprint(folder: Path) -> dict[str, Any] | None:
-    path = folder / FINGERPRINT_NAME
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def write_json(path: Path, value: Any) -> None:
     """Write JSON atomically (a temp file, then rename), so a killed run never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_json(path, value)
-
-
-def claim_output(folder: Path, fingerprint: dict[str, Any], *, what: str, overwrite: bool, finished: Path) -> bool:
-    """Decide whether ``folder``'s previous work may be reused; return True when ``finished`` is reusable.
-
-    * same fingerprint, ``finished`` exists: reuse it (nothing to train);
-    * same fingerprint, not finished: its checkpoints may be resumed;
-    * different fingerprint, or earlier work without one: stop with one line naming what changed;
-    * ``overwrite``: clear the folder and start again whatever it holds.
-    """
-    previous = read_fingerprint(folder)
-    has_work = folder.is_dir() and any(folder.iterdir())
-    if previous == fingerprint and not overwrite:
-        return (finished / "config.json").is_file()
-    if has_work and not overwrite:
-        if previous is None:
-            reason = "holds earlier work with no fingerprint"
-        else:
-            changed = changes(previous, fingerprint)
-            reason = "was trained with other inputs (changed: " + ", ".join(changed[:6]) + (", ..." if len(changed) > 6 else "") + ")"
-        raise ConfigError(f"{what}: {folder} {reason}; pass --overwrite to retrain it")
-    if has_work:
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / FINGERPRINT_NAME, fingerprint)
-    return False
 
 
 def path_fingerprint(path: Path) -> str:

@@ -11,19 +11,30 @@ tokens labelled -100), documents carry an empty prompt (full loss on the documen
 longer than ``data.max_length`` is split into overlapping chunks rather than cut. Each stage
 starts from the model folder the previous stage saved, and a stage finished from the same inputs is
 not re-run, which makes a crashed schedule resumable.
+
+``output.dir`` is a contract folder of kind ``pit`` (:mod:`mediflow.folders.model`): its identity
+is the base model's weights, the task rows, the document chunks, the schedule and the shared
+settings, so a rerun of another schedule or over other data is refused naming what changed
+(``--overwrite`` retrains every stage); a second process stops naming the first; each stage's model
+appears only once complete, and the manifest says ``finished`` only when the last stage is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import shutil
 import typing
 from pathlib import Path
 from typing import Any
 
+from mediflow.folders import InputRef
+from mediflow.folders.manifest import flatten
+from mediflow.folders.model import MODEL_DIR
 from mediflow.train.config import PitStageSection, StageConfig
 from mediflow.train.data import load_documents, load_task_rows
-from mediflow.train.fingerprint import claim_output, flatten, model_fingerprint, training_inputs, value_hash, write_json
+from mediflow.train.fingerprint import model_fingerprint, training_inputs, value_hash, write_json
 from mediflow.train.lengths import LengthReport, chunk_documents, fit_completions
 from mediflow.train.models import load_causal_lm, load_tokenizer
 from mediflow.train.runtime import (
@@ -31,12 +42,12 @@ from mediflow.train.runtime import (
     is_main_process,
     lora_config,
     model_dir,
+    open_model_output,
     resume_checkpoint,
     trl_arguments,
 )
 
-MANIFEST_NAME = "pit_manifest.json"
-#: Each stage folder's own record of what its model was trained from (the pit manifest collects them).
+#: Each stage folder's own record of what its model was trained from (the folder's manifest collects them).
 STAGE_RECORD = "stage_manifest.json"
 
 
@@ -102,54 +113,87 @@ def fitted_inputs(config: StageConfig, tokenizer: Any) -> tuple[list[dict[str, s
 def run_pit(config: StageConfig, callbacks: list[Any] | None = None, *, overwrite: bool = False) -> Path:
     """Run the whole schedule; return the final expert's model folder.
 
-    Writes ``<output.dir>/stage<i>-<name>/model`` per stage. A stage is skipped only when its folder
+    Writes ``<output.dir>/stage<i>-<name>/model`` per stage. A stage is skipped when its folder
     holds a model trained from exactly the same inputs (the weights it started from, its rows, its
-    settings); other inputs stop the run with a line naming what changed (``overwrite`` retrains).
-    ``pit_manifest.json`` is assembled from each stage folder's own record, so it always describes
-    the models on disk.
+    settings: its ``stage_manifest.json``); a stage whose record does not match is trained again.
+    The folder's ``manifest.json`` collects the stage records when the last stage is done.
     """
     base = model_dir(config)
     tokenizer = load_tokenizer(base)
     task_rows, chunks, lengths = fitted_inputs(config, tokenizer)
     lengths.announce(config.data.warn_fraction)
-    output = config.path(config.output.dir)
-    output.mkdir(parents=True, exist_ok=True)
-    manifest: dict[str, Any] = {"base": str(base), "lengths": lengths.as_dict(), "stages": []}
-    current = base
-    for index, stage in enumerate(config.pit.schedule, start=1):
-        stage_dir = output / f"stage{index}-{stage.name}"
-        stage_model = stage_dir / "model"
-        rows = stage_rows(stage, task_rows, chunks)
-        fingerprint = {
-            "stage": dataclasses.asdict(stage),
-            "init weights": model_fingerprint(current),
-            "rows": value_hash(rows),
+    base_weights = model_fingerprint(base)
+    identity = flatten(
+        {
+            "base weights": base_weights,
+            "task rows": value_hash(task_rows),
+            "document chunks": value_hash(chunks),
+            "schedule": {str(index): dataclasses.asdict(stage) for index, stage in enumerate(config.pit.schedule, start=1)},
             **training_inputs(config),
         }
-        fingerprint = flatten(fingerprint)
-        if claim_output(stage_dir, fingerprint, what=f"pit stage {index} ({stage.name})", overwrite=overwrite, finished=stage_model):
-            print(f"pit stage {index} ({stage.name}): already trained from these exact inputs; reused", flush=True)
-        else:
-            trainer = build_stage_trainer(config, stage, current, rows, stage_dir, callbacks)
-            trainer.train(resume_from_checkpoint=resume_checkpoint(config, stage_dir))
-            finished_model(trainer, trainer.processing_class, stage_model, trainer.processing_class.chat_template)
-            history = trainer.state.log_history
-            record = {
-                **dataclasses.asdict(stage),
-                "init_from": str(current),
-                "model": str(stage_model),
-                "rows": len(rows),
-                "steps": trainer.state.global_step,
-                "losses": [entry["loss"] for entry in history if "loss" in entry],
-                "train_loss": next((e["train_loss"] for e in history if "train_loss" in e), None),
-                "fingerprint": fingerprint,
-            }
-            if is_main_process():
-                write_json(stage_dir / STAGE_RECORD, record)
-        if is_main_process():
-            manifest["stages"].append(json.loads((stage_dir / STAGE_RECORD).read_text(encoding="utf-8")))
-        current = stage_model
-    manifest["final"] = str(current)
-    if is_main_process():
-        write_json(output / MANIFEST_NAME, manifest)
+    )
+    inputs = [
+        InputRef(str(base), "model", base_weights),
+        InputRef(str(config.path(config.data.task_data)), "task_data", identity["task rows"]),
+        InputRef(str(config.path(typing.cast(str, config.data.documents))), "documents", identity["document chunks"]),
+    ]
+    folder = open_model_output(config, identity, inputs, overwrite=overwrite, entries=("stage*",))
+    output = config.path(config.output.dir)
+    records: list[dict[str, Any]] = []
+    current = base
+    with folder or contextlib.nullcontext():
+        for index, stage in enumerate(config.pit.schedule, start=1):
+            stage_dir = output / f"stage{index}-{stage.name}"
+            rows = stage_rows(stage, task_rows, chunks)
+            fingerprint = flatten(
+                {"stage": dataclasses.asdict(stage), "init weights": model_fingerprint(current), "rows": value_hash(rows), **training_inputs(config)}
+            )
+            record = _finished_stage(stage_dir, fingerprint)
+            if record is not None:
+                print(f"pit stage {index} ({stage.name}): already trained from these exact inputs; reused", flush=True)
+            else:
+                record = _train_stage(config, stage, current, rows, stage_dir, fingerprint, callbacks)
+            records.append(record)
+            current = stage_dir / MODEL_DIR
+        if folder is not None:
+            details = {"base": str(base), "lengths": lengths.as_dict(), "stages": records, "final": str(current)}
+            folder.finish({"stages": len(records), "rows": sum(r["rows"] for r in records)}, details)
     return current
+
+
+def _finished_stage(stage_dir: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    """The stage's record when its folder holds a complete model trained from exactly ``fingerprint``."""
+    record_path = stage_dir / STAGE_RECORD
+    if not (stage_dir / MODEL_DIR / "config.json").is_file() or not record_path.is_file():
+        return None
+    record: dict[str, Any] = json.loads(record_path.read_text(encoding="utf-8"))
+    return record if record.get("fingerprint") == fingerprint else None
+
+
+def _train_stage(
+    config: StageConfig, stage: PitStageSection, init_from: Path, rows: list[dict[str, str]], stage_dir: Path, fingerprint: dict[str, Any], callbacks: list[Any] | None
+) -> dict[str, Any]:
+    """Train one stage into ``stage_dir/model``; its checkpoints resume only under the same fingerprint."""
+    record_path = stage_dir / STAGE_RECORD
+    if is_main_process() and record_path.is_file() and json.loads(record_path.read_text(encoding="utf-8")).get("fingerprint") != fingerprint:
+        shutil.rmtree(stage_dir)  # trained from other weights (an earlier stage was redone): start it again
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+    trainer = build_stage_trainer(config, stage, init_from, rows, stage_dir, callbacks)
+    trainer.train(resume_from_checkpoint=resume_checkpoint(config, stage_dir))
+    history = trainer.state.log_history
+    record = {
+        **dataclasses.asdict(stage),
+        "init_from": str(init_from),
+        "model": str(stage_dir / MODEL_DIR),
+        "rows": len(rows),
+        "steps": trainer.state.global_step,
+        "losses": [entry["loss"] for entry in history if "loss" in entry],
+        "train_loss": next((e["train_loss"] for e in history if "train_loss" in e), None),
+        "fingerprint": fingerprint,
+    }
+    if is_main_process():
+        write_json(record_path, record)  # before the model appears: a kill after it leaves a reusable stage
+    finished_model(trainer, trainer.processing_class, stage_dir / MODEL_DIR, trainer.processing_class.chat_template)
+    return record

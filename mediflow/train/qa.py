@@ -27,17 +27,20 @@ import pyarrow as pa
 
 from mediflow.engine import Engine
 from mediflow.errors import ConfigError
-from mediflow.folders import OutputFolder, StagedWriter
+from mediflow.folders import Manifest, OutputFolder, StagedWriter
 from mediflow.prompts import PromptTemplate, load_prompts
 from mediflow.steps import Answer, LLMStep, run_step
 from mediflow.sync import run_sync
 from mediflow.teachers.base import ChatRequest
 from mediflow.teachers.factory import teacher_from
+from mediflow.teachers.negotiation import capabilities_by_role
 from mediflow.train.config import StageConfig
 from mediflow.train.data import load_documents
 
 TASK_DATA_SCHEMA = pa.schema([(name, pa.string()) for name in ("prompt", "completion", "task", "document_id", "prompt_version")])
 REJECT_SCHEMA = pa.schema([(name, pa.string()) for name in ("task", "document_id", "prompt_version", "error", "text")])
+#: The QA teacher's role in the manifest's ``teacher_capabilities`` (the config key of its section).
+ROLE = "qa.teacher"
 
 _TRAINING_TEMPLATES = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
@@ -89,23 +92,26 @@ class QAStep(LLMStep[tuple[dict[str, str], PromptTemplate], list[dict[str, str]]
 
 
 async def _ask_all(
-    config: StageConfig, documents: list[dict[str, str]], templates: list[PromptTemplate], cache_path: Path
-) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+    config: StageConfig, documents: list[dict[str, str]], templates: list[PromptTemplate], cache_path: Path, previous: Manifest | None
+) -> tuple[list[dict[str, str]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The rows, the rejects, and what the teacher negotiated with its server (``{role: capabilities}``)."""
     qa = config.qa
     section, limits = qa.teacher, qa.limits
     if section is None:  # StageConfig.check requires it for the qa stage
         raise ConfigError("qa.teacher is required for the qa stage")
     step = QAStep(count=qa.qa_pairs, temperature=qa.temperature, max_tokens=qa.max_tokens, seed=config.train.seed)
     rows = [(document, template) for document in documents for template in templates]
-    teacher = teacher_from(section, limits, where="qa.teacher")
+    teacher = teacher_from(section, limits, where=ROLE)
     produced: list[dict[str, str]] = []
     rejects: list[dict[str, Any]] = []
+    actors: list[dict[str, Any]] = []
     try:
         if qa.engine == "ray":  # the same step on Ray Data actors, each with its share of the limits
             from mediflow.scale.ray_runner import StepWork, run_step_on_ray
 
-            work = StepWork(step, section, limits, cache_path, qa.ray.actors, "qa.teacher")
-            results, _ = await asyncio.to_thread(run_step_on_ray, rows, work, qa.ray)
+            work = StepWork(step, section, limits, cache_path, qa.ray.actors, ROLE)
+            run = await asyncio.to_thread(run_step_on_ray, rows, work, qa.ray)
+            results, actors = run.results, run.teacher_capabilities
         else:
             async with Engine(teacher, cache_path, limits) as engine:
                 results = [result async for result in run_step(engine, step, rows, 2 * limits.concurrency)]
@@ -115,9 +121,9 @@ async def _ask_all(
             else:
                 meta = {"task": template.name, "document_id": document["id"], "prompt_version": template.version}
                 rejects.append({**meta, "error": result.error, "text": result.raw_text})
+        return produced, rejects, capabilities_by_role({ROLE: teacher}, actors, previous)
     finally:
         await teacher.aclose()
-    return produced, rejects
 
 
 def _plain(config: StageConfig) -> dict[str, Any]:
@@ -151,7 +157,7 @@ async def generate_task_data_async(config: StageConfig, *, overwrite: bool = Fal
         config.path(config.output.dir), kind="qa", config=_plain(config), input_paths=[documents_path], overwrite=overwrite
     )
     with folder:
-        rows, rejects = await _ask_all(config, documents, templates, folder.cache_path)
+        rows, rejects, folder.manifest.teacher_capabilities = await _ask_all(config, documents, templates, folder.cache_path, folder.previous)
         writer = StagedWriter(folder)
         try:
             writer.keep(pa.Table.from_pylist(rows, schema=TASK_DATA_SCHEMA))

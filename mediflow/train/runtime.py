@@ -1,22 +1,29 @@
-"""Turn a validated stage config into TRL arguments, the same way for every trainer.
+"""What every trainer shares: TRL arguments, the output folder, and saving the finished model.
 
 Kept in one place because the hardware defaults are easy to get wrong: TRL turns bf16 on by default
 (which fails on a CPU) and gradient checkpointing on by default (slow for small models); we decide
 both from the hardware unless the config says otherwise, and pass ``train.extra`` through after
 checking every key against the TRL config class, so a typo is a one-line error and not a silent no-op.
+
+Every stage's ``output.dir`` is a contract folder (:func:`open_model_output`, on
+:class:`mediflow.folders.OutputFolder`) and a model is published only when complete
+(:func:`finished_model`, on :func:`mediflow.folders.model.publish_model`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 import shutil
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from mediflow.errors import ConfigError
+from mediflow.folders import InputRef, OutputFolder
+from mediflow.folders.model import CHECKPOINTS, MODEL_DIR, check_model_input, publish_model, staging_for
 from mediflow.train.config import StageConfig
+from mediflow.train.fingerprint import value_hash
 from mediflow.train.models import set_end_of_turn
 
 
@@ -33,6 +40,8 @@ def model_dir(config: StageConfig) -> Path:
     cache = config.path(config.model.cache_dir) if config.model.cache_dir else None
     spec = config.model.name_or_path
     local = config.path(spec)
+    if local.is_dir():
+        check_model_input(local)  # a model another run is still writing (or never finished) is refused
     return resolve_model(local if (local / "config.json").is_file() else spec, cache)
 
 
@@ -41,6 +50,53 @@ def is_main_process() -> bool:
     from accelerate import PartialState
 
     return PartialState().is_main_process
+
+
+def open_model_output(
+    config: StageConfig,
+    fingerprint: dict[str, Any],
+    inputs: Sequence[InputRef],
+    *,
+    overwrite: bool,
+    entries: Iterable[str] = (),
+) -> OutputFolder | None:
+    """Open ``output.dir`` for this stage on the main process: every guard, the lock, ``status: running``.
+
+    The folder's identity is ``fingerprint`` (the stage's settings and the content of its inputs,
+    see :mod:`.fingerprint`): the same one resumes (checkpoints, finished models are reused),
+    another one is refused naming what changed, unless ``overwrite`` (which clears the folder).
+    The other processes of a multi-GPU run wait until the folder is ready and write none of it.
+    Returns the folder on the main process, ``None`` on the others.
+    """
+    from accelerate import PartialState
+
+    folder = None
+    if is_main_process():
+        folder = OutputFolder.open(
+            config.path(config.output.dir),
+            kind=config.stage,
+            config=config.to_dict(),
+            fingerprint=value_hash(fingerprint),
+            inputs=inputs,
+            input_paths=[Path(ref.path) for ref in inputs] + stage_paths(config),
+            overwrite=overwrite,
+            staged=False,
+            extra_entries=(MODEL_DIR, CHECKPOINTS, "runs", "README.md", *entries),
+            details={"fingerprint": fingerprint},
+        )
+    PartialState().wait_for_everyone()
+    return folder
+
+
+def stage_paths(config: StageConfig) -> list[Path]:
+    """Every path a stage config reads (data, model, prompts, taxonomy): none may overlap its output."""
+    data = config.data
+    paths = [config.path(value) for value in (data.train, data.eval, data.task_data, data.records, data.metrics, data.taxonomy, data.prompts) if value]
+    paths += [config.path(path) for path in data.document_domains().values()]
+    local = config.path(config.model.name_or_path) if config.model.name_or_path else None
+    if local is not None and local.exists():
+        paths.append(local)
+    return paths
 
 
 def trl_arguments(args_cls: type, config: StageConfig, output_dir: Path, *, has_eval: bool = False, **stage: Any) -> Any:
@@ -137,10 +193,12 @@ def finished_model(trainer: Any, tokenizer: Any, target: Path, saved_template: s
     backend, so a LoRA run saves its adapter that way first and the main process then merges it into
     a fresh copy of the base (``merge_and_unload`` on a sharded in-memory model would merge shards).
     The saved tokenizer carries ``saved_template`` (the model's native chat template), and the
-    generation config stops at the end of a turn. The folder appears atomically.
+    generation config stops at the end of a turn. The model is saved to a ``.tmp-*`` staging folder
+    and published by :func:`~mediflow.folders.model.publish_model` (``config.json`` last), so a kill
+    mid-save never leaves a folder that loads as a finished model.
     """
-    staging = target.parent / f".{target.name}.partial"
-    adapter = target.parent / f".{target.name}.adapter"
+    staging = staging_for(target)
+    adapter = staging.with_name(staging.name + "-adapter")
     accelerator = trainer.accelerator
     model = accelerator.unwrap_model(trainer.model)
     if accelerator.is_main_process:
@@ -160,9 +218,7 @@ def finished_model(trainer: Any, tokenizer: Any, target: Path, saved_template: s
     if accelerator.is_main_process:
         tokenizer.chat_template = saved_template
         tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        publish_model(staging, target)
     accelerator.wait_for_everyone()
     return target
 

@@ -2,8 +2,9 @@
 
 For each tensor of the reference model (the base, else the first model), in shard order: resolve
 its parameters (filters, layer gradients), run the method's statistics pass, then merge and write
-it row chunk by row chunk. The output is built in a hidden sibling folder and renamed into place
-at the end, so an interrupted merge never leaves a half-written model where a good one is expected.
+it row chunk by row chunk. The output is a contract folder (:mod:`.output`): the model is built in a
+``.tmp-*`` staging folder inside it and published at the end, so an interrupted merge never leaves a
+half-written model where a good one is expected.
 The output is a normal Hugging Face folder: sharded safetensors + index, ``config.json`` (with the
 output dtype), ``generation_config.json`` and the tokenizer files of the tokenizer source.
 """
@@ -13,15 +14,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from mediflow.errors import ConfigError, MediflowError
+from mediflow.folders.model import staging_for
 from mediflow.train.merge.config import MergeConfig, layer_index, layer_position, resolve_parameter
+from mediflow.train.merge.output import MERGE_CONFIG_NAME, merge_identity, open_merge_output, plain_merge_config, publish_merge
 from mediflow.train.merge.safetensors_io import ModelFolder, ShardedWriter
 from mediflow.train.merge.tensor_plans import TensorSource, plan_tensor, row_chunks
 
@@ -47,6 +50,59 @@ TOKENIZER_FILES = (
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
 
 
+@dataclass(frozen=True)
+class MergePlan:
+    """Everything a merge needs to know before it writes a byte: the inputs opened, every tensor's
+    inputs and output dtype checked (a missing tensor or a shape mismatch is refused here)."""
+
+    config: MergeConfig
+    folders: list[ModelFolder]
+    reference_index: int
+    reference_config: dict
+    num_layers: int
+    tensor_inputs: dict[str, list[str]]
+    out_dtypes: dict[str, torch.dtype]
+
+
+def plan_merge(config: MergeConfig) -> MergePlan:
+    """Open the config's model folders and check that every tensor can be merged."""
+    folders = [ModelFolder(model.path) for model in config.models]
+    reference_index = config.base_index if config.base_index is not None else 0
+    reference = folders[reference_index]
+    reference_config = _read_json(config.models[reference_index].path / "config.json")
+    num_layers = int(reference_config.get("num_hidden_layers") or _count_layers(reference))
+    tensor_inputs = {name: _input_names(name, folders, config) for name in reference.tensors}
+    out_dtypes = {name: _output_dtype(config, folders, names) for name, names in tensor_inputs.items()}
+    return MergePlan(config, folders, reference_index, reference_config, num_layers, tensor_inputs, out_dtypes)
+
+
+def write_merge(
+    plan: MergePlan,
+    folder: Path,
+    *,
+    seed: int = 0,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    progress: bool = False,
+) -> Path:
+    """Write the merged model into the new folder ``folder`` (a staging or scratch folder) and return it.
+
+    ``seed`` drives DARE's random drops (per tensor and per input, so a rerun gives the same
+    model); the deterministic methods ignore it.
+    """
+    config = plan.config
+    reference = plan.folders[plan.reference_index]
+    layout = [(name, reference.info(name).shape, plan.out_dtypes[name]) for name in reference.tensors]
+    folder.mkdir(parents=True)
+    writer = ShardedWriter(folder, layout, max_shard_bytes)
+    for name in tqdm(list(writer.tensors()), desc="merging tensors", disable=not progress, unit="tensor"):
+        _merge_one(name, plan.tensor_inputs[name], plan.folders, config, writer, plan.out_dtypes[name], plan.num_layers, seed, chunk_elements)
+    writer.finish()
+    _write_config(plan.reference_config, folder, plan.out_dtypes)
+    _copy_side_files(config, config.models[plan.reference_index].path, folder)
+    return folder
+
+
 def run_merge(
     config: MergeConfig,
     output: Path,
@@ -56,38 +112,31 @@ def run_merge(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     progress: bool = False,
+    config_text: str | None = None,
 ) -> Path:
-    """Merge the config's models into ``output`` and return it.
+    """Merge the config's models into the merge folder ``output`` and return it.
 
-    ``seed`` drives DARE's random drops (per tensor and per input, so a rerun gives the same
-    model); the deterministic methods ignore it.
+    ``output`` is a contract folder of kind ``merge`` (:mod:`.output`): the inputs are checked and
+    every tensor planned before anything is written; the same merge there already finished is
+    reused; another one is refused unless ``overwrite``; the model is published only when complete.
+    ``config_text`` (the YAML as the user wrote it) is saved beside the model as ``merge_config.yaml``.
     """
     output = Path(output)
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise MediflowError(f"output folder {output} already exists and is not empty (pass --overwrite to replace it)")
-    folders = [ModelFolder(model.path) for model in config.models]
-    reference_index = config.base_index if config.base_index is not None else 0
-    reference = folders[reference_index]
-    reference_config = _read_json(config.models[reference_index].path / "config.json")
-    num_layers = int(reference_config.get("num_hidden_layers") or _count_layers(reference))
-
-    tensor_inputs = {name: _input_names(name, folders, config) for name in reference.tensors}
-    out_dtypes = {name: _output_dtype(config, folders, names) for name, names in tensor_inputs.items()}
-    layout = [(name, reference.info(name).shape, out_dtypes[name]) for name in reference.tensors]
-
-    staging = output.parent / f".{output.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    writer = ShardedWriter(staging, layout, max_shard_bytes)
-    for name in tqdm(list(writer.tensors()), desc="merging tensors", disable=not progress, unit="tensor"):
-        _merge_one(name, tensor_inputs[name], folders, config, writer, out_dtypes[name], num_layers, seed, chunk_elements)
-    writer.finish()
-    _write_config(reference_config, staging, out_dtypes)
-    _copy_side_files(config, config.models[reference_index].path, staging)
-
-    if output.exists():
-        shutil.rmtree(output)
-    os.replace(staging, output)
+    identity, inputs = merge_identity(config, seed)
+    plan = plan_merge(config)
+    folder = open_merge_output(output, config=plain_merge_config(config, seed), identity=identity, inputs=inputs, overwrite=overwrite)
+    with folder:
+        if (output / "config.json").is_file():  # kept by the open: this same merge, complete
+            previous = folder.previous
+            folder.finish(previous.counts if previous else {}, previous.details if previous else {})
+            print(f"merge: {output} was merged from these exact inputs; reused (--overwrite merges again)", flush=True)
+            return output
+        staging = staging_for(output / "model")
+        write_merge(plan, staging, seed=seed, max_shard_bytes=max_shard_bytes, chunk_elements=chunk_elements, progress=progress)
+        if config_text is not None:
+            (staging / MERGE_CONFIG_NAME).write_text(config_text, encoding="utf-8")
+        publish_merge(folder, staging)
+        folder.finish({"models": len(config.models), "tensors": len(plan.tensor_inputs)})
     return output
 
 

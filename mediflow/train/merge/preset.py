@@ -10,8 +10,7 @@ module runs that recipe from one YAML file, with every evaluation going through 
     preset: mediphi
     base_model: base/               # paths relative to this file
     experts: [pubmed/, guidelines/] # or [{model: PATH}, ...]
-    output: mediphi/
-    work_dir: mediphi.work/         # default: <output>.work
+    output: mediphi/                # a merge folder; its work/ holds the cache (below)
     dtype: bfloat16
     slerp: {t_choices: [0.1, 0.25, 0.5]}
     search: {budget: 500, seed: 0, population: 8,
@@ -28,8 +27,11 @@ or pointing the evaluator at another eval set, recomputes instead of reusing.
 ``search.budget`` bounds the BreadCrumbs search; the SLERP choice costs ``len(t_choices)`` more
 evaluations per expert. Intermediate merges are deleted as soon as they are scored (only the
 chosen SLERP per expert is kept), so disk use stays near ``experts + 2`` models. The result folder
-holds the merged model, ``merge_config.yaml`` (the final mergekit-format config, usable with
-mergekit too) and ``preset_report.json`` (every score).
+is a merge folder on the folder contract (:mod:`.output`: overlap guards, the lock, the typed
+manifest; the model published only when complete). It holds the merged model,
+``merge_config.yaml`` (the final mergekit-format config, usable with mergekit too),
+``preset_report.json`` (every score) and ``work/``, the cache of chosen SLERPs and logged search
+scores, which lives under the folder's lock and survives ``--overwrite`` like a teacher cache.
 """
 
 from __future__ import annotations
@@ -45,16 +47,22 @@ from typing import Any
 import yaml
 
 from mediflow.errors import ConfigError
+from mediflow.folders import OutputFolder
 from mediflow.folders.atomic import write_json
+from mediflow.folders.manifest import flatten
+from mediflow.folders.model import staging_for
 from mediflow.textfiles import read_text
-from mediflow.train.fingerprint import file_hash, model_fingerprint, value_hash
+from mediflow.train.fingerprint import file_hash, value_hash
 from mediflow.train.merge.config import parse_merge_config
-from mediflow.train.merge.engine import run_merge
+from mediflow.train.merge.engine import plan_merge, write_merge
 from mediflow.train.merge.evaluation import Evaluator
+from mediflow.train.merge.output import MERGE_CONFIG_NAME, PRESET_REPORT_NAME, model_inputs, open_merge_output, publish_merge
 from mediflow.train.merge.search import Candidate, Dimension, Trial, best_trial, evolutionary_search
 
 PRESETS = ("mediphi",)
-_KEYS = {"preset", "base_model", "experts", "output", "work_dir", "dtype", "slerp", "search", "evaluate"}
+_KEYS = {"preset", "base_model", "experts", "output", "dtype", "slerp", "search", "evaluate"}
+#: The preset's cache inside its output folder: chosen SLERPs and the search log.
+WORK_DIR = "work"
 _SEARCH_KEYS = {"budget", "seed", "population", "weight", "density", "gamma"}
 _SEARCHED = ("weight", "density", "gamma")
 #: The one expert's parameters MediPhi published (density 0.494, gamma 1.672, weight 0.0635); the
@@ -71,7 +79,6 @@ class MediPhiPreset:
     base_model: Path
     experts: tuple[Path, ...]
     output: Path
-    work_dir: Path
     dtype: str | None
     t_choices: tuple[float, ...]
     budget: int
@@ -81,6 +88,23 @@ class MediPhiPreset:
     #: The raw ``evaluate:`` section; the CLI turns it into a callable with ``build_evaluator``
     #: (Python callers pass their own callable to :func:`run_mediphi_preset` instead).
     evaluate: Any
+
+    @property
+    def work_dir(self) -> Path:
+        """The cache of chosen SLERPs and scores, inside the output folder (under its lock)."""
+        return self.output / WORK_DIR
+
+    def plain(self) -> dict[str, Any]:
+        """The settings as plain data for the manifest."""
+        return {
+            "preset": "mediphi",
+            "base_model": str(self.base_model),
+            "experts": [str(expert) for expert in self.experts],
+            "dtype": self.dtype,
+            "slerp": {"t_choices": list(self.t_choices)},
+            "search": {"budget": self.budget, "seed": self.seed, "population": self.population, **{k: list(v) for k, v in self.bounds.items()}},
+            "evaluate": self.evaluate,
+        }
 
 
 @dataclass(frozen=True)
@@ -109,6 +133,8 @@ def parse_preset(raw: Any, *, root: Path, output: Path | None = None, source: st
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     for key in raw:
+        if key == "work_dir":
+            raise ConfigError(f"{source}: work_dir: the preset keeps its cache in <output>/{WORK_DIR}, under the output folder's lock; remove this key")
         if key not in _KEYS:
             raise ConfigError(f"{source}: unknown key '{key}' (known: {', '.join(sorted(_KEYS))})")
     if raw.get("preset", "mediphi") not in PRESETS:
@@ -141,7 +167,6 @@ def parse_preset(raw: Any, *, root: Path, output: Path | None = None, source: st
         base_model=_folder(root, raw.get("base_model"), f"{source}: base_model"),
         experts=expert_paths,
         output=out,
-        work_dir=root / str(raw["work_dir"]) if raw.get("work_dir") else out.with_name(out.name + ".work"),
         dtype=raw.get("dtype"),
         t_choices=t_choices,
         budget=int(search.get("budget", 500)),
@@ -190,7 +215,8 @@ def evaluator_fingerprint(evaluate: Evaluator) -> str:
     import inspect
 
     source = inspect.getsourcefile(evaluate) if inspect.isfunction(evaluate) or inspect.ismethod(evaluate) else None
-    return value_hash({"callable": getattr(evaluate, "__qualname__", repr(evaluate)), "source": file_hash(Path(source)) if source else None})
+    code = file_hash(Path(source)) if source and Path(source).is_file() else None  # None: a frozen or built-in module
+    return value_hash({"callable": getattr(evaluate, "__qualname__", repr(evaluate)), "source": code})
 
 
 def run_mediphi_preset(preset: MediPhiPreset, evaluate: Evaluator, *, report: Evaluator | None = None, overwrite: bool = False) -> PresetResult:
@@ -198,18 +224,40 @@ def run_mediphi_preset(preset: MediPhiPreset, evaluate: Evaluator, *, report: Ev
 
     ``evaluate`` selects (the SLERP ratios, the search); ``report``, on other data, scores the result
     once for ``preset_report.json``. Without ``report`` the report says there is no held-out score.
+    The output folder's identity is the preset's settings, the content of the base and every expert
+    and the evaluators' fingerprints: rerunning the same preset replays every score from ``work/``;
+    another one there is refused naming what changed, unless ``overwrite`` (``work/`` is kept: its
+    entries are keyed by content, so only what still matches is reused).
     """
-    if preset.output.exists() and any(preset.output.iterdir()) and not overwrite:
-        raise ConfigError(f"output folder {preset.output} already exists and is not empty (pass --overwrite to replace it)")
-    preset.work_dir.mkdir(parents=True, exist_ok=True)
     judge = evaluator_fingerprint(evaluate)
-    base = model_fingerprint(preset.base_model)
+    inputs = model_inputs([preset.base_model, *preset.experts])
+    base = inputs[0].fingerprint
+    identity = flatten(
+        {
+            **{key: value for key, value in preset.plain().items() if key not in ("base_model", "experts", "evaluate")},
+            "base weights": base,
+            "experts": {str(i): ref.fingerprint for i, ref in enumerate(inputs[1:])},
+            "selection evaluator": judge,
+            "report evaluator": evaluator_fingerprint(report) if report is not None else None,
+        }
+    )
+    folder = open_merge_output(preset.output, config=preset.plain(), identity=identity, inputs=inputs, overwrite=overwrite, caches=(WORK_DIR,))
+    with folder:
+        result = _run_preset(preset, evaluate, report, judge, base, [ref.fingerprint for ref in inputs[1:]], folder)
+        folder.finish({"evaluations": len(result.trials), "experts": len(preset.experts)}, {"best_score": result.best.score, "report_score": result.report_score})
+    return result
+
+
+def _run_preset(
+    preset: MediPhiPreset, evaluate: Evaluator, report: Evaluator | None, judge: str, base: str, experts: list[str], folder: OutputFolder
+) -> PresetResult:
+    preset.work_dir.mkdir(exist_ok=True)
     slerp_scores: dict[str, dict[str, float]] = {}
     slerped, slerp_t, slerp_keys = [], {}, []
-    for index, expert in enumerate(preset.experts):
-        key = value_hash({"base": base, "expert": model_fingerprint(expert), "t": preset.t_choices, "dtype": preset.dtype, "evaluator": judge})
-        folder, t, scores = _choose_slerp(preset, index, expert, evaluate, key)
-        slerped.append(folder)
+    for index, (expert, weights) in enumerate(zip(preset.experts, experts, strict=True)):
+        key = value_hash({"base": base, "expert": weights, "t": preset.t_choices, "dtype": preset.dtype, "evaluator": judge})
+        chosen, t, scores = _choose_slerp(preset, index, expert, evaluate, key)
+        slerped.append(chosen)
         slerp_t[str(expert)] = t
         slerp_scores[str(expert)] = scores
         slerp_keys.append(key)
@@ -217,8 +265,8 @@ def run_mediphi_preset(preset: MediPhiPreset, evaluate: Evaluator, *, report: Ev
     candidate_dir = preset.work_dir / "candidate"
 
     def objective(candidate: Candidate) -> float:
-        config = parse_merge_config(breadcrumbs_config(preset, slerped, candidate), source="preset candidate")
-        run_merge(config, candidate_dir, overwrite=True)
+        shutil.rmtree(candidate_dir, ignore_errors=True)
+        write_merge(plan_merge(parse_merge_config(breadcrumbs_config(preset, slerped, candidate), source="preset candidate")), candidate_dir)
         try:
             return evaluate(candidate_dir)
         finally:
@@ -242,10 +290,11 @@ def run_mediphi_preset(preset: MediPhiPreset, evaluate: Evaluator, *, report: Ev
     )
     best = best_trial(trials)
     final = breadcrumbs_config(preset, slerped, best.candidate)
-    run_merge(parse_merge_config(final, source="preset result"), preset.output, overwrite=True)
-    (preset.output / "merge_config.yaml").write_text(yaml.safe_dump(final, sort_keys=False), encoding="utf-8")
+    staging = staging_for(preset.output / "model")
+    write_merge(plan_merge(parse_merge_config(final, source="preset result")), staging)
+    (staging / MERGE_CONFIG_NAME).write_text(yaml.safe_dump(final, sort_keys=False), encoding="utf-8")
     held_out: dict[str, Any] = (
-        {"score": float(report(preset.output)), "evaluator": evaluator_fingerprint(report)}
+        {"score": float(report(staging)), "evaluator": evaluator_fingerprint(report)}
         if report is not None
         else {"score": None, "note": "no separate report set: the best score above is the selection score"}
     )
@@ -255,7 +304,8 @@ def run_mediphi_preset(preset: MediPhiPreset, evaluate: Evaluator, *, report: Ev
         "selection": {"evaluator": judge},
         "report": held_out,
     }
-    write_json(preset.output / "preset_report.json", summary)
+    write_json(staging / PRESET_REPORT_NAME, summary)
+    publish_merge(folder, staging)
     return PresetResult(preset.output, slerp_t, best, trials, held_out["score"])
 
 
@@ -280,7 +330,8 @@ def _choose_slerp(preset: MediPhiPreset, index: int, expert: Path, evaluate: Eva
         }
         if preset.dtype:
             config["dtype"] = preset.dtype
-        run_merge(parse_merge_config(config, source=f"slerp expert {index}"), trial_dir, overwrite=True)
+        shutil.rmtree(trial_dir, ignore_errors=True)
+        write_merge(plan_merge(parse_merge_config(config, source=f"slerp expert {index}")), trial_dir)
         scores[str(t)] = score = float(evaluate(trial_dir))
         if score > best_score:
             best_t, best_score = t, score
