@@ -17,7 +17,7 @@ import pytest
 
 from mediflow.cli import main
 from mediflow.errors import ConfigError
-from mediflow.quality.clinical import Lexicon, agree, facts, same_case
+from mediflow.quality.clinical import Lexicon, agree, facts, same_case, value_fingerprints
 from mediflow.quality.config import DedupConfig
 from mediflow.quality.dedup import find_duplicates
 
@@ -100,6 +100,27 @@ def test_values_and_codes_must_be_equal() -> None:
                            "glucose 1200; E11.9", lexicon)
     for changed in ("E11.9", "E11.8"), ("7.50", "7.05"), ("500 mg", "50 mg"), ("67", "76"), ("1,200", "1,300"):
         assert not same_case(note, note.replace(*changed), lexicon), changed
+
+
+def test_value_fingerprints_are_order_free_multisets_read_per_text() -> None:
+    texts = ["7.5 cm and 5.7 cm", "5.7 cm, then 7.50 cm.", "7.5 cm and 7.5 cm", "glucose 1,200 on day 3", "day 3: glucose 1200",
+             "", None, "no values here", "NO VALUES HERE"]
+    together = value_fingerprints(pa.array(texts, pa.string()))
+    one_by_one = [value_fingerprints(pa.array([text], pa.string()))[0] for text in texts]
+    assert together.tolist() == one_by_one  # a batch shares one token dictionary; each text's value is its own
+    assert together[0] == together[1] != together[2]  # order-free, 7.50 = 7.5; but a multiset (5.7 is not 7.5)
+    assert together[3] == together[4]  # 1,200 = 1200
+    assert together[5] == together[6] == together[7] == together[8] == 0
+
+
+def test_siblings_differing_in_a_value_never_become_candidates() -> None:
+    """Values salt the LSH band keys, so only records writing the same values are compared at all."""
+    for kind in ("age", "dose", "value", "code"):
+        table = pa.table({"id": ["a", "b"], "instruction": [INSTRUCTION] * 2, "input": [NOTE, SIBLINGS[kind]], "task_type": ["summarization"] * 2})
+        assert find_duplicates(table, DedupConfig()).details["pair"]["candidate_pairs"] == 0, kind
+        assert find_duplicates(table, DedupConfig(clinical=False)).details["pair"]["candidate_pairs"] == 1, kind
+    table = pa.table({"id": ["a", "b"], "instruction": [INSTRUCTION] * 2, "input": [NOTE, COPIES["typos"]], "task_type": ["summarization"] * 2})
+    assert find_duplicates(table, DedupConfig()).details["pair"]["candidate_pairs"] == 1
 
 
 def test_a_brand_name_is_its_generic() -> None:
