@@ -69,9 +69,8 @@ class Engine:
         self.prices = prices or PricesConfig()
         self.cache_path = Path(cache_path)
         self.stats = EngineStats()
-        teacher_cap = getattr(teacher, "max_concurrency", None)
         self.limit = AdaptiveLimit(
-            min(self.config.concurrency, teacher_cap or self.config.concurrency),
+            min(self.config.concurrency, teacher.max_concurrency or self.config.concurrency),
             adaptive=self.config.adaptive,
             latency_tolerance=self.config.latency_tolerance,
             latency_floor=self.config.latency_floor,
@@ -93,7 +92,7 @@ class Engine:
         self._queued = 0
         self._last_answer = time.monotonic()
         self._prices: dict[str, tuple[float, float] | None] = {}
-        self._where = getattr(teacher, "describe", lambda: teacher.name)()
+        self._where = teacher.describe()
         self._backoff = wait_random_exponential(multiplier=self.config.backoff_initial, max=self.config.backoff_max)
 
     async def __aenter__(self) -> Engine:
@@ -288,12 +287,11 @@ class Engine:
 
     def _price(self, model: str) -> tuple[float, float] | None:
         if model not in self._prices:
-            teacher_price = getattr(self.teacher, "price_per_1k", None)
-            if self.prices.input_per_1k is None and self.prices.output_per_1k is None and teacher_price:
-                self._prices[model] = teacher_price
+            if self.prices.input_per_1k is None and self.prices.output_per_1k is None and self.teacher.price_per_1k:
+                self._prices[model] = self.teacher.price_per_1k
             else:
                 self._prices[model] = price_per_1k(
-                    model or getattr(self.teacher, "model", ""),
+                    model or self.teacher.model,
                     self.prices.input_per_1k,
                     self.prices.output_per_1k,
                 )

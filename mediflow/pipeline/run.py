@@ -47,7 +47,7 @@ from mediflow.records import GENERATION_SCHEMA, content_id
 from mediflow.steps import map_ordered
 from mediflow.sync import run_sync
 from mediflow.taxonomy import load_taxonomy
-from mediflow.teachers.base import Teacher, check_teacher
+from mediflow.teachers.base import Teacher
 from mediflow.teachers.factory import teacher_from
 from mediflow.teachers.negotiation import capabilities_by_role
 from mediflow.terminology import ICD10CM_RELEASE
@@ -190,7 +190,7 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
         taxonomy_paths = [Path(config.taxonomy)] if config.taxonomy else []
         # a folder we may not write is refused first, offline; then the teacher is asked (nothing written yet)
         OutputFolder.check(out, kind="generate", config=plain, fingerprint=fingerprint, input_paths=taxonomy_paths, overwrite=overwrite)
-        await check_teacher(teacher)  # a dead server or unknown model: one line, nothing written
+        await teacher.check()  # a dead server or unknown model: one line, nothing written
         folder = OutputFolder.open(
             out, kind="generate", config=plain, fingerprint=fingerprint, input_paths=taxonomy_paths, overwrite=overwrite, staged=False, details=details
         )

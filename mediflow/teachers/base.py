@@ -49,10 +49,21 @@ class ChatResponse:
 
 @runtime_checkable
 class Teacher(Protocol):
-    """Turns one :class:`ChatRequest` into one :class:`ChatResponse`."""
+    """Turns one :class:`ChatRequest` into one :class:`ChatResponse`.
+
+    ``complete`` and ``aclose`` are the whole contract; the other members have defaults that a
+    teacher overrides where it knows better. Every teacher subclasses this class explicitly, so the
+    engine and the manifests read these members directly instead of probing for them.
+    """
 
     #: A stable, human-readable spec such as ``openai:gpt-4o`` or ``local:gemma-3-270m``; part of the cache key.
     name: str
+    #: The model asked for, which names its list price (:func:`mediflow.engine.accounting.price_per_1k`).
+    model: str = ""
+    #: Requests this teacher can serve at once (an in-process model: 1); None: the engine's ``concurrency``.
+    max_concurrency: int | None = None
+    #: (input, output) USD per 1k tokens when the teacher knows them (a local model: free); None: list prices.
+    price_per_1k: tuple[float, float] | None = None
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         """Answer one request. Raise the transport's exceptions; the engine decides what to retry."""
@@ -62,20 +73,19 @@ class Teacher(Protocol):
         """Release connections / models."""
         ...
 
+    def describe(self) -> str:
+        """Where requests go, for error messages (never a key)."""
+        return self.name
 
-async def check_teacher(teacher: Teacher) -> None:
-    """Run the teacher's start-up check where it has one, before anything is written or paid for.
+    async def check(self) -> None:
+        """The start-up check, before anything is written or paid for (a server: ``GET /models``).
 
-    A server teacher has ``async check()`` (see :class:`~mediflow.teachers.openai_compat.OpenAICompatTeacher`);
-    an in-process model has nothing to reach, so it has none. The check also runs lazily before the
-    teacher's first request, so callers that skip this only learn of a dead server a little later.
-    """
-    check = getattr(teacher, "check", None)
-    if check is not None:
-        await check()
+        An in-process model has nothing to reach, so by default there is nothing to check. A server
+        teacher also runs it lazily before its first request, so a caller that skips it only learns
+        of a dead server a little later.
+        """
+        return None
 
-
-def teacher_capabilities(teacher: Teacher) -> dict[str, Any] | None:
-    """What the teacher negotiated with its server (structured-output level, parameters), for manifests."""
-    capabilities = getattr(teacher, "capabilities", None)
-    return capabilities() if capabilities is not None else None
+    def capabilities(self) -> dict[str, Any] | None:
+        """What the teacher negotiated with its server (structured-output level, parameters), for manifests."""
+        return None

@@ -25,7 +25,7 @@ import yaml
 from mediflow.errors import MediflowError
 from mediflow.records import canonical_json
 from mediflow.resources import prompts_dir
-from mediflow.teachers.base import ChatRequest, ChatResponse
+from mediflow.teachers.base import ChatRequest, ChatResponse, Teacher
 
 MODEL_NAME = "gemma-3-270m"
 #: Bounds the local teacher's grammar puts on strings and lists (see :func:`json_grammar`).
@@ -37,7 +37,7 @@ _JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 _INSTALL_HINT = "the local teacher needs the 'local' extra: pip install 'mediflow[local]'"
 
 
-class LocalLlamaTeacher:
+class LocalLlamaTeacher(Teacher):
     """Gemma-3-270M (Q4_K_M GGUF) through ``llama_cpp.Llama``; one call at a time, in a worker thread."""
 
     name = f"local:{MODEL_NAME}"

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import openai
 
 from mediflow.prompts import PromptTemplate, load_prompts
-from mediflow.teachers.base import ChatRequest, Teacher, teacher_capabilities
+from mediflow.teachers.base import ChatRequest, Teacher
 from mediflow.teachers.strict_schema import is_strict_compatible, strict_form
 
 if TYPE_CHECKING:
@@ -277,7 +277,7 @@ def capabilities_by_role(
     roles = dict.fromkeys([*teachers, *(role for report in reports for role in report)])
     by_role: dict[str, dict[str, Any]] = {}
     for role in roles:
-        own = teacher_capabilities(teachers[role]) if role in teachers else None
+        own = teachers[role].capabilities() if role in teachers else None
         summary = combine([own, *(report.get(role) for report in reports), earlier.get(role)])
         if summary is not None:
             by_role[role] = summary

@@ -31,7 +31,7 @@ import httpx
 import openai
 
 from mediflow.errors import MediflowError, TeacherUnavailable
-from mediflow.teachers.base import ChatRequest, ChatResponse
+from mediflow.teachers.base import ChatRequest, ChatResponse, Teacher
 from mediflow.teachers.negotiation import Negotiation
 
 #: Response headers worth handing to the engine (rate limits and server back-off hints).
@@ -44,7 +44,7 @@ _CHECK_TIMEOUT = 30.0
 _MAX_LISTED_MODELS = 20
 
 
-class OpenAICompatTeacher:
+class OpenAICompatTeacher(Teacher):
     """A teacher behind an OpenAI-compatible ``/chat/completions`` endpoint (OpenAI, Azure, vLLM, SGLang...)."""
 
     def __init__(

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from mediflow.errors import MediflowError
-from mediflow.teachers.base import ChatRequest, ChatResponse
+from mediflow.teachers.base import ChatRequest, ChatResponse, Teacher
 from mediflow.teachers.micro_batch import MicroBatcher
 
 
-class VLLMOfflineTeacher:
+class VLLMOfflineTeacher(Teacher):
     """A model loaded in-process with vLLM; ``llm`` may be injected (tests, or a caller-built ``LLM``)."""
 
     #: No per-token price: the GPU is yours.
