@@ -52,6 +52,24 @@ def test_plan_out_writes_every_item_with_its_case(teacher_server: TeacherServerU
     assert f"wrote the plan ({len(plan):,} items with their cases)" in capsys.readouterr().out
 
 
+def test_dry_run_of_a_share_counts_and_writes_that_share_only(teacher_server: TeacherServerURL, tmp_path: Path, capsys) -> None:
+    path, config = _config(teacher_server, tmp_path)
+    plan_items = len(build_plan(load_config(config), load_taxonomy()))
+    positions: list[int] = []
+    counted = 0
+    for share in ("1/2", "2/2"):
+        plan_file = tmp_path / f"plan-{share[0]}.parquet"
+        assert main(["generate", "--config", str(path), "--shard", share, "--dry-run", "--plan-out", str(plan_file)]) == 0
+        printed = capsys.readouterr().out
+        rows = pq.read_table(plan_file)
+        assert f"plan: {rows.num_rows:,} items" in printed and f"(share {share} of a plan of {plan_items:,} items)" in printed
+        assert 0 < rows.num_rows < plan_items
+        positions += rows["position"].to_pylist()
+        counted += rows.num_rows
+    assert counted == plan_items and sorted(positions) == list(range(plan_items))  # disjoint shares that cover the plan
+    assert teacher_server.stats()["requests"] == 0 and not (tmp_path / "out").exists()
+
+
 def test_plan_out_into_a_missing_folder_is_one_line(teacher_server: TeacherServerURL, tmp_path: Path, capsys) -> None:
     path, _ = _config(teacher_server, tmp_path)
     assert main(["generate", "--config", str(path), "--plan-out", str(tmp_path / "nowhere" / "plan.parquet")]) == 2

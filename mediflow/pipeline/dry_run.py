@@ -16,13 +16,16 @@ them, and the figures are scaled to the whole plan:
   slower of the two buckets).
 
 ``--plan-out plan.parquet`` writes every plan item with its case (streamed in batches, written to a
-temporary file and renamed), and nothing else.
+temporary file and renamed), and nothing else. With ``--shard K/N`` both are of that share only (its
+instruction groups are counted in one pass over the lazy plan), which is what that job of a
+sharded run would ask.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ from mediflow.config import RunConfig
 from mediflow.engine.accounting import price_per_1k
 from mediflow.errors import MediflowError
 from mediflow.pipeline.plan import InstructionGroup, Plan, PlanItem, build_plan
+from mediflow.pipeline.share import Share
 from mediflow.pipeline.stages import Stages
 from mediflow.records import CASE_TYPE
 from mediflow.taxonomy import load_taxonomy
@@ -93,6 +97,9 @@ class DryRunReport:
     minutes: float | None
     limited_by: str | None
     sample: list[tuple[PlanItem, Case]] = field(default_factory=list)
+    #: ``"K/N"`` when the figures are one share's (``--shard``), and the whole plan's item count.
+    share: str | None = None
+    plan_items: int = 0
 
     def lines(self) -> list[str]:
         """The report as printed lines."""
@@ -100,8 +107,9 @@ class DryRunReport:
             shown = ", ".join(f"{name} {count:,}" for name, count in counts.most_common(limit))
             return shown + (f", ... {len(counts) - limit} more" if len(counts) > limit else "")
 
+        of_share = f" (share {self.share} of a plan of {self.plan_items:,} items)" if self.share else ""
         out = [
-            f"plan: {self.items:,} items in {self.cells:,} cells, {self.groups:,} instruction groups",
+            f"plan: {self.items:,} items in {self.cells:,} cells, {self.groups:,} instruction groups{of_share}",
             f"  by task: {top(self.by_task)}",
             f"  by difficulty: {top(self.by_difficulty)}",
             f"  by format: {top(self.by_format)}",
@@ -132,7 +140,10 @@ def dry_run(config: RunConfig, sample_cases: int = 5) -> DryRunReport:
     taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
     plan = build_plan(config, taxonomy)
     stages = _stages(config, taxonomy)
-    strata = plan.strata()
+    if config.shard:
+        strata, groups, sampled = _share_strata(plan, Share.parse(config.shard))
+    else:
+        strata, groups, sampled = plan.strata(), plan.group_count, plan.sample(min(SAMPLE_ITEMS, len(plan)))
     by: dict[str, Counter[str]] = {key: Counter() for key in ("task", "difficulty", "format", "category")}
     for (task, document_type, difficulty, fmt), count in strata.items():
         by["task"][task] += count
@@ -140,10 +151,9 @@ def dry_run(config: RunConfig, sample_cases: int = 5) -> DryRunReport:
         by["format"][fmt] += count
         by["category"][taxonomy.document_types[document_type].category] += count
 
-    sampled = plan.sample(min(SAMPLE_ITEMS, len(plan)))
     cases = [stages.case_of(item) for item in sampled]
     per_item_prompt, per_item_completion = _sample_tokens(stages, plan, sampled, cases, taxonomy)
-    items, groups = len(plan), plan.group_count
+    items = sum(strata.values())
     json_items = by["format"]["json"]
     requests = items * int("document" in config.stages) + groups * int("instruction" in config.stages) + items * int("response" in config.stages)
     prompt = round(per_item_prompt * items)
@@ -177,7 +187,28 @@ def dry_run(config: RunConfig, sample_cases: int = 5) -> DryRunReport:
         minutes=minutes,
         limited_by=limited_by,
         sample=list(zip(sampled, cases))[:sample_cases],
+        share=str(Share.parse(config.shard)) if config.shard else None,
+        plan_items=len(plan),
     )
+
+
+def _share_strata(plan: Plan, share: Share) -> tuple[Counter[tuple[str, str, str, str]], int, list[PlanItem]]:
+    """A share's items per stratum, its instruction groups, and its first :data:`SAMPLE_ITEMS` items (one pass)."""
+    strata: Counter[tuple[str, str, str, str]] = Counter()
+    groups = 0
+    sample: list[PlanItem] = []
+    for group in share.select(plan.groups()):
+        groups += 1
+        for item in group.items:
+            strata[(item.task, item.document_type, item.difficulty, item.output_format)] += 1
+            if len(sample) < SAMPLE_ITEMS:
+                sample.append(item)
+    return strata, groups, sample
+
+
+def _selected_groups(config: RunConfig, plan: Plan) -> Iterator[InstructionGroup]:
+    """The plan's instruction groups, or those of the run's ``--shard`` share."""
+    return Share.parse(config.shard).select(plan.groups()) if config.shard else plan.groups()
 
 
 def _tokens(text: str) -> float:
@@ -231,7 +262,7 @@ def write_plan(config: RunConfig, path: Path, batch_rows: int = 10_000) -> int:
     written = 0
     try:
         with pq.ParquetWriter(tmp, PLAN_SCHEMA) as writer:
-            for group in plan.groups():
+            for group in _selected_groups(config, plan):
                 for item in group.items:
                     rows.append(
                         {
