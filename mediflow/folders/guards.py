@@ -64,8 +64,12 @@ class FolderLock:
         self.path = self.folder / LOCK_NAME
         self._fd: int | None = None
 
-    def acquire(self) -> None:
-        """Take the lock or stop at once with an error naming the process that holds it."""
+    def acquire(self, *, wait: bool = False) -> None:
+        """Take the lock, or stop at once with an error naming the process that holds it.
+
+        With ``wait`` (a shared cache, where the other process is making what this one needs) it
+        says once on stderr whom it waits for, then blocks until the holder is done.
+        """
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except PermissionError:
@@ -74,8 +78,11 @@ class FolderLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd)
-            os.close(fd)
-            raise MediflowError(f"{self.folder}: in use by another process ({holder}); wait for it to finish or stop it") from None
+            if not wait:
+                os.close(fd)
+                raise MediflowError(f"{self.folder}: in use by another process ({holder}); wait for it to finish or stop it") from None
+            print(f"{self.folder}: waiting for another process ({holder})", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}: {_command()[:300]}\n".encode())
         self._fd = fd

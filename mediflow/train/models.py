@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mediflow.errors import ConfigError, MediflowError
+from mediflow.folders.guards import FolderLock
 
 #: Model names that resolve to a packaged GGUF: name -> (python package, cache folder name).
 #: The folder name carries a version: v2 adds the chat template and the end-of-turn stop tokens.
@@ -42,8 +43,12 @@ def resolve_model(spec: str | Path, cache_dir: Path | None = None) -> Path:
 
 
 def _converted_gguf(name: str, cache_dir: Path) -> Path:
-    """Dequantize the packaged GGUF into ``cache_dir`` once (atomic: a temp folder, then rename)."""
-    package, folder, layout = PACKAGED_GGUF_MODELS[name]
+    """Dequantize the packaged GGUF into ``cache_dir`` once (atomic: a temp folder, then rename).
+
+    Conversions into one cache take its lock, waiting for each other: a second process started
+    while the first converts waits, then finds the finished folder instead of converting again.
+    """
+    package, folder, _ = PACKAGED_GGUF_MODELS[name]
     target = cache_dir / folder
     if (target / "config.json").is_file():
         return target
@@ -51,9 +56,23 @@ def _converted_gguf(name: str, cache_dir: Path) -> Path:
         gguf_package = __import__(package)
     except ImportError:
         raise MediflowError(f"model '{name}' needs the PyPI package {package.replace('_', '-')} (pip install 'mediflow[local]')") from None
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(cache_dir)
+    lock.acquire(wait=True)
+    try:
+        if not (target / "config.json").is_file():  # the process we waited for may have made it
+            _convert(gguf_package, name, target)
+    finally:
+        lock.release()
+    return target
+
+
+def _convert(gguf_package: Any, name: str, target: Path) -> None:
+    """Write ``name``'s dense Hugging Face folder to ``target``, replacing an unfinished one left there."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    _, folder, layout = PACKAGED_GGUF_MODELS[name]
+    cache_dir = target.parent
     gguf_path = gguf_package.assemble(cache_dir / gguf_package.MODEL_NAME)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder}-", dir=cache_dir))
     try:
@@ -73,10 +92,10 @@ def _converted_gguf(name: str, cache_dir: Path) -> Path:
         set_end_of_turn(model, tokenizer, tokenizer.chat_template)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        shutil.rmtree(target, ignore_errors=True)  # no config.json: not a finished conversion
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def load_tokenizer(path: Path) -> Any:
