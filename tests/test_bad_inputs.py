@@ -297,6 +297,9 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
             _model_argv(c, tmp, w, w.records, _copy(w.pairs, tmp / "other")), "folder, not a", [w.records, tmp]))
     add("train sft: a model folder whose run did not finish", lambda tmp, w: Case(
         _model_argv("train sft", tmp, w, w.records, tmp / "out", model=_unfinished(tmp / "merged", w.model)), "did not finish (status running)", [w.records, tmp]))
+    add("merge --preset: output inside its evaluator's data", lambda tmp, w: Case(
+        _model_argv("merge --preset", tmp, w, w.records, tmp / "heldout" / "out", evaluate={"eval_config": str(_text(tmp / "eval.yaml", json.dumps(
+            {"data": {"records": str(_copy(w.records, tmp / "heldout"))}, "output": {"dir": str(tmp / "evals")}})))}), "is inside the input", [tmp]))
     add("merge --preset: a work_dir outside the output", lambda tmp, w: Case(
         _model_argv("merge --preset", tmp, w, w.records, tmp / "out", work_dir="elsewhere"), "work_dir: the preset keeps its cache in", [tmp]))
     add("merge: a config that is not UTF-8", lambda tmp, w: Case(["merge", "--config", str(_latin1(tmp / "m.yaml")), "--output", str(tmp / "merged")], "not UTF-8", [tmp]))

@@ -72,7 +72,7 @@ def _run_preset(args: argparse.Namespace) -> int:
 
     preset = load_preset(args.config, output=args.output)
     hooks = build_evaluator(preset.evaluate, args.config.resolve().parent, preset.base_model)
-    result = run_mediphi_preset(preset, hooks.select, report=hooks.report, overwrite=args.overwrite)
+    result = run_mediphi_preset(preset, hooks.select, report=hooks.report, overwrite=args.overwrite, data_paths=hooks.data_paths)
     for expert, t in result.slerp_t.items():
         print(f"slerp t={t} for {expert}")
     print(f"best of {len(result.trials)} evaluations: score {result.best.score:.6g} with {result.best.candidate}")

@@ -39,6 +39,8 @@ class PresetEvaluators:
 
     select: Evaluator
     report: Evaluator | None
+    #: What the eval configs read (their data and taxonomy): the preset's output may not overlap them.
+    data_paths: tuple[Path, ...] = ()
 
 
 def build_evaluator(spec: Any, root: Path, base_model: Path) -> PresetEvaluators:
@@ -60,6 +62,7 @@ def build_evaluator(spec: Any, root: Path, base_model: Path) -> PresetEvaluators
     from mediflow.train.config import load_config
     from mediflow.train.data import splits_of
     from mediflow.train.eval import make_evaluator
+    from mediflow.train.runtime import stage_paths
 
     def config(name: str) -> Any:
         return load_config(root / str(spec[name]), "eval", overrides=[f"model.name_or_path={base_model}"])
@@ -67,9 +70,11 @@ def build_evaluator(spec: Any, root: Path, base_model: Path) -> PresetEvaluators
     selection = config("eval_config")
     records = selection.path(selection.data.records) if selection.data.records else None
     if records is not None and {"validation", "test"} <= splits_of(records):
-        return PresetEvaluators(make_evaluator(selection, "validation"), make_evaluator(selection, "test"))
-    report = make_evaluator(config("report_config")) if spec.get("report_config") else None
-    return PresetEvaluators(make_evaluator(selection), report)
+        return PresetEvaluators(make_evaluator(selection, "validation"), make_evaluator(selection, "test"), tuple(stage_paths(selection)))
+    report_config = config("report_config") if spec.get("report_config") else None
+    report = make_evaluator(report_config) if report_config is not None else None
+    data_paths = stage_paths(selection) + (stage_paths(report_config) if report_config is not None else [])
+    return PresetEvaluators(make_evaluator(selection), report, tuple(data_paths))
 
 
 def _import_callable(reference: str) -> Evaluator:

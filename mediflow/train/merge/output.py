@@ -66,16 +66,24 @@ def merge_identity(config: MergeConfig, seed: int) -> tuple[dict[str, Any], list
 
 
 def open_merge_output(
-    output: Path, *, config: dict[str, Any], identity: dict[str, Any], inputs: Sequence[InputRef], overwrite: bool, caches: Iterable[str] = ()
+    output: Path,
+    *,
+    config: dict[str, Any],
+    identity: dict[str, Any],
+    inputs: Sequence[InputRef],
+    overwrite: bool,
+    caches: Iterable[str] = (),
+    data_paths: Sequence[Path] = (),
 ) -> OutputFolder:
-    """Open a merge folder: every guard (overlap with any input model, another merge's folder), the lock, ``running``."""
+    """Open a merge folder: every guard (overlap with any input model or the evaluators' ``data_paths``,
+    another merge's folder), the lock, ``running``."""
     return OutputFolder.open(
         output,
         kind="merge",
         config=config,
         fingerprint=value_hash(identity),
         inputs=inputs,
-        input_paths=[Path(ref.path) for ref in inputs],
+        input_paths=[Path(ref.path) for ref in inputs] + list(data_paths),
         overwrite=overwrite,
         staged=False,
         extra_entries=MERGE_ENTRIES,

@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,11 +219,15 @@ def evaluator_fingerprint(evaluate: Evaluator) -> str:
     return value_hash({"callable": getattr(evaluate, "__qualname__", repr(evaluate)), "source": code})
 
 
-def run_mediphi_preset(preset: MediPhiPreset, evaluate: Evaluator, *, report: Evaluator | None = None, overwrite: bool = False) -> PresetResult:
+def run_mediphi_preset(
+    preset: MediPhiPreset, evaluate: Evaluator, *, report: Evaluator | None = None, overwrite: bool = False, data_paths: Sequence[Path] = ()
+) -> PresetResult:
     """Run the recipe and write the best merge to ``preset.output``.
 
     ``evaluate`` selects (the SLERP ratios, the search); ``report``, on other data, scores the result
     once for ``preset_report.json``. Without ``report`` the report says there is no held-out score.
+    ``data_paths`` are what the evaluators read (:class:`.evaluation.PresetEvaluators`): the output
+    may not overlap them any more than the models.
     The output folder's identity is the preset's settings, the content of the base and every expert
     and the evaluators' fingerprints: rerunning the same preset replays every score from ``work/``;
     another one there is refused naming what changed, unless ``overwrite`` (``work/`` is kept: its
@@ -241,7 +245,9 @@ def run_mediphi_preset(preset: MediPhiPreset, evaluate: Evaluator, *, report: Ev
             "report evaluator": evaluator_fingerprint(report) if report is not None else None,
         }
     )
-    folder = open_merge_output(preset.output, config=preset.plain(), identity=identity, inputs=inputs, overwrite=overwrite, caches=(WORK_DIR,))
+    folder = open_merge_output(
+        preset.output, config=preset.plain(), identity=identity, inputs=inputs, overwrite=overwrite, caches=(WORK_DIR,), data_paths=data_paths
+    )
     with folder:
         result = _run_preset(preset, evaluate, report, judge, base, [ref.fingerprint for ref in inputs[1:]], folder)
         folder.finish({"evaluations": len(result.trials), "experts": len(preset.experts)}, {"best_score": result.best.score, "report_score": result.report_score})
