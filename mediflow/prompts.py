@@ -21,11 +21,10 @@ from typing import Any
 
 import jinja2
 import jinja2.meta
-import yaml
 
 from mediflow.errors import MediflowError
 from mediflow.resources import prompts_dir
-from mediflow.textfiles import read_text
+from mediflow.textfiles import read_yaml
 
 #: The roles a prompt file may define, in the order their messages are sent.
 ROLES: tuple[str, ...] = ("system", "user")
@@ -131,12 +130,7 @@ def load_prompts(path: Path | str | None = None) -> PromptLibrary:
 def _load_file(name: str, path: Path) -> PromptTemplate:
     """Parse one prompt file and compile its templates, reporting problems in one line."""
     raw = path.read_bytes()
-    try:
-        content = yaml.safe_load(read_text(path, "prompt file"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise MediflowError(f"{path}: YAML syntax error{where}: {getattr(exc, 'problem', None) or exc}") from None
+    content = read_yaml(path, "prompt file")
     if not isinstance(content, dict):
         raise MediflowError(f"{path}: a prompt file must be a mapping with 'system:' and/or 'user:' templates")
     sources = {role: content[role] for role in ROLES if isinstance(content.get(role), str)}

@@ -23,7 +23,7 @@ import yaml
 
 from mediflow.errors import MediflowError, TaxonomyError
 from mediflow.resources import taxonomies_dir
-from mediflow.textfiles import read_text
+from mediflow.textfiles import read_yaml
 
 #: The sections of a taxonomy, in the order they are resolved (later ones refer to earlier ones).
 SECTIONS: tuple[str, ...] = ("categories", "document_types", "tasks", "difficulty_levels", "output_formats")
@@ -353,14 +353,8 @@ def _entries_in_file(file_path: Path, section: str) -> list[dict[str, Any]]:
 
 
 def _read_yaml(file_path: Path) -> Any:
-    """Parse a YAML file; syntax errors become one line with the position."""
-    try:
-        return yaml.load(read_text(file_path, "taxonomy file"), Loader=_YAML_LOADER)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise TaxonomyError(f"{file_path}: YAML syntax error{where}: {problem}") from None
+    """Parse a taxonomy YAML file; a syntax error is one line with the position."""
+    return read_yaml(file_path, "taxonomy file", TaxonomyError, _YAML_LOADER)
 
 
 def _describe(error: jsonschema.ValidationError | jsonschema.SchemaError) -> str:

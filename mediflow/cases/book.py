@@ -19,11 +19,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mediflow import terminology
 from mediflow.errors import TaxonomyError
 from mediflow.resources import taxonomies_dir
+from mediflow.textfiles import read_yaml
 
 #: The files of ``taxonomies/cases/``.
 FILES: tuple[str, ...] = ("profiles", "assignments", "rules", "drugs", "synonyms")
@@ -206,14 +205,7 @@ def _load(user_folder: str | None) -> CaseBook:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TaxonomyError(f"{path}: cannot read: {exc}") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise TaxonomyError(f"{path}: invalid YAML{where}") from exc
+    content = read_yaml(path, "case data file", TaxonomyError)
     if not isinstance(content, dict):
         raise TaxonomyError(f"{path}: expected a mapping at the top level")
     return content
