@@ -237,6 +237,9 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
         ["generate", "--teacher", "openai:m", "--api-key-env", "MEDIFLOW_NOT_SET", "--out", str(tmp / "o")], "(--api-key-env): the environment variable MEDIFLOW_NOT_SET is not set", [tmp]))
     add("generate: no key at all", lambda tmp, w: Case(["generate", "--teacher", "openai:m", "--out", str(tmp / "o")], "with --api-key-env", [tmp], unset=("OPENAI_API_KEY",)))
     add("generate: --plan-out into a missing folder", lambda tmp, w: Case([*generate(tmp), "--dry-run", "--plan-out", str(tmp / "nowhere" / "plan.parquet")], "does not exist", [tmp]))
+    add("generate: --shard K above N", lambda tmp, w: Case([*generate(tmp), "--shard", "3/2", "--out", str(tmp / "o")], "needs 1 <= K <= N", [tmp]))
+    add("generate: --dry-run with a --shard that is not K/N", lambda tmp, w: Case(
+        [*generate(tmp), "--shard", "abc", "--dry-run", "--plan-out", str(tmp / "plan.parquet")], "is not K/N", [tmp]))
     add("generate: --plan-out is a folder", lambda tmp, w: Case([*generate(tmp), "--dry-run", "--plan-out", str(_mkdir(tmp / "plans"))], "is a folder", [tmp]))
     add("generate: a case profile naming an unknown code", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_broken_cases(tmp / "tax")), "--out", str(tmp / "o")], "'I5O' is not an ICD-10-CM", [tmp]))
     add("generate: a config that is not UTF-8", lambda tmp, w: Case(["generate", "--config", str(_latin1(tmp / "run.yaml")), "--out", str(tmp / "o")], "not UTF-8", [tmp]))
