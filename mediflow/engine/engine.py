@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import random
 import time
 from pathlib import Path
@@ -18,13 +19,15 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from mediflow.engine.accounting import EngineStats, price_per_1k
 from mediflow.engine.breaker import ErrorRateBreaker
-from mediflow.engine.cache import ResponseCache, cache_key
+from mediflow.engine.cache import AnswerStore, ResponseCache, SharedCache, cache_key
 from mediflow.engine.config import LimitsConfig, PricesConfig
 from mediflow.engine.failures import Failure, TruncatedAnswer, classify
 from mediflow.engine.limits import AdaptiveLimit, RateLimitHeaders, TokenBucket
 from mediflow.engine.progress import Activity, Progress
 from mediflow.errors import TeacherError
 from mediflow.teachers.base import ChatRequest, ChatResponse, Teacher
+
+logger = logging.getLogger(__name__)
 
 #: Characters per token, for reserving tokens-per-minute before the server counts them.
 _CHARS_PER_TOKEN = 4
@@ -58,6 +61,7 @@ class Engine:
         prices: PricesConfig | None = None,
         progress: bool = True,
         limit_share: float = 1.0,
+        shared_cache: bool = False,
     ) -> None:
         if not 0.0 < limit_share <= 1.0:
             raise ValueError(f"limit_share must be in (0, 1], got {limit_share}")
@@ -68,6 +72,9 @@ class Engine:
         self.config = limits or LimitsConfig()
         self.prices = prices or PricesConfig()
         self.cache_path = Path(cache_path)
+        #: A Ray actor's engine: read ``cache_path`` read-only and append answers to this actor's own
+        #: segment, written in groups (:class:`~mediflow.engine.cache.SharedCache`); see :meth:`flush`.
+        self.shared_cache = shared_cache
         self.stats = EngineStats()
         self.limit = AdaptiveLimit(
             min(self.config.concurrency, teacher.max_concurrency or self.config.concurrency),
@@ -83,7 +90,8 @@ class Engine:
         self._breaker = ErrorRateBreaker(
             self.config.error_rate_threshold, self.config.error_window, self.config.error_min_samples
         )
-        self._cache: ResponseCache | None = None
+        self._cache: AnswerStore | None = None
+        self._flusher: asyncio.Task[None] | None = None
         self._stop_reason: str | None = None
         self._pending: dict[str, asyncio.Future[ChatResponse]] = {}
         self._in_flight: dict[int, float] = {}
@@ -96,7 +104,11 @@ class Engine:
         self._backoff = wait_random_exponential(multiplier=self.config.backoff_initial, max=self.config.backoff_max)
 
     async def __aenter__(self) -> Engine:
-        self._cache = ResponseCache(self.cache_path)
+        if self.shared_cache:
+            self._cache = SharedCache(self.cache_path)
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_every(SharedCache.FLUSH_EVERY_S))
+        else:
+            self._cache = ResponseCache(self.cache_path)
         self.progress.start()
         return self
 
@@ -104,9 +116,30 @@ class Engine:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.progress.stop()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
         if self._cache is not None:
+            await self._cache.flush()
             self._cache.close()
             self._cache = None
+
+    async def flush(self) -> None:
+        """Make every answer received so far durable (a shared cache writes its queue; a local one has nothing queued).
+
+        A Ray actor calls it before it hands back or commits any result, so a kill loses only the work in flight.
+        """
+        if self._cache is not None:
+            await self._cache.flush()
+
+    async def _flush_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self.flush()
+            except OSError as exc:  # kept queued: the actor's own flush before it hands back results raises it
+                logger.warning("cannot write the answer segment yet: %s", exc)
 
     @property
     def stopped(self) -> bool:

@@ -8,6 +8,7 @@ writes this layout (a model folder, :mod:`mediflow.folders.model`, holds a model
       data/part-00000.parquet ...   the kept records, and nothing else
       rejects.parquet     every record kept out of data/, with its stage and reason
       cache.sqlite        the engine's cache of every teacher answer (never removed: it was paid for)
+      cache-segments/     Ray actors' answers until they are merged into cache.sqlite (kept like it)
       .lock               the exclusive lock, naming the process that holds it
       .tmp-*              a running (or killed) process's temporary files, removed by the next run
 
@@ -36,6 +37,8 @@ from mediflow.records import canonical_json, content_id
 DATA_DIR = "data"
 REJECTS_NAME = "rejects.parquet"
 CACHE_NAME = "cache.sqlite"
+#: Ray actors' answers not yet merged into the cache (``engine.cache.segments_dir``): paid for, like the cache.
+CACHE_SEGMENTS = "cache-segments"
 #: Where generate keeps each committed plan range's rejects and summary until they are folded.
 PARTS_DIR = ".parts"
 #: Where curate keeps each stage's own folder.
@@ -44,7 +47,7 @@ STAGES_DIR = "stages"
 DATASETS_CACHE = ".datasets-cache"
 #: Entries of a folder that belong to the contract (anything else there is foreign).
 OWN_ENTRIES = frozenset(
-    {DATA_DIR, REJECTS_NAME, MANIFEST_NAME, CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", LOCK_NAME, PARTS_DIR, STAGES_DIR, DATASETS_CACHE}
+    {DATA_DIR, REJECTS_NAME, MANIFEST_NAME, CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", CACHE_SEGMENTS, LOCK_NAME, PARTS_DIR, STAGES_DIR, DATASETS_CACHE}
 )
 
 
@@ -237,7 +240,7 @@ class OutputFolder:
 
 
 #: What survives ``overwrite`` and a fresh start: paid-for answers, and the lock itself.
-_CACHES = frozenset({CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm"})
+_CACHES = frozenset({CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", CACHE_SEGMENTS})
 
 
 def _is_own(name: str, own: Iterable[str]) -> bool:

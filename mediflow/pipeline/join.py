@@ -14,7 +14,6 @@ with a share, nothing foreign in it, not locked by another process).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from mediflow.engine.cache import merge_caches
 from mediflow.errors import MediflowError
 from mediflow.folders import OutputFolder, check_no_overlap, read_manifest
 from mediflow.pipeline.collect import shard_summary
@@ -87,7 +87,7 @@ def join_shares(out: str | Path, folders: Sequence[str | Path]) -> RunSummary:
         for index in ranges:
             rows, rejects, positions = _join_range(shares, index, started_at)
             output.write_shard(index, rows, rejects, shard_summary(index, rows, rejects, positions))
-        _merge_caches(output.cache_path, [share.cache_path for share in shares])
+        merge_caches(output.cache_path, [share.cache_path for share in shares])  # each share's teacher answers: the joined run reruns and extends for free
         return finish_run(output, "finished", None, {"shares": len(paths)})
 
 
@@ -113,24 +113,6 @@ def _join_range(shares: Sequence[RunOutput], index: int, started_at: datetime) -
         positions[kind] = [position for position, _ in ordered]
         joined[kind] = [{**row, "created_at": started_at} for _, row in ordered]
     return joined["record"], joined["reject"], positions
-
-
-def _merge_caches(target: Path, sources: Sequence[Path]) -> None:
-    """Every share's teacher answers into one cache, so the joined folder reruns and extends for free."""
-    from mediflow.engine.cache import ResponseCache
-
-    ResponseCache(target).close()  # creates the table
-    db = sqlite3.connect(target)
-    try:
-        for number, source in enumerate(sources):
-            if not source.exists():
-                continue
-            db.execute(f"ATTACH DATABASE ? AS share{number}", (str(source),))
-            db.execute(f"INSERT OR IGNORE INTO responses SELECT * FROM share{number}.responses")
-            db.commit()
-            db.execute(f"DETACH DATABASE share{number}")
-    finally:
-        db.close()
 
 
 def _joined_manifest(manifests: Sequence[dict[str, Any]], folders: Sequence[Path], out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
