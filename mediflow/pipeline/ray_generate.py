@@ -10,14 +10,19 @@ config alone, so the records are the local engine's, whichever actor made them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mediflow.config import RunConfig
 from mediflow.pipeline.plan import InstructionGroup
+
+if TYPE_CHECKING:
+    from mediflow.scale.ray_runner import ActorSession
 
 #: One finished item as it travels back to the driver: (plan position, "record" | "reject", row).
 ItemRow = tuple[int, str, dict[str, Any]]
@@ -36,30 +41,36 @@ class _GroupRows:
         self.rows[position] = (kind, row)
 
 
+def absolute_paths(config: RunConfig) -> RunConfig:
+    """``config`` with every path it holds made absolute (output folder, taxonomy, prompts): an actor's
+    working folder is its node's, not the driver's, so a relative path would name another folder there."""
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else os.path.abspath(path)
+
+    output = dataclasses.replace(config.output, dir=os.path.abspath(config.output.dir))
+    return dataclasses.replace(config, output=output, taxonomy=absolute(config.taxonomy), prompts=absolute(config.prompts))
+
+
 @dataclass(frozen=True)
 class GenerateWork:
-    """What every actor needs to run groups: the run config, its start time and the actor count."""
+    """What every actor needs to run groups: the run config (paths absolute, see :func:`absolute_paths`) and its start time."""
 
     config: RunConfig
     created_at: datetime
-    actors: int
 
     @contextlib.asynccontextmanager
-    async def open(self) -> AsyncIterator[_GroupWorker]:
-        from mediflow.engine import Engine
+    async def open(self, actor: ActorSession) -> AsyncIterator[_GroupWorker]:
         from mediflow.pipeline.flow import GroupFlow
         from mediflow.pipeline.output import RunOutput
         from mediflow.pipeline.stages import Stages
-        from mediflow.scale.ray_runner import actor_limits
         from mediflow.taxonomy import load_taxonomy
         from mediflow.teachers.factory import teacher_from
 
         config = self.config
         taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
-        limits, share = actor_limits(config.limits, self.actors)
-        teacher = teacher_from(config.teacher, limits)
+        teacher = teacher_from(config.teacher, actor.limits(config.limits))
         try:
-            engine = Engine(teacher, RunOutput(config.output.dir).cache_path, limits, prices=config.prices, progress=False, limit_share=share)
+            engine = actor.engine(teacher, RunOutput(config.output.dir).cache_path, config.limits, prices=config.prices)
             stages = Stages(engine, taxonomy, config)
             rows = _GroupRows()
             async with engine:

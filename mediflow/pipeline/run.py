@@ -97,12 +97,11 @@ def _share_counts(plan: Plan, share: Share, shard_size: int) -> tuple[Counter[in
     return counts, groups
 
 
-def _ray_run(groups: list[InstructionGroup], config: RunConfig, created_at: datetime) -> RayRun:
-    from mediflow.pipeline.ray_generate import GenerateWork
+def _ray_run(groups: list[InstructionGroup], config: RunConfig, created_at: datetime, output: RunOutput) -> RayRun:
+    from mediflow.pipeline.ray_generate import GenerateWork, absolute_paths
     from mediflow.scale.ray_runner import RayRun
 
-    work = GenerateWork(config, created_at, config.ray.actors)
-    return RayRun(groups, work, config.ray)
+    return RayRun(groups, GenerateWork(absolute_paths(config), created_at), config.ray, folder=output.root, cache=output.cache_path)
 
 
 def _drive_on_ray(ray_run: RayRun, collector: ShardCollector, on_items_done: Callable[[int], None]) -> None:
@@ -228,7 +227,7 @@ async def _generate(
         )
         groups = share.select(plan.groups()) if share else plan.groups()
         todo = (group for group in groups if flow.pending(group))
-        ray_run = _ray_run(list(todo), config, created_at) if config.engine == "ray" else None
+        ray_run = _ray_run(list(todo), config, created_at, output) if config.engine == "ray" else None
         engine.progress.set_total(folder.manifest.details["plan"]["items"] - collector.finished_items)
 
         def finish(status: str, reason: str | None) -> RunSummary:

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -47,6 +47,9 @@ from mediflow.sync import run_sync
 from mediflow.taxonomy import load_taxonomy
 from mediflow.teachers.factory import TeacherConfig, api_key_of, teacher_from
 from mediflow.teachers.negotiation import capabilities_by_role
+
+if TYPE_CHECKING:
+    from mediflow.scale.ray_runner import ActorSession
 
 #: Drop reasons decided here (the margin rule, the hard checks and injection add their own).
 NO_APPLICABLE_KIND = "no_applicable_error_kind"
@@ -128,7 +131,7 @@ async def _build(
     dropped, error_types = Counter[str](), Counter[str]()
     outcomes: list[Outcome] = []
     stored = 0
-    async with _outcomes(tried, config, folder.cache_path, schemas, prompts, kinds) as (results, usage_of, capabilities_of):
+    async with _outcomes(tried, config, folder.root, folder.cache_path, schemas, prompts, kinds) as (results, usage_of, capabilities_of):
         async for outcome in results:
             outcomes.append(outcome)
             if len(outcomes) == _CHUNK:
@@ -146,7 +149,7 @@ async def _build(
 
 @asynccontextmanager
 async def _outcomes(
-    tried: pa.Table, config: PairsConfig, cache: Path, schemas: Mapping[str, dict[str, Any]], prompts: Any, kinds: tuple[ErrorKind, ...]
+    tried: pa.Table, config: PairsConfig, folder: Path, cache: Path, schemas: Mapping[str, dict[str, Any]], prompts: Any, kinds: tuple[ErrorKind, ...]
 ) -> AsyncIterator[tuple[AsyncIterator[Outcome], Callable[[], dict[str, Any]], Callable[[], list[dict[str, Any]]]]]:
     """Every tried record's outcome in record order, on this process's engines or on Ray actors; the usage;
     and what the teachers negotiated with their servers (``{role: capabilities}`` per process)."""
@@ -154,7 +157,7 @@ async def _outcomes(
     if config.engine == "ray":
         from mediflow.scale.ray_runner import RayRun, in_order, ray_session
 
-        ray_run = RayRun(list(records), PairsWork(config, cache, schemas, prompts, kinds), config.ray)
+        ray_run = RayRun(list(records), PairsWork(config, cache, schemas, prompts, kinds), config.ray, folder=folder, cache=cache)
         with ray_session(config.ray):
             yield in_order(ray_run), lambda: {"ray": ray_run.session}, lambda: ray_run.teacher_capabilities
         return
@@ -170,11 +173,11 @@ async def open_pair_runner(
     prompts: Any,
     kinds: tuple[ErrorKind, ...],
     *,
-    actors: int = 1,
+    actor: ActorSession | None = None,
 ) -> AsyncIterator[tuple[Callable[[dict[str, Any]], Awaitable[Outcome]], dict[str, Engine]]]:
-    """``run(record) -> Outcome`` on open engines (one of ``actors`` that share the limits); the local and the Ray path both use it."""
+    """``run(record) -> Outcome`` on open engines (on a Ray ``actor``, its engines); the local and the Ray path both use it."""
     async with AsyncExitStack() as stack:
-        engines = await _open_engines(stack, config, cache, actors)
+        engines = await _open_engines(stack, config, cache, actor)
         judge_step = PairJudgeStep(prompts.get(PAIR_JUDGE_PROMPT), seed=config.seed, temperature=config.judge_temperature, max_corrections=config.max_corrections)
         judge = PairJudge(engines["judge"], judge_step, config.judge_samples)
         if config.method == "inject":
@@ -198,8 +201,8 @@ class PairsWork:
     kinds: tuple[ErrorKind, ...]
 
     @asynccontextmanager
-    async def open(self) -> AsyncIterator[_PairsWorker]:
-        async with open_pair_runner(self.config, self.cache, self.schemas, self.prompts, self.kinds, actors=self.config.ray.actors) as (run, engines):
+    async def open(self, actor: ActorSession) -> AsyncIterator[_PairsWorker]:
+        async with open_pair_runner(self.config, self.cache, self.schemas, self.prompts, self.kinds, actor=actor) as (run, engines):
             yield _PairsWorker(run, engines, self.config)
 
 
@@ -243,26 +246,21 @@ def _task_schemas(config: PairsConfig) -> dict[str, dict[str, Any]]:
     return {name: task.output_schema for name, task in taxonomy.tasks.items()}
 
 
-async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path, actors: int = 1) -> dict[str, Engine]:
+async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path, actor: ActorSession | None = None) -> dict[str, Engine]:
     """One engine per distinct teacher section (the judge shares the teacher's engine when it is the same one);
     they share the folder's one cache file (keys name the teacher, so answers never mix).
 
-    With ``actors`` > 1 (``engine: ray``) each engine gets its actor's share of the limits.
+    On a Ray ``actor`` the engines are the actor's (its share of the concurrency, the run's shared cache and limits).
     """
-    from mediflow.scale.ray_runner import actor_limits
-
-    limits, share = actor_limits(config.limits, actors)
-    progress = config.progress and actors == 1
     opened: dict[tuple[str, str | None, str | None], Engine] = {}
     engines: dict[str, Engine] = {}
     for (role, section), name in zip(_roles(config), _engine_names(config)):
         identity = (section.spec, section.base_url, section.api_key_env)
         if identity not in opened:
-            teacher = teacher_from(section, limits, where=role)
+            teacher = teacher_from(section, config.limits if actor is None else actor.limits(config.limits), where=role)
             stack.push_async_callback(teacher.aclose)
-            opened[identity] = await stack.enter_async_context(
-                Engine(teacher, cache, limits, progress=progress, limit_share=share)
-            )
+            engine = Engine(teacher, cache, config.limits, progress=config.progress) if actor is None else actor.engine(teacher, cache, config.limits)
+            opened[identity] = await stack.enter_async_context(engine)
         engines[name] = opened[identity]
     return engines
 

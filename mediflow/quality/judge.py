@@ -108,11 +108,12 @@ class JudgeStep(LLMStep[tuple[dict[str, Any], int], dict[str, Any]]):
 class RecordJudge:
     """Asks the judge about records, ``samples`` requests each, and aggregates the answers."""
 
-    def __init__(self, engine: CompletesChat, rubric: Rubric, config: JudgeConfig, cache: Path | None = None) -> None:
+    def __init__(self, engine: CompletesChat, rubric: Rubric, config: JudgeConfig, cache: Path | None = None, folder: Path | None = None) -> None:
         self.engine = engine
         self.rubric = rubric
         self.config = config
         self.cache = cache
+        self.folder = folder  # engine: ray: the output folder its actors must see
         self.step = JudgeStep(rubric, config)
         self.corrections = 0
         self.failed_samples = 0
@@ -147,7 +148,7 @@ class RecordJudge:
             return
         from mediflow.scale.ray_runner import StepWork, add_stats, run_step_on_ray
 
-        assert self.config.teacher is not None and self.cache is not None
+        assert self.config.teacher is not None and self.cache is not None and self.folder is not None
         if self.config.teacher.spec.startswith("vllm:"):  # a GPU teacher: ray.data.llm's vLLM engine processor
             from mediflow.scale.vllm_processor import run_step_on_vllm
 
@@ -155,8 +156,8 @@ class RecordJudge:
             for result in await asyncio.to_thread(run_step_on_vllm, list(rows), self.step, model, self.config.ray.vllm):
                 yield result
             return
-        work = StepWork(self.step, self.config.teacher, self.config.limits, self.cache, self.config.ray.actors, ROLE)
-        run = await asyncio.to_thread(run_step_on_ray, list(rows), work, self.config.ray)
+        work = StepWork(self.step, self.config.teacher, self.config.limits, self.cache, ROLE)
+        run = await asyncio.to_thread(run_step_on_ray, list(rows), work, self.config.ray, folder=self.folder)
         self.ray_usage = add_stats(self.ray_usage, run.session)
         self.ray_capabilities += run.teacher_capabilities
         for result in run.results:
@@ -308,7 +309,7 @@ async def _judge_into(data: InputData, folder: OutputFolder, config: JudgeConfig
     try:
         async with Engine(teacher, cache, config.limits, progress=config.progress) as engine:
             engine.progress.set_total(data.num_rows, "records")
-            judge = RecordJudge(engine, rubric, config, cache)
+            judge = RecordJudge(engine, rubric, config, cache, folder.root)
             stage = JudgeStage(judge, rubric, config, engine.progress)
             loop = asyncio.get_running_loop()
 

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from mediflow.engine import Engine
 from mediflow.errors import ConfigError
-from mediflow.folders import Manifest, OutputFolder, StagedWriter
+from mediflow.folders import OutputFolder, StagedWriter
 from mediflow.prompts import PromptTemplate, load_prompts
 from mediflow.steps import Answer, LLMStep, run_step
 from mediflow.sync import run_sync
@@ -92,7 +92,7 @@ class QAStep(LLMStep[tuple[dict[str, str], PromptTemplate], list[dict[str, str]]
 
 
 async def _ask_all(
-    config: StageConfig, documents: list[dict[str, str]], templates: list[PromptTemplate], cache_path: Path, previous: Manifest | None
+    config: StageConfig, documents: list[dict[str, str]], templates: list[PromptTemplate], folder: OutputFolder
 ) -> tuple[list[dict[str, str]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """The rows, the rejects, and what the teacher negotiated with its server (``{role: capabilities}``)."""
     qa = config.qa
@@ -109,11 +109,11 @@ async def _ask_all(
         if qa.engine == "ray":  # the same step on Ray Data actors, each with its share of the limits
             from mediflow.scale.ray_runner import StepWork, run_step_on_ray
 
-            work = StepWork(step, section, limits, cache_path, qa.ray.actors, ROLE)
-            run = await asyncio.to_thread(run_step_on_ray, rows, work, qa.ray)
+            work = StepWork(step, section, limits, folder.cache_path, ROLE)
+            run = await asyncio.to_thread(run_step_on_ray, rows, work, qa.ray, folder=folder.root)
             results, actors = run.results, run.teacher_capabilities
         else:
-            async with Engine(teacher, cache_path, limits) as engine:
+            async with Engine(teacher, folder.cache_path, limits) as engine:
                 results = [result async for result in run_step(engine, step, rows, 2 * limits.concurrency)]
         for (document, template), result in zip(rows, results):
             if result.value is not None:
@@ -121,7 +121,7 @@ async def _ask_all(
             else:
                 meta = {"task": template.name, "document_id": document["id"], "prompt_version": template.version}
                 rejects.append({**meta, "error": result.error, "text": result.raw_text})
-        return produced, rejects, capabilities_by_role({ROLE: teacher}, actors, previous)
+        return produced, rejects, capabilities_by_role({ROLE: teacher}, actors, folder.previous)
     finally:
         await teacher.aclose()
 
@@ -157,7 +157,7 @@ async def generate_task_data_async(config: StageConfig, *, overwrite: bool = Fal
         config.path(config.output.dir), kind="qa", config=_plain(config), input_paths=[documents_path], overwrite=overwrite
     )
     with folder:
-        rows, rejects, folder.manifest.teacher_capabilities = await _ask_all(config, documents, templates, folder.cache_path, folder.previous)
+        rows, rejects, folder.manifest.teacher_capabilities = await _ask_all(config, documents, templates, folder)
         writer = StagedWriter(folder)
         try:
             writer.keep(pa.Table.from_pylist(rows, schema=TASK_DATA_SCHEMA))
