@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 
 from mediflow.engine.cache import merge_segments
 from mediflow.engine.config import LimitsConfig, PricesConfig
@@ -62,6 +63,7 @@ from mediflow.teachers.factory import TeacherConfig
 
 if TYPE_CHECKING:
     from mediflow.engine import Engine
+    from mediflow.folders import InputData
     from mediflow.teachers.base import Teacher
 
 logger = logging.getLogger(__name__)
@@ -285,22 +287,52 @@ class _EngineActor:
         await self._session.flush()
         await self._session.report(self._worker)
 
-    async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    async def __call__(self, batch: dict[str, np.ndarray] | pa.Table) -> dict[str, Any]:
         worker = await self._open()
-        units = [pickle.loads(blob) for blob in batch["unit"]]
+        units = batch.to_pylist() if isinstance(batch, pa.Table) else [pickle.loads(blob) for blob in batch["unit"]]
         results = [result async for result in map_ordered(worker.run, units, max(1, len(units)))]
         await self._flush_and_report()  # nothing is handed back before its answers are on disk
-        return {"index": batch["index"], "result": [pickle.dumps(result) for result in results]}
+        blobs = [pickle.dumps(result) for result in results]
+        return {"result": blobs} if isinstance(batch, pa.Table) else {"index": batch["index"], "result": blobs}
+
+
+@dataclass(frozen=True)
+class RecordFiles:
+    """A stage's input that Ray reads itself (``read_parquet`` of its files, in order): the driver lists nothing.
+
+    Each unit is one row, a dict of ``columns``; results come back in row order.
+    """
+
+    files: tuple[Path, ...]  # absolute
+    columns: tuple[str, ...]
+    rows: int
+
+    @classmethod
+    def of(cls, data: InputData, columns: Sequence[str]) -> RecordFiles | None:
+        """``data``'s files with those of ``columns`` every file has; None when a file is not Parquet (JSONL: read by the driver)."""
+        if not all(file.suffix == ".parquet" for file in data.files):
+            return None
+        import pyarrow.parquet as pq
+
+        present = [set(pq.read_schema(file).names) for file in data.files]
+        wanted = tuple(column for column in columns if all(column in names for names in present))
+        return cls(tuple(Path(os.path.abspath(file)) for file in data.files), wanted, data.num_rows)
+
+    def dataset(self) -> Any:
+        import ray.data
+
+        return ray.data.read_parquet([str(file) for file in self.files], columns=list(self.columns))
 
 
 class RayRun:
     """One mapping of units over actors; iterate :meth:`results`, then read :attr:`session` (summed engine stats).
 
+    ``units`` are a list (each pickled into a dataset row) or :class:`RecordFiles` (read by Ray).
     ``folder`` is the stage's output folder (actors check they see it) and ``cache`` the run's cache
     (``OUT/cache.sqlite``); both are made absolute here, before they reach an actor.
     """
 
-    def __init__(self, units: Sequence[Any], work: EngineWork, config: RayConfig, *, folder: Path, cache: Path) -> None:
+    def __init__(self, units: Sequence[Any] | RecordFiles, work: EngineWork, config: RayConfig, *, folder: Path, cache: Path) -> None:
         self.units = units
         self.work = work
         self.config = config
@@ -308,9 +340,14 @@ class RayRun:
         self.cache = Path(os.path.abspath(cache))
         self._reports: dict[str, dict[str, Any]] = {}
 
+    @property
+    def total(self) -> int:
+        """How many units (results) the run has."""
+        return self.units.rows if isinstance(self.units, RecordFiles) else len(self.units)
+
     def results(self) -> Iterator[tuple[int, Any]]:
-        """``(index of the unit, its result)``, in the order batches finish (not the units' order)."""
-        if not self.units:
+        """``(index of the unit, its result)``, in the order batches finish (:class:`RecordFiles`: in row order)."""
+        if not self.total:
             return
         import ray
 
@@ -337,19 +374,26 @@ class RayRun:
         data_context.enable_progress_bars = False  # the stage shows its own, in its units
         data_context.print_on_execution_start = False
         per_block = self.config.batch_size * BATCHES_PER_ACTOR
-        rows = [{"index": index, "unit": pickle.dumps(unit)} for index, unit in enumerate(self.units)]
-        blocks = min(len(rows), max(self.config.actors, math.ceil(len(rows) / per_block)))
-        dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+        if isinstance(self.units, RecordFiles):
+            data_context.execution_options.preserve_order = True  # results in row order: the driver needs no index
+            dataset, batch_format = self.units.dataset(), "pyarrow"
+        else:
+            rows = [{"index": index, "unit": pickle.dumps(unit)} for index, unit in enumerate(self.units)]
+            blocks = min(len(rows), max(self.config.actors, math.ceil(len(rows) / per_block)))
+            dataset, batch_format = ray.data.from_items(rows, override_num_blocks=blocks), "numpy"
         mapped = dataset.map_batches(
             _EngineActor,
             fn_constructor_kwargs={"work": self.work, "context": context},
             batch_size=self.config.batch_size,
-            batch_format="numpy",
+            batch_format=batch_format,
             compute=ray.data.ActorPoolStrategy(size=self.config.actors),
             num_cpus=self.config.num_cpus,
         )
+        position = 0
         for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):
-            for index, blob in zip(batch["index"], batch["result"]):
+            indexes = batch["index"] if "index" in batch else range(position, position + len(batch["result"]))
+            position += len(batch["result"])
+            for index, blob in zip(indexes, batch["result"]):
                 yield int(index), pickle.loads(blob)
 
     def _watched(self, results: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
@@ -441,7 +485,7 @@ async def in_order(run: RayRun) -> AsyncIterator[Any]:
     worker = loop.run_in_executor(None, pump)
     waiting: dict[int, Any] = {}
     next_index = 0
-    while next_index < len(run.units):
+    while next_index < run.total:
         item = await queue.get()
         if item is finished:
             break
