@@ -112,6 +112,7 @@ def baseline_matcher(commit: str) -> Mentioned:
         return subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{path}"], check=True, capture_output=True, text=True).stdout
 
     module = types.ModuleType("mediflow_baseline_mentions")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
     exec(compile(show("mediflow/cases/mentions.py"), f"{commit[:10]}:mediflow/cases/mentions.py", "exec"), module.__dict__)
     folder = Path(tempfile.mkdtemp(prefix="mention-baseline-"))
     (folder / "cases").mkdir()
