@@ -346,7 +346,7 @@ def run_eval(config: StageConfig, *, overwrite: bool = False) -> dict[str, Any]:
     paths = [model, *stage_paths(config)]
     check_no_overlap(target, paths, what="eval report")
     folder = OutputFolder.open(
-        output, kind="eval", config=config.to_dict(), fingerprint=value_hash(identity), inputs=refs, input_paths=paths,
+        output, kind="eval", holds="report", config=config.to_dict(), fingerprint=value_hash(identity), inputs=refs, input_paths=paths,
         overwrite=overwrite, staged=False, extra_entries=("eval_report.json", "predictions.jsonl"), details={"fingerprint": identity},
     )
     with folder:

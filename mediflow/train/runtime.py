@@ -21,7 +21,7 @@ from typing import Any
 
 from mediflow.errors import ConfigError
 from mediflow.folders import InputRef, OutputFolder
-from mediflow.folders.model import CHECKPOINTS, MODEL_DIR, check_model_input, publish_model, staging_for
+from mediflow.folders.model import CHECKPOINTS, HOLDS_MODEL, MODEL_DIR, check_model_input, publish_model, staging_for
 from mediflow.train.config import StageConfig
 from mediflow.train.fingerprint import value_hash
 from mediflow.train.models import set_end_of_turn
@@ -75,6 +75,7 @@ def open_model_output(
         folder = OutputFolder.open(
             config.path(config.output.dir),
             kind=config.stage,
+            holds=HOLDS_MODEL,
             config=config.to_dict(),
             fingerprint=value_hash(fingerprint),
             inputs=inputs,
