@@ -64,13 +64,13 @@ SPLITS = ("train", "validation", "test")
 
 
 def _is_text(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind) or kind == pa.string_view()
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind) or kind == pa.string_view())
 
 
 def _is_conversation(kind: pa.DataType) -> bool:
     if _is_text(kind):
         return True
-    return (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_struct(kind.value_type)
+    return bool((pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_struct(kind.value_type))
 
 
 def _type_problem(name: str, kind: pa.DataType) -> str | None:

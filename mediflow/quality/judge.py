@@ -174,7 +174,8 @@ def _floats(batch: pa.Table, name: str) -> np.ndarray:
     """A column as float64 with NaN for nulls (all NaN when absent)."""
     if name not in batch.column_names:
         return np.full(batch.num_rows, np.nan)
-    return pc.cast(batch.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    values: np.ndarray = pc.cast(batch.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    return values
 
 
 def _put(batch: pa.Table, name: str, values: pa.Array) -> pa.Table:
@@ -202,7 +203,8 @@ class JudgeStage:
         """Rows to judge: all with ``rejudge``, else those missing any criterion's score."""
         if self.config.rejudge:
             return np.ones(batch.num_rows, bool)
-        return np.isnan(np.stack([_floats(batch, name) for name in self.rubric.names])).any(axis=0)
+        missing: np.ndarray = np.isnan(np.stack([_floats(batch, name) for name in self.rubric.names])).any(axis=0)
+        return missing
 
     async def decide(self, batch: pa.Table) -> tuple[pa.Table, Drops]:
         todo = np.flatnonzero(self.pending(batch))

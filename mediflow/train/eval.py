@@ -271,7 +271,7 @@ def objective(report: dict[str, Any], kind: str = "auto") -> float:
         scores = [task["score"] for task in report["tasks"].values() if task.get("score") is not None]
         if not scores:
             raise MediflowError("objective task_score: no held-out records were scored (set data.records)")
-        return sum(scores) / len(scores)
+        return float(sum(scores) / len(scores))
     values = [math.log(domain["perplexity"]) for domain in report["perplexity"].values()]
     if not values:
         raise MediflowError("objective neg_log_perplexity: no held-out documents (set data.documents)")

@@ -49,7 +49,7 @@ def is_main_process() -> bool:
     """True on the process that writes reports and manifests (the only one without a launcher)."""
     from accelerate import PartialState
 
-    return PartialState().is_main_process
+    return bool(PartialState().is_main_process)
 
 
 def open_model_output(
@@ -154,7 +154,7 @@ def trl_arguments(args_cls: type, config: StageConfig, output_dir: Path, *, has_
 def _bf16_supported() -> bool:
     import torch
 
-    return torch.cuda.is_bf16_supported()
+    return bool(torch.cuda.is_bf16_supported())
 
 
 def lora_config(config: StageConfig) -> Any | None:
