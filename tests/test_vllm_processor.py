@@ -28,7 +28,7 @@ from mediflow.teachers import ChatRequest
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data.llm")
 
-from mediflow.scale import vllm_processor  # noqa: E402
+from mediflow.quality import judge as judge_module  # noqa: E402
 from mediflow.scale.vllm_processor import _request_json, engine_row, postprocess, preprocess, processor_config, run_step_on_vllm  # noqa: E402
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import a test module: send its functions
@@ -164,7 +164,7 @@ def test_a_vllm_judge_on_ray_builds_no_model_in_the_driver_and_scores_every_reco
         built.append(model)
         return lambda dataset: dataset.map(preprocess).map(judge_engine).map(postprocess)
 
-    monkeypatch.setattr(vllm_processor, "build_vllm_processor", stand_in_build)
+    monkeypatch.setattr(judge_module, "build_vllm_processor", stand_in_build)
     records = unjudged(documents=4)
     source = write_output_folder(tmp_path / "in", records)
     report = run_judge(source, tmp_path / "out", JudgeConfig.load(None, teacher="vllm:/models/judge-70b", engine="ray", samples=2, progress=False))

@@ -18,8 +18,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mediflow.config import RunConfig
+from mediflow.config import TEACHER_ROLE, RunConfig
+from mediflow.pipeline.flow import GroupFlow
+from mediflow.pipeline.output import RunOutput
 from mediflow.pipeline.plan import InstructionGroup
+from mediflow.pipeline.stages import Stages
+from mediflow.steps import open_engine
+from mediflow.taxonomy import load_taxonomy
+from mediflow.teachers.negotiation import capabilities_by_role
 
 if TYPE_CHECKING:
     from mediflow.scale.ray_runner import ActorSession
@@ -60,24 +66,14 @@ class GenerateWork:
 
     @contextlib.asynccontextmanager
     async def open(self, actor: ActorSession) -> AsyncIterator[_GroupWorker]:
-        from mediflow.pipeline.flow import GroupFlow
-        from mediflow.pipeline.output import RunOutput
-        from mediflow.pipeline.stages import Stages
-        from mediflow.taxonomy import load_taxonomy
-        from mediflow.teachers.factory import teacher_from
-
         config = self.config
         taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
-        teacher = teacher_from(config.teacher, actor.limits(config.limits))
-        try:
-            engine = actor.engine(teacher, RunOutput(config.output.dir).cache_path, config.limits, prices=config.prices)
+        cache = RunOutput(config.output.dir).cache_path
+        async with open_engine(config.teacher, cache, config.limits, prices=config.prices, share=actor) as engine:
             stages = Stages(engine, taxonomy, config)
             rows = _GroupRows()
-            async with engine:
-                flow = GroupFlow(stages, rows, config, teacher=teacher.name, created_at=self.created_at, cost_of=engine.cost_usd)  # type: ignore[arg-type]
-                yield _GroupWorker(flow, rows, engine, teacher)
-        finally:
-            await teacher.aclose()
+            flow = GroupFlow(stages, rows, config, teacher=engine.teacher.name, created_at=self.created_at, cost_of=engine.cost_usd)  # type: ignore[arg-type]
+            yield _GroupWorker(flow, rows, engine, engine.teacher)
 
 
 class _GroupWorker:
@@ -93,7 +89,4 @@ class _GroupWorker:
 
     def stats(self) -> dict[str, Any]:
         """The engine's running totals, and what this actor's teacher negotiated with the server."""
-        from mediflow.pipeline.run import ROLE
-        from mediflow.teachers.negotiation import capabilities_by_role
-
-        return {**self.engine.stats.as_dict(), "teacher_capabilities": capabilities_by_role({ROLE: self.teacher})}
+        return {**self.engine.stats.as_dict(), "teacher_capabilities": capabilities_by_role({TEACHER_ROLE: self.teacher})}

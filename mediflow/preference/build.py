@@ -42,10 +42,11 @@ from mediflow.preference.rows import PAIR_SCHEMA, pair_row
 from mediflow.preference.selection import select_best
 from mediflow.prompts import load_prompts
 from mediflow.records import JUDGE_SCORE_COLUMNS, RELEASED_COLUMNS
-from mediflow.steps import map_ordered
+from mediflow.scale.ray_runner import RayRun, add_stats, check_ray, in_order, ray_session
+from mediflow.steps import map_ordered, open_engine
 from mediflow.sync import run_sync
 from mediflow.taxonomy import load_taxonomy
-from mediflow.teachers.factory import TeacherConfig, api_key_of, teacher_from
+from mediflow.teachers.factory import TeacherConfig, api_key_of
 from mediflow.teachers.negotiation import capabilities_by_role
 
 if TYPE_CHECKING:
@@ -98,8 +99,6 @@ async def build_pairs_async(
     for role, section in _roles(config):
         api_key_of(section, role)  # an unset key variable fails here, before anything is written
     if config.engine == "ray":
-        from mediflow.scale.ray_runner import check_ray
-
         check_ray(config.ray)
     records = data.read(_INPUT_COLUMNS)
     selection = select_best(records, min_score=config.min_score, top_fraction=config.top_fraction)
@@ -107,7 +106,7 @@ async def build_pairs_async(
     schemas = _task_schemas(config)
     prompts = load_prompts(config.prompts_path)
     kinds = load_error_kinds(config.error_kinds_path)
-    folder = OutputFolder.open(Path(out_dir), kind=STAGE, config=config.to_dict(), inputs=[data.ref()], overwrite=overwrite)
+    folder = OutputFolder.open(Path(out_dir), kind=STAGE, holds="pairs", config=config.to_dict(), inputs=[data.ref()], overwrite=overwrite)
     with folder:
         output = StagedWriter(folder)
         try:
@@ -155,8 +154,6 @@ async def _outcomes(
     and what the teachers negotiated with their servers (``{role: capabilities}`` per process)."""
     records = (record for start in range(0, tried.num_rows, _CHUNK) for record in tried.slice(start, _CHUNK).to_pylist())
     if config.engine == "ray":
-        from mediflow.scale.ray_runner import RayRun, in_order, ray_session
-
         ray_run = RayRun(list(records), PairsWork(config, cache, schemas, prompts, kinds), config.ray, folder=folder, cache=cache)
         with ray_session(config.ray):
             yield in_order(ray_run), lambda: {"ray": ray_run.session}, lambda: ray_run.teacher_capabilities
@@ -216,8 +213,6 @@ class _PairsWorker:
         return await self._run(record)
 
     def stats(self) -> dict[str, Any]:
-        from mediflow.scale.ray_runner import add_stats
-
         total: dict[str, Any] = {}
         for engine in {id(engine): engine for engine in self.engines.values()}.values():
             total = add_stats(total, engine.stats.as_dict())
@@ -257,10 +252,7 @@ async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path,
     for (role, section), name in zip(_roles(config), _engine_names(config)):
         identity = (section.spec, section.base_url, section.api_key_env)
         if identity not in opened:
-            teacher = teacher_from(section, config.limits if actor is None else actor.limits(config.limits), where=role)
-            stack.push_async_callback(teacher.aclose)
-            engine = Engine(teacher, cache, config.limits, progress=config.progress) if actor is None else actor.engine(teacher, cache, config.limits)
-            opened[identity] = await stack.enter_async_context(engine)
+            opened[identity] = await stack.enter_async_context(open_engine(section, cache, config.limits, where=role, progress=config.progress and actor is None, share=actor))
         engines[name] = opened[identity]
     return engines
 

@@ -3,7 +3,7 @@
 Each record is shown to the judge ``samples`` times (self-consistency; the MediFlow judge used 5),
 each sample a separate request (``sample_index`` and ``seed`` differ, so a server that honours seeds
 draws independent samples and the cache keeps each one). Every answer is schema-validated JSON via
-:func:`~mediflow.pipeline.structured.ask_json` (correction turns, never regex repair). The valid
+:func:`~mediflow.steps.structured.ask_json` (correction turns, never regex repair). The valid
 samples are aggregated per criterion (mean or median) into the released columns (``quality``,
 ``alignment``, ``coherence``, ``realism``, ``difficulty``); ``judge_spread`` is the largest standard
 deviation of a criterion across the samples (0 = the samples agree; high = low confidence) and
@@ -35,16 +35,18 @@ from mediflow.engine import Engine
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError, MediflowError
 from mediflow.folders import InputData, OutputFolder
-from mediflow.pipeline.structured import CompletesChat
 from mediflow.quality.config import JudgeConfig
 from mediflow.quality.report import StageReport
 from mediflow.quality.rubric import RATIONALE, Rubric, load_rubric
-from mediflow.quality.stage import Drops, open_stage, run_stage
+from mediflow.quality.stage import Drops, open_stage, run_stage_async
 from mediflow.records import content_id
-from mediflow.steps import Answer, LLMStep, StepResult, run_step
+from mediflow.scale.ray_runner import RayRun, RecordFiles, StepWork, check_ray, in_order, ray_session
+from mediflow.scale.vllm_processor import build_vllm_processor, run_step_on_vllm
+from mediflow.steps import Answer, LLMStep, StepResult, open_engine, run_step
+from mediflow.steps.structured import CompletesChat
 from mediflow.sync import run_sync
 from mediflow.teachers.base import ChatRequest, ChatResponse, Teacher
-from mediflow.teachers.factory import TeacherConfig, api_key_of, teacher_from
+from mediflow.teachers.factory import TeacherConfig, api_key_of
 from mediflow.teachers.negotiation import capabilities_by_role
 
 if TYPE_CHECKING:
@@ -153,8 +155,6 @@ class RecordJudge:
 
     def ray_answers(self, data: InputData, folder: Path) -> None:
         """``engine: ray``: start the stage's one Ray run over all of ``data`` (inside a Ray session)."""
-        from mediflow.scale.ray_runner import RayRun, RecordFiles, in_order
-
         assert self.config.teacher is not None and self.cache is not None
         columns = [*_PROMPT_COLUMNS, *self.rubric.names]
         model = vllm_model(self.config)
@@ -169,7 +169,6 @@ class RecordJudge:
 
     async def _vllm_answers(self, data: InputData, model: str) -> AsyncIterator[tuple[str, list[StepResult[dict[str, Any]]] | None]]:
         """The vLLM processor's answers for every record, in row order (one processor, built once, for the whole input)."""
-        from mediflow.scale.vllm_processor import build_vllm_processor, run_step_on_vllm
 
         records = data.read([*_PROMPT_COLUMNS, *self.rubric.names]).to_pylist()
         todo = [index for index, record in enumerate(records) if _needs_judging(record, self.rubric.names, self.config.rejudge)]
@@ -245,7 +244,6 @@ class JudgeWork:
 
     @contextlib.asynccontextmanager
     async def open(self, actor: ActorSession) -> AsyncIterator[_JudgeWorker]:
-        from mediflow.scale.ray_runner import StepWork
 
         async with StepWork(self.step, self.teacher, self.limits, self.cache, ROLE).open(actor) as steps:
             yield _JudgeWorker(steps, self)
@@ -272,7 +270,8 @@ def _floats(batch: pa.Table, name: str) -> np.ndarray:
     """A column as float64 with NaN for nulls (all NaN when absent)."""
     if name not in batch.column_names:
         return np.full(batch.num_rows, np.nan)
-    return pc.cast(batch.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    values: np.ndarray = pc.cast(batch.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    return values
 
 
 def _put(batch: pa.Table, name: str, values: pa.Array) -> pa.Table:
@@ -300,7 +299,8 @@ class JudgeStage:
         """Rows to judge: all with ``rejudge``, else those missing any criterion's score."""
         if self.config.rejudge:
             return np.ones(batch.num_rows, bool)
-        return np.isnan(np.stack([_floats(batch, name) for name in self.rubric.names])).any(axis=0)
+        missing: np.ndarray = np.isnan(np.stack([_floats(batch, name) for name in self.rubric.names])).any(axis=0)
+        return missing
 
     async def decide(self, batch: pa.Table) -> tuple[pa.Table, Drops]:
         todo = np.flatnonzero(self.pending(batch))
@@ -393,8 +393,6 @@ def check_config(config: JudgeConfig) -> Rubric:
         raise ConfigError("judge: no teacher (pass --teacher SPEC, or set judge.teacher.spec in the config)")
     api_key_of(config.teacher, "judge.teacher")
     if config.engine == "ray":
-        from mediflow.scale.ray_runner import check_ray
-
         check_ray(config.ray)
     return rubric
 
@@ -402,7 +400,6 @@ def check_config(config: JudgeConfig) -> Rubric:
 def _ray_session_if(config: JudgeConfig) -> contextlib.AbstractContextManager[None]:
     if config.engine == "local":
         return contextlib.nullcontext()
-    from mediflow.scale.ray_runner import ray_session
 
     return ray_session(config.ray)
 
@@ -428,35 +425,35 @@ async def _judge_into(data: InputData, folder: OutputFolder, config: JudgeConfig
     """The judging itself, inside the locked output folder."""
     assert config.teacher is not None
     model = vllm_model(config)
-    teacher = teacher_from(config.teacher, config.limits, where=ROLE) if model is None else _ProcessorTeacher(model)
-    try:
-        async with Engine(teacher, cache, config.limits, progress=config.progress) as engine:
-            engine.progress.set_total(data.num_rows, "records")
-            judge = RecordJudge(engine, rubric, config, cache)
-            stage = JudgeStage(judge, rubric, config, engine.progress)
-            loop = asyncio.get_running_loop()
+    # a vLLM judge on Ray is answered by the processor on the GPU nodes: the driver builds no model, only an
+    # engine for the progress bar and the manifest's teacher name
+    opened = open_engine(config.teacher, cache, config.limits, where=ROLE, progress=config.progress) if model is None else Engine(_ProcessorTeacher(model), cache, config.limits, progress=config.progress)
+    async with opened as engine:
+        engine.progress.set_total(data.num_rows, "records")
+        judge = RecordJudge(engine, rubric, config, cache)
+        stage = JudgeStage(judge, rubric, config, engine.progress)
 
-            def decide(batch: pa.Table, offset: int) -> tuple[pa.Table, Drops]:
-                return asyncio.run_coroutine_threadsafe(stage.decide(batch), loop).result()
+        async def decide(batch: pa.Table, offset: int) -> tuple[pa.Table, Drops]:
+            decided = await stage.decide(batch)
+            if offset + batch.num_rows >= data.num_rows:
+                await judge.finish_ray()  # the last batch: the Ray run's answers merged and its totals in, before the manifest
+            return decided
 
-            def details() -> dict[str, Any]:
-                # the stage's last step before it publishes: the manifest also says how the judge was asked
-                asyncio.run_coroutine_threadsafe(judge.finish_ray(), loop).result()
-                folder.manifest.teacher_capabilities = capabilities_by_role({ROLE: teacher}, judge.ray_capabilities, folder.previous)
-                return {
-                    **{name: stage.counts[name] for name in ("judged", "already_judged", "failed")},
-                    "samples": config.samples,
-                    "failed_samples": judge.failed_samples,
-                    "correction_turns": judge.corrections,
-                    "criteria": list(rubric.names),
-                    "rubric_version": rubric.version,
-                    "cache": str(cache),
-                    "usage": engine.stats.as_dict() if config.engine == "local" else judge.ray_usage,
-                }
+        def details() -> dict[str, Any]:
+            # the stage's last step before it publishes: the manifest also says how the judge was asked
+            folder.manifest.teacher_capabilities = capabilities_by_role({ROLE: engine.teacher}, judge.ray_capabilities, folder.previous)
+            return {
+                **{name: stage.counts[name] for name in ("judged", "already_judged", "failed")},
+                "samples": config.samples,
+                "failed_samples": judge.failed_samples,
+                "correction_turns": judge.corrections,
+                "criteria": list(rubric.names),
+                "rubric_version": rubric.version,
+                "cache": str(cache),
+                "usage": engine.stats.as_dict() if config.engine == "local" else judge.ray_usage,
+            }
 
-            with _ray_session_if(config):  # in the main thread: Ray installs its signal handlers
-                if config.engine == "ray":
-                    judge.ray_answers(data, folder.root)  # the stage's one Ray run, over the whole input
-                return await asyncio.to_thread(run_stage, data, folder, decide, details)
-    finally:
-        await teacher.aclose()
+        with _ray_session_if(config):  # in the main thread: Ray installs its signal handlers
+            if config.engine == "ray":
+                judge.ray_answers(data, folder.root)  # the stage's one Ray run, over the whole input
+            return await run_stage_async(data, folder, decide, details)

@@ -52,19 +52,23 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mediflow.engine.cache import merge_segments
-from mediflow.engine.config import LimitsConfig, PricesConfig
+from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError, MediflowError
 from mediflow.scale.config import RayConfig
+from mediflow.scale.coordinator import CoordinatorLimits, start_coordinator
+from mediflow.steps import ask
 from mediflow.steps.contract import LLMStep, StepResult
 from mediflow.steps.runner import map_ordered
+from mediflow.steps.stage import open_engine
 from mediflow.teachers.factory import TeacherConfig
+from mediflow.teachers.negotiation import capabilities_by_role
 
 if TYPE_CHECKING:
     from mediflow.engine import Engine
     from mediflow.folders import InputData
-    from mediflow.teachers.base import Teacher
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +92,7 @@ class Worker(Protocol):
 
 class EngineWork(Protocol):
     """A stage's work, sent to every actor (it must pickle); ``open()`` runs once per actor, in its event loop,
-    and opens its engines through ``actor.engine(...)``."""
+    and opens its engines with ``open_engine(..., share=actor)``."""
 
     def open(self, actor: ActorSession) -> AbstractAsyncContextManager[Worker]: ...
 
@@ -108,12 +112,14 @@ class RunContext:
 
 
 class ActorSession:
-    """One actor's side of a run: it checks the output folder, opens engines on the shared cache and limits, flushes them."""
+    """One actor's side of a run: it checks the output folder, shares the run's limits and cache with the engines its
+    work opens (``open_engine(..., share=actor)``: an :class:`~mediflow.steps.stage.EngineShare`), and flushes them."""
 
     def __init__(self, context: RunContext) -> None:
         self.context = context
         self.id = uuid.uuid4().hex
         self.engines: list[Engine] = []
+        self._shared_limits = CoordinatorLimits(context.coordinator)
 
     def check_folder(self) -> None:
         """Refuse to work on a node that does not see the driver's output folder (its marker) at the same path."""
@@ -125,18 +131,17 @@ class ActorSession:
 
     def limits(self, limits: LimitsConfig) -> LimitsConfig:
         """This actor's limits: ``1 / actors`` of the concurrency; rpm and tpm stay whole (the coordinator's buckets hold them)."""
-        return dataclasses.replace(limits, concurrency=max(1, math.ceil(limits.concurrency / self.context.actors)))
+        shared: LimitsConfig = dataclasses.replace(limits, concurrency=max(1, math.ceil(limits.concurrency / self.context.actors)))
+        return shared
 
-    def engine(self, teacher: Teacher, cache_path: Path, limits: LimitsConfig, *, prices: PricesConfig | None = None) -> Engine:
-        """An engine on the run's cache (read-only, answers to this actor's segment) and the coordinator's buckets."""
-        from mediflow.engine import Engine
-        from mediflow.scale.coordinator import CoordinatorLimits
+    @property
+    def shared_limits(self) -> CoordinatorLimits:
+        """The coordinator's rpm and tpm buckets."""
+        return self._shared_limits
 
-        engine = Engine(
-            teacher, cache_path, self.limits(limits), prices=prices, progress=False, shared_limits=CoordinatorLimits(self.context.coordinator), shared_cache=True
-        )
+    def opened(self, engine: Engine) -> None:
+        """An engine this actor opened (:func:`~mediflow.steps.open_engine` with ``share=``): flushed before results go back."""
         self.engines.append(engine)
-        return engine
 
     async def flush(self) -> None:
         """Every answer this actor received, on disk."""
@@ -312,8 +317,6 @@ class RecordFiles:
         """``data``'s files with those of ``columns`` every file has; None when a file is not Parquet (JSONL: read by the driver)."""
         if not all(file.suffix == ".parquet" for file in data.files):
             return None
-        import pyarrow.parquet as pq
-
         present = [set(pq.read_schema(file).names) for file in data.files]
         wanted = tuple(column for column in columns if all(column in names for names in present))
         return cls(tuple(Path(os.path.abspath(file)) for file in data.files), wanted, data.num_rows)
@@ -350,8 +353,6 @@ class RayRun:
         if not self.total:
             return
         import ray
-
-        from mediflow.scale.coordinator import start_coordinator
 
         merge_segments(self.cache)  # a killed run's answers first; then the file alone holds them all (actors read it on other hosts)
         context = RunContext(start_coordinator(), self.config.actors, self.folder, uuid.uuid4().hex)
@@ -457,8 +458,8 @@ def _room_for_an_actor(num_cpus: float) -> str | None:
     import ray
 
     try:
-        nodes = [node for node in ray.nodes() if node.get("Alive")]
-        free = ray.available_resources().get("CPU", 0.0)
+        nodes = [node for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]  # ray ships no types for these
+        free = ray.available_resources().get("CPU", 0.0)  # type: ignore[no-untyped-call]
     except Exception:  # the cluster itself is going away: the iteration says why
         return None
     if free >= num_cpus:
@@ -542,14 +543,8 @@ class StepWork:
 
     @contextlib.asynccontextmanager
     async def open(self, actor: ActorSession) -> AsyncIterator[Worker]:
-        from mediflow.teachers.factory import teacher_from
-
-        teacher = teacher_from(self.teacher, actor.limits(self.limits), where=self.where)
-        try:
-            async with actor.engine(teacher, self.cache_path, self.limits) as engine:
-                yield _StepWorker(engine, self.step, self.where)
-        finally:
-            await teacher.aclose()
+        async with open_engine(self.teacher, self.cache_path, self.limits, where=self.where, share=actor) as engine:
+            yield _StepWorker(engine, self.step, self.where)
 
 
 class _StepWorker:
@@ -559,14 +554,10 @@ class _StepWorker:
         self.role = role
 
     async def run(self, row: Any) -> StepResult[Any]:
-        from mediflow.steps import ask
-
         return await ask(self.engine, self.step, row)
 
     def stats(self) -> dict[str, Any]:
         """The engine's running totals, and what this actor's teacher negotiated with the server."""
-        from mediflow.teachers.negotiation import capabilities_by_role
-
         return {**self.engine.stats.as_dict(), "teacher_capabilities": capabilities_by_role({self.role: self.engine.teacher})}
 
 
