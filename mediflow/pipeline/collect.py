@@ -39,9 +39,10 @@ class ShardCollector:
     @property
     def finished_items(self) -> int:
         """How many of this run's plan items the committed shards cover."""
-        return sum(self._expected(shard) for shard in self.finished if shard < self.shard_count)
+        return sum(self.expected(shard) for shard in self.finished if shard < self.shard_count)
 
-    def _expected(self, shard: int) -> int:
+    def expected(self, shard: int) -> int:
+        """How many of this run's items plan range ``shard`` holds."""
         if self.share_counts is not None:
             return self.share_counts.get(shard, 0)
         return min(self.shard_size, self.plan_size - shard * self.shard_size)
@@ -57,7 +58,7 @@ class ShardCollector:
             return
         bucket = self._pending[shard]
         bucket[position] = (kind, row)
-        if len(bucket) == self._expected(shard):
+        if len(bucket) == self.expected(shard):
             self._commit(shard, bucket)
 
     def _commit(self, shard: int, bucket: dict[int, tuple[str, dict[str, Any]]]) -> None:

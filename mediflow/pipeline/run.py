@@ -6,8 +6,8 @@ number of workers bounds the records in flight, so memory stays flat at any run 
 items go to the :class:`~mediflow.pipeline.collect.ShardCollector`, which commits complete plan
 ranges as shards.
 
-With ``engine: ray`` the groups are mapped over Ray Data actors instead
-(:mod:`mediflow.pipeline.ray_generate`), and their items come back to the same collector. With
+With ``engine: ray`` blocks of the plan, one per shard range, are mapped over Ray Data actors
+instead, which write the shards themselves (:mod:`mediflow.pipeline.ray_generate`). With
 ``shard: K/N`` the run makes one deterministic share of the plan (:mod:`mediflow.pipeline.share`);
 ``mediflow join`` puts the shares back together.
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +41,7 @@ from mediflow.pipeline.collect import ShardCollector
 from mediflow.pipeline.flow import GroupFlow
 from mediflow.pipeline.output import RunOutput
 from mediflow.pipeline.plan import InstructionGroup, Plan, build_plan
-from mediflow.pipeline.ray_generate import GenerateWork, absolute_paths
+from mediflow.pipeline.ray_generate import BlockPlan, BlockWork, absolute_paths, drive_blocks
 from mediflow.pipeline.share import Share
 from mediflow.pipeline.stages import Stages
 from mediflow.records import GENERATION_SCHEMA, content_id
@@ -54,8 +54,6 @@ from mediflow.terminology import ICD10CM_RELEASE
 
 if TYPE_CHECKING:
     import datasets
-
-    from mediflow.scale.ray_runner import RayRun
 
 
 @dataclass
@@ -91,19 +89,6 @@ def _share_counts(plan: Plan, share: Share, shard_size: int) -> tuple[Counter[in
         groups += 1
         counts.update(item.position // shard_size for item in group.items)
     return counts, groups
-
-
-def _ray_run(groups: list[InstructionGroup], config: RunConfig, created_at: datetime, output: RunOutput) -> RayRun:
-
-    return RayRun(groups, GenerateWork(absolute_paths(config), created_at), config.ray, folder=output.root, cache=output.cache_path)
-
-
-def _drive_on_ray(ray_run: RayRun, collector: ShardCollector, on_items_done: Callable[[int], None]) -> None:
-    """Map the groups over Ray actors; their items go to ``collector`` as batches come back."""
-    for _, rows in ray_run.results():
-        for position, kind, row in rows:
-            collector.add(position, kind, row)
-        on_items_done(len(rows))
 
 
 def _failures(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -216,7 +201,10 @@ async def _generate(
     )
     groups = share.select(plan.groups()) if share else plan.groups()
     todo = (group for group in groups if flow.pending(group))
-    ray_run = _ray_run(list(todo), config, created_at, output) if config.engine == "ray" else None
+    ray_run, blocks = None, None
+    if config.engine == "ray":  # blocks of the plan (one per shard range) on actors that write the shards
+        blocks = BlockPlan.of(plan, collector, output.root)
+        ray_run = RayRun(blocks.units, BlockWork(absolute_paths(config), created_at), config.ray, folder=output.root, cache=output.cache_path)
     engine.progress.set_total(folder.manifest.details["plan"]["items"] - collector.finished_items)
 
     def finish(status: str, reason: str | None) -> RunSummary:
@@ -228,8 +216,9 @@ async def _generate(
         if ray_run is None:
             await _drive(todo, flow, workers)
         else:
+            assert blocks is not None
             with ray_session(config.ray):  # in the main thread: Ray installs its signal handlers
-                await asyncio.to_thread(_drive_on_ray, ray_run, collector, engine.progress.advance)
+                await asyncio.to_thread(drive_blocks, ray_run.results(), blocks, created_at, engine.progress.advance)
     except TeacherError as exc:
         status, stop_reason = "stopped", str(exc)
     except (KeyboardInterrupt, asyncio.CancelledError):

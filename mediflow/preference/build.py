@@ -27,10 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from mediflow.engine import Engine
-from mediflow.folders import OutputFolder, StagedWriter, open_input, reject_table
+from mediflow.folders import InputData, OutputFolder, StagedWriter, open_input, reject_table
 from mediflow.preference.candidates import AnswerSource, answer
 from mediflow.preference.config import PairsConfig
 from mediflow.preference.error_kinds import ErrorKind, applicable_kinds, choose_kind, load_error_kinds
@@ -39,10 +42,10 @@ from mediflow.preference.injection import INJECTION_FAILED, INJECTION_PROMPT, Er
 from mediflow.preference.judge import PAIR_JUDGE_PROMPT, PairJudge, PairJudgeStep
 from mediflow.preference.margins import IDENTICAL_TEXT, PairDecision, ScoredCandidate, best_worst_pair, confirmed_worse, same_text
 from mediflow.preference.rows import PAIR_SCHEMA, pair_row
-from mediflow.preference.selection import select_best
+from mediflow.preference.selection import Selection, select_best
 from mediflow.prompts import load_prompts
 from mediflow.records import JUDGE_SCORE_COLUMNS, RELEASED_COLUMNS
-from mediflow.scale.ray_runner import RayRun, add_stats, check_ray, in_order, ray_session
+from mediflow.scale.ray_runner import RayRun, RecordTable, add_stats, check_ray, in_order, ray_session
 from mediflow.steps import map_ordered, open_engine
 from mediflow.sync import run_sync
 from mediflow.taxonomy import load_taxonomy
@@ -100,9 +103,7 @@ async def build_pairs_async(
         api_key_of(section, role)  # an unset key variable fails here, before anything is written
     if config.engine == "ray":
         check_ray(config.ray)
-    records = data.read(_INPUT_COLUMNS)
-    selection = select_best(records, min_score=config.min_score, top_fraction=config.top_fraction)
-    tried = selection.records if config.max_records is None else selection.records.slice(0, config.max_records)
+    selection, tried = _tried(data, config)
     schemas = _task_schemas(config)
     prompts = load_prompts(config.prompts_path)
     kinds = load_error_kinds(config.error_kinds_path)
@@ -114,6 +115,42 @@ async def build_pairs_async(
         except BaseException:
             output.abandon()
             raise
+
+
+def _tried(data: InputData, config: PairsConfig) -> tuple[Selection, pa.Table]:
+    """The selection, and the records to try in selection order.
+
+    The selection reads only the ids and the judge scores; then only the selected records are read in
+    full, so the driver never holds the rest of the input. Input whose ids are not all stored (outside
+    data: the ids come from the text) is read whole, as before.
+    """
+    if not _ids_everywhere(data):
+        selection = select_best(data.read(_INPUT_COLUMNS), min_score=config.min_score, top_fraction=config.top_fraction)
+        return selection, selection.records if config.max_records is None else selection.records.slice(0, config.max_records)
+    selection = select_best(data.read(["id", *JUDGE_SCORE_COLUMNS]), min_score=config.min_score, top_fraction=config.top_fraction)
+    chosen = selection.records.column("id").combine_chunks()
+    chosen = chosen if config.max_records is None else chosen.slice(0, config.max_records)
+    parts = [part for batch in data.iter_batches(_INPUT_COLUMNS) if (part := batch.filter(pc.is_in(batch.column("id"), value_set=chosen))).num_rows]
+    found = pa.concat_tables(parts, promote_options="default") if parts else data.schema().empty_table()
+    rank = {identifier: number for number, identifier in enumerate(chosen.to_pylist())}
+    order = np.argsort(np.array([rank[identifier] for identifier in found.column("id").to_pylist()], dtype=np.int64), kind="stable")
+    return selection, found.take(pa.array(order, pa.int64()))
+
+
+def _ids_everywhere(data: InputData) -> bool:
+    """Whether every record's ``id`` is stored (Parquet files whose statistics show an ``id`` column without nulls)."""
+    for file in data.files:
+        if file.suffix != ".parquet":
+            return False
+        metadata = pq.read_metadata(file)
+        leaves = [metadata.schema.column(number).path for number in range(metadata.num_columns)]
+        if "id" not in leaves:
+            return False
+        for group in range(metadata.num_row_groups):
+            statistics = metadata.row_group(group).column(leaves.index("id")).statistics
+            if statistics is None or not statistics.has_null_count or statistics.null_count:
+                return False
+    return True
 
 
 async def _build(
@@ -154,7 +191,7 @@ async def _outcomes(
     and what the teachers negotiated with their servers (``{role: capabilities}`` per process)."""
     records = (record for start in range(0, tried.num_rows, _CHUNK) for record in tried.slice(start, _CHUNK).to_pylist())
     if config.engine == "ray":
-        ray_run = RayRun(list(records), PairsWork(config, cache, schemas, prompts, kinds), config.ray, folder=folder, cache=cache)
+        ray_run = RayRun(RecordTable(tried), PairsWork(config, cache, schemas, prompts, kinds), config.ray, folder=folder, cache=cache)
         with ray_session(config.ray):
             yield in_order(ray_run), lambda: {"ray": ray_run.session}, lambda: ray_run.teacher_capabilities
         return

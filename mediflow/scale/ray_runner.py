@@ -321,21 +321,39 @@ class RecordFiles:
         wanted = tuple(column for column in columns if all(column in names for names in present))
         return cls(tuple(Path(os.path.abspath(file)) for file in data.files), wanted, data.num_rows)
 
-    def dataset(self) -> Any:
+    def dataset(self, blocks: int) -> Any:
         import ray.data
 
-        return ray.data.read_parquet([str(file) for file in self.files], columns=list(self.columns))
+        return ray.data.read_parquet([str(file) for file in self.files], columns=list(self.columns), override_num_blocks=blocks)
+
+
+@dataclass(frozen=True)
+class RecordTable:
+    """Records the driver already holds as Arrow (the pairs stage's selection), handed to Ray as Arrow blocks
+    (no list of dicts, no pickle per record); each unit is one row, a dict; results come back in row order."""
+
+    table: pa.Table
+
+    @property
+    def rows(self) -> int:
+        return int(self.table.num_rows)
+
+    def dataset(self, blocks: int) -> Any:
+        import ray.data
+
+        size = max(1, math.ceil(self.rows / blocks))
+        return ray.data.from_arrow([self.table.slice(start, size) for start in range(0, self.rows, size)] or [self.table])
 
 
 class RayRun:
     """One mapping of units over actors; iterate :meth:`results`, then read :attr:`session` (summed engine stats).
 
-    ``units`` are a list (each pickled into a dataset row) or :class:`RecordFiles` (read by Ray).
+    ``units`` are a list (each pickled into a dataset row), :class:`RecordFiles` (read by Ray) or a :class:`RecordTable`.
     ``folder`` is the stage's output folder (actors check they see it) and ``cache`` the run's cache
     (``OUT/cache.sqlite``); both are made absolute here, before they reach an actor.
     """
 
-    def __init__(self, units: Sequence[Any] | RecordFiles, work: EngineWork, config: RayConfig, *, folder: Path, cache: Path) -> None:
+    def __init__(self, units: Sequence[Any] | RecordFiles | RecordTable, work: EngineWork, config: RayConfig, *, folder: Path, cache: Path) -> None:
         self.units = units
         self.work = work
         self.config = config
@@ -346,7 +364,7 @@ class RayRun:
     @property
     def total(self) -> int:
         """How many units (results) the run has."""
-        return self.units.rows if isinstance(self.units, RecordFiles) else len(self.units)
+        return self.units.rows if isinstance(self.units, (RecordFiles, RecordTable)) else len(self.units)
 
     def results(self) -> Iterator[tuple[int, Any]]:
         """``(index of the unit, its result)``, in the order batches finish (:class:`RecordFiles`: in row order)."""
@@ -375,12 +393,12 @@ class RayRun:
         data_context.enable_progress_bars = False  # the stage shows its own, in its units
         data_context.print_on_execution_start = False
         per_block = self.config.batch_size * BATCHES_PER_ACTOR
-        if isinstance(self.units, RecordFiles):
+        blocks = min(self.total, max(self.config.actors, math.ceil(self.total / per_block)))  # every actor gets work
+        if isinstance(self.units, (RecordFiles, RecordTable)):
             data_context.execution_options.preserve_order = True  # results in row order: the driver needs no index
-            dataset, batch_format = self.units.dataset(), "pyarrow"
+            dataset, batch_format = self.units.dataset(blocks), "pyarrow"
         else:
             rows = [{"index": index, "unit": pickle.dumps(unit)} for index, unit in enumerate(self.units)]
-            blocks = min(len(rows), max(self.config.actors, math.ceil(len(rows) / per_block)))
             dataset, batch_format = ray.data.from_items(rows, override_num_blocks=blocks), "numpy"
         mapped = dataset.map_batches(
             _EngineActor,
