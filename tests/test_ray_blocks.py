@@ -43,7 +43,9 @@ class _Folder:
 
 
 def _item(position: int) -> tuple[str, dict]:
-    return ("reject", {"item_id": f"i{position}", "stage": "document", "reason": "test", "raw_text": "", "usage": {"prompt_tokens": 1, "completion_tokens": 1, "cost_usd": None}, "task_type": "t", "input_data": "d", "difficulty_level": "l", "output_format": "plain_text", "cell": "t/d/l/plain_text"})
+    usage = {"prompt_tokens": 1, "completion_tokens": 1, "cost_usd": None}
+    cell = {"task_type": "t", "input_data": "d", "difficulty_level": "l", "output_format": "plain_text", "cell": "t/d/l/plain_text"}
+    return ("reject", {"item_id": f"i{position}", "stage": "document", "reason": "test", "raw_text": "", "usage": usage, **cell})
 
 
 def test_a_range_two_blocks_share_is_joined_by_the_driver_once_its_pieces_are_all_in(tmp_path) -> None:
