@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from mediflow.config import load_config
-from mediflow.pipeline.collect import ShardCollector
+from mediflow.pipeline.collect import ShardCollector, write_range
 from mediflow.pipeline.output import RunOutput
 from mediflow.pipeline.plan import build_plan
-from mediflow.pipeline.ray_generate import BlockDone, BlockPlan, piece_folder, pieces_root, write_range
+from mediflow.pipeline.ray_generate import BlockDone, BlockPlan, piece_folder, pieces_root
 from mediflow.taxonomy import load_taxonomy
 
 

@@ -62,13 +62,18 @@ class ShardCollector:
             self._commit(shard, bucket)
 
     def _commit(self, shard: int, bucket: dict[int, tuple[str, dict[str, Any]]]) -> None:
-        ordered = sorted(bucket.items())
-        rows = [row for _, (kind, row) in ordered if kind == "record"]
-        rejects = [row for _, (kind, row) in ordered if kind == "reject"]
-        positions = {kind: [position for position, (k, _) in ordered if k == kind] for kind in ("record", "reject")}
-        self.output.write_shard(shard, rows, rejects, shard_summary(shard, rows, rejects, positions))
+        write_range(self.output, shard, bucket)
         self.finished.add(shard)
         del self._pending[shard]
+
+
+def write_range(output: RunOutput, shard: int, items: Mapping[int, tuple[str, dict[str, Any]]]) -> None:
+    """Commit plan range ``shard`` of ``output`` from its finished items (plan position -> (kind, row)), in plan order."""
+    ordered = sorted(items.items())
+    rows = [row for _, (kind, row) in ordered if kind == "record"]
+    rejects = [row for _, (kind, row) in ordered if kind == "reject"]
+    positions = {kind: [position for position, (k, _) in ordered if k == kind] for kind in ("record", "reject")}
+    output.write_shard(shard, rows, rejects, shard_summary(shard, rows, rejects, positions))
 
 
 def shard_summary(shard: int, rows: list[dict[str, Any]], rejects: list[dict[str, Any]], positions: dict[str, list[int]]) -> dict[str, Any]:

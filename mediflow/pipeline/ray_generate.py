@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from mediflow.config import TEACHER_ROLE, RunConfig
 from mediflow.engine import Engine
-from mediflow.pipeline.collect import ShardCollector, shard_summary
+from mediflow.pipeline.collect import ShardCollector, shard_summary, write_range
 from mediflow.pipeline.flow import GroupFlow
 from mediflow.pipeline.output import RunOutput, interleave_range
 from mediflow.pipeline.plan import InstructionGroup, Plan, PlanCursor, build_plan
@@ -169,15 +169,6 @@ class _BlockWorker:
     def stats(self) -> dict[str, Any]:
         """The engine's running totals, and what this actor's teacher negotiated with the server."""
         return {**self.engine.stats.as_dict(), "teacher_capabilities": capabilities_by_role({TEACHER_ROLE: self.engine.teacher})}
-
-
-def write_range(output: RunOutput, index: int, items: Mapping[int, tuple[str, dict[str, Any]]]) -> None:
-    """Commit shard range ``index`` of ``output`` from its finished items (plan position -> (kind, row)), in plan order."""
-    ordered = sorted(items.items())
-    records = [row for _, (kind, row) in ordered if kind == "record"]
-    rejects = [row for _, (kind, row) in ordered if kind == "reject"]
-    positions = {kind: [position for position, (k, _) in ordered if k == kind] for kind in ("record", "reject")}
-    output.write_shard(index, records, rejects, shard_summary(index, records, rejects, positions))
 
 
 @dataclass
