@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from mediflow.engine import Engine, LimitsConfig
-from mediflow.engine.cache import ResponseCache, SharedCache, merge_segments, segments_dir
+from mediflow.engine.cache import ResponseCache, SegmentWriter, SharedCache, merge_segments, segments_dir
 from mediflow.folders import CACHE_NAME
 from mediflow.folders.output import CACHE_SEGMENTS
 from mediflow.teachers import ChatRequest, ChatResponse, make_teacher
@@ -102,33 +102,43 @@ def test_a_group_write_after_a_torn_one_starts_on_a_new_line(tmp_path: Path) -> 
 
 
 def test_an_actor_engine_writes_answers_in_groups_off_its_event_loop(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
-    """Every answer of 60 concurrent requests is durable after ``flush``, written in a few fsynced groups from a thread."""
+    """60 concurrent answers: each is on disk before the engine hands it over, written in a few fsynced groups from a thread
+    (not one synchronous commit per answer on the event loop)."""
     writes: list[tuple[int, str]] = []
-    original = SharedCache.flush
+    original = SegmentWriter.write_queued
 
-    async def spying_flush(self: SharedCache) -> None:
-        queued = self._writer.queued
-        await original(self)
-        if queued:
-            writes.append((queued, threading.current_thread().name))
+    def spying_write(self: SegmentWriter) -> list[str]:
+        keys = original(self)
+        if keys:
+            writes.append((len(keys), threading.current_thread().name))
+        return keys
 
-    async def run() -> tuple[str, Path]:
+    async def run() -> tuple[str, Path, list[int]]:
         teacher = make_teacher("openai:test-teacher", base_url=teacher_server)
+        on_disk: list[int] = []
         try:
             async with Engine(teacher, tmp_path / CACHE_NAME, LimitsConfig(concurrency=60), progress=False, shared_cache=True) as engine:
-                requests = [ChatRequest(messages=(("user", f"note {i}"),), max_tokens=20) for i in range(60)]
-                await asyncio.gather(*(engine.complete(request) for request in requests))
-                await engine.flush()
-                segment = engine._cache.segment  # type: ignore[union-attr]
-                return threading.current_thread().name, segment
+                segment = None
+
+                async def one(i: int) -> None:
+                    nonlocal segment
+                    await engine.complete(ChatRequest(messages=(("user", f"note {i}"),), max_tokens=20))
+                    segment = engine._cache.segment  # type: ignore[union-attr]
+                    on_disk.append(len(lines(segment)))  # what a kill right now would leave
+
+                await asyncio.gather(*(one(i) for i in range(60)))
+                assert segment is not None
+                return threading.current_thread().name, segment, on_disk
         finally:
             await teacher.aclose()
 
-    SharedCache.flush = spying_flush  # type: ignore[method-assign]
+    SegmentWriter.write_queued = spying_write  # type: ignore[method-assign]
     try:
-        loop_thread, segment = asyncio.run(run())
+        loop_thread, segment, on_disk = asyncio.run(run())
     finally:
-        SharedCache.flush = original  # type: ignore[method-assign]
+        SegmentWriter.write_queued = original  # type: ignore[method-assign]
     assert len(lines(segment)) == 60
-    assert sum(count for count, _ in writes) == 60 and len(writes) < 60
+    assert all(count >= handed + 1 for handed, count in enumerate(on_disk))  # every answer handed over was already on disk
+    assert sum(count for count, _ in writes) == 60 and len(writes) < 60  # grouped
+    assert all(thread != loop_thread for _, thread in writes)  # off the event loop
     assert merge_segments(tmp_path / CACHE_NAME) == 60 and teacher_server.stats()["requests"] == 60

@@ -11,9 +11,9 @@ on other machines must not write it (``engine: ray``, docs/scaling.md). Each of 
 :class:`SharedCache` instead: it reads the run's cache read-only (the driver merged and
 checkpointed it before the actors started, and does not write it while they run) and appends its
 own answers to its own segment, ``<cache>-segments/<id>.jsonl``: one writer per file, append-only,
-no file-system lock shared between hosts. Answers are written in groups by a thread (never a commit
-per answer on the actor's event loop), and the actor flushes before it hands back or commits any
-result, so a kill loses only the work in flight. :func:`merge_segments` folds the segments into the
+no file-system lock shared between hosts. Answers that arrive together are written as one group by
+a thread (never a commit per answer on the actor's event loop), and an answer is handed over only
+once its group is on disk, so a kill loses only the requests in flight. :func:`merge_segments` folds the segments into the
 cache, at the end of a run and at the start of the next (the resume of a killed one).
 """
 
@@ -320,14 +320,11 @@ class SharedCache:
     ``get`` looks in the run's cache (read-only and never locked: the driver merged and checkpointed
     it before the actors started and does not write it while they run), in the segments of actors
     that died during this run (a batch Ray retries here after a node loss is answered from what the
-    dead actor had received), and in this actor's own segment. ``put`` queues the answer; the
-    queue is written in a thread by :meth:`flush`, which the engine calls every
-    :attr:`FLUSH_EVERY_S` and the actor before it hands back or commits any result.
+    dead actor had received), and in this actor's own segment. ``put`` queues the answer and
+    :meth:`flush` writes the queue in one group from a thread; the engine awaits the flush before it
+    hands an answer over, so answers arriving together share one write and one fsync (a group
+    commit), and none is handed over before it is on disk.
     """
-
-    FLUSH_EVERY_S = 0.5
-    #: Queued answers that start a write before the next periodic flush.
-    GROUP = 256
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -346,7 +343,6 @@ class SharedCache:
         self._writer = SegmentWriter(directory)
         self._queued: dict[str, ChatResponse] = {}  # put, not yet written
         self._flushing: asyncio.Lock | None = None
-        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def segment(self) -> Path:
@@ -377,13 +373,6 @@ class SharedCache:
         """Queue one answer (durable after the next :meth:`flush`)."""
         self._writer.append(key, teacher_name, response)
         self._queued[key] = response
-        if self._writer.queued >= self.GROUP:
-            try:
-                task = asyncio.get_running_loop().create_task(self.flush())
-            except RuntimeError:  # no running loop: the next flush writes it
-                return
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
 
     async def flush(self) -> None:
         """Write the queued answers in a thread; returns once every answer put before the call is on disk."""

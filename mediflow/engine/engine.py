@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import random
 import time
 from pathlib import Path
@@ -26,8 +25,6 @@ from mediflow.engine.limits import AdaptiveLimit, LeasedBucket, RateLimitHeaders
 from mediflow.engine.progress import Activity, Progress
 from mediflow.errors import TeacherError
 from mediflow.teachers.base import ChatRequest, ChatResponse, Teacher
-
-logger = logging.getLogger(__name__)
 
 #: Characters per token, for reserving tokens-per-minute before the server counts them.
 _CHARS_PER_TOKEN = 4
@@ -97,7 +94,6 @@ class Engine:
             self.config.error_rate_threshold, self.config.error_window, self.config.error_min_samples
         )
         self._cache: AnswerStore | None = None
-        self._flusher: asyncio.Task[None] | None = None
         self._entered = False
         self._stop_reason: str | None = None
         self._pending: dict[str, asyncio.Future[ChatResponse]] = {}
@@ -119,10 +115,6 @@ class Engine:
     ) -> None:
         self._entered = False
         await self.progress.stop()
-        if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
-            self._flusher = None
         for bucket in (self.request_bucket, self.token_bucket):
             if isinstance(bucket, LeasedBucket):
                 bucket.release()
@@ -136,29 +128,14 @@ class Engine:
         if not self._entered:
             raise RuntimeError("use the engine inside 'async with Engine(...)'")
         if self._cache is None:
-            if self.shared_cache:
-                self._cache = SharedCache(self.cache_path)
-                self._flusher = asyncio.get_running_loop().create_task(self._flush_every(SharedCache.FLUSH_EVERY_S))
-            else:
-                self._cache = ResponseCache(self.cache_path)
+            self._cache = SharedCache(self.cache_path) if self.shared_cache else ResponseCache(self.cache_path)
             self.progress.start()
         return self._cache
 
     async def flush(self) -> None:
-        """Make every answer received so far durable (a shared cache writes its queue; a local one has nothing queued).
-
-        A Ray actor calls it before it hands back or commits any result, so a kill loses only the work in flight.
-        """
+        """Make every answer received so far durable (a shared cache writes its queue; a local one has nothing queued)."""
         if self._cache is not None:
             await self._cache.flush()
-
-    async def _flush_every(self, seconds: float) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await self.flush()
-            except OSError as exc:  # kept queued: the actor's own flush before it hands back results raises it
-                logger.warning("cannot write the answer segment yet: %s", exc)
 
     @property
     def stopped(self) -> bool:
@@ -228,6 +205,7 @@ class Engine:
                 ) from None
             response = failed.response  # truncated every time: hand it over, the caller rejects it
         self._store(key, response)
+        await self.flush()  # a shared cache writes answers arriving together as one group; none is handed over before it is on disk
         return response
 
     async def _attempt(self, request: ChatRequest) -> ChatResponse:
