@@ -16,9 +16,10 @@ What makes it survive a real cluster (docs/scaling.md):
   file with the run's token): a node that does not mount the output folder at the same path
   refuses with one line instead of writing a cache nobody reads.
 - **Cache**: actors never write the run's SQLite cache (WAL needs memory shared on one host).
-  Each reads it read-only and appends its answers to its own segment, written in groups from a
-  thread; the actor flushes before it hands back a batch, so a kill loses only work in flight.
-  The driver merges the segments into the cache at the end, and at the start of a rerun.
+  Each reads it read-only and appends its answers to its own segment, in groups written from a
+  thread (a group commit: an answer is handed over once it is on disk, so a kill loses only the
+  requests in flight). The driver merges the segments into the cache at the end, and at the start
+  of a rerun.
 - **Limits**: the run's coordinator actor holds the rpm and tpm buckets; every engine takes
   chunks from them (:mod:`mediflow.scale.coordinator`), so the actors together keep the limits
   and whoever still has work gets all of them. Concurrency is split: ``1 / actors`` each.
