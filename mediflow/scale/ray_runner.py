@@ -417,8 +417,9 @@ class RayRun:
                 yield int(index), pickle.loads(blob)
 
     def _watched(self, results: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
-        """``results``, iterated in a thread while this one watches the cluster: a cluster with no room left for
-        one actor (at the start, or after losing its nodes) is an error after ``ray.resource_timeout`` s, not a silent wait."""
+        """``results``, iterated in a thread while this one watches the cluster: a cluster where no node could hold an
+        actor (at the start, or after losing its nodes) is an error after ``ray.resource_timeout`` s (with a warning at
+        once), not a silent wait."""
         items: queue.Queue[Any] = queue.Queue(maxsize=2 * BATCHES_PER_ACTOR * max(1, self.config.batch_size))
         done = object()
 
@@ -432,19 +433,17 @@ class RayRun:
 
         threading.Thread(target=pump, name="mediflow-ray-results", daemon=True).start()
         starved_since: float | None = None
-        warned = False
         while True:
             try:
                 item = items.get(timeout=1.0)
             except queue.Empty:
-                room = _room_for_an_actor(self.config.num_cpus)
+                room = _no_room_for_an_actor(self.config.num_cpus)
                 if room is None:
                     starved_since = None
                     continue
-                starved_since = starved_since or time.monotonic()
-                if not warned:
+                if starved_since is None:
+                    starved_since = time.monotonic()
                     logger.warning("engine: ray: waiting for the cluster: %s", room)
-                    warned = True
                 if time.monotonic() - starved_since > self.config.resource_timeout:
                     raise MediflowError(
                         f"engine: ray: no room for an actor for {self.config.resource_timeout:g} s: {room}; "
@@ -472,19 +471,21 @@ class RayRun:
         return add_stats(total, {})
 
 
-def _room_for_an_actor(num_cpus: float) -> str | None:
-    """None when some alive node has ``num_cpus`` free for an actor; else what the cluster has, in words."""
+def _no_room_for_an_actor(num_cpus: float) -> str | None:
+    """What the cluster has, in words, when no alive node could ever hold an actor (not one has ``num_cpus`` CPUs: the
+    worker nodes are gone, or too small); None while some node could (busy nodes free up, actors wait their turn)."""
     import ray
 
     try:
         nodes = [node for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]  # ray ships no types for these
-        free = ray.available_resources().get("CPU", 0.0)  # type: ignore[no-untyped-call]
     except Exception:  # the cluster itself is going away: the iteration says why
         return None
-    if free >= num_cpus:
+    sizes = [float(node.get("Resources", {}).get("CPU", 0.0)) for node in nodes]
+    if any(size >= num_cpus for size in sizes):
         return None
-    total = sum(node.get("Resources", {}).get("CPU", 0.0) for node in nodes)
-    return f"an actor needs {num_cpus:g} CPU (ray.num_cpus); the cluster's {len(nodes)} alive node(s) have {total:g} CPU, {free:g} free"
+    return f"an actor needs {num_cpus:g} CPU (ray.num_cpus) on one node; the cluster's {len(nodes)} alive node(s) have {', '.join(f'{size:g}' for size in sizes) or 'no'} CPU"
+
+
 async def in_order(run: RayRun) -> AsyncIterator[Any]:
     """The results of ``run`` in unit order, while Ray works in a thread (the event loop stays free).
 
