@@ -13,10 +13,9 @@ from fixtures import DOCUMENT_TYPES, TASKS, make_records, typed_manifest, write_
 
 from mediflow.cli import main
 from mediflow.export import ExportConfig, export_dataset
-from mediflow.export.shards import ShardLimits
-from mediflow.export.splits import SplitFractions
 from mediflow.export.card import parse_card
-from mediflow.export.splits import assign_splits, document_key
+from mediflow.export.shards import ShardLimits
+from mediflow.export.splits import SplitFractions, assign_splits, document_key
 from mediflow.preference.rows import PAIR_SCHEMA, pair_row
 from mediflow.records import rows_to_table
 
