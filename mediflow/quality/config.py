@@ -19,7 +19,7 @@ from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError
 from mediflow.quality.clinical import Lexicon
 from mediflow.scale.config import EngineKind, RayConfig
-from mediflow.teachers.factory import TeacherConfig, teacher_aliases
+from mediflow.teachers.config import TeacherConfig, teacher_aliases
 
 TEXT_COLUMNS = ("instruction", "input", "output")
 TextColumn = Literal["instruction", "input", "output"]

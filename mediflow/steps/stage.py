@@ -39,7 +39,8 @@ from mediflow.folders import InputData, OutputFolder, StagedWriter, open_input, 
 from mediflow.steps.contract import LLMStep, StepResult, ask
 from mediflow.steps.runner import map_ordered
 from mediflow.sync import run_sync
-from mediflow.teachers.factory import TeacherConfig, teacher_from
+from mediflow.teachers.config import TeacherConfig
+from mediflow.teachers.factory import teacher_from
 from mediflow.teachers.negotiation import capabilities_by_role
 
 #: Records read from the input at a time (a batch is written once all its records are answered).

@@ -32,7 +32,7 @@ from mediflow.scale.ray_runner import StepWork, check_ray, run_step_on_ray
 from mediflow.steps import Answer, LLMStep, open_engine, run_step
 from mediflow.sync import run_sync
 from mediflow.teachers.base import ChatRequest
-from mediflow.teachers.factory import api_key_of
+from mediflow.teachers.config import api_key_of
 from mediflow.teachers.negotiation import capabilities_by_role
 from mediflow.train.config import StageConfig
 from mediflow.train.data import load_documents
