@@ -26,7 +26,7 @@ import jinja2
 import pyarrow as pa
 
 from mediflow.errors import ConfigError
-from mediflow.folders import Manifest, OutputFolder, StagedWriter
+from mediflow.folders import Manifest, OutputFolder, StagedWriter, reject_table
 from mediflow.prompts import PromptTemplate, load_prompts
 from mediflow.scale.ray_runner import StepWork, check_ray, run_step_on_ray
 from mediflow.steps import Answer, LLMStep, open_engine, run_step
@@ -38,7 +38,7 @@ from mediflow.train.config import StageConfig
 from mediflow.train.data import load_documents
 
 TASK_DATA_SCHEMA = pa.schema([(name, pa.string()) for name in ("prompt", "completion", "task", "document_id", "prompt_version")])
-REJECT_SCHEMA = pa.schema([(name, pa.string()) for name in ("task", "document_id", "prompt_version", "error", "text")])
+_ASKED_SCHEMA = pa.schema([(name, pa.string()) for name in ("task", "document_id", "prompt_version")])
 #: The QA teacher's role in the manifest's ``teacher_capabilities`` (the config key of its section).
 ROLE = "qa.teacher"
 
@@ -123,6 +123,13 @@ async def _ask_all(
     return produced, rejects, capabilities
 
 
+def _reject_table(rejects: list[dict[str, Any]]) -> pa.Table:
+    """The answers still invalid after their corrections, in the one reject schema (the document and prompt they were for)."""
+    asked = pa.Table.from_pylist([{name: row[name] for name in ("task", "document_id", "prompt_version")} for row in rejects], schema=_ASKED_SCHEMA)
+    failed = len(rejects)
+    return reject_table(asked, "qa", ["qa_failed"] * failed, [float("nan")] * failed, [row["error"] for row in rejects], [None] * failed, [row["text"] for row in rejects])
+
+
 def _plain(config: StageConfig) -> dict[str, Any]:
     """What the manifest records of the stage config (what decides the rows: the qa section and data)."""
     plain = config.to_dict()
@@ -156,7 +163,7 @@ async def generate_task_data_async(config: StageConfig, *, overwrite: bool = Fal
         writer = StagedWriter(folder)
         try:
             writer.keep(pa.Table.from_pylist(rows, schema=TASK_DATA_SCHEMA))
-            writer.reject(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA))
+            writer.reject(_reject_table(rejects))
             writer.publish(TASK_DATA_SCHEMA, {"documents": len(documents), "rows": len(rows), "rejected": len(rejects)})
         except BaseException:
             writer.abandon()
