@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -181,8 +182,8 @@ def test_long_documents_are_chunked_with_overlap_and_counted(corpus: Path) -> No
 
 def test_truncation_counts_reach_the_manifest(corpus: Path) -> None:
     config = _config(corpus, "counted")
-    config.data.max_length = 16  # the task rows' prompts alone are longer than 16 tokens
-    config.pit.schedule = config.pit.schedule[1:]
+    # the task rows' prompts alone are longer than 16 tokens
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, max_length=16), pit=dataclasses.replace(config.pit, schedule=config.pit.schedule[1:]))
     with pytest.warns(UserWarning, match="rows do not fit data.max_length=16"):
         run_pit(config)
     lengths = json.loads((corpus / "counted" / "manifest.json").read_text())["lengths"]
