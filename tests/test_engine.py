@@ -287,4 +287,4 @@ def test_without_a_terminal_progress_is_one_plain_line_every_interval(caplog: py
     assert all(later.created - earlier.created >= 0.045 for earlier, later in zip(records[:-2], records[1:-1]))  # never more often
     assert lines[-1].startswith("progress: 20/40 records (50%) | ") and "2 cached, 500 tok, $0.0125, 0 err | 1 in flight" in lines[-1]
     assert all("\r" not in line and "\n" not in line for line in lines)
-    assert capsys.readouterr().err == ""  # no tqdm frames on stderr
+    assert "\r" not in capsys.readouterr().err  # no tqdm frames on stderr (the CLI, if a test ran it here, shows the lines)

@@ -134,7 +134,8 @@ def test_schedule_chains_stages_and_moves_every_weight(corpus: Path) -> None:
 
     # Another learning rate: one line naming the change, nothing retrained; --overwrite retrains.
     changed = _config(corpus, "expert")
-    changed.pit.schedule[1].learning_rate = 5e-3
+    schedule = [*changed.pit.schedule[:1], dataclasses.replace(changed.pit.schedule[1], learning_rate=5e-3), *changed.pit.schedule[2:]]
+    changed = dataclasses.replace(changed, pit=dataclasses.replace(changed.pit, schedule=schedule))  # configs are frozen: a new one
     with pytest.raises(MediflowError, match=r"another config \(changed: schedule.2.learning_rate 0.0003 -> 0.005\).*--overwrite"):
         run_pit(changed, callbacks=[again])
     assert again.starts == []
