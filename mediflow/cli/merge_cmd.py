@@ -43,9 +43,11 @@ def _size(text: str) -> int:
 def _run(args: argparse.Namespace) -> int:
     import yaml
 
+    from mediflow.cli.train_cmd import show_progress
     from mediflow.errors import ConfigError
     from mediflow.textfiles import read_text
 
+    show_progress()
     if not args.config.exists():
         raise ConfigError(f"{args.config}: config not found")
     text = read_text(args.config, "merge config", ConfigError)

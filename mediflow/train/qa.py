@@ -18,6 +18,7 @@ dropped), the teacher cache in ``cache.sqlite``; ``data.task_data`` of a ``pit``
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from mediflow.teachers.factory import teacher_from
 from mediflow.teachers.negotiation import capabilities_by_role
 from mediflow.train.config import StageConfig
 from mediflow.train.data import load_documents
+
+logger = logging.getLogger(__name__)
 
 TASK_DATA_SCHEMA = pa.schema([(name, pa.string()) for name in ("prompt", "completion", "task", "document_id", "prompt_version")])
 REJECT_SCHEMA = pa.schema([(name, pa.string()) for name in ("task", "document_id", "prompt_version", "error", "text")])
@@ -166,7 +169,7 @@ async def generate_task_data_async(config: StageConfig, *, overwrite: bool = Fal
         except BaseException:
             writer.abandon()
             raise
-    print(f"task data: {len(rows)} rows from {len(documents)} documents x {len(templates)} prompts -> {folder.data_dir}")
+    logger.info("task data: %d rows from %d documents x %d prompts -> %s", len(rows), len(documents), len(templates), folder.data_dir)
     if rejects:
-        print(f"rejected: {len(rejects)} teacher answers still invalid after corrections -> {folder.rejects_path}")
+        logger.info("rejected: %d teacher answers still invalid after corrections -> %s", len(rejects), folder.rejects_path)
     return folder.root

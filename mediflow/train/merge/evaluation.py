@@ -65,7 +65,7 @@ def build_evaluator(spec: Any, root: Path, base_model: Path) -> PresetEvaluators
     from mediflow.train.runtime import stage_paths
 
     def config(name: str) -> Any:
-        return load_config(root / str(spec[name]), "eval", overrides=[f"model.name_or_path={base_model}"])
+        return load_config(root / str(spec[name]), "eval", flags={"model.name_or_path": str(base_model)})
 
     selection = config("eval_config")
     records = selection.path(selection.data.records) if selection.data.records else None
