@@ -46,7 +46,10 @@ class _AttemptFailed(Exception):
 class Engine:
     """Moves requests to one teacher under limits, with retries, a durable cache and accounting.
 
-    The caller owns the teacher (the engine does not close it). Use as ``async with``.
+    Stages do not build one themselves: :func:`mediflow.steps.open_engine` builds the teacher and
+    its engine and closes both. Use as ``async with``; the cache file is opened, and the progress bar
+    started, on the first request, so an engine may be opened before the folder holding its cache
+    has been guarded (``generate`` asks its server before it writes anything).
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class Engine:
             self.config.error_rate_threshold, self.config.error_window, self.config.error_min_samples
         )
         self._cache: ResponseCache | None = None
+        self._entered = False
         self._stop_reason: str | None = None
         self._pending: dict[str, asyncio.Future[ChatResponse]] = {}
         self._in_flight: dict[int, float] = {}
@@ -96,17 +100,26 @@ class Engine:
         self._backoff = wait_random_exponential(multiplier=self.config.backoff_initial, max=self.config.backoff_max)
 
     async def __aenter__(self) -> Engine:
-        self._cache = ResponseCache(self.cache_path)
-        self.progress.start()
+        self._entered = True
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._entered = False
         await self.progress.stop()
         if self._cache is not None:
             self._cache.close()
             self._cache = None
+
+    def _opened_cache(self) -> ResponseCache:
+        """The cache, opened (and the progress bar started) on the first request."""
+        if not self._entered:
+            raise RuntimeError("use the engine inside 'async with Engine(...)'")
+        if self._cache is None:
+            self._cache = ResponseCache(self.cache_path)
+            self.progress.start()
+        return self._cache
 
     @property
     def stopped(self) -> bool:
@@ -121,11 +134,10 @@ class Engine:
         A JSON answer still truncated after the retries is returned (``finish_reason == "length"``)
         for the caller to reject with its reason.
         """
-        if self._cache is None:
-            raise RuntimeError("use the engine inside 'async with Engine(...)'")
+        cache = self._opened_cache()
         self._raise_if_stopped()
         key = cache_key(self.teacher.name, request)
-        cached = self._cache.get(key)
+        cached = cache.get(key)
         if cached is not None:
             self.stats.requests += 1
             self.stats.cache_hits += 1
@@ -218,8 +230,7 @@ class Engine:
         return response
 
     def _store(self, key: str, response: ChatResponse) -> None:
-        assert self._cache is not None
-        self._cache.put(key, self.teacher.name, response)
+        self._opened_cache().put(key, self.teacher.name, response)
         self._last_answer = time.monotonic()
         self.stats.requests += 1
         self.stats.prompt_tokens += response.prompt_tokens

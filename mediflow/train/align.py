@@ -114,7 +114,8 @@ def prepare_inputs(config: StageConfig, kind: str) -> AlignmentInputs:
 
     The data is read (and checked by the input reader) first: a broken input fails before anything else.
     """
-    from trl import DPOConfig, SFTConfig
+    from trl.trainer.dpo_config import DPOConfig
+    from trl.trainer.sft_config import SFTConfig
 
     data = config.data
     reader = load_messages if kind == "sft" else load_preferences
@@ -187,7 +188,7 @@ def prepare_inputs(config: StageConfig, kind: str) -> AlignmentInputs:
 def build_sft_trainer(config: StageConfig, callbacks: list[Any] | None = None, inputs: AlignmentInputs | None = None) -> Any:
     """An ``SFTTrainer`` over the tokenized MediFlow conversations, loss on every assistant turn only."""
     from datasets import Dataset
-    from trl import SFTTrainer
+    from trl.trainer.sft_trainer import SFTTrainer
 
     inputs = inputs or prepare_inputs(config, "sft")
     return SFTTrainer(
@@ -204,7 +205,7 @@ def build_sft_trainer(config: StageConfig, callbacks: list[Any] | None = None, i
 def build_dpo_trainer(config: StageConfig, callbacks: list[Any] | None = None, inputs: AlignmentInputs | None = None) -> Any:
     """A ``DPOTrainer`` over conversational prompt/chosen/rejected pairs, with the configured reference."""
     from datasets import Dataset
-    from trl import DPOTrainer
+    from trl.trainer.dpo_trainer import DPOTrainer
 
     inputs = inputs or prepare_inputs(config, "dpo")
     setup = inputs.setup

@@ -82,7 +82,8 @@ def build_stage_trainer(
 ) -> Any:
     """An ``SFTTrainer`` for one PIT stage, starting from the model folder ``init_from``."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_config import SFTConfig
+    from trl.trainer.sft_trainer import SFTTrainer
 
     tokenizer = load_tokenizer(init_from)
     max_steps = stage.max_steps if stage.max_steps > 0 else config.train.max_steps
@@ -128,7 +129,7 @@ def run_pit(config: StageConfig, callbacks: list[Any] | None = None, *, overwrit
     settings: its ``stage_manifest.json``); a stage whose record does not match is trained again.
     The folder's ``manifest.json`` collects the stage records when the last stage is done.
     """
-    from trl import SFTConfig
+    from trl.trainer.sft_config import SFTConfig
 
     base = model_dir(config)
     tokenizer = load_tokenizer(base)

@@ -15,7 +15,7 @@ from typing import Any
 
 from mediflow.errors import MediflowError
 from mediflow.folders.manifest import Manifest, read_manifest
-from mediflow.folders.model import MODEL_KINDS
+from mediflow.folders.model import HOLDS_MODEL
 from mediflow.train.overlap import conversation_text
 
 #: The reader families a stage trains on, in the manifests' ``trained_on`` entries.
@@ -36,7 +36,7 @@ def _manifest_of(model: Path) -> Manifest | None:
         except MediflowError:
             continue
         if manifest is not None:
-            return manifest if manifest.kind in MODEL_KINDS else None
+            return manifest if manifest.holds == HOLDS_MODEL else None
     return None
 
 

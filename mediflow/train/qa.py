@@ -26,14 +26,13 @@ from typing import Any
 import jinja2
 import pyarrow as pa
 
-from mediflow.engine import Engine
 from mediflow.errors import ConfigError
 from mediflow.folders import Manifest, OutputFolder, StagedWriter
 from mediflow.prompts import PromptTemplate, load_prompts
-from mediflow.steps import Answer, LLMStep, run_step
+from mediflow.steps import Answer, LLMStep, open_engine, run_step
 from mediflow.sync import run_sync
 from mediflow.teachers.base import ChatRequest
-from mediflow.teachers.factory import teacher_from
+from mediflow.teachers.factory import api_key_of
 from mediflow.teachers.negotiation import capabilities_by_role
 from mediflow.train.config import StageConfig
 from mediflow.train.data import load_documents
@@ -104,29 +103,27 @@ async def _ask_all(
         raise ConfigError("qa.teacher is required for the qa stage")
     step = QAStep(count=qa.qa_pairs, temperature=qa.temperature, max_tokens=qa.max_tokens, seed=config.train.seed)
     rows = [(document, template) for document in documents for template in templates]
-    teacher = teacher_from(section, limits, where=ROLE)
     produced: list[dict[str, str]] = []
     rejects: list[dict[str, Any]] = []
-    actors: list[dict[str, Any]] = []
-    try:
-        if qa.engine == "ray":  # the same step on Ray Data actors, each with its share of the limits
-            from mediflow.scale.ray_runner import StepWork, run_step_on_ray
+    if qa.engine == "ray":  # the same step on Ray Data actors, each with its share of the limits
+        from mediflow.scale.ray_runner import StepWork, run_step_on_ray
 
-            work = StepWork(step, section, limits, cache_path, qa.ray.actors, ROLE)
-            run = await asyncio.to_thread(run_step_on_ray, rows, work, qa.ray)
-            results, actors = run.results, run.teacher_capabilities
+        api_key_of(section, ROLE)  # an unset key variable: one line here, not an error inside every actor
+
+        work = StepWork(step, section, limits, cache_path, qa.ray.actors, ROLE)
+        run = await asyncio.to_thread(run_step_on_ray, rows, work, qa.ray)
+        results, capabilities = run.results, capabilities_by_role({}, run.teacher_capabilities, previous)
+    else:
+        async with open_engine(section, cache_path, limits, where=ROLE, progress=True) as engine:
+            results = [result async for result in run_step(engine, step, rows, 2 * limits.concurrency)]
+            capabilities = capabilities_by_role({ROLE: engine.teacher}, previous=previous)
+    for (document, template), result in zip(rows, results):
+        if result.value is not None:
+            produced += result.value
         else:
-            async with Engine(teacher, cache_path, limits) as engine:
-                results = [result async for result in run_step(engine, step, rows, 2 * limits.concurrency)]
-        for (document, template), result in zip(rows, results):
-            if result.value is not None:
-                produced += result.value
-            else:
-                meta = {"task": template.name, "document_id": document["id"], "prompt_version": template.version}
-                rejects.append({**meta, "error": result.error, "text": result.raw_text})
-        return produced, rejects, capabilities_by_role({ROLE: teacher}, actors, previous)
-    finally:
-        await teacher.aclose()
+            meta = {"task": template.name, "document_id": document["id"], "prompt_version": template.version}
+            rejects.append({**meta, "error": result.error, "text": result.raw_text})
+    return produced, rejects, capabilities
 
 
 def _plain(config: StageConfig) -> dict[str, Any]:
@@ -157,7 +154,7 @@ async def generate_task_data_async(config: StageConfig, *, overwrite: bool = Fal
     library = load_prompts(config.path(config.data.prompts) if config.data.prompts else None)
     templates = [library.get(name) for name in config.qa.tasks]
     folder = OutputFolder.open(
-        config.path(config.output.dir), kind="qa", config=_plain(config), input_paths=[documents_path], overwrite=overwrite
+        config.path(config.output.dir), kind="qa", holds="task_data", config=_plain(config), input_paths=[documents_path], overwrite=overwrite
     )
     with folder:
         rows, rejects, folder.manifest.teacher_capabilities = await _ask_all(config, documents, templates, folder.cache_path, folder.previous)

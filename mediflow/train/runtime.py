@@ -25,7 +25,7 @@ from typing import Any
 
 from mediflow.errors import ConfigError
 from mediflow.folders import InputRef, OutputFolder
-from mediflow.folders.model import CHECKPOINTS, MODEL_DIR, check_model_input, publish_model, staging_for
+from mediflow.folders.model import CHECKPOINTS, HOLDS_MODEL, MODEL_DIR, check_model_input, publish_model, staging_for
 from mediflow.train.config import StageConfig
 from mediflow.train.fingerprint import value_hash
 from mediflow.train.models import set_end_of_turn
@@ -58,7 +58,7 @@ def is_main_process() -> bool:
     """True on the process that writes reports and manifests (the only one without a launcher)."""
     from accelerate import PartialState
 
-    return PartialState().is_main_process
+    return bool(PartialState().is_main_process)
 
 
 def open_model_output(
@@ -86,6 +86,7 @@ def open_model_output(
         folder = OutputFolder.open(
             config.path(config.output.dir),
             kind=config.stage,
+            holds=HOLDS_MODEL,
             config=config.to_dict(),
             fingerprint=value_hash(fingerprint),
             inputs=inputs,
@@ -175,7 +176,7 @@ def mixed_precision(bf16: bool | None, fp16: bool | None, *, on_gpu: bool) -> tu
 
 def trl_loss_types() -> tuple[str, ...]:
     """The DPO loss types TRL knows, read from its own ``DPOConfig.loss_type`` field (empty when it does not list them)."""
-    from trl import DPOConfig
+    from trl.trainer.dpo_config import DPOConfig
 
     field = next(f for f in dataclasses.fields(DPOConfig) if f.name == "loss_type")
     listed = str(field.metadata.get("help", "")).split("If multiple")[0]
@@ -195,7 +196,7 @@ def check_loss_types(loss_types: str | Sequence[str]) -> None:
 def _bf16_supported() -> bool:
     import torch
 
-    return torch.cuda.is_bf16_supported()
+    return bool(torch.cuda.is_bf16_supported())
 
 
 def lora_config(config: StageConfig) -> Any | None:
@@ -238,7 +239,7 @@ def quantization_config(config: StageConfig) -> Any | None:
     from transformers import BitsAndBytesConfig
 
     qlora = config.method.qlora
-    return BitsAndBytesConfig(
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]  # transformers leaves its __init__ unannotated
         load_in_4bit=True,
         bnb_4bit_quant_type=qlora.quant_type,
         bnb_4bit_use_double_quant=qlora.double_quant,
@@ -250,7 +251,7 @@ def check_attention(config: StageConfig) -> None:
     """Refuse an ``attn_implementation`` whose kernel is not installed here, before any model loads."""
     kind = config.model.attn_implementation
     if kind in ("flash_attention_2", "flash_attention_3"):
-        from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
+        from transformers.utils.import_utils import is_flash_attn_2_available, is_flash_attn_3_available
 
         available = is_flash_attn_2_available() if kind == "flash_attention_2" else is_flash_attn_3_available()
         if not available:

@@ -147,11 +147,11 @@ def turn_closing_text(tokenizer: Any, template: str, template_kwargs: Mapping[st
     """
     messages = [{"role": role, "content": content} for role, content in _TURN_PROBE]
     answer = messages[1]["content"]
-    two_rounds = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **(template_kwargs or {}))
-    one_round = tokenizer.apply_chat_template(messages[:2], chat_template=template, tokenize=False, **(template_kwargs or {}))
+    two_rounds = str(tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **(template_kwargs or {})))
+    one_round = str(tokenizer.apply_chat_template(messages[:2], chat_template=template, tokenize=False, **(template_kwargs or {})))
     after_two = two_rounds[two_rounds.index(answer) + len(answer) :]
     after_one = one_round[one_round.index(answer) + len(answer) :]
-    common = os.path.commonprefix([after_one, after_two])
+    common: str = os.path.commonprefix([after_one, after_two])
     return common or after_two[: after_two.find(messages[2]["content"])]
 
 
