@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
-from mediflow.config import RunConfig, load_config
+from mediflow.config import TEACHER_ROLE, RunConfig, load_config
 from mediflow.engine import Engine
 from mediflow.errors import TeacherError
 from mediflow.folders import CACHE_NAME, OutputFolder, open_input
@@ -41,9 +41,11 @@ from mediflow.pipeline.collect import ShardCollector
 from mediflow.pipeline.flow import GroupFlow
 from mediflow.pipeline.output import RunOutput
 from mediflow.pipeline.plan import InstructionGroup, Plan, build_plan
+from mediflow.pipeline.ray_generate import GenerateWork
 from mediflow.pipeline.share import Share
 from mediflow.pipeline.stages import Stages
 from mediflow.records import GENERATION_SCHEMA, content_id
+from mediflow.scale.ray_runner import RayRun, check_ray, ray_session
 from mediflow.steps import map_ordered, open_engine
 from mediflow.sync import run_sync
 from mediflow.taxonomy import load_taxonomy
@@ -54,10 +56,6 @@ if TYPE_CHECKING:
     import datasets
 
     from mediflow.scale.ray_runner import RayRun
-
-
-#: The generator's role in the manifest's ``teacher_capabilities`` (the config key of its section).
-ROLE = "teacher"
 
 
 @dataclass
@@ -96,8 +94,6 @@ def _share_counts(plan: Plan, share: Share, shard_size: int) -> tuple[Counter[in
 
 
 def _ray_run(groups: list[InstructionGroup], config: RunConfig, created_at: datetime) -> RayRun:
-    from mediflow.pipeline.ray_generate import GenerateWork
-    from mediflow.scale.ray_runner import RayRun
 
     work = GenerateWork(config, created_at, config.ray.actors)
     return RayRun(groups, work, config.ray)
@@ -149,8 +145,6 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
     share = Share.parse(config.shard) if config.shard else None
     share_counts, share_groups = _share_counts(plan, share, config.output.shard_size) if share else (None, 0)
     if config.engine == "ray":
-        from mediflow.scale.ray_runner import check_ray
-
         check_ray(config.ray)
     out = Path(config.output.dir)
     async with open_engine(config.teacher, out / CACHE_NAME, config.limits, prices=config.prices, progress=config.progress) as engine:
@@ -228,15 +222,13 @@ async def _generate(
 
     def finish(status: str, reason: str | None) -> RunSummary:
         actors = ray_run.teacher_capabilities if ray_run is not None else []
-        folder.manifest.teacher_capabilities = capabilities_by_role({ROLE: teacher}, actors, folder.previous)
+        folder.manifest.teacher_capabilities = capabilities_by_role({TEACHER_ROLE: teacher}, actors, folder.previous)
         return finish_run(output, status, reason, engine.stats.as_dict() if ray_run is None else ray_run.session)
 
     try:
         if ray_run is None:
             await _drive(todo, flow, workers)
         else:
-            from mediflow.scale.ray_runner import ray_session
-
             with ray_session(config.ray):  # in the main thread: Ray installs its signal handlers
                 await asyncio.to_thread(_drive_on_ray, ray_run, collector, engine.progress.advance)
     except TeacherError as exc:

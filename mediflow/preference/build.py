@@ -42,6 +42,7 @@ from mediflow.preference.rows import PAIR_SCHEMA, pair_row
 from mediflow.preference.selection import select_best
 from mediflow.prompts import load_prompts
 from mediflow.records import JUDGE_SCORE_COLUMNS, RELEASED_COLUMNS
+from mediflow.scale.ray_runner import RayRun, add_stats, check_ray, in_order, ray_session
 from mediflow.steps import map_ordered, open_engine
 from mediflow.sync import run_sync
 from mediflow.taxonomy import load_taxonomy
@@ -95,8 +96,6 @@ async def build_pairs_async(
     for role, section in _roles(config):
         api_key_of(section, role)  # an unset key variable fails here, before anything is written
     if config.engine == "ray":
-        from mediflow.scale.ray_runner import check_ray
-
         check_ray(config.ray)
     records = data.read(_INPUT_COLUMNS)
     selection = select_best(records, min_score=config.min_score, top_fraction=config.top_fraction)
@@ -152,8 +151,6 @@ async def _outcomes(
     and what the teachers negotiated with their servers (``{role: capabilities}`` per process)."""
     records = (record for start in range(0, tried.num_rows, _CHUNK) for record in tried.slice(start, _CHUNK).to_pylist())
     if config.engine == "ray":
-        from mediflow.scale.ray_runner import RayRun, in_order, ray_session
-
         ray_run = RayRun(list(records), PairsWork(config, cache, schemas, prompts, kinds), config.ray)
         with ray_session(config.ray):
             yield in_order(ray_run), lambda: {"ray": ray_run.session}, lambda: ray_run.teacher_capabilities
@@ -213,8 +210,6 @@ class _PairsWorker:
         return await self._run(record)
 
     def stats(self) -> dict[str, Any]:
-        from mediflow.scale.ray_runner import add_stats
-
         total: dict[str, Any] = {}
         for engine in {id(engine): engine for engine in self.engines.values()}.values():
             total = add_stats(total, engine.stats.as_dict())

@@ -16,6 +16,7 @@ from typing import Any
 from mediflow.errors import MediflowError
 from mediflow.folders.manifest import Manifest, read_manifest
 from mediflow.folders.model import HOLDS_MODEL
+from mediflow.train.data import load_documents, load_messages, load_preferences, load_task_rows
 from mediflow.train.overlap import conversation_text
 
 #: The reader families a stage trains on, in the manifests' ``trained_on`` entries.
@@ -54,8 +55,6 @@ def _entries(manifest: Manifest) -> list[dict[str, Any]]:
 
 
 def _texts(entry: dict[str, Any]) -> list[str]:
-    from mediflow.train.data import load_documents, load_messages, load_preferences, load_task_rows
-
     path, family, split = Path(entry["path"]), entry["family"], entry.get("split") or "train"
     if family == "sft":
         return [conversation_text(row["messages"]) for row in load_messages(path, split)]

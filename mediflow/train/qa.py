@@ -29,6 +29,7 @@ import pyarrow as pa
 from mediflow.errors import ConfigError
 from mediflow.folders import Manifest, OutputFolder, StagedWriter
 from mediflow.prompts import PromptTemplate, load_prompts
+from mediflow.scale.ray_runner import StepWork, check_ray, run_step_on_ray
 from mediflow.steps import Answer, LLMStep, open_engine, run_step
 from mediflow.sync import run_sync
 from mediflow.teachers.base import ChatRequest
@@ -106,7 +107,6 @@ async def _ask_all(
     produced: list[dict[str, str]] = []
     rejects: list[dict[str, Any]] = []
     if qa.engine == "ray":  # the same step on Ray Data actors, each with its share of the limits
-        from mediflow.scale.ray_runner import StepWork, run_step_on_ray
 
         api_key_of(section, ROLE)  # an unset key variable: one line here, not an error inside every actor
 
@@ -144,8 +144,6 @@ def generate_task_data(config: StageConfig, *, overwrite: bool = False) -> Path:
 async def generate_task_data_async(config: StageConfig, *, overwrite: bool = False) -> Path:
     """:func:`generate_task_data` for callers already running an event loop."""
     if config.qa.engine == "ray":
-        from mediflow.scale.ray_runner import check_ray
-
         check_ray(config.qa.ray)  # before anything is written
     documents_path = config.path(config.data.documents)
     documents = load_documents(documents_path, config.data.text_field)

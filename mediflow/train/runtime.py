@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import json
 import logging
 import re
@@ -28,7 +29,7 @@ from mediflow.folders import InputRef, OutputFolder
 from mediflow.folders.model import CHECKPOINTS, HOLDS_MODEL, MODEL_DIR, check_model_input, publish_model, staging_for
 from mediflow.train.config import StageConfig
 from mediflow.train.fingerprint import value_hash
-from mediflow.train.models import set_end_of_turn
+from mediflow.train.models import PACKAGED_GGUF_MODELS, load_causal_lm, resolve_model, set_end_of_turn
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,6 @@ def cuda_available() -> bool:
 def model_dir(config: StageConfig) -> Path:
     """The model folder ``model.name_or_path`` names: relative to the config file, a Hub id (the local
     Hugging Face cache), or a packaged model."""
-    from mediflow.train.models import PACKAGED_GGUF_MODELS, resolve_model
-
     cache = config.path(config.model.cache_dir) if config.model.cache_dir else None
     spec = config.model.name_or_path
     local = config.path(spec)
@@ -231,8 +230,6 @@ def quantization_config(config: StageConfig) -> Any | None:
         return None
     if not cuda_available() or config.train.use_cpu:
         raise ConfigError("method.finetuning: qlora loads the base in 4 bits with bitsandbytes, which needs a CUDA GPU; none is available here (use lora)")
-    import importlib.util
-
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("method.finetuning: qlora needs the bitsandbytes package (pip install 'mediflow[qlora]')")
     import torch
@@ -268,8 +265,6 @@ class TrainingSetup:
 
     def load_model(self, config: StageConfig, path: Path) -> Any:
         """The model at ``path`` as this stage trains it (dtype, attention kernel, 4-bit base for QLoRA)."""
-        from mediflow.train.models import load_causal_lm
-
         return load_causal_lm(path, config.model.dtype, attn_implementation=config.model.attn_implementation, quantization=self.quantization)
 
 
