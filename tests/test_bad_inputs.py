@@ -317,6 +317,13 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
             {"data": {"records": str(_copy(w.records, tmp / "heldout"))}, "output": {"dir": str(tmp / "evals")}})))}), "is inside the input", [tmp]))
     add("merge --preset: a work_dir outside the output", lambda tmp, w: Case(
         _model_argv("merge --preset", tmp, w, w.records, tmp / "out", work_dir="elsewhere"), "work_dir: the preset keeps its cache in", [tmp]))
+    add("merge --preset: the same file as eval_config and report_config", lambda tmp, w: Case(
+        _model_argv("merge --preset", tmp, w, w.records, tmp / "out", evaluate={"eval_config": str(_eval_config(tmp, w)), "report_config": str(tmp / "eval.yaml")}),
+        "eval_config and report_config are the same file", [w.records, tmp]))
+    add("merge --preset: --search-budget 0", lambda tmp, w: Case([*_model_argv("merge --preset", tmp, w, w.records, tmp / "out"), "--search-budget", "0"],
+                                                                  "search.budget: 0 is less than the minimum of 1", [tmp]))
+    add("merge: a preset flag with a mergekit-format config", lambda tmp, w: Case([*_model_argv("merge", tmp, w, w.records, tmp / "out"), "--search-budget", "3"],
+                                                                                  "search.budget: keys of a preset config", [tmp]))
     add("merge: a config that is not UTF-8", lambda tmp, w: Case(["merge", "--config", str(_latin1(tmp / "m.yaml")), "--output", str(tmp / "merged")], "not UTF-8", [tmp]))
     add("merge: a missing config", lambda tmp, w: Case(["merge", "--config", str(tmp / "none.yaml"), "--output", str(tmp / "merged")], "not found", [tmp]))
     return cases
@@ -345,6 +352,11 @@ def _model_argv(command: str, tmp: Path, world: World, data: Path, out: Path, *,
     }[stage]
     config = {"model": {"name_or_path": str(model)}, "data": {**data_keys, "max_length": 2048}, "output": {"dir": str(out)}}
     return ["train", stage, "--config", str(_text(tmp / f"{stage}.yaml", json.dumps(config)))]
+
+
+def _eval_config(tmp: Path, world: World) -> Path:
+    """A ``train eval`` config scoring held-out records (the world's records)."""
+    return _text(tmp / "eval.yaml", json.dumps({"data": {"records": str(world.records)}, "output": {"dir": str(tmp / "evals")}}))
 
 
 def _killed_checkpoint(folder: Path) -> Path:

@@ -380,3 +380,26 @@ def test_chat_template_kwargs_reach_every_render(root: Path) -> None:
     trainer = build_sft_trainer(_sft(root, "sft_kwargs", model={"name_or_path": "kwargs", "chat_template_kwargs": {"terse": True}}))
     first = trainer.processing_class.decode(trainer.train_dataset[0]["input_ids"])
     assert first.startswith("<|system|>Be terse.<|end|><|user|>What is the diagnosis?")
+
+
+def test_the_preset_refuses_a_report_on_the_selection_data(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Selection and report never share data: not the same eval config, nor the same records under another name."""
+    (tmp_path / "heldout.jsonl").write_text(json.dumps({"prompt": "Summarise: stable.", "reference": "stable"}) + "\n")
+    shutil.copy(tmp_path / "heldout.jsonl", tmp_path / "copy.jsonl")
+    for name, records in (("select.yaml", "heldout.jsonl"), ("report.yaml", "copy.jsonl")):
+        (tmp_path / name).write_text(json.dumps({"data": {"records": records}, "output": {"dir": "eval"}}))
+    build_tiny_phi3(tmp_path / "expert", seed=1)
+    preset = {"preset": "mediphi", "base_model": str(root / "base"), "experts": [str(tmp_path / "expert")], "output": "merged", "evaluate": {"eval_config": "select.yaml"}}
+    (tmp_path / "preset.yaml").write_text(json.dumps(preset))
+    capsys.readouterr()
+    cases = {
+        ("--evaluate-report-config", "select.yaml"): "evaluate: eval_config and report_config are the same file",
+        ("--evaluate-report-config", "report.yaml"): f"evaluate: report_config reads {tmp_path / 'copy.jsonl'}, the same content as {tmp_path / 'heldout.jsonl'}, which eval_config selects on",
+        ("--search-budget", "0"): "search.budget: 0 is less than the minimum of 1",
+        ("--slerp-t-choices", "[0.1, 1.5]"): "slerp.t_choices.1: 1.5 is greater than the maximum of 1",
+    }
+    for flags, says in cases.items():
+        assert main(["merge", "--preset", "mediphi", "--config", str(tmp_path / "preset.yaml"), *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], (flags, err)
+    assert not (tmp_path / "merged").exists()

@@ -17,6 +17,9 @@ its section)::
     dpo:     beta, loss_type, reference
     eval:    max_new_tokens, eval_batch_size, objective
 
+The merge preset's YAML (:class:`PresetConfig`: ``slerp:``, ``search:``, ``evaluate:``) is on the
+same mechanism, with the same derived flags (``mediflow merge --preset mediphi --search-budget 24``).
+
 The fields (type, default, help, constraints) are the single source of truth: the JSON Schema, the
 one-line errors with "did you mean", and the ``mediflow train STAGE --section-key VALUE`` flags all
 derive from them (the one override syntax; a list of sections is a YAML flag value,
@@ -362,3 +365,86 @@ def _exponents_as_numbers(value: Any) -> Any:
     if isinstance(value, list):
         return [_exponents_as_numbers(item) for item in value]
     return value
+
+
+# ---------------------------------------------------------------- the merge preset (mediflow merge --preset)
+
+#: What the merge preset searches per expert (BreadCrumbs-TIES parameters).
+SEARCHED = ("weight", "density", "gamma")
+#: The one expert's parameters MediPhi published (density 0.494, gamma 1.672, weight 0.0635); the
+#: search starts from them, and the default box contains them (gamma above 1 is meaningful: see
+#: :func:`mediflow.train.merge.methods.outlier_band`).
+PUBLISHED = {"weight": 0.0635, "density": 0.494, "gamma": 1.672}
+DEFAULT_BOUNDS = {"weight": (0.0, 1.0), "density": (0.1, 1.0), "gamma": (0.0, 2.0)}
+
+
+@dataclass
+class EvaluateSection(Config):
+    """How a merged model is scored (higher is better): a ``mediflow train eval`` config or an importable callable."""
+
+    eval_config: str | None = option(None, "a `mediflow train eval` config whose score selects (an export root: on its validation split)")
+    report_config: str | None = option(None, "a second eval config, on other data, scoring the result once for the report")
+    callable: str | None = option(None, "'package.module:function', evaluate(model_dir) -> float, selecting")
+    report_callable: str | None = option(None, "'package.module:function' scoring the result once for the report")
+
+    def check(self) -> None:
+        if (self.eval_config is None) == (self.callable is None):
+            raise ConfigError("evaluate: the preset needs one of eval_config: PATH or callable: 'module:function'")
+        if self.report_config is not None and self.eval_config is None or self.report_callable is not None and self.callable is None:
+            raise ConfigError("evaluate: report_config goes with eval_config, report_callable with callable")
+
+
+def _box(name: str) -> Any:
+    low, high = DEFAULT_BOUNDS[name]
+    return option([low, high], f"the search range [low, high] of each expert's {name}", minItems=2, maxItems=2)
+
+
+@dataclass
+class SlerpSection(Config):
+    """The ratios each expert is SLERPed into the base at (the best on the selection hook is kept)."""
+
+    t_choices: list[float] = option([0.1, 0.25, 0.5], "SLERP ratios tried per expert (MediPhi's validation grid)", minItems=1, items={"type": "number", "minimum": 0, "maximum": 1})
+
+
+@dataclass
+class SearchSection(Config):
+    """The evolutionary search of each expert's BreadCrumbs-TIES weight, density and gamma."""
+
+    budget: int = option(500, "evaluations the search may spend (each is a merge and an eval)", minimum=1)
+    seed: int = option(0, "seeds the search")
+    population: int = option(8, "candidates per generation", minimum=1)
+    weight: list[float] = _box("weight")
+    density: list[float] = _box("density")
+    gamma: list[float] = _box("gamma")
+
+    def check(self) -> None:
+        for name in SEARCHED:
+            low, high = getattr(self, name)
+            if low > high:
+                raise ConfigError(f"search.{name}: expected [low, high] with low <= high, got {[low, high]}")
+
+
+@dataclass
+class PresetConfig(Config):
+    """A merge preset YAML (``mediflow merge --preset mediphi``; see :mod:`mediflow.train.merge.preset`), paths relative to the file.
+
+    Kept here, beside the stage configs, so that ``mediflow merge`` derives its flags from it without
+    importing the merge package (torch) at start-up.
+    """
+
+    preset: Literal["mediphi"] = option("mediphi", "the recipe")
+    base_model: str = option("", "the base model folder", minLength=1)
+    experts: list[str | dict[str, str]] = option([], "the expert model folders (or {model: PATH} entries)", minItems=1)
+    output: str | None = option(None, "the merge folder (or --output)")
+    dtype: Literal["float32", "float16", "bfloat16", "float64"] | None = option(None, "the dtype merges are computed in (MediPhi: bfloat16)")
+    slerp: SlerpSection = option(SlerpSection(), "the SLERP of each expert into the base")
+    search: SearchSection = option(SearchSection(), "the BreadCrumbs-TIES search")
+    evaluate: EvaluateSection | None = option(None, "how a merged model is scored (the command line needs it; Python callers pass callables)")
+
+    def check(self) -> None:
+        for index, expert in enumerate(self.experts):
+            if isinstance(expert, dict) and set(expert) != {"model"}:
+                raise ConfigError(f"experts.{index}: expected a folder path or {{model: PATH}}, got {expert!r}")
+
+    def expert_paths(self) -> list[str]:
+        return [expert["model"] if isinstance(expert, dict) else expert for expert in self.experts]
