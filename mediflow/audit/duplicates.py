@@ -17,11 +17,11 @@ texts in memory.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from matplotlib.figure import Figure
 
 from mediflow.audit.folder import TEXT_COLUMNS, OutputFolder
 from mediflow.audit.plots import new_figure
@@ -29,6 +29,9 @@ from mediflow.audit.result import CheckResult
 from mediflow.quality.config import DedupConfig, DedupKey
 from mediflow.quality.dedup import find_duplicates, key_text
 from mediflow.quality.text import hash_strings, normalize_column
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TITLE = "Exact and near-duplicate texts"
 #: What the dedup stage compares: the instruction, the document, and the two together.

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 import pandas as pd
-from matplotlib.figure import Figure
 
 from mediflow.audit.folder import OutputFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TITLE = "JSON validity per task"
 #: Failing records listed in the report (the counts cover all of them).

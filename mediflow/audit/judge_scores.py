@@ -7,12 +7,16 @@ self-consistency samples) is high, needs a look before anyone trains on it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
-from matplotlib.figure import Figure
 
 from mediflow.audit.folder import JUDGE_COLUMNS, OutputFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TITLE = "Judge scores per task"
 

@@ -6,14 +6,16 @@ outputs, truncated documents and runaway answers show up as outliers per task.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from matplotlib.figure import Figure
 
 from mediflow.audit.folder import TEXT_COLUMNS, OutputFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TITLE = "Length distributions (words) by task"
 

@@ -8,14 +8,17 @@ data lead the set is less diverse than its size suggests.
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import pandas as pd
-from matplotlib.figure import Figure
 
 from mediflow.audit.folder import OutputFolder
 from mediflow.audit.plots import new_figure
 from mediflow.audit.result import CheckResult
 from mediflow.audit.text import instruction_opening, readable_output, words
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TITLE = "Frequent instruction openings and output n-grams"
 

@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mediflow.preference import build_pairs
+    from mediflow.api import build_pairs
 
     config = PairsConfig.load(args.config, **flag_overrides(args))
     if args.candidate:
