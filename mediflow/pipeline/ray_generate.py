@@ -63,7 +63,7 @@ class GenerateWork:
             stages = Stages(engine, taxonomy, config)
             rows = _GroupRows()
             async with engine:
-                flow = GroupFlow(stages, rows, config, teacher=teacher.name, created_at=self.created_at, cost_of=engine.cost_usd)  # type: ignore[arg-type]
+                flow = GroupFlow(stages, rows, config, teacher=teacher.name, created_at=self.created_at, cost_of=engine.cost_usd)
                 yield _GroupWorker(flow, rows, engine, teacher)
         finally:
             await teacher.aclose()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from mediflow.batch.config import BatchConfig, Mode, check_mode, mode_option
 from mediflow.configuration import Config, option
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError
@@ -138,6 +139,11 @@ class JudgeConfig(Config):
     progress: bool = option(True, "show a progress bar")
     engine: EngineKind = option("local", "local: one asyncio process; ray: Ray Data actors (see the ray section)")
     ray: RayConfig = option(RayConfig(), "the Ray engine (engine: ray)")
+    mode: Mode = mode_option()
+    batch: BatchConfig = option(BatchConfig(), "batch mode: file limits, batches in flight, polling (mode: batch)")
+
+    def check(self) -> None:
+        check_mode(self.mode, self.teacher.spec if self.teacher else None, self.engine, "")
 
 
 DedupKey = Literal["instruction", "input", "pair"]

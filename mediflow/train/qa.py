@@ -13,6 +13,8 @@ retries, a durable response cache, so a rerun pays only for what is missing) and
 The output is a contract folder of kind ``qa`` (:class:`mediflow.folders.OutputFolder`): the rows
 in ``data/``, answers that stay invalid in ``rejects.parquet`` with the reason (never silently
 dropped), the teacher cache in ``cache.sqlite``; ``data.task_data`` of a ``pit`` config names it.
+With ``qa.mode: batch`` (``--batch``) the requests go through the provider's batch API first
+(:mod:`mediflow.batch.runner`), then the rows are made from the cache as online.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ import pyarrow as pa
 
 from mediflow.engine import Engine
 from mediflow.errors import ConfigError
-from mediflow.folders import Manifest, OutputFolder, StagedWriter
+from mediflow.folders import OutputFolder, StagedWriter
 from mediflow.prompts import PromptTemplate, load_prompts
-from mediflow.steps import Answer, LLMStep, run_step
+from mediflow.steps import Answer, LLMStep, StepResult, ask, run_step
 from mediflow.sync import run_sync
 from mediflow.teachers.base import ChatRequest
 from mediflow.teachers.factory import teacher_from
@@ -92,9 +94,10 @@ class QAStep(LLMStep[tuple[dict[str, str], PromptTemplate], list[dict[str, str]]
 
 
 async def _ask_all(
-    config: StageConfig, documents: list[dict[str, str]], templates: list[PromptTemplate], cache_path: Path, previous: Manifest | None
-) -> tuple[list[dict[str, str]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """The rows, the rejects, and what the teacher negotiated with its server (``{role: capabilities}``)."""
+    config: StageConfig, documents: list[dict[str, str]], templates: list[PromptTemplate], folder: OutputFolder
+) -> tuple[list[dict[str, str]], list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any]]:
+    """The rows, the rejects, what the teacher negotiated with its server (``{role: capabilities}``) and
+    what the manifest records of batch mode (``{}`` online)."""
     qa = config.qa
     section, limits = qa.teacher, qa.limits
     if section is None:  # StageConfig.check requires it for the qa stage
@@ -105,6 +108,8 @@ async def _ask_all(
     produced: list[dict[str, str]] = []
     rejects: list[dict[str, Any]] = []
     actors: list[dict[str, Any]] = []
+    details: dict[str, Any] = {}
+    cache_path = folder.cache_path
     try:
         if qa.engine == "ray":  # the same step on Ray Data actors, each with its share of the limits
             from mediflow.scale.ray_runner import StepWork, run_step_on_ray
@@ -114,16 +119,36 @@ async def _ask_all(
             results, actors = run.results, run.teacher_capabilities
         else:
             async with Engine(teacher, cache_path, limits) as engine:
+                if qa.mode == "batch":
+                    details["batch"] = await _fill_in_batches(engine, step, rows, folder, config)
                 results = [result async for result in run_step(engine, step, rows, 2 * limits.concurrency)]
+                details["usage"] = engine.stats.as_dict()
         for (document, template), result in zip(rows, results):
             if result.value is not None:
                 produced += result.value
             else:
                 meta = {"task": template.name, "document_id": document["id"], "prompt_version": template.version}
                 rejects.append({**meta, "error": result.error, "text": result.raw_text})
-        return produced, rejects, capabilities_by_role({ROLE: teacher}, actors, previous)
+        return produced, rejects, capabilities_by_role({ROLE: teacher}, actors, folder.previous), details
     finally:
         await teacher.aclose()
+
+
+async def _fill_in_batches(
+    engine: Engine, step: QAStep, rows: list[tuple[dict[str, str], PromptTemplate]], folder: OutputFolder, config: StageConfig
+) -> dict[str, Any]:
+    """``qa.mode: batch``: every (document, prompt) answered through provider batches, into the cache."""
+    from mediflow.batch.runner import fill_cache_in_batches
+
+    assert config.qa.teacher is not None
+
+    async def one(row: tuple[dict[str, str], PromptTemplate]) -> StepResult[list[dict[str, str]]]:
+        return await ask(engine, step, row)
+
+    return await fill_cache_in_batches(
+        folder.root, "qa", {ROLE: engine}, {ROLE: config.qa.teacher}, config.qa.batch, lambda: rows, one,
+        window=2 * config.qa.limits.concurrency, progress=engine.progress,
+    )
 
 
 def _plain(config: StageConfig) -> dict[str, Any]:
@@ -157,12 +182,12 @@ async def generate_task_data_async(config: StageConfig, *, overwrite: bool = Fal
         config.path(config.output.dir), kind="qa", config=_plain(config), input_paths=[documents_path], overwrite=overwrite
     )
     with folder:
-        rows, rejects, folder.manifest.teacher_capabilities = await _ask_all(config, documents, templates, folder.cache_path, folder.previous)
+        rows, rejects, folder.manifest.teacher_capabilities, details = await _ask_all(config, documents, templates, folder)
         writer = StagedWriter(folder)
         try:
             writer.keep(pa.Table.from_pylist(rows, schema=TASK_DATA_SCHEMA))
             writer.reject(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA))
-            writer.publish(TASK_DATA_SCHEMA, {"documents": len(documents), "rows": len(rows), "rejected": len(rejects)})
+            writer.publish(TASK_DATA_SCHEMA, {"documents": len(documents), "rows": len(rows), "rejected": len(rejects)}, details)
         except BaseException:
             writer.abandon()
             raise
