@@ -72,8 +72,8 @@ def _records(count: int, rng: random.Random, words_per_output: int = 12) -> list
     ]
 
 
-def _folder(root: Path, kind: str, table: pa.Table) -> Path:
-    folder = OutputFolder.open(root, kind=kind, config={"made_by": "test_bad_inputs"}, staged=kind != "generate")
+def _folder(root: Path, kind: str, table: pa.Table, holds: str = "records") -> Path:
+    folder = OutputFolder.open(root, kind=kind, holds=holds, config={"made_by": "test_bad_inputs"}, staged=kind != "generate")
     writer = StagedWriter(folder)
     writer.keep(table)
     writer.publish(table.schema, {"kept": table.num_rows})
@@ -87,7 +87,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     rows = _records(12, rng)
     records = _folder(root / "records", "filter", rows_to_table(rows, FULL_SCHEMA))
     pairs = [pair_row(r, chosen=r["output"], rejected=r["output"] + " x", chosen_score=8, rejected_score=2, chosen_source="t", rejected_source="i", method="inject") for r in rows[:4]]
-    pairs_dir = _folder(root / "pairs", "pairs", rows_to_table(pairs, PAIR_SCHEMA))
+    pairs_dir = _folder(root / "pairs", "pairs", rows_to_table(pairs, PAIR_SCHEMA), holds="pairs")
     big = _folder(root / "big", "filter", rows_to_table(_records(400, rng, words_per_output=300), FULL_SCHEMA))
     eval_set = root / "eval.jsonl"
     eval_set.write_text(json.dumps({"id": "q", "text": "an unrelated question about the weather"}) + "\n")
@@ -337,14 +337,14 @@ def _model_argv(command: str, tmp: Path, world: World, data: Path, out: Path, *,
 
 def _other_run(folder: Path, kind: str) -> Path:
     """A finished folder of ``kind`` made by another config."""
-    run = OutputFolder.open(folder, kind=kind, config={"made_by": "another config"}, details={"fingerprint": {"train.learning_rate": 1.0}})
+    run = OutputFolder.open(folder, kind=kind, holds="model", config={"made_by": "another config"}, details={"fingerprint": {"train.learning_rate": 1.0}})
     run.finish({})
     return folder
 
 
 def _unfinished(folder: Path, model: Path) -> Path:
     """A merge folder whose run was killed after its model files arrived: its manifest still says running."""
-    run = OutputFolder.open(folder, kind="merge", config={"made_by": "a killed merge"}, staged=False)
+    run = OutputFolder.open(folder, kind="merge", holds="model", config={"made_by": "a killed merge"}, staged=False)
     for file in model.iterdir():
         shutil.copy(file, folder / file.name)
     run.close()

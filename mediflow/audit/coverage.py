@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
 
 from mediflow.audit.folder import OutputFolder
 from mediflow.audit.plots import bounded, new_figure
@@ -89,7 +90,7 @@ def _per_task(cells: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
 
 
-def _heatmap(cells: pd.DataFrame):
+def _heatmap(cells: pd.DataFrame) -> Figure:
     records = cells.pivot(index="task_type", columns="input_data", values="records")
     status = cells.pivot(index="task_type", columns="input_data", values="status")
     n_rows, n_cols = records.shape

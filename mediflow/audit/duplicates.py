@@ -21,6 +21,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from matplotlib.figure import Figure
 
 from mediflow.audit.folder import TEXT_COLUMNS, OutputFolder
 from mediflow.audit.plots import new_figure
@@ -135,7 +136,7 @@ def _clusters(table: pa.Table, key: str, keeper: np.ndarray, in_cluster: np.ndar
     ]
 
 
-def _plot(exact: pd.DataFrame, near: pd.DataFrame):
+def _plot(exact: pd.DataFrame, near: pd.DataFrame) -> Figure:
     figure = new_figure(11, 3.5)
     left = figure.add_subplot(1, 2, 1)
     left.barh(list(exact["field"]), exact["records"], color="#cccccc", label="records")

@@ -97,7 +97,8 @@ class OutputFolder:
         for file in files:
             present = [c for c in REJECT_COLUMNS if c in pq.read_schema(file).names]
             tables.append(pq.read_table(file, columns=present))
-        return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+        frame: pd.DataFrame = pa.concat_tables(tables, promote_options="permissive").to_pandas()
+        return frame
 
     def lineage(self) -> list[tuple[Path, dict[str, Any]]]:
         """This folder's manifest, then those of the folders it was made from, nearest first.
@@ -166,7 +167,8 @@ class OutputFolder:
         for name in JUDGE_COLUMNS:
             values = table.column(name) if name in names else pa.nulls(table.num_rows, pa.float64())
             columns[name] = values.cast(pa.float64())
-        return pa.table(columns).to_pandas()
+        frame: pd.DataFrame = pa.table(columns).to_pandas()
+        return frame
 
 
 def _input_folder(value: Any) -> Path | None:

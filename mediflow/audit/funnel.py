@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from mediflow.audit.folder import OutputFolder
 from mediflow.audit.plots import bounded, new_figure
@@ -118,7 +119,7 @@ def _manifest_funnel(value: Any) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def _plot(stages: pd.DataFrame, drops: pd.DataFrame | None):
+def _plot(stages: pd.DataFrame, drops: pd.DataFrame | None) -> Figure:
     top_rules = drops.head(15) if drops is not None else None
     height = bounded(0.4 * max(len(stages), 0 if top_rules is None else len(top_rules)) + 1.5, 3, 8)
     figure = new_figure(12 if top_rules is not None else 7, height)

@@ -13,6 +13,7 @@ from typing import Any
 
 import jsonschema
 import pandas as pd
+from matplotlib.figure import Figure
 
 from mediflow.audit.folder import OutputFolder
 from mediflow.audit.plots import bounded, new_figure
@@ -82,7 +83,7 @@ def _problem(output: Any, validator: jsonschema.protocols.Validator | None, tall
     return None
 
 
-def _plot(table: pd.DataFrame):
+def _plot(table: pd.DataFrame) -> Figure:
     figure = new_figure(8, bounded(0.35 * len(table) + 1.5, 2.5, 8))
     axes = figure.add_subplot()
     tasks = list(table["task_type"])

@@ -8,6 +8,7 @@ self-consistency samples) is high, needs a look before anyone trains on it.
 from __future__ import annotations
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from mediflow.audit.folder import JUDGE_COLUMNS, OutputFolder
 from mediflow.audit.plots import bounded, new_figure
@@ -41,7 +42,7 @@ def judge_scores(folder: OutputFolder) -> CheckResult:
     )
 
 
-def _boxplots(judged: pd.DataFrame, columns: list[str]):
+def _boxplots(judged: pd.DataFrame, columns: list[str]) -> Figure:
     tasks = sorted(judged["task_type"].unique())
     n_cols = min(3, len(columns))
     n_rows = -(-len(columns) // n_cols)

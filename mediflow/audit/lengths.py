@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from mediflow.audit.folder import TEXT_COLUMNS, OutputFolder
 from mediflow.audit.plots import bounded, new_figure
@@ -58,7 +59,7 @@ def _stat(value: Any) -> float:
     return float(value) if pd.notna(value) else float("nan")
 
 
-def _boxplots(frame: pd.DataFrame):
+def _boxplots(frame: pd.DataFrame) -> Figure:
     tasks = sorted(frame["task_type"].unique())
     figure = new_figure(bounded(0.45 * len(tasks) * 3, 9, 22), 4.2)
     for position, column in enumerate(TEXT_COLUMNS, start=1):

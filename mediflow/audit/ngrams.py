@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from mediflow.audit.folder import OutputFolder
 from mediflow.audit.plots import new_figure
@@ -81,7 +82,7 @@ def _top(counts: Counter[str], top: int, label: str, size: int, share_name: str)
     return pd.DataFrame(rows, columns=[label, "count", share_name])
 
 
-def _plot(openings: pd.DataFrame, grams: pd.DataFrame, n: int):
+def _plot(openings: pd.DataFrame, grams: pd.DataFrame, n: int) -> Figure:
     figure = new_figure(13, 5.5)
     for position, (table, label, title) in enumerate(
         ((openings, "opening", "instruction openings"), (grams, f"{n}-gram", f"output {n}-grams")), start=1

@@ -25,12 +25,13 @@ BATCH_SPECS = ("openai:", "azure:", "vllm:")
 
 def mode_option() -> Mode:
     """The ``mode`` field every teacher-calling config has (flags ``--mode {online,batch}`` and ``--batch``)."""
-    return option(
+    mode: Mode = option(
         "online",
         "online: each request is one API call, answered now; batch: the requests go through the provider's "
         "batch API (about half the price, answered within its completion window), in rounds",
         switch="batch",
     )
+    return mode
 
 
 @dataclass(frozen=True)

@@ -43,13 +43,14 @@ from typing import Any, TypeVar
 from mediflow.batch.config import BatchConfig
 from mediflow.batch.files import LineResult, RoundWriter, read_results, remove_partial
 from mediflow.batch.providers import BatchAPI, BatchInfo, batch_api_of, status_error
-from mediflow.batch.state import BATCHES_DIR, PREPARED, UPLOADED, BatchRecord, BatchState, load_state
+from mediflow.batch.state import PREPARED, UPLOADED, BatchRecord, BatchState, load_state
 from mediflow.engine.deferral import Deferred
 from mediflow.engine.engine import Engine
 from mediflow.engine.failures import classify
 from mediflow.engine.progress import Progress
 from mediflow.errors import MediflowError, TeacherError
 from mediflow.folders.manifest import now
+from mediflow.folders.output import BATCHES_DIR
 from mediflow.steps.runner import map_ordered
 from mediflow.teachers.factory import TeacherConfig
 from mediflow.teachers.openai_compat import completion_response

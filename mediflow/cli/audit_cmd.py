@@ -8,7 +8,7 @@ from pathlib import Path
 from mediflow.cli.numbers import positive_int
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``audit`` to the top-level parser."""
     parser = subparsers.add_parser(
         "audit",

@@ -11,7 +11,7 @@ from mediflow.cli.numbers import fraction, positive_float, positive_int
 from mediflow.errors import MediflowError
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``export`` to the top-level parser."""
     parser = subparsers.add_parser(
         "export",

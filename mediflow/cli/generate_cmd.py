@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from mediflow.pipeline.run import RunSummary
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``generate`` to the top-level parser."""
     parser = subparsers.add_parser(
         "generate",

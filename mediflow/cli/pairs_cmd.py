@@ -22,7 +22,7 @@ def _source(value: str) -> CandidateSource:
         raise argparse.ArgumentTypeError(f"bad candidate source {value!r}: expected SPEC[@TEMPERATURE][,BASE_URL]") from None
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``pairs`` to the top-level parser."""
     parser = subparsers.add_parser(
         "pairs",

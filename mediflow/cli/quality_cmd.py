@@ -47,7 +47,7 @@ def _add_io(parser: argparse.ArgumentParser, config_help: str) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an OUT holding another kind of folder or another config's run")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``filter``, ``judge``, ``dedup``, ``decontaminate`` and ``curate`` to the top-level parser."""
     for command, (section, cls, help_text) in _STAGES.items():
         parser = subparsers.add_parser(command, help=help_text, description=f"{help_text}. Rerun the same command to resume.")

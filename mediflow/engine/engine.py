@@ -52,7 +52,10 @@ class _AttemptFailed(Exception):
 class Engine:
     """Moves requests to one teacher under limits, with retries, a durable cache and accounting.
 
-    The caller owns the teacher (the engine does not close it). Use as ``async with``.
+    Stages do not build one themselves: :func:`mediflow.steps.open_engine` builds the teacher and
+    its engine and closes both. Use as ``async with``; the cache file is opened, and the progress bar
+    started, on the first request, so an engine may be opened before the folder holding its cache
+    has been guarded (``generate`` asks its server before it writes anything).
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class Engine:
         )
         self._cache: ResponseCache | None = None
         self._deferrals: DeferralSink | None = None
+        self._entered = False
         self._stop_reason: str | None = None
         self._pending: dict[str, asyncio.Future[ChatResponse]] = {}
         self._in_flight: dict[int, float] = {}
@@ -103,17 +107,26 @@ class Engine:
         self._backoff = wait_random_exponential(multiplier=self.config.backoff_initial, max=self.config.backoff_max)
 
     async def __aenter__(self) -> Engine:
-        self._cache = ResponseCache(self.cache_path)
-        self.progress.start()
+        self._entered = True
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._entered = False
         await self.progress.stop()
         if self._cache is not None:
             self._cache.close()
             self._cache = None
+
+    def _opened_cache(self) -> ResponseCache:
+        """The cache, opened (and the progress bar started) on the first request."""
+        if not self._entered:
+            raise RuntimeError("use the engine inside 'async with Engine(...)'")
+        if self._cache is None:
+            self._cache = ResponseCache(self.cache_path)
+            self.progress.start()
+        return self._cache
 
     @property
     def stopped(self) -> bool:
@@ -129,11 +142,10 @@ class Engine:
         for the caller to reject with its reason. While misses are deferred (batch mode), a miss
         raises :class:`Deferred` and a hit is not counted (the stage's last pass counts it).
         """
-        if self._cache is None:
-            raise RuntimeError("use the engine inside 'async with Engine(...)'")
+        cache = self._opened_cache()
         self._raise_if_stopped()
         key = cache_key(self.teacher.name, request)
-        cached = self._cache.get(key)
+        cached = cache.get(key)
         if cached is not None:
             if self._deferrals is None:
                 self.stats.requests += 1
@@ -180,9 +192,7 @@ class Engine:
 
     def store_batch_answer(self, key: str, response: ChatResponse) -> None:
         """An answer that arrived in a batch output file: into the cache under ``key``, counted at the batch price."""
-        if self._cache is None:
-            raise RuntimeError("use the engine inside 'async with Engine(...)'")
-        self._cache.put(key, self.teacher.name, response)
+        self._opened_cache().put(key, self.teacher.name, response)
         if self.stats.batch is None:
             self.stats.batch = BatchUsage()
         usage = self.stats.batch
@@ -263,8 +273,7 @@ class Engine:
         return response
 
     def _store(self, key: str, response: ChatResponse) -> None:
-        assert self._cache is not None
-        self._cache.put(key, self.teacher.name, response)
+        self._opened_cache().put(key, self.teacher.name, response)
         self._last_answer = time.monotonic()
         self.stats.requests += 1
         self.stats.prompt_tokens += response.prompt_tokens

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Never
 
 from tqdm import tqdm
 
@@ -82,7 +83,7 @@ class Progress:
         self._unit = "req"
         self._done = 0
         self._total: int | None = None
-        self._bar: tqdm | None = None
+        self._bar: tqdm[Never] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._started = time.monotonic()
         #: Shown instead of the engine's activity while set (batch mode: the batches in flight and the requests done).

@@ -111,6 +111,7 @@ def export_dataset(
     folder = OutputFolder.open(
         out_dir,
         kind="export",
+        holds="export",
         config=_options_config(options),
         inputs=[data.ref() for data in (record_data, pair_data) if data is not None],
         overwrite=overwrite,

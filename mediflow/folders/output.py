@@ -128,6 +128,7 @@ class OutputFolder:
         *,
         kind: str,
         config: dict[str, Any],
+        holds: str | None = "records",
         inputs: Sequence[InputRef] = (),
         input_paths: Iterable[Path] = (),
         overwrite: bool = False,
@@ -139,6 +140,10 @@ class OutputFolder:
     ) -> OutputFolder:
         """Check, lock and prepare ``root`` for a run of ``kind``; see the module docstring.
 
+        ``holds`` is what the folder will hold for a reader (``records`` by default; ``pairs``,
+        ``task_data``, ``export``, ``model``, ``report``, None for nothing readable): the manifest
+        records it and :func:`~mediflow.folders.open_input` goes by it, so a new kind of stage needs
+        no registration anywhere.
         ``inputs`` are the inputs read (with fingerprints, for the manifest and the same-run check);
         ``input_paths`` are further paths the output must not overlap (evaluation sets, taxonomy).
         ``fingerprint`` identifies the config (default: :func:`config_fingerprint` of ``config``).
@@ -154,6 +159,7 @@ class OutputFolder:
         root = Path(root)
         manifest = Manifest(
             kind=kind,
+            holds=holds,
             config=config,
             config_fingerprint=fingerprint or config_fingerprint(config),
             inputs=list(inputs),

@@ -95,7 +95,7 @@ class GroupFlow:
                 self._reject(item, case, "response", answer, instruction.value, document.value, responses)
         self.on_item_done()
 
-    def _record(self, item: PlanItem, case: Case, instruction: str | None, document: str, output: str | None, responses: list) -> None:
+    def _record(self, item: PlanItem, case: Case, instruction: str | None, document: str, output: str | None, responses: list[ChatResponse]) -> None:
         row = record_row(
             item,
             instruction=instruction,
@@ -118,7 +118,7 @@ class GroupFlow:
         result: StepResult[str],
         instruction: str | None,
         document: str | None,
-        responses: list,
+        responses: list[ChatResponse],
     ) -> None:
         row = reject_row(
             item,

@@ -102,7 +102,8 @@ class RunOutput:
 
     def read_summary(self, index: int) -> dict[str, Any]:
         """The summary of finished shard ``index``."""
-        return json.loads((self.parts_dir / f"summary-{index:05d}.json").read_text(encoding="utf-8"))
+        summary: dict[str, Any] = json.loads((self.parts_dir / f"summary-{index:05d}.json").read_text(encoding="utf-8"))
+        return summary
 
     def summaries(self) -> Iterator[dict[str, Any]]:
         """The summaries of the finished shards."""
@@ -118,4 +119,4 @@ class RunOutput:
         ]
         table = pa.concat_tables(tables) if tables else REJECT_SCHEMA.empty_table()
         write_parquet(self.rejects_path, table)
-        return table.num_rows
+        return int(table.num_rows)

@@ -49,11 +49,9 @@ from mediflow.pipeline.plan import InstructionGroup, Plan, build_plan
 from mediflow.pipeline.share import Share
 from mediflow.pipeline.stages import Stages
 from mediflow.records import GENERATION_SCHEMA, content_id
-from mediflow.steps import map_ordered
+from mediflow.steps import map_ordered, open_engine
 from mediflow.sync import run_sync
 from mediflow.taxonomy import load_taxonomy
-from mediflow.teachers.base import Teacher
-from mediflow.teachers.factory import teacher_from
 from mediflow.teachers.negotiation import capabilities_by_role
 from mediflow.terminology import ICD10CM_RELEASE
 
@@ -160,9 +158,8 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
 
         check_ray(config.ray)
     out = Path(config.output.dir)
-    teacher = teacher_from(config.teacher, config.limits)
-    try:
-        engine = Engine(teacher, out / CACHE_NAME, config.limits, prices=config.prices, progress=config.progress)
+    async with open_engine(config.teacher, out / CACHE_NAME, config.limits, prices=config.prices, progress=config.progress) as engine:
+        teacher = engine.teacher
         stages = Stages(engine, taxonomy, config)
         unsharded_fingerprint = content_id(
             plan.id,
@@ -193,7 +190,8 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
             details["shard"] = {"share": str(share), "unsharded_fingerprint": unsharded_fingerprint, "unsharded_items": len(plan)}
         plain = config.to_dict()
         taxonomy_paths = [Path(config.taxonomy)] if config.taxonomy else []
-        # a folder we may not write is refused first, offline; then the teacher is asked (nothing written yet)
+        # a folder we may not write is refused first, offline; then the teacher is asked (nothing written yet:
+        # the engine opens its cache in the folder on its first request)
         OutputFolder.check(out, kind="generate", config=plain, fingerprint=fingerprint, input_paths=taxonomy_paths, overwrite=overwrite)
         await teacher.check()  # a dead server or unknown model: one line, nothing written
         if config.mode == "batch":  # a server without a batch API, a recorded batch of another run: one line, nothing written
@@ -207,9 +205,7 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
             out, kind="generate", config=plain, fingerprint=fingerprint, input_paths=taxonomy_paths, overwrite=overwrite, staged=False, details=details
         )
         with folder:
-            return await _generate(config, plan, share, share_counts, folder, engine, stages, teacher)
-    finally:
-        await teacher.aclose()
+            return await _generate(config, plan, share, share_counts, folder, engine, stages)
 
 
 async def _generate(
@@ -220,7 +216,6 @@ async def _generate(
     folder: OutputFolder,
     engine: Engine,
     stages: Stages,
-    teacher: Teacher,
 ) -> RunSummary:
     """The run itself, inside the locked folder (its manifest says ``running``)."""
     output = RunOutput(folder.root, folder)
@@ -228,43 +223,43 @@ async def _generate(
     collector = ShardCollector(output, len(plan), config.output.shard_size, output.finished(), share_counts)
     workers = -(-(config.records_in_flight or 2 * config.limits.concurrency) // config.documents_per_instruction)
     status, stop_reason = "finished", None
-    async with engine:
-        flow = GroupFlow(
-            stages,
-            collector,
-            config,
-            teacher=teacher.name,
-            created_at=created_at,
-            cost_of=engine.cost_usd,
-            on_item_done=engine.progress.advance,
-        )
-        groups = share.select(plan.groups()) if share else plan.groups()
-        todo = (group for group in groups if flow.pending(group))
-        ray_run = _ray_run(list(todo), config, created_at) if config.engine == "ray" else None
-        engine.progress.set_total(folder.manifest.details["plan"]["items"] - collector.finished_items)
+    teacher = engine.teacher
+    flow = GroupFlow(
+        stages,
+        collector,
+        config,
+        teacher=teacher.name,
+        created_at=created_at,
+        cost_of=engine.cost_usd,
+        on_item_done=engine.progress.advance,
+    )
+    groups = share.select(plan.groups()) if share else plan.groups()
+    todo = (group for group in groups if flow.pending(group))
+    ray_run = _ray_run(list(todo), config, created_at) if config.engine == "ray" else None
+    engine.progress.set_total(folder.manifest.details["plan"]["items"] - collector.finished_items)
 
-        def finish(status: str, reason: str | None) -> RunSummary:
-            actors = ray_run.teacher_capabilities if ray_run is not None else []
-            folder.manifest.teacher_capabilities = capabilities_by_role({ROLE: teacher}, actors, folder.previous)
-            return finish_run(output, status, reason, engine.stats.as_dict() if ray_run is None else ray_run.session)
+    def finish(status: str, reason: str | None) -> RunSummary:
+        actors = ray_run.teacher_capabilities if ray_run is not None else []
+        folder.manifest.teacher_capabilities = capabilities_by_role({ROLE: teacher}, actors, folder.previous)
+        return finish_run(output, status, reason, engine.stats.as_dict() if ray_run is None else ray_run.session)
 
-        try:
-            if config.mode == "batch":
-                folder.manifest.details["batch"] = await _fill_in_batches(config, plan, share, folder, engine, flow, collector, workers)
-            if ray_run is None:
-                await _drive(todo, flow, workers)
-            else:
-                from mediflow.scale.ray_runner import ray_session
+    try:
+        if config.mode == "batch":
+            folder.manifest.details["batch"] = await _fill_in_batches(config, plan, share, folder, engine, flow, collector, workers)
+        if ray_run is None:
+            await _drive(todo, flow, workers)
+        else:
+            from mediflow.scale.ray_runner import ray_session
 
-                with ray_session(config.ray):  # in the main thread: Ray installs its signal handlers
-                    await asyncio.to_thread(_drive_on_ray, ray_run, collector, engine.progress.advance)
-        except TeacherError as exc:
-            status, stop_reason = "stopped", str(exc)
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            finish("stopped", "interrupted")
-            raise
-        # any other error propagates: the folder records it as failed, with why
-        summary = finish(status, stop_reason)
+            with ray_session(config.ray):  # in the main thread: Ray installs its signal handlers
+                await asyncio.to_thread(_drive_on_ray, ray_run, collector, engine.progress.advance)
+    except TeacherError as exc:
+        status, stop_reason = "stopped", str(exc)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        finish("stopped", "interrupted")
+        raise
+    # any other error propagates: the folder records it as failed, with why
+    summary = finish(status, stop_reason)
     if status == "stopped":
         raise TeacherError(
             f"{stop_reason}; kept {summary.records} records in {output.data_dir} "

@@ -45,10 +45,10 @@ from mediflow.preference.rows import PAIR_SCHEMA, pair_row
 from mediflow.preference.selection import select_best
 from mediflow.prompts import load_prompts
 from mediflow.records import JUDGE_SCORE_COLUMNS, RELEASED_COLUMNS
-from mediflow.steps import gather_all, map_ordered
+from mediflow.steps import gather_all, map_ordered, open_engine
 from mediflow.sync import run_sync
 from mediflow.taxonomy import load_taxonomy
-from mediflow.teachers.factory import TeacherConfig, api_key_of, teacher_from
+from mediflow.teachers.factory import TeacherConfig, api_key_of
 from mediflow.teachers.negotiation import capabilities_by_role
 
 #: Drop reasons decided here (the margin rule, the hard checks and injection add their own).
@@ -107,7 +107,7 @@ async def build_pairs_async(
     schemas = _task_schemas(config)
     prompts = load_prompts(config.prompts_path)
     kinds = load_error_kinds(config.error_kinds_path)
-    folder = OutputFolder.open(Path(out_dir), kind=STAGE, config=config.to_dict(), inputs=[data.ref()], overwrite=overwrite)
+    folder = OutputFolder.open(Path(out_dir), kind=STAGE, holds="pairs", config=config.to_dict(), inputs=[data.ref()], overwrite=overwrite)
     with folder:
         output = StagedWriter(folder)
         try:
@@ -275,20 +275,13 @@ async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path,
 
     With ``actors`` > 1 (``engine: ray``) each engine gets its actor's share of the limits.
     """
-    from mediflow.scale.ray_runner import actor_limits
-
-    limits, share = actor_limits(config.limits, actors)
     progress = config.progress and actors == 1
     opened: dict[tuple[str, str | None, str | None], Engine] = {}
     engines: dict[str, Engine] = {}
     for (role, section), name in zip(_roles(config), _engine_names(config)):
         identity = (section.spec, section.base_url, section.api_key_env)
         if identity not in opened:
-            teacher = teacher_from(section, limits, where=role)
-            stack.push_async_callback(teacher.aclose)
-            opened[identity] = await stack.enter_async_context(
-                Engine(teacher, cache, limits, progress=progress, limit_share=share)
-            )
+            opened[identity] = await stack.enter_async_context(open_engine(section, cache, config.limits, where=role, progress=progress, actors=actors))
         engines[name] = opened[identity]
     return engines
 

@@ -171,7 +171,8 @@ def value_fingerprints(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
     running = np.zeros(len(per_token) + 1, np.uint64)
     with np.errstate(over="ignore"):
         np.cumsum(per_token, dtype=np.uint64, out=running[1:])
-        return running[offsets[1:] - offsets[0]] - running[offsets[:-1] - offsets[0]]  # sums modulo 2**64
+        sums: np.ndarray = running[offsets[1:] - offsets[0]] - running[offsets[:-1] - offsets[0]]  # modulo 2**64
+    return sums
 
 
 def _token_values(words: pa.Array) -> np.ndarray:
@@ -292,7 +293,7 @@ def same_cases(texts: pa.Array | pa.ChunkedArray, pairs: np.ndarray, lexicon: Le
     """
     if fingerprints is None:
         fingerprints = value_fingerprints(texts)
-    same = fingerprints[pairs[:, 0]] == fingerprints[pairs[:, 1]]
+    same: np.ndarray = fingerprints[pairs[:, 0]] == fingerprints[pairs[:, 1]]
     read: dict[int, Facts] = {}
 
     def facts_of(index: int) -> Facts:

@@ -182,7 +182,8 @@ def clinically_equal(table: pa.Table, key: str, pairs: np.ndarray, lexicon: Lexi
 
 def _normalized_texts(table: pa.Table, key: str, rows: np.ndarray) -> list[str]:
     """``key``'s normalised texts of ``rows``, normalised again here because no pass keeps them."""
-    return normalize_column(key_text(table.select([key]).take(pa.array(rows)), key)).to_pylist()
+    texts: list[str] = normalize_column(key_text(table.select([key]).take(pa.array(rows)), key)).to_pylist()
+    return texts
 
 
 def _lsh_candidates(hashes: KeyHashes, representative: np.ndarray, salt: np.ndarray, config: DedupConfig) -> tuple[np.ndarray, int]:
@@ -218,7 +219,8 @@ def _estimated_jaccard(signatures: np.ndarray, pairs: np.ndarray, batch: int = 8
     for start in range(0, len(pairs), batch):
         chunk = pairs[start : start + batch]
         equal[start : start + len(chunk)] = np.count_nonzero(np.take(signatures, chunk[:, 0], axis=0) == np.take(signatures, chunk[:, 1], axis=0), axis=1)
-    return equal / signatures.shape[1]
+    similarity: np.ndarray = equal / signatures.shape[1]
+    return similarity
 
 
 def _keepers(labels: np.ndarray, ids: pa.Array, quality: np.ndarray | None) -> np.ndarray:
@@ -235,7 +237,8 @@ def _keepers(labels: np.ndarray, ids: pa.Array, quality: np.ndarray | None) -> n
     first = np.concatenate([[True], sorted_labels[1:] != sorted_labels[:-1]])
     keeper_of_label = np.empty(len(labels), np.int64)
     keeper_of_label[sorted_labels[first]] = order[first]
-    return keeper_of_label[labels]
+    keepers: np.ndarray = keeper_of_label[labels]
+    return keepers
 
 
 @dataclass

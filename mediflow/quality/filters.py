@@ -51,7 +51,8 @@ class Rule(Protocol):
 @cache
 def rule_data() -> dict[str, Any]:
     """The shipped patterns and word lists (``mediflow/quality/rules.yaml``)."""
-    return yaml.safe_load(resources.files("mediflow.quality").joinpath("rules.yaml").read_text(encoding="utf-8"))
+    data: dict[str, Any] = yaml.safe_load(resources.files("mediflow.quality").joinpath("rules.yaml").read_text(encoding="utf-8"))
+    return data
 
 
 def _text(record: Record, column: str) -> str:

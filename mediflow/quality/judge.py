@@ -41,11 +41,11 @@ from mediflow.pipeline.structured import CompletesChat
 from mediflow.quality.config import JudgeConfig
 from mediflow.quality.report import StageReport
 from mediflow.quality.rubric import RATIONALE, Rubric, load_rubric
-from mediflow.quality.stage import Drops, open_stage, run_stage
-from mediflow.steps import Answer, LLMStep, StepResult, ask, run_step
+from mediflow.quality.stage import Drops, open_stage, run_stage_async
+from mediflow.steps import Answer, LLMStep, StepResult, ask, open_engine, run_step
 from mediflow.sync import run_sync
 from mediflow.teachers.base import ChatRequest
-from mediflow.teachers.factory import api_key_of, teacher_from
+from mediflow.teachers.factory import api_key_of
 from mediflow.teachers.negotiation import capabilities_by_role
 
 STAGE = "judge"
@@ -179,7 +179,8 @@ def _floats(batch: pa.Table, name: str) -> np.ndarray:
     """A column as float64 with NaN for nulls (all NaN when absent)."""
     if name not in batch.column_names:
         return np.full(batch.num_rows, np.nan)
-    return pc.cast(batch.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    values: np.ndarray = pc.cast(batch.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    return values
 
 
 def _put(batch: pa.Table, name: str, values: pa.Array) -> pa.Table:
@@ -207,7 +208,8 @@ class JudgeStage:
         """Rows to judge: all with ``rejudge``, else those missing any criterion's score."""
         if self.config.rejudge:
             return np.ones(batch.num_rows, bool)
-        return np.isnan(np.stack([_floats(batch, name) for name in self.rubric.names])).any(axis=0)
+        missing: np.ndarray = np.isnan(np.stack([_floats(batch, name) for name in self.rubric.names])).any(axis=0)
+        return missing
 
     async def decide(self, batch: pa.Table) -> tuple[pa.Table, Drops]:
         todo = np.flatnonzero(self.pending(batch))
@@ -328,34 +330,29 @@ async def run_judge_async(source: Path | InputData, out: Path, config: JudgeConf
 async def _judge_into(data: InputData, folder: OutputFolder, config: JudgeConfig, rubric: Rubric, cache: Path) -> StageReport:
     """The judging itself, inside the locked output folder."""
     assert config.teacher is not None
-    teacher = teacher_from(config.teacher, config.limits, where=ROLE)
-    try:
-        async with Engine(teacher, cache, config.limits, progress=config.progress) as engine:
-            engine.progress.set_total(data.num_rows, "records")
-            judge = RecordJudge(engine, rubric, config, cache)
-            stage = JudgeStage(judge, rubric, config, engine.progress)
-            batch_report = await _fill_in_batches(data, folder, config, engine, stage) if config.mode == "batch" else None
-            loop = asyncio.get_running_loop()
+    async with open_engine(config.teacher, cache, config.limits, where=ROLE, progress=config.progress) as engine:
+        engine.progress.set_total(data.num_rows, "records")
+        judge = RecordJudge(engine, rubric, config, cache)
+        stage = JudgeStage(judge, rubric, config, engine.progress)
+        batch_report = await _fill_in_batches(data, folder, config, engine, stage) if config.mode == "batch" else None
 
-            def decide(batch: pa.Table, offset: int) -> tuple[pa.Table, Drops]:
-                return asyncio.run_coroutine_threadsafe(stage.decide(batch), loop).result()
+        async def decide(batch: pa.Table, offset: int) -> tuple[pa.Table, Drops]:
+            return await stage.decide(batch)
 
-            def details() -> dict[str, Any]:
-                # the stage's last step before it publishes: the manifest also says how the judge was asked
-                folder.manifest.teacher_capabilities = capabilities_by_role({ROLE: teacher}, judge.ray_capabilities, folder.previous)
-                return {
-                    **{name: stage.counts[name] for name in ("judged", "already_judged", "failed")},
-                    "samples": config.samples,
-                    "failed_samples": judge.failed_samples,
-                    "correction_turns": judge.corrections,
-                    "criteria": list(rubric.names),
-                    "rubric_version": rubric.version,
-                    "cache": str(cache),
-                    "usage": engine.stats.as_dict() if config.engine == "local" else judge.ray_usage,
-                    **({"batch": batch_report} if batch_report is not None else {}),
-                }
+        def details() -> dict[str, Any]:
+            # the stage's last step before it publishes: the manifest also says how the judge was asked
+            folder.manifest.teacher_capabilities = capabilities_by_role({ROLE: engine.teacher}, judge.ray_capabilities, folder.previous)
+            return {
+                **{name: stage.counts[name] for name in ("judged", "already_judged", "failed")},
+                "samples": config.samples,
+                "failed_samples": judge.failed_samples,
+                "correction_turns": judge.corrections,
+                "criteria": list(rubric.names),
+                "rubric_version": rubric.version,
+                "cache": str(cache),
+                "usage": engine.stats.as_dict() if config.engine == "local" else judge.ray_usage,
+                **({"batch": batch_report} if batch_report is not None else {}),
+            }
 
-            with _ray_session_if(config):  # in the main thread: Ray installs its signal handlers
-                return await asyncio.to_thread(run_stage, data, folder, decide, details)
-    finally:
-        await teacher.aclose()
+        with _ray_session_if(config):  # in the main thread: Ray installs its signal handlers
+            return await run_stage_async(data, folder, decide, details)

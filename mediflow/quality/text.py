@@ -69,7 +69,8 @@ class TokenHashes:
 
     @property
     def lengths(self) -> np.ndarray:
-        return self.ends - self.starts
+        lengths: np.ndarray = self.ends - self.starts
+        return lengths
 
 
 def token_hashes(normalized: pa.Array) -> TokenHashes:

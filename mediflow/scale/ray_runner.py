@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -47,6 +46,7 @@ from mediflow.errors import ConfigError, MediflowError
 from mediflow.scale.config import RayConfig
 from mediflow.steps.contract import LLMStep, StepResult
 from mediflow.steps.runner import map_ordered
+from mediflow.steps.stage import open_engine
 from mediflow.teachers.factory import TeacherConfig
 
 #: Ray Data's default number of batches one async actor works on at once.
@@ -67,11 +67,6 @@ class EngineWork(Protocol):
     """A stage's work, sent to every actor (it must pickle); ``open()`` runs once per actor, in its event loop."""
 
     def open(self) -> AbstractAsyncContextManager[Worker]: ...
-
-
-def actor_limits(limits: LimitsConfig, actors: int) -> tuple[LimitsConfig, float]:
-    """One actor's limits, and its share of every per-minute limit (``Engine(limit_share=...)``): ``1 / actors`` of each."""
-    return dataclasses.replace(limits, concurrency=max(1, math.ceil(limits.concurrency / actors))), 1.0 / actors
 
 
 def check_ray(config: RayConfig) -> None:
@@ -291,16 +286,8 @@ class StepWork:
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[Worker]:
-        from mediflow.engine import Engine
-        from mediflow.teachers.factory import teacher_from
-
-        limits, share = actor_limits(self.limits, self.actors)
-        teacher = teacher_from(self.teacher, limits, where=self.where)
-        try:
-            async with Engine(teacher, self.cache_path, limits, progress=False, limit_share=share) as engine:
-                yield _StepWorker(engine, self.step, self.where)
-        finally:
-            await teacher.aclose()
+        async with open_engine(self.teacher, self.cache_path, self.limits, where=self.where, actors=self.actors) as engine:
+            yield _StepWorker(engine, self.step, self.where)
 
 
 class _StepWorker:

@@ -338,8 +338,9 @@ def _requested_schema(body: dict[str, Any], prompt: str) -> dict[str, Any] | Non
     kind = _format_type(body)
     if kind == "json_schema":
         return body["response_format"].get("json_schema", {}).get("schema") or {"type": "object"}
-    if kind == "json_object" and isinstance(body["response_format"].get("schema"), dict):
-        return body["response_format"]["schema"]  # llama-cpp-python / Anyscale style: JSON mode with a schema
+    given = body["response_format"].get("schema") if kind == "json_object" else None
+    if isinstance(given, dict):
+        return given  # llama-cpp-python / Anyscale style: JSON mode with a schema
     stated = _schema_in_prompt(prompt)
     if kind == "json_object":
         return stated or {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}

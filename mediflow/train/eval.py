@@ -271,7 +271,7 @@ def objective(report: dict[str, Any], kind: str = "auto") -> float:
         scores = [task["score"] for task in report["tasks"].values() if task.get("score") is not None]
         if not scores:
             raise MediflowError("objective task_score: no held-out records were scored (set data.records)")
-        return sum(scores) / len(scores)
+        return float(sum(scores) / len(scores))
     values = [math.log(domain["perplexity"]) for domain in report["perplexity"].values()]
     if not values:
         raise MediflowError("objective neg_log_perplexity: no held-out documents (set data.documents)")
@@ -346,7 +346,7 @@ def run_eval(config: StageConfig, *, overwrite: bool = False) -> dict[str, Any]:
     paths = [model, *stage_paths(config)]
     check_no_overlap(target, paths, what="eval report")
     folder = OutputFolder.open(
-        output, kind="eval", config=config.to_dict(), fingerprint=value_hash(identity), inputs=refs, input_paths=paths,
+        output, kind="eval", holds="report", config=config.to_dict(), fingerprint=value_hash(identity), inputs=refs, input_paths=paths,
         overwrite=overwrite, staged=False, extra_entries=("eval_report.json", "predictions.jsonl"), details={"fingerprint": identity},
     )
     with folder:

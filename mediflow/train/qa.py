@@ -31,10 +31,11 @@ from mediflow.engine import Engine
 from mediflow.errors import ConfigError
 from mediflow.folders import OutputFolder, StagedWriter
 from mediflow.prompts import PromptTemplate, load_prompts
-from mediflow.steps import Answer, LLMStep, StepResult, ask, run_step
+from mediflow.scale.ray_runner import StepWork, check_ray, run_step_on_ray
+from mediflow.steps import Answer, LLMStep, StepResult, ask, open_engine, run_step
 from mediflow.sync import run_sync
 from mediflow.teachers.base import ChatRequest
-from mediflow.teachers.factory import teacher_from
+from mediflow.teachers.factory import api_key_of
 from mediflow.teachers.negotiation import capabilities_by_role
 from mediflow.train.config import StageConfig
 from mediflow.train.data import load_documents
@@ -97,41 +98,37 @@ async def _ask_all(
     config: StageConfig, documents: list[dict[str, str]], templates: list[PromptTemplate], folder: OutputFolder
 ) -> tuple[list[dict[str, str]], list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any]]:
     """The rows, the rejects, what the teacher negotiated with its server (``{role: capabilities}``) and
-    what the manifest records of batch mode (``{}`` online)."""
+    what the manifest records of the engine's usage (and of batch mode)."""
     qa = config.qa
     section, limits = qa.teacher, qa.limits
     if section is None:  # StageConfig.check requires it for the qa stage
         raise ConfigError("qa.teacher is required for the qa stage")
     step = QAStep(count=qa.qa_pairs, temperature=qa.temperature, max_tokens=qa.max_tokens, seed=config.train.seed)
     rows = [(document, template) for document in documents for template in templates]
-    teacher = teacher_from(section, limits, where=ROLE)
     produced: list[dict[str, str]] = []
     rejects: list[dict[str, Any]] = []
-    actors: list[dict[str, Any]] = []
     details: dict[str, Any] = {}
-    cache_path = folder.cache_path
-    try:
-        if qa.engine == "ray":  # the same step on Ray Data actors, each with its share of the limits
-            from mediflow.scale.ray_runner import StepWork, run_step_on_ray
+    if qa.engine == "ray":  # the same step on Ray Data actors, each with its share of the limits
 
-            work = StepWork(step, section, limits, cache_path, qa.ray.actors, ROLE)
-            run = await asyncio.to_thread(run_step_on_ray, rows, work, qa.ray)
-            results, actors = run.results, run.teacher_capabilities
+        api_key_of(section, ROLE)  # an unset key variable: one line here, not an error inside every actor
+
+        work = StepWork(step, section, limits, folder.cache_path, qa.ray.actors, ROLE)
+        run = await asyncio.to_thread(run_step_on_ray, rows, work, qa.ray)
+        results, capabilities = run.results, capabilities_by_role({}, run.teacher_capabilities, folder.previous)
+    else:
+        async with open_engine(section, folder.cache_path, limits, where=ROLE, progress=True) as engine:
+            if qa.mode == "batch":
+                details["batch"] = await _fill_in_batches(engine, step, rows, folder, config)
+            results = [result async for result in run_step(engine, step, rows, 2 * limits.concurrency)]
+            capabilities = capabilities_by_role({ROLE: engine.teacher}, previous=folder.previous)
+            details["usage"] = engine.stats.as_dict()
+    for (document, template), result in zip(rows, results):
+        if result.value is not None:
+            produced += result.value
         else:
-            async with Engine(teacher, cache_path, limits) as engine:
-                if qa.mode == "batch":
-                    details["batch"] = await _fill_in_batches(engine, step, rows, folder, config)
-                results = [result async for result in run_step(engine, step, rows, 2 * limits.concurrency)]
-                details["usage"] = engine.stats.as_dict()
-        for (document, template), result in zip(rows, results):
-            if result.value is not None:
-                produced += result.value
-            else:
-                meta = {"task": template.name, "document_id": document["id"], "prompt_version": template.version}
-                rejects.append({**meta, "error": result.error, "text": result.raw_text})
-        return produced, rejects, capabilities_by_role({ROLE: teacher}, actors, folder.previous), details
-    finally:
-        await teacher.aclose()
+            meta = {"task": template.name, "document_id": document["id"], "prompt_version": template.version}
+            rejects.append({**meta, "error": result.error, "text": result.raw_text})
+    return produced, rejects, capabilities, details
 
 
 async def _fill_in_batches(
@@ -169,8 +166,6 @@ def generate_task_data(config: StageConfig, *, overwrite: bool = False) -> Path:
 async def generate_task_data_async(config: StageConfig, *, overwrite: bool = False) -> Path:
     """:func:`generate_task_data` for callers already running an event loop."""
     if config.qa.engine == "ray":
-        from mediflow.scale.ray_runner import check_ray
-
         check_ray(config.qa.ray)  # before anything is written
     documents_path = config.path(config.data.documents)
     documents = load_documents(documents_path, config.data.text_field)
@@ -179,7 +174,7 @@ async def generate_task_data_async(config: StageConfig, *, overwrite: bool = Fal
     library = load_prompts(config.path(config.data.prompts) if config.data.prompts else None)
     templates = [library.get(name) for name in config.qa.tasks]
     folder = OutputFolder.open(
-        config.path(config.output.dir), kind="qa", config=_plain(config), input_paths=[documents_path], overwrite=overwrite
+        config.path(config.output.dir), kind="qa", holds="task_data", config=_plain(config), input_paths=[documents_path], overwrite=overwrite
     )
     with folder:
         rows, rejects, folder.manifest.teacher_capabilities, details = await _ask_all(config, documents, templates, folder)

@@ -21,7 +21,7 @@ from typing import Any
 
 from mediflow.errors import ConfigError
 from mediflow.folders import InputRef, OutputFolder
-from mediflow.folders.model import CHECKPOINTS, MODEL_DIR, check_model_input, publish_model, staging_for
+from mediflow.folders.model import CHECKPOINTS, HOLDS_MODEL, MODEL_DIR, check_model_input, publish_model, staging_for
 from mediflow.train.config import StageConfig
 from mediflow.train.fingerprint import value_hash
 from mediflow.train.models import set_end_of_turn
@@ -49,7 +49,7 @@ def is_main_process() -> bool:
     """True on the process that writes reports and manifests (the only one without a launcher)."""
     from accelerate import PartialState
 
-    return PartialState().is_main_process
+    return bool(PartialState().is_main_process)
 
 
 def open_model_output(
@@ -75,6 +75,7 @@ def open_model_output(
         folder = OutputFolder.open(
             config.path(config.output.dir),
             kind=config.stage,
+            holds=HOLDS_MODEL,
             config=config.to_dict(),
             fingerprint=value_hash(fingerprint),
             inputs=inputs,
@@ -153,7 +154,7 @@ def trl_arguments(args_cls: type, config: StageConfig, output_dir: Path, *, has_
 def _bf16_supported() -> bool:
     import torch
 
-    return torch.cuda.is_bf16_supported()
+    return bool(torch.cuda.is_bf16_supported())
 
 
 def lora_config(config: StageConfig) -> Any | None:

@@ -25,7 +25,7 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from mediflow.errors import ConfigError
 
@@ -87,4 +87,4 @@ def _import_callable(reference: str) -> Evaluator:
         raise ConfigError(f"evaluate.callable: cannot import '{reference}' ({exc})") from None
     if not callable(function):
         raise ConfigError(f"evaluate.callable: '{reference}' is not callable")
-    return function
+    return cast(Evaluator, function)
