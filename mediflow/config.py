@@ -19,6 +19,7 @@ from mediflow.batch.config import BatchConfig, Mode, check_mode, mode_option
 from mediflow.configuration import Config, option
 from mediflow.engine.config import LimitsConfig, PricesConfig
 from mediflow.errors import ConfigError
+from mediflow.pipeline.share import Share
 from mediflow.scale.config import EngineKind, RayConfig
 from mediflow.teachers.factory import TeacherConfig, teacher_aliases
 
@@ -54,6 +55,10 @@ class OutputConfig(Config):
 
     dir: str = option("mediflow-out/run", "output directory (shards, rejects, manifest, teacher cache)")
     shard_size: int = option(1000, "plan items per Parquet shard (a shard holds at most this many records)", minimum=1)
+
+
+#: The generator's role in the manifest's ``teacher_capabilities``: the config key of its teacher section.
+TEACHER_ROLE = "teacher"
 
 
 @dataclass
@@ -104,8 +109,6 @@ class RunConfig(Config):
         if not self.stages or list(self.stages) != list(STAGES[: len(self.stages)]):
             raise ConfigError(f"stages: {self.stages} must be a non-empty prefix of {list(STAGES)}")
         if self.shard is not None:
-            from mediflow.pipeline.share import Share  # the plan module imports this one
-
             Share.parse(self.shard)
         check_mode(self.mode, self.teacher.spec, self.engine, "")
 

@@ -18,8 +18,10 @@ from typing import Any, TypeGuard
 import pandas as pd
 
 from mediflow.audit.folder import OutputFolder
+from mediflow.config import load_config
 from mediflow.errors import MediflowError
-from mediflow.taxonomy import Taxonomy
+from mediflow.pipeline.plan import build_plan
+from mediflow.taxonomy import Taxonomy, load_taxonomy
 
 CELL = ["task_type", "input_data"]
 
@@ -70,9 +72,6 @@ def _where(folder: OutputFolder, path: Path) -> str:
 
 
 def _from_config(config: dict[str, Any], taxonomy: Taxonomy) -> pd.DataFrame:
-    from mediflow.config import load_config
-    from mediflow.pipeline.plan import build_plan
-    from mediflow.taxonomy import load_taxonomy
 
     parsed = load_config(json.loads(json.dumps(config)))
     if parsed.taxonomy:

@@ -9,7 +9,6 @@ audit of any MediFlow-shaped folder always completes.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +20,6 @@ from mediflow.audit.diversity import text_diversity
 from mediflow.audit.duplicates import near_duplicates
 from mediflow.audit.folder import OutputFolder
 from mediflow.audit.funnel import funnel
-from mediflow.audit.icd_codes import TITLE as ICD_TITLE
 from mediflow.audit.icd_codes import icd_codes
 from mediflow.audit.json_validity import json_validity
 from mediflow.audit.judge_scores import judge_scores
@@ -31,7 +29,8 @@ from mediflow.audit.plan import planned_cells, run_config
 from mediflow.audit.result import CheckResult
 from mediflow.audit.samples import sample_cells
 from mediflow.errors import MediflowError
-from mediflow.taxonomy import Taxonomy
+from mediflow.taxonomy import Taxonomy, load_taxonomy
+from mediflow.terminology import is_billable, is_valid
 
 
 @dataclass
@@ -60,10 +59,8 @@ class AuditReport:
 def load_taxonomy_or_none(path: str | Path | None = None) -> Any | None:
     """The taxonomy (built-in, or ``path`` merged over it); None when it cannot be loaded, so checks degrade."""
     try:
-        from mediflow.taxonomy import load_taxonomy
-
         return load_taxonomy(Path(path) if path else None)
-    except (ImportError, MediflowError):
+    except MediflowError:
         return None
 
 
@@ -77,15 +74,6 @@ def task_schemas(taxonomy: Taxonomy | None) -> dict[str, Any]:
 def coding_tasks(taxonomy: Taxonomy | None) -> list[str]:
     """Tasks whose answers carry ICD-10 codes: their output schema says so (data, not a hard-coded name)."""
     return [name for name, schema in task_schemas(taxonomy).items() if "ICD-10" in json.dumps(schema)]
-
-
-def icd_lookups() -> tuple[Callable[[str], bool], Callable[[str], bool]] | None:
-    """``(is_valid, is_billable)`` from :mod:`mediflow.terminology`, or None when it is unavailable."""
-    try:
-        from mediflow.terminology import is_billable, is_valid
-    except ImportError:
-        return None
-    return is_valid, is_billable
 
 
 def run_audit(
@@ -143,7 +131,4 @@ def json_validity_with_taxonomy(folder: OutputFolder, taxonomy: Taxonomy | None)
 
 def icd_codes_with_terminology(folder: OutputFolder, taxonomy: Taxonomy | None) -> CheckResult:
     """The ICD-10-CM check with the taxonomy's coding tasks and the real code table."""
-    lookups = icd_lookups()
-    if lookups is None:
-        return CheckResult.not_available("icd_codes", ICD_TITLE, "mediflow.terminology (the ICD-10-CM table) is not importable")
-    return icd_codes(folder, coding_tasks(taxonomy), *lookups)
+    return icd_codes(folder, coding_tasks(taxonomy), is_valid, is_billable)

@@ -17,7 +17,6 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from mediflow import __version__
 from mediflow.cli import (
     audit_cmd,
     batches_cmd,
@@ -32,6 +31,7 @@ from mediflow.cli import (
 )
 from mediflow.errors import MediflowError
 from mediflow.redact import redact_text
+from mediflow.version import __version__
 
 _COMMAND_MODULES = (
     taxonomy_cmd,

@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mediflow import __version__
 from mediflow.errors import MediflowError
 from mediflow.folders.atomic import write_json
 from mediflow.redact import redact_urls
+from mediflow.version import __version__
 
 MANIFEST_NAME = "manifest.json"
 STATUSES: tuple[str, ...] = ("running", "finished", "failed", "stopped")

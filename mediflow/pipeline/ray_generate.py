@@ -16,8 +16,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mediflow.config import RunConfig
+from mediflow.config import TEACHER_ROLE, RunConfig
+from mediflow.pipeline.flow import GroupFlow
+from mediflow.pipeline.output import RunOutput
 from mediflow.pipeline.plan import InstructionGroup
+from mediflow.pipeline.stages import Stages
+from mediflow.steps import open_engine
+from mediflow.taxonomy import load_taxonomy
+from mediflow.teachers.negotiation import capabilities_by_role
 
 #: One finished item as it travels back to the driver: (plan position, "record" | "reject", row).
 ItemRow = tuple[int, str, dict[str, Any]]
@@ -46,11 +52,6 @@ class GenerateWork:
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[_GroupWorker]:
-        from mediflow.pipeline.flow import GroupFlow
-        from mediflow.pipeline.output import RunOutput
-        from mediflow.pipeline.stages import Stages
-        from mediflow.steps import open_engine
-        from mediflow.taxonomy import load_taxonomy
 
         config = self.config
         taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
@@ -75,7 +76,4 @@ class _GroupWorker:
 
     def stats(self) -> dict[str, Any]:
         """The engine's running totals, and what this actor's teacher negotiated with the server."""
-        from mediflow.pipeline.run import ROLE
-        from mediflow.teachers.negotiation import capabilities_by_role
-
-        return {**self.engine.stats.as_dict(), "teacher_capabilities": capabilities_by_role({ROLE: self.teacher})}
+        return {**self.engine.stats.as_dict(), "teacher_capabilities": capabilities_by_role({TEACHER_ROLE: self.teacher})}

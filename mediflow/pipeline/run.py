@@ -37,7 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
-from mediflow.config import RunConfig, load_config
+from mediflow.batch.providers import batch_api_of
+from mediflow.batch.runner import check_recorded_batches, fill_cache_in_batches
+from mediflow.config import TEACHER_ROLE, RunConfig, load_config
 from mediflow.engine import Engine
 from mediflow.errors import TeacherError
 from mediflow.folders import CACHE_NAME, OutputFolder, open_input
@@ -46,9 +48,11 @@ from mediflow.pipeline.collect import PassCollector, ShardCollector
 from mediflow.pipeline.flow import GroupFlow
 from mediflow.pipeline.output import RunOutput
 from mediflow.pipeline.plan import InstructionGroup, Plan, build_plan
+from mediflow.pipeline.ray_generate import GenerateWork
 from mediflow.pipeline.share import Share
 from mediflow.pipeline.stages import Stages
 from mediflow.records import GENERATION_SCHEMA, content_id
+from mediflow.scale.ray_runner import RayRun, check_ray, ray_session
 from mediflow.steps import map_ordered, open_engine
 from mediflow.sync import run_sync
 from mediflow.taxonomy import load_taxonomy
@@ -59,10 +63,6 @@ if TYPE_CHECKING:
     import datasets
 
     from mediflow.scale.ray_runner import RayRun
-
-
-#: The generator's role in the manifest's ``teacher_capabilities`` (the config key of its section).
-ROLE = "teacher"
 
 
 @dataclass
@@ -101,8 +101,6 @@ def _share_counts(plan: Plan, share: Share, shard_size: int) -> tuple[Counter[in
 
 
 def _ray_run(groups: list[InstructionGroup], config: RunConfig, created_at: datetime) -> RayRun:
-    from mediflow.pipeline.ray_generate import GenerateWork
-    from mediflow.scale.ray_runner import RayRun
 
     work = GenerateWork(config, created_at, config.ray.actors)
     return RayRun(groups, work, config.ray)
@@ -154,8 +152,6 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
     share = Share.parse(config.shard) if config.shard else None
     share_counts, share_groups = _share_counts(plan, share, config.output.shard_size) if share else (None, 0)
     if config.engine == "ray":
-        from mediflow.scale.ray_runner import check_ray
-
         check_ray(config.ray)
     out = Path(config.output.dir)
     async with open_engine(config.teacher, out / CACHE_NAME, config.limits, prices=config.prices, progress=config.progress) as engine:
@@ -195,12 +191,9 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
         OutputFolder.check(out, kind="generate", config=plain, fingerprint=fingerprint, input_paths=taxonomy_paths, overwrite=overwrite)
         await teacher.check()  # a dead server or unknown model: one line, nothing written
         if config.mode == "batch":  # a server without a batch API, a recorded batch of another run: one line, nothing written
-            from mediflow.batch.providers import batch_api_of
-            from mediflow.batch.runner import check_recorded_batches
-
-            api = batch_api_of(teacher, config.batch, ROLE)
+            api = batch_api_of(teacher, config.batch, TEACHER_ROLE)
             await api.check()
-            await check_recorded_batches(out, {ROLE: api})
+            await check_recorded_batches(out, {TEACHER_ROLE: api})
         folder = OutputFolder.open(
             out, kind="generate", config=plain, fingerprint=fingerprint, input_paths=taxonomy_paths, overwrite=overwrite, staged=False, details=details
         )
@@ -240,7 +233,7 @@ async def _generate(
 
     def finish(status: str, reason: str | None) -> RunSummary:
         actors = ray_run.teacher_capabilities if ray_run is not None else []
-        folder.manifest.teacher_capabilities = capabilities_by_role({ROLE: teacher}, actors, folder.previous)
+        folder.manifest.teacher_capabilities = capabilities_by_role({TEACHER_ROLE: teacher}, actors, folder.previous)
         return finish_run(output, status, reason, engine.stats.as_dict() if ray_run is None else ray_run.session)
 
     try:
@@ -249,8 +242,6 @@ async def _generate(
         if ray_run is None:
             await _drive(todo, flow, workers)
         else:
-            from mediflow.scale.ray_runner import ray_session
-
             with ray_session(config.ray):  # in the main thread: Ray installs its signal handlers
                 await asyncio.to_thread(_drive_on_ray, ray_run, collector, engine.progress.advance)
     except TeacherError as exc:
@@ -277,8 +268,6 @@ async def _fill_in_batches(
     (:class:`PassCollector`): no record, reject or shard is written and no item counted as done
     until the run proper, which then reads every answer from the cache.
     """
-    from mediflow.batch.runner import fill_cache_in_batches
-
     passing = GroupFlow(flow.stages, PassCollector(collector), config, teacher=flow.teacher, created_at=flow.created_at, cost_of=engine.cost_usd)
 
     def units() -> Iterator[InstructionGroup]:
@@ -286,7 +275,7 @@ async def _fill_in_batches(
         return (group for group in groups if flow.pending(group))
 
     return await fill_cache_in_batches(
-        folder.root, "generate", {ROLE: engine}, {ROLE: config.teacher}, config.batch, units, passing.run, window=workers, progress=engine.progress
+        folder.root, "generate", {TEACHER_ROLE: engine}, {TEACHER_ROLE: config.teacher}, config.batch, units, passing.run, window=workers, progress=engine.progress
     )
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from mediflow.batch.runner import fill_cache_in_batches
 from mediflow.engine import Engine
 from mediflow.folders import OutputFolder, StagedWriter, open_input, reject_table
 from mediflow.preference.candidates import AnswerSource, answer
@@ -45,6 +46,7 @@ from mediflow.preference.rows import PAIR_SCHEMA, pair_row
 from mediflow.preference.selection import select_best
 from mediflow.prompts import load_prompts
 from mediflow.records import JUDGE_SCORE_COLUMNS, RELEASED_COLUMNS
+from mediflow.scale.ray_runner import RayRun, add_stats, check_ray, in_order, ray_session
 from mediflow.steps import gather_all, map_ordered, open_engine
 from mediflow.sync import run_sync
 from mediflow.taxonomy import load_taxonomy
@@ -98,8 +100,6 @@ async def build_pairs_async(
     for role, section in _roles(config):
         api_key_of(section, role)  # an unset key variable fails here, before anything is written
     if config.engine == "ray":
-        from mediflow.scale.ray_runner import check_ray
-
         check_ray(config.ray)
     records = data.read(_INPUT_COLUMNS)
     selection = select_best(records, min_score=config.min_score, top_fraction=config.top_fraction)
@@ -170,16 +170,12 @@ async def _outcomes(
     cache = folder.cache_path
     records = all_records()
     if config.engine == "ray":
-        from mediflow.scale.ray_runner import RayRun, in_order, ray_session
-
         ray_run = RayRun(list(records), PairsWork(config, cache, schemas, prompts, kinds), config.ray)
         with ray_session(config.ray):
             yield in_order(ray_run), lambda: {"ray": ray_run.session}, lambda: ray_run.teacher_capabilities
         return
     async with open_pair_runner(config, cache, schemas, prompts, kinds) as (run, engines):
         if config.mode == "batch":
-            from mediflow.batch.runner import fill_cache_in_batches
-
             by_role = {role: engines[name] for (role, _), name in zip(_roles(config), _engine_names(config))}
             batch["batch"] = await fill_cache_in_batches(
                 folder.root, STAGE, by_role, dict(_roles(config)), config.batch, all_records, run,
@@ -239,8 +235,6 @@ class _PairsWorker:
         return await self._run(record)
 
     def stats(self) -> dict[str, Any]:
-        from mediflow.scale.ray_runner import add_stats
-
         total: dict[str, Any] = {}
         for engine in {id(engine): engine for engine in self.engines.values()}.values():
             total = add_stats(total, engine.stats.as_dict())

@@ -16,6 +16,7 @@ from mediflow.batch.config import BatchConfig, Mode, check_mode, mode_option
 from mediflow.configuration import Config, option
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError
+from mediflow.quality.clinical import Lexicon
 from mediflow.scale.config import EngineKind, RayConfig
 from mediflow.teachers.factory import TeacherConfig, teacher_aliases
 
@@ -181,8 +182,6 @@ class DedupConfig(Config):
         if self.num_perm % self.bands:
             raise ConfigError(f"bands: {self.bands} does not divide num_perm {self.num_perm}")
         if self.clinical:
-            from mediflow.quality.clinical import Lexicon  # reads the lexicon now, before any output is written
-
             Lexicon.load(self.clinical_tokens)
 
 

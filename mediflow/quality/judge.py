@@ -3,7 +3,7 @@
 Each record is shown to the judge ``samples`` times (self-consistency; the MediFlow judge used 5),
 each sample a separate request (``sample_index`` and ``seed`` differ, so a server that honours seeds
 draws independent samples and the cache keeps each one). Every answer is schema-validated JSON via
-:func:`~mediflow.pipeline.structured.ask_json` (correction turns, never regex repair). The valid
+:func:`~mediflow.steps.structured.ask_json` (correction turns, never regex repair). The valid
 samples are aggregated per criterion (mean or median) into the released columns (``quality``,
 ``alignment``, ``coherence``, ``realism``, ``difficulty``); ``judge_spread`` is the largest standard
 deviation of a criterion across the samples (0 = the samples agree; high = low confidence) and
@@ -34,15 +34,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mediflow.batch.runner import fill_cache_in_batches
 from mediflow.engine import Engine
 from mediflow.errors import ConfigError
 from mediflow.folders import InputData, OutputFolder
-from mediflow.pipeline.structured import CompletesChat
 from mediflow.quality.config import JudgeConfig
 from mediflow.quality.report import StageReport
 from mediflow.quality.rubric import RATIONALE, Rubric, load_rubric
 from mediflow.quality.stage import Drops, open_stage, run_stage_async
+from mediflow.scale.ray_runner import StepWork, add_stats, check_ray, ray_session, run_step_on_ray
+from mediflow.scale.vllm_processor import run_step_on_vllm
 from mediflow.steps import Answer, LLMStep, StepResult, ask, open_engine, run_step
+from mediflow.steps.structured import CompletesChat
 from mediflow.sync import run_sync
 from mediflow.teachers.base import ChatRequest
 from mediflow.teachers.factory import api_key_of
@@ -149,11 +152,9 @@ class RecordJudge:
             async for answer in run_step(self.engine, self.step, rows, self.config.batch_records * self.config.samples):
                 yield answer
             return
-        from mediflow.scale.ray_runner import StepWork, add_stats, run_step_on_ray
 
         assert self.config.teacher is not None and self.cache is not None
         if self.config.teacher.spec.startswith("vllm:"):  # a GPU teacher: ray.data.llm's vLLM engine processor
-            from mediflow.scale.vllm_processor import run_step_on_vllm
 
             model = self.config.teacher.spec.partition(":")[2]
             for result in await asyncio.to_thread(run_step_on_vllm, list(rows), self.step, model, self.config.ray.vllm):
@@ -268,8 +269,6 @@ class JudgeStage:
 
 async def _fill_in_batches(data: InputData, folder: OutputFolder, config: JudgeConfig, engine: Engine, stage: JudgeStage) -> dict[str, Any]:
     """``mode: batch``: every sample of every record to judge answered through provider batches, into the cache."""
-    from mediflow.batch.runner import fill_cache_in_batches
-
     assert config.teacher is not None
     step = stage.judge.step
 
@@ -296,8 +295,6 @@ def check_config(config: JudgeConfig) -> Rubric:
         raise ConfigError("judge: no teacher (pass --teacher SPEC, or set judge.teacher.spec in the config)")
     api_key_of(config.teacher, "judge.teacher")
     if config.engine == "ray":
-        from mediflow.scale.ray_runner import check_ray
-
         check_ray(config.ray)
     return rubric
 
@@ -305,7 +302,6 @@ def check_config(config: JudgeConfig) -> Rubric:
 def _ray_session_if(config: JudgeConfig) -> contextlib.AbstractContextManager[None]:
     if config.engine == "local":
         return contextlib.nullcontext()
-    from mediflow.scale.ray_runner import ray_session
 
     return ray_session(config.ray)
 

@@ -44,10 +44,12 @@ import numpy as np
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError, MediflowError
 from mediflow.scale.config import RayConfig
+from mediflow.steps import ask
 from mediflow.steps.contract import LLMStep, StepResult
 from mediflow.steps.runner import map_ordered
 from mediflow.steps.stage import open_engine
 from mediflow.teachers.factory import TeacherConfig
+from mediflow.teachers.negotiation import capabilities_by_role
 
 #: Ray Data's default number of batches one async actor works on at once.
 BATCHES_PER_ACTOR = 4
@@ -297,14 +299,10 @@ class _StepWorker:
         self.role = role
 
     async def run(self, row: Any) -> StepResult[Any]:
-        from mediflow.steps import ask
-
         return await ask(self.engine, self.step, row)
 
     def stats(self) -> dict[str, Any]:
         """The engine's running totals, and what this actor's teacher negotiated with the server."""
-        from mediflow.teachers.negotiation import capabilities_by_role
-
         return {**self.engine.stats.as_dict(), "teacher_capabilities": capabilities_by_role({self.role: self.engine.teacher})}
 
 

@@ -22,8 +22,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from mediflow.engine.deferral import Deferred
-from mediflow.pipeline.structured import CompletesChat
 from mediflow.steps.contract import LLMStep, Row, StepResult, Value, ask
+from mediflow.steps.structured import CompletesChat
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")

@@ -14,6 +14,8 @@ from typing import Any
 
 from mediflow.errors import MediflowError
 from mediflow.teachers.base import ChatRequest, ChatResponse, Teacher
+from mediflow.teachers.local_llama import LocalLlamaTeacher
+from mediflow.teachers.vllm_offline import VLLMOfflineTeacher
 
 __all__ = ["ChatRequest", "ChatResponse", "Teacher", "make_teacher", "TEACHER_SPECS"]
 
@@ -24,7 +26,6 @@ def make_teacher(spec: str, *, base_url: str | None = None, api_key: str | None 
     """Build the teacher named by ``spec``; ``options`` go to its constructor (e.g. ``api_version``, ``n_ctx``)."""
     kind, _, target = spec.partition(":")
     if spec == "local":  # exactly: "local:x" names no teacher (it must not silently run the embedded one)
-        from mediflow.teachers.local_llama import LocalLlamaTeacher
 
         return LocalLlamaTeacher(**options)
     if kind in ("openai", "azure") and target:
@@ -32,7 +33,5 @@ def make_teacher(spec: str, *, base_url: str | None = None, api_key: str | None 
 
         return OpenAICompatTeacher(target, provider=kind, base_url=base_url, api_key=api_key, **options)
     if kind == "vllm" and target:
-        from mediflow.teachers.vllm_offline import VLLMOfflineTeacher
-
         return VLLMOfflineTeacher(target, **options)
     raise MediflowError(f"unknown teacher {spec!r}: use one of {', '.join(TEACHER_SPECS)}")

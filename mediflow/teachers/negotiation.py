@@ -16,7 +16,7 @@ answers come at the server's default temperature, not the one the config asked f
 stays with the teacher (one per model and base URL, for the run), so the run pays each refusal about
 once, and goes into the manifest of every folder made with the teacher (:func:`capabilities_by_role`,
 one entry per role: the generator, the judge, each pair role, the PIT QA teacher). Whatever the
-level, every JSON answer is validated locally (:mod:`mediflow.pipeline.structured`): negotiation
+level, every JSON answer is validated locally (:mod:`mediflow.steps.structured`): negotiation
 decides how to ask, never what to accept.
 
 The cache key stays the request as asked (temperature included) even when the temperature was

@@ -27,6 +27,7 @@ from typing import Any
 import jinja2
 import pyarrow as pa
 
+from mediflow.batch.runner import fill_cache_in_batches
 from mediflow.engine import Engine
 from mediflow.errors import ConfigError
 from mediflow.folders import OutputFolder, StagedWriter
@@ -135,8 +136,6 @@ async def _fill_in_batches(
     engine: Engine, step: QAStep, rows: list[tuple[dict[str, str], PromptTemplate]], folder: OutputFolder, config: StageConfig
 ) -> dict[str, Any]:
     """``qa.mode: batch``: every (document, prompt) answered through provider batches, into the cache."""
-    from mediflow.batch.runner import fill_cache_in_batches
-
     assert config.qa.teacher is not None
 
     async def one(row: tuple[dict[str, str], PromptTemplate]) -> StepResult[list[dict[str, str]]]:

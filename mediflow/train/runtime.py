@@ -24,7 +24,7 @@ from mediflow.folders import InputRef, OutputFolder
 from mediflow.folders.model import CHECKPOINTS, HOLDS_MODEL, MODEL_DIR, check_model_input, publish_model, staging_for
 from mediflow.train.config import StageConfig
 from mediflow.train.fingerprint import value_hash
-from mediflow.train.models import set_end_of_turn
+from mediflow.train.models import resolve_model, set_end_of_turn
 
 
 def cuda_available() -> bool:
@@ -35,8 +35,6 @@ def cuda_available() -> bool:
 
 def model_dir(config: StageConfig) -> Path:
     """The model folder ``model.name_or_path`` names: relative to the config file, or a packaged model."""
-    from mediflow.train.models import resolve_model
-
     cache = config.path(config.model.cache_dir) if config.model.cache_dir else None
     spec = config.model.name_or_path
     local = config.path(spec)
