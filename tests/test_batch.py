@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import openai
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from fixtures import TEST_TEACHER, small_run_config
+from fixtures import TEST_TEACHER, make_records, small_run_config, write_output_folder
 
 from mediflow.batch.config import BatchConfig
 from mediflow.batch.files import RoundWriter, read_results
@@ -28,12 +29,15 @@ from mediflow.batch.providers import run_batch_command
 from mediflow.batch.state import load_state
 from mediflow.cli import main
 from mediflow.config import load_config
+from mediflow.configuration import Config, option
+from mediflow.engine import LimitsConfig
 from mediflow.errors import MediflowError
 from mediflow.pipeline.dry_run import dry_run
 from mediflow.pipeline.run import run
 from mediflow.preference import PairsConfig, build_pairs
 from mediflow.quality import run_judge
 from mediflow.quality.config import JudgeConfig
+from mediflow.steps import Answer, LLMStep, Reject, run_llm_stage
 from mediflow.teachers.base import ChatRequest
 from mediflow.teachers.factory import TeacherConfig
 from mediflow.testing import TeacherServerURL
@@ -213,6 +217,37 @@ def test_train_qa_in_batch_mode_gives_the_online_rows(teacher_server: TeacherSer
         if mode == "batch":
             assert teacher_server.stats()["requests"] == 0 and teacher_server.stats()["batches_created"] >= 1
     assert outputs["batch"] == outputs["online"] and len(outputs["batch"]) > 3
+
+
+@dataclass
+class _SummaryConfig(Config):
+    teacher: TeacherConfig = option(TeacherConfig(), "who writes the summaries")
+    limits: LimitsConfig = option(LimitsConfig(concurrency=4), "how hard to push it")
+
+
+class _SummaryStep(LLMStep[dict[str, Any], str]):
+    reject_truncated = True
+
+    def request(self, row: dict[str, Any]) -> ChatRequest:
+        return ChatRequest(messages=(("user", f"Summarise this note in a few words: {row['input']}"),), max_tokens=100, seed=3)
+
+    def parse(self, row: dict[str, Any], answer: Answer) -> str | Reject:
+        return answer.text.strip() or Reject("empty")
+
+
+def test_run_llm_stage_in_batch_mode_gives_the_online_folder(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
+    source = write_output_folder(tmp_path / "records", make_records(documents=6))
+    config = _SummaryConfig(teacher=TeacherConfig(TEST_TEACHER, str(teacher_server)))
+    outputs = {}
+    for mode in ("batch", "online"):
+        teacher_server.reset()
+        teacher_server.control(batch_step=0.01)
+        result = run_llm_stage(source, tmp_path / mode, _SummaryStep(), config, kind="summary", column="summary", mode=mode, batch=BatchConfig(**FAST))  # type: ignore[arg-type]
+        outputs[mode] = (table(tmp_path / mode), rejects(tmp_path / mode), result.kept)
+        if mode == "batch":
+            assert teacher_server.stats()["requests"] == 0 and teacher_server.stats()["batches_created"] >= 2  # a round for the cut answers' retries
+            assert json.loads((tmp_path / mode / "manifest.json").read_text())["batch"]["rounds"] >= 2
+    assert outputs["batch"] == outputs["online"] and outputs["batch"][2] > 0
 
 
 # -- resume and faults -----------------------------------------------------------------------------

@@ -91,7 +91,7 @@ class BatchState:
 
     def save(self, root: Path) -> None:
         folder = root / BATCHES_DIR
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / STATE_NAME, dataclasses.asdict(self))
 
     @classmethod

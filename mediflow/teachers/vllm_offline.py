@@ -15,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from mediflow.batch.providers import VLLMRunBatch
 from mediflow.errors import MediflowError
 from mediflow.teachers.base import ChatRequest, ChatResponse, Teacher
 from mediflow.teachers.micro_batch import MicroBatcher
 
 if TYPE_CHECKING:
     from mediflow.batch.config import BatchConfig
+    from mediflow.batch.providers import VLLMRunBatch
 
 
 class VLLMOfflineTeacher(Teacher):
@@ -77,6 +77,8 @@ class VLLMOfflineTeacher(Teacher):
 
     def batch_api(self, options: BatchConfig) -> VLLMRunBatch:
         """The same requests as JSONL through vLLM's ``run_batch`` on this machine (``mode: batch``)."""
+        from mediflow.batch.providers import VLLMRunBatch  # brings the openai SDK (the batch format's errors): only in batch mode
+
         return VLLMRunBatch(self.model, options.vllm_args)
 
     async def aclose(self) -> None:
