@@ -83,7 +83,7 @@ class VerbatimCopyOptions(Config):
 
 @dataclass(frozen=True)
 class CaseMentionOptions(Config):
-    """The document must name at least one condition of its clinical case (description words, synonym or code)."""
+    """The document must mention its clinical case's primary condition (names, synonyms, lay terms or the code; not negated, hedged, hypothetical or a relative's)."""
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ def build_rules(config: FilterConfig) -> list[Rule]:
         rules.append(LanguageRule(stopwords, tuple(config.language.columns), config.language.min_share))
     if config.case_mentions is not None:
 
-        rules.append(CaseMentionRule(MentionMatcher(load_case_book(config.taxonomy)).mentioned))
+        rules.append(CaseMentionRule(MentionMatcher(load_case_book(config.taxonomy)).find))
     if config.json is None and config.icd10_codes is None and config.verbatim_copy is None and config.case_codes is None:
         return rules
     taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
