@@ -21,7 +21,7 @@ from mediflow.engine.config import LimitsConfig, PricesConfig
 from mediflow.errors import ConfigError
 from mediflow.pipeline.share import Share
 from mediflow.scale.config import EngineKind, RayConfig
-from mediflow.teachers.factory import TeacherConfig, teacher_aliases
+from mediflow.teachers.config import TeacherConfig, teacher_aliases
 
 #: The generation stages, in the order a record goes through them.
 Stage = Literal["document", "instruction", "response"]

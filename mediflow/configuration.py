@@ -349,6 +349,9 @@ def load(
     """See :meth:`Config.load`."""
     if isinstance(source, cls) and not any(value is not None for value in (overrides or {}).values()):
         return source  # already validated; rebuilding it would drop its secrets
+    if source is not None and not isinstance(source, (cls, Mapping, str, Path)):
+        what = f"a {type(source).__name__}" if isinstance(source, Config) else f"{type(source).__name__} {source!r}"[:80]
+        raise ConfigError(f"config: expected a {cls.__name__}, a YAML/JSON file path or a dict, got {what}")
     if source is None:
         data: Any = {}
     elif isinstance(source, cls):

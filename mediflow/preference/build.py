@@ -50,7 +50,7 @@ from mediflow.scale.ray_runner import RayRun, add_stats, check_ray, in_order, ra
 from mediflow.steps import gather_all, map_ordered, open_engine
 from mediflow.sync import run_sync
 from mediflow.taxonomy import load_taxonomy
-from mediflow.teachers.factory import TeacherConfig, api_key_of
+from mediflow.teachers.config import TeacherConfig, api_key_of
 from mediflow.teachers.negotiation import capabilities_by_role
 
 #: Drop reasons decided here (the margin rule, the hard checks and injection add their own).

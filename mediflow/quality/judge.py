@@ -48,7 +48,7 @@ from mediflow.steps import Answer, LLMStep, StepResult, ask, open_engine, run_st
 from mediflow.steps.structured import CompletesChat
 from mediflow.sync import run_sync
 from mediflow.teachers.base import ChatRequest
-from mediflow.teachers.factory import api_key_of
+from mediflow.teachers.config import api_key_of
 from mediflow.teachers.negotiation import capabilities_by_role
 
 STAGE = "judge"

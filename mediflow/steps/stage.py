@@ -41,10 +41,11 @@ from mediflow.batch.config import BatchConfig, Mode
 from mediflow.engine.config import LimitsConfig, PricesConfig
 from mediflow.engine.engine import Engine
 from mediflow.folders import InputData, OutputFolder, StagedWriter, open_input, reject_table
-from mediflow.steps.contract import LLMStep, StepResult, ask
+from mediflow.steps.contract import TRUNCATED, LLMStep, StepResult, ask
 from mediflow.steps.runner import map_ordered
 from mediflow.sync import run_sync
-from mediflow.teachers.factory import TeacherConfig, teacher_from
+from mediflow.teachers.config import TeacherConfig
+from mediflow.teachers.factory import teacher_from
 from mediflow.teachers.negotiation import capabilities_by_role
 
 #: Records read from the input at a time (a batch is written once all its records are answered).
@@ -228,9 +229,10 @@ def _write_batch(batch: pa.Table, results: list[StepResult[Any]], writer: Staged
     writer.keep(records)
     failed = [result for result in results if not result.ok]
     if failed:
-        rejected = batch.filter(pa.array([not ok for ok in kept])).append_column("raw_text", pa.array([r.raw_text for r in failed], pa.string()))
+        rejected = batch.filter(pa.array([not ok for ok in kept]))
+        rules = [TRUNCATED if (r.error or "").startswith(TRUNCATED) else f"{kind}_failed" for r in failed]
         reasons = [result.error or "" for result in failed]
-        writer.reject(reject_table(rejected, kind, [f"{kind}_failed"] * len(failed), [math.nan] * len(failed), reasons, [None] * len(failed)))
+        writer.reject(reject_table(rejected, kind, rules, [math.nan] * len(failed), reasons, [None] * len(failed), [r.raw_text for r in failed]))
     return records.schema
 
 

@@ -38,7 +38,7 @@ from mediflow.configuration import Config, option, read_config_file
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError
 from mediflow.scale.config import EngineKind, RayConfig
-from mediflow.teachers.factory import TeacherConfig, teacher_aliases
+from mediflow.teachers.config import TeacherConfig, teacher_aliases
 
 STAGES = ("qa", "pit", "sft", "dpo", "eval")
 #: The stages that have a section of their own (sft has none: it only uses the shared sections).

@@ -30,19 +30,19 @@ import pyarrow as pa
 from mediflow.batch.runner import fill_cache_in_batches
 from mediflow.engine import Engine
 from mediflow.errors import ConfigError
-from mediflow.folders import OutputFolder, StagedWriter
+from mediflow.folders import OutputFolder, StagedWriter, reject_table
 from mediflow.prompts import PromptTemplate, load_prompts
 from mediflow.scale.ray_runner import StepWork, check_ray, run_step_on_ray
 from mediflow.steps import Answer, LLMStep, StepResult, ask, open_engine, run_step
 from mediflow.sync import run_sync
 from mediflow.teachers.base import ChatRequest
-from mediflow.teachers.factory import api_key_of
+from mediflow.teachers.config import api_key_of
 from mediflow.teachers.negotiation import capabilities_by_role
 from mediflow.train.config import StageConfig
 from mediflow.train.data import load_documents
 
 TASK_DATA_SCHEMA = pa.schema([(name, pa.string()) for name in ("prompt", "completion", "task", "document_id", "prompt_version")])
-REJECT_SCHEMA = pa.schema([(name, pa.string()) for name in ("task", "document_id", "prompt_version", "error", "text")])
+_ASKED_SCHEMA = pa.schema([(name, pa.string()) for name in ("task", "document_id", "prompt_version")])
 #: The QA teacher's role in the manifest's ``teacher_capabilities`` (the config key of its section).
 ROLE = "qa.teacher"
 
@@ -147,6 +147,13 @@ async def _fill_in_batches(
     )
 
 
+def _reject_table(rejects: list[dict[str, Any]]) -> pa.Table:
+    """The answers still invalid after their corrections, in the one reject schema (the document and prompt they were for)."""
+    asked = pa.Table.from_pylist([{name: row[name] for name in ("task", "document_id", "prompt_version")} for row in rejects], schema=_ASKED_SCHEMA)
+    failed = len(rejects)
+    return reject_table(asked, "qa", ["qa_failed"] * failed, [float("nan")] * failed, [row["error"] for row in rejects], [None] * failed, [row["text"] for row in rejects])
+
+
 def _plain(config: StageConfig) -> dict[str, Any]:
     """What the manifest records of the stage config (what decides the rows: the qa section and data)."""
     plain = config.to_dict()
@@ -180,7 +187,7 @@ async def generate_task_data_async(config: StageConfig, *, overwrite: bool = Fal
         writer = StagedWriter(folder)
         try:
             writer.keep(pa.Table.from_pylist(rows, schema=TASK_DATA_SCHEMA))
-            writer.reject(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA))
+            writer.reject(_reject_table(rejects))
             writer.publish(TASK_DATA_SCHEMA, {"documents": len(documents), "rows": len(rows), "rejected": len(rejects)}, details)
         except BaseException:
             writer.abandon()
