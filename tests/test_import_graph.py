@@ -34,8 +34,8 @@ HEAVY = frozenset(
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("mediflow.version", "mediflow.errors", "mediflow.redact", "mediflow.safe_names", "mediflow.textfiles", "mediflow.resources", "mediflow.sync"),
     ("mediflow.configuration", "mediflow.records", "mediflow.folders", "mediflow.terminology"),
-    ("mediflow.engine", "mediflow.teachers", "mediflow.prompts", "mediflow.taxonomy", "mediflow.cases", "mediflow.scale.config"),
-    ("mediflow.steps",),
+    ("mediflow.engine", "mediflow.teachers", "mediflow.prompts", "mediflow.taxonomy", "mediflow.cases", "mediflow.scale.config", "mediflow.batch"),
+    ("mediflow.steps", "mediflow.batch.runner", "mediflow.batch.listing"),
     ("mediflow.scale", "mediflow.config", "mediflow.pipeline", "mediflow.quality", "mediflow.preference", "mediflow.export", "mediflow.audit", "mediflow.train", "mediflow.testing"),
     ("mediflow.api",),
     ("mediflow.cli", "mediflow.__main__", "mediflow"),

@@ -1,6 +1,6 @@
 """Audit a MediFlow output folder before anyone trains on it: checks, plots, one HTML report.
 
-Each check takes an :class:`OutputFolder` and returns a :class:`CheckResult` (tables, headline
+Each check takes an :class:`AuditFolder` and returns a :class:`CheckResult` (tables, headline
 numbers, a matplotlib figure where plotted); :func:`run_audit` runs them all and
 :func:`write_html` writes the self-contained report that ``mediflow audit IN --html FILE`` produces.
 The notebook ``examples/audit.ipynb`` calls the same functions one section at a time. matplotlib is
@@ -19,7 +19,7 @@ from mediflow.audit.config import AuditConfig
 from mediflow.audit.coverage import coverage
 from mediflow.audit.diversity import text_diversity
 from mediflow.audit.duplicates import near_duplicates
-from mediflow.audit.folder import OutputFolder
+from mediflow.audit.folder import AuditFolder
 from mediflow.audit.funnel import funnel
 from mediflow.audit.html_report import render_html, write_html
 from mediflow.audit.icd_codes import icd_codes
@@ -46,7 +46,7 @@ __all__ = [
     "audit",
     "AuditReport",
     "CheckResult",
-    "OutputFolder",
+    "AuditFolder",
     "case_mix",
     "case_mix_with_plan",
     "coverage",

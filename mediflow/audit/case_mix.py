@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from mediflow import terminology
-from mediflow.audit.folder import OutputFolder
+from mediflow.audit.folder import AuditFolder
 from mediflow.audit.plots import new_figure
 from mediflow.audit.result import CheckResult
 from mediflow.cases import load_case_book
@@ -25,7 +25,7 @@ TITLE = "Case mix: conditions, ages and sexes, profiles"
 AGE_BAND = 10
 
 
-def case_mix(folder: OutputFolder, planned: pd.DataFrame | None = None, taxonomy: Any | None = None, *, top: int = 20) -> CheckResult:
+def case_mix(folder: AuditFolder, planned: pd.DataFrame | None = None, taxonomy: Any | None = None, *, top: int = 20) -> CheckResult:
     """The case mix of ``folder``; ``planned`` (task, input_data, planned) gives the profile shares the plan asked for."""
     missing = "the records carry no clinical case (no 'case' values: made before cases, or released data)"
     if "case" not in folder.columns:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from mediflow.audit.folder import OutputFolder
+from mediflow.audit.folder import AuditFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
 
@@ -23,7 +23,7 @@ TITLE = "Coverage: tasks x document types"
 CELL = ["task_type", "input_data"]
 
 
-def coverage(folder: OutputFolder, planned: pd.DataFrame | None) -> CheckResult:
+def coverage(folder: AuditFolder, planned: pd.DataFrame | None) -> CheckResult:
     """Records per cell, joined with ``planned`` (columns task_type, input_data, planned; None: no plan known)."""
     frame = folder.frame
     counts = frame.groupby(CELL, dropna=False).size().rename("records").reset_index()

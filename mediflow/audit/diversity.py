@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from rapidfuzz import fuzz, process
 
-from mediflow.audit.folder import OutputFolder
+from mediflow.audit.folder import AuditFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
 from mediflow.audit.text import instruction_opening, readable_output, words
@@ -38,7 +38,7 @@ NEAR_DUPLICATE = 90.0
 CELL_SAMPLE = 200
 
 
-def text_diversity(folder: OutputFolder, *, sample_size: int = 20_000) -> CheckResult:
+def text_diversity(folder: AuditFolder, *, sample_size: int = 20_000) -> CheckResult:
     """Per task: distinct-1/2/3 and compression ratio of documents and outputs, near-duplicate rate within cells, top opening."""
     sample = folder.sample(["task_type", "input_data", "instruction", "input", "output", "output_format"], sample_size)
     if sample.empty:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from mediflow.audit.folder import OutputFolder
+from mediflow.audit.folder import AuditFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
 from mediflow.config import STAGES as GENERATION_STAGES
@@ -28,7 +28,7 @@ _IN_KEYS = ("in", "input", "records_in", "n_in")
 _KEPT_KEYS = ("kept", "out", "output", "records_out", "n_out")
 
 
-def funnel(folder: OutputFolder) -> CheckResult:
+def funnel(folder: AuditFolder) -> CheckResult:
     """Stages with records in / kept / dropped, and drops per (stage, rule)."""
     rejects = folder.rejects
     drops = _drops_per_rule(rejects) if rejects is not None and len(rejects) else None

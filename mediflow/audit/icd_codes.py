@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from mediflow.audit.folder import OutputFolder
+from mediflow.audit.folder import AuditFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
 from mediflow.audit.text import json_strings
@@ -35,7 +35,7 @@ MAX_LISTED = 30
 
 
 def icd_codes(
-    folder: OutputFolder,
+    folder: AuditFolder,
     coding_tasks: Iterable[str],
     is_valid: Callable[[str], bool],
     is_billable: Callable[[str], bool],

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from mediflow.audit.folder import JUDGE_COLUMNS, OutputFolder
+from mediflow.audit.folder import JUDGE_COLUMNS, AuditFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 TITLE = "Judge scores per task"
 
 
-def judge_scores(folder: OutputFolder) -> CheckResult:
+def judge_scores(folder: AuditFolder) -> CheckResult:
     """Mean, median and count of every judge column per task, with one box plot per criterion."""
     present = [c for c in JUDGE_COLUMNS if folder.has_values(c)]
     if not present:

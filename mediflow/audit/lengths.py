@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from mediflow.audit.folder import TEXT_COLUMNS, OutputFolder
+from mediflow.audit.folder import TEXT_COLUMNS, AuditFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 TITLE = "Length distributions (words) by task"
 
 
-def lengths(folder: OutputFolder) -> CheckResult:
+def lengths(folder: AuditFolder) -> CheckResult:
     """Per task and text column: count, min, median, 5th/95th percentile, max words; empties counted."""
     frame = folder.frame
     rows = []

@@ -19,7 +19,7 @@ from mediflow.audit.config import AuditConfig
 from mediflow.audit.coverage import coverage
 from mediflow.audit.diversity import text_diversity
 from mediflow.audit.duplicates import near_duplicates
-from mediflow.audit.folder import OutputFolder
+from mediflow.audit.folder import AuditFolder
 from mediflow.audit.funnel import funnel
 from mediflow.audit.icd_codes import icd_codes
 from mediflow.audit.json_validity import json_validity
@@ -87,7 +87,7 @@ def run_audit(path: str | Path, config: AuditConfig | None = None, *, taxonomy: 
     ``config.sample_cells`` the sample viewer.
     """
     config = config or AuditConfig()
-    folder = OutputFolder.open(path)
+    folder = AuditFolder.open(path)
     if taxonomy is None and config.taxonomy is not None:
         taxonomy = load_taxonomy(Path(config.taxonomy))
     if taxonomy is None:
@@ -108,7 +108,7 @@ def run_audit(path: str | Path, config: AuditConfig | None = None, *, taxonomy: 
     return AuditReport(path=folder.path, records=len(folder.frame), sections=sections)
 
 
-def coverage_with_plan(folder: OutputFolder, taxonomy: Taxonomy | None) -> CheckResult:
+def coverage_with_plan(folder: AuditFolder, taxonomy: Taxonomy | None) -> CheckResult:
     """The coverage check against the best plan available (see :mod:`mediflow.audit.plan`)."""
     planned, source = planned_cells(folder, taxonomy)
     result = coverage(folder, planned)
@@ -117,17 +117,17 @@ def coverage_with_plan(folder: OutputFolder, taxonomy: Taxonomy | None) -> Check
     return result
 
 
-def case_mix_with_plan(folder: OutputFolder, taxonomy: Taxonomy | None) -> CheckResult:
+def case_mix_with_plan(folder: AuditFolder, taxonomy: Taxonomy | None) -> CheckResult:
     """The case mix, with the profile shares the plan asked for."""
     planned, _ = planned_cells(folder, taxonomy)
     return case_mix(folder, planned, taxonomy)
 
 
-def json_validity_with_taxonomy(folder: OutputFolder, taxonomy: Taxonomy | None) -> CheckResult:
+def json_validity_with_taxonomy(folder: AuditFolder, taxonomy: Taxonomy | None) -> CheckResult:
     """The JSON check with the taxonomy's task schemas (outputs still parse-checked without one)."""
     return json_validity(folder, task_schemas(taxonomy))
 
 
-def icd_codes_with_terminology(folder: OutputFolder, taxonomy: Taxonomy | None) -> CheckResult:
+def icd_codes_with_terminology(folder: AuditFolder, taxonomy: Taxonomy | None) -> CheckResult:
     """The ICD-10-CM check with the taxonomy's coding tasks and the real code table."""
     return icd_codes(folder, coding_tasks(taxonomy), is_valid, is_billable)

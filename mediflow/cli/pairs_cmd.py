@@ -9,7 +9,7 @@ from pathlib import Path
 from mediflow.configuration import add_flags, flag_overrides
 from mediflow.errors import MediflowError
 from mediflow.preference.config import CandidateSource, PairsConfig
-from mediflow.teachers.factory import TeacherConfig
+from mediflow.teachers.config import TeacherConfig
 
 
 def _source(value: str) -> CandidateSource:

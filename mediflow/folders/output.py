@@ -42,9 +42,11 @@ PARTS_DIR = ".parts"
 STAGES_DIR = "stages"
 #: Where ``datasets`` keeps its Arrow copy when a folder is loaded as a Dataset (derived, removable).
 DATASETS_CACHE = ".datasets-cache"
+#: Where batch mode keeps its input files and the state of its batches (:mod:`mediflow.batch.state`).
+BATCHES_DIR = "batches"
 #: Entries of a folder that belong to the contract (anything else there is foreign).
 OWN_ENTRIES = frozenset(
-    {DATA_DIR, REJECTS_NAME, MANIFEST_NAME, CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", LOCK_NAME, PARTS_DIR, STAGES_DIR, DATASETS_CACHE}
+    {DATA_DIR, REJECTS_NAME, MANIFEST_NAME, CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", LOCK_NAME, PARTS_DIR, STAGES_DIR, DATASETS_CACHE, BATCHES_DIR}
 )
 
 
@@ -59,7 +61,7 @@ def shard_name(index: int) -> str:
 RUNTIME_KEYS = frozenset(
     {
         "concurrency", "progress", "rpm", "tpm", "request_timeout", "max_retries", "adaptive", "error_rate_threshold",
-        "records_in_flight", "api_key", "api_key_env", "base_url", "judge_base_url",
+        "records_in_flight", "api_key", "api_key_env", "base_url", "judge_base_url", "mode", "batch",
     }
 )
 
@@ -242,8 +244,8 @@ class OutputFolder:
             self.fail(str(exc) or type(exc).__name__)
 
 
-#: What survives ``overwrite`` and a fresh start: paid-for answers, and the lock itself.
-_CACHES = frozenset({CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm"})
+#: What survives ``overwrite`` and a fresh start: paid-for answers (and the batches that bring them), and the lock itself.
+_CACHES = frozenset({CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", BATCHES_DIR})
 
 
 def _is_own(name: str, own: Iterable[str]) -> bool:

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
+from mediflow.batch.config import BatchConfig, Mode, check_mode, mode_option
 from mediflow.configuration import Config, option, read_config_file
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError
 from mediflow.quality.clinical import Lexicon
 from mediflow.scale.config import EngineKind, RayConfig
-from mediflow.teachers.factory import TeacherConfig, teacher_aliases
+from mediflow.teachers.config import TeacherConfig, teacher_aliases
 
 TEXT_COLUMNS = ("instruction", "input", "output")
 TextColumn = Literal["instruction", "input", "output"]
@@ -141,6 +142,11 @@ class JudgeConfig(Config):
     progress: bool = option(True, "show a progress bar")
     engine: EngineKind = option("local", "local: one asyncio process; ray: Ray Data actors (see the ray section)")
     ray: RayConfig = option(RayConfig(), "the Ray engine (engine: ray)")
+    mode: Mode = mode_option()
+    batch: BatchConfig = option(BatchConfig(), "batch mode: file limits, batches in flight, polling (mode: batch)")
+
+    def check(self) -> None:
+        check_mode(self.mode, self.teacher.spec if self.teacher else None, self.engine, "")
 
 
 DedupKey = Literal["instruction", "input", "pair"]

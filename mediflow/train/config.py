@@ -35,11 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from mediflow.batch.config import BatchConfig, Mode, check_mode, mode_option
 from mediflow.configuration import Config, option, read_config_file
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError
 from mediflow.scale.config import EngineKind, RayConfig
-from mediflow.teachers.factory import TeacherConfig, teacher_aliases
+from mediflow.teachers.config import TeacherConfig, teacher_aliases
 
 STAGES = ("qa", "pit", "sft", "dpo", "eval")
 #: The stages that have a section of their own (sft has none: it only uses the shared sections).
@@ -156,6 +157,11 @@ class QASection(Config):
     max_tokens: int = option(768, "longest answer in tokens", minimum=1)
     engine: EngineKind = option("local", "local (one process) or ray (the QA step on Ray Data actors, see docs/scaling.md)")
     ray: RayConfig = option(RayConfig(), "the Ray engine (engine: ray)")
+    mode: Mode = mode_option()
+    batch: BatchConfig = option(BatchConfig(), "batch mode: file limits, batches in flight, polling (mode: batch)")
+
+    def check(self) -> None:
+        check_mode(self.mode, self.teacher.spec if self.teacher else None, self.engine, "qa.")
 
 
 @dataclass
@@ -265,6 +271,7 @@ class StageConfig(Config):
     ALIASES: ClassVar[dict[str, str]] = {
         **teacher_aliases("qa"),
         "concurrency": "qa.limits.concurrency",
+        "mode": "qa.mode",
         "resume": "train.resume_from_checkpoint",
         "allow_train_overlap": "eval.allow_train_overlap",
     }
