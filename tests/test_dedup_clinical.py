@@ -167,13 +167,13 @@ def test_cli_bad_lexicon_is_one_error_line_and_writes_nothing(tmp_path: Path, ca
 def test_audit_does_not_report_siblings_as_near_duplicates(tmp_path: Path) -> None:
     """The audit's near-duplicate section confirms like the stage: a copy is a duplicate, siblings are not."""
     from mediflow.audit import near_duplicates
-    from mediflow.audit.folder import OutputFolder
+    from mediflow.audit.folder import AuditFolder
 
     documents = [NOTE, COPIES["typos"], *SIBLINGS.values()]
     (tmp_path / "data").mkdir()
     pq.write_table(pa.table({"id": [f"r{i}" for i in range(len(documents))], "instruction": [INSTRUCTION] * len(documents),
                              "input": documents, "output": ["x"] * len(documents), "task_type": ["summarization"] * len(documents)}),
                    tmp_path / "data" / "part-00000.parquet")
-    result = near_duplicates(OutputFolder.open(tmp_path))
+    result = near_duplicates(AuditFolder.open(tmp_path))
     assert result.numbers["near"]["input"] == 2  # the note and its copy, no sibling
     assert result.numbers["siblings_kept_apart"]["input"] >= len(SIBLINGS) - 1
