@@ -369,14 +369,14 @@ def _list(path: Path, what: str, value: Any) -> list[Any]:
 
 def _code(path: Path, what: str, spec: Any) -> str:
     """A chapter, block or code of the installed ICD-10-CM table, else one line with a suggestion."""
-    spec = str(spec).strip()
-    if terminology.is_known_item(spec):
-        return spec
-    typed = spec.upper()
+    text = str(spec).strip()
+    if terminology.is_known_item(text):
+        return text
+    typed = text.upper()
     confusions = typed[:1] + typed[1:].replace("O", "0").replace("I", "1").replace("L", "1")  # letters typed for digits
     close = [confusions] if terminology.is_known_item(confusions) else difflib.get_close_matches(typed, _all_items(), n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise TaxonomyError(f"{path}: {what}: '{spec}' is not an ICD-10-CM chapter, block or code ({terminology.ICD10CM_RELEASE}){hint}")
+    raise TaxonomyError(f"{path}: {what}: '{text}' is not an ICD-10-CM chapter, block or code ({terminology.ICD10CM_RELEASE}){hint}")
 
 
 @cache

@@ -17,9 +17,9 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from mediflow import __version__
 from mediflow.cli import (
     audit_cmd,
+    batches_cmd,
     export_cmd,
     generate_cmd,
     join_cmd,
@@ -31,6 +31,7 @@ from mediflow.cli import (
 )
 from mediflow.errors import MediflowError
 from mediflow.redact import redact_text
+from mediflow.version import __version__
 
 _COMMAND_MODULES = (
     taxonomy_cmd,
@@ -38,6 +39,7 @@ _COMMAND_MODULES = (
     join_cmd,
     quality_cmd,
     pairs_cmd,
+    batches_cmd,
     export_cmd,
     audit_cmd,
     train_cmd,
