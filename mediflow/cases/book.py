@@ -596,8 +596,8 @@ def _drug_list(path: Path, what: str, value: Any, drugs: Mapping[str, DrugFacts]
     return frozenset(found)
 
 
-def _drug(path: Path, what: str, name: Any, drugs: Mapping[str, DrugFacts]) -> str:
-    name = str(name)
+def _drug(path: Path, what: str, value: Any, drugs: Mapping[str, DrugFacts]) -> str:
+    name = str(value)
     if name not in drugs:
         close = difflib.get_close_matches(name, drugs, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
