@@ -197,7 +197,7 @@ def _misspelling(word: str, others: Iterable[str], lexicon: Lexicon, lenient_val
         if limit == 0 or (has_digit and len(word) != len(other) and abs(len(word) - len(other)) > 1):
             continue
         distance = OSA.distance(word, other, score_cutoff=limit)
-        if distance <= limit and distance < best_distance and (not section or (lexicon.item(other) or ("",))[0] != section):
+        if distance <= limit and distance < best_distance and (has_digit or not section or (lexicon.item(other) or ("",))[0] != section):
             best, best_distance = other, distance
     return best
 
