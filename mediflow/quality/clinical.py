@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 from rapidfuzz.distance import OSA
 
@@ -83,11 +84,11 @@ class Lexicon:
                 self._distinguishing.add(word)
         return found  # type: ignore[return-value]
 
-    def distinguishing(self, words: Counter[str]) -> set[str]:
+    def distinguishing(self, words: Counter[str]) -> frozenset[str]:
         """Which of ``words`` have an item: set operations in C, as most words of a note tell nothing."""
         for word in set(words).difference(self._items):
             self.item(word)
-        return self._distinguishing.intersection(words)
+        return frozenset(self._distinguishing.intersection(words))
 
     def _classify(self, word: str) -> tuple[str, str] | None:
         if _DIGIT.search(word):
@@ -138,23 +139,35 @@ class Facts:
     words: Counter[str]
     sexes: frozenset[str]
     negations: tuple[tuple[str, str, str], ...]  # per negation cue: the cue, and the next two words of its sentence it may negate
+    distinguishing: frozenset[str]  # the words that have a (section, class) in the lexicon
+    key: tuple[object, ...]  # the classes stated (values as written), sexes and negations: equal keys, equal facts
 
 
-def facts(words: list[str], sentence_end: list[bool], lexicon: Lexicon) -> Facts:
+def facts(words: list[str], sentence_end: list[bool], lexicon: Lexicon, cues: list[int] | None = None) -> Facts:
     """The facts of one text's canonical words (:meth:`CanonicalTokens.record_words`).
 
     A negation cue negates the next words of *its own* sentence (skipping articles and words such
     as "evidence of"); the first two are kept, so a copy that dropped the first still matches.
+    ``cues``: the cues' positions, when the caller found them for a whole batch at once.
     """
     counted = Counter(words)
     present = lexicon.distinguishing(counted)
-    sexes = frozenset(lexicon.word_class[word][1] for word in present if lexicon.word_class.get(word, ("",))[0] == "sex")
-    negations: list[tuple[str, str, str]] = []
-    if not lexicon.negation_cues.isdisjoint(present):
-        for index, word in enumerate(words):
-            if word in lexicon.negation_cues:
-                negations.append((word, *_negated(words, sentence_end, index)))
-    return Facts(counted, sexes, tuple(sorted(negations)))
+    classes = lexicon._items  # every word of the text is memoised by distinguishing()
+    sexes: set[str] = set()
+    stated: dict[tuple[str, str], int] = {}
+    for word in present:
+        item = classes[word]
+        if item is _VALUE:
+            stated[("value", word)] = counted[word]
+        elif item is not None and item[0] == "sex":
+            sexes.add(item[1])
+        elif item is not None:
+            stated[item] = stated.get(item, 0) + counted[word]
+    if cues is None:
+        cues = [index for index, word in enumerate(words) if word in lexicon.negation_cues] if not lexicon.negation_cues.isdisjoint(present) else []
+    negated = tuple(sorted((words[index], *_negated(words, sentence_end, index)) for index in cues))
+    frozen_sexes = frozenset(sexes)
+    return Facts(counted, frozen_sexes, negated, present, (frozenset(stated.items()), frozen_sexes, negated))
 
 
 def text_facts(text: str, lexicon: Lexicon) -> Facts:
@@ -253,12 +266,17 @@ def agree(a: Facts, b: Facts, lexicon: Lexicon, lenient_values: bool = False) ->
     misspellings excused. Values written with digits are compared by :func:`value_fingerprints`
     before this (see :func:`same_cases`), except with ``lenient_values``.
     """
+    if a.key == b.key:
+        return True  # the same classes, values, sexes and negations: nothing left to excuse
     a_only, b_only = a.words - b.words, b.words - a.words
     unexplained: dict[str, list[tuple[str, str]]] = {"a": [], "b": []}
     misspelled: set[str] = set()  # words the other text writes misspelled, split or run together
-    for side, mine, theirs, their_facts in (("a", a_only, b_only, b), ("b", b_only, a_only, a)):
-        their_classes = Counter(item for word, count in theirs.items() if (item := lexicon.item(word)) is not None for _ in range(count))
-        for word in sorted(mine):
+    for side, mine, theirs, my_facts, their_facts in (("a", a_only, b_only, a, b), ("b", b_only, a_only, b, a)):
+        telling = sorted(my_facts.distinguishing.intersection(mine))  # only these can state another fact
+        if not telling:
+            continue
+        their_classes = Counter(lexicon.item(word) for word in their_facts.distinguishing.intersection(theirs) for _ in range(theirs[word]))
+        for word in telling:
             item = lexicon.item(word)
             if item is None or (item == _VALUE and (_split_decimal(word, mine, theirs) or not word.strip("0"))):
                 continue  # "9.0" is written "9"; its "0" split off by a tokenizer is no value
@@ -342,10 +360,14 @@ def same_cases(tokens: CanonicalTokens, pairs: np.ndarray, lexicon: Lexicon, fin
             fingerprints = tokens.value_fingerprints()
         same = fingerprints[pairs[:, 0]] == fingerprints[pairs[:, 1]]
     read: dict[int, Facts] = {}
+    is_cue = pc.is_in(tokens.words, value_set=pa.array(sorted(lexicon.negation_cues), pa.string())).to_numpy(zero_copy_only=False)[tokens.ids]
+    cue_positions = np.flatnonzero(is_cue)  # every negation cue of the batch, found at once
+    cue_bounds = np.searchsorted(cue_positions, np.stack([tokens.starts, tokens.ends], axis=1))
 
     def facts_of(index: int) -> Facts:
         if index not in read:
-            read[index] = facts(*tokens.record_words(index), lexicon)
+            low, high = cue_bounds[index].tolist()
+            read[index] = facts(*tokens.record_words(index), lexicon, (cue_positions[low:high] - tokens.starts[index]).tolist())
         return read[index]
 
     for position in np.flatnonzero(same).tolist():
