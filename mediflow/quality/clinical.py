@@ -233,18 +233,36 @@ def _split_decimal(word: str, mine: Counter[str], theirs: Counter[str]) -> bool:
     return False
 
 
-def _split_or_merged(word: str, mine: Counter[str], theirs: Counter[str]) -> bool:
-    """Whether the other text writes ``word`` split in two ("pneu monia") or run into its neighbour ("chestpain", "presentingwith")."""
+def _split_or_merged(word: str, mine: Counter[str], theirs: Counter[str], forms: CanonicalForms) -> bool:
+    """Whether the other text writes ``word`` split in two ("pneu monia") or run into its neighbour ("chestpain", "presentingwith").
+
+    A piece split off that happens to be an abbreviation was written out like one ("hea rt" reads
+    "hea right", "ed ema" "emergency department ema"): such a piece counts as the abbreviation, and
+    the words it was written out as are explained by the word they were split from.
+    """
     for cut in range(1, len(word)):
         head, tail = word[:cut], word[cut:]
-        if theirs.get(head, 0) > (head == tail) and theirs.get(tail, 0) > 0:
+        if _written(head, theirs, forms, 1 + (head == tail)) and _written(tail, theirs, forms, 1):
             return True
     for other in theirs:
         if other.startswith(word) and other[len(word):] in mine:
             return True
         if other.endswith(word) and other[: len(other) - len(word)] in mine:
             return True
+    for abbreviation, expansion in forms.abbreviations_of(word):  # ``word`` is a split-off abbreviation written out
+        if all(piece in mine for piece in expansion):
+            for other in theirs:
+                if (other.startswith(abbreviation) and other[len(abbreviation):] in mine) or (other.endswith(abbreviation) and other[: -len(abbreviation)] in mine):
+                    return True
     return False
+
+
+def _written(piece: str, words: Counter[str], forms: CanonicalForms, count: int) -> bool:
+    """Whether ``words`` hold ``piece`` (``count`` times), as itself or as the words its abbreviation is written out as."""
+    if words.get(piece, 0) >= count:
+        return True
+    expansion = forms.table.get(piece)
+    return bool(expansion) and all(words.get(part, 0) > 0 for part in expansion or ())
 
 
 #: Sections one of whose words a copy may drop with nothing in its place ("metformin 500 mg" -> "metformin 500"; "the left
@@ -286,7 +304,7 @@ def agree(a: Facts, b: Facts, lexicon: Lexicon, lenient_values: bool = False) ->
                 if item != _VALUE and their_classes[item] > 0:
                     their_classes[item] -= 1
                     continue
-                if _misspelling(word, theirs, lexicon, lenient_values) or _split_or_merged(word, mine, theirs):
+                if _misspelling(word, theirs, lexicon, lenient_values) or _split_or_merged(word, mine, theirs, lexicon.forms):
                     misspelled.add(word)
                     continue
                 unexplained[side].append(item)
@@ -305,7 +323,7 @@ def _rewording_allowed(unexplained: dict[str, list[tuple[str, str]]], a_only: Co
     if hard and (len(left) > 1 or hard[0][0] not in _DROPPABLE):
         return False
     replaced_by, mine = (b_only, a_only) if a_left else (a_only, b_only)
-    return not any(_content_word(word, lexicon) and not _misspelling(word, mine, lexicon, False) and not _split_or_merged(word, replaced_by, mine)
+    return not any(_content_word(word, lexicon) and not _misspelling(word, mine, lexicon, False) and not _split_or_merged(word, replaced_by, mine, lexicon.forms)
                    for word in replaced_by)  # nothing else stands in its place
 
 
@@ -321,7 +339,7 @@ def _same_negations(a: Facts, b: Facts, misspelled: set[str]) -> bool:
         return False
     for _, first, second in mine:
         for index, (_, other_first, other_second) in enumerate(rest):
-            if (_typo_of(first, other_first, other_second) or _typo_of(other_first, first, second)
+            if (_typo_of(first, other_first, other_second) or _typo_of(other_first, first, second) or first in misspelled or other_first in misspelled
                     or (first not in b.words and second and _typo_of(second, other_first, other_second))
                     or (other_first not in a.words and other_second and _typo_of(first, other_second))):
                 del rest[index]

@@ -72,6 +72,15 @@ class CanonicalForms:
     def __init__(self, table: dict[str, str]) -> None:
         self.table = {key: tuple(value.split()) for key, value in table.items()}
         self._memo: dict[str, tuple[tuple[str, ...], bool]] = {}
+        self._abbreviations: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        for key, words in self.table.items():
+            if key.isalpha() and len(key) <= 3:  # a short abbreviation: also a piece a split word can leave ("hea rt")
+                for word in words:
+                    self._abbreviations.setdefault(word, []).append((key, words))
+
+    def abbreviations_of(self, word: str) -> list[tuple[str, tuple[str, ...]]]:
+        """The short abbreviations whose written-out form holds ``word``, each with that form (``right``: ``[("rt", ("right",))]``)."""
+        return self._abbreviations.get(word, [])
 
     def words(self, raw: str) -> tuple[tuple[str, ...], bool]:
         """``raw``'s canonical words, and whether it ends a sentence (``.``, ``!``, ``?``, ``;``, not a dotted abbreviation)."""
