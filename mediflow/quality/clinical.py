@@ -210,7 +210,8 @@ def _misspelling(word: str, others: Iterable[str], lexicon: Lexicon, lenient_val
         if limit == 0 or (has_digit and len(word) != len(other) and abs(len(word) - len(other)) > 1):
             continue
         distance = OSA.distance(word, other, score_cutoff=limit)
-        if distance <= limit and distance < best_distance and (has_digit or not section or (lexicon.item(other) or ("",))[0] != section):
+        if distance <= limit and distance < best_distance and (has_digit or not section or (lexicon.item(other) or ("",))[0] != section
+                                                               or (section == "conditions" and _inflection(word, other))):
             best, best_distance = other, distance
     return best
 
@@ -219,6 +220,12 @@ def _typo_of(word: str, other: str, next_word: str = "") -> bool:
     """Whether ``other`` (followed by ``next_word``) writes ``word``: the same, misspelled, or split in two ("in vasion")."""
     limit = 0 if _DIGIT.search(word) or _DIGIT.search(other) else _typo_limit(word, other)
     return word == other or (limit > 0 and OSA.distance(word, other, score_cutoff=limit) <= limit) or (bool(next_word) and word == other + next_word)
+
+
+def _inflection(first: str, second: str) -> bool:
+    """One word inflected ("fluid"/"fluids", "place"/"placed", "fall"/"falls"): a condition word, not another condition."""
+    shorter, longer = sorted((first, second), key=len)
+    return longer.startswith(shorter) and longer[len(shorter):] in ("s", "es", "d", "ed", "ing")
 
 
 def _split_decimal(word: str, mine: Counter[str], theirs: Counter[str]) -> bool:
@@ -265,9 +272,9 @@ def _written(piece: str, words: Counter[str], forms: CanonicalForms, count: int)
     return bool(expansion) and all(words.get(part, 0) > 0 for part in expansion or ())
 
 
-#: Sections one of whose words a copy may drop with nothing in its place ("metformin 500 mg" -> "metformin 500"; "the left
-#: kidney" -> "the left"); a dropped negation, sex, side, number word, dose frequency, route, drug or value is another case.
-_DROPPABLE = frozenset({"units", "anatomy", "labs", "procedures", "specialties"})
+#: Sections one of whose words a copy may drop with nothing in its place ("metformin 500 mg" -> "metformin 500"; "intravenous
+#: ceftriaxone" -> "ceftriaxone"); a dropped negation, sex, side, number word, drug or value is another case, and so is any replacement.
+_DROPPABLE = frozenset({"units", "anatomy", "labs", "procedures", "specialties", "route", "frequency"})
 
 
 def agree(a: Facts, b: Facts, lexicon: Lexicon, lenient_values: bool = False) -> bool:
@@ -275,14 +282,15 @@ def agree(a: Facts, b: Facts, lexicon: Lexicon, lenient_values: bool = False) ->
 
     Only the words one text has more of than the other can differ in a fact. Each distinguishing
     one (a sex, side, negation, unit, dose frequency, route, organ, lab, procedure, specialty, drug,
-    condition, number word; a value with ``lenient_values``) must be explained: the other text has a
-    word of the same class ("man"/"male"; any of its sexes), or writes it misspelled, split in two,
-    or run together with its neighbour. A condition word left unexplained conflicts only when the
-    other text puts another condition or content word in its place; one unit, organ, lab,
-    procedure or specialty word is excused when it is the only word left and nothing stands in its
-    place (a dropped word, not a replacement). Negations are then compared with what they negate,
-    misspellings excused. Values written with digits are compared by :func:`value_fingerprints`
-    before this (see :func:`same_cases`), except with ``lenient_values``.
+    condition, number word, value) must be explained: the other text has a word of the same class
+    ("man"/"male"; any of its sexes), or writes it misspelled (a value: only its decimal point
+    spaced out, or one edit with ``lenient_values``), split in two, or run together with its
+    neighbour. A condition word left unexplained conflicts only when the other text puts another
+    condition or content word in its place; one unit, organ, lab, procedure, specialty, route or
+    dose-frequency word is excused when it is the only word left and nothing stands in its place (a
+    dropped word, not a replacement). Negations are then compared with what they negate,
+    misspellings excused. With strict values, :func:`same_cases` has already compared the value
+    fingerprints (digit runs) before this.
     """
     if a.key == b.key:
         return True  # the same classes, values, sexes and negations: nothing left to excuse
@@ -340,7 +348,7 @@ def _same_negations(a: Facts, b: Facts, misspelled: set[str]) -> bool:
     for _, first, second in mine:
         for index, (_, other_first, other_second) in enumerate(rest):
             if (_typo_of(first, other_first, other_second) or _typo_of(other_first, first, second) or first in misspelled or other_first in misspelled
-                    or (first not in b.words and second and _typo_of(second, other_first, other_second))
+                    or (first not in b.words and (second == other_first or (bool(second) and _typo_of(second, other_first, other_second))))
                     or (other_first not in a.words and other_second and _typo_of(first, other_second))):
                 del rest[index]
                 break
