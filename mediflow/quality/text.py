@@ -50,7 +50,7 @@ _SPLIT_NUMBER = r"(\d) +([.,])(\d)"
 _LOOSE_PUNCTUATION = r"\s+([.,;:!?)\]}%])|([(\[{])\s+"
 #: One piece of a whitespace token: a dotted abbreviation (b.i.d.), a number (7.5, 1,000), a word or code (e11.9,
 #: hba1c) with an optional trailing slash (w/), a symbol that is a word (% &), or a contraction's tail (n't, 's).
-_PIECE = re.compile(r"(?:[^\W\d_]\.){2,}|\d+(?:[.,]\d+)*|[^\W_]+(?:\.\d+)*/?|n't|'[a-z]+|[%&+]")
+_PIECE = re.compile(r"n't|(?:[^\W\d_]\.){2,}|\d+(?:[.,]\d+)*|[^\W_]+(?:\.\d+)*/?|'[a-z]+|[%&+]")
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
 _QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 _SENTENCE_END = frozenset(".!?;")
@@ -72,6 +72,15 @@ class CanonicalForms:
     def __init__(self, table: dict[str, str]) -> None:
         self.table = {key: tuple(value.split()) for key, value in table.items()}
         self._memo: dict[str, tuple[tuple[str, ...], bool]] = {}
+        self._abbreviations: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        for key, words in self.table.items():
+            if key.isalpha() and len(key) <= 3:  # a short abbreviation: also a piece a split word can leave ("hea rt")
+                for word in words:
+                    self._abbreviations.setdefault(word, []).append((key, words))
+
+    def abbreviations_of(self, word: str) -> list[tuple[str, tuple[str, ...]]]:
+        """The short abbreviations whose written-out form holds ``word``, each with that form (``right``: ``[("rt", ("right",))]``)."""
+        return self._abbreviations.get(word, [])
 
     def words(self, raw: str) -> tuple[tuple[str, ...], bool]:
         """``raw``'s canonical words, and whether it ends a sentence (``.``, ``!``, ``?``, ``;``, not a dotted abbreviation)."""
