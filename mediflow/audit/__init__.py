@@ -9,6 +9,7 @@ The notebook ``examples/audit.ipynb`` calls the same functions one section at a 
 from __future__ import annotations
 
 from mediflow.audit.case_mix import case_mix
+from mediflow.audit.case_panels import document_type_cases, drugs_by_condition, rule_violations, sex_by_condition
 from mediflow.audit.coverage import coverage
 from mediflow.audit.diversity import text_diversity
 from mediflow.audit.duplicates import near_duplicates
@@ -41,6 +42,8 @@ __all__ = [
     "case_mix_with_plan",
     "coverage",
     "coverage_with_plan",
+    "document_type_cases",
+    "drugs_by_condition",
     "funnel",
     "icd_codes",
     "icd_codes_with_terminology",
@@ -53,9 +56,11 @@ __all__ = [
     "ngrams",
     "planned_cells",
     "render_html",
+    "rule_violations",
     "run_audit",
     "run_config",
     "sample_cells",
+    "sex_by_condition",
     "text_diversity",
     "samples",
     "write_html",
