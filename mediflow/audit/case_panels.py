@@ -124,9 +124,10 @@ def _mentioned_primary(folder: OutputFolder, sample: int, taxonomy: str | Path |
     found: dict[str, list[bool]] = defaultdict(list)
     frame = folder.sample(["case", "input", "input_data"], sample)
     for case, text, document_type in zip(frame["case"], frame["input"], frame["input_data"]):
-        if not isinstance(case, dict) or not case.get("conditions") or not isinstance(text, str):
+        conditions = case.get("conditions") if isinstance(case, dict) else None  # pandas gives a list column as an array
+        if conditions is None or len(conditions) == 0 or not isinstance(text, str):
             continue
-        primary = case["conditions"][0]["code"]
+        primary = conditions[0]["code"]
         found[document_type or "(missing)"].append(bool(matcher.mentioned(text, [primary])))
     return found
 
