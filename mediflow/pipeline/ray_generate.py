@@ -59,7 +59,7 @@ class GenerateWork:
         async with open_engine(config.teacher, cache, config.limits, prices=config.prices, actors=self.actors) as engine:
             stages = Stages(engine, taxonomy, config)
             rows = _GroupRows()
-            flow = GroupFlow(stages, rows, config, teacher=engine.teacher.name, created_at=self.created_at, cost_of=engine.cost_usd)  # type: ignore[arg-type]
+            flow = GroupFlow(stages, rows, config, teacher=engine.teacher.name, created_at=self.created_at, cost_of=engine.cost_usd)
             yield _GroupWorker(flow, rows, engine, engine.teacher)
 
 
