@@ -51,6 +51,11 @@ def _cases(folder: AuditFolder, columns: tuple[str, ...] = ()) -> Iterator[tuple
                 yield case, row
 
 
+def _drugs(case: dict[str, Any]) -> list[str]:
+    """The case's drug names (``medications``; older rows: ``drugs``)."""
+    return [m["name"] for m in case.get("medications") or []] or list(case.get("drugs") or [])
+
+
 def _category(code: str) -> str:
     return code[:3]
 
@@ -70,7 +75,8 @@ def document_type_cases(folder: AuditFolder, *, mention_sample: int = 2_000, tax
     mentioned = _mentioned_primary(folder, mention_sample, taxonomy)
     rows = []
     for document_type, cases in sorted(groups.items()):
-        ages = [int(c["age"]) for c in cases]
+        ages = [int(c["age"]) for c in cases if c.get("age") is not None]  # population-level documents have no patient
+        sexes = [c["sex"] for c in cases if c.get("sex")]
         primaries = Counter(c["conditions"][0]["code"] for c in cases)
         settings = Counter(c["setting"] for c in cases)
         acuities = Counter(c["acuity"] for c in cases)
@@ -79,13 +85,14 @@ def document_type_cases(folder: AuditFolder, *, mention_sample: int = 2_000, tax
             {
                 "document_type": document_type,
                 "cases": len(cases),
-                "median_age": statistics.median(ages),
-                "under_18": sum(a < ADULT_AGE for a in ages) / len(ages),
-                "female": sum(c["sex"] == "female" for c in cases) / len(cases),
+                "population_level": sum(bool(c.get("population")) for c in cases),
+                "median_age": statistics.median(ages) if ages else None,
+                "under_18": sum(a < ADULT_AGE for a in ages) / len(ages) if ages else None,
+                "female": sum(sex == "female" for sex in sexes) / len(sexes) if sexes else None,
                 "settings": ", ".join(f"{name} {n / len(cases):.0%}" for name, n in settings.most_common(3)),
                 "acuity": ", ".join(f"{name} {n / len(cases):.0%}" for name, n in acuities.most_common(3)),
                 "top_primary": "; ".join(f"{code} ({n})" for code, n in primaries.most_common(3)),
-                "with_drugs": sum(bool(c.get("drugs")) for c in cases) / len(cases),
+                "with_drugs": sum(bool(_drugs(c)) for c in cases) / len(cases),
                 "primary_mentioned": sum(hits) / len(hits) if hits else None,
                 "mention_sample": len(hits),
             }
@@ -94,13 +101,15 @@ def document_type_cases(folder: AuditFolder, *, mention_sample: int = 2_000, tax
     sampled = table["mention_sample"].sum()
     share = (table["primary_mentioned"].fillna(0) * table["mention_sample"]).sum() / sampled if sampled else None
     summary = f"{len(table)} document types; under-18 share ranges {table['under_18'].min():.0%}-{table['under_18'].max():.0%}"
+    if table["population_level"].sum():
+        summary += f"; {int(table['population_level'].sum())} population-level cases (no patient)"
     if share is not None:
         summary += f"; documents that mention their primary condition: {share:.0%} of a sample of {sampled}"
     figure = new_figure(12, bounded(0.18 * len(table), 4, 30))
     axes = figure.add_subplot(1, 1, 1)
     positions = range(len(table))
-    axes.barh([p - 0.2 for p in positions], table["under_18"], height=0.4, color="#d95f02", label="under 18")
-    axes.barh([p + 0.2 for p in positions], table["female"], height=0.4, color="#2b7bba", label="female")
+    axes.barh([p - 0.2 for p in positions], table["under_18"].fillna(0), height=0.4, color="#d95f02", label="under 18")
+    axes.barh([p + 0.2 for p in positions], table["female"].fillna(0), height=0.4, color="#2b7bba", label="female")
     axes.set_yticks(list(positions), list(table["document_type"]), fontsize=6)
     axes.invert_yaxis()
     axes.set_xlim(0, 1)
@@ -157,7 +166,8 @@ def rule_violations(folder: AuditFolder, *, taxonomy: str | Path | None = None, 
         per_type[row["input_data"] or "(missing)"].update(names)
         if len(shown) < examples:
             codes = ", ".join(c["code"] for c in row_case["conditions"])
-            shown.append({"id": row["id"], "document_type": row["input_data"], "patient": f"{row_case['age']} {row_case['sex']}", "codes": codes, "broken": "; ".join(lines)})
+            patient = row_case.get("population") or f"{row_case.get('age')} {row_case.get('sex')}"
+            shown.append({"id": row["id"], "document_type": row["input_data"], "patient": patient, "codes": codes, "broken": "; ".join(lines)})
     if not cases:
         return CheckResult.not_available("case_rules", title, NO_CASES)
     by_rule = pd.DataFrame([{"rule": name, "cases": n, "share": n / cases} for name, n in per_rule.most_common()], columns=["rule", "cases", "share"])
@@ -190,7 +200,8 @@ def sex_by_condition(folder: AuditFolder, *, top: int = 40) -> CheckResult:
     title = "Sex ratio per condition"
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for case, _ in _cases(folder):
-        counts[_category(case["conditions"][0]["code"])][case["sex"]] += 1
+        if case.get("sex"):  # population-level documents have no patient
+            counts[_category(case["conditions"][0]["code"])][case["sex"]] += 1
     if not counts:
         return CheckResult.not_available("case_sex", title, NO_CASES)
     rows = [
@@ -238,7 +249,7 @@ def drugs_by_condition(folder: AuditFolder, *, top: int = 40, drugs_shown: int =
     drugs_per: dict[str, Counter[str]] = defaultdict(Counter)
     for case, _ in _cases(folder):
         category = _category(case["conditions"][0]["code"])
-        drugs = list(case.get("drugs") or [])
+        drugs = _drugs(case)
         cases_per[category] += 1
         with_drugs[category] += bool(drugs)
         drug_count[category] += len(drugs)
