@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 
 from mediflow.cli import main
 from mediflow.errors import ConfigError, MediflowError
-from mediflow.train.align import build_sft_trainer, prepare_inputs, run_sft
+from mediflow.train.align import build_dpo_trainer, build_sft_trainer, prepare_inputs, run_sft
 from mediflow.train.config import StageConfig, config_from_dict
 from mediflow.train.eval import generate_answers, run_eval
 from mediflow.train.metrics import TaskMetric, aggregate, icd10_codes, measure, task_metrics
@@ -380,6 +380,14 @@ def test_chat_template_kwargs_reach_every_render(root: Path) -> None:
     trainer = build_sft_trainer(_sft(root, "sft_kwargs", model={"name_or_path": "kwargs", "chat_template_kwargs": {"terse": True}}))
     first = trainer.processing_class.decode(trainer.train_dataset[0]["input_ids"])
     assert first.startswith("<|system|>Be terse.<|end|><|user|>What is the diagnosis?")
+    (root / "kwargs_pairs.jsonl").write_text(json.dumps({"prompt": ONE_TURN[:1], "chosen": ONE_TURN[1:], "rejected": [{"role": "assistant", "content": "Asthma."}]}) + "\n")
+    dpo = config_from_dict(
+        {"model": {"name_or_path": "kwargs", "chat_template_kwargs": {"terse": True}}, "data": {"train": "kwargs_pairs.jsonl", "max_length": 96}, "output": {"dir": "dpo_kwargs"}},
+        "dpo",
+        root=root,
+    )
+    pairs = build_dpo_trainer(dpo).train_dataset[0]
+    assert load_tokenizer(root / "kwargs").decode(pairs["prompt_ids"]).startswith("<|system|>Be terse.<|end|>")
 
 
 def test_the_preset_refuses_a_report_on_the_selection_data(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
