@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import TINY_CHAT_TEMPLATE, build_tiny_phi3
+from tiny_models import PHI4_STYLE, TINY_CHAT_TEMPLATE, build_tiny_phi3, with_template
 from transformers import TrainerCallback
 
 from mediflow.cli import main
@@ -32,12 +32,6 @@ from mediflow.train.templates import COMPLETION_ONLY, strip_generation_markers
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
-#: A Phi-4-mini-style layout (no newline after the role tag or the end token): not the shipped Phi-3
-#: copy, so SFT masks it by the rendered prefixes.
-PHI4_STYLE = (
-    "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
 TWO_TURNS = [
     {"role": "system", "content": "Answer in JSON."},
     {"role": "user", "content": "List the drugs."},
@@ -98,14 +92,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _phi4_model(root: Path, name: str, template: str = PHI4_STYLE) -> Path:
-    folder = root / name
-    if not folder.exists():
-        shutil.copytree(root / "base", folder)
-        (folder / "chat_template.jinja").unlink()
-        tokenizer = load_tokenizer(folder)
-        tokenizer.chat_template = template
-        tokenizer.save_pretrained(folder)
-    return folder
+    return with_template(root / "base", root / name, template)
 
 
 # ---------------------------------------------------------------- 2. end of turn from the template
