@@ -118,6 +118,20 @@ def test_end_of_turn_is_read_from_a_template_no_code_knows(tmp_path: Path) -> No
     assert runaway.startswith("CT.[[end]]") and len(runaway) > len("CT.[[end]]")
 
 
+def test_a_whitespace_token_that_closes_a_turn_is_never_a_stop(tmp_path: Path) -> None:
+    """Gemma's vocabulary has "\\n" as an added token and its turns close with "<end_of_turn>\\n": only the marker stops."""
+    from tiny_models import build_tiny_tokenizer
+
+    from mediflow.train.templates import end_of_turn_ids
+
+    template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}[[end]]\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+    tokenizer = build_tiny_tokenizer(tmp_path, chat_template=template, extra_special_tokens=("[[end]]",))
+    tokenizer.add_tokens(["\n"])
+    newline, end = tokenizer.convert_tokens_to_ids("\n"), tokenizer.convert_tokens_to_ids("[[end]]")
+    assert newline in tokenizer(tokenizer.apply_chat_template(ONE_TURN, tokenize=False), add_special_tokens=False)["input_ids"]
+    assert end_of_turn_ids(tokenizer, template) == sorted([tokenizer.eos_token_id, end])
+
+
 # ---------------------------------------------------------------- 3. every assistant turn trained
 
 
