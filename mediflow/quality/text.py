@@ -212,14 +212,7 @@ def canonical_tokens(texts: pa.Array | pa.ChunkedArray, forms: CanonicalForms) -
     filled = pc.fill_null(texts, "")
     for pattern, rewrite in ((_ORDINAL, r"\1"), (_SPLIT_NUMBER, r"\1\2\3"), (_LOOSE_PUNCTUATION, r"\1\2")):
         filled = pc.replace_substring_regex(filled, pattern, rewrite)
-    split = pc.utf8_split_whitespace(filled)
-    if isinstance(split, pa.ChunkedArray):
-        split = split.combine_chunks()
-    offsets = split.offsets.to_numpy().astype(np.int64)
-    flat = split.values.slice(offsets[0], offsets[-1] - offsets[0]) if len(split) else split.values
-    encoded = pc.dictionary_encode(flat)
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.combine_chunks()
+    offsets, encoded = _split_and_encode(filled)
     raw_tokens = encoded.dictionary.to_pylist()
     vocabulary: dict[str, int] = {}
     counts = np.empty(len(raw_tokens), np.int64)
@@ -276,9 +269,9 @@ class TokenHashes:
         return lengths
 
 
-def token_hashes(normalized: pa.Array) -> TokenHashes:
-    """Hash the whitespace tokens of already-normalised texts; each distinct token is hashed once."""
-    tokens = pc.utf8_split_whitespace(normalized)
+def _split_and_encode(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.DictionaryArray]:
+    """Every whitespace token of ``texts``, dictionary-encoded (each distinct token once), and each text's token offsets."""
+    tokens = pc.utf8_split_whitespace(texts)
     if isinstance(tokens, pa.ChunkedArray):
         tokens = tokens.combine_chunks()
     offsets = tokens.offsets.to_numpy().astype(np.int64)
@@ -286,6 +279,12 @@ def token_hashes(normalized: pa.Array) -> TokenHashes:
     encoded = pc.dictionary_encode(flat)
     if isinstance(encoded, pa.ChunkedArray):
         encoded = encoded.combine_chunks()
+    return offsets, encoded
+
+
+def token_hashes(normalized: pa.Array) -> TokenHashes:
+    """Hash the whitespace tokens of already-normalised texts; each distinct token is hashed once."""
+    offsets, encoded = _split_and_encode(normalized)
     dictionary_hashes = hash_strings(encoded.dictionary)
     hashes = dictionary_hashes[encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
     base = offsets[0]
