@@ -13,8 +13,14 @@ The baseline, measured in the same run on the same notes, is the matcher of the 
 the set (its ``mediflow/cases/mentions.py`` and ``taxonomies/cases/synonyms.yaml``, read with
 ``git show``), i.e. the matcher before this work.
 
+A yardstick we did not write: ``--negspacy`` reads every name the current matcher finds with
+negspacy's NegEx (``pip install -e '.[bench]'``: spaCy's blank English pipeline and the library's
+``en_clinical`` termset, no model download) instead of our context rules, and prints that
+matcher's precision and recall and how often the two agree that a name is negated.
+
     python benchmarks/mentions.py              # both matchers, every part and phenomenon
     python benchmarks/mentions.py --errors     # and the current matcher's errors on the dev part
+    python benchmarks/mentions.py --negspacy   # and NegEx's negation decisions on the same names
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import sys
 import tempfile
 import time
 import types
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,10 +177,71 @@ def run(matcher: Mentioned, notes: list[Note]) -> tuple[dict[str, set[str]], flo
     return answers, (time.perf_counter() - started) / len(notes)
 
 
+#: The reasons of :class:`mediflow.cases.mentions.Occurrence` that are context decisions (NegEx may overrule them).
+CONTEXT_REASONS = ("negated:", "hedged:", "family:", "hypothetical:")
+
+
+def negspacy_yardstick(notes: list[Note], parts: dict[str, list[Note]]) -> None:
+    """Our names, NegEx's context: P/R per part, and negation agreement per name occurrence."""
+    try:
+        import negspacy
+        import spacy
+        from negspacy.negation import Negex
+        from negspacy.termsets import termset
+    except ImportError:
+        print("\nnegspacy is not installed: pip install -e '.[bench]'")
+        return
+    from importlib.metadata import version
+
+    from mediflow.cases import load_case_book
+    from mediflow.cases.mentions import MentionMatcher
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    negex = Negex(nlp, "negex", neg_termset=termset("en_clinical").get_patterns())
+
+    def negated(text: str, start: int, end: int) -> bool:
+        doc = nlp(text)
+        span = doc.char_span(start, end, label="CONDITION", alignment_mode="expand")
+        doc.ents = [span]
+        negex(doc)
+        return bool(doc.ents[0]._.negex)
+
+    matcher = MentionMatcher(load_case_book())
+    answers: dict[str, set[str]] = {}
+    agreement = Counter()
+    for note in notes:
+        answers[note.id] = set()
+        for code, finding in matcher.find(note.text, list(note.codes)).items():
+            for occurrence in finding.occurrences:
+                ours = occurrence.why_not is not None and occurrence.why_not.startswith("negated:")
+                theirs = negated(note.text, occurrence.start, occurrence.end)
+                agreement[(ours, theirs)] += 1
+                context_only = occurrence.why_not is None or occurrence.why_not.startswith(CONTEXT_REASONS)
+                if context_only and not theirs:
+                    answers[note.id].add(code)
+    print(f"\n== yardstick: negspacy {getattr(negspacy, '__version__', None) or version('negspacy')} (NegEx, en_clinical termset, spaCy {spacy.__version__}) on the current matcher's names")
+    for part, members in parts.items():
+        primary, codes = score(members, answers)
+        print(f"  {part:9s} names ours + NegEx context   primary: {primary}")
+        print(f"  {'':9s} {'':27s} codes:   {codes}")
+    total = sum(agreement.values())
+    observed = (agreement[(True, True)] + agreement[(False, False)]) / total
+    ours_rate = (agreement[(True, True)] + agreement[(True, False)]) / total
+    theirs_rate = (agreement[(True, True)] + agreement[(False, True)]) / total
+    expected = ours_rate * theirs_rate + (1 - ours_rate) * (1 - theirs_rate)
+    kappa = (observed - expected) / (1 - expected) if expected < 1 else float("nan")
+    print(
+        f"  negation of {total} name occurrences: both negated {agreement[(True, True)]}, ours only {agreement[(True, False)]}, "
+        f"NegEx only {agreement[(False, True)]}, neither {agreement[(False, False)]}; agreement {observed:.2f}, Cohen's kappa {kappa:.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default=FROZEN, help="the commit whose matcher is the baseline (default: the one that froze the set)")
     parser.add_argument("--errors", action="store_true", help="print the current matcher's errors on the dev part (never the held-out part's)")
+    parser.add_argument("--negspacy", action="store_true", help="also read the current matcher's names with negspacy's NegEx (the bench extra)")
     args = parser.parse_args()
 
     notes = load_notes()
@@ -196,7 +264,7 @@ def main() -> None:
             print(f"  {name:20s} primary: {primary}")
             print(f"  {'':20s} codes:   {codes}")
     for part in ("dev", "held-out"):
-        print(f"\n== per phenomenon, {part} (code level: P / R, notes)")
+        print(f"\n== per phenomenon, {part} (notes; code level: P / R, false positives and negatives)")
         for phenomenon in PHENOMENA:
             members = [n for n in parts[part] if phenomenon in n.phenomena]
             if not members:
@@ -204,8 +272,10 @@ def main() -> None:
             cells = []
             for found in answers.values():
                 _, codes = score(members, found)
-                cells.append(f"{codes.precision:5.2f} / {codes.recall:4.2f}")
+                cells.append(f"{codes.precision:5.2f} / {codes.recall:4.2f} (fp {codes.fp}, fn {codes.fn})")
             print(f"  {phenomenon:24s} {len(members):3d}   " + "   ".join(f"{name.split()[0]} {cell}" for name, cell in zip(answers, cells)))
+    if args.negspacy:
+        negspacy_yardstick(notes, parts)
     if args.errors:
         print("\n== current matcher's errors on the dev part")
         for note in parts["dev"]:

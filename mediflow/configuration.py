@@ -26,12 +26,15 @@ The API, in full::
     MyConfig.load("x.yaml", section="judge", samples=3)    # file | dict | instance | None, plus overrides
     add_flags(parser, MyConfig); overrides = flag_overrides(args)   # then MyConfig.load(path, **overrides)
     config.to_dict()                                       # plain JSON data (secrets left out), for manifests
+    config.samples = 3                                     # FrozenInstanceError: frozen once validated (replace/load instead)
 
 Types understood: ``str``, ``int``, ``float``, ``bool``, ``Path``, ``Literal[...]``, ``list[X]``,
 ``tuple[X, ...]``, ``dict[str, X]``, ``X | None`` and nested :class:`Config` dataclasses. An
 optional section (``judge: JudgeConfig | None``) also accepts ``true`` (the section with its
-defaults) and ``false`` (off). A :func:`secret` field (an API key given from Python) is never
-written by :meth:`Config.to_dict`, never in the schema and never a flag.
+defaults) and ``false`` (off). A field that is ``true`` or a value (``train.resume_from_checkpoint:
+bool | str``) gets a flag that may be given bare, meaning ``true`` (``--resume`` or ``--resume PATH``).
+A :func:`secret` field (an API key given from Python) is never written by :meth:`Config.to_dict`,
+never in the schema and never a flag.
 """
 
 from __future__ import annotations
@@ -55,11 +58,19 @@ from mediflow.errors import ConfigError
 from mediflow.textfiles import read_text
 
 C = TypeVar("C", bound="Config")
+#: The field metadata that is not a JSON Schema constraint.
+_SWITCH = "switch"
+_NOT_CONSTRAINTS = frozenset({"help", _SWITCH})
 
 
-def option(default: Any = None, help: str = "", **constraints: Any) -> Any:
-    """A config field: its default, its help text and its JSON Schema constraints (``minimum``, ...)."""
-    metadata = {"help": help, **constraints}
+def option(default: Any = None, help: str = "", *, switch: str | None = None, **constraints: Any) -> Any:
+    """A config field: its default, its help text and its JSON Schema constraints (``minimum``, ...).
+
+    ``switch`` (a ``Literal`` field only) names one of its values that also gets a flag of its own:
+    ``mode: Literal["online", "batch"] = option("online", "...", switch="batch")`` gives ``--mode
+    {online,batch}`` and ``--batch``, which sets ``mode: batch``.
+    """
+    metadata = {"help": help, **constraints, **({_SWITCH: switch} if switch is not None else {})}
     if isinstance(default, (list, dict, tuple)) or dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -79,6 +90,16 @@ class Config:
     def __post_init__(self) -> None:
         _raise_first_error(type(self), self.to_dict(), prefix="")
         self.check()
+        object.__setattr__(self, "_validated", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A config is frozen once validated: what was checked is what runs, and what the manifest records."""
+        if getattr(self, "_validated", False):
+            raise dataclasses.FrozenInstanceError(
+                f"cannot assign to {type(self).__name__}.{name}: a config is frozen once validated; "
+                f"make a new one with dataclasses.replace(config, {name}=...) or {type(self).__name__}.load(config, {name}=...)"
+            )
+        super().__setattr__(name, value)
 
     def check(self) -> None:
         """Rules across fields that a JSON Schema cannot say; raise one :class:`ConfigError` line."""
@@ -162,7 +183,7 @@ def _dataclass_schema(cls: type) -> dict[str, Any]:
         if f.metadata.get("secret"):
             continue
         schema = _type_schema(hints[f.name])
-        constraints = {k: v for k, v in f.metadata.items() if k != "help"}
+        constraints = {k: v for k, v in f.metadata.items() if k not in _NOT_CONSTRAINTS}
         if constraints:  # they apply to the non-null branch of an optional
             target = next((s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"), schema)
             target.update(constraints)
@@ -341,6 +362,9 @@ def load(
     """See :meth:`Config.load`."""
     if isinstance(source, cls) and not any(value is not None for value in (overrides or {}).values()):
         return source  # already validated; rebuilding it would drop its secrets
+    if source is not None and not isinstance(source, (cls, Mapping, str, Path)):
+        what = f"a {type(source).__name__}" if isinstance(source, Config) else f"{type(source).__name__} {source!r}"[:80]
+        raise ConfigError(f"config: expected a {cls.__name__}, a YAML/JSON file path or a dict, got {what}")
     if source is None:
         data: Any = {}
     elif isinstance(source, cls):
@@ -426,8 +450,15 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Config], *, prefix: str
         kind = _optional_inner(annotation) or annotation
         if kind is bool:
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif bool in typing.get_args(kind):  # true or a value (resume: true, or a checkpoint folder): the bare flag means true
+            group.add_argument(flag, dest=dest, nargs="?", const=True, type=_yaml_value, metavar="VALUE", default=None, help=help_text)
         elif typing.get_origin(kind) is Literal:
             group.add_argument(flag, dest=dest, choices=typing.get_args(kind), default=None, help=help_text)
+            switch = f.metadata.get(_SWITCH)
+            if switch is not None:  # --batch for --mode batch; a section's keeps its prefix: --judge-batch
+                section = (alias_of.get(dotted) or dotted).rpartition(".")[0]
+                name = "--" + f"{section}.{switch}".lstrip(".").replace(".", "-").replace("_", "-")
+                group.add_argument(name, dest=dest, action="store_const", const=switch, help=f"the same as {flag} {switch}")
         else:
             parse = _flag_type(annotation)
             metavar = {int: "N", float: "X", str: "TEXT", _comma_list: "A,B"}.get(parse, "YAML")

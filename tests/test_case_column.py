@@ -11,7 +11,7 @@ from fixtures import TEST_TEACHER, small_run_config
 from mediflow import generate
 from mediflow.cases import load_case_book
 from mediflow.cases.mentions import MentionMatcher
-from mediflow.export import ExportOptions, SplitFractions, export_dataset
+from mediflow.export import ExportConfig, export_dataset
 from mediflow.preference import PairsConfig, build_pairs
 from mediflow.quality import CurateConfig, curate
 from mediflow.quality.config import FilterConfig
@@ -41,7 +41,7 @@ def test_the_case_survives_curate_pairs_and_export(teacher_server: TeacherServer
     assert paired and all(pair["case"] == cases[pair["id"]] for pair in paired)
 
     out = tmp_path / "export"
-    export_dataset(curated, out, pairs=pairs, options=ExportOptions(fractions=SplitFractions(1.0, 0.0, 0.0)))
+    export_dataset(curated, out, ExportConfig.load(None, pairs=str(pairs), split={"train": 1.0, "validation": 0.0, "test": 0.0}))
     records = [row for path in (out / "data" / "records").glob("*.parquet") for row in pq.read_table(path).to_pylist()]
     assert sorted(row["id"] for row in records) == sorted(row["id"] for row in kept)
     assert all(row["case"] == cases[row["id"]] for row in records)

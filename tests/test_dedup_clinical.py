@@ -9,6 +9,7 @@ value, drug, organ, code, lab or in what a negation negates, must not.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,7 +18,7 @@ import pytest
 
 from mediflow.cli import main
 from mediflow.errors import ConfigError
-from mediflow.quality.clinical import Lexicon, agree, facts, same_case, value_fingerprints
+from mediflow.quality.clinical import Lexicon, agree, same_case, text_facts, value_fingerprints
 from mediflow.quality.config import DedupConfig
 from mediflow.quality.dedup import find_duplicates
 
@@ -30,7 +31,9 @@ NOTE = (
     "He denies chest pain but reports mild fatigue. "
     "The encounter was coded J18.9. "
     "He was discharged home on oral amoxicillin 500 mg three times daily. "
-    "Follow up with the primary care physician in 2 weeks with a repeat chest X-ray."
+    "Follow up with the primary care physician in 2 weeks with a repeat chest X-ray. "
+    "He has a history of hypertension and gout, and his oxygen saturation was 94 percent on room air. "
+    "Blood cultures were requested."
 )
 
 COPIES = {
@@ -41,7 +44,35 @@ COPIES = {
     "abbreviations": NOTE.replace("patient", "pt").replace("intravenous", "IV").replace("67-year-old", "67 y/o")
     .replace("three times daily", "t.i.d.").replace("Follow up", "F/u"),
     "a few words changed": NOTE.replace("improved steadily", "got better").replace("The encounter was", "This encounter is"),
+    # one test per kind of copy of issue 19's table
+    "whitespace: line breaks and runs of spaces inside sentences": NOTE.replace(" admitted ", "\nadmitted  ").replace("lower lobe", "lower\r\n\tlobe")
+    .replace(" on discharge", "   on\ndischarge"),
+    "all caps": NOTE.upper(),
+    "all lower": NOTE.lower(),
+    "punctuation spaced": NOTE.replace("1.1 mg", "1 .1 mg").replace("fever.", "fever .").replace("gout,", "gout ,").replace("(", "( "),
+    "typo: a letter dropped": NOTE.replace("admitted", "admited"),
+    "typo: a letter inserted": NOTE.replace("consolidation", "consollidation"),
+    "typo: two letters transposed": NOTE.replace("ceftriaxone", "ceftriaxnoe"),
+    "typo: a letter substituted": NOTE.replace("pneumonia", "pneumonja"),
+    "typo: a transposition in a unit": NOTE.replace("mg/dL", "mg/Ld"),
+    "typo: a letter dropped from a unit": NOTE.replace("mg/dL", "mg/d"),
+    "typo: a side misspelled": NOTE.replace("right lower", "rihgt lower"),
+    "two adjacent sentences swapped": NOTE.replace("He was treated with intravenous ceftriaxone 1 g daily for 5 days and improved steadily. "
+                                                   "Creatinine was 1.1 mg/dL on discharge and the white cell count was 14.2. ",
+                                                   "Creatinine was 1.1 mg/dL on discharge and the white cell count was 14.2. "
+                                                   "He was treated with intravenous ceftriaxone 1 g daily for 5 days and improved steadily. "),
+    "a filler word dropped": NOTE.replace("and the white cell count", "and white cell count"),
+    "a word split in two": NOTE.replace("pneumonia", "pneu monia"),
+    "two words run together": NOTE.replace("chest pain", "chestpain"),
+    "a contraction": NOTE.replace("He denies chest pain", "He doesn't have chest pain").replace("denies", "does not have"),
+    "Unicode: full-width digits, a ligature, a non-breaking space, a zero-width space": NOTE.replace("14.2", "\uff11\uff14.\uff12")
+    .replace("effusion", "e\ufb00usion").replace("fatigue", "fa\u200btigue").replace("67-year-old man", "67-year-old\u00a0man"),
 }
+
+#: Each abbreviation or symbol of the table, written into the note one at a time (the copy abbreviates).
+ABBREVIATIONS = [("patient", "pt"), ("history", "hx"), (" with community", " w/ community"), (" and gout", " & gout"), ("94 percent", "94%"),
+                 ("intravenous", "IV"), ("67-year-old", "67 y/o"), ("three times daily", "t.i.d."), ("Follow up", "F/u"),
+                 ("requested", "ordered"), ("primary care physician in", "PCP in")]
 
 SIBLINGS = {
     "age": NOTE.replace("67-year-old", "76-year-old"),
@@ -72,6 +103,56 @@ def test_copy_merges(kind: str) -> None:
     assert _dropped((INSTRUCTION, NOTE), (INSTRUCTION, COPIES[kind])) == 1
 
 
+@pytest.mark.parametrize("long, short", ABBREVIATIONS, ids=[short.strip() for _, short in ABBREVIATIONS])
+def test_an_abbreviation_or_symbol_merges_either_way(long: str, short: str) -> None:
+    abbreviated = NOTE.replace(long, short, 1)
+    assert abbreviated != NOTE
+    assert _dropped((INSTRUCTION, NOTE), (INSTRUCTION, abbreviated)) == 1
+    assert _dropped((INSTRUCTION, abbreviated), (INSTRUCTION, NOTE)) == 1  # and a copy that writes it out
+
+
+def test_case_and_whitespace_copies_are_exact_duplicates() -> None:
+    """A copy that differs only in whitespace, case, punctuation spacing or an abbreviation is the same text: an exact duplicate."""
+    for kind in ("whitespace: line breaks and runs of spaces inside sentences", "all caps", "all lower", "punctuation spaced"):
+        table = pa.table({"id": ["a", "b"], "instruction": [INSTRUCTION, INSTRUCTION], "input": [NOTE, COPIES[kind]], "task_type": ["s", "s"]})
+        result = find_duplicates(table, DedupConfig())
+        assert result.details["pair"]["exact_pairs"] == 1 and result.rule[1] == "exact:pair", kind
+
+
+def test_negation_is_read_within_its_sentence() -> None:
+    """Sentence order is free, but what a negation negates is read inside its own sentence."""
+    lexicon = Lexicon.load()
+    note = "Chest X-ray shows no effusion. Cough for three days. Denies fever."
+    assert same_case(note, "Denies fever. Cough for three days. Chest X-ray shows no effusion.", lexicon)  # sentences moved
+    assert not same_case(note, "Chest X-ray shows effusion. No cough for three days. Denies fever.", lexicon)  # the negation moved
+    assert not same_case("The answer was no. Effusion noted.", "The answer was. No effusion noted.", lexicon)  # a cue ends its sentence
+
+
+def test_values_strict_by_default_lenient_on_request() -> None:
+    """A digit typo is another case by default; ``values: lenient`` merges a value one edit away."""
+    typo = NOTE.replace("14.2", "14.3")
+    assert _dropped((INSTRUCTION, NOTE), (INSTRUCTION, typo)) == 0
+    assert _dropped((INSTRUCTION, NOTE), (INSTRUCTION, typo), DedupConfig(values="lenient")) == 1
+    assert _dropped((INSTRUCTION, NOTE), (INSTRUCTION, NOTE.replace("14.2", "41.9")), DedupConfig(values="lenient")) == 0  # two edits: another value
+    assert _dropped((INSTRUCTION, NOTE), (INSTRUCTION, SIBLINGS["side"]), DedupConfig(values="lenient")) == 0  # words stay strict
+
+
+def test_canonical_words() -> None:
+    """One normalisation for every comparison: Unicode, case, whitespace, punctuation spacing, numbers, the table."""
+    from mediflow.quality.text import canonical_tokens
+
+    lexicon = Lexicon.load()
+    texts = ["Pt is a 67 y/o man w/ CAP & HTN, s/p CABG; Na 1,000 (7 .5%) b.i.d. He isn't well.",
+             "PATIENT  is a 67 year old\nman with cap and htn , status post cabg ; na 1000 ( 7.50 percent ) twice daily . he is not well ."]
+    tokens = canonical_tokens(pa.array(texts), lexicon.forms)
+    first, second = tokens.texts().to_pylist()
+    assert first == second == ("patient is a 67 year old man with cap and htn status post cabg na 1000 7.5 percent twice daily he is not well")
+    assert tokens.record_hashes()[0] == tokens.record_hashes()[1]
+    words, ends = tokens.record_words(0)
+    assert [word for word, end in zip(words, ends) if end] == ["cabg", "well"]  # ";" and "." end sentences; "b.i.d."'s own full stop does not
+    assert canonical_tokens(pa.array(["\uff21\uff22 \ufb01ne\u200b 7th\u00a0dose"]), lexicon.forms).texts().to_pylist() == ["ab fine 7 dose"]
+
+
 @pytest.mark.parametrize("kind", sorted(SIBLINGS))
 def test_sibling_differing_in_one_fact_is_kept(kind: str) -> None:
     assert _dropped((INSTRUCTION, NOTE), (INSTRUCTION, SIBLINGS[kind])) == 0
@@ -85,12 +166,14 @@ def test_siblings_merge_without_the_clinical_check() -> None:
 
 def test_facts_read_words_units_and_abbreviations() -> None:
     lexicon = Lexicon.load()
-    note = facts("67 y/o woman, metformin 500 mg b.i.d., no edema of the left leg, HbA1c 7.50, code E11.9", lexicon)
+    note = text_facts("67 y/o woman, metformin 500 mg b.i.d., no edema of the left leg, HbA1c 7.50, code E11.9", lexicon)
+    classes = Counter(lexicon.item(word) for word in note.words.elements())
     assert note.sexes == {"female"}
-    assert note.counts[("numbers", "2")] == 1 and note.counts[("frequency", "daily")] == 1  # b.i.d. = twice daily
-    assert note.counts[("units", "mg")] == 1 and note.counts[("units", "year")] == 1  # y/o = year old
-    assert note.counts[("drugs", "metformin")] == 1 and note.counts[("laterality", "left")] == 1
-    assert note.counts[("negation", "edema")] == 1
+    assert classes[("numbers", "2")] == 1 and classes[("frequency", "daily")] == 1  # b.i.d. = twice daily
+    assert classes[("units", "mg")] == 1 and classes[("units", "year")] == 1  # y/o = year old
+    assert classes[("drugs", "metformin")] == 1 and classes[("laterality", "left")] == 1
+    assert note.negations == (("no", "edema", "left"),)  # what "no" negates, in its own sentence ("of the" skipped)
+    assert {"7.5", "e11.9"} <= set(note.words)  # values canonical: 7.50 is 7.5
 
 
 def test_values_and_codes_must_be_equal() -> None:
@@ -104,13 +187,17 @@ def test_values_and_codes_must_be_equal() -> None:
 
 def test_value_fingerprints_are_order_free_multisets_read_per_text() -> None:
     texts = ["7.5 cm and 5.7 cm", "5.7 cm, then 7.50 cm.", "7.5 cm and 7.5 cm", "glucose 1,200 on day 3", "day 3: glucose 1200",
-             "", None, "no values here", "NO VALUES HERE"]
+             "", None, "no values here", "NO VALUES HERE", "7. 5 cm and 5 .7 cm", "7.5 cm and 57 cm"]
     together = value_fingerprints(pa.array(texts, pa.string()))
     one_by_one = [value_fingerprints(pa.array([text], pa.string()))[0] for text in texts]
     assert together.tolist() == one_by_one  # a batch shares one token dictionary; each text's value is its own
-    assert together[0] == together[1] != together[2]  # order-free, 7.50 = 7.5; but a multiset (5.7 is not 7.5)
+    assert together[0] == together[1] == together[9]  # order-free, 7.50 = 7.5, "7. 5" = "7 .5" = "7.5"
+    assert together[0] != together[10]  # digit runs: 5.7 is not 57
     assert together[3] == together[4]  # 1,200 = 1200
     assert together[5] == together[6] == together[7] == together[8] == 0
+    lexicon = Lexicon.load()  # the fingerprint reads digit runs; the check reads the values themselves
+    assert together[0] == together[2] and not same_case(texts[0], texts[2], lexicon)  # a multiset: 5.7 is not 7.5
+    assert same_case(texts[0], texts[9], lexicon) and same_case(texts[0], texts[1], lexicon)
 
 
 def test_siblings_differing_in_a_value_never_become_candidates() -> None:
@@ -132,7 +219,7 @@ def test_a_lexicon_of_your_own(tmp_path: Path) -> None:
     custom = tmp_path / "tokens.yaml"
     custom.write_text("laterality:\n  left: [left, sinistra]\n  right: [right, dextra]\n")
     lexicon = Lexicon.load(custom)
-    assert not agree(facts("the sinistra kidney", lexicon), facts("the dextra kidney", lexicon), lexicon)
+    assert not agree(text_facts("the sinistra kidney", lexicon), text_facts("the dextra kidney", lexicon), lexicon)
     assert DedupConfig(clinical_tokens=str(custom)).clinical_tokens == str(custom)
 
 
@@ -160,13 +247,13 @@ def test_cli_bad_lexicon_is_one_error_line_and_writes_nothing(tmp_path: Path, ca
 def test_audit_does_not_report_siblings_as_near_duplicates(tmp_path: Path) -> None:
     """The audit's near-duplicate section confirms like the stage: a copy is a duplicate, siblings are not."""
     from mediflow.audit import near_duplicates
-    from mediflow.audit.folder import OutputFolder
+    from mediflow.audit.folder import AuditFolder
 
     documents = [NOTE, COPIES["typos"], *SIBLINGS.values()]
     (tmp_path / "data").mkdir()
     pq.write_table(pa.table({"id": [f"r{i}" for i in range(len(documents))], "instruction": [INSTRUCTION] * len(documents),
                              "input": documents, "output": ["x"] * len(documents), "task_type": ["summarization"] * len(documents)}),
                    tmp_path / "data" / "part-00000.parquet")
-    result = near_duplicates(OutputFolder.open(tmp_path))
+    result = near_duplicates(AuditFolder.open(tmp_path))
     assert result.numbers["near"]["input"] == 2  # the note and its copy, no sibling
     assert result.numbers["siblings_kept_apart"]["input"] >= len(SIBLINGS) - 1

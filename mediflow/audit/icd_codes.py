@@ -12,15 +12,17 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from matplotlib.figure import Figure
 
-from mediflow.audit.folder import OutputFolder
+from mediflow.audit.folder import AuditFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
 from mediflow.audit.text import json_strings
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TITLE = "ICD-10-CM code validity"
 #: The shape of an ICD-10-CM code in dotted or undotted form (letter, digit, alphanumeric, up to 4 more).
@@ -33,7 +35,7 @@ MAX_LISTED = 30
 
 
 def icd_codes(
-    folder: OutputFolder,
+    folder: AuditFolder,
     coding_tasks: Iterable[str],
     is_valid: Callable[[str], bool],
     is_billable: Callable[[str], bool],

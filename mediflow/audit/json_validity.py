@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 import pandas as pd
-from matplotlib.figure import Figure
 
-from mediflow.audit.folder import OutputFolder
+from mediflow.audit.folder import AuditFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TITLE = "JSON validity per task"
 #: Failing records listed in the report (the counts cover all of them).
 MAX_EXAMPLES = 50
 
 
-def json_validity(folder: OutputFolder, schemas: Mapping[str, Mapping[str, Any]]) -> CheckResult:
+def json_validity(folder: AuditFolder, schemas: Mapping[str, Mapping[str, Any]]) -> CheckResult:
     """Parse and validate every JSON-format output against ``schemas[task]`` (task name -> JSON Schema)."""
     validators = {task: jsonschema.Draft202012Validator(schema) for task, schema in schemas.items()}
     counts: dict[str, dict[str, int]] = {}

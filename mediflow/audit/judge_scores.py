@@ -7,17 +7,21 @@ self-consistency samples) is high, needs a look before anyone trains on it.
 
 from __future__ import annotations
 
-import pandas as pd
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
-from mediflow.audit.folder import JUDGE_COLUMNS, OutputFolder
+import pandas as pd
+
+from mediflow.audit.folder import JUDGE_COLUMNS, AuditFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TITLE = "Judge scores per task"
 
 
-def judge_scores(folder: OutputFolder) -> CheckResult:
+def judge_scores(folder: AuditFolder) -> CheckResult:
     """Mean, median and count of every judge column per task, with one box plot per criterion."""
     present = [c for c in JUDGE_COLUMNS if folder.has_values(c)]
     if not present:

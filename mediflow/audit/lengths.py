@@ -6,19 +6,21 @@ outputs, truncated documents and runaway answers show up as outliers per task.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from matplotlib.figure import Figure
 
-from mediflow.audit.folder import TEXT_COLUMNS, OutputFolder
+from mediflow.audit.folder import TEXT_COLUMNS, AuditFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TITLE = "Length distributions (words) by task"
 
 
-def lengths(folder: OutputFolder) -> CheckResult:
+def lengths(folder: AuditFolder) -> CheckResult:
     """Per task and text column: count, min, median, 5th/95th percentile, max words; empties counted."""
     frame = folder.frame
     rows = []

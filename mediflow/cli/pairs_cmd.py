@@ -9,7 +9,7 @@ from pathlib import Path
 from mediflow.configuration import add_flags, flag_overrides
 from mediflow.errors import MediflowError
 from mediflow.preference.config import CandidateSource, PairsConfig
-from mediflow.teachers.factory import TeacherConfig
+from mediflow.teachers.config import TeacherConfig
 
 
 def _source(value: str) -> CandidateSource:
@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mediflow.preference import build_pairs
+    from mediflow.api import build_pairs
 
     config = PairsConfig.load(args.config, **flag_overrides(args))
     if args.candidate:

@@ -13,7 +13,7 @@ from mediflow.folders.guards import FolderLock, check_folder_path, check_no_over
 from mediflow.folders.manifest import InputRef, Manifest, read_manifest
 from mediflow.folders.output import CACHE_NAME, DATA_DIR, REJECTS_NAME, OutputFolder, config_fingerprint, shard_name
 from mediflow.folders.reader import InputData, open_input, with_ids
-from mediflow.folders.staged import REJECT_FIELDS, StagedWriter, reject_table
+from mediflow.folders.staged import REJECT_FIELDS, StagedWriter, reject_schema, reject_table
 
 __all__ = [
     "CACHE_NAME",
@@ -32,6 +32,7 @@ __all__ = [
     "lock_holder",
     "open_input",
     "read_manifest",
+    "reject_schema",
     "reject_table",
     "shard_name",
     "with_ids",

@@ -45,9 +45,11 @@ PARTS_DIR = ".parts"
 STAGES_DIR = "stages"
 #: Where ``datasets`` keeps its Arrow copy when a folder is loaded as a Dataset (derived, removable).
 DATASETS_CACHE = ".datasets-cache"
+#: Where batch mode keeps its input files and the state of its batches (:mod:`mediflow.batch.state`).
+BATCHES_DIR = "batches"
 #: Entries of a folder that belong to the contract (anything else there is foreign).
 OWN_ENTRIES = frozenset(
-    {DATA_DIR, REJECTS_NAME, MANIFEST_NAME, CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", CACHE_SEGMENTS, LOCK_NAME, PARTS_DIR, STAGES_DIR, DATASETS_CACHE}
+    {DATA_DIR, REJECTS_NAME, MANIFEST_NAME, CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", CACHE_SEGMENTS, LOCK_NAME, PARTS_DIR, STAGES_DIR, DATASETS_CACHE, BATCHES_DIR}
 )
 
 
@@ -62,7 +64,7 @@ def shard_name(index: int) -> str:
 RUNTIME_KEYS = frozenset(
     {
         "concurrency", "progress", "rpm", "tpm", "request_timeout", "max_retries", "adaptive", "error_rate_threshold",
-        "records_in_flight", "api_key", "api_key_env", "base_url", "judge_base_url",
+        "records_in_flight", "api_key", "api_key_env", "base_url", "judge_base_url", "mode", "batch",
     }
 )
 
@@ -245,8 +247,8 @@ class OutputFolder:
             self.fail(str(exc) or type(exc).__name__)
 
 
-#: What survives ``overwrite`` and a fresh start: paid-for answers, and the lock itself.
-_CACHES = frozenset({CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", CACHE_SEGMENTS})
+#: What survives ``overwrite`` and a fresh start: paid-for answers (and the batches that bring them), and the lock itself.
+_CACHES = frozenset({CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", CACHE_SEGMENTS, BATCHES_DIR})
 
 
 def _is_own(name: str, own: Iterable[str]) -> bool:
@@ -298,10 +300,27 @@ def _check_contents(root: Path, manifest: Manifest, own: frozenset[str] | set[st
         raise MediflowError(f"{root}: holds a '{previous.kind}' folder, not a '{manifest.kind}' one; {hint}")
     if previous.config_fingerprint != manifest.config_fingerprint:
         raise MediflowError(f"{root}: holds a {manifest.kind} run of another config{_what_changed(previous, manifest)}; {hint}")
-    if [(r.path, r.fingerprint) for r in previous.inputs] != [(r.path, r.fingerprint) for r in manifest.inputs]:
-        before = ", ".join(r.path for r in previous.inputs) or "no input"
-        raise MediflowError(f"{root}: holds a {manifest.kind} run of other input data (was: {before}); {hint}")
+    if _content(previous.inputs) != _content(manifest.inputs):
+        raise MediflowError(f"{root}: holds a {manifest.kind} run of other input data ({_inputs_changed(previous.inputs, manifest.inputs)}); {hint}")
     return previous
+
+
+def _content(inputs: Sequence[InputRef]) -> list[tuple[str, str]]:
+    """What makes inputs the same: their kinds and content fingerprints, not where they are (the same rows
+    in another file, a byte-identical model at another path, are the same input)."""
+    return [(ref.kind, ref.fingerprint or ref.path) for ref in inputs]
+
+
+def _inputs_changed(before: Sequence[InputRef], after: Sequence[InputRef]) -> str:
+    """Which inputs differ in content, by name (``changed: sft /data/b.parquet (was /data/a.parquet)``)."""
+    if len(before) != len(after):
+        return f"{len(before)} inputs before, {len(after)} now: was {', '.join(r.path for r in before) or 'no input'}"
+    changed = [
+        f"{new.kind} {new.path}" + (f" (was {old.path})" if old.path != new.path else "")
+        for old, new in zip(before, after)
+        if (old.kind, old.fingerprint or old.path) != (new.kind, new.fingerprint or new.path)
+    ]
+    return "changed: " + ", ".join(changed)
 
 
 def _what_changed(previous: Manifest, manifest: Manifest) -> str:

@@ -147,7 +147,7 @@ class _BlockWorker:
         config = self.work.config
         size = config.output.shard_size
         rows = _BlockRows(size, block.finished)
-        flow = GroupFlow(self.stages, rows, config, teacher=self.engine.teacher.name, created_at=self.work.created_at, cost_of=self.engine.cost_usd)  # type: ignore[arg-type]
+        flow = GroupFlow(self.stages, rows, config, teacher=self.engine.teacher.name, created_at=self.work.created_at, cost_of=self.engine.cost_usd)
         todo = (group for group in self._groups(block) if flow.pending(group))
         async for _ in map_ordered(flow.run, todo, self.workers):
             pass

@@ -11,6 +11,11 @@ instead, which write the shards themselves (:mod:`mediflow.pipeline.ray_generate
 ``shard: K/N`` the run makes one deterministic share of the plan (:mod:`mediflow.pipeline.share`);
 ``mediflow join`` puts the shares back together.
 
+With ``mode: batch`` the teacher's calls are bought through the provider's batch API: before the
+run proper, rounds of passes over the pending groups defer every cache miss into batch files, and
+their answers fill the cache (:mod:`mediflow.batch.runner`); the run then makes its records from
+the cache exactly as an online run would from the same answers.
+
 The output is an :class:`~mediflow.folders.OutputFolder` of kind ``generate`` (guarded and
 locked before anything is written; another config's run there is refused unless ``overwrite``).
 Resume is a rerun: the engine's cache (``OUT/cache.sqlite``) answers every request already
@@ -32,12 +37,14 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
+from mediflow.batch.providers import batch_api_of
+from mediflow.batch.runner import check_recorded_batches, fill_cache_in_batches
 from mediflow.config import TEACHER_ROLE, RunConfig, load_config
 from mediflow.engine import Engine
 from mediflow.errors import TeacherError
 from mediflow.folders import CACHE_NAME, OutputFolder, open_input
 from mediflow.folders.output import DATASETS_CACHE
-from mediflow.pipeline.collect import ShardCollector
+from mediflow.pipeline.collect import PassCollector, ShardCollector
 from mediflow.pipeline.flow import GroupFlow
 from mediflow.pipeline.output import RunOutput
 from mediflow.pipeline.plan import InstructionGroup, Plan, build_plan
@@ -167,6 +174,10 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
         # the engine opens its cache in the folder on its first request)
         OutputFolder.check(out, kind="generate", config=plain, fingerprint=fingerprint, input_paths=taxonomy_paths, overwrite=overwrite)
         await teacher.check()  # a dead server or unknown model: one line, nothing written
+        if config.mode == "batch":  # a server without a batch API, a recorded batch of another run: one line, nothing written
+            api = batch_api_of(teacher, config.batch, TEACHER_ROLE)
+            await api.check()
+            await check_recorded_batches(out, {TEACHER_ROLE: api})
         folder = OutputFolder.open(
             out, kind="generate", config=plain, fingerprint=fingerprint, input_paths=taxonomy_paths, overwrite=overwrite, staged=False, details=details
         )
@@ -213,6 +224,8 @@ async def _generate(
         return finish_run(output, status, reason, engine.stats.as_dict() if ray_run is None else ray_run.session)
 
     try:
+        if config.mode == "batch":
+            folder.manifest.details["batch"] = await _fill_in_batches(config, plan, share, folder, engine, flow, collector, workers)
         if ray_run is None:
             await _drive(todo, flow, workers)
         else:
@@ -232,6 +245,26 @@ async def _generate(
             f"and every answer received in {output.cache_path}: rerun the same command to resume"
         )
     return summary
+
+
+async def _fill_in_batches(
+    config: RunConfig, plan: Plan, share: Share | None, folder: OutputFolder, engine: Engine, flow: GroupFlow, collector: ShardCollector, workers: int
+) -> dict[str, Any]:
+    """``mode: batch``: rounds of passes over the pending groups until the cache holds every answer the run needs.
+
+    A pass runs the groups through the same stages with a collector that keeps nothing
+    (:class:`PassCollector`): no record, reject or shard is written and no item counted as done
+    until the run proper, which then reads every answer from the cache.
+    """
+    passing = GroupFlow(flow.stages, PassCollector(collector), config, teacher=flow.teacher, created_at=flow.created_at, cost_of=engine.cost_usd)
+
+    def units() -> Iterator[InstructionGroup]:
+        groups = share.select(plan.groups()) if share else plan.groups()
+        return (group for group in groups if flow.pending(group))
+
+    return await fill_cache_in_batches(
+        folder.root, "generate", {TEACHER_ROLE: engine}, {TEACHER_ROLE: config.teacher}, config.batch, units, passing.run, window=workers, progress=engine.progress
+    )
 
 
 def finish_run(output: RunOutput, status: str, stop_reason: str | None, session: dict[str, Any]) -> RunSummary:

@@ -14,14 +14,17 @@ The run::
         cache.sqlite           every teacher answer, every engine's (a rerun re-pays nothing)
 
 Every record tried ends up in exactly one of the two files, so ``kept + dropped == tried``.
+
+With ``mode: batch`` every teacher call (rewrites, candidate answers, the pair judge, their
+correction turns) is bought through the providers' batch APIs first, in rounds, one batch file per
+distinct teacher (:mod:`mediflow.batch.runner`); the pairs are then made from the cache as online.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mediflow.batch.runner import fill_cache_in_batches
 from mediflow.engine import Engine
 from mediflow.folders import InputData, OutputFolder, StagedWriter, open_input, reject_table
 from mediflow.preference.candidates import AnswerSource, answer
@@ -46,10 +50,10 @@ from mediflow.preference.selection import Selection, select_best
 from mediflow.prompts import load_prompts
 from mediflow.records import JUDGE_SCORE_COLUMNS, RELEASED_COLUMNS
 from mediflow.scale.ray_runner import RayRun, RecordTable, add_stats, check_ray, in_order, ray_session
-from mediflow.steps import map_ordered, open_engine
+from mediflow.steps import gather_all, map_ordered, open_engine
 from mediflow.sync import run_sync
 from mediflow.taxonomy import load_taxonomy
-from mediflow.teachers.factory import TeacherConfig, api_key_of
+from mediflow.teachers.config import TeacherConfig, api_key_of
 from mediflow.teachers.negotiation import capabilities_by_role
 
 if TYPE_CHECKING:
@@ -167,7 +171,8 @@ async def _build(
     dropped, error_types = Counter[str](), Counter[str]()
     outcomes: list[Outcome] = []
     stored = 0
-    async with _outcomes(tried, config, folder.root, folder.cache_path, schemas, prompts, kinds) as (results, usage_of, capabilities_of):
+    batch: dict[str, Any] = {}
+    async with _outcomes(tried, config, folder, schemas, prompts, kinds, batch) as (results, usage_of, capabilities_of):
         async for outcome in results:
             outcomes.append(outcome)
             if len(outcomes) == _CHUNK:
@@ -177,7 +182,7 @@ async def _build(
             _store(output, tried.slice(stored, len(outcomes)), outcomes, dropped, error_types)
         usage = usage_of()
         folder.manifest.teacher_capabilities = capabilities_by_role({}, capabilities_of(), folder.previous)
-    manifest = _manifest(config, selection, tried.num_rows, output.kept, dropped, error_types, usage, prompts, kinds)
+    manifest = {**_manifest(config, selection, tried.num_rows, output.kept, dropped, error_types, usage, prompts, kinds), **batch}
     counts = {"in": selection.considered, "tried": tried.num_rows, "kept": output.kept, "rejected": tried.num_rows - output.kept}
     output.publish(PAIR_SCHEMA, counts, manifest)
     return PairsResult(folder.root, tried.num_rows, output.kept, dict(dropped), folder.manifest.to_dict())
@@ -185,17 +190,37 @@ async def _build(
 
 @asynccontextmanager
 async def _outcomes(
-    tried: pa.Table, config: PairsConfig, folder: Path, cache: Path, schemas: Mapping[str, dict[str, Any]], prompts: Any, kinds: tuple[ErrorKind, ...]
+    tried: pa.Table,
+    config: PairsConfig,
+    folder: OutputFolder,
+    schemas: Mapping[str, dict[str, Any]],
+    prompts: Any,
+    kinds: tuple[ErrorKind, ...],
+    batch: dict[str, Any],
 ) -> AsyncIterator[tuple[AsyncIterator[Outcome], Callable[[], dict[str, Any]], Callable[[], list[dict[str, Any]]]]]:
     """Every tried record's outcome in record order, on this process's engines or on Ray actors; the usage;
-    and what the teachers negotiated with their servers (``{role: capabilities}`` per process)."""
-    records = (record for start in range(0, tried.num_rows, _CHUNK) for record in tried.slice(start, _CHUNK).to_pylist())
+    and what the teachers negotiated with their servers (``{role: capabilities}`` per process).
+
+    ``mode: batch``: first every answer is bought through provider batches (what the manifest records
+    of them goes into ``batch``)."""
+
+    def all_records() -> Iterator[dict[str, Any]]:
+        return (record for start in range(0, tried.num_rows, _CHUNK) for record in tried.slice(start, _CHUNK).to_pylist())
+
+    cache = folder.cache_path
+    records = all_records()
     if config.engine == "ray":
-        ray_run = RayRun(RecordTable(tried), PairsWork(config, cache, schemas, prompts, kinds), config.ray, folder=folder, cache=cache)
+        ray_run = RayRun(RecordTable(tried), PairsWork(config, cache, schemas, prompts, kinds), config.ray, folder=folder.root, cache=cache)
         with ray_session(config.ray):
             yield in_order(ray_run), lambda: {"ray": ray_run.session}, lambda: ray_run.teacher_capabilities
         return
     async with open_pair_runner(config, cache, schemas, prompts, kinds) as (run, engines):
+        if config.mode == "batch":
+            by_role = {role: engines[name] for (role, _), name in zip(_roles(config), _engine_names(config))}
+            batch["batch"] = await fill_cache_in_batches(
+                folder.root, STAGE, by_role, dict(_roles(config)), config.batch, all_records, run,
+                window=2 * config.limits.concurrency, progress=engines["teacher"].progress,
+            )
         yield map_ordered(run, records, 2 * config.limits.concurrency), lambda: _usage(engines), lambda: [_capabilities(config, engines)]
 
 
@@ -341,7 +366,7 @@ async def _candidates_one(
 ) -> Outcome:
     schema = schemas.get(record.get("task_type") or "")
     texts = [record.get("output") or ""]
-    texts += await asyncio.gather(*(answer(source, record, schema, max_tokens=config.max_tokens, seed=config.seed) for source in sources))
+    texts += await gather_all(*(answer(source, record, schema, max_tokens=config.max_tokens, seed=config.seed) for source in sources))
     names = [record.get("teacher") or "original"] + [source.name for source in sources]
     verdict = await judge.score(record, texts, record["id"])
     if verdict.scores is None:

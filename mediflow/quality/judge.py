@@ -14,6 +14,10 @@ error breaker, and a durable cache (``OUT/cache.sqlite`` by default; it sits bes
 published files, which :class:`~mediflow.folders.StagedWriter` replaces atomically, so it
 survives both a finished run and a killed one). A rerun therefore re-asks nothing already answered
 and, the answers being the same, writes the same records.
+
+With ``mode: batch`` the judge's requests are bought through the provider's batch API first
+(:mod:`mediflow.batch.runner`: rounds of passes over the records to judge, each sample and
+correction turn a line), and the stage then runs from the cache as it does online.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import asyncio
 import contextlib
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mediflow.batch.runner import fill_cache_in_batches
 from mediflow.engine import Engine
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError, MediflowError
@@ -42,11 +47,11 @@ from mediflow.quality.stage import Drops, open_stage, run_stage_async
 from mediflow.records import content_id
 from mediflow.scale.ray_runner import RayRun, RecordFiles, StepWork, check_ray, in_order, ray_session
 from mediflow.scale.vllm_processor import build_vllm_processor, run_step_on_vllm
-from mediflow.steps import Answer, LLMStep, StepResult, open_engine, run_step
+from mediflow.steps import Answer, LLMStep, StepResult, ask, open_engine, run_step
 from mediflow.steps.structured import CompletesChat
 from mediflow.sync import run_sync
 from mediflow.teachers.base import ChatRequest, ChatResponse, Teacher
-from mediflow.teachers.factory import TeacherConfig, api_key_of
+from mediflow.teachers.config import TeacherConfig, api_key_of
 from mediflow.teachers.negotiation import capabilities_by_role
 
 if TYPE_CHECKING:
@@ -383,6 +388,24 @@ class _ProcessorTeacher(Teacher):
         return None
 
 
+async def _fill_in_batches(data: InputData, folder: OutputFolder, config: JudgeConfig, engine: Engine, stage: JudgeStage) -> dict[str, Any]:
+    """``mode: batch``: every sample of every record to judge answered through provider batches, into the cache."""
+    assert config.teacher is not None
+    step = stage.judge.step
+
+    def rows() -> Iterator[tuple[dict[str, Any], int]]:
+        for batch in data.iter_batches():
+            todo = np.flatnonzero(stage.pending(batch))
+            records = batch.select([c for c in _PROMPT_COLUMNS if c in batch.column_names]).take(pa.array(todo, pa.int64())).to_pylist()
+            yield from ((record, sample) for record in records for sample in range(config.samples))
+
+    async def one(row: tuple[dict[str, Any], int]) -> StepResult[dict[str, Any]]:
+        return await ask(engine, step, row)
+
+    window = config.batch_records * config.samples
+    return await fill_cache_in_batches(folder.root, STAGE, {ROLE: engine}, {ROLE: config.teacher}, config.batch, rows, one, window=window, progress=engine.progress)
+
+
 def check_config(config: JudgeConfig) -> Rubric:
     """Everything about ``config`` that can be wrong before a request is sent (``curate`` checks it before any stage runs)."""
     rubric = load_rubric(config.rubric)
@@ -432,6 +455,7 @@ async def _judge_into(data: InputData, folder: OutputFolder, config: JudgeConfig
         engine.progress.set_total(data.num_rows, "records")
         judge = RecordJudge(engine, rubric, config, cache)
         stage = JudgeStage(judge, rubric, config, engine.progress)
+        batch_report = await _fill_in_batches(data, folder, config, engine, stage) if config.mode == "batch" else None
 
         async def decide(batch: pa.Table, offset: int) -> tuple[pa.Table, Drops]:
             decided = await stage.decide(batch)
@@ -451,6 +475,7 @@ async def _judge_into(data: InputData, folder: OutputFolder, config: JudgeConfig
                 "rubric_version": rubric.version,
                 "cache": str(cache),
                 "usage": engine.stats.as_dict() if config.engine == "local" else judge.ray_usage,
+                **({"batch": batch_report} if batch_report is not None else {}),
             }
 
         with _ray_session_if(config):  # in the main thread: Ray installs its signal handlers

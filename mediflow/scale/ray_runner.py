@@ -64,7 +64,7 @@ from mediflow.steps import ask
 from mediflow.steps.contract import LLMStep, StepResult
 from mediflow.steps.runner import map_ordered
 from mediflow.steps.stage import open_engine
-from mediflow.teachers.factory import TeacherConfig
+from mediflow.teachers.config import TeacherConfig
 from mediflow.teachers.negotiation import capabilities_by_role
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 :mod:`mediflow.steps.runner` and :mod:`mediflow.steps.stage`."""
 
 from mediflow.steps.contract import Answer, LLMStep, PromptStep, Reject, StepResult, ask
-from mediflow.steps.runner import map_ordered, run_step
+from mediflow.steps.runner import gather_all, map_ordered, run_step
 from mediflow.steps.stage import LLMStageResult, open_engine, run_llm_stage, run_llm_stage_async
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Reject",
     "StepResult",
     "ask",
+    "gather_all",
     "map_ordered",
     "open_engine",
     "run_llm_stage",

@@ -19,6 +19,10 @@ with the step's value as a new column (or columns) in ``data/``, every row the s
 (a rerun pays for nothing twice) and the usage and negotiated capabilities in the manifest::
 
     run_llm_stage("runs/a", "runs/a-summaries", SummaryStep(...), config, kind="summary", column="summary")
+
+With ``mode="batch"`` (and the config's ``batch:`` section) the stage's requests are bought through
+the provider's batch API first (:mod:`mediflow.batch.runner`: rounds over the records until the
+cache holds every answer), then the records are written from the cache exactly as online.
 """
 
 from __future__ import annotations
@@ -32,14 +36,16 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from mediflow.batch.config import BatchConfig, Mode
 from mediflow.engine.config import LimitsConfig, PricesConfig
 from mediflow.engine.engine import Engine
 from mediflow.engine.limits import SharedLimits
 from mediflow.folders import InputData, OutputFolder, StagedWriter, open_input, reject_table
-from mediflow.steps.contract import LLMStep, StepResult, ask
+from mediflow.steps.contract import TRUNCATED, LLMStep, StepResult, ask
 from mediflow.steps.runner import map_ordered
 from mediflow.sync import run_sync
-from mediflow.teachers.factory import TeacherConfig, teacher_from
+from mediflow.teachers.config import TeacherConfig
+from mediflow.teachers.factory import teacher_from
 from mediflow.teachers.negotiation import capabilities_by_role
 
 #: Records read from the input at a time (a batch is written once all its records are answered).
@@ -131,6 +137,8 @@ def run_llm_stage(
     role: str = "teacher",
     overwrite: bool = False,
     progress: bool = False,
+    mode: Mode = "online",
+    batch: BatchConfig | None = None,
 ) -> LLMStageResult:
     """Run ``step`` over every record of ``source`` into the folder ``out`` (see the module docstring); works in a notebook.
 
@@ -139,8 +147,11 @@ def run_llm_stage(
     ``section`` is the stage's config: its ``teacher`` and ``limits`` open the engine and its plain
     form is the manifest's config (a folder holding another config's run is refused unless
     ``overwrite``). ``role`` is the config key of the teacher section, for errors and the manifest.
+    ``mode="batch"`` buys the requests through the provider's batch API (``batch``: its settings).
     """
-    return run_sync(run_llm_stage_async(source, out, step, section, kind=kind, column=column, role=role, overwrite=overwrite, progress=progress))
+    return run_sync(
+        run_llm_stage_async(source, out, step, section, kind=kind, column=column, role=role, overwrite=overwrite, progress=progress, mode=mode, batch=batch)
+    )
 
 
 async def run_llm_stage_async(
@@ -154,6 +165,8 @@ async def run_llm_stage_async(
     role: str = "teacher",
     overwrite: bool = False,
     progress: bool = False,
+    mode: Mode = "online",
+    batch: BatchConfig | None = None,
 ) -> LLMStageResult:
     """:func:`run_llm_stage` for callers already running an event loop."""
     data = source if isinstance(source, InputData) else open_input(source)
@@ -161,17 +174,33 @@ async def run_llm_stage_async(
     with folder:
         writer = StagedWriter(folder)
         try:
+            details: dict[str, Any] = {"stage": kind}
+            window = 2 * section.limits.concurrency
             async with open_engine(section.teacher, folder.cache_path, section.limits, where=role, progress=progress) as engine:
                 engine.progress.set_total(data.num_rows, "records")
-                schema = await _write_results(data, engine, step, writer, kind, column, window=2 * section.limits.concurrency)
-                usage = engine.stats.as_dict()
+                if mode == "batch":
+                    # the batch runner (and the openai SDK it brings) only in batch mode; it runs its passes on this package's runner
+                    from mediflow.batch.runner import fill_cache_in_batches
+
+                    async def one(row: dict[str, Any]) -> StepResult[Any]:
+                        return await ask(engine, step, row)
+
+                    details["batch"] = await fill_cache_in_batches(
+                        folder.root, kind, {role: engine}, {role: section.teacher}, batch or BatchConfig(), lambda: _records(data), one, window=window, progress=engine.progress
+                    )
+                schema = await _write_results(data, engine, step, writer, kind, column, window=window)
+                details["usage"] = usage = engine.stats.as_dict()
                 folder.manifest.teacher_capabilities = capabilities_by_role({role: engine.teacher}, previous=folder.previous)
             counts = {"in": data.num_rows, "kept": writer.kept, "rejected": writer.rejected}
-            writer.publish(schema, counts, {"stage": kind, "usage": usage})
+            writer.publish(schema, counts, details)
         except BaseException:
             writer.abandon()
             raise
     return LLMStageResult(folder.root, data.num_rows, writer.kept, writer.rejected, usage)
+
+
+def _records(data: InputData) -> Iterator[dict[str, Any]]:
+    return (row for batch in data.iter_batches(batch_rows=_BATCH_ROWS) for row in batch.to_pylist())
 
 
 async def _write_results(
@@ -217,9 +246,10 @@ def _write_batch(batch: pa.Table, results: list[StepResult[Any]], writer: Staged
     writer.keep(records)
     failed = [result for result in results if not result.ok]
     if failed:
-        rejected = batch.filter(pa.array([not ok for ok in kept])).append_column("raw_text", pa.array([r.raw_text for r in failed], pa.string()))
+        rejected = batch.filter(pa.array([not ok for ok in kept]))
+        rules = [TRUNCATED if (r.error or "").startswith(TRUNCATED) else f"{kind}_failed" for r in failed]
         reasons = [result.error or "" for result in failed]
-        writer.reject(reject_table(rejected, kind, [f"{kind}_failed"] * len(failed), [math.nan] * len(failed), reasons, [None] * len(failed)))
+        writer.reject(reject_table(rejected, kind, rules, [math.nan] * len(failed), reasons, [None] * len(failed), [r.raw_text for r in failed]))
     return records.schema
 
 

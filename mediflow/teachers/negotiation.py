@@ -161,6 +161,20 @@ class Negotiation:
         }
 
 
+def wire_of(body: Mapping[str, Any]) -> WireRequest:
+    """The :class:`WireRequest` a body was built as (a batch line read back from its input file).
+
+    A JSON request below JSON mode cannot be told from a plain one by its body; it has no lower level
+    to step down to either, so it reads as plain.
+    """
+    response_format = body.get("response_format")
+    kind = response_format.get("type") if isinstance(response_format, Mapping) else None
+    if kind == "json_object" and isinstance(response_format, Mapping) and "schema" in response_format:
+        kind = "json_object_schema"
+    parameters = tuple(name for name in (*TOKEN_LIMIT_FIELDS, *DROPPABLE_PARAMETERS) if name in body)
+    return WireRequest(dict(body), kind if kind in STRUCTURED_LEVELS else None, parameters)
+
+
 def _first_level(schema: dict[str, Any]) -> int:
     """Strict json_schema and JSON mode both need an object at the root; anything else goes in the prompt."""
     return 0 if is_strict_compatible(schema) else STRUCTURED_LEVELS.index("prompt")
