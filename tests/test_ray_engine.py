@@ -171,7 +171,9 @@ def test_an_actor_alone_with_work_left_gets_the_whole_rpm(ray_address, teacher_s
     loss) went at a fraction of the quota (404 of 600 rpm measured). One record, 30 judge samples: one actor does all."""
     source = write_output_folder(tmp_path / "in", unjudged(documents=1)[:1], shards=1)
     settings = {"teacher": TEACHER, "base_url": teacher_server, "progress": False, "samples": 30, "limits": {"rpm": 600}}
-    run_judge(source, tmp_path / "out", JudgeConfig.load(None, engine="ray", ray={"actors": 3, "batch_size": 1}, **settings))
+    # 3 actors of a quarter CPU: at Ray's default half CPU, 3 actors on this module's 2-CPU Ray never get the input's row
+    # (Ray Data leaves the read no room; a known hang, docs/scaling.md)
+    run_judge(source, tmp_path / "out", JudgeConfig.load(None, engine="ray", ray={"actors": 3, "batch_size": 1, "num_cpus": 0.25}, **settings))
     arrivals = sorted(teacher_server.stats()["arrivals"])
     assert len(arrivals) == 30
     # the run's bucket holds one second (10 requests), then 10 a second: ~2 s; a third of the rpm would take ~8 s

@@ -55,7 +55,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mediflow.engine.cache import merge_segments
+from mediflow.engine.cache import merge_segments, segments_dir
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError, MediflowError
 from mediflow.scale.config import RayConfig
@@ -79,6 +79,8 @@ BATCHES_PER_ACTOR = 4
 MARKER_PREFIX = ".tmp-ray-"
 #: Seconds between an actor's reports of its totals (each after a flush of its answers).
 REPORT_EVERY_S = 1.0
+#: Seconds a finished run waits for its actors to let go of their cache segments before it leaves them to the next merge.
+RELEASE_WAIT_S = 60.0
 
 
 class Worker(Protocol):
@@ -376,8 +378,10 @@ class RayRun:
         merge_segments(self.cache)  # a killed run's answers first; then the file alone holds them all (actors read it on other hosts)
         context = RunContext(start_coordinator(), self.config.actors, self.folder, uuid.uuid4().hex)
         context.marker.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}), encoding="utf-8")
+        finished = False
         try:
             yield from self._watched(self._mapped(context))
+            finished = True
         finally:
             try:
                 self._reports = ray.get(context.coordinator.reports.remote(), timeout=30)
@@ -386,6 +390,8 @@ class RayRun:
             ray.kill(context.coordinator)
             context.marker.unlink(missing_ok=True)
             merge_segments(self.cache)
+            if finished:
+                _merge_once_released(self.cache, RELEASE_WAIT_S)
 
     def _mapped(self, context: RunContext) -> Iterator[tuple[int, Any]]:
         import ray.data
@@ -469,6 +475,16 @@ class RayRun:
         for stats in self._reports.values():
             total = add_stats(total, {**stats, "actors": 1})
         return add_stats(total, {})
+
+
+def _merge_once_released(cache: Path, seconds: float) -> None:
+    """After a finished run, merge the segments of actors still shutting down once they let go of them (Ray stops a
+    pool's actors after its dataset ends, seconds later on a busy node), so the run's folder holds the one cache file;
+    a segment still held after ``seconds`` stays, merged as far as it is written, for the next run to finish."""
+    deadline = time.monotonic() + seconds
+    while segments_dir(cache).is_dir() and time.monotonic() < deadline:
+        time.sleep(0.5)
+        merge_segments(cache)
 
 
 def _no_room_for_an_actor(num_cpus: float) -> str | None:
