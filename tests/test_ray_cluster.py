@@ -8,6 +8,7 @@ left for an actor, a cluster that wants an auth token.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -67,6 +68,10 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
     try:
         yield cluster
     finally:
+        # a dataset a failed run left executing (the no-room test) cancels its tasks after the shutdown, and Ray's
+        # auto-connect would then join the cluster again from that thread: the cluster's shutdown refuses to remove the node
+        auto_init_hook = importlib.import_module("ray._private.auto_init_hook")
+        auto_init_hook.enable_auto_connect = False
         ray.shutdown()
         cluster.cluster.shutdown()
         shutil.rmtree(root, ignore_errors=True)
