@@ -329,6 +329,17 @@ def test_a_line_that_keeps_failing_stops_the_run_and_a_rerun_finishes(teacher_se
     assert main(["generate", "--config", str(config), "--batch"]) == 0  # the failed lines go again; the rest came from the cache
 
 
+def test_batch_mode_shares_joined_give_the_unsharded_online_records(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
+    teacher_server.control(batch_step=0.01)
+    for share in (1, 2):
+        run(load_config(generate_config(teacher_server, tmp_path / f"share{share}", mode="batch", shard=f"{share}/2")))
+    assert main(["join", str(tmp_path / "joined"), str(tmp_path / "share1"), str(tmp_path / "share2")]) == 0
+    assert teacher_server.stats()["requests"] == 0
+    teacher_server.reset()
+    run(load_config(generate_config(teacher_server, tmp_path / "online")))
+    assert table(tmp_path / "joined") == table(tmp_path / "online")
+
+
 def test_a_round_over_the_limits_is_split_and_a_provider_with_lower_limits_is_one_error(teacher_server: TeacherServerURL, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     teacher_server.control(batch_step=0.01)
     out = tmp_path / "split"
