@@ -437,6 +437,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Config], *, prefix: str
         kind = _optional_inner(annotation) or annotation
         if kind is bool:
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif bool in typing.get_args(kind):  # true or a value (resume: true, or a checkpoint folder): the bare flag means true
+            group.add_argument(flag, dest=dest, nargs="?", const=True, type=_yaml_value, metavar="VALUE", default=None, help=help_text)
         elif typing.get_origin(kind) is Literal:
             group.add_argument(flag, dest=dest, choices=typing.get_args(kind), default=None, help=help_text)
             switch = f.metadata.get(_SWITCH)

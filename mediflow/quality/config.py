@@ -174,6 +174,9 @@ class DedupConfig(Config):
     clinical: bool = option(
         True, "a near duplicate must also agree on values, ages, sexes, sides, negations, doses, drugs, organs, labs, codes"
     )
+    values: Literal["strict", "lenient"] = option(
+        "strict", "strict: a changed digit is another case (a value, dose, age, code); lenient: one edit in a value is a typo (docs/dedup.md)"
+    )
     clinical_tokens: str | None = option(None, "a lexicon YAML used instead of taxonomies/clinical_tokens.yaml (docs/dedup.md)")
     max_bucket: int = option(100, "LSH buckets above this size only pair neighbours (see minhash.bucket_pairs)", minimum=2)
     window: int = option(20, "neighbours paired in an oversized bucket", minimum=1)
@@ -183,8 +186,7 @@ class DedupConfig(Config):
     def check(self) -> None:
         if self.num_perm % self.bands:
             raise ConfigError(f"bands: {self.bands} does not divide num_perm {self.num_perm}")
-        if self.clinical:
-            Lexicon.load(self.clinical_tokens)
+        Lexicon.load(self.clinical_tokens)  # the lexicon and its canonical forms (used with or without the check), read before any output
 
 
 @dataclass(frozen=True)
