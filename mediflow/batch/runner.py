@@ -49,6 +49,7 @@ from mediflow.engine.engine import Engine
 from mediflow.engine.failures import classify
 from mediflow.engine.progress import Progress
 from mediflow.errors import MediflowError, TeacherError
+from mediflow.folders.atomic import remove_leftovers
 from mediflow.folders.manifest import now
 from mediflow.folders.output import BATCHES_DIR
 from mediflow.steps.runner import map_ordered
@@ -142,7 +143,8 @@ class BatchRunner:
     async def opened(self) -> AsyncIterator[BatchRunner]:
         """Load (or start) the folder's state, check every provider, and close the APIs at the end."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        remove_partial(self.folder)
+        remove_partial(self.folder)  # a killed pass's half-written input files (their requests are deferred again)
+        remove_leftovers(self.folder)  # a killed download's temp file
         self.state = load_state(self.root) or BatchState.new(self.kind)
         self._resumed = {id(record) for record in self.state.records if record.outstanding}
         for role, section in self.sections.items():
