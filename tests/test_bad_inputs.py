@@ -284,7 +284,7 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
                                                                        "dedup.values", [w.records, tmp]))
     add("export: --max-shard-rows 0", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--max-shard-rows", "0"], "max_shard_rows: 0 is less than the minimum of 1", [w.records, tmp]))
     add("export: --max-shard-mb -1", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--max-shard-mb", "-1"], "max_shard_mb: -1.0 is less than or equal to the minimum of 0", [w.records, tmp]))
-    add("export: split shares that do not sum to 1", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--split-train", "0.5"], "split: train + validation + test must sum to 1, got 0.6", [w.records, tmp]))
+    add("export: split shares that do not sum to 1", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--split-train", "0.5"], "split.train: train + validation + test = 0.6", [w.records, tmp]))
     add("export: neither --local-dir nor --to-hub", lambda tmp, w: Case(["export", str(w.records)], "export: nowhere to write", [w.records, tmp]))
     add("export: --to-hub without a token", lambda tmp, w: Case(["export", str(w.records), "--to-hub", "org/name", "--token-env", "MEDIFLOW_NO_SUCH_TOKEN"], "no Hub token: set the environment variable MEDIFLOW_NO_SUCH", [w.records, tmp]))
     add("audit: a misspelt key in --config", lambda tmp, w: Case(["audit", str(w.records), "--config", str(_text(tmp / "audit.yaml", "sample_sise: 3\n"))], "did you mean 'sample_size'", [w.records, tmp]))

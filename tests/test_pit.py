@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -134,7 +135,8 @@ def test_schedule_chains_stages_and_moves_every_weight(corpus: Path) -> None:
     # Another stage-2 learning rate: one line naming the change, nothing retrained; --overwrite retrains
     # only stage 2 (stage 1's weights, rows and settings are unchanged: it is reused, byte for byte).
     changed = _config(corpus, "expert")
-    changed.pit.schedule[1].learning_rate = 5e-3
+    schedule = [*changed.pit.schedule[:1], dataclasses.replace(changed.pit.schedule[1], learning_rate=5e-3), *changed.pit.schedule[2:]]
+    changed = dataclasses.replace(changed, pit=dataclasses.replace(changed.pit, schedule=schedule))  # configs are frozen: a new one
     with pytest.raises(MediflowError, match=r"another config \(changed: schedule.2.learning_rate 0.0003 -> 0.005\).*--overwrite"):
         run_pit(changed, callbacks=[again])
     assert again.starts == []
@@ -186,8 +188,8 @@ def test_long_documents_are_chunked_with_overlap_and_counted(corpus: Path) -> No
 
 def test_truncation_counts_reach_the_manifest(corpus: Path) -> None:
     config = _config(corpus, "counted")
-    config.data.max_length = 16  # the task rows' prompts alone are longer than 16 tokens
-    config.pit.schedule = config.pit.schedule[1:]
+    # the task rows' prompts alone are longer than 16 tokens
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, max_length=16), pit=dataclasses.replace(config.pit, schedule=config.pit.schedule[1:]))
     with pytest.warns(UserWarning, match="rows do not fit data.max_length=16"):
         run_pit(config)
     lengths = json.loads((corpus / "counted" / "manifest.json").read_text())["lengths"]

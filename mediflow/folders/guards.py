@@ -10,12 +10,15 @@ kernel when the holder dies, so a killed run never leaves the folder locked.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 from mediflow.errors import MediflowError
+
+logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 
@@ -68,7 +71,7 @@ class FolderLock:
         """Take the lock, or stop at once with an error naming the process that holds it.
 
         With ``wait`` (a shared cache, where the other process is making what this one needs) it
-        says once on stderr whom it waits for, then blocks until the holder is done.
+        logs once (a warning) whom it waits for, then blocks until the holder is done.
         """
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -81,7 +84,7 @@ class FolderLock:
             if not wait:
                 os.close(fd)
                 raise MediflowError(f"{self.folder}: in use by another process ({holder}); wait for it to finish or stop it") from None
-            print(f"{self.folder}: waiting for another process ({holder})", file=sys.stderr, flush=True)
+            logger.warning("%s: waiting for another process (%s)", self.folder, holder)
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}: {_command()[:300]}\n".encode())

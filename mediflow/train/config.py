@@ -355,8 +355,7 @@ def config_from_dict(raw: dict[str, Any], stage: str, root: Path | None = None, 
         raise ConfigError(f"stage: '{stage}' is not one of {list(STAGES)}")
     raw["stage"] = stage
     config = StageConfig.load(_exponents_as_numbers(raw), **{key: _exponents_as_numbers(value) for key, value in overrides.items()})
-    config.root = root or Path.cwd()
-    return config
+    return dataclasses.replace(config, root=root or Path.cwd())
 
 
 #: What YAML 1.1 (PyYAML) reads as a string but every reader means as a number: 1e-5, 3E4.
