@@ -134,9 +134,9 @@ class BatchRunner:
         self.state = BatchState.new(kind)
         self._resumed: set[int] = set()  # records of an earlier session (looked up at the provider before creating)
         self._attempts: collections.Counter[str] = collections.Counter()
-        self._refused: list[str] = []
         self._passes = 0
         self._lines_per_round: dict[int, int] = {}
+        self._last_note = ""
 
     # -- life cycle -------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -382,7 +382,9 @@ class BatchRunner:
         done = sum(record.stored if record.processed else record.completed for record in records)
         text = f"batch round {records[0].round}: batches {submitted} submitted, {running} in progress, {finished} done; requests {done:,}/{total:,} done"
         self._note(text)
-        logger.info(text)
+        if text != self._last_note:  # a line when something moved, not one every poll of a day-long wait
+            logger.info(text)
+            self._last_note = text
 
     def report(self) -> dict[str, Any]:
         """What the manifest records under ``batch``: rounds, batches, lines, and where the state is."""
