@@ -9,7 +9,7 @@
 """
 
 from mediflow.folders.atomic import write_atomically, write_json, write_parquet, write_text
-from mediflow.folders.guards import FolderLock, check_folder_path, check_no_overlap, lock_holder
+from mediflow.folders.guards import FolderLock, check_folder_path, check_no_overlap, check_not_in_use, lock_holder
 from mediflow.folders.manifest import InputRef, Manifest, read_manifest
 from mediflow.folders.output import CACHE_NAME, DATA_DIR, REJECTS_NAME, OutputFolder, config_fingerprint, shard_name
 from mediflow.folders.reader import InputData, open_input, with_ids
@@ -28,6 +28,7 @@ __all__ = [
     "StagedWriter",
     "check_folder_path",
     "check_no_overlap",
+    "check_not_in_use",
     "config_fingerprint",
     "lock_holder",
     "open_input",

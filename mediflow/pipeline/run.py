@@ -42,7 +42,7 @@ from mediflow.batch.runner import check_recorded_batches, fill_cache_in_batches
 from mediflow.config import TEACHER_ROLE, RunConfig, load_config
 from mediflow.engine import Engine
 from mediflow.errors import TeacherError
-from mediflow.folders import CACHE_NAME, OutputFolder, open_input
+from mediflow.folders import CACHE_NAME, OutputFolder, check_not_in_use, open_input
 from mediflow.folders.output import DATASETS_CACHE
 from mediflow.pipeline.collect import PassCollector, ShardCollector
 from mediflow.pipeline.flow import GroupFlow
@@ -154,6 +154,7 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
     if config.engine == "ray":
         check_ray(config.ray)
     out = Path(config.output.dir)
+    check_not_in_use(out)  # a second run on a busy folder stops here, not after the case sampler's seconds of checks
     async with open_engine(config.teacher, out / CACHE_NAME, config.limits, prices=config.prices, progress=config.progress) as engine:
         teacher = engine.teacher
         stages = Stages(engine, taxonomy, config)
