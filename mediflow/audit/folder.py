@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from mediflow.errors import MediflowError
 from mediflow.folders import REJECTS_NAME, open_input
+from mediflow.folders.reader import read_batches, read_file
 from mediflow.records import JUDGE_SCORE_COLUMNS
 
 #: The record columns the checks group by; absent ones are read as nulls.
@@ -124,11 +125,8 @@ class OutputFolder:
         """Stream ``columns`` as Arrow tables (missing ones as null strings), shard by shard: memory stays bounded."""
         for shard in self.shards:
             present = [c for c in columns if c in pq.read_schema(shard).names]
-            for batch in pq.ParquetFile(shard).iter_batches(batch_size=batch_size, columns=present):
-                table = pa.Table.from_batches([batch])
-                yield pa.table(
-                    {c: table.column(c) if c in present else pa.nulls(table.num_rows, pa.string()) for c in columns}
-                )
+            for table in read_batches(shard, present, batch_size):  # the reader's plain types (large/view strings as string)
+                yield pa.table({c: _grouping(c, table.column(c) if c in present else pa.nulls(table.num_rows, pa.string())) for c in columns})
 
     def iter_batches(self, columns: Sequence[str], *, batch_size: int = 50_000) -> Iterator[pd.DataFrame]:
         """:meth:`iter_tables` as pandas DataFrames."""
@@ -156,7 +154,7 @@ class OutputFolder:
     def _light_columns(self, shard: Path) -> pd.DataFrame:
         names = set(pq.read_schema(shard).names)
         wanted = [c for c in (*KEY_COLUMNS, *TEXT_COLUMNS, *JUDGE_COLUMNS) if c in names]
-        table = pq.read_table(shard, columns=wanted)
+        table = read_file(shard, wanted)
         columns: dict[str, Any] = {}
         for name in KEY_COLUMNS:
             columns[name] = table.column(name) if name in names else pa.nulls(table.num_rows, pa.string())
@@ -167,6 +165,14 @@ class OutputFolder:
             values = table.column(name) if name in names else pa.nulls(table.num_rows, pa.float64())
             columns[name] = values.cast(pa.float64())
         return pa.table(columns).to_pandas()
+
+
+def _grouping(name: str, values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A column the checks group by, with its nulls as :data:`MISSING` (as in :attr:`OutputFolder.frame`)."""
+    return pc.fill_null(values, MISSING) if name in _GROUPED and values.null_count else values
+
+
+_GROUPED = frozenset({"task_type", "input_data", "output_format"})
 
 
 def _input_folder(value: Any) -> Path | None:

@@ -30,6 +30,7 @@ from mediflow.cli import (
     train_cmd,
 )
 from mediflow.errors import MediflowError
+from mediflow.folders.guards import reading
 from mediflow.redact import redact_text
 
 _COMMAND_MODULES = (
@@ -63,6 +64,12 @@ def os_error_line(exc: OSError) -> str:
     return f"{exc.filename}: {what}" if exc.filename else what
 
 
+def _config_file(args: argparse.Namespace) -> Path | None:
+    """The config file a command was given (``--config``), if any."""
+    config = getattr(args, "config", None)
+    return Path(config) if isinstance(config, (str, Path)) else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, one sub-command per pipeline stage."""
     parser = argparse.ArgumentParser(
@@ -85,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.handler(args) or 0)
+        with reading(_config_file(args)):  # no output of the command may be, contain or sit inside its config file
+            return int(args.handler(args) or 0)
     except MediflowError as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 2

@@ -29,7 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     # Imported here so that `mediflow --help` does not load pandas and matplotlib.
     from mediflow.audit import run_audit, write_html
+    from mediflow.folders import check_output
 
+    if args.html:  # before minutes of auditing: the report may not land on the data it reports on
+        check_output(Path(args.html), [Path(args.input), *([Path(args.taxonomy)] if args.taxonomy else [])], what="HTML report", file=True)
     taxonomy = None
     if args.taxonomy:  # asked for by name: a broken folder is an error, not a silent fallback
         from mediflow.taxonomy import load_taxonomy

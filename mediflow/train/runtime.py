@@ -42,7 +42,7 @@ def model_dir(config: StageConfig) -> Path:
     local = config.path(spec)
     if local.is_dir():
         check_model_input(local)  # a model another run is still writing (or never finished) is refused
-    return resolve_model(local if (local / "config.json").is_file() else spec, cache)
+    return resolve_model(local if (local / "config.json").is_file() else spec, cache, inputs=stage_paths(config))
 
 
 def is_main_process() -> bool:
