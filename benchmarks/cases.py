@@ -18,17 +18,33 @@ Part 2 streams a plan of about ``--items`` items (2.5M by default) and draws eve
 child process: the wall time, the time per case and the peak memory above the loaded sampler.
 
     flock /tmp/mediflow-heavy.lock python benchmarks/cases.py --items 2500000
+
+Part 3 (``--review``) is the clinician-and-coder review: every item of a dry-run plan of every
+document type at ``per_cell`` 5 gets its case drawn, and ``case_review.py`` (an independent reviewer
+written from the ICD-10-CM Official Guidelines, the tabular notes of ``simple-icd-10-cm``, the CMS MCE
+age/sex categories and FDA labels; its tables, ``case_review.yaml``, were written before the sampler
+was tuned and are frozen) counts drug problems, coding-guideline violations, pregnancy coding
+errors, age/sex edits and document misfits, and compares the sex ratio per condition and the
+under-18 share per setting with their published sources. The plan splits in three: ``tune`` (seed 0,
+the document types not held out) is what the sampler was tuned on; ``held-out`` is seed 0 on the
+held-out document types (about a fifth, chosen by a hash of the name) plus seed 1 on every type,
+never looked at while tuning.
+
+    python benchmarks/cases.py --items 0 --review --split tune --examples 5
+    python benchmarks/cases.py --items 0 --review --split held-out
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import resource
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from typing import Any
 
 
 def _part1() -> None:
@@ -90,6 +106,127 @@ def _part1() -> None:
     print("cases per profile: " + ", ".join(f"{name} {count}" for name, count in Counter(c.profile for c in cases).most_common(8)) + ", ...")
 
 
+def held_out(document_type: str) -> bool:
+    """About a fifth of the document types, by a hash of the name: never looked at while tuning."""
+    return hashlib.sha256(document_type.encode()).digest()[0] % 5 == 0
+
+
+def _review(split: str, examples: int) -> None:
+    from case_review import Reviewer, is_pregnancy_case
+
+    from mediflow.cases import CaseSampler
+    from mediflow.config import load_config
+    from mediflow.pipeline.plan import build_plan
+    from mediflow.taxonomy import load_taxonomy
+
+    taxonomy = load_taxonomy()
+    sampler = CaseSampler(taxonomy)
+    reviewer = Reviewer()
+    items = []
+    for seed in (0, 1):
+        for item in build_plan(load_config({"per_cell": 5, "seed": seed}), taxonomy).items():
+            part = "tune" if seed == 0 and not held_out(item.document_type) else "held-out"
+            if split in (part, "all"):
+                items.append(item)
+    rows: list[tuple[str, dict[str, Any], list[Any]]] = []
+    for item in items:
+        case = sampler.case_for(item.document_type, item.seed).to_row()
+        rows.append((item.document_type, case, reviewer.review(case, item.document_type)))
+    n = len(rows)
+    types = {t for t, _, _ in rows}
+    print(f"review of the {split} split: {n:,} cases over {len(types)} document types (per_cell 5; seeds {'0' if split == 'tune' else '0-1'})")
+
+    def share(hits: int, total: int) -> str:
+        return f"{hits:,} / {total:,} = {hits / total:.2%}" if total else "n/a"
+
+    with_drugs = [(t, c, f) for t, c, f in rows if c.get("drugs")]
+    drug_cases = sum(any(x.kind == "drug" for x in f) for _, _, f in with_drugs)
+    entries = sum(len(c["drugs"]) for _, c, _ in with_drugs)
+    print(f"drug-bearing cases with any drug problem: {share(drug_cases, len(with_drugs))}")
+    by_rule: Counter[str] = Counter()
+    for _, _, findings in with_drugs:
+        for rule in {x.rule for x in findings if x.kind == "drug"}:
+            by_rule[rule] += 1
+    print("  cases per problem: " + ", ".join(f"{rule} {count / len(with_drugs):.2%}" for rule, count in by_rule.most_common()))
+    no_indication = sum(sum(x.rule == "indication" for x in f) for _, _, f in with_drugs)
+    print(f"  drug entries without an indication in the case: {share(no_indication, entries)}")
+    t2 = [c for _, c, _ in with_drugs if any(x["code"].startswith("E11") for x in c["conditions"])]
+    insulin = sum(any(d.lower().startswith(("insulin", "human insulin")) for d in c["drugs"]) for c in t2)
+    metformin = sum("metformin" in [d.lower() for d in c["drugs"]] for c in t2)
+    glp1 = sum(any(d.lower() in ("semaglutide", "liraglutide", "dulaglutide") for d in c["drugs"]) for c in t2)
+    print(f"  type 2 diabetics (n={len(t2)}): on insulin {insulin / max(1, len(t2)):.1%}, on metformin {metformin / max(1, len(t2)):.1%}, on a GLP-1 agonist {glp1 / max(1, len(t2)):.1%}")
+    adr = [(c, f) for t, c, f in rows if t == "adverse_drug_reaction_report"]
+    named = sum(any(reviewer.suspect(d.lower(), [x["code"] for x in c["conditions"]]) for d in c.get("drugs") or []) for c, _ in adr)
+    print(f"  adverse drug reaction reports naming the suspect drug: {share(named, len(adr))}")
+
+    coding_cases = sum(any(x.kind == "coding" for x in f) for _, _, f in rows)
+    print(f"cases with a coding-guideline violation: {share(coding_cases, n)}")
+    by_rule = Counter()
+    for _, _, findings in rows:
+        for rule in {x.rule for x in findings if x.kind == "coding"}:
+            by_rule[rule] += 1
+    print("  cases per rule: " + ", ".join(f"{rule} {count}" for rule, count in by_rule.most_common()))
+    pregnancy = [(c, f) for _, c, f in rows if is_pregnancy_case(c)]
+    wrong = sum(any(x.kind == "coding" for x in f) for _, f in pregnancy)
+    print(f"pregnancy cases with a coding error: {share(wrong, len(pregnancy))}")
+    age_sex = sum(any(x.kind == "age_sex" for x in f) for _, _, f in rows)
+    print(f"cases breaking an age/sex edit: {share(age_sex, n)}")
+    fit = Counter(x.rule for _, _, f in rows for x in f if x.kind == "fit")
+    print(f"document and setting misfits: {share(sum(any(x.kind == 'fit' for x in f) for _, _, f in rows), n)}: " + ", ".join(f"{r} {c}" for r, c in fit.most_common(10)))
+
+    epidemiology = reviewer.tables["epidemiology"]
+    patients = [(t, c) for t, c, _ in rows if c.get("age") is not None]
+    print("sex ratio per condition (primary condition; share female, cases; source; within 10 points):")
+    within = measured = 0
+    for entry in epidemiology["sex_ratio"]:
+        sexes = [c["sex"] for _, c in patients if any(c["conditions"][0]["code"].startswith(spec) for spec in entry["codes"])]
+        if len(sexes) < 30:
+            print(f"  {'/'.join(entry['codes']):14s} n={len(sexes):4d} (under 30 cases: not measured); source {entry['female']:.0%}")
+            continue
+        female = sexes.count("female") / len(sexes)
+        ok = abs(female - entry["female"]) <= 0.10
+        measured += 1
+        within += ok
+        print(f"  {'/'.join(entry['codes']):14s} n={len(sexes):4d} female {female:5.0%} vs {entry['female']:4.0%} {'ok' if ok else 'OFF'}  ({entry['source']})")
+    print(f"  conditions within 10 points: {within} / {measured}")
+    young = 0
+    for _, c in patients:
+        codes = [x["code"] for x in c["conditions"]]
+        if any(any(code.startswith(spec.split("-")[0][:3]) and reviewer_covers(spec, code) for spec in e["codes"]) and c["age"] < e["age"] for e in epidemiology["age_floor"] for code in codes):
+            young += 1
+    print(f"cases carrying a condition of later life below its age floor: {share(young, len(patients))}")
+    infants = [c for _, c in patients if c["age"] == 0]
+    adult_chronic = sum(any(any(x["code"].startswith(s) for s in epidemiology["not_in_infants"]) for x in c["conditions"]) for c in infants)
+    print(f"infants (age 0) carrying a chronic condition not diagnosed in the first year: {share(adult_chronic, len(infants))}")
+    for entry in epidemiology["within_category"]:
+        drawn = [x["code"] for _, c in patients for x in c["conditions"] if x["code"].startswith(entry["category"])]
+        common = sum(any(code.startswith(s) for s in entry["common"]) for code in drawn)
+        print(f"  {entry['category']}: {common / max(1, len(drawn)):.0%} of {len(drawn)} codes are {'/'.join(entry['common'])} (at least {entry['least']:.0%}: {entry['source']})")
+    kinds: dict[str, list[int]] = defaultdict(list)
+    for _, c in patients:
+        kinds[reviewer.setting_kind(c["setting"])].append(c["age"])
+    print("under-18 share per kind of setting (cases; source):")
+    for kind, ages in sorted(kinds.items()):
+        source = epidemiology["under_18"].get(kind)
+        target = f" vs {source['share']:.0%} ({source['source']})" if source else ""
+        print(f"  {kind:10s} {sum(a < 18 for a in ages) / len(ages):6.1%} of {len(ages):,}{target}")
+    if examples:
+        print("examples:")
+        shown: Counter[str] = Counter()
+        for document_type, case, findings in rows:
+            for finding in findings:
+                if shown[finding.rule] < examples:
+                    shown[finding.rule] += 1
+                    codes = " ".join(x["code"] for x in case["conditions"])
+                    print(f"  [{finding.kind}/{finding.rule}] {document_type}: {case.get('age')}{(case.get('sex') or '-')[:1]} {codes} | {', '.join(case.get('drugs') or [])} -> {finding.detail}")
+
+
+def reviewer_covers(spec: str, code: str) -> bool:
+    from case_review import covers
+
+    return covers(spec, code)
+
+
 def _child(items: int) -> None:
     from mediflow.cases import CaseSampler
     from mediflow.config import load_config
@@ -116,11 +253,18 @@ def _child(items: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=2_500_000, help="plan size of part 2 (0: skip it)")
+    parser.add_argument("--review", action="store_true", help="part 3: the independent clinician-and-coder review")
+    parser.add_argument("--split", choices=["tune", "held-out", "all"], default="tune", help="which part of the review plan (default: tune)")
+    parser.add_argument("--examples", type=int, default=0, help="print up to this many findings per rule")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         _child(args.child)
         return
+    if args.review:
+        _review(args.split, args.examples)
+        if not args.items:
+            return
     _part1()
     if args.items:
         out = subprocess.run([sys.executable, __file__, "--child", str(args.items)], check=True, capture_output=True, text=True).stdout

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -34,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from dedup_noise import NOISES
 from dedup_set import COPY_KINDS, KINDS, synthetic
 
 
@@ -67,6 +69,15 @@ def scores(truth: np.ndarray, kinds: np.ndarray, keeper: np.ndarray) -> dict:
     merged[originals] = originals_per_cluster[cluster_of] > 1
     lost_cluster = np.ones(int(truth.max()) + 1, bool)
     lost_cluster[truth[kept]] = False
+    # a copy is merged with another case when its predicted cluster holds another true cluster's original
+    foreign = np.zeros(len(keeper), bool)
+    copies = np.flatnonzero(is_copy)
+    order = np.lexsort((truth[originals], keeper[originals]))
+    clusters_of_keeper = {}
+    for kept_at, true_cluster in zip(keeper[originals][order].tolist(), truth[originals][order].tolist()):
+        clusters_of_keeper.setdefault(kept_at, set()).add(true_cluster)
+    for member in copies.tolist():
+        foreign[member] = bool(clusters_of_keeper.get(int(keeper[member]), set()) - {int(truth[member])})
     per_kind = {}
     for index, kind in enumerate(KINDS):
         members = np.flatnonzero(kinds == index)
@@ -74,7 +85,8 @@ def scores(truth: np.ndarray, kinds: np.ndarray, keeper: np.ndarray) -> dict:
             continue
         if kind in COPY_KINDS:
             found = keeper[members] == keeper[original[truth[members]]]
-            per_kind[kind] = {"records": len(members), "found": round(float(found.mean()), 4)}
+            per_kind[kind] = {"records": len(members), "found": round(float(found.mean()), 4), "missed": int((~found).sum()),
+                              "merged": int(foreign[members].sum())}
         else:
             per_kind[kind] = {"records": len(members), "merged": int(merged[members].sum()),
                               "lost": int(lost_cluster[truth[members]].sum())}
@@ -91,14 +103,15 @@ def _id_numbers(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return pc.cast(pc.utf8_slice_codeunits(ids, 1), pa.int64()).to_numpy()
 
 
-def generate_child(data: Path, size: int, duplicate_share: float, seed: int) -> None:
+def generate_child(data: Path, size: int, duplicate_share: float, seed: int, noise: str) -> None:
     """In a fresh process (so its memory is given back): write the records, their true clusters and kinds."""
     start = time.perf_counter()
-    table, clusters, kinds = synthetic(size, duplicate_share, seed)
+    stats: dict[str, int] = {}
+    table, clusters, kinds = synthetic(size, duplicate_share, seed, noise=noise, stats=stats)
     pq.write_table(table, data / "records.parquet")
     np.save(data / "clusters.npy", clusters)
     np.save(data / "kinds.npy", kinds)
-    (data / "complete").write_text(f"{time.perf_counter() - start:.0f}\n")
+    (data / "complete").write_text(json.dumps({"seconds": round(time.perf_counter() - start), **stats}) + "\n")
 
 
 def measure_child(data: Path, config_json: str) -> None:
@@ -126,18 +139,14 @@ def curve_child(data: Path, config_json: str, thresholds: list[float]) -> None:
     """Every confirmation measure over ``thresholds`` on one set of LSH candidates (the stage's own)."""
     from rapidfuzz import fuzz, process
 
-    from mediflow.quality.clinical import Lexicon
+    from mediflow.quality.clinical import Lexicon, same_cases
     from mediflow.quality.components import component_labels
     from mediflow.quality.config import DedupConfig
-    from mediflow.quality.dedup import (
-        clinically_equal,
-        key_candidates,
-        key_text,
-        scope_salt,
-    )
-    from mediflow.quality.text import normalize_column
+    from mediflow.quality.dedup import concatenate_fields, key_candidates, key_text, scope_salt
+    from mediflow.quality.text import canonical_tokens
 
     config = DedupConfig(**json.loads(config_json))
+    lexicon = Lexicon.load(config.clinical_tokens)
     table = pq.read_table(data / "records.parquet")
     truth, kinds = np.load(data / "clusters.npy"), np.load(data / "kinds.npy")
     id_number = _id_numbers(table.column("id"))
@@ -147,13 +156,18 @@ def curve_child(data: Path, config_json: str, thresholds: list[float]) -> None:
     pairs = found.pairs
     members = np.flatnonzero(found.representative != np.arange(len(truth)))
     exact_edges = np.stack([found.representative[members], members], axis=1)
+    rows, local = np.unique(pairs, return_inverse=True)
+    local = local.reshape(pairs.shape)
+    fields = {name: canonical_tokens(key_text(table.select([name]).take(pa.array(rows)), name), lexicon.forms) for name in ("instruction", "input")}
+    texts = {}
+    for name, canonical in fields.items():
+        written = canonical.texts().to_pylist()
+        texts[name] = [[written[row] for row in local[:, side].tolist()] for side in (0, 1)]
     measures: dict[str, np.ndarray] = {}
-    texts = {field: [normalize_column(key_text(table.select([field]).take(pa.array(pairs[:, side])), field)).to_pylist()
-                     for side in (0, 1)] for field in ("instruction", "input")}
     for scorer in ("token_sort_ratio", "ratio", "token_set_ratio"):
         measures[scorer] = np.minimum(*(process.cpdist(*texts[f], scorer=getattr(fuzz, scorer), workers=-1) / 100 for f in texts))
     measures["shingle_jaccard"] = np.minimum(*(np.fromiter((_jaccard(a, b) for a, b in zip(*texts[f])), float, len(pairs)) for f in texts))
-    agree = clinically_equal(table, "pair", pairs, Lexicon.load(config.clinical_tokens))
+    agree = same_cases(concatenate_fields(fields["instruction"], fields["input"]), local, lexicon, lenient_values=config.values == "lenient")
     print(json.dumps({"records": len(truth), "candidates": len(pairs), "clinical_disagree": int((~agree).sum()),
                       "prepare_s": round(time.perf_counter() - start, 1)}), flush=True)
     rows = []
@@ -187,7 +201,7 @@ def _smallest_id_keeper(labels: np.ndarray, id_number: np.ndarray) -> np.ndarray
     return keeper_of_label[labels]
 
 
-def baseline_child(size: int, threshold: float, seed: int) -> None:
+def baseline_child(size: int, threshold: float, seed: int, noise: str) -> None:
     """All-pairs rapidfuzz (``cdist`` on all cores) + components: no LSH, no clinical check, quadratic."""
     from rapidfuzz import fuzz, process
 
@@ -195,7 +209,7 @@ def baseline_child(size: int, threshold: float, seed: int) -> None:
     from mediflow.quality.dedup import key_text
     from mediflow.quality.text import normalize_column
 
-    table, truth, kinds = synthetic(size, 0.1, seed)
+    table, truth, kinds = synthetic(size, 0.1, seed, noise=noise)
     start = time.perf_counter()
     texts = normalize_column(key_text(table, "pair")).to_pylist()
     matrix = process.cdist(texts, texts, scorer=fuzz.token_sort_ratio, score_cutoff=threshold * 100, dtype=np.uint8, workers=-1)
@@ -206,8 +220,10 @@ def baseline_child(size: int, threshold: float, seed: int) -> None:
     print(json.dumps({"records": size, "total_s": round(elapsed, 1), "peak_rss_gb": _peak_rss_gb(), **figures}))
 
 
-def _child(*args: str) -> dict:
-    child = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
+def _child(*args: str, release: Path | None = None) -> dict:
+    """Run this script's ``--child`` in a fresh process; ``release``: a checkout of another mediflow it imports instead."""
+    env = {**os.environ, "PYTHONPATH": str(release)} if release else None
+    child = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False, env=env)
     if child.returncode:
         print(child.stderr, file=sys.stderr)
         raise SystemExit(child.returncode)
@@ -215,21 +231,21 @@ def _child(*args: str) -> dict:
 
 
 def _dataset(args: argparse.Namespace, size: int) -> Path:
-    folder = args.data / f"n{size}-dup{args.duplicate_share}-seed{args.seed}"
+    folder = args.data / f"n{size}-dup{args.duplicate_share}-seed{args.seed}-{args.noise}"
     if not (folder / "complete").exists():
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         _child("--child", "generate", "--folder", str(folder), "--size", str(size),
-               "--duplicate-share", str(args.duplicate_share), "--seed", str(args.seed))
+               "--duplicate-share", str(args.duplicate_share), "--seed", str(args.seed), "--noise", args.noise)
         print(f"generated {size} records in {time.perf_counter() - start:.0f} s", flush=True)
     return folder
 
 
 def _print_kinds(row: dict) -> None:
-    print("| kind | records | copies found / siblings merged | distinct records lost |\n|---|---:|---:|---:|")
+    print("| kind | records | copies found (missed) / siblings merged with another case | copies merged with another case / distinct records lost |\n|---|---:|---:|---:|")
     for kind, figures in row["per_kind"].items():
         if "found" in figures:
-            print(f"| copy: {kind} | {figures['records']:,} | {figures['found']:.4f} | |")
+            print(f"| copy: {kind} | {figures['records']:,} | {figures['found']:.4f} ({figures['missed']}) | {figures['merged']} |")
         else:
             print(f"| {'original' if kind == 'fresh' else 'sibling: ' + kind} | {figures['records']:,} | {figures['merged']} | {figures['lost']} |")
 
@@ -241,9 +257,11 @@ def main() -> None:
     parser.add_argument("--curve", type=int, help="a record count: measure every confirmation measure over thresholds")
     parser.add_argument("--thresholds", type=float, nargs="*", default=[0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98])
     parser.add_argument("--duplicate-share", type=float, default=0.1, help="share of records that are planted copies")
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=7, help="the set's seed (7: the development split; the held-out split is another)")
+    parser.add_argument("--noise", choices=["ours", *NOISES], default="ours", help="who makes the planted copies (benchmarks/dedup_noise.py)")
+    parser.add_argument("--previous", type=Path, help="a checkout of the previous release, measured on the same sets in the same run")
     parser.add_argument("--config", default="{}", help="DedupConfig overrides as JSON, e.g. '{\"threshold\": 0.85}'")
-    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "mediflow-dedup-bench-clinical",
+    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "mediflow-dedup-bench-noise",
                         help="where generated record sets are kept (and reused) between runs")
     parser.add_argument("--child", choices=["generate", "measure", "baseline", "curve"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -251,24 +269,27 @@ def main() -> None:
     args = parser.parse_args()
     config = {"scope": "across_tasks", **json.loads(args.config)}
     if args.child == "generate":
-        return generate_child(args.folder, args.size, args.duplicate_share, args.seed)
+        return generate_child(args.folder, args.size, args.duplicate_share, args.seed, args.noise)
     if args.child == "measure":
         return measure_child(args.folder, json.dumps(config))
     if args.child == "curve":
         return curve_child(args.folder, json.dumps(config), args.thresholds)
     if args.child == "baseline":
-        return baseline_child(args.size, config.get("threshold", _default_threshold()), args.seed)
+        return baseline_child(args.size, config.get("threshold", _default_threshold()), args.seed, args.noise)
 
     rows = []
     for size in args.baseline:
-        row = _child("--child", "baseline", "--size", str(size), "--seed", str(args.seed), "--config", json.dumps(config))
+        row = _child("--child", "baseline", "--size", str(size), "--seed", str(args.seed), "--noise", args.noise, "--config", json.dumps(config))
         print("baseline all-pairs rapidfuzz", json.dumps({k: v for k, v in row.items() if k != "per_kind"}), flush=True)
         rows.append(("all-pairs rapidfuzz (no clinical check)", row))
     for size in args.sizes:
-        row = _child("--child", "measure", "--folder", str(_dataset(args, size)), "--config", json.dumps(config))
-        print("mediflow dedup", json.dumps(row), flush=True)
-        _print_kinds(row)
-        rows.append(("mediflow dedup stage", row))
+        folder = _dataset(args, size)
+        releases = [("previous release", args.previous)] if args.previous else []
+        for label, release in [*releases, ("this tree", None)]:
+            row = _child("--child", "measure", "--folder", str(folder), "--config", json.dumps(config), release=release)
+            print(f"mediflow dedup ({label}, noise {args.noise}, seed {args.seed})", json.dumps(row), flush=True)
+            _print_kinds(row)
+            rows.append((f"mediflow dedup stage ({label})", row))
     if rows:
         print("\n| method | records | wall time (s) | peak RSS (GB) | precision | recall | distinct records lost |\n|---|---:|---:|---:|---:|---:|---:|")
         for method, row in rows:

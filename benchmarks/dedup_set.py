@@ -30,10 +30,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+from dedup_noise import NOISE_KINDS, NOISES, noise_copier
 
-COPY_KINDS = ("typo", "surface", "reorder", "synonym", "words", "mixed")
+#: Copies our own generator makes: the kinds of the issue-13 set, then one kind per kind of noise of issue 19's table.
+OUR_COPY_KINDS = ("typo", "surface", "reorder", "synonym", "words", "mixed", "whitespace", "case", "swap", "drop")
 ONE_SLOT_KINDS = ("age", "sex", "side", "dose", "negation", "value", "drug", "organ", "code", "finding")
 SIBLING_KINDS = ("template", "half", "most", *(f"one-{slot}" for slot in ONE_SLOT_KINDS))
+#: Copies made by noise libraries we did not write (``benchmarks/dedup_noise.py``).
+COPY_KINDS = (*OUR_COPY_KINDS, *NOISE_KINDS)
 #: Every record's kind: an original is ``fresh`` or a sibling kind; a copy is a copy kind.
 KINDS = ("fresh", *SIBLING_KINDS, *COPY_KINDS)
 
@@ -86,7 +90,7 @@ NOTE_TYPES: dict[str, list[str]] = {
         "{Pronoun} has a history of {finding2} treated with {drug2} {dose2} mg {freq}.",
         "A CT scan showed a {size} cm lesion in the {side} {organ} with {neg}surrounding inflammation.",
         "{Pronoun} was treated with intravenous {drug} for {days} days and improved steadily.",
-        "On discharge the {lab} was {val} and the {lab2} was {val2}.",
+        "On discharge the {lab} was {val} mg/dL and the {lab2} was {val2} mmol/L.",
         "There was {neg2}evidence of recurrent {finding} at the time of discharge.",
         "Discharge diagnosis was coded as {code} with {code2} as a secondary diagnosis.",
         "{Pronoun} will continue {drug} {dose} mg {freq} and follow up with {service} in {days} days.",
@@ -122,13 +126,13 @@ NOTE_TYPES: dict[str, list[str]] = {
         "Current medications are {drug} {dose} mg {freq} and {drug2} {dose2} mg.",
         "Heart rate {hr}, systolic pressure {sbp}, temperature {temp} C.",
         "Exam shows {neg}edema of the {side} leg.",
-        "This morning the {lab} is {val}, down from {val2} yesterday.",
+        "This morning the {lab} is {val} mg/dL, down from {val2} yesterday.",
         "Plan: continue current therapy, repeat the {lab2} tomorrow, and review with {service}.",
         "Disposition is pending physical therapy assessment.",
     ],
     "laboratory report": [
         "Laboratory report for a {age}-year-old {sex} seen for {finding}.",
-        "The {lab} is {val}, which is above the reference range.",
+        "The {lab} is {val} mg/dL, which is above the reference range.",
         "The {lab2} is {val2} and within the reference range.",
         "Urinalysis shows {neg}protein and {neg2}blood.",
         "The sample was collected {days} days after starting {drug} {dose} mg {freq}.",
@@ -175,7 +179,7 @@ GENERAL = [
     "{Pronoun} reports that the {finding} started {days} days ago and has been getting worse.",
     "{Pronoun} denies {finding2} but endorses intermittent fatigue.",
     "Vital signs showed a temperature of {temp} C and a heart rate of {hr}.",
-    "The {lab2} was elevated at {val2} on repeat testing.",
+    "The {lab2} was elevated at {val2} mmol/L on repeat testing.",
     "A chest radiograph was obtained and was reviewed with radiology.",
     "The working diagnosis is {dx}, with {finding2} also considered.",
     "Consults were placed to {service} given concern for {dx}.",
@@ -209,7 +213,8 @@ SYNONYMS = [("patient", "pt"), ("history", "hx"), ("intravenous", "IV"), ("twice
             ("-year-old", " y/o"), ("emergency department", "ED"), ("blood pressure", "BP"), ("heart rate", "HR"),
             ("examination", "exam"), ("follow-up", "f/u"), ("follow up", "f/u"), ("without", "w/o"), ("showed", "demonstrated"),
             ("shows", "demonstrates"), ("diagnosis", "dx"), ("by mouth", "PO"), ("medications", "meds"), ("temperature", "temp"),
-            ("laboratory", "lab"), ("improved", "got better"), ("reports", "states"), ("colleague", "doctor")]
+            ("laboratory", "lab"), ("improved", "got better"), ("reports", "states"), ("colleague", "doctor"), ("with", "w/"),
+            ("and", "&"), ("percent", "%"), ("requested", "ordered"), ("suggested", "requested"), ("status post", "s/p")]
 #: Non-clinical words a "words" copy may change or drop.
 FILLER = {"the": "this", "was": "is", "and": "as well as", "carefully": "", "steadily": "", "further": "", "has": "had",
           "current": "present", "normal": "unremarkable", "agrees": "agreed", "stable": "good", "recent": "latest",
@@ -278,14 +283,19 @@ def render(shape: Shape, case: Case) -> tuple[str, str]:
 
 
 def _typos(text: str, rng: random.Random, count: int) -> str:
+    """``count`` typos (a letter dropped, inserted, doubled, or two swapped) in words of five letters or more, or in a unit."""
     words = text.split(" ")
-    eligible = [i for i, w in enumerate(words) if len(w) >= 5 and w.isalpha()]
+    eligible = [i for i, w in enumerate(words) if (len(w) >= 5 and w.isalpha()) or _UNIT.fullmatch(w)]
     for i in rng.sample(eligible, min(count, len(eligible))):
         word, at = words[i], rng.randrange(1, len(words[i]) - 1)
-        edit = rng.choice(("drop", "swap", "double"))
+        edit = rng.choice(("drop", "swap", "double", "insert"))
         words[i] = (word[:at] + word[at + 1 :] if edit == "drop" else
-                    word[:at] + word[at + 1] + word[at] + word[at + 2 :] if edit == "swap" else word[:at] + word[at] + word[at:])
+                    word[:at] + word[at + 1] + word[at] + word[at + 2 :] if edit == "swap" else
+                    word[:at] + word[at] + word[at:] if edit == "double" else word[:at] + rng.choice("aeiourstnl") + word[at:])
     return " ".join(words)
+
+
+_UNIT = re.compile(r"[a-zA-Z]+/[a-zA-Z]+")
 
 
 def _reorder(text: str, rng: random.Random) -> str:
@@ -297,10 +307,14 @@ def _reorder(text: str, rng: random.Random) -> str:
 
 
 def _synonyms(text: str, rng: random.Random, count: int) -> str:
-    present = [(old, new) for old, new in SYNONYMS if old in text]
+    present = [(old, new) for old, new in SYNONYMS if re.search(_whole(old), text)]
     for old, new in rng.sample(present, min(count, len(present))):
-        text = text.replace(old, new, 1)
+        text = re.sub(_whole(old), new, text, count=1)
     return text
+
+
+def _whole(phrase: str) -> str:
+    return rf"(?<![A-Za-z]){re.escape(phrase)}(?![A-Za-z])"
 
 
 def _words(text: str, rng: random.Random, count: int) -> str:
@@ -321,8 +335,50 @@ def _surface(text: str, rng: random.Random) -> str:
     return "  " + text.replace(". ", " .\n").replace(", ", " ,  ") + " "
 
 
-def copy_of(instruction: str, document: str, kind: str, rng: random.Random) -> tuple[str, str]:
-    """A planted copy of ``kind``: the same case written with typos, other spacing, order or wording."""
+def _whitespace(text: str, rng: random.Random) -> str:
+    """Line breaks and extra spaces inside sentences, a space before some full stops and commas, and inside a decimal ("7 .5")."""
+    words = text.split(" ")
+    for i in rng.sample(range(len(words) - 1), min(len(words) - 1, rng.randint(2, 6))):
+        words[i] += rng.choice(("\n", "  ", " \n", "\n\n   ", "\t"))
+    text = " ".join(words)
+    if rng.random() < 0.5:
+        text = re.sub(r"(\w)([.,]) ", lambda m: m.group(1) + " " + m.group(2) + " " if rng.random() < 0.5 else m.group(0), text)
+    if rng.random() < 0.5:
+        text = re.sub(r"(\d)\.(\d)", r"\1 .\2", text, count=1)
+    return text
+
+
+def _case(text: str, upper: bool) -> str:
+    return text.upper() if upper else text.lower()
+
+
+def _swap(text: str, rng: random.Random) -> str:
+    """Two adjacent sentences swapped."""
+    sentences = text.split(". ")
+    if len(sentences) < 2:
+        return text
+    i = rng.randrange(len(sentences) - 1)
+    sentences[i], sentences[i + 1] = sentences[i + 1].rstrip("."), sentences[i]
+    return ". ".join(sentences).rstrip(".") + "."
+
+
+def _drop(text: str, rng: random.Random, protected: frozenset[str]) -> str:
+    """One word dropped that is not part of a clinical value of the case (which would make another case)."""
+    words = text.split(" ")
+    eligible = [i for i, w in enumerate(words) if w.isalpha() and w.lower() not in protected and i > 0]
+    if eligible:
+        del words[rng.choice(eligible)]
+    return " ".join(words)
+
+
+def copy_of(instruction: str, document: str, kind: str, rng: random.Random, protected: frozenset[str] = frozenset()) -> tuple[str, str]:
+    """A planted copy of ``kind``: the same case written with typos, other spacing, order or wording.
+
+    ``protected``: the words of the case's values (ages, sexes, sides, negations, drugs, organs, findings...), which a
+    dropped-word copy must not drop. Noise kinds (``dedup_noise.NOISE_KINDS``) are made by their library.
+    """
+    if kind in NOISE_KINDS:
+        return noise_copier(kind)(instruction, document, rng, protected)
     if kind == "typo":
         return instruction, _typos(document, rng, rng.randint(2, 4))
     if kind == "surface":
@@ -333,21 +389,53 @@ def copy_of(instruction: str, document: str, kind: str, rng: random.Random) -> t
         return _synonyms(instruction, rng, 1), _synonyms(document, rng, rng.randint(2, 4))
     if kind == "words":
         return instruction, _words(document, rng, rng.randint(1, 3))
+    if kind == "whitespace":
+        return instruction, _whitespace(document, rng)
+    if kind == "case":
+        upper = rng.random() < 0.5
+        return _case(instruction, upper), _case(document, upper)
+    if kind == "swap":
+        return instruction, _swap(document, rng)
+    if kind == "drop":
+        return instruction, _drop(document, rng, protected)
     return instruction, _synonyms(_typos(_reorder(document, rng), rng, 2), rng, 2)  # mixed
+
+
+def case_words(case: Case) -> frozenset[str]:
+    """The words that state ``case``'s facts (slot values, pronouns, the negation cue): what a copy may misspell but not drop."""
+    words = {word.lower() for value in case.values() for word in re.findall(r"[\w.]+", value)}
+    return frozenset(words | {"he", "she", "him", "her", "his", "no", "not", "denies", "without"})
+
+
+def digit_runs(text: str) -> list[str]:
+    """The values a text writes: its alphanumeric runs holding a digit, case-, order- and spacing-free ("7 .5" and "7.5" both
+    ["5", "7"]; "E11.9" ["9", "e11"]): what a copy must keep to be one ("11" misspelled "11pm" is another value)."""
+    return sorted(re.findall(r"[^\W_]*\d[^\W_]*", text.lower()))
 
 
 SIBLING_WEIGHTS = {"template": 0.3, "half": 0.2, "most": 0.2, **{f"one-{slot}": 0.03 for slot in ONE_SLOT_KINDS}}
 
 
 def synthetic(n: int, duplicate_share: float = 0.1, seed: int = 7, sibling_share: float = 0.5,
-              recent_roots: int = 40, chunk: int = 200_000) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+              recent_roots: int = 40, chunk: int = 200_000, noise: str = "ours",
+              stats: dict[str, int] | None = None) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     """``n`` shuffled records, their true cluster and their kind (an index into :data:`KINDS`).
 
     A sibling's parent is one of the last ``recent_roots`` fresh originals, so a shape is written
     for a few patients (1.84 originals a shape on average at the defaults, up to ~10), as a teacher
     reuses one generated instruction and layout over several documents.
+
+    ``noise`` picks who makes the planted copies: ``ours`` (:data:`OUR_COPY_KINDS`) or a noise
+    library (``dedup_noise.NOISES``). A copy must write the same numbers as its original (its digit
+    runs, order- and spacing-free): one that does not is another case, so it is drawn again (up to
+    five times, then left out); ``stats`` counts both.
     """
     rng = random.Random(seed)
+    random.seed(seed)  # the noise libraries draw from the global generators
+    np.random.seed(seed % 2**32)
+    copy_kinds = OUR_COPY_KINDS if noise == "ours" else NOISES[noise]
+    counts = stats if stats is not None else {}
+    counts.update(redrawn=0, left_out=0)
     kind_index = {kind: i for i, kind in enumerate(KINDS)}
     sibling_kinds, sibling_weights = list(SIBLING_WEIGHTS), list(SIBLING_WEIGHTS.values())
     columns: dict[str, list[str]] = {"instruction": [], "input": [], "task_type": []}
@@ -391,10 +479,18 @@ def synthetic(n: int, duplicate_share: float = 0.1, seed: int = 7, sibling_share
         clusters_started += 1
         emit(instruction, document, shape, cluster, kind)
         copies = rng.choice([1, 1, 1, 2, 3]) if rng.random() < copies_per_original / 1.6 else 0
+        protected = case_words(case)
         for _ in range(copies):
             if len(clusters) < n:
-                copy_kind = rng.choice(COPY_KINDS)
-                emit(*copy_of(instruction, document, copy_kind, rng), shape, cluster, copy_kind)
+                copy_kind = rng.choice(copy_kinds)
+                for _attempt in range(5):
+                    copied = copy_of(instruction, document, copy_kind, rng, protected)
+                    if digit_runs(copied[1]) == digit_runs(document) and digit_runs(copied[0]) == digit_runs(instruction):
+                        emit(*copied, shape, cluster, copy_kind)
+                        break
+                    counts["redrawn"] += 1
+                else:
+                    counts["left_out"] += 1
     if columns["input"]:
         chunks.append(pa.table(columns))
     table = pa.concat_tables(chunks)

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from mediflow.batch.config import BatchConfig, Mode, check_mode, mode_option
 from mediflow.configuration import Config, option
 from mediflow.engine.config import LimitsConfig, PricesConfig
 from mediflow.errors import ConfigError
+from mediflow.pipeline.share import Share
 from mediflow.scale.config import EngineKind, RayConfig
-from mediflow.teachers.factory import TeacherConfig, teacher_aliases
+from mediflow.teachers.config import TeacherConfig, teacher_aliases
 
 #: The generation stages, in the order a record goes through them.
 Stage = Literal["document", "instruction", "response"]
@@ -55,6 +57,10 @@ class OutputConfig(Config):
     shard_size: int = option(1000, "plan items per Parquet shard (a shard holds at most this many records)", minimum=1)
 
 
+#: The generator's role in the manifest's ``teacher_capabilities``: the config key of its teacher section.
+TEACHER_ROLE = "teacher"
+
+
 @dataclass
 class RunConfig(Config):
     """Everything ``mediflow generate`` needs; every key has a default, so ``{}`` is a valid config."""
@@ -85,6 +91,8 @@ class RunConfig(Config):
     engine: EngineKind = option("local", "local: one asyncio process; ray: Ray Data actors (see the ray section)")
     ray: RayConfig = option(RayConfig(), "the Ray engine (engine: ray)")
     shard: str | None = option(None, "K/N: make only the K-th of N deterministic shares of the plan (then mediflow join)")
+    mode: Mode = mode_option()
+    batch: BatchConfig = option(BatchConfig(), "batch mode: file limits, batches in flight, polling (mode: batch)")
 
     ALIASES: ClassVar[dict[str, str]] = {
         **teacher_aliases(),
@@ -101,9 +109,8 @@ class RunConfig(Config):
         if not self.stages or list(self.stages) != list(STAGES[: len(self.stages)]):
             raise ConfigError(f"stages: {self.stages} must be a non-empty prefix of {list(STAGES)}")
         if self.shard is not None:
-            from mediflow.pipeline.share import Share  # the plan module imports this one
-
             Share.parse(self.shard)
+        check_mode(self.mode, self.teacher.spec, self.engine, "")
 
 
 def load_config(source: RunConfig | Mapping[str, Any] | str | Path | None = None, /, **overrides: Any) -> RunConfig:

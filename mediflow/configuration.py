@@ -55,11 +55,19 @@ from mediflow.errors import ConfigError
 from mediflow.textfiles import read_text
 
 C = TypeVar("C", bound="Config")
+#: The field metadata that is not a JSON Schema constraint.
+_SWITCH = "switch"
+_NOT_CONSTRAINTS = frozenset({"help", _SWITCH})
 
 
-def option(default: Any = None, help: str = "", **constraints: Any) -> Any:
-    """A config field: its default, its help text and its JSON Schema constraints (``minimum``, ...)."""
-    metadata = {"help": help, **constraints}
+def option(default: Any = None, help: str = "", *, switch: str | None = None, **constraints: Any) -> Any:
+    """A config field: its default, its help text and its JSON Schema constraints (``minimum``, ...).
+
+    ``switch`` (a ``Literal`` field only) names one of its values that also gets a flag of its own:
+    ``mode: Literal["online", "batch"] = option("online", "...", switch="batch")`` gives ``--mode
+    {online,batch}`` and ``--batch``, which sets ``mode: batch``.
+    """
+    metadata = {"help": help, **constraints, **({_SWITCH: switch} if switch is not None else {})}
     if isinstance(default, (list, dict, tuple)) or dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -162,7 +170,7 @@ def _dataclass_schema(cls: type) -> dict[str, Any]:
         if f.metadata.get("secret"):
             continue
         schema = _type_schema(hints[f.name])
-        constraints = {k: v for k, v in f.metadata.items() if k != "help"}
+        constraints = {k: v for k, v in f.metadata.items() if k not in _NOT_CONSTRAINTS}
         if constraints:  # they apply to the non-null branch of an optional
             target = next((s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"), schema)
             target.update(constraints)
@@ -341,6 +349,9 @@ def load(
     """See :meth:`Config.load`."""
     if isinstance(source, cls) and not any(value is not None for value in (overrides or {}).values()):
         return source  # already validated; rebuilding it would drop its secrets
+    if source is not None and not isinstance(source, (cls, Mapping, str, Path)):
+        what = f"a {type(source).__name__}" if isinstance(source, Config) else f"{type(source).__name__} {source!r}"[:80]
+        raise ConfigError(f"config: expected a {cls.__name__}, a YAML/JSON file path or a dict, got {what}")
     if source is None:
         data: Any = {}
     elif isinstance(source, cls):
@@ -428,6 +439,11 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Config], *, prefix: str
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(kind) is Literal:
             group.add_argument(flag, dest=dest, choices=typing.get_args(kind), default=None, help=help_text)
+            switch = f.metadata.get(_SWITCH)
+            if switch is not None:  # --batch for --mode batch; a section's keeps its prefix: --judge-batch
+                section = (alias_of.get(dotted) or dotted).rpartition(".")[0]
+                name = "--" + f"{section}.{switch}".lstrip(".").replace(".", "-").replace("_", "-")
+                group.add_argument(name, dest=dest, action="store_const", const=switch, help=f"the same as {flag} {switch}")
         else:
             parse = _flag_type(annotation)
             metavar = {int: "N", float: "X", str: "TEXT", _comma_list: "A,B"}.get(parse, "YAML")

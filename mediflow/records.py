@@ -41,7 +41,11 @@ JUDGE_SCORE_COLUMNS: tuple[str, ...] = ("quality", "alignment", "coherence", "re
 
 #: The clinical case behind a record's document (:class:`mediflow.cases.Case`): kept through every
 #: stage and in the export's ``records`` config, never in the model-facing ``sft``/``dpo`` columns.
-CONDITION_TYPE = pa.struct([("code", pa.string()), ("description", pa.string()), ("role", pa.string())])
+#: ``name`` (the condition's clinical name), ``medications`` (each drug with the code it treats and
+#: its role), ``population`` (population-level documents: then ``age``/``sex``/``acuity`` are null)
+#: and ``age_months`` (under 2 years) were added later: older files read back with them null.
+CONDITION_TYPE = pa.struct([("code", pa.string()), ("description", pa.string()), ("role", pa.string()), ("name", pa.string())])
+MEDICATION_TYPE = pa.struct([("name", pa.string()), ("indication", pa.string()), ("role", pa.string()), ("why", pa.string())])
 CASE_TYPE = pa.struct(
     [
         ("profile", pa.string()),
@@ -51,6 +55,9 @@ CASE_TYPE = pa.struct(
         ("acuity", pa.string()),
         ("conditions", pa.list_(CONDITION_TYPE)),
         ("drugs", pa.list_(pa.string())),
+        ("medications", pa.list_(MEDICATION_TYPE)),
+        ("population", pa.string()),
+        ("age_months", pa.int32()),
     ]
 )
 

@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
 import yaml
@@ -143,6 +143,8 @@ _SINGULAR = {
 _SETTINGS_FILE = "taxonomy.yaml"
 # libyaml's safe loader when PyYAML was built with it (about 10x faster than the pure-Python one).
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+Entry = TypeVar("Entry")
 
 
 @dataclass(frozen=True)
@@ -511,7 +513,7 @@ def _build_difficulty_levels(entries: Mapping[str, tuple[dict[str, Any], Path]])
     return sorted((DifficultyLevel(**entry) for entry, _ in entries.values()), key=lambda level: level.rank)
 
 
-def _lookup(entries: Mapping[str, Any], name: str, kind: str) -> Any:
+def _lookup(entries: Mapping[str, Entry], name: str, kind: str) -> Entry:
     """Get ``entries[name]`` or raise a one-line error listing what exists."""
     try:
         return entries[name]

@@ -45,7 +45,8 @@ def _icd() -> ModuleType:
         warnings.simplefilter("ignore", DeprecationWarning)
         import simple_icd_10_cm
 
-    return simple_icd_10_cm
+    module: ModuleType = simple_icd_10_cm
+    return module
 
 
 def normalise(code: str) -> str:
@@ -182,6 +183,23 @@ def generic_drug_name(name: str) -> str | None:
     return None
 
 
+def vocabulary_drug_name(name: str) -> str | None:
+    """The vocabulary's name for ``name``: the generic of a prescribable medicine, else any drug it holds.
+
+    Hospital-only agents (norepinephrine, propofol, fomepizole, insulin glargine) have no MedlinePlus
+    or NHS page, so :func:`generic_drug_name` does not know them; the case data names them, and this
+    checks they are real drugs of the vocabulary (DrugBank) all the same.
+    """
+    generic = generic_drug_name(name)
+    if generic is not None:
+        return generic
+    key = name.strip().lower()
+    variants, drugs = _drug_tables()
+    if key in drugs:
+        return key
+    return next(iter(variants.get(key, [])), None)
+
+
 def is_known_drug(name: str) -> bool:
     """True when ``name`` is a generic, brand or synonym name of a real prescribable medicine."""
     return generic_drug_name(name) is not None
@@ -293,6 +311,40 @@ def _in_reference(code: str, first: str, last: str) -> bool:
 def excludes1(code: str, other: str) -> bool:
     """Whether an Excludes1 note of ``code`` (or an ancestor) names ``other``: never coded together."""
     return any(_in_reference(other, first, last) for first, last in _excluded_references(code))
+
+
+#: Words that make a "code first" note conditional: the named condition is coded first only when present.
+_CONDITIONAL_NOTE = ("if applicable", "if known", "such as", "any associated", "if present", ", if", "any ")
+
+
+@cache
+def code_first(code: str) -> tuple[tuple[str, bool], ...]:
+    """The codes a "code first" note of ``code`` or its category names, each with whether it is required.
+
+    A note naming one underlying condition without "if applicable" or "such as" (D63.1: "underlying
+    chronic kidney disease (N18.-)") requires it in the case; any named code present is sequenced first.
+    """
+    icd = _icd()
+    found: list[tuple[str, bool]] = []
+    for item in (code, *(a for a in ancestors(code) if icd.is_category_or_subcategory(a))):
+        note = icd.get_code_first(item)
+        if not note:
+            continue
+        required = "\n" not in note.strip() and not any(mark in note.lower() for mark in _CONDITIONAL_NOTE)
+        for first, last in _NOTE_REFERENCE.findall(note):
+            found.append((f"{first}-{last}" if last else first, required))
+    return tuple(found)
+
+
+def in_reference(code: str, reference: str) -> bool:
+    """Whether ``code`` falls under a note's reference (a code prefix such as ``N18`` or a range ``O09-O60``)."""
+    first, _, last = reference.partition("-")
+    return _in_reference(code, first, last or first)
+
+
+def is_manifestation(code: str) -> bool:
+    """A manifestation code "in diseases classified elsewhere" (OCG I.A.13): never first-listed."""
+    return "in diseases classified elsewhere" in description(code).lower()
 
 
 @cache

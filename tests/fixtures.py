@@ -100,7 +100,8 @@ def typed_manifest(details: Mapping[str, Any], kind: str | None = None) -> dict[
         kind = "curate" if "stages" in details else "pairs" if "pairs" in details else str(details.get("stage") or "generate")
     config = dict(details.get("config") or {})
     counts = dict(details.get("counts") or {})
-    return Manifest(kind=kind, config=config, config_fingerprint="fixture", status="finished", counts=counts, details=dict(details)).to_dict()
+    holds = "pairs" if kind == "pairs" else "records"
+    return Manifest(kind=kind, holds=holds, config=config, config_fingerprint="fixture", status="finished", counts=counts, details=dict(details)).to_dict()
 
 
 def _reject_schema() -> pa.Schema:

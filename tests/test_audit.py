@@ -12,7 +12,7 @@ import pytest
 from fixtures import CATEGORY_CODE, CODING_TASK, FAKE_CODE, demo_folder, record, write_output_folder
 
 from mediflow.audit import (
-    OutputFolder,
+    AuditFolder,
     coverage,
     funnel,
     icd_codes,
@@ -57,7 +57,7 @@ def test_coverage_counts_planned_empty_below_plan_and_unplanned_cells(tmp_path: 
     rows = [record("task_a", "doc_1", "x", "plain_text", rng) for _ in range(3)]
     rows += [record("task_a", "doc_2", "x", "plain_text", rng)]
     rows += [record("task_b", "doc_9", "x", "plain_text", rng)]  # not in the plan
-    folder = OutputFolder.open(write_output_folder(tmp_path, rows))
+    folder = AuditFolder.open(write_output_folder(tmp_path, rows))
     planned = pd.DataFrame(
         [("task_a", "doc_1", 3), ("task_a", "doc_2", 2), ("task_b", "doc_1", 4)], columns=["task_type", "input_data", "planned"]
     )
@@ -76,7 +76,7 @@ def test_coverage_plan_is_rebuilt_from_the_manifest_config(tmp_path: Path, taxon
     docs = taxonomy.document_types_for(task)[:2]
     rows = [record(task, docs[0], "x", "plain_text", _rng())]
     config = {"tasks": [task], "document_types": docs, "per_cell": 2}
-    folder = OutputFolder.open(write_output_folder(tmp_path, rows, manifest={"config": config}))
+    folder = AuditFolder.open(write_output_folder(tmp_path, rows, manifest={"config": config}))
     planned, source = planned_cells(folder, taxonomy)
     assert "plan" in source
     items = list(build_plan(load_config(config), taxonomy).items())  # what `generate` would have made
@@ -93,13 +93,13 @@ def test_a_curated_folder_is_checked_against_the_plan_of_the_run_it_came_from(tm
     config = {"tasks": [CODING_TASK], "document_types": docs, "per_cell": 2}
     run = write_output_folder(tmp_path / "run", rows, manifest={"config": config, "input": str(tmp_path / "curated")})
     curate_manifest = {"stage": "curate", "input": str(run), "config": {"filters": {}, "dedup": {}}, "in": 4, "kept": 1}
-    folder = OutputFolder.open(write_output_folder(tmp_path / "curated", rows[:1], manifest=curate_manifest))
+    folder = AuditFolder.open(write_output_folder(tmp_path / "curated", rows[:1], manifest=curate_manifest))
 
     assert [path for path, _ in folder.lineage()] == [folder.path, run]  # and the cycle back to curated ends it
     assert run_config(folder) == config
     planned, source = planned_cells(folder, taxonomy)
     assert f"the manifest of its source {run}" in source
-    assert sorted(zip(planned["input_data"], planned["planned"])) == sorted(planned_cells(OutputFolder.open(run), taxonomy)[0][["input_data", "planned"]].itertuples(index=False, name=None))
+    assert sorted(zip(planned["input_data"], planned["planned"])) == sorted(planned_cells(AuditFolder.open(run), taxonomy)[0][["input_data", "planned"]].itertuples(index=False, name=None))
     result = coverage(folder, planned)
     assert result.numbers["cells_below_plan"] == 1 and result.numbers["planned_empty_cells"] == 1  # what curation removed
 
@@ -110,7 +110,7 @@ def test_a_curated_folder_is_checked_against_the_plan_of_the_run_it_came_from(tm
 def test_coverage_without_manifest_plans_the_taxonomy_cells_of_the_tasks_present(tmp_path: Path, taxonomy) -> None:
     docs = taxonomy.document_types_for(CODING_TASK)
     rows = [record(CODING_TASK, docs[0], "x", "plain_text", _rng())]
-    folder = OutputFolder.open(write_output_folder(tmp_path, rows))
+    folder = AuditFolder.open(write_output_folder(tmp_path, rows))
     planned, source = planned_cells(folder, taxonomy)
     assert "taxonomy" in source and set(planned["task_type"]) == {CODING_TASK}
     result = coverage(folder, planned)
@@ -126,7 +126,7 @@ def test_lengths_are_word_counts_per_task_and_empties_are_counted(tmp_path: Path
         record("task_a", "doc", "one", "plain_text", rng, instruction="a b c d", input="w " * 20),
         record("task_b", "doc", "", "plain_text", rng, instruction="a", input="w"),
     ]
-    result = lengths(OutputFolder.open(write_output_folder(tmp_path, rows)))
+    result = lengths(AuditFolder.open(write_output_folder(tmp_path, rows)))
     table = result.tables["Words per field and task"].set_index(["field", "task_type"])
     assert table.loc[("output", "task_a"), "max"] == 3
     assert table.loc[("input", "task_a"), "median"] == 15
@@ -137,14 +137,14 @@ def test_lengths_are_word_counts_per_task_and_empties_are_counted(tmp_path: Path
 def test_judge_scores_not_available_without_judge_columns_and_right_means_with_them(tmp_path: Path) -> None:
     rng = _rng()
     plain = [record("task_a", "doc", "x", "plain_text", rng)]
-    missing = judge_scores(OutputFolder.open(write_output_folder(tmp_path / "plain", plain)))
+    missing = judge_scores(AuditFolder.open(write_output_folder(tmp_path / "plain", plain)))
     assert missing.unavailable and "no judge columns" in missing.summary and missing.figure is None
     judged = [
         record("task_a", "doc", "x", "plain_text", rng, quality=4.0, alignment=5.0),
         record("task_a", "doc", "y", "plain_text", rng, quality=2.0, alignment=3.0),
         record("task_b", "doc", "z", "plain_text", rng, quality=5.0, alignment=5.0),
     ]
-    result = judge_scores(OutputFolder.open(write_output_folder(tmp_path / "judged", judged)))
+    result = judge_scores(AuditFolder.open(write_output_folder(tmp_path / "judged", judged)))
     table = result.tables["Judge scores per task"].set_index("task_type")
     assert table.loc["task_a", "quality mean"] == 3.0 and table.loc["task_b", "alignment mean"] == 5.0
     assert result.numbers["judged"] == 3 and result.figure is not None
@@ -159,7 +159,7 @@ def test_funnel_from_rejects_orders_generation_stages_first_and_counts_rules(tmp
         {"stage": "filter", "rule": "too_short", "reason": "1 word"},
         {"stage": "document", "reason": "teacher returned nothing"},
     ]
-    result = funnel(OutputFolder.open(write_output_folder(tmp_path, rows, rejects=rejects)))
+    result = funnel(AuditFolder.open(write_output_folder(tmp_path, rows, rejects=rejects)))
     stages = result.tables["Records per stage"]
     assert list(stages["stage"]) == ["document", "response", "dedup", "filter"]
     assert list(stages["in"]) == [15, 14, 13, 12] and list(stages["kept"]) == [14, 13, 12, 10]
@@ -170,9 +170,9 @@ def test_funnel_from_rejects_orders_generation_stages_first_and_counts_rules(tmp
 def test_funnel_prefers_the_manifest_funnel(tmp_path: Path) -> None:
     rows = [record("task_a", "doc", "x", "plain_text", _rng())]
     manifest = {"funnel": [{"stage": "filter", "in": 100, "kept": 90}, {"stage": "dedup", "in": 90, "kept": 1}]}
-    result = funnel(OutputFolder.open(write_output_folder(tmp_path, rows, manifest=manifest)))
+    result = funnel(AuditFolder.open(write_output_folder(tmp_path, rows, manifest=manifest)))
     assert result.numbers["stages"] == [{"stage": "filter", "in": 100, "kept": 90}, {"stage": "dedup", "in": 90, "kept": 1}]
-    nothing = funnel(OutputFolder.open(write_output_folder(tmp_path / "bare", rows)))
+    nothing = funnel(AuditFolder.open(write_output_folder(tmp_path / "bare", rows)))
     assert nothing.unavailable
 
 
@@ -189,7 +189,7 @@ def test_json_validity_counts_planted_unparseable_and_schema_invalid_rows(tmp_pa
         record("not_a_task", "doc", "{}", "json", rng),
         record(CODING_TASK, "doc", "not json, but plain text is not checked", "plain_text", rng),
     ]
-    result = json_validity(OutputFolder.open(write_output_folder(tmp_path, valid + planted)), schemas)
+    result = json_validity(AuditFolder.open(write_output_folder(tmp_path, valid + planted)), schemas)
     table = result.tables["JSON validity per task"].set_index("task_type")
     assert result.numbers["json_records"] == len(valid) + 4
     assert result.numbers["invalid"] == 3
@@ -209,7 +209,7 @@ def test_icd_codes_counts_fake_and_category_codes(tmp_path: Path, taxonomy) -> N
         record("clinical_inference", "doc", f"{FAKE_CODE} in another task is not counted", "plain_text", rng),
     ]
     assert coding_tasks(taxonomy) == [CODING_TASK]
-    result = icd_codes(OutputFolder.open(write_output_folder(tmp_path, rows)), coding_tasks(taxonomy), is_valid, is_billable)
+    result = icd_codes(AuditFolder.open(write_output_folder(tmp_path, rows)), coding_tasks(taxonomy), is_valid, is_billable)
     assert result.numbers["codes"] == 7 and result.numbers["valid"] == 6 and result.numbers["billable"] == 5
     assert result.numbers["invalid"] == 1
     flagged = result.tables["Codes that need a look"].set_index("code")["problem"]
@@ -225,7 +225,7 @@ def test_ngrams_count_instruction_openings(tmp_path: Path) -> None:
     rng = _rng()
     rows = [record("t", "d", "alpha beta gamma delta", "plain_text", rng, instruction="List the active problems now " + str(i)) for i in range(3)]
     rows.append(record("t", "d", "alpha beta gamma", "plain_text", rng, instruction="Summarise this note briefly please"))
-    result = ngrams(OutputFolder.open(write_output_folder(tmp_path, rows)))
+    result = ngrams(AuditFolder.open(write_output_folder(tmp_path, rows)))
     assert result.numbers["top_openings"]["list the active problems"] == 3
     assert result.numbers["top_output_ngrams"]["alpha beta gamma"] == 4
     grams = result.tables["Output 3-grams"].set_index("3-gram")
@@ -234,7 +234,7 @@ def test_ngrams_count_instruction_openings(tmp_path: Path) -> None:
 
 def test_near_duplicates_find_the_planted_cluster_and_exact_duplicates(demo) -> None:
     root, facts = demo
-    result = near_duplicates(OutputFolder.open(root))
+    result = near_duplicates(AuditFolder.open(root))
     clusters = result.tables["Largest near-duplicate clusters"]
     instruction_clusters = clusters[clusters["key"] == "instruction"]
     assert list(instruction_clusters["size"]) == [2]
@@ -247,7 +247,7 @@ def test_near_duplicates_find_the_planted_cluster_and_exact_duplicates(demo) -> 
 
 def test_samples_returns_the_cell_and_names_an_unknown_one(demo) -> None:
     root, facts = demo
-    folder = OutputFolder.open(root)
+    folder = AuditFolder.open(root)
     task, doc = facts["cells"][0]
     rows = samples(folder, task, doc, n=2)
     assert len(rows) == 2 and set(rows["task_type"]) == {task} and set(rows["input_data"]) == {doc}
@@ -296,5 +296,5 @@ def test_cli_names_a_folder_without_records(tmp_path: Path, capsys: pytest.Captu
 def test_funnel_of_a_generate_run_without_rejects_comes_from_its_counts(tmp_path: Path) -> None:
     rows = [record("task_a", "doc", "x", "plain_text", _rng()) for _ in range(2)]
     manifest = {"plan": {"items": 3}, "counts": {"records": 2, "rejects": 0}}
-    result = funnel(OutputFolder.open(write_output_folder(tmp_path, rows, manifest=manifest)))
+    result = funnel(AuditFolder.open(write_output_folder(tmp_path, rows, manifest=manifest)))
     assert result.numbers["stages"] == [{"stage": "generate", "in": 3, "kept": 2}]

@@ -32,11 +32,13 @@ import pytest
 from fixtures import record, small_run_config, words
 from tiny_models import build_tiny_phi3
 
+from mediflow.batch.state import BatchRecord, BatchState
 from mediflow.cli import main
 from mediflow.folders import FolderLock, OutputFolder, StagedWriter
 from mediflow.preference.rows import PAIR_SCHEMA, pair_row
 from mediflow.records import FULL_SCHEMA, rows_to_table
 from mediflow.taxonomy import load_taxonomy
+from mediflow.testing import TeacherServerURL, teacher_server
 
 DEAD_URL = "http://127.0.0.1:9/v1"  # nothing listens there: a case that reached the teacher would say so
 KEY_ENV = "MEDIFLOW_BAD_INPUT_KEY"
@@ -58,6 +60,8 @@ class World:
     documents: Path  # documents and task data for pit and eval
     task_data: Path
     bad: dict[str, Path] = field(default_factory=dict)  # broken Parquet files by name
+    batch_server: TeacherServerURL | None = None  # a test teacher with the Files + Batch API
+    no_batch_server: TeacherServerURL | None = None  # one without (404), as many self-hosted servers
 
 
 def _text(path: Path, text: str) -> Path:
@@ -72,8 +76,8 @@ def _records(count: int, rng: random.Random, words_per_output: int = 12) -> list
     ]
 
 
-def _folder(root: Path, kind: str, table: pa.Table) -> Path:
-    folder = OutputFolder.open(root, kind=kind, config={"made_by": "test_bad_inputs"}, staged=kind != "generate")
+def _folder(root: Path, kind: str, table: pa.Table, holds: str = "records") -> Path:
+    folder = OutputFolder.open(root, kind=kind, holds=holds, config={"made_by": "test_bad_inputs"}, staged=kind != "generate")
     writer = StagedWriter(folder)
     writer.keep(table)
     writer.publish(table.schema, {"kept": table.num_rows})
@@ -81,13 +85,13 @@ def _folder(root: Path, kind: str, table: pa.Table) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("bad-inputs")
     rng = random.Random(5)
     rows = _records(12, rng)
     records = _folder(root / "records", "filter", rows_to_table(rows, FULL_SCHEMA))
     pairs = [pair_row(r, chosen=r["output"], rejected=r["output"] + " x", chosen_score=8, rejected_score=2, chosen_source="t", rejected_source="i", method="inject") for r in rows[:4]]
-    pairs_dir = _folder(root / "pairs", "pairs", rows_to_table(pairs, PAIR_SCHEMA))
+    pairs_dir = _folder(root / "pairs", "pairs", rows_to_table(pairs, PAIR_SCHEMA), holds="pairs")
     big = _folder(root / "big", "filter", rows_to_table(_records(400, rng, words_per_output=300), FULL_SCHEMA))
     eval_set = root / "eval.jsonl"
     eval_set.write_text(json.dumps({"id": "q", "text": "an unrelated question about the weather"}) + "\n")
@@ -106,7 +110,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     model, expert = build_tiny_phi3(root / "model", seed=0), build_tiny_phi3(root / "expert", seed=1)
     documents = _text(root / "documents.jsonl", "".join(json.dumps({"text": words(rng, 30)}) + "\n" for _ in range(3)))
     task_data = _text(root / "task_data.jsonl", "".join(json.dumps({"prompt": "Q?", "completion": words(rng, 5)}) + "\n" for _ in range(3)))
-    return World(root, records, pairs_dir, big, eval_set, model, expert, documents, task_data, {p.stem: p for p in bad.iterdir()})
+    with teacher_server("--batch-step", "0.01") as batch_server, teacher_server("--no-batch-api") as no_batch_server:
+        yield World(root, records, pairs_dir, big, eval_set, model, expert, documents, task_data, {p.stem: p for p in bad.iterdir()}, batch_server, no_batch_server)
 
 
 def _hostile_tables(good: pa.Table, bad: Path) -> None:
@@ -266,6 +271,26 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("generate: a taxonomy schema with a remote $ref", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", ref="https://example.org/s.json")), "--out", str(tmp / "o")], "only local references", [tmp]))
     add("generate: a taxonomy file that is not UTF-8", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", latin1=True)), "--out", str(tmp / "o")], "not UTF-8", [tmp]))
 
+    # batch mode: a teacher without a batch API, a recorded batch of another run, a provider's corrupt output file
+    def batch_generate(tmp: Path, server: str, out: Path) -> list[str]:
+        config = tmp / "run.json"
+        config.write_text(json.dumps({**small_run_config(server, out, per_cell=1), "batch": {"poll_interval": 0.02}}))
+        return ["generate", "--config", str(config), "--batch"]
+
+    add("generate: --batch with a teacher that has no batch API", lambda tmp, w: Case(["generate", "--teacher", "local", "--batch", "--out", str(tmp / "o")], "the teacher 'local' has no batch API", [tmp]))
+    add("generate: --batch against a server without a batch API", lambda tmp, w: Case(
+        batch_generate(tmp, str(w.no_batch_server), tmp / "o"), "has no batch API (GET /batches answered HTTP 404)", [tmp]))
+    add("generate: --batch with a recorded batch of another run", lambda tmp, w: Case(
+        batch_generate(tmp, str(w.batch_server), _foreign_batch(tmp / "o", w.batch_server)), "belongs to another run", [tmp]))
+    add("generate: --batch and a corrupt batch output file", lambda tmp, w: Case(
+        batch_generate(tmp, str(_corrupting(w.batch_server)), tmp / "o"), "is not a batch result file", [tmp / "run.json"]))
+    add("judge: --batch with the embedded local teacher", lambda tmp, w: Case(["judge", str(w.records), str(tmp / "o"), "--teacher", "local", "--batch"], "has no batch API", [w.records, tmp]))
+    add("pairs: --batch with --engine ray", lambda tmp, w: Case(COMMANDS["pairs"](w.records, tmp / "o", w) + ["--batch", "--engine", "ray"], "engine: ray with mode: batch is not supported", [w.records, tmp]))
+    add("batches: a folder with no batches recorded", lambda tmp, w: Case(["batches", str(w.records)], "no batches recorded", [w.records]))
+    add("batches: a corrupt state file", lambda tmp, w: Case(["batches", str(_text_at(tmp / "o" / "batches" / "state.json", "{\"run\": "))], "not a MediFlow batch state file", [tmp]))
+    add("batches --cancel: a folder in use by another process", lambda tmp, w: Case(
+        ["batches", str(_with_state(tmp / "busy")), "--cancel"], "in use by another process", [tmp], hold_lock=tmp / "busy"))
+
     # join: its shares are inputs like any other
     add("join: output inside a share", lambda tmp, w: Case(["join", str(_copy(w.records, tmp / "share") / "joined"), str(tmp / "share")], "is inside the input", [tmp]))
     add("join: a folder that is not a share", lambda tmp, w: Case(["join", str(tmp / "joined"), str(w.records)], "not a generate output folder", [w.records, tmp]))
@@ -273,9 +298,16 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     # numbers out of range
     add("decontaminate: --ngram 0", lambda tmp, w: Case(["decontaminate", str(w.records), str(tmp / "o"), "--eval", str(w.eval_set), "--ngram", "0"], "ngram", [w.records, tmp]))
     add("judge: --samples 0", lambda tmp, w: Case(COMMANDS["judge"](w.records, tmp / "o", w) + ["--samples", "0"], "samples", [w.records, tmp]))
-    add("export: --max-shard-rows 0", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--max-shard-rows", "0"], "--max-shard-rows", [w.records, tmp]))
-    add("export: --max-shard-mb -1", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--max-shard-mb", "-1"], "--max-shard-mb", [w.records, tmp]))
-    add("audit: --sample-size 0", lambda tmp, w: Case(["audit", str(w.records), "--sample-size", "0"], "--sample-size", [w.records, tmp]))
+    add("dedup: --values sloppy", lambda tmp, w: Case(["dedup", str(w.records), str(tmp / "o"), "--values", "sloppy"], "invalid choice: 'sloppy'", [w.records, tmp]))
+    add("curate: dedup.values not strict or lenient", lambda tmp, w: Case(["curate", str(w.records), str(tmp / "o"), "--config", str(_text(tmp / "c.yaml", "dedup: {values: loose}\n"))],
+                                                                       "dedup.values", [w.records, tmp]))
+    add("export: --max-shard-rows 0", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--max-shard-rows", "0"], "max_shard_rows: 0 is less than the minimum of 1", [w.records, tmp]))
+    add("export: --max-shard-mb -1", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--max-shard-mb", "-1"], "max_shard_mb: -1.0 is less than or equal to the minimum of 0", [w.records, tmp]))
+    add("export: split shares that do not sum to 1", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--split-train", "0.5"], "split: train + validation + test must sum to 1, got 0.6", [w.records, tmp]))
+    add("export: neither --local-dir nor --to-hub", lambda tmp, w: Case(["export", str(w.records)], "export: nowhere to write", [w.records, tmp]))
+    add("export: --to-hub without a token", lambda tmp, w: Case(["export", str(w.records), "--to-hub", "org/name", "--token-env", "MEDIFLOW_NO_SUCH_TOKEN"], "no Hub token: set the environment variable MEDIFLOW_NO_SUCH", [w.records, tmp]))
+    add("audit: a misspelt key in --config", lambda tmp, w: Case(["audit", str(w.records), "--config", str(_text(tmp / "audit.yaml", "sample_sise: 3\n"))], "did you mean 'sample_size'", [w.records, tmp]))
+    add("audit: --sample-size 0", lambda tmp, w: Case(["audit", str(w.records), "--sample-size", "0"], "sample_size: 0 is less than the minimum of 1", [w.records, tmp]))
     add("curate: a config that is not UTF-8", lambda tmp, w: Case(["curate", str(w.records), str(tmp / "o"), "--config", str(_latin1(tmp / "c.yaml"))], "not UTF-8", [w.records, tmp]))
     # config keys: the flags derived from every config's fields, and the config files they override
     add("curate: --judge-limits-rpm 0", lambda tmp, w: Case(["curate", str(w.records), str(tmp / "o"), "--teacher", "openai:m", "--judge-limits-rpm", "0"], "judge.limits.rpm: 0.0 is less than or equal", [w.records, tmp]))
@@ -300,6 +332,7 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("train dpo: --dpo-beta 0", lambda tmp, w: replace(sft(tmp, w, "--dpo-beta", "0", stage="dpo"), says="dpo.beta: 0"))
     add("train sft: --set dpo.beta=0.2", lambda tmp, w: replace(sft(tmp, w, "--set", "dpo.beta=0.2"), says="dpo: this section belongs to the dpo stage, not to a sft config"))
     add("train qa: no teacher", lambda tmp, w: replace(sft(tmp, w, stage="qa"), says="qa.teacher is required for the qa stage"))
+    add("train qa: --batch with the embedded local teacher", lambda tmp, w: replace(sft(tmp, w, "--teacher", "local", "--batch", stage="qa"), says="qa.mode: batch: the teacher 'local' has no batch API"))
     add("train qa: --concurrency 0", lambda tmp, w: replace(sft(tmp, w, "--teacher", "local", "--concurrency", "0", stage="qa"), says="qa.limits.concurrency: 0 is less than the minimum of 1"))
     # train eval: its held-out inputs are checked before a model is loaded
     add("train eval: --eval-eval-batch-size 0", lambda tmp, w: replace(sft(tmp, w, "--eval-eval-batch-size", "0", stage="eval"), says="eval.eval_batch_size: 0 is less than the minimum of 1"))
@@ -464,14 +497,14 @@ def _model_argv(command: str, tmp: Path, world: World, data: Path, out: Path, *,
 
 def _other_run(folder: Path, kind: str) -> Path:
     """A finished folder of ``kind`` made by another config."""
-    run = OutputFolder.open(folder, kind=kind, config={"made_by": "another config"}, details={"fingerprint": {"train.learning_rate": 1.0}})
+    run = OutputFolder.open(folder, kind=kind, holds="model", config={"made_by": "another config"}, details={"fingerprint": {"train.learning_rate": 1.0}})
     run.finish({})
     return folder
 
 
 def _unfinished(folder: Path, model: Path) -> Path:
     """A merge folder whose run was killed after its model files arrived: its manifest still says running."""
-    run = OutputFolder.open(folder, kind="merge", config={"made_by": "a killed merge"}, staged=False)
+    run = OutputFolder.open(folder, kind="merge", holds="model", config={"made_by": "a killed merge"}, staged=False)
     for file in model.iterdir():
         shutil.copy(file, folder / file.name)
     run.close()
@@ -505,6 +538,40 @@ def _foreign(folder: Path) -> Path:
 def _file(path: Path) -> Path:
     path.write_text("a file, not a folder")
     return path
+
+
+def _text_at(path: Path, text: str) -> Path:
+    """``text`` written at ``path`` (its folders made); the folder two levels up (an output folder holding it)."""
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    return path.parent.parent
+
+
+def _with_state(folder: Path) -> Path:
+    BatchState.new("generate").save(folder)
+    return folder
+
+
+def _foreign_batch(folder: Path, server: TeacherServerURL | None) -> Path:
+    """An output folder whose batch state records, as still running, a batch that another run created at the provider."""
+    import openai
+
+    client = openai.OpenAI(base_url=str(server), api_key="unused", max_retries=0)
+    line = {"custom_id": "k", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]}}
+    uploaded = client.files.create(file=("in.jsonl", (json.dumps(line) + "\n").encode()), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"mediflow_run": "another-run", "mediflow_file": "f"})
+    state = BatchState.new("generate")
+    state.records.append(BatchRecord("f", "teacher", 1, "round-001-teacher-0001.jsonl", 1, 100, status="in_progress", input_file_id=uploaded.id, id=batch.id))
+    state.save(folder)
+    return folder
+
+
+def _corrupting(server: TeacherServerURL | None) -> TeacherServerURL:
+    """The batch server, set to answer its next batch with an output file that is not JSONL."""
+    assert server is not None
+    server.reset()
+    server.control(batch_corrupt=1)
+    return server
 
 
 def _read_only_case(command: str, tmp: Path, world: World) -> Case:
@@ -614,7 +681,7 @@ def test_bad_input_is_one_error_line_and_changes_nothing(make: Callable[[Path, W
 def test_the_table_covers_every_command_and_class() -> None:
     names = [name for name, _ in CASES]
     for command in ("generate", "filter", "judge", "dedup", "decontaminate", "curate", "pairs", "export", "audit", "train sft", "train dpo",
-                    "train pit", "train eval", "merge", "merge --preset"):
+                    "train pit", "train eval", "merge", "merge --preset", "batches"):
         assert any(name.startswith(f"{command}:") for name in names), command
     for kind in ("inside the input", "input inside the output", "another kind", "locked", "corrupt", "truncated", "empty", "missing_column",
                  "mistyped", "task name that is a path", "read-only", "full disk", " 0"):

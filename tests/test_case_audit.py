@@ -8,7 +8,7 @@ from pathlib import Path
 from fixtures import record, small_run_config, words, write_output_folder
 
 from mediflow import generate
-from mediflow.audit import OutputFolder, case_mix, run_audit, text_diversity, write_html
+from mediflow.audit import AuditFolder, case_mix, run_audit, text_diversity, write_html
 from mediflow.testing import TeacherServerURL
 
 
@@ -29,7 +29,7 @@ def test_case_mix_and_diversity_of_a_generate_run(teacher_server: TeacherServerU
 
     diversity = report.section("diversity")
     table = diversity.tables["Diversity per task"]
-    assert set(table["task_type"]) == set(OutputFolder.open(run).frame["task_type"])
+    assert set(table["task_type"]) == set(AuditFolder.open(run).frame["task_type"])
     assert ((table["document_distinct_1"] > 0) & (table["document_distinct_1"] <= table["document_distinct_3"] + 1e-9)).all()
     assert (table["document_compression"] > 1).all() and table["near_duplicate_rate"].between(0, 1).all()
     html = write_html(report, tmp_path / "report.html").read_text()
@@ -41,7 +41,7 @@ def test_near_duplicates_within_a_cell_and_no_case_column(tmp_path: Path) -> Non
     document = words(rng, 80)
     rows = [record("clinical_inference", "discharge_summary", words(rng, 10), "plain_text", rng, input=document + f" Seen on day {i}.") for i in range(4)]
     rows += [record("clinical_inference", "discharge_summary", words(rng, 10), "plain_text", rng, input=words(rng, 80)) for _ in range(4)]
-    folder = OutputFolder.open(write_output_folder(tmp_path / "run", rows))
+    folder = AuditFolder.open(write_output_folder(tmp_path / "run", rows))
     result = text_diversity(folder)
     assert result.numbers["near_duplicate_rate"] == 0.5  # the four copies of one document, not the four others
     assert case_mix(folder).unavailable and "carry no clinical case" in case_mix(folder).summary

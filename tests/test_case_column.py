@@ -11,7 +11,7 @@ from fixtures import TEST_TEACHER, small_run_config
 from mediflow import generate
 from mediflow.cases import load_case_book
 from mediflow.cases.mentions import MentionMatcher
-from mediflow.export import ExportOptions, SplitFractions, export_dataset
+from mediflow.export import ExportConfig, export_dataset
 from mediflow.preference import PairsConfig, build_pairs
 from mediflow.quality import CurateConfig, curate
 from mediflow.quality.config import FilterConfig
@@ -41,7 +41,7 @@ def test_the_case_survives_curate_pairs_and_export(teacher_server: TeacherServer
     assert paired and all(pair["case"] == cases[pair["id"]] for pair in paired)
 
     out = tmp_path / "export"
-    export_dataset(curated, out, pairs=pairs, options=ExportOptions(fractions=SplitFractions(1.0, 0.0, 0.0)))
+    export_dataset(curated, out, ExportConfig.load(None, pairs=str(pairs), split={"train": 1.0, "validation": 0.0, "test": 0.0}))
     records = [row for path in (out / "data" / "records").glob("*.parquet") for row in pq.read_table(path).to_pylist()]
     assert sorted(row["id"] for row in records) == sorted(row["id"] for row in kept)
     assert all(row["case"] == cases[row["id"]] for row in records)
@@ -60,14 +60,15 @@ def _record(document: str, conditions: list[tuple[str, str]], task: str = "clini
     }
 
 
-def test_the_mention_filter_keeps_a_synonym_and_rejects_a_document_that_names_nothing() -> None:
-    rule = CaseMentionRule(MentionMatcher(load_case_book()).mentioned)
+def test_the_mention_filter_keeps_a_synonym_and_rejects_a_document_without_the_primary() -> None:
+    rule = CaseMentionRule(MentionMatcher(load_case_book()).find)
     heart_failure = [("I50.23", "Acute on chronic systolic (congestive) heart failure"), ("E11.9", "Type 2 diabetes mellitus without complications")]
     assert rule.check(_record("Admitted with an HFrEF exacerbation; diuresed with IV furosemide.", heart_failure)).keep
-    assert rule.check(_record("Known diabetic, sugars controlled on metformin.", heart_failure)).keep  # a word stem
     assert rule.check(_record("Coded I50.23 on discharge.", heart_failure)).keep  # the code itself
+    comorbidity = rule.check(_record("Known diabetic, sugars controlled on metformin.", heart_failure))  # names only the comorbidity
+    assert not comorbidity.keep and comorbidity.score == 0.5 and "mentions only E11.9" in comorbidity.reason
     verdict = rule.check(_record("Seen for a sprained ankle; ice and rest advised.", heart_failure))
-    assert not verdict.keep and "names none of its case's conditions" in verdict.reason and verdict.score == 0
+    assert not verdict.keep and "does not mention its primary condition (I50.23" in verdict.reason and verdict.score == 0
     assert rule.check({"input": "anything", "case": None}).reason == "not applicable"  # released data: no case
 
 

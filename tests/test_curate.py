@@ -21,7 +21,7 @@ from fixtures import TEST_TEACHER as TEACHER
 from fixtures import small_run_config
 
 from mediflow import generate
-from mediflow.audit import OutputFolder, funnel
+from mediflow.audit import AuditFolder, funnel
 from mediflow.cli import main
 from mediflow.errors import ConfigError
 from mediflow.quality import CurateConfig, curate
@@ -108,7 +108,7 @@ def test_curate_runs_the_stages_in_order_and_the_funnel_adds_up(teacher_server: 
     assert Counter(kept["task_type"].to_pylist()) == Counter({name: t["kept"] for name, t in tasks.items() if t["kept"]})
     assert [s["stage"] for s in manifest["stages"]] == stages and manifest["config"]["judge"]["samples"] == 2
 
-    audit = funnel(OutputFolder.open(out))  # the audit reads the same funnel
+    audit = funnel(AuditFolder.open(out))  # the audit reads the same funnel
     assert audit.numbers["stages"] == [{"stage": e["stage"], "in": e["in"], "kept": e["kept"]} for e in manifest["funnel"]]
     assert sum(audit.numbers["drops_per_rule"].values()) == manifest["dropped"]
 

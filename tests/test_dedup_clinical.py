@@ -9,6 +9,7 @@ value, drug, organ, code, lab or in what a negation negates, must not.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,7 +18,7 @@ import pytest
 
 from mediflow.cli import main
 from mediflow.errors import ConfigError
-from mediflow.quality.clinical import Lexicon, agree, facts, same_case, value_fingerprints
+from mediflow.quality.clinical import Lexicon, agree, same_case, text_facts, value_fingerprints
 from mediflow.quality.config import DedupConfig
 from mediflow.quality.dedup import find_duplicates
 
@@ -85,12 +86,14 @@ def test_siblings_merge_without_the_clinical_check() -> None:
 
 def test_facts_read_words_units_and_abbreviations() -> None:
     lexicon = Lexicon.load()
-    note = facts("67 y/o woman, metformin 500 mg b.i.d., no edema of the left leg, HbA1c 7.50, code E11.9", lexicon)
+    note = text_facts("67 y/o woman, metformin 500 mg b.i.d., no edema of the left leg, HbA1c 7.50, code E11.9", lexicon)
+    classes = Counter(lexicon.item(word) for word in note.words.elements())
     assert note.sexes == {"female"}
-    assert note.counts[("numbers", "2")] == 1 and note.counts[("frequency", "daily")] == 1  # b.i.d. = twice daily
-    assert note.counts[("units", "mg")] == 1 and note.counts[("units", "year")] == 1  # y/o = year old
-    assert note.counts[("drugs", "metformin")] == 1 and note.counts[("laterality", "left")] == 1
-    assert note.counts[("negation", "edema")] == 1
+    assert classes[("numbers", "2")] == 1 and classes[("frequency", "daily")] == 1  # b.i.d. = twice daily
+    assert classes[("units", "mg")] == 1 and classes[("units", "year")] == 1  # y/o = year old
+    assert classes[("drugs", "metformin")] == 1 and classes[("laterality", "left")] == 1
+    assert note.negations == (("no", "edema", "left"),)  # what "no" negates, in its own sentence ("of the" skipped)
+    assert {"7.5", "e11.9"} <= set(note.words)  # values canonical: 7.50 is 7.5
 
 
 def test_values_and_codes_must_be_equal() -> None:
@@ -104,13 +107,17 @@ def test_values_and_codes_must_be_equal() -> None:
 
 def test_value_fingerprints_are_order_free_multisets_read_per_text() -> None:
     texts = ["7.5 cm and 5.7 cm", "5.7 cm, then 7.50 cm.", "7.5 cm and 7.5 cm", "glucose 1,200 on day 3", "day 3: glucose 1200",
-             "", None, "no values here", "NO VALUES HERE"]
+             "", None, "no values here", "NO VALUES HERE", "7. 5 cm and 5 .7 cm", "7.5 cm and 57 cm"]
     together = value_fingerprints(pa.array(texts, pa.string()))
     one_by_one = [value_fingerprints(pa.array([text], pa.string()))[0] for text in texts]
     assert together.tolist() == one_by_one  # a batch shares one token dictionary; each text's value is its own
-    assert together[0] == together[1] != together[2]  # order-free, 7.50 = 7.5; but a multiset (5.7 is not 7.5)
+    assert together[0] == together[1] == together[9]  # order-free, 7.50 = 7.5, "7. 5" = "7 .5" = "7.5"
+    assert together[0] != together[10]  # digit runs: 5.7 is not 57
     assert together[3] == together[4]  # 1,200 = 1200
     assert together[5] == together[6] == together[7] == together[8] == 0
+    lexicon = Lexicon.load()  # the fingerprint reads digit runs; the check reads the values themselves
+    assert together[0] == together[2] and not same_case(texts[0], texts[2], lexicon)  # a multiset: 5.7 is not 7.5
+    assert same_case(texts[0], texts[9], lexicon) and same_case(texts[0], texts[1], lexicon)
 
 
 def test_siblings_differing_in_a_value_never_become_candidates() -> None:
@@ -132,7 +139,7 @@ def test_a_lexicon_of_your_own(tmp_path: Path) -> None:
     custom = tmp_path / "tokens.yaml"
     custom.write_text("laterality:\n  left: [left, sinistra]\n  right: [right, dextra]\n")
     lexicon = Lexicon.load(custom)
-    assert not agree(facts("the sinistra kidney", lexicon), facts("the dextra kidney", lexicon), lexicon)
+    assert not agree(text_facts("the sinistra kidney", lexicon), text_facts("the dextra kidney", lexicon), lexicon)
     assert DedupConfig(clinical_tokens=str(custom)).clinical_tokens == str(custom)
 
 
@@ -160,13 +167,13 @@ def test_cli_bad_lexicon_is_one_error_line_and_writes_nothing(tmp_path: Path, ca
 def test_audit_does_not_report_siblings_as_near_duplicates(tmp_path: Path) -> None:
     """The audit's near-duplicate section confirms like the stage: a copy is a duplicate, siblings are not."""
     from mediflow.audit import near_duplicates
-    from mediflow.audit.folder import OutputFolder
+    from mediflow.audit.folder import AuditFolder
 
     documents = [NOTE, COPIES["typos"], *SIBLINGS.values()]
     (tmp_path / "data").mkdir()
     pq.write_table(pa.table({"id": [f"r{i}" for i in range(len(documents))], "instruction": [INSTRUCTION] * len(documents),
                              "input": documents, "output": ["x"] * len(documents), "task_type": ["summarization"] * len(documents)}),
                    tmp_path / "data" / "part-00000.parquet")
-    result = near_duplicates(OutputFolder.open(tmp_path))
+    result = near_duplicates(AuditFolder.open(tmp_path))
     assert result.numbers["near"]["input"] == 2  # the note and its copy, no sibling
     assert result.numbers["siblings_kept_apart"]["input"] >= len(SIBLINGS) - 1

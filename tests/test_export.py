@@ -12,9 +12,10 @@ import pytest
 from fixtures import DOCUMENT_TYPES, TASKS, make_records, typed_manifest, write_output_folder
 
 from mediflow.cli import main
-from mediflow.export import ExportOptions, ShardLimits, SplitFractions, export_dataset
+from mediflow.export import ExportConfig, export_dataset
 from mediflow.export.card import parse_card
-from mediflow.export.splits import assign_splits, document_key
+from mediflow.export.shards import ShardLimits
+from mediflow.export.splits import SplitFractions, assign_splits, document_key
 from mediflow.preference.rows import PAIR_SCHEMA, pair_row
 from mediflow.records import rows_to_table
 
@@ -47,7 +48,7 @@ def test_local_export_round_trips_through_load_dataset(inputs, tmp_path: Path) -
 
     records_dir, pairs_dir, records, pairs = inputs
     out = tmp_path / "export"
-    summary = export_dataset(records_dir, out, pairs=pairs_dir, options=ExportOptions(fractions=SplitFractions(0.6, 0.2, 0.2), seed=1, limits=ShardLimits(max_rows=9)))
+    summary = export_dataset(records_dir, out, ExportConfig.load(None, pairs=str(pairs_dir), split={"train": 0.6, "validation": 0.2, "test": 0.2}, seed=1, max_shard_rows=9))
 
     card = parse_card((out / "README.md").read_text())
     configs = {entry["config_name"]: entry for entry in card["configs"]}
@@ -79,7 +80,7 @@ def test_local_export_round_trips_through_load_dataset(inputs, tmp_path: Path) -
 def test_shards_are_bounded_and_named_for_the_hub(inputs, tmp_path: Path) -> None:
     records_dir, _, records, _ = inputs
     out = tmp_path / "export"
-    summary = export_dataset(records_dir, out, options=ExportOptions(limits=ShardLimits(max_rows=10), per_task_configs=False))
+    summary = export_dataset(records_dir, out, ExportConfig(max_shard_rows=10, task_configs=False))
     train = summary.files["sft"]["train"]
     assert len(train) == -(-summary.rows["sft"]["train"] // 10) > 1
     for index, path in enumerate(train):
@@ -95,8 +96,8 @@ def test_shards_are_bounded_and_named_for_the_hub(inputs, tmp_path: Path) -> Non
 def test_reexport_removes_stale_shards(inputs, tmp_path: Path) -> None:
     records_dir, _, _, _ = inputs
     out = tmp_path / "export"
-    export_dataset(records_dir, out, options=ExportOptions(limits=ShardLimits(max_rows=5)))
-    summary = export_dataset(records_dir, out, options=ExportOptions(limits=ShardLimits(max_rows=1000), per_task_configs=False), overwrite=True)
+    export_dataset(records_dir, out, ExportConfig(max_shard_rows=5))
+    summary = export_dataset(records_dir, out, ExportConfig(max_shard_rows=1000, task_configs=False), overwrite=True)
     on_disk = sorted(str(p.relative_to(out)) for p in (out / "data").rglob("*.parquet"))
     assert on_disk == sorted(p for splits in summary.files.values() for paths in splits.values() for p in paths)
     assert not list(out.glob(".tmp-*"))
@@ -108,10 +109,10 @@ def test_a_reexport_into_the_same_folder_loads_its_own_rows(inputs, tmp_path: Pa
 
     records_dir, _, records, _ = inputs
     out = tmp_path / "export"
-    first = export_dataset(records_dir, out, options=ExportOptions(per_task_configs=False))
+    first = export_dataset(records_dir, out, ExportConfig(task_configs=False))
     assert {s: d.num_rows for s, d in datasets.load_dataset(str(out), name="sft").items()} == first.rows["sft"]
     fewer = write_output_folder(tmp_path / "fewer", records[: len(records) // 2])
-    second = export_dataset(fewer, out, options=ExportOptions(per_task_configs=False), overwrite=True)
+    second = export_dataset(fewer, out, ExportConfig(task_configs=False), overwrite=True)
     assert second.rows["sft"] != first.rows["sft"]
     assert {s: d.num_rows for s, d in datasets.load_dataset(str(out), name="sft").items()} == second.rows["sft"]
 
@@ -119,7 +120,7 @@ def test_a_reexport_into_the_same_folder_loads_its_own_rows(inputs, tmp_path: Pa
 def test_card_states_counts_teacher_filters_and_synthetic_origin(inputs, tmp_path: Path) -> None:
     records_dir, pairs_dir, records, pairs = inputs
     out = tmp_path / "export"
-    summary = export_dataset(records_dir, out, pairs=pairs_dir, options=ExportOptions(repo_id="someone/mediflow-demo"))
+    summary = export_dataset(records_dir, out, ExportConfig(pairs=str(pairs_dir), repo_id="someone/mediflow-demo"))
     text = (out / "README.md").read_text()
     meta = parse_card(text)
     info = {entry["config_name"]: entry for entry in meta["dataset_info"]}

@@ -26,7 +26,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils.sha import git_hash
 
 from mediflow.cli import main
-from mediflow.export import ExportOptions, ShardLimits, export_dataset, upload_export
+from mediflow.export import ExportConfig, export_dataset, upload_export
 
 TOKEN = "hf_test_token_do_not_write"
 
@@ -137,7 +137,7 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, FakeHub]]:
 def export_dir(tmp_path: Path) -> Path:
     records = write_output_folder(tmp_path / "records", make_records(documents=30))
     out = tmp_path / "export"
-    export_dataset(records, out, options=ExportOptions(limits=ShardLimits(max_rows=6), per_task_configs=False))
+    export_dataset(records, out, ExportConfig(max_shard_rows=6, task_configs=False))
     return out
 
 

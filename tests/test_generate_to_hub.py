@@ -18,7 +18,7 @@ from fixtures import small_run_config
 from mediflow import generate
 from mediflow.audit import run_audit
 from mediflow.cli import main
-from mediflow.export import ExportOptions, SplitFractions, export_dataset
+from mediflow.export import ExportConfig, export_dataset
 from mediflow.export.card import parse_card
 from mediflow.export.splits import document_key
 from mediflow.preference import PairsConfig, build_pairs
@@ -68,9 +68,9 @@ def test_export_and_audit_of_a_generate_output_and_of_its_curated_output(generat
     records, kept = _record_count(generated), _record_count(curated)
     pair_count = len(_pairs(pairs))
 
-    from_generate = export_dataset(generated, tmp_path / "export-gen", pairs=pairs, options=ExportOptions(fractions=SplitFractions(0.6, 0.2, 0.2)))
+    from_generate = export_dataset(generated, tmp_path / "export-gen", ExportConfig.load(None, pairs=str(pairs), split={"train": 0.6, "validation": 0.2, "test": 0.2}))
     assert sum(from_generate.rows["sft"].values()) == records and sum(from_generate.rows["dpo"].values()) == pair_count
-    assert main(["export", str(curated), "--pairs", str(pairs), "--local-dir", str(tmp_path / "export-cur"), "--split", "0.6", "0.2", "0.2"]) == 0
+    assert main(["export", str(curated), "--pairs", str(pairs), "--local-dir", str(tmp_path / "export-cur"), "--split-train", "0.6", "--split-validation", "0.2", "--split-test", "0.2"]) == 0
     card_text = (tmp_path / "export-cur" / "README.md").read_text()
     card = parse_card(card_text)
     assert "`filter`: " in card_text and "`dedup`: " in card_text  # the curate funnel reaches the card

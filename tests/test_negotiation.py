@@ -24,7 +24,7 @@ from mediflow.cli import main
 from mediflow.engine import Engine, LimitsConfig
 from mediflow.engine.failures import classify
 from mediflow.errors import TeacherError, TeacherUnavailable
-from mediflow.pipeline.structured import ask_json
+from mediflow.steps.structured import ask_json
 from mediflow.teachers import ChatRequest, make_teacher
 from mediflow.teachers.negotiation import Negotiation
 from mediflow.teachers.openai_compat import OpenAICompatTeacher

@@ -38,15 +38,16 @@ def test_document_prompt_renders_for_every_document_type() -> None:
 
 
 def test_document_prompt_renders_the_case_requirements_and_difficulty() -> None:
-    from mediflow.cases import Case, Condition
+    from mediflow.cases import Case, Condition, Medication
 
     doc_type = TAXONOMY.document_type("discharge_summary")
     task = TAXONOMY.task("error_detection_correction")
     case = Case(
         "general_inpatient", 71, "female", "inpatient ward", "urgent",
-        (Condition("E11.22", "Type 2 diabetes mellitus with diabetic chronic kidney disease", "primary"),
-         Condition("I48.91", "Unspecified atrial fibrillation", "comorbidity")),
-        ("metformin", "apixaban"),
+        (Condition("E11.22", "Type 2 diabetes mellitus with diabetic chronic kidney disease", "primary", "type 2 diabetes with diabetic CKD"),
+         Condition("I48.91", "Unspecified atrial fibrillation", "comorbidity"),
+         Condition("N18.31", "Chronic kidney disease, stage 3a", "companion", "CKD stage 3a")),
+        (Medication("insulin glargine", "E11.22"), Medication("apixaban", "I48.91"), Medication("enoxaparin", "", "prophylaxis", "venous thromboembolism prophylaxis")),
     )
     (_, _), (_, user) = PROMPTS.get("document").render(
         document_type=doc_type,
@@ -57,11 +58,31 @@ def test_document_prompt_renders_the_case_requirements_and_difficulty() -> None:
         target_words=700,
     )
     assert "71 years old, female; seen in inpatient ward; urgent encounter" in user
-    assert "- Type 2 diabetes mellitus with diabetic chronic kidney disease (ICD-10-CM E11.22) - the main problem" in user
-    assert "- Unspecified atrial fibrillation (ICD-10-CM I48.91) - a chronic comorbidity" in user
-    assert "metformin, apixaban" in user
+    assert "- type 2 diabetes with diabetic CKD (ICD-10-CM E11.22) - the main problem" in user  # the clinical name, not the coder's
+    assert "- Unspecified atrial fibrillation (ICD-10-CM I48.91) - another of the patient's conditions" in user  # no name: the description
+    assert "- insulin glargine - for type 2 diabetes with diabetic CKD" in user  # each drug with its indication
+    assert "- apixaban - for Unspecified atrial fibrillation" in user
+    assert "- enoxaparin - venous thromboembolism prophylaxis" in user
     assert task.document_requirements in user
     assert "about 700 words" in user and "specialist" in user
+
+
+def test_document_prompt_gives_infants_in_months_and_population_documents_no_patient() -> None:
+    from mediflow.cases import Case, Condition, Medication
+
+    doc_type = TAXONOMY.document_type("progress_note")
+    infant = Case("paediatric_inpatient", 0, "male", "inpatient ward", "urgent", (Condition("J21.0", "Acute bronchiolitis due to RSV", "primary"),), (), "", 7)
+    (_, _), (_, user) = PROMPTS.get("document").render(document_type=doc_type, category=TAXONOMY.category(doc_type.category), case=infant)
+    assert "The patient: 7 months old, male" in user and "years old" not in user
+    newborn = Case("newborn", 0, "female", "inpatient ward", "routine", (Condition("Z38.00", "Single liveborn infant, delivered vaginally", "primary"),), (), "", 0)
+    (_, _), (_, user) = PROMPTS.get("document").render(document_type=doc_type, category=TAXONOMY.category(doc_type.category), case=newborn)
+    assert "a newborn (under one month old)" in user
+    label = TAXONOMY.document_type("prescribing_information_excerpt")
+    topic = Case("chronic_care", None, None, "drug labelling", None, (Condition("E11.9", "Type 2 diabetes mellitus without complications", "primary", "type 2 diabetes mellitus"),),
+                 (Medication("metformin", "E11.9"),), "adults aged 18 and older with type 2 diabetes mellitus")
+    (_, _), (_, user) = PROMPTS.get("document").render(document_type=label, category=TAXONOMY.category(label.category), case=topic)
+    assert "not about one patient: write it for adults aged 18 and older with type 2 diabetes mellitus" in user
+    assert "Medicines it is about: metformin." in user and "The patient" not in user
 
 
 def test_instruction_and_response_prompts_render_for_every_cell() -> None:

@@ -16,7 +16,7 @@ from tiny_models import build_tiny_phi3
 from train_stages import finite_logs, tiny_stage_config
 
 from mediflow import generate
-from mediflow.export import ExportOptions, SplitFractions, export_dataset
+from mediflow.export import ExportConfig, export_dataset
 from mediflow.preference import PairsConfig, build_pairs
 from mediflow.taxonomy import load_taxonomy
 from mediflow.testing import teacher_server
@@ -52,12 +52,8 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
         with pytest.warns(UserWarning, match="no judge scores"):
             build_pairs(root / "generated", root / "pairs", PairsConfig.load(None, teacher=TEACHER, base_url=url, min_margin=1, progress=False, seed=3))
-    export_dataset(
-        root / "generated",
-        root / "export",
-        pairs=root / "pairs",
-        options=ExportOptions(fractions=SplitFractions(1.0, 0.0, 0.0), per_task_configs=False),
-    )
+    split = {"train": 1.0, "validation": 0.0, "test": 0.0}
+    export_dataset(root / "generated", root / "export", ExportConfig.load(None, pairs=str(root / "pairs"), split=split, task_configs=False))
     build_tiny_phi3(root / "base")
     return root
 

@@ -16,15 +16,16 @@ from typing import Any
 import pandas as pd
 
 from mediflow import terminology
-from mediflow.audit.folder import OutputFolder
+from mediflow.audit.folder import AuditFolder
 from mediflow.audit.plots import new_figure
 from mediflow.audit.result import CheckResult
+from mediflow.cases import load_case_book
 
 TITLE = "Case mix: conditions, ages and sexes, profiles"
 AGE_BAND = 10
 
 
-def case_mix(folder: OutputFolder, planned: pd.DataFrame | None = None, taxonomy: Any | None = None, *, top: int = 20) -> CheckResult:
+def case_mix(folder: AuditFolder, planned: pd.DataFrame | None = None, taxonomy: Any | None = None, *, top: int = 20) -> CheckResult:
     """The case mix of ``folder``; ``planned`` (task, input_data, planned) gives the profile shares the plan asked for."""
     missing = "the records carry no clinical case (no 'case' values: made before cases, or released data)"
     if "case" not in folder.columns:
@@ -45,7 +46,8 @@ def case_mix(folder: OutputFolder, planned: pd.DataFrame | None = None, taxonomy
             code, category = primary["code"], category or "(missing)"
             chapters[(category, _chapter(code))] += 1
             blocks[(category, _block(code))] += 1
-            pyramid[(int(case["age"]) // AGE_BAND * AGE_BAND, case["sex"])] += 1
+            if case.get("age") is not None:  # population-level documents have no single patient
+                pyramid[(int(case["age"]) // AGE_BAND * AGE_BAND, case["sex"])] += 1
             conditions[code] += 1
             descriptions[code] = primary["description"]
             profiles[case["profile"]] += 1
@@ -122,8 +124,6 @@ def _chapter_order(name: object) -> tuple[bool, int, str]:
 def _profiles_vs_plan(profiles: Counter[str], cases: int, planned: pd.DataFrame | None, taxonomy: Any | None) -> pd.DataFrame:
     expected: Counter[str] = Counter()
     if planned is not None and taxonomy is not None and len(planned):
-        from mediflow.cases import load_case_book
-
         book = load_case_book()
         for document_type, count in planned.groupby("input_data")["planned"].sum().items():
             name = str(document_type)

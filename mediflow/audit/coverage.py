@@ -7,19 +7,23 @@ marks planned-but-empty cells in red and greys out cells the plan never asked fo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
-from matplotlib.colors import LogNorm
 
-from mediflow.audit.folder import OutputFolder
+from mediflow.audit.folder import AuditFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TITLE = "Coverage: tasks x document types"
 CELL = ["task_type", "input_data"]
 
 
-def coverage(folder: OutputFolder, planned: pd.DataFrame | None) -> CheckResult:
+def coverage(folder: AuditFolder, planned: pd.DataFrame | None) -> CheckResult:
     """Records per cell, joined with ``planned`` (columns task_type, input_data, planned; None: no plan known)."""
     frame = folder.frame
     counts = frame.groupby(CELL, dropna=False).size().rename("records").reset_index()
@@ -89,7 +93,9 @@ def _per_task(cells: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
 
 
-def _heatmap(cells: pd.DataFrame):
+def _heatmap(cells: pd.DataFrame) -> Figure:
+    from matplotlib.colors import LogNorm
+
     records = cells.pivot(index="task_type", columns="input_data", values="records")
     status = cells.pivot(index="task_type", columns="input_data", values="status")
     n_rows, n_cols = records.shape

@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter, defaultdict
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from rapidfuzz import fuzz, process
 
-from mediflow.audit.folder import OutputFolder
+from mediflow.audit.folder import AuditFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
 from mediflow.audit.text import instruction_opening, readable_output, words
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TITLE = "Text diversity per task"
 #: rapidfuzz ratio (0-100, normalised Indel similarity) at which two documents of one cell count as near-duplicates.
@@ -35,7 +38,7 @@ NEAR_DUPLICATE = 90.0
 CELL_SAMPLE = 200
 
 
-def text_diversity(folder: OutputFolder, *, sample_size: int = 20_000) -> CheckResult:
+def text_diversity(folder: AuditFolder, *, sample_size: int = 20_000) -> CheckResult:
     """Per task: distinct-1/2/3 and compression ratio of documents and outputs, near-duplicate rate within cells, top opening."""
     sample = folder.sample(["task_type", "input_data", "instruction", "input", "output", "output_format"], sample_size)
     if sample.empty:

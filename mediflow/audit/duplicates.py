@@ -17,17 +17,21 @@ texts in memory.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mediflow.audit.folder import TEXT_COLUMNS, OutputFolder
+from mediflow.audit.folder import TEXT_COLUMNS, AuditFolder
 from mediflow.audit.plots import new_figure
 from mediflow.audit.result import CheckResult
 from mediflow.quality.config import DedupConfig, DedupKey
 from mediflow.quality.dedup import find_duplicates, key_text
 from mediflow.quality.text import hash_strings, normalize_column
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TITLE = "Exact and near-duplicate texts"
 #: What the dedup stage compares: the instruction, the document, and the two together.
@@ -36,7 +40,7 @@ NEAR_KEYS: tuple[DedupKey, ...] = ("instruction", "input", "pair")
 MAX_CLUSTERS = 30
 
 
-def near_duplicates(folder: OutputFolder, *, max_records: int = 50_000, config: DedupConfig | None = None) -> CheckResult:
+def near_duplicates(folder: AuditFolder, *, max_records: int = 50_000, config: DedupConfig | None = None) -> CheckResult:
     """Exact-duplicate counts over all records, and near-duplicate clusters on a sample of ``max_records``.
 
     ``config`` is the dedup stage's (threshold, scorer, scope, MinHash settings); its default by default.
@@ -92,7 +96,7 @@ def near_duplicates(folder: OutputFolder, *, max_records: int = 50_000, config: 
     )
 
 
-def _exact_duplicates(folder: OutputFolder) -> pd.DataFrame:
+def _exact_duplicates(folder: AuditFolder) -> pd.DataFrame:
     """Per field (and the instruction + input pair): records, distinct normalised texts, repeats."""
     fields = (*TEXT_COLUMNS, "pair")
     hashes: dict[str, list[np.ndarray]] = {name: [] for name in fields}
@@ -107,7 +111,7 @@ def _exact_duplicates(folder: OutputFolder) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _sample_table(folder: OutputFolder, max_records: int) -> pa.Table:
+def _sample_table(folder: AuditFolder, max_records: int) -> pa.Table:
     """The sample as the Arrow table ``find_duplicates`` reads (ids positional when records lack one)."""
     sample = folder.sample(["id", "task_type", "instruction", "input", "quality"], max_records)
     ids = [value if isinstance(value, str) else f"row-{index}" for index, value in enumerate(sample["id"])]
@@ -135,7 +139,7 @@ def _clusters(table: pa.Table, key: str, keeper: np.ndarray, in_cluster: np.ndar
     ]
 
 
-def _plot(exact: pd.DataFrame, near: pd.DataFrame):
+def _plot(exact: pd.DataFrame, near: pd.DataFrame) -> Figure:
     figure = new_figure(11, 3.5)
     left = figure.add_subplot(1, 2, 1)
     left.barh(list(exact["field"]), exact["records"], color="#cccccc", label="records")

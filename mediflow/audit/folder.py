@@ -3,7 +3,8 @@
 An output folder is what ``mediflow generate`` (or a quality stage) writes: ``data/*.parquet`` in
 the record schema, ``manifest.json`` and, optionally, ``rejects.parquet``. It is opened with the
 one input reader (:func:`mediflow.folders.open_input`), so the audit sees exactly the kept records
-every other stage sees, checked against the record schema first. Checks must work on a
+every other stage sees, checked against the record schema first, and its manifests (its own and
+those of the folders it was made from) through :func:`mediflow.folders.read_manifest`. Checks must work on a
 2.5M-record folder on a laptop, so the folder is never loaded whole: :attr:`OutputFolder.frame`
 holds only the small per-record columns (task, document type, lengths, judge scores) computed with
 Arrow kernels, and the text-heavy checks stream just the columns they need, shard by shard.
@@ -11,9 +12,8 @@ Arrow kernels, and the text-heavy checks stream just the columns they need, shar
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mediflow.errors import MediflowError
-from mediflow.folders import REJECTS_NAME, open_input
-from mediflow.folders.reader import read_batches, read_file
+from mediflow.folders import REJECTS_NAME, InputData, open_input, read_manifest
 from mediflow.records import JUDGE_SCORE_COLUMNS
 
 #: The record columns the checks group by; absent ones are read as nulls.
@@ -53,37 +52,45 @@ MAX_LINEAGE = 8
 
 
 @dataclass(frozen=True)
-class OutputFolder:
-    """A MediFlow output folder: its record shards, manifest and rejects, read lazily."""
+class AuditFolder:
+    """A MediFlow output folder as the audit reads it: its records through the one input reader, read lazily."""
 
-    path: Path
-    shards: tuple[Path, ...]
-    manifest: dict[str, Any] = field(default_factory=dict)
+    data: InputData
 
     @classmethod
-    def open(cls, path: str | Path) -> OutputFolder:
-        """Find the shards and manifest of ``path``; a folder with no records is a user error."""
+    def open(cls, path: str | Path) -> AuditFolder:
+        """The folder at ``path``, checked by :func:`~mediflow.folders.open_input` (a folder with no records is a user error)."""
         root = Path(path)
         if not root.exists():
             raise MediflowError(f"{root}: no such file or folder")
         if not root.is_dir():
             raise MediflowError(f"audit input {root} is not a folder (expected a MediFlow output folder)")
-        data = open_input(root, "records")
-        manifest = data.manifest.to_dict() if data.manifest is not None else {}
-        return cls(path=root, shards=data.files, manifest=manifest)
+        return cls(open_input(root, "records"))
+
+    @property
+    def path(self) -> Path:
+        return self.data.path
+
+    @property
+    def shards(self) -> tuple[Path, ...]:
+        return self.data.files
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The folder's manifest as written (empty for a plain folder of Parquet files)."""
+        return self.data.manifest.to_dict() if self.data.manifest is not None else {}
 
     @cached_property
     def columns(self) -> frozenset[str]:
         """Every column present in at least one shard."""
-        names: set[str] = set()
-        for shard in self.shards:
-            names.update(pq.read_schema(shard).names)
-        return frozenset(names)
+        return frozenset(self.data.columns)
 
     @cached_property
     def frame(self) -> pd.DataFrame:
         """One row per record: key columns, word counts of the text columns, judge scores."""
-        frame = pd.concat([self._light_columns(shard) for shard in self.shards], ignore_index=True)
+        wanted = [*KEY_COLUMNS, *TEXT_COLUMNS, *JUDGE_COLUMNS]
+        parts = [_light_columns(table) for table in self.data.iter_batches([c for c in wanted if c in self.columns], batch_rows=200_000)]
+        frame = pd.concat(parts, ignore_index=True) if parts else _light_columns(pa.table({}))
         for name in ("task_type", "input_data", "output_format"):
             frame[name] = frame[name].fillna(MISSING)
         return frame
@@ -91,30 +98,35 @@ class OutputFolder:
     @cached_property
     def rejects(self) -> pd.DataFrame | None:
         """The rejects table (every stage's drops with stage, rule and reason), or None when absent."""
-        files = [self.path / REJECTS_NAME] if (self.path / REJECTS_NAME).is_file() else []
-        if not files:
+        file = self.path / REJECTS_NAME
+        if not file.is_file():
             return None
-        tables = []
-        for file in files:
-            present = [c for c in REJECT_COLUMNS if c in pq.read_schema(file).names]
-            tables.append(pq.read_table(file, columns=present))
-        return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+        present = [c for c in REJECT_COLUMNS if c in pq.read_schema(file).names]
+        frame: pd.DataFrame = pq.read_table(file, columns=present).to_pandas()
+        return frame
 
     def lineage(self) -> list[tuple[Path, dict[str, Any]]]:
         """This folder's manifest, then those of the folders it was made from, nearest first.
 
         A curated (or any stage's) folder names its inputs in its manifest; following the first
         chain reaches the ``generate`` run whose config holds the plan and the taxonomy. Inputs that
-        are gone, cycles and chains longer than :data:`MAX_LINEAGE` simply end the list.
+        are gone or hold no MediFlow manifest, cycles and chains longer than :data:`MAX_LINEAGE`
+        simply end the list.
         """
         chain = [(self.path, self.manifest)]
         seen = {self.path.resolve()}
         while len(chain) < MAX_LINEAGE:
             source = _input_folder(_first_input(chain[-1][1]))
-            if source is None or source.resolve() in seen or not (source / "manifest.json").is_file():
+            if source is None or source.resolve() in seen:
+                break
+            try:
+                manifest = read_manifest(source)
+            except MediflowError:
+                break
+            if manifest is None:
                 break
             seen.add(source.resolve())
-            chain.append((source, _read_manifest(source / "manifest.json")))
+            chain.append((source, manifest.to_dict()))
         return chain
 
     def has_values(self, column: str) -> bool:
@@ -122,21 +134,20 @@ class OutputFolder:
         return column in self.frame.columns and bool(self.frame[column].notna().any())
 
     def iter_tables(self, columns: Sequence[str], *, batch_size: int = 50_000) -> Iterator[pa.Table]:
-        """Stream ``columns`` as Arrow tables (missing ones as null strings), shard by shard: memory stays bounded."""
-        for shard in self.shards:
-            present = [c for c in columns if c in pq.read_schema(shard).names]
-            for table in read_batches(shard, present, batch_size):  # the reader's plain types (large/view strings as string)
-                yield pa.table({c: _grouping(c, table.column(c) if c in present else pa.nulls(table.num_rows, pa.string())) for c in columns})
+        """Stream ``columns`` as Arrow tables (missing ones as null strings), batch by batch: memory stays bounded."""
+        present = [c for c in columns if c in self.columns]
+        for table in self.data.iter_batches(present, batch_rows=batch_size):
+            yield pa.table({c: _grouping(c, table.column(c) if c in table.column_names else pa.nulls(table.num_rows, pa.string())) for c in columns})
 
     def iter_batches(self, columns: Sequence[str], *, batch_size: int = 50_000) -> Iterator[pd.DataFrame]:
         """:meth:`iter_tables` as pandas DataFrames."""
         for table in self.iter_tables(columns, batch_size=batch_size):
             yield table.to_pandas()
 
-    @cached_property
+    @property
     def num_records(self) -> int:
         """Records in the folder, from the Parquet footers (no data read)."""
-        return sum(pq.ParquetFile(shard).metadata.num_rows for shard in self.shards)
+        return self.data.num_rows
 
     def sample(self, columns: Sequence[str], max_records: int) -> pd.DataFrame:
         """Every k-th record (k chosen so at most ``max_records`` remain): deterministic and spread over the run.
@@ -151,24 +162,24 @@ class OutputFolder:
             offset += len(batch)
         return pd.concat(parts, ignore_index=True).head(max_records)
 
-    def _light_columns(self, shard: Path) -> pd.DataFrame:
-        names = set(pq.read_schema(shard).names)
-        wanted = [c for c in (*KEY_COLUMNS, *TEXT_COLUMNS, *JUDGE_COLUMNS) if c in names]
-        table = read_file(shard, wanted)
-        columns: dict[str, Any] = {}
-        for name in KEY_COLUMNS:
-            columns[name] = table.column(name) if name in names else pa.nulls(table.num_rows, pa.string())
-        for name in TEXT_COLUMNS:
-            text = table.column(name) if name in names else pa.nulls(table.num_rows, pa.string())
-            columns[f"{name}_words"] = pc.count_substring_regex(text, _WORD)
-        for name in JUDGE_COLUMNS:
-            values = table.column(name) if name in names else pa.nulls(table.num_rows, pa.float64())
-            columns[name] = values.cast(pa.float64())
-        return pa.table(columns).to_pandas()
+
+def _light_columns(table: pa.Table) -> pd.DataFrame:
+    names = set(table.column_names)
+    columns: dict[str, Any] = {}
+    for name in KEY_COLUMNS:
+        columns[name] = table.column(name) if name in names else pa.nulls(table.num_rows, pa.string())
+    for name in TEXT_COLUMNS:
+        text = table.column(name) if name in names else pa.nulls(table.num_rows, pa.string())
+        columns[f"{name}_words"] = pc.count_substring_regex(text, _WORD)
+    for name in JUDGE_COLUMNS:
+        values = table.column(name) if name in names else pa.nulls(table.num_rows, pa.float64())
+        columns[name] = values.cast(pa.float64())
+    frame: pd.DataFrame = pa.table(columns).to_pandas()
+    return frame
 
 
-def _grouping(name: str, values: pa.ChunkedArray) -> pa.ChunkedArray:
-    """A column the checks group by, with its nulls as :data:`MISSING` (as in :attr:`OutputFolder.frame`)."""
+def _grouping(name: str, values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """A column the checks group by, its nulls as :data:`MISSING` (as in :attr:`AuditFolder.frame`): a null task sorts with the rest."""
     return pc.fill_null(values, MISSING) if name in _GROUPED and values.null_count else values
 
 
@@ -191,15 +202,3 @@ def _first_input(manifest: dict[str, Any]) -> Any:
     if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict):
         return inputs[0].get("path")
     return manifest.get("input")
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise MediflowError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from exc
-    if not isinstance(value, dict):
-        raise MediflowError(f"{path} must hold a JSON object, found {type(value).__name__}")
-    return value

@@ -9,14 +9,17 @@ end plus everything dropped, stage by stage in the order the stages ran.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from mediflow.audit.folder import OutputFolder
+from mediflow.audit.folder import AuditFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
 from mediflow.config import STAGES as GENERATION_STAGES
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TITLE = "Filter and dedup funnel"
 #: Longest reason text used as a rule name when a stage records a reason but no rule.
@@ -25,7 +28,7 @@ _IN_KEYS = ("in", "input", "records_in", "n_in")
 _KEPT_KEYS = ("kept", "out", "output", "records_out", "n_out")
 
 
-def funnel(folder: OutputFolder) -> CheckResult:
+def funnel(folder: AuditFolder) -> CheckResult:
     """Stages with records in / kept / dropped, and drops per (stage, rule)."""
     rejects = folder.rejects
     drops = _drops_per_rule(rejects) if rejects is not None and len(rejects) else None
@@ -118,7 +121,7 @@ def _manifest_funnel(value: Any) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def _plot(stages: pd.DataFrame, drops: pd.DataFrame | None):
+def _plot(stages: pd.DataFrame, drops: pd.DataFrame | None) -> Figure:
     top_rules = drops.head(15) if drops is not None else None
     height = bounded(0.4 * max(len(stages), 0 if top_rules is None else len(top_rules)) + 1.5, 3, 8)
     figure = new_figure(12 if top_rules is not None else 7, height)

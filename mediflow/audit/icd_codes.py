@@ -12,14 +12,17 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from mediflow.audit.folder import OutputFolder
+from mediflow.audit.folder import AuditFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
 from mediflow.audit.text import json_strings
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TITLE = "ICD-10-CM code validity"
 #: The shape of an ICD-10-CM code in dotted or undotted form (letter, digit, alphanumeric, up to 4 more).
@@ -32,7 +35,7 @@ MAX_LISTED = 30
 
 
 def icd_codes(
-    folder: OutputFolder,
+    folder: AuditFolder,
     coding_tasks: Iterable[str],
     is_valid: Callable[[str], bool],
     is_billable: Callable[[str], bool],
@@ -64,7 +67,10 @@ def icd_codes(
     invalid = _listed(codes, lambda c: not is_valid(c), "invalid (not an ICD-10-CM code)")
     not_billable = _listed(codes, lambda c: is_valid(c) and not is_billable(c), "valid but not billable (a category)")
     total = {key: int(table[key].sum()) for key in ("records", "codes", "valid", "billable")}
-    share = (lambda n: f"{n / total['codes']:.1%}") if total["codes"] else (lambda n: "n/a")
+
+    def share(count: int) -> str:
+        return f"{count / total['codes']:.1%}" if total["codes"] else "n/a"
+
     summary = (
         f"{total['codes']} codes in {total['records']} coding records: {share(total['valid'])} valid, "
         f"{share(total['billable'])} billable; {total['codes'] - total['valid']} invalid"
@@ -100,7 +106,7 @@ def _listed(codes: Counter[str], keep: Callable[[str], bool], problem: str) -> p
     return pd.DataFrame(rows[:MAX_LISTED], columns=["code", "occurrences", "problem"])
 
 
-def _plot(table: pd.DataFrame):
+def _plot(table: pd.DataFrame) -> Figure:
     figure = new_figure(7, bounded(0.4 * len(table) + 1.5, 2.5, 6))
     axes = figure.add_subplot()
     tasks = list(table["task_type"])

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 import pandas as pd
 
-from mediflow.audit.folder import OutputFolder
+from mediflow.audit.folder import AuditFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TITLE = "JSON validity per task"
 #: Failing records listed in the report (the counts cover all of them).
 MAX_EXAMPLES = 50
 
 
-def json_validity(folder: OutputFolder, schemas: Mapping[str, Mapping[str, Any]]) -> CheckResult:
+def json_validity(folder: AuditFolder, schemas: Mapping[str, Mapping[str, Any]]) -> CheckResult:
     """Parse and validate every JSON-format output against ``schemas[task]`` (task name -> JSON Schema)."""
     validators = {task: jsonschema.Draft202012Validator(schema) for task, schema in schemas.items()}
     counts: dict[str, dict[str, int]] = {}
@@ -82,7 +85,7 @@ def _problem(output: Any, validator: jsonschema.protocols.Validator | None, tall
     return None
 
 
-def _plot(table: pd.DataFrame):
+def _plot(table: pd.DataFrame) -> Figure:
     figure = new_figure(8, bounded(0.35 * len(table) + 1.5, 2.5, 8))
     axes = figure.add_subplot()
     tasks = list(table["task_type"])

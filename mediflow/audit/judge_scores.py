@@ -7,16 +7,21 @@ self-consistency samples) is high, needs a look before anyone trains on it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 
-from mediflow.audit.folder import JUDGE_COLUMNS, OutputFolder
+from mediflow.audit.folder import JUDGE_COLUMNS, AuditFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TITLE = "Judge scores per task"
 
 
-def judge_scores(folder: OutputFolder) -> CheckResult:
+def judge_scores(folder: AuditFolder) -> CheckResult:
     """Mean, median and count of every judge column per task, with one box plot per criterion."""
     present = [c for c in JUDGE_COLUMNS if folder.has_values(c)]
     if not present:
@@ -41,7 +46,7 @@ def judge_scores(folder: OutputFolder) -> CheckResult:
     )
 
 
-def _boxplots(judged: pd.DataFrame, columns: list[str]):
+def _boxplots(judged: pd.DataFrame, columns: list[str]) -> Figure:
     tasks = sorted(judged["task_type"].unique())
     n_cols = min(3, len(columns))
     n_rows = -(-len(columns) // n_cols)

@@ -6,18 +6,21 @@ outputs, truncated documents and runaway answers show up as outliers per task.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from mediflow.audit.folder import TEXT_COLUMNS, OutputFolder
+from mediflow.audit.folder import TEXT_COLUMNS, AuditFolder
 from mediflow.audit.plots import bounded, new_figure
 from mediflow.audit.result import CheckResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TITLE = "Length distributions (words) by task"
 
 
-def lengths(folder: OutputFolder) -> CheckResult:
+def lengths(folder: AuditFolder) -> CheckResult:
     """Per task and text column: count, min, median, 5th/95th percentile, max words; empties counted."""
     frame = folder.frame
     rows = []
@@ -58,7 +61,7 @@ def _stat(value: Any) -> float:
     return float(value) if pd.notna(value) else float("nan")
 
 
-def _boxplots(frame: pd.DataFrame):
+def _boxplots(frame: pd.DataFrame) -> Figure:
     tasks = sorted(frame["task_type"].unique())
     figure = new_figure(bounded(0.45 * len(tasks) * 3, 9, 22), 4.2)
     for position, column in enumerate(TEXT_COLUMNS, start=1):

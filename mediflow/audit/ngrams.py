@@ -8,19 +8,23 @@ data lead the set is less diverse than its size suggests.
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from mediflow.audit.folder import OutputFolder
+from mediflow.audit.folder import AuditFolder
 from mediflow.audit.plots import new_figure
 from mediflow.audit.result import CheckResult
 from mediflow.audit.text import instruction_opening, readable_output, words
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TITLE = "Frequent instruction openings and output n-grams"
 
 
 def ngrams(
-    folder: OutputFolder, *, sample_size: int = 20_000, opening_words: int = 4, n: int = 3, top: int = 20
+    folder: AuditFolder, *, sample_size: int = 20_000, opening_words: int = 4, n: int = 3, top: int = 20
 ) -> CheckResult:
     """Top ``top`` instruction openings (first ``opening_words`` words) and output ``n``-grams, on a sample."""
     sample = folder.sample(["task_type", "instruction", "output", "output_format"], sample_size)
@@ -81,7 +85,7 @@ def _top(counts: Counter[str], top: int, label: str, size: int, share_name: str)
     return pd.DataFrame(rows, columns=[label, "count", share_name])
 
 
-def _plot(openings: pd.DataFrame, grams: pd.DataFrame, n: int):
+def _plot(openings: pd.DataFrame, grams: pd.DataFrame, n: int) -> Figure:
     figure = new_figure(13, 5.5)
     for position, (table, label, title) in enumerate(
         ((openings, "opening", "instruction openings"), (grams, f"{n}-gram", f"output {n}-grams")), start=1

@@ -17,14 +17,16 @@ from typing import Any, TypeGuard
 
 import pandas as pd
 
-from mediflow.audit.folder import OutputFolder
+from mediflow.audit.folder import AuditFolder
+from mediflow.config import load_config
 from mediflow.errors import MediflowError
-from mediflow.taxonomy import Taxonomy
+from mediflow.pipeline.plan import build_plan
+from mediflow.taxonomy import Taxonomy, load_taxonomy
 
 CELL = ["task_type", "input_data"]
 
 
-def planned_cells(folder: OutputFolder, taxonomy: Taxonomy | None) -> tuple[pd.DataFrame | None, str]:
+def planned_cells(folder: AuditFolder, taxonomy: Taxonomy | None) -> tuple[pd.DataFrame | None, str]:
     """Planned records per cell (columns task_type, input_data, planned) and where that came from.
 
     The folder's own manifest is read first, then those of the folders it was made from (a curated
@@ -51,7 +53,7 @@ def planned_cells(folder: OutputFolder, taxonomy: Taxonomy | None) -> tuple[pd.D
     return None, "no manifest plan and no taxonomy"
 
 
-def run_config(folder: OutputFolder) -> dict[str, Any]:
+def run_config(folder: AuditFolder) -> dict[str, Any]:
     """The ``generate`` config behind the folder (its own manifest's, or its source run's); {} when none."""
     for _, manifest in folder.lineage():
         config = manifest.get("config")
@@ -65,14 +67,11 @@ def _is_run_config(config: Any) -> TypeGuard[dict[str, Any]]:
     return isinstance(config, dict) and "tasks" in config
 
 
-def _where(folder: OutputFolder, path: Path) -> str:
+def _where(folder: AuditFolder, path: Path) -> str:
     return "the manifest" if path == folder.path else f"the manifest of its source {path}"
 
 
 def _from_config(config: dict[str, Any], taxonomy: Taxonomy) -> pd.DataFrame:
-    from mediflow.config import load_config
-    from mediflow.pipeline.plan import build_plan
-    from mediflow.taxonomy import load_taxonomy
 
     parsed = load_config(json.loads(json.dumps(config)))
     if parsed.taxonomy:

@@ -7,12 +7,17 @@ renders to PNG for the HTML report and displays inline in Jupyter.
 
 from __future__ import annotations
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def new_figure(width: float, height: float) -> Figure:
-    """An empty figure of ``width`` x ``height`` inches attached to an Agg canvas."""
+    """An empty figure of ``width`` x ``height`` inches attached to an Agg canvas (matplotlib is loaded here, on first use)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure

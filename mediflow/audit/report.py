@@ -9,19 +9,18 @@ audit of any MediFlow-shaped folder always completes.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from mediflow.audit.case_mix import case_mix
+from mediflow.audit.config import AuditConfig
 from mediflow.audit.coverage import coverage
 from mediflow.audit.diversity import text_diversity
 from mediflow.audit.duplicates import near_duplicates
-from mediflow.audit.folder import OutputFolder
+from mediflow.audit.folder import AuditFolder
 from mediflow.audit.funnel import funnel
-from mediflow.audit.icd_codes import TITLE as ICD_TITLE
 from mediflow.audit.icd_codes import icd_codes
 from mediflow.audit.json_validity import json_validity
 from mediflow.audit.judge_scores import judge_scores
@@ -31,7 +30,8 @@ from mediflow.audit.plan import planned_cells, run_config
 from mediflow.audit.result import CheckResult
 from mediflow.audit.samples import sample_cells
 from mediflow.errors import MediflowError
-from mediflow.taxonomy import Taxonomy
+from mediflow.taxonomy import Taxonomy, load_taxonomy
+from mediflow.terminology import is_billable, is_valid
 
 
 @dataclass
@@ -60,10 +60,8 @@ class AuditReport:
 def load_taxonomy_or_none(path: str | Path | None = None) -> Any | None:
     """The taxonomy (built-in, or ``path`` merged over it); None when it cannot be loaded, so checks degrade."""
     try:
-        from mediflow.taxonomy import load_taxonomy
-
         return load_taxonomy(Path(path) if path else None)
-    except (ImportError, MediflowError):
+    except MediflowError:
         return None
 
 
@@ -79,30 +77,19 @@ def coding_tasks(taxonomy: Taxonomy | None) -> list[str]:
     return [name for name, schema in task_schemas(taxonomy).items() if "ICD-10" in json.dumps(schema)]
 
 
-def icd_lookups() -> tuple[Callable[[str], bool], Callable[[str], bool]] | None:
-    """``(is_valid, is_billable)`` from :mod:`mediflow.terminology`, or None when it is unavailable."""
-    try:
-        from mediflow.terminology import is_billable, is_valid
-    except ImportError:
-        return None
-    return is_valid, is_billable
-
-
-def run_audit(
-    path: str | Path,
-    *,
-    taxonomy: Taxonomy | None = None,
-    sample_size: int = 20_000,
-    duplicate_records: int = 50_000,
-    sample_cells_shown: int = 12,
-) -> AuditReport:
+def run_audit(path: str | Path, config: AuditConfig | None = None, *, taxonomy: Taxonomy | None = None) -> AuditReport:
     """Run every check on the output folder ``path``.
 
-    ``taxonomy`` defaults to the run's own (from its manifest config, or its source run's) or the built-in one;
-    ``sample_size`` bounds the n-gram check, ``duplicate_records`` the near-duplicate check (records
-    held in memory), ``sample_cells_shown`` the sample viewer.
+    The taxonomy is ``taxonomy``, else ``config.taxonomy`` (a folder named that does not load is an
+    error, never a silent fall back), else the run's own (from its manifest config, or its source
+    run's) or the built-in one; ``config.sample_size`` bounds the n-gram and diversity checks,
+    ``config.duplicate_records`` the near-duplicate check (records held in memory),
+    ``config.sample_cells`` the sample viewer.
     """
-    folder = OutputFolder.open(path)
+    config = config or AuditConfig()
+    folder = AuditFolder.open(path)
+    if taxonomy is None and config.taxonomy is not None:
+        taxonomy = load_taxonomy(Path(config.taxonomy))
     if taxonomy is None:
         taxonomy = load_taxonomy_or_none(run_config(folder).get("taxonomy"))
     sections = [
@@ -112,16 +99,16 @@ def run_audit(
         funnel(folder),
         json_validity_with_taxonomy(folder, taxonomy),
         icd_codes_with_terminology(folder, taxonomy),
-        ngrams(folder, sample_size=sample_size),
-        near_duplicates(folder, max_records=duplicate_records),
+        ngrams(folder, sample_size=config.sample_size),
+        near_duplicates(folder, max_records=config.duplicate_records),
         case_mix_with_plan(folder, taxonomy),
-        text_diversity(folder, sample_size=sample_size),
-        sample_cells(folder, max_cells=sample_cells_shown),
+        text_diversity(folder, sample_size=config.sample_size),
+        sample_cells(folder, max_cells=config.sample_cells),
     ]
     return AuditReport(path=folder.path, records=len(folder.frame), sections=sections)
 
 
-def coverage_with_plan(folder: OutputFolder, taxonomy: Taxonomy | None) -> CheckResult:
+def coverage_with_plan(folder: AuditFolder, taxonomy: Taxonomy | None) -> CheckResult:
     """The coverage check against the best plan available (see :mod:`mediflow.audit.plan`)."""
     planned, source = planned_cells(folder, taxonomy)
     result = coverage(folder, planned)
@@ -130,20 +117,17 @@ def coverage_with_plan(folder: OutputFolder, taxonomy: Taxonomy | None) -> Check
     return result
 
 
-def case_mix_with_plan(folder: OutputFolder, taxonomy: Taxonomy | None) -> CheckResult:
+def case_mix_with_plan(folder: AuditFolder, taxonomy: Taxonomy | None) -> CheckResult:
     """The case mix, with the profile shares the plan asked for."""
     planned, _ = planned_cells(folder, taxonomy)
     return case_mix(folder, planned, taxonomy)
 
 
-def json_validity_with_taxonomy(folder: OutputFolder, taxonomy: Taxonomy | None) -> CheckResult:
+def json_validity_with_taxonomy(folder: AuditFolder, taxonomy: Taxonomy | None) -> CheckResult:
     """The JSON check with the taxonomy's task schemas (outputs still parse-checked without one)."""
     return json_validity(folder, task_schemas(taxonomy))
 
 
-def icd_codes_with_terminology(folder: OutputFolder, taxonomy: Taxonomy | None) -> CheckResult:
+def icd_codes_with_terminology(folder: AuditFolder, taxonomy: Taxonomy | None) -> CheckResult:
     """The ICD-10-CM check with the taxonomy's coding tasks and the real code table."""
-    lookups = icd_lookups()
-    if lookups is None:
-        return CheckResult.not_available("icd_codes", ICD_TITLE, "mediflow.terminology (the ICD-10-CM table) is not importable")
-    return icd_codes(folder, coding_tasks(taxonomy), *lookups)
+    return icd_codes(folder, coding_tasks(taxonomy), is_valid, is_billable)

@@ -10,10 +10,12 @@ import base64
 import html
 import io
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Rows shown per table in HTML; the full tables stay on the result for the notebook.
 HTML_TABLE_ROWS = 60

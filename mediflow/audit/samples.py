@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mediflow.audit.folder import JUDGE_COLUMNS, TEXT_COLUMNS, OutputFolder
+from mediflow.audit.folder import JUDGE_COLUMNS, TEXT_COLUMNS, AuditFolder
 from mediflow.audit.result import CheckResult
 from mediflow.errors import MediflowError
 
@@ -19,7 +19,7 @@ VIEW_COLUMNS: tuple[str, ...] = ("id", "task_type", "input_data", "difficulty_le
 REPORT_TEXT_CHARS = 600
 
 
-def samples(folder: OutputFolder, task: str, document_type: str, n: int = 3) -> pd.DataFrame:
+def samples(folder: AuditFolder, task: str, document_type: str, n: int = 3) -> pd.DataFrame:
     """Up to ``n`` records of the cell (``task``, ``document_type``), whole texts, judge scores when present."""
     frame = folder.frame
     in_cell = (frame["task_type"] == task) & (frame["input_data"] == document_type)
@@ -40,7 +40,7 @@ def samples(folder: OutputFolder, task: str, document_type: str, n: int = 3) -> 
     return pd.concat(found, ignore_index=True)
 
 
-def sample_cells(folder: OutputFolder, max_cells: int = 12) -> CheckResult:
+def sample_cells(folder: AuditFolder, max_cells: int = 12) -> CheckResult:
     """One record from each of up to ``max_cells`` cells spread over the sorted cell list."""
     cells = folder.frame.groupby(["task_type", "input_data"]).size().reset_index()
     step = max(1, -(-len(cells) // max_cells))

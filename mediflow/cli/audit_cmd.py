@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mediflow.cli.numbers import positive_int
+from mediflow.audit.config import AuditConfig
+from mediflow.configuration import add_flags, flag_overrides
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``audit`` to the top-level parser."""
     parser = subparsers.add_parser(
         "audit",
@@ -17,29 +18,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and optionally write them all as one self-contained HTML report with the plots.",
     )
     parser.add_argument("input", metavar="IN", help="a MediFlow output folder (data/*.parquet, manifest.json, rejects.parquet)")
-    parser.add_argument("--html", metavar="FILE", help="write the self-contained HTML report here")
-    parser.add_argument("--taxonomy", metavar="DIR", help="taxonomy folder merged over the built-in one (default: the run's)")
-    parser.add_argument("--sample-size", type=positive_int, default=20_000, help="records sampled for the n-gram check (default: 20000)")
-    parser.add_argument(
-        "--duplicate-records", type=int, default=50_000, help="records sampled for the near-duplicate check (default: 50000)"
-    )
+    parser.add_argument("--html", metavar="FILE", type=Path, help="write the self-contained HTML report here")
+    parser.add_argument("--config", type=Path, help="an audit YAML (keys below)")
+    add_flags(parser, AuditConfig)
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     # Imported here so that `mediflow --help` does not load pandas and matplotlib.
-    from mediflow.audit import run_audit, write_html
-    from mediflow.folders import check_output
+    from mediflow.api import audit
 
-    if args.html:  # before minutes of auditing: the report may not land on the data it reports on
-        check_output(Path(args.html), [Path(args.input), *([Path(args.taxonomy)] if args.taxonomy else [])], what="HTML report", file=True)
-    taxonomy = None
-    if args.taxonomy:  # asked for by name: a broken folder is an error, not a silent fallback
-        from mediflow.taxonomy import load_taxonomy
-
-        taxonomy = load_taxonomy(Path(args.taxonomy))
-    report = run_audit(args.input, taxonomy=taxonomy, sample_size=args.sample_size, duplicate_records=args.duplicate_records)
+    report = audit(args.input, args.html, args.config, **flag_overrides(args))
     print(report.summary())
     if args.html:
-        print(f"report written to {write_html(report, args.html)}")
+        print(f"report written to {args.html}")
     return 0

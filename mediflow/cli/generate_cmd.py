@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from mediflow.pipeline.run import RunSummary
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``generate`` to the top-level parser."""
     parser = subparsers.add_parser(
         "generate",
@@ -86,9 +86,14 @@ def _print_summary(summary: RunSummary, seconds: float) -> None:
         print(f"  reject x{failure['count']} at {failure['stage']}: {failure['reason'][:160]}")
     if len(summary.failures) > 5:
         print(f"  ... {len(summary.failures) - 5} more reasons in rejects.parquet")
+    sent = f"{session['requests'] - session['cache_hits']} requests sent"
+    batch = session.get("batch")
+    if batch is not None:  # mode: batch: what this session bought in batches, and what it would have cost online
+        paid = "unknown" if batch["cost_usd"] is None else f"${batch['cost_usd']:.4f} (online: ${batch['online_cost_usd']:.4f})"
+        sent = f"{batch['requests']} requests sent in {batch['batches']} batches for {paid}"
     print(
         f"tokens: {usage['prompt_tokens']:,} prompt + {usage['completion_tokens']:,} completion, cost {cost}; "
-        f"this session: {session['requests'] - session['cache_hits']} requests sent, {session['cache_hits']} from cache"
+        f"this session: {sent}, {session['cache_hits']} from cache"
     )
     out = summary.out_dir
     print(f"output: {out / 'data'} (Parquet shards), {out / 'rejects.parquet'}, {out / 'manifest.json'}")

@@ -9,7 +9,7 @@ from pathlib import Path
 from mediflow.configuration import add_flags, flag_overrides
 from mediflow.errors import MediflowError
 from mediflow.preference.config import CandidateSource, PairsConfig
-from mediflow.teachers.factory import TeacherConfig
+from mediflow.teachers.config import TeacherConfig
 
 
 def _source(value: str) -> CandidateSource:
@@ -22,7 +22,7 @@ def _source(value: str) -> CandidateSource:
         raise argparse.ArgumentTypeError(f"bad candidate source {value!r}: expected SPEC[@TEMPERATURE][,BASE_URL]") from None
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``pairs`` to the top-level parser."""
     parser = subparsers.add_parser(
         "pairs",
@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mediflow.preference import build_pairs
+    from mediflow.api import build_pairs
 
     config = PairsConfig.load(args.config, **flag_overrides(args))
     if args.candidate:

@@ -1,7 +1,7 @@
 """``mediflow filter|judge|dedup|decontaminate|curate IN OUT``: the quality stages (see docs/quality.md).
 
-Every stage command takes the same ``--config`` as ``curate`` (a curate YAML) and uses its own
-section of it, so one file describes a whole curation and each stage can still be run alone.
+Every stage command takes the same ``--config`` as ``curate`` (a curate YAML, whose section of the
+stage it uses, so one file describes a whole curation) or the stage's own config file.
 The flags are derived from the config's fields (:func:`mediflow.configuration.add_flags`) and
 override the file. The library functions are imported when a command runs, so ``mediflow --help``
 stays fast.
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from mediflow.configuration import Config, add_flags, flag_overrides
 from mediflow.errors import ConfigError
-from mediflow.quality.config import CurateConfig, DecontamConfig, DedupConfig, EvalSet, FilterConfig, JudgeConfig
+from mediflow.quality.config import CurateConfig, DecontamConfig, DedupConfig, EvalSet, FilterConfig, JudgeConfig, load_stage_config
 
 if TYPE_CHECKING:
     from mediflow.quality.report import StageReport
@@ -47,11 +47,11 @@ def _add_io(parser: argparse.ArgumentParser, config_help: str) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an OUT holding another kind of folder or another config's run")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``filter``, ``judge``, ``dedup``, ``decontaminate`` and ``curate`` to the top-level parser."""
     for command, (section, cls, help_text) in _STAGES.items():
         parser = subparsers.add_parser(command, help=help_text, description=f"{help_text}. Rerun the same command to resume.")
-        _add_io(parser, f"a curate YAML; its '{section}' section is used (see examples/curate.yaml)")
+        _add_io(parser, f"the stage's config, or a curate YAML whose '{section}' section is used (see examples/curate.yaml)")
         add_flags(parser, cls, skip=("eval",))
         if command == "decontaminate":
             parser.add_argument(
@@ -82,23 +82,23 @@ def _print_report(report: StageReport, out: Path) -> None:
 
 
 def _stage(args: argparse.Namespace) -> int:
-    from mediflow import quality
+    from mediflow import api
 
-    section, cls, _ = _STAGES[args.command_name]
-    config = cls.load(args.config, section=section, **flag_overrides(args))
+    _, cls, _ = _STAGES[args.command_name]
+    config = load_stage_config(cls, args.config, **flag_overrides(args))
     if isinstance(config, DecontamConfig):
         config = DecontamConfig(config.eval + tuple(args.eval), config.ngram, config.columns)
         if not config.eval:
             raise ConfigError("decontaminate: no evaluation sets (pass --eval PATH[:field,field], or set decontaminate.eval in --config)")
-    run = {"filter": quality.run_filters, "judge": quality.run_judge, "dedup": quality.run_dedup, "decontaminate": quality.run_decontaminate}
+    run = {"filter": api.filter_records, "judge": api.judge, "dedup": api.dedup, "decontaminate": api.decontaminate}
     _print_report(run[args.command_name](args.input, args.out, config, overwrite=args.overwrite), args.out)
     return 0
 
 
 def _curate(args: argparse.Namespace) -> int:
-    from mediflow.quality import curate
+    from mediflow.api import curate
 
-    manifest = curate(args.input, args.out, CurateConfig.load(args.config, **flag_overrides(args)), overwrite=args.overwrite)
+    manifest = curate(args.input, args.out, args.config, overwrite=args.overwrite, **flag_overrides(args))
     for stage in manifest["stages"]:
         rules = ", ".join(f"{rule} {count}" for rule, count in stage["dropped_by_rule"].items()) or "none"
         print(f"{stage['stage']}: {stage['in']} in, {stage['kept']} kept, {stage['dropped']} dropped ({rules})")

@@ -17,7 +17,7 @@ from mediflow.resources import taxonomies_dir
 from mediflow.taxonomy import Taxonomy, load_taxonomy
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``mediflow taxonomy`` to the top-level parser."""
     parser = subparsers.add_parser(
         "taxonomy",

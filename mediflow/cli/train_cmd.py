@@ -24,7 +24,7 @@ _STAGE_HELP = {
 }
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``mediflow train`` and its stage sub-commands."""
     train = subparsers.add_parser("train", help="train small clinical models on MediFlow data (needs the 'train' extra)")
     stages = train.add_subparsers(dest="stage", metavar="STAGE")
@@ -48,7 +48,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if stage == "eval":
             parser.add_argument("--compare", type=Path, nargs="+", metavar="REPORT", help="print saved eval reports side by side")
         parser.set_defaults(handler=_run)
-    train.set_defaults(handler=lambda args: train.print_help() or 2)
+    train.set_defaults(handler=lambda args: _help(train))
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    """``mediflow train`` with no stage: its help, and the usage-error exit code."""
+    parser.print_help()
+    return 2
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -11,13 +11,14 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mediflow.engine.accounting import PRICES_PER_1K, EngineStats
+    from mediflow.engine.accounting import PRICES, EngineStats, ModelPrice
     from mediflow.engine.cache import ResponseCache, cache_key
     from mediflow.engine.config import LimitsConfig, PricesConfig
     from mediflow.engine.engine import CircuitOpenError, Engine
 
 _LAZY = {
-    "PRICES_PER_1K": "mediflow.engine.accounting",
+    "PRICES": "mediflow.engine.accounting",
+    "ModelPrice": "mediflow.engine.accounting",
     "EngineStats": "mediflow.engine.accounting",
     "ResponseCache": "mediflow.engine.cache",
     "cache_key": "mediflow.engine.cache",
@@ -27,7 +28,7 @@ _LAZY = {
     "Engine": "mediflow.engine.engine",
 }
 
-__all__ = ["CircuitOpenError", "Engine", "EngineStats", "LimitsConfig", "PricesConfig", "PRICES_PER_1K", "ResponseCache", "cache_key"]
+__all__ = ["CircuitOpenError", "Engine", "EngineStats", "LimitsConfig", "ModelPrice", "PricesConfig", "PRICES", "ResponseCache", "cache_key"]
 
 
 def __getattr__(name: str) -> Any:

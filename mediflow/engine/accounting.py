@@ -5,36 +5,107 @@ from __future__ import annotations
 import collections
 import statistics
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-#: USD per 1k (input, output) tokens of common OpenAI models (list prices, 2025); the longest
-#: matching prefix of the model name wins. Override with the prices: section (PricesConfig).
-PRICES_PER_1K: dict[str, tuple[float, float]] = {
-    "gpt-4o-mini": (0.00015, 0.0006),
-    "gpt-4o": (0.0025, 0.01),
-    "gpt-4.1-nano": (0.0001, 0.0004),
-    "gpt-4.1-mini": (0.0004, 0.0016),
-    "gpt-4.1": (0.002, 0.008),
-    "gpt-4-turbo": (0.01, 0.03),
-    "gpt-3.5-turbo": (0.0005, 0.0015),
-    "o4-mini": (0.0011, 0.0044),
-    "o3-mini": (0.0011, 0.0044),
-    "o3": (0.002, 0.008),
+#: How a request is bought: one HTTP call answered now, or a line of a provider batch (answered within
+#: its completion window, at the provider's batch price).
+Mode = Literal["online", "batch"]
+MODES: tuple[Mode, ...] = ("online", "batch")
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """USD per 1k tokens of one model: input and output, online and through the provider's batch API."""
+
+    input: float
+    output: float
+    batch_input: float
+    batch_output: float
+
+    def per_1k(self, mode: Mode) -> tuple[float, float]:
+        """(input, output) USD per 1k tokens in ``mode``."""
+        return (self.batch_input, self.batch_output) if mode == "batch" else (self.input, self.output)
+
+
+#: List prices of common OpenAI models (2025; USD per 1k tokens), online and in the Batch API (half
+#: price for jobs that may take up to 24 h). The longest matching prefix of the model name wins.
+#: Override with the prices: section (:class:`~mediflow.engine.config.PricesConfig`).
+PRICES: dict[str, ModelPrice] = {
+    "gpt-4o-mini": ModelPrice(0.00015, 0.0006, 0.000075, 0.0003),
+    "gpt-4o": ModelPrice(0.0025, 0.01, 0.00125, 0.005),
+    "gpt-4.1-nano": ModelPrice(0.0001, 0.0004, 0.00005, 0.0002),
+    "gpt-4.1-mini": ModelPrice(0.0004, 0.0016, 0.0002, 0.0008),
+    "gpt-4.1": ModelPrice(0.002, 0.008, 0.001, 0.004),
+    "gpt-4-turbo": ModelPrice(0.01, 0.03, 0.005, 0.015),
+    "gpt-3.5-turbo": ModelPrice(0.0005, 0.0015, 0.00025, 0.00075),
+    "o4-mini": ModelPrice(0.0011, 0.0044, 0.00055, 0.0022),
+    "o3-mini": ModelPrice(0.0011, 0.0044, 0.00055, 0.0022),
+    "o3": ModelPrice(0.002, 0.008, 0.001, 0.004),
 }
 
 
-def price_per_1k(model: str, input_override: float | None, output_override: float | None) -> tuple[float, float] | None:
-    """(input, output) USD per 1k tokens for ``model``; None when neither configured nor known."""
+def list_price(model: str) -> ModelPrice | None:
+    """The table's prices for ``model`` (the longest matching prefix of its name); None when it is not listed."""
+    name = model.rpartition("/")[2].lower()
+    matches = [prefix for prefix in PRICES if name.startswith(prefix)]
+    return PRICES[max(matches, key=len)] if matches else None
+
+
+def price_per_1k(
+    model: str,
+    input_override: float | None,
+    output_override: float | None,
+    *,
+    mode: Mode = "online",
+    batch_input_override: float | None = None,
+    batch_output_override: float | None = None,
+) -> tuple[float, float] | None:
+    """(input, output) USD per 1k tokens for ``model`` in ``mode``; None when neither configured nor known.
+
+    Configured prices win over the table. In batch mode the configured batch prices come first, then
+    the table's batch price; a model priced only by configured online prices is assumed to have no
+    batch discount (a budget that overestimates rather than one that surprises).
+    """
+    if mode == "batch" and (batch_input_override is not None or batch_output_override is not None):
+        return (batch_input_override or 0.0, batch_output_override or 0.0)
     if input_override is not None or output_override is not None:
         return (input_override or 0.0, output_override or 0.0)
-    name = model.rpartition("/")[2].lower()
-    matches = [prefix for prefix in PRICES_PER_1K if name.startswith(prefix)]
-    return PRICES_PER_1K[max(matches, key=len)] if matches else None
+    listed = list_price(model)
+    return listed.per_1k(mode) if listed is not None else None
+
+
+@dataclass
+class BatchUsage:
+    """What one engine bought through provider batches this session (see :mod:`mediflow.batch`)."""
+
+    batches: int = 0  # batches submitted
+    requests: int = 0  # answers that arrived in batch output files
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0  # at the batch price
+    online_cost_usd: float = 0.0  # what the same answers cost online, at the list price
+    cost_known: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 6) if self.cost_known else None,
+            "online_cost_usd": round(self.online_cost_usd, 6) if self.cost_known else None,
+        }
 
 
 @dataclass
 class EngineStats:
-    """Running totals of one engine. ``requests`` counts answers obtained (fresh or cached)."""
+    """Running totals of one engine. ``requests`` counts answers obtained (fresh or cached).
+
+    In batch mode (``batch`` set) the answers arrive in batch output files before the stage's last
+    pass reads them from the cache: ``requests`` is still every answer the stage obtained,
+    ``cache_hits`` those an earlier session paid for, and the tokens and ``cost_usd`` are what this
+    session paid, its batches' share at the batch price (detailed under ``batch``).
+    """
 
     requests: int = 0
     cache_hits: int = 0
@@ -47,6 +118,8 @@ class EngineStats:
     cost_usd: float = 0.0
     #: False once a fresh answer came from a model without a known or configured price.
     cost_known: bool = True
+    #: Set in batch mode: what arrived through provider batches.
+    batch: BatchUsage | None = None
     _latencies: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=4096), repr=False)
 
     @property
@@ -74,9 +147,11 @@ class EngineStats:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready numbers, for manifests and logs."""
-        return {
+        by_batch = self.batch.requests if self.batch is not None else 0
+        plain = {
+            "mode": "batch" if self.batch is not None else "online",
             "requests": self.requests,
-            "cache_hits": self.cache_hits,
+            "cache_hits": max(self.cache_hits - by_batch, 0),
             "attempts": self.attempts,
             "retries": self.retries,
             "failed_requests": self.failed_requests,
@@ -86,3 +161,6 @@ class EngineStats:
             "cost_usd": round(self.cost_usd, 6) if self.cost_known else None,
             "latency_s": {name: round(value, 4) for name, value in self.latency().items()},
         }
+        if self.batch is not None:
+            plain["batch"] = self.batch.as_dict()
+        return plain

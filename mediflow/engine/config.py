@@ -45,3 +45,5 @@ class PricesConfig(Config):
 
     input_per_1k: float | None = option(None, "USD per 1,000 prompt tokens", minimum=0)
     output_per_1k: float | None = option(None, "USD per 1,000 completion tokens", minimum=0)
+    batch_input_per_1k: float | None = option(None, "USD per 1,000 prompt tokens bought in provider batches (mode: batch)", minimum=0)
+    batch_output_per_1k: float | None = option(None, "USD per 1,000 completion tokens bought in provider batches (mode: batch)", minimum=0)

@@ -3,6 +3,11 @@
 ``await engine.complete(request)`` is the whole interface. Requests stream through independently
 (no batches, no barriers: a slow answer never holds back the next request); each answer is
 written to the cache before ``complete`` returns, so a crash loses only what was in flight.
+
+In batch mode (:meth:`Engine.defer_misses`, driven by :mod:`mediflow.batch`) a miss is not sent:
+it is handed to a :class:`~mediflow.engine.deferral.DeferralSink` and the caller gets
+:class:`~mediflow.engine.deferral.Deferred`; the batch's answers come back through
+:meth:`Engine.store_batch_answer`, into the same cache.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from types import TracebackType
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from mediflow.engine.accounting import EngineStats, price_per_1k
+from mediflow.engine.accounting import BatchUsage, EngineStats, Mode, price_per_1k
 from mediflow.engine.breaker import ErrorRateBreaker
 from mediflow.engine.cache import ResponseCache, cache_key
 from mediflow.engine.config import LimitsConfig, PricesConfig
+from mediflow.engine.deferral import DeferralSink, Deferred
 from mediflow.engine.failures import Failure, TruncatedAnswer, classify
 from mediflow.engine.limits import AdaptiveLimit, RateLimitHeaders, TokenBucket
 from mediflow.engine.progress import Activity, Progress
@@ -46,7 +52,10 @@ class _AttemptFailed(Exception):
 class Engine:
     """Moves requests to one teacher under limits, with retries, a durable cache and accounting.
 
-    The caller owns the teacher (the engine does not close it). Use as ``async with``.
+    Stages do not build one themselves: :func:`mediflow.steps.open_engine` builds the teacher and
+    its engine and closes both. Use as ``async with``; the cache file is opened, and the progress bar
+    started, on the first request, so an engine may be opened before the folder holding its cache
+    has been guarded (``generate`` asks its server before it writes anything).
     """
 
     def __init__(
@@ -84,6 +93,8 @@ class Engine:
             self.config.error_rate_threshold, self.config.error_window, self.config.error_min_samples
         )
         self._cache: ResponseCache | None = None
+        self._deferrals: DeferralSink | None = None
+        self._entered = False
         self._stop_reason: str | None = None
         self._pending: dict[str, asyncio.Future[ChatResponse]] = {}
         self._in_flight: dict[int, float] = {}
@@ -91,22 +102,31 @@ class Engine:
         self._backing_off = 0
         self._queued = 0
         self._last_answer = time.monotonic()
-        self._prices: dict[str, tuple[float, float] | None] = {}
+        self._prices: dict[tuple[str, Mode], tuple[float, float] | None] = {}
         self._where = teacher.describe()
         self._backoff = wait_random_exponential(multiplier=self.config.backoff_initial, max=self.config.backoff_max)
 
     async def __aenter__(self) -> Engine:
-        self._cache = ResponseCache(self.cache_path)
-        self.progress.start()
+        self._entered = True
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._entered = False
         await self.progress.stop()
         if self._cache is not None:
             self._cache.close()
             self._cache = None
+
+    def _opened_cache(self) -> ResponseCache:
+        """The cache, opened (and the progress bar started) on the first request."""
+        if not self._entered:
+            raise RuntimeError("use the engine inside 'async with Engine(...)'")
+        if self._cache is None:
+            self._cache = ResponseCache(self.cache_path)
+            self.progress.start()
+        return self._cache
 
     @property
     def stopped(self) -> bool:
@@ -119,18 +139,22 @@ class Engine:
         Raises :class:`TeacherError` when the request still fails after its retries (or is not
         retryable, e.g. HTTP 400), and :class:`CircuitOpenError` once the engine has stopped.
         A JSON answer still truncated after the retries is returned (``finish_reason == "length"``)
-        for the caller to reject with its reason.
+        for the caller to reject with its reason. While misses are deferred (batch mode), a miss
+        raises :class:`Deferred` and a hit is not counted (the stage's last pass counts it).
         """
-        if self._cache is None:
-            raise RuntimeError("use the engine inside 'async with Engine(...)'")
+        cache = self._opened_cache()
         self._raise_if_stopped()
         key = cache_key(self.teacher.name, request)
-        cached = self._cache.get(key)
+        cached = cache.get(key)
         if cached is not None:
-            self.stats.requests += 1
-            self.stats.cache_hits += 1
-            self._advance_progress()
+            if self._deferrals is None:
+                self.stats.requests += 1
+                self.stats.cache_hits += 1
+                self._advance_progress()
             return cached
+        if self._deferrals is not None:
+            self._deferrals.defer(key, request)
+            raise Deferred(key)
         pending = self._pending.get(key)
         if pending is not None:  # the same request is already in flight: share its answer
             return await asyncio.shield(pending)
@@ -148,12 +172,43 @@ class Engine:
         finally:
             del self._pending[key]
 
-    def cost_usd(self, response: ChatResponse) -> float | None:
-        """What ``response`` cost (also for cached answers: what it cost when fetched); None if unpriced."""
-        price = self._price(response.model)
+    def cost_usd(self, response: ChatResponse, mode: Mode = "online") -> float | None:
+        """What ``response`` costs in ``mode`` (also for cached answers); None if unpriced.
+
+        Records carry the online list price of their answers whichever way they were bought, so a
+        record made in batch mode is the same bytes as one made online; what a batch run paid is in
+        the stats (:attr:`EngineStats.batch`).
+        """
+        price = self._price(response.model, mode)
         if price is None:
             return None
         return (response.prompt_tokens * price[0] + response.completion_tokens * price[1]) / 1000.0
+
+    def defer_misses(self, sink: DeferralSink | None) -> None:
+        """Batch mode: hand every cache miss to ``sink`` and raise :class:`Deferred` (``None``: stop deferring)."""
+        self._deferrals = sink
+        if sink is not None and self.stats.batch is None:
+            self.stats.batch = BatchUsage()
+
+    def store_batch_answer(self, key: str, response: ChatResponse) -> None:
+        """An answer that arrived in a batch output file: into the cache under ``key``, counted at the batch price."""
+        self._opened_cache().put(key, self.teacher.name, response)
+        if self.stats.batch is None:
+            self.stats.batch = BatchUsage()
+        usage = self.stats.batch
+        usage.requests += 1
+        usage.prompt_tokens += response.prompt_tokens
+        usage.completion_tokens += response.completion_tokens
+        self.stats.prompt_tokens += response.prompt_tokens
+        self.stats.completion_tokens += response.completion_tokens
+        cost, online = self.cost_usd(response, "batch"), self.cost_usd(response)
+        if cost is None or online is None:
+            usage.cost_known = self.stats.cost_known = False
+        else:
+            usage.cost_usd += cost
+            usage.online_cost_usd += online
+            self.stats.cost_usd += cost
+        self._last_answer = time.monotonic()
 
     async def _fetch(self, key: str, request: ChatRequest) -> ChatResponse:
         retrying = AsyncRetrying(
@@ -218,8 +273,7 @@ class Engine:
         return response
 
     def _store(self, key: str, response: ChatResponse) -> None:
-        assert self._cache is not None
-        self._cache.put(key, self.teacher.name, response)
+        self._opened_cache().put(key, self.teacher.name, response)
         self._last_answer = time.monotonic()
         self.stats.requests += 1
         self.stats.prompt_tokens += response.prompt_tokens
@@ -285,17 +339,22 @@ class Engine:
             self._shared(limits.limit_tokens), self._shared(limits.remaining_tokens), user_limit=self._shared(self.config.tpm)
         )
 
-    def _price(self, model: str) -> tuple[float, float] | None:
-        if model not in self._prices:
-            if self.prices.input_per_1k is None and self.prices.output_per_1k is None and self.teacher.price_per_1k:
-                self._prices[model] = self.teacher.price_per_1k
+    def _price(self, model: str, mode: Mode = "online") -> tuple[float, float] | None:
+        if (model, mode) not in self._prices:
+            prices = self.prices
+            configured = (prices.input_per_1k, prices.output_per_1k, prices.batch_input_per_1k, prices.batch_output_per_1k)
+            if all(price is None for price in configured) and self.teacher.price_per_1k:
+                self._prices[model, mode] = self.teacher.price_per_1k
             else:
-                self._prices[model] = price_per_1k(
+                self._prices[model, mode] = price_per_1k(
                     model or self.teacher.model,
-                    self.prices.input_per_1k,
-                    self.prices.output_per_1k,
+                    prices.input_per_1k,
+                    prices.output_per_1k,
+                    mode=mode,
+                    batch_input_override=prices.batch_input_per_1k,
+                    batch_output_override=prices.batch_output_per_1k,
                 )
-        return self._prices[model]
+        return self._prices[model, mode]
 
     def _advance_progress(self) -> None:
         if self.progress.counts_requests:

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Never
 
 from tqdm import tqdm
 
@@ -82,9 +83,11 @@ class Progress:
         self._unit = "req"
         self._done = 0
         self._total: int | None = None
-        self._bar: tqdm | None = None
+        self._bar: tqdm[Never] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._started = time.monotonic()
+        #: Shown instead of the engine's activity while set (batch mode: the batches in flight and the requests done).
+        self.note: str | None = None
 
     @property
     def counts_requests(self) -> bool:
@@ -131,7 +134,7 @@ class Progress:
         cost = f"${stats.cost_usd:.4f}" if stats.cost_known else "$?"
         work_left = self._total is not None and self._done < self._total
         typical = stats.latency().get("p50")
-        state = describe_state(self._activity(), self._request_timeout, typical, work_left=work_left)
+        state = self.note or describe_state(self._activity(), self._request_timeout, typical, work_left=work_left)
         self._bar.update(self._done - self._bar.n)
         self._bar.set_postfix_str(
             f"{fresh / elapsed:.1f} req/s, {stats.cache_hits} cached, {stats.tokens} tok, {cost}, "

@@ -131,4 +131,5 @@ def parse_card(text: str) -> dict[str, Any]:
     if not text.startswith("---\n"):
         raise ValueError("the card has no YAML front matter")
     header, _, _ = text[4:].partition("\n---\n")
-    return yaml.safe_load(header)
+    front: dict[str, Any] = yaml.safe_load(header)
+    return front

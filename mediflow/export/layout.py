@@ -25,7 +25,7 @@ import shutil
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,9 @@ import pyarrow.parquet as pq
 
 from mediflow.errors import MediflowError
 from mediflow.export.card import CardFacts, render_card
+from mediflow.export.config import ExportConfig
 from mediflow.export.shards import ShardedSplitWriter, ShardLimits
-from mediflow.export.splits import SPLITS, SplitFractions, assign_splits, document_key
+from mediflow.export.splits import SPLITS, assign_splits, document_key
 from mediflow.folders import InputData, OutputFolder, open_input, refuse_link, with_ids, write_text
 from mediflow.folders.atomic import TEMP_PREFIX, commit
 from mediflow.folders.reader import read_batches
@@ -64,18 +65,6 @@ CARD_NAME = "README.md"
 
 
 @dataclass(frozen=True)
-class ExportOptions:
-    """How the export is split, sharded and described."""
-
-    fractions: SplitFractions = field(default_factory=SplitFractions)
-    seed: int = 0
-    limits: ShardLimits = field(default_factory=ShardLimits)
-    per_task_configs: bool = True
-    license: str = "cdla-permissive-2.0"
-    repo_id: str = "mediflow-synthetic"
-
-
-@dataclass(frozen=True)
 class ExportSummary:
     """What was written: shard paths per config and split (relative to the root) and row counts."""
 
@@ -99,31 +88,32 @@ class _Source:
         return [(key, task or "", kind or "") for key, task, kind in zip(self.keys, self.tasks, self.document_types)]
 
 
-def export_dataset(
-    records: Path, out_dir: Path, *, pairs: Path | None = None, options: ExportOptions = ExportOptions(), overwrite: bool = False
-) -> ExportSummary:
-    """Export ``records`` (a MediFlow output folder or Parquet) and optional ``pairs`` to ``out_dir``."""
+def export_dataset(records: str | Path, out_dir: str | Path, config: ExportConfig | None = None, *, overwrite: bool = False) -> ExportSummary:
+    """Export ``records`` (a MediFlow output folder or Parquet) and ``config.pairs`` (optional) to ``out_dir``."""
     out_dir = Path(out_dir)
+    config = config or ExportConfig()
     record_data = open_input(records, "records", require=("output",))
-    pair_data = open_input(pairs, "pairs") if pairs is not None else None
+    pair_data = open_input(config.pairs, "pairs") if config.pairs is not None else None
     scanned = _scan(record_data)  # the first pass checks every task name before anything is written
     pair_source = _scan(pair_data)[0] if pair_data is not None else None
-    task_configs = _task_configs(scanned[0], record_data, options)
+    task_configs = _task_configs(scanned[0], record_data, config)
+    repo_id = config.repo_id or config.hub.repo_id or out_dir.name
     folder = OutputFolder.open(
         out_dir,
         kind="export",
-        config=_options_config(options),
+        holds="export",
+        config=_manifest_config(config, repo_id),
         inputs=[data.ref() for data in (record_data, pair_data) if data is not None],
         overwrite=overwrite,
         extra_entries={CARD_NAME},
     )
     with folder:
-        return _export(record_data, scanned, pair_data, pair_source, task_configs, folder, options)
+        return _export(record_data, scanned, pair_data, pair_source, task_configs, folder, config, repo_id)
 
 
-def _task_configs(source: _Source, data: InputData, options: ExportOptions) -> list[str]:
+def _task_configs(source: _Source, data: InputData, config: ExportConfig) -> list[str]:
     """The per-task configs: each task name becomes a folder, so it must be a safe name and not sft/dpo."""
-    if not options.per_task_configs:
+    if not config.task_configs:
         return []
     task_configs = sorted({safe_name(t, f"task_type in {data.path}") for t in source.tasks if t})
     clash = set(task_configs) & set(RESERVED_CONFIGS)
@@ -132,16 +122,10 @@ def _task_configs(source: _Source, data: InputData, options: ExportOptions) -> l
     return task_configs
 
 
-def _options_config(options: ExportOptions) -> dict[str, Any]:
-    return {
-        "fractions": options.fractions.as_dict(),
-        "seed": options.seed,
-        "max_shard_rows": options.limits.max_rows,
-        "max_shard_bytes": options.limits.max_bytes,
-        "per_task_configs": options.per_task_configs,
-        "license": options.license,
-        "repo_id": options.repo_id,
-    }
+def _manifest_config(config: ExportConfig, repo_id: str) -> dict[str, Any]:
+    """What decides the folder's content: not where it is uploaded to, nor the pairs' path (an input)."""
+    plain = {key: value for key, value in config.to_dict().items() if key not in ("hub", "pairs")}
+    return {**plain, "repo_id": repo_id}
 
 
 def _export(
@@ -151,17 +135,19 @@ def _export(
     pair_source: _Source | None,
     task_configs: list[str],
     folder: OutputFolder,
-    options: ExportOptions,
+    config: ExportConfig,
+    repo_id: str,
 ) -> ExportSummary:
     out_dir = folder.root
     record_source, tasks, document_types, teachers = scanned
     documents = record_source.document_kinds() + (pair_source.document_kinds() if pair_source is not None else [])
-    assignment = assign_splits(documents, options.fractions, options.seed)
+    assignment = assign_splits(documents, config.split.fractions(), config.seed)
+    limits = config.shard_limits()
     staging = out_dir / f"{TEMP_PREFIX}staging-{uuid.uuid4().hex[:8]}"
     try:
-        written = _write_records(record_source, assignment, task_configs, staging, options.limits)
+        written = _write_records(record_source, assignment, task_configs, staging, limits)
         if pair_source is not None:
-            written.update(_write_pairs(pair_source, assignment, staging, options.limits))
+            written.update(_write_pairs(pair_source, assignment, staging, limits))
         order = [c for c in RESERVED_CONFIGS if c in written] + task_configs  # the card lists configs in this order
         files = {
             config: {split: sorted(str(p.relative_to(staging)) for p in written[config][split]) for split in SPLITS if split in written[config]}
@@ -172,7 +158,7 @@ def _export(
         shutil.rmtree(staging, ignore_errors=True)
     rows = _row_counts(record_source, pair_source, assignment, task_configs)
     facts = CardFacts(
-        repo_id=options.repo_id,
+        repo_id=repo_id,
         configs=files,
         rows=rows,
         tasks=tasks,
@@ -180,9 +166,9 @@ def _export(
         teachers=teachers,
         filters=_filters_from_manifest(record_data),
         pairs=_pairs_from_manifest(pair_data) if pair_data is not None else None,
-        seed=options.seed,
-        fractions=options.fractions.as_dict(),
-        license=options.license,
+        seed=config.seed,
+        fractions=config.split.fractions().as_dict(),
+        license=config.license,
         judged=_has_judge_scores(record_source.files),
         task_configs=task_configs,
         file_bytes={config: sum((out_dir / path).stat().st_size for paths in splits.values() for path in paths) for config, splits in files.items()},

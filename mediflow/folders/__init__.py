@@ -14,7 +14,7 @@ from mediflow.folders.guards import FolderLock, check_no_links, check_no_overlap
 from mediflow.folders.manifest import InputRef, Manifest, read_manifest
 from mediflow.folders.output import CACHE_NAME, DATA_DIR, REJECTS_NAME, OutputFolder, config_fingerprint, shard_name
 from mediflow.folders.reader import InputData, open_input, read_batches, read_file, with_ids
-from mediflow.folders.staged import REJECT_FIELDS, StagedWriter, reject_table
+from mediflow.folders.staged import REJECT_FIELDS, StagedWriter, reject_schema, reject_table
 
 __all__ = [
     "CACHE_NAME",
@@ -39,6 +39,7 @@ __all__ = [
     "read_manifest",
     "reading",
     "refuse_link",
+    "reject_schema",
     "reject_table",
     "shard_name",
     "with_ids",

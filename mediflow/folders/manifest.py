@@ -1,6 +1,8 @@
 """The typed manifest every output folder carries (``manifest.json``).
 
-One shape for every kind of folder: what wrote it (``kind``), how far it got (``status`` and the
+One shape for every kind of folder: what wrote it (``kind``), what its ``data/`` (or its model
+files) hold (``holds``: ``records``, ``pairs``, ``task_data``, ``export``, ``model``, ``report``, or
+whatever a new stage writes: the input reader goes by this, not by the kind), how far it got (``status`` and the
 ``reason`` when it is not ``finished``), the exact config and its fingerprint, the inputs it read
 with a content fingerprint each, its counts, and, for a folder made with a teacher, what each
 role's teacher negotiated with its server (``teacher_capabilities``). Stage-specific facts (a run's
@@ -19,16 +21,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mediflow import __version__
 from mediflow.errors import MediflowError
 from mediflow.folders.atomic import write_json
 from mediflow.redact import redact_urls
+from mediflow.version import __version__
 
 MANIFEST_NAME = "manifest.json"
 STATUSES: tuple[str, ...] = ("running", "finished", "failed", "stopped")
 _TYPED_KEYS = (
-    "kind", "status", "reason", "mediflow_version", "created_at", "updated_at", "config", "config_fingerprint", "inputs", "counts", "teacher_capabilities",
+    "kind", "holds", "status", "reason", "mediflow_version", "created_at", "updated_at", "config", "config_fingerprint", "inputs", "counts", "teacher_capabilities",
 )
+
+
+#: What the folders of the kinds the first release wrote hold: their manifests predate ``holds``, and are still read.
+_HOLDS_BEFORE_0_2: dict[str, str] = {
+    **dict.fromkeys(("generate", "filter", "judge", "dedup", "decontaminate", "curate", "join"), "records"),
+    **dict.fromkeys(("pit", "sft", "dpo", "merge"), "model"),
+    "pairs": "pairs",
+    "qa": "task_data",
+    "export": "export",
+    "eval": "report",
+}
 
 
 def now() -> str:
@@ -53,6 +66,8 @@ class Manifest:
     config: dict[str, Any]
     config_fingerprint: str
     inputs: list[InputRef] = field(default_factory=list)
+    #: What the folder holds for a reader (``records``, ``pairs``, ``model``, ...); None: nothing to read.
+    holds: str | None = "records"
     status: str = "running"
     reason: str | None = None
     counts: dict[str, Any] = field(default_factory=dict)
@@ -69,6 +84,7 @@ class Manifest:
         """The JSON object written to ``manifest.json`` (details beside the typed keys, never over them)."""
         typed: dict[str, Any] = {
             "kind": self.kind,
+            "holds": self.holds,
             "status": self.status,
             "reason": self.reason,
             "mediflow_version": self.mediflow_version,
@@ -92,8 +108,11 @@ class Manifest:
         if value["status"] not in STATUSES:
             raise MediflowError(f"{source}: status {value['status']!r} is not one of {', '.join(STATUSES)}")
         inputs = [InputRef(str(ref.get("path")), str(ref.get("kind")), str(ref.get("fingerprint"))) for ref in value.get("inputs") or [] if isinstance(ref, dict)]
+        kind = str(value["kind"])
+        holds = value["holds"] if "holds" in value else _HOLDS_BEFORE_0_2.get(kind)
         return cls(
-            kind=str(value["kind"]),
+            kind=kind,
+            holds=None if holds is None else str(holds),
             config=value.get("config") or {},
             config_fingerprint=str(value["config_fingerprint"]),
             inputs=inputs,

@@ -32,8 +32,8 @@ from mediflow.folders.atomic import TEMP_PREFIX, fsync_dir
 from mediflow.folders.guards import lock_holder, refuse_link
 from mediflow.folders.manifest import read_manifest
 
-#: The kinds of folder that hold a model.
-MODEL_KINDS = frozenset({"pit", "sft", "dpo", "merge"})
+#: What a model folder's manifest says it holds.
+HOLDS_MODEL = "model"
 #: Where a training stage's finished model is, inside its folder.
 MODEL_DIR = "model"
 #: The trainer's checkpoints (``train.resume_from_checkpoint``).
@@ -103,7 +103,7 @@ def check_model_input(path: Path) -> None:
             continue  # somebody else's manifest.json: not a MediFlow folder around this model
         if manifest is None:
             continue
-        if manifest.kind not in MODEL_KINDS:
+        if manifest.holds != HOLDS_MODEL:
             return
         holder = lock_holder(root)
         if holder is not None:

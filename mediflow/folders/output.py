@@ -42,9 +42,11 @@ PARTS_DIR = ".parts"
 STAGES_DIR = "stages"
 #: Where ``datasets`` keeps its Arrow copy when a folder is loaded as a Dataset (derived, removable).
 DATASETS_CACHE = ".datasets-cache"
+#: Where batch mode keeps its input files and the state of its batches (:mod:`mediflow.batch.state`).
+BATCHES_DIR = "batches"
 #: Entries of a folder that belong to the contract (anything else there is foreign).
 OWN_ENTRIES = frozenset(
-    {DATA_DIR, REJECTS_NAME, MANIFEST_NAME, CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", LOCK_NAME, PARTS_DIR, STAGES_DIR, DATASETS_CACHE}
+    {DATA_DIR, REJECTS_NAME, MANIFEST_NAME, CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", LOCK_NAME, PARTS_DIR, STAGES_DIR, DATASETS_CACHE, BATCHES_DIR}
 )
 
 
@@ -59,7 +61,7 @@ def shard_name(index: int) -> str:
 RUNTIME_KEYS = frozenset(
     {
         "concurrency", "progress", "rpm", "tpm", "request_timeout", "max_retries", "adaptive", "error_rate_threshold",
-        "records_in_flight", "api_key", "api_key_env", "base_url", "judge_base_url",
+        "records_in_flight", "api_key", "api_key_env", "base_url", "judge_base_url", "mode", "batch",
     }
 )
 
@@ -126,6 +128,7 @@ class OutputFolder:
         *,
         kind: str,
         config: dict[str, Any],
+        holds: str | None = "records",
         inputs: Sequence[InputRef] = (),
         input_paths: Iterable[Path] = (),
         overwrite: bool = False,
@@ -137,6 +140,10 @@ class OutputFolder:
     ) -> OutputFolder:
         """Check, lock and prepare ``root`` for a run of ``kind``; see the module docstring.
 
+        ``holds`` is what the folder will hold for a reader (``records`` by default; ``pairs``,
+        ``task_data``, ``export``, ``model``, ``report``, None for nothing readable): the manifest
+        records it and :func:`~mediflow.folders.open_input` goes by it, so a new kind of stage needs
+        no registration anywhere.
         ``inputs`` are the inputs read (with fingerprints, for the manifest and the same-run check);
         ``input_paths`` are further paths the output must not overlap (evaluation sets, taxonomy).
         ``fingerprint`` identifies the config (default: :func:`config_fingerprint` of ``config``).
@@ -152,6 +159,7 @@ class OutputFolder:
         root = Path(root)
         manifest = Manifest(
             kind=kind,
+            holds=holds,
             config=config,
             config_fingerprint=fingerprint or config_fingerprint(config),
             inputs=list(inputs),
@@ -236,8 +244,8 @@ class OutputFolder:
             self.fail(str(exc) or type(exc).__name__)
 
 
-#: What survives ``overwrite`` and a fresh start: paid-for answers, and the lock itself.
-_CACHES = frozenset({CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm"})
+#: What survives ``overwrite`` and a fresh start: paid-for answers (and the batches that bring them), and the lock itself.
+_CACHES = frozenset({CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", BATCHES_DIR})
 
 
 def _is_own(name: str, own: Iterable[str]) -> bool:

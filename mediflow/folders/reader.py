@@ -1,4 +1,4 @@
-"""The one input reader: a folder gives only its kept records (per its manifest's kind), a file gives itself.
+"""The one input reader: a folder gives only its kept records (per what its manifest says it holds), a file gives itself.
 
 Every command that reads MediFlow data (the quality stages, curate, pairs, export, audit and the
 training stages) opens its input with :func:`open_input`, which
@@ -6,8 +6,9 @@ training stages) opens its input with :func:`open_input`, which
 * finds the files: a contract folder's ``data/*.parquet`` (never its rejects, stage copies, caches
   or stray Parquet), a Hub-layout export's ``data/<config>/<split>-*.parquet``, a plain folder's
   own ``*.parquet``, or the one ``.parquet`` / ``.jsonl`` file named;
-* refuses a folder of another kind than the caller reads (pairs where records are expected), a
-  folder another process is writing, and a run that did not finish;
+* refuses a folder holding something else than the caller reads (its manifest's ``holds``: pairs
+  where records are expected, a model), a folder another process is writing, and a run that did
+  not finish;
 * checks every file against the record schema before any work: an unreadable (corrupt,
   truncated) file, a missing or mistyped column, or an input with no rows is one error line
   naming the file and the column.
@@ -33,21 +34,8 @@ from mediflow.folders.manifest import InputRef, Manifest, read_manifest
 from mediflow.folders.output import DATA_DIR
 from mediflow.records import record_id
 
-#: What each kind of folder holds.
-FAMILY_OF_KIND: dict[str, str] = {
-    "generate": "records",
-    "filter": "records",
-    "judge": "records",
-    "dedup": "records",
-    "decontaminate": "records",
-    "curate": "records",
-    "join": "records",
-    "pairs": "pairs",
-    "qa": "task_data",
-    "export": "export",
-}
-#: What each reader reads: the columns it needs (any one alternative suffices), the kinds of folder
-#: it accepts (by what they hold), and the config of a Hub-layout export it reads.
+#: What each reader reads: the columns it needs (any one alternative suffices), the folders it
+#: accepts (by what their manifest says they hold), and the config of a Hub-layout export it reads.
 REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
     "records": (("instruction", "input"),),
     "sft": (("messages",), ("instruction", "input", "output")),
@@ -94,13 +82,13 @@ SPLITS = ("train", "validation", "test")
 
 
 def _is_text(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind) or kind == pa.string_view()
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind) or kind == pa.string_view())
 
 
 def _is_conversation(kind: pa.DataType) -> bool:
     if _is_text(kind):
         return True
-    return (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_struct(kind.value_type)
+    return bool((pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_struct(kind.value_type))
 
 
 def _type_problem(name: str, kind: pa.DataType) -> str | None:
@@ -267,9 +255,9 @@ def _folder_files(path: Path, family: str, split: str | None) -> tuple[Manifest 
         raise MediflowError(f"{path}: is being written by another process ({holder}); wait for it to finish")
     data = path / DATA_DIR
     if manifest is not None:
-        held = FAMILY_OF_KIND.get(manifest.kind)
+        held = manifest.holds
         if held is None:
-            raise MediflowError(f"{path}: a '{manifest.kind}' folder holds no records to read")
+            raise MediflowError(f"{path}: a '{manifest.kind}' folder holds nothing to read")
         if manifest.status not in ("finished", "stopped"):
             why = f": {manifest.reason}" if manifest.reason else ""
             raise MediflowError(f"{path}: the {manifest.kind} run did not finish (status {manifest.status}{why}); rerun it first")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,17 +22,33 @@ from mediflow.folders.guards import refuse_link
 from mediflow.folders.output import REJECTS_NAME, OutputFolder, shard_name
 
 ROWS_PER_SHARD = 100_000
-#: Columns every reject row carries beside the record's own.
+#: The one reject schema: every reject row of every folder (a stage's, ``generate``'s, ``pairs``',
+#: PIT QA's) is the row it rejected (a record, a plan item, a document and prompt) followed by these.
 REJECT_FIELDS: list[pa.Field] = [
-    pa.field("stage", pa.string()),
-    pa.field("rule", pa.string()),
-    pa.field("score", pa.float64()),
-    pa.field("reason", pa.string()),
+    pa.field("stage", pa.string()),  # the stage that rejected it
+    pa.field("rule", pa.string()),  # which rule or failure: a filter's rule, min_quality, truncated, judge_failed ...
+    pa.field("score", pa.float64()),  # the rule's measure, where it has one
+    pa.field("reason", pa.string()),  # why, in words: the measure against the limit, the validator's message ...
     pa.field("match", pa.string()),  # the kept duplicate's id, or the eval item (file#row) that was matched
+    pa.field("raw_text", pa.string()),  # the teacher's answer that was rejected (LLM stages)
 ]
 
 
-def reject_table(records: pa.Table, stage: str, rule: list[str], score: list[float] | np.ndarray, reason: list[str], match: list[str | None]) -> pa.Table:
+def reject_schema(row_fields: Sequence[pa.Field]) -> pa.Schema:
+    """The rejects of rows shaped ``row_fields``: those fields, then :data:`REJECT_FIELDS`."""
+    names = {field.name for field in REJECT_FIELDS}
+    return pa.schema([field for field in row_fields if field.name not in names] + REJECT_FIELDS)
+
+
+def reject_table(
+    records: pa.Table,
+    stage: str,
+    rule: Sequence[str],
+    score: Sequence[float] | np.ndarray,
+    reason: Sequence[str],
+    match: Sequence[str | None],
+    raw_text: Sequence[str | None] | None = None,
+) -> pa.Table:
     """``records`` with the reject columns appended (one row per dropped record)."""
     extra = {
         "stage": pa.array([stage] * records.num_rows, pa.string()),
@@ -39,6 +56,7 @@ def reject_table(records: pa.Table, stage: str, rule: list[str], score: list[flo
         "score": pa.array(np.asarray(score, dtype=np.float64), pa.float64()),
         "reason": pa.array(reason, pa.string()),
         "match": pa.array(match, pa.string()),
+        "raw_text": pa.array(raw_text if raw_text is not None else [None] * records.num_rows, pa.string()),
     }
     for name, values in extra.items():
         if name in records.column_names:

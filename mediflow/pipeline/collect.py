@@ -10,9 +10,31 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from mediflow.pipeline.output import RunOutput
+
+
+class Collects(Protocol):
+    """Where :class:`~mediflow.pipeline.flow.GroupFlow` hands finished items."""
+
+    def is_finished(self, position: int) -> bool: ...
+
+    def add(self, position: int, kind: str, row: dict[str, Any]) -> None: ...
+
+
+class PassCollector:
+    """A batch-mode pass's collector (:mod:`mediflow.batch.runner`): it knows the committed shards and
+    keeps nothing, since a pass only collects the requests still missing and writes no record."""
+
+    def __init__(self, collector: ShardCollector) -> None:
+        self._collector = collector
+
+    def is_finished(self, position: int) -> bool:
+        return self._collector.is_finished(position)
+
+    def add(self, position: int, kind: str, row: dict[str, Any]) -> None:
+        """Dropped: the last pass, which runs online from the full cache, makes the records."""
 
 
 class ShardCollector:

@@ -12,8 +12,10 @@ them, and the figures are scaled to the whole plan:
 - completion tokens: a document of the middle of its type's ``typical_length`` at
   :data:`TOKENS_PER_WORD`, capped by the stage's ``max_tokens``; instructions and answers at
   :data:`EXPECTED_INSTRUCTION_TOKENS` / :data:`EXPECTED_RESPONSE_TOKENS`, capped likewise;
-- cost at ``prices.input_per_1k`` / ``output_per_1k``; time at ``limits.rpm`` / ``tpm`` (the
-  slower of the two buckets).
+- cost at ``prices.input_per_1k`` / ``output_per_1k``, online and through the provider's batch API
+  side by side (``prices.batch_*``, else the model's batch list price); time at ``limits.rpm`` /
+  ``tpm`` (the slower of the two buckets) online, and in batch mode one completion window per
+  round of the request chain.
 
 ``--plan-out plan.parquet`` writes every plan item with its case (streamed in batches, written to a
 temporary file and renamed), and nothing else. With ``--shard K/N`` both are of that share only (its
@@ -94,6 +96,8 @@ class DryRunReport:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float | None
+    #: The same tokens bought through the provider's batch API (``mode: batch``).
+    batch_cost_usd: float | None
     priced_by: str
     minutes: float | None
     limited_by: str | None
@@ -101,6 +105,10 @@ class DryRunReport:
     #: ``"K/N"`` when the figures are one share's (``--shard``), and the whole plan's item count.
     share: str | None = None
     plan_items: int = 0
+    mode: str = "online"
+    #: Rounds of batches a batch run waits for at least (document, instruction, response), and the window of each.
+    batch_rounds: int = 0
+    completion_window: str = "24h"
 
     def lines(self) -> list[str]:
         """The report as printed lines."""
@@ -120,18 +128,21 @@ class DryRunReport:
         for item, case in self.sample:
             conditions = "; ".join(f"{c.code} {c.description}" + ("" if c.role == "primary" else f" [{c.role}]") for c in case.conditions)
             drugs = f"; drugs: {', '.join(case.drugs)}" if case.drugs else ""
-            out.append(f"  {item.task} / {item.document_type}: {case.age}y {case.sex}, {case.setting}, {case.acuity}: {conditions}{drugs}")
+            who = f"population: {case.population}" if case.population else f"{case.age}y {case.sex}, {case.setting}, {case.acuity}"
+            out.append(f"  {item.task} / {item.document_type}: {who}: {conditions}{drugs}")
         corrections = f" (+ up to {self.max_correction_requests:,} JSON correction turns)" if self.max_correction_requests else ""
         out.append(f"requests: {self.requests:,}{corrections}")
         out.append(f"expected tokens: {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion")
-        out.append(
-            "expected cost: "
-            + (f"${self.cost_usd:,.2f} at {self.priced_by}" if self.cost_usd is not None else "unknown (set prices.input_per_1k and prices.output_per_1k)")
-        )
-        out.append(
-            "expected time: "
-            + (f"{self.minutes:,.1f} min at the configured {self.limited_by}" if self.minutes is not None else "not bounded by the config (set limits.rpm / limits.tpm)")
-        )
+        chosen = {"online": " <- this config (mode: online)", "batch": " <- this config (mode: batch)"}
+        if self.cost_usd is None:
+            out.append("expected cost: unknown (set prices.input_per_1k and prices.output_per_1k)")
+        else:
+            out.append(f"expected cost at {self.priced_by}:")
+            out.append(f"  online: ${self.cost_usd:,.2f}" + (chosen["online"] if self.mode == "online" else ""))
+            batch = f"${self.batch_cost_usd:,.2f}" if self.batch_cost_usd is not None else "unknown (set prices.batch_input_per_1k and prices.batch_output_per_1k)"
+            out.append(f"  batch:  {batch}" + (chosen["batch"] if self.mode == "batch" else ""))
+        online_time = f"{self.minutes:,.1f} min at the configured {self.limited_by}" if self.minutes is not None else "not bounded by the config (set limits.rpm / limits.tpm)"
+        out.append(f"expected time: online {online_time}; batch: {self.batch_rounds}+ rounds (one per step of the request chain), each answered within the {self.completion_window} completion window")
         out.append("nothing was sent and nothing was written")
         return out
 
@@ -160,9 +171,16 @@ def dry_run(config: RunConfig, sample_cases: int = 5) -> DryRunReport:
     prompt = round(per_item_prompt * items)
     completion = round(per_item_completion * items)
     prices = config.prices
-    price = price_per_1k(config.teacher.spec.partition(":")[2], prices.input_per_1k, prices.output_per_1k)
+    model = config.teacher.spec.partition(":")[2]
+    price = price_per_1k(model, prices.input_per_1k, prices.output_per_1k)
+    batch_price = price_per_1k(
+        model, prices.input_per_1k, prices.output_per_1k, mode="batch",
+        batch_input_override=prices.batch_input_per_1k, batch_output_override=prices.batch_output_per_1k,
+    )
     cost = None if price is None else prompt / 1000 * price[0] + completion / 1000 * price[1]
-    priced_by = "the configured prices" if prices.input_per_1k is not None or prices.output_per_1k is not None else "the list price of the model"
+    batch_cost = None if batch_price is None else prompt / 1000 * batch_price[0] + completion / 1000 * batch_price[1]
+    configured = any(value is not None for value in (prices.input_per_1k, prices.output_per_1k, prices.batch_input_per_1k, prices.batch_output_per_1k))
+    priced_by = "the configured prices" if configured else f"the list prices of {model or config.teacher.spec}"
     minutes, limited_by = None, None
     bounds = []
     if config.limits.rpm:
@@ -184,12 +202,16 @@ def dry_run(config: RunConfig, sample_cases: int = 5) -> DryRunReport:
         prompt_tokens=prompt,
         completion_tokens=completion,
         cost_usd=cost,
+        batch_cost_usd=batch_cost,
         priced_by=priced_by,
         minutes=minutes,
         limited_by=limited_by,
         sample=list(zip(sampled, cases))[:sample_cases],
         share=str(Share.parse(config.shard)) if config.shard else None,
         plan_items=len(plan),
+        mode=config.mode,
+        batch_rounds=len(config.stages),
+        completion_window=config.batch.completion_window,
     )
 
 

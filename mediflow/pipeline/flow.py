@@ -10,17 +10,16 @@ committed are not redone. A group's instruction call is counted in the usage of 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import datetime
 
 from mediflow.cases import Case
 from mediflow.config import RunConfig
-from mediflow.pipeline.collect import ShardCollector
+from mediflow.pipeline.collect import Collects
 from mediflow.pipeline.plan import InstructionGroup, PlanItem
 from mediflow.pipeline.rows import record_row, reject_row, usage
 from mediflow.pipeline.stages import Stages
-from mediflow.steps import StepResult
+from mediflow.steps import StepResult, gather_all
 from mediflow.teachers.base import ChatResponse
 
 
@@ -30,7 +29,7 @@ class GroupFlow:
     def __init__(
         self,
         stages: Stages,
-        collector: ShardCollector,
+        collector: Collects,
         config: RunConfig,
         *,
         teacher: str,
@@ -57,16 +56,16 @@ class GroupFlow:
         documents: list[StepResult[str]]
         instruction: StepResult[str] | None = None
         if "instruction" not in self.config.stages:
-            documents = list(await asyncio.gather(*(self.stages.document(i, c) for i, c in zip(group.items, cases))))
+            documents = await gather_all(*(self.stages.document(i, c) for i, c in zip(group.items, cases)))
         elif self.config.documents_per_instruction > 1:  # reused: written for the types, alongside the documents
-            *documents, instruction = await asyncio.gather(
+            *documents, instruction = await gather_all(
                 *(self.stages.document(i, c) for i, c in zip(group.items, cases)), self.stages.instruction(group, None)
             )
         else:  # one document, one instruction written on it
             documents = [await self.stages.document(group.items[0], cases[0])]
             if documents[0].ok:
                 instruction = await self.stages.instruction(group, documents[0].value)
-        await asyncio.gather(
+        await gather_all(
             *(
                 self._finish(item, case, document, instruction, charged=(index == 0))
                 for index, (item, case, document) in enumerate(zip(group.items, cases, documents))
@@ -96,7 +95,7 @@ class GroupFlow:
                 self._reject(item, case, "response", answer, instruction.value, document.value, responses)
         self.on_item_done()
 
-    def _record(self, item: PlanItem, case: Case, instruction: str | None, document: str, output: str | None, responses: list) -> None:
+    def _record(self, item: PlanItem, case: Case, instruction: str | None, document: str, output: str | None, responses: list[ChatResponse]) -> None:
         row = record_row(
             item,
             instruction=instruction,
@@ -119,7 +118,7 @@ class GroupFlow:
         result: StepResult[str],
         instruction: str | None,
         document: str | None,
-        responses: list,
+        responses: list[ChatResponse],
     ) -> None:
         row = reject_row(
             item,

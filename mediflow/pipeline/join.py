@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from mediflow.engine.cache import ResponseCache
 from mediflow.errors import MediflowError
 from mediflow.folders import OutputFolder, check_no_overlap, read_manifest
 from mediflow.pipeline.collect import shard_summary
@@ -117,8 +118,6 @@ def _join_range(shares: Sequence[RunOutput], index: int, started_at: datetime) -
 
 def _merge_caches(target: Path, sources: Sequence[Path]) -> None:
     """Every share's teacher answers into one cache, so the joined folder reruns and extends for free."""
-    from mediflow.engine.cache import ResponseCache
-
     ResponseCache(target).close()  # creates the table
     db = sqlite3.connect(target)
     try:

@@ -5,7 +5,7 @@ The folder is an :class:`~mediflow.folders.OutputFolder` of kind ``generate``::
     OUT/
       data/part-00000.parquet    accepted records of plan items [0, S), in plan order (GENERATION_SCHEMA)
       data/part-00001.parquet    ... of [S, 2S)
-      rejects.parquet            every item kept out of the data, with stage, reason and raw text
+      rejects.parquet            every item kept out of the data, with stage, rule, reason and raw text (the one reject schema)
       manifest.json              the typed manifest: config (no secrets), status, counts, plus versions, usage, cost
       cache.sqlite               the engine's cache of every teacher answer (what makes resume free)
       .parts/                    per-shard rejects and summaries, folded into rejects.parquet / manifest.json
@@ -28,16 +28,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mediflow.folders import CACHE_NAME, DATA_DIR, REJECTS_NAME, OutputFolder, shard_name, write_json, write_parquet
+from mediflow.folders import CACHE_NAME, DATA_DIR, REJECTS_NAME, OutputFolder, reject_schema, shard_name, write_json, write_parquet
 from mediflow.folders.output import PARTS_DIR
 from mediflow.records import GENERATION_SCHEMA, rows_to_table
 
-REJECT_SCHEMA = pa.schema(
+#: generate's rejects: the plan item (and what was made of it before it failed), in the one reject schema.
+REJECT_SCHEMA = reject_schema(
     [
         pa.field("item_id", pa.string(), nullable=False),
-        pa.field("stage", pa.string()),
-        pa.field("reason", pa.string()),
-        pa.field("raw_text", pa.string()),
         pa.field("cell", pa.string()),
         pa.field("task_type", pa.string()),
         pa.field("input_data", pa.string()),
@@ -102,7 +100,8 @@ class RunOutput:
 
     def read_summary(self, index: int) -> dict[str, Any]:
         """The summary of finished shard ``index``."""
-        return json.loads((self.parts_dir / f"summary-{index:05d}.json").read_text(encoding="utf-8"))
+        summary: dict[str, Any] = json.loads((self.parts_dir / f"summary-{index:05d}.json").read_text(encoding="utf-8"))
+        return summary
 
     def summaries(self) -> Iterator[dict[str, Any]]:
         """The summaries of the finished shards."""
@@ -118,4 +117,4 @@ class RunOutput:
         ]
         table = pa.concat_tables(tables) if tables else REJECT_SCHEMA.empty_table()
         write_parquet(self.rejects_path, table)
-        return table.num_rows
+        return int(table.num_rows)

@@ -16,8 +16,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mediflow.config import RunConfig
+from mediflow.config import TEACHER_ROLE, RunConfig
+from mediflow.pipeline.flow import GroupFlow
+from mediflow.pipeline.output import RunOutput
 from mediflow.pipeline.plan import InstructionGroup
+from mediflow.pipeline.stages import Stages
+from mediflow.steps import open_engine
+from mediflow.taxonomy import load_taxonomy
+from mediflow.teachers.negotiation import capabilities_by_role
 
 #: One finished item as it travels back to the driver: (plan position, "record" | "reject", row).
 ItemRow = tuple[int, str, dict[str, Any]]
@@ -46,27 +52,15 @@ class GenerateWork:
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[_GroupWorker]:
-        from mediflow.engine import Engine
-        from mediflow.pipeline.flow import GroupFlow
-        from mediflow.pipeline.output import RunOutput
-        from mediflow.pipeline.stages import Stages
-        from mediflow.scale.ray_runner import actor_limits
-        from mediflow.taxonomy import load_taxonomy
-        from mediflow.teachers.factory import teacher_from
 
         config = self.config
         taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
-        limits, share = actor_limits(config.limits, self.actors)
-        teacher = teacher_from(config.teacher, limits)
-        try:
-            engine = Engine(teacher, RunOutput(config.output.dir).cache_path, limits, prices=config.prices, progress=False, limit_share=share)
+        cache = RunOutput(config.output.dir).cache_path
+        async with open_engine(config.teacher, cache, config.limits, prices=config.prices, actors=self.actors) as engine:
             stages = Stages(engine, taxonomy, config)
             rows = _GroupRows()
-            async with engine:
-                flow = GroupFlow(stages, rows, config, teacher=teacher.name, created_at=self.created_at, cost_of=engine.cost_usd)  # type: ignore[arg-type]
-                yield _GroupWorker(flow, rows, engine, teacher)
-        finally:
-            await teacher.aclose()
+            flow = GroupFlow(stages, rows, config, teacher=engine.teacher.name, created_at=self.created_at, cost_of=engine.cost_usd)
+            yield _GroupWorker(flow, rows, engine, engine.teacher)
 
 
 class _GroupWorker:
@@ -82,7 +76,4 @@ class _GroupWorker:
 
     def stats(self) -> dict[str, Any]:
         """The engine's running totals, and what this actor's teacher negotiated with the server."""
-        from mediflow.pipeline.run import ROLE
-        from mediflow.teachers.negotiation import capabilities_by_role
-
-        return {**self.engine.stats.as_dict(), "teacher_capabilities": capabilities_by_role({ROLE: self.teacher})}
+        return {**self.engine.stats.as_dict(), "teacher_capabilities": capabilities_by_role({TEACHER_ROLE: self.teacher})}

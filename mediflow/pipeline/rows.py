@@ -14,6 +14,7 @@ from typing import Any
 
 from mediflow.pipeline.plan import PlanItem
 from mediflow.records import content_id, record_id, to_messages
+from mediflow.steps.contract import TRUNCATED
 from mediflow.teachers.base import ChatResponse
 
 
@@ -101,6 +102,7 @@ def reject_row(
     return {
         "item_id": item_id(run_seed, item),
         "stage": stage,
+        "rule": TRUNCATED if reason.startswith(TRUNCATED) else f"{stage}_failed",
         "reason": reason,
         "raw_text": raw_text,
         "cell": item.cell,

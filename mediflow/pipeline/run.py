@@ -11,6 +11,11 @@ With ``engine: ray`` the groups are mapped over Ray Data actors instead
 ``shard: K/N`` the run makes one deterministic share of the plan (:mod:`mediflow.pipeline.share`);
 ``mediflow join`` puts the shares back together.
 
+With ``mode: batch`` the teacher's calls are bought through the provider's batch API: before the
+run proper, rounds of passes over the pending groups defer every cache miss into batch files, and
+their answers fill the cache (:mod:`mediflow.batch.runner`); the run then makes its records from
+the cache exactly as an online run would from the same answers.
+
 The output is an :class:`~mediflow.folders.OutputFolder` of kind ``generate`` (guarded and
 locked before anything is written; another config's run there is refused unless ``overwrite``).
 Resume is a rerun: the engine's cache (``OUT/cache.sqlite``) answers every request already
@@ -32,23 +37,25 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
-from mediflow.config import RunConfig, load_config
+from mediflow.batch.providers import batch_api_of
+from mediflow.batch.runner import check_recorded_batches, fill_cache_in_batches
+from mediflow.config import TEACHER_ROLE, RunConfig, load_config
 from mediflow.engine import Engine
 from mediflow.errors import TeacherError
 from mediflow.folders import CACHE_NAME, OutputFolder, open_input
 from mediflow.folders.output import DATASETS_CACHE
-from mediflow.pipeline.collect import ShardCollector
+from mediflow.pipeline.collect import PassCollector, ShardCollector
 from mediflow.pipeline.flow import GroupFlow
 from mediflow.pipeline.output import RunOutput
 from mediflow.pipeline.plan import InstructionGroup, Plan, build_plan
+from mediflow.pipeline.ray_generate import GenerateWork
 from mediflow.pipeline.share import Share
 from mediflow.pipeline.stages import Stages
 from mediflow.records import GENERATION_SCHEMA, content_id
-from mediflow.steps import map_ordered
+from mediflow.scale.ray_runner import RayRun, check_ray, ray_session
+from mediflow.steps import map_ordered, open_engine
 from mediflow.sync import run_sync
 from mediflow.taxonomy import load_taxonomy
-from mediflow.teachers.base import Teacher
-from mediflow.teachers.factory import teacher_from
 from mediflow.teachers.negotiation import capabilities_by_role
 from mediflow.terminology import ICD10CM_RELEASE
 
@@ -56,10 +63,6 @@ if TYPE_CHECKING:
     import datasets
 
     from mediflow.scale.ray_runner import RayRun
-
-
-#: The generator's role in the manifest's ``teacher_capabilities`` (the config key of its section).
-ROLE = "teacher"
 
 
 @dataclass
@@ -98,8 +101,6 @@ def _share_counts(plan: Plan, share: Share, shard_size: int) -> tuple[Counter[in
 
 
 def _ray_run(groups: list[InstructionGroup], config: RunConfig, created_at: datetime) -> RayRun:
-    from mediflow.pipeline.ray_generate import GenerateWork
-    from mediflow.scale.ray_runner import RayRun
 
     work = GenerateWork(config, created_at, config.ray.actors)
     return RayRun(groups, work, config.ray)
@@ -151,13 +152,10 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
     share = Share.parse(config.shard) if config.shard else None
     share_counts, share_groups = _share_counts(plan, share, config.output.shard_size) if share else (None, 0)
     if config.engine == "ray":
-        from mediflow.scale.ray_runner import check_ray
-
         check_ray(config.ray)
     out = Path(config.output.dir)
-    teacher = teacher_from(config.teacher, config.limits)
-    try:
-        engine = Engine(teacher, out / CACHE_NAME, config.limits, prices=config.prices, progress=config.progress)
+    async with open_engine(config.teacher, out / CACHE_NAME, config.limits, prices=config.prices, progress=config.progress) as engine:
+        teacher = engine.teacher
         stages = Stages(engine, taxonomy, config)
         unsharded_fingerprint = content_id(
             plan.id,
@@ -188,16 +186,19 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
             details["shard"] = {"share": str(share), "unsharded_fingerprint": unsharded_fingerprint, "unsharded_items": len(plan)}
         plain = config.to_dict()
         taxonomy_paths = [Path(p) for p in (config.taxonomy, config.prompts) if p]
-        # a folder we may not write is refused first, offline; then the teacher is asked (nothing written yet)
+        # a folder we may not write is refused first, offline; then the teacher is asked (nothing written yet:
+        # the engine opens its cache in the folder on its first request)
         OutputFolder.check(out, kind="generate", config=plain, fingerprint=fingerprint, input_paths=taxonomy_paths, overwrite=overwrite)
         await teacher.check()  # a dead server or unknown model: one line, nothing written
+        if config.mode == "batch":  # a server without a batch API, a recorded batch of another run: one line, nothing written
+            api = batch_api_of(teacher, config.batch, TEACHER_ROLE)
+            await api.check()
+            await check_recorded_batches(out, {TEACHER_ROLE: api})
         folder = OutputFolder.open(
             out, kind="generate", config=plain, fingerprint=fingerprint, input_paths=taxonomy_paths, overwrite=overwrite, staged=False, details=details
         )
         with folder:
-            return await _generate(config, plan, share, share_counts, folder, engine, stages, teacher)
-    finally:
-        await teacher.aclose()
+            return await _generate(config, plan, share, share_counts, folder, engine, stages)
 
 
 async def _generate(
@@ -208,7 +209,6 @@ async def _generate(
     folder: OutputFolder,
     engine: Engine,
     stages: Stages,
-    teacher: Teacher,
 ) -> RunSummary:
     """The run itself, inside the locked folder (its manifest says ``running``)."""
     output = RunOutput(folder.root, folder)
@@ -216,47 +216,67 @@ async def _generate(
     collector = ShardCollector(output, len(plan), config.output.shard_size, output.finished(), share_counts)
     workers = -(-(config.records_in_flight or 2 * config.limits.concurrency) // config.documents_per_instruction)
     status, stop_reason = "finished", None
-    async with engine:
-        flow = GroupFlow(
-            stages,
-            collector,
-            config,
-            teacher=teacher.name,
-            created_at=created_at,
-            cost_of=engine.cost_usd,
-            on_item_done=engine.progress.advance,
-        )
-        groups = share.select(plan.groups()) if share else plan.groups()
-        todo = (group for group in groups if flow.pending(group))
-        ray_run = _ray_run(list(todo), config, created_at) if config.engine == "ray" else None
-        engine.progress.set_total(folder.manifest.details["plan"]["items"] - collector.finished_items)
+    teacher = engine.teacher
+    flow = GroupFlow(
+        stages,
+        collector,
+        config,
+        teacher=teacher.name,
+        created_at=created_at,
+        cost_of=engine.cost_usd,
+        on_item_done=engine.progress.advance,
+    )
+    groups = share.select(plan.groups()) if share else plan.groups()
+    todo = (group for group in groups if flow.pending(group))
+    ray_run = _ray_run(list(todo), config, created_at) if config.engine == "ray" else None
+    engine.progress.set_total(folder.manifest.details["plan"]["items"] - collector.finished_items)
 
-        def finish(status: str, reason: str | None) -> RunSummary:
-            actors = ray_run.teacher_capabilities if ray_run is not None else []
-            folder.manifest.teacher_capabilities = capabilities_by_role({ROLE: teacher}, actors, folder.previous)
-            return finish_run(output, status, reason, engine.stats.as_dict() if ray_run is None else ray_run.session)
+    def finish(status: str, reason: str | None) -> RunSummary:
+        actors = ray_run.teacher_capabilities if ray_run is not None else []
+        folder.manifest.teacher_capabilities = capabilities_by_role({TEACHER_ROLE: teacher}, actors, folder.previous)
+        return finish_run(output, status, reason, engine.stats.as_dict() if ray_run is None else ray_run.session)
 
-        try:
-            if ray_run is None:
-                await _drive(todo, flow, workers)
-            else:
-                from mediflow.scale.ray_runner import ray_session
-
-                with ray_session(config.ray):  # in the main thread: Ray installs its signal handlers
-                    await asyncio.to_thread(_drive_on_ray, ray_run, collector, engine.progress.advance)
-        except TeacherError as exc:
-            status, stop_reason = "stopped", str(exc)
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            finish("stopped", "interrupted")
-            raise
-        # any other error propagates: the folder records it as failed, with why
-        summary = finish(status, stop_reason)
+    try:
+        if config.mode == "batch":
+            folder.manifest.details["batch"] = await _fill_in_batches(config, plan, share, folder, engine, flow, collector, workers)
+        if ray_run is None:
+            await _drive(todo, flow, workers)
+        else:
+            with ray_session(config.ray):  # in the main thread: Ray installs its signal handlers
+                await asyncio.to_thread(_drive_on_ray, ray_run, collector, engine.progress.advance)
+    except TeacherError as exc:
+        status, stop_reason = "stopped", str(exc)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        finish("stopped", "interrupted")
+        raise
+    # any other error propagates: the folder records it as failed, with why
+    summary = finish(status, stop_reason)
     if status == "stopped":
         raise TeacherError(
             f"{stop_reason}; kept {summary.records} records in {output.data_dir} "
             f"and every answer received in {output.cache_path}: rerun the same command to resume"
         )
     return summary
+
+
+async def _fill_in_batches(
+    config: RunConfig, plan: Plan, share: Share | None, folder: OutputFolder, engine: Engine, flow: GroupFlow, collector: ShardCollector, workers: int
+) -> dict[str, Any]:
+    """``mode: batch``: rounds of passes over the pending groups until the cache holds every answer the run needs.
+
+    A pass runs the groups through the same stages with a collector that keeps nothing
+    (:class:`PassCollector`): no record, reject or shard is written and no item counted as done
+    until the run proper, which then reads every answer from the cache.
+    """
+    passing = GroupFlow(flow.stages, PassCollector(collector), config, teacher=flow.teacher, created_at=flow.created_at, cost_of=engine.cost_usd)
+
+    def units() -> Iterator[InstructionGroup]:
+        groups = share.select(plan.groups()) if share else plan.groups()
+        return (group for group in groups if flow.pending(group))
+
+    return await fill_cache_in_batches(
+        folder.root, "generate", {TEACHER_ROLE: engine}, {TEACHER_ROLE: config.teacher}, config.batch, units, passing.run, window=workers, progress=engine.progress
+    )
 
 
 def finish_run(output: RunOutput, status: str, stop_reason: str | None, session: dict[str, Any]) -> RunSummary:

@@ -18,11 +18,21 @@ import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from mediflow.errors import ConfigError
-from mediflow.pipeline.plan import InstructionGroup
 
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+class Keyed(Protocol):
+    """What a share selects by: an instruction group's content key (:class:`~mediflow.pipeline.plan.InstructionGroup`)."""
+
+    @property
+    def key(self) -> str: ...
+
+
+Group = TypeVar("Group", bound=Keyed)
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,6 @@ class Share:
         digest = hashlib.blake2b(group_key.encode("utf-8"), digest_size=8).digest()
         return int.from_bytes(digest, "big") % self.count == self.index - 1
 
-    def select(self, groups: Iterable[InstructionGroup]) -> Iterator[InstructionGroup]:
+    def select(self, groups: Iterable[Group]) -> Iterator[Group]:
         """The groups of this share, in plan order (positions unchanged)."""
         return (group for group in groups if self.holds(group.key))

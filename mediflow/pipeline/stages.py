@@ -20,9 +20,9 @@ from typing import Any
 from mediflow.cases import Case, CaseSampler, load_case_book
 from mediflow.config import RunConfig, SamplingConfig
 from mediflow.pipeline.plan import InstructionGroup, PlanItem
-from mediflow.pipeline.structured import CompletesChat
 from mediflow.prompts import PromptTemplate, load_prompts
 from mediflow.steps import Answer, LLMStep, Reject, StepResult, ask
+from mediflow.steps.structured import CompletesChat
 from mediflow.taxonomy import DifficultyLevel, Taxonomy
 from mediflow.teachers.base import ChatRequest
 

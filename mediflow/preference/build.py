@@ -14,14 +14,17 @@ The run::
         cache.sqlite           every teacher answer, every engine's (a rerun re-pays nothing)
 
 Every record tried ends up in exactly one of the two files, so ``kept + dropped == tried``.
+
+With ``mode: batch`` every teacher call (rewrites, candidate answers, the pair judge, their
+correction turns) is bought through the providers' batch APIs first, in rounds, one batch file per
+distinct teacher (:mod:`mediflow.batch.runner`); the pairs are then made from the cache as online.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from mediflow.batch.runner import fill_cache_in_batches
 from mediflow.engine import Engine
 from mediflow.folders import OutputFolder, StagedWriter, open_input, reject_table
 from mediflow.preference.candidates import AnswerSource, answer
@@ -42,10 +46,11 @@ from mediflow.preference.rows import PAIR_SCHEMA, pair_row
 from mediflow.preference.selection import select_best
 from mediflow.prompts import load_prompts
 from mediflow.records import JUDGE_SCORE_COLUMNS, RELEASED_COLUMNS
-from mediflow.steps import map_ordered
+from mediflow.scale.ray_runner import RayRun, add_stats, check_ray, in_order, ray_session
+from mediflow.steps import gather_all, map_ordered, open_engine
 from mediflow.sync import run_sync
 from mediflow.taxonomy import load_taxonomy
-from mediflow.teachers.factory import TeacherConfig, api_key_of, teacher_from
+from mediflow.teachers.config import TeacherConfig, api_key_of
 from mediflow.teachers.negotiation import capabilities_by_role
 
 #: Drop reasons decided here (the margin rule, the hard checks and injection add their own).
@@ -95,8 +100,6 @@ async def build_pairs_async(
     for role, section in _roles(config):
         api_key_of(section, role)  # an unset key variable fails here, before anything is written
     if config.engine == "ray":
-        from mediflow.scale.ray_runner import check_ray
-
         check_ray(config.ray)
     records = data.read(_INPUT_COLUMNS)
     selection = select_best(records, min_score=config.min_score, top_fraction=config.top_fraction)
@@ -104,7 +107,7 @@ async def build_pairs_async(
     schemas = _task_schemas(config)
     prompts = load_prompts(config.prompts_path)
     kinds = load_error_kinds(config.error_kinds_path)
-    folder = OutputFolder.open(Path(out_dir), kind=STAGE, config=config.to_dict(), inputs=[data.ref()], overwrite=overwrite)
+    folder = OutputFolder.open(Path(out_dir), kind=STAGE, holds="pairs", config=config.to_dict(), inputs=[data.ref()], overwrite=overwrite)
     with folder:
         output = StagedWriter(folder)
         try:
@@ -128,7 +131,8 @@ async def _build(
     dropped, error_types = Counter[str](), Counter[str]()
     outcomes: list[Outcome] = []
     stored = 0
-    async with _outcomes(tried, config, folder.cache_path, schemas, prompts, kinds) as (results, usage_of, capabilities_of):
+    batch: dict[str, Any] = {}
+    async with _outcomes(tried, config, folder, schemas, prompts, kinds, batch) as (results, usage_of, capabilities_of):
         async for outcome in results:
             outcomes.append(outcome)
             if len(outcomes) == _CHUNK:
@@ -138,7 +142,7 @@ async def _build(
             _store(output, tried.slice(stored, len(outcomes)), outcomes, dropped, error_types)
         usage = usage_of()
         folder.manifest.teacher_capabilities = capabilities_by_role({}, capabilities_of(), folder.previous)
-    manifest = _manifest(config, selection, tried.num_rows, output.kept, dropped, error_types, usage, prompts, kinds)
+    manifest = {**_manifest(config, selection, tried.num_rows, output.kept, dropped, error_types, usage, prompts, kinds), **batch}
     counts = {"in": selection.considered, "tried": tried.num_rows, "kept": output.kept, "rejected": tried.num_rows - output.kept}
     output.publish(PAIR_SCHEMA, counts, manifest)
     return PairsResult(folder.root, tried.num_rows, output.kept, dict(dropped), folder.manifest.to_dict())
@@ -146,19 +150,37 @@ async def _build(
 
 @asynccontextmanager
 async def _outcomes(
-    tried: pa.Table, config: PairsConfig, cache: Path, schemas: Mapping[str, dict[str, Any]], prompts: Any, kinds: tuple[ErrorKind, ...]
+    tried: pa.Table,
+    config: PairsConfig,
+    folder: OutputFolder,
+    schemas: Mapping[str, dict[str, Any]],
+    prompts: Any,
+    kinds: tuple[ErrorKind, ...],
+    batch: dict[str, Any],
 ) -> AsyncIterator[tuple[AsyncIterator[Outcome], Callable[[], dict[str, Any]], Callable[[], list[dict[str, Any]]]]]:
     """Every tried record's outcome in record order, on this process's engines or on Ray actors; the usage;
-    and what the teachers negotiated with their servers (``{role: capabilities}`` per process)."""
-    records = (record for start in range(0, tried.num_rows, _CHUNK) for record in tried.slice(start, _CHUNK).to_pylist())
-    if config.engine == "ray":
-        from mediflow.scale.ray_runner import RayRun, in_order, ray_session
+    and what the teachers negotiated with their servers (``{role: capabilities}`` per process).
 
+    ``mode: batch``: first every answer is bought through provider batches (what the manifest records
+    of them goes into ``batch``)."""
+
+    def all_records() -> Iterator[dict[str, Any]]:
+        return (record for start in range(0, tried.num_rows, _CHUNK) for record in tried.slice(start, _CHUNK).to_pylist())
+
+    cache = folder.cache_path
+    records = all_records()
+    if config.engine == "ray":
         ray_run = RayRun(list(records), PairsWork(config, cache, schemas, prompts, kinds), config.ray)
         with ray_session(config.ray):
             yield in_order(ray_run), lambda: {"ray": ray_run.session}, lambda: ray_run.teacher_capabilities
         return
     async with open_pair_runner(config, cache, schemas, prompts, kinds) as (run, engines):
+        if config.mode == "batch":
+            by_role = {role: engines[name] for (role, _), name in zip(_roles(config), _engine_names(config))}
+            batch["batch"] = await fill_cache_in_batches(
+                folder.root, STAGE, by_role, dict(_roles(config)), config.batch, all_records, run,
+                window=2 * config.limits.concurrency, progress=engines["teacher"].progress,
+            )
         yield map_ordered(run, records, 2 * config.limits.concurrency), lambda: _usage(engines), lambda: [_capabilities(config, engines)]
 
 
@@ -213,8 +235,6 @@ class _PairsWorker:
         return await self._run(record)
 
     def stats(self) -> dict[str, Any]:
-        from mediflow.scale.ray_runner import add_stats
-
         total: dict[str, Any] = {}
         for engine in {id(engine): engine for engine in self.engines.values()}.values():
             total = add_stats(total, engine.stats.as_dict())
@@ -249,20 +269,13 @@ async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path,
 
     With ``actors`` > 1 (``engine: ray``) each engine gets its actor's share of the limits.
     """
-    from mediflow.scale.ray_runner import actor_limits
-
-    limits, share = actor_limits(config.limits, actors)
     progress = config.progress and actors == 1
     opened: dict[tuple[str, str | None, str | None], Engine] = {}
     engines: dict[str, Engine] = {}
     for (role, section), name in zip(_roles(config), _engine_names(config)):
         identity = (section.spec, section.base_url, section.api_key_env)
         if identity not in opened:
-            teacher = teacher_from(section, limits, where=role)
-            stack.push_async_callback(teacher.aclose)
-            opened[identity] = await stack.enter_async_context(
-                Engine(teacher, cache, limits, progress=progress, limit_share=share)
-            )
+            opened[identity] = await stack.enter_async_context(open_engine(section, cache, config.limits, where=role, progress=progress, actors=actors))
         engines[name] = opened[identity]
     return engines
 
@@ -314,7 +327,7 @@ async def _candidates_one(
 ) -> Outcome:
     schema = schemas.get(record.get("task_type") or "")
     texts = [record.get("output") or ""]
-    texts += await asyncio.gather(*(answer(source, record, schema, max_tokens=config.max_tokens, seed=config.seed) for source in sources))
+    texts += await gather_all(*(answer(source, record, schema, max_tokens=config.max_tokens, seed=config.seed) for source in sources))
     names = [record.get("teacher") or "original"] + [source.name for source in sources]
     verdict = await judge.score(record, texts, record["id"])
     if verdict.scores is None:

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mediflow.pipeline.structured import CompletesChat
 from mediflow.records import to_messages
 from mediflow.steps import Answer, LLMStep, ask
+from mediflow.steps.structured import CompletesChat
 from mediflow.teachers.base import ChatRequest
 
 

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from mediflow.batch.config import BatchConfig, Mode, check_mode, mode_option
 from mediflow.configuration import Config, option
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError
 from mediflow.scale.config import EngineKind, RayConfig
-from mediflow.teachers.factory import TeacherConfig, teacher_aliases
+from mediflow.teachers.config import TeacherConfig, teacher_aliases
 
 METHODS: tuple[str, ...] = ("inject", "candidates")
 
@@ -76,10 +77,14 @@ class PairsConfig(Config):
     progress: bool = option(True, "show a progress bar")
     engine: EngineKind = option("local", "local: one asyncio process; ray: Ray Data actors (see the ray section)")
     ray: RayConfig = option(RayConfig(), "the Ray engine (engine: ray)")
+    mode: Mode = mode_option()
+    batch: BatchConfig = option(BatchConfig(), "batch mode: file limits, batches in flight, polling (mode: batch)")
 
     def check(self) -> None:
         if self.method == "candidates" and not self.candidate_sources and self.hot_samples < 1:
             raise ConfigError("method 'candidates' needs at least one candidate source or hot_samples >= 1")
+        for section in (self.teacher, self.judge, *(source.teacher for source in self.candidate_sources)):
+            check_mode(self.mode, section.spec, self.engine, "")
 
     @property
     def judge(self) -> TeacherConfig:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from mediflow.errors import MediflowError
+from mediflow.preference.icd10 import valid_codes_in
 from mediflow.resources import prompts_dir
 from mediflow.textfiles import read_text
 
@@ -97,8 +98,6 @@ def _parse_kind(file: Path, index: int, entry: Any) -> ErrorKind:
 
 
 def _has_icd10_code(output: str) -> bool:
-    from mediflow.preference.icd10 import valid_codes_in
-
     return bool(valid_codes_in(output))
 
 

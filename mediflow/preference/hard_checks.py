@@ -14,9 +14,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from mediflow.pipeline.structured import check_json
 from mediflow.preference.icd10 import invalid_codes_in
 from mediflow.records import canonical_json
+from mediflow.steps.structured import check_json
 
 #: Drop reasons of the hard checks.
 INDISTINGUISHABLE = "hard_checks_indistinguishable"

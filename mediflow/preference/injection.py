@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mediflow.pipeline.structured import CompletesChat
 from mediflow.preference.error_kinds import ErrorKind
 from mediflow.preference.icd10 import swap_for_sibling
 from mediflow.steps import Answer, PromptStep, ask
+from mediflow.steps.structured import CompletesChat
 from mediflow.teachers.base import ChatRequest
 
 INJECTION_PROMPT = "error_injection"

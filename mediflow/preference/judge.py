@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mediflow.pipeline.structured import CompletesChat
 from mediflow.steps import Answer, PromptStep, run_step
+from mediflow.steps.structured import CompletesChat
 from mediflow.teachers.base import ChatRequest
 
 PAIR_JUDGE_PROMPT = "pair_judge"

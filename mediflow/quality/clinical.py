@@ -11,32 +11,36 @@ What counts as distinguishing is data: ``taxonomies/clinical_tokens.yaml`` maps 
 class they are compared as (``he``/``man``/``male`` are one sex; ``two``/``2`` one number;
 ``mg``/``milligrams`` one unit) and lists organs; drugs are the real drug vocabulary's names and
 conditions the ICD-10-CM descriptions' words (:mod:`mediflow.terminology`); numbers and codes are
-found by pattern. Numbers
-and codes must agree exactly (a typo in a value is a different value); a distinguishing *word*
-that a typo turned into an unknown word (``metformin`` -> ``metfromin``) is excused.
+found by pattern. The same YAML holds the abbreviation, symbol, synonym and contraction table
+that :class:`~mediflow.quality.text.CanonicalForms` writes every text in before anything is
+compared, so ``pt`` and ``patient``, ``w/`` and ``with``, ``%`` and ``percent`` are one word.
+
+Facts are compared as multisets, so sentence order never matters, and a negation is compared with
+what it negates inside its own sentence. Numbers and codes must agree exactly by default (a typo in
+a value is another value; ``values: lenient`` excuses one edit in a value); a distinguishing word
+misspelled (one edit or transposition per five letters, words of four letters or more), split in
+two or run into the next word is excused, and so is one dropped word when nothing replaces it.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import yaml
 from rapidfuzz.distance import OSA
 
 from mediflow import terminology
 from mediflow.errors import ConfigError
-from mediflow.quality.text import hash_strings, splitmix64
+from mediflow.quality.text import CanonicalForms, CanonicalTokens, canonical_tokens
 from mediflow.resources import taxonomies_dir
 
-#: Words; a token holding a digit (a value, a code such as ``e11.9``) is left to value_fingerprints.
-_TOKEN = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?|%")
 _DIGIT = re.compile(r"\d")
 #: Sections compared as counts of each class; ``sex`` is compared as a set (pronouns come and go with rewording).
 _COUNTED_SECTIONS = ("laterality", "negation", "units", "frequency", "route")
@@ -46,16 +50,17 @@ _MIN_TYPO_WORD = 4  # a shorter word changed by one letter is another word (he/s
 _UNSEEN = object()
 _VALUE = ("value", "")
 _MIN_CONDITION_WORD = 4  # shorter ICD-10-CM description words are function words and roman numerals
+#: Words a negation skips to reach what it negates ("no evidence of effusion": evidence, then effusion).
+_NEGATION_SKIPS = frozenset({"a", "an", "the", "any", "of", "known", "obvious", "further", "other", "new", "signs", "evidence"})
 
 
 @dataclass(frozen=True)
 class Lexicon:
     """What counts as distinguishing: phrases rewritten first, then word -> (section, class)."""
 
-    phrases: dict[str, str]  # abbreviation -> the words it stands for
+    forms: CanonicalForms  # abbreviation, symbol, synonym, contraction -> the canonical words every text is written in
     word_class: dict[str, tuple[str, str]]
     condition_stop_words: frozenset[str]
-    phrase_pattern: re.Pattern[str] | None
     negation_cues: frozenset[str]
     _items: dict[str, tuple[str, str] | None] = field(default_factory=dict, compare=False, repr=False)
     _distinguishing: set[str] = field(default_factory=set, compare=False, repr=False)  # memoised words whose item is not None
@@ -106,7 +111,7 @@ def _load(path: str) -> Lexicon:
         raise ConfigError(f"clinical_tokens: cannot read {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"clinical_tokens: {path} is not a mapping of sections")
-    known = {"phrases", "sex", "numbers", "condition_stop_words", *_COUNTED_SECTIONS, *_LISTED_SECTIONS}
+    known = {"phrases", "symbols", "synonyms", "contractions", "sex", "numbers", "condition_stop_words", *_COUNTED_SECTIONS, *_LISTED_SECTIONS}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"clinical_tokens: {path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -118,193 +123,237 @@ def _load(path: str) -> Lexicon:
     for section in _LISTED_SECTIONS:
         for word in data.get(section) or ():
             word_class[str(word).lower()] = (section, str(word).lower())
-    phrases = {str(k).lower(): f" {v} " for k, v in (data.get("phrases") or {}).items()}
-    alternatives = "|".join(re.escape(p) for p in sorted(phrases, key=len, reverse=True))
-    pattern = re.compile(rf"(?<![a-z0-9])(?:{alternatives})(?![a-z0-9])") if phrases else None
+    table = {str(k).lower(): str(v or "").lower() for section in ("phrases", "symbols", "contractions") for k, v in (data.get(section) or {}).items()}
+    for group in data.get("synonyms") or ():
+        words = [str(word).lower() for word in group]
+        table.update({word: words[0] for word in words[1:]})
     cues = frozenset(word for word, (section, _) in word_class.items() if section == "negation")
-    return Lexicon(phrases, word_class, frozenset(str(w).lower() for w in data.get("condition_stop_words") or ()), pattern, cues)
+    return Lexicon(CanonicalForms(table), word_class, frozenset(str(w).lower() for w in data.get("condition_stop_words") or ()), cues)
 
 
 @dataclass(frozen=True)
 class Facts:
-    """One text's distinguishing tokens: counted classes, the set of sexes, and the surface words behind them."""
+    """One text's canonical words (a multiset: order-free), the sexes it mentions, and each negation with what it negates."""
 
-    counts: Counter[tuple[str, str]]
+    words: Counter[str]
     sexes: frozenset[str]
-    surface: dict[tuple[str, str], set[str]]  # class -> the words that spelled it (for the typo excuse)
-    other_words: Counter[str]  # the words that are not distinguishing (where a typo'd one ends up)
+    negations: tuple[tuple[str, str, str], ...]  # per negation cue: the cue, and the next two words of its sentence it may negate
 
 
-def _tokens(text: str, lexicon: Lexicon) -> list[str]:
-    """Lower-cased word tokens of a raw text, abbreviations written out (tokens with digits are values)."""
-    lowered = text.lower()
-    if lexicon.phrase_pattern is not None:
-        lowered = lexicon.phrase_pattern.sub(lambda match: lexicon.phrases[match.group(0)], lowered)
-    return _TOKEN.findall(lowered)
+def facts(words: list[str], sentence_end: list[bool], lexicon: Lexicon) -> Facts:
+    """The facts of one text's canonical words (:meth:`CanonicalTokens.record_words`).
 
-
-def value_fingerprints(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Per text, a 64-bit fingerprint of the multiset of values and codes written with digits.
-
-    Values are the facts no typo excuses (a changed digit is a changed age, dose or result), and
-    most same-template siblings differ in one, so the dedup stage computes this for every record
-    and only records with equal values can become candidates at all. Tokens holding a digit
-    (``7.50`` = ``7.5``, ``1,000`` = ``1000``, ``E11.9``) are each hashed and summed per text
-    (order-free). Equal fingerprints = equal values.
-
-    Every rule reads one whitespace-separated token at a time, so the texts are only split and
-    dictionary-encoded (in Arrow's C++ kernels), the rules run once per *distinct* token
-    (:func:`_token_values`), and a text's fingerprint is a difference of running sums: at 2.5M
-    records this is what keeps the value check off the stage's critical path.
+    A negation cue negates the next words of *its own* sentence (skipping articles and words such
+    as "evidence of"); the first two are kept, so a copy that dropped the first still matches.
     """
-    tokens = pc.utf8_split_whitespace(pc.fill_null(texts, ""))
-    if isinstance(tokens, pa.ChunkedArray):
-        tokens = tokens.combine_chunks()
-    offsets = tokens.offsets.to_numpy().astype(np.int64)
-    if len(tokens) == 0:
-        return np.zeros(0, np.uint64)
-    flat = tokens.values.slice(offsets[0], offsets[-1] - offsets[0])
-    encoded = pc.dictionary_encode(flat)
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.combine_chunks()
-    per_token = _token_values(encoded.dictionary)[encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
-    running = np.zeros(len(per_token) + 1, np.uint64)
-    with np.errstate(over="ignore"):
-        np.cumsum(per_token, dtype=np.uint64, out=running[1:])
-        return running[offsets[1:] - offsets[0]] - running[offsets[:-1] - offsets[0]]  # sums modulo 2**64
+    counted = Counter(words)
+    present = lexicon.distinguishing(counted)
+    sexes = frozenset(lexicon.word_class[word][1] for word in present if lexicon.word_class.get(word, ("",))[0] == "sex")
+    negations: list[tuple[str, str, str]] = []
+    if not lexicon.negation_cues.isdisjoint(present):
+        for index, word in enumerate(words):
+            if word in lexicon.negation_cues:
+                negations.append((word, *_negated(words, sentence_end, index)))
+    return Facts(counted, sexes, tuple(sorted(negations)))
 
 
-def _token_values(words: pa.Array) -> np.ndarray:
-    """Per distinct whitespace token, the sum of the hashes of the values it writes (0 for none)."""
-    has_digit = pc.match_substring_regex(words, r"\d").to_numpy(zero_copy_only=False)
-    text = pc.utf8_lower(pc.filter(words, has_digit))
-    for _ in range(2):  # 1,000,000: each pass joins every other group
-        text = pc.replace_substring_regex(text, r"(\d),(\d\d\d)", r"\1\2")
-    text = pc.replace_substring_regex(text, r"[^a-z0-9.]+", " ")
-    text = pc.replace_substring_regex(text, r"\.+(\s|$)|(^|\s)\.+", " ")  # a full stop is not a decimal point
-    parts = pc.utf8_split_whitespace(text)
-    flat = pc.list_flatten(parts)
-    owner = pc.list_parent_indices(parts).to_numpy()
-    with_digit = pc.match_substring_regex(flat, r"\d")
-    values, owner = pc.filter(flat, with_digit), owner[with_digit.to_numpy(zero_copy_only=False)]
-    for pattern, rewrite in ((r"^0+(\d)", r"\1"), (r"^(\d+\.\d*[1-9])0+$", r"\1"), (r"^(\d+)\.0+$", r"\1")):
-        values = pc.replace_substring_regex(values, pattern, rewrite)
-    sums = np.zeros(len(text), np.uint64)
-    with np.errstate(over="ignore"):
-        np.add.at(sums, owner, splitmix64(hash_strings(values)))
-    contribution = np.zeros(len(words), np.uint64)
-    contribution[has_digit] = sums
-    return contribution
+def text_facts(text: str, lexicon: Lexicon) -> Facts:
+    """:func:`facts` of one raw text (canonicalised first)."""
+    return facts(*canonical_tokens(pa.array([text]), lexicon.forms).record_words(0), lexicon)
 
 
-def facts(text: str, lexicon: Lexicon) -> Facts:
-    """The distinguishing tokens of ``text``.
+def _negated(words: list[str], sentence_end: list[bool], cue: int) -> tuple[str, str]:
+    found: list[str] = []
+    index = cue
+    while len(found) < 2 and not sentence_end[index] and index + 1 < len(words):
+        index += 1
+        if words[index] not in _NEGATION_SKIPS:
+            found.append(words[index])
+    return (found + ["", ""])[0], (found + ["", ""])[1]
 
-    A note has ~80 distinct words and only a few distinguish it, so the words are counted in C,
-    the distinguishing ones picked out by a set intersection, and only those looked at in Python.
+
+def _typo_limit(first: str, second: str) -> int:
+    """Edits (OSA: insertions, deletions, substitutions, transpositions) a misspelling may make: one per four letters of the
+    longer word, rounded up ("chest"/"chester": 2), none when it has fewer than four ("he"/"she", "lt"/"rt", "mg"/"g")."""
+    longer = max(len(first), len(second))
+    return 0 if longer < _MIN_TYPO_WORD else -(-longer // 4)
+
+
+def _misspelling(word: str, others: Iterable[str], lexicon: Lexicon, lenient_values: bool) -> str | None:
+    """The word of ``others`` that ``word`` is a misspelling of (or the reverse), if any; never between two words of one section.
+
+    Digits are never excused unless ``lenient_values`` (then one edit). Two words the lexicon
+    knows in one section ("hypokalemia", "hyperkalemia"; "ileum", "ilium") are two facts, not a typo.
     """
-    tokens = _tokens(text, lexicon)
-    other = Counter(tokens)
-    counts: Counter[tuple[str, str]] = Counter()
-    surface: dict[tuple[str, str], set[str]] = {}
-    sexes: set[str] = set()
-    negated = False
-    classes = lexicon._items  # every word of the text is memoised by distinguishing()
-    for token in lexicon.distinguishing(other):
-        count = other.pop(token)
-        item = classes[token]
-        if item is _VALUE or item is None:
+    has_digit = bool(_DIGIT.search(word))
+    if has_digit and not lenient_values:
+        return None
+    section = (lexicon.item(word) or ("",))[0]
+    best, best_distance = None, 99
+    for other in others:
+        if bool(_DIGIT.search(other)) != has_digit:
             continue
-        if item[0] == "negation":
-            negated = True  # counted below, with the word each one negates
+        limit = 1 if has_digit else _typo_limit(word, other)
+        if limit == 0 or (has_digit and len(word) != len(other) and abs(len(word) - len(other)) > 1):
             continue
-        if item[0] == "sex":
-            sexes.add(item[1])
-        else:
-            counts[item] += count
-        spellings = surface.get(item)
-        if spellings is None:
-            surface[item] = {token}
-        else:
-            spellings.add(token)
-    if negated:  # what is negated: a negation moved to another finding is another case
-        tokens.append("")
-        for index in [i for i, token in enumerate(tokens) if token in lexicon.negation_cues]:
-            what = ("negation", tokens[index + 1])
-            counts[what] += 1
-            surface.setdefault(what, set()).add(tokens[index])
-    return Facts(counts, frozenset(sexes), surface, other)
+        distance = OSA.distance(word, other, score_cutoff=limit)
+        if distance <= limit and distance < best_distance and (not section or (lexicon.item(other) or ("",))[0] != section):
+            best, best_distance = other, distance
+    return best
 
 
-def _typo_of(words: set[str] | frozenset[str], candidates: Counter[str]) -> bool:
-    """Whether one of ``candidates`` is ``words``' spelling with a typo (an edit or a swap of two letters per five letters)."""
-    for word in words:
-        if len(word) < _MIN_TYPO_WORD or _DIGIT.search(word):
-            continue
-        limit = max(1, len(word) // 5)
-        if any(OSA.distance(word, other, score_cutoff=limit) <= limit for other in candidates):
+def _typo_of(word: str, other: str, next_word: str = "") -> bool:
+    """Whether ``other`` (followed by ``next_word``) writes ``word``: the same, misspelled, or split in two ("in vasion")."""
+    limit = 0 if _DIGIT.search(word) or _DIGIT.search(other) else _typo_limit(word, other)
+    return word == other or (limit > 0 and OSA.distance(word, other, score_cutoff=limit) <= limit) or (bool(next_word) and word == other + next_word)
+
+
+def _split_decimal(word: str, mine: Counter[str], theirs: Counter[str]) -> bool:
+    """A value the other text writes with its decimal point spaced out ("7.5" / "7. 5"), or the reverse."""
+    whole, point, decimals = word.partition(".")
+    if point and whole and decimals and theirs.get(whole, 0) > 0 and theirs.get(decimals, 0) > (whole == decimals):
+        return True
+    for other in theirs:
+        whole, point, decimals = other.partition(".")
+        if point and ((whole == word and decimals in mine) or (decimals == word and whole in mine)):
             return True
     return False
 
 
-def agree(a: Facts, b: Facts, lexicon: Lexicon) -> bool:
-    """Whether two texts state the same distinguishing facts (up to typos in distinguishing words).
+def _split_or_merged(word: str, mine: Counter[str], theirs: Counter[str]) -> bool:
+    """Whether the other text writes ``word`` split in two ("pneu monia") or run into its neighbour ("chestpain", "presentingwith")."""
+    for cut in range(1, len(word)):
+        head, tail = word[:cut], word[cut:]
+        if theirs.get(head, 0) > (head == tail) and theirs.get(tail, 0) > 0:
+            return True
+    for other in theirs:
+        if other.startswith(word) and other[len(word):] in mine:
+            return True
+        if other.endswith(word) and other[: len(other) - len(word)] in mine:
+            return True
+    return False
 
-    Each class a text has more of than the other must be explained by a typo: one of its words
-    misspelled into a non-distinguishing word that only the other text has (for a negation, its
-    cue, or the negated word misspelled in the other text's negation). Values written with digits
-    are not compared here but by :func:`value_fingerprints` (see :func:`same_cases`). A condition
-    word (ICD-10-CM vocabulary) is looser, as rewording drops and adds them ("acute"): it conflicts
-    only when the other text puts another condition or another content word in its place.
+
+#: Sections one of whose words a copy may drop with nothing in its place ("metformin 500 mg" -> "metformin 500"; "the left
+#: kidney" -> "the left"); a dropped negation, sex, side, number word, dose frequency, route, drug or value is another case.
+_DROPPABLE = frozenset({"units", "anatomy", "labs", "procedures", "specialties"})
+
+
+def agree(a: Facts, b: Facts, lexicon: Lexicon, lenient_values: bool = False) -> bool:
+    """Whether two texts state the same facts, up to misspellings, split or merged words and one dropped word.
+
+    Only the words one text has more of than the other can differ in a fact. Each distinguishing
+    one (a sex, side, negation, unit, dose frequency, route, organ, lab, procedure, specialty, drug,
+    condition, number word; a value with ``lenient_values``) must be explained: the other text has a
+    word of the same class ("man"/"male"; any of its sexes), or writes it misspelled, split in two,
+    or run together with its neighbour. A condition word left unexplained conflicts only when the
+    other text puts another condition or content word in its place; one unit, organ, lab,
+    procedure or specialty word is excused when it is the only word left and nothing stands in its
+    place (a dropped word, not a replacement). Negations are then compared with what they negate,
+    misspellings excused. Values written with digits are compared by :func:`value_fingerprints`
+    before this (see :func:`same_cases`), except with ``lenient_values``.
     """
-    if a.counts == b.counts and a.sexes == b.sexes:
+    a_only, b_only = a.words - b.words, b.words - a.words
+    unexplained: dict[str, list[tuple[str, str]]] = {"a": [], "b": []}
+    misspelled: set[str] = set()  # words the other text writes misspelled, split or run together
+    for side, mine, theirs, their_facts in (("a", a_only, b_only, b), ("b", b_only, a_only, a)):
+        their_classes = Counter(item for word, count in theirs.items() if (item := lexicon.item(word)) is not None for _ in range(count))
+        for word in sorted(mine):
+            item = lexicon.item(word)
+            if item is None or (item == _VALUE and (_split_decimal(word, mine, theirs) or not word.strip("0"))):
+                continue  # "9.0" is written "9"; its "0" split off by a tokenizer is no value
+            for _ in range(mine[word]):
+                if item[0] == "sex" and item[1] in their_facts.sexes:
+                    continue
+                if item != _VALUE and their_classes[item] > 0:
+                    their_classes[item] -= 1
+                    continue
+                if _misspelling(word, theirs, lexicon, lenient_values) or _split_or_merged(word, mine, theirs):
+                    misspelled.add(word)
+                    continue
+                unexplained[side].append(item)
+    return _rewording_allowed(unexplained, a_only, b_only, lexicon) and _same_negations(a, b, misspelled)
+
+
+def _rewording_allowed(unexplained: dict[str, list[tuple[str, str]]], a_only: Counter[str], b_only: Counter[str], lexicon: Lexicon) -> bool:
+    """The looser rules: condition words dropped by rewording, or one organ/lab/unit... word dropped, with nothing in their place."""
+    a_left, b_left = unexplained["a"], unexplained["b"]
+    if not a_left and not b_left:
         return True
-    missing = {side: [item for item in mine.counts if mine.counts[item] > theirs.counts.get(item, 0)] for side, mine, theirs in (("a", a, b), ("b", b, a))}
-    a_only_words, b_only_words = a.other_words - b.other_words, b.other_words - a.other_words
-    dropped_conditions = []
-    for side, mine, theirs, their_words in (("a", a, b, b_only_words), ("b", b, a, a_only_words)):
-        their_negated = Counter(word for section, word in missing["b" if side == "a" else "a"] if section == "negation")
-        unexplained = [
-            item for item in [*missing[side], *(("sex", sex) for sex in mine.sexes - theirs.sexes)]
-            if not _typo_of(mine.surface[item], their_words) and not (item[0] == "negation" and _typo_of({item[1]}, their_negated))
-        ]
-        if any(section != "conditions" for section, _ in unexplained):
+    if a_left and b_left:
+        return False  # one fact replaced by another
+    left = a_left or b_left
+    hard = [item for item in left if item[0] != "conditions"]
+    if hard and (len(left) > 1 or hard[0][0] not in _DROPPABLE):
+        return False
+    replaced_by, mine = (b_only, a_only) if a_left else (a_only, b_only)
+    return not any(_content_word(word, lexicon) and not _misspelling(word, mine, lexicon, False) and not _split_or_merged(word, replaced_by, mine)
+                   for word in replaced_by)  # nothing else stands in its place
+
+
+def _same_negations(a: Facts, b: Facts, misspelled: set[str]) -> bool:
+    """Each negation negates the same thing in both texts, misspelled, split or not; a first negated word dropped from one
+    text may be skipped. A negation whose cue the other text writes misspelled (``misspelled``, excused word by word by
+    :func:`agree`) is not read there as a negation, so it has nothing to be compared with."""
+    if a.negations == b.negations:
+        return True
+    mine = [negation for negation in a.negations if negation[0] not in misspelled]
+    rest = [negation for negation in b.negations if negation[0] not in misspelled]
+    if len(mine) != len(rest):
+        return False
+    for _, first, second in mine:
+        for index, (_, other_first, other_second) in enumerate(rest):
+            if (_typo_of(first, other_first, other_second) or _typo_of(other_first, first, second)
+                    or (first not in b.words and second and _typo_of(second, other_first, other_second))
+                    or (other_first not in a.words and other_second and _typo_of(first, other_second))):
+                del rest[index]
+                break
+        else:
             return False
-        dropped_conditions.append(bool(unexplained))
-    if all(dropped_conditions):
-        return False  # one finding replaced by another
-    if any(dropped_conditions):  # replaced by a word outside the vocabulary ("jaundice" -> "new confusion")?
-        replaced_by, other_side = (b_only_words, a_only_words) if dropped_conditions[0] else (a_only_words, b_only_words)
-        return not any(_content_word(word, lexicon) and not _typo_of({word}, other_side) for word in replaced_by)
     return True
 
 
 def _content_word(word: str, lexicon: Lexicon) -> bool:
-    return len(word) >= _MIN_CONDITION_WORD and word not in lexicon.condition_stop_words
+    return len(word) >= _MIN_CONDITION_WORD and word not in lexicon.condition_stop_words and not _DIGIT.search(word)
 
 
-def same_cases(texts: pa.Array | pa.ChunkedArray, pairs: np.ndarray, lexicon: Lexicon, fingerprints: np.ndarray | None = None) -> np.ndarray:
-    """Per pair of indices into ``texts`` (raw): do the two state the same values and distinguishing facts?
+def value_fingerprints(texts: pa.Array | pa.ChunkedArray, lexicon: Lexicon | None = None) -> np.ndarray:
+    """Per text, a 64-bit fingerprint of the multiset of values and codes it writes with digits (order-free).
 
-    Values first, for every pair at once (:func:`value_fingerprints`, or ``fingerprints`` already
-    computed for ``texts``); the word facts of :func:`agree` only for pairs whose values are equal,
-    each text read once.
+    Values are the facts no typo excuses (a changed digit is a changed age, dose or result), and
+    most same-template siblings differ in one, so the dedup stage computes this for every record
+    (from the canonical words it already has, :meth:`CanonicalTokens.value_fingerprints`) and only
+    records with equal values become candidates. ``7.50`` = ``7.5``, ``1,000`` = ``1000``,
+    ``7 .5`` = ``7.5``; equal fingerprints = equal values.
     """
-    if fingerprints is None:
-        fingerprints = value_fingerprints(texts)
-    same = fingerprints[pairs[:, 0]] == fingerprints[pairs[:, 1]]
+    return canonical_tokens(texts, (lexicon or Lexicon.load()).forms).value_fingerprints()
+
+
+def same_cases(tokens: CanonicalTokens, pairs: np.ndarray, lexicon: Lexicon, fingerprints: np.ndarray | None = None, lenient_values: bool = False) -> np.ndarray:
+    """Per pair of record indices into ``tokens``: do the two state the same values and distinguishing facts?
+
+    Values first, for every pair at once (``fingerprints``, or computed from ``tokens``), unless
+    ``lenient_values``; the facts of :func:`agree` only for the pairs left, each text read once.
+    """
+    if lenient_values:
+        same = np.ones(len(pairs), bool)
+    else:
+        if fingerprints is None:
+            fingerprints = tokens.value_fingerprints()
+        same = fingerprints[pairs[:, 0]] == fingerprints[pairs[:, 1]]
     read: dict[int, Facts] = {}
 
     def facts_of(index: int) -> Facts:
         if index not in read:
-            read[index] = facts(texts[index].as_py() or "", lexicon)
+            read[index] = facts(*tokens.record_words(index), lexicon)
         return read[index]
 
     for position in np.flatnonzero(same).tolist():
-        same[position] = agree(facts_of(int(pairs[position, 0])), facts_of(int(pairs[position, 1])), lexicon)
+        same[position] = agree(facts_of(int(pairs[position, 0])), facts_of(int(pairs[position, 1])), lexicon, lenient_values)
     return same
 
 
-def same_case(first: str, second: str, lexicon: Lexicon) -> bool:
-    """:func:`same_cases` for two texts."""
-    return bool(same_cases(pa.array([first, second]), np.array([[0, 1]]), lexicon)[0])
+def same_case(first: str, second: str, lexicon: Lexicon, lenient_values: bool = False) -> bool:
+    """:func:`same_cases` for two raw texts."""
+    tokens = canonical_tokens(pa.array([first, second]), lexicon.forms)
+    return bool(same_cases(tokens, np.array([[0, 1]]), lexicon, lenient_values=lenient_values)[0])

@@ -9,14 +9,18 @@ default) and each message names the key. A rule or stage section set to ``false`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
 
-from mediflow.configuration import Config, option
+from mediflow.batch.config import BatchConfig, Mode, check_mode, mode_option
+from mediflow.configuration import Config, option, read_config_file
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError
+from mediflow.quality.clinical import Lexicon
 from mediflow.scale.config import EngineKind, RayConfig
-from mediflow.teachers.factory import TeacherConfig, teacher_aliases
+from mediflow.teachers.config import TeacherConfig, teacher_aliases
 
 TEXT_COLUMNS = ("instruction", "input", "output")
 TextColumn = Literal["instruction", "input", "output"]
@@ -81,7 +85,7 @@ class VerbatimCopyOptions(Config):
 
 @dataclass(frozen=True)
 class CaseMentionOptions(Config):
-    """The document must name at least one condition of its clinical case (description words, synonym or code)."""
+    """The document must mention its clinical case's primary condition (names, synonyms, lay terms or the code; not negated, hedged, hypothetical or a relative's)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,11 @@ class JudgeConfig(Config):
     progress: bool = option(True, "show a progress bar")
     engine: EngineKind = option("local", "local: one asyncio process; ray: Ray Data actors (see the ray section)")
     ray: RayConfig = option(RayConfig(), "the Ray engine (engine: ray)")
+    mode: Mode = mode_option()
+    batch: BatchConfig = option(BatchConfig(), "batch mode: file limits, batches in flight, polling (mode: batch)")
+
+    def check(self) -> None:
+        check_mode(self.mode, self.teacher.spec if self.teacher else None, self.engine, "")
 
 
 DedupKey = Literal["instruction", "input", "pair"]
@@ -165,6 +174,9 @@ class DedupConfig(Config):
     clinical: bool = option(
         True, "a near duplicate must also agree on values, ages, sexes, sides, negations, doses, drugs, organs, labs, codes"
     )
+    values: Literal["strict", "lenient"] = option(
+        "strict", "strict: a changed digit is another case (a value, dose, age, code); lenient: one edit in a value is a typo (docs/dedup.md)"
+    )
     clinical_tokens: str | None = option(None, "a lexicon YAML used instead of taxonomies/clinical_tokens.yaml (docs/dedup.md)")
     max_bucket: int = option(100, "LSH buckets above this size only pair neighbours (see minhash.bucket_pairs)", minimum=2)
     window: int = option(20, "neighbours paired in an oversized bucket", minimum=1)
@@ -174,10 +186,7 @@ class DedupConfig(Config):
     def check(self) -> None:
         if self.num_perm % self.bands:
             raise ConfigError(f"bands: {self.bands} does not divide num_perm {self.num_perm}")
-        if self.clinical:
-            from mediflow.quality.clinical import Lexicon  # reads the lexicon now, before any output is written
-
-            Lexicon.load(self.clinical_tokens)
+        Lexicon.load(self.clinical_tokens)  # the lexicon and its canonical forms (used with or without the check), read before any output
 
 
 @dataclass(frozen=True)
@@ -208,3 +217,21 @@ class CurateConfig(Config):
     judge: JudgeConfig | None = option(None, "the LLM judge (off unless given: it costs teacher calls)")
     dedup: DedupConfig | None = option(DedupConfig(), "deduplication (default on)")
     decontaminate: DecontamConfig | None = option(None, "decontamination against evaluation sets (off unless given)")
+
+
+#: A stage's section in a curate config.
+StageConfig = TypeVar("StageConfig", FilterConfig, JudgeConfig, DedupConfig, DecontamConfig)
+SECTION_OF: dict[type[Config], str] = {FilterConfig: "filters", JudgeConfig: "judge", DedupConfig: "dedup", DecontamConfig: "decontaminate"}
+
+
+def load_stage_config(cls: type[StageConfig], source: StageConfig | Mapping[str, Any] | str | Path | None, /, **overrides: Any) -> StageConfig:
+    """A stage's config from its own file, dict or config, or from its section of a curate config.
+
+    A file or dict holding any curate section (``filters``, ``judge``, ``dedup``, ``decontaminate``)
+    is a curate config, and this stage uses its own section of it (absent: the defaults), so one
+    file describes a whole curation and each stage can still be run alone.
+    """
+    data = read_config_file(source) if isinstance(source, (str, Path)) else source
+    if isinstance(data, Mapping) and set(data) & set(SECTION_OF.values()):
+        return cls.load(data, section=SECTION_OF[cls], **overrides)
+    return cls.load(data, **overrides)

@@ -29,17 +29,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from rapidfuzz import fuzz, process
 
-from mediflow.quality.clinical import Lexicon, same_cases, value_fingerprints
+from mediflow.quality.clinical import Lexicon, same_cases
 from mediflow.quality.components import component_labels
 from mediflow.quality.config import DedupConfig
 from mediflow.quality.minhash import MinHasher, band_keys, bucket_pairs, unique_pairs
-from mediflow.quality.text import (
-    hash_strings,
-    ngram_hashes,
-    normalize_column,
-    splitmix64,
-    token_hashes,
-)
+from mediflow.quality.text import CanonicalTokens, canonical_tokens, hash_strings, ngram_hashes, splitmix64
 
 _SECOND_HASH_KEY = "mediflow.dedup.2"
 _CONFIRM_BATCH = 20_000  # candidate pairs whose texts and clinical facts are held at once (100k took the 1M peak from 2.5 to 4.4 GB)
@@ -103,11 +97,11 @@ class KeyHashes:
     second: np.ndarray  # uint64 per record: a second, independent content hash (128 bits together)
     signatures: np.ndarray  # (n, num_perm) uint32 MinHash per record; (n, 0) without near dedup
     has_shingles: np.ndarray  # bool per record (all False without near dedup)
-    values: np.ndarray  # uint64 per record: clinical.value_fingerprints of the raw text (all 0 without the clinical check)
+    values: np.ndarray  # uint64 per record: its value fingerprint (CanonicalTokens.value_fingerprints; all 0 unless values are strict)
 
 
-def _hash_key(table: pa.Table, key: str, salt: np.ndarray, config: DedupConfig) -> KeyHashes:
-    """Normalise, hash and (for near dedup) sign ``key``'s texts, ``chunk_records`` records at a time."""
+def _hash_key(table: pa.Table, key: str, salt: np.ndarray, config: DedupConfig, lexicon: Lexicon) -> KeyHashes:
+    """Normalise (once per text), hash and (for near dedup) sign ``key``'s texts, ``chunk_records`` records at a time."""
     n = table.num_rows
     first, second = np.empty(n, np.uint64), np.empty(n, np.uint64)
     signatures = np.empty((n, config.num_perm if config.near else 0), np.uint32)
@@ -115,18 +109,17 @@ def _hash_key(table: pa.Table, key: str, salt: np.ndarray, config: DedupConfig) 
     values = np.zeros(n, np.uint64)
     hasher = MinHasher(config.num_perm, config.seed)
     for start in range(0, n, config.chunk_records):
-        raw = key_text(table.slice(start, config.chunk_records), key)
-        normalized = normalize_column(raw)
-        end = start + len(normalized)
-        first[start:end] = hash_strings(normalized) ^ salt[start:end]
-        second[start:end] = splitmix64(hash_strings(normalized, _SECOND_HASH_KEY) ^ salt[start:end])
+        canonical = canonical_tokens(key_text(table.slice(start, config.chunk_records), key), lexicon.forms)
+        end = start + len(canonical.starts)
+        first[start:end] = canonical.record_hashes() ^ salt[start:end]
+        second[start:end] = splitmix64(canonical.record_hashes(_SECOND_HASH_KEY) ^ salt[start:end])
         if config.near:
-            tokens = token_hashes(normalized)
+            tokens = canonical.token_hashes()
             shingles = ngram_hashes(tokens, config.shingle_size, short_as_one=True)
             signatures[start:end] = hasher.signatures(shingles, end - start)
             has_shingles[start:end] = tokens.lengths > 0
-            if config.clinical:
-                values[start:end] = value_fingerprints(raw)
+            if config.clinical and config.values == "strict":
+                values[start:end] = canonical.value_fingerprints()
     return KeyHashes(first, second, signatures, has_shingles, values)
 
 
@@ -143,46 +136,57 @@ def _exact_groups(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 def confirm(table: pa.Table, key: str, pairs: np.ndarray, config: DedupConfig, values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """rapidfuzz similarity (0-1) of each candidate pair, and whether it is a confirmed duplicate.
 
-    Similarity runs in C++ batches on all cores. A ``pair`` is a duplicate only when its instruction
-    *and* its document are: the joined text finds candidates, but a long shared document would
-    otherwise hide two different questions asked of it; its similarity is the lower of the two
-    fields' (normalised only for the candidates). With ``clinical`` a pair over the threshold must
-    also agree on its clinically distinguishing tokens (:mod:`mediflow.quality.clinical`): two
-    notes on one template about two patients are as similar as a copy with typos. ``values``
-    (per record, :func:`clinical.value_fingerprints`) spares the check computing them again.
+    Similarity runs in C++ batches on all cores, on the canonical texts (:func:`text.canonical_tokens`:
+    the same words the hashes and signatures were made of). A ``pair`` is a duplicate only when its
+    instruction *and* its document are: the joined text finds candidates, but a long shared
+    document would otherwise hide two different questions asked of it; its similarity is the lower
+    of the two fields'. With ``clinical`` a pair over the threshold must also agree on its
+    clinically distinguishing tokens (:mod:`mediflow.quality.clinical`): two notes on one template
+    about two patients are as similar as a copy with typos. ``values`` (per record, its value
+    fingerprint) spares the check computing them again.
     """
     scorer = getattr(fuzz, config.scorer)
     scores = np.empty(len(pairs), np.float64)
     confirmed = np.zeros(len(pairs), bool)
-    lexicon = Lexicon.load(config.clinical_tokens) if config.clinical else None
+    lexicon = Lexicon.load(config.clinical_tokens)
     for start in range(0, len(pairs), _CONFIRM_BATCH):  # a batch's texts at a time, so memory stays flat
         batch = pairs[start : start + _CONFIRM_BATCH]
         score = np.ones(len(batch))
         rows, local = np.unique(batch, return_inverse=True)  # each text normalised once, however many pairs it is in
         local = local.reshape(batch.shape)
-        for field_name in ("instruction", "input") if key == "pair" else (key,):
-            texts = _normalized_texts(table, field_name, rows)
+        fields = [canonical_tokens(key_text(table.select([name]).take(pa.array(rows)), name), lexicon.forms)
+                  for name in (("instruction", "input") if key == "pair" else (key,))]
+        for canonical in fields:
+            texts = canonical.texts().to_pylist()
             left, right = ([texts[row] for row in local[:, side].tolist()] for side in (0, 1))
             score = np.minimum(score, process.cpdist(left, right, scorer=scorer, workers=-1) / 100.0)
         similar = score >= config.threshold
-        if lexicon is not None and similar.any():
-            similar[similar] = clinically_equal(table, key, batch[similar], lexicon, values)
+        if config.clinical and similar.any():
+            tokens = fields[0] if len(fields) == 1 else concatenate_fields(*fields)
+            similar[similar] = same_cases(tokens, local[similar], lexicon, None if values is None else values[rows], config.values == "lenient")
         scores[start : start + len(batch)] = score
         confirmed[start : start + len(batch)] = similar
     return scores, confirmed
 
 
-def clinically_equal(table: pa.Table, key: str, pairs: np.ndarray, lexicon: Lexicon, values: np.ndarray | None = None) -> np.ndarray:
-    """Whether each pair's raw texts state the same values and distinguishing facts (:func:`clinical.same_cases`)."""
-    rows, local = np.unique(pairs, return_inverse=True)
-    columns = ["instruction", "input"] if key == "pair" else [key]
-    texts = key_text(table.select(columns).take(pa.array(rows)), key)
-    return same_cases(texts, local.reshape(pairs.shape), lexicon, None if values is None else values[rows])
+def concatenate_fields(first: CanonicalTokens, second: CanonicalTokens) -> CanonicalTokens:
+    """Each record's words of ``first`` then of ``second`` (the instruction, then its document: the ``pair`` key's facts).
 
-
-def _normalized_texts(table: pa.Table, key: str, rows: np.ndarray) -> list[str]:
-    """``key``'s normalised texts of ``rows``, normalised again here because no pass keeps them."""
-    return normalize_column(key_text(table.select([key]).take(pa.array(rows)), key)).to_pylist()
+    The first field's last word ends a sentence, so a negation at the end of an instruction never
+    reaches into the document.
+    """
+    words = pa.concat_arrays([first.words, second.words])
+    first_lengths, second_lengths = first.ends - first.starts, second.ends - second.starts
+    lengths = first_lengths + second_lengths
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    ids = np.empty(int(lengths.sum()), np.int64)
+    ends_sentence = np.empty(len(ids), bool)
+    for part, offset, count, shift in ((first, starts, first_lengths, 0), (second, starts + first_lengths, second_lengths, len(first.words))):
+        position = np.repeat(offset - part.starts, count) + np.arange(len(part.ids))  # a record's tokens are contiguous, in order
+        ids[position] = part.ids + shift
+        ends_sentence[position] = part.sentence_end
+    ends_sentence[(starts + first_lengths - 1)[first_lengths > 0]] = True
+    return CanonicalTokens(words=words, ids=ids, starts=starts, ends=starts + lengths, sentence_end=ends_sentence)
 
 
 def _lsh_candidates(hashes: KeyHashes, representative: np.ndarray, salt: np.ndarray, config: DedupConfig) -> tuple[np.ndarray, int]:
@@ -218,7 +222,8 @@ def _estimated_jaccard(signatures: np.ndarray, pairs: np.ndarray, batch: int = 8
     for start in range(0, len(pairs), batch):
         chunk = pairs[start : start + batch]
         equal[start : start + len(chunk)] = np.count_nonzero(np.take(signatures, chunk[:, 0], axis=0) == np.take(signatures, chunk[:, 1], axis=0), axis=1)
-    return equal / signatures.shape[1]
+    share: np.ndarray = equal / signatures.shape[1]
+    return share
 
 
 def _keepers(labels: np.ndarray, ids: pa.Array, quality: np.ndarray | None) -> np.ndarray:
@@ -235,7 +240,8 @@ def _keepers(labels: np.ndarray, ids: pa.Array, quality: np.ndarray | None) -> n
     first = np.concatenate([[True], sorted_labels[1:] != sorted_labels[:-1]])
     keeper_of_label = np.empty(len(labels), np.int64)
     keeper_of_label[sorted_labels[first]] = order[first]
-    return keeper_of_label[labels]
+    keepers: np.ndarray = keeper_of_label[labels]
+    return keepers
 
 
 @dataclass
@@ -257,7 +263,7 @@ def scope_salt(table: pa.Table, config: DedupConfig) -> np.ndarray:
 
 def key_candidates(table: pa.Table, key: str, salt: np.ndarray, config: DedupConfig) -> KeyCandidates:
     """Exact groups and (with ``near``) LSH candidates of ``key``; the signatures are let go on return."""
-    hashes = _hash_key(table, key, salt, config)
+    hashes = _hash_key(table, key, salt, config, Lexicon.load(config.clinical_tokens))
     representative = _exact_groups(hashes.first, hashes.second)
     if not config.near:
         return KeyCandidates(representative, np.empty((0, 2), np.int64), 0, hashes.values)

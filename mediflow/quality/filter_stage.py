@@ -8,6 +8,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from mediflow import terminology
+from mediflow.cases import load_case_book
+from mediflow.cases.mentions import MentionMatcher
 from mediflow.configuration import to_plain
 from mediflow.folders import InputData
 from mediflow.quality.config import FilterConfig, TaskChoice
@@ -57,10 +60,8 @@ def build_rules(config: FilterConfig) -> list[Rule]:
         stopwords = {lang: frozenset(words) for lang, words in data["stopwords"].items()}
         rules.append(LanguageRule(stopwords, tuple(config.language.columns), config.language.min_share))
     if config.case_mentions is not None:
-        from mediflow.cases import load_case_book
-        from mediflow.cases.mentions import MentionMatcher
 
-        rules.append(CaseMentionRule(MentionMatcher(load_case_book(config.taxonomy)).mentioned))
+        rules.append(CaseMentionRule(MentionMatcher(load_case_book(config.taxonomy)).find))
     if config.json is None and config.icd10_codes is None and config.verbatim_copy is None and config.case_codes is None:
         return rules
     taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
@@ -68,8 +69,6 @@ def build_rules(config: FilterConfig) -> list[Rule]:
         schemas = {name: task.output_schema for name, task in taxonomy.tasks.items() if task.output_schema}
         rules.append(JsonRule(schemas, config.json.unknown_task))
     if config.icd10_codes is not None:
-        from mediflow import terminology
-
         codes = config.icd10_codes
         rules.append(
             Icd10Rule(

@@ -51,7 +51,8 @@ class Rule(Protocol):
 @cache
 def rule_data() -> dict[str, Any]:
     """The shipped patterns and word lists (``mediflow/quality/rules.yaml``)."""
-    return yaml.safe_load(resources.files("mediflow.quality").joinpath("rules.yaml").read_text(encoding="utf-8"))
+    data: dict[str, Any] = yaml.safe_load(resources.files("mediflow.quality").joinpath("rules.yaml").read_text(encoding="utf-8"))
+    return data
 
 
 def _text(record: Record, column: str) -> str:
@@ -297,17 +298,29 @@ def _case_conditions(record: Record) -> list[dict[str, Any]]:
     return list(case.get("conditions") or []) if isinstance(case, Mapping) else []
 
 
+class MentionFinding(Protocol):
+    """What the mention matcher says of one code (:class:`mediflow.cases.mentions.Finding`)."""
+
+    @property
+    def mentioned(self) -> bool: ...
+
+    def explain(self) -> str: ...
+
+
 @dataclass
 class CaseMentionRule:
-    """The document must name at least one of the conditions of the case it was written about.
+    """The document must mention the primary condition of the case it was written about.
 
-    Names are a condition's description words, its synonyms and inclusion terms, or its code
-    (:class:`mediflow.cases.mentions.MentionMatcher`). Records without a ``case`` (released data,
-    runs made before cases existed) are not applicable. The score is the share of the case's
-    conditions the document names.
+    :class:`mediflow.cases.mentions.MentionMatcher` finds a condition's names (description words,
+    inclusion terms, synonyms and lay terms, the code) and reads them in context: a negated,
+    hedged, hypothetical or family-history mention, an ambiguous abbreviation its sentence does not
+    confirm, or a name inside another condition's name is not a mention. A document that mentions
+    only comorbidities is dropped, and the reason says what was found instead. Records without a
+    ``case`` (released data, runs made before cases existed) are not applicable. The score is the
+    share of the case's conditions the document mentions.
     """
 
-    mentioned: Callable[[str, list[str]], list[str]]
+    find: Callable[[str, list[str]], Mapping[str, MentionFinding]]
     name: str = "case_mentions"
 
     def check(self, record: Record) -> Verdict:
@@ -315,11 +328,15 @@ class CaseMentionRule:
         if not conditions:
             return KEEP_NOT_APPLICABLE
         codes = [c["code"] for c in conditions]
-        found = self.mentioned(_text(record, "input"), codes)
-        if not found:
-            named = "; ".join(f"{c['code']} {c['description']}" for c in conditions[:4])
-            return Verdict(0.0, False, f"the document names none of its case's conditions ({named[:200]})")
-        return Verdict(len(found) / len(codes), True)
+        findings = self.find(_text(record, "input"), codes)
+        share = sum(finding.mentioned for finding in findings.values()) / len(codes)
+        primary = findings[codes[0]]
+        if primary.mentioned:
+            return Verdict(share, True)
+        others = [code for code in codes[1:] if findings[code].mentioned]
+        also = f"; it mentions only {', '.join(others)}" if others else ""
+        reason = f"the document does not mention its primary condition ({codes[0]} {conditions[0]['description'][:80]}): {primary.explain()}{also}"
+        return Verdict(share, False, reason[:400])
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Each record is shown to the judge ``samples`` times (self-consistency; the MediFlow judge used 5),
 each sample a separate request (``sample_index`` and ``seed`` differ, so a server that honours seeds
 draws independent samples and the cache keeps each one). Every answer is schema-validated JSON via
-:func:`~mediflow.pipeline.structured.ask_json` (correction turns, never regex repair). The valid
+:func:`~mediflow.steps.structured.ask_json` (correction turns, never regex repair). The valid
 samples are aggregated per criterion (mean or median) into the released columns (``quality``,
 ``alignment``, ``coherence``, ``realism``, ``difficulty``); ``judge_spread`` is the largest standard
 deviation of a criterion across the samples (0 = the samples agree; high = low confidence) and
@@ -14,6 +14,10 @@ error breaker, and a durable cache (``OUT/cache.sqlite`` by default; it sits bes
 published files, which :class:`~mediflow.folders.StagedWriter` replaces atomically, so it
 survives both a finished run and a killed one). A rerun therefore re-asks nothing already answered
 and, the answers being the same, writes the same records.
+
+With ``mode: batch`` the judge's requests are bought through the provider's batch API first
+(:mod:`mediflow.batch.runner`: rounds of passes over the records to judge, each sample and
+correction turn a line), and the stage then runs from the cache as it does online.
 """
 
 from __future__ import annotations
@@ -30,18 +34,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mediflow.batch.runner import fill_cache_in_batches
 from mediflow.engine import Engine
 from mediflow.errors import ConfigError
 from mediflow.folders import InputData, OutputFolder, check_output
-from mediflow.pipeline.structured import CompletesChat
 from mediflow.quality.config import JudgeConfig
 from mediflow.quality.report import StageReport
 from mediflow.quality.rubric import RATIONALE, Rubric, load_rubric
-from mediflow.quality.stage import Drops, open_stage, run_stage
-from mediflow.steps import Answer, LLMStep, StepResult, run_step
+from mediflow.quality.stage import Drops, open_stage, run_stage_async
+from mediflow.scale.ray_runner import StepWork, add_stats, check_ray, ray_session, run_step_on_ray
+from mediflow.scale.vllm_processor import run_step_on_vllm
+from mediflow.steps import Answer, LLMStep, StepResult, ask, open_engine, run_step
+from mediflow.steps.structured import CompletesChat
 from mediflow.sync import run_sync
 from mediflow.teachers.base import ChatRequest
-from mediflow.teachers.factory import api_key_of, teacher_from
+from mediflow.teachers.config import api_key_of
 from mediflow.teachers.negotiation import capabilities_by_role
 
 STAGE = "judge"
@@ -145,11 +152,9 @@ class RecordJudge:
             async for answer in run_step(self.engine, self.step, rows, self.config.batch_records * self.config.samples):
                 yield answer
             return
-        from mediflow.scale.ray_runner import StepWork, add_stats, run_step_on_ray
 
         assert self.config.teacher is not None and self.cache is not None
         if self.config.teacher.spec.startswith("vllm:"):  # a GPU teacher: ray.data.llm's vLLM engine processor
-            from mediflow.scale.vllm_processor import run_step_on_vllm
 
             model = self.config.teacher.spec.partition(":")[2]
             for result in await asyncio.to_thread(run_step_on_vllm, list(rows), self.step, model, self.config.ray.vllm):
@@ -175,7 +180,8 @@ def _floats(batch: pa.Table, name: str) -> np.ndarray:
     """A column as float64 with NaN for nulls (all NaN when absent)."""
     if name not in batch.column_names:
         return np.full(batch.num_rows, np.nan)
-    return pc.cast(batch.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    values: np.ndarray = pc.cast(batch.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    return values
 
 
 def _put(batch: pa.Table, name: str, values: pa.Array) -> pa.Table:
@@ -203,7 +209,8 @@ class JudgeStage:
         """Rows to judge: all with ``rejudge``, else those missing any criterion's score."""
         if self.config.rejudge:
             return np.ones(batch.num_rows, bool)
-        return np.isnan(np.stack([_floats(batch, name) for name in self.rubric.names])).any(axis=0)
+        missing: np.ndarray = np.isnan(np.stack([_floats(batch, name) for name in self.rubric.names])).any(axis=0)
+        return missing
 
     async def decide(self, batch: pa.Table) -> tuple[pa.Table, Drops]:
         todo = np.flatnonzero(self.pending(batch))
@@ -260,6 +267,24 @@ class JudgeStage:
         return drops
 
 
+async def _fill_in_batches(data: InputData, folder: OutputFolder, config: JudgeConfig, engine: Engine, stage: JudgeStage) -> dict[str, Any]:
+    """``mode: batch``: every sample of every record to judge answered through provider batches, into the cache."""
+    assert config.teacher is not None
+    step = stage.judge.step
+
+    def rows() -> Iterator[tuple[dict[str, Any], int]]:
+        for batch in data.iter_batches():
+            todo = np.flatnonzero(stage.pending(batch))
+            records = batch.select([c for c in _PROMPT_COLUMNS if c in batch.column_names]).take(pa.array(todo, pa.int64())).to_pylist()
+            yield from ((record, sample) for record in records for sample in range(config.samples))
+
+    async def one(row: tuple[dict[str, Any], int]) -> StepResult[dict[str, Any]]:
+        return await ask(engine, step, row)
+
+    window = config.batch_records * config.samples
+    return await fill_cache_in_batches(folder.root, STAGE, {ROLE: engine}, {ROLE: config.teacher}, config.batch, rows, one, window=window, progress=engine.progress)
+
+
 def check_config(config: JudgeConfig) -> Rubric:
     """Everything about ``config`` that can be wrong before a request is sent (``curate`` checks it before any stage runs)."""
     rubric = load_rubric(config.rubric)
@@ -270,8 +295,6 @@ def check_config(config: JudgeConfig) -> Rubric:
         raise ConfigError("judge: no teacher (pass --teacher SPEC, or set judge.teacher.spec in the config)")
     api_key_of(config.teacher, "judge.teacher")
     if config.engine == "ray":
-        from mediflow.scale.ray_runner import check_ray
-
         check_ray(config.ray)
     return rubric
 
@@ -279,7 +302,6 @@ def check_config(config: JudgeConfig) -> Rubric:
 def _ray_session_if(config: JudgeConfig) -> contextlib.AbstractContextManager[None]:
     if config.engine == "local":
         return contextlib.nullcontext()
-    from mediflow.scale.ray_runner import ray_session
 
     return ray_session(config.ray)
 
@@ -313,32 +335,29 @@ async def run_judge_async(source: Path | InputData, out: Path, config: JudgeConf
 async def _judge_into(data: InputData, folder: OutputFolder, config: JudgeConfig, rubric: Rubric, cache: Path) -> StageReport:
     """The judging itself, inside the locked output folder."""
     assert config.teacher is not None
-    teacher = teacher_from(config.teacher, config.limits, where=ROLE)
-    try:
-        async with Engine(teacher, cache, config.limits, progress=config.progress) as engine:
-            engine.progress.set_total(data.num_rows, "records")
-            judge = RecordJudge(engine, rubric, config, cache)
-            stage = JudgeStage(judge, rubric, config, engine.progress)
-            loop = asyncio.get_running_loop()
+    async with open_engine(config.teacher, cache, config.limits, where=ROLE, progress=config.progress) as engine:
+        engine.progress.set_total(data.num_rows, "records")
+        judge = RecordJudge(engine, rubric, config, cache)
+        stage = JudgeStage(judge, rubric, config, engine.progress)
+        batch_report = await _fill_in_batches(data, folder, config, engine, stage) if config.mode == "batch" else None
 
-            def decide(batch: pa.Table, offset: int) -> tuple[pa.Table, Drops]:
-                return asyncio.run_coroutine_threadsafe(stage.decide(batch), loop).result()
+        async def decide(batch: pa.Table, offset: int) -> tuple[pa.Table, Drops]:
+            return await stage.decide(batch)
 
-            def details() -> dict[str, Any]:
-                # the stage's last step before it publishes: the manifest also says how the judge was asked
-                folder.manifest.teacher_capabilities = capabilities_by_role({ROLE: teacher}, judge.ray_capabilities, folder.previous)
-                return {
-                    **{name: stage.counts[name] for name in ("judged", "already_judged", "failed")},
-                    "samples": config.samples,
-                    "failed_samples": judge.failed_samples,
-                    "correction_turns": judge.corrections,
-                    "criteria": list(rubric.names),
-                    "rubric_version": rubric.version,
-                    "cache": str(cache),
-                    "usage": engine.stats.as_dict() if config.engine == "local" else judge.ray_usage,
-                }
+        def details() -> dict[str, Any]:
+            # the stage's last step before it publishes: the manifest also says how the judge was asked
+            folder.manifest.teacher_capabilities = capabilities_by_role({ROLE: engine.teacher}, judge.ray_capabilities, folder.previous)
+            return {
+                **{name: stage.counts[name] for name in ("judged", "already_judged", "failed")},
+                "samples": config.samples,
+                "failed_samples": judge.failed_samples,
+                "correction_turns": judge.corrections,
+                "criteria": list(rubric.names),
+                "rubric_version": rubric.version,
+                "cache": str(cache),
+                "usage": engine.stats.as_dict() if config.engine == "local" else judge.ray_usage,
+                **({"batch": batch_report} if batch_report is not None else {}),
+            }
 
-            with _ray_session_if(config):  # in the main thread: Ray installs its signal handlers
-                return await asyncio.to_thread(run_stage, data, folder, decide, details)
-    finally:
-        await teacher.aclose()
+        with _ray_session_if(config):  # in the main thread: Ray installs its signal handlers
+            return await run_stage_async(data, folder, decide, details)

@@ -1,6 +1,7 @@
 """The one loop every quality stage runs: read batches, decide, write kept and rejected, report.
 
-A stage only supplies ``decide(batch, offset) -> (batch, Drops)``: which rows of the batch to drop
+A stage only supplies ``decide(batch, offset) -> (batch, Drops)`` (a coroutine for
+:func:`run_stage_async`, the judge's): which rows of the batch to drop
 and, for each drop, the rule, score, reason and match. Opening the input (:func:`open_input`),
 guarding and locking the output folder (:class:`OutputFolder`), staged publication
 (:class:`StagedWriter`) and counting are the same for all stages, so every stage's output folder
@@ -9,7 +10,8 @@ and manifest look alike.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ class Drops:
 
 
 Decide = Callable[[pa.Table, int], tuple[pa.Table, Drops]]
+AsyncDecide = Callable[[pa.Table, int], Awaitable[tuple[pa.Table, Drops]]]
 
 
 def open_stage(
@@ -48,37 +51,68 @@ def open_stage(
     return data, folder
 
 
-def run_stage(
-    data: InputData,
-    folder: OutputFolder,
-    decide: Decide,
-    details: Callable[[], dict[str, Any]] | None = None,
-) -> StageReport:
-    """Run ``decide`` over ``data`` batch by batch and publish ``folder``; returns the stage's report."""
-    stage = folder.manifest.kind
-    report = StageReport(stage)
+class _StageWrite:
+    """The loop's bookkeeping, the same for a sync and an async ``decide``: counts, kept and rejected rows, publication."""
+
+    def __init__(self, data: InputData, folder: OutputFolder) -> None:
+        self.data = data
+        self.folder = folder
+        self.stage = folder.manifest.kind
+        self.report = StageReport(self.stage)
+        self.writer = StagedWriter(folder)
+        self.schema: pa.Schema | None = None
+        self.offset = 0
+
+    def batches(self) -> Iterator[pa.Table]:
+        for batch in self.data.iter_batches():
+            self.report.count_in(batch)
+            yield batch
+
+    def add(self, batch: pa.Table, drops: Drops) -> None:
+        self.offset += batch.num_rows
+        self.schema = batch.schema
+        kept = batch.filter(pa.array(~drops.mask))
+        self.writer.keep(kept)
+        self.report.count_kept(kept)
+        if drops.mask.any():
+            rejects = reject_table(batch.filter(pa.array(drops.mask)), self.stage, drops.rule, drops.score, drops.reason, drops.match)
+            self.writer.reject(rejects)
+            self.report.count_dropped(rejects)
+
+    def publish(self, details: Callable[[], dict[str, Any]] | None) -> StageReport:
+        report = self.report
+        if details is not None:
+            report.details.update(details())
+        counts = {"in": report.records_in, "kept": report.kept, "rejected": report.dropped}
+        schema = self.schema if self.schema is not None else self.data.schema()
+        self.writer.publish(schema, counts, {"stage": self.stage, "input": str(self.data.path), "report": report.as_dict()})
+        return report
+
+
+@contextmanager
+def _writing(data: InputData, folder: OutputFolder) -> Iterator[_StageWrite]:
     with folder:
-        writer = StagedWriter(folder)
-        schema: pa.Schema | None = None
+        stage = _StageWrite(data, folder)
         try:
-            offset = 0
-            for batch in data.iter_batches():
-                report.count_in(batch)
-                batch, drops = decide(batch, offset)
-                offset += batch.num_rows
-                schema = batch.schema
-                kept = batch.filter(pa.array(~drops.mask))
-                writer.keep(kept)
-                report.count_kept(kept)
-                if drops.mask.any():
-                    rejects = reject_table(batch.filter(pa.array(drops.mask)), stage, drops.rule, drops.score, drops.reason, drops.match)
-                    writer.reject(rejects)
-                    report.count_dropped(rejects)
-            if details is not None:
-                report.details.update(details())
-            counts = {"in": report.records_in, "kept": report.kept, "rejected": report.dropped}
-            writer.publish(schema if schema is not None else data.schema(), counts, {"stage": stage, "input": str(data.path), "report": report.as_dict()})
+            yield stage
         except BaseException:
-            writer.abandon()
+            stage.writer.abandon()
             raise
-    return report
+
+
+def run_stage(data: InputData, folder: OutputFolder, decide: Decide, details: Callable[[], dict[str, Any]] | None = None) -> StageReport:
+    """Run ``decide`` over ``data`` batch by batch and publish ``folder``; returns the stage's report."""
+    with _writing(data, folder) as stage:
+        for batch in stage.batches():
+            stage.add(*decide(batch, stage.offset))
+        return stage.publish(details)
+
+
+async def run_stage_async(
+    data: InputData, folder: OutputFolder, decide: AsyncDecide, details: Callable[[], dict[str, Any]] | None = None
+) -> StageReport:
+    """:func:`run_stage` with a coroutine ``decide`` (the judge's: it waits on the teacher), in the caller's event loop."""
+    with _writing(data, folder) as stage:
+        for batch in stage.batches():
+            stage.add(*await decide(batch, stage.offset))
+        return stage.publish(details)

@@ -10,6 +10,7 @@ integer arithmetic. The same word tokens serve the rule filters' token counts.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,199 @@ def normalize_column(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
     return normalized.combine_chunks() if isinstance(normalized, pa.ChunkedArray) else normalized
 
 
+#: Spacing a copy changes without changing a value: "7 .5" is "7.5", "7th" is "7". ("1. 1" is left alone: it is also
+#: "day 5. 67-year-old"; :meth:`CanonicalTokens.value_fingerprints` reads both alike and the clinical check tells them apart.)
+_ORDINAL = r"(?i)(\d)(?:st|nd|rd|th)\b"
+_SPLIT_NUMBER = r"(\d) +([.,])(\d)"
+#: A space before closing punctuation ("hours ." is "hours.") or after opening punctuation.
+_LOOSE_PUNCTUATION = r"\s+([.,;:!?)\]}%])|([(\[{])\s+"
+#: One piece of a whitespace token: a dotted abbreviation (b.i.d.), a number (7.5, 1,000), a word or code (e11.9,
+#: hba1c) with an optional trailing slash (w/), a symbol that is a word (% &), or a contraction's tail (n't, 's).
+_PIECE = re.compile(r"(?:[^\W\d_]\.){2,}|\d+(?:[.,]\d+)*|[^\W_]+(?:\.\d+)*/?|n't|'[a-z]+|[%&+]")
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
+_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
+_SENTENCE_END = frozenset(".!?;")
+_CLOSERS = ")]}\"'\u00bb\u201d"
+_DIGIT = re.compile(r"\d")
+_MEMO_LIMIT = 2_000_000  # distinct raw tokens remembered between batches (typos and values keep adding new ones)
+
+
+class CanonicalForms:
+    """How one raw whitespace token is written canonically: NFKC, case-folded, split into words, abbreviations written out.
+
+    ``table`` maps a word (``pt``, ``w/``, ``b.i.d.``, ``%``, ``n't``) to the words it stands for
+    (``patient``, ``with``, ``twice daily``, ``percent``, ``not``); synonyms map to one member of their
+    group. A copy that abbreviates and one that writes out then read the same, whichever direction
+    the copy took. Numbers lose thousands separators and insignificant zeros (``07.50`` is ``7.5``,
+    ``1,000`` is ``1000``). Each distinct raw token is read once, in Python, and remembered.
+    """
+
+    def __init__(self, table: dict[str, str]) -> None:
+        self.table = {key: tuple(value.split()) for key, value in table.items()}
+        self._memo: dict[str, tuple[tuple[str, ...], bool]] = {}
+
+    def words(self, raw: str) -> tuple[tuple[str, ...], bool]:
+        """``raw``'s canonical words, and whether it ends a sentence (``.``, ``!``, ``?``, ``;``, not a dotted abbreviation)."""
+        found = self._memo.get(raw)
+        if found is None:
+            if len(self._memo) >= _MEMO_LIMIT:
+                self._memo.clear()
+            found = self._memo[raw] = self._canonical(raw)
+        return found
+
+    def _canonical(self, raw: str) -> tuple[tuple[str, ...], bool]:
+        token = unicodedata.normalize("NFKC", raw).casefold().translate(_ZERO_WIDTH).translate(_QUOTES)
+        core = token.rstrip(_CLOSERS)
+        ends = bool(core) and core[-1] in _SENTENCE_END and not (core.count(".") > 1 and core.rstrip(".") + "." in self.table)
+        whole = core.strip(_CLOSERS + "([{\"',:;!?")
+        for form in (whole, whole + "."):
+            if form in self.table:
+                return self.table[form], ends
+        words: list[str] = []
+        for piece in _PIECE.findall(token.replace("n't", " n't")):
+            known = self.table.get(piece, self.table.get(piece.rstrip(".") + "."))
+            if known is not None:
+                words.extend(known)
+            elif piece[0].isdigit():
+                words.append(_number(piece))
+            elif piece.endswith("/"):
+                words.append(piece[:-1])
+            else:
+                words.extend(self.table.get(piece, (piece,)))
+        return tuple(words), ends
+
+
+def _number(piece: str) -> str:
+    """``1,000`` -> ``1000``; ``07.50`` -> ``7.5``; ``7.0`` -> ``7`` (the same value written another way)."""
+    if re.fullmatch(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?", piece):
+        piece = piece.replace(",", "")
+    if re.fullmatch(r"\d+(?:\.\d+)?", piece):
+        whole, _, decimals = piece.partition(".")
+        whole, decimals = whole.lstrip("0") or "0", decimals.rstrip("0")
+        return f"{whole}.{decimals}" if decimals else whole
+    return piece
+
+
+@dataclass(frozen=True)
+class CanonicalTokens:
+    """A batch of texts as canonical words, dictionary-encoded: record ``i`` owns ``ids[starts[i]:ends[i]]``.
+
+    Normalising once per text, here, is what makes "the same text" one notion for every step: the
+    exact hash, the MinHash shingles, the values, the rapidfuzz similarity and the clinical facts all
+    read these words.
+    """
+
+    words: pa.Array  # string: the distinct canonical words of the batch
+    ids: np.ndarray  # int64 per token: index into ``words``
+    starts: np.ndarray  # int64 per record
+    ends: np.ndarray  # int64 per record
+    sentence_end: np.ndarray  # bool per token: the last word of a sentence
+
+    def texts(self) -> pa.Array:
+        """Each record's canonical words joined by single spaces (what rapidfuzz compares)."""
+        offsets = pa.array(np.concatenate([self.starts, self.ends[-1:]]).astype(np.int64) if len(self.starts) else np.zeros(1, np.int64))
+        joined = pc.binary_join(pa.LargeListArray.from_arrays(offsets, self.words.take(pa.array(self.ids))), " ")
+        return joined.cast(pa.string())
+
+    def token_hashes(self, key: str = _HASH_KEY) -> TokenHashes:
+        """The words as 64-bit hashes (each distinct word hashed once), for shingles and exact hashes."""
+        return TokenHashes(hashes=hash_strings(self.words, key)[self.ids], starts=self.starts, ends=self.ends)
+
+    def record_hashes(self, key: str = _HASH_KEY) -> np.ndarray:
+        """A 64-bit hash per record of its word sequence (order matters): equal canonical texts, equal hashes."""
+        tokens = self.token_hashes(key)
+        position = np.arange(len(self.ids), dtype=np.int64) - np.repeat(self.starts, self.ends - self.starts)
+        return _sums(splitmix64(tokens.hashes ^ splitmix64(position.astype(np.uint64) + np.uint64(1))), self.starts, self.ends)
+
+    def value_fingerprints(self) -> np.ndarray:
+        """Per record, a 64-bit fingerprint of the values and codes it writes: the multiset of their digit runs.
+
+        A word holding a digit counts as its pieces between full stops (``7.5`` as ``7`` and ``5``;
+        ``e11.9`` as ``e11`` and ``9``; a piece of zeros only counts as nothing), so a decimal a
+        tokenizer wrote as "7. 5" or "9. 0" has the fingerprint of "7.5" or "9" (``9.0`` is written
+        ``9``): equal values give equal fingerprints (the converse is checked word by word, see
+        :func:`mediflow.quality.clinical.agree`). Each distinct word is hashed once; a record's
+        fingerprint is a difference of running sums.
+        """
+        has_digit = pc.match_substring_regex(self.words, r"\d").to_numpy(zero_copy_only=False)
+        with_digit = self.words.filter(pa.array(has_digit))
+        pieces = pc.split_pattern(with_digit, ".")
+        flat = pc.list_flatten(pieces)
+        piece_hashes = splitmix64(hash_strings(flat, "mediflow.values."))
+        piece_hashes[~pc.match_substring_regex(flat, r"[^0.]").to_numpy(zero_copy_only=False)] = 0  # "9.0" is "9": a lone "0" split off is no value
+        owner = pc.list_parent_indices(pieces).to_numpy()
+        per_digit_word = np.zeros(len(with_digit), np.uint64)
+        with np.errstate(over="ignore"):
+            np.add.at(per_digit_word, owner, piece_hashes)
+        per_word = np.zeros(len(self.words), np.uint64)
+        per_word[has_digit] = per_digit_word
+        return _sums(per_word[self.ids], self.starts, self.ends)
+
+    def record_words(self, index: int) -> tuple[list[str], list[bool]]:
+        """One record's words and sentence ends as Python lists (the clinical check reads them)."""
+        start, end = int(self.starts[index]), int(self.ends[index])
+        vocabulary = self._vocabulary()
+        return [vocabulary[i] for i in self.ids[start:end].tolist()], self.sentence_end[start:end].tolist()
+
+    def _vocabulary(self) -> list[str]:
+        cached: list[str] | None = self.__dict__.get("_words_list")
+        if cached is None:
+            cached = self.words.to_pylist()
+            object.__setattr__(self, "_words_list", cached)
+        return cached
+
+
+def _sums(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Per record, the sum (modulo 2**64) of ``values[starts[i]:ends[i]]``, as a difference of running sums."""
+    running = np.zeros(len(values) + 1, np.uint64)
+    with np.errstate(over="ignore"):
+        np.cumsum(values, dtype=np.uint64, out=running[1:])
+        sums: np.ndarray = running[ends] - running[starts]
+    return sums
+
+
+def canonical_tokens(texts: pa.Array | pa.ChunkedArray, forms: CanonicalForms) -> CanonicalTokens:
+    """Normalise a batch of raw texts once: spacing fixed in Arrow, each distinct whitespace token read by ``forms`` once.
+
+    Whitespace of any kind (line breaks, tabs, runs of spaces) separates tokens and nothing else;
+    a space before closing punctuation or inside a number ("hours .", "7 .5", "1. 1", "J18. 9") is
+    removed first, so spacing never changes a word or a value.
+    """
+    filled = pc.fill_null(texts, "")
+    for pattern, rewrite in ((_ORDINAL, r"\1"), (_SPLIT_NUMBER, r"\1\2\3"), (_LOOSE_PUNCTUATION, r"\1\2")):
+        filled = pc.replace_substring_regex(filled, pattern, rewrite)
+    split = pc.utf8_split_whitespace(filled)
+    if isinstance(split, pa.ChunkedArray):
+        split = split.combine_chunks()
+    offsets = split.offsets.to_numpy().astype(np.int64)
+    flat = split.values.slice(offsets[0], offsets[-1] - offsets[0]) if len(split) else split.values
+    encoded = pc.dictionary_encode(flat)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    raw_tokens = encoded.dictionary.to_pylist()
+    vocabulary: dict[str, int] = {}
+    counts = np.empty(len(raw_tokens), np.int64)
+    ends_sentence = np.empty(len(raw_tokens), bool)
+    flat_ids: list[int] = []
+    for index, raw in enumerate(raw_tokens):
+        words, ends = forms.words(raw)
+        counts[index], ends_sentence[index] = len(words), ends
+        flat_ids.extend(vocabulary.setdefault(word, len(vocabulary)) for word in words)
+    first_id = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    raw_ids = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    per_token = counts[raw_ids]
+    total = int(per_token.sum())
+    token_start = np.cumsum(per_token) - per_token
+    ids = np.asarray(flat_ids, np.int64)[np.repeat(first_id[raw_ids], per_token) + (np.arange(total, dtype=np.int64) - np.repeat(token_start, per_token))]
+    last_word = np.zeros(total, bool)
+    has_words = per_token > 0
+    last_word[(token_start + per_token - 1)[has_words]] = ends_sentence[raw_ids][has_words]
+    running = np.concatenate([[0], np.cumsum(per_token)]).astype(np.int64)
+    record_offsets = running[offsets - offsets[0]]
+    words = pa.array(list(vocabulary), pa.string())
+    return CanonicalTokens(words=words, ids=ids, starts=record_offsets[:-1], ends=record_offsets[1:], sentence_end=last_word)
+
+
 def splitmix64(values: np.ndarray) -> np.ndarray:
     """SplitMix64's finaliser: spreads structured 64-bit values (sums, products) over all bits."""
     x = values.astype(np.uint64, copy=True)
@@ -69,7 +263,8 @@ class TokenHashes:
 
     @property
     def lengths(self) -> np.ndarray:
-        return self.ends - self.starts
+        lengths: np.ndarray = self.ends - self.starts
+        return lengths
 
 
 def token_hashes(normalized: pa.Array) -> TokenHashes:

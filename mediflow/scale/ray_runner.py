@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -45,9 +44,12 @@ import numpy as np
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError, MediflowError
 from mediflow.scale.config import RayConfig
+from mediflow.steps import ask
 from mediflow.steps.contract import LLMStep, StepResult
 from mediflow.steps.runner import map_ordered
-from mediflow.teachers.factory import TeacherConfig
+from mediflow.steps.stage import open_engine
+from mediflow.teachers.config import TeacherConfig
+from mediflow.teachers.negotiation import capabilities_by_role
 
 #: Ray Data's default number of batches one async actor works on at once.
 BATCHES_PER_ACTOR = 4
@@ -67,11 +69,6 @@ class EngineWork(Protocol):
     """A stage's work, sent to every actor (it must pickle); ``open()`` runs once per actor, in its event loop."""
 
     def open(self) -> AbstractAsyncContextManager[Worker]: ...
-
-
-def actor_limits(limits: LimitsConfig, actors: int) -> tuple[LimitsConfig, float]:
-    """One actor's limits, and its share of every per-minute limit (``Engine(limit_share=...)``): ``1 / actors`` of each."""
-    return dataclasses.replace(limits, concurrency=max(1, math.ceil(limits.concurrency / actors))), 1.0 / actors
 
 
 def check_ray(config: RayConfig) -> None:
@@ -291,16 +288,8 @@ class StepWork:
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[Worker]:
-        from mediflow.engine import Engine
-        from mediflow.teachers.factory import teacher_from
-
-        limits, share = actor_limits(self.limits, self.actors)
-        teacher = teacher_from(self.teacher, limits, where=self.where)
-        try:
-            async with Engine(teacher, self.cache_path, limits, progress=False, limit_share=share) as engine:
-                yield _StepWorker(engine, self.step, self.where)
-        finally:
-            await teacher.aclose()
+        async with open_engine(self.teacher, self.cache_path, self.limits, where=self.where, actors=self.actors) as engine:
+            yield _StepWorker(engine, self.step, self.where)
 
 
 class _StepWorker:
@@ -310,14 +299,10 @@ class _StepWorker:
         self.role = role
 
     async def run(self, row: Any) -> StepResult[Any]:
-        from mediflow.steps import ask
-
         return await ask(self.engine, self.step, row)
 
     def stats(self) -> dict[str, Any]:
         """The engine's running totals, and what this actor's teacher negotiated with the server."""
-        from mediflow.teachers.negotiation import capabilities_by_role
-
         return {**self.engine.stats.as_dict(), "teacher_capabilities": capabilities_by_role({self.role: self.engine.teacher})}
 
 

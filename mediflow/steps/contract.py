@@ -9,7 +9,7 @@ with two methods, Curator-style::
         def parse(self, row: Record, answer: Answer) -> str | Reject: ...
 
 JSON answers: a request that carries ``response_schema`` is answered through
-:func:`~mediflow.pipeline.structured.ask_json` (strict decoding where the server has it, local
+:func:`~mediflow.steps.structured.ask_json` (strict decoding where the server has it, local
 validation, correction turns quoting the validator, never a repair), so ``parse`` only ever sees a
 schema-valid ``answer.value``; an answer still invalid after ``max_corrections`` turns becomes a
 reject without ``parse`` being called. A step that wants whatever the teacher wrote (a weak
@@ -31,8 +31,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from mediflow.pipeline.structured import CompletesChat, ask_json
 from mediflow.prompts import PromptTemplate
+from mediflow.steps.structured import CompletesChat, ask_json
 from mediflow.teachers.base import ChatRequest, ChatResponse
 
 #: The reject reason of a plain-text answer still cut at ``max_tokens`` after its retry (counted in the manifest).

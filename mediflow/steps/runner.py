@@ -6,6 +6,11 @@ next row), and results come out in row order, buffering at most ``ahead`` finish
 slow one so memory stays bounded. The first failure (a teacher that refused the run, a stopped
 engine, a bug) cancels every row still running and is raised at once; what finished before it was
 already cached by the engine, so a rerun pays only for the rest.
+
+In batch mode a row whose answer is not cached yet raises :class:`~mediflow.engine.deferral.Deferred`.
+That is no failure: the other rows run on (and record their own misses for the same batch), and
+the deferral is raised in the row's turn, once they are done. :func:`gather_all` does the same for
+a fixed set of awaitables.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
-from mediflow.pipeline.structured import CompletesChat
+from mediflow.engine.deferral import Deferred
 from mediflow.steps.contract import LLMStep, Row, StepResult, Value, ask
+from mediflow.steps.structured import CompletesChat
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -37,6 +43,8 @@ async def map_ordered(
         async with running:
             try:
                 return await function(item)
+            except Deferred:
+                raise  # batch mode: not a failure; raised in this row's turn
             except Exception as exc:
                 if not failed.done():
                     failed.set_result(exc)
@@ -50,6 +58,9 @@ async def map_ordered(
                 yield await _next(pending, failed)
         while pending:
             yield await _next(pending, failed)
+    except Deferred:
+        await asyncio.gather(*pending, return_exceptions=True)  # the other rows record their misses too
+        raise
     finally:
         for task in pending:
             task.cancel()
@@ -64,6 +75,19 @@ async def _next(pending: deque[asyncio.Task[Result]], failed: asyncio.Future[Bas
         raise failed.result()
     pending.popleft()
     return head.result()
+
+
+async def gather_all(*awaitables: Awaitable[Result]) -> list[Result]:
+    """Every awaitable run to its end, then their results in order, or the first exception raised.
+
+    Unlike ``asyncio.gather``, no sibling is left running on its own when one fails, and in batch
+    mode every sibling records its own misses before the first :class:`Deferred` is raised.
+    """
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return typing.cast(list[Result], results)
 
 
 async def run_step(

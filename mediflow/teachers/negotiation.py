@@ -16,7 +16,7 @@ answers come at the server's default temperature, not the one the config asked f
 stays with the teacher (one per model and base URL, for the run), so the run pays each refusal about
 once, and goes into the manifest of every folder made with the teacher (:func:`capabilities_by_role`,
 one entry per role: the generator, the judge, each pair role, the PIT QA teacher). Whatever the
-level, every JSON answer is validated locally (:mod:`mediflow.pipeline.structured`): negotiation
+level, every JSON answer is validated locally (:mod:`mediflow.steps.structured`): negotiation
 decides how to ask, never what to accept.
 
 The cache key stays the request as asked (temperature included) even when the temperature was
@@ -159,6 +159,20 @@ class Negotiation:
             "dropped_parameters": sorted(self.dropped),
             "refusals": dict(self.refusals),
         }
+
+
+def wire_of(body: Mapping[str, Any]) -> WireRequest:
+    """The :class:`WireRequest` a body was built as (a batch line read back from its input file).
+
+    A JSON request below JSON mode cannot be told from a plain one by its body; it has no lower level
+    to step down to either, so it reads as plain.
+    """
+    response_format = body.get("response_format")
+    kind = response_format.get("type") if isinstance(response_format, Mapping) else None
+    if kind == "json_object" and isinstance(response_format, Mapping) and "schema" in response_format:
+        kind = "json_object_schema"
+    parameters = tuple(name for name in (*TOKEN_LIMIT_FIELDS, *DROPPABLE_PARAMETERS) if name in body)
+    return WireRequest(dict(body), kind if kind in STRUCTURED_LEVELS else None, parameters)
 
 
 def _first_level(schema: dict[str, Any]) -> int:

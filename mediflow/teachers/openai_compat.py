@@ -24,15 +24,19 @@ import asyncio
 import ipaddress
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import httpx
 import openai
 
+from mediflow.batch.providers import OpenAIBatchAPI
 from mediflow.errors import MediflowError, TeacherUnavailable
 from mediflow.teachers.base import ChatRequest, ChatResponse, Teacher
 from mediflow.teachers.negotiation import Negotiation
+
+if TYPE_CHECKING:
+    from mediflow.batch.config import BatchConfig
 
 #: Response headers worth handing to the engine (rate limits and server back-off hints).
 _FORWARDED_HEADER_PREFIXES = (b"x-ratelimit-", b"retry-after")
@@ -177,6 +181,10 @@ class OpenAICompatTeacher(Teacher):
         """What the start-up check found and what was negotiated, for the run's manifest."""
         return {"base_url": self.describe(), "models_check": self.models_check, **self.negotiation.summary()}
 
+    def batch_api(self, options: BatchConfig) -> OpenAIBatchAPI:
+        """The server's Files + Batch API, on this teacher's client and negotiation (see :mod:`mediflow.batch.providers`)."""
+        return OpenAIBatchAPI(self._client, self.negotiation, self.provider, self.describe())
+
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._client.close()
@@ -185,7 +193,18 @@ class OpenAICompatTeacher(Teacher):
 def _chat_response(http_response: httpx.Response, default_model: str) -> ChatResponse:
     """The first choice of a chat-completion body; an unreadable body is a (retryable) validation error."""
     try:
-        completion = json.loads(http_response.content)
+        return completion_response(json.loads(http_response.content), default_model, _forwarded_headers(http_response.headers.raw))
+    except ValueError as exc:
+        reason = f"JSONDecodeError: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise openai.APIResponseValidationError(http_response, None, message=f"unreadable chat completion: {reason}") from exc
+
+
+def completion_response(completion: Any, default_model: str, headers: dict[str, str] | None = None) -> ChatResponse:
+    """A :class:`ChatResponse` from a chat-completion body (online, or a batch output line's ``response.body``).
+
+    Raises :class:`ValueError` naming what is missing or mistyped.
+    """
+    try:
         choices = completion["choices"]
         if not choices:
             raise ValueError("response has no choices")
@@ -200,13 +219,10 @@ def _chat_response(http_response: httpx.Response, default_model: str) -> ChatRes
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             model=completion.get("model") or default_model,
-            headers=_forwarded_headers(http_response.headers.raw),
+            headers=headers or {},
         )
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        raise openai.APIResponseValidationError(
-            http_response, None, message=f"unreadable chat completion: {type(exc).__name__}: {reason}"
-        ) from exc
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _forwarded_headers(raw_headers: list[tuple[bytes, bytes]]) -> dict[str, str]:

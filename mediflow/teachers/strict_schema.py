@@ -17,7 +17,8 @@ _SUBSCHEMA_MAPS = ("$defs", "definitions")
 
 def strict_form(schema: dict[str, Any]) -> dict[str, Any]:
     """A strict copy of ``schema``: every object closed and fully required, optionals nullable."""
-    return _strict(copy.deepcopy(schema))
+    strict: dict[str, Any] = _strict(copy.deepcopy(schema))
+    return strict
 
 
 def _strict(node: Any) -> Any:

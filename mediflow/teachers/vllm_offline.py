@@ -5,17 +5,23 @@ of ``SamplingParams``; JSON answers constrained with ``StructuredOutputsParams(j
 ``GuidedDecodingParams(json=schema)`` on vLLM < 0.11). It has NOT been run on a GPU in this
 project's CI: the batching and message conversion around it are tested with a stand-in ``LLM``.
 Requests from the engine are gathered by a :class:`MicroBatcher`, so concurrency in the engine
-becomes batch size on the GPU.
+becomes batch size on the GPU. The model is loaded on the first request: in batch mode
+(``mode: batch``) there is none, and the requests go through vLLM's ``run_batch`` instead
+(:class:`mediflow.batch.providers.VLLMRunBatch`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mediflow.errors import MediflowError
 from mediflow.teachers.base import ChatRequest, ChatResponse, Teacher
 from mediflow.teachers.micro_batch import MicroBatcher
+
+if TYPE_CHECKING:
+    from mediflow.batch.config import BatchConfig
+    from mediflow.batch.providers import VLLMRunBatch
 
 
 class VLLMOfflineTeacher(Teacher):
@@ -36,7 +42,8 @@ class VLLMOfflineTeacher(Teacher):
         self.name = f"vllm:{model_path}"
         self.model = model_path
         self._vllm = _import_vllm()
-        self._llm = llm if llm is not None else self._vllm.LLM(model=model_path, **llm_options)
+        self._llm = llm
+        self._llm_options = llm_options
         self._batcher: MicroBatcher[ChatRequest, ChatResponse] = MicroBatcher(
             self._generate, window=batch_window, max_batch=max_batch
         )
@@ -51,6 +58,8 @@ class VLLMOfflineTeacher(Teacher):
         """One blocking ``LLM.chat`` call for a batch (runs in a worker thread)."""
         conversations = [request.message_dicts() for request in requests]
         params = [self.sampling_params(request) for request in requests]
+        if self._llm is None:
+            self._llm = self._vllm.LLM(model=self.model, **self._llm_options)
         outputs = self._llm.chat(conversations, params, use_tqdm=False)
         return [_to_response(output, self.model) for output in outputs]
 
@@ -65,6 +74,12 @@ class VLLMOfflineTeacher(Teacher):
         if request.response_schema is not None:
             options.update(_structured_json_option(self._vllm, request.response_schema))
         return self._vllm.SamplingParams(**options)
+
+    def batch_api(self, options: BatchConfig) -> VLLMRunBatch:
+        """The same requests as JSONL through vLLM's ``run_batch`` on this machine (``mode: batch``)."""
+        from mediflow.batch.providers import VLLMRunBatch  # brings the openai SDK (the batch format's errors): only in batch mode
+
+        return VLLMRunBatch(self.model, options.vllm_args)
 
     async def aclose(self) -> None:
         await self._batcher.aclose()

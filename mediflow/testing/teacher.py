@@ -20,6 +20,10 @@ and any model name is answered). Faults (``429`` with Retry-After, ``500``,
 ``arrivals``: each request's arrival, seconds since the last reset, for rate checks over time);
 ``POST /reset`` clears counters and restores the command-line settings. The tests, the benchmarks
 and anyone evaluating the library use it; it needs no key and no network.
+
+It also emulates a provider's Files and Batch APIs (``/v1/files``, ``/v1/batches``: statuses, an
+output and an error file, expired and failed batches, per-line errors; :mod:`mediflow.testing.batches`),
+answering each batch line exactly as ``/v1/chat/completions`` answers the same body.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any
 
 from aiohttp import web
 
+from mediflow.testing.batches import BatchService, error_body, error_response
 from mediflow.testing.instances import schema_instance
 from mediflow.testing.texts import clinical_text
 
@@ -69,6 +74,18 @@ class Settings:
     #: The model names served (GET /v1/models, 404 for others); None: no model list, any name answered.
     models: list[str] | None = None
     seed: int = 0
+    #: The Files and Batch APIs (False: answer them 404, as a server without a batch API does).
+    batch_api: bool = True
+    #: Seconds each batch status step (validating, in_progress, finalizing) takes.
+    batch_step: float = 0.05
+    #: The provider's limits on one batch input file (OpenAI: 50,000 requests, 200 MB); a file over them fails validation.
+    batch_max_lines: int = 50_000
+    batch_max_bytes: int = 200 * 1024 * 1024
+    #: Faults for the next N batches (fail validation; expire after half the lines; a corrupt output file) or lines (HTTP 500).
+    batch_fail: int = 0
+    batch_expire: int = 0
+    batch_corrupt: int = 0
+    batch_line_errors: int = 0
 
 
 def request_key(body: dict[str, Any]) -> str:
@@ -97,6 +114,7 @@ class TestTeacher:
         self.defaults = settings
         self.settings = replace(settings, fault_rates=dict(settings.fault_rates))
         self._random = random.Random(settings.seed)
+        self.batches = BatchService(lambda: self.settings, self.answer_body)
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -122,6 +140,7 @@ class TestTeacher:
         app.router.add_get("/stats", self.stats)
         app.router.add_post("/reset", self.reset)
         app.router.add_post("/control", self.control)
+        self.batches.routes(app)
         return app
 
     async def models(self, request: web.Request) -> web.Response:
@@ -143,6 +162,7 @@ class TestTeacher:
                 "max_in_flight": self.max_in_flight,
                 "arrivals": self.arrivals,
                 "settings": asdict(self.settings),
+                **self.batches.stats(),
             }
         )
 
@@ -150,6 +170,7 @@ class TestTeacher:
         self.settings = replace(self.defaults, fault_rates=dict(self.defaults.fault_rates))
         self._random = random.Random(self.defaults.seed)
         self._reset_counters()
+        self.batches.reset()
         return web.json_response({"ok": True})
 
     async def control(self, request: web.Request) -> web.Response:
@@ -198,7 +219,7 @@ class TestTeacher:
             refusal = self._refusal(body)
             if refusal is not None:
                 self.refusals += 1
-                return refusal
+                return web.json_response(refusal[1], status=refusal[0])
             text, finish_reason = self._answer(body, key, fault)
             self.served += 1
             payload = _completion(body, key, text, finish_reason)
@@ -210,26 +231,37 @@ class TestTeacher:
         finally:
             self.in_flight -= 1
 
-    def _refusal(self, body: dict[str, Any]) -> web.Response | None:
-        """What this server refuses in ``body``, answered the way the emulated server does; None if nothing."""
+    def answer_body(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """One batch line: the status and body ``POST /v1/chat/completions`` would answer ``body`` with (no faults, no latency)."""
+        refusal = self._refusal(body)
+        if refusal is not None:
+            self.refusals += 1
+            return refusal
+        key = request_key(body)
+        self.by_key[key] += 1
+        text, finish_reason = self._answer(body, key, None)
+        return 200, _completion_dict(body, key, text, finish_reason)
+
+    def _refusal(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+        """What this server refuses in ``body`` (status and error body, as the emulated server answers); None if nothing."""
         settings = self.settings
         if settings.models is not None and body.get("model") not in settings.models:
-            return _error(404, f"The model `{body.get('model')}` does not exist", "model_not_found")
+            return 404, error_body(f"The model `{body.get('model')}` does not exist", "model_not_found")
         kind = _format_type(body)
         if kind is not None and kind not in settings.response_formats:
             accepted = " or ".join(repr(name) for name in settings.response_formats)
             message = f"response_format.type: Input should be {accepted}; got {kind!r}"
-            return _error(settings.refusal_status, message, "invalid_request_error", param="response_format")
+            return settings.refusal_status, error_body(message, "invalid_request_error", param="response_format")
         for refused in settings.refused_parameters:
             name, _, only = refused.partition("=")
             if name not in body:
                 continue
             if not only:
                 message = f"Unsupported parameter: '{name}' is not supported with this model."
-                return _error(settings.refusal_status, message, "unsupported_parameter", param=name)
+                return settings.refusal_status, error_body(message, "unsupported_parameter", param=name)
             if str(body[name]) != only and body[name] != _number(only):
                 message = f"Unsupported value: '{name}' does not support {body[name]} with this model. Only the default ({only}) value is supported."
-                return _error(settings.refusal_status, message, "unsupported_value", param=name)
+                return settings.refusal_status, error_body(message, "unsupported_value", param=name)
         return None
 
     def _rate_limit_fault(self) -> str | None:
@@ -306,8 +338,9 @@ def _requested_schema(body: dict[str, Any], prompt: str) -> dict[str, Any] | Non
     kind = _format_type(body)
     if kind == "json_schema":
         return body["response_format"].get("json_schema", {}).get("schema") or {"type": "object"}
-    if kind == "json_object" and isinstance(body["response_format"].get("schema"), dict):
-        return body["response_format"]["schema"]  # llama-cpp-python / Anyscale style: JSON mode with a schema
+    given = body["response_format"].get("schema") if kind == "json_object" else None
+    if isinstance(given, dict):
+        return given  # llama-cpp-python / Anyscale style: JSON mode with a schema
     stated = _schema_in_prompt(prompt)
     if kind == "json_object":
         return stated or {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
@@ -333,31 +366,26 @@ def _garbage(schema: dict[str, Any], attempt: int) -> str:
 
 
 def _completion(body: dict[str, Any], key: str, text: str, finish_reason: str) -> bytes:
+    return json.dumps(_completion_dict(body, key, text, finish_reason)).encode()
+
+
+def _completion_dict(body: dict[str, Any], key: str, text: str, finish_reason: str) -> dict[str, Any]:
     prompt_chars = sum(len(str(m.get("content", ""))) for m in body.get("messages") or [])
     prompt_tokens, completion_tokens = prompt_chars // 4 + 1, len(text) // 4 + 1
-    return json.dumps(
-        {
-            "id": f"chatcmpl-{key}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model") or MODEL_ID,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
-            ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
-    ).encode()
+    return {
+        "id": f"chatcmpl-{key}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model") or MODEL_ID,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+    }
 
 
 def _error(
     status: int, message: str, code: str, headers: dict[str, str] | None = None, param: str | None = None
 ) -> web.Response:
-    payload = {"error": {"message": message, "type": code, "code": code, "param": param}}
-    return web.json_response(payload, status=status, headers=headers)
+    return error_response(status, message, code, param, headers)
 
 
 async def _cut_body(request: web.Request, payload: bytes) -> web.StreamResponse:
@@ -411,6 +439,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", type=_names, default=None, metavar="A,B",
                         help="serve only these model names, listed at GET /v1/models (default: no list, any name)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault draws and jitter")
+    parser.add_argument("--no-batch-api", action="store_true", help="answer /v1/files and /v1/batches with 404, as a server without a batch API")
+    parser.add_argument("--batch-step", type=float, default=0.05, help="seconds each batch status step takes")
     args = parser.parse_args(argv)
     settings = Settings(
         latency=args.latency,
@@ -424,6 +454,8 @@ def main(argv: list[str] | None = None) -> None:
         refused_parameters=args.refuse_parameter,
         models=args.models,
         seed=args.seed,
+        batch_api=not args.no_batch_api,
+        batch_step=args.batch_step,
     )
     server = TestTeacher(settings)
     print(f"mediflow test teacher listening on http://{args.host}:{args.port}/v1", flush=True)

@@ -135,7 +135,8 @@ def _as_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
 def build_sft_trainer(config: StageConfig, callbacks: list[Any] | None = None, inputs: AlignmentInputs | None = None) -> Any:
     """An ``SFTTrainer`` over the MediFlow ``messages`` records, loss on the assistant turns only."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_config import SFTConfig
+    from trl.trainer.sft_trainer import SFTTrainer
 
     inputs = inputs or prepare_inputs(config, "sft")
     output = config.path(config.output.dir)
@@ -163,7 +164,8 @@ def build_sft_trainer(config: StageConfig, callbacks: list[Any] | None = None, i
 def build_dpo_trainer(config: StageConfig, callbacks: list[Any] | None = None, inputs: AlignmentInputs | None = None) -> Any:
     """A ``DPOTrainer`` over conversational prompt/chosen/rejected pairs, with the configured reference."""
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+    from trl.trainer.dpo_config import DPOConfig
+    from trl.trainer.dpo_trainer import DPOTrainer
 
     inputs = inputs or prepare_inputs(config, "dpo")
     output = config.path(config.output.dir)

@@ -33,11 +33,12 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
+from mediflow.batch.config import BatchConfig, Mode, check_mode, mode_option
 from mediflow.configuration import Config, option, read_config_file
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError
 from mediflow.scale.config import EngineKind, RayConfig
-from mediflow.teachers.factory import TeacherConfig, teacher_aliases
+from mediflow.teachers.config import TeacherConfig, teacher_aliases
 
 STAGES = ("qa", "pit", "sft", "dpo", "eval")
 #: The stages that have a section of their own (sft has none: it only uses the shared sections).
@@ -127,6 +128,11 @@ class QASection(Config):
     max_tokens: int = option(768, "longest answer in tokens", minimum=1)
     engine: EngineKind = option("local", "local (one process) or ray (the QA step on Ray Data actors, see docs/scaling.md)")
     ray: RayConfig = option(RayConfig(), "the Ray engine (engine: ray)")
+    mode: Mode = mode_option()
+    batch: BatchConfig = option(BatchConfig(), "batch mode: file limits, batches in flight, polling (mode: batch)")
+
+    def check(self) -> None:
+        check_mode(self.mode, self.teacher.spec if self.teacher else None, self.engine, "qa.")
 
 
 @dataclass
@@ -230,7 +236,7 @@ _REQUIRED = {"pit": ("documents", "task_data"), "sft": ("train",), "dpo": ("trai
 class StageConfig(Config):
     """A whole stage config. ``root`` is the config file's folder: relative paths resolve against it."""
 
-    ALIASES: ClassVar[dict[str, str]] = {**teacher_aliases("qa"), "concurrency": "qa.limits.concurrency"}
+    ALIASES: ClassVar[dict[str, str]] = {**teacher_aliases("qa"), "concurrency": "qa.limits.concurrency", "mode": "qa.mode"}
 
     stage: Literal["qa", "pit", "sft", "dpo", "eval"] = option("sft", "which stage this config is for")
     model: ModelSection = option(ModelSection(), "what to start from")

@@ -26,10 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+
 from mediflow.errors import MediflowError
 from mediflow.folders import InputRef, OutputFolder, check_output, make_parent
 from mediflow.folders.atomic import write_json, write_text
 from mediflow.folders.manifest import flatten
+from mediflow.records import to_messages
+from mediflow.taxonomy import load_taxonomy
 from mediflow.train.config import StageConfig
 from mediflow.train.data import load_documents, load_messages, read_table
 from mediflow.train.fingerprint import model_fingerprint, path_fingerprint, value_hash
@@ -37,6 +41,7 @@ from mediflow.train.lengths import LengthReport, chunk_documents
 from mediflow.train.metrics import METRIC_KINDS, TaskMetric, aggregate, bootstrap, extract_json, load_task_metrics, measure, parse_json
 from mediflow.train.models import load_causal_lm, load_tokenizer
 from mediflow.train.overlap import check_overlap, conversation_text
+from mediflow.train.runtime import model_dir, stage_paths
 from mediflow.train.templates import end_of_turn_ids, plan_chat_template
 
 # ---------------------------------------------------------------- model-side measurements
@@ -101,8 +106,6 @@ def read_eval_rows(config: StageConfig, split: str | None = None) -> list[dict[s
     through its ``sft`` config, one split (``test`` unless ``data.split`` says otherwise), so each
     record is read once.
     """
-    from mediflow.records import to_messages
-
     path = config.path(config.data.records)
     table = read_table(path, split or config.data.read_split("eval"), "eval")
     columns = set(table.column_names)
@@ -146,8 +149,6 @@ def _is_structured(reference: str) -> bool:
 
 def _task_schemas(config: StageConfig, tasks: set[str]) -> dict[str, dict[str, Any] | None]:
     """Each task's ``output_schema`` from the taxonomy; ``None`` (parse-only check) when unknown."""
-    from mediflow.taxonomy import load_taxonomy
-
     taxonomy = load_taxonomy(config.path(config.data.taxonomy) if config.data.taxonomy else None)
     return {task: (taxonomy.tasks[task].output_schema if task in taxonomy.tasks else None) for task in tasks}
 
@@ -155,7 +156,6 @@ def _task_schemas(config: StageConfig, tasks: set[str]) -> dict[str, dict[str, A
 def _json_valid(value: Any, ok: bool, schema: dict[str, Any] | None) -> bool:
     if not ok:
         return False
-    import jsonschema
 
     return schema is None or jsonschema.Draft202012Validator(schema).is_valid(value)
 
@@ -271,7 +271,7 @@ def objective(report: dict[str, Any], kind: str = "auto") -> float:
         scores = [task["score"] for task in report["tasks"].values() if task.get("score") is not None]
         if not scores:
             raise MediflowError("objective task_score: no held-out records were scored (set data.records)")
-        return sum(scores) / len(scores)
+        return float(sum(scores) / len(scores))
     values = [math.log(domain["perplexity"]) for domain in report["perplexity"].values()]
     if not values:
         raise MediflowError("objective neg_log_perplexity: no held-out documents (set data.documents)")
@@ -325,8 +325,6 @@ def run_eval(config: StageConfig, *, overwrite: bool = False) -> dict[str, Any]:
     another one there is refused naming what changed unless ``overwrite``. The held-out inputs are
     read and checked before anything is written or a model loads.
     """
-    from mediflow.train.runtime import model_dir, stage_paths
-
     model = model_dir(config)
     inputs = read_eval_inputs(config)
     output = config.path(config.output.dir)
@@ -346,7 +344,7 @@ def run_eval(config: StageConfig, *, overwrite: bool = False) -> dict[str, Any]:
     paths = [model, *stage_paths(config)]
     check_output(target, paths, what="eval report", file=True, own=output)
     folder = OutputFolder.open(
-        output, kind="eval", config=config.to_dict(), fingerprint=value_hash(identity), inputs=refs, input_paths=paths,
+        output, kind="eval", holds="report", config=config.to_dict(), fingerprint=value_hash(identity), inputs=refs, input_paths=paths,
         overwrite=overwrite, staged=False, extra_entries=("eval_report.json", "predictions.jsonl"), details={"fingerprint": identity},
     )
     with folder:

@@ -14,6 +14,7 @@ another fingerprint, naming what changed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -84,8 +85,6 @@ _NOT_INPUTS = ("data.train", "data.eval", "data.documents", "data.task_data", "d
 
 def training_inputs(config: Any) -> dict[str, Any]:
     """The flat ``section.key`` values of a training stage's config that shape its result."""
-    import dataclasses
-
     values = {
         "model": {"dtype": config.model.dtype, "chat_template": config.model.chat_template},
         "method": dataclasses.asdict(config.method),

@@ -66,7 +66,7 @@ def _count(tokenizer: Any, text: str) -> int:
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt))
 
 
 def _decide(report: LengthReport, total: int, prompt: int, overlong: str) -> bool:

@@ -29,7 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from rapidfuzz.distance import LCSseq
+
+from mediflow.errors import ConfigError
+from mediflow.resources import taxonomies_dir
 
 METRIC_KINDS = ("classification", "rouge_l", "icd10_codes", "spans", "fields")
 
@@ -279,10 +283,6 @@ def bootstrap(kind: str, examples: Sequence[Example], *, resamples: int = 1000, 
 
 def load_task_metrics(path: Path | None = None) -> dict[str, TaskMetric]:
     """``{task: TaskMetric}`` from ``eval_metrics.yaml`` (the built-in one, or a user file)."""
-    import yaml
-
-    from mediflow.errors import ConfigError
-    from mediflow.resources import taxonomies_dir
 
     source = path or taxonomies_dir() / "eval_metrics.yaml"
     raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}

@@ -20,6 +20,7 @@ from typing import Any
 
 from mediflow.errors import ConfigError, MediflowError
 from mediflow.folders.guards import FolderLock, check_output
+from mediflow.train.templates import end_of_turn_ids, shipped_chat_template, strip_generation_markers
 
 #: Model names that resolve to a packaged GGUF: name -> (python package, cache folder name).
 #: The folder name carries a version: v2 adds the chat template and the end-of-turn stop tokens.
@@ -92,7 +93,6 @@ def _convert(gguf_package: Any, name: str, target: Path) -> None:
         if quantizer is not None:
             quantizer.remove_quantization_config(model)
         # The GGUF carries no chat template and only <eos> as its stop token; a chat model needs both.
-        from mediflow.train.templates import shipped_chat_template, strip_generation_markers
 
         tokenizer.chat_template = strip_generation_markers(shipped_chat_template(layout))
         set_end_of_turn(model, tokenizer, tokenizer.chat_template)
@@ -123,8 +123,6 @@ def load_tokenizer(path: Path) -> Any:
 
 def set_end_of_turn(model: Any, tokenizer: Any, template: str | None) -> None:
     """Make the model's generation config stop at the end of a turn (HF ``generate`` and vLLM read it)."""
-    from mediflow.train.templates import end_of_turn_ids
-
     stops = end_of_turn_ids(tokenizer, template)
     model.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
     if model.generation_config.pad_token_id is None:

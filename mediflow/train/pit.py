@@ -71,7 +71,8 @@ def build_stage_trainer(
 ) -> Any:
     """An ``SFTTrainer`` for one PIT stage, starting from the model folder ``init_from``."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_config import SFTConfig
+    from trl.trainer.sft_trainer import SFTTrainer
 
     tokenizer = load_tokenizer(init_from)
     model = load_causal_lm(init_from, config.model.dtype)

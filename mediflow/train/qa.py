@@ -13,6 +13,8 @@ retries, a durable response cache, so a rerun pays only for what is missing) and
 The output is a contract folder of kind ``qa`` (:class:`mediflow.folders.OutputFolder`): the rows
 in ``data/``, answers that stay invalid in ``rejects.parquet`` with the reason (never silently
 dropped), the teacher cache in ``cache.sqlite``; ``data.task_data`` of a ``pit`` config names it.
+With ``qa.mode: batch`` (``--batch``) the requests go through the provider's batch API first
+(:mod:`mediflow.batch.runner`), then the rows are made from the cache as online.
 """
 
 from __future__ import annotations
@@ -25,20 +27,22 @@ from typing import Any
 import jinja2
 import pyarrow as pa
 
+from mediflow.batch.runner import fill_cache_in_batches
 from mediflow.engine import Engine
 from mediflow.errors import ConfigError
-from mediflow.folders import Manifest, OutputFolder, StagedWriter
+from mediflow.folders import OutputFolder, StagedWriter, reject_table
 from mediflow.prompts import PromptTemplate, load_prompts
-from mediflow.steps import Answer, LLMStep, run_step
+from mediflow.scale.ray_runner import StepWork, check_ray, run_step_on_ray
+from mediflow.steps import Answer, LLMStep, StepResult, ask, open_engine, run_step
 from mediflow.sync import run_sync
 from mediflow.teachers.base import ChatRequest
-from mediflow.teachers.factory import teacher_from
+from mediflow.teachers.config import api_key_of
 from mediflow.teachers.negotiation import capabilities_by_role
 from mediflow.train.config import StageConfig
 from mediflow.train.data import load_documents
 
 TASK_DATA_SCHEMA = pa.schema([(name, pa.string()) for name in ("prompt", "completion", "task", "document_id", "prompt_version")])
-REJECT_SCHEMA = pa.schema([(name, pa.string()) for name in ("task", "document_id", "prompt_version", "error", "text")])
+_ASKED_SCHEMA = pa.schema([(name, pa.string()) for name in ("task", "document_id", "prompt_version")])
 #: The QA teacher's role in the manifest's ``teacher_capabilities`` (the config key of its section).
 ROLE = "qa.teacher"
 
@@ -92,38 +96,62 @@ class QAStep(LLMStep[tuple[dict[str, str], PromptTemplate], list[dict[str, str]]
 
 
 async def _ask_all(
-    config: StageConfig, documents: list[dict[str, str]], templates: list[PromptTemplate], cache_path: Path, previous: Manifest | None
-) -> tuple[list[dict[str, str]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """The rows, the rejects, and what the teacher negotiated with its server (``{role: capabilities}``)."""
+    config: StageConfig, documents: list[dict[str, str]], templates: list[PromptTemplate], folder: OutputFolder
+) -> tuple[list[dict[str, str]], list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any]]:
+    """The rows, the rejects, what the teacher negotiated with its server (``{role: capabilities}``) and
+    what the manifest records of the engine's usage (and of batch mode)."""
     qa = config.qa
     section, limits = qa.teacher, qa.limits
     if section is None:  # StageConfig.check requires it for the qa stage
         raise ConfigError("qa.teacher is required for the qa stage")
     step = QAStep(count=qa.qa_pairs, temperature=qa.temperature, max_tokens=qa.max_tokens, seed=config.train.seed)
     rows = [(document, template) for document in documents for template in templates]
-    teacher = teacher_from(section, limits, where=ROLE)
     produced: list[dict[str, str]] = []
     rejects: list[dict[str, Any]] = []
-    actors: list[dict[str, Any]] = []
-    try:
-        if qa.engine == "ray":  # the same step on Ray Data actors, each with its share of the limits
-            from mediflow.scale.ray_runner import StepWork, run_step_on_ray
+    details: dict[str, Any] = {}
+    if qa.engine == "ray":  # the same step on Ray Data actors, each with its share of the limits
 
-            work = StepWork(step, section, limits, cache_path, qa.ray.actors, ROLE)
-            run = await asyncio.to_thread(run_step_on_ray, rows, work, qa.ray)
-            results, actors = run.results, run.teacher_capabilities
+        api_key_of(section, ROLE)  # an unset key variable: one line here, not an error inside every actor
+
+        work = StepWork(step, section, limits, folder.cache_path, qa.ray.actors, ROLE)
+        run = await asyncio.to_thread(run_step_on_ray, rows, work, qa.ray)
+        results, capabilities = run.results, capabilities_by_role({}, run.teacher_capabilities, folder.previous)
+    else:
+        async with open_engine(section, folder.cache_path, limits, where=ROLE, progress=True) as engine:
+            if qa.mode == "batch":
+                details["batch"] = await _fill_in_batches(engine, step, rows, folder, config)
+            results = [result async for result in run_step(engine, step, rows, 2 * limits.concurrency)]
+            capabilities = capabilities_by_role({ROLE: engine.teacher}, previous=folder.previous)
+            details["usage"] = engine.stats.as_dict()
+    for (document, template), result in zip(rows, results):
+        if result.value is not None:
+            produced += result.value
         else:
-            async with Engine(teacher, cache_path, limits) as engine:
-                results = [result async for result in run_step(engine, step, rows, 2 * limits.concurrency)]
-        for (document, template), result in zip(rows, results):
-            if result.value is not None:
-                produced += result.value
-            else:
-                meta = {"task": template.name, "document_id": document["id"], "prompt_version": template.version}
-                rejects.append({**meta, "error": result.error, "text": result.raw_text})
-        return produced, rejects, capabilities_by_role({ROLE: teacher}, actors, previous)
-    finally:
-        await teacher.aclose()
+            meta = {"task": template.name, "document_id": document["id"], "prompt_version": template.version}
+            rejects.append({**meta, "error": result.error, "text": result.raw_text})
+    return produced, rejects, capabilities, details
+
+
+async def _fill_in_batches(
+    engine: Engine, step: QAStep, rows: list[tuple[dict[str, str], PromptTemplate]], folder: OutputFolder, config: StageConfig
+) -> dict[str, Any]:
+    """``qa.mode: batch``: every (document, prompt) answered through provider batches, into the cache."""
+    assert config.qa.teacher is not None
+
+    async def one(row: tuple[dict[str, str], PromptTemplate]) -> StepResult[list[dict[str, str]]]:
+        return await ask(engine, step, row)
+
+    return await fill_cache_in_batches(
+        folder.root, "qa", {ROLE: engine}, {ROLE: config.qa.teacher}, config.qa.batch, lambda: rows, one,
+        window=2 * config.qa.limits.concurrency, progress=engine.progress,
+    )
+
+
+def _reject_table(rejects: list[dict[str, Any]]) -> pa.Table:
+    """The answers still invalid after their corrections, in the one reject schema (the document and prompt they were for)."""
+    asked = pa.Table.from_pylist([{name: row[name] for name in ("task", "document_id", "prompt_version")} for row in rejects], schema=_ASKED_SCHEMA)
+    failed = len(rejects)
+    return reject_table(asked, "qa", ["qa_failed"] * failed, [float("nan")] * failed, [row["error"] for row in rejects], [None] * failed, [row["text"] for row in rejects])
 
 
 def _plain(config: StageConfig) -> dict[str, Any]:
@@ -144,8 +172,6 @@ def generate_task_data(config: StageConfig, *, overwrite: bool = False) -> Path:
 async def generate_task_data_async(config: StageConfig, *, overwrite: bool = False) -> Path:
     """:func:`generate_task_data` for callers already running an event loop."""
     if config.qa.engine == "ray":
-        from mediflow.scale.ray_runner import check_ray
-
         check_ray(config.qa.ray)  # before anything is written
     documents_path = config.path(config.data.documents)
     documents = load_documents(documents_path, config.data.text_field)
@@ -154,15 +180,15 @@ async def generate_task_data_async(config: StageConfig, *, overwrite: bool = Fal
     library = load_prompts(config.path(config.data.prompts) if config.data.prompts else None)
     templates = [library.get(name) for name in config.qa.tasks]
     folder = OutputFolder.open(
-        config.path(config.output.dir), kind="qa", config=_plain(config), input_paths=[documents_path], overwrite=overwrite
+        config.path(config.output.dir), kind="qa", holds="task_data", config=_plain(config), input_paths=[documents_path], overwrite=overwrite
     )
     with folder:
-        rows, rejects, folder.manifest.teacher_capabilities = await _ask_all(config, documents, templates, folder.cache_path, folder.previous)
+        rows, rejects, folder.manifest.teacher_capabilities, details = await _ask_all(config, documents, templates, folder)
         writer = StagedWriter(folder)
         try:
             writer.keep(pa.Table.from_pylist(rows, schema=TASK_DATA_SCHEMA))
-            writer.reject(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA))
-            writer.publish(TASK_DATA_SCHEMA, {"documents": len(documents), "rows": len(rows), "rejected": len(rejects)})
+            writer.reject(_reject_table(rejects))
+            writer.publish(TASK_DATA_SCHEMA, {"documents": len(documents), "rows": len(rows), "rejected": len(rejects)}, details)
         except BaseException:
             writer.abandon()
             raise

@@ -21,10 +21,10 @@ from typing import Any
 
 from mediflow.errors import ConfigError
 from mediflow.folders import InputRef, OutputFolder
-from mediflow.folders.model import CHECKPOINTS, MODEL_DIR, check_model_input, publish_model, staging_for
+from mediflow.folders.model import CHECKPOINTS, HOLDS_MODEL, MODEL_DIR, check_model_input, publish_model, staging_for
 from mediflow.train.config import StageConfig
 from mediflow.train.fingerprint import value_hash
-from mediflow.train.models import set_end_of_turn
+from mediflow.train.models import resolve_model, set_end_of_turn
 
 
 def cuda_available() -> bool:
@@ -35,8 +35,6 @@ def cuda_available() -> bool:
 
 def model_dir(config: StageConfig) -> Path:
     """The model folder ``model.name_or_path`` names: relative to the config file, or a packaged model."""
-    from mediflow.train.models import resolve_model
-
     cache = config.path(config.model.cache_dir) if config.model.cache_dir else None
     spec = config.model.name_or_path
     local = config.path(spec)
@@ -49,7 +47,7 @@ def is_main_process() -> bool:
     """True on the process that writes reports and manifests (the only one without a launcher)."""
     from accelerate import PartialState
 
-    return PartialState().is_main_process
+    return bool(PartialState().is_main_process)
 
 
 def open_model_output(
@@ -75,6 +73,7 @@ def open_model_output(
         folder = OutputFolder.open(
             config.path(config.output.dir),
             kind=config.stage,
+            holds=HOLDS_MODEL,
             config=config.to_dict(),
             fingerprint=value_hash(fingerprint),
             inputs=inputs,
@@ -153,7 +152,7 @@ def trl_arguments(args_cls: type, config: StageConfig, output_dir: Path, *, has_
 def _bf16_supported() -> bool:
     import torch
 
-    return torch.cuda.is_bf16_supported()
+    return bool(torch.cuda.is_bf16_supported())
 
 
 def lora_config(config: StageConfig) -> Any | None:

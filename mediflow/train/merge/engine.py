@@ -17,6 +17,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -58,7 +59,7 @@ class MergePlan:
     config: MergeConfig
     folders: list[ModelFolder]
     reference_index: int
-    reference_config: dict
+    reference_config: dict[str, Any]
     num_layers: int
     tensor_inputs: dict[str, list[str]]
     out_dtypes: dict[str, torch.dtype]
@@ -140,8 +141,9 @@ def run_merge(
     return output
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
+def _read_json(path: Path) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return value
 
 
 def _count_layers(folder: ModelFolder) -> int:
@@ -209,7 +211,7 @@ def _merge_one(
 
 def _tensor_parameters(
     config: MergeConfig, name: str, input_names: list[str], num_layers: int
-) -> tuple[dict, list[dict]]:
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     position = layer_position(name, num_layers)
     shared = {
         spec.name: resolve_parameter(spec, [config.parameters], name, position, "the merge")
@@ -243,7 +245,7 @@ def _copy_agreed_buffer(name: str, input_names: list[str], folders: list[ModelFo
     writer.write(name, first)
 
 
-def _write_config(reference_config: dict, folder: Path, out_dtypes: dict[str, torch.dtype]) -> None:
+def _write_config(reference_config: dict[str, Any], folder: Path, out_dtypes: dict[str, torch.dtype]) -> None:
     """The reference's config.json, with the dtype the weights were written in."""
     floating = [dtype for dtype in out_dtypes.values() if dtype.is_floating_point]
     merged = dict(reference_config)

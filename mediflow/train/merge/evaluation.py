@@ -25,9 +25,13 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from mediflow.errors import ConfigError
+from mediflow.train.config import load_config
+from mediflow.train.data import splits_of
+from mediflow.train.eval import make_evaluator
+from mediflow.train.runtime import stage_paths
 
 Evaluator = Callable[[Path], float]
 _KEYS = {"eval_config", "report_config", "callable", "report_callable"}
@@ -59,10 +63,6 @@ def build_evaluator(spec: Any, root: Path, base_model: Path) -> PresetEvaluators
     if "callable" in spec:
         report = _import_callable(str(spec["report_callable"])) if spec.get("report_callable") else None
         return PresetEvaluators(_import_callable(str(spec["callable"])), report)
-    from mediflow.train.config import load_config
-    from mediflow.train.data import splits_of
-    from mediflow.train.eval import make_evaluator
-    from mediflow.train.runtime import stage_paths
 
     def config(name: str) -> Any:
         return load_config(root / str(spec[name]), "eval", overrides=[f"model.name_or_path={base_model}"])
@@ -87,4 +87,4 @@ def _import_callable(reference: str) -> Evaluator:
         raise ConfigError(f"evaluate.callable: cannot import '{reference}' ({exc})") from None
     if not callable(function):
         raise ConfigError(f"evaluate.callable: '{reference}' is not callable")
-    return function
+    return cast(Evaluator, function)

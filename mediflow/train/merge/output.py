@@ -15,7 +15,7 @@ from typing import Any
 
 from mediflow.folders import InputRef, OutputFolder
 from mediflow.folders.manifest import flatten
-from mediflow.folders.model import MODEL_FILES, check_model_input, publish_model
+from mediflow.folders.model import HOLDS_MODEL, MODEL_FILES, check_model_input, publish_model
 from mediflow.train.fingerprint import model_fingerprint, value_hash
 from mediflow.train.merge.config import MergeConfig
 
@@ -80,6 +80,7 @@ def open_merge_output(
     return OutputFolder.open(
         output,
         kind="merge",
+        holds=HOLDS_MODEL,
         config=config,
         fingerprint=value_hash(identity),
         inputs=inputs,

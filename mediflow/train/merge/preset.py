@@ -36,6 +36,7 @@ scores, which lives under the folder's lock and survives ``--overwrite`` like a 
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -212,7 +213,6 @@ def evaluator_fingerprint(evaluate: Evaluator) -> str:
     declared = getattr(evaluate, "fingerprint", None)
     if declared:
         return str(declared)
-    import inspect
 
     source = inspect.getsourcefile(evaluate) if inspect.isfunction(evaluate) or inspect.ismethod(evaluate) else None
     code = file_hash(Path(source)) if source and Path(source).is_file() else None  # None: a frozen or built-in module

@@ -97,9 +97,8 @@ class ModelFolder:
         """Rows ``[start, stop)`` along dim 0 (the whole tensor for a 0-d one), as stored."""
         info = self.tensors[name]
         with safe_open(str(info.file), framework="pt") as handle:
-            if not info.shape:
-                return handle.get_tensor(name)
-            return handle.get_slice(name)[start:stop]
+            rows: torch.Tensor = handle.get_tensor(name) if not info.shape else handle.get_slice(name)[start:stop]
+            return rows
 
 
 def dtype_name(dtype: torch.dtype) -> str:
