@@ -684,5 +684,11 @@ def test_the_table_covers_every_command_and_class() -> None:
                     "train pit", "train eval", "merge", "merge --preset", "batches"):
         assert any(name.startswith(f"{command}:") for name in names), command
     for kind in ("inside the input", "input inside the output", "another kind", "locked", "corrupt", "truncated", "empty", "missing_column",
-                 "mistyped", "task name that is a path", "read-only", "full disk", " 0"):
+                 "mistyped", "task name that is a path", "read-only", "full disk", " 0",
+                 # issue 23: single-file outputs, links inside an output, hostile Parquet
+                 "--html over", "--plan-out over", "--cache inside", "--output-report", "--model-cache-dir", "another run's folder", "its config file",
+                 "a link into another run", "bad_utf8", "duplicate_column", "null_output", "duplicate_id"):
         assert any(kind in name for name in names), kind
+    for link in ("data a link", "data/part-00000.parquet a link", "manifest.json a link", "rejects.parquet a link", ".lock a link", "cache.sqlite a link",
+                 "README.md a link", "data/sft a link", "model/ a link", "weights file a link"):
+        assert any(link in name for name in names), link  # every kind of link, planted

@@ -123,7 +123,15 @@ def _check_not_in_another_run(path: Path, what: str, own: Path | None) -> None:
             return  # this command's own folder: its own guard checked where it sits
         kind = _run_kind(parent)
         if kind is not None:
-            raise MediflowError(f"{path}: the {what} would be written inside {parent}, the '{kind}' folder of another MediFlow run; choose a path outside it")
+            raise MediflowError(f"{path}: the {what} would be written inside {_shown(parent)}, the '{kind}' folder of another MediFlow run; choose a path outside it")
+
+
+def _shown(path: Path) -> Path:
+    """A resolved path as the user would write it: relative to the working folder when it is inside it."""
+    try:
+        return path.relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
 
 
 def _run_kind(folder: Path) -> str | None:

@@ -66,7 +66,7 @@ NOT_NULL: dict[str, tuple[tuple[str, ...], ...]] = {
     "records": (("instruction", "input", "output"),),
     "sft": (("messages",), ("instruction", "input", "output")),
     "eval": (("prompt", "reference"), ("messages",), ("instruction", "input", "output")),
-    "preferences": (("prompt", "chosen", "rejected"), ("instruction", "input", "output", "rejected_output")),
+    "preferences": (("prompt", "chosen", "rejected"), ("instruction", "input", "output")),  # a record without rejected_output is no pair: skipped
     "pairs": (("prompt", "chosen", "rejected"),),
     "task_data": (("prompt", "completion"), ("question", "answer")),
 }
