@@ -220,6 +220,33 @@ def baseline_child(size: int, threshold: float, seed: int, noise: str) -> None:
     print(json.dumps({"records": size, "total_s": round(elapsed, 1), "peak_rss_gb": _peak_rss_gb(), **figures}))
 
 
+def datatrove_row(folder: Path, python: str) -> dict:
+    """datatrove's MinHash (``benchmarks/dedup_datatrove.py`` under ``python``, a venv with datatrove) scored like the stage."""
+    with tempfile.TemporaryDirectory(prefix="mediflow-datatrove-") as work:
+        wrapper = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+                   "sys.stderr.write(done.stderr[-3000:] if done.returncode else ''); print(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else '{}'); "
+                   "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(done.returncode)")
+        child = subprocess.run([python, "-c", wrapper, python, str(Path(__file__).with_name("dedup_datatrove.py")), str(folder / "records.parquet"), work],
+                               capture_output=True, text=True, check=False)
+        if child.returncode:
+            raise SystemExit(f"datatrove failed: {child.stderr}")
+        timing, peak_kb = child.stdout.strip().splitlines()[-2:]
+        found = pq.read_table(Path(work) / "clusters.parquet")
+    ids = pq.read_table(folder / "records.parquet", columns=["id"]).column("id")
+    row_of = np.empty(len(ids), np.int64)
+    row_of[_id_numbers(ids)] = np.arange(len(ids))
+    rows = row_of[_id_numbers(found.column("id"))]
+    cluster, kept = found.column("cluster").to_numpy(), found.column("kept").to_numpy(zero_copy_only=False)
+    keeper = np.arange(len(ids))
+    kept_of_cluster = dict(zip(cluster[kept & (cluster >= 0)].tolist(), rows[kept & (cluster >= 0)].tolist()))
+    for row, label, is_kept in zip(rows.tolist(), cluster.tolist(), kept.tolist()):
+        if not is_kept:
+            keeper[row] = kept_of_cluster.get(label, row)
+    figures = scores(np.load(folder / "clusters.npy"), np.load(folder / "kinds.npy"), keeper)
+    return {"records": len(ids), "total_s": json.loads(timing)["datatrove_s"], "peak_rss_gb": round(int(peak_kb) / 1024**2, 2),
+            "dropped": int((keeper != np.arange(len(ids))).sum()), **figures}
+
+
 def _child(*args: str, release: Path | None = None) -> dict:
     """Run this script's ``--child`` in a fresh process; ``release``: a checkout of another mediflow it imports instead."""
     env = {**os.environ, "PYTHONPATH": str(release)} if release else None
@@ -260,6 +287,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7, help="the set's seed (7: the development split; the held-out split is another)")
     parser.add_argument("--noise", choices=["ours", *NOISES], default="ours", help="who makes the planted copies (benchmarks/dedup_noise.py)")
     parser.add_argument("--previous", type=Path, help="a checkout of the previous release, measured on the same sets in the same run")
+    parser.add_argument("--datatrove", metavar="PYTHON", help="an interpreter with datatrove installed: its MinHash dedup on the same sets")
     parser.add_argument("--config", default="{}", help="DedupConfig overrides as JSON, e.g. '{\"threshold\": 0.85}'")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "mediflow-dedup-bench-noise",
                         help="where generated record sets are kept (and reused) between runs")
@@ -290,6 +318,11 @@ def main() -> None:
             print(f"mediflow dedup ({label}, noise {args.noise}, seed {args.seed})", json.dumps(row), flush=True)
             _print_kinds(row)
             rows.append((f"mediflow dedup stage ({label})", row))
+        if args.datatrove:
+            row = datatrove_row(folder, args.datatrove)
+            print(f"datatrove MinHash (noise {args.noise}, seed {args.seed})", json.dumps(row), flush=True)
+            _print_kinds(row)
+            rows.append(("datatrove MinHash (defaults)", row))
     if rows:
         print("\n| method | records | wall time (s) | peak RSS (GB) | precision | recall | distinct records lost |\n|---|---:|---:|---:|---:|---:|---:|")
         for method, row in rows:

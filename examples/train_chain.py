@@ -8,8 +8,8 @@
 
 Every stage runs through the real command line (``python -m mediflow train ...`` and
 ``python -m mediflow merge``) in its own process, with the stage configs in ``examples/train/``
-and the synthetic corpora in ``examples/data/``; only paths and the CPU/GPU budget are overridden
-with ``--set``. After each stage the model is evaluated with the same eval config, and the last
+and the synthetic corpora in ``examples/data/``; only paths and the CPU/GPU budget are overridden,
+with the flags every config key has (``--train-max-steps 2``, ``--output-dir ...``). After each stage the model is evaluated with the same eval config, and the last
 step prints all reports side by side, so one can see what each stage did.
 """
 
@@ -37,7 +37,7 @@ CPU_PIT_SCHEDULE = (
     " {name: task_and_documents, data: [task, documents], epochs: 2, learning_rate: 1.0e-5, order: shuffled}]"
 )
 
-#: --set overrides per stage. CPU: a few steps on short sequences (Gemma-3-270M trains at roughly
+#: Config overrides per stage (``section.key=value``, passed as the key's flag). CPU: a few steps on short sequences (Gemma-3-270M trains at roughly
 #: 5-15 s per step of ~100 tokens on 2 cores); GPU: the configs as written. PIT's max_length is 256
 #: because at 128 half of the example task rows do not fit (the stage would drop 12 of 24 rows).
 BUDGETS = {
@@ -63,8 +63,13 @@ def mediflow(*arguments: str | Path) -> None:
     print(f"  ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
-def with_sets(overrides: list[str]) -> list[str]:
-    return [item for override in overrides for item in ("--set", override)]
+def as_flags(overrides: list[str]) -> list[str]:
+    """``section.key=value`` overrides as the flags of the config keys (``--section-key value``)."""
+    flags = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        flags += ["--" + key.replace(".", "-").replace("_", "-"), value]
+    return flags
 
 
 def length_rows(work: Path) -> list[tuple[str, dict[str, int]]]:
@@ -114,7 +119,7 @@ def main() -> int:
         if args.evaluate == "final" and not final:
             return
         mediflow("train", "eval", "--config", CONFIGS / "eval.yaml",
-                 *with_sets([f"model.name_or_path={model}", f"output.dir={work / ('eval_' + label)}", *budget["eval"]]))
+                 *as_flags([f"model.name_or_path={model}", f"output.dir={work / ('eval_' + label)}", *budget["eval"]]))
         reports.append(work / f"eval_{label}" / "eval_report.json")
 
     evaluate("0_base", base)
@@ -124,12 +129,12 @@ def main() -> int:
         task_data: list[str] = []
         if args.teacher:
             mediflow("train", "qa", "--config", CONFIGS / "qa_discharge.yaml",
-                     *with_sets([f"qa.teacher.spec={args.teacher}", f"data.documents={HERE / 'data' / corpus}",
-                                 f"output.dir={work / ('task_data_' + domain)}"]))
+                     "--teacher", args.teacher,
+                     *as_flags([f"data.documents={HERE / 'data' / corpus}", f"output.dir={work / ('task_data_' + domain)}"]))
             task_data = [f"data.task_data={work / ('task_data_' + domain)}"]
         output = work / f"expert_{domain}"
         mediflow("train", "pit", "--config", CONFIGS / f"pit_{domain}.yaml",
-                 *with_sets([f"model.name_or_path={base}", f"output.dir={output}", *task_data, *budget["pit"]]))
+                 *as_flags([f"model.name_or_path={base}", f"output.dir={output}", *task_data, *budget["pit"]]))
         expert = Path(json.loads((output / "manifest.json").read_text())["final"])
         experts.append(expert)
         evaluate(f"1_expert_{domain}", expert)
@@ -145,11 +150,11 @@ def main() -> int:
     evaluate("2_merged", merged)
 
     mediflow("train", "sft", "--config", CONFIGS / "sft.yaml",
-             *with_sets([f"model.name_or_path={merged}", f"output.dir={work / 'sft'}", *budget["sft"]]))
+             *as_flags([f"model.name_or_path={merged}", f"output.dir={work / 'sft'}", *budget["sft"]]))
     evaluate("3_sft", work / "sft" / "model")
 
     mediflow("train", "dpo", "--config", CONFIGS / "dpo.yaml",
-             *with_sets([f"model.name_or_path={work / 'sft' / 'model'}", f"output.dir={work / 'dpo'}", *budget["dpo"]]))
+             *as_flags([f"model.name_or_path={work / 'sft' / 'model'}", f"output.dir={work / 'dpo'}", *budget["dpo"]]))
     evaluate("4_dpo", work / "dpo" / "model", final=True)
 
     print_length_table(work)

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import mediflow.preference.build as pairs
 import mediflow.quality.curation as curation
 from mediflow.audit.report import AuditReport
-from mediflow.audit.stage import audit
+from mediflow.audit.stage import audit as audit  # the audit stage, re-exported as it is
 from mediflow.config import RunConfig, load_config
 from mediflow.pipeline.run import load_output, run_async
 from mediflow.preference.build import PairsResult
@@ -62,27 +62,6 @@ if TYPE_CHECKING:
 PathLike = str | Path
 #: A config: the stage's Config, a YAML/JSON path, a dict, or None (the defaults).
 ConfigSource = Any
-
-__all__ = [
-    "audit",
-    "audit_async",
-    "build_pairs",
-    "build_pairs_async",
-    "curate",
-    "curate_async",
-    "decontaminate",
-    "decontaminate_async",
-    "dedup",
-    "dedup_async",
-    "export",
-    "export_async",
-    "filter_records",
-    "filter_records_async",
-    "generate",
-    "generate_async",
-    "judge",
-    "judge_async",
-]
 
 
 def generate(config: RunConfig | Mapping[str, Any] | PathLike | None = None, out: PathLike | None = None, *, overwrite: bool = False, **overrides: Any) -> datasets.Dataset:

@@ -26,6 +26,7 @@ The API, in full::
     MyConfig.load("x.yaml", section="judge", samples=3)    # file | dict | instance | None, plus overrides
     add_flags(parser, MyConfig); overrides = flag_overrides(args)   # then MyConfig.load(path, **overrides)
     config.to_dict()                                       # plain JSON data (secrets left out), for manifests
+    config.samples = 3                                     # FrozenInstanceError: frozen once validated (replace/load instead)
 
 Types understood: ``str``, ``int``, ``float``, ``bool``, ``Path``, ``Literal[...]``, ``list[X]``,
 ``tuple[X, ...]``, ``dict[str, X]``, ``X | None`` and nested :class:`Config` dataclasses. An
@@ -87,6 +88,16 @@ class Config:
     def __post_init__(self) -> None:
         _raise_first_error(type(self), self.to_dict(), prefix="")
         self.check()
+        object.__setattr__(self, "_validated", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A config is frozen once validated: what was checked is what runs, and what the manifest records."""
+        if getattr(self, "_validated", False):
+            raise dataclasses.FrozenInstanceError(
+                f"cannot assign to {type(self).__name__}.{name}: a config is frozen once validated; "
+                f"make a new one with dataclasses.replace(config, {name}=...) or {type(self).__name__}.load(config, {name}=...)"
+            )
+        super().__setattr__(name, value)
 
     def check(self) -> None:
         """Rules across fields that a JSON Schema cannot say; raise one :class:`ConfigError` line."""
@@ -437,6 +448,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Config], *, prefix: str
         kind = _optional_inner(annotation) or annotation
         if kind is bool:
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif bool in typing.get_args(kind):  # true or a value (resume: true, or a checkpoint folder): the bare flag means true
+            group.add_argument(flag, dest=dest, nargs="?", const=True, type=_yaml_value, metavar="VALUE", default=None, help=help_text)
         elif typing.get_origin(kind) is Literal:
             group.add_argument(flag, dest=dest, choices=typing.get_args(kind), default=None, help=help_text)
             switch = f.metadata.get(_SWITCH)

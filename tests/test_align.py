@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -161,7 +162,7 @@ def test_sft_rerun_reuses_refuses_or_retrains(data: Path) -> None:
     model = run_sft(config)
     weights = (model / "model.safetensors").read_bytes()
     assert run_sft(config) == model and (model / "model.safetensors").read_bytes() == weights  # same inputs: reused
-    config.train.learning_rate = 5e-3
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, learning_rate=5e-3))  # configs are frozen: a new one
     with pytest.raises(MediflowError, match=r"another config \(changed: train.learning_rate 0.001 -> 0.005\).*--overwrite"):
         run_sft(config)
     assert (model / "model.safetensors").read_bytes() == weights  # nothing touched
@@ -171,15 +172,16 @@ def test_sft_rerun_reuses_refuses_or_retrains(data: Path) -> None:
     assert manifest["fingerprint"]["train.learning_rate"] == 5e-3 and manifest["status"] == "finished"  # the manifest describes the model on disk
 
 
-def test_sft_truncation_is_counted_and_dropped_rows_are_not_trained(data: Path) -> None:
+def test_sft_truncation_is_counted_and_an_emptied_set_is_an_error(data: Path) -> None:
     config = tiny_stage_config(data, "sft", model="base", train="export", output="sft_short", max_length=24)
+    with pytest.raises(MediflowError, match=r"^sft: none of the 6 rows fits data.max_length=24"):
+        prepare_inputs(config, "sft")  # nothing left to train on: one line before any model loads
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, overlong="cut", max_length=56))  # prompts ~52 tokens, records ~61
     inputs = prepare_inputs(config, "sft")
-    with pytest.warns(UserWarning, match="6 of 6 rows do not fit"):
-        inputs.lengths.announce(config.data.warn_fraction)
-    assert inputs.lengths.dropped == 6 and inputs.train_rows == [] and inputs.lengths.tokens_lost == inputs.lengths.tokens
-    config.data.overlong, config.data.max_length = "cut", 56  # prompts are ~52 tokens, whole records ~61
-    cut = prepare_inputs(config, "sft").lengths
+    cut = inputs.lengths
     assert (cut.cut, cut.kept, cut.dropped) == (6, 6, 0) and 0 < cut.tokens_lost < cut.tokens
+    with pytest.warns(UserWarning, match="6 of 6 rows do not fit"):
+        cut.announce(config.data.warn_fraction)
 
 
 def test_all_dropped_dpo_set_is_one_error_line(data: Path, capsys: pytest.CaptureFixture[str]) -> None:

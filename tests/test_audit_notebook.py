@@ -40,7 +40,7 @@ def test_audit_notebook_runs_headless_on_a_folder_with_planted_problems(tmp_path
     html_outputs, text = _execute(output, tmp_path, monkeypatch)
     assert html_outputs.count('src="data:image/png;base64,') >= 8  # every plotted section shows its figure
     assert "JSON validity per task" in html_outputs and "Planned cells with no record" in html_outputs
-    assert text.count("<h2>") == 12  # contents + 11 sections
+    assert text.count("<h2>") == 16  # contents + 15 sections
 
 
 def test_audit_notebook_runs_headless_on_a_generate_output(teacher_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,4 +50,4 @@ def test_audit_notebook_runs_headless_on_a_generate_output(teacher_server, tmp_p
     generate(small_run_config(teacher_server, output, tasks=tasks, difficulty_levels=["routine"]))
     html_outputs, text = _execute(output, tmp_path, monkeypatch)
     assert "the run&#x27;s plan" in html_outputs or "the run's plan" in html_outputs  # coverage against the real plan
-    assert text.count("<h2>") == 12 and "ICD-10-CM code validity" in text
+    assert text.count("<h2>") == 16 and "ICD-10-CM code validity" in text and "Case rule violations" in text

@@ -303,7 +303,7 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
                                                                        "dedup.values", [w.records, tmp]))
     add("export: --max-shard-rows 0", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--max-shard-rows", "0"], "max_shard_rows: 0 is less than the minimum of 1", [w.records, tmp]))
     add("export: --max-shard-mb -1", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--max-shard-mb", "-1"], "max_shard_mb: -1.0 is less than or equal to the minimum of 0", [w.records, tmp]))
-    add("export: split shares that do not sum to 1", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--split-train", "0.5"], "split: train + validation + test must sum to 1, got 0.6", [w.records, tmp]))
+    add("export: split shares that do not sum to 1", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--split-train", "0.5"], "split.train: train + validation + test = 0.6", [w.records, tmp]))
     add("export: neither --local-dir nor --to-hub", lambda tmp, w: Case(["export", str(w.records)], "export: nowhere to write", [w.records, tmp]))
     add("export: --to-hub without a token", lambda tmp, w: Case(["export", str(w.records), "--to-hub", "org/name", "--token-env", "MEDIFLOW_NO_SUCH_TOKEN"], "no Hub token: set the environment variable MEDIFLOW_NO_SUCH", [w.records, tmp]))
     add("audit: a misspelt key in --config", lambda tmp, w: Case(["audit", str(w.records), "--config", str(_text(tmp / "audit.yaml", "sample_sise: 3\n"))], "did you mean 'sample_size'", [w.records, tmp]))
@@ -330,10 +330,22 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("train sft: --data-max-length 0", lambda tmp, w: replace(sft(tmp, w, "--data-max-length", "0"), says="data.max_length"))
     # each stage's own section: its flags, and no other stage's keys
     add("train dpo: --dpo-beta 0", lambda tmp, w: replace(sft(tmp, w, "--dpo-beta", "0", stage="dpo"), says="dpo.beta: 0"))
-    add("train sft: --set dpo.beta=0.2", lambda tmp, w: replace(sft(tmp, w, "--set", "dpo.beta=0.2"), says="dpo: this section belongs to the dpo stage, not to a sft config"))
+    add("train sft: --dpo-beta (another stage's key)", lambda tmp, w: replace(sft(tmp, w, "--dpo-beta", "0.2"), says="unrecognized arguments: --dpo-beta"))
     add("train qa: no teacher", lambda tmp, w: replace(sft(tmp, w, stage="qa"), says="qa.teacher is required for the qa stage"))
     add("train qa: --batch with the embedded local teacher", lambda tmp, w: replace(sft(tmp, w, "--teacher", "local", "--batch", stage="qa"), says="qa.mode: batch: the teacher 'local' has no batch API"))
     add("train qa: --concurrency 0", lambda tmp, w: replace(sft(tmp, w, "--teacher", "local", "--concurrency", "0", stage="qa"), says="qa.limits.concurrency: 0 is less than the minimum of 1"))
+    # every setting is checked before a model loads or the output folder is touched (issue 22)
+    def trained(tmp: Path, w: World, stage: str, *flags: str, says: str) -> Case:
+        return Case([*_model_argv(f"train {stage}", tmp, w, w.records, tmp / "out"), *flags], says, [w.records, w.pairs, w.model, tmp])
+
+    add("train dpo: --dpo-loss-type that TRL does not know", lambda tmp, w: trained(tmp, w, "dpo", "--dpo-loss-type", "sigmoidd", says="dpo.loss_type: 'sigmoidd' is not one of TRL's loss types"))
+    add("train sft: --model-attn-implementation flash_attention_2 without flash-attn", lambda tmp, w: trained(
+        tmp, w, "sft", "--model-attn-implementation", "flash_attention_2", says="model.attn_implementation: flash_attention_2 needs the flash-attn package"))
+    add("train sft: --resume a checkpoint whose save was killed", lambda tmp, w: trained(
+        tmp, w, "sft", "--resume", str(_killed_checkpoint(tmp / "checkpoint-3")), says="holds only config.json: no weights, optimizer or trainer state"))
+    add("train sft: --model-attn-implementation fast", lambda tmp, w: replace(sft(tmp, w, "--model-attn-implementation", "fast"), says="argument --model-attn-implementation: invalid choice"))
+    if not _cuda():
+        add("train sft: --method-finetuning qlora without a GPU", lambda tmp, w: trained(tmp, w, "sft", "--method-finetuning", "qlora", says="qlora loads the base in 4 bits with bitsandbytes, which needs a CUDA GPU"))
     # train eval: its held-out inputs are checked before a model is loaded
     add("train eval: --eval-eval-batch-size 0", lambda tmp, w: replace(sft(tmp, w, "--eval-eval-batch-size", "0", stage="eval"), says="eval.eval_batch_size: 0 is less than the minimum of 1"))
     add("train eval: corrupt --data-records", lambda tmp, w: replace(sft(tmp, w, "--data-records", str(w.bad["corrupt"]), stage="eval"), says="not a readable Parquet file"))
@@ -357,6 +369,13 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
             {"data": {"records": str(_copy(w.records, tmp / "heldout"))}, "output": {"dir": str(tmp / "evals")}})))}), "is inside the input", [tmp]))
     add("merge --preset: a work_dir outside the output", lambda tmp, w: Case(
         _model_argv("merge --preset", tmp, w, w.records, tmp / "out", work_dir="elsewhere"), "work_dir: the preset keeps its cache in", [tmp]))
+    add("merge --preset: the same file as eval_config and report_config", lambda tmp, w: Case(
+        _model_argv("merge --preset", tmp, w, w.records, tmp / "out", evaluate={"eval_config": str(_eval_config(tmp, w)), "report_config": str(tmp / "eval.yaml")}),
+        "eval_config and report_config are the same file", [w.records, tmp]))
+    add("merge --preset: --search-budget 0", lambda tmp, w: Case([*_model_argv("merge --preset", tmp, w, w.records, tmp / "out"), "--search-budget", "0"],
+                                                                  "search.budget: 0 is less than the minimum of 1", [tmp]))
+    add("merge: a preset flag with a mergekit-format config", lambda tmp, w: Case([*_model_argv("merge", tmp, w, w.records, tmp / "out"), "--search-budget", "3"],
+                                                                                  "search.budget: keys of a preset config", [tmp]))
     add("merge: a config that is not UTF-8", lambda tmp, w: Case(["merge", "--config", str(_latin1(tmp / "m.yaml")), "--output", str(tmp / "merged")], "not UTF-8", [tmp]))
     add("merge: a missing config", lambda tmp, w: Case(["merge", "--config", str(tmp / "none.yaml"), "--output", str(tmp / "merged")], "not found", [tmp]))
     _single_file_cases(add, generate)
@@ -493,6 +512,24 @@ def _model_argv(command: str, tmp: Path, world: World, data: Path, out: Path, *,
     }[stage]
     config = {"model": {"name_or_path": str(model)}, "data": {**data_keys, "max_length": 2048}, "output": {"dir": str(out)}}
     return ["train", stage, "--config", str(_text(tmp / f"{stage}.yaml", json.dumps(config)))]
+
+
+def _eval_config(tmp: Path, world: World) -> Path:
+    """A ``train eval`` config scoring held-out records (the world's records)."""
+    return _text(tmp / "eval.yaml", json.dumps({"data": {"records": str(world.records)}, "output": {"dir": str(tmp / "evals")}}))
+
+
+def _killed_checkpoint(folder: Path) -> Path:
+    """A checkpoint folder whose save was killed after its config (what ``kill -9`` mid-save leaves)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _other_run(folder: Path, kind: str) -> Path:

@@ -324,8 +324,8 @@ def test_a_line_that_keeps_failing_stops_the_run_and_a_rerun_finishes(teacher_se
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(generate_config(teacher_server, tmp_path / "out", batch={**FAST, "line_attempts": 1})))
     assert main(["generate", "--config", str(config), "--batch"]) == 2
-    error = capsys.readouterr().err
-    assert len(error.splitlines()) == 1 and error.startswith("error:") and "failed in 1 batches (batch.line_attempts)" in error and "HTTP 500" in error
+    error = _the_error_line(capsys.readouterr().err)
+    assert "failed in 1 batches (batch.line_attempts)" in error and "HTTP 500" in error
     assert main(["generate", "--config", str(config), "--batch"]) == 0  # the failed lines go again; the rest came from the cache
 
 
@@ -342,8 +342,8 @@ def test_a_round_over_the_limits_is_split_and_a_provider_with_lower_limits_is_on
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(generate_config(teacher_server, tmp_path / "over", batch={**FAST, "max_lines": 3})))
     assert main(["generate", "--config", str(config), "--batch"]) == 2
-    error = capsys.readouterr().err
-    assert len(error.splitlines()) == 1 and error.startswith("error:") and "failed validation" in error and "over the limit of 2" in error and "batch.max_lines" in error
+    error = _the_error_line(capsys.readouterr().err)
+    assert "failed validation" in error and "over the limit of 2" in error and "batch.max_lines" in error
 
 
 def test_a_refused_parameter_is_learned_from_the_error_file_and_asked_again(start_teacher_server: Any, tmp_path: Path) -> None:
@@ -468,3 +468,11 @@ def test_batch_mode_flags_come_from_the_config_fields() -> None:
     assert vars(parser.parse_args(["pairs", "i", "o", "--batch"]))["config_key:mode"] == "batch"
     assert vars(parser.parse_args(["train", "qa", "--config", "c", "--batch"]))["config_key:qa.mode"] == "batch"
     assert vars(parser.parse_args(["generate", "--batch-max-lines", "10"]))["config_key:batch.max_lines"] == 10
+
+
+def _the_error_line(stderr: str) -> str:
+    """The run's one error line: the last line on stderr, after the CLI's status lines (rounds, batches), no traceback."""
+    lines = stderr.splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in stderr, stderr
+    return errors[0]

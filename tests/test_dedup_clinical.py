@@ -31,7 +31,9 @@ NOTE = (
     "He denies chest pain but reports mild fatigue. "
     "The encounter was coded J18.9. "
     "He was discharged home on oral amoxicillin 500 mg three times daily. "
-    "Follow up with the primary care physician in 2 weeks with a repeat chest X-ray."
+    "Follow up with the primary care physician in 2 weeks with a repeat chest X-ray. "
+    "He has a history of hypertension and gout, and his oxygen saturation was 94 percent on room air. "
+    "Blood cultures were requested."
 )
 
 COPIES = {
@@ -42,7 +44,35 @@ COPIES = {
     "abbreviations": NOTE.replace("patient", "pt").replace("intravenous", "IV").replace("67-year-old", "67 y/o")
     .replace("three times daily", "t.i.d.").replace("Follow up", "F/u"),
     "a few words changed": NOTE.replace("improved steadily", "got better").replace("The encounter was", "This encounter is"),
+    # one test per kind of copy of issue 19's table
+    "whitespace: line breaks and runs of spaces inside sentences": NOTE.replace(" admitted ", "\nadmitted  ").replace("lower lobe", "lower\r\n\tlobe")
+    .replace(" on discharge", "   on\ndischarge"),
+    "all caps": NOTE.upper(),
+    "all lower": NOTE.lower(),
+    "punctuation spaced": NOTE.replace("1.1 mg", "1 .1 mg").replace("fever.", "fever .").replace("gout,", "gout ,").replace("(", "( "),
+    "typo: a letter dropped": NOTE.replace("admitted", "admited"),
+    "typo: a letter inserted": NOTE.replace("consolidation", "consollidation"),
+    "typo: two letters transposed": NOTE.replace("ceftriaxone", "ceftriaxnoe"),
+    "typo: a letter substituted": NOTE.replace("pneumonia", "pneumonja"),
+    "typo: a transposition in a unit": NOTE.replace("mg/dL", "mg/Ld"),
+    "typo: a letter dropped from a unit": NOTE.replace("mg/dL", "mg/d"),
+    "typo: a side misspelled": NOTE.replace("right lower", "rihgt lower"),
+    "two adjacent sentences swapped": NOTE.replace("He was treated with intravenous ceftriaxone 1 g daily for 5 days and improved steadily. "
+                                                   "Creatinine was 1.1 mg/dL on discharge and the white cell count was 14.2. ",
+                                                   "Creatinine was 1.1 mg/dL on discharge and the white cell count was 14.2. "
+                                                   "He was treated with intravenous ceftriaxone 1 g daily for 5 days and improved steadily. "),
+    "a filler word dropped": NOTE.replace("and the white cell count", "and white cell count"),
+    "a word split in two": NOTE.replace("pneumonia", "pneu monia"),
+    "two words run together": NOTE.replace("chest pain", "chestpain"),
+    "a contraction": NOTE.replace("He denies chest pain", "He doesn't have chest pain").replace("denies", "does not have"),
+    "Unicode: full-width digits, a ligature, a non-breaking space, a zero-width space": NOTE.replace("14.2", "\uff11\uff14.\uff12")
+    .replace("effusion", "e\ufb00usion").replace("fatigue", "fa\u200btigue").replace("67-year-old man", "67-year-old\u00a0man"),
 }
+
+#: Each abbreviation or symbol of the table, written into the note one at a time (the copy abbreviates).
+ABBREVIATIONS = [("patient", "pt"), ("history", "hx"), (" with community", " w/ community"), (" and gout", " & gout"), ("94 percent", "94%"),
+                 ("intravenous", "IV"), ("67-year-old", "67 y/o"), ("three times daily", "t.i.d."), ("Follow up", "F/u"),
+                 ("requested", "ordered"), ("primary care physician in", "PCP in")]
 
 SIBLINGS = {
     "age": NOTE.replace("67-year-old", "76-year-old"),
@@ -71,6 +101,56 @@ def _dropped(first: tuple[str, str], second: tuple[str, str], config: DedupConfi
 @pytest.mark.parametrize("kind", sorted(COPIES))
 def test_copy_merges(kind: str) -> None:
     assert _dropped((INSTRUCTION, NOTE), (INSTRUCTION, COPIES[kind])) == 1
+
+
+@pytest.mark.parametrize("long, short", ABBREVIATIONS, ids=[short.strip() for _, short in ABBREVIATIONS])
+def test_an_abbreviation_or_symbol_merges_either_way(long: str, short: str) -> None:
+    abbreviated = NOTE.replace(long, short, 1)
+    assert abbreviated != NOTE
+    assert _dropped((INSTRUCTION, NOTE), (INSTRUCTION, abbreviated)) == 1
+    assert _dropped((INSTRUCTION, abbreviated), (INSTRUCTION, NOTE)) == 1  # and a copy that writes it out
+
+
+def test_case_and_whitespace_copies_are_exact_duplicates() -> None:
+    """A copy that differs only in whitespace, case, punctuation spacing or an abbreviation is the same text: an exact duplicate."""
+    for kind in ("whitespace: line breaks and runs of spaces inside sentences", "all caps", "all lower", "punctuation spaced"):
+        table = pa.table({"id": ["a", "b"], "instruction": [INSTRUCTION, INSTRUCTION], "input": [NOTE, COPIES[kind]], "task_type": ["s", "s"]})
+        result = find_duplicates(table, DedupConfig())
+        assert result.details["pair"]["exact_pairs"] == 1 and result.rule[1] == "exact:pair", kind
+
+
+def test_negation_is_read_within_its_sentence() -> None:
+    """Sentence order is free, but what a negation negates is read inside its own sentence."""
+    lexicon = Lexicon.load()
+    note = "Chest X-ray shows no effusion. Cough for three days. Denies fever."
+    assert same_case(note, "Denies fever. Cough for three days. Chest X-ray shows no effusion.", lexicon)  # sentences moved
+    assert not same_case(note, "Chest X-ray shows effusion. No cough for three days. Denies fever.", lexicon)  # the negation moved
+    assert not same_case("The answer was no. Effusion noted.", "The answer was. No effusion noted.", lexicon)  # a cue ends its sentence
+
+
+def test_values_strict_by_default_lenient_on_request() -> None:
+    """A digit typo is another case by default; ``values: lenient`` merges a value one edit away."""
+    typo = NOTE.replace("14.2", "14.3")
+    assert _dropped((INSTRUCTION, NOTE), (INSTRUCTION, typo)) == 0
+    assert _dropped((INSTRUCTION, NOTE), (INSTRUCTION, typo), DedupConfig(values="lenient")) == 1
+    assert _dropped((INSTRUCTION, NOTE), (INSTRUCTION, NOTE.replace("14.2", "41.9")), DedupConfig(values="lenient")) == 0  # two edits: another value
+    assert _dropped((INSTRUCTION, NOTE), (INSTRUCTION, SIBLINGS["side"]), DedupConfig(values="lenient")) == 0  # words stay strict
+
+
+def test_canonical_words() -> None:
+    """One normalisation for every comparison: Unicode, case, whitespace, punctuation spacing, numbers, the table."""
+    from mediflow.quality.text import canonical_tokens
+
+    lexicon = Lexicon.load()
+    texts = ["Pt is a 67 y/o man w/ CAP & HTN, s/p CABG; Na 1,000 (7 .5%) b.i.d. He isn't well.",
+             "PATIENT  is a 67 year old\nman with cap and htn , status post cabg ; na 1000 ( 7.50 percent ) twice daily . he is not well ."]
+    tokens = canonical_tokens(pa.array(texts), lexicon.forms)
+    first, second = tokens.texts().to_pylist()
+    assert first == second == ("patient is a 67 year old man with cap and htn status post cabg na 1000 7.5 percent twice daily he is not well")
+    assert tokens.record_hashes()[0] == tokens.record_hashes()[1]
+    words, ends = tokens.record_words(0)
+    assert [word for word, end in zip(words, ends) if end] == ["cabg", "well"]  # ";" and "." end sentences; "b.i.d."'s own full stop does not
+    assert canonical_tokens(pa.array(["\uff21\uff22 \ufb01ne\u200b 7th\u00a0dose"]), lexicon.forms).texts().to_pylist() == ["ab fine 7 dose"]
 
 
 @pytest.mark.parametrize("kind", sorted(SIBLINGS))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,9 @@ import jsonschema
 import pytest
 
 from mediflow.engine import CircuitOpenError, Engine, LimitsConfig, PricesConfig, cache_key
+from mediflow.engine.accounting import EngineStats
 from mediflow.engine.cache import ResponseCache
+from mediflow.engine.progress import Activity, Progress
 from mediflow.errors import TeacherError
 from mediflow.teachers import ChatRequest, ChatResponse, make_teacher
 from mediflow.testing import TeacherServerURL
@@ -260,3 +263,28 @@ def test_configured_prices_charge_each_side_of_the_tokens(
     # $1 a token on one side only: the cost is exactly that side's token count.
     assert engine.stats.cost_usd == pytest.approx(getattr(response, paid))
     assert engine.cost_usd(response) == pytest.approx(getattr(response, paid))
+
+
+def test_without_a_terminal_progress_is_one_plain_line_every_interval(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    """A log file (CI, Slurm, nohup) gets whole lines, never carriage-return frames: records, req/s, tokens, $."""
+    stats = EngineStats(requests=12, cache_hits=2, prompt_tokens=300, completion_tokens=200, cost_usd=0.0125)
+    idle = Activity(in_flight=1, oldest_in_flight_s=0.1, backing_off=0, queued=0, since_last_answer_s=0.1)
+    progress = Progress(stats, lambda: idle, enabled=True, request_timeout=30.0, interactive=False, line_every=0.05)
+
+    async def run() -> None:
+        progress.set_total(40, "records")
+        progress.start()
+        for _ in range(4):
+            progress.advance(5)
+            await asyncio.sleep(0.06)
+        await progress.stop()
+
+    with caplog.at_level(logging.INFO, logger="mediflow.progress"):
+        asyncio.run(run())
+    records = [record for record in caplog.records if record.name == "mediflow.progress"]
+    lines = [record.getMessage() for record in records]
+    assert len(lines) >= 3  # one per interval, and the last when the run ends
+    assert all(later.created - earlier.created >= 0.045 for earlier, later in zip(records[:-2], records[1:-1]))  # never more often
+    assert lines[-1].startswith("progress: 20/40 records (50%) | ") and "2 cached, 500 tok, $0.0125, 0 err | 1 in flight" in lines[-1]
+    assert all("\r" not in line and "\n" not in line for line in lines)
+    assert "\r" not in capsys.readouterr().err  # no tqdm frames on stderr (the CLI, if a test ran it here, shows the lines)

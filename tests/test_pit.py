@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -131,16 +132,22 @@ def test_schedule_chains_stages_and_moves_every_weight(corpus: Path) -> None:
     assert again.starts == []
     assert json.loads((corpus / "expert" / "manifest.json").read_text())["stages"] == manifest["stages"]
 
-    # Another learning rate: one line naming the change, nothing retrained; --overwrite retrains.
+    # Another stage-2 learning rate: one line naming the change, nothing retrained; --overwrite retrains
+    # only stage 2 (stage 1's weights, rows and settings are unchanged: it is reused, byte for byte).
     changed = _config(corpus, "expert")
-    changed.pit.schedule[1].learning_rate = 5e-3
+    schedule = [*changed.pit.schedule[:1], dataclasses.replace(changed.pit.schedule[1], learning_rate=5e-3), *changed.pit.schedule[2:]]
+    changed = dataclasses.replace(changed, pit=dataclasses.replace(changed.pit, schedule=schedule))  # configs are frozen: a new one
     with pytest.raises(MediflowError, match=r"another config \(changed: schedule.2.learning_rate 0.0003 -> 0.005\).*--overwrite"):
         run_pit(changed, callbacks=[again])
     assert again.starts == []
+    stage1_bytes = (Path(stage1["model"]) / "model.safetensors").read_bytes()
     run_pit(changed, callbacks=[again], overwrite=True)
-    assert len(again.starts) == 2
+    assert len(again.starts) == 1  # stage 2 only
+    for name, tensor in after1.items():
+        assert torch.equal(again.starts[0][name], tensor), name  # it started from the reused stage 1
+    assert (Path(stage1["model"]) / "model.safetensors").read_bytes() == stage1_bytes
     redone = json.loads((corpus / "expert" / "manifest.json").read_text())
-    assert redone["stages"][1]["learning_rate"] == 5e-3
+    assert redone["stages"][0] == stage1 and redone["stages"][1]["learning_rate"] == 5e-3
 
 
 def test_lora_stages_end_in_full_model_folders(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -153,7 +160,7 @@ def test_lora_stages_end_in_full_model_folders(corpus: Path, capsys: pytest.Capt
         "train: {batch_size: 2}\n",
         encoding="utf-8",
     )
-    assert main(["train", "pit", "--config", str(config), "--set", "train.max_steps=1", "--set", "train.learning_rate=1e-2"]) == 0
+    assert main(["train", "pit", "--config", str(config), "--train-max-steps", "1", "--train-learning-rate", "1e-2"]) == 0
     final = corpus / "lora_expert" / "stage2-task_and_documents" / "model"
     assert capsys.readouterr().out.strip().endswith(f"expert: {final}")
     assert not (final / "adapter_config.json").exists()
@@ -181,8 +188,8 @@ def test_long_documents_are_chunked_with_overlap_and_counted(corpus: Path) -> No
 
 def test_truncation_counts_reach_the_manifest(corpus: Path) -> None:
     config = _config(corpus, "counted")
-    config.data.max_length = 16  # the task rows' prompts alone are longer than 16 tokens
-    config.pit.schedule = config.pit.schedule[1:]
+    # the task rows' prompts alone are longer than 16 tokens
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, max_length=16), pit=dataclasses.replace(config.pit, schedule=config.pit.schedule[1:]))
     with pytest.warns(UserWarning, match="rows do not fit data.max_length=16"):
         run_pit(config)
     lengths = json.loads((corpus / "counted" / "manifest.json").read_text())["lengths"]

@@ -40,7 +40,7 @@ def test_yaml_and_overrides(tmp_path: Path) -> None:
         "output: {dir: out, report_to: [tensorboard]}\n"
         "train: {learning_rate: 1e-5, extra: {max_grad_norm: 0.5}}\n",
     )
-    config = load_config(path, "sft", ["train.max_steps=7", "method.finetuning=lora", "method.lora.r=4"])
+    config = load_config(path, "sft", {"train.max_steps": 7, "method.finetuning": "lora", "method.lora.r": 4})
     assert config.train.max_steps == 7
     assert config.train.learning_rate == 1e-5  # YAML reads "1e-5" as a string; the config widens it
     assert config.method.finetuning == "lora" and config.method.lora.r == 4
@@ -84,9 +84,21 @@ def test_errors_are_one_line_and_name_the_key(tmp_path: Path, text: str, stage: 
     assert str(caught.value).startswith(str(tmp_path / "stage.yaml"))
 
 
-def test_bad_override_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="expected section.key=value"):
-        load_config(_write(tmp_path, "model: {name_or_path: b}\n"), "sft", ["max_steps"])
+def test_one_override_syntax_the_derived_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--set is gone: every key is a flag of the config mechanism, a list of sections a YAML value, --resume bare or with a folder."""
+    from mediflow.cli import build_parser
+    from mediflow.configuration import flag_overrides
+
+    path = _write(tmp_path, "model: {name_or_path: b}\noutput: {dir: o}\ndata: {documents: d, task_data: q}\n")
+    args = build_parser().parse_args(["train", "pit", "--config", str(path), "--pit-schedule", "[{name: only, data: [task], learning_rate: 1e-3}]", "--resume"])
+    config = load_config(path, "pit", flag_overrides(args))
+    assert [(s.name, s.data, s.learning_rate) for s in config.pit.schedule] == [("only", ["task"], 1e-3)]
+    assert config.train.resume_from_checkpoint is True
+    args = build_parser().parse_args(["train", "pit", "--config", str(path), "--resume", "o/checkpoint-4"])
+    assert load_config(path, "pit", flag_overrides(args)).train.resume_from_checkpoint == "o/checkpoint-4"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "pit", "--config", str(path), "--set", "train.max_steps=1"])
+    assert "unrecognized arguments: --set" in capsys.readouterr().err
 
 
 def test_cli_prints_one_error_line_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,6 +16,7 @@ from tiny_models import build_tiny_phi3
 from train_stages import finite_logs, tiny_stage_config
 
 from mediflow import generate
+from mediflow.errors import MediflowError
 from mediflow.export import ExportConfig, export_dataset
 from mediflow.preference import PairsConfig, build_pairs
 from mediflow.taxonomy import load_taxonomy
@@ -71,10 +72,13 @@ def test_the_export_root_reads_as_sft_records_and_dpo_pairs(export: Path) -> Non
 
 
 def test_records_longer_than_max_length_are_counted_and_dropped(export: Path) -> None:
-    inputs = prepare_inputs(_config(export, "sft", "sft_short", max_length=128), "sft")
-    assert inputs.lengths.rows == 8 and inputs.lengths.dropped == 8 - len(inputs.train_rows) > 0
-    with pytest.warns(UserWarning, match=r"sft: \d+ of 8 rows do not fit data.max_length=128"):
+    lengths = sorted(len(row["input_ids"]) for row in prepare_inputs(_config(export, "sft", "sft_all"), "sft").train_rows)
+    inputs = prepare_inputs(_config(export, "sft", "sft_short", max_length=lengths[3]), "sft")  # at least 4 of the 8 fit
+    assert inputs.lengths.rows == 8 and inputs.lengths.dropped == 8 - len(inputs.train_rows) > 0 and len(inputs.train_rows) >= 4
+    with pytest.warns(UserWarning, match=rf"sft: \d+ of 8 rows do not fit data.max_length={lengths[3]}"):
         inputs.lengths.announce(0.05)
+    with pytest.raises(MediflowError, match="sft: none of the 8 rows fits data.max_length=128"):
+        prepare_inputs(_config(export, "sft", "sft_none", max_length=128), "sft")
 
 
 def test_sft_on_generated_records_trains_on_the_answers_and_logs_finite_losses(export: Path) -> None:

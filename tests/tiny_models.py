@@ -40,8 +40,11 @@ _CORPUS = [
 ]
 
 
-def build_tiny_tokenizer(path: Path):
-    """Train and save a small byte-level BPE tokenizer with the Phi-3 chat template; return it."""
+def build_tiny_tokenizer(path: Path, *, chat_template: str | None = TINY_CHAT_TEMPLATE, extra_special_tokens: tuple[str, ...] = ()):
+    """Train and save a small byte-level BPE tokenizer with the Phi-3 chat template (or ``chat_template``); return it.
+
+    ``extra_special_tokens`` are added as special tokens (a template's own end-of-turn marker, say).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -61,12 +64,14 @@ def build_tiny_tokenizer(path: Path):
         pad_token="<|pad|>",
         bos_token="<|endoftext|>",
     )
-    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    if extra_special_tokens:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(extra_special_tokens)})
+    tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(path)
     return tokenizer
 
 
-def build_tiny_phi3(path: Path, seed: int = 0) -> Path:
+def build_tiny_phi3(path: Path, seed: int = 0, *, chat_template: str | None = TINY_CHAT_TEMPLATE, extra_special_tokens: tuple[str, ...] = ()) -> Path:
     """Write a randomly initialised tiny Phi-3 model + tokenizer to ``path`` and return ``path``.
 
     Different ``seed`` values give different weights with the same architecture and tokenizer,
@@ -77,7 +82,7 @@ def build_tiny_phi3(path: Path, seed: int = 0) -> Path:
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tiny_tokenizer(path)
+    tokenizer = build_tiny_tokenizer(path, chat_template=chat_template, extra_special_tokens=extra_special_tokens)
     config = Phi3Config(
         vocab_size=len(tokenizer),
         hidden_size=32,

@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from mediflow.audit.case_mix import case_mix
+from mediflow.audit.case_panels import document_type_cases, drugs_by_condition, rule_violations, sex_by_condition
 from mediflow.audit.config import AuditConfig
 from mediflow.audit.coverage import coverage
 from mediflow.audit.diversity import text_diversity
@@ -51,6 +52,8 @@ __all__ = [
     "case_mix_with_plan",
     "coverage",
     "coverage_with_plan",
+    "document_type_cases",
+    "drugs_by_condition",
     "funnel",
     "icd_codes",
     "icd_codes_with_terminology",
@@ -63,9 +66,11 @@ __all__ = [
     "ngrams",
     "planned_cells",
     "render_html",
+    "rule_violations",
     "run_audit",
     "run_config",
     "sample_cells",
+    "sex_by_condition",
     "text_diversity",
     "samples",
     "write_html",

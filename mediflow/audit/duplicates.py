@@ -1,7 +1,8 @@
 """Exact and near-duplicate texts: how much of the set says the same thing.
 
 The audit measures duplicates the way the dedup stage removes them, so the two agree: texts are
-normalised with :func:`mediflow.quality.text.normalize_column`, and near-duplicate clusters come
+written in the same canonical words (:func:`mediflow.quality.text.canonical_tokens`: case, whitespace,
+punctuation spacing, abbreviations), and near-duplicate clusters come
 from :func:`mediflow.quality.dedup.find_duplicates` (MinHash LSH candidates confirmed with
 rapidfuzz and, as in the stage, by their clinically distinguishing tokens agreeing, connected
 components), here with exact edges off so that a cluster groups *distinct* texts that say nearly
@@ -26,9 +27,10 @@ import pyarrow as pa
 from mediflow.audit.folder import TEXT_COLUMNS, AuditFolder
 from mediflow.audit.plots import new_figure
 from mediflow.audit.result import CheckResult
+from mediflow.quality.clinical import Lexicon
 from mediflow.quality.config import DedupConfig, DedupKey
 from mediflow.quality.dedup import find_duplicates, key_text
-from mediflow.quality.text import hash_strings, normalize_column
+from mediflow.quality.text import CanonicalForms, canonical_tokens
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -45,9 +47,9 @@ def near_duplicates(folder: AuditFolder, *, max_records: int = 50_000, config: D
 
     ``config`` is the dedup stage's (threshold, scorer, scope, MinHash settings); its default by default.
     """
-    exact = _exact_duplicates(folder)
-    table = _sample_table(folder, max_records)
     base = config or DedupConfig()
+    exact = _exact_duplicates(folder, Lexicon.load(base.clinical_tokens).forms)
+    table = _sample_table(folder, max_records)
     rows, clusters = [], []
     for key in NEAR_KEYS:
         result = find_duplicates(table, dataclasses.replace(base, keys=(key,), exact=False, near=True))
@@ -96,13 +98,13 @@ def near_duplicates(folder: AuditFolder, *, max_records: int = 50_000, config: D
     )
 
 
-def _exact_duplicates(folder: AuditFolder) -> pd.DataFrame:
-    """Per field (and the instruction + input pair): records, distinct normalised texts, repeats."""
+def _exact_duplicates(folder: AuditFolder, forms: CanonicalForms) -> pd.DataFrame:
+    """Per field (and the instruction + input pair): records, distinct normalised texts, repeats (as the dedup stage hashes them)."""
     fields = (*TEXT_COLUMNS, "pair")
     hashes: dict[str, list[np.ndarray]] = {name: [] for name in fields}
     for table in folder.iter_tables(list(TEXT_COLUMNS)):
         for name in fields:
-            hashes[name].append(hash_strings(normalize_column(key_text(table, name))))
+            hashes[name].append(canonical_tokens(key_text(table, name), forms).record_hashes())
     rows = []
     for name, parts in hashes.items():
         values = np.concatenate(parts) if parts else np.empty(0, np.uint64)

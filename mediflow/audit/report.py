@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mediflow.audit.case_mix import case_mix
+from mediflow.audit.case_panels import document_type_cases, drugs_by_condition, rule_violations, sex_by_condition
 from mediflow.audit.config import AuditConfig
 from mediflow.audit.coverage import coverage
 from mediflow.audit.diversity import text_diversity
@@ -88,10 +89,11 @@ def run_audit(path: str | Path, config: AuditConfig | None = None, *, taxonomy: 
     """
     config = config or AuditConfig()
     folder = AuditFolder.open(path)
+    user_taxonomy = config.taxonomy or run_config(folder).get("taxonomy")  # a user taxonomy folder (and its cases/), or None
     if taxonomy is None and config.taxonomy is not None:
         taxonomy = load_taxonomy(Path(config.taxonomy))
     if taxonomy is None:
-        taxonomy = load_taxonomy_or_none(run_config(folder).get("taxonomy"))
+        taxonomy = load_taxonomy_or_none(user_taxonomy)
     sections = [
         coverage_with_plan(folder, taxonomy),
         lengths(folder),
@@ -102,6 +104,10 @@ def run_audit(path: str | Path, config: AuditConfig | None = None, *, taxonomy: 
         ngrams(folder, sample_size=config.sample_size),
         near_duplicates(folder, max_records=config.duplicate_records),
         case_mix_with_plan(folder, taxonomy),
+        document_type_cases(folder, taxonomy=user_taxonomy),
+        rule_violations(folder, taxonomy=user_taxonomy),
+        sex_by_condition(folder),
+        drugs_by_condition(folder),
         text_diversity(folder, sample_size=config.sample_size),
         sample_cells(folder, max_cells=config.sample_cells),
     ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import sys
 import warnings
 from collections.abc import Sequence
@@ -85,9 +86,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrLines(logging.Handler):
+    """Each log record as one plain line on the current ``sys.stderr`` (tests and notebooks swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - logging's own contract: a broken stream never stops the run
+            self.handleError(record)
+
+
+def show_library_messages() -> None:
+    """The library logs (it never prints); the CLI shows the ``mediflow`` loggers' INFO and above as plain
+    lines on stderr. Other libraries' loggers keep their own defaults (httpx would log every request)."""
+    library = logging.getLogger("mediflow")
+    if not any(isinstance(handler, _StderrLines) for handler in library.handlers):
+        library.addHandler(_StderrLines())
+    library.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mediflow`` console script."""
     warnings.formatwarning = _warning_line
+    show_library_messages()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

@@ -1,8 +1,10 @@
 """``mediflow merge --config X.yaml --output DIR`` and ``mediflow merge --preset mediphi --config P.yaml``.
 
 Thin: a mergekit-format config runs one streamed merge; a preset config (``--preset`` or a
-``preset:`` key in the file) runs the MediPhi recipe with its budgeted search. Heavy imports (torch)
-happen only when the command runs.
+``preset:`` key in the file) runs the MediPhi recipe with its budgeted search. The preset's keys are
+flags too, derived from its config (:class:`mediflow.train.config.PresetConfig`: ``--search-budget 24``,
+``--slerp-t-choices '[0.1, 0.5]'``, ``--evaluate-eval-config eval.yaml``); they are refused with a
+mergekit-format config. Heavy imports (torch) happen only when the command runs.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+
+from mediflow.configuration import add_flags, flag_overrides
+from mediflow.train.config import PresetConfig
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
@@ -30,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--overwrite", action="store_true", help="replace an output folder holding another merge (or anything else); the preset's work/ cache is kept"
     )
     parser.add_argument("--max-shard-size", type=_size, default="2GB", help="largest output shard, e.g. 2GB, 500MB")
+    add_flags(parser, PresetConfig, skip=("preset", "output"))  # --preset and --output are the command's own
     parser.set_defaults(handler=_run)
 
 
@@ -43,9 +49,11 @@ def _size(text: str) -> int:
 def _run(args: argparse.Namespace) -> int:
     import yaml
 
+    from mediflow.cli.train_cmd import show_progress
     from mediflow.errors import ConfigError
     from mediflow.textfiles import read_text
 
+    show_progress()
     if not args.config.exists():
         raise ConfigError(f"{args.config}: config not found")
     text = read_text(args.config, "merge config", ConfigError)
@@ -55,6 +63,9 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.config}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if args.preset or (isinstance(raw, dict) and "preset" in raw):
         return _run_preset(args)
+    preset_flags = flag_overrides(args)
+    if preset_flags:
+        raise ConfigError(f"{args.config}: {', '.join(sorted(preset_flags))}: keys of a preset config, and this is a mergekit-format merge")
     if args.output is None:
         raise ConfigError("mediflow merge: --output is required for a merge config")
     from mediflow.train.merge import parse_merge_config, run_merge
@@ -70,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
 def _run_preset(args: argparse.Namespace) -> int:
     from mediflow.train.merge import build_evaluator, load_preset, run_mediphi_preset
 
-    preset = load_preset(args.config, output=args.output)
+    preset = load_preset(args.config, output=args.output, flags=flag_overrides(args))
     hooks = build_evaluator(preset.evaluate, args.config.resolve().parent, preset.base_model)
     result = run_mediphi_preset(preset, hooks.select, report=hooks.report, overwrite=args.overwrite, data_paths=hooks.data_paths)
     for expert, t in result.slerp_t.items():

@@ -1,7 +1,9 @@
-"""``mediflow train qa|pit|sft|dpo|eval --config X.yaml [--section-key VALUE ...] [--set section.key=value ...]``.
+"""``mediflow train qa|pit|sft|dpo|eval --config X.yaml [--section-key VALUE ...]``.
 
-Every config key is also a flag (``--train-learning-rate 1e-4``, ``--data-max-length 1024``), from
-the one config mechanism; ``--set`` takes the same dotted keys with YAML values (lists of sections).
+Every config key is also a flag (``--train-learning-rate 1e-4``, ``--data-max-length 1024``,
+``--pit-schedule '[{name: task, data: [task]}]'`` for a list of sections), from the one config
+mechanism: that is the one override syntax. ``--resume`` (``train.resume_from_checkpoint``) picks up
+the newest complete checkpoint; ``--allow-train-overlap`` (eval) scores records the model trained on.
 
 Thin: parse, load the validated stage config, call :mod:`mediflow.train`. Under several GPUs the
 same command runs through ``accelerate launch -m mediflow train ...`` (see ``docs/train.md``).
@@ -10,6 +12,8 @@ same command runs through ``accelerate launch -m mediflow train ...`` (see ``doc
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from pathlib import Path
 
 from mediflow.configuration import add_flags, flag_overrides
@@ -31,14 +35,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     for stage, help_text in _STAGE_HELP.items():
         parser = stages.add_parser(stage, help=help_text, description=help_text)
         parser.add_argument("--config", type=Path, required=stage != "eval", help="the stage's YAML config")
-        parser.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="SECTION.KEY=VALUE",
-            help="override one config value (YAML-parsed), e.g. --set train.max_steps=10; repeatable",
-        )
         add_flags(parser, StageConfig, skip=("stage", *(section for section in OWN_SECTIONS if section != stage)))
         parser.add_argument(
             "--overwrite",
@@ -57,6 +53,27 @@ def _help(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+class _ProgressHandler(logging.Handler):
+    """The CLI's own handler for the training module's log: progress lines on stdout, warnings as ``warning:`` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            print(f"warning: {record.getMessage()}", file=sys.stderr, flush=True)
+        else:
+            print(record.getMessage(), file=sys.stdout, flush=True)
+
+
+def show_progress(logger_name: str = "mediflow.train") -> None:
+    """Show the training module's log (length counts, reuse, resume; INFO and up) on the terminal.
+
+    The library logs; the command line decides what the user sees.
+    """
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(handler, _ProgressHandler) for handler in logger.handlers):
+        logger.addHandler(_ProgressHandler())
+    logger.setLevel(logging.INFO)
+
+
 def _run(args: argparse.Namespace) -> int:
     from mediflow.errors import ConfigError
 
@@ -69,7 +86,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"mediflow train {args.stage}: --config is required")
     from mediflow.train.config import load_config
 
-    config = load_config(args.config, args.stage, args.overrides, flag_overrides(args))
+    show_progress()
+    config = load_config(args.config, args.stage, flag_overrides(args))
     if args.stage == "qa":
         from mediflow.train.qa import generate_task_data
 
@@ -87,7 +105,9 @@ def _run(args: argparse.Namespace) -> int:
 
         print(f"model: {run_dpo(config, overwrite=args.overwrite)}")
     else:
-        from mediflow.train.eval import run_eval
+        from mediflow.train.eval import format_reports, run_eval
 
-        run_eval(config, overwrite=args.overwrite)
+        report = run_eval(config, overwrite=args.overwrite)
+        print(format_reports([report]))
+        print(f"report: {report['path']}")
     return 0

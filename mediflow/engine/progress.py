@@ -1,13 +1,20 @@
-"""A progress bar that says whether the run is moving, waiting on the provider, or stuck.
+"""A progress display that says whether the run is moving, waiting on the provider, or stuck.
 
-Updates come from one ticker task twice a second, not from each answer, so the bar costs nothing
-measurable at hundreds of requests a second. By default it counts requests; the pipeline can switch
-it to its own unit of work (records) with :meth:`Progress.set_total` and :meth:`Progress.advance`.
+On a terminal (or in a notebook) it is a tqdm bar redrawn twice a second. Anywhere else (a log
+file: CI, Slurm, nohup) redrawing writes a carriage-return frame per refresh, thousands of them on
+one line, so there it is one plain line every :data:`LINE_EVERY_SECONDS` instead (records done,
+req/s, tokens, $, errors, state), logged to the ``mediflow.progress`` logger (the CLI shows it on
+stderr), plus a last line when the run ends.
+
+Updates come from one ticker task, not from each answer, so the display costs nothing measurable
+at hundreds of requests a second. By default it counts requests; the pipeline can switch it to its
+own unit of work (records) with :meth:`Progress.set_total` and :meth:`Progress.advance`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +26,15 @@ from tqdm import tqdm
 from mediflow.engine.accounting import EngineStats
 
 _TICK_SECONDS = 0.5
+#: How often the progress line is written where there is no terminal to redraw a bar on.
+LINE_EVERY_SECONDS = 30.0
+
+logger = logging.getLogger("mediflow.progress")
+
+
+def _interactive() -> bool:
+    """A terminal or a notebook (whose front end redraws a bar in place), as opposed to a log file."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
 
 
 @dataclass(frozen=True)
@@ -66,7 +82,7 @@ def describe_state(
 
 
 class Progress:
-    """The engine's tqdm bar (disabled -> no output and no ticker)."""
+    """The engine's progress display (disabled -> no output and no ticker); see the module docstring."""
 
     def __init__(
         self,
@@ -75,11 +91,15 @@ class Progress:
         *,
         enabled: bool,
         request_timeout: float,
+        interactive: bool | None = None,
+        line_every: float = LINE_EVERY_SECONDS,
     ) -> None:
         self._stats = stats
         self._activity = activity
         self._enabled = enabled
         self._request_timeout = request_timeout
+        self._interactive = interactive
+        self._line_every = line_every
         self._unit = "req"
         self._done = 0
         self._total: int | None = None
@@ -104,30 +124,43 @@ class Progress:
         self._done += n
 
     def start(self) -> None:
-        if self._enabled and self._ticker is None:
+        if not self._enabled or self._ticker is not None:
+            return
+        interactive = self._interactive if self._interactive is not None else _interactive()
+        if interactive:
             self._bar = tqdm(total=self._total, unit=self._unit, file=sys.stderr, dynamic_ncols=True, mininterval=0)
-            self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever(_TICK_SECONDS if interactive else self._line_every))
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            try:
-                await self._ticker
-            except asyncio.CancelledError:
-                pass
-            self._ticker = None
+        if self._ticker is None:
+            return
+        self._ticker.cancel()
+        try:
+            await self._ticker
+        except asyncio.CancelledError:
+            pass
+        self._ticker = None
+        self._refresh()
         if self._bar is not None:
-            self._refresh()
             self._bar.close()
             self._bar = None
 
-    async def _tick_forever(self) -> None:
+    async def _tick_forever(self, seconds: float) -> None:
         while True:
-            await asyncio.sleep(_TICK_SECONDS)
+            await asyncio.sleep(seconds)
             self._refresh()
 
-    def _refresh(self) -> None:
-        assert self._bar is not None
+    def line(self) -> str:
+        """The progress as one line: units done (of the total), rate, cache hits, tokens, cost, errors, state."""
+        return f"{self._counted()} | {self._figures()}"
+
+    def _counted(self) -> str:
+        if self._total is None:
+            return f"{self._done} {self._unit}"
+        share = f" ({self._done / self._total:.0%})" if self._total else ""
+        return f"{self._done}/{self._total} {self._unit}{share}"
+
+    def _figures(self) -> str:
         stats = self._stats
         elapsed = max(time.monotonic() - self._started, 1e-9)
         fresh = stats.requests - stats.cache_hits
@@ -135,9 +168,11 @@ class Progress:
         work_left = self._total is not None and self._done < self._total
         typical = stats.latency().get("p50")
         state = self.note or describe_state(self._activity(), self._request_timeout, typical, work_left=work_left)
+        return f"{fresh / elapsed:.1f} req/s, {stats.cache_hits} cached, {stats.tokens} tok, {cost}, {stats.error_count} err | {state}"
+
+    def _refresh(self) -> None:
+        if self._bar is None:
+            logger.info("progress: %s", self.line())
+            return
         self._bar.update(self._done - self._bar.n)
-        self._bar.set_postfix_str(
-            f"{fresh / elapsed:.1f} req/s, {stats.cache_hits} cached, {stats.tokens} tok, {cost}, "
-            f"{stats.error_count} err | {state}",
-            refresh=True,
-        )
+        self._bar.set_postfix_str(self._figures(), refresh=True)

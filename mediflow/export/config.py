@@ -27,7 +27,7 @@ class SplitConfig(Config):
     def check(self) -> None:
         total = self.train + self.validation + self.test
         if abs(total - 1.0) > 1e-6:
-            raise ConfigError(f"split: train + validation + test must sum to 1, got {total:g}")
+            raise ConfigError(f"train: train + validation + test = {total:g}, they must sum to 1")
 
     def fractions(self) -> SplitFractions:
         return SplitFractions(self.train, self.validation, self.test)

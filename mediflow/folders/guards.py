@@ -31,6 +31,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +39,8 @@ from contextvars import ContextVar
 from pathlib import Path
 
 from mediflow.errors import MediflowError
+
+logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 #: The file that makes a folder a MediFlow run's folder (:mod:`mediflow.folders.manifest` writes it).
@@ -204,7 +207,7 @@ class FolderLock:
         """Take the lock, or stop at once with an error naming the process that holds it.
 
         With ``wait`` (a shared cache, where the other process is making what this one needs) it
-        says once on stderr whom it waits for, then blocks until the holder is done. A ``.lock``
+        logs once (a warning) whom it waits for, then blocks until the holder is done. A ``.lock``
         that is a symbolic link is refused (opening it would truncate the link's target).
         """
         try:
@@ -222,7 +225,7 @@ class FolderLock:
             if not wait:
                 os.close(fd)
                 raise MediflowError(f"{self.folder}: in use by another process ({holder}); wait for it to finish or stop it") from None
-            print(f"{self.folder}: waiting for another process ({holder})", file=sys.stderr, flush=True)
+            logger.warning("%s: waiting for another process (%s)", self.folder, holder)
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}: {_command()[:300]}\n".encode())

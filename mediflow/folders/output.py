@@ -298,10 +298,27 @@ def _check_contents(root: Path, manifest: Manifest, own: frozenset[str] | set[st
         raise MediflowError(f"{root}: holds a '{previous.kind}' folder, not a '{manifest.kind}' one; {hint}")
     if previous.config_fingerprint != manifest.config_fingerprint:
         raise MediflowError(f"{root}: holds a {manifest.kind} run of another config{_what_changed(previous, manifest)}; {hint}")
-    if [(r.path, r.fingerprint) for r in previous.inputs] != [(r.path, r.fingerprint) for r in manifest.inputs]:
-        before = ", ".join(r.path for r in previous.inputs) or "no input"
-        raise MediflowError(f"{root}: holds a {manifest.kind} run of other input data (was: {before}); {hint}")
+    if _content(previous.inputs) != _content(manifest.inputs):
+        raise MediflowError(f"{root}: holds a {manifest.kind} run of other input data ({_inputs_changed(previous.inputs, manifest.inputs)}); {hint}")
     return previous
+
+
+def _content(inputs: Sequence[InputRef]) -> list[tuple[str, str]]:
+    """What makes inputs the same: their kinds and content fingerprints, not where they are (the same rows
+    in another file, a byte-identical model at another path, are the same input)."""
+    return [(ref.kind, ref.fingerprint or ref.path) for ref in inputs]
+
+
+def _inputs_changed(before: Sequence[InputRef], after: Sequence[InputRef]) -> str:
+    """Which inputs differ in content, by name (``changed: sft /data/b.parquet (was /data/a.parquet)``)."""
+    if len(before) != len(after):
+        return f"{len(before)} inputs before, {len(after)} now: was {', '.join(r.path for r in before) or 'no input'}"
+    changed = [
+        f"{new.kind} {new.path}" + (f" (was {old.path})" if old.path != new.path else "")
+        for old, new in zip(before, after)
+        if (old.kind, old.fingerprint or old.path) != (new.kind, new.fingerprint or new.path)
+    ]
+    return "changed: " + ", ".join(changed)
 
 
 def _what_changed(previous: Manifest, manifest: Manifest) -> str:

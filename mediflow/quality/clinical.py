@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 from rapidfuzz.distance import OSA
 
@@ -83,11 +84,11 @@ class Lexicon:
                 self._distinguishing.add(word)
         return found  # type: ignore[return-value]
 
-    def distinguishing(self, words: Counter[str]) -> set[str]:
+    def distinguishing(self, words: Counter[str]) -> frozenset[str]:
         """Which of ``words`` have an item: set operations in C, as most words of a note tell nothing."""
         for word in set(words).difference(self._items):
             self.item(word)
-        return self._distinguishing.intersection(words)
+        return frozenset(self._distinguishing.intersection(words))
 
     def _classify(self, word: str) -> tuple[str, str] | None:
         if _DIGIT.search(word):
@@ -138,23 +139,35 @@ class Facts:
     words: Counter[str]
     sexes: frozenset[str]
     negations: tuple[tuple[str, str, str], ...]  # per negation cue: the cue, and the next two words of its sentence it may negate
+    distinguishing: frozenset[str]  # the words that have a (section, class) in the lexicon
+    key: tuple[object, ...]  # the classes stated (values as written), sexes and negations: equal keys, equal facts
 
 
-def facts(words: list[str], sentence_end: list[bool], lexicon: Lexicon) -> Facts:
+def facts(words: list[str], sentence_end: list[bool], lexicon: Lexicon, cues: list[int] | None = None) -> Facts:
     """The facts of one text's canonical words (:meth:`CanonicalTokens.record_words`).
 
     A negation cue negates the next words of *its own* sentence (skipping articles and words such
     as "evidence of"); the first two are kept, so a copy that dropped the first still matches.
+    ``cues``: the cues' positions, when the caller found them for a whole batch at once.
     """
     counted = Counter(words)
     present = lexicon.distinguishing(counted)
-    sexes = frozenset(lexicon.word_class[word][1] for word in present if lexicon.word_class.get(word, ("",))[0] == "sex")
-    negations: list[tuple[str, str, str]] = []
-    if not lexicon.negation_cues.isdisjoint(present):
-        for index, word in enumerate(words):
-            if word in lexicon.negation_cues:
-                negations.append((word, *_negated(words, sentence_end, index)))
-    return Facts(counted, sexes, tuple(sorted(negations)))
+    classes = lexicon._items  # every word of the text is memoised by distinguishing()
+    sexes: set[str] = set()
+    stated: dict[tuple[str, str], int] = {}
+    for word in present:
+        item = classes[word]
+        if item is _VALUE:
+            stated[("value", word)] = counted[word]
+        elif item is not None and item[0] == "sex":
+            sexes.add(item[1])
+        elif item is not None:
+            stated[item] = stated.get(item, 0) + counted[word]
+    if cues is None:
+        cues = [index for index, word in enumerate(words) if word in lexicon.negation_cues] if not lexicon.negation_cues.isdisjoint(present) else []
+    negated = tuple(sorted((words[index], *_negated(words, sentence_end, index)) for index in cues))
+    frozen_sexes = frozenset(sexes)
+    return Facts(counted, frozen_sexes, negated, present, (frozenset(stated.items()), frozen_sexes, negated))
 
 
 def text_facts(text: str, lexicon: Lexicon) -> Facts:
@@ -197,7 +210,8 @@ def _misspelling(word: str, others: Iterable[str], lexicon: Lexicon, lenient_val
         if limit == 0 or (has_digit and len(word) != len(other) and abs(len(word) - len(other)) > 1):
             continue
         distance = OSA.distance(word, other, score_cutoff=limit)
-        if distance <= limit and distance < best_distance and (not section or (lexicon.item(other) or ("",))[0] != section):
+        if distance <= limit and distance < best_distance and (has_digit or not section or (lexicon.item(other) or ("",))[0] != section
+                                                               or (section == "conditions" and _inflection(word, other))):
             best, best_distance = other, distance
     return best
 
@@ -206,6 +220,12 @@ def _typo_of(word: str, other: str, next_word: str = "") -> bool:
     """Whether ``other`` (followed by ``next_word``) writes ``word``: the same, misspelled, or split in two ("in vasion")."""
     limit = 0 if _DIGIT.search(word) or _DIGIT.search(other) else _typo_limit(word, other)
     return word == other or (limit > 0 and OSA.distance(word, other, score_cutoff=limit) <= limit) or (bool(next_word) and word == other + next_word)
+
+
+def _inflection(first: str, second: str) -> bool:
+    """One word inflected ("fluid"/"fluids", "place"/"placed", "fall"/"falls"): a condition word, not another condition."""
+    shorter, longer = sorted((first, second), key=len)
+    return longer.startswith(shorter) and longer[len(shorter):] in ("s", "es", "d", "ed", "ing")
 
 
 def _split_decimal(word: str, mine: Counter[str], theirs: Counter[str]) -> bool:
@@ -220,23 +240,41 @@ def _split_decimal(word: str, mine: Counter[str], theirs: Counter[str]) -> bool:
     return False
 
 
-def _split_or_merged(word: str, mine: Counter[str], theirs: Counter[str]) -> bool:
-    """Whether the other text writes ``word`` split in two ("pneu monia") or run into its neighbour ("chestpain", "presentingwith")."""
+def _split_or_merged(word: str, mine: Counter[str], theirs: Counter[str], forms: CanonicalForms) -> bool:
+    """Whether the other text writes ``word`` split in two ("pneu monia") or run into its neighbour ("chestpain", "presentingwith").
+
+    A piece split off that happens to be an abbreviation was written out like one ("hea rt" reads
+    "hea right", "ed ema" "emergency department ema"): such a piece counts as the abbreviation, and
+    the words it was written out as are explained by the word they were split from.
+    """
     for cut in range(1, len(word)):
         head, tail = word[:cut], word[cut:]
-        if theirs.get(head, 0) > (head == tail) and theirs.get(tail, 0) > 0:
+        if _written(head, theirs, forms, 1 + (head == tail)) and _written(tail, theirs, forms, 1):
             return True
     for other in theirs:
         if other.startswith(word) and other[len(word):] in mine:
             return True
         if other.endswith(word) and other[: len(other) - len(word)] in mine:
             return True
+    for abbreviation, expansion in forms.abbreviations_of(word):  # ``word`` is a split-off abbreviation written out
+        if all(piece in mine for piece in expansion):
+            for other in theirs:
+                if (other.startswith(abbreviation) and other[len(abbreviation):] in mine) or (other.endswith(abbreviation) and other[: -len(abbreviation)] in mine):
+                    return True
     return False
 
 
-#: Sections one of whose words a copy may drop with nothing in its place ("metformin 500 mg" -> "metformin 500"; "the left
-#: kidney" -> "the left"); a dropped negation, sex, side, number word, dose frequency, route, drug or value is another case.
-_DROPPABLE = frozenset({"units", "anatomy", "labs", "procedures", "specialties"})
+def _written(piece: str, words: Counter[str], forms: CanonicalForms, count: int) -> bool:
+    """Whether ``words`` hold ``piece`` (``count`` times), as itself or as the words its abbreviation is written out as."""
+    if words.get(piece, 0) >= count:
+        return True
+    expansion = forms.table.get(piece)
+    return bool(expansion) and all(words.get(part, 0) > 0 for part in expansion or ())
+
+
+#: Sections one of whose words a copy may drop with nothing in its place ("metformin 500 mg" -> "metformin 500"; "intravenous
+#: ceftriaxone" -> "ceftriaxone"); a dropped negation, sex, side, number word, drug or value is another case, and so is any replacement.
+_DROPPABLE = frozenset({"units", "anatomy", "labs", "procedures", "specialties", "route", "frequency"})
 
 
 def agree(a: Facts, b: Facts, lexicon: Lexicon, lenient_values: bool = False) -> bool:
@@ -244,21 +282,27 @@ def agree(a: Facts, b: Facts, lexicon: Lexicon, lenient_values: bool = False) ->
 
     Only the words one text has more of than the other can differ in a fact. Each distinguishing
     one (a sex, side, negation, unit, dose frequency, route, organ, lab, procedure, specialty, drug,
-    condition, number word; a value with ``lenient_values``) must be explained: the other text has a
-    word of the same class ("man"/"male"; any of its sexes), or writes it misspelled, split in two,
-    or run together with its neighbour. A condition word left unexplained conflicts only when the
-    other text puts another condition or content word in its place; one unit, organ, lab,
-    procedure or specialty word is excused when it is the only word left and nothing stands in its
-    place (a dropped word, not a replacement). Negations are then compared with what they negate,
-    misspellings excused. Values written with digits are compared by :func:`value_fingerprints`
-    before this (see :func:`same_cases`), except with ``lenient_values``.
+    condition, number word, value) must be explained: the other text has a word of the same class
+    ("man"/"male"; any of its sexes), or writes it misspelled (a value: only its decimal point
+    spaced out, or one edit with ``lenient_values``), split in two, or run together with its
+    neighbour. A condition word left unexplained conflicts only when the other text puts another
+    condition or content word in its place; one unit, organ, lab, procedure, specialty, route or
+    dose-frequency word is excused when it is the only word left and nothing stands in its place (a
+    dropped word, not a replacement). Negations are then compared with what they negate,
+    misspellings excused. With strict values, :func:`same_cases` has already compared the value
+    fingerprints (digit runs) before this.
     """
+    if a.key == b.key:
+        return True  # the same classes, values, sexes and negations: nothing left to excuse
     a_only, b_only = a.words - b.words, b.words - a.words
     unexplained: dict[str, list[tuple[str, str]]] = {"a": [], "b": []}
     misspelled: set[str] = set()  # words the other text writes misspelled, split or run together
-    for side, mine, theirs, their_facts in (("a", a_only, b_only, b), ("b", b_only, a_only, a)):
-        their_classes = Counter(item for word, count in theirs.items() if (item := lexicon.item(word)) is not None for _ in range(count))
-        for word in sorted(mine):
+    for side, mine, theirs, my_facts, their_facts in (("a", a_only, b_only, a, b), ("b", b_only, a_only, b, a)):
+        telling = sorted(my_facts.distinguishing.intersection(mine))  # only these can state another fact
+        if not telling:
+            continue
+        their_classes = Counter(lexicon.item(word) for word in their_facts.distinguishing.intersection(theirs) for _ in range(theirs[word]))
+        for word in telling:
             item = lexicon.item(word)
             if item is None or (item == _VALUE and (_split_decimal(word, mine, theirs) or not word.strip("0"))):
                 continue  # "9.0" is written "9"; its "0" split off by a tokenizer is no value
@@ -268,7 +312,7 @@ def agree(a: Facts, b: Facts, lexicon: Lexicon, lenient_values: bool = False) ->
                 if item != _VALUE and their_classes[item] > 0:
                     their_classes[item] -= 1
                     continue
-                if _misspelling(word, theirs, lexicon, lenient_values) or _split_or_merged(word, mine, theirs):
+                if _misspelling(word, theirs, lexicon, lenient_values) or _split_or_merged(word, mine, theirs, lexicon.forms):
                     misspelled.add(word)
                     continue
                 unexplained[side].append(item)
@@ -287,7 +331,7 @@ def _rewording_allowed(unexplained: dict[str, list[tuple[str, str]]], a_only: Co
     if hard and (len(left) > 1 or hard[0][0] not in _DROPPABLE):
         return False
     replaced_by, mine = (b_only, a_only) if a_left else (a_only, b_only)
-    return not any(_content_word(word, lexicon) and not _misspelling(word, mine, lexicon, False) and not _split_or_merged(word, replaced_by, mine)
+    return not any(_content_word(word, lexicon) and not _misspelling(word, mine, lexicon, False) and not _split_or_merged(word, replaced_by, mine, lexicon.forms)
                    for word in replaced_by)  # nothing else stands in its place
 
 
@@ -303,8 +347,8 @@ def _same_negations(a: Facts, b: Facts, misspelled: set[str]) -> bool:
         return False
     for _, first, second in mine:
         for index, (_, other_first, other_second) in enumerate(rest):
-            if (_typo_of(first, other_first, other_second) or _typo_of(other_first, first, second)
-                    or (first not in b.words and second and _typo_of(second, other_first, other_second))
+            if (_typo_of(first, other_first, other_second) or _typo_of(other_first, first, second) or first in misspelled or other_first in misspelled
+                    or (first not in b.words and (second == other_first or (bool(second) and _typo_of(second, other_first, other_second))))
                     or (other_first not in a.words and other_second and _typo_of(first, other_second))):
                 del rest[index]
                 break
@@ -342,10 +386,14 @@ def same_cases(tokens: CanonicalTokens, pairs: np.ndarray, lexicon: Lexicon, fin
             fingerprints = tokens.value_fingerprints()
         same = fingerprints[pairs[:, 0]] == fingerprints[pairs[:, 1]]
     read: dict[int, Facts] = {}
+    is_cue = pc.is_in(tokens.words, value_set=pa.array(sorted(lexicon.negation_cues), pa.string())).to_numpy(zero_copy_only=False)[tokens.ids]
+    cue_positions = np.flatnonzero(is_cue)  # every negation cue of the batch, found at once
+    cue_bounds = np.searchsorted(cue_positions, np.stack([tokens.starts, tokens.ends], axis=1))
 
     def facts_of(index: int) -> Facts:
         if index not in read:
-            read[index] = facts(*tokens.record_words(index), lexicon)
+            low, high = cue_bounds[index].tolist()
+            read[index] = facts(*tokens.record_words(index), lexicon, (cue_positions[low:high] - tokens.starts[index]).tolist())
         return read[index]
 
     for position in np.flatnonzero(same).tolist():

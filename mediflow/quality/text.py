@@ -50,7 +50,7 @@ _SPLIT_NUMBER = r"(\d) +([.,])(\d)"
 _LOOSE_PUNCTUATION = r"\s+([.,;:!?)\]}%])|([(\[{])\s+"
 #: One piece of a whitespace token: a dotted abbreviation (b.i.d.), a number (7.5, 1,000), a word or code (e11.9,
 #: hba1c) with an optional trailing slash (w/), a symbol that is a word (% &), or a contraction's tail (n't, 's).
-_PIECE = re.compile(r"(?:[^\W\d_]\.){2,}|\d+(?:[.,]\d+)*|[^\W_]+(?:\.\d+)*/?|n't|'[a-z]+|[%&+]")
+_PIECE = re.compile(r"n't|(?:[^\W\d_]\.){2,}|\d+(?:[.,]\d+)*|[^\W_]+(?:\.\d+)*/?|'[a-z]+|[%&+]")
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
 _QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 _SENTENCE_END = frozenset(".!?;")
@@ -72,6 +72,15 @@ class CanonicalForms:
     def __init__(self, table: dict[str, str]) -> None:
         self.table = {key: tuple(value.split()) for key, value in table.items()}
         self._memo: dict[str, tuple[tuple[str, ...], bool]] = {}
+        self._abbreviations: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        for key, words in self.table.items():
+            if key.isalpha() and len(key) <= 3:  # a short abbreviation: also a piece a split word can leave ("hea rt")
+                for word in words:
+                    self._abbreviations.setdefault(word, []).append((key, words))
+
+    def abbreviations_of(self, word: str) -> list[tuple[str, tuple[str, ...]]]:
+        """The short abbreviations whose written-out form holds ``word``, each with that form (``right``: ``[("rt", ("right",))]``)."""
+        return self._abbreviations.get(word, [])
 
     def words(self, raw: str) -> tuple[tuple[str, ...], bool]:
         """``raw``'s canonical words, and whether it ends a sentence (``.``, ``!``, ``?``, ``;``, not a dotted abbreviation)."""
@@ -203,14 +212,7 @@ def canonical_tokens(texts: pa.Array | pa.ChunkedArray, forms: CanonicalForms) -
     filled = pc.fill_null(texts, "")
     for pattern, rewrite in ((_ORDINAL, r"\1"), (_SPLIT_NUMBER, r"\1\2\3"), (_LOOSE_PUNCTUATION, r"\1\2")):
         filled = pc.replace_substring_regex(filled, pattern, rewrite)
-    split = pc.utf8_split_whitespace(filled)
-    if isinstance(split, pa.ChunkedArray):
-        split = split.combine_chunks()
-    offsets = split.offsets.to_numpy().astype(np.int64)
-    flat = split.values.slice(offsets[0], offsets[-1] - offsets[0]) if len(split) else split.values
-    encoded = pc.dictionary_encode(flat)
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.combine_chunks()
+    offsets, encoded = _split_and_encode(filled)
     raw_tokens = encoded.dictionary.to_pylist()
     vocabulary: dict[str, int] = {}
     counts = np.empty(len(raw_tokens), np.int64)
@@ -267,9 +269,9 @@ class TokenHashes:
         return lengths
 
 
-def token_hashes(normalized: pa.Array) -> TokenHashes:
-    """Hash the whitespace tokens of already-normalised texts; each distinct token is hashed once."""
-    tokens = pc.utf8_split_whitespace(normalized)
+def _split_and_encode(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.DictionaryArray]:
+    """Every whitespace token of ``texts``, dictionary-encoded (each distinct token once), and each text's token offsets."""
+    tokens = pc.utf8_split_whitespace(texts)
     if isinstance(tokens, pa.ChunkedArray):
         tokens = tokens.combine_chunks()
     offsets = tokens.offsets.to_numpy().astype(np.int64)
@@ -277,6 +279,12 @@ def token_hashes(normalized: pa.Array) -> TokenHashes:
     encoded = pc.dictionary_encode(flat)
     if isinstance(encoded, pa.ChunkedArray):
         encoded = encoded.combine_chunks()
+    return offsets, encoded
+
+
+def token_hashes(normalized: pa.Array) -> TokenHashes:
+    """Hash the whitespace tokens of already-normalised texts; each distinct token is hashed once."""
+    offsets, encoded = _split_and_encode(normalized)
     dictionary_hashes = hash_strings(encoded.dictionary)
     hashes = dictionary_hashes[encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
     base = offsets[0]

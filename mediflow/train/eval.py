@@ -6,14 +6,18 @@ Two views, both cheap enough to run after every stage:
   what merging should preserve across the experts' corpora.
 * **Generated answers on held-out examples, per task** — MediFlow records or any prompt/reference
   file (Parquet/JSONL), answered greedily with the model's own chat template in batches of
-  ``eval.eval_batch_size``, scored with the task's metric (:mod:`.metrics`: exact match and
-  macro-F1, ROUGE-L, ICD-10-CM code P/R/F1, span P/R/F1, JSON field F1) with bootstrap 95%
-  intervals, plus strict and lenient JSON validity against the task's ``output_schema``. Every
-  example's prompt, reference, prediction and scores go to ``predictions.jsonl``.
+  ``eval.eval_batch_size``, stopping at the end-of-turn tokens the template writes, scored with
+  the task's metric (:mod:`.metrics`: exact match and macro-F1, ROUGE-L as ``rouge-score``
+  computes it, ICD-10-CM code P/R/F1 over the real code set, span P/R/F1, JSON field F1) with
+  bootstrap 95% intervals (a warning below 30 examples), plus strict and lenient JSON validity
+  against the task's ``output_schema``. Every example's prompt, reference, prediction and scores
+  go to ``predictions.jsonl``.
 
 Held-out means held out: an export root is read from its ``test`` split only (the merge preset
-selects on ``validation``), and with ``data.train`` set the eval items are checked for overlap with
-the training data. Reports are JSON files with one layout, so ``mediflow train eval --compare a.json
+selects on ``validation``); records that overlap what the model's manifests say it was trained on
+(its SFT/DPO rows, its PIT task data and documents, those of the models it started from or was
+merged from) are refused unless ``eval.allow_train_overlap`` (``--allow-train-overlap``); and with
+``data.train`` set the eval items are also checked for overlap with that data. Reports are JSON files with one layout, so ``mediflow train eval --compare a.json
 b.json`` lines up any number of stages. :func:`make_evaluator` turns a config into
 ``evaluate(model_dir) -> float`` (higher is better) for the merge search.
 """
@@ -21,7 +25,10 @@ b.json`` lines up any number of stages. :func:`make_evaluator` turns a config in
 from __future__ import annotations
 
 import json
+import logging
 import math
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +45,14 @@ from mediflow.train.config import StageConfig
 from mediflow.train.data import load_documents, load_messages, read_table
 from mediflow.train.fingerprint import model_fingerprint, path_fingerprint, value_hash
 from mediflow.train.lengths import LengthReport, chunk_documents
-from mediflow.train.metrics import METRIC_KINDS, TaskMetric, aggregate, bootstrap, extract_json, load_task_metrics, measure, parse_json
+from mediflow.train.metrics import METRIC_KINDS, MIN_INTERVAL_N, TaskMetric, aggregate, bootstrap, extract_json, load_task_metrics, measure, parse_json
 from mediflow.train.models import load_causal_lm, load_tokenizer
-from mediflow.train.overlap import check_overlap, conversation_text
-from mediflow.train.runtime import model_dir, stage_paths
+from mediflow.train.overlap import check_overlap, contaminated_items, conversation_text
+from mediflow.train.provenance import trained_texts
+from mediflow.train.runtime import check_attention, model_dir, stage_paths
 from mediflow.train.templates import end_of_turn_ids, plan_chat_template
+
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- model-side measurements
 
@@ -69,19 +79,25 @@ def perplexity(model: Any, tokenizer: Any, texts: list[str], max_length: int) ->
 
 
 def generate_answers(
-    model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[dict[str, str]]],
+    max_new_tokens: int,
+    batch_size: int,
+    template_kwargs: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """Greedy answers to chat prompts (the model's chat template, generation prompt added)."""
+    """Greedy answers to chat prompts (the model's chat template, generation prompt added), each stopping
+    where the template ends an assistant turn (:func:`~mediflow.train.templates.end_of_turn_ids`)."""
     import torch
 
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
-    stops = end_of_turn_ids(tokenizer, tokenizer.chat_template)
+    stops = end_of_turn_ids(tokenizer, tokenizer.chat_template, template_kwargs)
     answers: list[str] = []
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
             texts = [
-                tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **(template_kwargs or {}))
                 for messages in prompts[start : start + batch_size]
             ]
             batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
@@ -184,7 +200,7 @@ def score_rows(
         schema = schemas.get(task)
         structured = [row for row in task_rows if row["json"]]
         for row, example in zip(task_rows, examples):
-            row["scores"] = {"exact_match": example.exact, **({"value": example.value} if metric.kind in ("rouge_l", "fields") else {})}
+            row["scores"] = {"exact_match": example.exact, **({"value": example.value} if metric.kind in ("rouge_l", "rouge_l_squad", "fields") else {})}
             if row["json"]:
                 strict_ok, strict = parse_json(row["prediction"])
                 lenient_ok, lenient = extract_json(row["prediction"])
@@ -200,6 +216,10 @@ def score_rows(
             "json_lenient": _mean([row["scores"]["json_lenient"] for row in structured]),
             "schema_checked": schema is not None,
         }
+        if len(task_rows) < MIN_INTERVAL_N:
+            note = f"n={len(task_rows)} < {MIN_INTERVAL_N}: the bootstrap interval over so few examples is not reliable"
+            results[task]["ci95_warning"] = note
+            warnings.warn(f"eval: task '{task}': {note}", stacklevel=2)
     return results
 
 
@@ -239,14 +259,16 @@ def evaluate_model(
     tokenizer = load_tokenizer(model_dir)
     plan = plan_chat_template(tokenizer, config.model.chat_template)
     tokenizer.chat_template = plan.saved_template
-    model = load_causal_lm(model_dir, config.model.dtype, for_training=False)
+    model = load_causal_lm(model_dir, config.model.dtype, for_training=False, attn_implementation=config.model.attn_implementation)
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     report: dict[str, Any] = {"model": str(model_dir), "perplexity": {}, "tasks": {}}
     for domain, texts in documents.items():
         report["perplexity"][domain] = perplexity(model, tokenizer, texts[: config.data.max_samples or None], config.data.max_length)
     if rows is not None:
         report["split"] = split or config.data.read_split("eval")
-        answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], config.eval.max_new_tokens, config.eval.eval_batch_size)
+        answers = generate_answers(
+            model, tokenizer, [r["prompt"] for r in rows], config.eval.max_new_tokens, config.eval.eval_batch_size, config.model.chat_template_kwargs
+        )
         for row, answer in zip(rows, answers):
             row["prediction"] = answer
         metrics_file = config.path(config.data.metrics) if config.data.metrics else None
@@ -303,6 +325,8 @@ def measurement(config: StageConfig, split: str | None = None) -> dict[str, Any]
         "objective": config.eval.objective,
         "max_new_tokens": config.eval.max_new_tokens,
         "chat_template": config.model.chat_template,
+        "chat_template_kwargs": config.model.chat_template_kwargs,
+        "attn_implementation": config.model.attn_implementation,
         "dtype": config.model.dtype,
         "max_length": data.max_length,
         "max_samples": data.max_samples,
@@ -317,16 +341,48 @@ def make_evaluator(config: StageConfig, split: str | None = None) -> ScoreHook:
     return ScoreHook(config, split)
 
 
+def check_train_overlap(model: Path, config: StageConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Compare the eval records with what the model's manifests say it was trained on; refuse an overlap.
+
+    The model folder's manifest (and those of the models it started from or was merged from) name
+    their training data (:mod:`.provenance`); each eval record's prompt and reference are compared
+    with those texts by word 13-grams, as :mod:`.overlap` does. Records seen in training are refused
+    with one line unless ``eval.allow_train_overlap``; then the report counts them (and says so).
+    """
+    sources, missing = trained_texts(model)
+    eval_texts = [conversation_text([*r["prompt"], {"role": "assistant", "content": r["reference"]}]) for r in rows]
+    hits: set[int] = set()
+    seen_in: list[str] = []
+    for source, texts in sources:
+        found = contaminated_items(texts, eval_texts)
+        if found:
+            hits |= set(found)
+            seen_in.append(source)
+    entry = {"checked": [source for source, _ in sources], "unreadable": missing, "records": len(rows), "seen_in_training": len(hits)}
+    if missing:
+        warnings.warn(f"eval: cannot check the records against {', '.join(missing)} (named by the model's manifests, no longer readable)", stacklevel=2)
+    if hits and not config.eval.allow_train_overlap:
+        raise MediflowError(
+            f"eval: {len(hits)} of {len(rows)} records overlap what {model} was trained on ({'; '.join(seen_in)}, per its manifests); "
+            "evaluate on held-out records, or pass --allow-train-overlap to score them anyway"
+        )
+    if hits:
+        warnings.warn(f"eval: {len(hits)} of {len(rows)} records were seen in training ({'; '.join(seen_in)}); scored anyway (--allow-train-overlap)", stacklevel=2)
+    return entry
+
+
 def run_eval(config: StageConfig, *, overwrite: bool = False) -> dict[str, Any]:
-    """Evaluate ``model.name_or_path``; write the JSON report and the predictions; print the table.
+    """Evaluate ``model.name_or_path``; write the JSON report and the predictions; return the report (with its ``path``).
 
     ``output.dir`` is a contract folder of kind ``eval`` (overlap guards, lock, typed manifest whose
     identity is the model's weights and the measurement): rerunning the same evaluation redoes it,
     another one there is refused naming what changed unless ``overwrite``. The held-out inputs are
-    read and checked before anything is written or a model loads.
+    read and checked (against the model's own training data too) before anything is written or a model loads.
     """
+    check_attention(config)
     model = model_dir(config)
     inputs = read_eval_inputs(config)
+    train_overlap = check_train_overlap(model, config, inputs.rows) if inputs.rows else None
     output = config.path(config.output.dir)
     target = config.path(config.output.report) if config.output.report else output / "eval_report.json"
     identity = flatten(
@@ -350,11 +406,11 @@ def run_eval(config: StageConfig, *, overwrite: bool = False) -> dict[str, Any]:
     with folder:
         report = evaluate_model(model, config, predictions=output / "predictions.jsonl" if config.data.records else None, inputs=inputs)
         report["label"] = Path(config.output.dir).name
+        if train_overlap is not None:
+            report["train_overlap"] = train_overlap
         write_json(make_parent(target), report)
         folder.finish({"examples": len(inputs.rows or []), "domains": len(inputs.documents)}, {"report": str(target), "score": report["score"]})
-    print(format_reports([report]))
-    print(f"report: {target}")
-    return report
+    return {**report, "path": str(target)}
 
 
 # ---------------------------------------------------------------- tables
@@ -373,24 +429,27 @@ def format_reports(reports: list[dict[str, Any]]) -> str:
             values = [r["tasks"].get(task, {}).get(metric) for r in reports]
             if any(v is not None for v in values):
                 intervals = [r["tasks"].get(task, {}).get("ci95", {}).get(metric) for r in reports]
-                rows.append((f"{task} {metric}", [_cell(v, ci) for v, ci in zip(values, intervals)]))
+                few = [bool(r["tasks"].get(task, {}).get("ci95_warning")) for r in reports]
+                rows.append((f"{task} {metric}", [_cell(v, ci, f) for v, ci, f in zip(values, intervals, few)]))
     rows.append(("score", [_cell(r.get("score")) for r in reports]))
     width = max(len(name) for name, _ in rows)
     widths = [max(len(label), *(len(cells[i]) for _, cells in rows)) for i, label in enumerate(labels)]
     lines = [" ".join([" " * width] + [label.rjust(w) for label, w in zip(labels, widths)])]
     lines += [" ".join([name.ljust(width)] + [c.rjust(w) for c, w in zip(cells, widths)]) for name, cells in rows]
+    if any(cell.endswith("*") for _, cells in rows for cell in cells):
+        lines.append(f"* interval over fewer than {MIN_INTERVAL_N} examples: not reliable")
     return "\n".join(lines)
 
 
 #: The metrics the table shows, when a task has them (``ci95`` intervals beside them).
-_TABLE_METRICS = ("exact_match", "macro_f1", "rouge_l", "precision", "recall", "f1", "json_strict", "json_lenient")
+_TABLE_METRICS = ("exact_match", "macro_f1", "rouge_l", "rouge_l_squad", "precision", "recall", "f1", "empty_both", "json_strict", "json_lenient")
 
 
-def _cell(value: float | None, interval: list[float] | None = None) -> str:
+def _cell(value: float | None, interval: list[float] | None = None, few: bool = False) -> str:
     if value is None:
         return "-"
     text = f"{value:.2f}" if abs(value) >= 100 else f"{value:.4f}"
-    return f"{text} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else text
+    return f"{text} [{interval[0]:.2f}, {interval[1]:.2f}]{'*' if few else ''}" if interval else text
 
 
 def compare_reports(paths: list[Path]) -> str:

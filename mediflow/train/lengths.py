@@ -4,22 +4,30 @@ Trainers truncate silently: a cut document trains on its first tokens, a cut ans
 its end-of-turn token (so the model learns not to stop), a row whose answer is cut off entirely is
 dropped. Here each stage measures its rows with the tokenizer *before* training and decides:
 
-* conversations (SFT), preference pairs (DPO) and PIT task rows longer than ``data.max_length`` are
-  dropped (``data.overlong: drop``, the default) or kept cut (``cut``);
+* conversations (SFT, measured as the trainer tokenizes them, :mod:`.masking`), preference pairs
+  (DPO) and PIT task rows longer than ``data.max_length`` are dropped (``data.overlong: drop``, the
+  default) or kept cut (``cut``, only when the cut row still trains on something);
 * PIT documents are split into ``max_length`` chunks that overlap by ``data.chunk_overlap`` tokens,
   so no text is lost;
 
 and reports rows in, kept, dropped, cut and tokens lost, in the log and in the stage's manifest,
-warning when more than ``data.warn_fraction`` of the rows were dropped or cut.
+warning when more than ``data.warn_fraction`` of the rows were dropped or cut. Eval sets are
+measured and reported the same way, and an eval set that length empties is an error
+(:func:`require_rows`), never a run that silently evaluates nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from mediflow.errors import MediflowError
+from mediflow.train.masking import TokenizedConversation
+
+logger = logging.getLogger(__name__)
 
 #: Room left for the special tokens a trainer adds around a plain-text row (BOS, EOS).
 _SPECIAL_MARGIN = 2
@@ -51,8 +59,8 @@ class LengthReport:
         )
 
     def announce(self, warn_fraction: float) -> None:
-        """Print the counts; warn when the losses pass the threshold."""
-        print(self.line(), flush=True)
+        """Log the counts; warn when the losses pass the threshold."""
+        logger.info(self.line())
         if self.rows and (self.dropped + self.cut) / self.rows > warn_fraction:
             warnings.warn(
                 f"{self.stage}: {self.dropped + self.cut} of {self.rows} rows do not fit data.max_length={self.max_length}; "
@@ -65,8 +73,8 @@ def _count(tokenizer: Any, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
-    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt))
+def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool, kwargs: Mapping[str, Any] | None = None) -> str:
+    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt, **(kwargs or {})))
 
 
 def _decide(report: LengthReport, total: int, prompt: int, overlong: str) -> bool:
@@ -86,36 +94,34 @@ def _decide(report: LengthReport, total: int, prompt: int, overlong: str) -> boo
     return False
 
 
-def fit_conversations(rows: list[dict[str, Any]], tokenizer: Any, max_length: int, overlong: str, stage: str = "sft") -> tuple[list[dict[str, Any]], LengthReport]:
-    """SFT rows (``messages`` or conversational ``prompt``/``completion``) that fit, and the counts."""
+def fit_tokenized(rows: list[TokenizedConversation], max_length: int, overlong: str, stage: str = "sft") -> tuple[list[int], LengthReport]:
+    """The indices of the tokenized SFT rows that fit (or, ``cut``, still train on a token within ``max_length``), and the counts."""
     report = LengthReport(stage, max_length)
-    kept = []
-    for row in rows:
-        messages = row["messages"] if "messages" in row else row["prompt"] + row["completion"]
-        prompt = messages[:-1]
-        total = _count(tokenizer, _render(tokenizer, messages, False))
-        prefix = _count(tokenizer, _render(tokenizer, prompt, True))
-        if _decide(report, total, prefix, overlong):
-            kept.append(row)
+    kept = [index for index, row in enumerate(rows) if _decide(report, len(row.input_ids), row.first_trained, overlong)]
     return kept, report
 
 
+def require_rows(report: LengthReport, what: str) -> None:
+    """An eval (or training) set that had rows and has none left after length handling is an error, not a silent no-op."""
+    if report.rows and not report.kept:
+        raise MediflowError(
+            f"{report.stage}: none of the {report.rows} {what} fits data.max_length={report.max_length}; "
+            "raise data.max_length or set data.overlong=cut"
+        )
+
+
 def fit_preferences(
-    rows: list[dict[str, Any]], tokenizer: Any, max_length: int, overlong: str, stage: str = "dpo", required: bool = True
+    rows: list[dict[str, Any]], tokenizer: Any, max_length: int, overlong: str, stage: str = "dpo", template_kwargs: Mapping[str, Any] | None = None
 ) -> tuple[list[dict[str, Any]], LengthReport]:
-    """DPO pairs whose prompt + chosen and prompt + rejected both fit; one line when none does and ``required``."""
+    """DPO pairs whose prompt + chosen and prompt + rejected both fit; one line when rows were given and none does."""
     report = LengthReport(stage, max_length)
     kept = []
     for row in rows:
-        prefix = _count(tokenizer, _render(tokenizer, row["prompt"], True))
-        total = max(_count(tokenizer, _render(tokenizer, row["prompt"] + row[side], False)) for side in ("chosen", "rejected"))
+        prefix = _count(tokenizer, _render(tokenizer, row["prompt"], True, template_kwargs))
+        total = max(_count(tokenizer, _render(tokenizer, row["prompt"] + row[side], False, template_kwargs)) for side in ("chosen", "rejected"))
         if _decide(report, total, prefix, overlong):
             kept.append(row)
-    if required and rows and not kept:
-        raise MediflowError(
-            f"{stage}: none of the {len(rows)} preference pairs fits data.max_length={max_length} "
-            "(prompt + answer); raise data.max_length or set data.overlong=cut"
-        )
+    require_rows(report, "preference pairs")
     return kept, report
 
 

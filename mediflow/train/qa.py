@@ -20,6 +20,7 @@ With ``qa.mode: batch`` (``--batch``) the requests go through the provider's bat
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ from mediflow.teachers.config import api_key_of
 from mediflow.teachers.negotiation import capabilities_by_role
 from mediflow.train.config import StageConfig
 from mediflow.train.data import load_documents
+
+logger = logging.getLogger(__name__)
 
 TASK_DATA_SCHEMA = pa.schema([(name, pa.string()) for name in ("prompt", "completion", "task", "document_id", "prompt_version")])
 _ASKED_SCHEMA = pa.schema([(name, pa.string()) for name in ("task", "document_id", "prompt_version")])
@@ -192,7 +195,7 @@ async def generate_task_data_async(config: StageConfig, *, overwrite: bool = Fal
         except BaseException:
             writer.abandon()
             raise
-    print(f"task data: {len(rows)} rows from {len(documents)} documents x {len(templates)} prompts -> {folder.data_dir}")
+    logger.info("task data: %d rows from %d documents x %d prompts -> %s", len(rows), len(documents), len(templates), folder.data_dir)
     if rejects:
-        print(f"rejected: {len(rejects)} teacher answers still invalid after corrections -> {folder.rejects_path}")
+        logger.info("rejected: %d teacher answers still invalid after corrections -> %s", len(rejects), folder.rejects_path)
     return folder.root

@@ -14,11 +14,18 @@ renders ``<|system|>S<|end|>``, a Phi-3 copy ``<|system|>\\nS<|end|>\\n``). So:
 
 A model with no template at all (the packaged Gemma-3-270M) gets the shipped template of its layout,
 recognised from its vocabulary, and that template, without the markers, is what is saved.
+
+Where generation stops is read from the template too (:func:`end_of_turn_ids`): a two-round
+conversation is rendered and whatever closes the first answer (``<|im_end|>``, ``<end_of_turn>``, a
+``[[end]]`` no code has heard of) is the end of a turn, so a template we have never seen still stops.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +33,7 @@ from typing import Any
 from mediflow.errors import ConfigError
 from mediflow.resources import prompts_dir
 
-#: Tokens that end an assistant turn in the chat layouts we know; generation stops on any of them.
-END_OF_TURN_TOKENS = ("<end_of_turn>", "<|end|>", "<|im_end|>", "<|eot_id|>")
+logger = logging.getLogger(__name__)
 
 #: How to recognise a chat layout from its template text or vocabulary, to pick our marked-up copy.
 TEMPLATE_FAMILIES = (("<start_of_turn>", "gemma"), ("<|assistant|>", "phi3"), ("<|im_start|>", "chatml"))
@@ -128,9 +134,44 @@ def plan_chat_template(tokenizer: Any, configured: str | None) -> TemplatePlan:
     return TemplatePlan(native, native, COMPLETION_ONLY, "no marked template renders like the native one: loss from the rendered prefix on")
 
 
-def end_of_turn_ids(tokenizer: Any, template: str | None) -> list[int]:
-    """The eos id plus every end-of-turn token the template emits (generation must stop on each)."""
-    vocab = tokenizer.get_vocab()
+#: The conversation whose first answer shows what closes an assistant turn (the sentinels are plain words).
+_TURN_PROBE = (("user", "First question?"), ("assistant", "FirstAnswerText"), ("user", "Second question?"), ("assistant", "SecondAnswerText"))
+
+
+def turn_closing_text(tokenizer: Any, template: str, template_kwargs: Mapping[str, Any] | None = None) -> str:
+    """What the template writes right after an assistant's answer: the end of a turn (``<|im_end|>\\n``).
+
+    Rendered twice, the answer last and the answer followed by another round: what both put after
+    the answer is the turn's closing (a template that closes only the last turn, or only turns that
+    are followed by another, still shows it in one of them).
+    """
+    messages = [{"role": role, "content": content} for role, content in _TURN_PROBE]
+    answer = messages[1]["content"]
+    two_rounds = str(tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **(template_kwargs or {})))
+    one_round = str(tokenizer.apply_chat_template(messages[:2], chat_template=template, tokenize=False, **(template_kwargs or {})))
+    after_two = two_rounds[two_rounds.index(answer) + len(answer) :]
+    after_one = one_round[one_round.index(answer) + len(answer) :]
+    common: str = os.path.commonprefix([after_one, after_two])
+    return common or after_two[: after_two.find(messages[2]["content"])]
+
+
+def end_of_turn_ids(tokenizer: Any, template: str | None, template_kwargs: Mapping[str, Any] | None = None) -> list[int]:
+    """The eos id plus every added token the template writes to close an assistant turn (generation stops on each).
+
+    Derived from the template, not from a list of layouts: see :func:`turn_closing_text`. A template
+    that cannot render the probe conversation, or closes turns with no token of its own, stops at
+    eos only (said in the log).
+    """
     ids = {tokenizer.eos_token_id}
-    ids |= {vocab[token] for token in END_OF_TURN_TOKENS if token in vocab and (template is None or token in template)}
+    if template:
+        try:
+            closing = turn_closing_text(tokenizer, template, template_kwargs)
+        except Exception as exc:  # a template that refuses the probe (roles, a required system turn): eos only
+            logger.warning("chat template: cannot render a two-round conversation (%s); generation stops at eos only", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            closing = ""
+        added = set(tokenizer.added_tokens_decoder)
+        found = {token for token in tokenizer(closing, add_special_tokens=False)["input_ids"] if token in added}
+        if closing.strip() and not found:
+            logger.warning("chat template: an assistant turn ends with %r, which holds no token of its own; generation stops at eos only", closing)
+        ids |= found
     return sorted(i for i in ids if i is not None)

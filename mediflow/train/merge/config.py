@@ -129,7 +129,7 @@ def _model_path(value: Any, where: str) -> Path:
     path = Path(value).expanduser()
     if not (path / "config.json").is_file():
         raise ConfigError(f"{where}: '{value}' is not a local model folder with config.json (hub names are not fetched)")
-    return path
+    return path.resolve()  # one folder, one name: `sub/../experts/a` and `experts/a` are the same model
 
 
 def _input_models(raw: Any, method: MethodSpec, source: str) -> list[InputModel]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from mediflow.train.merge.config import MergeConfig, layer_index, layer_position
 from mediflow.train.merge.output import MERGE_CONFIG_NAME, merge_identity, open_merge_output, plain_merge_config, publish_merge
 from mediflow.train.merge.safetensors_io import ModelFolder, ShardedWriter
 from mediflow.train.merge.tensor_plans import TensorSource, plan_tensor, row_chunks
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 #: Elements per row chunk: 4M float32 = 16 MiB per input, small next to any real model tensor.
@@ -130,7 +133,7 @@ def run_merge(
         if (output / "config.json").is_file():  # kept by the open: this same merge, complete
             previous = folder.previous
             folder.finish(previous.counts if previous else {}, previous.details if previous else {})
-            print(f"merge: {output} was merged from these exact inputs; reused (--overwrite merges again)", flush=True)
+            logger.info("merge: %s was merged from these exact inputs; reused (--overwrite merges again)", output)
             return output
         staging = staging_for(output / "model")
         write_merge(plan, staging, seed=seed, max_shard_bytes=max_shard_bytes, chunk_elements=chunk_elements, progress=progress)

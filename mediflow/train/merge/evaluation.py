@@ -22,19 +22,19 @@ scores are reused only under the same fingerprint.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 from mediflow.errors import ConfigError
-from mediflow.train.config import load_config
+from mediflow.train.config import EvaluateSection, StageConfig, load_config
 from mediflow.train.data import splits_of
 from mediflow.train.eval import make_evaluator
+from mediflow.train.fingerprint import path_fingerprint
 from mediflow.train.runtime import stage_paths
 
 Evaluator = Callable[[Path], float]
-_KEYS = {"eval_config", "report_config", "callable", "report_callable"}
 
 
 @dataclass(frozen=True)
@@ -47,34 +47,54 @@ class PresetEvaluators:
     data_paths: tuple[Path, ...] = ()
 
 
-def build_evaluator(spec: Any, root: Path, base_model: Path) -> PresetEvaluators:
+def build_evaluator(spec: EvaluateSection | None, root: Path, base_model: Path) -> PresetEvaluators:
     """The evaluators a preset's ``evaluate:`` section describes (paths relative to ``root``).
 
-    ``{eval_config: eval.yaml}`` whose ``data.records`` is an export root selects on its
-    ``validation`` split and reports on ``test``; with another records file, ``report_config:``
-    names a second eval config for the report. ``{callable: ..., report_callable: ...}`` likewise.
+    ``eval_config`` whose ``data.records`` is an export root selects on its ``validation`` split and
+    reports on ``test``; with another records file, ``report_config`` names a second eval config for
+    the report, which may be neither the same file nor read the same data (:func:`check_separate`).
+    ``callable`` / ``report_callable`` likewise.
     """
-    keys = set(spec) if isinstance(spec, Mapping) else set()
-    if not keys or not keys <= _KEYS or len(keys & {"eval_config", "callable"}) != 1:
-        raise ConfigError(
-            "evaluate: the preset needs one of {eval_config: PATH} or {callable: 'module:function'} "
-            "(optionally report_config / report_callable for the held-out report)"
-        )
-    if "callable" in spec:
-        report = _import_callable(str(spec["report_callable"])) if spec.get("report_callable") else None
-        return PresetEvaluators(_import_callable(str(spec["callable"])), report)
+    if spec is None:
+        raise ConfigError("evaluate: the preset needs one of eval_config: PATH or callable: 'module:function'")
+    if spec.callable is not None:
+        report = _import_callable(spec.report_callable) if spec.report_callable else None
+        return PresetEvaluators(_import_callable(spec.callable), report)
 
-    def config(name: str) -> Any:
-        return load_config(root / str(spec[name]), "eval", overrides=[f"model.name_or_path={base_model}"])
+    def config(name: str) -> StageConfig:
+        return load_config(root / name, "eval", flags={"model.name_or_path": str(base_model)})
 
-    selection = config("eval_config")
+    selection = config(str(spec.eval_config))
     records = selection.path(selection.data.records) if selection.data.records else None
     if records is not None and {"validation", "test"} <= splits_of(records):
         return PresetEvaluators(make_evaluator(selection, "validation"), make_evaluator(selection, "test"), tuple(stage_paths(selection)))
-    report_config = config("report_config") if spec.get("report_config") else None
+    report_config = config(spec.report_config) if spec.report_config else None
+    if report_config is not None:
+        check_separate(root / str(spec.eval_config), selection, root / str(spec.report_config), report_config)
     report = make_evaluator(report_config) if report_config is not None else None
     data_paths = stage_paths(selection) + (stage_paths(report_config) if report_config is not None else [])
     return PresetEvaluators(make_evaluator(selection), report, tuple(data_paths))
+
+
+def _eval_data(config: StageConfig) -> dict[Path, str]:
+    """The held-out data an eval config scores on: each file or folder, with its content fingerprint."""
+    paths = [config.path(path) for path in config.data.document_domains().values()]
+    if config.data.records:
+        paths.append(config.path(config.data.records))
+    return {path: path_fingerprint(path) for path in paths if path.exists()}
+
+
+def check_separate(selection_file: Path, selection: StageConfig, report_file: Path, report: StageConfig) -> None:
+    """Refuse a report that shares the selection's data: the same config file, or the same records or
+    documents (by path or by content). A held-out score on data the search selected on is not held out."""
+    if selection_file.resolve() == report_file.resolve():
+        raise ConfigError(f"evaluate: eval_config and report_config are the same file ({report_file}); the report must score data the selection never saw")
+    chosen, reported = _eval_data(selection), _eval_data(report)
+    for path, fingerprint in reported.items():
+        shared = path if path in chosen else next((other for other, seen in chosen.items() if seen == fingerprint), None)
+        if shared is not None:
+            same = "reads" if shared == path else f"reads {path}, the same content as"
+            raise ConfigError(f"evaluate: report_config {same} {shared}, which eval_config selects on; the report must score data the selection never saw")
 
 
 def _import_callable(reference: str) -> Evaluator:

@@ -47,12 +47,13 @@ from typing import Any
 
 import yaml
 
+from mediflow.configuration import read_config_file
 from mediflow.errors import ConfigError
 from mediflow.folders import OutputFolder
 from mediflow.folders.atomic import write_json
 from mediflow.folders.manifest import flatten
 from mediflow.folders.model import staging_for
-from mediflow.textfiles import read_text
+from mediflow.train.config import PUBLISHED, SEARCHED, EvaluateSection, PresetConfig
 from mediflow.train.fingerprint import file_hash, value_hash
 from mediflow.train.merge.config import parse_merge_config
 from mediflow.train.merge.engine import plan_merge, write_merge
@@ -61,16 +62,8 @@ from mediflow.train.merge.output import MERGE_CONFIG_NAME, PRESET_REPORT_NAME, m
 from mediflow.train.merge.search import Candidate, Dimension, Trial, best_trial, evolutionary_search
 
 PRESETS = ("mediphi",)
-_KEYS = {"preset", "base_model", "experts", "output", "dtype", "slerp", "search", "evaluate"}
 #: The preset's cache inside its output folder: chosen SLERPs and the search log.
 WORK_DIR = "work"
-_SEARCH_KEYS = {"budget", "seed", "population", "weight", "density", "gamma"}
-_SEARCHED = ("weight", "density", "gamma")
-#: The one expert's parameters MediPhi published (density 0.494, gamma 1.672, weight 0.0635); the
-#: search starts from them, and the default box contains them (gamma above 1 is meaningful: see
-#: :func:`mediflow.train.merge.methods.outlier_band`).
-PUBLISHED = {"weight": 0.0635, "density": 0.494, "gamma": 1.672}
-DEFAULT_BOUNDS = {"weight": (0.0, 1.0), "density": (0.1, 1.0), "gamma": (0.0, 2.0)}
 
 
 @dataclass(frozen=True)
@@ -86,9 +79,9 @@ class MediPhiPreset:
     seed: int
     population: int
     bounds: Mapping[str, tuple[float, float]]
-    #: The raw ``evaluate:`` section; the CLI turns it into a callable with ``build_evaluator``
-    #: (Python callers pass their own callable to :func:`run_mediphi_preset` instead).
-    evaluate: Any
+    #: The ``evaluate:`` section (``None`` when not set); the CLI turns it into callables with
+    #: ``build_evaluator`` (Python callers pass their own callable to :func:`run_mediphi_preset` instead).
+    evaluate: EvaluateSection | None
 
     @property
     def work_dir(self) -> Path:
@@ -104,7 +97,7 @@ class MediPhiPreset:
             "dtype": self.dtype,
             "slerp": {"t_choices": list(self.t_choices)},
             "search": {"budget": self.budget, "seed": self.seed, "population": self.population, **{k: list(v) for k, v in self.bounds.items()}},
-            "evaluate": self.evaluate,
+            "evaluate": self.evaluate.to_dict() if self.evaluate is not None else None,
         }
 
 
@@ -118,69 +111,40 @@ class PresetResult:
     report_score: float | None = None
 
 
-def load_preset(path: Path, *, output: Path | None = None) -> MediPhiPreset:
-    """Read a preset YAML (paths relative to its folder); ``output`` overrides the file's."""
+def load_preset(path: Path, *, output: Path | None = None, flags: Mapping[str, Any] | None = None) -> MediPhiPreset:
+    """Read a preset YAML (paths relative to its folder) with the flags' overrides; ``output`` overrides the file's."""
     path = Path(path)
+    raw = read_config_file(path)
     try:
-        raw = yaml.safe_load(read_text(path, "preset file", ConfigError))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: preset config not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_preset(raw, root=path.resolve().parent, output=output, source=str(path))
+        return parse_preset(raw, root=path.resolve().parent, output=output, flags=flags)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
-def parse_preset(raw: Any, *, root: Path, output: Path | None = None, source: str = "preset") -> MediPhiPreset:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{source}: expected a mapping at the top level")
-    for key in raw:
-        if key == "work_dir":
-            raise ConfigError(f"{source}: work_dir: the preset keeps its cache in <output>/{WORK_DIR}, under the output folder's lock; remove this key")
-        if key not in _KEYS:
-            raise ConfigError(f"{source}: unknown key '{key}' (known: {', '.join(sorted(_KEYS))})")
-    if raw.get("preset", "mediphi") not in PRESETS:
-        raise ConfigError(f"{source}: preset '{raw.get('preset')}' is not one of: {', '.join(PRESETS)}")
-    experts = raw.get("experts")
-    if not isinstance(experts, list) or not experts:
-        raise ConfigError(f"{source}: 'experts' must be a non-empty list of model folders")
-    expert_paths = tuple(_folder(root, e["model"] if isinstance(e, Mapping) else e, f"{source}: experts[{i}]") for i, e in enumerate(experts))
-    out = output if output is not None else (root / str(raw["output"]) if raw.get("output") else None)
+def parse_preset(raw: Any, *, root: Path, output: Path | None = None, flags: Mapping[str, Any] | None = None) -> MediPhiPreset:
+    """A :class:`MediPhiPreset` from a preset mapping (what the YAML holds): validated by :class:`PresetConfig`, paths resolved."""
+    if isinstance(raw, Mapping) and "work_dir" in raw:
+        raise ConfigError(f"work_dir: the preset keeps its cache in <output>/{WORK_DIR}, under the output folder's lock; remove this key")
+    config = PresetConfig.load(raw, **dict(flags or {}))
+    out = output if output is not None else (root / config.output if config.output else None)
     if out is None:
-        raise ConfigError(f"{source}: 'output' is required (or pass --output)")
-    slerp = raw.get("slerp") or {}
-    if set(slerp) - {"t_choices"}:
-        raise ConfigError(f"{source}: slerp: only 't_choices' is known")
-    t_choices = tuple(float(t) for t in slerp.get("t_choices", (0.1, 0.25, 0.5)))
-    if not t_choices or not all(0.0 <= t <= 1.0 for t in t_choices):
-        raise ConfigError(f"{source}: slerp.t_choices: expected numbers in [0, 1], got {list(t_choices)}")
-    search = raw.get("search") or {}
-    unknown = set(search) - _SEARCH_KEYS
-    if unknown:
-        raise ConfigError(f"{source}: search: unknown key '{sorted(unknown)[0]}' (known: {', '.join(sorted(_SEARCH_KEYS))})")
-    bounds = {}
-    for name in _SEARCHED:
-        value = search.get(name, DEFAULT_BOUNDS[name])
-        if not (isinstance(value, list | tuple) and len(value) == 2 and float(value[0]) <= float(value[1])):
-            raise ConfigError(f"{source}: search.{name}: expected [low, high], got {value!r}")
-        bounds[name] = (float(value[0]), float(value[1]))
-    out = Path(out)
+        raise ConfigError("output is required (or pass --output)")
+    search = config.search
     return MediPhiPreset(
-        base_model=_folder(root, raw.get("base_model"), f"{source}: base_model"),
-        experts=expert_paths,
-        output=out,
-        dtype=raw.get("dtype"),
-        t_choices=t_choices,
-        budget=int(search.get("budget", 500)),
-        seed=int(search.get("seed", 0)),
-        population=int(search.get("population", 8)),
-        bounds=bounds,
-        evaluate=raw.get("evaluate"),
+        base_model=_folder(root, config.base_model, "base_model"),
+        experts=tuple(_folder(root, expert, f"experts.{index}") for index, expert in enumerate(config.expert_paths())),
+        output=Path(out),
+        dtype=config.dtype,
+        t_choices=tuple(config.slerp.t_choices),
+        budget=search.budget,
+        seed=search.seed,
+        population=search.population,
+        bounds={name: (float(getattr(search, name)[0]), float(getattr(search, name)[1])) for name in SEARCHED},
+        evaluate=config.evaluate,
     )
 
 
-def _folder(root: Path, value: Any, where: str) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: expected a model folder path, got {value!r}")
+def _folder(root: Path, value: str, where: str) -> Path:
     path = (root / value).resolve()
     if not (path / "config.json").is_file():
         raise ConfigError(f"{where}: '{value}' is not a model folder with config.json")
@@ -194,7 +158,7 @@ def breadcrumbs_config(preset: MediPhiPreset, experts: list[Path], candidate: Ca
         "base_model": str(preset.base_model),
         "parameters": {"int8_mask": True, "normalize": False},
         "models": [
-            {"model": str(expert), "parameters": {name: candidate[f"{name}_{i}"] for name in _SEARCHED}}
+            {"model": str(expert), "parameters": {name: candidate[f"{name}_{i}"] for name in SEARCHED}}
             for i, expert in enumerate(experts)
         ],
     }
@@ -279,10 +243,10 @@ def _run_preset(
             shutil.rmtree(candidate_dir, ignore_errors=True)
 
     dimensions = [
-        Dimension(f"{name}_{i}", *preset.bounds[name]) for i in range(len(slerped)) for name in _SEARCHED
+        Dimension(f"{name}_{i}", *preset.bounds[name]) for i in range(len(slerped)) for name in SEARCHED
     ]
     start = {d.name: (d.low + d.high) / 2 for d in dimensions}
-    published = {f"{name}_{i}": PUBLISHED[name] for i in range(len(slerped)) for name in _SEARCHED}
+    published = {f"{name}_{i}": PUBLISHED[name] for i in range(len(slerped)) for name in SEARCHED}
     inside = all(d.low <= published[d.name] <= d.high for d in dimensions)
     trials = evolutionary_search(
         dimensions,
