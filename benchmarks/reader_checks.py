@@ -4,7 +4,8 @@
 then one streaming pass over the text columns (every string valid UTF-8, no null in the text a record
 is made of, no id naming two different records). This script writes a contract folder of ``--records``
 records (realistic sizes: a ~15-word instruction, a ~250-word document, a ~60-word answer, the ids, the
-grouping columns; 100,000 rows per shard as the stages write them) and measures, each in a fresh child
+grouping columns, and the ``messages`` view of the same text, as ``generate`` writes it; 100,000 rows
+per shard as the stages write them) and measures, each in a fresh child
 process, the wall time and the peak memory: Arrow's memory pool high-water mark (where the batches live)
 and the process's ``ru_maxrss`` above what the child held before:
 
@@ -44,6 +45,7 @@ def _texts(rng: random.Random, count: int, words: int) -> list[str]:
 def build(folder: Path, records: int, seed: int = 0) -> None:
     """A finished ``generate`` folder of ``records`` records (texts drawn from pools, ids unique)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     from mediflow.folders import OutputFolder, StagedWriter
     from mediflow.records import content_id
@@ -63,13 +65,20 @@ def build(folder: Path, records: int, seed: int = 0) -> None:
         def take(pool: pa.Array, pick: list[int] = pick) -> pa.Array:
             return pool.take(pa.array([p % len(pool) for p in pick]))
 
+        instruction, document, answer = take(instructions), take(documents), take(answers)
+        turns = pa.StructArray.from_arrays(
+            [pa.array(["user", "assistant"] * rows), pa.concat_arrays([pc.binary_join_element_wise(instruction, document, "\n\n"), answer]).take(
+                pa.array([i // 2 + (i % 2) * rows for i in range(2 * rows)]))],
+            names=["role", "content"],
+        )
         writer.keep(
             pa.table(
                 {
                     "id": pa.array([content_id(str(start + i)) for i in range(rows)]),
-                    "instruction": take(instructions),
-                    "input": take(documents),
-                    "output": take(answers),
+                    "instruction": instruction,
+                    "input": document,
+                    "output": answer,
+                    "messages": pa.ListArray.from_arrays(pa.array(range(0, 2 * rows + 1, 2), pa.int32()), turns),
                     "task_type": take(tasks),
                     "input_data": pa.array(["discharge_summary"] * rows),
                     "output_format": pa.array(["plain_text"] * rows),

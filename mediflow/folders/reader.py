@@ -454,7 +454,7 @@ def _check_unique_ids(path: Path, ids: list[pa.Array], where: list[tuple[Path, i
     repeated = counts.filter(pc.and_(pc.greater(counts.field("counts"), 1), pc.not_equal(counts.field("values"), ""))).field("values")
     if len(repeated) == 0:
         return
-    first_content: dict[str, tuple[str | None, ...]] = {}
+    first_content: dict[str, bytes] = {}  # a digest per repeated id: an input with many exact duplicates stays small
     first_place: dict[str, str] = {}
     for file in dict.fromkeys(file for file, _ in where):
         offset = 0
@@ -463,7 +463,7 @@ def _check_unique_ids(path: Path, ids: list[pa.Array], where: list[tuple[Path, i
             rows = pc.indices_nonzero(pc.is_in(batch.column("id").cast(pa.string()), value_set=repeated)).to_pylist()
             for row, values in zip(rows, batch.take(rows).to_pylist()):
                 key = str(values["id"])
-                content = tuple(values.get(c) for c in ID_CONTENT)
+                content = hashlib.blake2b(repr(tuple(values.get(c) for c in ID_CONTENT)).encode(), digest_size=16).digest()
                 place = f"{file.name} row {offset + row}"
                 if key not in first_content:
                     first_content[key], first_place[key] = content, place
