@@ -63,12 +63,16 @@ def _part1() -> None:
     seconds = time.perf_counter() - started
     baseline = [terminology.sample_billable_codes(2, seed=item.seed) for item in items]
 
+    def profiles(document_type: str) -> list[Any]:
+        assignment = book.assignment(document_type, taxonomy.document_types[document_type].category)
+        return [book.profiles[name] for name in assignment.profiles.values]
+
     def off_profile(document_type: str, code: str) -> bool:
-        profile = book.profiles[sampler.profile_name(document_type)]
-        return not any(terminology.covers(spec, code) for spec in profile.primary.values)
+        """Outside every profile the type draws from (a guideline's combination code first-listed counts as off: I12.9 for N18)."""
+        return not any(terminology.covers(spec, code) for profile in profiles(document_type) for spec in profile.primary.values)
 
     def injury_free(document_type: str) -> bool:
-        return book.profiles[sampler.profile_name(document_type)].external_causes is None
+        return all(profile.external_causes is None for profile in profiles(document_type))
 
     def external(code: str) -> bool:
         return terminology.chapter_of(code) == "20"
@@ -101,8 +105,8 @@ def _part1() -> None:
     print(f"{'distinct primary categories':58s} {ours['categories']:12,d} {base['categories']:14,d}")
     print(f"{'distinct primary categories inside the type profile':58s} {ours['categories']:12,d} {len(in_profile):14,d}")
     print(f"{'distinct primary blocks':58s} {ours['blocks']:12,d} {base['blocks']:14,d}")
-    ages = Counter(case.age // 20 * 20 for case in cases)
-    print("age bands of the cases: " + ", ".join(f"{band}-{band + 19}: {ages[band] / n:.0%}" for band in sorted(ages)))
+    ages = Counter(case.age // 20 * 20 for case in cases if case.age is not None)
+    print("age bands of the patients: " + ", ".join(f"{band}-{band + 19}: {ages[band] / n:.0%}" for band in sorted(ages)) + f"; population-level documents {sum(case.age is None for case in cases) / n:.1%}")
     print("cases per profile: " + ", ".join(f"{name} {count}" for name, count in Counter(c.profile for c in cases).most_common(8)) + ", ...")
 
 
@@ -205,11 +209,20 @@ def _review(split: str, examples: int) -> None:
     kinds: dict[str, list[int]] = defaultdict(list)
     for _, c in patients:
         kinds[reviewer.setting_kind(c["setting"])].append(c["age"])
-    print("under-18 share per kind of setting (cases; source):")
+    print("under-18 share per kind of setting, all document types written there (cases; source):")
     for kind, ages in sorted(kinds.items()):
         source = epidemiology["under_18"].get(kind)
         target = f" vs {source['share']:.0%} ({source['source']})" if source else ""
         print(f"  {kind:10s} {sum(a < 18 for a in ages) / len(ages):6.1%} of {len(ages):,}{target}")
+    # the sources count visits and stays: the documents written once per visit or stay compare directly
+    visit_notes = {"emergency": ("emergency_department_note", "ed_triage_note"), "outpatient": ("soap_note", "clinic_visit_dialogue", "after_visit_summary"),
+                   "inpatient": ("admission_history_and_physical", "discharge_summary", "progress_note")}
+    print("under-18 share of the notes written once per visit or stay:")
+    for kind, names in visit_notes.items():
+        ages_of = [c["age"] for t, c in patients if t in names]
+        source = epidemiology["under_18"][kind]
+        if ages_of:
+            print(f"  {kind:10s} {sum(a < 18 for a in ages_of) / len(ages_of):6.1%} of {len(ages_of):,} ({', '.join(names)}) vs {source['share']:.0%}")
     if examples:
         print("examples:")
         shown: Counter[str] = Counter()
@@ -241,13 +254,15 @@ def _child(items: int) -> None:
         sampler.case_for(document_type, 0)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
+    cpu = time.process_time()
     count = conditions = 0
     for item in plan.items():
         conditions += len(sampler.case_for(item.document_type, item.seed).conditions)
         count += 1
     seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"items": count, "conditions": conditions, "seconds": seconds, "extra_mib": (peak - before) / 1024, "peak_mib": peak / 1024}))
+    print(json.dumps({"items": count, "conditions": conditions, "seconds": seconds, "cpu": cpu, "extra_mib": (peak - before) / 1024, "peak_mib": peak / 1024}))
 
 
 def main() -> None:
@@ -270,7 +285,7 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, "--child", str(args.items)], check=True, capture_output=True, text=True).stdout
         result = json.loads(out)
         print(
-            f"sampling {result['items']:,} cases: {result['seconds']:.0f} s ({result['seconds'] / result['items'] * 1e6:.0f} us a case, "
+            f"sampling {result['items']:,} cases: {result['seconds']:.0f} s wall, {result['cpu']:.0f} s CPU ({result['seconds'] / result['items'] * 1e6:.0f} us a case, "
             f"{result['conditions'] / result['items']:.2f} conditions a case), +{result['extra_mib']:.1f} MiB above the loaded sampler "
             f"(peak RSS {result['peak_mib']:.0f} MiB)"
         )

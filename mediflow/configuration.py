@@ -31,8 +31,10 @@ The API, in full::
 Types understood: ``str``, ``int``, ``float``, ``bool``, ``Path``, ``Literal[...]``, ``list[X]``,
 ``tuple[X, ...]``, ``dict[str, X]``, ``X | None`` and nested :class:`Config` dataclasses. An
 optional section (``judge: JudgeConfig | None``) also accepts ``true`` (the section with its
-defaults) and ``false`` (off). A :func:`secret` field (an API key given from Python) is never
-written by :meth:`Config.to_dict`, never in the schema and never a flag.
+defaults) and ``false`` (off). A field that is ``true`` or a value (``train.resume_from_checkpoint:
+bool | str``) gets a flag that may be given bare, meaning ``true`` (``--resume`` or ``--resume PATH``).
+A :func:`secret` field (an API key given from Python) is never written by :meth:`Config.to_dict`,
+never in the schema and never a flag.
 """
 
 from __future__ import annotations

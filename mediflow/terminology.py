@@ -305,12 +305,28 @@ def _in_reference(code: str, first: str, last: str) -> bool:
     """Whether ``code`` falls under a note's reference ``first`` (a code or prefix) or range ``first-last``."""
     if first == last:
         return code.startswith(first)
-    return first[:3] <= category_of(code) <= last[:3]
+    category = code[:3] if len(code) == 3 or code[3:4] == "." else category_of(code)  # a dotted code's category is its first three characters
+    return first[:3] <= category <= last[:3]
 
 
 def excludes1(code: str, other: str) -> bool:
     """Whether an Excludes1 note of ``code`` (or an ancestor) names ``other``: never coded together."""
-    return any(_in_reference(other, first, last) for first, last in _excluded_references(code))
+    prefixes, ranges = _excluded_split(code)
+    if other.startswith(prefixes):
+        return True
+    if ranges:
+        category = other[:3] if len(other) == 3 or other[3:4] == "." else category_of(other)
+        return any(low <= category <= high for low, high in ranges)
+    return False
+
+
+@cache
+def _excluded_split(code: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The Excludes1 references of ``code`` as code prefixes and category ranges (checked per pair, so worked out once)."""
+    references = _excluded_references(code)
+    prefixes = tuple(first for first, last in references if first == last)
+    ranges = tuple((first[:3], last[:3]) for first, last in references if first != last)
+    return prefixes, ranges
 
 
 #: Words that make a "code first" note conditional: the named condition is coded first only when present.

@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tiny_models import TINY_CHAT_TEMPLATE, build_tiny_phi3
+from tiny_models import PHI4_STYLE, TINY_CHAT_TEMPLATE, build_tiny_phi3, with_template
 from train_stages import finite_logs, tiny_stage_config
 
 from mediflow.cli import main
@@ -77,23 +77,8 @@ def test_readers_accept_exports_and_released_dpo_layout(data: Path, tmp_path: Pa
     assert pairs[0]["rejected"] == [{"role": "assistant", "content": '{"diagnosis": "asthma"}'}]
 
 
-#: A Phi-4-mini-style layout: no newline after the role tag or the end token, unlike Phi-3's.
-PHI4_STYLE = (
-    "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
-
-
 def _with_template(data: Path, folder: Path, template: str | None) -> Path:
-    """A copy of the tiny base whose tokenizer carries ``template`` (or none)."""
-    import shutil
-
-    shutil.copytree(data / "base", folder)
-    (folder / "chat_template.jinja").unlink()
-    tokenizer = load_tokenizer(folder)
-    tokenizer.chat_template = template
-    tokenizer.save_pretrained(folder)
-    return folder
+    return with_template(data / "base", folder, template)
 
 
 def test_template_plan_uses_a_marked_copy_only_when_it_renders_the_same(data: Path, tmp_path: Path) -> None:

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import TINY_CHAT_TEMPLATE, build_tiny_phi3
+from tiny_models import PHI4_STYLE, TINY_CHAT_TEMPLATE, build_tiny_phi3, with_template
 from transformers import TrainerCallback
 
 from mediflow.cli import main
 from mediflow.errors import ConfigError, MediflowError
-from mediflow.train.align import build_sft_trainer, prepare_inputs, run_sft
+from mediflow.train.align import build_dpo_trainer, build_sft_trainer, prepare_inputs, run_sft
 from mediflow.train.config import StageConfig, config_from_dict
 from mediflow.train.eval import generate_answers, run_eval
 from mediflow.train.metrics import TaskMetric, aggregate, icd10_codes, measure, task_metrics
@@ -32,12 +32,6 @@ from mediflow.train.templates import COMPLETION_ONLY, strip_generation_markers
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
-#: A Phi-4-mini-style layout (no newline after the role tag or the end token): not the shipped Phi-3
-#: copy, so SFT masks it by the rendered prefixes.
-PHI4_STYLE = (
-    "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
 TWO_TURNS = [
     {"role": "system", "content": "Answer in JSON."},
     {"role": "user", "content": "List the drugs."},
@@ -98,14 +92,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _phi4_model(root: Path, name: str, template: str = PHI4_STYLE) -> Path:
-    folder = root / name
-    if not folder.exists():
-        shutil.copytree(root / "base", folder)
-        (folder / "chat_template.jinja").unlink()
-        tokenizer = load_tokenizer(folder)
-        tokenizer.chat_template = template
-        tokenizer.save_pretrained(folder)
-    return folder
+    return with_template(root / "base", root / name, template)
 
 
 # ---------------------------------------------------------------- 2. end of turn from the template
@@ -129,6 +116,20 @@ def test_end_of_turn_is_read_from_a_template_no_code_knows(tmp_path: Path) -> No
     output = model.generate(**batch, max_new_tokens=12, do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     runaway = tokenizer.decode(output[0][batch["input_ids"].shape[1] :])
     assert runaway.startswith("CT.[[end]]") and len(runaway) > len("CT.[[end]]")
+
+
+def test_a_whitespace_token_that_closes_a_turn_is_never_a_stop(tmp_path: Path) -> None:
+    """Gemma's vocabulary has "\\n" as an added token and its turns close with "<end_of_turn>\\n": only the marker stops."""
+    from tiny_models import build_tiny_tokenizer
+
+    from mediflow.train.templates import end_of_turn_ids
+
+    template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}[[end]]\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+    tokenizer = build_tiny_tokenizer(tmp_path, chat_template=template, extra_special_tokens=("[[end]]",))
+    tokenizer.add_tokens(["\n"])
+    newline, end = tokenizer.convert_tokens_to_ids("\n"), tokenizer.convert_tokens_to_ids("[[end]]")
+    assert newline in tokenizer(tokenizer.apply_chat_template(ONE_TURN, tokenize=False), add_special_tokens=False)["input_ids"]
+    assert end_of_turn_ids(tokenizer, template) == sorted([tokenizer.eos_token_id, end])
 
 
 # ---------------------------------------------------------------- 3. every assistant turn trained
@@ -380,6 +381,14 @@ def test_chat_template_kwargs_reach_every_render(root: Path) -> None:
     trainer = build_sft_trainer(_sft(root, "sft_kwargs", model={"name_or_path": "kwargs", "chat_template_kwargs": {"terse": True}}))
     first = trainer.processing_class.decode(trainer.train_dataset[0]["input_ids"])
     assert first.startswith("<|system|>Be terse.<|end|><|user|>What is the diagnosis?")
+    (root / "kwargs_pairs.jsonl").write_text(json.dumps({"prompt": ONE_TURN[:1], "chosen": ONE_TURN[1:], "rejected": [{"role": "assistant", "content": "Asthma."}]}) + "\n")
+    dpo = config_from_dict(
+        {"model": {"name_or_path": "kwargs", "chat_template_kwargs": {"terse": True}}, "data": {"train": "kwargs_pairs.jsonl", "max_length": 96}, "output": {"dir": "dpo_kwargs"}},
+        "dpo",
+        root=root,
+    )
+    pairs = build_dpo_trainer(dpo).train_dataset[0]
+    assert load_tokenizer(root / "kwargs").decode(pairs["prompt_ids"]).startswith("<|system|>Be terse.<|end|>")
 
 
 def test_the_preset_refuses_a_report_on_the_selection_data(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,6 +25,13 @@ TINY_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
 
+#: A Phi-4-mini-style layout: no newline after the role tag or the end token, unlike Phi-3's. Not the
+#: shipped Phi-3 copy, so SFT cannot use that copy's generation markers and masks by rendered prefixes.
+PHI4_STYLE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
 _CORPUS = [
@@ -103,3 +110,18 @@ def build_tiny_phi3(path: Path, seed: int = 0, *, chat_template: str | None = TI
     )
     model.save_pretrained(path)
     return path
+
+
+def with_template(base: Path, folder: Path, template: str | None) -> Path:
+    """A copy of the tiny model folder ``base`` whose tokenizer carries ``template`` (or none); made once."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    if not folder.exists():
+        shutil.copytree(base, folder)
+        (folder / "chat_template.jinja").unlink(missing_ok=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer.chat_template = template
+        tokenizer.save_pretrained(folder)
+    return folder

@@ -219,17 +219,7 @@ def sex_by_condition(folder: AuditFolder, *, top: int = 40) -> CheckResult:
     plotted = table[table["cases"] >= MIN_CASES_PLOTTED].head(top)
     one_sex = table[(table["cases"] >= MIN_CASES_PLOTTED) & table["female_share"].isin([0.0, 1.0])]
     summary = f"{len(table)} primary condition categories; {len(one_sex)} with {MIN_CASES_PLOTTED}+ cases are all one sex"
-    figure = None
-    if len(plotted):
-        figure = new_figure(10, bounded(0.22 * len(plotted), 3, 14))
-        axes = figure.add_subplot(1, 1, 1)
-        axes.barh([f"{c} {n[:40]} (n={k})" for c, n, k in zip(plotted["category"], plotted["condition"], plotted["cases"])], plotted["female_share"], color="#d95f02")
-        axes.axvline(0.5, color="#888888", linewidth=0.8)
-        axes.set_xlim(0, 1)
-        axes.invert_yaxis()
-        axes.tick_params(axis="y", labelsize=6)
-        axes.set_xlabel("female share of the cases")
-        axes.set_title(f"female share per primary condition category ({MIN_CASES_PLOTTED}+ cases)")
+    figure = _category_bars(plotted, "female_share", "female share of the cases", "#d95f02", share=True)
     return CheckResult(
         key="case_sex",
         title=title,
@@ -272,15 +262,7 @@ def drugs_by_condition(folder: AuditFolder, *, top: int = 40, drugs_shown: int =
     distinct = len({drug for c in drugs_per.values() for drug in c})
     summary = f"{sum(with_drugs.values()) / total:.0%} of {total} cases carry drugs ({sum(drug_count.values()) / total:.1f} a case, {distinct} distinct drugs)"
     plotted = table[table["cases"] >= MIN_CASES_PLOTTED].head(top)
-    figure = None
-    if len(plotted):
-        figure = new_figure(10, bounded(0.22 * len(plotted), 3, 14))
-        axes = figure.add_subplot(1, 1, 1)
-        axes.barh([f"{c} {n[:40]} (n={k})" for c, n, k in zip(plotted["category"], plotted["condition"], plotted["cases"])], plotted["drugs_a_case"], color="#2b7bba")
-        axes.invert_yaxis()
-        axes.tick_params(axis="y", labelsize=6)
-        axes.set_xlabel("drugs a case")
-        axes.set_title(f"drugs a case per primary condition category ({MIN_CASES_PLOTTED}+ cases)")
+    figure = _category_bars(plotted, "drugs_a_case", "drugs a case", "#2b7bba")
     return CheckResult(
         key="case_drugs",
         title=title,
@@ -289,3 +271,20 @@ def drugs_by_condition(folder: AuditFolder, *, top: int = 40, drugs_shown: int =
         tables={"Drugs per primary condition category": table},
         figure=figure,
     )
+
+
+def _category_bars(plotted: pd.DataFrame, column: str, label: str, color: str, share: bool = False) -> Any:
+    """One bar of ``column`` per condition category (named, with its case count); None when nothing is plotted."""
+    if not len(plotted):
+        return None
+    figure = new_figure(10, bounded(0.22 * len(plotted), 3, 14))
+    axes = figure.add_subplot(1, 1, 1)
+    axes.barh([f"{c} {n[:40]} (n={k})" for c, n, k in zip(plotted["category"], plotted["condition"], plotted["cases"])], plotted[column], color=color)
+    if share:
+        axes.axvline(0.5, color="#888888", linewidth=0.8)
+        axes.set_xlim(0, 1)
+    axes.invert_yaxis()
+    axes.tick_params(axis="y", labelsize=6)
+    axes.set_xlabel(label)
+    axes.set_title(f"{label} per primary condition category ({MIN_CASES_PLOTTED}+ cases)")
+    return figure

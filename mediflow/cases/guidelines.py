@@ -144,26 +144,27 @@ class Coder:
             found.add("first_only")
         return frozenset(found)
 
-    def _features(self, codes: Sequence[str]) -> set[str]:
-        found: set[str] = set()
-        for code in codes:
-            found |= self.features(code)
-        return found
+    def _features(self, codes: Sequence[str]) -> frozenset[str]:
+        return frozenset().union(*map(self.features, codes))
 
     # --- the coding pass ---------------------------------------------------------------------------
 
     def apply(self, coded: Coded, draw: Callable[[str], str | None], stage: str | None = None) -> Coded:
         """``coded`` written by the guidelines; ``draw(spec)`` gives a billable code for a spec (added companions)."""
         coded = list(coded)
-        present = self._features([code for code, _ in coded])
-        if "diabetes" in present and "complication" in present or sum(code[:3] in DIABETES for code, _ in coded) > 1:
-            coded = self._diabetes(coded)
-        if "hypertension" in present:
-            coded = self._hypertension(coded)
-        present = self._features([code for code, _ in coded])
-        if "combination" in present:
-            coded = self._companions(coded, draw)
+        for _ in range(3):  # a companion a combination needs (CKD for E11.22) can call for another combination (I12 for I10)
+            before = len(coded)
             present = self._features([code for code, _ in coded])
+            if "diabetes" in present and "complication" in present or sum(code[:3] in DIABETES for code, _ in coded) > 1:
+                coded = self._diabetes(coded)
+            if "hypertension" in present:
+                coded = self._hypertension(coded)
+            present = self._features([code for code, _ in coded])
+            if "combination" in present:
+                coded = self._companions(coded, draw)
+                present = self._features([code for code, _ in coded])
+            if len(coded) == before:
+                break
         if "code_first" in present:
             coded = self._code_first(coded)
         if "pregnancy" in present:
@@ -329,7 +330,7 @@ class Coder:
         if self.never_first(primary):
             out.append(f"never_first_listed: {primary} may not be the first-listed condition")
         present = self._features(codes)
-        if "first_only" in self._features(codes[1:]):
+        if "first_only" in present and any(self.first_only(code) for code in codes[1:]):
             out += [f"first_listed_only: {code} may only be first-listed (OCG I.C.21.c.16)" for code in codes[1:] if self.first_only(code)]
         if not present & {"diabetes", "hypertension", "combination", "code_first", "pregnancy"} and "Z79.4" not in codes:
             return out

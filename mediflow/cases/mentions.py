@@ -1,7 +1,8 @@
 """Whether a text mentions a case's conditions: names found, then read in their context.
 
 **Names.** A code's names are its official description, the tabular list's inclusion terms of the
-code and its ancestors up to its category (from the installed ``simple-icd-10-cm``), the synonyms
+code and its ancestors up to its category (from the installed ``simple-icd-10-cm``), its clinical
+name (``taxonomies/cases/names.yaml``: the name the document prompt gives the teacher), the synonyms
 and lay terms of ``taxonomies/cases/synonyms.yaml`` of any chapter, block or code it falls under,
 and the code itself (with or without its dot). A name is found when its identifying words (those
 left once parentheses and the ``ignore_words`` are removed) stand close together in the text:
@@ -38,6 +39,7 @@ from rapidfuzz.distance import OSA
 
 from mediflow import terminology
 from mediflow.cases.book import CaseBook
+from mediflow.cases.names import clinical_name
 from mediflow.errors import TaxonomyError
 from mediflow.textfiles import read_yaml
 
@@ -333,6 +335,8 @@ class MentionMatcher:
             if family_history_code(code):  # "Family history of X": the names of X, said of a relative
                 phrases = [phrase[len(_FAMILY_HISTORY) :] for phrase in phrases if phrase.lower().startswith(_FAMILY_HISTORY)]
             synonyms = [name for spec, names in self.book.synonyms.items() if terminology.covers(spec, code) for name in names]
+            if not family_history_code(code):
+                phrases.append(clinical_name(code, self.book.names))  # the name the document prompt gave the teacher
             found = [name for phrase in phrases for name in self._description(phrase)] + [self._phrase(name, listed=True) for name in synonyms]
             unique: dict[tuple[tuple[str, ...], bool], _Name] = {}
             for name in found:

@@ -40,9 +40,14 @@ class Patient:
     contraindicated: frozenset[str] = frozenset()  # the drugs the codes rule out (Prescriber.patient fills it)
 
 
+_CUMULATIVE: dict[int, tuple[Weighted, tuple[float, ...]]] = {}
+
+
 def _choose(rng: random.Random, weighted: Weighted) -> int:
-    cumulative = list(accumulate(weighted.weights))
-    return int(weighted.values[bisect.bisect_right(cumulative, rng.random() * cumulative[-1])])
+    found = _CUMULATIVE.get(id(weighted))
+    if found is None or found[0] is not weighted:
+        found = _CUMULATIVE[id(weighted)] = (weighted, tuple(accumulate(weighted.weights)))
+    return int(weighted.values[bisect.bisect_right(found[1], rng.random() * found[1][-1])])
 
 
 class Prescriber:
@@ -146,25 +151,29 @@ class Prescriber:
 
     def patient(self, age: int, codes: tuple[str, ...], setting: str, antepartum: bool, weeks: int | None) -> Patient:
         """The prescriber's view of a case, with the drugs its conditions rule out worked out once."""
-        ruled_out: set[str] = set()
-        for code in codes:
-            ruled_out.update(self._contraindications(code))
-        return Patient(age, codes, self.kind(setting), setting, antepartum, weeks, frozenset(ruled_out))
+        ruled_out = frozenset().union(*map(self._ruled_out, codes))
+        return Patient(age, codes, self.kind(setting), setting, antepartum, weeks, ruled_out)
+
+    @cache  # noqa: B019
+    def _ruled_out(self, code: str) -> frozenset[str]:
+        return frozenset(self._contraindications(code))
 
     def allowed(self, drug: str, patient: Patient, chosen: Sequence[Medication], suspect: bool = False) -> bool:
         facts = self.drugs[drug]
-        if any(m.name == drug for m in chosen) or patient.age < facts.min_age:
+        if patient.age < facts.min_age or (facts.hospital and patient.kind in OUTSIDE_HOSPITAL):
             return False
-        if facts.hospital and patient.kind in OUTSIDE_HOSPITAL:
+        if not suspect and (drug in patient.contraindicated or (patient.antepartum and self.pregnancy_limit(drug, patient))):
             return False
-        if self.pregnancy_limit(drug, patient) and not suspect:
-            return False
-        if not suspect and drug in patient.contraindicated:
-            return False
+        duplicates = self._duplicates
         for other in chosen:
-            if self.duplicate(drug, other.name):
+            name = other.name
+            if name == drug:
                 return False
-            if not suspect and other.role != "suspect" and self.interaction(drug, other.name, patient.kind):
+            key = (drug, name)
+            shared = duplicates[key] if key in duplicates else self.duplicate(drug, name)
+            if shared:
+                return False
+            if not suspect and other.role != "suspect" and self.interaction(drug, name, patient.kind):
                 return False
         return True
 
@@ -175,8 +184,13 @@ class Prescriber:
         picked: list[str] = []
         taken = list(chosen)
         while names and len(picked) < count:
-            cumulative = list(accumulate(weights))
-            i = min(bisect.bisect_right(cumulative, rng.random() * cumulative[-1]), len(names) - 1)
+            total = sum(weights)
+            point = rng.random() * total
+            i = 0
+            for i, weight in enumerate(weights):  # noqa: B007 - i is the pick
+                point -= weight
+                if point < 0:
+                    break
             name = names.pop(i)
             weights.pop(i)
             if self.allowed(name, patient, taken, suspect):

@@ -140,11 +140,12 @@ class CaseSampler:
         self._check_names()
         self._draws = _DRAWS.setdefault(self.book.version, {})
         self._epidemiology: dict[str, Epidemiology | None] = {}
-        self._patient_weights: dict[tuple[str, str, str, int], list[float]] = {}
         self._associated: dict[str, tuple[int, ...]] = {}
-        self._association_factors: dict[tuple[str, str, tuple[int, ...]], list[float]] = {}
         self._age_tables: dict[tuple[str, int], tuple[tuple[tuple[int, int], ...], tuple[float, ...]]] = {}
         self._acuities: dict[tuple[str, str], Weighted] = {}
+        self._assignments: dict[str, tuple[Any, tuple[str, ...]]] = {}
+        self._condition_cache: dict[tuple[str, str], Condition] = {}
+        self._comorbidity_cumulative: dict[tuple[str, str, str, tuple[int, ...]], tuple[float, ...]] = {}
         self._names: dict[str, str] = {}
         self._drug_names = self._checked_drugs()
         self._adverse = {spec: entry for entry in self.book.prescribing.adverse_effects for spec in entry.effects}
@@ -163,9 +164,13 @@ class CaseSampler:
 
     def case_for(self, document_type: str, seed: int) -> Case:
         """The case of the plan item of ``document_type`` seeded ``seed`` (the item's seed): always the same."""
-        assignment = self.book.assignment(document_type, self._categories[document_type])
-        settings = assignment.settings or tuple(self.taxonomy.document_types[document_type].settings) or ("unspecified",)
-        rng = random.Random(f"case:{seed}")
+        found = self._assignments.get(document_type)
+        if found is None:
+            assignment = self.book.assignment(document_type, self._categories[document_type])
+            settings = assignment.settings or tuple(self.taxonomy.document_types[document_type].settings) or ("unspecified",)
+            found = self._assignments[document_type] = (assignment, settings)
+        assignment, settings = found
+        rng = random.Random(seed * 7919 + 2_146_959_361)  # the item's seed, apart from the teacher's sampling seed
         profile = self.book.profiles[_choose(rng, assignment.profiles)]
         for _ in range(MAX_ATTEMPTS):
             setting = rng.choice(settings)
@@ -238,7 +243,7 @@ class CaseSampler:
         if age is None:
             return None
         primary = draw.groups[index].pick(rng, sex)
-        if primary is None or self.rules.demographic_breaks(primary, age, sex):
+        if primary is None or not self.rules.fits_patient(primary, age, sex):
             return None
         codes: list[tuple[str, str]] = [(primary, "primary")]
         given: list[Medication] = []
@@ -271,8 +276,8 @@ class CaseSampler:
         if age < 2:
             newborn = terminology.chapter_of(primary) == "16" or primary.startswith(("Z38", "Z00.11"))
             months = 0 if newborn else age * 12 + int(rng.random() * 12)
-        conditions = tuple(Condition(code, _description(code), role, self._name(code)) for code, role in coded)
-        renamed = tuple(Medication(self._drug_names.get(m.name, m.name), m.indication, m.role, m.why) for m in medications)
+        conditions = tuple(self._condition(code, role) for code, role in coded)
+        renamed = tuple(self._vocabulary_named(m) for m in medications)
         return Case(profile.name, age, sex, setting, self._acuity(rng, profile, setting), conditions, renamed, "", months)
 
     def _patient(self, age: int, coded: list[tuple[str, str]], setting: str) -> Patient:
@@ -295,6 +300,17 @@ class CaseSampler:
             self._acuities[key] = weighted
         return str(_choose(rng, weighted))
 
+    def _condition(self, code: str, role: str) -> Condition:
+        found = self._condition_cache.get((code, role))
+        if found is None:
+            found = self._condition_cache[(code, role)] = Condition(code, _description(code), role, self._name(code))
+        return found
+
+    def _vocabulary_named(self, medication: Medication) -> Medication:
+        """The medication under the vocabulary's name for its drug (the same object when that is its name already)."""
+        name = self._drug_names.get(medication.name, medication.name)
+        return medication if name == medication.name else Medication(name, medication.indication, medication.role, medication.why)
+
     def _name(self, code: str) -> str:
         if code not in self._names:
             self._names[code] = clinical_name(code, self.book.names)
@@ -313,46 +329,41 @@ class CaseSampler:
         return False
 
     def _fits(self, code: str, codes: list[tuple[str, str]], age: int, sex: str) -> bool:
-        return not self.rules.demographic_breaks(code, age, sex) and not any(self.rules.pair_breaks(code, other) for other, _ in codes)
+        rules = self.rules
+        return rules.fits_patient(code, age, sex) and not any(rules.pair_breaks(code, other) for other, _ in codes)
 
     def _add_comorbidity(self, rng: random.Random, codes: list[tuple[str, str]], profile: Profile, part: str, age: int, sex: str) -> None:
         """A comorbidity weighed by the patient's sex, its age floor and ceiling, and what comes with the primary."""
         draw = self._code_draw(profile, part)
         primary = codes[0][0]
-        key = (profile.name, part, sex, age)
-        base = self._patient_weights.get(key)
-        if base is None:
-            base = self._patient_weights[key] = self._comorbidity_weights(draw, age, sex)
         associated = self._associated.get(primary)
         if associated is None:
             associated = self._associated[primary] = tuple(
                 i for i, (specs, _) in enumerate(self.book.associations) if any(terminology.covers(spec, primary) for spec in specs)
             )
-        weights = base
-        if associated:
-            factors = self._association_factors.get((profile.name, part, associated))
-            if factors is None:
-                factors = self._association_factors[(profile.name, part, associated)] = self._associations(draw, associated)
-            weights = [b * f for b, f in zip(base, factors)]
-        for _ in range(8):
-            index = draw.group(rng, weights)
-            if index is None:
-                return
+        key = (profile.name, part, sex, associated)
+        cumulative = self._comorbidity_cumulative.get(key)
+        if cumulative is None:
+            weights = self._comorbidity_weights(draw, sex)
+            if associated:
+                weights = [w * f for w, f in zip(weights, self._associations(draw, associated))]
+            cumulative = self._comorbidity_cumulative[key] = tuple(accumulate(weights))
+        if not cumulative or cumulative[-1] <= 0:
+            return
+        for _ in range(8):  # a code outside its age floor or ceiling is refused by _fits and drawn again
+            index = min(bisect.bisect_right(cumulative, rng.random() * cumulative[-1]), len(cumulative) - 1)
             code = draw.groups[index].pick(rng, sex)
             if code and self._fits(code, codes, age, sex):
                 codes.append((code, "comorbidity"))
                 return
 
-    def _comorbidity_weights(self, draw: _CodeDraw, age: int, sex: str) -> list[float]:
-        """The pool's weights for a patient: none outside a condition's age floor and ceiling, more for the likelier sex."""
+    def _comorbidity_weights(self, draw: _CodeDraw, sex: str) -> list[float]:
+        """The pool's weights for a patient of ``sex``: more for the conditions that sex has more often."""
         weights = []
         for category, weight in zip(draw.categories, draw.weights):
             found = self.epidemiology(category)
-            if found is not None:
-                if not found.min_age <= age <= found.max_age:
-                    weight = 0.0
-                elif found.female is not None:
-                    weight *= 2 * (found.female if sex == "female" else 1 - found.female)
+            if found is not None and found.female is not None:
+                weight *= 2 * (found.female if sex == "female" else 1 - found.female)
             weights.append(weight)
         return weights
 
@@ -374,7 +385,7 @@ class CaseSampler:
         group = self._spec_group(spec)
         for _ in range(8):
             code = group.pick(rng, sex)
-            if code and not self.rules.demographic_breaks(code, age, sex):
+            if code and self.rules.fits_patient(code, age, sex):
                 return code
         return None
 
@@ -448,7 +459,7 @@ class CaseSampler:
             people = f"{'adults' if who == 'people' else who} aged {low} and older" if high >= 90 else f"{'adults' if who == 'people' else who} aged {low}-{high}"
         else:
             people = f"{who} of all ages" if high >= 90 and low == 0 else f"{who} aged {low}-{high}"
-        renamed = tuple(Medication(self._drug_names.get(m.name, m.name), m.indication, m.role, m.why) for m in medications)
+        renamed = tuple(self._vocabulary_named(m) for m in medications)
         condition = Condition(topic, _description(topic), "primary", name)
         return Case(profile.name, None, None, setting, None, (condition,), renamed, f"{people} with {name}", None)
 

@@ -114,9 +114,6 @@ def prepare_inputs(config: StageConfig, kind: str) -> AlignmentInputs:
 
     The data is read (and checked by the input reader) first: a broken input fails before anything else.
     """
-    from trl.trainer.dpo_config import DPOConfig
-    from trl.trainer.sft_config import SFTConfig
-
     data = config.data
     reader = load_messages if kind == "sft" else load_preferences
     rows = reader(config.path(data.train), data.read_split(config.stage), data.max_samples)
@@ -145,6 +142,9 @@ def prepare_inputs(config: StageConfig, kind: str) -> AlignmentInputs:
     require_rows(lengths, "rows" if kind == "sft" else "preference pairs")
     if eval_lengths is not None:
         require_rows(eval_lengths, "eval rows" if kind == "sft" else "eval preference pairs")
+    from trl.trainer.dpo_config import DPOConfig
+    from trl.trainer.sft_config import SFTConfig
+
     output = config.path(config.output.dir)
     has_eval = bool(eval_rows)
     if kind == "sft":

@@ -169,7 +169,9 @@ def end_of_turn_ids(tokenizer: Any, template: str | None, template_kwargs: Mappi
         except Exception as exc:  # a template that refuses the probe (roles, a required system turn): eos only
             logger.warning("chat template: cannot render a two-round conversation (%s); generation stops at eos only", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             closing = ""
-        added = set(tokenizer.added_tokens_decoder)
+        # Added tokens only, and not whitespace: Gemma's vocabulary has "\n" as an added token, and a
+        # turn's closing "<end_of_turn>\n" must not make every newline a stop.
+        added = {token for token, piece in tokenizer.added_tokens_decoder.items() if str(piece.content).strip()}
         found = {token for token in tokenizer(closing, add_special_tokens=False)["input_ids"] if token in added}
         if closing.strip() and not found:
             logger.warning("chat template: an assistant turn ends with %r, which holds no token of its own; generation stops at eos only", closing)
