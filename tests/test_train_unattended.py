@@ -357,6 +357,33 @@ def test_a_hub_id_is_read_from_the_local_cache_offline(root: Path, tmp_path: Pat
     assert missing.returncode == 2 and "tiny-org/not-cached is not in the local Hugging Face cache" in missing.stderr and missing.stderr.count("error:") == 1
 
 
+def test_merge_reads_a_hub_id_from_the_local_cache(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mergekit names models by Hub id: a cached one merges like its folder; one not cached is one line (a merge never downloads)."""
+    from huggingface_hub import constants
+
+    from mediflow.train.merge import parse_merge_config, run_merge
+    from mediflow.train.merge.preset import parse_preset
+
+    build_tiny_phi3(tmp_path / "expert", seed=1)
+    revision = _hub_cache(tmp_path / "hub", "tiny-org/expert", tmp_path / "expert")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+
+    def merge(expert: str, out: str) -> Path:
+        raw = {"merge_method": "linear", "models": [{"model": str(root / "base"), "parameters": {"weight": 0.5}}, {"model": expert, "parameters": {"weight": 0.5}}]}
+        return run_merge(parse_merge_config(raw), tmp_path / out)
+
+    by_id, by_folder = merge("tiny-org/expert", "by_id"), merge(str(tmp_path / "expert"), "by_folder")
+    shard = "model-00001-of-00001.safetensors"
+    assert (by_id / shard).read_bytes() == (by_folder / shard).read_bytes()
+    snapshot = tmp_path / "hub" / "models--tiny-org--expert" / "snapshots" / revision
+    assert json.loads((by_id / "manifest.json").read_text())["inputs"][1]["path"] == str(snapshot)
+    with pytest.raises(ConfigError, match=r"models\[1\]\.model: 'tiny-org/missing' is neither a model folder with config.json nor a Hub id in the local .*hf download tiny-org/missing"):
+        merge("tiny-org/missing", "missing")
+    preset = parse_preset({"preset": "mediphi", "base_model": str(root / "base"), "experts": ["tiny-org/expert"], "output": "p", "evaluate": {"eval_config": "e.yaml"}}, root=tmp_path)
+    assert preset.experts == (snapshot,)
+
+
 def test_attention_kernels_qlora_and_lora_variants(root: Path) -> None:
     sdpa = build_sft_trainer(_sft(root, "sft_sdpa", model={"attn_implementation": "sdpa"}))
     assert sdpa.model.config._attn_implementation == "sdpa"
