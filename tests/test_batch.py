@@ -299,6 +299,63 @@ def test_a_kill_between_submit_and_download_then_a_rerun_submits_nothing_twice(t
     assert table(out) == table(online)
 
 
+class _Killed(BaseException):
+    """Stands for a SIGKILL at one exact point (a subprocess cannot be killed that precisely)."""
+
+
+def test_a_kill_between_create_and_its_record_finds_the_batch_instead_of_creating_it_again(
+    teacher_server: TeacherServerURL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state says ``uploaded`` (recorded before the create call), the provider already has the batch:
+    the rerun finds it by its metadata and waits for it; nothing is created twice."""
+    from mediflow.batch.providers import OpenAIBatchAPI
+
+    teacher_server.control(batch_step=0.01)
+    create = OpenAIBatchAPI.create
+    calls = Counter[str]()
+
+    async def create_then_die(self: OpenAIBatchAPI, input_file_id: str, metadata: Any, window: str) -> Any:
+        info = await create(self, input_file_id, metadata, window)
+        calls["created"] += 1
+        if calls["created"] == 1:
+            raise _Killed()  # the batch exists at the provider; the state still says "uploaded"
+        return info
+
+    monkeypatch.setattr(OpenAIBatchAPI, "create", create_then_die)
+    out = tmp_path / "run"
+    config = load_config(generate_config(teacher_server, out, mode="batch"))
+    with pytest.raises(_Killed):
+        run(config)
+    recorded = load_state(out)
+    assert recorded is not None and [record.status for record in recorded.records] == ["uploaded"]
+    run(config)
+    stats = teacher_server.stats()
+    assert set(stats["batch_submitted"].values()) == {1}  # the first file's batch was found, not created again
+    assert stats["batches_created"] == calls["created"] == len(load_state(out).records)  # type: ignore[union-attr]
+
+
+def test_a_kill_before_the_upload_drops_the_file_and_asks_its_requests_again(teacher_server: TeacherServerURL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mediflow.batch.providers import OpenAIBatchAPI
+
+    teacher_server.control(batch_step=0.01)
+    upload = OpenAIBatchAPI.upload
+
+    async def die(self: OpenAIBatchAPI, path: Path) -> str:
+        raise _Killed()
+
+    monkeypatch.setattr(OpenAIBatchAPI, "upload", die)
+    out = tmp_path / "run"
+    config = load_config(generate_config(teacher_server, out, mode="batch"))
+    with pytest.raises(_Killed):
+        run(config)
+    state = load_state(out)
+    assert state is not None and [record.status for record in state.records] == ["prepared"] and (out / "batches" / state.records[0].file).is_file()
+    monkeypatch.setattr(OpenAIBatchAPI, "upload", upload)
+    run(config)
+    assert not (out / "batches" / state.records[0].file).exists()
+    assert teacher_server.stats()["files_uploaded"] > 0 and set(teacher_server.stats()["batch_submitted"].values()) == {1}
+
+
 def test_an_expired_batch_and_failed_lines_are_completed_by_resubmitting_only_those(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
     teacher_server.control(batch_step=0.01, batch_expire=1, batch_line_errors=2)
     out = tmp_path / "batch"
@@ -327,6 +384,17 @@ def test_a_line_that_keeps_failing_stops_the_run_and_a_rerun_finishes(teacher_se
     error = _the_error_line(capsys.readouterr().err)
     assert "failed in 1 batches (batch.line_attempts)" in error and "HTTP 500" in error
     assert main(["generate", "--config", str(config), "--batch"]) == 0  # the failed lines go again; the rest came from the cache
+
+
+def test_batch_mode_shares_joined_give_the_unsharded_online_records(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
+    teacher_server.control(batch_step=0.01)
+    for share in (1, 2):
+        run(load_config(generate_config(teacher_server, tmp_path / f"share{share}", mode="batch", shard=f"{share}/2")))
+    assert main(["join", str(tmp_path / "joined"), str(tmp_path / "share1"), str(tmp_path / "share2")]) == 0
+    assert teacher_server.stats()["requests"] == 0
+    teacher_server.reset()
+    run(load_config(generate_config(teacher_server, tmp_path / "online")))
+    assert table(tmp_path / "joined") == table(tmp_path / "online")
 
 
 def test_a_round_over_the_limits_is_split_and_a_provider_with_lower_limits_is_one_error(teacher_server: TeacherServerURL, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

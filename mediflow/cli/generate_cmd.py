@@ -93,7 +93,8 @@ def _print_summary(summary: RunSummary, seconds: float) -> None:
         paid = "unknown" if batch["cost_usd"] is None else f"${batch['cost_usd']:.4f} (online: ${batch['online_cost_usd']:.4f})"
         sent = f"{batch['requests']} requests sent in {batch['batches']} batches for {paid}"
     print(
-        f"tokens: {usage['prompt_tokens']:,} prompt + {usage['completion_tokens']:,} completion, cost {cost}; "
+        f"tokens: {usage['prompt_tokens']:,} prompt + {usage['completion_tokens']:,} completion, cost {cost}"
+        f"{' at the online list price' if batch is not None else ''}; "
         f"this session: {sent}, {session['cache_hits']} from cache"
     )
     out = summary.out_dir
