@@ -361,6 +361,9 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
                                                                                   "search.budget: keys of a preset config", [tmp]))
     add("merge: a config that is not UTF-8", lambda tmp, w: Case(["merge", "--config", str(_latin1(tmp / "m.yaml")), "--output", str(tmp / "merged")], "not UTF-8", [tmp]))
     add("merge: a missing config", lambda tmp, w: Case(["merge", "--config", str(tmp / "none.yaml"), "--output", str(tmp / "merged")], "not found", [tmp]))
+    add("merge: a Hub id that is not in the local Hugging Face cache", lambda tmp, w: Case(["merge", "--config", str(_text(tmp / "m.yaml", json.dumps(
+        {"merge_method": "linear", "models": [{"model": str(w.model), "parameters": {"weight": 0.5}}, {"model": "tiny-org/never-cached", "parameters": {"weight": 0.5}}]}))),
+        "--output", str(tmp / "merged")], "'tiny-org/never-cached' is neither a model folder with config.json nor a Hub id in the local Hugging Face cache", [w.model, tmp]))
     return cases
 
 
