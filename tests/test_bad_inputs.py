@@ -247,6 +247,8 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
         [*generate(tmp), "--shard", "abc", "--dry-run", "--plan-out", str(tmp / "plan.parquet")], "is not K/N", [tmp]))
     add("generate: --plan-out is a folder", lambda tmp, w: Case([*generate(tmp), "--dry-run", "--plan-out", str(_mkdir(tmp / "plans"))], "is a folder", [tmp]))
     add("generate: a case profile naming an unknown code", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_broken_cases(tmp / "tax")), "--out", str(tmp / "o")], "'I5O' is not an ICD-10-CM", [tmp]))
+    add("filter: a taxonomy whose mention context rules are not YAML", lambda tmp, w: Case(
+        ["filter", str(w.records), str(tmp / "o"), "--taxonomy", str(_text_at(tmp / "tax" / "cases" / "context.yaml", "triggers: [unclosed\n"))], "context.yaml", [w.records, tmp]))
     add("generate: a config that is not UTF-8", lambda tmp, w: Case(["generate", "--config", str(_latin1(tmp / "run.yaml")), "--out", str(tmp / "o")], "not UTF-8", [tmp]))
     add("generate: a taxonomy with an unsafe name", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", name="../escape")), "--out", str(tmp / "o")], "'../escape'", [tmp]))
     add("generate: a taxonomy schema with a remote $ref", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", ref="https://example.org/s.json")), "--out", str(tmp / "o")], "only local references", [tmp]))
@@ -359,6 +361,9 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
                                                                                   "search.budget: keys of a preset config", [tmp]))
     add("merge: a config that is not UTF-8", lambda tmp, w: Case(["merge", "--config", str(_latin1(tmp / "m.yaml")), "--output", str(tmp / "merged")], "not UTF-8", [tmp]))
     add("merge: a missing config", lambda tmp, w: Case(["merge", "--config", str(tmp / "none.yaml"), "--output", str(tmp / "merged")], "not found", [tmp]))
+    add("merge: a Hub id that is not in the local Hugging Face cache", lambda tmp, w: Case(["merge", "--config", str(_text(tmp / "m.yaml", json.dumps(
+        {"merge_method": "linear", "models": [{"model": str(w.model), "parameters": {"weight": 0.5}}, {"model": "tiny-org/never-cached", "parameters": {"weight": 0.5}}]}))),
+        "--output", str(tmp / "merged")], "'tiny-org/never-cached' is neither a model folder with config.json nor a Hub id in the local Hugging Face cache", [w.model, tmp]))
     return cases
 
 
