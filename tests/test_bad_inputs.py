@@ -359,6 +359,8 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
                                                                   "search.budget: 0 is less than the minimum of 1", [tmp]))
     add("merge: a preset flag with a mergekit-format config", lambda tmp, w: Case([*_model_argv("merge", tmp, w, w.records, tmp / "out"), "--search-budget", "3"],
                                                                                   "search.budget: keys of a preset config", [tmp]))
+    add("merge --preset: --seed (a mergekit-format merge's option)", lambda tmp, w: Case([*_model_argv("merge --preset", tmp, w, w.records, tmp / "out"), "--seed", "3"],
+                                                                                   "--seed: options of a mergekit-format merge, and this is a preset", [tmp]))
     add("merge: a config that is not UTF-8", lambda tmp, w: Case(["merge", "--config", str(_latin1(tmp / "m.yaml")), "--output", str(tmp / "merged")], "not UTF-8", [tmp]))
     add("merge: a missing config", lambda tmp, w: Case(["merge", "--config", str(tmp / "none.yaml"), "--output", str(tmp / "merged")], "not found", [tmp]))
     add("merge: a Hub id that is not in the local Hugging Face cache", lambda tmp, w: Case(["merge", "--config", str(_text(tmp / "m.yaml", json.dumps(
