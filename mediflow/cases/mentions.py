@@ -14,7 +14,7 @@ letter away, and not itself a word of the ICD-10-CM descriptions, so "hypotensio
 "hypertension"). An abbreviation written in capitals (``CHF``) matches case-sensitively as a whole
 word. Weeks of gestation (Z3A) are found as "24w2d", "30 weeks", "39+2 weeks".
 
-**Context** (``mediflow/cases/context.yaml``, after the ConText algorithm): a name inside the scope
+**Context** (``taxonomies/cases/context.yaml``, after the ConText algorithm): a name inside the scope
 of a negation ("Denies EtOH", "No pleural effusion"), a hedge ("r/o", "possible", "?DVT"), a
 relative ("mother had breast cancer") or a hypothetical ("risk of stroke", "DVT ppx") is not a
 mention; a scope ends with its clause. An ambiguous name ("RA", "PE", "MS", "effusion") counts
@@ -38,13 +38,14 @@ from typing import Any, NamedTuple
 from rapidfuzz.distance import OSA
 
 from mediflow import terminology
-from mediflow.cases.book import CaseBook
+from mediflow.cases.book import CaseBook, load_case_book
 from mediflow.cases.names import clinical_name
 from mediflow.errors import TaxonomyError
+from mediflow.resources import taxonomies_dir
 from mediflow.textfiles import read_yaml
 
-#: The language rules the matcher reads by default (shipped inside the package).
-CONTEXT_FILE = Path(__file__).with_name("context.yaml")
+#: The language rules' file, under a taxonomy folder's ``cases/`` (the built-in one ships in the wheel with the other taxonomies).
+CONTEXT_FILE = "context.yaml"
 #: The kinds of context that make a name not a mention of the patient's condition.
 NOT_ASSERTED: tuple[str, ...] = ("negated", "hedged", "family", "hypothetical")
 _DIRECTIONS = ("before", "after")
@@ -97,10 +98,11 @@ class MentionContext:
     not_alone: frozenset[str]  # words that name no condition on their own (a substance, an organ)
 
     @classmethod
-    def load(cls, data: dict[str, Any] | None = None) -> MentionContext:
-        """The shipped rules, or ``data`` in the same shape."""
+    def load(cls, data: dict[str, Any] | None = None, *, taxonomy: Path | str | None = None) -> MentionContext:
+        """The rules of ``data``, or else of the ``taxonomy`` folder's ``cases/context.yaml`` where it has one (as
+        :func:`~mediflow.cases.book.load_case_book` reads the other case files), else the built-in file."""
         if data is None:
-            data = _shipped_context()
+            data = _context_data(str(context_path(taxonomy)))
         try:
             triggers = {
                 (kind, direction): tuple(_words(p) for p in phrases)
@@ -124,9 +126,18 @@ class MentionContext:
             raise TaxonomyError(f"mention context: malformed rules ({exc.__class__.__name__}: {exc})") from exc
 
 
+def context_path(taxonomy: Path | str | None = None) -> Path:
+    """The context rules a taxonomy folder's matcher reads: its ``cases/context.yaml``, or the built-in one."""
+    if taxonomy is not None:
+        candidate = Path(taxonomy).resolve() / "cases" / CONTEXT_FILE
+        if candidate.is_file():
+            return candidate
+    return taxonomies_dir() / "cases" / CONTEXT_FILE
+
+
 @cache
-def _shipped_context() -> dict[str, Any]:
-    path = CONTEXT_FILE
+def _context_data(location: str) -> dict[str, Any]:
+    path = Path(location)
     data = read_yaml(path, "mention context file", TaxonomyError)
     if not isinstance(data, dict):
         raise TaxonomyError(f"{path}: expected a mapping at the top level")
@@ -326,6 +337,12 @@ class MentionMatcher:
         self.book = book
         self.context = context or MentionContext.load()
         self._names: dict[str, tuple[_Name, ...]] = {}
+
+    @classmethod
+    def for_taxonomy(cls, taxonomy: Path | str | None = None) -> MentionMatcher:
+        """The matcher of a taxonomy folder (the built-in one by default): its case book and its context rules, each
+        file the user folder's ``cases/<file>.yaml`` where it has one."""
+        return cls(load_case_book(taxonomy), MentionContext.load(taxonomy=taxonomy))
 
     def names(self, code: str) -> tuple[_Name, ...]:
         """Every name of ``code`` (see the module docstring)."""

@@ -8,6 +8,8 @@ through the real ``openai`` SDK:
   /v1/files/{id}/content``, ``DELETE /v1/files/{id}``;
 - ``POST /v1/batches``, ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``, ``GET
   /v1/batches`` (``limit``, ``after``; newest first, as OpenAI lists them);
+- the same under ``/openai/files`` and ``/openai/batches`` with an ``api-version`` query, as Azure
+  OpenAI serves them (its batches and lines name the endpoint ``/chat/completions``);
 - a batch goes ``validating`` -> ``in_progress`` -> ``finalizing`` -> ``completed``, each step
   taking ``batch_step`` seconds; every line is answered exactly as ``POST /v1/chat/completions``
   would answer its body (the same deterministic answers and refusals), successes in the output
@@ -31,14 +33,16 @@ import contextlib
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiohttp import web
 
-#: The endpoints a batch may name (OpenAI's, and Azure's without the version prefix).
-ENDPOINTS = ("/v1/chat/completions", "/chat/completions")
+#: The endpoint a batch (and each of its lines) names: OpenAI's versioned path; Azure OpenAI's
+#: deployment-relative one (its routes live under ``/openai`` and take an ``api-version`` query).
+OPENAI_ENDPOINT = "/v1/chat/completions"
+AZURE_ENDPOINT = "/chat/completions"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 EXPIRED_LINE = {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}
 
@@ -137,14 +141,16 @@ class BatchService:
         return {"batches_created": self.created, "files_uploaded": self.uploaded, "batch_submitted": dict(self.submitted), "batch_lines": dict(self.lines)}
 
     def routes(self, app: web.Application) -> None:
-        app.router.add_post("/v1/files", self.upload)
-        app.router.add_get("/v1/files/{id}", self.file)
-        app.router.add_get("/v1/files/{id}/content", self.content)
-        app.router.add_delete("/v1/files/{id}", self.delete)
-        app.router.add_post("/v1/batches", self.create)
-        app.router.add_get("/v1/batches", self.list_batches)
-        app.router.add_get("/v1/batches/{id}", self.retrieve)
-        app.router.add_post("/v1/batches/{id}/cancel", self.cancel)
+        """OpenAI's routes under ``/v1``, and Azure OpenAI's under ``/openai`` (with an ``api-version``)."""
+        for prefix, route in (("/v1", _plain), ("/openai", azure_route)):
+            app.router.add_post(f"{prefix}/files", route(self.upload))
+            app.router.add_get(f"{prefix}/files/{{id}}", route(self.file))
+            app.router.add_get(f"{prefix}/files/{{id}}/content", route(self.content))
+            app.router.add_delete(f"{prefix}/files/{{id}}", route(self.delete))
+            app.router.add_post(f"{prefix}/batches", route(self.create))
+            app.router.add_get(f"{prefix}/batches", route(self.list_batches))
+            app.router.add_get(f"{prefix}/batches/{{id}}", route(self.retrieve))
+            app.router.add_post(f"{prefix}/batches/{{id}}/cancel", route(self.cancel))
 
     # -- files ------------------------------------------------------------------------------------
     def _new_id(self, prefix: str) -> str:
@@ -191,8 +197,9 @@ class BatchService:
         body = await request.json()
         if body.get("input_file_id") not in self.files:
             return error_response(404, f"No such File object: {body.get('input_file_id')}", "not_found", "input_file_id")
-        if body.get("endpoint") not in ENDPOINTS:
-            return error_response(400, f"endpoint must be one of {', '.join(ENDPOINTS)}", "invalid_request_error", "endpoint")
+        endpoint = AZURE_ENDPOINT if request.path.startswith("/openai/") else OPENAI_ENDPOINT
+        if body.get("endpoint") != endpoint:
+            return error_response(400, f"endpoint must be {endpoint}", "invalid_request_error", "endpoint")
         if body.get("completion_window") != "24h":
             return error_response(400, "completion_window must be '24h'", "invalid_request_error", "completion_window")
         batch = EmulatedBatch(self._new_id("batch"), body["input_file_id"], body["endpoint"], "24h", body.get("metadata"))
@@ -321,6 +328,24 @@ class BatchService:
         stored = StoredFile(self._new_id("file"), filename, "batch_output", content)
         self.files[stored.id] = stored
         return stored.id
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _plain(handler: Handler) -> Handler:
+    return handler
+
+
+def azure_route(handler: Handler) -> Handler:
+    """``handler`` as an Azure OpenAI route: a request without the ``api-version`` query is refused, as Azure does."""
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        if "api-version" not in request.query:
+            return error_response(404, "Resource not found: Azure OpenAI needs the api-version query parameter", "404")
+        return await handler(request)
+
+    return route
 
 
 def _validate(content: bytes, endpoint: str, settings: BatchSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
