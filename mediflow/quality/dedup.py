@@ -21,6 +21,7 @@ is ever derived.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,7 +164,8 @@ def confirm(table: pa.Table, key: str, pairs: np.ndarray, config: DedupConfig, v
         similar = score >= config.threshold
         if config.clinical and similar.any():
             tokens = fields[0] if len(fields) == 1 else concatenate_fields(*fields)
-            similar[similar] = same_cases(tokens, local[similar], lexicon, None if values is None else values[rows], config.values == "lenient")
+            similar[similar] = same_cases(tokens, local[similar], lexicon, None if values is None else values[rows], config.values == "lenient",
+                                          workers=config.workers or os.cpu_count() or 1)
         scores[start : start + len(batch)] = score
         confirmed[start : start + len(batch)] = similar
     return scores, confirmed
