@@ -401,7 +401,7 @@ def same_cases(tokens: CanonicalTokens, pairs: np.ndarray, lexicon: Lexicon, fin
     cue_positions = np.flatnonzero(is_cue)  # every negation cue of the batch, found at once
     cue_bounds = np.searchsorted(cue_positions, np.stack([tokens.starts, tokens.ends], axis=1))
     check = _PairCheck(tokens, pairs, lexicon, lenient_values, cue_positions, cue_bounds)
-    parts = min(workers, len(todo) // max(1, parallel_from) + 1) if _can_fork() else 1
+    parts = min(workers, len(todo) // max(1, parallel_from) + 1) if can_fork() else 1
     if parts <= 1:
         same[todo] = check.run(todo)
         return same
@@ -423,7 +423,8 @@ def same_cases(tokens: CanonicalTokens, pairs: np.ndarray, lexicon: Lexicon, fin
 _FORKED_CHECK: _PairCheck | None = None  # the batch a forked worker reads (set just before the fork, never pickled)
 
 
-def _can_fork() -> bool:
+def can_fork() -> bool:
+    """Whether work can go to forked processes that read this one's memory (Linux; elsewhere a fork is unsafe or missing)."""
     return "fork" in multiprocessing.get_all_start_methods() and sys.platform == "linux"
 
 
