@@ -97,14 +97,19 @@ def test_the_html_report_and_the_plan_create_their_missing_folders(tmp_path: Pat
 # ---------------------------------------------------------------- links inside an output
 
 
-@pytest.mark.parametrize("entry", ["data", "data/part-00000.parquet", "manifest.json", "rejects.parquet", "cache.sqlite", ".lock"])
+#: Each entry of an output folder planted as a link, and what it points at in another run's folder.
+LINKS = {"data": "data", "data/part-00000.parquet": "data/part-00000.parquet", "manifest.json": "manifest.json", "rejects.parquet": "rejects.parquet",
+         "cache.sqlite": "cache.sqlite", ".lock": "manifest.json", "batches": "data", ".parts": "data", "stages": "data"}
+
+
+@pytest.mark.parametrize("entry", list(LINKS))
 def test_no_write_follows_a_link_inside_an_output_folder(tmp_path: Path, entry: str, capsys: pytest.CaptureFixture[str]) -> None:
     source = _run(tmp_path / "in")
     other = _run(tmp_path / "other")
     (other / "cache.sqlite").write_bytes(b"answers somebody paid for")
     out = tmp_path / "out"
     assert main(["filter", str(source), str(out)]) == 0
-    target = other / ("manifest.json" if entry == ".lock" else entry)
+    target = other / LINKS[entry]
     before = {p: _hash(p) for p in other.rglob("*") if p.is_file()}
     link = out / entry
     if link.is_dir():
