@@ -37,6 +37,8 @@ def mentioned(text: str, *codes: str) -> list[str]:
     [
         ("Assessment: acute exacerbation of congestive heart failure.", "I50.23", True),
         ("Denies any history of heart failure.", "I50.23", False),
+        ("Denies EtOH abuse.", "F10.10", False),
+        ("Hx EtOH abuse, sober two years.", "F10.10", True),
         ("No evidence of pneumonia on today's film.", "J18.9", False),
         ("Pneumonia was ruled out.", "J18.9", False),
         ("Chest film negative for pneumonia; mild atelectasis.", "J18.9", False),
