@@ -301,6 +301,7 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("decontaminate: --ngram 0", lambda tmp, w: Case(["decontaminate", str(w.records), str(tmp / "o"), "--eval", str(w.eval_set), "--ngram", "0"], "ngram", [w.records, tmp]))
     add("judge: --samples 0", lambda tmp, w: Case(COMMANDS["judge"](w.records, tmp / "o", w) + ["--samples", "0"], "samples", [w.records, tmp]))
     add("dedup: --values sloppy", lambda tmp, w: Case(["dedup", str(w.records), str(tmp / "o"), "--values", "sloppy"], "invalid choice: 'sloppy'", [w.records, tmp]))
+    add("dedup: --workers -1", lambda tmp, w: Case(["dedup", str(w.records), str(tmp / "o"), "--workers", "-1"], "workers: -1 is less than the minimum of 0", [w.records, tmp]))
     add("curate: dedup.values not strict or lenient", lambda tmp, w: Case(["curate", str(w.records), str(tmp / "o"), "--config", str(_text(tmp / "c.yaml", "dedup: {values: loose}\n"))],
                                                                        "dedup.values", [w.records, tmp]))
     add("export: --max-shard-rows 0", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--max-shard-rows", "0"], "max_shard_rows: 0 is less than the minimum of 1", [w.records, tmp]))

@@ -37,6 +37,8 @@ def mentioned(text: str, *codes: str) -> list[str]:
     [
         ("Assessment: acute exacerbation of congestive heart failure.", "I50.23", True),
         ("Denies any history of heart failure.", "I50.23", False),
+        ("Denies EtOH abuse.", "F10.10", False),
+        ("Hx EtOH abuse, sober two years.", "F10.10", True),
         ("No evidence of pneumonia on today's film.", "J18.9", False),
         ("Pneumonia was ruled out.", "J18.9", False),
         ("Chest film negative for pneumonia; mild atelectasis.", "J18.9", False),
@@ -67,6 +69,12 @@ def mentioned(text: str, *codes: str) -> list[str]:
         ("Severe anaemia, transfused two units.", "D64.9", True),  # British spelling
         ("Sigmoid diverticulosis, no diverticulitis.", "K57.32", False),
         ("Coded J18.9 at discharge.", "J18.9", True),
+        ("Assessment: fever, source unclear.", "R50.9", True),  # a one-word description names its code
+        ("Left knee pain for three weeks, worse on stairs.", "M25.562", True),  # "Pain in left knee": pain with its part
+        ("Grade 2 laceration; kidney injury managed conservatively.", "S37.092A", True),
+        ("AKI on CKD: acute kidney injury, prerenal.", "S37.092A", False),  # inside another condition's name
+        ("Pain well controlled on paracetamol.", "R52", False),  # "pain" alone names no part
+        ("Kidney function stable.", "N18.9", False),  # an organ alone is no condition
     ],
 )
 def test_a_name_counts_only_where_the_text_asserts_it_of_the_patient(text: str, code: str, expected: bool) -> None:

@@ -174,8 +174,10 @@ def rule_violations(folder: AuditFolder, *, taxonomy: str | Path | None = None, 
         return CheckResult.not_available("case_rules", title, NO_CASES)
     by_rule = pd.DataFrame([{"rule": name, "cases": n, "share": n / cases} for name, n in per_rule.most_common()], columns=["rule", "cases", "share"])
     by_type = pd.DataFrame(
-        [{"document_type": t, "cases_breaking": breaking_per_type[t], **dict(c)} for t, c in sorted(per_type.items(), key=lambda kv: (-breaking_per_type[kv[0]], kv[0]))]
+        [{"document_type": t, "cases_breaking": breaking_per_type[t], **dict(c)} for t, c in sorted(per_type.items(), key=lambda kv: (-breaking_per_type[kv[0]], kv[0]))],
+        columns=["document_type", "cases_breaking", *per_rule],
     )
+    by_type[list(per_rule)] = by_type[list(per_rule)].fillna(0).astype(int)  # a rule a document type does not break: 0 cases
     summary = f"{broken} of {cases} cases ({broken / cases:.2%}) break a case rule"
     if per_rule:
         summary += "; most often " + ", ".join(f"{name} ({n})" for name, n in per_rule.most_common(3))

@@ -96,6 +96,7 @@ class MentionContext:
     other_conditions: tuple[tuple[str, ...], ...]
     equivalents: dict[str, tuple[tuple[str, ...], ...]]  # a word -> the phrases that say it otherwise
     not_alone: frozenset[str]  # words that name no condition on their own (a substance, an organ)
+    of_a_part: frozenset[str]  # words that name a condition only with the part of the body it is of ("knee pain")
 
     @classmethod
     def load(cls, data: dict[str, Any] | None = None, *, taxonomy: Path | str | None = None) -> MentionContext:
@@ -121,6 +122,7 @@ class MentionContext:
                 other_conditions=tuple(_words(p) for p in data.get("other_conditions") or []),
                 equivalents={str(word).lower(): tuple(_words(p) for p in phrases) for word, phrases in (data.get("equivalents") or {}).items()},
                 not_alone=frozenset(w for p in data.get("not_alone") or [] for w in _words(p)),
+                of_a_part=frozenset(w for p in data.get("of_a_part") or [] for w in _words(p)),
             )
         except (KeyError, AttributeError) as exc:
             raise TaxonomyError(f"mention context: malformed rules ({exc.__class__.__name__}: {exc})") from exc
@@ -381,10 +383,18 @@ class MentionMatcher:
             return _Name((phrase,), phrase, abbreviation=True, ambiguous=self.context.ambiguous.get(phrase.lower()))
         dropped = _FUNCTION_WORDS if listed else self.book.ignore_words  # a listed name is meant word for word
         words = tuple(_spelling(w) for w in _words(_PARENTHESES.sub(" ", phrase)) if w not in dropped and (len(w) > 2 or w[0].isdigit() or listed))
-        if not listed and all(w in self.context.not_alone for w in words):
+        if not listed and not self._names_a_condition(words):
             words = ()  # "Opioid use disorder" less its ignored words is "opioid": a substance, not the disorder
         ambiguous = self.context.ambiguous.get(" ".join(words)) if len(words) == 1 else None
         return _Name(words, phrase.strip(), ambiguous=ambiguous)
+
+    def _names_a_condition(self, words: tuple[str, ...]) -> bool:
+        """Whether a description's identifying words name a condition: not only substances, organs or people
+        ("opioid", "kidney"), nor a condition of no part ("injury", "pain"), but "injury ... kidney" or "pain ... knee"."""
+        part, alone = self.context.of_a_part, self.context.not_alone
+        if any(w not in alone and w not in part for w in words):
+            return True
+        return any(w in part for w in words) and any(w in alone for w in words)
 
     def mentioned(self, text: str, codes: list[str]) -> list[str]:
         """The codes among ``codes`` that ``text`` mentions."""

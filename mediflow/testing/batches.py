@@ -20,7 +20,8 @@ validation), ``batch_expire`` (it expires after answering half of its lines; the
 ``batch_expired`` lines in the error file), ``batch_line_errors`` (lines answered with HTTP 500 in
 the error file), ``batch_corrupt`` (the output file is not JSONL). ``batch_max_lines`` and
 ``batch_max_bytes`` are the provider's limits on one input file (a file over them fails
-validation, as OpenAI's does); ``batch_api: false`` plays a server without a batch API (404).
+validation, as OpenAI's does); ``batch_purpose`` is the upload purpose it takes (``batch``; Together's
+``batch-api`` to play Together); ``batch_api: false`` plays a server without a batch API (404).
 ``/stats`` reports ``batches_created``, ``files_uploaded``, ``batch_submitted`` (each custom_id and
 how many batches it was submitted in) and ``batch_lines`` (how many times each was answered).
 """
@@ -53,6 +54,7 @@ class BatchSettings(Protocol):
     batch_api: bool
     batch_step: float
     batch_max_lines: int
+    batch_purpose: str
     batch_max_bytes: int
     batch_fail: int
     batch_expire: int
@@ -166,6 +168,8 @@ class BatchService:
         upload, purpose = form.get("file"), str(form.get("purpose") or "")
         if not isinstance(upload, web.FileField):
             return error_response(400, "'file' is a required multipart field", "invalid_request_error", "file")
+        if purpose != self._settings().batch_purpose:
+            return error_response(400, f"Invalid value for 'purpose': {purpose!r}; batch input files take {self._settings().batch_purpose!r}", "invalid_request_error", "purpose")
         stored = StoredFile(self._new_id("file"), upload.filename or "upload.jsonl", purpose, upload.file.read())
         self.files[stored.id] = stored
         self.uploaded += 1

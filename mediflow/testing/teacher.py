@@ -82,6 +82,8 @@ class Settings:
     batch_step: float = 0.05
     #: The provider's limits on one batch input file (OpenAI: 50,000 requests, 200 MB); a file over them fails validation.
     batch_max_lines: int = 50_000
+    #: The purpose batch input files must be uploaded with (OpenAI, Azure OpenAI, Groq: batch; Together: batch-api).
+    batch_purpose: str = "batch"
     batch_max_bytes: int = 200 * 1024 * 1024
     #: Faults for the next N batches (fail validation; expire after half the lines; a corrupt output file) or lines (HTTP 500).
     batch_fail: int = 0
