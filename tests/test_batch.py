@@ -414,6 +414,47 @@ def test_a_round_over_the_limits_is_split_and_a_provider_with_lower_limits_is_on
     assert "failed validation" in error and "over the limit of 2" in error and "batch.max_lines" in error
 
 
+def test_an_azure_deployment_in_batch_mode_gives_the_online_records(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
+    """``azure:DEPLOYMENT``: the SDK's AzureOpenAI client, Azure's routes and its deployment-relative batch endpoint."""
+    teacher = {"spec": "azure:mediflow-test-teacher", "base_url": teacher_server.root}
+    outputs = {}
+    for mode in ("batch", "online"):
+        teacher_server.reset()
+        teacher_server.control(batch_step=0.01)
+        run(load_config(generate_config(teacher_server, tmp_path / mode, mode=mode, teacher=teacher)))
+        stats = teacher_server.stats()
+        if mode == "batch":
+            assert stats["requests"] == 0 and stats["batches_created"] >= 3  # documents, instructions, responses
+            azure = openai.AzureOpenAI(azure_endpoint=teacher_server.root, api_key="unused", api_version="2024-10-21")
+            batches = list(azure.batches.list(limit=100))
+            assert len(batches) == stats["batches_created"] and {batch.endpoint for batch in batches} == {"/chat/completions"}
+            lines = [json.loads(line) for batch in batches for line in azure.files.content(batch.input_file_id).text.splitlines()]
+            assert len(lines) == sum(stats["batch_lines"].values()) and {line["url"] for line in lines} == {"/chat/completions"}
+            assert {line["body"]["model"] for line in lines} == {"mediflow-test-teacher"}
+        else:
+            assert stats["requests"] > 0 and stats["batches_created"] == 0
+        outputs[mode] = (table(tmp_path / mode), rejects(tmp_path / mode))
+    assert outputs["batch"] == outputs["online"] and outputs["batch"][0]
+
+
+def test_a_provider_that_takes_another_upload_purpose_is_one_error_and_batch_file_purpose_reaches_it(
+    teacher_server: TeacherServerURL, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Together takes batch input files with purpose ``batch-api``, not OpenAI's ``batch``: ``batch.file_purpose`` says so."""
+    teacher_server.control(batch_step=0.01, batch_purpose="batch-api")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(generate_config(teacher_server, tmp_path / "default")))
+    assert main(["generate", "--config", str(config), "--batch"]) == 2
+    error = _the_error_line(capsys.readouterr().err)
+    assert "uploading" in error and "batch-api" in error and "set batch.file_purpose" in error
+    assert teacher_server.stats()["batches_created"] == 0
+
+    out = tmp_path / "together"
+    run(load_config(generate_config(teacher_server, out, mode="batch", batch={**FAST, "file_purpose": "batch-api"})))
+    assert teacher_server.stats()["requests"] == 0 and teacher_server.stats()["batches_created"] >= 3
+    assert json.loads((out / "manifest.json").read_text())["counts"]["records"] == 8
+
+
 def test_a_refused_parameter_is_learned_from_the_error_file_and_asked_again(start_teacher_server: Any, tmp_path: Path) -> None:
     server = start_teacher_server("--refuse-parameter", "seed", "--batch-step", "0.01")
     out = tmp_path / "batch"

@@ -259,6 +259,9 @@ def test_merge_reuses_a_byte_identical_expert_at_another_path(root: Path, tmp_pa
     merge(str(tmp_path / "moved" / "expert"))
     merge(str(tmp_path / "sub" / ".." / "expert"))
     assert (merged / "config.json").stat().st_mtime_ns == stamp  # reused, not merged again
+    build_tiny_phi3(tmp_path / "other", seed=2)  # other weights: refused, naming the input that changed
+    with pytest.raises(MediflowError, match=r"merge run of another config \(changed: models.1.weights\)"):
+        merge(str(tmp_path / "other"))
 
 
 # ---------------------------------------------------------------- 6. metric definitions, held-out checks

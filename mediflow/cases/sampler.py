@@ -231,7 +231,14 @@ class CaseSampler:
         if age is None:
             return None
         primary = draw.groups[index].pick(rng, sex)
-        if primary is None or not self.rules.fits_patient(primary, age, sex):
+        if primary is None:
+            return None
+        specific = self.epidemiology(primary)
+        if specific is not epidemiology:  # a subcategory with its own figures (hip fractures among the S72 femur fractures)
+            sex, age = self._sex(rng, profile, specific), self._age(rng, profile, specific)
+            if age is None:
+                return None
+        if not self.rules.fits_patient(primary, age, sex):
             return None
         codes: list[tuple[str, str]] = [(primary, "primary")]
         given: list[Medication] = []

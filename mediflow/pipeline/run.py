@@ -186,7 +186,7 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
         if share:
             details["shard"] = {"share": str(share), "unsharded_fingerprint": unsharded_fingerprint, "unsharded_items": len(plan)}
         plain = config.to_dict()
-        taxonomy_paths = [Path(config.taxonomy)] if config.taxonomy else []
+        taxonomy_paths = [Path(p) for p in (config.taxonomy, config.prompts) if p]
         # a folder we may not write is refused first, offline; then the teacher is asked (nothing written yet:
         # the engine opens its cache in the folder on its first request)
         OutputFolder.check(out, kind="generate", config=plain, fingerprint=fingerprint, input_paths=taxonomy_paths, overwrite=overwrite)

@@ -181,10 +181,11 @@ class CanonicalTokens:
     def record_words(self, index: int) -> tuple[list[str], list[bool]]:
         """One record's words and sentence ends as Python lists (the clinical check reads them)."""
         start, end = int(self.starts[index]), int(self.ends[index])
-        vocabulary = self._vocabulary()
+        vocabulary = self.vocabulary()
         return [vocabulary[i] for i in self.ids[start:end].tolist()], self.sentence_end[start:end].tolist()
 
-    def _vocabulary(self) -> list[str]:
+    def vocabulary(self) -> list[str]:
+        """The batch's distinct words as a Python list (made once)."""
         cached: list[str] | None = self.__dict__.get("_words_list")
         if cached is None:
             cached = self.words.to_pylist()

@@ -21,11 +21,12 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mediflow.errors import ConfigError, MediflowError
-from mediflow.folders.guards import FolderLock
+from mediflow.folders.guards import FolderLock, check_output
 from mediflow.train.templates import end_of_turn_ids, shipped_chat_template, strip_generation_markers
 
 #: Model names that resolve to a packaged GGUF: name -> (python package, cache folder name).
@@ -46,10 +47,14 @@ def default_cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "mediflow") / "models"
 
 
-def resolve_model(spec: str | Path, cache_dir: Path | None = None, revision: str | None = None) -> Path:
-    """The local Hugging Face folder for ``spec``: an existing folder, a Hub id (the local HF cache), or a packaged GGUF (converted once)."""
+def resolve_model(spec: str | Path, cache_dir: Path | None = None, revision: str | None = None, *, inputs: Sequence[Path] = ()) -> Path:
+    """The local Hugging Face folder for ``spec``: an existing folder, a Hub id (the local HF cache), or a packaged GGUF (converted once).
+
+    A conversion writes the cache folder, so the cache goes through the one output guard first: it may
+    not overlap ``inputs`` (what the stage reads) or the config file, nor lie inside a run's folder.
+    """
     if str(spec) in PACKAGED_GGUF_MODELS:
-        return _converted_gguf(str(spec), cache_dir or default_cache_dir())
+        return _converted_gguf(str(spec), cache_dir or default_cache_dir(), inputs)
     path = Path(spec).expanduser()
     if (path / "config.json").is_file():
         return path.resolve()
@@ -96,7 +101,7 @@ def hub_snapshot(repo_id: str, revision: str | None = None, *, key: str = "model
     return folder
 
 
-def _converted_gguf(name: str, cache_dir: Path) -> Path:
+def _converted_gguf(name: str, cache_dir: Path, inputs: Sequence[Path] = ()) -> Path:
     """Dequantize the packaged GGUF into ``cache_dir`` once (atomic: a temp folder, then rename).
 
     Conversions into one cache take its lock, waiting for each other: a second process started
@@ -106,6 +111,7 @@ def _converted_gguf(name: str, cache_dir: Path) -> Path:
     target = cache_dir / folder
     if (target / "config.json").is_file():
         return target
+    check_output(cache_dir, inputs, what="model cache")
     try:
         gguf_package = __import__(package)
     except ImportError:
