@@ -261,6 +261,14 @@ def _read_holder(fd: int) -> str:
     return text or "a process that has just started"
 
 
+def check_not_in_use(folder: Path) -> None:
+    """Refuse ``folder`` while another process holds its lock, naming it; cheap (one ``flock`` probe), so a
+    command that needs minutes before it opens its output (``generate`` builds its plan and cases) says it first."""
+    holder = lock_holder(folder)
+    if holder is not None:
+        raise MediflowError(f"{folder}: in use by another process ({holder}); wait for it to finish or stop it")
+
+
 def lock_holder(folder: Path) -> str | None:
     """Who holds ``folder``'s lock right now (``pid N: command``), or None when nobody does."""
     path = Path(folder) / LOCK_NAME
