@@ -262,10 +262,8 @@ def _read_holder(fd: int) -> str:
 
 
 def check_not_in_use(folder: Path) -> None:
-    """Refuse ``folder`` at once when another process holds its lock, before a stage's costly start-up.
-
-    :meth:`FolderLock.acquire` still decides (the other process may take the lock after this check);
-    this only spares a second run the seconds it would spend before reaching the folder."""
+    """Refuse ``folder`` while another process holds its lock, naming it; cheap (one ``flock`` probe), so a
+    command that needs minutes before it opens its output (``generate`` builds its plan and cases) says it first."""
     holder = lock_holder(folder)
     if holder is not None:
         raise _in_use(Path(folder), holder)

@@ -29,7 +29,7 @@ from typing import Any
 
 from mediflow.errors import MediflowError
 from mediflow.folders.atomic import TEMP_PREFIX, remove_leftovers
-from mediflow.folders.guards import LOCK_NAME, FolderLock, check_no_links, check_output, lock_holder
+from mediflow.folders.guards import LOCK_NAME, FolderLock, check_no_links, check_not_in_use, check_output
 from mediflow.folders.manifest import MANIFEST_NAME, InputRef, Manifest, changes, read_manifest
 from mediflow.records import canonical_json, content_id
 
@@ -257,9 +257,7 @@ def _check(root: Path, manifest: Manifest, own: frozenset[str] | set[str], kept:
     """The guards that need no lock: the one output guard (a folder path, no overlap with any input or the
     config file, not inside another run's folder, writable), nothing foreign in it, no link among its files."""
     check_output(root, [Path(ref.path) for ref in manifest.inputs] + input_paths)
-    holder = lock_holder(root)
-    if holder is not None:  # said first: what the folder holds is changing under the other process
-        raise MediflowError(f"{root}: in use by another process ({holder}); wait for it to finish or stop it")
+    check_not_in_use(root)  # said first: what the folder holds is changing under the other process
     _check_contents(root, manifest, own, kept, overwrite)
 
 

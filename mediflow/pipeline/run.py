@@ -147,6 +147,7 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
     ``overwrite`` replaces an ``--out`` holding another kind of folder or another config's run
     (its teacher cache is kept); without it such a folder is refused before anything is written.
     """
+    check_not_in_use(Path(config.output.dir))  # before the plan and its cases (a minute at scale): a second process stops at once
     taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
     plan: Plan = build_plan(config, taxonomy)
     share = Share.parse(config.shard) if config.shard else None
@@ -154,7 +155,6 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
     if config.engine == "ray":
         check_ray(config.ray)
     out = Path(config.output.dir)
-    check_not_in_use(out)  # a second run on a busy folder stops here, not after the case sampler's seconds of checks
     async with open_engine(config.teacher, out / CACHE_NAME, config.limits, prices=config.prices, progress=config.progress) as engine:
         teacher = engine.teacher
         stages = Stages(engine, taxonomy, config)
