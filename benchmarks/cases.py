@@ -28,10 +28,12 @@ errors, age/sex edits and document misfits, and compares the sex ratio per condi
 under-18 share per setting with their published sources. The plan splits in three: ``tune`` (seed 0,
 the document types not held out) is what the sampler was tuned on; ``held-out`` is seed 0 on the
 held-out document types (about a fifth, chosen by a hash of the name) plus seed 1 on every type,
-never looked at while tuning.
+never looked at while tuning. ``plan`` is every document type at one ``--seed`` (seed 0 is the plan
+the issue's review was made on; seed 2 or any other was never drawn while tuning).
 
     python benchmarks/cases.py --items 0 --review --split tune --examples 5
     python benchmarks/cases.py --items 0 --review --split held-out
+    python benchmarks/cases.py --items 0 --review --split plan --seed 2
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def held_out(document_type: str) -> bool:
     return hashlib.sha256(document_type.encode()).digest()[0] % 5 == 0
 
 
-def _review(split: str, examples: int) -> None:
+def _review(split: str, examples: int, plan_seed: int = 0) -> None:
     from case_review import Reviewer, is_pregnancy_case
 
     from mediflow.cases import CaseSampler
@@ -127,10 +129,10 @@ def _review(split: str, examples: int) -> None:
     sampler = CaseSampler(taxonomy)
     reviewer = Reviewer()
     items = []
-    for seed in (0, 1):
+    for seed in (plan_seed,) if split == "plan" else (0, 1):
         for item in build_plan(load_config({"per_cell": 5, "seed": seed}), taxonomy).items():
             part = "tune" if seed == 0 and not held_out(item.document_type) else "held-out"
-            if split in (part, "all"):
+            if split in (part, "all", "plan"):
                 items.append(item)
     rows: list[tuple[str, dict[str, Any], list[Any]]] = []
     for item in items:
@@ -138,7 +140,7 @@ def _review(split: str, examples: int) -> None:
         rows.append((item.document_type, case, reviewer.review(case, item.document_type)))
     n = len(rows)
     types = {t for t, _, _ in rows}
-    print(f"review of the {split} split: {n:,} cases over {len(types)} document types (per_cell 5; seeds {'0' if split == 'tune' else '0-1'})")
+    print(f"review of the {split} split: {n:,} cases over {len(types)} document types (per_cell 5; seeds {plan_seed if split == 'plan' else '0' if split == 'tune' else '0-1'})")
 
     def share(hits: int, total: int) -> str:
         return f"{hits:,} / {total:,} = {hits / total:.2%}" if total else "n/a"
@@ -269,7 +271,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=2_500_000, help="plan size of part 2 (0: skip it)")
     parser.add_argument("--review", action="store_true", help="part 3: the independent clinician-and-coder review")
-    parser.add_argument("--split", choices=["tune", "held-out", "all"], default="tune", help="which part of the review plan (default: tune)")
+    parser.add_argument("--split", choices=["tune", "held-out", "all", "plan"], default="tune", help="which part of the review plan (default: tune; plan: every type at --seed)")
+    parser.add_argument("--seed", type=int, default=0, help="the plan seed of --split plan (default 0, the issue's review plan)")
     parser.add_argument("--examples", type=int, default=0, help="print up to this many findings per rule")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -277,7 +280,7 @@ def main() -> None:
         _child(args.child)
         return
     if args.review:
-        _review(args.split, args.examples)
+        _review(args.split, args.examples, args.seed)
         if not args.items:
             return
     _part1()

@@ -28,6 +28,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -98,6 +99,47 @@ def _peak_rss_gb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)
 
 
+class _TreeMemory(threading.Thread):
+    """The peak memory of this process and every process it forked (the stage's workers), sampled every 0.2 s.
+
+    ``ru_maxrss`` sees one process; a forked worker's RSS also counts the pages it shares with its
+    parent. PSS counts a shared page once, split between its sharers, so the sum of PSS over the
+    process tree is the memory the stage takes from the machine.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak_kb = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.2):
+            self.peak_kb = max(self.peak_kb, sum(_pss_kb(pid) for pid in _tree(os.getpid())))
+
+    def stop(self) -> float:
+        self._done.set()
+        self.join()
+        return round(self.peak_kb / 1024**2, 2)
+
+
+def _tree(pid: int) -> list[int]:
+    found = [pid]
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [grandchild for child in children.read_text().split() for grandchild in _tree(int(child))]
+        except OSError:
+            continue
+    return found
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0  # it ended between the two reads
+    return next((int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")), 0)
+
+
 def _id_numbers(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """``r00001234`` -> 1234 (the set's ids number the records before shuffling)."""
     return pc.cast(pc.utf8_slice_codeunits(ids, 1), pa.int64()).to_numpy()
@@ -120,10 +162,14 @@ def measure_child(data: Path, config_json: str) -> None:
     from mediflow.quality.dedup_stage import run_dedup
 
     out = data / "dedup-out"
+    memory = _TreeMemory() if Path("/proc/self/smaps_rollup").exists() else None
+    if memory:
+        memory.start()
     start = time.perf_counter()
     report = run_dedup(data / "records.parquet", out, DedupConfig(**json.loads(config_json)), overwrite=True)  # its own scratch folder
     total_s = time.perf_counter() - start
     peak = _peak_rss_gb()  # before scoring, which is not part of the stage
+    tree_peak = memory.stop() if memory else None
     rejects = pq.read_table(out / "rejects.parquet", columns=["id", "match"])
     ids = pq.read_table(data / "records.parquet", columns=["id"]).column("id")
     row_of = np.empty(len(ids), np.int64)
@@ -131,7 +177,7 @@ def measure_child(data: Path, config_json: str) -> None:
     keeper = np.arange(len(ids))
     keeper[row_of[_id_numbers(rejects.column("id"))]] = row_of[_id_numbers(rejects.column("match"))]
     figures = scores(np.load(data / "clusters.npy"), np.load(data / "kinds.npy"), keeper)
-    print(json.dumps({"records": len(ids), "total_s": round(total_s, 1), "peak_rss_gb": peak, "dropped": report.dropped,
+    print(json.dumps({"records": len(ids), "total_s": round(total_s, 1), "peak_rss_gb": peak, "peak_pss_with_workers_gb": tree_peak, "dropped": report.dropped,
                       **figures, **{k: v for k, v in report.details.items() if isinstance(v, dict)}}))
 
 
@@ -324,9 +370,10 @@ def main() -> None:
             _print_kinds(row)
             rows.append(("datatrove MinHash (defaults)", row))
     if rows:
-        print("\n| method | records | wall time (s) | peak RSS (GB) | precision | recall | distinct records lost |\n|---|---:|---:|---:|---:|---:|---:|")
+        print("\n| method | records | wall time (s) | peak RSS (GB) | peak PSS with its workers (GB) | precision | recall | distinct records lost |"
+              "\n|---|---:|---:|---:|---:|---:|---:|---:|")
         for method, row in rows:
-            print(f"| {method} | {row['records']:,} | {row['total_s']} | {row['peak_rss_gb']} | {row['precision']} | {row['recall']} "
+            print(f"| {method} | {row['records']:,} | {row['total_s']} | {row['peak_rss_gb']} | {row.get('peak_pss_with_workers_gb') or ''} | {row['precision']} | {row['recall']} "
                   f"| {row['distinct_lost']} ({row['distinct_lost_share']:.3%}) |")
     if args.curve:
         result = subprocess.run([sys.executable, __file__, "--child", "curve", "--folder", str(_dataset(args, args.curve)),

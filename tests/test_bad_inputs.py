@@ -106,11 +106,27 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     pq.write_table(good.set_column(good.column_names.index("output"), "output", pa.array(range(good.num_rows))), bad / "mistyped.parquet")
     unsafe = good.set_column(good.column_names.index("task_type"), "task_type", pa.array(["../../escaped"] * good.num_rows))
     pq.write_table(unsafe, bad / "unsafe_task.parquet")
+    _hostile_tables(good, bad)
     model, expert = build_tiny_phi3(root / "model", seed=0), build_tiny_phi3(root / "expert", seed=1)
     documents = _text(root / "documents.jsonl", "".join(json.dumps({"text": words(rng, 30)}) + "\n" for _ in range(3)))
     task_data = _text(root / "task_data.jsonl", "".join(json.dumps({"prompt": "Q?", "completion": words(rng, 5)}) + "\n" for _ in range(3)))
     with teacher_server("--batch-step", "0.01") as batch_server, teacher_server("--no-batch-api") as no_batch_server:
         yield World(root, records, pairs_dir, big, eval_set, model, expert, documents, task_data, {p.stem: p for p in bad.iterdir()}, batch_server, no_batch_server)
+
+
+def _hostile_tables(good: pa.Table, bad: Path) -> None:
+    """Parquet files a user can make by accident that pyarrow reads without complaint (issue 23)."""
+    output = good.column_names.index("output")
+    texts = [text.encode() for text in good.column("output").to_pylist()]
+    texts[3] = b"dose 5 mg \xff\xfe then stop"  # Latin-1 bytes pasted into a string column
+    pq.write_table(good.set_column(output, "output", pa.array(texts, pa.binary()).view(pa.string())), bad / "bad_utf8.parquet")
+    pq.write_table(pa.Table.from_arrays([*good.columns, good.column("output")], names=[*good.column_names, "output"]), bad / "duplicate_column.parquet")
+    nulls = good.column("output").to_pylist()
+    nulls[2] = None
+    pq.write_table(good.set_column(output, "output", pa.array(nulls, pa.string())), bad / "null_output.parquet")
+    ids = good.column("id").to_pylist()
+    ids[7] = ids[1]
+    pq.write_table(good.set_column(good.column_names.index("id"), "id", pa.array(ids, pa.string())), bad / "duplicate_id.parquet")
 
 
 def tree(path: Path) -> dict[str, str]:
@@ -174,6 +190,10 @@ BAD_TABLES = {
     "empty": "no records",
     "missing_column": "missing column",
     "mistyped": "column 'output' is int64, expected string",
+    "bad_utf8": "column 'output' is not valid UTF-8 (first bad row 3,",
+    "duplicate_column": "column 'output' appears 2 times",
+    "null_output": "column 'output' is null in row 2",
+    "duplicate_id": "duplicate id",
 }
 
 
@@ -241,7 +261,6 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("generate: unset --api-key-env", lambda tmp, w: Case(
         ["generate", "--teacher", "openai:m", "--api-key-env", "MEDIFLOW_NOT_SET", "--out", str(tmp / "o")], "(--api-key-env): the environment variable MEDIFLOW_NOT_SET is not set", [tmp]))
     add("generate: no key at all", lambda tmp, w: Case(["generate", "--teacher", "openai:m", "--out", str(tmp / "o")], "with --api-key-env", [tmp], unset=("OPENAI_API_KEY",)))
-    add("generate: --plan-out into a missing folder", lambda tmp, w: Case([*generate(tmp), "--dry-run", "--plan-out", str(tmp / "nowhere" / "plan.parquet")], "does not exist", [tmp]))
     add("generate: --shard K above N", lambda tmp, w: Case([*generate(tmp), "--shard", "3/2", "--out", str(tmp / "o")], "needs 1 <= K <= N", [tmp]))
     add("generate: --dry-run with a --shard that is not K/N", lambda tmp, w: Case(
         [*generate(tmp), "--shard", "abc", "--dry-run", "--plan-out", str(tmp / "plan.parquet")], "is not K/N", [tmp]))
@@ -250,6 +269,8 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
         [*generate(tmp), "--engine", "ray", "--ray-address", "127.0.0.1:9", "--out", str(tmp / "o")], "nothing answers at 127.0.0.1:9", [tmp]))
     add("generate: --plan-out is a folder", lambda tmp, w: Case([*generate(tmp), "--dry-run", "--plan-out", str(_mkdir(tmp / "plans"))], "is a folder", [tmp]))
     add("generate: a case profile naming an unknown code", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_broken_cases(tmp / "tax")), "--out", str(tmp / "o")], "'I5O' is not an ICD-10-CM", [tmp]))
+    add("filter: a taxonomy whose mention context rules are not YAML", lambda tmp, w: Case(
+        ["filter", str(w.records), str(tmp / "o"), "--taxonomy", str(_text_at(tmp / "tax" / "cases" / "context.yaml", "triggers: [unclosed\n"))], "context.yaml", [w.records, tmp]))
     add("generate: a config that is not UTF-8", lambda tmp, w: Case(["generate", "--config", str(_latin1(tmp / "run.yaml")), "--out", str(tmp / "o")], "not UTF-8", [tmp]))
     add("generate: a taxonomy with an unsafe name", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", name="../escape")), "--out", str(tmp / "o")], "'../escape'", [tmp]))
     add("generate: a taxonomy schema with a remote $ref", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", ref="https://example.org/s.json")), "--out", str(tmp / "o")], "only local references", [tmp]))
@@ -283,6 +304,7 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("decontaminate: --ngram 0", lambda tmp, w: Case(["decontaminate", str(w.records), str(tmp / "o"), "--eval", str(w.eval_set), "--ngram", "0"], "ngram", [w.records, tmp]))
     add("judge: --samples 0", lambda tmp, w: Case(COMMANDS["judge"](w.records, tmp / "o", w) + ["--samples", "0"], "samples", [w.records, tmp]))
     add("dedup: --values sloppy", lambda tmp, w: Case(["dedup", str(w.records), str(tmp / "o"), "--values", "sloppy"], "invalid choice: 'sloppy'", [w.records, tmp]))
+    add("dedup: --workers -1", lambda tmp, w: Case(["dedup", str(w.records), str(tmp / "o"), "--workers", "-1"], "workers: -1 is less than the minimum of 0", [w.records, tmp]))
     add("curate: dedup.values not strict or lenient", lambda tmp, w: Case(["curate", str(w.records), str(tmp / "o"), "--config", str(_text(tmp / "c.yaml", "dedup: {values: loose}\n"))],
                                                                        "dedup.values", [w.records, tmp]))
     add("export: --max-shard-rows 0", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--max-shard-rows", "0"], "max_shard_rows: 0 is less than the minimum of 1", [w.records, tmp]))
@@ -360,9 +382,122 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
                                                                   "search.budget: 0 is less than the minimum of 1", [tmp]))
     add("merge: a preset flag with a mergekit-format config", lambda tmp, w: Case([*_model_argv("merge", tmp, w, w.records, tmp / "out"), "--search-budget", "3"],
                                                                                   "search.budget: keys of a preset config", [tmp]))
+    add("merge --preset: --seed (a mergekit-format merge's option)", lambda tmp, w: Case([*_model_argv("merge --preset", tmp, w, w.records, tmp / "out"), "--seed", "3"],
+                                                                                   "--seed: options of a mergekit-format merge, and this is a preset", [tmp]))
     add("merge: a config that is not UTF-8", lambda tmp, w: Case(["merge", "--config", str(_latin1(tmp / "m.yaml")), "--output", str(tmp / "merged")], "not UTF-8", [tmp]))
     add("merge: a missing config", lambda tmp, w: Case(["merge", "--config", str(tmp / "none.yaml"), "--output", str(tmp / "merged")], "not found", [tmp]))
+    add("merge: a Hub id that is not in the local Hugging Face cache", lambda tmp, w: Case(["merge", "--config", str(_text(tmp / "m.yaml", json.dumps(
+        {"merge_method": "linear", "models": [{"model": str(w.model), "parameters": {"weight": 0.5}}, {"model": "tiny-org/never-cached", "parameters": {"weight": 0.5}}]}))),
+        "--output", str(tmp / "merged")], "'tiny-org/never-cached' is neither a model folder with config.json nor a Hub id in the local Hugging Face cache", [w.model, tmp]))
+    _single_file_cases(add, generate)
+    _link_cases(add, generate)
     return cases
+
+
+ANOTHER_RUN = "of another MediFlow run"
+
+
+def _single_file_cases(add: Callable[[str, Callable[[Path, World], Case]], None], generate: Callable[[Path], list[str]]) -> None:
+    """Every path a command writes, folder or single file, goes through one guard (issue 23)."""
+    def shard(run: Path) -> Path:
+        return run / "data" / "part-00000.parquet"
+
+    add("audit: --html over a shard of its input", lambda tmp, w: Case(["audit", str(_copy(w.records, tmp / "run")), "--html", str(shard(tmp / "run"))], "is inside the input", [tmp]))
+    add("audit: --html over its input's manifest", lambda tmp, w: Case(["audit", str(_copy(w.records, tmp / "run")), "--html", str(tmp / "run" / "manifest.json")], "is inside the input", [tmp]))
+    add("audit: --html through a symlink to its input's shard", lambda tmp, w: Case(
+        ["audit", str(_copy(w.records, tmp / "run")), "--html", str(_symlink(tmp / "report.html", shard(tmp / "run")))], "is inside the input", [tmp]))
+    add("audit: --html over another run's shard", lambda tmp, w: Case(["audit", str(w.records), "--html", str(shard(_copy(w.pairs, tmp / "other")))], ANOTHER_RUN, [w.records, tmp]))
+    add("audit: --html names a folder", lambda tmp, w: Case(["audit", str(w.records), "--html", str(_mkdir(tmp / "reports"))], "is a folder", [w.records, tmp]))
+    add("audit: --html under a file", lambda tmp, w: Case(["audit", str(w.records), "--html", str(_file(tmp / "reports") / "a.html")], "is a file", [w.records, tmp]))
+    add("generate: --plan-out over a finished run's shard", lambda tmp, w: Case([*generate(tmp), "--dry-run", "--plan-out", str(shard(_copy(w.records, tmp / "run")))], ANOTHER_RUN, [tmp]))
+    add("generate: --plan-out is its --config file", lambda tmp, w: Case([*generate(tmp), "--dry-run", "--plan-out", str(tmp / "run.json")], "is the config file", [tmp]))
+    add("generate: --plan-out under a file", lambda tmp, w: Case([*generate(tmp), "--dry-run", "--plan-out", str(_file(tmp / "plans") / "plan.parquet")], "is a file", [tmp]))
+    add("generate: --out inside another run's folder", lambda tmp, w: Case([*generate(tmp), "--out", str(_copy(w.records, tmp / "other") / "run")], ANOTHER_RUN, [tmp]))
+    add("judge: --cache inside its input", lambda tmp, w: Case(
+        COMMANDS["judge"](_copy(w.records, tmp / "run"), tmp / "out", w) + ["--cache", str(tmp / "run" / "cache.sqlite")], "is inside the input", [tmp]))
+    add("judge: --cache is its --config file", lambda tmp, w: Case(
+        COMMANDS["judge"](w.records, tmp / "out", w) + ["--config", str(_text(tmp / "c.yaml", "judge: {samples: 1}\n")), "--cache", str(tmp / "c.yaml")], "is the config file", [w.records, tmp]))
+    add("judge: --cache in another run's folder", lambda tmp, w: Case(
+        COMMANDS["judge"](w.records, tmp / "out", w) + ["--cache", str(_copy(w.pairs, tmp / "other") / "cache.sqlite")], ANOTHER_RUN, [w.records, tmp]))
+    add("curate: --judge-cache inside its input", lambda tmp, w: Case(
+        ["curate", str(_copy(w.records, tmp / "run")), str(tmp / "out"), "--teacher", "openai:m", "--base-url", DEAD_URL, "--api-key-env", KEY_ENV,
+         "--judge-cache", str(tmp / "run" / "cache.sqlite")], "is inside the input", [tmp]))
+    add("train eval: --output-report is its --config file", lambda tmp, w: Case(
+        [*_model_argv("train eval", tmp, w, w.records, tmp / "out"), "--output-report", str(tmp / "eval.yaml")], "is the config file", [w.records, tmp]))
+    add("train eval: --output-report inside its data", lambda tmp, w: Case(
+        [*_model_argv("train eval", tmp, w, _copy(w.records, tmp / "data"), tmp / "out"), "--output-report", str(tmp / "data" / "report.json")], "is inside the input", [tmp]))
+    add("train eval: --output-report in another run's folder", lambda tmp, w: Case(
+        [*_model_argv("train eval", tmp, w, w.records, tmp / "out"), "--output-report", str(_copy(w.pairs, tmp / "other") / "report.json")], ANOTHER_RUN, [w.records, tmp]))
+    add("train sft: --model-cache-dir inside its data", lambda tmp, w: Case(  # refused before a conversion starts
+        [*_model_argv("train sft", tmp, w, _copy(w.records, tmp / "data"), tmp / "out", model=Path("gemma3-270m")), "--model-cache-dir", str(tmp / "data" / "models")],
+        "is inside the input", [tmp]))
+    add("train sft: output inside another run's folder", lambda tmp, w: Case(_model_argv("train sft", tmp, w, w.records, _copy(w.pairs, tmp / "other") / "sft"), ANOTHER_RUN, [w.records, tmp]))
+    add("train sft: output contains its config file", lambda tmp, w: Case(_model_argv("train sft", _mkdir(tmp / "out"), w, w.records, tmp / "out"), "contains the config file", [w.records, tmp]))
+    add("merge: output contains its config file", lambda tmp, w: Case(_model_argv("merge", _mkdir(tmp / "out"), w, w.records, tmp / "out"), "contains the config file", [tmp]))
+    add("merge: output inside another run's folder", lambda tmp, w: Case(_model_argv("merge", tmp, w, w.records, _copy(w.pairs, tmp / "other") / "merged"), ANOTHER_RUN, [tmp]))
+    for command in COMMANDS:
+        add(f"{command}: output inside another run's folder", lambda tmp, w, c=command: Case(COMMANDS[c](w.records, _copy(w.pairs, tmp / "other") / "out", w), ANOTHER_RUN, [w.records, tmp]))
+
+
+LINKED = "is a symbolic link"
+
+
+def _linked(folder: Path, entry: str, target: Path) -> Path:
+    """``folder`` with its ``entry`` replaced by a symbolic link to ``target``."""
+    path = folder / entry
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    path.symlink_to(target)
+    return folder
+
+
+def _sqlite(path: Path) -> Path:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("create table paid (key text primary key, answer text)")
+        db.execute("insert into paid values ('k', 'an answer somebody paid for')")
+        db.commit()
+    return path
+
+
+def _exported(tmp: Path, world: World, name: str) -> Path:
+    assert main(["export", str(world.records), "--local-dir", str(tmp / name)]) == 0
+    return tmp / name
+
+
+def _link_cases(add: Callable[[str, Callable[[Path, World], Case]], None], generate: Callable[[Path], list[str]]) -> None:
+    """No write follows a link inside an output folder: each kind of link, planted; its target must not change (issue 23)."""
+    def filtered(tmp: Path, w: World) -> Path:
+        assert main(["filter", str(w.records), str(tmp / "out")]) == 0  # a finished run of the same command: a rerun resumes it
+        return tmp / "out"
+
+    add("filter: a rerun whose data/ links into another run", lambda tmp, w: Case(
+        COMMANDS["filter"](w.records, _linked(filtered(tmp, w), "data", _copy(w.records, tmp / "other") / "data"), w), LINKED, [w.records, tmp]))
+    for entry, target in (("data", "data"), ("data/part-00000.parquet", "data/part-00000.parquet"), ("manifest.json", "manifest.json"),
+                          ("rejects.parquet", "rejects.parquet"), (".lock", "manifest.json")):
+        add(f"filter: --overwrite with {entry} a link into another run", lambda tmp, w, e=entry, t=target: Case(
+            [*COMMANDS["filter"](w.records, _linked(filtered(tmp, w), e, _copy(w.records, tmp / "other") / t), w), "--overwrite"], LINKED, [w.records, tmp]))
+    add("judge: cache.sqlite a link to another run's cache", lambda tmp, w: Case(
+        COMMANDS["judge"](w.records, _linked(_mkdir(tmp / "out"), "cache.sqlite", _sqlite(_copy(w.records, tmp / "other") / "cache.sqlite")), w), LINKED, [w.records, tmp]))
+    add("export: --overwrite with data/sft a link into another export", lambda tmp, w: Case(
+        ["export", str(w.records), "--local-dir", str(_linked(_exported(tmp, w, "out"), "data/sft", _exported(tmp, w, "other") / "data" / "sft")), "--overwrite"], LINKED, [w.records, tmp]))
+    add("export: --overwrite with README.md a link into another export", lambda tmp, w: Case(
+        ["export", str(w.records), "--local-dir", str(_linked(_exported(tmp, w, "out"), "README.md", _exported(tmp, w, "other") / "README.md")), "--overwrite"], LINKED, [w.records, tmp]))
+    add("generate: --overwrite with data/ a link into another run", lambda tmp, w: Case(
+        [*generate(tmp), "--out", str(_linked(_copy(w.records, tmp / "out"), "data", _copy(w.records, tmp / "other") / "data")), "--overwrite"], LINKED, [tmp]))
+    add("train sft: --overwrite with model/ a link to its base model", lambda tmp, w: Case(
+        [*_model_argv("train sft", tmp, w, w.records, _linked(_other_run(tmp / "out", "sft"), "model", Path(shutil.copytree(w.model, tmp / "base"))),
+                      model=tmp / "base"), "--overwrite"], LINKED, [w.records, tmp]))
+    add("merge: --overwrite with a weights file a link into an expert", lambda tmp, w: Case(
+        [*_model_argv("merge", tmp, w, w.records, _linked(_other_run(tmp / "out", "merge"), "model.safetensors", _weights(Path(shutil.copytree(w.expert, tmp / "expert"))))),
+         "--overwrite"], LINKED, [tmp]))
+
+
+def _weights(model: Path) -> Path:
+    return next(model.glob("*.safetensors"))
 
 
 #: The commands that write a model folder (or an eval report), and the kind of folder each writes.
@@ -597,5 +732,11 @@ def test_the_table_covers_every_command_and_class() -> None:
                     "train pit", "train eval", "merge", "merge --preset", "batches"):
         assert any(name.startswith(f"{command}:") for name in names), command
     for kind in ("inside the input", "input inside the output", "another kind", "locked", "corrupt", "truncated", "empty", "missing_column",
-                 "mistyped", "task name that is a path", "read-only", "full disk", " 0"):
+                 "mistyped", "task name that is a path", "read-only", "full disk", " 0",
+                 # issue 23: single-file outputs, links inside an output, hostile Parquet
+                 "--html over", "--plan-out over", "--cache inside", "--output-report", "--model-cache-dir", "another run's folder", "its config file",
+                 "a link into another run", "bad_utf8", "duplicate_column", "null_output", "duplicate_id"):
         assert any(kind in name for name in names), kind
+    for link in ("data a link", "data/part-00000.parquet a link", "manifest.json a link", "rejects.parquet a link", ".lock a link", "cache.sqlite a link",
+                 "README.md a link", "data/sft a link", "model/ a link", "weights file a link"):
+        assert any(link in name for name in names), link  # every kind of link, planted

@@ -299,6 +299,63 @@ def test_a_kill_between_submit_and_download_then_a_rerun_submits_nothing_twice(t
     assert table(out) == table(online)
 
 
+class _Killed(BaseException):
+    """Stands for a SIGKILL at one exact point (a subprocess cannot be killed that precisely)."""
+
+
+def test_a_kill_between_create_and_its_record_finds_the_batch_instead_of_creating_it_again(
+    teacher_server: TeacherServerURL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state says ``uploaded`` (recorded before the create call), the provider already has the batch:
+    the rerun finds it by its metadata and waits for it; nothing is created twice."""
+    from mediflow.batch.providers import OpenAIBatchAPI
+
+    teacher_server.control(batch_step=0.01)
+    create = OpenAIBatchAPI.create
+    calls = Counter[str]()
+
+    async def create_then_die(self: OpenAIBatchAPI, input_file_id: str, metadata: Any, window: str) -> Any:
+        info = await create(self, input_file_id, metadata, window)
+        calls["created"] += 1
+        if calls["created"] == 1:
+            raise _Killed()  # the batch exists at the provider; the state still says "uploaded"
+        return info
+
+    monkeypatch.setattr(OpenAIBatchAPI, "create", create_then_die)
+    out = tmp_path / "run"
+    config = load_config(generate_config(teacher_server, out, mode="batch"))
+    with pytest.raises(_Killed):
+        run(config)
+    recorded = load_state(out)
+    assert recorded is not None and [record.status for record in recorded.records] == ["uploaded"]
+    run(config)
+    stats = teacher_server.stats()
+    assert set(stats["batch_submitted"].values()) == {1}  # the first file's batch was found, not created again
+    assert stats["batches_created"] == calls["created"] == len(load_state(out).records)  # type: ignore[union-attr]
+
+
+def test_a_kill_before_the_upload_drops_the_file_and_asks_its_requests_again(teacher_server: TeacherServerURL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mediflow.batch.providers import OpenAIBatchAPI
+
+    teacher_server.control(batch_step=0.01)
+    upload = OpenAIBatchAPI.upload
+
+    async def die(self: OpenAIBatchAPI, path: Path) -> str:
+        raise _Killed()
+
+    monkeypatch.setattr(OpenAIBatchAPI, "upload", die)
+    out = tmp_path / "run"
+    config = load_config(generate_config(teacher_server, out, mode="batch"))
+    with pytest.raises(_Killed):
+        run(config)
+    state = load_state(out)
+    assert state is not None and [record.status for record in state.records] == ["prepared"] and (out / "batches" / state.records[0].file).is_file()
+    monkeypatch.setattr(OpenAIBatchAPI, "upload", upload)
+    run(config)
+    assert not (out / "batches" / state.records[0].file).exists()
+    assert teacher_server.stats()["files_uploaded"] > 0 and set(teacher_server.stats()["batch_submitted"].values()) == {1}
+
+
 def test_an_expired_batch_and_failed_lines_are_completed_by_resubmitting_only_those(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
     teacher_server.control(batch_step=0.01, batch_expire=1, batch_line_errors=2)
     out = tmp_path / "batch"
@@ -329,6 +386,17 @@ def test_a_line_that_keeps_failing_stops_the_run_and_a_rerun_finishes(teacher_se
     assert main(["generate", "--config", str(config), "--batch"]) == 0  # the failed lines go again; the rest came from the cache
 
 
+def test_batch_mode_shares_joined_give_the_unsharded_online_records(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
+    teacher_server.control(batch_step=0.01)
+    for share in (1, 2):
+        run(load_config(generate_config(teacher_server, tmp_path / f"share{share}", mode="batch", shard=f"{share}/2")))
+    assert main(["join", str(tmp_path / "joined"), str(tmp_path / "share1"), str(tmp_path / "share2")]) == 0
+    assert teacher_server.stats()["requests"] == 0
+    teacher_server.reset()
+    run(load_config(generate_config(teacher_server, tmp_path / "online")))
+    assert table(tmp_path / "joined") == table(tmp_path / "online")
+
+
 def test_a_round_over_the_limits_is_split_and_a_provider_with_lower_limits_is_one_error(teacher_server: TeacherServerURL, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     teacher_server.control(batch_step=0.01)
     out = tmp_path / "split"
@@ -344,6 +412,47 @@ def test_a_round_over_the_limits_is_split_and_a_provider_with_lower_limits_is_on
     assert main(["generate", "--config", str(config), "--batch"]) == 2
     error = _the_error_line(capsys.readouterr().err)
     assert "failed validation" in error and "over the limit of 2" in error and "batch.max_lines" in error
+
+
+def test_an_azure_deployment_in_batch_mode_gives_the_online_records(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
+    """``azure:DEPLOYMENT``: the SDK's AzureOpenAI client, Azure's routes and its deployment-relative batch endpoint."""
+    teacher = {"spec": "azure:mediflow-test-teacher", "base_url": teacher_server.root}
+    outputs = {}
+    for mode in ("batch", "online"):
+        teacher_server.reset()
+        teacher_server.control(batch_step=0.01)
+        run(load_config(generate_config(teacher_server, tmp_path / mode, mode=mode, teacher=teacher)))
+        stats = teacher_server.stats()
+        if mode == "batch":
+            assert stats["requests"] == 0 and stats["batches_created"] >= 3  # documents, instructions, responses
+            azure = openai.AzureOpenAI(azure_endpoint=teacher_server.root, api_key="unused", api_version="2024-10-21")
+            batches = list(azure.batches.list(limit=100))
+            assert len(batches) == stats["batches_created"] and {batch.endpoint for batch in batches} == {"/chat/completions"}
+            lines = [json.loads(line) for batch in batches for line in azure.files.content(batch.input_file_id).text.splitlines()]
+            assert len(lines) == sum(stats["batch_lines"].values()) and {line["url"] for line in lines} == {"/chat/completions"}
+            assert {line["body"]["model"] for line in lines} == {"mediflow-test-teacher"}
+        else:
+            assert stats["requests"] > 0 and stats["batches_created"] == 0
+        outputs[mode] = (table(tmp_path / mode), rejects(tmp_path / mode))
+    assert outputs["batch"] == outputs["online"] and outputs["batch"][0]
+
+
+def test_a_provider_that_takes_another_upload_purpose_is_one_error_and_batch_file_purpose_reaches_it(
+    teacher_server: TeacherServerURL, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Together takes batch input files with purpose ``batch-api``, not OpenAI's ``batch``: ``batch.file_purpose`` says so."""
+    teacher_server.control(batch_step=0.01, batch_purpose="batch-api")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(generate_config(teacher_server, tmp_path / "default")))
+    assert main(["generate", "--config", str(config), "--batch"]) == 2
+    error = _the_error_line(capsys.readouterr().err)
+    assert "uploading" in error and "batch-api" in error and "set batch.file_purpose" in error
+    assert teacher_server.stats()["batches_created"] == 0
+
+    out = tmp_path / "together"
+    run(load_config(generate_config(teacher_server, out, mode="batch", batch={**FAST, "file_purpose": "batch-api"})))
+    assert teacher_server.stats()["requests"] == 0 and teacher_server.stats()["batches_created"] >= 3
+    assert json.loads((out / "manifest.json").read_text())["counts"]["records"] == 8
 
 
 def test_a_refused_parameter_is_learned_from_the_error_file_and_asked_again(start_teacher_server: Any, tmp_path: Path) -> None:

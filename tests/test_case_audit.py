@@ -63,10 +63,14 @@ def test_near_duplicates_within_a_cell_and_no_case_column(tmp_path: Path) -> Non
     assert case_mix(folder).unavailable and "carry no clinical case" in case_mix(folder).summary
 
 
-def _case(age: int, sex: str, codes: list[str], drugs: list[str], setting: str = "clinic") -> dict[str, object]:
+def _case(age: int, sex: str, codes: list[str], drugs: list[str], setting: str = "clinic", treats: str = "") -> dict[str, object]:
+    """A case row: with ``treats``, its drugs as medications for that code (the current column), else as older rows' bare drug names."""
     roles = ["primary"] + ["comorbidity"] * (len(codes) - 1)
     conditions = [{"code": code, "description": terminology.description(code), "role": role} for code, role in zip(codes, roles)]
-    return {"profile": "test", "age": age, "sex": sex, "setting": setting, "acuity": "routine", "conditions": conditions, "drugs": drugs}
+    row: dict[str, object] = {"profile": "test", "age": age, "sex": sex, "setting": setting, "acuity": "routine", "conditions": conditions}
+    if treats:
+        return {**row, "medications": [{"name": drug, "indication": treats, "role": "treatment"} for drug in drugs]}
+    return {**row, "drugs": drugs}
 
 
 def test_case_panels_count_planted_problems(tmp_path: Path) -> None:
@@ -77,15 +81,26 @@ def test_case_panels_count_planted_problems(tmp_path: Path) -> None:
         ("discharge_summary", _case(70, "female", ["I50.23", "E11.9"], ["furosemide"]), "Admitted for acute on chronic systolic heart failure."),
         ("discharge_summary", _case(66, "male", ["I50.23"], ["furosemide", "metoprolol"]), "Decompensated HFrEF, diuresed."),
         ("well_child_visit_note", _case(4, "female", ["Z00.129"], []), "No concerns; mother has asthma."),
+        # the ICD-10-CM guideline and prescribing rules the case rules API reports: I10 with CKD is I12; an NSAID with an anticoagulant
+        ("progress_note", _case(68, "male", ["I10", "N18.30"], ["lisinopril"], treats="I10"), "HTN and CKD stage 3, BP at goal on lisinopril."),
+        ("progress_note", _case(72, "female", ["I48.91"], ["apixaban", "ibuprofen"], treats="I48.91"), "Atrial fibrillation, rate controlled."),
     ]
     rows = [record("clinical_inference", doc_type, "ok", "plain_text", rng, input=text, case=case) for doc_type, case, text in planted]
     folder = AuditFolder.open(write_output_folder(tmp_path / "run", rows))
 
     rules = rule_violations(folder)
-    assert rules.numbers["cases"] == 5 and rules.numbers["broken"] == 2
-    assert rules.numbers["by_rule"]["one_per_category"] == 1 and set(rules.numbers["by_rule"]) >= {"one_per_category"}
+    assert rules.numbers["cases"] == 7 and rules.numbers["broken"] == 4
+    by_rule = rules.numbers["by_rule"]  # cases per rule name, whatever rules Rules.broken reports
+    assert by_rule["one_per_category"] == 1 and by_rule["prescribing_duplicate_class"] == 1  # two C50 codes; letrozole with anastrozole
+    assert by_rule["hypertension_combination"] == 1 and by_rule["prescribing_interaction"] == 1 and by_rule["prescribing_indication"] == 1
+    assert by_rule["pregnancy_childbirth_puerperium"] == 1  # the pregnant man
+    assert set(rules.tables["Cases breaking each rule"]["rule"]) == set(by_rule) and rules.figure is not None
+    per_type = rules.tables["Rule violations per document type"].set_index("document_type")
+    assert per_type.loc["progress_note", "cases_breaking"] == 2 and per_type.loc["progress_note", "prescribing_interaction"] == 1
+    assert "discharge_summary" not in per_type.index and "well_child_visit_note" not in per_type.index
     examples = rules.tables["Examples"].set_index("document_type")
     assert "Z34.82 needs a female patient" in examples.loc["prenatal_visit_note", "broken"]
+    assert "I10 with N18.30 is I11/I12/I13" in " ".join(examples.loc["progress_note", "broken"])
 
     types = document_type_cases(folder).tables["Cases per document type"].set_index("document_type")
     assert types.loc["discharge_summary", "cases"] == 2 and types.loc["discharge_summary", "female"] == 0.5
@@ -99,7 +114,8 @@ def test_case_panels_count_planted_problems(tmp_path: Path) -> None:
     drugs = drugs_by_condition(folder)
     table = drugs.tables["Drugs per primary condition category"].set_index("category")
     assert table.loc["I50", "drugs_a_case"] == 1.5 and table.loc["I50", "top_drugs"] == "furosemide (2), metoprolol (1)"
-    assert table.loc["Z34", "with_drugs"] == 0 and drugs.numbers["distinct_drugs"] == 4
+    assert table.loc["Z34", "with_drugs"] == 0 and table.loc["I48", "top_drugs"] == "apixaban (1), ibuprofen (1)"
+    assert drugs.numbers["distinct_drugs"] == 7 and drugs.numbers["cases"] == 7 and drugs.numbers["with_drugs"] == 5
 
     html = write_html(run_audit(folder.path), tmp_path / "report.html").read_text()
     assert all(f'id="{key}"' in html for key in ("case_document_types", "case_rules", "case_sex", "case_drugs"))

@@ -159,3 +159,31 @@ def test_children_where_children_are_seen_and_population_documents(sampler) -> N
         case = sampler.case_for("prescribing_information_excerpt", seed)
         assert case.population and case.age is None and case.sex is None and len(case.conditions) == 1
         assert all(m.indication == case.primary.code for m in case.medications)
+
+
+@pytest.mark.parametrize(
+    ("code", "wrong", "fine"),
+    [
+        ("F32.81", (30, "male"), (30, "female")),  # premenstrual dysphoric disorder
+        ("G43.829", (30, "male"), (30, "female")),  # menstrual migraine
+        ("S37.822A", (40, "female"), (40, "male")),  # injury of the prostate
+        ("C79.63", (60, "male"), (60, "female")),  # secondary neoplasm of both ovaries
+        ("G40.A09", (45, "female"), (8, "female")),  # childhood absence epilepsy in an adult
+        ("G40.B09", (30, "male"), (14, "male")),  # juvenile myoclonic epilepsy, past its ceiling
+        ("J84.848", (30, "female"), (3, "female")),  # interstitial lung disease of childhood
+        ("F94.2", (64, "female"), (6, "female")),  # disinhibited attachment disorder of childhood
+        ("M30.3", (30, "male"), (3, "male")),  # Kawasaki disease
+    ],
+)
+def test_the_age_and_sex_edits_the_issue_names(rules, code, wrong, fine) -> None:
+    assert rules.demographic_breaks(code, *wrong), (code, wrong)
+    assert not rules.demographic_breaks(code, *fine), (code, fine)
+
+
+def test_hip_fractures_take_their_own_sex_figures(sampler) -> None:
+    sexes: Counter[str] = Counter()
+    for seed in range(1500):
+        case = sampler.case_for("trauma_activation_note", seed)
+        if case.primary.code.startswith(("S72.0", "S72.1", "S72.2")):
+            sexes[case.sex] += 1
+    assert sum(sexes.values()) > 30 and sexes["female"] > 0.6 * sum(sexes.values())  # CDC: about three-quarters are women (chapter 19 alone gives 45%)

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mediflow import terminology
 from mediflow.cases import CaseSampler, load_case_book
@@ -152,3 +153,14 @@ def test_a_user_folder_replaces_one_case_file(tmp_path: Path) -> None:
     book = load_case_book(tmp_path)
     assert book.synonyms["R05"] == ("tussis",) and book.version != load_case_book().version
     assert book.profiles == load_case_book().profiles
+
+
+def test_every_epidemiology_figure_is_in_the_docs_with_its_source() -> None:
+    """docs/taxonomy.md lists each entry of conditions.yaml with its source (issue 18: sources per figure in the docs)."""
+    root = Path(__file__).resolve().parents[1]
+    docs = (root / "docs" / "taxonomy.md").read_text()
+    entries = yaml.safe_load((root / "taxonomies" / "cases" / "conditions.yaml").read_text())["epidemiology"]
+    for entry in entries:
+        female = f"{entry['female']:.0%}" if "female" in entry else "-"
+        row = f"| {', '.join(str(c) for c in entry['codes'])} | {female} |"
+        assert row in docs and entry["source"].replace("|", "/") in docs, row

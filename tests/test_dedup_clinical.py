@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -162,6 +163,21 @@ def test_siblings_merge_without_the_clinical_check() -> None:
     """What the check is for: the same siblings are merged by text similarity alone."""
     merged = [kind for kind, sibling in SIBLINGS.items() if _dropped((INSTRUCTION, NOTE), (INSTRUCTION, sibling), DedupConfig(clinical=False))]
     assert len(merged) >= len(SIBLINGS) - 1
+
+
+def test_the_forked_word_check_gives_the_in_process_answers() -> None:
+    """``workers`` processes share a batch's word check (forked, from ``parallel_from`` pairs on): the same answer per pair."""
+    from mediflow.quality.clinical import same_cases
+    from mediflow.quality.text import canonical_tokens
+
+    lexicon = Lexicon.load()
+    texts = [NOTE, *COPIES.values(), *SIBLINGS.values()]
+    tokens = canonical_tokens(pa.array(texts), lexicon.forms)
+    pairs = np.array([[0, other] for other in range(1, len(texts))] * 3)
+    alone = same_cases(tokens, pairs, lexicon)
+    assert alone[: len(COPIES)].all() and not alone[len(COPIES) : len(texts) - 1].any()  # copies agree, siblings do not (the pairs repeat)
+    for workers in (2, 3):
+        assert (same_cases(tokens, pairs, lexicon, workers=workers, parallel_from=1) == alone).all()
 
 
 def test_facts_read_words_units_and_abbreviations() -> None:

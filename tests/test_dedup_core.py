@@ -43,11 +43,12 @@ def test_near_duplicates_clustered_and_order_independent():
 
 
 def test_chunked_hashing_gives_the_same_clusters():
-    """Texts are normalised, hashed and signed chunk by chunk; the chunk size must not change any result."""
+    """Texts are normalised, hashed and signed chunk by chunk, in this process or in forked ones; neither the chunk size nor the
+    number of workers may change any result."""
     table = _table([2, 0, 3, 1])
-    whole = find_duplicates(table, DedupConfig(scope="within_task"))
-    for chunk_records in (1, 3):
-        chunked = find_duplicates(table, DedupConfig(scope="within_task", chunk_records=chunk_records))
+    whole = find_duplicates(table, DedupConfig(scope="within_task", workers=1))
+    for chunk_records, workers in ((1, 1), (3, 1), (1, 2), (3, 2), (1, 3)):
+        chunked = find_duplicates(table, DedupConfig(scope="within_task", chunk_records=chunk_records, workers=workers))
         assert np.array_equal(chunked.keeper, whole.keeper)
         assert np.array_equal(chunked.similarity, whole.similarity, equal_nan=True)
         assert chunked.rule == whole.rule and chunked.details == whole.details

@@ -70,11 +70,12 @@ def test_dry_run_of_a_share_counts_and_writes_that_share_only(teacher_server: Te
     assert teacher_server.stats()["requests"] == 0 and not (tmp_path / "out").exists()
 
 
-def test_plan_out_into_a_missing_folder_is_one_line(teacher_server: TeacherServerURL, tmp_path: Path, capsys) -> None:
+def test_plan_out_into_a_missing_folder_creates_it(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
+    """Every single-file output creates its missing parent folders, once every guard has passed (as every output folder does)."""
     path, _ = _config(teacher_server, tmp_path)
-    assert main(["generate", "--config", str(path), "--plan-out", str(tmp_path / "nowhere" / "plan.parquet")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: --plan-out") and "does not exist" in err and err.count("\n") == 1
+    assert main(["generate", "--config", str(path), "--plan-out", str(tmp_path / "nowhere" / "plan.parquet")]) == 0
+    assert pq.read_metadata(tmp_path / "nowhere" / "plan.parquet").num_rows > 0
+    assert teacher_server.stats()["requests"] == 0
 
 
 def test_a_broken_case_profile_stops_generate_before_anything_is_sent(teacher_server: TeacherServerURL, tmp_path: Path, capsys) -> None:

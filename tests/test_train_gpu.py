@@ -3,6 +3,7 @@ and evaluate on the device, and a merged model generates there. Skipped without 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -10,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tiny_models import build_tiny_phi3
 
 from mediflow.records import to_messages
-from mediflow.train.align import build_sft_trainer
-from mediflow.train.config import config_from_dict
+from mediflow.train.align import build_sft_trainer, run_sft
+from mediflow.train.config import StageConfig, config_from_dict
 from mediflow.train.eval import run_eval
 from mediflow.train.merge import parse_merge_config, run_merge
 from mediflow.train.models import load_causal_lm
@@ -66,3 +68,42 @@ def test_eval_and_a_merged_model_run_on_the_gpu(root: Path) -> None:
     )
     report = run_eval(config)
     assert math.isfinite(report["perplexity"]["documents"]["perplexity"])
+
+
+def _sft_config(root: Path, output: str, **sections: dict[str, object]) -> StageConfig:
+    raw: dict[str, dict[str, object]] = {
+        "model": {"name_or_path": "base"},
+        "data": {"train": "records.jsonl", "max_length": 128},
+        "output": {"dir": output, "logging_steps": 1, "save_steps": 1000},
+        "train": {"batch_size": 4, "max_steps": 2, "learning_rate": 1e-3},
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return config_from_dict(raw, "sft", root=root)
+
+
+def test_explicit_bf16_false_trains_in_fp32_on_a_bf16_gpu(root: Path) -> None:
+    """Issue 22 item 7: `train.bf16: false` used to turn fp16 on (Gemma-3 overflows in fp16)."""
+    trainer = build_sft_trainer(_sft_config(root, "sft_fp32", train={"bf16": False}))
+    assert (trainer.args.bf16, trainer.args.fp16) == (False, False)
+    assert next(trainer.model.parameters()).dtype == torch.float32
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes (pip install 'mediflow[qlora]')")
+def test_qlora_trains_a_4bit_base_and_saves_a_full_model(root: Path) -> None:
+    """QLoRA: the base loads in 4 bits, LoRA trains over it, and the saved folder is a plain full-precision model."""
+    config = _sft_config(root, "sft_qlora", method={"finetuning": "qlora", "lora": {"r": 4, "alpha": 8}})
+    trainer = build_sft_trainer(config)
+    assert any(type(module).__name__ == "Linear4bit" for module in trainer.model.modules())
+    model = run_sft(config)
+    assert not (model / "adapter_config.json").exists()
+    weights = load_file(str(model / "model.safetensors"))
+    assert set(weights) == set(load_file(str(root / "base" / "model.safetensors")))
+    assert all(torch.isfinite(tensor.float()).all() for tensor in weights.values())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="needs the flash-attn package")
+def test_flash_attention_2_with_padding_free_batches(root: Path) -> None:
+    trainer = build_sft_trainer(_sft_config(root, "sft_fa2", model={"attn_implementation": "flash_attention_2", "dtype": "bfloat16"}, train={"extra": {"padding_free": True}}))
+    assert trainer.model.config._attn_implementation == "flash_attention_2"
+    assert math.isfinite(trainer.train().training_loss)

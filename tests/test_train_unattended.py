@@ -259,6 +259,9 @@ def test_merge_reuses_a_byte_identical_expert_at_another_path(root: Path, tmp_pa
     merge(str(tmp_path / "moved" / "expert"))
     merge(str(tmp_path / "sub" / ".." / "expert"))
     assert (merged / "config.json").stat().st_mtime_ns == stamp  # reused, not merged again
+    build_tiny_phi3(tmp_path / "other", seed=2)  # other weights: refused, naming the input that changed
+    with pytest.raises(MediflowError, match=r"merge run of another config \(changed: models.1.weights\)"):
+        merge(str(tmp_path / "other"))
 
 
 # ---------------------------------------------------------------- 6. metric definitions, held-out checks
@@ -355,6 +358,33 @@ def test_a_hub_id_is_read_from_the_local_cache_offline(root: Path, tmp_path: Pat
     config.write_text(config.read_text().replace("tiny-org/tiny-phi3", "tiny-org/not-cached"))
     missing = subprocess.run([sys.executable, "-m", "mediflow", "train", "sft", "--config", str(config)], capture_output=True, text=True, env=env, timeout=600)
     assert missing.returncode == 2 and "tiny-org/not-cached is not in the local Hugging Face cache" in missing.stderr and missing.stderr.count("error:") == 1
+
+
+def test_merge_reads_a_hub_id_from_the_local_cache(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mergekit names models by Hub id: a cached one merges like its folder; one not cached is one line (a merge never downloads)."""
+    from huggingface_hub import constants
+
+    from mediflow.train.merge import parse_merge_config, run_merge
+    from mediflow.train.merge.preset import parse_preset
+
+    build_tiny_phi3(tmp_path / "expert", seed=1)
+    revision = _hub_cache(tmp_path / "hub", "tiny-org/expert", tmp_path / "expert")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+
+    def merge(expert: str, out: str) -> Path:
+        raw = {"merge_method": "linear", "models": [{"model": str(root / "base"), "parameters": {"weight": 0.5}}, {"model": expert, "parameters": {"weight": 0.5}}]}
+        return run_merge(parse_merge_config(raw), tmp_path / out)
+
+    by_id, by_folder = merge("tiny-org/expert", "by_id"), merge(str(tmp_path / "expert"), "by_folder")
+    shard = "model-00001-of-00001.safetensors"
+    assert (by_id / shard).read_bytes() == (by_folder / shard).read_bytes()
+    snapshot = tmp_path / "hub" / "models--tiny-org--expert" / "snapshots" / revision
+    assert json.loads((by_id / "manifest.json").read_text())["inputs"][1]["path"] == str(snapshot)
+    with pytest.raises(ConfigError, match=r"models\[1\]\.model: 'tiny-org/missing' is neither a model folder with config.json nor a Hub id in the local .*hf download tiny-org/missing"):
+        merge("tiny-org/missing", "missing")
+    preset = parse_preset({"preset": "mediphi", "base_model": str(root / "base"), "experts": ["tiny-org/expert"], "output": "p", "evaluate": {"eval_config": "e.yaml"}}, root=tmp_path)
+    assert preset.experts == (snapshot,)
 
 
 def test_attention_kernels_qlora_and_lora_variants(root: Path) -> None:

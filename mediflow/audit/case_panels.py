@@ -129,7 +129,7 @@ def _mentioned_primary(folder: AuditFolder, sample: int, taxonomy: str | Path | 
     """Document type -> whether each sampled document mentions its case's primary condition."""
     if sample <= 0 or "input" not in folder.columns:
         return {}
-    matcher = MentionMatcher(load_case_book(taxonomy))
+    matcher = MentionMatcher.for_taxonomy(taxonomy)
     found: dict[str, list[bool]] = defaultdict(list)
     frame = folder.sample(["case", "input", "input_data"], sample)
     for case, text, document_type in zip(frame["case"], frame["input"], frame["input_data"]):
@@ -149,7 +149,8 @@ def rule_violations(folder: AuditFolder, *, taxonomy: str | Path | None = None, 
     except MediflowError as exc:
         return CheckResult.not_available("case_rules", title, f"the case rules cannot be loaded: {exc}")
     per_rule: Counter[str] = Counter()
-    per_type: dict[str, Counter[str]] = defaultdict(Counter)
+    per_type: dict[str, Counter[str]] = defaultdict(Counter)  # document type -> cases breaking each rule
+    breaking_per_type: Counter[str] = Counter()  # document type -> cases breaking any rule
     shown: list[dict[str, Any]] = []
     cases = broken = 0
     for row_case, row in _cases(folder, ("id", "input_data")):
@@ -164,6 +165,7 @@ def rule_violations(folder: AuditFolder, *, taxonomy: str | Path | None = None, 
         names = {line.split(":", 1)[0] for line in lines}
         per_rule.update(names)
         per_type[row["input_data"] or "(missing)"].update(names)
+        breaking_per_type[row["input_data"] or "(missing)"] += 1
         if len(shown) < examples:
             codes = ", ".join(c["code"] for c in row_case["conditions"])
             patient = row_case.get("population") or f"{row_case.get('age')} {row_case.get('sex')}"
@@ -172,8 +174,10 @@ def rule_violations(folder: AuditFolder, *, taxonomy: str | Path | None = None, 
         return CheckResult.not_available("case_rules", title, NO_CASES)
     by_rule = pd.DataFrame([{"rule": name, "cases": n, "share": n / cases} for name, n in per_rule.most_common()], columns=["rule", "cases", "share"])
     by_type = pd.DataFrame(
-        [{"document_type": t, "cases_breaking": sum(c.values()), **dict(c)} for t, c in sorted(per_type.items(), key=lambda kv: -sum(kv[1].values()))]
+        [{"document_type": t, "cases_breaking": breaking_per_type[t], **dict(c)} for t, c in sorted(per_type.items(), key=lambda kv: (-breaking_per_type[kv[0]], kv[0]))],
+        columns=["document_type", "cases_breaking", *per_rule],
     )
+    by_type[list(per_rule)] = by_type[list(per_rule)].fillna(0).astype(int)  # a rule a document type does not break: 0 cases
     summary = f"{broken} of {cases} cases ({broken / cases:.2%}) break a case rule"
     if per_rule:
         summary += "; most often " + ", ".join(f"{name} ({n})" for name, n in per_rule.most_common(3))

@@ -137,7 +137,7 @@ class AuditFolder:
         """Stream ``columns`` as Arrow tables (missing ones as null strings), batch by batch: memory stays bounded."""
         present = [c for c in columns if c in self.columns]
         for table in self.data.iter_batches(present, batch_rows=batch_size):
-            yield pa.table({c: table.column(c) if c in table.column_names else pa.nulls(table.num_rows, pa.string()) for c in columns})
+            yield pa.table({c: _grouping(c, table.column(c) if c in table.column_names else pa.nulls(table.num_rows, pa.string())) for c in columns})
 
     def iter_batches(self, columns: Sequence[str], *, batch_size: int = 50_000) -> Iterator[pd.DataFrame]:
         """:meth:`iter_tables` as pandas DataFrames."""
@@ -176,6 +176,14 @@ def _light_columns(table: pa.Table) -> pd.DataFrame:
         columns[name] = values.cast(pa.float64())
     frame: pd.DataFrame = pa.table(columns).to_pandas()
     return frame
+
+
+def _grouping(name: str, values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """A column the checks group by, its nulls as :data:`MISSING` (as in :attr:`AuditFolder.frame`): a null task sorts with the rest."""
+    return pc.fill_null(values, MISSING) if name in _GROUPED and values.null_count else values
+
+
+_GROUPED = frozenset({"task_type", "input_data", "output_format"})
 
 
 def _input_folder(value: Any) -> Path | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mediflow.audit.report import AuditReport
 from mediflow.folders.atomic import write_text
+from mediflow.folders.guards import check_output, make_parent
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }
@@ -40,8 +41,11 @@ def render_html(report: AuditReport) -> str:
 
 
 def write_html(report: AuditReport, path: str | Path) -> Path:
-    """Write ``report`` to ``path`` (atomically); return the path."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_text(target, render_html(report))
+    """Write ``report`` to ``path`` (atomically, its missing folders created); return the path.
+
+    ``path`` goes through the one output guard first: never the audited folder or a file in it, nor a
+    file of another run's folder.
+    """
+    target = check_output(Path(path), [Path(report.path)], what="HTML report", file=True)
+    write_text(make_parent(target), render_html(report))
     return target

@@ -8,6 +8,7 @@ from typing import Any
 from mediflow.audit.config import AuditConfig
 from mediflow.audit.html_report import write_html
 from mediflow.audit.report import AuditReport, run_audit
+from mediflow.folders.guards import check_output
 
 
 def audit(input: str | Path, out: str | Path | None = None, config: Any = None, **overrides: Any) -> AuditReport:
@@ -16,7 +17,11 @@ def audit(input: str | Path, out: str | Path | None = None, config: Any = None, 
     ``config`` is an :class:`AuditConfig`, a YAML/JSON path or a dict; ``overrides`` are its keys
     (``sample_size=``, ``taxonomy=``, ...). Also ``mediflow.audit(...)`` and :func:`mediflow.api.audit`.
     """
-    report = run_audit(input, AuditConfig.load(config, **overrides))
+    loaded = AuditConfig.load(config, **overrides)
+    if out is not None:  # before minutes of auditing: the report may not land on the data it reports on
+        reads = [Path(input), *(Path(p) for p in (loaded.taxonomy,) if p), *([Path(config)] if isinstance(config, (str, Path)) else [])]
+        check_output(Path(out), reads, what="HTML report", file=True)
+    report = run_audit(input, loaded)
     if out is not None:
         write_html(report, out)
     return report

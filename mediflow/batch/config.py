@@ -42,6 +42,9 @@ class BatchConfig(Config):
     max_bytes: int = option(
         200_000_000, "bytes per batch file (OpenAI's limit: 200 MB); a round with more is split", minimum=4096
     )
+    file_purpose: str = option(
+        "batch", "the purpose input files are uploaded with: batch (OpenAI, Azure OpenAI, Groq), batch-api (Together)"
+    )
     in_flight: int = option(8, "batches submitted and not finished at once (the provider also caps enqueued tokens)", minimum=1)
     poll_interval: float = option(30.0, "seconds between two looks at the batches in flight", exclusiveMinimum=0)
     completion_window: Literal["24h"] = option("24h", "the batch's completion window (OpenAI offers 24h)")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +172,3 @@ def remove_partial(folder: Path) -> None:
     for leftover in folder.glob(f"*{_PARTIAL}"):
         leftover.unlink(missing_ok=True)
 
-
-def file_size(path: Path) -> int:
-    return os.stat(path).st_size

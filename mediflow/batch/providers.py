@@ -133,8 +133,10 @@ class OpenAIBatchAPI(BatchAPI):
 
     negotiation: Negotiation
 
-    def __init__(self, client: openai.AsyncOpenAI, negotiation: Negotiation, provider: str, where: str) -> None:
+    def __init__(self, client: openai.AsyncOpenAI, negotiation: Negotiation, provider: str, where: str, purpose: str = "batch") -> None:
         self.client = client
+        #: The ``purpose`` of an uploaded input file: ``batch`` at OpenAI, ``batch-api`` at Together (``batch.file_purpose``).
+        self.purpose = purpose
         self.negotiation = negotiation
         self.provider = provider
         self.where = where
@@ -160,7 +162,13 @@ class OpenAIBatchAPI(BatchAPI):
             raise TeacherUnavailable(f"cannot connect to the teacher at {self.where}: {classify(exc).message}") from None
 
     async def upload(self, path: Path) -> str:
-        uploaded = await self._call(f"uploading {path.name}", lambda: self.client.files.create(file=path, purpose="batch"))
+        purpose = cast(Any, self.purpose)  # the SDK's Literal lists OpenAI's purposes; Together's is batch-api
+        try:
+            uploaded = await self._call(f"uploading {path.name}", lambda: self.client.files.create(file=path, purpose=purpose))
+        except TeacherError as exc:
+            if "purpose" not in str(exc):
+                raise
+            raise TeacherError(f"{exc} (files were uploaded with purpose {self.purpose!r}: set batch.file_purpose to the provider's, e.g. batch-api for Together)") from None
         return uploaded.id
 
     async def create(self, input_file_id: str, metadata: Mapping[str, str], completion_window: str) -> BatchInfo:

@@ -49,6 +49,7 @@ from mediflow.engine.engine import Engine
 from mediflow.engine.failures import classify
 from mediflow.engine.progress import Progress
 from mediflow.errors import MediflowError, TeacherError
+from mediflow.folders.atomic import remove_leftovers
 from mediflow.folders.manifest import now
 from mediflow.folders.output import BATCHES_DIR
 from mediflow.steps.runner import map_ordered
@@ -133,16 +134,17 @@ class BatchRunner:
         self.state = BatchState.new(kind)
         self._resumed: set[int] = set()  # records of an earlier session (looked up at the provider before creating)
         self._attempts: collections.Counter[str] = collections.Counter()
-        self._refused: list[str] = []
         self._passes = 0
         self._lines_per_round: dict[int, int] = {}
+        self._last_note = ""
 
     # -- life cycle -------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def opened(self) -> AsyncIterator[BatchRunner]:
         """Load (or start) the folder's state, check every provider, and close the APIs at the end."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        remove_partial(self.folder)
+        remove_partial(self.folder)  # a killed pass's half-written input files (their requests are deferred again)
+        remove_leftovers(self.folder)  # a killed download's temp file
         self.state = load_state(self.root) or BatchState.new(self.kind)
         self._resumed = {id(record) for record in self.state.records if record.outstanding}
         for role, section in self.sections.items():
@@ -380,7 +382,9 @@ class BatchRunner:
         done = sum(record.stored if record.processed else record.completed for record in records)
         text = f"batch round {records[0].round}: batches {submitted} submitted, {running} in progress, {finished} done; requests {done:,}/{total:,} done"
         self._note(text)
-        logger.info(text)
+        if text != self._last_note:  # a line when something moved, not one every poll of a day-long wait
+            logger.info(text)
+            self._last_note = text
 
     def report(self) -> dict[str, Any]:
         """What the manifest records under ``batch``: rounds, batches, lines, and where the state is."""

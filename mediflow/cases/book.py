@@ -10,12 +10,15 @@ checked against the drug vocabulary by the sampler, which is the only user of th
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import hashlib
 import json
+import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,14 @@ class Weighted:
 
     values: tuple[Any, ...]
     weights: tuple[float, ...]
+    cumulative: tuple[float, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cumulative", tuple(accumulate(self.weights)))
+
+    def draw(self, rng: random.Random) -> Any:
+        """One value, by weight."""
+        return self.values[bisect.bisect_right(self.cumulative, rng.random() * self.cumulative[-1])]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ letter away, and not itself a word of the ICD-10-CM descriptions, so "hypotensio
 "hypertension"). An abbreviation written in capitals (``CHF``) matches case-sensitively as a whole
 word. Weeks of gestation (Z3A) are found as "24w2d", "30 weeks", "39+2 weeks".
 
-**Context** (``mediflow/cases/context.yaml``, after the ConText algorithm): a name inside the scope
+**Context** (``taxonomies/cases/context.yaml``, after the ConText algorithm): a name inside the scope
 of a negation ("Denies EtOH", "No pleural effusion"), a hedge ("r/o", "possible", "?DVT"), a
 relative ("mother had breast cancer") or a hypothetical ("risk of stroke", "DVT ppx") is not a
 mention; a scope ends with its clause. An ambiguous name ("RA", "PE", "MS", "effusion") counts
@@ -38,13 +38,14 @@ from typing import Any, NamedTuple
 from rapidfuzz.distance import OSA
 
 from mediflow import terminology
-from mediflow.cases.book import CaseBook
+from mediflow.cases.book import CaseBook, load_case_book
 from mediflow.cases.names import clinical_name
 from mediflow.errors import TaxonomyError
+from mediflow.resources import taxonomies_dir
 from mediflow.textfiles import read_yaml
 
-#: The language rules the matcher reads by default (shipped inside the package).
-CONTEXT_FILE = Path(__file__).with_name("context.yaml")
+#: The language rules' file, under a taxonomy folder's ``cases/`` (the built-in one ships in the wheel with the other taxonomies).
+CONTEXT_FILE = "context.yaml"
 #: The kinds of context that make a name not a mention of the patient's condition.
 NOT_ASSERTED: tuple[str, ...] = ("negated", "hedged", "family", "hypothetical")
 _DIRECTIONS = ("before", "after")
@@ -95,12 +96,14 @@ class MentionContext:
     other_conditions: tuple[tuple[str, ...], ...]
     equivalents: dict[str, tuple[tuple[str, ...], ...]]  # a word -> the phrases that say it otherwise
     not_alone: frozenset[str]  # words that name no condition on their own (a substance, an organ)
+    of_a_part: frozenset[str]  # words that name a condition only with the part of the body it is of ("knee pain")
 
     @classmethod
-    def load(cls, data: dict[str, Any] | None = None) -> MentionContext:
-        """The shipped rules, or ``data`` in the same shape."""
+    def load(cls, data: dict[str, Any] | None = None, *, taxonomy: Path | str | None = None) -> MentionContext:
+        """The rules of ``data``, or else of the ``taxonomy`` folder's ``cases/context.yaml`` where it has one (as
+        :func:`~mediflow.cases.book.load_case_book` reads the other case files), else the built-in file."""
         if data is None:
-            data = _shipped_context()
+            data = _context_data(str(context_path(taxonomy)))
         try:
             triggers = {
                 (kind, direction): tuple(_words(p) for p in phrases)
@@ -119,14 +122,24 @@ class MentionContext:
                 other_conditions=tuple(_words(p) for p in data.get("other_conditions") or []),
                 equivalents={str(word).lower(): tuple(_words(p) for p in phrases) for word, phrases in (data.get("equivalents") or {}).items()},
                 not_alone=frozenset(w for p in data.get("not_alone") or [] for w in _words(p)),
+                of_a_part=frozenset(w for p in data.get("of_a_part") or [] for w in _words(p)),
             )
         except (KeyError, AttributeError) as exc:
             raise TaxonomyError(f"mention context: malformed rules ({exc.__class__.__name__}: {exc})") from exc
 
 
+def context_path(taxonomy: Path | str | None = None) -> Path:
+    """The context rules a taxonomy folder's matcher reads: its ``cases/context.yaml``, or the built-in one."""
+    if taxonomy is not None:
+        candidate = Path(taxonomy).resolve() / "cases" / CONTEXT_FILE
+        if candidate.is_file():
+            return candidate
+    return taxonomies_dir() / "cases" / CONTEXT_FILE
+
+
 @cache
-def _shipped_context() -> dict[str, Any]:
-    path = CONTEXT_FILE
+def _context_data(location: str) -> dict[str, Any]:
+    path = Path(location)
     data = read_yaml(path, "mention context file", TaxonomyError)
     if not isinstance(data, dict):
         raise TaxonomyError(f"{path}: expected a mapping at the top level")
@@ -327,6 +340,12 @@ class MentionMatcher:
         self.context = context or MentionContext.load()
         self._names: dict[str, tuple[_Name, ...]] = {}
 
+    @classmethod
+    def for_taxonomy(cls, taxonomy: Path | str | None = None) -> MentionMatcher:
+        """The matcher of a taxonomy folder (the built-in one by default): its case book and its context rules, each
+        file the user folder's ``cases/<file>.yaml`` where it has one."""
+        return cls(load_case_book(taxonomy), MentionContext.load(taxonomy=taxonomy))
+
     def names(self, code: str) -> tuple[_Name, ...]:
         """Every name of ``code`` (see the module docstring)."""
         if code not in self._names:
@@ -364,10 +383,18 @@ class MentionMatcher:
             return _Name((phrase,), phrase, abbreviation=True, ambiguous=self.context.ambiguous.get(phrase.lower()))
         dropped = _FUNCTION_WORDS if listed else self.book.ignore_words  # a listed name is meant word for word
         words = tuple(_spelling(w) for w in _words(_PARENTHESES.sub(" ", phrase)) if w not in dropped and (len(w) > 2 or w[0].isdigit() or listed))
-        if not listed and all(w in self.context.not_alone for w in words):
+        if not listed and not self._names_a_condition(words):
             words = ()  # "Opioid use disorder" less its ignored words is "opioid": a substance, not the disorder
         ambiguous = self.context.ambiguous.get(" ".join(words)) if len(words) == 1 else None
         return _Name(words, phrase.strip(), ambiguous=ambiguous)
+
+    def _names_a_condition(self, words: tuple[str, ...]) -> bool:
+        """Whether a description's identifying words name a condition: not only substances, organs or people
+        ("opioid", "kidney"), nor a condition of no part ("injury", "pain"), but "injury ... kidney" or "pain ... knee"."""
+        part, alone = self.context.of_a_part, self.context.not_alone
+        if any(w not in alone and w not in part for w in words):
+            return True
+        return any(w in part for w in words) and any(w in alone for w in words)
 
     def mentioned(self, text: str, codes: list[str]) -> list[str]:
         """The codes among ``codes`` that ``text`` mentions."""

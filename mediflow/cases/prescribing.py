@@ -11,12 +11,10 @@ an adverse reaction, the substance of a poisoning and its antidote come from :me
 
 from __future__ import annotations
 
-import bisect
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from itertools import accumulate
 
 from mediflow import terminology
 from mediflow.cases.book import CaseBook, DrugFacts, Treatment, Weighted
@@ -38,16 +36,6 @@ class Patient:
     antepartum: bool  # pregnant and not delivered
     weeks: int | None
     contraindicated: frozenset[str] = frozenset()  # the drugs the codes rule out (Prescriber.patient fills it)
-
-
-_CUMULATIVE: dict[int, tuple[Weighted, tuple[float, ...]]] = {}
-
-
-def _choose(rng: random.Random, weighted: Weighted) -> int:
-    found = _CUMULATIVE.get(id(weighted))
-    if found is None or found[0] is not weighted:
-        found = _CUMULATIVE[id(weighted)] = (weighted, tuple(accumulate(weighted.weights)))
-    return int(weighted.values[bisect.bisect_right(found[1], rng.random() * found[1][-1])])
 
 
 class Prescriber:
@@ -210,7 +198,7 @@ class Prescriber:
             treatment = self.treatment(code, patient.kind)
             if treatment is None:
                 continue
-            count = _choose(rng, treatment.counts)
+            count = int(treatment.counts.draw(rng))
             if role != "primary":
                 if rng.random() > self.model.treated:
                     continue

@@ -101,18 +101,6 @@ class _CodeDraw:
         return min(bisect.bisect_right(cumulative, rng.random() * cumulative[-1]), len(weights) - 1)
 
 
-_CUMULATIVE: dict[int, tuple[Weighted, tuple[float, ...]]] = {}
-
-
-def _choose(rng: random.Random, weighted: Weighted) -> Any:
-    """One value of ``weighted`` by weight (its cumulative weights worked out once)."""
-    found = _CUMULATIVE.get(id(weighted))
-    if found is None or found[0] is not weighted:
-        found = _CUMULATIVE[id(weighted)] = (weighted, tuple(accumulate(weighted.weights)))
-    cumulative = found[1]
-    return weighted.values[bisect.bisect_right(cumulative, rng.random() * cumulative[-1])]
-
-
 @cache
 def _description(code: str) -> str:
     return terminology.description(code)
@@ -171,7 +159,7 @@ class CaseSampler:
             found = self._assignments[document_type] = (assignment, settings)
         assignment, settings = found
         rng = random.Random(seed * 7919 + 2_146_959_361)  # the item's seed, apart from the teacher's sampling seed
-        profile = self.book.profiles[_choose(rng, assignment.profiles)]
+        profile = self.book.profiles[assignment.profiles.draw(rng)]
         for _ in range(MAX_ATTEMPTS):
             setting = rng.choice(settings)
             trusted: set[str] = set()
@@ -200,7 +188,7 @@ class CaseSampler:
             return str(profile.sexes.values[0])
         if epidemiology is not None and epidemiology.female is not None:
             return "female" if rng.random() < epidemiology.female else "male"
-        return str(_choose(rng, profile.sexes))
+        return str(profile.sexes.draw(rng))
 
     def _age(self, rng: random.Random, profile: Profile, epidemiology: Epidemiology | None) -> int | None:
         key = (profile.name, id(epidemiology))
@@ -243,13 +231,20 @@ class CaseSampler:
         if age is None:
             return None
         primary = draw.groups[index].pick(rng, sex)
-        if primary is None or not self.rules.fits_patient(primary, age, sex):
+        if primary is None:
+            return None
+        specific = self.epidemiology(primary)
+        if specific is not epidemiology:  # a subcategory with its own figures (hip fractures among the S72 femur fractures)
+            sex, age = self._sex(rng, profile, specific), self._age(rng, profile, specific)
+            if age is None:
+                return None
+        if not self.rules.fits_patient(primary, age, sex):
             return None
         codes: list[tuple[str, str]] = [(primary, "primary")]
         given: list[Medication] = []
         if not self.coder.uncomplicated(primary):
             pool = "comorbidity" if age >= 18 else "child_comorbidity"
-            count = _choose(rng, profile.comorbidity_counts)
+            count = profile.comorbidity_counts.draw(rng)
             for _ in range(min(count, 2) if profile.adverse_effects else count):  # an adverse reaction adds what the drug was for
                 self._add_comorbidity(rng, codes, profile, pool, age, sex)
         for pool_name in profile.companions:  # always there: a case that cannot have one is redrawn
@@ -298,7 +293,7 @@ class CaseSampler:
                 weights = tuple(w * seen.acuities.get(a, 0.0) for a, w in zip(profile.acuities.values, profile.acuities.weights))
                 weighted = Weighted(profile.acuities.values, weights) if sum(weights) > 0 else Weighted(tuple(seen.acuities), tuple(seen.acuities.values()))
             self._acuities[key] = weighted
-        return str(_choose(rng, weighted))
+        return str(weighted.draw(rng))
 
     def _condition(self, code: str, role: str) -> Condition:
         found = self._condition_cache.get((code, role))

@@ -31,6 +31,7 @@ from mediflow.cli import (
     train_cmd,
 )
 from mediflow.errors import MediflowError
+from mediflow.folders.guards import reading
 from mediflow.redact import redact_text
 from mediflow.version import __version__
 
@@ -64,6 +65,12 @@ def os_error_line(exc: OSError) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         what = f"{what} (the disk or your quota is full: free space, then rerun the same command to resume)"
     return f"{exc.filename}: {what}" if exc.filename else what
+
+
+def _config_file(args: argparse.Namespace) -> Path | None:
+    """The config file a command was given (``--config``), if any."""
+    config = getattr(args, "config", None)
+    return Path(config) if isinstance(config, (str, Path)) else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.handler(args) or 0)
+        with reading(_config_file(args)):  # no output of the command may be, contain or sit inside its config file
+            return int(args.handler(args) or 0)
     except MediflowError as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 2

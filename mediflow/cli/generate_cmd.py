@@ -61,11 +61,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _dry_run(config: RunConfig, plan_out: Path | None) -> int:
-    from mediflow.errors import MediflowError
-    from mediflow.pipeline.dry_run import dry_run, write_plan
+    from mediflow.pipeline.dry_run import check_plan_out, dry_run, write_plan
 
-    if plan_out is not None and (plan_out.is_dir() or not plan_out.parent.is_dir()):  # before minutes of work
-        raise MediflowError(f"--plan-out {plan_out}: " + ("is a folder" if plan_out.is_dir() else f"folder {plan_out.parent} does not exist"))
+    if plan_out is not None:  # before minutes of work
+        check_plan_out(config, plan_out)
     report = dry_run(config)
     lines = report.lines()
     if plan_out is not None:
@@ -93,7 +92,8 @@ def _print_summary(summary: RunSummary, seconds: float) -> None:
         paid = "unknown" if batch["cost_usd"] is None else f"${batch['cost_usd']:.4f} (online: ${batch['online_cost_usd']:.4f})"
         sent = f"{batch['requests']} requests sent in {batch['batches']} batches for {paid}"
     print(
-        f"tokens: {usage['prompt_tokens']:,} prompt + {usage['completion_tokens']:,} completion, cost {cost}; "
+        f"tokens: {usage['prompt_tokens']:,} prompt + {usage['completion_tokens']:,} completion, cost {cost}"
+        f"{' at the online list price' if batch is not None else ''}; "
         f"this session: {sent}, {session['cache_hits']} from cache"
     )
     out = summary.out_dir

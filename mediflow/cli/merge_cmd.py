@@ -30,11 +30,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--config", type=Path, required=True, help="a mergekit-format merge YAML, or a preset YAML")
     parser.add_argument("--output", "-o", type=Path, help="the merged model folder (a preset may set it in its file)")
     parser.add_argument("--preset", choices=("mediphi",), help="run a preset recipe instead of a single merge")
-    parser.add_argument("--seed", type=int, default=0, help="seed for DARE's random drops (default 0)")
+    parser.add_argument("--seed", type=int, help="a mergekit-format merge: seed for DARE's random drops (default 0)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an output folder holding another merge (or anything else); the preset's work/ cache is kept"
     )
-    parser.add_argument("--max-shard-size", type=_size, default="2GB", help="largest output shard, e.g. 2GB, 500MB")
+    parser.add_argument("--max-shard-size", type=_size, help="a mergekit-format merge: largest output shard, e.g. 2GB, 500MB (default 2 GiB)")
     add_flags(parser, PresetConfig, skip=("preset", "output"))  # --preset and --output are the command's own
     parser.set_defaults(handler=_run)
 
@@ -62,6 +62,9 @@ def _run(args: argparse.Namespace) -> int:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{args.config}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if args.preset or (isinstance(raw, dict) and "preset" in raw):
+        single = [flag for flag, value in (("--seed", args.seed), ("--max-shard-size", args.max_shard_size)) if value is not None]
+        if single:  # options of one streamed merge; the preset seeds its search with search.seed (--search-seed)
+            raise ConfigError(f"{args.config}: {', '.join(single)}: options of a mergekit-format merge, and this is a preset (its search seed is --search-seed)")
         return _run_preset(args)
     preset_flags = flag_overrides(args)
     if preset_flags:
@@ -69,10 +72,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.output is None:
         raise ConfigError("mediflow merge: --output is required for a merge config")
     from mediflow.train.merge import parse_merge_config, run_merge
+    from mediflow.train.merge.engine import DEFAULT_MAX_SHARD_BYTES
 
     config = parse_merge_config(raw, source=str(args.config))
     output = run_merge(
-        config, args.output, seed=args.seed, overwrite=args.overwrite, max_shard_bytes=args.max_shard_size, progress=True, config_text=text
+        config,
+        args.output,
+        seed=args.seed or 0,
+        overwrite=args.overwrite,
+        max_shard_bytes=args.max_shard_size or DEFAULT_MAX_SHARD_BYTES,
+        progress=True,
+        config_text=text,
     )
     print(f"merged {len(config.models)} models with {config.method.name} -> {output}")
     return 0

@@ -74,9 +74,11 @@ def _print_report(report: StageReport, out: Path) -> None:
     print(report.summary_line())
     if report.stage == "judge":
         usage = report.details["usage"]
+        batch = usage.get("batch")
+        in_batches = f", {batch['requests']} sent in {batch['batches']} batches" if batch is not None else ""
         print(
             f"judge: {report.details['judged']} judged, {report.details['already_judged']} already judged, "
-            f"{report.details['failed']} failed; {usage['requests']} requests ({usage['cache_hits']} from the cache)"
+            f"{report.details['failed']} failed; {usage['requests']} requests ({usage['cache_hits']} from the cache{in_batches})"
         )
     print(f"wrote {out}")
 

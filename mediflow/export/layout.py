@@ -38,8 +38,9 @@ from mediflow.export.card import CardFacts, render_card
 from mediflow.export.config import ExportConfig
 from mediflow.export.shards import ShardedSplitWriter, ShardLimits
 from mediflow.export.splits import SPLITS, assign_splits, document_key
-from mediflow.folders import InputData, OutputFolder, open_input, with_ids, write_text
+from mediflow.folders import InputData, OutputFolder, open_input, refuse_link, with_ids, write_text
 from mediflow.folders.atomic import TEMP_PREFIX, commit
+from mediflow.folders.reader import read_batches
 from mediflow.preference.rows import PAIR_SCHEMA
 from mediflow.records import FULL_SCHEMA, JUDGE_SCORE_COLUMNS, RELEASED_COLUMNS, conform, to_messages
 from mediflow.safe_names import safe_name
@@ -204,10 +205,8 @@ def _scan(data: InputData) -> tuple[_Source, Counter[str], Counter[str], Counter
 def _batches(files: list[Path], columns: list[str]) -> Iterator[pa.Table]:
     """The files as tables with exactly ``columns`` (absent ones as null strings), batch by batch."""
     for file in files:
-        parquet = pq.ParquetFile(file)
-        present = [c for c in columns if c in parquet.schema_arrow.names]
-        for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=present or None):
-            table = pa.Table.from_batches([batch])
+        present = [c for c in columns if c in pq.read_schema(file).names]
+        for table in read_batches(file, present or None, _BATCH_ROWS):
             for name in columns:
                 if name not in table.column_names:
                     table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
@@ -252,8 +251,8 @@ def _write_records(
     }
     offset = 0
     for file in source.files:
-        for batch in pq.ParquetFile(file).iter_batches(batch_size=_BATCH_ROWS):
-            full = _full_rows(pa.Table.from_batches([batch]))
+        for batch in read_batches(file, None, _BATCH_ROWS):
+            full = _full_rows(batch)
             table = full.select(list(SFT_COLUMNS)).cast(SFT_SCHEMA)
             splits = pa.array([assignment[k] for k in source.keys[offset : offset + table.num_rows]], pa.string())
             offset += table.num_rows
@@ -279,8 +278,8 @@ def _write_pairs(source: _Source, assignment: dict[str, str], staging: Path, lim
     }
     offset = 0
     for file in source.files:
-        for batch in pq.ParquetFile(file).iter_batches(batch_size=_BATCH_ROWS):
-            table = conform(pa.Table.from_batches([batch]), DPO_SCHEMA).select(DPO_SCHEMA.names).cast(DPO_SCHEMA)
+        for batch in read_batches(file, None, _BATCH_ROWS):
+            table = conform(batch, DPO_SCHEMA).select(DPO_SCHEMA.names).cast(DPO_SCHEMA)
             splits = pa.array([assignment[k] for k in source.keys[offset : offset + table.num_rows]], pa.string())
             offset += table.num_rows
             for split in SPLITS:
@@ -300,9 +299,10 @@ def _close(writers: dict[tuple[str, str], ShardedSplitWriter]) -> dict[str, dict
 def _publish(staging: Path, out_dir: Path, files: dict[str, dict[str, list[str]]]) -> None:
     """Move the new shards into place, then remove shards of an earlier export that are not in this one."""
     new = {path for splits in files.values() for paths in splits.values() for path in paths}
+    refuse_link(out_dir / "data")  # checked when the folder opened; a link planted since is refused too
     for relative in sorted(new):
         target = out_dir / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
+        refuse_link(target.parent).mkdir(parents=True, exist_ok=True)
         commit(staging / relative, target)
     data = out_dir / "data"
     for stale in data.rglob("*.parquet"):

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from mediflow.errors import MediflowError
 from mediflow.folders.atomic import TEMP_PREFIX, fsync_dir
-from mediflow.folders.guards import lock_holder
+from mediflow.folders.guards import lock_holder, refuse_link
 from mediflow.folders.manifest import read_manifest
 
 #: What a model folder's manifest says it holds.
@@ -71,6 +71,7 @@ def publish_model(staging: Path, target: Path, replaces: Iterable[str] = ("*",))
     folder that also holds its manifest and cache).
     """
     patterns = tuple(replaces)
+    refuse_link(target)  # checked when the folder opened; a link planted since is refused too
     target.mkdir(parents=True, exist_ok=True)
     (target / CONFIG_NAME).unlink(missing_ok=True)
     fsync_dir(target)

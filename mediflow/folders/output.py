@@ -30,7 +30,7 @@ from typing import Any
 
 from mediflow.errors import MediflowError
 from mediflow.folders.atomic import TEMP_PREFIX, remove_leftovers
-from mediflow.folders.guards import LOCK_NAME, FolderLock, check_folder_path, check_no_overlap, check_writable, lock_holder
+from mediflow.folders.guards import LOCK_NAME, FolderLock, check_no_links, check_not_in_use, check_output
 from mediflow.folders.manifest import MANIFEST_NAME, InputRef, Manifest, changes, read_manifest
 from mediflow.records import canonical_json, content_id
 
@@ -257,24 +257,23 @@ def _is_own(name: str, own: Iterable[str]) -> bool:
 
 
 def _check(root: Path, manifest: Manifest, own: frozenset[str] | set[str], kept: frozenset[str] | set[str], input_paths: list[Path], overwrite: bool) -> None:
-    """The guards that need no lock: a folder path, no overlap with any input, nothing foreign in it."""
-    check_folder_path(root)
-    check_no_overlap(root, [Path(ref.path) for ref in manifest.inputs] + input_paths)
-    holder = lock_holder(root)
-    if holder is not None:  # said first: what the folder holds is changing under the other process
-        raise MediflowError(f"{root}: in use by another process ({holder}); wait for it to finish or stop it")
+    """The guards that need no lock: the one output guard (a folder path, no overlap with any input or the
+    config file, not inside another run's folder, writable), nothing foreign in it, no link among its files."""
+    check_output(root, [Path(ref.path) for ref in manifest.inputs] + input_paths)
+    check_not_in_use(root)  # said first: what the folder holds is changing under the other process
     _check_contents(root, manifest, own, kept, overwrite)
-    check_writable(root)
 
 
 def _check_contents(root: Path, manifest: Manifest, own: frozenset[str] | set[str], kept: frozenset[str] | set[str], overwrite: bool) -> Manifest | None:
     """The manifest in ``root`` (None when there is none) once its contents are known to be this run's, or ``overwrite``.
 
     Refuses, unless ``overwrite``: files that are not the contract's, another kind of folder, another
-    config's run, or the same config over other inputs.
+    config's run, or the same config over other inputs. Refuses always: a symbolic link among the
+    contract's files (a rerun or ``--overwrite`` would write through it).
     """
     if not root.is_dir():
         return None
+    check_no_links(root, lambda name: _is_own(name, own))
     foreign = sorted(p.name for p in root.iterdir() if not _is_own(p.name, own) and not p.name.startswith(TEMP_PREFIX))
     hint = "choose another folder, or pass --overwrite to replace it"
     try:

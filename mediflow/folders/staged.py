@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mediflow.folders.atomic import TEMP_PREFIX, commit
+from mediflow.folders.guards import refuse_link
 from mediflow.folders.output import REJECTS_NAME, OutputFolder, shard_name
 
 ROWS_PER_SHARD = 100_000
@@ -120,7 +121,7 @@ class StagedWriter:
             rejects_schema = pa.schema(list(empty_schema) + [f for f in REJECT_FIELDS if f.name not in empty_schema.names])
             self._reject_writer = pq.ParquetWriter(self.staging / REJECTS_NAME, rejects_schema)
         self._reject_writer.close()
-        data = self.folder.data_dir
+        data = refuse_link(self.folder.data_dir)  # checked when the folder opened; a link planted since is refused too
         data.mkdir(exist_ok=True)
         for stale in data.glob("*.parquet"):
             if stale.name not in self._shards:

@@ -39,6 +39,7 @@ from mediflow.cases import Case
 from mediflow.config import RunConfig
 from mediflow.engine.accounting import price_per_1k
 from mediflow.errors import MediflowError
+from mediflow.folders.guards import check_output, make_parent
 from mediflow.pipeline.plan import InstructionGroup, Plan, PlanItem, build_plan
 from mediflow.pipeline.share import Share
 from mediflow.pipeline.stages import Stages
@@ -271,11 +272,14 @@ def _single_group(item: PlanItem) -> InstructionGroup:
     return InstructionGroup("dry-run", item.task, item.difficulty, item.output_format, (item,), (item.document_type,))
 
 
+def check_plan_out(config: RunConfig, path: Path) -> Path:
+    """The one output guard for a plan file: not the config, the taxonomy or prompts it reads, nor a file of a run's folder."""
+    return check_output(Path(path), [Path(p) for p in (config.taxonomy, config.prompts) if p], what="plan file", file=True)
+
+
 def write_plan(config: RunConfig, path: Path, batch_rows: int = 10_000) -> int:
-    """Write every plan item with its case to ``path`` (Parquet, atomically); the number of rows."""
-    path = Path(path)
-    if path.is_dir() or not path.parent.is_dir():
-        raise MediflowError(f"--plan-out {path}: " + ("is a folder" if path.is_dir() else f"folder {path.parent} does not exist"))
+    """Write every plan item with its case to ``path`` (Parquet, atomically, its missing folders created); the number of rows."""
+    path = make_parent(check_plan_out(config, path))
     taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
     plan = build_plan(config, taxonomy)
     stages = _stages(config, taxonomy)

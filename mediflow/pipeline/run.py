@@ -42,7 +42,7 @@ from mediflow.batch.runner import check_recorded_batches, fill_cache_in_batches
 from mediflow.config import TEACHER_ROLE, RunConfig, load_config
 from mediflow.engine import Engine
 from mediflow.errors import TeacherError
-from mediflow.folders import CACHE_NAME, OutputFolder, open_input
+from mediflow.folders import CACHE_NAME, OutputFolder, check_not_in_use, open_input
 from mediflow.folders.output import DATASETS_CACHE
 from mediflow.pipeline.collect import PassCollector, ShardCollector
 from mediflow.pipeline.flow import GroupFlow
@@ -131,6 +131,7 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
     ``overwrite`` replaces an ``--out`` holding another kind of folder or another config's run
     (its teacher cache is kept); without it such a folder is refused before anything is written.
     """
+    check_not_in_use(Path(config.output.dir))  # before the plan and its cases (a minute at scale): a second process stops at once
     taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
     plan: Plan = build_plan(config, taxonomy)
     share = Share.parse(config.shard) if config.shard else None
@@ -169,7 +170,7 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
         if share:
             details["shard"] = {"share": str(share), "unsharded_fingerprint": unsharded_fingerprint, "unsharded_items": len(plan)}
         plain = config.to_dict()
-        taxonomy_paths = [Path(config.taxonomy)] if config.taxonomy else []
+        taxonomy_paths = [Path(p) for p in (config.taxonomy, config.prompts) if p]
         # a folder we may not write is refused first, offline; then the teacher is asked (nothing written yet:
         # the engine opens its cache in the folder on its first request)
         OutputFolder.check(out, kind="generate", config=plain, fingerprint=fingerprint, input_paths=taxonomy_paths, overwrite=overwrite)

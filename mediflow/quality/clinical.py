@@ -24,9 +24,12 @@ two or run into the next word is excused, and so is one dropped word when nothin
 
 from __future__ import annotations
 
+import multiprocessing
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -373,11 +376,19 @@ def value_fingerprints(texts: pa.Array | pa.ChunkedArray, lexicon: Lexicon | Non
     return canonical_tokens(texts, (lexicon or Lexicon.load()).forms).value_fingerprints()
 
 
-def same_cases(tokens: CanonicalTokens, pairs: np.ndarray, lexicon: Lexicon, fingerprints: np.ndarray | None = None, lenient_values: bool = False) -> np.ndarray:
+_PARALLEL_FROM = 2_000  # pairs a forked process is worth (a fork of a multi-GB stage costs tens of milliseconds)
+
+
+def same_cases(tokens: CanonicalTokens, pairs: np.ndarray, lexicon: Lexicon, fingerprints: np.ndarray | None = None, lenient_values: bool = False,
+               workers: int = 1, parallel_from: int = _PARALLEL_FROM) -> np.ndarray:
     """Per pair of record indices into ``tokens``: do the two state the same values and distinguishing facts?
 
     Values first, for every pair at once (``fingerprints``, or computed from ``tokens``), unless
     ``lenient_values``; the facts of :func:`agree` only for the pairs left, each text read once.
+    That word check is Python, one pair at a time, and was 40% of the stage at 2.5M records: from
+    ``parallel_from`` pairs on, ``workers`` processes share it (forked, so they read this batch's
+    words and the memoised lexicon without copying them; every word of the batch is classified
+    first, here, so the forks only read).
     """
     if lenient_values:
         same = np.ones(len(pairs), bool)
@@ -385,20 +396,66 @@ def same_cases(tokens: CanonicalTokens, pairs: np.ndarray, lexicon: Lexicon, fin
         if fingerprints is None:
             fingerprints = tokens.value_fingerprints()
         same = fingerprints[pairs[:, 0]] == fingerprints[pairs[:, 1]]
-    read: dict[int, Facts] = {}
+    todo = np.flatnonzero(same)
     is_cue = pc.is_in(tokens.words, value_set=pa.array(sorted(lexicon.negation_cues), pa.string())).to_numpy(zero_copy_only=False)[tokens.ids]
     cue_positions = np.flatnonzero(is_cue)  # every negation cue of the batch, found at once
     cue_bounds = np.searchsorted(cue_positions, np.stack([tokens.starts, tokens.ends], axis=1))
-
-    def facts_of(index: int) -> Facts:
-        if index not in read:
-            low, high = cue_bounds[index].tolist()
-            read[index] = facts(*tokens.record_words(index), lexicon, (cue_positions[low:high] - tokens.starts[index]).tolist())
-        return read[index]
-
-    for position in np.flatnonzero(same).tolist():
-        same[position] = agree(facts_of(int(pairs[position, 0])), facts_of(int(pairs[position, 1])), lexicon, lenient_values)
+    check = _PairCheck(tokens, pairs, lexicon, lenient_values, cue_positions, cue_bounds)
+    parts = min(workers, len(todo) // max(1, parallel_from) + 1) if can_fork() else 1
+    if parts <= 1:
+        same[todo] = check.run(todo)
+        return same
+    lexicon.distinguishing(Counter(tokens.vocabulary()))  # the forks then only read the memo (what they add is lost)
+    chunks = np.array_split(todo, parts)
+    global _FORKED_CHECK
+    _FORKED_CHECK = check
+    try:
+        with ProcessPoolExecutor(max_workers=parts - 1, mp_context=multiprocessing.get_context("fork")) as pool:
+            forked = [pool.submit(_forked_part, chunk) for chunk in chunks[1:]]
+            same[chunks[0]] = check.run(chunks[0])
+            for chunk, future in zip(chunks[1:], forked):
+                same[chunk] = future.result()
+    finally:
+        _FORKED_CHECK = None
     return same
+
+
+_FORKED_CHECK: _PairCheck | None = None  # the batch a forked worker reads (set just before the fork, never pickled)
+
+
+def can_fork() -> bool:
+    """Whether work can go to forked processes that read this one's memory (Linux; elsewhere a fork is unsafe or missing)."""
+    return "fork" in multiprocessing.get_all_start_methods() and sys.platform == "linux"
+
+
+def _forked_part(positions: np.ndarray) -> np.ndarray:
+    assert _FORKED_CHECK is not None, "a forked worker of same_cases runs only with the batch its parent set"
+    return _FORKED_CHECK.run(positions)
+
+
+@dataclass
+class _PairCheck:
+    """One batch's word check: :func:`agree` for chosen pairs, each text's facts read once per process."""
+
+    tokens: CanonicalTokens
+    pairs: np.ndarray
+    lexicon: Lexicon
+    lenient_values: bool
+    cue_positions: np.ndarray
+    cue_bounds: np.ndarray
+    read: dict[int, Facts] = field(default_factory=dict)
+
+    def facts_of(self, index: int) -> Facts:
+        found = self.read.get(index)
+        if found is None:
+            low, high = self.cue_bounds[index].tolist()
+            found = self.read[index] = facts(*self.tokens.record_words(index), self.lexicon, (self.cue_positions[low:high] - self.tokens.starts[index]).tolist())
+        return found
+
+    def run(self, positions: np.ndarray) -> np.ndarray:
+        """Whether each pair at ``positions`` agrees."""
+        return np.array([agree(self.facts_of(first), self.facts_of(second), self.lexicon, self.lenient_values)
+                         for first, second in self.pairs[positions].tolist()], bool)
 
 
 def same_case(first: str, second: str, lexicon: Lexicon, lenient_values: bool = False) -> bool:

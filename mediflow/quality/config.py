@@ -181,6 +181,7 @@ class DedupConfig(Config):
     max_bucket: int = option(100, "LSH buckets above this size only pair neighbours (see minhash.bucket_pairs)", minimum=2)
     window: int = option(20, "neighbours paired in an oversized bucket", minimum=1)
     chunk_records: int = option(50_000, "records signed per chunk (bounds memory)", minimum=1)
+    workers: int = option(0, "processes that sign the chunks and run the clinical word check (forked on Linux; 0: one per core, 1: this process only)", minimum=0)
     seed: int = option(1, "seed of the MinHash permutations", minimum=0)
 
     def check(self) -> None:

@@ -30,7 +30,7 @@ from mediflow.quality.decontaminate import run_decontaminate
 from mediflow.quality.dedup_stage import run_dedup
 from mediflow.quality.filter_stage import run_filters
 from mediflow.quality.judge import check_config as check_judge_config
-from mediflow.quality.judge import run_judge_async
+from mediflow.quality.judge import check_judge_cache, run_judge_async
 from mediflow.quality.report import StageReport
 from mediflow.records import conform
 from mediflow.sync import run_sync
@@ -90,6 +90,8 @@ async def curate_async(source: Path, out: Path, config: CurateConfig | Path | st
     _check_before_running(config)
     data = open_input(source)
     eval_paths = [Path(spec.path) for spec in config.decontaminate.eval] if config.decontaminate is not None else []
+    if config.judge is not None:
+        check_judge_cache(config.judge, data, out, eval_paths)
     folder = OutputFolder.open(out, kind="curate", config=config.to_dict(), inputs=[data.ref()], input_paths=eval_paths, overwrite=overwrite)
     with folder:
         reports: list[tuple[StageReport, Path]] = []

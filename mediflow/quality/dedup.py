@@ -21,6 +21,10 @@ is ever derived.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from rapidfuzz import fuzz, process
 
-from mediflow.quality.clinical import Lexicon, same_cases
+from mediflow.quality.clinical import Lexicon, can_fork, same_cases
 from mediflow.quality.components import component_labels
 from mediflow.quality.config import DedupConfig
 from mediflow.quality.minhash import MinHasher, band_keys, bucket_pairs, unique_pairs
@@ -101,26 +105,92 @@ class KeyHashes:
 
 
 def _hash_key(table: pa.Table, key: str, salt: np.ndarray, config: DedupConfig, lexicon: Lexicon) -> KeyHashes:
-    """Normalise (once per text), hash and (for near dedup) sign ``key``'s texts, ``chunk_records`` records at a time."""
+    """Normalise (once per text), hash and (for near dedup) sign ``key``'s texts, ``chunk_records`` records at a time.
+
+    Signing is numpy on one core and, with the normalisation, half of the stage at 2.5M records:
+    with ``workers`` > 1 (on Linux) the chunks go to forked processes, which read the input from
+    this one's memory without copying it and send back only the chunk's fixed-width arrays.
+    """
     n = table.num_rows
     first, second = np.empty(n, np.uint64), np.empty(n, np.uint64)
     signatures = np.empty((n, config.num_perm if config.near else 0), np.uint32)
     has_shingles = np.zeros(n, bool)
     values = np.zeros(n, np.uint64)
-    hasher = MinHasher(config.num_perm, config.seed)
-    for start in range(0, n, config.chunk_records):
-        canonical = canonical_tokens(key_text(table.slice(start, config.chunk_records), key), lexicon.forms)
-        end = start + len(canonical.starts)
-        first[start:end] = canonical.record_hashes() ^ salt[start:end]
-        second[start:end] = splitmix64(canonical.record_hashes(_SECOND_HASH_KEY) ^ salt[start:end])
+    job = _ChunkJob(table, key, salt, config, lexicon)
+    starts = list(range(0, n, config.chunk_records))
+    workers = min(_workers(config), len(starts)) if can_fork() else 1
+    if workers <= 1:
+        chunks: Iterator[ChunkHashes] = map(job.run, starts)
+        for begin, chunk in zip(starts, chunks):
+            chunk.store(begin, first, second, signatures, has_shingles, values)
+        return KeyHashes(first, second, signatures, has_shingles, values)
+    global _FORKED_CHUNKS
+    _FORKED_CHUNKS = job
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            for begin, chunk in zip(starts, pool.map(_forked_chunk, starts)):
+                chunk.store(begin, first, second, signatures, has_shingles, values)
+    finally:
+        _FORKED_CHUNKS = None
+    return KeyHashes(first, second, signatures, has_shingles, values)
+
+
+@dataclass
+class ChunkHashes:
+    """What one chunk of records leaves behind: its hashes, signatures and value fingerprints."""
+
+    first: np.ndarray
+    second: np.ndarray
+    signatures: np.ndarray
+    has_shingles: np.ndarray
+    values: np.ndarray
+
+    def store(self, begin: int, first: np.ndarray, second: np.ndarray, signatures: np.ndarray, has_shingles: np.ndarray, values: np.ndarray) -> None:
+        end = begin + len(self.first)
+        first[begin:end], second[begin:end], values[begin:end] = self.first, self.second, self.values
+        signatures[begin:end], has_shingles[begin:end] = self.signatures, self.has_shingles
+
+
+@dataclass
+class _ChunkJob:
+    """One key's texts, normalised, hashed and signed a chunk at a time (in this process or a forked one)."""
+
+    table: pa.Table
+    key: str
+    salt: np.ndarray
+    config: DedupConfig
+    lexicon: Lexicon
+
+    def run(self, start: int) -> ChunkHashes:
+        config = self.config
+        canonical = canonical_tokens(key_text(self.table.slice(start, config.chunk_records), self.key), self.lexicon.forms)
+        count = len(canonical.starts)
+        salt = self.salt[start : start + count]
+        first = canonical.record_hashes() ^ salt
+        second = splitmix64(canonical.record_hashes(_SECOND_HASH_KEY) ^ salt)
+        signatures = np.empty((count, config.num_perm if config.near else 0), np.uint32)
+        has_shingles, values = np.zeros(count, bool), np.zeros(count, np.uint64)
         if config.near:
             tokens = canonical.token_hashes()
             shingles = ngram_hashes(tokens, config.shingle_size, short_as_one=True)
-            signatures[start:end] = hasher.signatures(shingles, end - start)
-            has_shingles[start:end] = tokens.lengths > 0
+            signatures = MinHasher(config.num_perm, config.seed).signatures(shingles, count)
+            has_shingles = tokens.lengths > 0
             if config.clinical and config.values == "strict":
-                values[start:end] = canonical.value_fingerprints()
-    return KeyHashes(first, second, signatures, has_shingles, values)
+                values = canonical.value_fingerprints()
+        return ChunkHashes(first, second, signatures, has_shingles, values)
+
+
+_FORKED_CHUNKS: _ChunkJob | None = None  # what a forked signing worker reads (set just before the fork, never pickled)
+
+
+def _forked_chunk(start: int) -> ChunkHashes:
+    assert _FORKED_CHUNKS is not None, "a forked signing worker runs only with the job its parent set"
+    return _FORKED_CHUNKS.run(start)
+
+
+def _workers(config: DedupConfig) -> int:
+    """Processes the stage may use: ``workers``, or one per core."""
+    return config.workers or os.cpu_count() or 1
 
 
 def _exact_groups(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -163,7 +233,8 @@ def confirm(table: pa.Table, key: str, pairs: np.ndarray, config: DedupConfig, v
         similar = score >= config.threshold
         if config.clinical and similar.any():
             tokens = fields[0] if len(fields) == 1 else concatenate_fields(*fields)
-            similar[similar] = same_cases(tokens, local[similar], lexicon, None if values is None else values[rows], config.values == "lenient")
+            similar[similar] = same_cases(tokens, local[similar], lexicon, None if values is None else values[rows], config.values == "lenient",
+                                          workers=_workers(config))
         scores[start : start + len(batch)] = score
         confirmed[start : start + len(batch)] = similar
     return scores, confirmed

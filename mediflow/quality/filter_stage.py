@@ -9,7 +9,6 @@ from typing import Any
 import pyarrow as pa
 
 from mediflow import terminology
-from mediflow.cases import load_case_book
 from mediflow.cases.mentions import MentionMatcher
 from mediflow.configuration import to_plain
 from mediflow.folders import InputData
@@ -60,8 +59,7 @@ def build_rules(config: FilterConfig) -> list[Rule]:
         stopwords = {lang: frozenset(words) for lang, words in data["stopwords"].items()}
         rules.append(LanguageRule(stopwords, tuple(config.language.columns), config.language.min_share))
     if config.case_mentions is not None:
-
-        rules.append(CaseMentionRule(MentionMatcher(load_case_book(config.taxonomy)).find))
+        rules.append(CaseMentionRule(MentionMatcher.for_taxonomy(config.taxonomy).find))
     if config.json is None and config.icd10_codes is None and config.verbatim_copy is None and config.case_codes is None:
         return rules
     taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)

@@ -39,7 +39,7 @@ from mediflow.batch.runner import fill_cache_in_batches
 from mediflow.engine import Engine
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError, MediflowError
-from mediflow.folders import InputData, OutputFolder
+from mediflow.folders import InputData, OutputFolder, check_output
 from mediflow.quality.config import JudgeConfig
 from mediflow.quality.report import StageReport
 from mediflow.quality.rubric import RATIONALE, Rubric, load_rubric
@@ -427,6 +427,14 @@ def _ray_session_if(config: JudgeConfig) -> contextlib.AbstractContextManager[No
     return ray_session(config.ray)
 
 
+def check_judge_cache(config: JudgeConfig, source: Path | InputData, out: Path, others: Sequence[Path] = ()) -> None:
+    """A ``cache:`` set apart from ``OUT/cache.sqlite`` goes through the one output guard: not an input
+    (``source``, ``others``) or the config file, not a file of another run's folder (``out`` is the judge's own)."""
+    if config.cache:
+        source_path = source.path if isinstance(source, InputData) else Path(source)
+        check_output(Path(config.cache), [source_path, *others], what="judge cache", file=True, own=out)
+
+
 def run_judge(source: Path | InputData, out: Path, config: JudgeConfig, *, overwrite: bool = False) -> StageReport:
     """Judge ``source`` and write ``out`` (kept records with the judge columns, rejects, manifest); works in a notebook."""
     return run_sync(run_judge_async(source, out, config, overwrite=overwrite))
@@ -437,6 +445,7 @@ async def run_judge_async(source: Path | InputData, out: Path, config: JudgeConf
     rubric = check_config(config)
     assert config.teacher is not None  # check_config said so
     manifest_config = {**config.to_dict(), "rubric_version": rubric.version}
+    check_judge_cache(config, source, Path(out))
     # the input is checked and the output folder guarded and locked here, before a teacher starts
     data, folder = open_stage(source, Path(out), STAGE, manifest_config, overwrite=overwrite)
     cache = Path(config.cache) if config.cache else folder.cache_path

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -182,10 +181,11 @@ class CanonicalTokens:
     def record_words(self, index: int) -> tuple[list[str], list[bool]]:
         """One record's words and sentence ends as Python lists (the clinical check reads them)."""
         start, end = int(self.starts[index]), int(self.ends[index])
-        vocabulary = self._vocabulary()
+        vocabulary = self.vocabulary()
         return [vocabulary[i] for i in self.ids[start:end].tolist()], self.sentence_end[start:end].tolist()
 
-    def _vocabulary(self) -> list[str]:
+    def vocabulary(self) -> list[str]:
+        """The batch's distinct words as a Python list (made once)."""
         cached: list[str] | None = self.__dict__.get("_words_list")
         if cached is None:
             cached = self.words.to_pylist()
@@ -250,7 +250,12 @@ def splitmix64(values: np.ndarray) -> np.ndarray:
 
 
 def hash_strings(values: pa.Array | pa.ChunkedArray, key: str = _HASH_KEY) -> np.ndarray:
-    """A stable 64-bit hash per string (nulls hash like the empty string)."""
+    """A stable 64-bit hash per string (nulls hash like the empty string).
+
+    pandas is imported here, not at the top: it is half of ``mediflow --help``'s start-up (the CLI
+    imports the quality configs for their flags, and they this module), and this is its one use."""
+    import pandas as pd
+
     objects = pc.fill_null(values, "").to_numpy(zero_copy_only=False)
     return pd.util.hash_array(objects, hash_key=key, categorize=False).astype(np.uint64)
 

@@ -11,11 +11,13 @@ smoke runs of the whole pipeline, not for data quality.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +107,8 @@ class LocalLlamaTeacher(Teacher):
     def _load(self) -> Any:
         if self._llm is None:
             path = self._model_path or _assemble_weights()
-            self._llm = self._llama_cpp.Llama(model_path=str(path), verbose=False, **self._options)
+            with without_extra_buffer_types():
+                self._llm = self._llama_cpp.Llama(model_path=str(path), verbose=False, **self._options)
         return self._llm
 
     def _grammar(self, schema: dict[str, Any]) -> Any:
@@ -155,6 +158,39 @@ def _load_completion_format() -> _CompletionFormat:
         return _CompletionFormat(data["template"], list(data["stop"]))
     except (OSError, yaml.YAMLError, KeyError, TypeError, jinja2.TemplateError) as exc:
         raise MediflowError(f"{path}: cannot load the local teacher's prompt format: {exc}") from exc
+
+
+_DEFAULT_PARAMS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def without_extra_buffer_types() -> Iterator[None]:
+    """Models loaded inside this block keep their weights in plain CPU buffers (``use_extra_bufts = False``).
+
+    Why: a llama.cpp built with ``-march=native`` on a CPU with AMX repacks quantised weights for
+    its AMX kernels, and those kernels crash the whole process (SIGSEGV in
+    ``ggml_backend_amx_mul_mat``, at the first decode) wherever the kernel does not hand the
+    process AMX tile state: containers and sandboxes such as our CI machines. The extra buffer
+    types are only that repacking (AMX, and the AVX2 interleaved layouts), a speed-up; a 270M model
+    decodes fine without it. ``llama_cpp.Llama`` takes no such argument, so its default model
+    parameters are swapped while the model loads (under a lock: two loads never race on the swap).
+    """
+    import llama_cpp.llama_cpp as bindings  # the module ``Llama`` reads its default parameters from
+
+    namespace = vars(bindings)
+    with _DEFAULT_PARAMS_LOCK:
+        defaults = namespace["llama_model_default_params"]
+
+        def plain_buffers() -> Any:
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        namespace["llama_model_default_params"] = plain_buffers
+        try:
+            yield
+        finally:
+            namespace["llama_model_default_params"] = defaults
 
 
 def _assemble_weights() -> Path:

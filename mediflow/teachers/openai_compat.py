@@ -183,7 +183,7 @@ class OpenAICompatTeacher(Teacher):
 
     def batch_api(self, options: BatchConfig) -> OpenAIBatchAPI:
         """The server's Files + Batch API, on this teacher's client and negotiation (see :mod:`mediflow.batch.providers`)."""
-        return OpenAIBatchAPI(self._client, self.negotiation, self.provider, self.describe())
+        return OpenAIBatchAPI(self._client, self.negotiation, self.provider, self.describe(), purpose=options.file_purpose)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

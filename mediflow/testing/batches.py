@@ -8,6 +8,8 @@ through the real ``openai`` SDK:
   /v1/files/{id}/content``, ``DELETE /v1/files/{id}``;
 - ``POST /v1/batches``, ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``, ``GET
   /v1/batches`` (``limit``, ``after``; newest first, as OpenAI lists them);
+- the same under ``/openai/files`` and ``/openai/batches`` with an ``api-version`` query, as Azure
+  OpenAI serves them (its batches and lines name the endpoint ``/chat/completions``);
 - a batch goes ``validating`` -> ``in_progress`` -> ``finalizing`` -> ``completed``, each step
   taking ``batch_step`` seconds; every line is answered exactly as ``POST /v1/chat/completions``
   would answer its body (the same deterministic answers and refusals), successes in the output
@@ -18,7 +20,8 @@ validation), ``batch_expire`` (it expires after answering half of its lines; the
 ``batch_expired`` lines in the error file), ``batch_line_errors`` (lines answered with HTTP 500 in
 the error file), ``batch_corrupt`` (the output file is not JSONL). ``batch_max_lines`` and
 ``batch_max_bytes`` are the provider's limits on one input file (a file over them fails
-validation, as OpenAI's does); ``batch_api: false`` plays a server without a batch API (404).
+validation, as OpenAI's does); ``batch_purpose`` is the upload purpose it takes (``batch``; Together's
+``batch-api`` to play Together); ``batch_api: false`` plays a server without a batch API (404).
 ``/stats`` reports ``batches_created``, ``files_uploaded``, ``batch_submitted`` (each custom_id and
 how many batches it was submitted in) and ``batch_lines`` (how many times each was answered).
 """
@@ -31,14 +34,16 @@ import contextlib
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiohttp import web
 
-#: The endpoints a batch may name (OpenAI's, and Azure's without the version prefix).
-ENDPOINTS = ("/v1/chat/completions", "/chat/completions")
+#: The endpoint a batch (and each of its lines) names: OpenAI's versioned path; Azure OpenAI's
+#: deployment-relative one (its routes live under ``/openai`` and take an ``api-version`` query).
+OPENAI_ENDPOINT = "/v1/chat/completions"
+AZURE_ENDPOINT = "/chat/completions"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 EXPIRED_LINE = {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}
 
@@ -49,6 +54,7 @@ class BatchSettings(Protocol):
     batch_api: bool
     batch_step: float
     batch_max_lines: int
+    batch_purpose: str
     batch_max_bytes: int
     batch_fail: int
     batch_expire: int
@@ -137,14 +143,16 @@ class BatchService:
         return {"batches_created": self.created, "files_uploaded": self.uploaded, "batch_submitted": dict(self.submitted), "batch_lines": dict(self.lines)}
 
     def routes(self, app: web.Application) -> None:
-        app.router.add_post("/v1/files", self.upload)
-        app.router.add_get("/v1/files/{id}", self.file)
-        app.router.add_get("/v1/files/{id}/content", self.content)
-        app.router.add_delete("/v1/files/{id}", self.delete)
-        app.router.add_post("/v1/batches", self.create)
-        app.router.add_get("/v1/batches", self.list_batches)
-        app.router.add_get("/v1/batches/{id}", self.retrieve)
-        app.router.add_post("/v1/batches/{id}/cancel", self.cancel)
+        """OpenAI's routes under ``/v1``, and Azure OpenAI's under ``/openai`` (with an ``api-version``)."""
+        for prefix, route in (("/v1", _plain), ("/openai", azure_route)):
+            app.router.add_post(f"{prefix}/files", route(self.upload))
+            app.router.add_get(f"{prefix}/files/{{id}}", route(self.file))
+            app.router.add_get(f"{prefix}/files/{{id}}/content", route(self.content))
+            app.router.add_delete(f"{prefix}/files/{{id}}", route(self.delete))
+            app.router.add_post(f"{prefix}/batches", route(self.create))
+            app.router.add_get(f"{prefix}/batches", route(self.list_batches))
+            app.router.add_get(f"{prefix}/batches/{{id}}", route(self.retrieve))
+            app.router.add_post(f"{prefix}/batches/{{id}}/cancel", route(self.cancel))
 
     # -- files ------------------------------------------------------------------------------------
     def _new_id(self, prefix: str) -> str:
@@ -160,6 +168,8 @@ class BatchService:
         upload, purpose = form.get("file"), str(form.get("purpose") or "")
         if not isinstance(upload, web.FileField):
             return error_response(400, "'file' is a required multipart field", "invalid_request_error", "file")
+        if purpose != self._settings().batch_purpose:
+            return error_response(400, f"Invalid value for 'purpose': {purpose!r}; batch input files take {self._settings().batch_purpose!r}", "invalid_request_error", "purpose")
         stored = StoredFile(self._new_id("file"), upload.filename or "upload.jsonl", purpose, upload.file.read())
         self.files[stored.id] = stored
         self.uploaded += 1
@@ -191,8 +201,9 @@ class BatchService:
         body = await request.json()
         if body.get("input_file_id") not in self.files:
             return error_response(404, f"No such File object: {body.get('input_file_id')}", "not_found", "input_file_id")
-        if body.get("endpoint") not in ENDPOINTS:
-            return error_response(400, f"endpoint must be one of {', '.join(ENDPOINTS)}", "invalid_request_error", "endpoint")
+        endpoint = AZURE_ENDPOINT if request.path.startswith("/openai/") else OPENAI_ENDPOINT
+        if body.get("endpoint") != endpoint:
+            return error_response(400, f"endpoint must be {endpoint}", "invalid_request_error", "endpoint")
         if body.get("completion_window") != "24h":
             return error_response(400, "completion_window must be '24h'", "invalid_request_error", "completion_window")
         batch = EmulatedBatch(self._new_id("batch"), body["input_file_id"], body["endpoint"], "24h", body.get("metadata"))
@@ -321,6 +332,24 @@ class BatchService:
         stored = StoredFile(self._new_id("file"), filename, "batch_output", content)
         self.files[stored.id] = stored
         return stored.id
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _plain(handler: Handler) -> Handler:
+    return handler
+
+
+def azure_route(handler: Handler) -> Handler:
+    """``handler`` as an Azure OpenAI route: a request without the ``api-version`` query is refused, as Azure does."""
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        if "api-version" not in request.query:
+            return error_response(404, "Resource not found: Azure OpenAI needs the api-version query parameter", "404")
+        return await handler(request)
+
+    return route
 
 
 def _validate(content: bytes, endpoint: str, settings: BatchSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

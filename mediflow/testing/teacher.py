@@ -23,7 +23,9 @@ and anyone evaluating the library use it; it needs no key and no network.
 
 It also emulates a provider's Files and Batch APIs (``/v1/files``, ``/v1/batches``: statuses, an
 output and an error file, expired and failed batches, per-line errors; :mod:`mediflow.testing.batches`),
-answering each batch line exactly as ``/v1/chat/completions`` answers the same body.
+answering each batch line exactly as ``/v1/chat/completions`` answers the same body. Azure OpenAI's
+routes are served too (``/openai/deployments/{deployment}/chat/completions``, ``/openai/files``,
+``/openai/batches``, each with an ``api-version`` query), so ``azure:DEPLOYMENT`` teachers run against it.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mediflow.testing.batches import BatchService, error_body, error_response
+from mediflow.testing.batches import BatchService, azure_route, error_body, error_response
 from mediflow.testing.instances import schema_instance
 from mediflow.testing.texts import clinical_text
 
@@ -80,6 +82,8 @@ class Settings:
     batch_step: float = 0.05
     #: The provider's limits on one batch input file (OpenAI: 50,000 requests, 200 MB); a file over them fails validation.
     batch_max_lines: int = 50_000
+    #: The purpose batch input files must be uploaded with (OpenAI, Azure OpenAI, Groq: batch; Together: batch-api).
+    batch_purpose: str = "batch"
     batch_max_bytes: int = 200 * 1024 * 1024
     #: Faults for the next N batches (fail validation; expire after half the lines; a corrupt output file) or lines (HTTP 500).
     batch_fail: int = 0
@@ -136,6 +140,7 @@ class TestTeacher:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", azure_route(self.chat_completions))
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/stats", self.stats)
         app.router.add_post("/reset", self.reset)

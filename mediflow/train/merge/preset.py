@@ -8,7 +8,7 @@ module runs that recipe from one YAML file, with every evaluation going through 
 ``evaluate(model_dir) -> float`` hook (see :mod:`.evaluation`)::
 
     preset: mediphi
-    base_model: base/               # paths relative to this file
+    base_model: base/               # paths relative to this file, or Hub ids in the local HF cache
     experts: [pubmed/, guidelines/] # or [{model: PATH}, ...]
     output: mediphi/                # a merge folder; its work/ holds the cache (below)
     dtype: bfloat16
@@ -60,6 +60,7 @@ from mediflow.train.merge.engine import plan_merge, write_merge
 from mediflow.train.merge.evaluation import Evaluator
 from mediflow.train.merge.output import MERGE_CONFIG_NAME, PRESET_REPORT_NAME, model_inputs, open_merge_output, publish_merge
 from mediflow.train.merge.search import Candidate, Dimension, Trial, best_trial, evolutionary_search
+from mediflow.train.models import HUB_ID, hub_snapshot
 
 PRESETS = ("mediphi",)
 #: The preset's cache inside its output folder: chosen SLERPs and the search log.
@@ -145,7 +146,10 @@ def parse_preset(raw: Any, *, root: Path, output: Path | None = None, flags: Map
 
 
 def _folder(root: Path, value: str, where: str) -> Path:
+    """A model folder relative to the preset file, or a Hub id's snapshot in the local Hugging Face cache (never downloaded)."""
     path = (root / value).resolve()
+    if not path.exists() and HUB_ID.match(value):
+        return hub_snapshot(value, key=where, download=False)
     if not (path / "config.json").is_file():
         raise ConfigError(f"{where}: '{value}' is not a model folder with config.json")
     return path
