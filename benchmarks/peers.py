@@ -115,9 +115,9 @@ def _ray_engine(url: str, prompts: list[list[dict[str, str]]], concurrency: int,
     ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     setup = time.perf_counter() - setup_started
     config = RayConfig(actors=2, batch_size=32)
-    work = StepWork(PromptStep(), TeacherConfig(spec="openai:bench", base_url=url), LimitsConfig(concurrency=concurrency), workdir / "cache.sqlite", config.actors)
+    work = StepWork(PromptStep(), TeacherConfig(spec="openai:bench", base_url=url), LimitsConfig(concurrency=concurrency), workdir / "cache.sqlite")
     started = time.perf_counter()
-    results = run_step_on_ray(prompts, work, config).results
+    results = run_step_on_ray(prompts, work, config, folder=workdir).results
     assert len(results) == len(prompts) and all(result.ok for result in results)
     return started, setup
 

@@ -7,7 +7,7 @@ records (realistic sizes: a ~15-word instruction, a ~250-word document, a ~60-wo
 grouping columns, and the ``messages`` view of the same text, as ``generate`` writes it; 100,000 rows
 per shard as the stages write them) and measures, each in a fresh child
 process, the wall time and the peak memory: Arrow's memory pool high-water mark (where the batches live)
-and the process's ``ru_maxrss`` above what the child held before:
+and the process's peak resident memory (``VmHWM``) above what the child held before:
 
 - ``footers``: the check before issue 23 (schemas and footers only; ``open_input`` without the pass),
 - ``checked``: ``open_input`` as it is now (footers, then the streaming pass),
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -89,6 +88,18 @@ def build(folder: Path, records: int, seed: int = 0) -> None:
     writer.publish(pa.schema([]), {"records": records})
 
 
+def _status_kib(key: str) -> int:
+    """This process's ``VmRSS`` (now) or ``VmHWM`` (its peak) in KiB, from /proc/self/status.
+
+    Not ``ru_maxrss``: Linux keeps that across ``execve``, so a child started by a parent that built a
+    big folder would report the parent's peak, not its own.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
 def _child(mode: str, folder: str) -> None:
     import pyarrow as pa
 
@@ -96,14 +107,14 @@ def _child(mode: str, folder: str) -> None:
 
     if mode == "footers":
         reader._check_rows = lambda *args, **kwargs: None  # the check before issue 23: footers and schema only
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _status_kib("VmRSS")
     started = time.perf_counter()
     data = reader.open_input(folder)
     rows = data.num_rows
     if mode == "baseline":
         rows = sum(batch.num_rows for batch in data.iter_batches())
     seconds = time.perf_counter() - started
-    extra_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    extra_kib = _status_kib("VmHWM") - before
     print(json.dumps({"rows": rows, "seconds": seconds, "mib": extra_kib / 1024, "arrow_mib": pa.default_memory_pool().max_memory() / 2**20}))
 
 

@@ -264,6 +264,9 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("generate: --shard K above N", lambda tmp, w: Case([*generate(tmp), "--shard", "3/2", "--out", str(tmp / "o")], "needs 1 <= K <= N", [tmp]))
     add("generate: --dry-run with a --shard that is not K/N", lambda tmp, w: Case(
         [*generate(tmp), "--shard", "abc", "--dry-run", "--plan-out", str(tmp / "plan.parquet")], "is not K/N", [tmp]))
+    add("generate: --ray-resource-timeout 0", lambda tmp, w: Case([*generate(tmp), "--engine", "ray", "--ray-resource-timeout", "0", "--out", str(tmp / "o")], "ray.resource_timeout", [tmp]))
+    add("generate: a Ray cluster address nothing answers on", lambda tmp, w: Case(
+        [*generate(tmp), "--engine", "ray", "--ray-address", "127.0.0.1:9", "--out", str(tmp / "o")], "nothing answers at 127.0.0.1:9", [tmp]))
     add("generate: --plan-out is a folder", lambda tmp, w: Case([*generate(tmp), "--dry-run", "--plan-out", str(_mkdir(tmp / "plans"))], "is a folder", [tmp]))
     add("generate: a case profile naming an unknown code", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_broken_cases(tmp / "tax")), "--out", str(tmp / "o")], "'I5O' is not an ICD-10-CM", [tmp]))
     add("filter: a taxonomy whose mention context rules are not YAML", lambda tmp, w: Case(

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fixtures import record, words
+from fixtures import record, small_run_config, words
 
 from mediflow.cli import main
 from mediflow.errors import MediflowError
@@ -222,3 +222,23 @@ def test_a_null_in_a_column_no_reader_needs_is_read(tmp_path: Path) -> None:
     pq.write_table(table, path)
     assert open_input(path).num_rows == 12
     assert open_input(path, "documents").num_rows == 12
+
+
+def test_generate_on_a_folder_in_use_stops_before_it_builds_its_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan and its cases take a minute at scale: a second process on the same --out says so first."""
+    import mediflow.pipeline.run as run
+
+    def no_plan(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the plan was built for a folder another process holds")
+
+    monkeypatch.setattr(run, "build_plan", no_plan)
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = FolderLock(out)
+    lock.acquire()
+    try:
+        with pytest.raises(MediflowError, match=r"in use by another process \(pid \d+"):
+            run.generate(small_run_config(None, out))
+    finally:
+        lock.release()
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]

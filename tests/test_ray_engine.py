@@ -164,3 +164,17 @@ def test_ray_pit_qa_gives_the_local_task_data(ray_address, teacher_server, tmp_p
     assert tables[0].num_rows > 0 and tables[0].equals(tables[1])
     negotiated = [json.loads((tmp_path / engine / "manifest.json").read_text())["teacher_capabilities"] for engine in ("ray", "local")]
     assert negotiated[0] == negotiated[1] and negotiated[0]["qa.teacher"]["structured_output"] == "json_schema"
+
+
+def test_an_actor_alone_with_work_left_gets_the_whole_rpm(ray_address, teacher_server, tmp_path) -> None:
+    """Reproduction: each actor had 1/N of the rpm for the whole run, so the tail of a run (or the survivors of a node
+    loss) went at a fraction of the quota (404 of 600 rpm measured). One record, 30 judge samples: one actor does all."""
+    source = write_output_folder(tmp_path / "in", unjudged(documents=1)[:1], shards=1)
+    settings = {"teacher": TEACHER, "base_url": teacher_server, "progress": False, "samples": 30, "limits": {"rpm": 600}}
+    # 3 actors of a quarter CPU: at Ray's default half CPU, 3 actors on this module's 2-CPU Ray never get the input's row
+    # (Ray Data leaves the read no room; a known hang, docs/scaling.md)
+    run_judge(source, tmp_path / "out", JudgeConfig.load(None, engine="ray", ray={"actors": 3, "batch_size": 1, "num_cpus": 0.25}, **settings))
+    arrivals = sorted(teacher_server.stats()["arrivals"])
+    assert len(arrivals) == 30
+    # the run's bucket holds one second (10 requests), then 10 a second: ~2 s; a third of the rpm would take ~8 s
+    assert arrivals[-1] - arrivals[0] < 4.5, arrivals[-1] - arrivals[0]

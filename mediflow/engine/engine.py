@@ -23,11 +23,11 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from mediflow.engine.accounting import BatchUsage, EngineStats, Mode, price_per_1k
 from mediflow.engine.breaker import ErrorRateBreaker
-from mediflow.engine.cache import ResponseCache, cache_key
+from mediflow.engine.cache import AnswerStore, ResponseCache, SharedCache, cache_key
 from mediflow.engine.config import LimitsConfig, PricesConfig
 from mediflow.engine.deferral import DeferralSink, Deferred
 from mediflow.engine.failures import Failure, TruncatedAnswer, classify
-from mediflow.engine.limits import AdaptiveLimit, RateLimitHeaders, TokenBucket
+from mediflow.engine.limits import AdaptiveLimit, LeasedBucket, RateLimitHeaders, SharedLimits, TokenBucket
 from mediflow.engine.progress import Activity, Progress
 from mediflow.errors import TeacherError
 from mediflow.teachers.base import ChatRequest, ChatResponse, Teacher
@@ -66,17 +66,16 @@ class Engine:
         *,
         prices: PricesConfig | None = None,
         progress: bool = True,
-        limit_share: float = 1.0,
+        shared_limits: SharedLimits | None = None,
+        shared_cache: bool = False,
     ) -> None:
-        if not 0.0 < limit_share <= 1.0:
-            raise ValueError(f"limit_share must be in (0, 1], got {limit_share}")
         self.teacher = teacher
-        #: This engine's share of the rpm/tpm limits, configured or reported by the server: ``engine: ray``
-        #: runs one engine per actor, each with ``1 / actors`` of them, so that together they keep the limits.
-        self.limit_share = limit_share
         self.config = limits or LimitsConfig()
         self.prices = prices or PricesConfig()
         self.cache_path = Path(cache_path)
+        #: A Ray actor's engine: read ``cache_path`` read-only and append answers to this actor's own
+        #: segment, written in groups (:class:`~mediflow.engine.cache.SharedCache`); see :meth:`flush`.
+        self.shared_cache = shared_cache
         self.stats = EngineStats()
         self.limit = AdaptiveLimit(
             min(self.config.concurrency, teacher.max_concurrency or self.config.concurrency),
@@ -84,15 +83,23 @@ class Engine:
             latency_tolerance=self.config.latency_tolerance,
             latency_floor=self.config.latency_floor,
         )
-        self.request_bucket = TokenBucket(self._shared(self.config.rpm))
-        self.token_bucket = TokenBucket(self._shared(self.config.tpm))
+        #: ``engine: ray`` runs one engine per actor; their rpm and tpm buckets are ends of the run's shared
+        #: buckets (named after the teacher), so together they keep the limits, configured or reported by the server.
+        self.request_bucket: TokenBucket | LeasedBucket
+        self.token_bucket: TokenBucket | LeasedBucket
+        if shared_limits is None:
+            self.request_bucket, self.token_bucket = TokenBucket(self.config.rpm), TokenBucket(self.config.tpm)
+        else:
+            name = f"{teacher.name} at {teacher.describe()}"
+            self.request_bucket = LeasedBucket(f"{name}: requests", self.config.rpm, shared_limits)
+            self.token_bucket = LeasedBucket(f"{name}: tokens", self.config.tpm, shared_limits)
         self.progress = Progress(
             self.stats, self._activity, enabled=progress, request_timeout=self.config.request_timeout
         )
         self._breaker = ErrorRateBreaker(
             self.config.error_rate_threshold, self.config.error_window, self.config.error_min_samples
         )
-        self._cache: ResponseCache | None = None
+        self._cache: AnswerStore | None = None
         self._deferrals: DeferralSink | None = None
         self._entered = False
         self._stop_reason: str | None = None
@@ -115,18 +122,27 @@ class Engine:
     ) -> None:
         self._entered = False
         await self.progress.stop()
+        for bucket in (self.request_bucket, self.token_bucket):
+            if isinstance(bucket, LeasedBucket):
+                bucket.release()
         if self._cache is not None:
+            await self._cache.flush()
             self._cache.close()
             self._cache = None
 
-    def _opened_cache(self) -> ResponseCache:
+    def _opened_cache(self) -> AnswerStore:
         """The cache, opened (and the progress bar started) on the first request."""
         if not self._entered:
             raise RuntimeError("use the engine inside 'async with Engine(...)'")
         if self._cache is None:
-            self._cache = ResponseCache(self.cache_path)
+            self._cache = SharedCache(self.cache_path) if self.shared_cache else ResponseCache(self.cache_path)
             self.progress.start()
         return self._cache
+
+    async def flush(self) -> None:
+        """Make every answer received so far durable (a shared cache writes its queue; a local one has nothing queued)."""
+        if self._cache is not None:
+            await self._cache.flush()
 
     @property
     def stopped(self) -> bool:
@@ -232,6 +248,7 @@ class Engine:
                 ) from None
             response = failed.response  # truncated every time: hand it over, the caller rejects it
         self._store(key, response)
+        await self.flush()  # a shared cache writes answers arriving together as one group; none is handed over before it is on disk
         return response
 
     async def _attempt(self, request: ChatRequest) -> ChatResponse:
@@ -326,18 +343,10 @@ class Engine:
         finally:
             self._backing_off -= 1
 
-    def _shared(self, per_minute: float | None) -> float | None:
-        """This engine's share of a per-minute limit (the whole of it unless several engines split it)."""
-        return None if per_minute is None else per_minute * self.limit_share
-
     def _observe_rate_limits(self, response: ChatResponse) -> None:
         limits = RateLimitHeaders(response.headers)
-        self.request_bucket.observe_server(
-            self._shared(limits.limit_requests), self._shared(limits.remaining_requests), user_limit=self._shared(self.config.rpm)
-        )
-        self.token_bucket.observe_server(
-            self._shared(limits.limit_tokens), self._shared(limits.remaining_tokens), user_limit=self._shared(self.config.tpm)
-        )
+        self.request_bucket.observe_server(limits.limit_requests, limits.remaining_requests, user_limit=self.config.rpm)
+        self.token_bucket.observe_server(limits.limit_tokens, limits.remaining_tokens, user_limit=self.config.tpm)
 
     def _price(self, model: str, mode: Mode = "online") -> tuple[float, float] | None:
         if (model, mode) not in self._prices:

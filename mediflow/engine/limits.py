@@ -5,6 +5,10 @@ Buckets refill continuously at ``limit / 60`` per second and hold one second's w
 their per-minute limits over shorter periods). A request costing more than the capacity may go
 when the bucket is full, driving it negative, so a large request is slowed but never deadlocked.
 When the server reports its limits (``x-ratelimit-*``), the buckets adopt them.
+
+Engines on several machines (``engine: ray``) keep one limit together through :class:`LeasedBucket`:
+each takes chunks from a shared bucket (:class:`SharedLimits`, the run's coordinator actor) instead
+of holding a fixed share of the limit.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import collections
 import re
 import time
 from collections.abc import Mapping
+from typing import Protocol
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -200,3 +205,87 @@ class AdaptiveLimit:
     @property
     def latency_baseline(self) -> float | None:
         return self._baseline
+
+
+class SharedLimits(Protocol):
+    """The buckets several engines draw from together (``engine: ray``: the run's coordinator actor).
+
+    Buckets are named; each holds one per-minute limit for all the engines that use its name.
+    """
+
+    async def take(self, name: str, per_minute: float, amount: float) -> float:
+        """Wait until ``amount`` can be taken from bucket ``name`` (created at ``per_minute``), take it, return it."""
+        ...
+
+    def give_back(self, name: str, amount: float) -> None:
+        """Return what an engine took and did not spend (fire and forget)."""
+
+    def observe(self, name: str, limit: float | None, remaining: float | None, user_limit: float | None) -> None:
+        """What the server reported for bucket ``name`` (``x-ratelimit-*``), as :meth:`TokenBucket.observe_server` takes it."""
+
+
+class LeasedBucket:
+    """This engine's end of a bucket shared with other engines: it takes chunks from the shared bucket and spends them here.
+
+    A chunk is a tenth of a second of the limit (at least one unit), so the shared bucket is asked
+    about ten times a second at most, not on every request, and an engine holds at most a chunk
+    the others cannot use. An engine that runs out of work leaves nothing idle: the shared bucket
+    gives the whole limit to whoever asks (the tail of a run, a run after a node loss). Same
+    interface as :class:`TokenBucket`.
+    """
+
+    #: Seconds of the limit taken at a time.
+    CHUNK_S = 0.1
+    #: Seconds between two reports of the server's ``remaining`` (a changed limit is reported at once).
+    REPORT_EVERY_S = 1.0
+
+    def __init__(self, name: str, per_minute: float | None, shared: SharedLimits) -> None:
+        self.name = name
+        self.per_minute = per_minute
+        self._shared = shared
+        self._reserve = 0.0
+        self._lock = asyncio.Lock()  # FIFO: the oldest waiter is served first
+        self._reported = float("-inf")
+
+    @property
+    def chunk(self) -> float:
+        return max(1.0, (self.per_minute or 0.0) / 60.0 * self.CHUNK_S)
+
+    async def acquire(self, cost: float = 1.0) -> float:
+        """Take ``cost``, from this engine's reserve or a chunk of the shared bucket; returns the seconds waited."""
+        if self.per_minute is None:
+            return 0.0
+        started = time.monotonic()
+        async with self._lock:
+            if self._reserve < cost:
+                self._reserve += await self._shared.take(self.name, self.per_minute, max(self.chunk, cost - self._reserve))
+            self._reserve -= cost
+        return time.monotonic() - started
+
+    def refund(self, amount: float) -> None:
+        """Give back an over-reservation (or take more when ``amount`` is negative); more than a chunk goes back to the shared bucket."""
+        if self.per_minute is None:
+            return
+        self._reserve += amount
+        if self._reserve > self.chunk:
+            self._shared.give_back(self.name, self._reserve - self.chunk)
+            self._reserve = self.chunk
+
+    def observe_server(self, limit: float | None, remaining: float | None, *, user_limit: float | None) -> None:
+        """Pass the server's limits on to the shared bucket (a changed limit at once, ``remaining`` once a second)."""
+        known = None
+        if limit is not None and limit > 0:
+            known = min(limit, user_limit) if user_limit is not None else limit
+        changed = known is not None and known != self.per_minute
+        if changed:
+            self.per_minute = known
+        now = time.monotonic()
+        if changed or (remaining is not None and self.per_minute is not None and now - self._reported >= self.REPORT_EVERY_S):
+            self._reported = now
+            self._shared.observe(self.name, limit, remaining, user_limit)
+
+    def release(self) -> None:
+        """Hand the unspent reserve back (an engine closing)."""
+        if self.per_minute is not None and self._reserve > 0:
+            self._shared.give_back(self.name, self._reserve)
+        self._reserve = 0.0

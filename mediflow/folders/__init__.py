@@ -10,7 +10,7 @@
 """
 
 from mediflow.folders.atomic import write_atomically, write_json, write_parquet, write_text
-from mediflow.folders.guards import FolderLock, check_no_links, check_no_overlap, check_output, lock_holder, make_parent, reading, refuse_link
+from mediflow.folders.guards import FolderLock, check_no_links, check_no_overlap, check_not_in_use, check_output, lock_holder, make_parent, reading, refuse_link
 from mediflow.folders.manifest import InputRef, Manifest, read_manifest
 from mediflow.folders.output import CACHE_NAME, DATA_DIR, REJECTS_NAME, OutputFolder, config_fingerprint, shard_name
 from mediflow.folders.reader import InputData, open_input, read_batches, read_file, with_ids
@@ -29,6 +29,7 @@ __all__ = [
     "StagedWriter",
     "check_no_links",
     "check_no_overlap",
+    "check_not_in_use",
     "check_output",
     "config_fingerprint",
     "lock_holder",

@@ -224,7 +224,7 @@ class FolderLock:
             holder = _read_holder(fd)
             if not wait:
                 os.close(fd)
-                raise MediflowError(f"{self.folder}: in use by another process ({holder}); wait for it to finish or stop it") from None
+                raise _in_use(self.folder, holder) from None
             logger.warning("%s: waiting for another process (%s)", self.folder, holder)
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
@@ -259,6 +259,18 @@ def _read_holder(fd: int) -> str:
     os.lseek(fd, 0, os.SEEK_SET)
     text = os.read(fd, 400).decode("utf-8", "replace").strip()
     return text or "a process that has just started"
+
+
+def check_not_in_use(folder: Path) -> None:
+    """Refuse ``folder`` while another process holds its lock, naming it; cheap (one ``flock`` probe), so a
+    command that needs minutes before it opens its output (``generate`` builds its plan and cases) says it first."""
+    holder = lock_holder(folder)
+    if holder is not None:
+        raise _in_use(Path(folder), holder)
+
+
+def _in_use(folder: Path, holder: str) -> MediflowError:
+    return MediflowError(f"{folder}: in use by another process ({holder}); wait for it to finish or stop it")
 
 
 def lock_holder(folder: Path) -> str | None:

@@ -8,6 +8,7 @@ writes this layout (a model folder, :mod:`mediflow.folders.model`, holds a model
       data/part-00000.parquet ...   the kept records, and nothing else
       rejects.parquet     every record kept out of data/, with its stage and reason
       cache.sqlite        the engine's cache of every teacher answer (never removed: it was paid for)
+      cache-segments/     Ray actors' answers until they are merged into cache.sqlite (kept like it)
       .lock               the exclusive lock, naming the process that holds it
       .tmp-*              a running (or killed) process's temporary files, removed by the next run
 
@@ -29,13 +30,15 @@ from typing import Any
 
 from mediflow.errors import MediflowError
 from mediflow.folders.atomic import TEMP_PREFIX, remove_leftovers
-from mediflow.folders.guards import LOCK_NAME, FolderLock, check_no_links, check_output, lock_holder
+from mediflow.folders.guards import LOCK_NAME, FolderLock, check_no_links, check_not_in_use, check_output
 from mediflow.folders.manifest import MANIFEST_NAME, InputRef, Manifest, changes, read_manifest
 from mediflow.records import canonical_json, content_id
 
 DATA_DIR = "data"
 REJECTS_NAME = "rejects.parquet"
 CACHE_NAME = "cache.sqlite"
+#: Ray actors' answers not yet merged into the cache (``engine.cache.segments_dir``): paid for, like the cache.
+CACHE_SEGMENTS = "cache-segments"
 #: Where generate keeps each committed plan range's rejects and summary until they are folded.
 PARTS_DIR = ".parts"
 #: Where curate keeps each stage's own folder.
@@ -46,7 +49,7 @@ DATASETS_CACHE = ".datasets-cache"
 BATCHES_DIR = "batches"
 #: Entries of a folder that belong to the contract (anything else there is foreign).
 OWN_ENTRIES = frozenset(
-    {DATA_DIR, REJECTS_NAME, MANIFEST_NAME, CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", LOCK_NAME, PARTS_DIR, STAGES_DIR, DATASETS_CACHE, BATCHES_DIR}
+    {DATA_DIR, REJECTS_NAME, MANIFEST_NAME, CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", CACHE_SEGMENTS, LOCK_NAME, PARTS_DIR, STAGES_DIR, DATASETS_CACHE, BATCHES_DIR}
 )
 
 
@@ -245,7 +248,7 @@ class OutputFolder:
 
 
 #: What survives ``overwrite`` and a fresh start: paid-for answers (and the batches that bring them), and the lock itself.
-_CACHES = frozenset({CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", BATCHES_DIR})
+_CACHES = frozenset({CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", CACHE_SEGMENTS, BATCHES_DIR})
 
 
 def _is_own(name: str, own: Iterable[str]) -> bool:
@@ -257,9 +260,7 @@ def _check(root: Path, manifest: Manifest, own: frozenset[str] | set[str], kept:
     """The guards that need no lock: the one output guard (a folder path, no overlap with any input or the
     config file, not inside another run's folder, writable), nothing foreign in it, no link among its files."""
     check_output(root, [Path(ref.path) for ref in manifest.inputs] + input_paths)
-    holder = lock_holder(root)
-    if holder is not None:  # said first: what the folder holds is changing under the other process
-        raise MediflowError(f"{root}: in use by another process ({holder}); wait for it to finish or stop it")
+    check_not_in_use(root)  # said first: what the folder holds is changing under the other process
     _check_contents(root, manifest, own, kept, overwrite)
 
 

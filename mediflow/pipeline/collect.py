@@ -61,9 +61,10 @@ class ShardCollector:
     @property
     def finished_items(self) -> int:
         """How many of this run's plan items the committed shards cover."""
-        return sum(self._expected(shard) for shard in self.finished if shard < self.shard_count)
+        return sum(self.expected(shard) for shard in self.finished if shard < self.shard_count)
 
-    def _expected(self, shard: int) -> int:
+    def expected(self, shard: int) -> int:
+        """How many of this run's items plan range ``shard`` holds."""
         if self.share_counts is not None:
             return self.share_counts.get(shard, 0)
         return min(self.shard_size, self.plan_size - shard * self.shard_size)
@@ -79,17 +80,22 @@ class ShardCollector:
             return
         bucket = self._pending[shard]
         bucket[position] = (kind, row)
-        if len(bucket) == self._expected(shard):
+        if len(bucket) == self.expected(shard):
             self._commit(shard, bucket)
 
     def _commit(self, shard: int, bucket: dict[int, tuple[str, dict[str, Any]]]) -> None:
-        ordered = sorted(bucket.items())
-        rows = [row for _, (kind, row) in ordered if kind == "record"]
-        rejects = [row for _, (kind, row) in ordered if kind == "reject"]
-        positions = {kind: [position for position, (k, _) in ordered if k == kind] for kind in ("record", "reject")}
-        self.output.write_shard(shard, rows, rejects, shard_summary(shard, rows, rejects, positions))
+        write_range(self.output, shard, bucket)
         self.finished.add(shard)
         del self._pending[shard]
+
+
+def write_range(output: RunOutput, shard: int, items: Mapping[int, tuple[str, dict[str, Any]]]) -> None:
+    """Commit plan range ``shard`` of ``output`` from its finished items (plan position -> (kind, row)), in plan order."""
+    ordered = sorted(items.items())
+    rows = [row for _, (kind, row) in ordered if kind == "record"]
+    rejects = [row for _, (kind, row) in ordered if kind == "reject"]
+    positions = {kind: [position for position, (k, _) in ordered if k == kind] for kind in ("record", "reject")}
+    output.write_shard(shard, rows, rejects, shard_summary(shard, rows, rejects, positions))
 
 
 def shard_summary(shard: int, rows: list[dict[str, Any]], rejects: list[dict[str, Any]], positions: dict[str, list[int]]) -> dict[str, Any]:

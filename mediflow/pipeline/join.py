@@ -14,22 +14,17 @@ with a share, nothing foreign in it, not locked by another process).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow.parquet as pq
-
-from mediflow.engine.cache import ResponseCache
+from mediflow.engine.cache import merge_caches
 from mediflow.errors import MediflowError
 from mediflow.folders import OutputFolder, check_no_overlap, read_manifest
 from mediflow.pipeline.collect import shard_summary
-from mediflow.pipeline.output import REJECT_SCHEMA, RunOutput
+from mediflow.pipeline.output import RunOutput, interleave_range
 from mediflow.pipeline.run import RunSummary, finish_run
-from mediflow.records import GENERATION_SCHEMA
 from mediflow.teachers.negotiation import capabilities_by_role
 
 
@@ -86,50 +81,10 @@ def join_shares(out: str | Path, folders: Sequence[str | Path]) -> RunSummary:
         shares = [RunOutput(path) for path in paths]
         ranges = sorted({index for share in shares for index, _ in share.shards()})
         for index in ranges:
-            rows, rejects, positions = _join_range(shares, index, started_at)
+            rows, rejects, positions = interleave_range(shares, index, started_at)
             output.write_shard(index, rows, rejects, shard_summary(index, rows, rejects, positions))
-        _merge_caches(output.cache_path, [share.cache_path for share in shares])
+        merge_caches(output.cache_path, [share.cache_path for share in shares])  # each share's teacher answers: the joined run reruns and extends for free
         return finish_run(output, "finished", None, {"shares": len(paths)})
-
-
-def _join_range(shares: Sequence[RunOutput], index: int, started_at: datetime) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, list[int]]]:
-    """Plan range ``index`` of every share, interleaved by plan position; ``created_at`` set to the run's start."""
-    parts: dict[str, list[tuple[int, dict[str, Any]]]] = {"record": [], "reject": []}
-    for share in shares:
-        path = share.shard_path(index)
-        if not path.exists():
-            continue
-        summary = share.read_summary(index)
-        rejects = pq.read_table(share.parts_dir / f"rejects-{index:05d}.parquet", schema=REJECT_SCHEMA).to_pylist()
-        records = pq.read_table(path, schema=GENERATION_SCHEMA).to_pylist()
-        for kind, table in (("record", records), ("reject", rejects)):
-            order = summary["positions"][kind]
-            if len(order) != len(table):
-                raise MediflowError(f"join: {path}: its summary lists {len(order)} {kind}s, the files hold {len(table)}")
-            parts[kind].extend(zip(order, table))
-    joined: dict[str, list[dict[str, Any]]] = {}
-    positions: dict[str, list[int]] = {}
-    for kind, pairs in parts.items():
-        ordered = [pairs[i] for i in np.argsort([position for position, _ in pairs], kind="stable")]
-        positions[kind] = [position for position, _ in ordered]
-        joined[kind] = [{**row, "created_at": started_at} for _, row in ordered]
-    return joined["record"], joined["reject"], positions
-
-
-def _merge_caches(target: Path, sources: Sequence[Path]) -> None:
-    """Every share's teacher answers into one cache, so the joined folder reruns and extends for free."""
-    ResponseCache(target).close()  # creates the table
-    db = sqlite3.connect(target)
-    try:
-        for number, source in enumerate(sources):
-            if not source.exists():
-                continue
-            db.execute(f"ATTACH DATABASE ? AS share{number}", (str(source),))
-            db.execute(f"INSERT OR IGNORE INTO responses SELECT * FROM share{number}.responses")
-            db.commit()
-            db.execute(f"DETACH DATABASE share{number}")
-    finally:
-        db.close()
 
 
 def _joined_manifest(manifests: Sequence[dict[str, Any]], folders: Sequence[Path], out: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -21,13 +21,16 @@ for every answer already received).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mediflow.errors import MediflowError
 from mediflow.folders import CACHE_NAME, DATA_DIR, REJECTS_NAME, OutputFolder, reject_schema, shard_name, write_json, write_parquet
 from mediflow.folders.output import PARTS_DIR
 from mediflow.records import GENERATION_SCHEMA, rows_to_table
@@ -62,14 +65,16 @@ class RunOutput:
     locked folder, ``RunOutput(folder.root, folder)``.
     """
 
-    def __init__(self, root: str | Path, folder: OutputFolder | None = None) -> None:
+    def __init__(self, root: str | Path, folder: OutputFolder | None = None, *, for_driver: bool = False) -> None:
         self.root = Path(root)
         self.folder = folder
+        #: ``engine: ray``: an actor writing shards (or pieces) into the folder its driver holds locked.
+        self.for_driver = for_driver
         self.data_dir = self.root / DATA_DIR
         self.parts_dir = self.root / PARTS_DIR
         self.rejects_path = self.root / REJECTS_NAME
         self.cache_path = self.root / CACHE_NAME
-        if folder is not None:
+        if folder is not None or for_driver:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.parts_dir.mkdir(parents=True, exist_ok=True)
 
@@ -78,6 +83,10 @@ class RunOutput:
         if self.folder is None:
             raise RuntimeError(f"{self.root}: opened for reading only")
         return self.folder
+
+    def _check_writable(self) -> None:
+        if self.folder is None and not self.for_driver:
+            raise RuntimeError(f"{self.root}: opened for reading only")
 
     def shards(self) -> Iterator[tuple[int, Path]]:
         """Finished shards, in order."""
@@ -93,7 +102,7 @@ class RunOutput:
 
     def write_shard(self, index: int, rows: list[dict[str, Any]], rejects: list[dict[str, Any]], summary: dict[str, Any]) -> None:
         """Commit one plan range: its rejects and summary first, then its shard (the commit marker)."""
-        self.writable()
+        self._check_writable()
         write_parquet(self.parts_dir / f"rejects-{index:05d}.parquet", rows_to_table(rejects, REJECT_SCHEMA))
         write_json(self.parts_dir / f"summary-{index:05d}.json", summary)
         write_parquet(self.shard_path(index), rows_to_table(rows, GENERATION_SCHEMA))
@@ -118,3 +127,28 @@ class RunOutput:
         table = pa.concat_tables(tables) if tables else REJECT_SCHEMA.empty_table()
         write_parquet(self.rejects_path, table)
         return int(table.num_rows)
+
+
+def interleave_range(parts: Sequence[RunOutput], index: int, created_at: datetime) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, list[int]]]:
+    """Plan range ``index`` of every part (the shares of a joined run, the pieces actors wrote), interleaved by plan
+    position, ``created_at`` set to the run's start: the records, the rejects and their positions."""
+    found: dict[str, list[tuple[int, dict[str, Any]]]] = {"record": [], "reject": []}
+    for part in parts:
+        path = part.shard_path(index)
+        if not path.exists():
+            continue
+        summary = part.read_summary(index)
+        rejects = pq.read_table(part.parts_dir / f"rejects-{index:05d}.parquet", schema=REJECT_SCHEMA).to_pylist()
+        records = pq.read_table(path, schema=GENERATION_SCHEMA).to_pylist()
+        for kind, table in (("record", records), ("reject", rejects)):
+            order = summary["positions"][kind]
+            if len(order) != len(table):
+                raise MediflowError(f"{path}: its summary lists {len(order)} {kind}s, the files hold {len(table)}")
+            found[kind].extend(zip(order, table))
+    joined: dict[str, list[dict[str, Any]]] = {}
+    positions: dict[str, list[int]] = {}
+    for kind, pairs in found.items():
+        ordered = [pairs[i] for i in np.argsort([position for position, _ in pairs], kind="stable")]
+        positions[kind] = [position for position, _ in ordered]
+        joined[kind] = [{**row, "created_at": created_at} for _, row in ordered]
+    return joined["record"], joined["reject"], positions

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import difflib
+import functools
 import hashlib
 import heapq
 import math
@@ -144,12 +145,15 @@ class Plan:
         """The first ``count`` items: a stratified sample of the plan."""
         return list(islice(self.items(), count))
 
-    def groups(self) -> Iterator[InstructionGroup]:
-        """The instruction groups in plan order, positions assigned as they come; stops at ``max_records``."""
-        position = 0
-        for stream, chunk in self._chunk_order():
-            if position >= self._length:
-                return
+    def groups(self, start: PlanCursor | None = None) -> Iterator[InstructionGroup]:
+        """The instruction groups in plan order, positions assigned as they come; stops at ``max_records``.
+
+        ``start``: resume the enumeration there (a :class:`PlanBlock`'s cursor) instead of at the beginning.
+        """
+        heap = list(start.heap) if start is not None else self._first_heap()
+        position = start.position if start is not None else 0
+        while heap and position < self._length:
+            stream, chunk = self._next_chunk(heap)
             first = chunk * self._chunk_size
             members = [stream.member(offset) for offset in range(first, min(first + self._chunk_size, stream.size))]
             key = content_id(self._seed, stream.task, stream.difficulty, stream.output_format, members)
@@ -163,24 +167,63 @@ class Plan:
             types = tuple(dict.fromkeys(document_type for document_type, _ in members))
             yield InstructionGroup(key, stream.task, stream.difficulty, stream.output_format, tuple(items), types)
 
-    def _chunk_order(self) -> Iterator[tuple[_Stream, int]]:
-        """(stream, chunk) pairs: streams interleaved by weighted round robin, chunks by a seeded stride permutation."""
-        heap: list[tuple[float, int, int]] = []  # (due time, stream number, chunks already given)
-        shape: dict[int, tuple[int, float, int, int]] = {}  # stream number -> (chunks, offset, shift, stride)
+    def blocks(self, size: int) -> Iterator[PlanBlock]:
+        """The plan cut into blocks of whole groups: block ``b`` holds the groups whose first item falls in ``[b*size, (b+1)*size)``
+        (``engine: ray`` hands one to an actor per shard range). One pass over the chunk order, building no item."""
+        heap = self._first_heap()
+        position, block, cursor = 0, -1, PlanCursor((), 0)
+        while heap and position < self._length:
+            if position // size != block:
+                if block >= 0:
+                    yield PlanBlock(block, cursor, position)
+                block, cursor = position // size, PlanCursor(tuple(heap), position)
+            stream, chunk = self._next_chunk(heap)
+            position += min(self._chunk_size, stream.size - chunk * self._chunk_size, self._length - position)
+        if block >= 0:
+            yield PlanBlock(block, cursor, position)
+
+    def _first_heap(self) -> list[tuple[float, int, int]]:
+        """The round robin's start: ``(due time, stream number, chunks already given)`` per stream."""
+        heap = [(offset / chunks, number, 0) for number, (chunks, offset, _, _) in self._shapes.items()]
+        heapq.heapify(heap)
+        return heap
+
+    def _next_chunk(self, heap: list[tuple[float, int, int]]) -> tuple[_Stream, int]:
+        """The next (stream, chunk) of the order (streams interleaved by weighted round robin, chunks by a seeded
+        stride permutation), taken off ``heap``."""
+        _, number, given = heapq.heappop(heap)
+        chunks, offset, shift, stride = self._shapes[number]
+        if given + 1 < chunks:
+            heapq.heappush(heap, ((given + 1 + offset) / chunks, number, given + 1))
+        return self._streams[number], (shift + given * stride) % chunks
+
+    @functools.cached_property
+    def _shapes(self) -> dict[int, tuple[int, float, int, int]]:
+        """Per stream number: (chunks, offset, shift, stride)."""
+        shapes: dict[int, tuple[int, float, int, int]] = {}
         for number, stream in enumerate(self._streams):
             if stream.size:
                 name = (stream.task, stream.difficulty, stream.output_format)
                 chunks = -(-stream.size // self._chunk_size)
-                offset = _unit(self._seed, "offset", *name)
-                shape[number] = (chunks, offset, _seed_of(self._seed, "shift", *name) % chunks, _stride(chunks))
-                heap.append((offset / chunks, number, 0))
-        heapq.heapify(heap)
-        while heap:
-            _, number, given = heapq.heappop(heap)
-            chunks, offset, shift, stride = shape[number]
-            yield self._streams[number], (shift + given * stride) % chunks
-            if given + 1 < chunks:
-                heapq.heappush(heap, ((given + 1 + offset) / chunks, number, given + 1))
+                shapes[number] = (chunks, _unit(self._seed, "offset", *name), _seed_of(self._seed, "shift", *name) % chunks, _stride(chunks))
+        return shapes
+
+
+@dataclass(frozen=True)
+class PlanCursor:
+    """A point of the plan's enumeration: the round robin's state there and the next item's position."""
+
+    heap: tuple[tuple[float, int, int], ...]
+    position: int
+
+
+@dataclass(frozen=True)
+class PlanBlock:
+    """Whole groups of the plan: those starting in shard range ``index``; their items are ``[cursor.position, end)``."""
+
+    index: int
+    cursor: PlanCursor
+    end: int
 
 
 def _stride(size: int) -> int:

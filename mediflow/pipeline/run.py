@@ -6,8 +6,8 @@ number of workers bounds the records in flight, so memory stays flat at any run 
 items go to the :class:`~mediflow.pipeline.collect.ShardCollector`, which commits complete plan
 ranges as shards.
 
-With ``engine: ray`` the groups are mapped over Ray Data actors instead
-(:mod:`mediflow.pipeline.ray_generate`), and their items come back to the same collector. With
+With ``engine: ray`` blocks of the plan, one per shard range, are mapped over Ray Data actors
+instead, which write the shards themselves (:mod:`mediflow.pipeline.ray_generate`). With
 ``shard: K/N`` the run makes one deterministic share of the plan (:mod:`mediflow.pipeline.share`);
 ``mediflow join`` puts the shares back together.
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,13 +42,13 @@ from mediflow.batch.runner import check_recorded_batches, fill_cache_in_batches
 from mediflow.config import TEACHER_ROLE, RunConfig, load_config
 from mediflow.engine import Engine
 from mediflow.errors import TeacherError
-from mediflow.folders import CACHE_NAME, OutputFolder, open_input
+from mediflow.folders import CACHE_NAME, OutputFolder, check_not_in_use, open_input
 from mediflow.folders.output import DATASETS_CACHE
 from mediflow.pipeline.collect import PassCollector, ShardCollector
 from mediflow.pipeline.flow import GroupFlow
 from mediflow.pipeline.output import RunOutput
 from mediflow.pipeline.plan import InstructionGroup, Plan, build_plan
-from mediflow.pipeline.ray_generate import GenerateWork
+from mediflow.pipeline.ray_generate import BlockPlan, BlockWork, absolute_paths, drive_blocks
 from mediflow.pipeline.share import Share
 from mediflow.pipeline.stages import Stages
 from mediflow.records import GENERATION_SCHEMA, content_id
@@ -61,8 +61,6 @@ from mediflow.terminology import ICD10CM_RELEASE
 
 if TYPE_CHECKING:
     import datasets
-
-    from mediflow.scale.ray_runner import RayRun
 
 
 @dataclass
@@ -100,20 +98,6 @@ def _share_counts(plan: Plan, share: Share, shard_size: int) -> tuple[Counter[in
     return counts, groups
 
 
-def _ray_run(groups: list[InstructionGroup], config: RunConfig, created_at: datetime) -> RayRun:
-
-    work = GenerateWork(config, created_at, config.ray.actors)
-    return RayRun(groups, work, config.ray)
-
-
-def _drive_on_ray(ray_run: RayRun, collector: ShardCollector, on_items_done: Callable[[int], None]) -> None:
-    """Map the groups over Ray actors; their items go to ``collector`` as batches come back."""
-    for _, rows in ray_run.results():
-        for position, kind, row in rows:
-            collector.add(position, kind, row)
-        on_items_done(len(rows))
-
-
 def _failures(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     reasons: Counter[str] = Counter()
     for summary in summaries:
@@ -147,6 +131,7 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
     ``overwrite`` replaces an ``--out`` holding another kind of folder or another config's run
     (its teacher cache is kept); without it such a folder is refused before anything is written.
     """
+    check_not_in_use(Path(config.output.dir))  # before the plan and its cases (a minute at scale): a second process stops at once
     taxonomy = load_taxonomy(Path(config.taxonomy) if config.taxonomy else None)
     plan: Plan = build_plan(config, taxonomy)
     share = Share.parse(config.shard) if config.shard else None
@@ -228,7 +213,10 @@ async def _generate(
     )
     groups = share.select(plan.groups()) if share else plan.groups()
     todo = (group for group in groups if flow.pending(group))
-    ray_run = _ray_run(list(todo), config, created_at) if config.engine == "ray" else None
+    ray_run, blocks = None, None
+    if config.engine == "ray":  # blocks of the plan (one per shard range) on actors that write the shards
+        blocks = BlockPlan.of(plan, collector, output.root)
+        ray_run = RayRun(blocks.units, BlockWork(absolute_paths(config), created_at), config.ray, folder=output.root, cache=output.cache_path)
     engine.progress.set_total(folder.manifest.details["plan"]["items"] - collector.finished_items)
 
     def finish(status: str, reason: str | None) -> RunSummary:
@@ -242,8 +230,9 @@ async def _generate(
         if ray_run is None:
             await _drive(todo, flow, workers)
         else:
+            assert blocks is not None
             with ray_session(config.ray):  # in the main thread: Ray installs its signal handlers
-                await asyncio.to_thread(_drive_on_ray, ray_run, collector, engine.progress.advance)
+                await asyncio.to_thread(drive_blocks, ray_run.results(), blocks, created_at, engine.progress.advance)
     except TeacherError as exc:
         status, stop_reason = "stopped", str(exc)
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -28,13 +28,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from mediflow.batch.runner import fill_cache_in_batches
 from mediflow.engine import Engine
-from mediflow.folders import OutputFolder, StagedWriter, open_input, reject_table
+from mediflow.folders import InputData, OutputFolder, StagedWriter, open_input, reject_table
 from mediflow.preference.candidates import AnswerSource, answer
 from mediflow.preference.config import PairsConfig
 from mediflow.preference.error_kinds import ErrorKind, applicable_kinds, choose_kind, load_error_kinds
@@ -43,15 +46,18 @@ from mediflow.preference.injection import INJECTION_FAILED, INJECTION_PROMPT, Er
 from mediflow.preference.judge import PAIR_JUDGE_PROMPT, PairJudge, PairJudgeStep
 from mediflow.preference.margins import IDENTICAL_TEXT, PairDecision, ScoredCandidate, best_worst_pair, confirmed_worse, same_text
 from mediflow.preference.rows import PAIR_SCHEMA, pair_row
-from mediflow.preference.selection import select_best
+from mediflow.preference.selection import Selection, select_best
 from mediflow.prompts import load_prompts
 from mediflow.records import JUDGE_SCORE_COLUMNS, RELEASED_COLUMNS
-from mediflow.scale.ray_runner import RayRun, add_stats, check_ray, in_order, ray_session
+from mediflow.scale.ray_runner import RayRun, RecordTable, add_stats, check_ray, in_order, ray_session
 from mediflow.steps import gather_all, map_ordered, open_engine
 from mediflow.sync import run_sync
 from mediflow.taxonomy import load_taxonomy
 from mediflow.teachers.config import TeacherConfig, api_key_of
 from mediflow.teachers.negotiation import capabilities_by_role
+
+if TYPE_CHECKING:
+    from mediflow.scale.ray_runner import ActorSession
 
 #: Drop reasons decided here (the margin rule, the hard checks and injection add their own).
 NO_APPLICABLE_KIND = "no_applicable_error_kind"
@@ -101,9 +107,7 @@ async def build_pairs_async(
         api_key_of(section, role)  # an unset key variable fails here, before anything is written
     if config.engine == "ray":
         check_ray(config.ray)
-    records = data.read(_INPUT_COLUMNS)
-    selection = select_best(records, min_score=config.min_score, top_fraction=config.top_fraction)
-    tried = selection.records if config.max_records is None else selection.records.slice(0, config.max_records)
+    selection, tried = _tried(data, config)
     schemas = _task_schemas(config)
     prompts = load_prompts(config.prompts_path)
     kinds = load_error_kinds(config.error_kinds_path)
@@ -115,6 +119,42 @@ async def build_pairs_async(
         except BaseException:
             output.abandon()
             raise
+
+
+def _tried(data: InputData, config: PairsConfig) -> tuple[Selection, pa.Table]:
+    """The selection, and the records to try in selection order.
+
+    The selection reads only the ids and the judge scores; then only the selected records are read in
+    full, so the driver never holds the rest of the input. Input whose ids are not all stored (outside
+    data: the ids come from the text) is read whole, as before.
+    """
+    if not _ids_everywhere(data):
+        selection = select_best(data.read(_INPUT_COLUMNS), min_score=config.min_score, top_fraction=config.top_fraction)
+        return selection, selection.records if config.max_records is None else selection.records.slice(0, config.max_records)
+    selection = select_best(data.read(["id", *JUDGE_SCORE_COLUMNS]), min_score=config.min_score, top_fraction=config.top_fraction)
+    chosen = selection.records.column("id").combine_chunks()
+    chosen = chosen if config.max_records is None else chosen.slice(0, config.max_records)
+    parts = [part for batch in data.iter_batches(_INPUT_COLUMNS) if (part := batch.filter(pc.is_in(batch.column("id"), value_set=chosen))).num_rows]
+    found = pa.concat_tables(parts, promote_options="default") if parts else data.schema().empty_table()
+    rank = {identifier: number for number, identifier in enumerate(chosen.to_pylist())}
+    order = np.argsort(np.array([rank[identifier] for identifier in found.column("id").to_pylist()], dtype=np.int64), kind="stable")
+    return selection, found.take(pa.array(order, pa.int64()))
+
+
+def _ids_everywhere(data: InputData) -> bool:
+    """Whether every record's ``id`` is stored (Parquet files whose statistics show an ``id`` column without nulls)."""
+    for file in data.files:
+        if file.suffix != ".parquet":
+            return False
+        metadata = pq.read_metadata(file)
+        leaves = [metadata.schema.column(number).path for number in range(metadata.num_columns)]
+        if "id" not in leaves:
+            return False
+        for group in range(metadata.num_row_groups):
+            statistics = metadata.row_group(group).column(leaves.index("id")).statistics
+            if statistics is None or not statistics.has_null_count or statistics.null_count:
+                return False
+    return True
 
 
 async def _build(
@@ -170,7 +210,7 @@ async def _outcomes(
     cache = folder.cache_path
     records = all_records()
     if config.engine == "ray":
-        ray_run = RayRun(list(records), PairsWork(config, cache, schemas, prompts, kinds), config.ray)
+        ray_run = RayRun(RecordTable(tried), PairsWork(config, cache, schemas, prompts, kinds), config.ray, folder=folder.root, cache=cache)
         with ray_session(config.ray):
             yield in_order(ray_run), lambda: {"ray": ray_run.session}, lambda: ray_run.teacher_capabilities
         return
@@ -192,11 +232,11 @@ async def open_pair_runner(
     prompts: Any,
     kinds: tuple[ErrorKind, ...],
     *,
-    actors: int = 1,
+    actor: ActorSession | None = None,
 ) -> AsyncIterator[tuple[Callable[[dict[str, Any]], Awaitable[Outcome]], dict[str, Engine]]]:
-    """``run(record) -> Outcome`` on open engines (one of ``actors`` that share the limits); the local and the Ray path both use it."""
+    """``run(record) -> Outcome`` on open engines (on a Ray ``actor``, its engines); the local and the Ray path both use it."""
     async with AsyncExitStack() as stack:
-        engines = await _open_engines(stack, config, cache, actors)
+        engines = await _open_engines(stack, config, cache, actor)
         judge_step = PairJudgeStep(prompts.get(PAIR_JUDGE_PROMPT), seed=config.seed, temperature=config.judge_temperature, max_corrections=config.max_corrections)
         judge = PairJudge(engines["judge"], judge_step, config.judge_samples)
         if config.method == "inject":
@@ -220,8 +260,8 @@ class PairsWork:
     kinds: tuple[ErrorKind, ...]
 
     @asynccontextmanager
-    async def open(self) -> AsyncIterator[_PairsWorker]:
-        async with open_pair_runner(self.config, self.cache, self.schemas, self.prompts, self.kinds, actors=self.config.ray.actors) as (run, engines):
+    async def open(self, actor: ActorSession) -> AsyncIterator[_PairsWorker]:
+        async with open_pair_runner(self.config, self.cache, self.schemas, self.prompts, self.kinds, actor=actor) as (run, engines):
             yield _PairsWorker(run, engines, self.config)
 
 
@@ -263,19 +303,18 @@ def _task_schemas(config: PairsConfig) -> dict[str, dict[str, Any]]:
     return {name: task.output_schema for name, task in taxonomy.tasks.items()}
 
 
-async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path, actors: int = 1) -> dict[str, Engine]:
+async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path, actor: ActorSession | None = None) -> dict[str, Engine]:
     """One engine per distinct teacher section (the judge shares the teacher's engine when it is the same one);
     they share the folder's one cache file (keys name the teacher, so answers never mix).
 
-    With ``actors`` > 1 (``engine: ray``) each engine gets its actor's share of the limits.
+    On a Ray ``actor`` the engines are the actor's (its share of the concurrency, the run's shared cache and limits).
     """
-    progress = config.progress and actors == 1
     opened: dict[tuple[str, str | None, str | None], Engine] = {}
     engines: dict[str, Engine] = {}
     for (role, section), name in zip(_roles(config), _engine_names(config)):
         identity = (section.spec, section.base_url, section.api_key_env)
         if identity not in opened:
-            opened[identity] = await stack.enter_async_context(open_engine(section, cache, config.limits, where=role, progress=progress, actors=actors))
+            opened[identity] = await stack.enter_async_context(open_engine(section, cache, config.limits, where=role, progress=config.progress and actor is None, share=actor))
         engines[name] = opened[identity]
     return engines
 

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,20 +37,25 @@ import pyarrow.compute as pc
 
 from mediflow.batch.runner import fill_cache_in_batches
 from mediflow.engine import Engine
-from mediflow.errors import ConfigError
+from mediflow.engine.config import LimitsConfig
+from mediflow.errors import ConfigError, MediflowError
 from mediflow.folders import InputData, OutputFolder, check_output
 from mediflow.quality.config import JudgeConfig
 from mediflow.quality.report import StageReport
 from mediflow.quality.rubric import RATIONALE, Rubric, load_rubric
 from mediflow.quality.stage import Drops, open_stage, run_stage_async
-from mediflow.scale.ray_runner import StepWork, add_stats, check_ray, ray_session, run_step_on_ray
-from mediflow.scale.vllm_processor import run_step_on_vllm
+from mediflow.records import content_id
+from mediflow.scale.ray_runner import RayRun, RecordFiles, StepWork, check_ray, in_order, ray_session
+from mediflow.scale.vllm_processor import build_vllm_processor, run_step_on_vllm
 from mediflow.steps import Answer, LLMStep, StepResult, ask, open_engine, run_step
 from mediflow.steps.structured import CompletesChat
 from mediflow.sync import run_sync
-from mediflow.teachers.base import ChatRequest
-from mediflow.teachers.config import api_key_of
+from mediflow.teachers.base import ChatRequest, ChatResponse, Teacher
+from mediflow.teachers.config import TeacherConfig, api_key_of
 from mediflow.teachers.negotiation import capabilities_by_role
+
+if TYPE_CHECKING:
+    from mediflow.scale.ray_runner import ActorSession
 
 STAGE = "judge"
 #: The judge's role in the manifest's ``teacher_capabilities`` (the config key of its teacher section).
@@ -113,7 +119,13 @@ class JudgeStep(LLMStep[tuple[dict[str, Any], int], dict[str, Any]]):
 
 
 class RecordJudge:
-    """Asks the judge about records, ``samples`` requests each, and aggregates the answers."""
+    """Asks the judge about records, ``samples`` requests each, and aggregates the answers.
+
+    Locally every batch's records go through the engine. With ``engine: ray`` the whole input is
+    one Ray run opened once for the stage (:meth:`ray_answers`): Ray reads the input files itself,
+    actors judge every record that needs it (all its samples), and the answers come back in row
+    order, which :meth:`judge_batch` checks against each batch's rows.
+    """
 
     def __init__(self, engine: CompletesChat, rubric: Rubric, config: JudgeConfig, cache: Path | None = None) -> None:
         self.engine = engine
@@ -123,11 +135,11 @@ class RecordJudge:
         self.step = JudgeStep(rubric, config)
         self.corrections = 0
         self.failed_samples = 0
-        self.ray_usage: dict[str, Any] = {}  # engine: ray: the actors' engine totals, summed over batches
-        self.ray_capabilities: list[dict[str, Any]] = []  # engine: ray: what each actor's teacher negotiated, per batch
+        self._ray_answers: AsyncIterator[tuple[str, list[StepResult[dict[str, Any]]] | None]] | None = None
+        self._ray_run: Any = None  # the RayRun of the stage (engine: ray, actors): its totals and negotiated capabilities
 
     async def judge(self, records: Sequence[dict[str, Any]], on_done: Callable[[], None] | None = None) -> list[Judgement]:
-        """One judgement per record, in record order.
+        """One judgement per record, in record order, on this process's engine.
 
         Every sample of every record is a row of the step runner: ``batch_records`` records' samples
         run at once as a sliding window (a record starts as soon as an earlier one finishes: no
@@ -137,7 +149,7 @@ class RecordJudge:
         rows = ((record, sample) for record in records for sample in range(samples))
         judgements: list[Judgement] = []
         answers: list[StepResult[dict[str, Any]]] = []
-        async for answer in self._answers(rows):
+        async for answer in run_step(self.engine, self.step, rows, self.config.batch_records * self.config.samples):
             answers.append(answer)
             if len(answers) == samples:
                 judgements.append(self._combine(answers))
@@ -146,26 +158,63 @@ class RecordJudge:
                     on_done()
         return judgements
 
-    async def _answers(self, rows: Iterator[tuple[dict[str, Any], int]]) -> AsyncIterator[StepResult[dict[str, Any]]]:
-        """The step's results in row order: on this engine, or (``engine: ray``) on Ray actors sharing the cache."""
-        if self.config.engine == "local":
-            async for answer in run_step(self.engine, self.step, rows, self.config.batch_records * self.config.samples):
-                yield answer
-            return
-
+    def ray_answers(self, data: InputData, folder: Path) -> None:
+        """``engine: ray``: start the stage's one Ray run over all of ``data`` (inside a Ray session)."""
         assert self.config.teacher is not None and self.cache is not None
-        if self.config.teacher.spec.startswith("vllm:"):  # a GPU teacher: ray.data.llm's vLLM engine processor
-
-            model = self.config.teacher.spec.partition(":")[2]
-            for result in await asyncio.to_thread(run_step_on_vllm, list(rows), self.step, model, self.config.ray.vllm):
-                yield result
+        columns = [*_PROMPT_COLUMNS, *self.rubric.names]
+        model = vllm_model(self.config)
+        if model is not None:
+            self._ray_answers = self._vllm_answers(data, model)
             return
-        work = StepWork(self.step, self.config.teacher, self.config.limits, self.cache, self.config.ray.actors, ROLE)
-        run = await asyncio.to_thread(run_step_on_ray, list(rows), work, self.config.ray)
-        self.ray_usage = add_stats(self.ray_usage, run.session)
-        self.ray_capabilities += run.teacher_capabilities
-        for result in run.results:
-            yield result
+        work = JudgeWork(self.step, self.config.teacher, self.config.limits, self.cache, self.config.samples, tuple(self.rubric.names), self.config.rejudge)
+        files = RecordFiles.of(data, columns)
+        units: Any = files if files is not None else data.read(columns).to_pylist()  # JSONL input: read by the driver
+        self._ray_run = RayRun(units, work, self.config.ray, folder=folder, cache=self.cache)
+        self._ray_answers = in_order(self._ray_run)
+
+    async def _vllm_answers(self, data: InputData, model: str) -> AsyncIterator[tuple[str, list[StepResult[dict[str, Any]]] | None]]:
+        """The vLLM processor's answers for every record, in row order (one processor, built once, for the whole input)."""
+
+        records = data.read([*_PROMPT_COLUMNS, *self.rubric.names]).to_pylist()
+        todo = [index for index, record in enumerate(records) if _needs_judging(record, self.rubric.names, self.config.rejudge)]
+        rows = [(records[index], sample) for index in todo for sample in range(self.config.samples)]
+        processor = build_vllm_processor(model, self.config.ray.vllm)
+        answered = dict(await asyncio.to_thread(lambda: list(run_step_on_vllm(rows, self.step, processor))))
+        samples = {index: [answered[n * self.config.samples + sample] for sample in range(self.config.samples)] for n, index in enumerate(todo)}
+        for index, record in enumerate(records):
+            yield _record_key(record), samples.get(index)
+
+    async def judge_batch(self, batch: pa.Table, todo: np.ndarray, on_done: Callable[[], None]) -> list[Judgement]:
+        """``engine: ray``: the judgements of ``batch``'s rows ``todo``, from the stage's Ray run (one answer per row, in order)."""
+        assert self._ray_answers is not None
+        keys = [_record_key(record) for record in batch.select([c for c in _PROMPT_COLUMNS if c in batch.column_names]).to_pylist()]
+        answers = [await anext(self._ray_answers) for _ in keys]
+        if [key for key, _ in answers] != keys:  # never a misaligned score
+            raise MediflowError("engine: ray: the judge's answers came back out of row order")
+        judgements = []
+        for row in todo.tolist():
+            results = answers[row][1]
+            if results is None:
+                raise MediflowError(f"engine: ray: row {row} of a batch was not judged by the actors but needs judging")
+            judgements.append(self._combine(results))
+            on_done()
+        return judgements
+
+    async def finish_ray(self) -> None:
+        """``engine: ray``: wait for the stage's Ray run to end (its answers merged into the cache, its totals in)."""
+        if self._ray_answers is not None:
+            async for _ in self._ray_answers:
+                raise MediflowError("engine: ray: the judge's Ray run gave more answers than the input has rows")
+
+    @property
+    def ray_usage(self) -> dict[str, Any]:
+        """``engine: ray``: the actors' engine totals."""
+        return self._ray_run.session if self._ray_run is not None else {}
+
+    @property
+    def ray_capabilities(self) -> list[dict[str, Any]]:
+        """``engine: ray``: what each actor's teacher negotiated with its server."""
+        return self._ray_run.teacher_capabilities if self._ray_run is not None else []
 
     def _combine(self, answers: Sequence[StepResult[dict[str, Any]]]) -> Judgement:
         self.corrections += sum(answer.corrections for answer in answers)
@@ -174,6 +223,52 @@ class RecordJudge:
         if not valid:
             return Judgement(None, error=f"all {len(answers)} judge samples failed; last: {answers[-1].error}")
         return aggregate(valid, self.rubric.names, self.config.aggregate)
+
+
+def _record_key(record: dict[str, Any]) -> str:
+    """What identifies a record to the judge (the columns its prompt shows): checks that answers and rows line up."""
+    return content_id(*(str(record.get(column) or "") for column in _PROMPT_COLUMNS))
+
+
+def _needs_judging(record: dict[str, Any], criteria: Sequence[str], rejudge: bool) -> bool:
+    """The rule of :meth:`JudgeStage.pending` for one row: all with ``rejudge``, else those missing any criterion's score."""
+    return rejudge or any(record.get(name) is None or record.get(name) != record.get(name) for name in criteria)
+
+
+@dataclass(frozen=True)
+class JudgeWork:
+    """``engine: ray``: what an actor needs to judge whole records (every sample) on its own engine; it must pickle."""
+
+    step: JudgeStep
+    teacher: TeacherConfig
+    limits: LimitsConfig
+    cache: Path
+    samples: int
+    criteria: tuple[str, ...]
+    rejudge: bool
+
+    @contextlib.asynccontextmanager
+    async def open(self, actor: ActorSession) -> AsyncIterator[_JudgeWorker]:
+
+        async with StepWork(self.step, self.teacher, self.limits, self.cache, ROLE).open(actor) as steps:
+            yield _JudgeWorker(steps, self)
+
+
+class _JudgeWorker:
+    def __init__(self, steps: Any, work: JudgeWork) -> None:
+        self.steps = steps
+        self.work = work
+
+    async def run(self, record: dict[str, Any]) -> tuple[str, list[StepResult[dict[str, Any]]] | None]:
+        """The record's key, and its samples' results (None: already judged, nothing asked)."""
+        if not _needs_judging(record, self.work.criteria, self.work.rejudge):
+            return _record_key(record), None
+        results = await asyncio.gather(*(self.steps.run((record, sample)) for sample in range(self.work.samples)))
+        return _record_key(record), list(results)
+
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = self.steps.stats()
+        return stats
 
 
 def _floats(batch: pa.Table, name: str) -> np.ndarray:
@@ -216,8 +311,11 @@ class JudgeStage:
         todo = np.flatnonzero(self.pending(batch))
         self.counts["already_judged"] += batch.num_rows - len(todo)
         self.progress.advance(batch.num_rows - len(todo))
-        records = batch.select([c for c in _PROMPT_COLUMNS if c in batch.column_names]).take(pa.array(todo, pa.int64())).to_pylist()
-        judgements = await self.judge.judge(records, on_done=lambda: self.progress.advance(1))
+        if self.config.engine == "ray":
+            judgements = await self.judge.judge_batch(batch, todo, on_done=lambda: self.progress.advance(1))
+        else:
+            records = batch.select([c for c in _PROMPT_COLUMNS if c in batch.column_names]).take(pa.array(todo, pa.int64())).to_pylist()
+            judgements = await self.judge.judge(records, on_done=lambda: self.progress.advance(1))
         self.counts["judged"] += sum(j.scores is not None for j in judgements)
         self.counts["failed"] += sum(j.scores is None for j in judgements)
         batch = self._with_columns(batch, todo, judgements)
@@ -265,6 +363,29 @@ class JudgeStage:
             drops.reason.append(f"{failed}{confidence}{why}")
             drops.match.append(None)
         return drops
+
+
+def vllm_model(config: JudgeConfig) -> str | None:
+    """The model path of a ``vllm:PATH`` judge on ``engine: ray`` (ray.data.llm's processor loads it on the GPU
+    nodes, never in the driver), made absolute when it names a folder here; else None."""
+    if config.engine != "ray" or config.teacher is None or not config.teacher.spec.startswith("vllm:"):
+        return None
+    model = config.teacher.spec.partition(":")[2]
+    return os.path.abspath(model) if os.path.exists(model) else model
+
+
+class _ProcessorTeacher(Teacher):
+    """The driver's stand-in for a judge answered by the vLLM processor: it names the model and answers nothing."""
+
+    def __init__(self, model: str) -> None:
+        self.name = f"vllm:{model}"
+        self.model = model
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        raise MediflowError(f"{self.name} answers on the Ray vLLM processor only")
+
+    async def aclose(self) -> None:
+        return None
 
 
 async def _fill_in_batches(data: InputData, folder: OutputFolder, config: JudgeConfig, engine: Engine, stage: JudgeStage) -> dict[str, Any]:
@@ -335,14 +456,21 @@ async def run_judge_async(source: Path | InputData, out: Path, config: JudgeConf
 async def _judge_into(data: InputData, folder: OutputFolder, config: JudgeConfig, rubric: Rubric, cache: Path) -> StageReport:
     """The judging itself, inside the locked output folder."""
     assert config.teacher is not None
-    async with open_engine(config.teacher, cache, config.limits, where=ROLE, progress=config.progress) as engine:
+    model = vllm_model(config)
+    # a vLLM judge on Ray is answered by the processor on the GPU nodes: the driver builds no model, only an
+    # engine for the progress bar and the manifest's teacher name
+    opened = open_engine(config.teacher, cache, config.limits, where=ROLE, progress=config.progress) if model is None else Engine(_ProcessorTeacher(model), cache, config.limits, progress=config.progress)
+    async with opened as engine:
         engine.progress.set_total(data.num_rows, "records")
         judge = RecordJudge(engine, rubric, config, cache)
         stage = JudgeStage(judge, rubric, config, engine.progress)
         batch_report = await _fill_in_batches(data, folder, config, engine, stage) if config.mode == "batch" else None
 
         async def decide(batch: pa.Table, offset: int) -> tuple[pa.Table, Drops]:
-            return await stage.decide(batch)
+            decided = await stage.decide(batch)
+            if offset + batch.num_rows >= data.num_rows:
+                await judge.finish_ray()  # the last batch: the Ray run's answers merged and its totals in, before the manifest
+            return decided
 
         def details() -> dict[str, Any]:
             # the stage's last step before it publishes: the manifest also says how the judge was asked
@@ -360,4 +488,6 @@ async def _judge_into(data: InputData, folder: OutputFolder, config: JudgeConfig
             }
 
         with _ray_session_if(config):  # in the main thread: Ray installs its signal handlers
+            if config.engine == "ray":
+                judge.ray_answers(data, folder.root)  # the stage's one Ray run, over the whole input
             return await run_stage_async(data, folder, decide, details)

@@ -9,15 +9,22 @@ answer holds back no other batch. Results stream back to the driver as batches f
 driver writes them through the stage's usual output (the run's shards, the quality stage's
 writer), so the output folder is the same as with the local engine.
 
-Limits: every actor's engine gets ``1 / actors`` of the run's concurrency, rpm and tpm (also of
-the limits a server reports in ``x-ratelimit-*`` headers), so the actors together keep the run's
-limits without a limiter actor on every request's path. The cost: an actor that runs out of work
-early leaves its share unused for the tail of the run.
+What makes it survive a real cluster (docs/scaling.md):
 
-Cache: all actors write answers to the same SQLite file (WAL, one transaction per answer), so a
-killed run loses only the requests in flight, and a rerun, local or on Ray, pays for nothing
-twice. On a multi-node cluster the output folder must be on a file system every node mounts with
-working POSIX locks (see docs/scaling.md).
+- **Paths**: the driver hands actors absolute paths only (the output folder, the cache), and
+  each actor checks, before its first request, that the folder it sees is the driver's (a marker
+  file with the run's token): a node that does not mount the output folder at the same path
+  refuses with one line instead of writing a cache nobody reads.
+- **Cache**: actors never write the run's SQLite cache (WAL needs memory shared on one host).
+  Each reads it read-only and appends its answers to its own segment, in groups written from a
+  thread (a group commit: an answer is handed over once it is on disk, so a kill loses only the
+  requests in flight). The driver merges the segments into the cache at the end, and at the start
+  of a rerun.
+- **Limits**: the run's coordinator actor holds the rpm and tpm buckets; every engine takes
+  chunks from them (:mod:`mediflow.scale.coordinator`), so the actors together keep the limits
+  and whoever still has work gets all of them. Concurrency is split: ``1 / actors`` each.
+- **Totals**: actors report their engines' totals to the coordinator; a dead actor's last report
+  stays counted.
 
 Without ``ray.address`` a local Ray is started on this machine (and stopped at the end); with one,
 the driver connects to that cluster, whose nodes must have mediflow installed.
@@ -27,23 +34,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
+import os
 import pickle
+import queue
 import socket
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from mediflow.engine.cache import merge_segments, segments_dir
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError, MediflowError
 from mediflow.scale.config import RayConfig
+from mediflow.scale.coordinator import CoordinatorLimits, start_coordinator
 from mediflow.steps import ask
 from mediflow.steps.contract import LLMStep, StepResult
 from mediflow.steps.runner import map_ordered
@@ -51,50 +67,177 @@ from mediflow.steps.stage import open_engine
 from mediflow.teachers.config import TeacherConfig
 from mediflow.teachers.negotiation import capabilities_by_role
 
+if TYPE_CHECKING:
+    from mediflow.engine import Engine
+    from mediflow.folders import InputData
+
+logger = logging.getLogger(__name__)
+
 #: Ray Data's default number of batches one async actor works on at once.
 BATCHES_PER_ACTOR = 4
+#: The marker a driver leaves in its output folder for its actors to find (``.tmp-``: a killed run's is cleaned up).
+MARKER_PREFIX = ".tmp-ray-"
+#: Seconds between an actor's reports of its totals (each after a flush of its answers).
+REPORT_EVERY_S = 1.0
+#: Seconds a finished run waits for its actors to let go of their cache segments before it leaves them to the next merge.
+RELEASE_WAIT_S = 60.0
 
 
 class Worker(Protocol):
-    """One actor's open stage: maps a unit to its result on the actor's engine."""
+    """One actor's open stage: maps a unit to its result on the actor's engines."""
 
     async def run(self, unit: Any) -> Any: ...
 
     def stats(self) -> dict[str, Any]:
-        """The actor's engine totals so far (:meth:`EngineStats.as_dict`)."""
+        """The actor's engine totals so far (:meth:`EngineStats.as_dict`), and ``teacher_capabilities``."""
         ...
 
 
 class EngineWork(Protocol):
-    """A stage's work, sent to every actor (it must pickle); ``open()`` runs once per actor, in its event loop."""
+    """A stage's work, sent to every actor (it must pickle); ``open()`` runs once per actor, in its event loop,
+    and opens its engines with ``open_engine(..., share=actor)``."""
 
-    def open(self) -> AbstractAsyncContextManager[Worker]: ...
+    def open(self, actor: ActorSession) -> AbstractAsyncContextManager[Worker]: ...
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the driver hands every actor of one run: the coordinator, the actor count, and the folder it must see."""
+
+    coordinator: Any  # the coordinator's ActorHandle
+    actors: int
+    folder: Path  # absolute
+    token: str
+
+    @property
+    def marker(self) -> Path:
+        return self.folder / f"{MARKER_PREFIX}{self.token}"
+
+
+class ActorSession:
+    """One actor's side of a run: it checks the output folder, shares the run's limits and cache with the engines its
+    work opens (``open_engine(..., share=actor)``: an :class:`~mediflow.steps.stage.EngineShare`), and flushes them."""
+
+    def __init__(self, context: RunContext) -> None:
+        self.context = context
+        self.id = uuid.uuid4().hex
+        self.engines: list[Engine] = []
+        self._shared_limits = CoordinatorLimits(context.coordinator)
+
+    def check_folder(self) -> None:
+        """Refuse to work on a node that does not see the driver's output folder (its marker) at the same path."""
+        if not self.context.marker.is_file():
+            raise MediflowError(
+                f"engine: ray: the actor on {socket.gethostname()} does not see the driver's output folder {self.context.folder} "
+                f"(no {self.context.marker.name} there): every node must mount the output folder at the same path (docs/scaling.md)"
+            )
+
+    def limits(self, limits: LimitsConfig) -> LimitsConfig:
+        """This actor's limits: ``1 / actors`` of the concurrency; rpm and tpm stay whole (the coordinator's buckets hold them)."""
+        shared: LimitsConfig = dataclasses.replace(limits, concurrency=max(1, math.ceil(limits.concurrency / self.context.actors)))
+        return shared
+
+    @property
+    def shared_limits(self) -> CoordinatorLimits:
+        """The coordinator's rpm and tpm buckets."""
+        return self._shared_limits
+
+    def opened(self, engine: Engine) -> None:
+        """An engine this actor opened (:func:`~mediflow.steps.open_engine` with ``share=``): flushed before results go back."""
+        self.engines.append(engine)
+
+    async def flush(self) -> None:
+        """Every answer this actor received, on disk."""
+        for engine in self.engines:
+            await engine.flush()
+
+    async def report(self, worker: Worker) -> None:
+        """This actor's totals to the coordinator (awaited: a call nobody awaits may never leave an actor about to return)."""
+        await self.context.coordinator.report.remote(self.id, worker.stats())
 
 
 def check_ray(config: RayConfig) -> None:
-    """Clear errors before anything is written: Ray not installed, or a cluster address nothing answers on.
+    """Clear errors before anything is written: Ray not installed, a cluster address nothing answers on, or a
+    cluster that wants an auth token we do not have.
 
-    Ray itself keeps retrying an unreachable address for minutes; one TCP connection tells at once.
+    Ray itself keeps retrying an unreachable address for minutes, and a cluster refusing our token
+    for 20 s before "Failed to connect"; one TCP connection and one GCS call tell at once.
     """
     try:
         import ray.data  # noqa: F401
     except ImportError:
         raise ConfigError("engine: ray needs Ray Data: pip install 'mediflow[ray]'") from None
-    if config.address in (None, "auto", "local"):
+    if config.address in (None, "local"):
         return
-    host, _, port = config.address.removeprefix("ray://").rpartition(":")
+    address = _bootstrap_address(config.address)
+    host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
     except ValueError:
         raise ConfigError(f"ray.address: {config.address!r} is not HOST:PORT, ray://HOST:PORT or auto") from None
     except OSError as exc:
-        raise MediflowError(f"ray.address: nothing answers at {config.address} ({exc.strerror or exc}): is the Ray cluster up?") from None
+        raise MediflowError(f"ray.address: nothing answers at {address} ({exc.strerror or exc}): is the Ray cluster up?") from None
+    if address.startswith("ray://"):
+        return  # Ray Client: the server checks the token when ray.init connects
+    _check_auth_token(address)
+
+
+def _bootstrap_address(address: str) -> str:
+    """``auto``: the address of the cluster this machine runs (``RAY_ADDRESS``, or the one ``ray start`` recorded)."""
+    if address != "auto":
+        return address
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        found = canonicalize_bootstrap_address("auto")
+    except ConnectionError:
+        found = None
+    if not found:
+        raise MediflowError("ray.address: auto, but no Ray cluster runs on this machine (start one with ray start --head, or give its HOST:PORT)")
+    return str(found)
+
+
+def _token_sources() -> list[str]:
+    """Where this process would find a Ray auth token (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``)."""
+    found = []
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        found.append("RAY_AUTH_TOKEN")
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path and Path(path).is_file():
+        found.append(f"RAY_AUTH_TOKEN_PATH={path}")
+    if (Path.home() / ".ray" / "auth_token").is_file():
+        found.append("~/.ray/auth_token")
+    return found
+
+
+_TOKEN_HINT = "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token) to the cluster's token and RAY_AUTH_MODE=token"
+
+
+def _check_auth_token(address: str) -> None:
+    """One GCS call: a cluster with token authentication refuses a driver without the token at once."""
+    mode = os.environ.get("RAY_AUTH_MODE", "").lower()
+    if mode == "token" and not _token_sources():
+        raise MediflowError(f"ray.address: RAY_AUTH_MODE=token but no Ray auth token was found: {_TOKEN_HINT}")
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]  # compiled, no stub entry; what ray.init connects with
+    from ray.exceptions import AuthenticationError, RpcError
+
+    try:
+        GcsClient(address=address)
+    except AuthenticationError:
+        if mode != "token":
+            have = _token_sources()
+            where = f"a token is in {', '.join(have)} but RAY_AUTH_MODE is not token" if have else "no Ray auth token was found"
+            raise MediflowError(f"ray.address: the Ray cluster at {address} requires an auth token and {where}: {_TOKEN_HINT}") from None
+        raise MediflowError(f"ray.address: the Ray cluster at {address} refused our Ray auth token ({', '.join(_token_sources())}): {_TOKEN_HINT}") from None
+    except RpcError as exc:
+        raise MediflowError(f"ray.address: {address} answers but is not a Ray cluster ({exc})") from None
 
 
 @contextlib.contextmanager
 def ray_session(config: RayConfig) -> Iterator[None]:
     """Connect to ``config.address``, or start a local Ray; a session this call started is shut down after."""
     import ray
+    from ray.exceptions import AuthenticationError
 
     if ray.is_initialized():
         yield
@@ -108,6 +251,8 @@ def ray_session(config: RayConfig) -> Iterator[None]:
             logging_level=logging.ERROR,
             log_to_driver=False,
         )
+    except AuthenticationError as exc:
+        raise MediflowError(f"ray.address: the Ray cluster at {config.address} refused the connection ({exc}): {_TOKEN_HINT}") from None
     except ConnectionError as exc:
         raise MediflowError(f"ray.address: cannot connect to the Ray cluster at {config.address}: {exc}") from None
     try:
@@ -119,91 +264,242 @@ def ray_session(config: RayConfig) -> Iterator[None]:
 class _EngineActor:
     """The Ray Data UDF: opens the work once (lazily, in Ray's event loop for this actor), then maps batches."""
 
-    def __init__(self, work: EngineWork) -> None:
+    def __init__(self, work: EngineWork, context: RunContext) -> None:
         self._work = work
+        self._session = ActorSession(context)
         self._worker: Worker | None = None
         self._opening: asyncio.Lock | None = None
         self._stack = contextlib.AsyncExitStack()
-        self._id = uuid.uuid4().hex
+        self._reporter: asyncio.Task[None] | None = None
 
     async def _open(self) -> Worker:
         if self._opening is None:
             self._opening = asyncio.Lock()
         async with self._opening:
             if self._worker is None:
-                self._worker = await self._stack.enter_async_context(self._work.open())
+                self._session.check_folder()
+                self._worker = await self._stack.enter_async_context(self._work.open(self._session))
+                self._reporter = asyncio.get_running_loop().create_task(self._report_every(REPORT_EVERY_S))
         return self._worker
 
-    async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    async def _report_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self._flush_and_report()
+            except OSError as exc:  # kept queued: the batch's own flush raises it
+                logger.warning("engine: ray: cannot write the answer segment yet: %s", exc)
+
+    async def _flush_and_report(self) -> None:
+        assert self._worker is not None
+        await self._session.flush()
+        await self._session.report(self._worker)
+
+    async def __call__(self, batch: dict[str, np.ndarray] | pa.Table) -> dict[str, Any]:
         worker = await self._open()
-        units = [pickle.loads(blob) for blob in batch["unit"]]
+        units = batch.to_pylist() if isinstance(batch, pa.Table) else [pickle.loads(blob) for blob in batch["unit"]]
         results = [result async for result in map_ordered(worker.run, units, max(1, len(units)))]
-        # The actor's running totals, on every row: the driver keeps the latest per actor.
-        stats = json.dumps(worker.stats())
-        return {
-            "index": batch["index"],
-            "result": [pickle.dumps(result) for result in results],
-            "actor": [self._id] * len(results),
-            "stats": [stats] * len(results),
-        }
+        await self._flush_and_report()  # nothing is handed back before its answers are on disk
+        blobs = [pickle.dumps(result) for result in results]
+        return {"result": blobs} if isinstance(batch, pa.Table) else {"index": batch["index"], "result": blobs}
+
+
+@dataclass(frozen=True)
+class RecordFiles:
+    """A stage's input that Ray reads itself (``read_parquet`` of its files, in order): the driver lists nothing.
+
+    Each unit is one row, a dict of ``columns``; results come back in row order.
+    """
+
+    files: tuple[Path, ...]  # absolute
+    columns: tuple[str, ...]
+    rows: int
+
+    @classmethod
+    def of(cls, data: InputData, columns: Sequence[str]) -> RecordFiles | None:
+        """``data``'s files with those of ``columns`` every file has; None when a file is not Parquet (JSONL: read by the driver)."""
+        if not all(file.suffix == ".parquet" for file in data.files):
+            return None
+        present = [set(pq.read_schema(file).names) for file in data.files]
+        wanted = tuple(column for column in columns if all(column in names for names in present))
+        return cls(tuple(Path(os.path.abspath(file)) for file in data.files), wanted, data.num_rows)
+
+    def dataset(self, blocks: int) -> Any:
+        import ray.data
+
+        return ray.data.read_parquet([str(file) for file in self.files], columns=list(self.columns), override_num_blocks=blocks)
+
+
+@dataclass(frozen=True)
+class RecordTable:
+    """Records the driver already holds as Arrow (the pairs stage's selection), handed to Ray as Arrow blocks
+    (no list of dicts, no pickle per record); each unit is one row, a dict; results come back in row order."""
+
+    table: pa.Table
+
+    @property
+    def rows(self) -> int:
+        return int(self.table.num_rows)
+
+    def dataset(self, blocks: int) -> Any:
+        import ray.data
+
+        size = max(1, math.ceil(self.rows / blocks))
+        return ray.data.from_arrow([self.table.slice(start, size) for start in range(0, self.rows, size)] or [self.table])
 
 
 class RayRun:
-    """One mapping of units over actors; iterate :meth:`results`, then read :attr:`session` (summed engine stats)."""
+    """One mapping of units over actors; iterate :meth:`results`, then read :attr:`session` (summed engine stats).
 
-    def __init__(self, units: Sequence[Any], work: EngineWork, config: RayConfig) -> None:
+    ``units`` are a list (each pickled into a dataset row), :class:`RecordFiles` (read by Ray) or a :class:`RecordTable`.
+    ``folder`` is the stage's output folder (actors check they see it) and ``cache`` the run's cache
+    (``OUT/cache.sqlite``); both are made absolute here, before they reach an actor.
+    """
+
+    def __init__(self, units: Sequence[Any] | RecordFiles | RecordTable, work: EngineWork, config: RayConfig, *, folder: Path, cache: Path) -> None:
         self.units = units
         self.work = work
         self.config = config
-        self._latest: dict[str, dict[str, Any]] = {}
+        self.folder = Path(os.path.abspath(folder))
+        self.cache = Path(os.path.abspath(cache))
+        self._reports: dict[str, dict[str, Any]] = {}
+
+    @property
+    def total(self) -> int:
+        """How many units (results) the run has."""
+        return self.units.rows if isinstance(self.units, (RecordFiles, RecordTable)) else len(self.units)
 
     def results(self) -> Iterator[tuple[int, Any]]:
-        """``(index of the unit, its result)``, in the order batches finish (not the units' order)."""
-        if not self.units:
+        """``(index of the unit, its result)``, in the order batches finish (:class:`RecordFiles`: in row order)."""
+        if not self.total:
             return
+        import ray
+
+        merge_segments(self.cache)  # a killed run's answers first; then the file alone holds them all (actors read it on other hosts)
+        context = RunContext(start_coordinator(), self.config.actors, self.folder, uuid.uuid4().hex)
+        context.marker.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}), encoding="utf-8")
+        finished = False
+        try:
+            yield from self._watched(self._mapped(context))
+            finished = True
+        finally:
+            try:
+                self._reports = ray.get(context.coordinator.reports.remote(), timeout=30)
+            except Exception as exc:  # a lost coordinator loses the totals, never the data
+                logger.warning("engine: ray: the actors' totals are lost (%s)", exc)
+            ray.kill(context.coordinator)
+            context.marker.unlink(missing_ok=True)
+            merge_segments(self.cache)
+            if finished:
+                _merge_once_released(self.cache, RELEASE_WAIT_S)
+
+    def _mapped(self, context: RunContext) -> Iterator[tuple[int, Any]]:
         import ray.data
 
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # the stage shows its own, in its units
-        context.print_on_execution_start = False
+        data_context = ray.data.DataContext.get_current()
+        data_context.enable_progress_bars = False  # the stage shows its own, in its units
+        data_context.print_on_execution_start = False
         per_block = self.config.batch_size * BATCHES_PER_ACTOR
-        rows = [{"index": index, "unit": pickle.dumps(unit)} for index, unit in enumerate(self.units)]
-        blocks = min(len(rows), max(self.config.actors, math.ceil(len(rows) / per_block)))
-        dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+        blocks = min(self.total, max(self.config.actors, math.ceil(self.total / per_block)))  # every actor gets work
+        if isinstance(self.units, (RecordFiles, RecordTable)):
+            data_context.execution_options.preserve_order = True  # results in row order: the driver needs no index
+            dataset, batch_format = self.units.dataset(blocks), "pyarrow"
+        else:
+            rows = [{"index": index, "unit": pickle.dumps(unit)} for index, unit in enumerate(self.units)]
+            dataset, batch_format = ray.data.from_items(rows, override_num_blocks=blocks), "numpy"
         mapped = dataset.map_batches(
             _EngineActor,
-            fn_constructor_kwargs={"work": self.work},
+            fn_constructor_kwargs={"work": self.work, "context": context},
             batch_size=self.config.batch_size,
-            batch_format="numpy",
+            batch_format=batch_format,
             compute=ray.data.ActorPoolStrategy(size=self.config.actors),
             num_cpus=self.config.num_cpus,
         )
-        try:
-            for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):
-                for actor, stats in zip(batch["actor"], batch["stats"]):
-                    self._keep_latest(str(actor), json.loads(stats))
-                for index, blob in zip(batch["index"], batch["result"]):
-                    yield int(index), pickle.loads(blob)
-        except Exception as exc:
-            raise _user_error(exc) from None
+        position = 0
+        for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):
+            indexes = batch["index"] if "index" in batch else range(position, position + len(batch["result"]))
+            position += len(batch["result"])
+            for index, blob in zip(indexes, batch["result"]):
+                yield int(index), pickle.loads(blob)
 
-    def _keep_latest(self, actor: str, stats: dict[str, Any]) -> None:
-        if stats["requests"] + stats["failed_requests"] >= _done(self._latest.get(actor)):
-            self._latest[actor] = stats
+    def _watched(self, results: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+        """``results``, iterated in a thread while this one watches the cluster: a cluster where no node could hold an
+        actor (at the start, or after losing its nodes) is an error after ``ray.resource_timeout`` s (with a warning at
+        once), not a silent wait."""
+        items: queue.Queue[Any] = queue.Queue(maxsize=2 * BATCHES_PER_ACTOR * max(1, self.config.batch_size))
+        done = object()
+
+        def pump() -> None:
+            try:
+                for item in results:
+                    items.put(item)
+                items.put(done)
+            except BaseException as exc:  # handed to the consumer, which raises it
+                items.put(exc)
+
+        threading.Thread(target=pump, name="mediflow-ray-results", daemon=True).start()
+        starved_since: float | None = None
+        while True:
+            try:
+                item = items.get(timeout=1.0)
+            except queue.Empty:
+                room = _no_room_for_an_actor(self.config.num_cpus)
+                if room is None:
+                    starved_since = None
+                    continue
+                if starved_since is None:
+                    starved_since = time.monotonic()
+                    logger.warning("engine: ray: waiting for the cluster: %s", room)
+                if time.monotonic() - starved_since > self.config.resource_timeout:
+                    raise MediflowError(
+                        f"engine: ray: no room for an actor for {self.config.resource_timeout:g} s: {room}; "
+                        "answers received so far are cached: rerun when the cluster has room (or lower ray.num_cpus)"
+                    ) from None
+                continue
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise _user_error(item) from None
+            yield item
 
     @property
     def teacher_capabilities(self) -> list[dict[str, Any]]:
         """What each actor's teachers negotiated with their servers, ``{role: capabilities}`` per actor
         (each actor learns it for itself; :func:`~mediflow.teachers.negotiation.capabilities_by_role` combines them)."""
-        return [stats["teacher_capabilities"] for stats in self._latest.values() if stats.get("teacher_capabilities")]
+        return [stats["teacher_capabilities"] for stats in self._reports.values() if stats.get("teacher_capabilities")]
 
     @property
     def session(self) -> dict[str, Any]:
-        """The actors' engine totals, summed (latency is left out: percentiles do not add)."""
+        """The actors' engine totals, summed (latency is left out: percentiles do not add); an actor that died counts what it reported."""
         total: dict[str, Any] = {}
-        for stats in self._latest.values():
+        for stats in self._reports.values():
             total = add_stats(total, {**stats, "actors": 1})
         return add_stats(total, {})
+
+
+def _merge_once_released(cache: Path, seconds: float) -> None:
+    """After a finished run, merge the segments of actors still shutting down once they let go of them (Ray stops a
+    pool's actors after its dataset ends, seconds later on a busy node), so the run's folder holds the one cache file;
+    a segment still held after ``seconds`` stays, merged as far as it is written, for the next run to finish."""
+    deadline = time.monotonic() + seconds
+    while segments_dir(cache).is_dir() and time.monotonic() < deadline:
+        time.sleep(0.5)
+        merge_segments(cache)
+
+
+def _no_room_for_an_actor(num_cpus: float) -> str | None:
+    """What the cluster has, in words, when no alive node could ever hold an actor (not one has ``num_cpus`` CPUs: the
+    worker nodes are gone, or too small); None while some node could (busy nodes free up, actors wait their turn)."""
+    import ray
+
+    try:
+        nodes = [node for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]  # ray ships no types for these
+    except Exception:  # the cluster itself is going away: the iteration says why
+        return None
+    sizes = [float(node.get("Resources", {}).get("CPU", 0.0)) for node in nodes]
+    if any(size >= num_cpus for size in sizes):
+        return None
+    return f"an actor needs {num_cpus:g} CPU (ray.num_cpus) on one node; the cluster's {len(nodes)} alive node(s) have {', '.join(f'{size:g}' for size in sizes) or 'no'} CPU"
 
 
 async def in_order(run: RayRun) -> AsyncIterator[Any]:
@@ -226,7 +522,7 @@ async def in_order(run: RayRun) -> AsyncIterator[Any]:
     worker = loop.run_in_executor(None, pump)
     waiting: dict[int, Any] = {}
     next_index = 0
-    while next_index < len(run.units):
+    while next_index < run.total:
         item = await queue.get()
         if item is finished:
             break
@@ -258,10 +554,6 @@ def add_stats(total: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
     return summed
 
 
-def _done(stats: dict[str, Any] | None) -> int:
-    return -1 if stats is None else int(stats["requests"] + stats["failed_requests"])
-
-
 def _user_error(exc: BaseException) -> BaseException:
     """The actor's own exception (a :class:`MediflowError`, e.g. the breaker's stop) out of Ray's wrappers."""
     seen: set[int] = set()
@@ -283,17 +575,16 @@ class StepWork:
     teacher: TeacherConfig
     limits: LimitsConfig
     cache_path: Path
-    actors: int
     where: str = "teacher"
 
     @contextlib.asynccontextmanager
-    async def open(self) -> AsyncIterator[Worker]:
-        async with open_engine(self.teacher, self.cache_path, self.limits, where=self.where, actors=self.actors) as engine:
+    async def open(self, actor: ActorSession) -> AsyncIterator[Worker]:
+        async with open_engine(self.teacher, self.cache_path, self.limits, where=self.where, share=actor) as engine:
             yield _StepWorker(engine, self.step, self.where)
 
 
 class _StepWorker:
-    def __init__(self, engine: Any, step: LLMStep[Any, Any], role: str) -> None:
+    def __init__(self, engine: Engine, step: LLMStep[Any, Any], role: str) -> None:
         self.engine = engine
         self.step = step
         self.role = role
@@ -316,11 +607,14 @@ class StepRun:
     teacher_capabilities: list[dict[str, Any]]
 
 
-def run_step_on_ray(rows: Sequence[Any], work: StepWork, config: RayConfig) -> StepRun:
-    """Every row through ``work.step`` on Ray actors (see :class:`StepRun`)."""
-    run = RayRun(rows, work, config)
+def run_step_on_ray(rows: Sequence[Any], work: StepWork, config: RayConfig, *, folder: Path) -> StepRun:
+    """Every row through ``work.step`` on Ray actors (see :class:`StepRun`); ``folder`` is the stage's output folder."""
+    run = RayRun(rows, work, config, folder=folder, cache=work.cache_path)
     results: list[StepResult[Any] | None] = [None] * len(rows)
     with ray_session(config):
         for index, result in run.results():
             results[index] = result
+    missing = [index for index, result in enumerate(results) if result is None]
+    if missing:  # never a silent drop: every row has its result, in its place
+        raise MediflowError(f"engine: ray: {len(missing)} of {len(rows)} rows came back without a result (first: row {missing[0]})")
     return StepRun([result for result in results if result is not None], run.session, run.teacher_capabilities)

@@ -5,7 +5,7 @@
 variable the section names, a pool sized to the limits), puts it behind an
 :class:`~mediflow.engine.Engine` (cache, limits, retries, breaker, accounting, progress) and closes
 both when the stage ends, however it ends. ``generate``, the judge, the pairs stage's engines, PIT QA
-and every Ray actor (``actors=N``: each gets ``1/N`` of the limits) open their engine here and
+and every Ray actor (``share=``: its slice of the concurrency, the run's shared buckets and cache) open their engine here and
 nowhere else, so another way of answering a stage's requests is one change in this function::
 
     async with open_engine(config.teacher, folder.cache_path, config.limits, where="judge.teacher") as engine:
@@ -27,7 +27,6 @@ cache holds every answer), then the records are written from the cache exactly a
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
@@ -40,6 +39,7 @@ import pyarrow as pa
 from mediflow.batch.config import BatchConfig, Mode
 from mediflow.engine.config import LimitsConfig, PricesConfig
 from mediflow.engine.engine import Engine
+from mediflow.engine.limits import SharedLimits
 from mediflow.folders import InputData, OutputFolder, StagedWriter, open_input, reject_table
 from mediflow.steps.contract import TRUNCATED, LLMStep, StepResult, ask
 from mediflow.steps.runner import map_ordered
@@ -52,11 +52,20 @@ from mediflow.teachers.negotiation import capabilities_by_role
 _BATCH_ROWS = 2_000
 
 
-def actor_limits(limits: LimitsConfig, actors: int) -> tuple[LimitsConfig, float]:
-    """One of ``actors`` engines' limits, and its share of every per-minute limit (``Engine(limit_share=...)``): ``1 / actors`` of each."""
-    if actors == 1:
-        return limits, 1.0
-    return dataclasses.replace(limits, concurrency=max(1, math.ceil(limits.concurrency / actors))), 1.0 / actors
+class EngineShare(Protocol):
+    """What makes an engine one of several running at once (a Ray actor's: :class:`~mediflow.scale.ray_runner.ActorSession`)."""
+
+    def limits(self, limits: LimitsConfig) -> LimitsConfig:
+        """This engine's limits: its share of the concurrency (rpm and tpm stay whole: :attr:`shared_limits` holds them)."""
+        ...
+
+    @property
+    def shared_limits(self) -> SharedLimits:
+        """The rpm and tpm buckets every engine of the run draws from."""
+        ...
+
+    def opened(self, engine: Engine) -> None:
+        """Told of each engine opened, to flush its answers before results are handed back."""
 
 
 @asynccontextmanager
@@ -68,19 +77,27 @@ async def open_engine(
     where: str = "teacher",
     prices: PricesConfig | None = None,
     progress: bool = False,
-    actors: int = 1,
+    share: EngineShare | None = None,
 ) -> AsyncIterator[Engine]:
     """The engine a stage runs on, for the teacher ``section`` names; the teacher is closed when the block ends.
 
     ``cache`` is the response cache file (the stage folder's ``cache.sqlite``); it is opened on the
     first request, not here. ``where`` names the section in errors and is the role the manifest's
-    ``teacher_capabilities`` files the teacher under. ``actors``: this engine is one of that many
-    running at once (Ray actors), and gets that share of the concurrency, rpm and tpm.
+    ``teacher_capabilities`` files the teacher under. ``share``: this engine is one of several running
+    at once (a Ray actor's): it gets its share of the concurrency, draws on the run's shared rpm and
+    tpm buckets, and reads ``cache`` read-only while it appends its answers to its own segment.
     """
-    limits, share = actor_limits(limits or LimitsConfig(), actors)
+    limits = limits or LimitsConfig()
+    if share is not None:
+        limits = share.limits(limits)
     teacher = teacher_from(section, limits, where=where)
     try:
-        async with Engine(teacher, cache, limits, prices=prices, progress=progress, limit_share=share) as engine:
+        if share is None:
+            engine = Engine(teacher, cache, limits, prices=prices, progress=progress)
+        else:
+            engine = Engine(teacher, cache, limits, prices=prices, progress=False, shared_limits=share.shared_limits, shared_cache=True)
+            share.opened(engine)
+        async with engine:
             yield engine
     finally:
         await teacher.aclose()

@@ -112,13 +112,12 @@ async def _ask_all(
     produced: list[dict[str, str]] = []
     rejects: list[dict[str, Any]] = []
     details: dict[str, Any] = {}
-    if qa.engine == "ray":  # the same step on Ray Data actors, each with its share of the limits
-
+    if qa.engine == "ray":  # the same step on Ray Data actors, sharing the run's rpm/tpm through the coordinator
         api_key_of(section, ROLE)  # an unset key variable: one line here, not an error inside every actor
-
-        work = StepWork(step, section, limits, folder.cache_path, qa.ray.actors, ROLE)
-        run = await asyncio.to_thread(run_step_on_ray, rows, work, qa.ray)
+        work = StepWork(step, section, limits, folder.cache_path, ROLE)
+        run = await asyncio.to_thread(run_step_on_ray, rows, work, qa.ray, folder=folder.root)
         results, capabilities = run.results, capabilities_by_role({}, run.teacher_capabilities, folder.previous)
+        details["usage"] = {"ray": run.session}
     else:
         async with open_engine(section, folder.cache_path, limits, where=ROLE, progress=True) as engine:
             if qa.mode == "batch":
