@@ -29,7 +29,7 @@ ray = pytest.importorskip("ray")
 @pytest.fixture(scope="module")
 def ray_address() -> str:
     """The module's Ray; runs given it (or started in this process) connect to it instead of starting their own."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:

@@ -245,7 +245,8 @@ def ray_session(config: RayConfig) -> Iterator[None]:
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # "progress bars disabled" and the like: ours is the bar
     try:
         ray.init(
-            address=config.address,
+            # "local", not None: Ray's None joins whatever cluster /tmp/ray/ray_current_cluster last recorded
+            address=config.address or "local",
             include_dashboard=False,
             configure_logging=True,
             logging_level=logging.ERROR,
