@@ -492,9 +492,7 @@ class Reviewer:
                 continue
             for rule in self.drug_contra:
                 if (first in rule["first"] and second in rule["second"]) or (second in rule["first"] and first in rule["second"]):
-                    if "procedural sedation" in rule["why"] and kind in ("icu", "procedure") or (
-                        "palliative" in rule["why"] and (setting == "hospice" or any(c.startswith(("Z51.5", "C")) for c in codes))
-                    ):
+                    if "procedural sedation" in rule["why"] and kind in ("icu", "procedure") or ("palliative" in rule["why"] and (setting == "hospice" or any(c.startswith(("Z51.5", "C")) for c in codes))):
                         continue
                     add("interaction", f"{first} with {second}: {rule['why']}")
         return out

@@ -217,8 +217,11 @@ def _review(split: str, examples: int, plan_seed: int = 0) -> None:
         target = f" vs {source['share']:.0%} ({source['source']})" if source else ""
         print(f"  {kind:10s} {sum(a < 18 for a in ages) / len(ages):6.1%} of {len(ages):,}{target}")
     # the sources count visits and stays: the documents written once per visit or stay compare directly
-    visit_notes = {"emergency": ("emergency_department_note", "ed_triage_note"), "outpatient": ("soap_note", "clinic_visit_dialogue", "after_visit_summary"),
-                   "inpatient": ("admission_history_and_physical", "discharge_summary", "progress_note")}
+    visit_notes = {
+        "emergency": ("emergency_department_note", "ed_triage_note"),
+        "outpatient": ("soap_note", "clinic_visit_dialogue", "after_visit_summary"),
+        "inpatient": ("admission_history_and_physical", "discharge_summary", "progress_note"),
+    }
     print("under-18 share of the notes written once per visit or stay:")
     for kind, names in visit_notes.items():
         ages_of = [c["age"] for t, c in patients if t in names]

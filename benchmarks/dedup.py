@@ -86,13 +86,10 @@ def scores(truth: np.ndarray, kinds: np.ndarray, keeper: np.ndarray) -> dict:
             continue
         if kind in COPY_KINDS:
             found = keeper[members] == keeper[original[truth[members]]]
-            per_kind[kind] = {"records": len(members), "found": round(float(found.mean()), 4), "missed": int((~found).sum()),
-                              "merged": int(foreign[members].sum())}
+            per_kind[kind] = {"records": len(members), "found": round(float(found.mean()), 4), "missed": int((~found).sum()), "merged": int(foreign[members].sum())}
         else:
-            per_kind[kind] = {"records": len(members), "merged": int(merged[members].sum()),
-                              "lost": int(lost_cluster[truth[members]].sum())}
-    return {"precision": round(precision, 4), "recall": round(recall, 4), "distinct_lost": true_clusters - clusters_kept,
-            "distinct_lost_share": round((true_clusters - clusters_kept) / true_clusters, 5), "per_kind": per_kind}
+            per_kind[kind] = {"records": len(members), "merged": int(merged[members].sum()), "lost": int(lost_cluster[truth[members]].sum())}
+    return {"precision": round(precision, 4), "recall": round(recall, 4), "distinct_lost": true_clusters - clusters_kept, "distinct_lost_share": round((true_clusters - clusters_kept) / true_clusters, 5), "per_kind": per_kind}
 
 
 def _peak_rss_gb() -> float:
@@ -177,8 +174,7 @@ def measure_child(data: Path, config_json: str) -> None:
     keeper = np.arange(len(ids))
     keeper[row_of[_id_numbers(rejects.column("id"))]] = row_of[_id_numbers(rejects.column("match"))]
     figures = scores(np.load(data / "clusters.npy"), np.load(data / "kinds.npy"), keeper)
-    print(json.dumps({"records": len(ids), "total_s": round(total_s, 1), "peak_rss_gb": peak, "peak_pss_with_workers_gb": tree_peak, "dropped": report.dropped,
-                      **figures, **{k: v for k, v in report.details.items() if isinstance(v, dict)}}))
+    print(json.dumps({"records": len(ids), "total_s": round(total_s, 1), "peak_rss_gb": peak, "peak_pss_with_workers_gb": tree_peak, "dropped": report.dropped, **figures, **{k: v for k, v in report.details.items() if isinstance(v, dict)}}))
 
 
 def curve_child(data: Path, config_json: str, thresholds: list[float]) -> None:
@@ -214,8 +210,7 @@ def curve_child(data: Path, config_json: str, thresholds: list[float]) -> None:
         measures[scorer] = np.minimum(*(process.cpdist(*texts[f], scorer=getattr(fuzz, scorer), workers=-1) / 100 for f in texts))
     measures["shingle_jaccard"] = np.minimum(*(np.fromiter((_jaccard(a, b) for a, b in zip(*texts[f])), float, len(pairs)) for f in texts))
     agree = same_cases(concatenate_fields(fields["instruction"], fields["input"]), local, lexicon, lenient_values=config.values == "lenient")
-    print(json.dumps({"records": len(truth), "candidates": len(pairs), "clinical_disagree": int((~agree).sum()),
-                      "prepare_s": round(time.perf_counter() - start, 1)}), flush=True)
+    print(json.dumps({"records": len(truth), "candidates": len(pairs), "clinical_disagree": int((~agree).sum()), "prepare_s": round(time.perf_counter() - start, 1)}), flush=True)
     rows = []
     for name, similarity in measures.items():
         for clinical in (False, True):
@@ -224,13 +219,13 @@ def curve_child(data: Path, config_json: str, thresholds: list[float]) -> None:
                 labels = component_labels(len(truth), np.concatenate([exact_edges, pairs[keep]]))
                 keeper = _smallest_id_keeper(labels, id_number)
                 figures = scores(truth, kinds, keeper)
-                rows.append({"measure": name, "clinical": clinical, "threshold": threshold,
-                             **{k: figures[k] for k in ("precision", "recall", "distinct_lost")}})
+                rows.append({"measure": name, "clinical": clinical, "threshold": threshold, **{k: figures[k] for k in ("precision", "recall", "distinct_lost")}})
     print(json.dumps({"curve": rows}))
 
 
 def _jaccard(a: str, b: str, n: int = 3) -> float:
     """Exact word ``n``-gram Jaccard of two normalised texts."""
+
     def grams(text: str) -> set[tuple[str, ...]]:
         words = text.split()
         return {tuple(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
@@ -269,11 +264,12 @@ def baseline_child(size: int, threshold: float, seed: int, noise: str) -> None:
 def datatrove_row(folder: Path, python: str) -> dict:
     """datatrove's MinHash (``benchmarks/dedup_datatrove.py`` under ``python``, a venv with datatrove) scored like the stage."""
     with tempfile.TemporaryDirectory(prefix="mediflow-datatrove-") as work:
-        wrapper = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-                   "sys.stderr.write(done.stderr[-3000:] if done.returncode else ''); print(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else '{}'); "
-                   "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(done.returncode)")
-        child = subprocess.run([python, "-c", wrapper, python, str(Path(__file__).with_name("dedup_datatrove.py")), str(folder / "records.parquet"), work],
-                               capture_output=True, text=True, check=False)
+        wrapper = (
+            "import resource, subprocess, sys; done = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+            "sys.stderr.write(done.stderr[-3000:] if done.returncode else ''); print(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else '{}'); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(done.returncode)"
+        )
+        child = subprocess.run([python, "-c", wrapper, python, str(Path(__file__).with_name("dedup_datatrove.py")), str(folder / "records.parquet"), work], capture_output=True, text=True, check=False)
         if child.returncode:
             raise SystemExit(f"datatrove failed: {child.stderr}")
         timing, peak_kb = child.stdout.strip().splitlines()[-2:]
@@ -289,8 +285,7 @@ def datatrove_row(folder: Path, python: str) -> dict:
         if not is_kept:
             keeper[row] = kept_of_cluster.get(label, row)
     figures = scores(np.load(folder / "clusters.npy"), np.load(folder / "kinds.npy"), keeper)
-    return {"records": len(ids), "total_s": json.loads(timing)["datatrove_s"], "peak_rss_gb": round(int(peak_kb) / 1024**2, 2),
-            "dropped": int((keeper != np.arange(len(ids))).sum()), **figures}
+    return {"records": len(ids), "total_s": json.loads(timing)["datatrove_s"], "peak_rss_gb": round(int(peak_kb) / 1024**2, 2), "dropped": int((keeper != np.arange(len(ids))).sum()), **figures}
 
 
 def _child(*args: str, release: Path | None = None) -> dict:
@@ -308,8 +303,7 @@ def _dataset(args: argparse.Namespace, size: int) -> Path:
     if not (folder / "complete").exists():
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        _child("--child", "generate", "--folder", str(folder), "--size", str(size),
-               "--duplicate-share", str(args.duplicate_share), "--seed", str(args.seed), "--noise", args.noise)
+        _child("--child", "generate", "--folder", str(folder), "--size", str(size), "--duplicate-share", str(args.duplicate_share), "--seed", str(args.seed), "--noise", args.noise)
         print(f"generated {size} records in {time.perf_counter() - start:.0f} s", flush=True)
     return folder
 
@@ -335,8 +329,7 @@ def main() -> None:
     parser.add_argument("--previous", type=Path, help="a checkout of the previous release, measured on the same sets in the same run")
     parser.add_argument("--datatrove", metavar="PYTHON", help="an interpreter with datatrove installed: its MinHash dedup on the same sets")
     parser.add_argument("--config", default="{}", help="DedupConfig overrides as JSON, e.g. '{\"threshold\": 0.85}'")
-    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "mediflow-dedup-bench-noise",
-                        help="where generated record sets are kept (and reused) between runs")
+    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "mediflow-dedup-bench-noise", help="where generated record sets are kept (and reused) between runs")
     parser.add_argument("--child", choices=["generate", "measure", "baseline", "curve"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -370,15 +363,17 @@ def main() -> None:
             _print_kinds(row)
             rows.append(("datatrove MinHash (defaults)", row))
     if rows:
-        print("\n| method | records | wall time (s) | peak RSS (GB) | peak PSS with its workers (GB) | precision | recall | distinct records lost |"
-              "\n|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("\n| method | records | wall time (s) | peak RSS (GB) | peak PSS with its workers (GB) | precision | recall | distinct records lost |\n|---|---:|---:|---:|---:|---:|---:|---:|")
         for method, row in rows:
-            print(f"| {method} | {row['records']:,} | {row['total_s']} | {row['peak_rss_gb']} | {row.get('peak_pss_with_workers_gb') or ''} | {row['precision']} | {row['recall']} "
-                  f"| {row['distinct_lost']} ({row['distinct_lost_share']:.3%}) |")
+            print(
+                f"| {method} | {row['records']:,} | {row['total_s']} | {row['peak_rss_gb']} | {row.get('peak_pss_with_workers_gb') or ''} | {row['precision']} | {row['recall']} | {row['distinct_lost']} ({row['distinct_lost_share']:.3%}) |"
+            )
     if args.curve:
-        result = subprocess.run([sys.executable, __file__, "--child", "curve", "--folder", str(_dataset(args, args.curve)),
-                                 "--config", json.dumps(config), "--thresholds", *map(str, args.thresholds)],
-                                capture_output=True, text=True, check=True).stdout.strip().splitlines()
+        result = (
+            subprocess.run([sys.executable, __file__, "--child", "curve", "--folder", str(_dataset(args, args.curve)), "--config", json.dumps(config), "--thresholds", *map(str, args.thresholds)], capture_output=True, text=True, check=True)
+            .stdout.strip()
+            .splitlines()
+        )
         print(result[0])
         print("\n| measure | clinical check | threshold | precision | recall | distinct records lost |\n|---|---|---:|---:|---:|---:|")
         for row in json.loads(result[-1])["curve"]:

@@ -42,16 +42,15 @@ def main(records: Path, work: Path) -> None:
     config = MinhashConfig()
     logs = str(work / "logs")
     start = time.perf_counter()
-    LocalPipelineExecutor([ParquetReader(str(work / "input")), MinhashDedupSignature(str(work / "signatures"), config=config)],
-                          tasks=1, workers=1, logging_dir=f"{logs}/signatures").run()
-    LocalPipelineExecutor([MinhashDedupBuckets(str(work / "signatures"), str(work / "buckets"), config=config)],
-                          tasks=config.num_buckets, workers=1, logging_dir=f"{logs}/buckets").run()
-    LocalPipelineExecutor([MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=config, save_cluster_id=True)],
-                          tasks=1, workers=1, logging_dir=f"{logs}/clusters").run()
-    LocalPipelineExecutor([ParquetReader(str(work / "input")),
-                           MinhashDedupFilter(str(work / "remove"), exclusion_writer=JsonlWriter(str(work / "removed")), load_cluster_ids=True),
-                           JsonlWriter(str(work / "kept"))],
-                          tasks=1, workers=1, logging_dir=f"{logs}/filter").run()
+    LocalPipelineExecutor([ParquetReader(str(work / "input")), MinhashDedupSignature(str(work / "signatures"), config=config)], tasks=1, workers=1, logging_dir=f"{logs}/signatures").run()
+    LocalPipelineExecutor([MinhashDedupBuckets(str(work / "signatures"), str(work / "buckets"), config=config)], tasks=config.num_buckets, workers=1, logging_dir=f"{logs}/buckets").run()
+    LocalPipelineExecutor([MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=config, save_cluster_id=True)], tasks=1, workers=1, logging_dir=f"{logs}/clusters").run()
+    LocalPipelineExecutor(
+        [ParquetReader(str(work / "input")), MinhashDedupFilter(str(work / "remove"), exclusion_writer=JsonlWriter(str(work / "removed")), load_cluster_ids=True), JsonlWriter(str(work / "kept"))],
+        tasks=1,
+        workers=1,
+        logging_dir=f"{logs}/filter",
+    ).run()
     seconds = time.perf_counter() - start
     ids, clusters, kept = [], [], []
     for folder, is_kept in (("kept", True), ("removed", False)):

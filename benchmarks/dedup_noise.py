@@ -35,8 +35,7 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-NLPAUG_KINDS = ("nlpaug:keyboard", "nlpaug:char-swap", "nlpaug:char-delete", "nlpaug:char-insert", "nlpaug:spelling",
-                "nlpaug:word-delete", "nlpaug:split")
+NLPAUG_KINDS = ("nlpaug:keyboard", "nlpaug:char-swap", "nlpaug:char-delete", "nlpaug:char-insert", "nlpaug:spelling", "nlpaug:word-delete", "nlpaug:split")
 AUGLY_KINDS = ("augly:typos", "augly:case", "augly:split", "augly:merge", "augly:contractions")
 NOISES = {"nlpaug": NLPAUG_KINDS, "augly": AUGLY_KINDS}
 NOISE_KINDS = (*NLPAUG_KINDS, *AUGLY_KINDS)
@@ -86,8 +85,7 @@ def _augly(kind: str, instruction: str, document: str, rng: random.Random) -> tu
 
     if kind == "augly:case":
         case = rng.choice(("upper", "lower"))
-        return (_text(textaugs.change_case(instruction, case=case, granularity="all", seed=rng.randrange(2**31))),
-                _text(textaugs.change_case(document, case=case, granularity="all", seed=rng.randrange(2**31))))
+        return (_text(textaugs.change_case(instruction, case=case, granularity="all", seed=rng.randrange(2**31))), _text(textaugs.change_case(document, case=case, granularity="all", seed=rng.randrange(2**31))))
     if kind == "augly:typos":
         document = textaugs.simulate_typos(document, aug_word_p=0.05, aug_word_min=1, aug_word_max=3, aug_char_max=1, typo_type="all")
     elif kind == "augly:split":

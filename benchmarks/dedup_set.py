@@ -41,21 +41,79 @@ COPY_KINDS = (*OUR_COPY_KINDS, *NOISE_KINDS)
 #: Every record's kind: an original is ``fresh`` or a sibling kind; a copy is a copy kind.
 KINDS = ("fresh", *SIBLING_KINDS, *COPY_KINDS)
 
-DRUGS = ["metformin", "lisinopril", "atorvastatin", "apixaban", "warfarin", "furosemide", "metoprolol", "amlodipine",
-         "sertraline", "omeprazole", "prednisone", "ceftriaxone", "vancomycin", "gabapentin", "allopurinol", "baclofen",
-         "tamoxifen", "sacubitril", "ivabradine", "ranolazine", "levetiracetam", "spironolactone", "clopidogrel",
-         "hydroxychloroquine", "methotrexate", "nitrofurantoin", "doxycycline", "quetiapine", "tramadol", "enoxaparin"]
-ORGANS = ["spleen", "liver", "uterus", "pancreas", "thyroid", "prostate", "kidney", "gallbladder", "bladder", "ovary",
-          "adrenal gland", "appendix", "aorta", "testis", "lung"]
-FINDINGS = ["urinary retention", "weight gain", "a productive cough", "fever and chills", "intermittent palpitations",
-            "exertional dyspnea", "a pruritic rash", "bilious vomiting", "melena", "new confusion", "a tremor at rest",
-            "night sweats", "dysuria", "hemoptysis", "a syncopal episode", "blurred vision", "calf tenderness",
-            "jaundice", "polyuria", "a painless lump"]
-DIAGNOSES = ["community-acquired pneumonia", "heart failure", "acute cholecystitis", "pyelonephritis", "a COPD exacerbation",
-             "diabetic ketoacidosis", "cellulitis", "an ischemic stroke", "acute pancreatitis", "a pulmonary embolism",
-             "sepsis", "atrial fibrillation", "a small bowel obstruction", "gout", "hyponatremia"]
-CODES = ["E11.9", "I10", "J18.9", "N39.0", "I48.91", "K35.80", "I21.4", "J44.1", "N17.9", "K85.90", "I50.9", "L03.115",
-         "E87.1", "M10.9", "R55", "A41.9", "I63.9", "K56.609"]
+DRUGS = [
+    "metformin",
+    "lisinopril",
+    "atorvastatin",
+    "apixaban",
+    "warfarin",
+    "furosemide",
+    "metoprolol",
+    "amlodipine",
+    "sertraline",
+    "omeprazole",
+    "prednisone",
+    "ceftriaxone",
+    "vancomycin",
+    "gabapentin",
+    "allopurinol",
+    "baclofen",
+    "tamoxifen",
+    "sacubitril",
+    "ivabradine",
+    "ranolazine",
+    "levetiracetam",
+    "spironolactone",
+    "clopidogrel",
+    "hydroxychloroquine",
+    "methotrexate",
+    "nitrofurantoin",
+    "doxycycline",
+    "quetiapine",
+    "tramadol",
+    "enoxaparin",
+]
+ORGANS = ["spleen", "liver", "uterus", "pancreas", "thyroid", "prostate", "kidney", "gallbladder", "bladder", "ovary", "adrenal gland", "appendix", "aorta", "testis", "lung"]
+FINDINGS = [
+    "urinary retention",
+    "weight gain",
+    "a productive cough",
+    "fever and chills",
+    "intermittent palpitations",
+    "exertional dyspnea",
+    "a pruritic rash",
+    "bilious vomiting",
+    "melena",
+    "new confusion",
+    "a tremor at rest",
+    "night sweats",
+    "dysuria",
+    "hemoptysis",
+    "a syncopal episode",
+    "blurred vision",
+    "calf tenderness",
+    "jaundice",
+    "polyuria",
+    "a painless lump",
+]
+DIAGNOSES = [
+    "community-acquired pneumonia",
+    "heart failure",
+    "acute cholecystitis",
+    "pyelonephritis",
+    "a COPD exacerbation",
+    "diabetic ketoacidosis",
+    "cellulitis",
+    "an ischemic stroke",
+    "acute pancreatitis",
+    "a pulmonary embolism",
+    "sepsis",
+    "atrial fibrillation",
+    "a small bowel obstruction",
+    "gout",
+    "hyponatremia",
+]
+CODES = ["E11.9", "I10", "J18.9", "N39.0", "I48.91", "K35.80", "I21.4", "J44.1", "N17.9", "K85.90", "I50.9", "L03.115", "E87.1", "M10.9", "R55", "A41.9", "I63.9", "K56.609"]
 LABS = ["sodium", "potassium", "creatinine", "hemoglobin", "troponin", "lactate", "lipase", "glucose", "bilirubin", "albumin"]
 DOSES = ["2.5", "5", "10", "12.5", "20", "25", "40", "50", "100", "250", "500", "1000"]
 FREQUENCIES = ["once daily", "twice daily", "three times daily", "at night", "every 8 hours", "every 12 hours"]
@@ -63,22 +121,60 @@ SERVICES = ["internal medicine", "cardiology", "general surgery", "the intensive
 PROCEDURES = ["laparoscopic cholecystectomy", "appendectomy", "hernia repair", "knee arthroscopy", "colonoscopy", "thyroidectomy"]
 
 #: Slot -> its kind (what a ``one-<kind>`` sibling changes); slots of one kind are resampled together only in template/half/most.
-SLOT_KIND = {"age": "age", "sex": "sex", "side": "side", "side2": "side", "dose": "dose", "dose2": "dose",
-             "neg": "negation", "neg2": "negation", "val": "value", "val2": "value", "hr": "value", "sbp": "value",
-             "temp": "value", "size": "value", "drug": "drug", "drug2": "drug", "organ": "organ", "organ2": "organ",
-             "code": "code", "code2": "code", "finding": "finding", "finding2": "finding", "dx": "finding",
-             "lab": "finding", "lab2": "finding", "days": "value", "freq": "dose", "service": "finding", "procedure": "finding"}
+SLOT_KIND = {
+    "age": "age",
+    "sex": "sex",
+    "side": "side",
+    "side2": "side",
+    "dose": "dose",
+    "dose2": "dose",
+    "neg": "negation",
+    "neg2": "negation",
+    "val": "value",
+    "val2": "value",
+    "hr": "value",
+    "sbp": "value",
+    "temp": "value",
+    "size": "value",
+    "drug": "drug",
+    "drug2": "drug",
+    "organ": "organ",
+    "organ2": "organ",
+    "code": "code",
+    "code2": "code",
+    "finding": "finding",
+    "finding2": "finding",
+    "dx": "finding",
+    "lab": "finding",
+    "lab2": "finding",
+    "days": "value",
+    "freq": "dose",
+    "service": "finding",
+    "procedure": "finding",
+}
 
 
 def _value(slot: str, rng: random.Random) -> str:
     pools: dict[str, Callable[[], str]] = {
-        "age": lambda: str(rng.randint(1, 97)), "sex": lambda: rng.choice(["man", "woman"]),
-        "side": lambda: rng.choice(["left", "right"]), "dose": lambda: rng.choice(DOSES), "neg": lambda: rng.choice(["", "no "]),
-        "val": lambda: f"{rng.uniform(0.2, 180):.1f}", "hr": lambda: str(rng.randint(44, 150)), "sbp": lambda: str(rng.randint(80, 200)),
-        "temp": lambda: f"{rng.uniform(35.5, 40.5):.1f}", "size": lambda: f"{rng.uniform(0.4, 15):.1f}",
-        "drug": lambda: rng.choice(DRUGS), "organ": lambda: rng.choice(ORGANS), "code": lambda: rng.choice(CODES),
-        "finding": lambda: rng.choice(FINDINGS), "dx": lambda: rng.choice(DIAGNOSES), "lab": lambda: rng.choice(LABS),
-        "days": lambda: str(rng.randint(2, 21)), "freq": lambda: rng.choice(FREQUENCIES), "service": lambda: rng.choice(SERVICES),
+        "age": lambda: str(rng.randint(1, 97)),
+        "sex": lambda: rng.choice(["man", "woman"]),
+        "side": lambda: rng.choice(["left", "right"]),
+        "dose": lambda: rng.choice(DOSES),
+        "neg": lambda: rng.choice(["", "no "]),
+        "val": lambda: f"{rng.uniform(0.2, 180):.1f}",
+        "hr": lambda: str(rng.randint(44, 150)),
+        "sbp": lambda: str(rng.randint(80, 200)),
+        "temp": lambda: f"{rng.uniform(35.5, 40.5):.1f}",
+        "size": lambda: f"{rng.uniform(0.4, 15):.1f}",
+        "drug": lambda: rng.choice(DRUGS),
+        "organ": lambda: rng.choice(ORGANS),
+        "code": lambda: rng.choice(CODES),
+        "finding": lambda: rng.choice(FINDINGS),
+        "dx": lambda: rng.choice(DIAGNOSES),
+        "lab": lambda: rng.choice(LABS),
+        "days": lambda: str(rng.randint(2, 21)),
+        "freq": lambda: rng.choice(FREQUENCIES),
+        "service": lambda: rng.choice(SERVICES),
         "procedure": lambda: rng.choice(PROCEDURES),
     }
     return pools[slot.rstrip("2")]()
@@ -209,16 +305,59 @@ INSTRUCTIONS = [
 ]
 _SLOT = re.compile(r"\{(\w+)\}")
 
-SYNONYMS = [("patient", "pt"), ("history", "hx"), ("intravenous", "IV"), ("twice daily", "b.i.d."), ("three times daily", "t.i.d."),
-            ("-year-old", " y/o"), ("emergency department", "ED"), ("blood pressure", "BP"), ("heart rate", "HR"),
-            ("examination", "exam"), ("follow-up", "f/u"), ("follow up", "f/u"), ("without", "w/o"), ("showed", "demonstrated"),
-            ("shows", "demonstrates"), ("diagnosis", "dx"), ("by mouth", "PO"), ("medications", "meds"), ("temperature", "temp"),
-            ("laboratory", "lab"), ("improved", "got better"), ("reports", "states"), ("colleague", "doctor"), ("with", "w/"),
-            ("and", "&"), ("percent", "%"), ("requested", "ordered"), ("suggested", "requested"), ("status post", "s/p")]
+SYNONYMS = [
+    ("patient", "pt"),
+    ("history", "hx"),
+    ("intravenous", "IV"),
+    ("twice daily", "b.i.d."),
+    ("three times daily", "t.i.d."),
+    ("-year-old", " y/o"),
+    ("emergency department", "ED"),
+    ("blood pressure", "BP"),
+    ("heart rate", "HR"),
+    ("examination", "exam"),
+    ("follow-up", "f/u"),
+    ("follow up", "f/u"),
+    ("without", "w/o"),
+    ("showed", "demonstrated"),
+    ("shows", "demonstrates"),
+    ("diagnosis", "dx"),
+    ("by mouth", "PO"),
+    ("medications", "meds"),
+    ("temperature", "temp"),
+    ("laboratory", "lab"),
+    ("improved", "got better"),
+    ("reports", "states"),
+    ("colleague", "doctor"),
+    ("with", "w/"),
+    ("and", "&"),
+    ("percent", "%"),
+    ("requested", "ordered"),
+    ("suggested", "requested"),
+    ("status post", "s/p"),
+]
 #: Non-clinical words a "words" copy may change or drop.
-FILLER = {"the": "this", "was": "is", "and": "as well as", "carefully": "", "steadily": "", "further": "", "has": "had",
-          "current": "present", "normal": "unremarkable", "agrees": "agreed", "stable": "good", "recent": "latest",
-          "since": "now", "thank": "thanks", "which": "that", "today": "", "this": "the", "is": "was", "repeat": "new"}
+FILLER = {
+    "the": "this",
+    "was": "is",
+    "and": "as well as",
+    "carefully": "",
+    "steadily": "",
+    "further": "",
+    "has": "had",
+    "current": "present",
+    "normal": "unremarkable",
+    "agrees": "agreed",
+    "stable": "good",
+    "recent": "latest",
+    "since": "now",
+    "thank": "thanks",
+    "which": "that",
+    "today": "",
+    "this": "the",
+    "is": "was",
+    "repeat": "new",
+}
 
 Case = dict[str, str]
 
@@ -289,9 +428,15 @@ def _typos(text: str, rng: random.Random, count: int) -> str:
     for i in rng.sample(eligible, min(count, len(eligible))):
         word, at = words[i], rng.randrange(1, len(words[i]) - 1)
         edit = rng.choice(("drop", "swap", "double", "insert"))
-        words[i] = (word[:at] + word[at + 1 :] if edit == "drop" else
-                    word[:at] + word[at + 1] + word[at] + word[at + 2 :] if edit == "swap" else
-                    word[:at] + word[at] + word[at:] if edit == "double" else word[:at] + rng.choice("aeiourstnl") + word[at:])
+        words[i] = (
+            word[:at] + word[at + 1 :]
+            if edit == "drop"
+            else word[:at] + word[at + 1] + word[at] + word[at + 2 :]
+            if edit == "swap"
+            else word[:at] + word[at] + word[at:]
+            if edit == "double"
+            else word[:at] + rng.choice("aeiourstnl") + word[at:]
+        )
     return " ".join(words)
 
 
@@ -416,9 +561,9 @@ def digit_runs(text: str) -> list[str]:
 SIBLING_WEIGHTS = {"template": 0.3, "half": 0.2, "most": 0.2, **{f"one-{slot}": 0.03 for slot in ONE_SLOT_KINDS}}
 
 
-def synthetic(n: int, duplicate_share: float = 0.1, seed: int = 7, sibling_share: float = 0.5,
-              recent_roots: int = 40, chunk: int = 200_000, noise: str = "ours",
-              stats: dict[str, int] | None = None) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+def synthetic(
+    n: int, duplicate_share: float = 0.1, seed: int = 7, sibling_share: float = 0.5, recent_roots: int = 40, chunk: int = 200_000, noise: str = "ours", stats: dict[str, int] | None = None
+) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     """``n`` shuffled records, their true cluster and their kind (an index into :data:`KINDS`).
 
     A sibling's parent is one of the last ``recent_roots`` fresh originals, so a shape is written
@@ -474,7 +619,7 @@ def synthetic(n: int, duplicate_share: float = 0.1, seed: int = 7, sibling_share
             continue
         seen.add(digest)
         if kind == "fresh":
-            recent = [*recent[-(recent_roots - 1):], (shape, case)]
+            recent = [*recent[-(recent_roots - 1) :], (shape, case)]
         cluster = clusters_started
         clusters_started += 1
         emit(instruction, document, shape, cluster, kind)

@@ -59,10 +59,7 @@ def main() -> None:
             found_dotted = sum(dotted(code) in extract(f"Assigned {dotted(code)} today.") for code in part)
             found_plain = sum(dotted(code) in extract(f"Assigned {code} today.") for code in part)
             rejected = sum(not extract(f"Result {shape} noted.") for shape in negatives)
-            print(
-                f"{split:<10} {name:<9} {found_dotted / len(part):>14.4f} {found_plain / len(part):>16.4f} {rejected / len(negatives):>19.4f}"
-                f"   (n={len(part)} codes, {len(negatives)} non-codes)"
-            )
+            print(f"{split:<10} {name:<9} {found_dotted / len(part):>14.4f} {found_plain / len(part):>16.4f} {rejected / len(negatives):>19.4f}   (n={len(part)} codes, {len(negatives)} non-codes)")
     missed = [dotted(code) for code in codes if dotted(code) not in icd10_codes(f"Assigned {dotted(code)} today.")]
     print(f"ours misses {len(missed)} 2024 codes (not in the 2026 code set the metric reads): {', '.join(missed[:8])}{' ...' if len(missed) > 8 else ''}")
     for text in ("HbA1C 7.2%, vitamin B12 low", "COVID-19 U07.1"):

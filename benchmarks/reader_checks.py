@@ -66,8 +66,7 @@ def build(folder: Path, records: int, seed: int = 0) -> None:
 
         instruction, document, answer = take(instructions), take(documents), take(answers)
         turns = pa.StructArray.from_arrays(
-            [pa.array(["user", "assistant"] * rows), pa.concat_arrays([pc.binary_join_element_wise(instruction, document, "\n\n"), answer]).take(
-                pa.array([i // 2 + (i % 2) * rows for i in range(2 * rows)]))],
+            [pa.array(["user", "assistant"] * rows), pa.concat_arrays([pc.binary_join_element_wise(instruction, document, "\n\n"), answer]).take(pa.array([i // 2 + (i % 2) * rows for i in range(2 * rows)]))],
             names=["role", "content"],
         )
         writer.keep(
@@ -135,15 +134,16 @@ def main() -> None:
     try:
         results = {}
         for mode in ("baseline", "footers", "checked"):
-            runs = [json.loads(subprocess.run([sys.executable, __file__, "--child", mode, str(args.folder)], check=True, capture_output=True, text=True).stdout)
-                    for _ in range(args.repeat)]
+            runs = [json.loads(subprocess.run([sys.executable, __file__, "--child", mode, str(args.folder)], check=True, capture_output=True, text=True).stdout) for _ in range(args.repeat)]
             results[mode] = min(runs, key=lambda r: r["seconds"]) | {"mib": max(r["mib"] for r in runs), "arrow_mib": max(r["arrow_mib"] for r in runs)}
             result = results[mode]
             print(f"{mode:>9}: {result['seconds']:7.2f} s, Arrow peak {result['arrow_mib']:6.0f} MiB, RSS peak +{result['mib']:6.0f} MiB ({result['rows']:,} rows)")
         base, checked, footers = results["baseline"], results["checked"], results["footers"]
-        print(f"the check pass costs {checked['seconds'] - footers['seconds']:.2f} s = {(checked['seconds'] - footers['seconds']) / base['seconds']:.2f}x one streaming read "
-              f"of the input ({(checked['seconds'] - footers['seconds']) / args.records * 1e6:.2f} us per record); Arrow peak {checked['arrow_mib']:.0f} MiB "
-              f"against {base['arrow_mib']:.0f} MiB for the read")
+        print(
+            f"the check pass costs {checked['seconds'] - footers['seconds']:.2f} s = {(checked['seconds'] - footers['seconds']) / base['seconds']:.2f}x one streaming read "
+            f"of the input ({(checked['seconds'] - footers['seconds']) / args.records * 1e6:.2f} us per record); Arrow peak {checked['arrow_mib']:.0f} MiB "
+            f"against {base['arrow_mib']:.0f} MiB for the read"
+        )
     finally:
         shutil.rmtree(args.folder, ignore_errors=True)
 

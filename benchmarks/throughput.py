@@ -96,7 +96,11 @@ async def bare_client(url: str, prompts: list[list[dict[str, str]]], concurrency
     async def one(messages: list[dict[str, str]]) -> None:
         async with semaphore:
             completion = await client.chat.completions.create(
-                model="bench", messages=messages, temperature=0.7, top_p=1.0, max_tokens=_MAX_TOKENS  # type: ignore[arg-type]
+                model="bench",
+                messages=messages,
+                temperature=0.7,
+                top_p=1.0,
+                max_tokens=_MAX_TOKENS,  # type: ignore[arg-type]
             )
             assert completion.choices[0].message.content
 
@@ -113,9 +117,7 @@ async def _engine(url: str, n: int, concurrency: int, workdir: Path) -> None:
 
     limits = LimitsConfig(concurrency=concurrency)
     teacher = teacher_from(TeacherConfig("openai:bench", base_url=url), limits)
-    requests = [
-        ChatRequest(messages=(("system", _SYSTEM), ("user", _user_prompt(i))), max_tokens=_MAX_TOKENS) for i in range(n)
-    ]
+    requests = [ChatRequest(messages=(("system", _SYSTEM), ("user", _user_prompt(i))), max_tokens=_MAX_TOKENS) for i in range(n)]
     try:
         async with Engine(teacher, workdir / "cache.sqlite", limits) as engine:
             await asyncio.gather(*(engine.complete(request) for request in requests))
@@ -216,11 +218,7 @@ def measure_latency(latency: float, n: int, concurrency: int, paths: list[str]) 
                     "wall_s": round(timing["wall_s"], 3),
                     "req_per_s": round(requests / timing["wall_s"], 1),
                     "client_cpu_ms_per_req": round(1000 * timing["cpu_s"] / requests, 3),
-                    "server_cpu_ms_per_req": (
-                        round(1000 * (server_cpu_after - server_cpu) / requests, 3)
-                        if server_cpu is not None and server_cpu_after is not None
-                        else None
-                    ),
+                    "server_cpu_ms_per_req": (round(1000 * (server_cpu_after - server_cpu) / requests, 3) if server_cpu is not None and server_cpu_after is not None else None),
                 }
             )
             print(_format_row(rows[-1]), flush=True)
@@ -230,19 +228,13 @@ def measure_latency(latency: float, n: int, concurrency: int, paths: list[str]) 
     return rows
 
 
-_HEADER = (
-    f"{'latency':>7}  {'path':<24}{'requests':>9}{'wall s':>8}{'req/s':>8}{'vs bare':>8}"
-    f"{'ours CPU ms/req':>16}{'server CPU ms/req':>18}"
-)
+_HEADER = f"{'latency':>7}  {'path':<24}{'requests':>9}{'wall s':>8}{'req/s':>8}{'vs bare':>8}{'ours CPU ms/req':>16}{'server CPU ms/req':>18}"
 
 
 def _format_row(row: dict[str, Any]) -> str:
     ratio = f"{row['vs_bare']:.2f}" if row.get("vs_bare") is not None else "-"
     server = f"{row['server_cpu_ms_per_req']:.2f}" if row["server_cpu_ms_per_req"] is not None else "?"
-    return (
-        f"{row['latency_s']:>6g}s  {LABELS[row['path']]:<24}{row['requests']:>9}{row['wall_s']:>8.2f}"
-        f"{row['req_per_s']:>8.1f}{ratio:>8}{row['client_cpu_ms_per_req']:>16.2f}{server:>18}"
-    )
+    return f"{row['latency_s']:>6g}s  {LABELS[row['path']]:<24}{row['requests']:>9}{row['wall_s']:>8.2f}{row['req_per_s']:>8.1f}{ratio:>8}{row['client_cpu_ms_per_req']:>16.2f}{server:>18}"
 
 
 def main(argv: list[str] | None = None) -> None:

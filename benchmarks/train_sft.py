@@ -65,9 +65,7 @@ def synthetic_records(count: int, sentences: int) -> list[dict[str, Any]]:
 
     records = []
     for index in range(count):
-        document = " ".join(
-            f"Day {day}: patient {index} seen for {_FINDINGS[(index + day) % len(_FINDINGS)]}." for day in range(sentences)
-        )
+        document = " ".join(f"Day {day}: patient {index} seen for {_FINDINGS[(index + day) % len(_FINDINGS)]}." for day in range(sentences))
         answer = f'{{"patient": {index}, "diagnosis": "{_FINDINGS[index % len(_FINDINGS)].split(" treated")[0]}"}}'
         records.append({"messages": to_messages("Extract the main diagnosis as JSON.", document, answer)})
     return records
@@ -276,15 +274,13 @@ def main() -> int:
             plain = run_plain_loop(model_dir, batches, args)
             ours_runs.append(ours.tokens_per_second)
             plain_runs.append(plain.tokens_per_second)
-            print(f"  run {repeat + 1}: mediflow sft {ours.tokens_per_second:10.0f} tok/s   plain loop {plain.tokens_per_second:10.0f} tok/s"
-                  f"   ({ours.tokens} tokens in {args.steps} steps)", flush=True)
+            print(f"  run {repeat + 1}: mediflow sft {ours.tokens_per_second:10.0f} tok/s   plain loop {plain.tokens_per_second:10.0f} tok/s   ({ours.tokens} tokens in {args.steps} steps)", flush=True)
             shutil.rmtree(work / f"run{repeat}", ignore_errors=True)
         parameters = sum(p.numel() for p in model.parameters())
         mean_length = statistics.mean(_tokens(b) / b["input_ids"].shape[0] for b in batches[args.warmup :])
         ours_tps, plain_tps = statistics.median(ours_runs), statistics.median(plain_runs)
         ratio = ours_tps / plain_tps
-        print(f"\nmodel: {parameters / 1e6:.2f}M parameters; batch {args.batch_size} x ~{mean_length:.0f} tokens "
-              f"(max_length {args.max_length}); {args.steps} timed steps after {args.warmup} warm-up; median of {args.repeats}")
+        print(f"\nmodel: {parameters / 1e6:.2f}M parameters; batch {args.batch_size} x ~{mean_length:.0f} tokens (max_length {args.max_length}); {args.steps} timed steps after {args.warmup} warm-up; median of {args.repeats}")
         print(f"{'':22s}{'tokens/s':>12s}")
         print(f"{'mediflow train sft':22s}{ours_tps:12.0f}")
         print(f"{'plain loop (baseline)':22s}{plain_tps:12.0f}")

@@ -32,22 +32,16 @@ DOMAINS = {"discharge": "discharge_notes.jsonl", "radiology": "radiology_reports
 #: MediPhi's 1e-4 / 3e-4 assume large batches, warm-up and thousands of steps; two batch-1 steps at
 #: those rates throw Gemma-3-270M's held-out perplexity from ~30 to ~800 (measured), which shows
 #: nothing about PIT.
-CPU_PIT_SCHEDULE = (
-    "[{name: task, data: [task], epochs: 1, learning_rate: 1.0e-5},"
-    " {name: task_and_documents, data: [task, documents], epochs: 2, learning_rate: 1.0e-5, order: shuffled}]"
-)
+CPU_PIT_SCHEDULE = "[{name: task, data: [task], epochs: 1, learning_rate: 1.0e-5}, {name: task_and_documents, data: [task, documents], epochs: 2, learning_rate: 1.0e-5, order: shuffled}]"
 
 #: Config overrides per stage (``section.key=value``, passed as the key's flag). CPU: a few steps on short sequences (Gemma-3-270M trains at roughly
 #: 5-15 s per step of ~100 tokens on 2 cores); GPU: the configs as written. PIT's max_length is 256
 #: because at 128 half of the example task rows do not fit (the stage would drop 12 of 24 rows).
 BUDGETS = {
     "cpu": {
-        "pit": ["train.max_steps=2", "train.batch_size=1", "train.gradient_accumulation_steps=1", "train.warmup_steps=0",
-                "data.max_length=256", "output.logging_steps=1", f"pit.schedule={CPU_PIT_SCHEDULE}"],
-        "sft": ["train.max_steps=3", "train.batch_size=1", "train.gradient_accumulation_steps=1", "train.warmup_steps=0",
-                "train.learning_rate=2.0e-5", "data.max_length=256", "output.logging_steps=1"],
-        "dpo": ["train.max_steps=2", "train.batch_size=1", "train.gradient_accumulation_steps=1", "train.warmup_steps=0",
-                "train.learning_rate=1.0e-6", "data.max_length=256", "output.logging_steps=1"],
+        "pit": ["train.max_steps=2", "train.batch_size=1", "train.gradient_accumulation_steps=1", "train.warmup_steps=0", "data.max_length=256", "output.logging_steps=1", f"pit.schedule={CPU_PIT_SCHEDULE}"],
+        "sft": ["train.max_steps=3", "train.batch_size=1", "train.gradient_accumulation_steps=1", "train.warmup_steps=0", "train.learning_rate=2.0e-5", "data.max_length=256", "output.logging_steps=1"],
+        "dpo": ["train.max_steps=2", "train.batch_size=1", "train.gradient_accumulation_steps=1", "train.warmup_steps=0", "train.learning_rate=1.0e-6", "data.max_length=256", "output.logging_steps=1"],
         "eval": ["eval.max_new_tokens=96", "eval.eval_batch_size=4", "data.max_length=256"],
     },
     "gpu": {"pit": [], "sft": [], "dpo": [], "eval": []},
@@ -89,8 +83,7 @@ def print_length_table(work: Path) -> None:
     print(f"{'stage':18s}{'max_length':>11s}{'rows':>6s}{'trained':>9s}{'dropped':>9s}{'cut':>5s}{'tokens lost':>13s}{'doc chunks':>12s}")
     for name, counts in length_rows(work):
         chunks = f"{counts['documents_chunked']}->{counts['chunks']}" if counts["documents_chunked"] else "-"
-        print(f"{name:18s}{counts['max_length']:>11d}{counts['rows']:>6d}{counts['kept']:>9d}{counts['dropped']:>9d}{counts['cut']:>5d}"
-              f"{str(counts['tokens_lost']) + '/' + str(counts['tokens']):>13s}{chunks:>12s}")
+        print(f"{name:18s}{counts['max_length']:>11d}{counts['rows']:>6d}{counts['kept']:>9d}{counts['dropped']:>9d}{counts['cut']:>5d}{str(counts['tokens_lost']) + '/' + str(counts['tokens']):>13s}{chunks:>12s}")
 
 
 def main() -> int:
@@ -99,7 +92,9 @@ def main() -> int:
     parser.add_argument("--model", default="gemma3-270m", help="base model: 'gemma3-270m' (PyPI GGUF) or a local folder")
     parser.add_argument("--workdir", type=Path, default=Path("runs/train_chain"), help="where every stage writes")
     parser.add_argument(
-        "--evaluate", choices=("every", "final"), default="every",
+        "--evaluate",
+        choices=("every", "final"),
+        default="every",
         help="evaluate after every stage (default), or only the final model; the comparison shows every report in --workdir",
     )
     parser.add_argument("--teacher", help="generate the PIT task data with this teacher (e.g. local, openai:MODEL) instead of the supplied files")
@@ -118,8 +113,7 @@ def main() -> int:
     def evaluate(label: str, model: Path, final: bool = False) -> None:
         if args.evaluate == "final" and not final:
             return
-        mediflow("train", "eval", "--config", CONFIGS / "eval.yaml",
-                 *as_flags([f"model.name_or_path={model}", f"output.dir={work / ('eval_' + label)}", *budget["eval"]]))
+        mediflow("train", "eval", "--config", CONFIGS / "eval.yaml", *as_flags([f"model.name_or_path={model}", f"output.dir={work / ('eval_' + label)}", *budget["eval"]]))
         reports.append(work / f"eval_{label}" / "eval_report.json")
 
     evaluate("0_base", base)
@@ -128,13 +122,10 @@ def main() -> int:
     for domain, corpus in DOMAINS.items():
         task_data: list[str] = []
         if args.teacher:
-            mediflow("train", "qa", "--config", CONFIGS / "qa_discharge.yaml",
-                     "--teacher", args.teacher,
-                     *as_flags([f"data.documents={HERE / 'data' / corpus}", f"output.dir={work / ('task_data_' + domain)}"]))
+            mediflow("train", "qa", "--config", CONFIGS / "qa_discharge.yaml", "--teacher", args.teacher, *as_flags([f"data.documents={HERE / 'data' / corpus}", f"output.dir={work / ('task_data_' + domain)}"]))
             task_data = [f"data.task_data={work / ('task_data_' + domain)}"]
         output = work / f"expert_{domain}"
-        mediflow("train", "pit", "--config", CONFIGS / f"pit_{domain}.yaml",
-                 *as_flags([f"model.name_or_path={base}", f"output.dir={output}", *task_data, *budget["pit"]]))
+        mediflow("train", "pit", "--config", CONFIGS / f"pit_{domain}.yaml", *as_flags([f"model.name_or_path={base}", f"output.dir={output}", *task_data, *budget["pit"]]))
         expert = Path(json.loads((output / "manifest.json").read_text())["final"])
         experts.append(expert)
         evaluate(f"1_expert_{domain}", expert)
@@ -149,12 +140,10 @@ def main() -> int:
     mediflow("merge", "--config", work / "merge.yaml", "--output", merged, "--overwrite")
     evaluate("2_merged", merged)
 
-    mediflow("train", "sft", "--config", CONFIGS / "sft.yaml",
-             *as_flags([f"model.name_or_path={merged}", f"output.dir={work / 'sft'}", *budget["sft"]]))
+    mediflow("train", "sft", "--config", CONFIGS / "sft.yaml", *as_flags([f"model.name_or_path={merged}", f"output.dir={work / 'sft'}", *budget["sft"]]))
     evaluate("3_sft", work / "sft" / "model")
 
-    mediflow("train", "dpo", "--config", CONFIGS / "dpo.yaml",
-             *as_flags([f"model.name_or_path={work / 'sft' / 'model'}", f"output.dir={work / 'dpo'}", *budget["dpo"]]))
+    mediflow("train", "dpo", "--config", CONFIGS / "dpo.yaml", *as_flags([f"model.name_or_path={work / 'sft' / 'model'}", f"output.dir={work / 'dpo'}", *budget["dpo"]]))
     evaluate("4_dpo", work / "dpo" / "model", final=True)
 
     print_length_table(work)

@@ -72,9 +72,7 @@ def generate(config: RunConfig | Mapping[str, Any] | PathLike | None = None, out
     return run_sync(generate_async(config, out, overwrite=overwrite, **overrides))
 
 
-async def generate_async(
-    config: RunConfig | Mapping[str, Any] | PathLike | None = None, out: PathLike | None = None, *, overwrite: bool = False, **overrides: Any
-) -> datasets.Dataset:
+async def generate_async(config: RunConfig | Mapping[str, Any] | PathLike | None = None, out: PathLike | None = None, *, overwrite: bool = False, **overrides: Any) -> datasets.Dataset:
     """:func:`generate` for callers already running an event loop."""
     summary = await run_async(load_config(config, out=None if out is None else str(out), **overrides), overwrite=overwrite)
     return load_output(summary.out_dir)

@@ -35,9 +35,7 @@ class SamplingConfig(Config):
     temperature: float = option(0.7, "sampling temperature", minimum=0, maximum=2)
     top_p: float = option(1.0, "nucleus sampling mass", exclusiveMinimum=0, maximum=1)
     max_tokens: int = option(1024, "upper bound on the answer's length in tokens", minimum=1)
-    retry_max_tokens: int | None = option(
-        None, "response stage: a plain-text answer cut at max_tokens is retried once with this budget (default: twice max_tokens); still cut, it is rejected as truncated", minimum=1
-    )
+    retry_max_tokens: int | None = option(None, "response stage: a plain-text answer cut at max_tokens is retried once with this budget (default: twice max_tokens); still cut, it is rejected as truncated", minimum=1)
 
 
 @dataclass
@@ -70,13 +68,9 @@ class RunConfig(Config):
     tasks: list[str] | None = option(None, "task names to generate (default: all in the taxonomy)")
     document_types: list[str] | None = option(None, "document type names (default: all compatible with each task)")
     difficulty_levels: list[str] | None = option(None, "difficulty level names (default: all)")
-    per_cell: int = option(
-        1, "records per (task, document type, difficulty) stratum, x the difficulty's weight; split over formats", minimum=1
-    )
+    per_cell: int = option(1, "records per (task, document type, difficulty) stratum, x the difficulty's weight; split over formats", minimum=1)
     json_share: float = option(0.5, "share of records asked for in JSON (the rest plain text)", minimum=0, maximum=1)
-    documents_per_instruction: int = option(
-        1, "documents that share one instruction (the released set: ~3.6, 2.5M rows / 700k instructions)", minimum=1
-    )
+    documents_per_instruction: int = option(1, "documents that share one instruction (the released set: ~3.6, 2.5M rows / 700k instructions)", minimum=1)
     max_records: int | None = option(None, "stop the plan after this many records (a seeded, stratified prefix)", minimum=1)
     seed: int = option(0, "seed of the plan, the seed facts and the teacher's sampling", minimum=0)
     max_corrections: int = option(2, "correction turns for a JSON answer that fails its schema", minimum=0)

@@ -96,8 +96,7 @@ class Config:
         """A config is frozen once validated: what was checked is what runs, and what the manifest records."""
         if getattr(self, "_validated", False):
             raise dataclasses.FrozenInstanceError(
-                f"cannot assign to {type(self).__name__}.{name}: a config is frozen once validated; "
-                f"make a new one with dataclasses.replace(config, {name}=...) or {type(self).__name__}.load(config, {name}=...)"
+                f"cannot assign to {type(self).__name__}.{name}: a config is frozen once validated; make a new one with dataclasses.replace(config, {name}=...) or {type(self).__name__}.load(config, {name}=...)"
             )
         super().__setattr__(name, value)
 
@@ -130,9 +129,7 @@ class Config:
 def to_plain(value: Any) -> Any:
     """A config (or anything inside one) as plain JSON-able data, secrets left out."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value) if not f.metadata.get("secret")
-        }
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value) if not f.metadata.get("secret")}
     if isinstance(value, Mapping):
         return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -219,9 +216,7 @@ def _error_line(error: jsonschema.ValidationError, prefix: str, root: Mapping[st
         hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
         return f"unknown config key '{where}{unknown[0]}'{hint}"
     if error.validator == "anyOf":  # an optional value of the wrong type: report the non-null branch
-        branches = [
-            e for e in error.context or [] if e.validator != "type" or e.validator_value not in ("null", "boolean")
-        ]
+        branches = [e for e in error.context or [] if e.validator != "type" or e.validator_value not in ("null", "boolean")]
         if branches:
             return _error_line(branches[0], prefix, root)
     return f"{key}: {error.message}"
@@ -243,13 +238,7 @@ def _home_anywhere(root: Mapping[str, Any], name: str) -> list[str]:
         for path, schema in level:
             if name in schema.get("properties", {}):
                 return [f"{path}{name}"]
-        level = [
-            (f"{path}{key}.", option_schema)
-            for path, schema in level
-            for key, branch in schema.get("properties", {}).items()
-            for option_schema in branch.get("anyOf", [branch])
-            if option_schema.get("type") == "object"
-        ]
+        level = [(f"{path}{key}.", option_schema) for path, schema in level for key, branch in schema.get("properties", {}).items() for option_schema in branch.get("anyOf", [branch]) if option_schema.get("type") == "object"]
     return []
 
 
@@ -467,8 +456,4 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Config], *, prefix: str
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The dotted keys set by the flags of :func:`add_flags` (only those given on the command line)."""
-    return {
-        name[len(_FLAG_DEST) :]: value
-        for name, value in vars(args).items()
-        if name.startswith(_FLAG_DEST) and value is not None
-    }
+    return {name[len(_FLAG_DEST) :]: value for name, value in vars(args).items() if name.startswith(_FLAG_DEST) and value is not None}

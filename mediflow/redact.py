@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 #: Query parameters of a URL whose values are secrets (Azure's ``api-key``, ``sig``, ``token`` ...).
 _SECRET_QUERY = re.compile(r"(key|token|secret|sig|signature|password|auth)", re.IGNORECASE)
 
+
 def redact_url(url: str) -> str:
     """``url`` without embedded credentials: ``https://user:pw@h/v1?api-key=x`` -> ``https://***@h/v1?api-key=***``."""
     try:

@@ -325,9 +325,7 @@ def _read_section(folder: Path, section: str) -> dict[str, tuple[dict[str, Any],
                 name = entry["name"]
                 if name in entries:
                     first = entries[name][1]
-                    raise TaxonomyError(
-                        f"{file_path}: {_SINGULAR[section]} '{name}': duplicate name (already defined in {first})"
-                    )
+                    raise TaxonomyError(f"{file_path}: {_SINGULAR[section]} '{name}': duplicate name (already defined in {first})")
                 entries[name] = (entry, file_path)
     return entries
 
@@ -393,9 +391,7 @@ def _build(raw: Mapping[str, Mapping[str, tuple[dict[str, Any], Path]]]) -> Taxo
     )
 
 
-def _build_document_types(
-    entries: Mapping[str, tuple[dict[str, Any], Path]], categories: Mapping[str, Category]
-) -> dict[str, DocumentType]:
+def _build_document_types(entries: Mapping[str, tuple[dict[str, Any], Path]], categories: Mapping[str, Category]) -> dict[str, DocumentType]:
     """Document types ordered by category (in category order), then as listed."""
     built: dict[str, DocumentType] = {}
     category_order = {name: index for index, name in enumerate(categories)}
@@ -437,11 +433,7 @@ def _build_tasks(
         wanted_categories = set(applies_to.categories)
         wanted_types = set(applies_to.document_types)
         excluded = set(applies_to.exclude_document_types)
-        compatible[name] = [
-            doc_name
-            for doc_name, doc_type in document_types.items()
-            if (doc_type.category in wanted_categories or doc_name in wanted_types) and doc_name not in excluded
-        ]
+        compatible[name] = [doc_name for doc_name, doc_type in document_types.items() if (doc_type.category in wanted_categories or doc_name in wanted_types) and doc_name not in excluded]
         if not compatible[name]:
             raise TaxonomyError(f"{label}: applies to no document type (check applies_to)")
         tasks[name] = Task(
@@ -505,10 +497,7 @@ def _build_difficulty_levels(entries: Mapping[str, tuple[dict[str, Any], Path]])
     for entry, source in entries.values():
         # Ranks are >= 1 (entry schema), so no rank above the count and no repeat means exactly 1..N.
         if entry["rank"] > len(entries) or entry["rank"] in seen:
-            raise TaxonomyError(
-                f"{source}: difficulty level '{entry['name']}': rank {entry['rank']} breaks the sequence"
-                f" (ranks must be 1..{len(entries)}, each once)"
-            )
+            raise TaxonomyError(f"{source}: difficulty level '{entry['name']}': rank {entry['rank']} breaks the sequence (ranks must be 1..{len(entries)}, each once)")
         seen.add(entry["rank"])
     return sorted((DifficultyLevel(**entry) for entry, _ in entries.values()), key=lambda level: level.rank)
 

@@ -224,11 +224,7 @@ def sample_drug_names(count: int, *, seed: int) -> list[str]:
 @cache
 def _clinical_drug_names() -> list[str]:
     """Single-ingredient prescribable medicines that are looked up by their own name, sorted (stable per seed)."""
-    return sorted(
-        name
-        for name in _drug_tables()[1]
-        if generic_drug_name(name) == name and not any(mark in name for mark in (",", " and ", "("))
-    )
+    return sorted(name for name in _drug_tables()[1] if generic_drug_name(name) == name and not any(mark in name for mark in (",", " and ", "(")))
 
 
 # --- structure: chapters, blocks, notes, chronic conditions ---------------------------------------

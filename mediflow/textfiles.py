@@ -29,9 +29,7 @@ def read_text(path: str | Path, what: str = "file", error: type[MediflowError] =
         raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
-def read_yaml(
-    path: str | Path, what: str = "file", error: type[MediflowError] = MediflowError, loader: type[yaml.SafeLoader] = yaml.SafeLoader
-) -> Any:
+def read_yaml(path: str | Path, what: str = "file", error: type[MediflowError] = MediflowError, loader: type[yaml.SafeLoader] = yaml.SafeLoader) -> Any:
     """``path`` read as by :func:`read_text` and parsed as YAML with ``loader``; a syntax error is one
     ``error`` line naming the file, the line and column, and the problem."""
     text = read_text(path, what, error)

@@ -131,9 +131,7 @@ def demo_folder(root: Path, *, judged: bool = True) -> dict[str, Any]:
     rows.append(record(broken_task, broken_doc, '{"judgements": [', "json", rng))
     rows.append(record(broken_task, broken_doc, '{"unexpected": 1}', "json", rng))
     # Planted: a coding answer with a made-up code and a category code, in plain text.
-    rows.append(
-        record(CODING_TASK, cells[0][1], f"Principal: {FAKE_CODE} diabetes. Secondary: {CATEGORY_CODE} chronic kidney disease.", "plain_text", rng)
-    )
+    rows.append(record(CODING_TASK, cells[0][1], f"Principal: {FAKE_CODE} diabetes. Secondary: {CATEGORY_CODE} chronic kidney disease.", "plain_text", rng))
     # Planted: two near-identical instructions (one word changed).
     base = f"{OPENINGS[0]} {words(rng, 20)}"
     rows.append(record(tasks[1], cells[2][1], words(rng, 20), "plain_text", rng, instruction=base))
@@ -168,9 +166,7 @@ def demo_folder(root: Path, *, judged: bool = True) -> dict[str, Any]:
 
 
 def _scores(rng: random.Random) -> dict[str, float]:
-    return {name: float(rng.randint(1, 5)) for name in ("quality", "alignment", "coherence", "realism", "difficulty")} | {
-        "judge_spread": rng.random()
-    }
+    return {name: float(rng.randint(1, 5)) for name in ("quality", "alignment", "coherence", "realism", "difficulty")} | {"judge_spread": rng.random()}
 
 
 TASKS = ("clinical_inference", "medication_qa", "icd10cm_coding")
@@ -185,9 +181,7 @@ def make_records(documents: int = 40, seed: int = 3) -> list[dict]:
         document, document_id = words(rng, 40), f"doc-{index:03d}"
         document_type = DOCUMENT_TYPES[index % len(DOCUMENT_TYPES)]
         for task in rng.sample(TASKS, rng.randint(1, 3)):
-            rows.append(
-                record(task, document_type, words(rng, 12), "plain_text", rng, input=document, document_id=document_id, teacher="openai:gpt-4o", quality=4.0)
-            )
+            rows.append(record(task, document_type, words(rng, 12), "plain_text", rng, input=document, document_id=document_id, teacher="openai:gpt-4o", quality=4.0))
     return rows
 
 

@@ -58,9 +58,7 @@ def test_coverage_counts_planned_empty_below_plan_and_unplanned_cells(tmp_path: 
     rows += [record("task_a", "doc_2", "x", "plain_text", rng)]
     rows += [record("task_b", "doc_9", "x", "plain_text", rng)]  # not in the plan
     folder = AuditFolder.open(write_output_folder(tmp_path, rows))
-    planned = pd.DataFrame(
-        [("task_a", "doc_1", 3), ("task_a", "doc_2", 2), ("task_b", "doc_1", 4)], columns=["task_type", "input_data", "planned"]
-    )
+    planned = pd.DataFrame([("task_a", "doc_1", 3), ("task_a", "doc_2", 2), ("task_b", "doc_1", 4)], columns=["task_type", "input_data", "planned"])
     result = coverage(folder, planned)
     assert result.numbers["planned_cells"] == 3
     assert result.numbers["planned_empty_cells"] == 1
@@ -80,9 +78,7 @@ def test_coverage_plan_is_rebuilt_from_the_manifest_config(tmp_path: Path, taxon
     planned, source = planned_cells(folder, taxonomy)
     assert "plan" in source
     items = list(build_plan(load_config(config), taxonomy).items())  # what `generate` would have made
-    assert sorted(zip(planned["input_data"], planned["planned"])) == sorted(
-        (d, sum(i.document_type == d for i in items)) for d in docs
-    )
+    assert sorted(zip(planned["input_data"], planned["planned"])) == sorted((d, sum(i.document_type == d for i in items)) for d in docs)
     result = coverage(folder, planned)
     assert result.numbers["planned_empty_cells"] == 1 and result.numbers["cells_below_plan"] == 1
 
@@ -179,9 +175,7 @@ def test_funnel_prefers_the_manifest_funnel(tmp_path: Path) -> None:
 def test_json_validity_counts_planted_unparseable_and_schema_invalid_rows(tmp_path: Path, taxonomy) -> None:
     schemas = task_schemas(taxonomy)
     rng = _rng()
-    valid = [
-        record(name, "doc", json.dumps(task.example_output), "json", rng) for name, task in taxonomy.tasks.items()
-    ]
+    valid = [record(name, "doc", json.dumps(task.example_output), "json", rng) for name, task in taxonomy.tasks.items()]
     planted = [
         record(CODING_TASK, "doc", '{"codes": [', "json", rng),
         record(CODING_TASK, "doc", '{"codes": []}', "json", rng),  # minItems 1

@@ -70,10 +70,7 @@ def _text(path: Path, text: str) -> Path:
 
 
 def _records(count: int, rng: random.Random, words_per_output: int = 12) -> list[dict]:
-    return [
-        record(TASKS[i % 2], "discharge_summary", words(rng, words_per_output), "plain_text", rng, input=words(rng, 40), document_id=f"d{i}")
-        for i in range(count)
-    ]
+    return [record(TASKS[i % 2], "discharge_summary", words(rng, words_per_output), "plain_text", rng, input=words(rng, 40), document_id=f"d{i}") for i in range(count)]
 
 
 def _folder(root: Path, kind: str, table: pa.Table, holds: str = "records") -> Path:
@@ -222,22 +219,14 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
 
     for command in COMMANDS:
         # the output inside the input, and the input inside the output (a shard of the folder it would replace)
-        add(f"{command}: output inside the input", lambda tmp, w, c=command: Case(
-            COMMANDS[c](_copy(w.records, tmp / "run"), tmp / "run" / "out", w), "is inside the input", [tmp]))
-        add(f"{command}: input inside the output", lambda tmp, w, c=command: Case(
-            COMMANDS[c](_copy(w.records, tmp / "run") / "data" / "part-00000.parquet", tmp / "run", w), "contains the input", [tmp]))
-        add(f"{command}: output is the input", lambda tmp, w, c=command: Case(
-            COMMANDS[c](_copy(w.records, tmp / "run"), tmp / "run", w), "is the input", [tmp]))
-        add(f"{command}: output through a symlink to the input", lambda tmp, w, c=command: Case(
-            COMMANDS[c](_copy(w.records, tmp / "run"), _symlink(tmp / "alias", tmp / "run") / "out", w), "is inside the input", [tmp]))
-        add(f"{command}: output holds another kind of folder", lambda tmp, w, c=command: Case(
-            COMMANDS[c](w.records, _copy(w.pairs if c != "pairs" else w.records, tmp / "other"), w), "folder, not a", [w.records, tmp]))
-        add(f"{command}: output holds foreign files", lambda tmp, w, c=command: Case(
-            COMMANDS[c](w.records, _foreign(tmp / "mine"), w), "not a MediFlow", [w.records, tmp]))
-        add(f"{command}: output is a file", lambda tmp, w, c=command: Case(
-            COMMANDS[c](w.records, _file(tmp / "out"), w), "is a file", [w.records, tmp]))
-        add(f"{command}: output locked by another process", lambda tmp, w, c=command: Case(
-            COMMANDS[c](w.records, tmp / "busy", w), "in use by another process", [w.records, tmp], hold_lock=tmp / "busy"))
+        add(f"{command}: output inside the input", lambda tmp, w, c=command: Case(COMMANDS[c](_copy(w.records, tmp / "run"), tmp / "run" / "out", w), "is inside the input", [tmp]))
+        add(f"{command}: input inside the output", lambda tmp, w, c=command: Case(COMMANDS[c](_copy(w.records, tmp / "run") / "data" / "part-00000.parquet", tmp / "run", w), "contains the input", [tmp]))
+        add(f"{command}: output is the input", lambda tmp, w, c=command: Case(COMMANDS[c](_copy(w.records, tmp / "run"), tmp / "run", w), "is the input", [tmp]))
+        add(f"{command}: output through a symlink to the input", lambda tmp, w, c=command: Case(COMMANDS[c](_copy(w.records, tmp / "run"), _symlink(tmp / "alias", tmp / "run") / "out", w), "is inside the input", [tmp]))
+        add(f"{command}: output holds another kind of folder", lambda tmp, w, c=command: Case(COMMANDS[c](w.records, _copy(w.pairs if c != "pairs" else w.records, tmp / "other"), w), "folder, not a", [w.records, tmp]))
+        add(f"{command}: output holds foreign files", lambda tmp, w, c=command: Case(COMMANDS[c](w.records, _foreign(tmp / "mine"), w), "not a MediFlow", [w.records, tmp]))
+        add(f"{command}: output is a file", lambda tmp, w, c=command: Case(COMMANDS[c](w.records, _file(tmp / "out"), w), "is a file", [w.records, tmp]))
+        add(f"{command}: output locked by another process", lambda tmp, w, c=command: Case(COMMANDS[c](w.records, tmp / "busy", w), "in use by another process", [w.records, tmp], hold_lock=tmp / "busy"))
         add(f"{command}: read-only output", lambda tmp, w, c=command: _read_only_case(c, tmp, w))
     for command in ("filter", "dedup", "curate", "export"):  # the CPU stages: their outputs are written for real
         add(f"{command}: full disk", lambda tmp, w, c=command: Case(COMMANDS[c](w.big, tmp / "out", w), "File too large", [w.big], sandbox="full_disk"))
@@ -258,19 +247,21 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("generate: --json-share 2", lambda tmp, w: Case([*generate(tmp), "--json-share", "2", "--out", str(tmp / "o")], "json_share", [tmp]))
     add("generate: unknown --teacher local:x", lambda tmp, w: Case(["generate", "--teacher", "local:x", "--out", str(tmp / "o")], "local:x", [tmp]))
     add("generate: a teacher server nobody runs", lambda tmp, w: Case([*generate(tmp), "--out", str(tmp / "o")], f"cannot connect to the teacher at {DEAD_URL}", [tmp]))
-    add("generate: unset --api-key-env", lambda tmp, w: Case(
-        ["generate", "--teacher", "openai:m", "--api-key-env", "MEDIFLOW_NOT_SET", "--out", str(tmp / "o")], "(--api-key-env): the environment variable MEDIFLOW_NOT_SET is not set", [tmp]))
+    add(
+        "generate: unset --api-key-env",
+        lambda tmp, w: Case(["generate", "--teacher", "openai:m", "--api-key-env", "MEDIFLOW_NOT_SET", "--out", str(tmp / "o")], "(--api-key-env): the environment variable MEDIFLOW_NOT_SET is not set", [tmp]),
+    )
     add("generate: no key at all", lambda tmp, w: Case(["generate", "--teacher", "openai:m", "--out", str(tmp / "o")], "with --api-key-env", [tmp], unset=("OPENAI_API_KEY",)))
     add("generate: --shard K above N", lambda tmp, w: Case([*generate(tmp), "--shard", "3/2", "--out", str(tmp / "o")], "needs 1 <= K <= N", [tmp]))
-    add("generate: --dry-run with a --shard that is not K/N", lambda tmp, w: Case(
-        [*generate(tmp), "--shard", "abc", "--dry-run", "--plan-out", str(tmp / "plan.parquet")], "is not K/N", [tmp]))
+    add("generate: --dry-run with a --shard that is not K/N", lambda tmp, w: Case([*generate(tmp), "--shard", "abc", "--dry-run", "--plan-out", str(tmp / "plan.parquet")], "is not K/N", [tmp]))
     add("generate: --ray-resource-timeout 0", lambda tmp, w: Case([*generate(tmp), "--engine", "ray", "--ray-resource-timeout", "0", "--out", str(tmp / "o")], "ray.resource_timeout", [tmp]))
-    add("generate: a Ray cluster address nothing answers on", lambda tmp, w: Case(
-        [*generate(tmp), "--engine", "ray", "--ray-address", "127.0.0.1:9", "--out", str(tmp / "o")], "nothing answers at 127.0.0.1:9", [tmp]))
+    add("generate: a Ray cluster address nothing answers on", lambda tmp, w: Case([*generate(tmp), "--engine", "ray", "--ray-address", "127.0.0.1:9", "--out", str(tmp / "o")], "nothing answers at 127.0.0.1:9", [tmp]))
     add("generate: --plan-out is a folder", lambda tmp, w: Case([*generate(tmp), "--dry-run", "--plan-out", str(_mkdir(tmp / "plans"))], "is a folder", [tmp]))
     add("generate: a case profile naming an unknown code", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_broken_cases(tmp / "tax")), "--out", str(tmp / "o")], "'I5O' is not an ICD-10-CM", [tmp]))
-    add("filter: a taxonomy whose mention context rules are not YAML", lambda tmp, w: Case(
-        ["filter", str(w.records), str(tmp / "o"), "--taxonomy", str(_text_at(tmp / "tax" / "cases" / "context.yaml", "triggers: [unclosed\n"))], "context.yaml", [w.records, tmp]))
+    add(
+        "filter: a taxonomy whose mention context rules are not YAML",
+        lambda tmp, w: Case(["filter", str(w.records), str(tmp / "o"), "--taxonomy", str(_text_at(tmp / "tax" / "cases" / "context.yaml", "triggers: [unclosed\n"))], "context.yaml", [w.records, tmp]),
+    )
     add("generate: a config that is not UTF-8", lambda tmp, w: Case(["generate", "--config", str(_latin1(tmp / "run.yaml")), "--out", str(tmp / "o")], "not UTF-8", [tmp]))
     add("generate: a taxonomy with an unsafe name", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", name="../escape")), "--out", str(tmp / "o")], "'../escape'", [tmp]))
     add("generate: a taxonomy schema with a remote $ref", lambda tmp, w: Case([*generate(tmp), "--taxonomy", str(_taxonomy(tmp / "tax", ref="https://example.org/s.json")), "--out", str(tmp / "o")], "only local references", [tmp]))
@@ -283,18 +274,14 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
         return ["generate", "--config", str(config), "--batch"]
 
     add("generate: --batch with a teacher that has no batch API", lambda tmp, w: Case(["generate", "--teacher", "local", "--batch", "--out", str(tmp / "o")], "the teacher 'local' has no batch API", [tmp]))
-    add("generate: --batch against a server without a batch API", lambda tmp, w: Case(
-        batch_generate(tmp, str(w.no_batch_server), tmp / "o"), "has no batch API (GET /batches answered HTTP 404)", [tmp]))
-    add("generate: --batch with a recorded batch of another run", lambda tmp, w: Case(
-        batch_generate(tmp, str(w.batch_server), _foreign_batch(tmp / "o", w.batch_server)), "belongs to another run", [tmp]))
-    add("generate: --batch and a corrupt batch output file", lambda tmp, w: Case(
-        batch_generate(tmp, str(_corrupting(w.batch_server)), tmp / "o"), "is not a batch result file", [tmp / "run.json"]))
+    add("generate: --batch against a server without a batch API", lambda tmp, w: Case(batch_generate(tmp, str(w.no_batch_server), tmp / "o"), "has no batch API (GET /batches answered HTTP 404)", [tmp]))
+    add("generate: --batch with a recorded batch of another run", lambda tmp, w: Case(batch_generate(tmp, str(w.batch_server), _foreign_batch(tmp / "o", w.batch_server)), "belongs to another run", [tmp]))
+    add("generate: --batch and a corrupt batch output file", lambda tmp, w: Case(batch_generate(tmp, str(_corrupting(w.batch_server)), tmp / "o"), "is not a batch result file", [tmp / "run.json"]))
     add("judge: --batch with the embedded local teacher", lambda tmp, w: Case(["judge", str(w.records), str(tmp / "o"), "--teacher", "local", "--batch"], "has no batch API", [w.records, tmp]))
     add("pairs: --batch with --engine ray", lambda tmp, w: Case(COMMANDS["pairs"](w.records, tmp / "o", w) + ["--batch", "--engine", "ray"], "engine: ray with mode: batch is not supported", [w.records, tmp]))
     add("batches: a folder with no batches recorded", lambda tmp, w: Case(["batches", str(w.records)], "no batches recorded", [w.records]))
-    add("batches: a corrupt state file", lambda tmp, w: Case(["batches", str(_text_at(tmp / "o" / "batches" / "state.json", "{\"run\": "))], "not a MediFlow batch state file", [tmp]))
-    add("batches --cancel: a folder in use by another process", lambda tmp, w: Case(
-        ["batches", str(_with_state(tmp / "busy")), "--cancel"], "in use by another process", [tmp], hold_lock=tmp / "busy"))
+    add("batches: a corrupt state file", lambda tmp, w: Case(["batches", str(_text_at(tmp / "o" / "batches" / "state.json", '{"run": '))], "not a MediFlow batch state file", [tmp]))
+    add("batches --cancel: a folder in use by another process", lambda tmp, w: Case(["batches", str(_with_state(tmp / "busy")), "--cancel"], "in use by another process", [tmp], hold_lock=tmp / "busy"))
 
     # join: its shares are inputs like any other
     add("join: output inside a share", lambda tmp, w: Case(["join", str(_copy(w.records, tmp / "share") / "joined"), str(tmp / "share")], "is inside the input", [tmp]))
@@ -305,8 +292,7 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("judge: --samples 0", lambda tmp, w: Case(COMMANDS["judge"](w.records, tmp / "o", w) + ["--samples", "0"], "samples", [w.records, tmp]))
     add("dedup: --values sloppy", lambda tmp, w: Case(["dedup", str(w.records), str(tmp / "o"), "--values", "sloppy"], "invalid choice: 'sloppy'", [w.records, tmp]))
     add("dedup: --workers -1", lambda tmp, w: Case(["dedup", str(w.records), str(tmp / "o"), "--workers", "-1"], "workers: -1 is less than the minimum of 0", [w.records, tmp]))
-    add("curate: dedup.values not strict or lenient", lambda tmp, w: Case(["curate", str(w.records), str(tmp / "o"), "--config", str(_text(tmp / "c.yaml", "dedup: {values: loose}\n"))],
-                                                                       "dedup.values", [w.records, tmp]))
+    add("curate: dedup.values not strict or lenient", lambda tmp, w: Case(["curate", str(w.records), str(tmp / "o"), "--config", str(_text(tmp / "c.yaml", "dedup: {values: loose}\n"))], "dedup.values", [w.records, tmp]))
     add("export: --max-shard-rows 0", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--max-shard-rows", "0"], "max_shard_rows: 0 is less than the minimum of 1", [w.records, tmp]))
     add("export: --max-shard-mb -1", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--max-shard-mb", "-1"], "max_shard_mb: -1.0 is less than or equal to the minimum of 0", [w.records, tmp]))
     add("export: split shares that do not sum to 1", lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(tmp / "o"), "--split-train", "0.5"], "split.train: train + validation + test = 0.6", [w.records, tmp]))
@@ -323,15 +309,19 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("pairs: a missing --config", lambda tmp, w: Case(COMMANDS["pairs"](w.records, tmp / "o", w) + ["--config", str(tmp / "none.yaml")], "cannot read config file", [w.records, tmp]))
     add("generate: --sampling-response-temperature -1", lambda tmp, w: Case([*generate(tmp), "--sampling-response-temperature", "-1", "--out", str(tmp / "o")], "sampling.response.temperature: -1", [tmp]))
     add("train sft: a config that is not UTF-8", lambda tmp, w: Case(["train", "sft", "--config", str(_latin1(tmp / "t.yaml"))], "not UTF-8", [tmp]))
+
     # training flags: length handling and precision are checked before anything is read or written
     def sft(tmp: Path, w: World, *flags: str, stage: str = "sft") -> Case:
         return Case(["train", stage, "--config", str(_train_config(tmp, w.records, tmp / "out")), *flags], "", [w.records, tmp])
 
     add("train sft: --data-overlong trim", lambda tmp, w: replace(sft(tmp, w, "--data-overlong", "trim"), says="argument --data-overlong: invalid choice"))
     add("train dpo: --data-packing", lambda tmp, w: replace(sft(tmp, w, "--data-packing", stage="dpo"), says="data.packing: DPO compares whole chosen/rejected sequences"))
-    add("train pit: --data-chunk-overlap above half of max_length", lambda tmp, w: replace(
-        sft(tmp, w, "--data-documents", str(w.records), "--data-task-data", str(w.records), "--data-max-length", "64", "--data-chunk-overlap", "40", stage="pit"),
-        says="data.chunk_overlap: must be below half of data.max_length (64)"))
+    add(
+        "train pit: --data-chunk-overlap above half of max_length",
+        lambda tmp, w: replace(
+            sft(tmp, w, "--data-documents", str(w.records), "--data-task-data", str(w.records), "--data-max-length", "64", "--data-chunk-overlap", "40", stage="pit"), says="data.chunk_overlap: must be below half of data.max_length (64)"
+        ),
+    )
     add("train sft: --train-bf16 with --train-fp16", lambda tmp, w: replace(sft(tmp, w, "--train-bf16", "--train-fp16"), says="choose one mixed precision"))
     add("train sft: --data-max-length 0", lambda tmp, w: replace(sft(tmp, w, "--data-max-length", "0"), says="data.max_length"))
     # each stage's own section: its flags, and no other stage's keys
@@ -340,15 +330,17 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("train qa: no teacher", lambda tmp, w: replace(sft(tmp, w, stage="qa"), says="qa.teacher is required for the qa stage"))
     add("train qa: --batch with the embedded local teacher", lambda tmp, w: replace(sft(tmp, w, "--teacher", "local", "--batch", stage="qa"), says="qa.mode: batch: the teacher 'local' has no batch API"))
     add("train qa: --concurrency 0", lambda tmp, w: replace(sft(tmp, w, "--teacher", "local", "--concurrency", "0", stage="qa"), says="qa.limits.concurrency: 0 is less than the minimum of 1"))
+
     # every setting is checked before a model loads or the output folder is touched (issue 22)
     def trained(tmp: Path, w: World, stage: str, *flags: str, says: str) -> Case:
         return Case([*_model_argv(f"train {stage}", tmp, w, w.records, tmp / "out"), *flags], says, [w.records, w.pairs, w.model, tmp])
 
     add("train dpo: --dpo-loss-type that TRL does not know", lambda tmp, w: trained(tmp, w, "dpo", "--dpo-loss-type", "sigmoidd", says="dpo.loss_type: 'sigmoidd' is not one of TRL's loss types"))
-    add("train sft: --model-attn-implementation flash_attention_2 without flash-attn", lambda tmp, w: trained(
-        tmp, w, "sft", "--model-attn-implementation", "flash_attention_2", says="model.attn_implementation: flash_attention_2 needs the flash-attn package"))
-    add("train sft: --resume a checkpoint whose save was killed", lambda tmp, w: trained(
-        tmp, w, "sft", "--resume", str(_killed_checkpoint(tmp / "checkpoint-3")), says="holds only config.json: no weights, optimizer or trainer state"))
+    add(
+        "train sft: --model-attn-implementation flash_attention_2 without flash-attn",
+        lambda tmp, w: trained(tmp, w, "sft", "--model-attn-implementation", "flash_attention_2", says="model.attn_implementation: flash_attention_2 needs the flash-attn package"),
+    )
+    add("train sft: --resume a checkpoint whose save was killed", lambda tmp, w: trained(tmp, w, "sft", "--resume", str(_killed_checkpoint(tmp / "checkpoint-3")), says="holds only config.json: no weights, optimizer or trainer state"))
     add("train sft: --model-attn-implementation fast", lambda tmp, w: replace(sft(tmp, w, "--model-attn-implementation", "fast"), says="argument --model-attn-implementation: invalid choice"))
     if not _cuda():
         add("train sft: --method-finetuning qlora without a GPU", lambda tmp, w: trained(tmp, w, "sft", "--method-finetuning", "qlora", says="qlora loads the base in 4 bits with bitsandbytes, which needs a CUDA GPU"))
@@ -358,37 +350,61 @@ def build_cases() -> list[tuple[str, Callable[[Path, World], Case]]]:
     add("train eval: a missing --data-records", lambda tmp, w: replace(sft(tmp, w, "--data-records", str(tmp / "nowhere.jsonl"), stage="eval"), says="no such file or folder"))
     # the model-writing commands: their output folder overlaps no input, is locked, holds no other config's run
     for command in MODEL_COMMANDS:
-        add(f"{command}: output inside the data", lambda tmp, w, c=command: Case(  # a merge's data: an expert model
-            _model_argv(c, tmp, w, _copy(w.expert if c.startswith("merge") else w.records, tmp / "data"), tmp / "data" / "out"), "is inside the input", [tmp]))
-        add(f"{command}: output contains the model", lambda tmp, w, c=command: Case(
-            _model_argv(c, tmp, w, w.records, tmp, model=Path(shutil.copytree(w.model, tmp / "model"))), "contains the input", [w.records, tmp]))
-        add(f"{command}: output locked by another process", lambda tmp, w, c=command: Case(
-            _model_argv(c, tmp, w, w.records, tmp / "busy"), "in use by another process", [w.records, tmp], hold_lock=tmp / "busy"))
-        add(f"{command}: output holds a run of another config", lambda tmp, w, c=command: Case(
-            _model_argv(c, tmp, w, w.records, _other_run(tmp / "other", MODEL_COMMANDS[c])), "run of another config", [w.records, tmp]))
-        add(f"{command}: output holds another kind of folder", lambda tmp, w, c=command: Case(
-            _model_argv(c, tmp, w, w.records, _copy(w.pairs, tmp / "other")), "folder, not a", [w.records, tmp]))
-    add("train sft: a model folder whose run did not finish", lambda tmp, w: Case(
-        _model_argv("train sft", tmp, w, w.records, tmp / "out", model=_unfinished(tmp / "merged", w.model)), "did not finish (status running)", [w.records, tmp]))
-    add("merge --preset: output inside its evaluator's data", lambda tmp, w: Case(
-        _model_argv("merge --preset", tmp, w, w.records, tmp / "heldout" / "out", evaluate={"eval_config": str(_text(tmp / "eval.yaml", json.dumps(
-            {"data": {"records": str(_copy(w.records, tmp / "heldout"))}, "output": {"dir": str(tmp / "evals")}})))}), "is inside the input", [tmp]))
-    add("merge --preset: a work_dir outside the output", lambda tmp, w: Case(
-        _model_argv("merge --preset", tmp, w, w.records, tmp / "out", work_dir="elsewhere"), "work_dir: the preset keeps its cache in", [tmp]))
-    add("merge --preset: the same file as eval_config and report_config", lambda tmp, w: Case(
-        _model_argv("merge --preset", tmp, w, w.records, tmp / "out", evaluate={"eval_config": str(_eval_config(tmp, w)), "report_config": str(tmp / "eval.yaml")}),
-        "eval_config and report_config are the same file", [w.records, tmp]))
-    add("merge --preset: --search-budget 0", lambda tmp, w: Case([*_model_argv("merge --preset", tmp, w, w.records, tmp / "out"), "--search-budget", "0"],
-                                                                  "search.budget: 0 is less than the minimum of 1", [tmp]))
-    add("merge: a preset flag with a mergekit-format config", lambda tmp, w: Case([*_model_argv("merge", tmp, w, w.records, tmp / "out"), "--search-budget", "3"],
-                                                                                  "search.budget: keys of a preset config", [tmp]))
-    add("merge --preset: --seed (a mergekit-format merge's option)", lambda tmp, w: Case([*_model_argv("merge --preset", tmp, w, w.records, tmp / "out"), "--seed", "3"],
-                                                                                   "--seed: options of a mergekit-format merge, and this is a preset", [tmp]))
+        add(
+            f"{command}: output inside the data",
+            lambda tmp, w, c=command: Case(  # a merge's data: an expert model
+                _model_argv(c, tmp, w, _copy(w.expert if c.startswith("merge") else w.records, tmp / "data"), tmp / "data" / "out"), "is inside the input", [tmp]
+            ),
+        )
+        add(f"{command}: output contains the model", lambda tmp, w, c=command: Case(_model_argv(c, tmp, w, w.records, tmp, model=Path(shutil.copytree(w.model, tmp / "model"))), "contains the input", [w.records, tmp]))
+        add(f"{command}: output locked by another process", lambda tmp, w, c=command: Case(_model_argv(c, tmp, w, w.records, tmp / "busy"), "in use by another process", [w.records, tmp], hold_lock=tmp / "busy"))
+        add(f"{command}: output holds a run of another config", lambda tmp, w, c=command: Case(_model_argv(c, tmp, w, w.records, _other_run(tmp / "other", MODEL_COMMANDS[c])), "run of another config", [w.records, tmp]))
+        add(f"{command}: output holds another kind of folder", lambda tmp, w, c=command: Case(_model_argv(c, tmp, w, w.records, _copy(w.pairs, tmp / "other")), "folder, not a", [w.records, tmp]))
+    add("train sft: a model folder whose run did not finish", lambda tmp, w: Case(_model_argv("train sft", tmp, w, w.records, tmp / "out", model=_unfinished(tmp / "merged", w.model)), "did not finish (status running)", [w.records, tmp]))
+    add(
+        "merge --preset: output inside its evaluator's data",
+        lambda tmp, w: Case(
+            _model_argv(
+                "merge --preset",
+                tmp,
+                w,
+                w.records,
+                tmp / "heldout" / "out",
+                evaluate={"eval_config": str(_text(tmp / "eval.yaml", json.dumps({"data": {"records": str(_copy(w.records, tmp / "heldout"))}, "output": {"dir": str(tmp / "evals")}})))},
+            ),
+            "is inside the input",
+            [tmp],
+        ),
+    )
+    add("merge --preset: a work_dir outside the output", lambda tmp, w: Case(_model_argv("merge --preset", tmp, w, w.records, tmp / "out", work_dir="elsewhere"), "work_dir: the preset keeps its cache in", [tmp]))
+    add(
+        "merge --preset: the same file as eval_config and report_config",
+        lambda tmp, w: Case(
+            _model_argv("merge --preset", tmp, w, w.records, tmp / "out", evaluate={"eval_config": str(_eval_config(tmp, w)), "report_config": str(tmp / "eval.yaml")}), "eval_config and report_config are the same file", [w.records, tmp]
+        ),
+    )
+    add("merge --preset: --search-budget 0", lambda tmp, w: Case([*_model_argv("merge --preset", tmp, w, w.records, tmp / "out"), "--search-budget", "0"], "search.budget: 0 is less than the minimum of 1", [tmp]))
+    add("merge: a preset flag with a mergekit-format config", lambda tmp, w: Case([*_model_argv("merge", tmp, w, w.records, tmp / "out"), "--search-budget", "3"], "search.budget: keys of a preset config", [tmp]))
+    add(
+        "merge --preset: --seed (a mergekit-format merge's option)",
+        lambda tmp, w: Case([*_model_argv("merge --preset", tmp, w, w.records, tmp / "out"), "--seed", "3"], "--seed: options of a mergekit-format merge, and this is a preset", [tmp]),
+    )
     add("merge: a config that is not UTF-8", lambda tmp, w: Case(["merge", "--config", str(_latin1(tmp / "m.yaml")), "--output", str(tmp / "merged")], "not UTF-8", [tmp]))
     add("merge: a missing config", lambda tmp, w: Case(["merge", "--config", str(tmp / "none.yaml"), "--output", str(tmp / "merged")], "not found", [tmp]))
-    add("merge: a Hub id that is not in the local Hugging Face cache", lambda tmp, w: Case(["merge", "--config", str(_text(tmp / "m.yaml", json.dumps(
-        {"merge_method": "linear", "models": [{"model": str(w.model), "parameters": {"weight": 0.5}}, {"model": "tiny-org/never-cached", "parameters": {"weight": 0.5}}]}))),
-        "--output", str(tmp / "merged")], "'tiny-org/never-cached' is neither a model folder with config.json nor a Hub id in the local Hugging Face cache", [w.model, tmp]))
+    add(
+        "merge: a Hub id that is not in the local Hugging Face cache",
+        lambda tmp, w: Case(
+            [
+                "merge",
+                "--config",
+                str(_text(tmp / "m.yaml", json.dumps({"merge_method": "linear", "models": [{"model": str(w.model), "parameters": {"weight": 0.5}}, {"model": "tiny-org/never-cached", "parameters": {"weight": 0.5}}]}))),
+                "--output",
+                str(tmp / "merged"),
+            ],
+            "'tiny-org/never-cached' is neither a model folder with config.json nor a Hub id in the local Hugging Face cache",
+            [w.model, tmp],
+        ),
+    )
     _single_file_cases(add, generate)
     _link_cases(add, generate)
     return cases
@@ -399,13 +415,13 @@ ANOTHER_RUN = "of another MediFlow run"
 
 def _single_file_cases(add: Callable[[str, Callable[[Path, World], Case]], None], generate: Callable[[Path], list[str]]) -> None:
     """Every path a command writes, folder or single file, goes through one guard (issue 23)."""
+
     def shard(run: Path) -> Path:
         return run / "data" / "part-00000.parquet"
 
     add("audit: --html over a shard of its input", lambda tmp, w: Case(["audit", str(_copy(w.records, tmp / "run")), "--html", str(shard(tmp / "run"))], "is inside the input", [tmp]))
     add("audit: --html over its input's manifest", lambda tmp, w: Case(["audit", str(_copy(w.records, tmp / "run")), "--html", str(tmp / "run" / "manifest.json")], "is inside the input", [tmp]))
-    add("audit: --html through a symlink to its input's shard", lambda tmp, w: Case(
-        ["audit", str(_copy(w.records, tmp / "run")), "--html", str(_symlink(tmp / "report.html", shard(tmp / "run")))], "is inside the input", [tmp]))
+    add("audit: --html through a symlink to its input's shard", lambda tmp, w: Case(["audit", str(_copy(w.records, tmp / "run")), "--html", str(_symlink(tmp / "report.html", shard(tmp / "run")))], "is inside the input", [tmp]))
     add("audit: --html over another run's shard", lambda tmp, w: Case(["audit", str(w.records), "--html", str(shard(_copy(w.pairs, tmp / "other")))], ANOTHER_RUN, [w.records, tmp]))
     add("audit: --html names a folder", lambda tmp, w: Case(["audit", str(w.records), "--html", str(_mkdir(tmp / "reports"))], "is a folder", [w.records, tmp]))
     add("audit: --html under a file", lambda tmp, w: Case(["audit", str(w.records), "--html", str(_file(tmp / "reports") / "a.html")], "is a file", [w.records, tmp]))
@@ -413,24 +429,33 @@ def _single_file_cases(add: Callable[[str, Callable[[Path, World], Case]], None]
     add("generate: --plan-out is its --config file", lambda tmp, w: Case([*generate(tmp), "--dry-run", "--plan-out", str(tmp / "run.json")], "is the config file", [tmp]))
     add("generate: --plan-out under a file", lambda tmp, w: Case([*generate(tmp), "--dry-run", "--plan-out", str(_file(tmp / "plans") / "plan.parquet")], "is a file", [tmp]))
     add("generate: --out inside another run's folder", lambda tmp, w: Case([*generate(tmp), "--out", str(_copy(w.records, tmp / "other") / "run")], ANOTHER_RUN, [tmp]))
-    add("judge: --cache inside its input", lambda tmp, w: Case(
-        COMMANDS["judge"](_copy(w.records, tmp / "run"), tmp / "out", w) + ["--cache", str(tmp / "run" / "cache.sqlite")], "is inside the input", [tmp]))
-    add("judge: --cache is its --config file", lambda tmp, w: Case(
-        COMMANDS["judge"](w.records, tmp / "out", w) + ["--config", str(_text(tmp / "c.yaml", "judge: {samples: 1}\n")), "--cache", str(tmp / "c.yaml")], "is the config file", [w.records, tmp]))
-    add("judge: --cache in another run's folder", lambda tmp, w: Case(
-        COMMANDS["judge"](w.records, tmp / "out", w) + ["--cache", str(_copy(w.pairs, tmp / "other") / "cache.sqlite")], ANOTHER_RUN, [w.records, tmp]))
-    add("curate: --judge-cache inside its input", lambda tmp, w: Case(
-        ["curate", str(_copy(w.records, tmp / "run")), str(tmp / "out"), "--teacher", "openai:m", "--base-url", DEAD_URL, "--api-key-env", KEY_ENV,
-         "--judge-cache", str(tmp / "run" / "cache.sqlite")], "is inside the input", [tmp]))
-    add("train eval: --output-report is its --config file", lambda tmp, w: Case(
-        [*_model_argv("train eval", tmp, w, w.records, tmp / "out"), "--output-report", str(tmp / "eval.yaml")], "is the config file", [w.records, tmp]))
-    add("train eval: --output-report inside its data", lambda tmp, w: Case(
-        [*_model_argv("train eval", tmp, w, _copy(w.records, tmp / "data"), tmp / "out"), "--output-report", str(tmp / "data" / "report.json")], "is inside the input", [tmp]))
-    add("train eval: --output-report in another run's folder", lambda tmp, w: Case(
-        [*_model_argv("train eval", tmp, w, w.records, tmp / "out"), "--output-report", str(_copy(w.pairs, tmp / "other") / "report.json")], ANOTHER_RUN, [w.records, tmp]))
-    add("train sft: --model-cache-dir inside its data", lambda tmp, w: Case(  # refused before a conversion starts
-        [*_model_argv("train sft", tmp, w, _copy(w.records, tmp / "data"), tmp / "out", model=Path("gemma3-270m")), "--model-cache-dir", str(tmp / "data" / "models")],
-        "is inside the input", [tmp]))
+    add("judge: --cache inside its input", lambda tmp, w: Case(COMMANDS["judge"](_copy(w.records, tmp / "run"), tmp / "out", w) + ["--cache", str(tmp / "run" / "cache.sqlite")], "is inside the input", [tmp]))
+    add(
+        "judge: --cache is its --config file",
+        lambda tmp, w: Case(COMMANDS["judge"](w.records, tmp / "out", w) + ["--config", str(_text(tmp / "c.yaml", "judge: {samples: 1}\n")), "--cache", str(tmp / "c.yaml")], "is the config file", [w.records, tmp]),
+    )
+    add("judge: --cache in another run's folder", lambda tmp, w: Case(COMMANDS["judge"](w.records, tmp / "out", w) + ["--cache", str(_copy(w.pairs, tmp / "other") / "cache.sqlite")], ANOTHER_RUN, [w.records, tmp]))
+    add(
+        "curate: --judge-cache inside its input",
+        lambda tmp, w: Case(
+            ["curate", str(_copy(w.records, tmp / "run")), str(tmp / "out"), "--teacher", "openai:m", "--base-url", DEAD_URL, "--api-key-env", KEY_ENV, "--judge-cache", str(tmp / "run" / "cache.sqlite")], "is inside the input", [tmp]
+        ),
+    )
+    add("train eval: --output-report is its --config file", lambda tmp, w: Case([*_model_argv("train eval", tmp, w, w.records, tmp / "out"), "--output-report", str(tmp / "eval.yaml")], "is the config file", [w.records, tmp]))
+    add(
+        "train eval: --output-report inside its data",
+        lambda tmp, w: Case([*_model_argv("train eval", tmp, w, _copy(w.records, tmp / "data"), tmp / "out"), "--output-report", str(tmp / "data" / "report.json")], "is inside the input", [tmp]),
+    )
+    add(
+        "train eval: --output-report in another run's folder",
+        lambda tmp, w: Case([*_model_argv("train eval", tmp, w, w.records, tmp / "out"), "--output-report", str(_copy(w.pairs, tmp / "other") / "report.json")], ANOTHER_RUN, [w.records, tmp]),
+    )
+    add(
+        "train sft: --model-cache-dir inside its data",
+        lambda tmp, w: Case(  # refused before a conversion starts
+            [*_model_argv("train sft", tmp, w, _copy(w.records, tmp / "data"), tmp / "out", model=Path("gemma3-270m")), "--model-cache-dir", str(tmp / "data" / "models")], "is inside the input", [tmp]
+        ),
+    )
     add("train sft: output inside another run's folder", lambda tmp, w: Case(_model_argv("train sft", tmp, w, w.records, _copy(w.pairs, tmp / "other") / "sft"), ANOTHER_RUN, [w.records, tmp]))
     add("train sft: output contains its config file", lambda tmp, w: Case(_model_argv("train sft", _mkdir(tmp / "out"), w, w.records, tmp / "out"), "contains the config file", [w.records, tmp]))
     add("merge: output contains its config file", lambda tmp, w: Case(_model_argv("merge", _mkdir(tmp / "out"), w, w.records, tmp / "out"), "contains the config file", [tmp]))
@@ -470,30 +495,38 @@ def _exported(tmp: Path, world: World, name: str) -> Path:
 
 def _link_cases(add: Callable[[str, Callable[[Path, World], Case]], None], generate: Callable[[Path], list[str]]) -> None:
     """No write follows a link inside an output folder: each kind of link, planted; its target must not change (issue 23)."""
+
     def filtered(tmp: Path, w: World) -> Path:
         assert main(["filter", str(w.records), str(tmp / "out")]) == 0  # a finished run of the same command: a rerun resumes it
         return tmp / "out"
 
-    add("filter: a rerun whose data/ links into another run", lambda tmp, w: Case(
-        COMMANDS["filter"](w.records, _linked(filtered(tmp, w), "data", _copy(w.records, tmp / "other") / "data"), w), LINKED, [w.records, tmp]))
-    for entry, target in (("data", "data"), ("data/part-00000.parquet", "data/part-00000.parquet"), ("manifest.json", "manifest.json"),
-                          ("rejects.parquet", "rejects.parquet"), (".lock", "manifest.json")):
-        add(f"filter: --overwrite with {entry} a link into another run", lambda tmp, w, e=entry, t=target: Case(
-            [*COMMANDS["filter"](w.records, _linked(filtered(tmp, w), e, _copy(w.records, tmp / "other") / t), w), "--overwrite"], LINKED, [w.records, tmp]))
-    add("judge: cache.sqlite a link to another run's cache", lambda tmp, w: Case(
-        COMMANDS["judge"](w.records, _linked(_mkdir(tmp / "out"), "cache.sqlite", _sqlite(_copy(w.records, tmp / "other") / "cache.sqlite")), w), LINKED, [w.records, tmp]))
-    add("export: --overwrite with data/sft a link into another export", lambda tmp, w: Case(
-        ["export", str(w.records), "--local-dir", str(_linked(_exported(tmp, w, "out"), "data/sft", _exported(tmp, w, "other") / "data" / "sft")), "--overwrite"], LINKED, [w.records, tmp]))
-    add("export: --overwrite with README.md a link into another export", lambda tmp, w: Case(
-        ["export", str(w.records), "--local-dir", str(_linked(_exported(tmp, w, "out"), "README.md", _exported(tmp, w, "other") / "README.md")), "--overwrite"], LINKED, [w.records, tmp]))
-    add("generate: --overwrite with data/ a link into another run", lambda tmp, w: Case(
-        [*generate(tmp), "--out", str(_linked(_copy(w.records, tmp / "out"), "data", _copy(w.records, tmp / "other") / "data")), "--overwrite"], LINKED, [tmp]))
-    add("train sft: --overwrite with model/ a link to its base model", lambda tmp, w: Case(
-        [*_model_argv("train sft", tmp, w, w.records, _linked(_other_run(tmp / "out", "sft"), "model", Path(shutil.copytree(w.model, tmp / "base"))),
-                      model=tmp / "base"), "--overwrite"], LINKED, [w.records, tmp]))
-    add("merge: --overwrite with a weights file a link into an expert", lambda tmp, w: Case(
-        [*_model_argv("merge", tmp, w, w.records, _linked(_other_run(tmp / "out", "merge"), "model.safetensors", _weights(Path(shutil.copytree(w.expert, tmp / "expert"))))),
-         "--overwrite"], LINKED, [tmp]))
+    add("filter: a rerun whose data/ links into another run", lambda tmp, w: Case(COMMANDS["filter"](w.records, _linked(filtered(tmp, w), "data", _copy(w.records, tmp / "other") / "data"), w), LINKED, [w.records, tmp]))
+    for entry, target in (("data", "data"), ("data/part-00000.parquet", "data/part-00000.parquet"), ("manifest.json", "manifest.json"), ("rejects.parquet", "rejects.parquet"), (".lock", "manifest.json")):
+        add(
+            f"filter: --overwrite with {entry} a link into another run",
+            lambda tmp, w, e=entry, t=target: Case([*COMMANDS["filter"](w.records, _linked(filtered(tmp, w), e, _copy(w.records, tmp / "other") / t), w), "--overwrite"], LINKED, [w.records, tmp]),
+        )
+    add(
+        "judge: cache.sqlite a link to another run's cache",
+        lambda tmp, w: Case(COMMANDS["judge"](w.records, _linked(_mkdir(tmp / "out"), "cache.sqlite", _sqlite(_copy(w.records, tmp / "other") / "cache.sqlite")), w), LINKED, [w.records, tmp]),
+    )
+    add(
+        "export: --overwrite with data/sft a link into another export",
+        lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(_linked(_exported(tmp, w, "out"), "data/sft", _exported(tmp, w, "other") / "data" / "sft")), "--overwrite"], LINKED, [w.records, tmp]),
+    )
+    add(
+        "export: --overwrite with README.md a link into another export",
+        lambda tmp, w: Case(["export", str(w.records), "--local-dir", str(_linked(_exported(tmp, w, "out"), "README.md", _exported(tmp, w, "other") / "README.md")), "--overwrite"], LINKED, [w.records, tmp]),
+    )
+    add("generate: --overwrite with data/ a link into another run", lambda tmp, w: Case([*generate(tmp), "--out", str(_linked(_copy(w.records, tmp / "out"), "data", _copy(w.records, tmp / "other") / "data")), "--overwrite"], LINKED, [tmp]))
+    add(
+        "train sft: --overwrite with model/ a link to its base model",
+        lambda tmp, w: Case([*_model_argv("train sft", tmp, w, w.records, _linked(_other_run(tmp / "out", "sft"), "model", Path(shutil.copytree(w.model, tmp / "base"))), model=tmp / "base"), "--overwrite"], LINKED, [w.records, tmp]),
+    )
+    add(
+        "merge: --overwrite with a weights file a link into an expert",
+        lambda tmp, w: Case([*_model_argv("merge", tmp, w, w.records, _linked(_other_run(tmp / "out", "merge"), "model.safetensors", _weights(Path(shutil.copytree(w.expert, tmp / "expert"))))), "--overwrite"], LINKED, [tmp]),
+    )
 
 
 def _weights(model: Path) -> Path:
@@ -652,10 +685,7 @@ def _latin1(path: Path) -> Path:
 def _taxonomy(folder: Path, *, name: str = "veterinary_note", ref: str | None = None, latin1: bool = False) -> Path:
     category = next(iter(load_taxonomy().categories))
     (folder / "document_types").mkdir(parents=True)
-    entry = (
-        f"document_types:\n  - name: {json.dumps(name)}\n    category: {category}\n    description: A note.\n"
-        "    sections: [A]\n    typical_length: {min_words: 100, max_words: 200}\n    specialties: [x]\n    settings: [y]\n"
-    )
+    entry = f"document_types:\n  - name: {json.dumps(name)}\n    category: {category}\n    description: A note.\n    sections: [A]\n    typical_length: {{min_words: 100, max_words: 200}}\n    specialties: [x]\n    settings: [y]\n"
     if latin1:
         entry += "# caf\xe9\n"
     (folder / "document_types" / "extra.yaml").write_bytes(entry.encode("latin-1"))
@@ -728,15 +758,36 @@ def test_bad_input_is_one_error_line_and_changes_nothing(make: Callable[[Path, W
 
 def test_the_table_covers_every_command_and_class() -> None:
     names = [name for name, _ in CASES]
-    for command in ("generate", "filter", "judge", "dedup", "decontaminate", "curate", "pairs", "export", "audit", "train sft", "train dpo",
-                    "train pit", "train eval", "merge", "merge --preset", "batches"):
+    for command in ("generate", "filter", "judge", "dedup", "decontaminate", "curate", "pairs", "export", "audit", "train sft", "train dpo", "train pit", "train eval", "merge", "merge --preset", "batches"):
         assert any(name.startswith(f"{command}:") for name in names), command
-    for kind in ("inside the input", "input inside the output", "another kind", "locked", "corrupt", "truncated", "empty", "missing_column",
-                 "mistyped", "task name that is a path", "read-only", "full disk", " 0",
-                 # issue 23: single-file outputs, links inside an output, hostile Parquet
-                 "--html over", "--plan-out over", "--cache inside", "--output-report", "--model-cache-dir", "another run's folder", "its config file",
-                 "a link into another run", "bad_utf8", "duplicate_column", "null_output", "duplicate_id"):
+    for kind in (
+        "inside the input",
+        "input inside the output",
+        "another kind",
+        "locked",
+        "corrupt",
+        "truncated",
+        "empty",
+        "missing_column",
+        "mistyped",
+        "task name that is a path",
+        "read-only",
+        "full disk",
+        " 0",
+        # issue 23: single-file outputs, links inside an output, hostile Parquet
+        "--html over",
+        "--plan-out over",
+        "--cache inside",
+        "--output-report",
+        "--model-cache-dir",
+        "another run's folder",
+        "its config file",
+        "a link into another run",
+        "bad_utf8",
+        "duplicate_column",
+        "null_output",
+        "duplicate_id",
+    ):
         assert any(kind in name for name in names), kind
-    for link in ("data a link", "data/part-00000.parquet a link", "manifest.json a link", "rejects.parquet a link", ".lock a link", "cache.sqlite a link",
-                 "README.md a link", "data/sft a link", "model/ a link", "weights file a link"):
+    for link in ("data a link", "data/part-00000.parquet a link", "manifest.json a link", "rejects.parquet a link", ".lock a link", "cache.sqlite a link", "README.md a link", "data/sft a link", "model/ a link", "weights file a link"):
         assert any(link in name for name in names), link  # every kind of link, planted

@@ -104,14 +104,12 @@ def test_the_test_teacher_emulates_the_batch_api_through_the_sdk(teacher_server:
     assert output[0]["response"]["body"]["choices"][0]["message"]["content"] == online.choices[0].message.content  # a line is answered as online
 
     teacher_server.control(batch_expire=1)
-    expired, _ = _wait(client, client.batches.create(input_file_id=client.files.create(file=("e.jsonl", _lines(4, 10)), purpose="batch").id,
-                                                     endpoint="/v1/chat/completions", completion_window="24h").id)
+    expired, _ = _wait(client, client.batches.create(input_file_id=client.files.create(file=("e.jsonl", _lines(4, 10)), purpose="batch").id, endpoint="/v1/chat/completions", completion_window="24h").id)
     assert expired.status == "expired" and expired.request_counts.completed == 2
     assert {json.loads(line)["error"]["code"] for line in client.files.content(expired.error_file_id).text.splitlines()} == {"batch_expired"}
 
     teacher_server.control(batch_max_lines=3, batch_step=0.5)
-    failed, _ = _wait(client, client.batches.create(input_file_id=client.files.create(file=("f.jsonl", _lines(4, 20)), purpose="batch").id,
-                                                    endpoint="/v1/chat/completions", completion_window="24h").id)
+    failed, _ = _wait(client, client.batches.create(input_file_id=client.files.create(file=("f.jsonl", _lines(4, 20)), purpose="batch").id, endpoint="/v1/chat/completions", completion_window="24h").id)
     assert failed.status == "failed" and "over the limit of 3" in failed.errors.data[0].message
     running = client.batches.create(input_file_id=client.files.create(file=("c.jsonl", _lines(2, 30)), purpose="batch").id, endpoint="/v1/chat/completions", completion_window="24h")
     assert client.batches.cancel(running.id).status == "cancelling"
@@ -210,8 +208,7 @@ def test_train_qa_in_batch_mode_gives_the_online_rows(teacher_server: TeacherSer
     for mode in ("batch", "online"):
         teacher_server.reset()
         config = tmp_path / f"{mode}.yaml"
-        config.write_text(yaml.safe_dump({"qa": {"teacher": {"spec": TEST_TEACHER, "base_url": str(teacher_server)}, "qa_pairs": 2, "batch": FAST},
-                                          "data": {"documents": str(documents)}, "output": {"dir": str(tmp_path / mode)}}))
+        config.write_text(yaml.safe_dump({"qa": {"teacher": {"spec": TEST_TEACHER, "base_url": str(teacher_server)}, "qa_pairs": 2, "batch": FAST}, "data": {"documents": str(documents)}, "output": {"dir": str(tmp_path / mode)}}))
         assert main(["train", "qa", "--config", str(config), *(["--batch"] if mode == "batch" else [])]) == 0
         outputs[mode] = table(tmp_path / mode)
         if mode == "batch":
@@ -303,9 +300,7 @@ class _Killed(BaseException):
     """Stands for a SIGKILL at one exact point (a subprocess cannot be killed that precisely)."""
 
 
-def test_a_kill_between_create_and_its_record_finds_the_batch_instead_of_creating_it_again(
-    teacher_server: TeacherServerURL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_kill_between_create_and_its_record_finds_the_batch_instead_of_creating_it_again(teacher_server: TeacherServerURL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The state says ``uploaded`` (recorded before the create call), the provider already has the batch:
     the rerun finds it by its metadata and waits for it; nothing is created twice."""
     from mediflow.batch.providers import OpenAIBatchAPI
@@ -437,9 +432,7 @@ def test_an_azure_deployment_in_batch_mode_gives_the_online_records(teacher_serv
     assert outputs["batch"] == outputs["online"] and outputs["batch"][0]
 
 
-def test_a_provider_that_takes_another_upload_purpose_is_one_error_and_batch_file_purpose_reaches_it(
-    teacher_server: TeacherServerURL, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_provider_that_takes_another_upload_purpose_is_one_error_and_batch_file_purpose_reaches_it(teacher_server: TeacherServerURL, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Together takes batch input files with purpose ``batch-api``, not OpenAI's ``batch``: ``batch.file_purpose`` says so."""
     teacher_server.control(batch_step=0.01, batch_purpose="batch-api")
     config = tmp_path / "run.yaml"
@@ -543,7 +536,17 @@ with open(args.i) as lines, open(args.o, "w") as out:
 
 def test_a_vllm_teacher_in_batch_mode_runs_the_jsonl_through_run_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert run_batch_command("/m", Path("in.jsonl"), Path("out.jsonl"), ["--tensor-parallel-size", "2"]) == [
-        sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", "in.jsonl", "-o", "out.jsonl", "--model", "/m", "--tensor-parallel-size", "2",
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.run_batch",
+        "-i",
+        "in.jsonl",
+        "-o",
+        "out.jsonl",
+        "--model",
+        "/m",
+        "--tensor-parallel-size",
+        "2",
     ]
     stand_in = tmp_path / "stand-in"
     package = stand_in / "vllm" / "entrypoints" / "openai"

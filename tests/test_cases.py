@@ -130,8 +130,11 @@ def test_excludes1_pairs_break_a_case(sampler) -> None:
         ('      "9": 2     # the rest of circulatory disease', '      "23": 2', "'23' is not an ICD-10-CM chapter, block or code"),
         ("      R07: 6     # chest pain", "      R00-R08: 6", "'R00-R08' is not an ICD-10-CM chapter, block or code"),
         ("    W19: 8     # unspecified fall", "    W19: -1", "weight of 'W19' must be a positive number"),
-        ("    comorbidities: {pool: adult_chronic, child_pool: paediatric_chronic, counts: {0: 10, 1: 25, 2: 35, 3: 30}}\n    primary:\n      A41: 9",
-         "    comorbidities: {pool: adult_chronics, counts: {0: 10}}\n    primary:\n      A41: 9", "unknown pool 'adult_chronics'; did you mean 'adult_chronic'?"),
+        (
+            "    comorbidities: {pool: adult_chronic, child_pool: paediatric_chronic, counts: {0: 10, 1: 25, 2: 35, 3: 30}}\n    primary:\n      A41: 9",
+            "    comorbidities: {pool: adult_chronics, counts: {0: 10}}\n    primary:\n      A41: 9",
+            "unknown pool 'adult_chronics'; did you mean 'adult_chronic'?",
+        ),
     ],
 )
 def test_profile_errors_are_one_line(tmp_path: Path, old: str, new: str, message: str) -> None:

@@ -15,17 +15,16 @@ from mediflow.quality.config import DecontamConfig
 from mediflow.quality.decontaminate import run_decontaminate
 
 EVAL_ITEMS = [
-    {"qid": "medqa-17", "question": "A 54-year-old man presents with crushing substernal chest pain radiating to the left arm "
-                                    "for forty minutes. Which of the following is the most appropriate next step in management?",
-     "answer": "Obtain a 12-lead electrocardiogram"},
-    {"qid": "medqa-18", "question": "A 23-year-old woman has had polyuria, polydipsia and a ten pound weight loss over three "
-                                    "weeks. Her fingerstick glucose is 412. What is the most likely diagnosis?",
-     "answer": "Type 1 diabetes mellitus"},
+    {
+        "qid": "medqa-17",
+        "question": "A 54-year-old man presents with crushing substernal chest pain radiating to the left arm for forty minutes. Which of the following is the most appropriate next step in management?",
+        "answer": "Obtain a 12-lead electrocardiogram",
+    },
+    {"qid": "medqa-18", "question": "A 23-year-old woman has had polyuria, polydipsia and a ten pound weight loss over three weeks. Her fingerstick glucose is 412. What is the most likely diagnosis?", "answer": "Type 1 diabetes mellitus"},
     {"qid": "short-1", "question": "Which antibiotic treats syphilis in a patient allergic to penicillin?", "answer": "Doxycycline"},
 ]
 
-PLANTED = ("Answer the question.", "Case: a 54-year-old man presents with crushing substernal chest pain radiating to the "
-           "LEFT ARM for forty minutes; which of the following is the most appropriate next step in management?")
+PLANTED = ("Answer the question.", "Case: a 54-year-old man presents with crushing substernal chest pain radiating to the LEFT ARM for forty minutes; which of the following is the most appropriate next step in management?")
 RECORDS = [
     ("clean-1", "Summarize this note.", "A 54-year-old man presents with chest pain. ECG shows ST elevation in the inferior leads."),
     ("clean-2", "What is the most likely diagnosis?", "A 23-year-old woman has polyuria and polydipsia; glucose is 412 mg/dL."),
@@ -95,7 +94,7 @@ def test_default_item_ids_are_row_numbers_and_splits(tmp_path: Path) -> None:
 
 
 def test_short_eval_texts_match_only_whole(tmp_path: Path) -> None:
-    """"Doxycycline" (one word) matches a column that is exactly it, not every record that mentions it."""
+    """ "Doxycycline" (one word) matches a column that is exactly it, not every record that mentions it."""
     path = eval_file(tmp_path, "jsonl")
     source = records(tmp_path, extra=(("answer-as-instruction", "Doxycycline.", "Which drug?"),))
     run_decontaminate(source, tmp_path / "out", config(path, id_field="qid"))

@@ -42,12 +42,10 @@ COPIES = {
     "typo in a drug and an organ": NOTE.replace("ceftriaxone", "ceftriaxnoe").replace("chest pain", "chset pain"),
     "whitespace and case": "  " + NOTE.upper().replace(". ", " .\n").replace(", ", " ,  "),
     "reordered sentences": ". ".join(reversed(NOTE.rstrip(".").split(". "))) + ".",
-    "abbreviations": NOTE.replace("patient", "pt").replace("intravenous", "IV").replace("67-year-old", "67 y/o")
-    .replace("three times daily", "t.i.d.").replace("Follow up", "F/u"),
+    "abbreviations": NOTE.replace("patient", "pt").replace("intravenous", "IV").replace("67-year-old", "67 y/o").replace("three times daily", "t.i.d.").replace("Follow up", "F/u"),
     "a few words changed": NOTE.replace("improved steadily", "got better").replace("The encounter was", "This encounter is"),
     # one test per kind of copy of issue 19's table
-    "whitespace: line breaks and runs of spaces inside sentences": NOTE.replace(" admitted ", "\nadmitted  ").replace("lower lobe", "lower\r\n\tlobe")
-    .replace(" on discharge", "   on\ndischarge"),
+    "whitespace: line breaks and runs of spaces inside sentences": NOTE.replace(" admitted ", "\nadmitted  ").replace("lower lobe", "lower\r\n\tlobe").replace(" on discharge", "   on\ndischarge"),
     "all caps": NOTE.upper(),
     "all lower": NOTE.lower(),
     "punctuation spaced": NOTE.replace("1.1 mg", "1 .1 mg").replace("fever.", "fever .").replace("gout,", "gout ,").replace("(", "( "),
@@ -58,22 +56,34 @@ COPIES = {
     "typo: a transposition in a unit": NOTE.replace("mg/dL", "mg/Ld"),
     "typo: a letter dropped from a unit": NOTE.replace("mg/dL", "mg/d"),
     "typo: a side misspelled": NOTE.replace("right lower", "rihgt lower"),
-    "two adjacent sentences swapped": NOTE.replace("He was treated with intravenous ceftriaxone 1 g daily for 5 days and improved steadily. "
-                                                   "Creatinine was 1.1 mg/dL on discharge and the white cell count was 14.2. ",
-                                                   "Creatinine was 1.1 mg/dL on discharge and the white cell count was 14.2. "
-                                                   "He was treated with intravenous ceftriaxone 1 g daily for 5 days and improved steadily. "),
+    "two adjacent sentences swapped": NOTE.replace(
+        "He was treated with intravenous ceftriaxone 1 g daily for 5 days and improved steadily. Creatinine was 1.1 mg/dL on discharge and the white cell count was 14.2. ",
+        "Creatinine was 1.1 mg/dL on discharge and the white cell count was 14.2. He was treated with intravenous ceftriaxone 1 g daily for 5 days and improved steadily. ",
+    ),
     "a filler word dropped": NOTE.replace("and the white cell count", "and white cell count"),
     "a word split in two": NOTE.replace("pneumonia", "pneu monia"),
     "two words run together": NOTE.replace("chest pain", "chestpain"),
     "a contraction": NOTE.replace("He denies chest pain", "He doesn't have chest pain").replace("denies", "does not have"),
     "Unicode: full-width digits, a ligature, a non-breaking space, a zero-width space": NOTE.replace("14.2", "\uff11\uff14.\uff12")
-    .replace("effusion", "e\ufb00usion").replace("fatigue", "fa\u200btigue").replace("67-year-old man", "67-year-old\u00a0man"),
+    .replace("effusion", "e\ufb00usion")
+    .replace("fatigue", "fa\u200btigue")
+    .replace("67-year-old man", "67-year-old\u00a0man"),
 }
 
 #: Each abbreviation or symbol of the table, written into the note one at a time (the copy abbreviates).
-ABBREVIATIONS = [("patient", "pt"), ("history", "hx"), (" with community", " w/ community"), (" and gout", " & gout"), ("94 percent", "94%"),
-                 ("intravenous", "IV"), ("67-year-old", "67 y/o"), ("three times daily", "t.i.d."), ("Follow up", "F/u"),
-                 ("requested", "ordered"), ("primary care physician in", "PCP in")]
+ABBREVIATIONS = [
+    ("patient", "pt"),
+    ("history", "hx"),
+    (" with community", " w/ community"),
+    (" and gout", " & gout"),
+    ("94 percent", "94%"),
+    ("intravenous", "IV"),
+    ("67-year-old", "67 y/o"),
+    ("three times daily", "t.i.d."),
+    ("Follow up", "F/u"),
+    ("requested", "ordered"),
+    ("primary care physician in", "PCP in"),
+]
 
 SIBLINGS = {
     "age": NOTE.replace("67-year-old", "76-year-old"),
@@ -82,8 +92,7 @@ SIBLINGS = {
     "dose": NOTE.replace("amoxicillin 500 mg", "amoxicillin 250 mg"),
     "frequency": NOTE.replace("1 g daily", "1 g twice daily"),
     "negation": NOTE.replace("with no pleural effusion", "with a pleural effusion"),
-    "negated finding": NOTE.replace("no pleural effusion", "pleural effusion").replace("denies chest pain but reports mild fatigue",
-                                                                                    "reports chest pain but no mild fatigue"),
+    "negated finding": NOTE.replace("no pleural effusion", "pleural effusion").replace("denies chest pain but reports mild fatigue", "reports chest pain but no mild fatigue"),
     "value": NOTE.replace("14.2", "4.2"),
     "drug": NOTE.replace("ceftriaxone", "cefepime"),
     "organ": NOTE.replace("chest X-ray showed", "abdominal X-ray showed").replace("lower lobe", "kidney"),
@@ -94,8 +103,7 @@ SIBLINGS = {
 
 
 def _dropped(first: tuple[str, str], second: tuple[str, str], config: DedupConfig | None = None) -> int:
-    table = pa.table({"id": ["a", "b"], "instruction": [first[0], second[0]], "input": [first[1], second[1]],
-                      "task_type": ["summarization"] * 2})
+    table = pa.table({"id": ["a", "b"], "instruction": [first[0], second[0]], "input": [first[1], second[1]], "task_type": ["summarization"] * 2})
     return int(find_duplicates(table, config or DedupConfig()).drop.sum())
 
 
@@ -143,8 +151,7 @@ def test_canonical_words() -> None:
     from mediflow.quality.text import canonical_tokens
 
     lexicon = Lexicon.load()
-    texts = ["Pt is a 67 y/o man w/ CAP & HTN, s/p CABG; Na 1,000 (7 .5%) b.i.d. He isn't well.",
-             "PATIENT  is a 67 year old\nman with cap and htn , status post cabg ; na 1000 ( 7.50 percent ) twice daily . he is not well ."]
+    texts = ["Pt is a 67 y/o man w/ CAP & HTN, s/p CABG; Na 1,000 (7 .5%) b.i.d. He isn't well.", "PATIENT  is a 67 year old\nman with cap and htn , status post cabg ; na 1000 ( 7.50 percent ) twice daily . he is not well ."]
     tokens = canonical_tokens(pa.array(texts), lexicon.forms)
     first, second = tokens.texts().to_pylist()
     assert first == second == ("patient is a 67 year old man with cap and htn status post cabg na 1000 7.5 percent twice daily he is not well")
@@ -195,15 +202,13 @@ def test_facts_read_words_units_and_abbreviations() -> None:
 def test_values_and_codes_must_be_equal() -> None:
     lexicon = Lexicon.load()
     note = "67 y/o woman, metformin 500 mg b.i.d., no edema of the left leg, HbA1c 7.50, glucose 1,200, code E11.9"
-    assert same_case(note, "67-year-old female; Metformin 500 milligrams twice daily. No edema of the left leg. HbA1c 7.5; "
-                           "glucose 1200; E11.9", lexicon)
+    assert same_case(note, "67-year-old female; Metformin 500 milligrams twice daily. No edema of the left leg. HbA1c 7.5; glucose 1200; E11.9", lexicon)
     for changed in ("E11.9", "E11.8"), ("7.50", "7.05"), ("500 mg", "50 mg"), ("67", "76"), ("1,200", "1,300"):
         assert not same_case(note, note.replace(*changed), lexicon), changed
 
 
 def test_value_fingerprints_are_order_free_multisets_read_per_text() -> None:
-    texts = ["7.5 cm and 5.7 cm", "5.7 cm, then 7.50 cm.", "7.5 cm and 7.5 cm", "glucose 1,200 on day 3", "day 3: glucose 1200",
-             "", None, "no values here", "NO VALUES HERE", "7. 5 cm and 5 .7 cm", "7.5 cm and 57 cm"]
+    texts = ["7.5 cm and 5.7 cm", "5.7 cm, then 7.50 cm.", "7.5 cm and 7.5 cm", "glucose 1,200 on day 3", "day 3: glucose 1200", "", None, "no values here", "NO VALUES HERE", "7. 5 cm and 5 .7 cm", "7.5 cm and 57 cm"]
     together = value_fingerprints(pa.array(texts, pa.string()))
     one_by_one = [value_fingerprints(pa.array([text], pa.string()))[0] for text in texts]
     assert together.tolist() == one_by_one  # a batch shares one token dictionary; each text's value is its own
@@ -250,8 +255,7 @@ def test_a_bad_lexicon_is_a_config_error(tmp_path: Path, content: str | None, me
 
 def test_cli_bad_lexicon_is_one_error_line_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = tmp_path / "in.parquet"
-    pq.write_table(pa.table({"id": ["a"], "instruction": [INSTRUCTION], "input": [NOTE], "output": ["x"],
-                             "task_type": ["summarization"], "output_format": ["plain_text"]}), source)
+    pq.write_table(pa.table({"id": ["a"], "instruction": [INSTRUCTION], "input": [NOTE], "output": ["x"], "task_type": ["summarization"], "output_format": ["plain_text"]}), source)
     config = tmp_path / "curate.yaml"
     config.write_text(f"dedup:\n  clinical_tokens: {tmp_path / 'missing.yaml'}\n")
     assert main(["dedup", str(source), str(tmp_path / "out"), "--config", str(config)]) == 2
@@ -267,9 +271,10 @@ def test_audit_does_not_report_siblings_as_near_duplicates(tmp_path: Path) -> No
 
     documents = [NOTE, COPIES["typos"], *SIBLINGS.values()]
     (tmp_path / "data").mkdir()
-    pq.write_table(pa.table({"id": [f"r{i}" for i in range(len(documents))], "instruction": [INSTRUCTION] * len(documents),
-                             "input": documents, "output": ["x"] * len(documents), "task_type": ["summarization"] * len(documents)}),
-                   tmp_path / "data" / "part-00000.parquet")
+    pq.write_table(
+        pa.table({"id": [f"r{i}" for i in range(len(documents))], "instruction": [INSTRUCTION] * len(documents), "input": documents, "output": ["x"] * len(documents), "task_type": ["summarization"] * len(documents)}),
+        tmp_path / "data" / "part-00000.parquet",
+    )
     result = near_duplicates(AuditFolder.open(tmp_path))
     assert result.numbers["near"]["input"] == 2  # the note and its copy, no sibling
     assert result.numbers["siblings_kept_apart"]["input"] >= len(SIBLINGS) - 1

@@ -8,14 +8,18 @@ import pyarrow as pa
 from mediflow.quality.config import DedupConfig
 from mediflow.quality.dedup import find_duplicates
 
-BASE = ("Summarize this discharge summary.",
-        "The patient is a 67-year-old man admitted with community-acquired pneumonia. Chest X-ray showed a right lower lobe "
-        "consolidation. He was treated with ceftriaxone and azithromycin and improved. Creatinine was 1.1 on discharge. "
-        "Follow up with the primary care physician in one week with a repeat chest X-ray.")
-DISTINCT = ("Summarize this discharge summary.",
-            "The patient is a 45-year-old woman admitted with acute pancreatitis. CT of the abdomen showed peripancreatic "
-            "fat stranding. She was treated with fluids and analgesia and improved. Lipase was 900 on admission. "
-            "Follow up with gastroenterology in two weeks with a repeat lipase.")
+BASE = (
+    "Summarize this discharge summary.",
+    "The patient is a 67-year-old man admitted with community-acquired pneumonia. Chest X-ray showed a right lower lobe "
+    "consolidation. He was treated with ceftriaxone and azithromycin and improved. Creatinine was 1.1 on discharge. "
+    "Follow up with the primary care physician in one week with a repeat chest X-ray.",
+)
+DISTINCT = (
+    "Summarize this discharge summary.",
+    "The patient is a 45-year-old woman admitted with acute pancreatitis. CT of the abdomen showed peripancreatic "
+    "fat stranding. She was treated with fluids and analgesia and improved. Lipase was 900 on admission. "
+    "Follow up with gastroenterology in two weeks with a repeat lipase.",
+)
 
 
 def _table(order):
@@ -26,8 +30,7 @@ def _table(order):
         ("d", *DISTINCT),  # same template, different findings
     ]
     rows = [rows[i] for i in order]
-    return pa.table({"id": [r[0] for r in rows], "instruction": [r[1] for r in rows], "input": [r[2] for r in rows],
-                     "task_type": ["summary"] * 4})
+    return pa.table({"id": [r[0] for r in rows], "instruction": [r[1] for r in rows], "input": [r[2] for r in rows], "task_type": ["summary"] * 4})
 
 
 def test_near_duplicates_clustered_and_order_independent():

@@ -56,36 +56,151 @@ TEMPLATES = {
 
 #: Three patients per template: same structure, different findings, values and laterality.
 PATIENTS = [
-    dict(age=67, sex="man", pronoun="He", pronoun_lower="he", dx="community-acquired pneumonia", side="right",
-         image="consolidation", drug="ceftriaxone", drug2="amoxicillin", drug3="acetaminophen", drug4="heparin", days=5, cr=1.1,
-         wbc=14.2, weeks=2, symptom="left arm weakness", territory="middle cerebral artery", size=3.2, bleed="no hemorrhage",
-         ventricles="normal in size", mass_effect="mild mass effect", followup="MRI and vascular imaging", na=131, k=5.8, hb=9.1,
-         tsh="0.02", ua="large blood and no protein", hx="atrial fibrillation", dose=10, dose2=500, dose3=5000,
-         reason="acute kidney injury", allergy="penicillin causing rash", event="a fever to 38.9", hr=112, sbp=96, dbp=58,
-         spo2=91, o2="two liters nasal cannula", finding="crackles", lab="lactate", trigger="the systolic pressure falls below 90"),
-    dict(age=45, sex="woman", pronoun="She", pronoun_lower="she", dx="aspiration pneumonitis", side="left",
-         image="infiltrate with a small effusion", drug="piperacillin-tazobactam", drug2="amoxicillin-clavulanate",
-         drug3="oxycodone", drug4="insulin lispro", days=7, cr=0.7, wbc=18.9, weeks=4, symptom="aphasia",
-         territory="posterior cerebral artery", size=1.4, bleed="petechial hemorrhagic transformation",
-         ventricles="mildly enlarged", mass_effect="no midline shift", followup="neurology consultation", na=144, k=3.1,
-         hb=13.8, tsh="8.4", ua="nitrite positive with white cells", hx="type 2 diabetes mellitus", dose=20, dose2=1000,
-         dose3=4, reason="hypoglycemia", allergy="no known drug allergies", event="chest pain relieved by nitroglycerin",
-         hr=54, sbp=178, dbp=102, spo2=97, o2="room air", finding="pitting edema", lab="troponin",
-         trigger="the chest pain recurs"),
-    dict(age=82, sex="man", pronoun="He", pronoun_lower="he", dx="hospital-acquired pneumonia", side="right",
-         image="cavitary lesion", drug="vancomycin", drug2="linezolid", drug3="tramadol", drug4="furosemide", days=10, cr=2.4,
-         wbc=3.1, weeks=1, symptom="vertigo and ataxia", territory="posterior inferior cerebellar artery", size=2.1,
-         bleed="no hemorrhage", ventricles="compressed", mass_effect="early hydrocephalus", followup="urgent neurosurgical review",
-         na=125, k=4.4, hb=7.2, tsh="2.1", ua="no abnormality", hx="heart failure with reduced ejection fraction", dose=40,
-         dose2=25, dose3=40, reason="hypotension", allergy="sulfonamides causing hives", event="a fall without head strike",
-         hr=88, sbp=132, dbp=74, spo2=89, o2="four liters by mask", finding="a tender swollen calf", lab="hemoglobin",
-         trigger="the oxygen need rises above six liters"),
+    dict(
+        age=67,
+        sex="man",
+        pronoun="He",
+        pronoun_lower="he",
+        dx="community-acquired pneumonia",
+        side="right",
+        image="consolidation",
+        drug="ceftriaxone",
+        drug2="amoxicillin",
+        drug3="acetaminophen",
+        drug4="heparin",
+        days=5,
+        cr=1.1,
+        wbc=14.2,
+        weeks=2,
+        symptom="left arm weakness",
+        territory="middle cerebral artery",
+        size=3.2,
+        bleed="no hemorrhage",
+        ventricles="normal in size",
+        mass_effect="mild mass effect",
+        followup="MRI and vascular imaging",
+        na=131,
+        k=5.8,
+        hb=9.1,
+        tsh="0.02",
+        ua="large blood and no protein",
+        hx="atrial fibrillation",
+        dose=10,
+        dose2=500,
+        dose3=5000,
+        reason="acute kidney injury",
+        allergy="penicillin causing rash",
+        event="a fever to 38.9",
+        hr=112,
+        sbp=96,
+        dbp=58,
+        spo2=91,
+        o2="two liters nasal cannula",
+        finding="crackles",
+        lab="lactate",
+        trigger="the systolic pressure falls below 90",
+    ),
+    dict(
+        age=45,
+        sex="woman",
+        pronoun="She",
+        pronoun_lower="she",
+        dx="aspiration pneumonitis",
+        side="left",
+        image="infiltrate with a small effusion",
+        drug="piperacillin-tazobactam",
+        drug2="amoxicillin-clavulanate",
+        drug3="oxycodone",
+        drug4="insulin lispro",
+        days=7,
+        cr=0.7,
+        wbc=18.9,
+        weeks=4,
+        symptom="aphasia",
+        territory="posterior cerebral artery",
+        size=1.4,
+        bleed="petechial hemorrhagic transformation",
+        ventricles="mildly enlarged",
+        mass_effect="no midline shift",
+        followup="neurology consultation",
+        na=144,
+        k=3.1,
+        hb=13.8,
+        tsh="8.4",
+        ua="nitrite positive with white cells",
+        hx="type 2 diabetes mellitus",
+        dose=20,
+        dose2=1000,
+        dose3=4,
+        reason="hypoglycemia",
+        allergy="no known drug allergies",
+        event="chest pain relieved by nitroglycerin",
+        hr=54,
+        sbp=178,
+        dbp=102,
+        spo2=97,
+        o2="room air",
+        finding="pitting edema",
+        lab="troponin",
+        trigger="the chest pain recurs",
+    ),
+    dict(
+        age=82,
+        sex="man",
+        pronoun="He",
+        pronoun_lower="he",
+        dx="hospital-acquired pneumonia",
+        side="right",
+        image="cavitary lesion",
+        drug="vancomycin",
+        drug2="linezolid",
+        drug3="tramadol",
+        drug4="furosemide",
+        days=10,
+        cr=2.4,
+        wbc=3.1,
+        weeks=1,
+        symptom="vertigo and ataxia",
+        territory="posterior inferior cerebellar artery",
+        size=2.1,
+        bleed="no hemorrhage",
+        ventricles="compressed",
+        mass_effect="early hydrocephalus",
+        followup="urgent neurosurgical review",
+        na=125,
+        k=4.4,
+        hb=7.2,
+        tsh="2.1",
+        ua="no abnormality",
+        hx="heart failure with reduced ejection fraction",
+        dose=40,
+        dose2=25,
+        dose3=40,
+        reason="hypotension",
+        allergy="sulfonamides causing hives",
+        event="a fall without head strike",
+        hr=88,
+        sbp=132,
+        dbp=74,
+        spo2=89,
+        o2="four liters by mask",
+        finding="a tender swollen calf",
+        lab="hemoglobin",
+        trigger="the oxygen need rises above six liters",
+    ),
 ]
 
 PARAPHRASES = [
-    ("was treated with", "received"), ("improved", "got better"), ("Follow up with", "See"), ("showed", "revealed"),
-    ("Recommend", "Suggest"), ("Plan:", "The plan is to"), ("include", "are"), ("notable for", "significant for"),
-    ("was held because of", "was stopped due to"), ("there is", "we see"),
+    ("was treated with", "received"),
+    ("improved", "got better"),
+    ("Follow up with", "See"),
+    ("showed", "revealed"),
+    ("Recommend", "Suggest"),
+    ("Plan:", "The plan is to"),
+    ("include", "are"),
+    ("notable for", "significant for"),
+    ("was held because of", "was stopped due to"),
+    ("there is", "we see"),
 ]
 
 
@@ -140,8 +255,7 @@ def crafted() -> tuple[pa.Table, dict[str, int]]:
                     variants["para+reorder"] = (instruction.replace("this", "the"), reorder(paraphrase(document)))
             for kind, (inst, doc) in variants.items():
                 record_id = f"{task}-{p}-{kind}"
-                rows.append({"id": record_id, "instruction": inst, "input": doc, "output": f"answer for {record_id}",
-                             "task_type": task, "output_format": "plain_text"})
+                rows.append({"id": record_id, "instruction": inst, "input": doc, "output": f"answer for {record_id}", "task_type": task, "output_format": "plain_text"})
                 truth[record_id] = cluster
     return pa.Table.from_pylist(rows), truth
 
@@ -176,8 +290,7 @@ def test_precision_and_recall_on_the_crafted_set(tmp_path: Path) -> None:
     report = run_dedup(write(table, tmp_path / "in.parquet"), tmp_path / "out")
     precision, recall = pairwise(truth, clusters_found(tmp_path / "out", table.column("id").to_pylist()))
     planted = table.num_rows - len(set(truth.values()))
-    print(f"\ncrafted set: {table.num_rows} records, {planted} planted near-duplicates, "
-          f"{len(set(truth.values()))} true clusters; dropped {report.dropped}; pairwise precision {precision:.3f}, recall {recall:.3f}")
+    print(f"\ncrafted set: {table.num_rows} records, {planted} planted near-duplicates, {len(set(truth.values()))} true clusters; dropped {report.dropped}; pairwise precision {precision:.3f}, recall {recall:.3f}")
     assert precision == 1.0  # no distinct-but-similar note (same template, other patient) is merged
     assert recall == 1.0  # every paraphrase, reordering, typo and surface variant is found
     assert report.dropped == planted
@@ -211,8 +324,7 @@ def test_shuffled_input_gives_the_same_result(tmp_path: Path) -> None:
 def test_scope_within_task_keeps_the_same_text_under_two_tasks(tmp_path: Path) -> None:
     instruction, template = TEMPLATES["summarization"]
     document = template.format(**PATIENTS[0])
-    table = pa.table({"id": ["a", "b", "c"], "instruction": [instruction] * 3,
-                      "input": [document, reorder(document), document], "task_type": ["summarization", "summarization", "coding"]})
+    table = pa.table({"id": ["a", "b", "c"], "instruction": [instruction] * 3, "input": [document, reorder(document), document], "task_type": ["summarization", "summarization", "coding"]})
     source = write(table, tmp_path / "in.parquet")
     run_dedup(source, tmp_path / "within")
     run_dedup(source, tmp_path / "across", DedupConfig(scope="across_tasks"))
@@ -234,9 +346,14 @@ def test_keys_instruction_and_input(tmp_path: Path) -> None:
     """``input`` clusters records with the same document whatever their instructions; ``instruction`` the reverse."""
     _, template = TEMPLATES["lab_interpretation"]
     document = template.format(**PATIENTS[1])
-    table = pa.table({"id": ["a", "b", "c"], "task_type": ["lab_interpretation"] * 3,
-                      "instruction": ["Which results are abnormal?", "List the abnormal laboratory values with their units.", "Which results are abnormal?"],
-                      "input": [document, reorder(document), template.format(**PATIENTS[2])]})
+    table = pa.table(
+        {
+            "id": ["a", "b", "c"],
+            "task_type": ["lab_interpretation"] * 3,
+            "instruction": ["Which results are abnormal?", "List the abnormal laboratory values with their units.", "Which results are abnormal?"],
+            "input": [document, reorder(document), template.format(**PATIENTS[2])],
+        }
+    )
     source = write(table, tmp_path / "in.parquet")
     run_dedup(source, tmp_path / "input", DedupConfig(keys=("input",)))
     run_dedup(source, tmp_path / "instruction", DedupConfig(keys=("instruction",)))

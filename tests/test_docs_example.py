@@ -33,9 +33,7 @@ def test_the_new_stage_example_runs_against_the_test_teacher(teacher_server: Tea
     sys.modules[module.__name__] = module
     try:
         exec(compile(code, str(DOC), "exec"), module.__dict__)
-        config = module.SummaryConfig.load(
-            {"prompts": str(prompts), "max_words": 60}, teacher="openai:mediflow-test-teacher", base_url=str(teacher_server)
-        )
+        config = module.SummaryConfig.load({"prompts": str(prompts), "max_words": 60}, teacher="openai:mediflow-test-teacher", base_url=str(teacher_server))
         records = tmp_path / "records.jsonl"
         notes = [f"Progress note {i}: stable, afebrile, tolerating diet." for i in range(8)]
         records.write_text("".join(json.dumps({"instruction": "Summarise.", "input": note}) + "\n" for note in notes), encoding="utf-8")

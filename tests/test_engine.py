@@ -50,9 +50,7 @@ def structured(i: int) -> ChatRequest:
     return ChatRequest(messages=(("user", f"Code the diagnosis of patient {i}."),), response_schema=SCHEMA)
 
 
-async def run_requests(
-    url: str, cache: Path, requests: list[ChatRequest], config: LimitsConfig | None = None
-) -> tuple[list[Any], Engine]:
+async def run_requests(url: str, cache: Path, requests: list[ChatRequest], config: LimitsConfig | None = None) -> tuple[list[Any], Engine]:
     teacher = make_teacher("openai:test-teacher", base_url=url)
     try:
         async with Engine(teacher, cache, config or fast_config(), progress=False) as engine:
@@ -122,9 +120,7 @@ def test_many_connections_open_one_fresh_cache_at_once(tmp_path: Path) -> None:
 
 def test_concurrency_cap_is_honoured(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
     teacher_server.control(latency=0.1)
-    results, _ = asyncio.run(
-        run_requests(teacher_server, tmp_path / "c.sqlite", [plain(i) for i in range(48)], fast_config(concurrency=6))
-    )
+    results, _ = asyncio.run(run_requests(teacher_server, tmp_path / "c.sqlite", [plain(i) for i in range(48)], fast_config(concurrency=6)))
     assert not [r for r in results if isinstance(r, BaseException)]
     assert teacher_server.stats()["max_in_flight"] == 6
 
@@ -139,9 +135,7 @@ def test_concurrency_cap_is_honoured(teacher_server: TeacherServerURL, tmp_path:
         ("truncated", "truncated"),
     ],
 )
-def test_each_fault_is_retried_and_survived(
-    teacher_server: TeacherServerURL, tmp_path: Path, fault: str, kind: str
-) -> None:
+def test_each_fault_is_retried_and_survived(teacher_server: TeacherServerURL, tmp_path: Path, fault: str, kind: str) -> None:
     teacher_server.control(sequence=[fault, fault], retry_after=0.01)
     [response], engine = asyncio.run(run_requests(teacher_server, tmp_path / "c.sqlite", [structured(1)]))
     jsonschema.validate(json.loads(response.text), SCHEMA)
@@ -165,21 +159,15 @@ HANG_TIMEOUT = 5.0
 
 def test_a_hanging_request_times_out_and_is_retried(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
     teacher_server.control(sequence=["hang"])
-    [response], engine = asyncio.run(
-        run_requests(teacher_server, tmp_path / "c.sqlite", [plain(1)], fast_config(request_timeout=HANG_TIMEOUT))
-    )
+    [response], engine = asyncio.run(run_requests(teacher_server, tmp_path / "c.sqlite", [plain(1)], fast_config(request_timeout=HANG_TIMEOUT)))
     assert response.text and engine.stats.errors == {"timeout": 1} and engine.stats.attempts == 2
     stats = teacher_server.stats()  # the server's own count: the hang, then one answer
     assert stats["faults"] == {"hang": 1} and stats["requests"] == 2 and stats["served"] == 1
 
 
-def test_a_json_answer_truncated_every_time_is_returned_for_the_caller_to_reject(
-    teacher_server: TeacherServerURL, tmp_path: Path
-) -> None:
+def test_a_json_answer_truncated_every_time_is_returned_for_the_caller_to_reject(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
     teacher_server.control(sequence=["truncated"] * 3)
-    [response], engine = asyncio.run(
-        run_requests(teacher_server, tmp_path / "c.sqlite", [structured(1)], fast_config(max_retries=2))
-    )
+    [response], engine = asyncio.run(run_requests(teacher_server, tmp_path / "c.sqlite", [structured(1)], fast_config(max_retries=2)))
     assert response.finish_reason == "length"
     assert engine.stats.errors == {"truncated": 3} and not engine.stopped
 
@@ -200,9 +188,7 @@ def test_unauthorised_stops_the_engine_without_retrying(teacher_server: TeacherS
     assert engine.stopped and teacher_server.stats()["requests"] == 1
 
 
-def test_error_rate_breaker_stops_with_a_clear_message_and_keeps_the_cache(
-    teacher_server: TeacherServerURL, tmp_path: Path
-) -> None:
+def test_error_rate_breaker_stops_with_a_clear_message_and_keeps_the_cache(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
     cache = tmp_path / "c.sqlite"
     asyncio.run(run_requests(teacher_server, cache, [plain(i) for i in range(5)]))
     teacher_server.control(fault_rates={"500": 1.0})
@@ -239,17 +225,13 @@ def test_rate_limit_headers_seed_the_request_bucket(teacher_server: TeacherServe
 
 def test_429s_shrink_the_adaptive_limit(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
     teacher_server.control(sequence=["429"] * 4, retry_after=0.01, latency=0.02)
-    _, engine = asyncio.run(
-        run_requests(teacher_server, tmp_path / "c.sqlite", [plain(i) for i in range(16)], fast_config(concurrency=16))
-    )
+    _, engine = asyncio.run(run_requests(teacher_server, tmp_path / "c.sqlite", [plain(i) for i in range(16)], fast_config(concurrency=16)))
     assert engine.limit.decreases >= 1 and engine.limit.limit < 16
     assert engine.stats.requests == 16
 
 
 @pytest.mark.parametrize(("prices", "paid"), [((1000.0, 0.0), "prompt_tokens"), ((0.0, 1000.0), "completion_tokens")])
-def test_configured_prices_charge_each_side_of_the_tokens(
-    teacher_server: TeacherServerURL, tmp_path: Path, prices: tuple[float, float], paid: str
-) -> None:
+def test_configured_prices_charge_each_side_of_the_tokens(teacher_server: TeacherServerURL, tmp_path: Path, prices: tuple[float, float], paid: str) -> None:
     async def one() -> tuple[ChatResponse, Engine]:
         teacher = make_teacher("openai:test-teacher", base_url=teacher_server)
         try:

@@ -130,9 +130,7 @@ def test_progress_tells_waiting_from_stuck() -> None:
     assert describe_state(silent, request_timeout=120.0, typical_latency=1.0, work_left=False) == "idle"
 
 
-@pytest.mark.parametrize(
-    ("field", "value"), [("concurrency", 0), ("rpm", -1), ("error_rate_threshold", 1.5), ("max_retries", -1)]
-)
+@pytest.mark.parametrize(("field", "value"), [("concurrency", 0), ("rpm", -1), ("error_rate_threshold", 1.5), ("max_retries", -1)])
 def test_limits_reject_nonsense_built_from_python_or_loaded(field: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"^{field}: "):
         LimitsConfig(**{field: value})

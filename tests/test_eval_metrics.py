@@ -140,9 +140,7 @@ def test_field_f1_counts_matching_leaves() -> None:
 def eval_setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("eval")
     build_tiny_phi3(root / "model")
-    (root / "notes.jsonl").write_text(
-        "".join(json.dumps({"text": f"Patient {i} admitted with pneumonia, treated with amoxicillin."}) + "\n" for i in range(3))
-    )
+    (root / "notes.jsonl").write_text("".join(json.dumps({"text": f"Patient {i} admitted with pneumonia, treated with amoxicillin."}) + "\n" for i in range(3)))
     records = [
         {
             "id": str(i),

@@ -21,10 +21,7 @@ from mediflow.records import rows_to_table
 
 
 def make_pairs(records: list[dict], every: int = 3) -> list[dict]:
-    return [
-        pair_row(r, chosen=r["output"], rejected=r["output"] + " wrong", chosen_score=8, rejected_score=3, chosen_source="teacher", rejected_source="inject", method="inject", error_type="factual_error")
-        for r in records[::every]
-    ]
+    return [pair_row(r, chosen=r["output"], rejected=r["output"] + " wrong", chosen_score=8, rejected_score=3, chosen_source="teacher", rejected_source="inject", method="inject", error_type="factual_error") for r in records[::every]]
 
 
 @pytest.fixture()

@@ -43,6 +43,7 @@ class FakeHub:
         self.fail_commits: set[int] = set()
         self.commit_attempts = 0
 
+
 #: What an export folder keeps locally and never uploads (the folder contract's manifest and lock).
 LOCAL_ONLY = {"manifest.json", ".lock"}
 

@@ -120,13 +120,17 @@ def test_a_killed_runs_leftovers_are_removed_and_a_failure_is_recorded(tmp_path:
 
 def test_the_lock_names_its_holder_and_is_released_by_a_killed_process(tmp_path: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys, time
             from mediflow.folders import OutputFolder
-            OutputFolder.open({str(tmp_path / 'out')!r}, kind='generate', config={{}}, staged=False)
+            OutputFolder.open({str(tmp_path / "out")!r}, kind='generate', config={{}}, staged=False)
             print('locked', flush=True)
             time.sleep(60)
-        """)],
+        """),
+        ],
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
@@ -148,8 +152,7 @@ def test_credentials_never_reach_the_manifest_or_an_error_line(tmp_path: Path, c
     assert redact_url("https://user:secret@host:8000/v1?api-key=k&x=1") == "https://***@host:8000/v1?api-key=***&x=1"
     assert redact_text("teacher at https://user:secret@host/v1?sig=abc failed") == "teacher at https://***@host/v1?sig=*** failed"
     monkeypatch.setenv("MEDIFLOW_TEST_UNUSED_KEY", "unused")
-    code = main(["generate", "--teacher", "openai:m", "--base-url", "http://user:secret@127.0.0.1:9/v1", "--api-key-env", "MEDIFLOW_TEST_UNUSED_KEY",
-                 "--out", str(tmp_path / "never")])
+    code = main(["generate", "--teacher", "openai:m", "--base-url", "http://user:secret@127.0.0.1:9/v1", "--api-key-env", "MEDIFLOW_TEST_UNUSED_KEY", "--out", str(tmp_path / "never")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and "secret" not in err and "***@127.0.0.1:9" in err
     config = {"teacher": {"base_url": "https://user:secret@host/v1?sig=abc"}}

@@ -141,8 +141,7 @@ def test_help_lists_the_overrides(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--config", "--out", "--teacher", "--base-url", "--tasks", "--document-types", "--per-cell",
-                 "--seed", "--concurrency", "--json-share", "--difficulty", "--no-progress", "--max-records"):
+    for flag in ("--config", "--out", "--teacher", "--base-url", "--tasks", "--document-types", "--per-cell", "--seed", "--concurrency", "--json-share", "--difficulty", "--no-progress", "--max-records"):
         assert flag in text
 
 

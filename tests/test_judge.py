@@ -179,10 +179,7 @@ def test_a_user_rubric_adds_a_criterion_column(teacher_server: TeacherServerURL,
     prompts = tmp_path / "prompts"
     prompts.mkdir()
     rubric = (Path(__file__).parents[1] / "prompts" / "judge.yaml").read_text()
-    safety = (
-        "  - name: safety\n    question: Is the answer safe to act on?\n    anchors:\n"
-        + "".join(f"      {point}: level {point}\n" for point in range(1, 6))
-    )
+    safety = "  - name: safety\n    question: Is the answer safe to act on?\n    anchors:\n" + "".join(f"      {point}: level {point}\n" for point in range(1, 6))
     (prompts / "judge.yaml").write_text(rubric.replace("system: |", safety + "system: |", 1))
     report = run_judge(source, tmp_path / "out", config(teacher_server, samples=1, rubric=str(prompts), thresholds={"safety": 2.0}))
     kept, rejects, _ = read(tmp_path / "out")
@@ -200,8 +197,7 @@ def test_sigkill_then_rerun_requests_only_what_was_in_flight(start_teacher_serve
     records = pq.read_table(sorted((source / "data").glob("*.parquet"))).num_rows
     curate_yaml = tmp_path / "judge.yaml"
     curate_yaml.write_text(json.dumps({"judge": {"samples": 2, "limits": {"concurrency": 4}, "batch_records": 8}}))
-    command = [sys.executable, "-m", "mediflow", "judge", str(source), str(tmp_path / "out"), "--config", str(curate_yaml),
-               "--teacher", TEACHER, "--base-url", server, "--no-progress"]
+    command = [sys.executable, "-m", "mediflow", "judge", str(source), str(tmp_path / "out"), "--config", str(curate_yaml), "--teacher", TEACHER, "--base-url", server, "--no-progress"]
     env = {**os.environ, "OPENAI_API_KEY": "unused"}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 60

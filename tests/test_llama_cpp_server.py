@@ -35,8 +35,7 @@ _STARTUP_TIMEOUT = 180.0
 #: ``python -m llama_cpp.server`` with the weights in plain CPU buffers: llama.cpp's AMX kernels
 #: crash the server at its first decode in sandboxes such as CI (see ``without_extra_buffer_types``).
 _SERVER_WITH_PLAIN_BUFFERS = (
-    "import runpy, sys; from mediflow.teachers.local_llama import without_extra_buffer_types\n"
-    "with without_extra_buffer_types(): sys.argv[0] = 'llama_cpp.server'; runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)"
+    "import runpy, sys; from mediflow.teachers.local_llama import without_extra_buffer_types\nwith without_extra_buffer_types(): sys.argv[0] = 'llama_cpp.server'; runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)"
 )
 
 
@@ -82,18 +81,14 @@ def _json_run_config(out: Path) -> dict:
     return config
 
 
-def test_generate_json_records_through_llama_cpp_server(
-    llama_cpp_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_generate_json_records_through_llama_cpp_server(llama_cpp_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config_path = tmp_path / "json.yaml"
     out = tmp_path / "run"
     config_path.write_text(yaml.safe_dump(_json_run_config(out)))
 
     # A model name the server does not serve: one line, before any paid request, nothing written.
     assert main(["generate", "--config", str(config_path), "--teacher", "openai:gpt-4o-mini", "--base-url", llama_cpp_server]) == 2
-    assert capsys.readouterr().err == (
-        f"error: teacher at {llama_cpp_server} does not serve model 'gpt-4o-mini'; it serves '{ALIAS}'\n"
-    )
+    assert capsys.readouterr().err == (f"error: teacher at {llama_cpp_server} does not serve model 'gpt-4o-mini'; it serves '{ALIAS}'\n")
     assert not out.exists()
 
     assert main(["generate", "--config", str(config_path), "--teacher", f"openai:{ALIAS}", "--base-url", llama_cpp_server]) == 0

@@ -69,9 +69,7 @@ def test_linear_closed_form_and_one_hot_weights() -> None:
 
 def test_task_arithmetic_closed_form_with_lambda() -> None:
     base, x, y = torch.randn(5), torch.randn(5), torch.randn(5)
-    merged = _merge(
-        "task_arithmetic", [base, x, y], base_index=0, per_input=[{}, {"weight": 0.5}, {"weight": 0.25}], shared={"lambda": 2.0}
-    )
+    merged = _merge("task_arithmetic", [base, x, y], base_index=0, per_input=[{}, {"weight": 0.5}, {"weight": 0.25}], shared={"lambda": 2.0})
     torch.testing.assert_close(merged, base + 2.0 * (0.5 * (x - base) + 0.25 * (y - base)))
 
 
@@ -100,9 +98,7 @@ def test_breadcrumbs_closed_form() -> None:
     torch.testing.assert_close(merged, expected)
 
 
-@pytest.mark.parametrize(
-    "name", ["linear", "task_arithmetic", "ties", "breadcrumbs", "breadcrumbs_ties", "dare_ties", "dare_linear", "model_stock"]
-)
+@pytest.mark.parametrize("name", ["linear", "task_arithmetic", "ties", "breadcrumbs", "breadcrumbs_ties", "dare_ties", "dare_linear", "model_stock"])
 def test_merging_a_model_with_itself_gives_it_back(name: str) -> None:
     a = torch.randn(6, 5)
     count = 3

@@ -209,7 +209,9 @@ def test_peak_memory_stays_near_one_tensor_not_whole_models(tmp_path: Path) -> N
     raw, warmup = ties(write_models("big", (rows, cols))), ties(write_models("small", (8, 16)))
     probe = subprocess.run(
         [sys.executable, "-c", _MEMORY_PROBE, json.dumps(raw), str(tmp_path), json.dumps(warmup)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     usage = json.loads(probe.stdout.strip().splitlines()[-1])
     peak_extra_mib = (usage["peak_kib"] - usage["before_kib"]) / 1024
@@ -306,8 +308,7 @@ def test_preset_selects_on_validation_and_reports_on_test(models: dict[str, Path
         evaluate.fingerprint = split  # type: ignore[attr-defined]
         return evaluate
 
-    raw = {"base_model": str(models["base"]), "experts": [str(models["expert0"])], "output": str(tmp_path / "out"),
-           "slerp": {"t_choices": [0.1, 0.5]}, "search": {"budget": 3, "population": 2}}
+    raw = {"base_model": str(models["base"]), "experts": [str(models["expert0"])], "output": str(tmp_path / "out"), "slerp": {"t_choices": [0.1, 0.5]}, "search": {"budget": 3, "population": 2}}
     result = run_mediphi_preset(parse_preset(raw, root=tmp_path), hook("validation"), report=hook("test"))
     assert seen == ["validation"] * 5 + ["test"]
     report = json.loads((tmp_path / "out" / "preset_report.json").read_text())

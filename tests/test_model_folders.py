@@ -93,9 +93,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_tiny_phi3(root / "expert", seed=1)
     instruction = "Extract the discharge diagnosis as JSON."
     records = [
-        {"id": f"r{i}", "instruction": instruction, "input": f"Patient {i} has pneumonia.", "output": '{"diagnosis": "pneumonia"}',
-         "task_type": "extraction", "output_format": "json",
-         "messages": to_messages(instruction, f"Patient {i} has pneumonia.", '{"diagnosis": "pneumonia"}')}
+        {
+            "id": f"r{i}",
+            "instruction": instruction,
+            "input": f"Patient {i} has pneumonia.",
+            "output": '{"diagnosis": "pneumonia"}',
+            "task_type": "extraction",
+            "output_format": "json",
+            "messages": to_messages(instruction, f"Patient {i} has pneumonia.", '{"diagnosis": "pneumonia"}'),
+        }
         for i in range(4)
     ]
     pq.write_table(rows_to_table(records), root / "records.parquet")
@@ -104,19 +110,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _sft_config(root: Path, out: str, **train: Any) -> Path:
     path = root / f"{out}.yaml"
-    path.write_text(yaml.safe_dump({
-        "model": {"name_or_path": "base"},
-        "data": {"train": "records.parquet", "max_length": 96},
-        "output": {"dir": out, "logging_steps": 1, "save_steps": 1000},
-        "train": {"batch_size": 2, "max_steps": 1, "learning_rate": 1e-3, **train},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": "base"},
+                "data": {"train": "records.parquet", "max_length": 96},
+                "output": {"dir": out, "logging_steps": 1, "save_steps": 1000},
+                "train": {"batch_size": 2, "max_steps": 1, "learning_rate": 1e-3, **train},
+            }
+        )
+    )
     return path
 
 
 def _merge_config(root: Path) -> Path:
     path = root / "merge.yaml"
-    path.write_text(yaml.safe_dump({"merge_method": "slerp", "base_model": str(root / "base"),
-                                    "models": [{"model": str(root / "base")}, {"model": str(root / "expert")}], "parameters": {"t": 0.5}}))
+    path.write_text(yaml.safe_dump({"merge_method": "slerp", "base_model": str(root / "base"), "models": [{"model": str(root / "base")}, {"model": str(root / "expert")}], "parameters": {"t": 0.5}}))
     return path
 
 

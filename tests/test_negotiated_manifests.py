@@ -94,10 +94,7 @@ def test_pit_qa_records_the_qa_teachers_level(teacher_server: TeacherServerURL, 
     teacher_server.control(**LLAMA_CPP_PYTHON)
     (tmp_path / "docs.jsonl").write_text(json.dumps({"id": "n1", "text": "Discharge summary. Pneumonia; amoxicillin 500 mg."}) + "\n")
     config = tmp_path / "qa.yaml"
-    config.write_text(
-        f"qa: {{teacher: {{spec: '{TEST_TEACHER}', base_url: '{teacher_server}'}}, tasks: [qa], qa_pairs: 2}}\n"
-        "data: {documents: docs.jsonl}\noutput: {dir: task_data}\n"
-    )
+    config.write_text(f"qa: {{teacher: {{spec: '{TEST_TEACHER}', base_url: '{teacher_server}'}}, tasks: [qa], qa_pairs: 2}}\ndata: {{documents: docs.jsonl}}\noutput: {{dir: task_data}}\n")
     assert main(["train", "qa", "--config", str(config)]) == 0
     assert_stepped_down(manifest_of(tmp_path / "task_data")["teacher_capabilities"]["qa.teacher"], teacher_server)
 

@@ -54,9 +54,7 @@ async def _through_engine(teacher: OpenAICompatTeacher, requests: list[ChatReque
 
 
 @pytest.mark.parametrize("concurrency", [1, 8])
-def test_a_server_without_json_schema_is_negotiated_down_once_not_retried(
-    teacher_server: TeacherServerURL, tmp_path: Path, concurrency: int
-) -> None:
+def test_a_server_without_json_schema_is_negotiated_down_once_not_retried(teacher_server: TeacherServerURL, tmp_path: Path, concurrency: int) -> None:
     teacher_server.control(**LLAMA_CPP_PYTHON)
     teacher = make_teacher("openai:m", base_url=teacher_server)
     answers = asyncio.run(_through_engine(teacher, [_json_request(i) for i in range(12)], tmp_path, concurrency=concurrency))
@@ -259,9 +257,7 @@ def test_a_failed_check_stops_an_engine_at_its_first_request(teacher_server: Tea
     assert teacher_server.stats()["requests"] == 0
 
 
-def test_generate_with_an_unserved_model_is_one_line_and_writes_nothing(
-    teacher_server: TeacherServerURL, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_generate_with_an_unserved_model_is_one_line_and_writes_nothing(teacher_server: TeacherServerURL, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     teacher_server.control(models=["gemma-3-270m"])
     out = tmp_path / "run"
     config_path = tmp_path / "run.yaml"
@@ -309,9 +305,7 @@ def test_a_refused_temperature_is_dropped_once_and_said_once() -> None:
     assert negotiation.summary()["refusals"]["temperature"] == f"HTTP 400: {TEMPERATURE_REFUSAL}"
 
 
-def test_a_reasoning_model_gets_its_default_temperature_and_a_rerun_reuses_every_answer(
-    start_teacher_server: Any, tmp_path: Path
-) -> None:
+def test_a_reasoning_model_gets_its_default_temperature_and_a_rerun_reuses_every_answer(start_teacher_server: Any, tmp_path: Path) -> None:
     """The test teacher plays o3: temperature only at 1, no top_p, max_completion_tokens instead of max_tokens."""
     server = start_teacher_server("--refuse-parameter", "temperature=1", "--refuse-parameter", "top_p", "--refuse-parameter", "max_tokens")
     requests = [ChatRequest(messages=(("user", f"note {i}"),), temperature=0.7, max_tokens=50) for i in range(6)]
@@ -351,9 +345,7 @@ async def ask_one(teacher: OpenAICompatTeacher, request: ChatRequest) -> None:
         await teacher.aclose()
 
 
-def test_generate_against_a_reasoning_model_records_the_default_temperature(
-    teacher_server: TeacherServerURL, tmp_path: Path
-) -> None:
+def test_generate_against_a_reasoning_model_records_the_default_temperature(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
     teacher_server.control(refused_parameters=["temperature=1"])
     out = tmp_path / "run"
     config_path = tmp_path / "run.yaml"
@@ -372,7 +364,5 @@ def test_the_command_line_says_a_mediflow_warning_in_one_line() -> None:
     from mediflow import cli
 
     inside = str(Path(cli.__file__).parents[1] / "teachers" / "negotiation.py")
-    assert cli._warning_line(UserWarning("model 'o3' refuses the requested temperature"), UserWarning, inside, 140) == (
-        "warning: model 'o3' refuses the requested temperature\n"
-    )
+    assert cli._warning_line(UserWarning("model 'o3' refuses the requested temperature"), UserWarning, inside, 140) == ("warning: model 'o3' refuses the requested temperature\n")
     assert cli._warning_line(FutureWarning("x"), FutureWarning, "/elsewhere/lib.py", 3).startswith("/elsewhere/lib.py:3: FutureWarning: x")

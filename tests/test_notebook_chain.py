@@ -56,9 +56,7 @@ CELLS = [
 ]
 
 
-def test_the_chain_from_the_top_level_with_yaml_configs_in_one_notebook_kernel(
-    teacher_server: TeacherServerURL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_chain_from_the_top_level_with_yaml_configs_in_one_notebook_kernel(teacher_server: TeacherServerURL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pin_kernel(KERNEL_NAME, tmp_path, monkeypatch)
     _configs(tmp_path, str(teacher_server))
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in CELLS])

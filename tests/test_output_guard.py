@@ -98,8 +98,17 @@ def test_the_html_report_and_the_plan_create_their_missing_folders(tmp_path: Pat
 
 
 #: Each entry of an output folder planted as a link, and what it points at in another run's folder.
-LINKS = {"data": "data", "data/part-00000.parquet": "data/part-00000.parquet", "manifest.json": "manifest.json", "rejects.parquet": "rejects.parquet",
-         "cache.sqlite": "cache.sqlite", ".lock": "manifest.json", "batches": "data", ".parts": "data", "stages": "data"}
+LINKS = {
+    "data": "data",
+    "data/part-00000.parquet": "data/part-00000.parquet",
+    "manifest.json": "manifest.json",
+    "rejects.parquet": "rejects.parquet",
+    "cache.sqlite": "cache.sqlite",
+    ".lock": "manifest.json",
+    "batches": "data",
+    ".parts": "data",
+    "stages": "data",
+}
 
 
 @pytest.mark.parametrize("entry", list(LINKS))

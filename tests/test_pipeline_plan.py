@@ -58,9 +58,7 @@ def test_instruction_reuse_groups_items_of_one_task_difficulty_and_format(taxono
     assert all(len(group.items) <= 3 for group in groups)
     assert len(groups) == plan.group_count < len(plan) / 2
     for group in groups:
-        assert {(i.task, i.difficulty, i.output_format) for i in group.items} == {
-            (group.task, group.difficulty, group.output_format)
-        }
+        assert {(i.task, i.difficulty, i.output_format) for i in group.items} == {(group.task, group.difficulty, group.output_format)}
 
 
 def test_max_records_is_a_mixed_prefix(taxonomy) -> None:

@@ -153,11 +153,7 @@ def test_schedule_chains_stages_and_moves_every_weight(corpus: Path) -> None:
 def test_lora_stages_end_in_full_model_folders(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = corpus / "lora.yaml"
     config.write_text(
-        "model: {name_or_path: base}\n"
-        "method: {finetuning: lora, lora: {r: 4, alpha: 8}}\n"
-        "data: {documents: docs, task_data: tasks.jsonl, max_length: 64}\n"
-        "output: {dir: lora_expert}\n"
-        "train: {batch_size: 2}\n",
+        "model: {name_or_path: base}\nmethod: {finetuning: lora, lora: {r: 4, alpha: 8}}\ndata: {documents: docs, task_data: tasks.jsonl, max_length: 64}\noutput: {dir: lora_expert}\ntrain: {batch_size: 2}\n",
         encoding="utf-8",
     )
     assert main(["train", "pit", "--config", str(config), "--train-max-steps", "1", "--train-learning-rate", "1e-2"]) == 0

@@ -194,9 +194,7 @@ def test_candidate_order_is_shuffled_seeded_and_scores_map_back() -> None:
     again = RecordingJudgeEngine()
     asyncio.run(PairJudge(again, PairJudgeStep(load_prompts().get("pair_judge"), seed=11, temperature=0.0), samples=2).score(record, candidates, "record-0"))
     assert [shown_order(r) for r in again.requests] == orders[:2]
-    assert presentation_order(4, "record-0", 0, seed=12) != presentation_order(4, "record-0", 0, seed=11) or presentation_order(
-        4, "record-1", 0, seed=12
-    ) != presentation_order(4, "record-1", 0, seed=11)
+    assert presentation_order(4, "record-0", 0, seed=12) != presentation_order(4, "record-0", 0, seed=11) or presentation_order(4, "record-1", 0, seed=12) != presentation_order(4, "record-1", 0, seed=11)
 
 
 def test_judge_without_a_valid_answer_gives_no_scores() -> None:

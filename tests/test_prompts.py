@@ -43,10 +43,16 @@ def test_document_prompt_renders_the_case_requirements_and_difficulty() -> None:
     doc_type = TAXONOMY.document_type("discharge_summary")
     task = TAXONOMY.task("error_detection_correction")
     case = Case(
-        "general_inpatient", 71, "female", "inpatient ward", "urgent",
-        (Condition("E11.22", "Type 2 diabetes mellitus with diabetic chronic kidney disease", "primary", "type 2 diabetes with diabetic CKD"),
-         Condition("I48.91", "Unspecified atrial fibrillation", "comorbidity"),
-         Condition("N18.31", "Chronic kidney disease, stage 3a", "companion", "CKD stage 3a")),
+        "general_inpatient",
+        71,
+        "female",
+        "inpatient ward",
+        "urgent",
+        (
+            Condition("E11.22", "Type 2 diabetes mellitus with diabetic chronic kidney disease", "primary", "type 2 diabetes with diabetic CKD"),
+            Condition("I48.91", "Unspecified atrial fibrillation", "comorbidity"),
+            Condition("N18.31", "Chronic kidney disease, stage 3a", "companion", "CKD stage 3a"),
+        ),
         (Medication("insulin glargine", "E11.22"), Medication("apixaban", "I48.91"), Medication("enoxaparin", "", "prophylaxis", "venous thromboembolism prophylaxis")),
     )
     (_, _), (_, user) = PROMPTS.get("document").render(
@@ -78,8 +84,16 @@ def test_document_prompt_gives_infants_in_months_and_population_documents_no_pat
     (_, _), (_, user) = PROMPTS.get("document").render(document_type=doc_type, category=TAXONOMY.category(doc_type.category), case=newborn)
     assert "a newborn (under one month old)" in user
     label = TAXONOMY.document_type("prescribing_information_excerpt")
-    topic = Case("chronic_care", None, None, "drug labelling", None, (Condition("E11.9", "Type 2 diabetes mellitus without complications", "primary", "type 2 diabetes mellitus"),),
-                 (Medication("metformin", "E11.9"),), "adults aged 18 and older with type 2 diabetes mellitus")
+    topic = Case(
+        "chronic_care",
+        None,
+        None,
+        "drug labelling",
+        None,
+        (Condition("E11.9", "Type 2 diabetes mellitus without complications", "primary", "type 2 diabetes mellitus"),),
+        (Medication("metformin", "E11.9"),),
+        "adults aged 18 and older with type 2 diabetes mellitus",
+    )
     (_, _), (_, user) = PROMPTS.get("document").render(document_type=label, category=TAXONOMY.category(label.category), case=topic)
     assert "not about one patient: write it for adults aged 18 and older with type 2 diabetes mellitus" in user
     assert "Medicines it is about: metformin." in user and "The patient" not in user
@@ -95,9 +109,7 @@ def test_instruction_and_response_prompts_render_for_every_cell() -> None:
         schema_text = json.dumps(task.output_schema, indent=2, ensure_ascii=False)
         for level in TAXONOMY.difficulty_levels:
             for output_format in TAXONOMY.output_formats:
-                messages = instruction.render(
-                    task=task, document_type=doc_type, difficulty=level, output_format=output_format
-                )
+                messages = instruction.render(task=task, document_type=doc_type, difficulty=level, output_format=output_format)
                 assert (schema_text in messages[1][1]) == (output_format == "json")
                 rendered += 1
         for response in (plain, structured):
@@ -127,9 +139,9 @@ def test_instruction_prompt_can_target_a_specific_document() -> None:
 
 def test_correction_turn_quotes_the_error_and_optionally_the_schema() -> None:
     correction = PROMPTS.get("correction")
-    (role, text), = correction.render(error="'codes' is a required property")
+    ((role, text),) = correction.render(error="'codes' is a required property")
     assert role == "user" and "'codes' is a required property" in text and "Schema" not in text
-    (_, with_schema), = correction.render(error="bad", schema={"type": "object"})
+    ((_, with_schema),) = correction.render(error="bad", schema={"type": "object"})
     assert '"type": "object"' in with_schema
 
 
@@ -199,9 +211,7 @@ class _Anything(str):
 
 def _declared(name: str) -> tuple[set[str], set[str]]:
     variables = PROMPTS.get(name).data.get("variables")
-    assert isinstance(variables, dict) and set(variables) <= {"required", "optional"}, (
-        f"prompt '{name}': declare its variables as 'variables: {{required: {{name: what}}, optional: {{...}}}}'"
-    )
+    assert isinstance(variables, dict) and set(variables) <= {"required", "optional"}, f"prompt '{name}': declare its variables as 'variables: {{required: {{name: what}}, optional: {{...}}}}'"
     return set(variables.get("required") or {}), set(variables.get("optional") or {})
 
 

@@ -42,9 +42,7 @@ class Nodes:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.cluster = cluster_utils.Cluster(
-            initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, "temp_dir": str(root / "ray")}
-        )
+        self.cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, "temp_dir": str(root / "ray")})
         self.workers = [self.add(f"worker{i}") for i in range(2)]
 
     def add(self, name: str) -> Any:
@@ -114,8 +112,7 @@ def test_relative_paths_reach_every_node_and_the_records_equal_the_local_engines
     assert _records(driver / "runs/ray") == _records(driver / "runs/local")
 
 
-@pytest.mark.skip(reason="flaky here (failed 2 of 4 runs): the run's coordinator actor sometimes lands on the worker node the test removes, "
-                  "and the run stops with the coordinator; not fixed yet, see docs/scaling.md")
+@pytest.mark.skip(reason="flaky here (failed 2 of 4 runs): the run's coordinator actor sometimes lands on the worker node the test removes, and the run stops with the coordinator; not fixed yet, see docs/scaling.md")
 def test_a_worker_node_lost_mid_run_repeats_only_the_work_in_flight(nodes, start_teacher_server, tmp_path) -> None:
     """Reproduction: after an actor died its requests were not counted (471 sent + 129 cached for 600 served)."""
     server = start_teacher_server("--latency", "0.05")
@@ -156,8 +153,10 @@ def _tables(out: Path) -> str:
     return json.dumps([kept, pq.read_table(out / "rejects.parquet").to_pylist()], default=str, sort_keys=True)
 
 
-@pytest.mark.skip(reason="hangs on this machine: Ray Data spreads the 2 actors (0.5 CPU) over the two 1-CPU workers and the judge's "
-                  "read_parquet never gets its rows to them (3 actors on one 2-CPU node hang the same way); not fixed yet, see docs/scaling.md")
+@pytest.mark.skip(
+    reason="hangs on this machine: Ray Data spreads the 2 actors (0.5 CPU) over the two 1-CPU workers and the judge's "
+    "read_parquet never gets its rows to them (3 actors on one 2-CPU node hang the same way); not fixed yet, see docs/scaling.md"
+)
 def test_the_judge_on_a_many_file_folder_starts_its_actors_once(nodes, teacher_server, tmp_path) -> None:
     """Reproduction: the judge started a new dataset and new actors per input file (12 files: 24 actor processes)."""
     records = unjudged(documents=8)

@@ -17,9 +17,7 @@ from mediflow.pipeline.share import Share
 
 def _config(base_url: str, out: Path, **extra) -> dict:
     # 4 documents per instruction: shares must never split a group (its instruction would be paid twice).
-    return small_run_config(
-        base_url, out, per_cell=3, documents_per_instruction=2, limits={"concurrency": 8}, output={"dir": str(out), "shard_size": 4}, **extra
-    )
+    return small_run_config(base_url, out, per_cell=3, documents_per_instruction=2, limits={"concurrency": 8}, output={"dir": str(out), "shard_size": 4}, **extra)
 
 
 def _folder(out: Path) -> dict:

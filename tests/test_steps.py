@@ -111,9 +111,7 @@ async def _through(server: str, cache: Path, step: LLMStep[int, str], rows: list
         await teacher.aclose()
 
 
-def test_a_json_step_sees_only_schema_valid_values_and_its_rejects_carry_the_reason(
-    teacher_server: TeacherServerURL, tmp_path: Path
-) -> None:
+def test_a_json_step_sees_only_schema_valid_values_and_its_rejects_carry_the_reason(teacher_server: TeacherServerURL, tmp_path: Path) -> None:
     results = asyncio.run(_through(teacher_server, tmp_path / "c.sqlite", CodeStep(), list(range(5))))
     assert len(results) == 5
     for result in results:

@@ -46,9 +46,7 @@ INVALID_OUTPUTS: dict[str, dict[str, Any]] = {
         "safety_notes": [],
         "evidence": [],
     },
-    "named_entity_extraction": {
-        "entities": [{"text": "cough", "type": "symptom", "start": -1, "end": 4, "assertion": "present"}]
-    },
+    "named_entity_extraction": {"entities": [{"text": "cough", "type": "symptom", "start": -1, "end": 4, "assertion": "present"}]},
     "problem_list_summarization": {"problems": [{"problem": "COPD", "status": "ongoing", "evidence": "COPD"}]},
     "question_summarization": {"summary_question": "Metformin side effects.", "focus": "metformin", "question_type": "side_effects"},
     "radiology_findings_summarization": {
@@ -66,9 +64,7 @@ INVALID_OUTPUTS: dict[str, dict[str, Any]] = {
             }
         ]
     },
-    "sdoh_extraction": {
-        "determinants": [{"domain": "religion", "status": "current", "is_risk": False, "value": "v", "evidence": "e"}]
-    },
+    "sdoh_extraction": {"determinants": [{"domain": "religion", "status": "current", "is_risk": False, "value": "v", "evidence": "e"}]},
 }
 
 CLUE_PLUS = {

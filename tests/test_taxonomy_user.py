@@ -97,9 +97,7 @@ def test_replace_true_ignores_the_builtin_taxonomy(tmp_path: Path) -> None:
             "taxonomy.yaml": "replace: true\n",
             "categories.yaml": "categories:\n  - {name: public_health, description: Public-health documents.}\n",
             "document_types.yaml": NEW_DOC_TYPE.format(category="public_health"),
-            "tasks.yaml": yaml.safe_dump(
-                {"tasks": [yaml.safe_load(NEW_TASK.format(name="exposure_risk", applies_to="categories: [public_health]"))]}
-            ),
+            "tasks.yaml": yaml.safe_dump({"tasks": [yaml.safe_load(NEW_TASK.format(name="exposure_risk", applies_to="categories: [public_health]"))]}),
             "difficulty_levels.yaml": "difficulty_levels:\n  - {name: easy, rank: 1, description: d, harder_by: h}\n",
             "output_formats.yaml": "output_formats:\n  - {name: json, description: JSON only.}\n",
         },
@@ -122,11 +120,7 @@ BROKEN = {
         ["b.yaml", "'veterinary_zoonosis_report'", "duplicate name", "a.yaml"],
     ),
     "invalid_json_schema": (
-        {
-            "tasks/exposure_risk.yaml": NEW_TASK.format(name="exposure_risk", applies_to="categories: [radiology]").replace(
-                "required: [risk]", "required: risk"
-            )
-        },
+        {"tasks/exposure_risk.yaml": NEW_TASK.format(name="exposure_risk", applies_to="categories: [radiology]").replace("required: [risk]", "required: risk")},
         ["exposure_risk.yaml", "task 'exposure_risk'", "invalid output_schema", "required"],
     ),
     "applies_to_nothing": (
@@ -143,11 +137,7 @@ BROKEN = {
         ["exposure_risk.yaml", "task 'exposure_risk'", "unknown 'x_ray'"],
     ),
     "missing_field": (
-        {
-            "tasks/exposure_risk.yaml": NEW_TASK.format(name="exposure_risk", applies_to="categories: [radiology]").replace(
-                "answer_guidance: Give the category and one sentence of justification.\n", ""
-            )
-        },
+        {"tasks/exposure_risk.yaml": NEW_TASK.format(name="exposure_risk", applies_to="categories: [radiology]").replace("answer_guidance: Give the category and one sentence of justification.\n", "")},
         ["exposure_risk.yaml", "task 'exposure_risk'", "'answer_guidance' is a required property"],
     ),
     "misspelt_field": (
@@ -155,11 +145,7 @@ BROKEN = {
         ["exposure_risk.yaml", "task 'exposure_risk'", "'exmaple' was unexpected"],
     ),
     "example_breaks_schema": (
-        {
-            "tasks/exposure_risk.yaml": NEW_TASK.format(name="exposure_risk", applies_to="categories: [radiology]").replace(
-                "{risk: low}", "{risk: medium}"
-            )
-        },
+        {"tasks/exposure_risk.yaml": NEW_TASK.format(name="exposure_risk", applies_to="categories: [radiology]").replace("{risk: low}", "{risk: medium}")},
         ["exposure_risk.yaml", "task 'exposure_risk'", "example_output does not match", "'medium'"],
     ),
     "yaml_syntax_error": (

@@ -32,9 +32,7 @@ NESTED = {
         "note": {"type": "string"},
     },
     "required": ["patient", "codes"],
-    "$defs": {
-        "code": {"type": "object", "properties": {"code": {"type": "string"}, "why": {"type": ["string", "number"]}}}
-    },
+    "$defs": {"code": {"type": "object", "properties": {"code": {"type": "string"}, "why": {"type": ["string", "number"]}}}},
 }
 
 
@@ -100,10 +98,7 @@ def test_falls_back_to_json_mode_when_json_schema_is_refused(teacher_server: Tea
 
     async def two_requests() -> list[Any]:
         try:
-            return [
-                await teacher.complete(ChatRequest(messages=(("user", f"code {i}"),), response_schema=NESTED))
-                for i in range(2)
-            ]
+            return [await teacher.complete(ChatRequest(messages=(("user", f"code {i}"),), response_schema=NESTED)) for i in range(2)]
         finally:
             await teacher.aclose()
 
@@ -140,8 +135,7 @@ def test_azure_requests_are_routed_to_the_deployment() -> None:
 
     async def completions(request: web.Request) -> web.Response:
         seen.append((request.path, request.query.get("api-version", ""), request.headers.get("api-key"), await request.json()))
-        body = {"model": "gpt-4o-mini", "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+        body = {"model": "gpt-4o-mini", "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
         return web.json_response(body)
 
     async def scenario() -> Any:

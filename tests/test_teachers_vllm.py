@@ -54,10 +54,7 @@ class FakeLLM:
 
     def chat(self, messages: list[list[dict[str, str]]], sampling_params: list[FakeSamplingParams], use_tqdm: bool) -> list[FakeRequestOutput]:
         self.calls.append((messages, sampling_params))
-        return [
-            FakeRequestOutput([0] * len(conversation), [FakeCompletion(conversation[-1]["content"][::-1], [1, 2, 3])])
-            for conversation in messages
-        ]
+        return [FakeRequestOutput([0] * len(conversation), [FakeCompletion(conversation[-1]["content"][::-1], [1, 2, 3])]) for conversation in messages]
 
 
 @pytest.fixture()
@@ -74,11 +71,7 @@ def test_concurrent_requests_become_one_batched_chat_call(fake_vllm: types.Modul
     llm = FakeLLM()
     teacher = make_teacher("vllm:/models/teacher", llm=llm, batch_window=0.05)
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
-    requests = [
-        ChatRequest(messages=(("system", "be brief"), ("user", f"question {i}")), seed=i, max_tokens=32,
-                    response_schema=schema if i % 2 else None)
-        for i in range(10)
-    ]
+    requests = [ChatRequest(messages=(("system", "be brief"), ("user", f"question {i}")), seed=i, max_tokens=32, response_schema=schema if i % 2 else None) for i in range(10)]
 
     async def run() -> list[Any]:
         try:

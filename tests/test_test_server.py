@@ -19,9 +19,12 @@ SCHEMAS: list[dict[str, Any]] = [
     {"type": "array", "items": {"type": "string", "enum": ["yes", "no"]}, "minItems": 3},
     {"type": "object", "properties": {"x": {"anyOf": [{"type": "null"}, {"type": "number", "minimum": 10}]}}, "required": ["x"]},
     {"allOf": [{"type": "object", "properties": {"a": {"type": "boolean"}}, "required": ["a"]}, {"properties": {"b": {"type": "string", "minLength": 40}}}]},
-    {"type": "object", "properties": {"entities": {"type": "array", "items": {"type": "object", "properties": {
-        "text": {"type": "string", "maxLength": 5}, "type": {"enum": ["drug", "dose"]}}, "required": ["text", "type"],
-        "additionalProperties": False}}}, "required": ["entities"], "additionalProperties": False},
+    {
+        "type": "object",
+        "properties": {"entities": {"type": "array", "items": {"type": "object", "properties": {"text": {"type": "string", "maxLength": 5}, "type": {"enum": ["drug", "dose"]}}, "required": ["text", "type"], "additionalProperties": False}}},
+        "required": ["entities"],
+        "additionalProperties": False,
+    },
 ]
 
 
@@ -95,8 +98,7 @@ def test_scripted_faults_stats_and_reset(teacher_server: TeacherServerURL) -> No
 
 def test_fault_header_applies_to_one_request(teacher_server: TeacherServerURL) -> None:
     with client(teacher_server) as c, pytest.raises(openai.AuthenticationError):
-        c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}],
-                                  extra_headers={"X-Mediflow-Fault": "401"})
+        c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], extra_headers={"X-Mediflow-Fault": "401"})
     assert ask(teacher_server, "x").choices[0].message.content
 
 

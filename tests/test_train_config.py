@@ -35,10 +35,7 @@ def test_pit_defaults_to_the_mediphi_schedule(tmp_path: Path) -> None:
 def test_yaml_and_overrides(tmp_path: Path) -> None:
     path = _write(
         tmp_path,
-        "model: {name_or_path: base}\n"
-        "data: {train: records.parquet}\n"
-        "output: {dir: out, report_to: [tensorboard]}\n"
-        "train: {learning_rate: 1e-5, extra: {max_grad_norm: 0.5}}\n",
+        "model: {name_or_path: base}\ndata: {train: records.parquet}\noutput: {dir: out, report_to: [tensorboard]}\ntrain: {learning_rate: 1e-5, extra: {max_grad_norm: 0.5}}\n",
     )
     config = load_config(path, "sft", {"train.max_steps": 7, "method.finetuning": "lora", "method.lora.r": 4})
     assert config.train.max_steps == 7

@@ -56,8 +56,7 @@ def test_sft_trains_on_the_gpu_in_bf16_chosen_from_the_hardware(root: Path) -> N
 
 
 def test_eval_and_a_merged_model_run_on_the_gpu(root: Path) -> None:
-    raw = {"merge_method": "slerp", "base_model": str(root / "base"), "models": [{"model": str(root / "base")}, {"model": str(root / "other")}],
-           "parameters": {"t": 0.5}, "dtype": "bfloat16"}
+    raw = {"merge_method": "slerp", "base_model": str(root / "base"), "models": [{"model": str(root / "base")}, {"model": str(root / "other")}], "parameters": {"t": 0.5}, "dtype": "bfloat16"}
     merged = run_merge(parse_merge_config(raw), root / "merged")
     model = load_causal_lm(merged, "auto", for_training=False).to("cuda")
     assert model.dtype == torch.bfloat16  # inference on a bf16 GPU loads in bf16

@@ -34,25 +34,18 @@ def test_answers_become_prompt_completion_rows() -> None:
     assert relations["completion"] == "\n- amoxicillin | treats | pneumonia"
 
 
-def test_qa_stage_writes_task_data_for_every_document_and_prompt(
-    tmp_path: Path, teacher_server: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_qa_stage_writes_task_data_for_every_document_and_prompt(tmp_path: Path, teacher_server: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("TEST_TEACHER_KEY", "not-a-secret")
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in DOCUMENTS), encoding="utf-8")
     config = tmp_path / "qa.yaml"
     config.write_text(
-        f"qa: {{teacher: {{spec: 'openai:mediflow-test-teacher', base_url: '{teacher_server}', api_key_env: TEST_TEACHER_KEY}},\n"
-        "     qa_pairs: 2, limits: {concurrency: 4}}\n"
-        "data: {documents: docs.jsonl}\n"
-        "output: {dir: task_data}\n",
+        f"qa: {{teacher: {{spec: 'openai:mediflow-test-teacher', base_url: '{teacher_server}', api_key_env: TEST_TEACHER_KEY}},\n     qa_pairs: 2, limits: {{concurrency: 4}}}}\ndata: {{documents: docs.jsonl}}\noutput: {{dir: task_data}}\n",
         encoding="utf-8",
     )
     assert main(["train", "qa", "--config", str(config)]) == 0
     table = pq.read_table(sorted((tmp_path / "task_data" / "data").glob("*.parquet")))
     rows = table.to_pylist()
-    assert {(r["document_id"], r["task"]) for r in rows} == {
-        (doc["id"], task) for doc in DOCUMENTS for task in ("qa", "pit_summary", "pit_entities", "pit_relations")
-    }
+    assert {(r["document_id"], r["task"]) for r in rows} == {(doc["id"], task) for doc in DOCUMENTS for task in ("qa", "pit_summary", "pit_entities", "pit_relations")}
     assert all(r["prompt_version"] and r["completion"] is not None for r in rows)
     qa_rows = [r for r in rows if r["task"] == "qa"]
     assert all(r["prompt"].startswith("Question: ") and r["prompt"].endswith("\nAnswer:") for r in qa_rows)

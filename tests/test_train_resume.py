@@ -76,10 +76,7 @@ CONFIG = {
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("resume")
     build_tiny_phi3(root / "base")
-    rows = [
-        {"messages": [{"role": "user", "content": f"Patient {i}: what was given?"}, {"role": "assistant", "content": f"Amoxicillin {250 * (i % 3 + 1)} mg."}]}
-        for i in range(6)
-    ]
+    rows = [{"messages": [{"role": "user", "content": f"Patient {i}: what was given?"}, {"role": "assistant", "content": f"Amoxicillin {250 * (i % 3 + 1)} mg."}]} for i in range(6)]
     (root / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     for name in ("killed", "straight"):
         (root / f"{name}.yaml").write_text(json.dumps({**CONFIG, "output": {**CONFIG["output"], "dir": name}}), encoding="utf-8")

@@ -198,9 +198,7 @@ def test_a_template_that_rewrites_earlier_turns_is_refused_with_one_line(root: P
 def test_an_eval_set_emptied_by_length_is_an_error(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     long = [{"role": "user", "content": "Summarise the note."}, {"role": "assistant", "content": "The patient was admitted with chest pain. " * 12}]
     _rows(root / "long_eval.jsonl", [long, long])
-    (root / "eval_gone.yaml").write_text(
-        json.dumps({"model": {"name_or_path": "base"}, "data": {"train": "rows.jsonl", "eval": "long_eval.jsonl", "max_length": 96}, "output": {"dir": "sft_eval_gone"}})
-    )
+    (root / "eval_gone.yaml").write_text(json.dumps({"model": {"name_or_path": "base"}, "data": {"train": "rows.jsonl", "eval": "long_eval.jsonl", "max_length": 96}, "output": {"dir": "sft_eval_gone"}}))
     assert main(["train", "sft", "--config", str(root / "eval_gone.yaml")]) == 2
     assert capsys.readouterr().err.strip() == "error: sft eval: none of the 2 eval rows fits data.max_length=96; raise data.max_length or set data.overlong=cut"
     assert not (root / "sft_eval_gone").exists()
@@ -348,8 +346,7 @@ def test_a_hub_id_is_read_from_the_local_cache_offline(root: Path, tmp_path: Pat
 
     assert try_to_load_from_cache("tiny-org/tiny-phi3", "config.json", cache_dir=tmp_path / "hub")  # a real cache, as huggingface_hub reads it
     config = tmp_path / "sft.yaml"
-    config.write_text(json.dumps({"model": {"name_or_path": "tiny-org/tiny-phi3"}, "data": {"train": str(root / "rows.jsonl"), "max_length": 96},
-                                  "output": {"dir": "out", "save_steps": 1000}, "train": {"max_steps": 1, "batch_size": 2}}))
+    config.write_text(json.dumps({"model": {"name_or_path": "tiny-org/tiny-phi3"}, "data": {"train": str(root / "rows.jsonl"), "max_length": 96}, "output": {"dir": "out", "save_steps": 1000}, "train": {"max_steps": 1, "batch_size": 2}}))
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", "mediflow", "train", "sft", "--config", str(config)], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

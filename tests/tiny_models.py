@@ -27,10 +27,7 @@ TINY_CHAT_TEMPLATE = (
 
 #: A Phi-4-mini-style layout: no newline after the role tag or the end token, unlike Phi-3's. Not the
 #: shipped Phi-3 copy, so SFT cannot use that copy's generation markers and masks by rendered prefixes.
-PHI4_STYLE = (
-    "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
+PHI4_STYLE = "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
@@ -105,9 +102,7 @@ def build_tiny_phi3(path: Path, seed: int = 0, *, chat_template: str | None = TI
     )
     torch.manual_seed(seed)
     model = Phi3ForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(path)
     return path
 

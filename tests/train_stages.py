@@ -10,9 +10,7 @@ from typing import Any
 from mediflow.train.config import StageConfig, config_from_dict
 
 
-def tiny_stage_config(
-    root: Path, stage: str, *, model: str, train: str, output: str, max_length: int, dpo: dict[str, Any] | None = None, **method: Any
-) -> StageConfig:
+def tiny_stage_config(root: Path, stage: str, *, model: str, train: str, output: str, max_length: int, dpo: dict[str, Any] | None = None, **method: Any) -> StageConfig:
     """``stage`` (sft, dpo) on ``train`` under ``root``: 2 steps of batch 2 at LR 1e-3, logged every step.
 
     ``method`` keys go to the shared ``method:`` section, ``dpo`` to the dpo stage's own section.

@@ -56,18 +56,18 @@ def case_mix(folder: AuditFolder, planned: pd.DataFrame | None = None, taxonomy:
         return CheckResult.not_available("case_mix", TITLE, missing)
 
     chapter_table = _shares(chapters, "document_category", "chapter")
-    block_table = pd.DataFrame(
-        [
-            {"document_category": category, "block": block, "cases": count, "share_of_category": count / sum(n for (c, _), n in blocks.items() if c == category)}
-            for (category, block), count in sorted(blocks.items(), key=lambda kv: (kv[0][0], -kv[1]))
-        ]
-    ).groupby("document_category", group_keys=False).head(5)
-    pyramid_table = pd.DataFrame(
-        [{"age_band": f"{band}-{band + AGE_BAND - 1}", "female": pyramid[(band, "female")], "male": pyramid[(band, "male")]} for band in sorted({b for b, _ in pyramid})]
+    block_table = (
+        pd.DataFrame(
+            [
+                {"document_category": category, "block": block, "cases": count, "share_of_category": count / sum(n for (c, _), n in blocks.items() if c == category)}
+                for (category, block), count in sorted(blocks.items(), key=lambda kv: (kv[0][0], -kv[1]))
+            ]
+        )
+        .groupby("document_category", group_keys=False)
+        .head(5)
     )
-    top_table = pd.DataFrame(
-        [{"code": code, "description": descriptions[code], "cases": count, "share": count / cases} for code, count in conditions.most_common(top)]
-    )
+    pyramid_table = pd.DataFrame([{"age_band": f"{band}-{band + AGE_BAND - 1}", "female": pyramid[(band, "female")], "male": pyramid[(band, "male")]} for band in sorted({b for b, _ in pyramid})])
+    top_table = pd.DataFrame([{"code": code, "description": descriptions[code], "cases": count, "share": count / cases} for code, count in conditions.most_common(top)])
     profile_table = _profiles_vs_plan(profiles, cases, planned, taxonomy)
     summary = (
         f"{cases} cases: {len(conditions)} distinct primary codes in {len({_category(c) for c in conditions})} categories, "

@@ -51,10 +51,7 @@ def coverage(folder: AuditFolder, planned: pd.DataFrame | None) -> CheckResult:
     if planned is None:
         summary = f"{numbers['cells_with_records']} cells have records; no plan found (manifest or taxonomy)"
     else:
-        summary = (
-            f"{numbers['cells_with_records']} of {n_planned} planned cells have records; "
-            f"{len(empty)} planned cells are empty, {len(below)} below plan, {len(unplanned)} not in the plan"
-        )
+        summary = f"{numbers['cells_with_records']} of {n_planned} planned cells have records; {len(empty)} planned cells are empty, {len(below)} below plan, {len(unplanned)} not in the plan"
     tables = {"Records per task": _per_task(cells), "Planned cells with no record": empty}
     if len(below):
         tables["Cells below plan"] = below

@@ -70,10 +70,7 @@ def near_duplicates(folder: AuditFolder, *, max_records: int = 50_000, config: D
     cluster_table = pd.DataFrame(clusters, columns=["key", "size", "tasks", "example"])
     cluster_table = cluster_table.sort_values("size", ascending=False, kind="stable").head(MAX_CLUSTERS).reset_index(drop=True)
     summary = (
-        "exact duplicates: "
-        + ", ".join(f"{r.field} {r.duplicate_records}" for r in exact.itertuples())
-        + f"; near-duplicate share (sample of {table.num_rows}): "
-        + ", ".join(f"{r.key} {r.share_in_clusters:.1%}" for r in near.itertuples())
+        "exact duplicates: " + ", ".join(f"{r.field} {r.duplicate_records}" for r in exact.itertuples()) + f"; near-duplicate share (sample of {table.num_rows}): " + ", ".join(f"{r.key} {r.share_in_clusters:.1%}" for r in near.itertuples())
     )
     return CheckResult(
         key="duplicates",
@@ -90,8 +87,7 @@ def near_duplicates(folder: AuditFolder, *, max_records: int = 50_000, config: D
         },
         tables={
             "Exact duplicates (all records, normalised text)": exact,
-            f"Near duplicates among distinct texts ({base.scorer} >= {base.threshold:g}"
-            f"{', clinical tokens agree' if base.clinical else ''}, {base.scope})": near,
+            f"Near duplicates among distinct texts ({base.scorer} >= {base.threshold:g}{', clinical tokens agree' if base.clinical else ''}, {base.scope})": near,
             "Largest near-duplicate clusters": cluster_table,
         },
         figure=_plot(exact, near),

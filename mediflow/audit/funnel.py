@@ -57,9 +57,7 @@ def funnel(folder: AuditFolder) -> CheckResult:
         "stages": stages[["stage", "in", "kept"]].to_dict("records"),
         "drops_per_rule": {} if drops is None else {f"{r['stage']}/{r['rule']}": int(r["dropped"]) for r in drops.to_dict("records")},
     }
-    return CheckResult(
-        key="funnel", title=TITLE, summary=summary, numbers=numbers, tables=tables, figure=_plot(stages, drops)
-    )
+    return CheckResult(key="funnel", title=TITLE, summary=summary, numbers=numbers, tables=tables, figure=_plot(stages, drops))
 
 
 def _drops_per_rule(rejects: pd.DataFrame) -> pd.DataFrame:

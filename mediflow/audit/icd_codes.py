@@ -71,10 +71,7 @@ def icd_codes(
     def share(count: int) -> str:
         return f"{count / total['codes']:.1%}" if total["codes"] else "n/a"
 
-    summary = (
-        f"{total['codes']} codes in {total['records']} coding records: {share(total['valid'])} valid, "
-        f"{share(total['billable'])} billable; {total['codes'] - total['valid']} invalid"
-    )
+    summary = f"{total['codes']} codes in {total['records']} coding records: {share(total['valid'])} valid, {share(total['billable'])} billable; {total['codes'] - total['valid']} invalid"
     tables = {"Codes per task": table, "Codes that need a look": pd.concat([invalid, not_billable], ignore_index=True)}
     return CheckResult(
         key="icd_codes",

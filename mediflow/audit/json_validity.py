@@ -46,10 +46,7 @@ def json_validity(folder: AuditFolder, schemas: Mapping[str, Mapping[str, Any]])
     table["parse_rate"] = table["parses"] / table["json_records"]
     table["valid_rate"] = (table["schema_valid"] / checked).where(checked > 0)
     total = {key: int(table[key].sum()) for key in ("json_records", "parses", "schema_valid", "no_schema")}
-    summary = (
-        f"{total['json_records']} JSON outputs: {total['json_records'] - total['parses']} do not parse, "
-        f"{total['parses'] - total['schema_valid'] - total['no_schema']} parse but fail their task schema"
-    )
+    summary = f"{total['json_records']} JSON outputs: {total['json_records'] - total['parses']} do not parse, {total['parses'] - total['schema_valid'] - total['no_schema']} parse but fail their task schema"
     if total["no_schema"]:
         summary += f", {total['no_schema']} have no schema in the taxonomy"
     tables = {"JSON validity per task": table}

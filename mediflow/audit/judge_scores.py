@@ -33,9 +33,7 @@ def judge_scores(folder: AuditFolder) -> CheckResult:
     medians = grouped[present].median().add_suffix(" median")
     table = pd.concat([grouped.size().rename("judged"), means, medians], axis=1).reset_index()
     overall = {column: float(judged[column].mean()) for column in present}
-    summary = f"{len(judged)} of {len(frame)} records judged; mean " + ", ".join(
-        f"{c} {v:.2f}" for c, v in overall.items()
-    )
+    summary = f"{len(judged)} of {len(frame)} records judged; mean " + ", ".join(f"{c} {v:.2f}" for c, v in overall.items())
     return CheckResult(
         key="judge_scores",
         title=TITLE,

@@ -44,9 +44,7 @@ def lengths(folder: AuditFolder) -> CheckResult:
     table = pd.DataFrame(rows)
     empty = {column: int((frame[f"{column}_words"].fillna(0) == 0).sum()) for column in TEXT_COLUMNS}
     medians = {column: _stat(frame[f"{column}_words"].median()) for column in TEXT_COLUMNS}
-    summary = "median words: " + ", ".join(f"{c} {medians[c]:g}" for c in TEXT_COLUMNS) + "; empty: " + ", ".join(
-        f"{c} {empty[c]}" for c in TEXT_COLUMNS
-    )
+    summary = "median words: " + ", ".join(f"{c} {medians[c]:g}" for c in TEXT_COLUMNS) + "; empty: " + ", ".join(f"{c} {empty[c]}" for c in TEXT_COLUMNS)
     return CheckResult(
         key="lengths",
         title=TITLE,

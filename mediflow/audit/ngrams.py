@@ -23,9 +23,7 @@ if TYPE_CHECKING:
 TITLE = "Frequent instruction openings and output n-grams"
 
 
-def ngrams(
-    folder: AuditFolder, *, sample_size: int = 20_000, opening_words: int = 4, n: int = 3, top: int = 20
-) -> CheckResult:
+def ngrams(folder: AuditFolder, *, sample_size: int = 20_000, opening_words: int = 4, n: int = 3, top: int = 20) -> CheckResult:
     """Top ``top`` instruction openings (first ``opening_words`` words) and output ``n``-grams, on a sample."""
     sample = folder.sample(["task_type", "instruction", "output", "output_format"], sample_size)
     openings: Counter[str] = Counter()
@@ -87,9 +85,7 @@ def _top(counts: Counter[str], top: int, label: str, size: int, share_name: str)
 
 def _plot(openings: pd.DataFrame, grams: pd.DataFrame, n: int) -> Figure:
     figure = new_figure(13, 5.5)
-    for position, (table, label, title) in enumerate(
-        ((openings, "opening", "instruction openings"), (grams, f"{n}-gram", f"output {n}-grams")), start=1
-    ):
+    for position, (table, label, title) in enumerate(((openings, "opening", "instruction openings"), (grams, f"{n}-gram", f"output {n}-grams")), start=1):
         axes = figure.add_subplot(1, 2, position)
         axes.barh(list(table[label]), table["count"], color="#2b7bba")
         axes.invert_yaxis()

@@ -25,9 +25,7 @@ def samples(folder: AuditFolder, task: str, document_type: str, n: int = 3) -> p
     in_cell = (frame["task_type"] == task) & (frame["input_data"] == document_type)
     if not in_cell.any():
         known = sorted(set(frame["task_type"]))
-        raise MediflowError(
-            f"no record for task '{task}' x document type '{document_type}' in {folder.path} (tasks present: {', '.join(known)})"
-        )
+        raise MediflowError(f"no record for task '{task}' x document type '{document_type}' in {folder.path} (tasks present: {', '.join(known)})")
     wanted = frame.index[in_cell][:n].to_numpy()  # positions: records need not carry an id
     columns = [*VIEW_COLUMNS, *(c for c in JUDGE_COLUMNS if folder.has_values(c))]
     found, offset = [], 0
@@ -52,8 +50,7 @@ def sample_cells(folder: AuditFolder, max_cells: int = 12) -> CheckResult:
     return CheckResult(
         key="samples",
         title=TITLE,
-        summary=f"one record from each of {len(table)} of {len(cells)} cells (texts cut to {REPORT_TEXT_CHARS} characters; "
-        "use mediflow.audit.samples() for whole records)",
+        summary=f"one record from each of {len(table)} of {len(cells)} cells (texts cut to {REPORT_TEXT_CHARS} characters; use mediflow.audit.samples() for whole records)",
         numbers={"cells_shown": int(len(table)), "cells": int(len(cells))},
         tables={"Samples": table},
     )

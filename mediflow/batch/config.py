@@ -27,8 +27,7 @@ def mode_option() -> Mode:
     """The ``mode`` field every teacher-calling config has (flags ``--mode {online,batch}`` and ``--batch``)."""
     mode: Mode = option(
         "online",
-        "online: each request is one API call, answered now; batch: the requests go through the provider's "
-        "batch API (about half the price, answered within its completion window), in rounds",
+        "online: each request is one API call, answered now; batch: the requests go through the provider's batch API (about half the price, answered within its completion window), in rounds",
         switch="batch",
     )
     return mode
@@ -39,18 +38,12 @@ class BatchConfig(Config):
     """How batch mode packs its requests into files, submits them and waits for them."""
 
     max_lines: int = option(50_000, "requests per batch file (OpenAI's limit: 50,000); a round with more is split", minimum=1)
-    max_bytes: int = option(
-        200_000_000, "bytes per batch file (OpenAI's limit: 200 MB); a round with more is split", minimum=4096
-    )
-    file_purpose: str = option(
-        "batch", "the purpose input files are uploaded with: batch (OpenAI, Azure OpenAI, Groq), batch-api (Together)"
-    )
+    max_bytes: int = option(200_000_000, "bytes per batch file (OpenAI's limit: 200 MB); a round with more is split", minimum=4096)
+    file_purpose: str = option("batch", "the purpose input files are uploaded with: batch (OpenAI, Azure OpenAI, Groq), batch-api (Together)")
     in_flight: int = option(8, "batches submitted and not finished at once (the provider also caps enqueued tokens)", minimum=1)
     poll_interval: float = option(30.0, "seconds between two looks at the batches in flight", exclusiveMinimum=0)
     completion_window: Literal["24h"] = option("24h", "the batch's completion window (OpenAI offers 24h)")
-    line_attempts: int = option(
-        3, "submissions of one request whose line failed (server error, expired or cancelled batch) before the run stops", minimum=1
-    )
+    line_attempts: int = option(3, "submissions of one request whose line failed (server error, expired or cancelled batch) before the run stops", minimum=1)
     vllm_args: list[str] = option([], "vllm:PATH teachers: extra arguments of vLLM's run_batch (e.g. --tensor-parallel-size 2)")
 
 
@@ -61,7 +54,4 @@ def check_mode(mode: Mode, spec: str | None, engine: str, where: str) -> None:
     if engine == "ray":
         raise ConfigError(f"{where}mode: batch runs on the local engine; engine: ray with mode: batch is not supported (the provider's batch service does the fanning out)")
     if spec is not None and not spec.startswith(BATCH_SPECS):
-        raise ConfigError(
-            f"{where}mode: batch: the teacher {spec!r} has no batch API; batch mode needs openai:MODEL, azure:DEPLOYMENT "
-            "(any OpenAI-compatible server with /v1/files and /v1/batches) or vllm:PATH (vLLM's run_batch)"
-        )
+        raise ConfigError(f"{where}mode: batch: the teacher {spec!r} has no batch API; batch mode needs openai:MODEL, azure:DEPLOYMENT (any OpenAI-compatible server with /v1/files and /v1/batches) or vllm:PATH (vLLM's run_batch)")

@@ -171,4 +171,3 @@ def remove_partial(folder: Path) -> None:
     """Remove the half-written input files a killed pass left (their requests are deferred again)."""
     for leftover in folder.glob(f"*{_PARTIAL}"):
         leftover.unlink(missing_ok=True)
-

@@ -155,9 +155,7 @@ class OpenAIBatchAPI(BatchAPI):
         except openai.APIStatusError as exc:
             if exc.status_code in (401, 403):
                 raise TeacherUnavailable(f"teacher at {self.where} refused the credentials (HTTP {exc.status_code})") from None
-            raise TeacherUnavailable(
-                f"teacher at {self.where} has no batch API (GET /batches answered HTTP {exc.status_code}); run this stage online (mode: online)"
-            ) from None
+            raise TeacherUnavailable(f"teacher at {self.where} has no batch API (GET /batches answered HTTP {exc.status_code}); run this stage online (mode: online)") from None
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
             raise TeacherUnavailable(f"cannot connect to the teacher at {self.where}: {classify(exc).message}") from None
 
@@ -242,10 +240,7 @@ def status_error(status: int | None, message: str, body: object | None) -> opena
 
 def _info(batch: Any) -> BatchInfo:
     counts = batch.request_counts
-    errors = tuple(
-        " ".join(f"{'line ' + str(error.line) + ': ' if error.line else ''}{error.message or error.code}".split())
-        for error in ((batch.errors.data or []) if batch.errors is not None else [])
-    )
+    errors = tuple(" ".join(f"{'line ' + str(error.line) + ': ' if error.line else ''}{error.message or error.code}".split()) for error in ((batch.errors.data or []) if batch.errors is not None else []))
     return BatchInfo(
         id=batch.id,
         status=batch.status,
@@ -298,9 +293,7 @@ class VLLMRunBatch(BatchAPI):
 
     async def check(self) -> None:
         if importlib.util.find_spec("vllm") is None:
-            raise TeacherUnavailable(
-                f"vllm:{self.model} with mode: batch runs vLLM's run_batch on this machine, and vLLM is not installed: pip install 'mediflow[vllm]' on a GPU node"
-            )
+            raise TeacherUnavailable(f"vllm:{self.model} with mode: batch runs vLLM's run_batch on this machine, and vLLM is not installed: pip install 'mediflow[vllm]' on a GPU node")
 
     async def upload(self, path: Path) -> str:
         return str(path)
@@ -315,9 +308,7 @@ class VLLMRunBatch(BatchAPI):
         output.unlink(missing_ok=True)
         log = open(input_path.with_suffix(".vllm.log"), "wb")
         try:
-            process = await asyncio.create_subprocess_exec(
-                *run_batch_command(self.model, input_path, output, self.extra_args), stdout=log, stderr=asyncio.subprocess.STDOUT
-            )
+            process = await asyncio.create_subprocess_exec(*run_batch_command(self.model, input_path, output, self.extra_args), stdout=log, stderr=asyncio.subprocess.STDOUT)
         finally:
             log.close()
         batch_id = f"{_VLLM_ID}{input_path}"
@@ -359,4 +350,3 @@ class VLLMRunBatch(BatchAPI):
             if process.returncode is None:
                 process.terminate()
                 await process.wait()
-

@@ -176,8 +176,7 @@ class BatchRunner:
                 continue
             if record.role not in self.teachers:
                 raise MediflowError(
-                    f"{self.folder / 'state.json'}: batch {record.id or record.file} was made for '{record.role}', which this run has no teacher for; "
-                    "rerun it with the config that made it, or cancel it with mediflow batches --cancel"
+                    f"{self.folder / 'state.json'}: batch {record.id or record.file} was made for '{record.role}', which this run has no teacher for; rerun it with the config that made it, or cancel it with mediflow batches --cancel"
                 )
             if record.status == PREPARED:  # never reached the provider: its requests are deferred again
                 (self.folder / record.file).unlink(missing_ok=True)
@@ -196,10 +195,7 @@ class BatchRunner:
         done = bytearray()
         while True:
             number = self.state.rounds + 1
-            writers = {
-                id(teacher): RoundWriter(self.folder, f"round-{number:03d}-{_slug(teacher.role)}", teacher.api.line, self.config.max_lines, self.config.max_bytes)
-                for teacher in self._distinct()
-            }
+            writers = {id(teacher): RoundWriter(self.folder, f"round-{number:03d}-{_slug(teacher.role)}", teacher.api.line, self.config.max_lines, self.config.max_bytes) for teacher in self._distinct()}
             for teacher in self._distinct():
                 teacher.engine.defer_misses(writers[id(teacher)])
             try:
@@ -211,11 +207,7 @@ class BatchRunner:
             finally:
                 for teacher in self._distinct():
                     teacher.engine.defer_misses(None)
-            records = [
-                BatchRecord(file.tag, teacher.role, number, file.path.name, file.lines, file.size)
-                for teacher in self._distinct()
-                for file in writers[id(teacher)].close()
-            ]
+            records = [BatchRecord(file.tag, teacher.role, number, file.path.name, file.lines, file.size) for teacher in self._distinct() for file in writers[id(teacher)].close()]
             if not records:
                 return
             lines = sum(record.lines for record in records)
@@ -345,9 +337,7 @@ class BatchRunner:
         logger.info("batch %s %s: %d answers cached, %d to ask again", record.id, info.status, record.stored, record.unanswered)
         return failures
 
-    def _judge_failures(
-        self, record: BatchRecord, info: BatchInfo, where: str, teacher: _Teacher, problems: dict[str, LineResult], missing: set[str], input_path: Path
-    ) -> list[str]:
+    def _judge_failures(self, record: BatchRecord, info: BatchInfo, where: str, teacher: _Teacher, problems: dict[str, LineResult], missing: set[str], input_path: Path) -> list[str]:
         """Which unanswered lines go again (and how often they have), which teach the negotiation, which stop the run."""
         if info.status == "failed":
             why = "; ".join(info.errors[:2]) or "no reason given"
@@ -423,4 +413,3 @@ def _bodies(path: Path, keys: set[str]) -> dict[str, dict[str, Any]]:
             if line is not None and line["custom_id"] in keys:
                 bodies[line["custom_id"]] = line["body"]
     return bodies
-

@@ -265,37 +265,19 @@ def _load(user_folder: str | None) -> CaseBook:
                 paths[name] = candidate
     raw = {name: _read(path) for name, path in paths.items()}
     profiles_file = raw["profiles"]
-    pools = {
-        name: _weighted_codes(paths["profiles"], f"pool '{name}'", entries)
-        for name, entries in _mapping(paths["profiles"], "pools", profiles_file.get("pools")).items()
-    }
-    profiles = {
-        name: _profile(paths["profiles"], name, entry, pools)
-        for name, entry in _mapping(paths["profiles"], "profiles", profiles_file.get("profiles")).items()
-    }
+    pools = {name: _weighted_codes(paths["profiles"], f"pool '{name}'", entries) for name, entries in _mapping(paths["profiles"], "pools", profiles_file.get("pools")).items()}
+    profiles = {name: _profile(paths["profiles"], name, entry, pools) for name, entry in _mapping(paths["profiles"], "profiles", profiles_file.get("profiles")).items()}
     assignments = raw["assignments"]
     where = paths["assignments"]
     default = _assignment(where, "default", assignments.get("default"), profiles, True)
-    categories = {
-        name: _assignment(where, f"category '{name}'", entry, profiles, default.drugs)
-        for name, entry in _mapping(where, "categories", assignments.get("categories") or {}).items()
-    }
-    document_types = {
-        name: _assignment(where, f"document type '{name}'", entry, profiles, None)
-        for name, entry in _mapping(where, "document_types", assignments.get("document_types") or {}).items()
-    }
+    categories = {name: _assignment(where, f"category '{name}'", entry, profiles, default.drugs) for name, entry in _mapping(where, "categories", assignments.get("categories") or {}).items()}
+    document_types = {name: _assignment(where, f"document type '{name}'", entry, profiles, None) for name, entry in _mapping(where, "document_types", assignments.get("document_types") or {}).items()}
     rules_file = raw["rules"]
     rules = tuple(_rule(paths["rules"], position, entry) for position, entry in enumerate(rules_file.get("age_sex") or [], 1))
-    sex_words = {
-        _one_of(SEXES)(paths["rules"], "sex_words", sex): frozenset(str(w).lower() for w in _list(paths["rules"], f"sex_words: {sex}", words))
-        for sex, words in (rules_file.get("sex_words") or {}).items()
-    }
+    sex_words = {_one_of(SEXES)(paths["rules"], "sex_words", sex): frozenset(str(w).lower() for w in _list(paths["rules"], f"sex_words: {sex}", words)) for sex, words in (rules_file.get("sex_words") or {}).items()}
     age_words = {str(phrase).lower(): _weeks_or_ages(paths["rules"], f"age_words: {phrase}", ages) for phrase, ages in (rules_file.get("age_words") or {}).items()}
     gestation = rules_file.get("gestation") or {}
-    trimesters = {
-        str(phrase).lower(): _weeks(paths["rules"], f"gestation: trimesters: {phrase}", weeks)
-        for phrase, weeks in (gestation.get("trimesters") or {}).items()
-    }
+    trimesters = {str(phrase).lower(): _weeks(paths["rules"], f"gestation: trimesters: {phrase}", weeks) for phrase, weeks in (gestation.get("trimesters") or {}).items()}
     term_rules = tuple(
         (
             tuple(_code(paths["rules"], f"gestation rule #{n}", spec) for spec in _list(paths["rules"], f"gestation rule #{n}: codes", entry.get("codes"))),
@@ -308,8 +290,7 @@ def _load(user_folder: str | None) -> CaseBook:
     epidemiology = tuple(_epidemiology(where, n, entry) for n, entry in enumerate(_list(where, "epidemiology", conditions_file.get("epidemiology")), 1))
     code_weights = {
         _code(where, "code_weights", spec): {
-            ("rest" if str(key) == "rest" else _code(where, f"code_weights: {spec}", key)): _positive(where, f"code_weights: {spec}: {key}", weight, zero=True)
-            for key, weight in _mapping(where, f"code_weights: {spec}", weights).items()
+            ("rest" if str(key) == "rest" else _code(where, f"code_weights: {spec}", key)): _positive(where, f"code_weights: {spec}: {key}", weight, zero=True) for key, weight in _mapping(where, f"code_weights: {spec}", weights).items()
         }
         for spec, weights in (conditions_file.get("code_weights") or {}).items()
     }
@@ -321,13 +302,8 @@ def _load(user_folder: str | None) -> CaseBook:
         for n, entry in enumerate(conditions_file.get("associations") or [], 1)
     )
     names = {_code(paths["names"], "names", spec): str(name) for spec, name in _mapping(paths["names"], "names", raw["names"].get("names")).items()}
-    settings = {
-        str(name): _setting(paths["assignments"], str(name), entry) for name, entry in _mapping(paths["assignments"], "settings", assignments.get("settings")).items()
-    }
-    synonyms = {
-        _code(paths["synonyms"], "synonyms", spec): tuple(str(s) for s in _list(paths["synonyms"], f"synonyms of {spec}", names))
-        for spec, names in _mapping(paths["synonyms"], "synonyms", raw["synonyms"].get("synonyms")).items()
-    }
+    settings = {str(name): _setting(paths["assignments"], str(name), entry) for name, entry in _mapping(paths["assignments"], "settings", assignments.get("settings")).items()}
+    synonyms = {_code(paths["synonyms"], "synonyms", spec): tuple(str(s) for s in _list(paths["synonyms"], f"synonyms of {spec}", names)) for spec, names in _mapping(paths["synonyms"], "synonyms", raw["synonyms"].get("synonyms")).items()}
     return CaseBook(
         profiles=profiles,
         pools=pools,
@@ -339,10 +315,7 @@ def _load(user_folder: str | None) -> CaseBook:
         trimesters=trimesters,
         age_words=age_words,
         term_rules=term_rules,
-        never_together=tuple(
-            (_code(paths["rules"], "never_together", pair[0]), _code(paths["rules"], "never_together", pair[1]))
-            for pair in _pairs(paths["rules"], rules_file.get("never_together") or [])
-        ),
+        never_together=tuple((_code(paths["rules"], "never_together", pair[0]), _code(paths["rules"], "never_together", pair[1])) for pair in _pairs(paths["rules"], rules_file.get("never_together") or [])),
         excludes1=bool(rules_file.get("excludes1", True)),
         one_per_category=bool(rules_file.get("one_per_category", True)),
         one_per_category_except=tuple(_code(paths["rules"], "one_per_category_except", c) for c in rules_file.get("one_per_category_except") or []),
@@ -541,9 +514,7 @@ def _rule(path: Path, position: int, entry: Any) -> AgeSexRule:
     if sex is not None and sex not in SEXES:
         raise TaxonomyError(f"{path}: {what}: sex must be one of {', '.join(SEXES)}, got {sex!r}")
     ages = entry.get("age")
-    if ages is not None and not (
-        isinstance(ages, list) and len(ages) == 2 and all(isinstance(a, int) for a in ages) and 0 <= ages[0] <= ages[1] <= 120
-    ):
+    if ages is not None and not (isinstance(ages, list) and len(ages) == 2 and all(isinstance(a, int) for a in ages) and 0 <= ages[0] <= ages[1] <= 120):
         raise TaxonomyError(f"{path}: {what}: age must be [low, high] in years (0-120), got {ages!r}")
     if sex is None and ages is None:
         raise TaxonomyError(f"{path}: {what}: needs a sex, an age range or both")
@@ -636,7 +607,10 @@ def _prescribing(path: Path, data: dict[str, Any], settings: Mapping[str, Settin
             raise TaxonomyError(f"{path}: drug '{name}': needs a class")
         pregnancy = entry.get("pregnancy")
         drugs[name] = DrugFacts(
-            name, classes, bool(entry.get("hospital", False)), _age(path, f"drug '{name}': min_age", entry.get("min_age", 0)),
+            name,
+            classes,
+            bool(entry.get("hospital", False)),
+            _age(path, f"drug '{name}': min_age", entry.get("min_age", 0)),
             _one_of(PREGNANCY_LIMITS)(path, f"drug '{name}': pregnancy", str(pregnancy)) if pregnancy else None,
         )
     treatments = []
@@ -661,8 +635,11 @@ def _prescribing(path: Path, data: dict[str, Any], settings: Mapping[str, Settin
                 raise TaxonomyError(f"{path}: {what}: unknown setting '{setting}' (assignments.yaml settings)")
         prophylaxis.append(
             Prophylaxis(
-                str(entry.get("why") or what), _kinds(path, f"{what}: where", entry.get("where")), named,
-                _age(path, f"{what}: min_age", entry.get("min_age", 0)), _share(path, f"{what}: chance", entry.get("chance", 1)),
+                str(entry.get("why") or what),
+                _kinds(path, f"{what}: where", entry.get("where")),
+                named,
+                _age(path, f"{what}: min_age", entry.get("min_age", 0)),
+                _share(path, f"{what}: chance", entry.get("chance", 1)),
                 _drug_weights(path, f"{what}: drugs", entry.get("drugs"), drugs),
             )
         )

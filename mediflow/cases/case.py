@@ -97,9 +97,9 @@ class Case:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Case:
         """A case read back from the ``case`` column (older rows: no names, no indications, no population)."""
-        medications = tuple(
-            Medication(m["name"], m.get("indication") or "", m.get("role") or "treatment", m.get("why") or "") for m in row.get("medications") or []
-        ) or tuple(Medication(name, "", "treatment") for name in row.get("drugs") or ())
+        medications = tuple(Medication(m["name"], m.get("indication") or "", m.get("role") or "treatment", m.get("why") or "") for m in row.get("medications") or []) or tuple(
+            Medication(name, "", "treatment") for name in row.get("drugs") or ()
+        )
         return cls(
             profile=row["profile"],
             age=None if row.get("age") is None else int(row["age"]),

@@ -397,9 +397,7 @@ class Coder:
         delivered = stage == "delivery" or any(is_delivery_code(code) for code in codes)
         if not is_pregnancy_code(codes[0]):
             out.append(f"pregnancy_sequencing: {codes[0]} first-listed in a pregnancy (OCG I.C.15.a.1)")
-        if any(self.uncomplicated(code) for code in codes) and any(
-            not (code.startswith(("Z3A", "Z37", "Z34", "O80")) or self.uncomplicated(code)) for code in codes
-        ):
+        if any(self.uncomplicated(code) for code in codes) and any(not (code.startswith(("Z3A", "Z37", "Z34", "O80")) or self.uncomplicated(code)) for code in codes):
             out.append("pregnancy_uncomplicated: Z34/O80 with another condition (OCG I.C.15.b.1, b.4)")
         for code in codes:
             if is_pregnancy_code(code) or code[:1] in ("Z", "V", "W", "X", "Y"):

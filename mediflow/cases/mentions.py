@@ -52,9 +52,7 @@ _DIRECTIONS = ("before", "after")
 _TOKEN = re.compile(r"\d+(?:\.\d+)?%?(?![A-Za-z])|[A-Za-z0-9]+(?:['/+][A-Za-z0-9]+)*|\?(?=[A-Za-z])|[.;!?,:()\n]")
 _PARENTHESES = re.compile(r"\([^)]*\)|\[[^\]]*\]")
 #: Endings that make two words forms of one ("diabetes"/"diabetic", "hypertension"/"hypertensive").
-_INFLECTIONS = frozenset(
-    "|s|es|ic|ics|ia|ias|al|ive|ives|ion|ions|on|ve|ed|d|ing|e|tic|otic|sis|osis|oses|is|us|i|ism|y|ies|ity|ous|a|atic|ary|er|ers".split("|")
-)
+_INFLECTIONS = frozenset("|s|es|ic|ics|ia|ias|al|ive|ives|ion|ions|on|ve|ed|d|ing|e|tic|otic|sis|osis|oses|is|us|i|ism|y|ies|ity|ous|a|atic|ary|er|ers".split("|"))
 _MIN_STEM = 4
 _MIN_FUZZY = 6
 #: Words a "." after does not end a sentence ("vs.", "Dr.", "E. coli").
@@ -105,11 +103,7 @@ class MentionContext:
         if data is None:
             data = _context_data(str(context_path(taxonomy)))
         try:
-            triggers = {
-                (kind, direction): tuple(_words(p) for p in phrases)
-                for kind, directions in data["triggers"].items()
-                for direction, phrases in directions.items()
-            }
+            triggers = {(kind, direction): tuple(_words(p) for p in phrases) for kind, directions in data["triggers"].items() for direction, phrases in directions.items()}
             bad = [f"{kind}.{direction}" for kind, direction in triggers if kind not in NOT_ASSERTED or direction not in _DIRECTIONS]
             if bad:
                 raise TaxonomyError(f"mention context: unknown trigger kind or direction '{bad[0]}' (kinds: {', '.join(NOT_ASSERTED)}; directions: before, after)")
@@ -429,11 +423,7 @@ class MentionMatcher:
     def _occurrences(self, reading: _Reading, name: _Name) -> list[list[int]]:
         """Windows of the text holding enough of the name's words close together, each as the positions of the words."""
         equivalents = self.context.equivalents
-        hits = sorted(
-            (position, index)
-            for index, word in enumerate(name.words)
-            for position in reading.word_positions(word, name.abbreviation, () if name.abbreviation else equivalents.get(word, ()))
-        )
+        hits = sorted((position, index) for index, word in enumerate(name.words) for position in reading.word_positions(word, name.abbreviation, () if name.abbreviation else equivalents.get(word, ())))
         found: list[list[int]] = []
         width = len(name.words) + _SLACK if len(name.words) <= 3 else 2 * len(name.words) + _SLACK
         for i, (first, _) in enumerate(hits):

@@ -243,9 +243,7 @@ class Prescriber:
                 weighted = table(m.indication) if m.indication in codes else None
                 if weighted is None or m.name not in weighted.values:
                     out.append(f"prescribing_{m.role}: {m.name} is not a {m.role} of {m.indication or 'any code of the case'}")
-            elif m.role == "prophylaxis" and not any(
-                m.name in rule.drugs.values and (patient.kind in rule.where or patient.setting in rule.settings) for rule in self.model.prophylaxis
-            ):
+            elif m.role == "prophylaxis" and not any(m.name in rule.drugs.values and (patient.kind in rule.where or patient.setting in rule.settings) for rule in self.model.prophylaxis):
                 out.append(f"prescribing_prophylaxis: {m.name} is not prophylaxis in {patient.setting}")
             facts = self.drugs[m.name]
             if patient.age < facts.min_age:

@@ -78,15 +78,11 @@ class Rules:
         found = self._needs.get(code)
         if found is None:
             book = self.book
-            demands: list[tuple[str, str | None, tuple[int, int] | None]] = [
-                (rule.name, rule.sex, rule.ages) for rule in book.rules if any(terminology.covers(s, code) for s in rule.codes)
-            ]
+            demands: list[tuple[str, str | None, tuple[int, int] | None]] = [(rule.name, rule.sex, rule.ages) for rule in book.rules if any(terminology.covers(s, code) for s in rule.codes)]
             description = terminology.description(code).lower()
             words = set(re.findall(r"[a-z]+", description))
             demands += [("sex_words", sex, None) for sex, needed in book.sex_words.items() if needed & words]
-            demands += [
-                ("age_words", None, ages) for phrase, ages in book.age_words.items() if re.search(rf"(?<!not of )\b{phrase}\b", description)
-            ]
+            demands += [("age_words", None, ages) for phrase, ages in book.age_words.items() if re.search(rf"(?<!not of )\b{phrase}\b", description)]
             floor = self._epidemiology(code)
             if floor is not None:
                 demands.append(floor)
@@ -145,9 +141,7 @@ class Rules:
             broken.append(f"excludes1: {code} and {other}")
         if code[:1] in self._never_together_letters and other[:1] in self._never_together_letters:
             for first, second in book.never_together:
-                if (terminology.covers(first, code) and terminology.covers(second, other)) or (
-                    terminology.covers(first, other) and terminology.covers(second, code)
-                ):
+                if (terminology.covers(first, code) and terminology.covers(second, other)) or (terminology.covers(first, other) and terminology.covers(second, code)):
                     broken.append(f"never_together: {code} and {other}")
         for weeks_code, pregnancy_code in ((code, other), (other, code)):
             if not weeks_code.startswith("Z3A."):

@@ -51,8 +51,7 @@ from mediflow.errors import TaxonomyError
 MAX_ATTEMPTS = 200
 #: Injuries (S00-T34) take an external cause as a secondary code; poisonings and adverse effects
 #: (T36-T65) carry their intent in the code itself.
-_INJURY_BLOCKS = ("S00-S09", "S10-S19", "S20-S29", "S30-S39", "S40-S49", "S50-S59", "S60-S69", "S70-S79",
-                  "S80-S89", "S90-S99", "T07", "T14", "T15-T19", "T20-T32", "T33-T34")
+_INJURY_BLOCKS = ("S00-S09", "S10-S19", "S20-S29", "S30-S39", "S40-S49", "S50-S59", "S60-S69", "S70-S79", "S80-S89", "S90-S99", "T07", "T14", "T15-T19", "T20-T32", "T33-T34")
 _SEXES = ("female", "male")
 #: Per case data version: the draws of each profile, the rules, built once per process.
 _DRAWS: dict[str, dict[tuple[str, str], _CodeDraw]] = {}
@@ -169,10 +168,7 @@ class CaseSampler:
                 case = self._draw(rng, profile, setting, assignment.drugs is not False, trusted)
             if case is not None and not self.rules.broken(case, prescribing=False, trusted=frozenset(trusted)):
                 return case
-        raise TaxonomyError(
-            f"case profile '{profile.name}' gave no coherent case for {document_type} in {MAX_ATTEMPTS} draws: "
-            "its ages, sexes and conditions contradict the rules"
-        )
+        raise TaxonomyError(f"case profile '{profile.name}' gave no coherent case for {document_type} in {MAX_ATTEMPTS} draws: its ages, sexes and conditions contradict the rules")
 
     # --- the patient ------------------------------------------------------------------------------
 
@@ -311,9 +307,7 @@ class CaseSampler:
             self._names[code] = clinical_name(code, self.book.names)
         return self._names[code]
 
-    def _add(
-        self, rng: random.Random, codes: list[tuple[str, str]], draw: _CodeDraw, role: str, age: int, sex: str, tries: int = 8
-    ) -> bool:
+    def _add(self, rng: random.Random, codes: list[tuple[str, str]], draw: _CodeDraw, role: str, age: int, sex: str, tries: int = 8) -> bool:
         """Add one code of ``draw`` that fits the patient and the codes so far; False when ``tries`` draws found none."""
         for _ in range(tries):
             index = draw.group(rng)
@@ -333,9 +327,7 @@ class CaseSampler:
         primary = codes[0][0]
         associated = self._associated.get(primary)
         if associated is None:
-            associated = self._associated[primary] = tuple(
-                i for i, (specs, _) in enumerate(self.book.associations) if any(terminology.covers(spec, primary) for spec in specs)
-            )
+            associated = self._associated[primary] = tuple(i for i, (specs, _) in enumerate(self.book.associations) if any(terminology.covers(spec, primary) for spec in specs))
         key = (profile.name, part, sex, associated)
         cumulative = self._comorbidity_cumulative.get(key)
         if cumulative is None:
@@ -498,10 +490,7 @@ class CaseSampler:
                     by_category[terminology.category_of(code)].append(code)
             by_category = {category: codes for category, codes in by_category.items() if self._group(spec, codes).weights and sum(self._group(spec, codes).weights) > 0}
             if not by_category:
-                raise TaxonomyError(
-                    f"taxonomies/cases: profile '{profile.name}': {part} entry '{spec}' has no billable code it may draw "
-                    "(check seventh_characters, intents, or that a comorbidity is a chronic condition)"
-                )
+                raise TaxonomyError(f"taxonomies/cases: profile '{profile.name}': {part} entry '{spec}' has no billable code it may draw (check seventh_characters, intents, or that a comorbidity is a chronic condition)")
             for category, codes in by_category.items():
                 groups.append(self._group(spec, codes))
                 weights.append(weight / len(by_category))
@@ -545,9 +534,7 @@ class CaseSampler:
         for name in sorted(self.book.prescribing.drugs):
             known = terminology.vocabulary_drug_name(name)
             if known is None:
-                raise TaxonomyError(
-                    f"taxonomies/cases/drugs.yaml: '{name}' is not a drug of the installed vocabulary ({terminology.DRUG_VOCABULARY_RELEASE})"
-                )
+                raise TaxonomyError(f"taxonomies/cases/drugs.yaml: '{name}' is not a drug of the installed vocabulary ({terminology.DRUG_VOCABULARY_RELEASE})")
             found[name] = known
         return found
 

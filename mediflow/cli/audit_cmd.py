@@ -14,8 +14,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "audit",
         help="audit an output folder: coverage, lengths, judge scores, funnel, JSON and ICD-10 validity, duplicates",
-        description="Run every audit check on a MediFlow output folder, print a one-line summary per section "
-        "and optionally write them all as one self-contained HTML report with the plots.",
+        description="Run every audit check on a MediFlow output folder, print a one-line summary per section and optionally write them all as one self-contained HTML report with the plots.",
     )
     parser.add_argument("input", metavar="IN", help="a MediFlow output folder (data/*.parquet, manifest.json, rejects.parquet)")
     parser.add_argument("--html", metavar="FILE", type=Path, help="write the self-contained HTML report here")

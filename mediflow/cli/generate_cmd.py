@@ -28,9 +28,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--config", type=Path, help="run config (YAML or JSON); see docs/generation.md")
     add_flags(parser, RunConfig)
     parser.add_argument("--overwrite", action="store_true", help="replace an --out holding another kind of folder or another config's run (its teacher cache is kept)")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print the plan, a sample of cases, requests, tokens, cost and time; send and write nothing"
-    )
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, a sample of cases, requests, tokens, cost and time; send and write nothing")
     parser.add_argument("--plan-out", type=Path, help="with --dry-run: write every plan item and its case to this Parquet file")
     parser.set_defaults(handler=_run)
 
@@ -78,10 +76,7 @@ def _print_summary(summary: RunSummary, seconds: float) -> None:
     usage = summary.usage
     cost = "unknown" if usage["cost_usd"] is None else f"${usage['cost_usd']:.4f}"
     session = summary.session
-    print(
-        f"{summary.status}: {summary.records} records, {summary.rejects} rejects "
-        f"(plan: {summary.planned} items) in {seconds:.0f}s"
-    )
+    print(f"{summary.status}: {summary.records} records, {summary.rejects} rejects (plan: {summary.planned} items) in {seconds:.0f}s")
     for failure in summary.failures[:5]:
         print(f"  reject x{failure['count']} at {failure['stage']}: {failure['reason'][:160]}")
     if len(summary.failures) > 5:
@@ -91,10 +86,6 @@ def _print_summary(summary: RunSummary, seconds: float) -> None:
     if batch is not None:  # mode: batch: what this session bought in batches, and what it would have cost online
         paid = "unknown" if batch["cost_usd"] is None else f"${batch['cost_usd']:.4f} (online: ${batch['online_cost_usd']:.4f})"
         sent = f"{batch['requests']} requests sent in {batch['batches']} batches for {paid}"
-    print(
-        f"tokens: {usage['prompt_tokens']:,} prompt + {usage['completion_tokens']:,} completion, cost {cost}"
-        f"{' at the online list price' if batch is not None else ''}; "
-        f"this session: {sent}, {session['cache_hits']} from cache"
-    )
+    print(f"tokens: {usage['prompt_tokens']:,} prompt + {usage['completion_tokens']:,} completion, cost {cost}{' at the online list price' if batch is not None else ''}; this session: {sent}, {session['cache_hits']} from cache")
     out = summary.out_dir
     print(f"output: {out / 'data'} (Parquet shards), {out / 'rejects.parquet'}, {out / 'manifest.json'}")

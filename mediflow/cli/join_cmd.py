@@ -11,10 +11,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "join",
         help="join the N share folders of a generate --shard K/N job into one run's output folder",
-        description=(
-            "Interleave the shares' records and rejects back into the unsharded run's order; OUT then "
-            "holds exactly what one unsharded generate run writes (and the merged teacher cache)."
-        ),
+        description=("Interleave the shares' records and rejects back into the unsharded run's order; OUT then holds exactly what one unsharded generate run writes (and the merged teacher cache)."),
     )
     parser.add_argument("out", type=Path, help="output folder (new or empty)")
     parser.add_argument("shards", type=Path, nargs="+", metavar="SHARD_DIR", help="the output folders of shares 1/N .. N/N")

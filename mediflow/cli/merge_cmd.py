@@ -31,9 +31,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--output", "-o", type=Path, help="the merged model folder (a preset may set it in its file)")
     parser.add_argument("--preset", choices=("mediphi",), help="run a preset recipe instead of a single merge")
     parser.add_argument("--seed", type=int, help="a mergekit-format merge: seed for DARE's random drops (default 0)")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace an output folder holding another merge (or anything else); the preset's work/ cache is kept"
-    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an output folder holding another merge (or anything else); the preset's work/ cache is kept")
     parser.add_argument("--max-shard-size", type=_size, help="a mergekit-format merge: largest output shard, e.g. 2GB, 500MB (default 2 GiB)")
     add_flags(parser, PresetConfig, skip=("preset", "output"))  # --preset and --output are the command's own
     parser.set_defaults(handler=_run)

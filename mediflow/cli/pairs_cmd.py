@@ -40,7 +40,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_flags(parser, PairsConfig)
     parser.add_argument("--overwrite", action="store_true", help="replace an OUT holding another kind of folder or another config's run")
     parser.add_argument(
-        "--candidate", action="append", type=_source, default=[], metavar="SPEC[@T][,URL]",
+        "--candidate",
+        action="append",
+        type=_source,
+        default=[],
+        metavar="SPEC[@T][,URL]",
         help="candidates method: another answer source (repeatable), e.g. openai:student@0.7,http://127.0.0.1:8000/v1",
     )
     parser.set_defaults(handler=_run)

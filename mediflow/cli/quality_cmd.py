@@ -55,7 +55,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         add_flags(parser, cls, skip=("eval",))
         if command == "decontaminate":
             parser.add_argument(
-                "--eval", action="append", type=_eval_set, default=[], metavar="PATH[:field,field]",
+                "--eval",
+                action="append",
+                type=_eval_set,
+                default=[],
+                metavar="PATH[:field,field]",
                 help="an evaluation set (Parquet, JSONL or a datasets folder) and its text fields (default: text); repeatable",
             )
         parser.set_defaults(handler=_stage, command_name=command)
@@ -76,10 +80,7 @@ def _print_report(report: StageReport, out: Path) -> None:
         usage = report.details["usage"]
         batch = usage.get("batch")
         in_batches = f", {batch['requests']} sent in {batch['batches']} batches" if batch is not None else ""
-        print(
-            f"judge: {report.details['judged']} judged, {report.details['already_judged']} already judged, "
-            f"{report.details['failed']} failed; {usage['requests']} requests ({usage['cache_hits']} from the cache{in_batches})"
-        )
+        print(f"judge: {report.details['judged']} judged, {report.details['already_judged']} already judged, {report.details['failed']} failed; {usage['requests']} requests ({usage['cache_hits']} from the cache{in_batches})")
     print(f"wrote {out}")
 
 

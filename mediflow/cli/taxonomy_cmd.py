@@ -69,9 +69,7 @@ def render_listing(taxonomy: Taxonomy, path: Path | None) -> str:
     strata = cells * len(taxonomy.difficulty_levels) * len(taxonomy.output_formats)
     lines += [
         "",
-        f"{len(taxonomy.tasks)} tasks x {len(taxonomy.document_types)} document types: {cells} compatible cells; "
-        f"x {len(taxonomy.difficulty_levels)} difficulty levels x {len(taxonomy.output_formats)} output formats "
-        f"= {strata} strata",
+        f"{len(taxonomy.tasks)} tasks x {len(taxonomy.document_types)} document types: {cells} compatible cells; x {len(taxonomy.difficulty_levels)} difficulty levels x {len(taxonomy.output_formats)} output formats = {strata} strata",
     ]
     return "\n".join(lines)
 

@@ -119,9 +119,7 @@ def _row(key: str, teacher_name: str, response: ChatResponse) -> Row:
 def _cached(row: Sequence[Any]) -> ChatResponse:
     """A stored answer (``text, finish_reason, prompt_tokens, completion_tokens, model``), marked ``cached``."""
     text, finish_reason, prompt_tokens, completion_tokens, model = row
-    return ChatResponse(
-        text=text, finish_reason=finish_reason, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, model=model, cached=True
-    )
+    return ChatResponse(text=text, finish_reason=finish_reason, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, model=model, cached=True)
 
 
 class ResponseCache:

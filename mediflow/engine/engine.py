@@ -93,12 +93,8 @@ class Engine:
             name = f"{teacher.name} at {teacher.describe()}"
             self.request_bucket = LeasedBucket(f"{name}: requests", self.config.rpm, shared_limits)
             self.token_bucket = LeasedBucket(f"{name}: tokens", self.config.tpm, shared_limits)
-        self.progress = Progress(
-            self.stats, self._activity, enabled=progress, request_timeout=self.config.request_timeout
-        )
-        self._breaker = ErrorRateBreaker(
-            self.config.error_rate_threshold, self.config.error_window, self.config.error_min_samples
-        )
+        self.progress = Progress(self.stats, self._activity, enabled=progress, request_timeout=self.config.request_timeout)
+        self._breaker = ErrorRateBreaker(self.config.error_rate_threshold, self.config.error_window, self.config.error_min_samples)
         self._cache: AnswerStore | None = None
         self._deferrals: DeferralSink | None = None
         self._entered = False
@@ -117,9 +113,7 @@ class Engine:
         self._entered = True
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._entered = False
         await self.progress.stop()
         for bucket in (self.request_bucket, self.token_bucket):
@@ -243,9 +237,7 @@ class Engine:
             if failed.response is None:
                 self.stats.failed_requests += 1
                 attempts = retrying.statistics.get("attempt_number", 1)
-                raise TeacherError(
-                    f"teacher at {self._where}: request failed after {attempts} attempt(s): {failed.failure.message}"
-                ) from None
+                raise TeacherError(f"teacher at {self._where}: request failed after {attempts} attempt(s): {failed.failure.message}") from None
             response = failed.response  # truncated every time: hand it over, the caller rejects it
         self._store(key, response)
         await self.flush()  # a shared cache writes answers arriving together as one group; none is handed over before it is on disk
@@ -313,10 +305,7 @@ class Engine:
         elif failure.fatal:
             self._stop(f"teacher at {self._where} refused the run ({failure.kind}): {failure.message}")
         elif self._breaker.tripped:
-            self._stop(
-                f"teacher at {self._where} failing: {self._breaker.failure_rate:.0%} of the last "
-                f"{self._breaker.samples} requests failed; last error: {failure.message}"
-            )
+            self._stop(f"teacher at {self._where} failing: {self._breaker.failure_rate:.0%} of the last {self._breaker.samples} requests failed; last error: {failure.message}")
 
     def _stop(self, reason: str) -> None:
         if self._stop_reason is None:

@@ -119,9 +119,7 @@ class AdaptiveLimit:
     applies once per wave: answers to requests sent before the last decrease cannot trigger another.
     """
 
-    def __init__(
-        self, maximum: int, *, adaptive: bool = True, latency_tolerance: float = 2.0, latency_floor: float = 1.0
-    ) -> None:
+    def __init__(self, maximum: int, *, adaptive: bool = True, latency_tolerance: float = 2.0, latency_floor: float = 1.0) -> None:
         self.maximum = maximum
         self.adaptive = adaptive
         self.limit = float(maximum)
@@ -197,10 +195,7 @@ class AdaptiveLimit:
     def _latency_risen(self) -> bool:
         if self._recent_latency is None or self._baseline is None:
             return False
-        return (
-            self._recent_latency > self._latency_tolerance * self._baseline
-            and self._recent_latency - self._baseline > self._latency_floor
-        )
+        return self._recent_latency > self._latency_tolerance * self._baseline and self._recent_latency - self._baseline > self._latency_floor
 
     @property
     def latency_baseline(self) -> float | None:

@@ -48,9 +48,7 @@ class Activity:
     since_last_answer_s: float
 
 
-def describe_state(
-    activity: Activity, request_timeout: float, typical_latency: float | None, *, work_left: bool = False
-) -> str:
+def describe_state(activity: Activity, request_timeout: float, typical_latency: float | None, *, work_left: bool = False) -> str:
     """One phrase: running / waiting on provider / stuck / backoff / rate-limited / idle.
 
     "Waiting on provider" means requests are out and the provider is slow to answer. "STUCK" means
@@ -64,10 +62,7 @@ def describe_state(
     elif quiet and work_left and activity.since_last_answer_s > patience:
         state = f"STUCK: work left but nothing sent or answered for {activity.since_last_answer_s:.0f}s"
     elif activity.in_flight and activity.since_last_answer_s > patience:
-        state = (
-            f"waiting on provider: {activity.in_flight} in flight, "
-            f"no answer for {activity.since_last_answer_s:.0f}s"
-        )
+        state = f"waiting on provider: {activity.in_flight} in flight, no answer for {activity.since_last_answer_s:.0f}s"
     elif activity.in_flight:
         state = f"{activity.in_flight} in flight"
     elif activity.queued:

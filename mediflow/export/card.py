@@ -80,10 +80,7 @@ def front_matter(facts: CardFacts) -> dict[str, Any]:
         "dataset_info": [
             {
                 "config_name": name,
-                "splits": [
-                    {"name": split, "num_bytes": facts.split_bytes.get(name, {}).get(split, 0), "num_examples": facts.rows[name][split]}
-                    for split in splits
-                ],
+                "splits": [{"name": split, "num_bytes": facts.split_bytes.get(name, {}).get(split, 0), "num_examples": facts.rows[name][split]} for split in splits],
                 "download_size": facts.file_bytes.get(name, 0),
             }
             for name, splits in facts.configs.items()

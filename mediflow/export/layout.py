@@ -149,10 +149,7 @@ def _export(
         if pair_source is not None:
             written.update(_write_pairs(pair_source, assignment, staging, limits))
         order = [c for c in RESERVED_CONFIGS if c in written] + task_configs  # the card lists configs in this order
-        files = {
-            config: {split: sorted(str(p.relative_to(staging)) for p in written[config][split]) for split in SPLITS if split in written[config]}
-            for config in order
-        }
+        files = {config: {split: sorted(str(p.relative_to(staging)) for p in written[config][split]) for split in SPLITS if split in written[config]} for config in order}
         _publish(staging, out_dir, files)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -195,9 +192,7 @@ def _scan(data: InputData) -> tuple[_Source, Counter[str], Counter[str], Counter
         type_counts.update(t or "(missing)" for t in columns["input_data"])
         teacher_counts.update(t for t in columns["teacher"] if t)
     total_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    total_bytes = sum(
-        pq.ParquetFile(f).metadata.row_group(i).total_byte_size for f in files for i in range(pq.ParquetFile(f).metadata.num_row_groups)
-    )
+    total_bytes = sum(pq.ParquetFile(f).metadata.row_group(i).total_byte_size for f in files for i in range(pq.ParquetFile(f).metadata.num_row_groups))
     source = _Source(files, keys, tasks, types, total_bytes / max(total_rows, 1))
     return source, task_counts, type_counts, teacher_counts
 
@@ -229,26 +224,15 @@ def _full_rows(batch: pa.Table) -> pa.Table:
     messages = table.column("messages").to_pylist()
     if any(m is None for m in messages):
         fields = {name: table.column(name).to_pylist() for name in ("instruction", "input", "output")}
-        messages = [
-            m if m is not None else to_messages(fields["instruction"][i] or "", fields["input"][i] or "", fields["output"][i] or "")
-            for i, m in enumerate(messages)
-        ]
+        messages = [m if m is not None else to_messages(fields["instruction"][i] or "", fields["input"][i] or "", fields["output"][i] or "") for i, m in enumerate(messages)]
         table = table.set_column(table.column_names.index("messages"), "messages", pa.array(messages, FULL_SCHEMA.field("messages").type))
     return table.cast(FULL_SCHEMA)
 
 
-def _write_records(
-    source: _Source, assignment: dict[str, str], task_configs: list[str], staging: Path, limits: ShardLimits
-) -> dict[str, dict[str, list[Path]]]:
+def _write_records(source: _Source, assignment: dict[str, str], task_configs: list[str], staging: Path, limits: ShardLimits) -> dict[str, dict[str, list[Path]]]:
     counts = _row_counts(source, None, assignment, task_configs)
     rows_per_shard = limits.rows_per_shard(source.bytes_per_row)
-    writers = {
-        (config, split): ShardedSplitWriter(
-            staging / "data" / config, split, FULL_SCHEMA if config == "records" else SFT_SCHEMA, n, rows_per_shard
-        )
-        for config, splits in counts.items()
-        for split, n in splits.items()
-    }
+    writers = {(config, split): ShardedSplitWriter(staging / "data" / config, split, FULL_SCHEMA if config == "records" else SFT_SCHEMA, n, rows_per_shard) for config, splits in counts.items() for split, n in splits.items()}
     offset = 0
     for file in source.files:
         for batch in read_batches(file, None, _BATCH_ROWS):
@@ -272,10 +256,7 @@ def _write_records(
 def _write_pairs(source: _Source, assignment: dict[str, str], staging: Path, limits: ShardLimits) -> dict[str, dict[str, list[Path]]]:
     counts = Counter(assignment[k] for k in source.keys)
     rows_per_shard = limits.rows_per_shard(source.bytes_per_row)
-    writers = {
-        ("dpo", split): ShardedSplitWriter(staging / "data" / "dpo", split, DPO_SCHEMA, n, rows_per_shard)
-        for split, n in counts.items()
-    }
+    writers = {("dpo", split): ShardedSplitWriter(staging / "data" / "dpo", split, DPO_SCHEMA, n, rows_per_shard) for split, n in counts.items()}
     offset = 0
     for file in source.files:
         for batch in read_batches(file, None, _BATCH_ROWS):

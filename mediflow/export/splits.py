@@ -47,9 +47,7 @@ def document_key(document_id: str | None, document: str | None) -> str:
     return "input:" + content_id(document or "")
 
 
-def assign_splits(
-    documents: Iterable[tuple[str, str, str]], fractions: SplitFractions, seed: int
-) -> dict[str, str]:
+def assign_splits(documents: Iterable[tuple[str, str, str]], fractions: SplitFractions, seed: int) -> dict[str, str]:
     """Map each document key to a split. ``documents`` yields (document key, task, document type) per record."""
     kinds: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)
     for key, task, document_type in documents:

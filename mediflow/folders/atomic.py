@@ -56,6 +56,7 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 def write_text(path: Path, text: str) -> None:
     """One UTF-8 text file, atomically."""
+
     def write(tmp: Path) -> None:
         tmp.write_text(text, encoding="utf-8")
 

@@ -190,9 +190,7 @@ def refuse_link(path: Path) -> Path:
 
 
 def _linked(path: Path) -> MediflowError:
-    return MediflowError(
-        f"{path}: is a symbolic link (to {os.readlink(path)}); MediFlow never writes through a link inside an output folder: remove it, or choose another folder"
-    )
+    return MediflowError(f"{path}: is a symbolic link (to {os.readlink(path)}); MediFlow never writes through a link inside an output folder: remove it, or choose another folder")
 
 
 class FolderLock:

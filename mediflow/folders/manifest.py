@@ -29,7 +29,18 @@ from mediflow.version import __version__
 MANIFEST_NAME = "manifest.json"
 STATUSES: tuple[str, ...] = ("running", "finished", "failed", "stopped")
 _TYPED_KEYS = (
-    "kind", "holds", "status", "reason", "mediflow_version", "created_at", "updated_at", "config", "config_fingerprint", "inputs", "counts", "teacher_capabilities",
+    "kind",
+    "holds",
+    "status",
+    "reason",
+    "mediflow_version",
+    "created_at",
+    "updated_at",
+    "config",
+    "config_fingerprint",
+    "inputs",
+    "counts",
+    "teacher_capabilities",
 )
 
 

@@ -48,9 +48,7 @@ DATASETS_CACHE = ".datasets-cache"
 #: Where batch mode keeps its input files and the state of its batches (:mod:`mediflow.batch.state`).
 BATCHES_DIR = "batches"
 #: Entries of a folder that belong to the contract (anything else there is foreign).
-OWN_ENTRIES = frozenset(
-    {DATA_DIR, REJECTS_NAME, MANIFEST_NAME, CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", CACHE_SEGMENTS, LOCK_NAME, PARTS_DIR, STAGES_DIR, DATASETS_CACHE, BATCHES_DIR}
-)
+OWN_ENTRIES = frozenset({DATA_DIR, REJECTS_NAME, MANIFEST_NAME, CACHE_NAME, f"{CACHE_NAME}-wal", f"{CACHE_NAME}-shm", CACHE_SEGMENTS, LOCK_NAME, PARTS_DIR, STAGES_DIR, DATASETS_CACHE, BATCHES_DIR})
 
 
 def shard_name(index: int) -> str:
@@ -63,8 +61,21 @@ def shard_name(index: int) -> str:
 #: same run and resumes.
 RUNTIME_KEYS = frozenset(
     {
-        "concurrency", "progress", "rpm", "tpm", "request_timeout", "max_retries", "adaptive", "error_rate_threshold",
-        "records_in_flight", "api_key", "api_key_env", "base_url", "judge_base_url", "mode", "batch",
+        "concurrency",
+        "progress",
+        "rpm",
+        "tpm",
+        "request_timeout",
+        "max_retries",
+        "adaptive",
+        "error_rate_threshold",
+        "records_in_flight",
+        "api_key",
+        "api_key_env",
+        "base_url",
+        "judge_base_url",
+        "mode",
+        "batch",
     }
 )
 
@@ -314,11 +325,7 @@ def _inputs_changed(before: Sequence[InputRef], after: Sequence[InputRef]) -> st
     """Which inputs differ in content, by name (``changed: sft /data/b.parquet (was /data/a.parquet)``)."""
     if len(before) != len(after):
         return f"{len(before)} inputs before, {len(after)} now: was {', '.join(r.path for r in before) or 'no input'}"
-    changed = [
-        f"{new.kind} {new.path}" + (f" (was {old.path})" if old.path != new.path else "")
-        for old, new in zip(before, after)
-        if (old.kind, old.fingerprint or old.path) != (new.kind, new.fingerprint or new.path)
-    ]
+    changed = [f"{new.kind} {new.path}" + (f" (was {old.path})" if old.path != new.path else "") for old, new in zip(before, after) if (old.kind, old.fingerprint or old.path) != (new.kind, new.fingerprint or new.path)]
     return "changed: " + ", ".join(changed)
 
 

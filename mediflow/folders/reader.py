@@ -55,8 +55,7 @@ ACCEPTS: dict[str, frozenset[str]] = {
     "documents": frozenset({"records"}),
 }
 EXPORT_CONFIG: dict[str, str] = {"records": "sft", "sft": "sft", "eval": "sft", "documents": "sft", "pairs": "dpo", "preferences": "dpo"}
-_TEXT = ("id", "instruction", "input", "output", "task_type", "input_data", "output_format", "difficulty_level", "document_id",
-         "completion", "question", "answer", "rejected_output", "text")
+_TEXT = ("id", "instruction", "input", "output", "task_type", "input_data", "output_format", "difficulty_level", "document_id", "completion", "question", "answer", "rejected_output", "text")
 _NUMBER = ("quality", "alignment", "coherence", "realism", "difficulty", "judge_spread")
 _CONVERSATION = ("messages", "prompt", "chosen", "rejected")
 _SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -224,9 +223,7 @@ def with_ids(batch: pa.Table) -> pa.Table:
     return batch.add_column(0, "id", ids)
 
 
-def open_input(
-    path: str | Path, family: str = "records", *, split: str | None = None, allow_empty: bool = False, require: Sequence[str] = ()
-) -> InputData:
+def open_input(path: str | Path, family: str = "records", *, split: str | None = None, allow_empty: bool = False, require: Sequence[str] = ()) -> InputData:
     """Find, check and describe the input at ``path`` (see the module docstring).
 
     ``require`` names columns this reader needs beyond the family's own (export needs ``output``).
@@ -469,8 +466,7 @@ def _check_unique_ids(path: Path, ids: list[pa.Array], where: list[tuple[Path, i
                     first_content[key], first_place[key] = content, place
                 elif first_content[key] != content:
                     raise MediflowError(
-                        f"{path}: duplicate id '{key}' for two different records ({first_place[key]} and {place}, counting from 0); "
-                        "ids must be unique: fix them, or drop the id column to derive each from its record's content"
+                        f"{path}: duplicate id '{key}' for two different records ({first_place[key]} and {place}, counting from 0); ids must be unique: fix them, or drop the id column to derive each from its record's content"
                     )
             offset += batch.num_rows
 

@@ -44,9 +44,7 @@ class ShardCollector:
     items per range: its ranges then hold only its items, and commit when those are in.
     """
 
-    def __init__(
-        self, output: RunOutput, plan_size: int, shard_size: int, finished: set[int], share_counts: Mapping[int, int] | None = None
-    ) -> None:
+    def __init__(self, output: RunOutput, plan_size: int, shard_size: int, finished: set[int], share_counts: Mapping[int, int] | None = None) -> None:
         self.output = output
         self.plan_size = plan_size
         self.shard_size = shard_size
@@ -105,9 +103,7 @@ def shard_summary(shard: int, rows: list[dict[str, Any]], rejects: list[dict[str
     cost: float | None = None
     for kind, group in (("records", rows), ("rejects", rejects)):
         for row in group:
-            cell = row.get("cell") or "/".join(
-                (row["task_type"], row["input_data"], row["difficulty_level"], row["output_format"])
-            )
+            cell = row.get("cell") or "/".join((row["task_type"], row["input_data"], row["difficulty_level"], row["output_format"]))
             cells[cell][kind] += 1
             usage["prompt_tokens"] += row["usage"]["prompt_tokens"]
             usage["completion_tokens"] += row["usage"]["completion_tokens"]

@@ -112,6 +112,7 @@ class DryRunReport:
 
     def lines(self) -> list[str]:
         """The report as printed lines."""
+
         def top(counts: Counter[str], limit: int = 14) -> str:
             shown = ", ".join(f"{name} {count:,}" for name, count in counts.most_common(limit))
             return shown + (f", ... {len(counts) - limit} more" if len(counts) > limit else "")
@@ -174,8 +175,12 @@ def dry_run(config: RunConfig, sample_cases: int = 5) -> DryRunReport:
     model = config.teacher.spec.partition(":")[2]
     price = price_per_1k(model, prices.input_per_1k, prices.output_per_1k)
     batch_price = price_per_1k(
-        model, prices.input_per_1k, prices.output_per_1k, mode="batch",
-        batch_input_override=prices.batch_input_per_1k, batch_output_override=prices.batch_output_per_1k,
+        model,
+        prices.input_per_1k,
+        prices.output_per_1k,
+        mode="batch",
+        batch_input_override=prices.batch_input_per_1k,
+        batch_output_override=prices.batch_output_per_1k,
     )
     cost = None if price is None else prompt / 1000 * price[0] + completion / 1000 * price[1]
     batch_cost = None if batch_price is None else prompt / 1000 * batch_price[0] + completion / 1000 * batch_price[1]

@@ -58,24 +58,14 @@ class GroupFlow:
         if "instruction" not in self.config.stages:
             documents = await gather_all(*(self.stages.document(i, c) for i, c in zip(group.items, cases)))
         elif self.config.documents_per_instruction > 1:  # reused: written for the types, alongside the documents
-            *documents, instruction = await gather_all(
-                *(self.stages.document(i, c) for i, c in zip(group.items, cases)), self.stages.instruction(group, None)
-            )
+            *documents, instruction = await gather_all(*(self.stages.document(i, c) for i, c in zip(group.items, cases)), self.stages.instruction(group, None))
         else:  # one document, one instruction written on it
             documents = [await self.stages.document(group.items[0], cases[0])]
             if documents[0].ok:
                 instruction = await self.stages.instruction(group, documents[0].value)
-        await gather_all(
-            *(
-                self._finish(item, case, document, instruction, charged=(index == 0))
-                for index, (item, case, document) in enumerate(zip(group.items, cases, documents))
-                if not self.collector.is_finished(item.position)
-            )
-        )
+        await gather_all(*(self._finish(item, case, document, instruction, charged=(index == 0)) for index, (item, case, document) in enumerate(zip(group.items, cases, documents)) if not self.collector.is_finished(item.position)))
 
-    async def _finish(
-        self, item: PlanItem, case: Case, document: StepResult[str], instruction: StepResult[str] | None, charged: bool
-    ) -> None:
+    async def _finish(self, item: PlanItem, case: Case, document: StepResult[str], instruction: StepResult[str] | None, charged: bool) -> None:
         responses = list(document.responses)
         if charged and instruction is not None:
             responses += instruction.responses

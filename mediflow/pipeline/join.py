@@ -70,9 +70,7 @@ def join_shares(out: str | Path, folders: Sequence[str | Path]) -> RunSummary:
     manifests = check_shares(out, paths)
     started_at = min(datetime.fromisoformat(manifest["created_at"]) for manifest in manifests)
     config, details = _joined_manifest(manifests, paths, out)
-    folder = OutputFolder.open(
-        out, kind="generate", config=config, fingerprint=manifests[0]["shard"]["unsharded_fingerprint"], input_paths=paths, staged=False, details=details
-    )
+    folder = OutputFolder.open(out, kind="generate", config=config, fingerprint=manifests[0]["shard"]["unsharded_fingerprint"], input_paths=paths, staged=False, details=details)
     with folder:
         folder.manifest.created_at = started_at.isoformat()
         # each share negotiated with the server for itself: its answers are all in the joined run
@@ -100,4 +98,3 @@ def _joined_manifest(manifests: Sequence[dict[str, Any]], folders: Sequence[Path
     }
     manifest["joined_from"] = [{"share": m["shard"]["share"], "folder": str(folder)} for m, folder in zip(manifests, folders)]
     return config, manifest
-

@@ -120,10 +120,7 @@ class RunOutput:
     def write_rejects(self) -> int:
         """Fold the finished shards' rejects into ``rejects.parquet``; return how many there are."""
         self.writable()
-        tables = [
-            pq.read_table(self.parts_dir / f"rejects-{index:05d}.parquet", schema=REJECT_SCHEMA)
-            for index, _ in self.shards()
-        ]
+        tables = [pq.read_table(self.parts_dir / f"rejects-{index:05d}.parquet", schema=REJECT_SCHEMA) for index, _ in self.shards()]
         table = pa.concat_tables(tables) if tables else REJECT_SCHEMA.empty_table()
         write_parquet(self.rejects_path, table)
         return int(table.num_rows)

@@ -160,9 +160,7 @@ class Plan:
             items = []
             for document_type, index in members[: self._length - position]:
                 item_seed = _seed_of(self._seed, stream.task, document_type, stream.difficulty, stream.output_format, index)
-                items.append(
-                    PlanItem(stream.task, document_type, stream.difficulty, stream.output_format, index, item_seed % (2**31), position)
-                )
+                items.append(PlanItem(stream.task, document_type, stream.difficulty, stream.output_format, index, item_seed % (2**31), position))
                 position += 1
             types = tuple(dict.fromkeys(document_type for document_type, _ in members))
             yield InstructionGroup(key, stream.task, stream.difficulty, stream.output_format, tuple(items), types)
@@ -283,9 +281,7 @@ def build_plan(config: RunConfig, taxonomy: Taxonomy) -> Plan:
     wanted_tasks, wanted_types = set(tasks), set(document_types)
     pairs = [(task, doc) for task, doc in taxonomy.cells() if task in wanted_tasks and doc in wanted_types]
     if not pairs:
-        raise ConfigError(
-            f"no compatible (task, document type) pair in tasks={config.tasks} x document_types={config.document_types}"
-        )
+        raise ConfigError(f"no compatible (task, document type) pair in tasks={config.tasks} x document_types={config.document_types}")
     segments: dict[tuple[str, str, str], list[tuple[str, str, int]]] = {}
     for task, doc in pairs:
         category = taxonomy.document_types[doc].category

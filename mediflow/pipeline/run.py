@@ -102,10 +102,7 @@ def _failures(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     reasons: Counter[str] = Counter()
     for summary in summaries:
         reasons.update(summary["failures"])
-    return [
-        {"stage": key.partition(": ")[0], "reason": key.partition(": ")[2], "count": count}
-        for key, count in reasons.most_common()
-    ]
+    return [{"stage": key.partition(": ")[0], "reason": key.partition(": ")[2], "count": count} for key, count in reasons.most_common()]
 
 
 def _totals(summaries: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -179,9 +176,7 @@ async def run_async(config: RunConfig, *, overwrite: bool = False) -> RunSummary
             api = batch_api_of(teacher, config.batch, TEACHER_ROLE)
             await api.check()
             await check_recorded_batches(out, {TEACHER_ROLE: api})
-        folder = OutputFolder.open(
-            out, kind="generate", config=plain, fingerprint=fingerprint, input_paths=taxonomy_paths, overwrite=overwrite, staged=False, details=details
-        )
+        folder = OutputFolder.open(out, kind="generate", config=plain, fingerprint=fingerprint, input_paths=taxonomy_paths, overwrite=overwrite, staged=False, details=details)
         with folder:
             return await _generate(config, plan, share, share_counts, folder, engine, stages)
 
@@ -241,16 +236,11 @@ async def _generate(
     # any other error propagates: the folder records it as failed, with why
     summary = finish(status, stop_reason)
     if status == "stopped":
-        raise TeacherError(
-            f"{stop_reason}; kept {summary.records} records in {output.data_dir} "
-            f"and every answer received in {output.cache_path}: rerun the same command to resume"
-        )
+        raise TeacherError(f"{stop_reason}; kept {summary.records} records in {output.data_dir} and every answer received in {output.cache_path}: rerun the same command to resume")
     return summary
 
 
-async def _fill_in_batches(
-    config: RunConfig, plan: Plan, share: Share | None, folder: OutputFolder, engine: Engine, flow: GroupFlow, collector: ShardCollector, workers: int
-) -> dict[str, Any]:
+async def _fill_in_batches(config: RunConfig, plan: Plan, share: Share | None, folder: OutputFolder, engine: Engine, flow: GroupFlow, collector: ShardCollector, workers: int) -> dict[str, Any]:
     """``mode: batch``: rounds of passes over the pending groups until the cache holds every answer the run needs.
 
     A pass runs the groups through the same stages with a collector that keeps nothing
@@ -263,9 +253,7 @@ async def _fill_in_batches(
         groups = share.select(plan.groups()) if share else plan.groups()
         return (group for group in groups if flow.pending(group))
 
-    return await fill_cache_in_batches(
-        folder.root, "generate", {TEACHER_ROLE: engine}, {TEACHER_ROLE: config.teacher}, config.batch, units, passing.run, window=workers, progress=engine.progress
-    )
+    return await fill_cache_in_batches(folder.root, "generate", {TEACHER_ROLE: engine}, {TEACHER_ROLE: config.teacher}, config.batch, units, passing.run, window=workers, progress=engine.progress)
 
 
 def finish_run(output: RunOutput, status: str, stop_reason: str | None, session: dict[str, Any]) -> RunSummary:
@@ -327,9 +315,7 @@ def generate(config: RunConfig | dict[str, Any] | str | Path | None = None, /, *
     return run_sync(generate_async(config, overwrite=overwrite, **overrides))
 
 
-async def generate_async(
-    config: RunConfig | dict[str, Any] | str | Path | None = None, /, *, overwrite: bool = False, **overrides: Any
-) -> datasets.Dataset:
+async def generate_async(config: RunConfig | dict[str, Any] | str | Path | None = None, /, *, overwrite: bool = False, **overrides: Any) -> datasets.Dataset:
     """:func:`generate` for callers already running an event loop."""
     summary = await run_async(load_config(config, **overrides), overwrite=overwrite)
     return load_output(summary.out_dir)

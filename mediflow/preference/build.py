@@ -97,9 +97,7 @@ def build_pairs(input_path: str | Path, out_dir: str | Path, config: PairsConfig
     return run_sync(build_pairs_async(input_path, out_dir, config, overwrite=overwrite))
 
 
-async def build_pairs_async(
-    input_path: str | Path, out_dir: str | Path, config: PairsConfig | None = None, *, overwrite: bool = False
-) -> PairsResult:
+async def build_pairs_async(input_path: str | Path, out_dir: str | Path, config: PairsConfig | None = None, *, overwrite: bool = False) -> PairsResult:
     """:func:`build_pairs` for callers already running an event loop."""
     config = config or PairsConfig()
     data = open_input(input_path)  # a clear error for a missing, empty or malformed input, before any teacher starts
@@ -218,8 +216,15 @@ async def _outcomes(
         if config.mode == "batch":
             by_role = {role: engines[name] for (role, _), name in zip(_roles(config), _engine_names(config))}
             batch["batch"] = await fill_cache_in_batches(
-                folder.root, STAGE, by_role, dict(_roles(config)), config.batch, all_records, run,
-                window=2 * config.limits.concurrency, progress=engines["teacher"].progress,
+                folder.root,
+                STAGE,
+                by_role,
+                dict(_roles(config)),
+                config.batch,
+                all_records,
+                run,
+                window=2 * config.limits.concurrency,
+                progress=engines["teacher"].progress,
             )
         yield map_ordered(run, records, 2 * config.limits.concurrency), lambda: _usage(engines), lambda: [_capabilities(config, engines)]
 
@@ -320,20 +325,12 @@ async def _open_engines(stack: AsyncExitStack, config: PairsConfig, cache: Path,
 
 
 def _answer_sources(config: PairsConfig, engines: Mapping[str, Engine]) -> list[AnswerSource]:
-    sources = [
-        AnswerSource(candidate.name, engines[f"candidate{index}"], candidate.temperature)
-        for index, candidate in enumerate(config.candidate_sources)
-    ]
-    sources += [
-        AnswerSource(f"{config.teacher.spec}@t={config.hot_temperature:g}#{sample}", engines["teacher"], config.hot_temperature, sample)
-        for sample in range(config.hot_samples)
-    ]
+    sources = [AnswerSource(candidate.name, engines[f"candidate{index}"], candidate.temperature) for index, candidate in enumerate(config.candidate_sources)]
+    sources += [AnswerSource(f"{config.teacher.spec}@t={config.hot_temperature:g}#{sample}", engines["teacher"], config.hot_temperature, sample) for sample in range(config.hot_samples)]
     return sources
 
 
-async def _inject_one(
-    record: dict[str, Any], injector: ErrorInjector, judge: PairJudge, kinds: tuple[ErrorKind, ...], schemas: Mapping[str, dict[str, Any]], config: PairsConfig
-) -> Outcome:
+async def _inject_one(record: dict[str, Any], injector: ErrorInjector, judge: PairJudge, kinds: tuple[ErrorKind, ...], schemas: Mapping[str, dict[str, Any]], config: PairsConfig) -> Outcome:
     task, output_format, chosen = record.get("task_type") or "", record.get("output_format") or "plain_text", record.get("output") or ""
     kind = choose_kind(applicable_kinds(kinds, task, output_format, chosen), record["id"], config.seed)
     if kind is None:
@@ -361,9 +358,7 @@ async def _inject_one(
     return _outcome(record, decision, "inject", kind.name, injection.description, schemas, verdict.scores)
 
 
-async def _candidates_one(
-    record: dict[str, Any], sources: list[AnswerSource], judge: PairJudge, schemas: Mapping[str, dict[str, Any]], config: PairsConfig
-) -> Outcome:
+async def _candidates_one(record: dict[str, Any], sources: list[AnswerSource], judge: PairJudge, schemas: Mapping[str, dict[str, Any]], config: PairsConfig) -> Outcome:
     schema = schemas.get(record.get("task_type") or "")
     texts = [record.get("output") or ""]
     texts += await gather_all(*(answer(source, record, schema, max_tokens=config.max_tokens, seed=config.seed) for source in sources))

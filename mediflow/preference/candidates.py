@@ -53,9 +53,7 @@ class AnswerStep(LLMStep[tuple[Mapping[str, Any], "dict[str, Any] | None"], str]
         return answer.text
 
 
-async def answer(
-    source: AnswerSource, record: Mapping[str, Any], schema: dict[str, Any] | None, *, max_tokens: int, seed: int
-) -> str:
+async def answer(source: AnswerSource, record: Mapping[str, Any], schema: dict[str, Any] | None, *, max_tokens: int, seed: int) -> str:
     """The source's answer text to ``record``."""
     result = await ask(source.engine, AnswerStep(source, max_tokens=max_tokens, seed=seed), (record, schema))
     return result.value or ""

@@ -49,19 +49,14 @@ class PairsConfig(Config):
 
     method: Literal["inject", "candidates"] = option(
         "inject",
-        "inject: the teacher rewrites a best-judged answer with one named error (the reference method); "
-        "candidates: other sources answer too, and the judge's best and worst make the pair",
+        "inject: the teacher rewrites a best-judged answer with one named error (the reference method); candidates: other sources answer too, and the judge's best and worst make the pair",
     )
     teacher: TeacherConfig = option(TeacherConfig(), "the teacher that injects errors (and, in candidates, samples hot)")
     judge_teacher: TeacherConfig | None = option(None, "the pair judge's teacher (default: the teacher)")
     limits: LimitsConfig = option(LimitsConfig(concurrency=16), "limits of every engine (per teacher)")
-    judge_samples: int = option(
-        1, "judge samples per comparison (self-consistency, each with its own shuffled order and seed), averaged", minimum=1
-    )
+    judge_samples: int = option(1, "judge samples per comparison (self-consistency, each with its own shuffled order and seed), averaged", minimum=1)
     judge_temperature: float = option(0.0, "the pair judge's sampling temperature", minimum=0, maximum=2)
-    min_margin: float = option(
-        2.0, "keep a pair only when chosen - rejected judge score >= this (1-10 scale; > 0: ties are never pairs)", exclusiveMinimum=0
-    )
+    min_margin: float = option(2.0, "keep a pair only when chosen - rejected judge score >= this (1-10 scale; > 0: ties are never pairs)", exclusiveMinimum=0)
     min_score: float | None = option(None, "chosen candidates: records with mean judge score >= this")
     top_fraction: float = option(1.0, "take the best-judged fraction of the records", exclusiveMinimum=0, maximum=1)
     max_records: int | None = option(None, "try at most this many records (after selection)", minimum=1)

@@ -107,11 +107,7 @@ REQUIREMENTS: dict[str, Callable[[str], bool]] = {"icd10_code": _has_icd10_code}
 
 def applicable_kinds(kinds: Sequence[ErrorKind], task_type: str, output_format: str, output: str) -> list[ErrorKind]:
     """The kinds that fit this record: its task, its format and what its answer contains."""
-    return [
-        kind
-        for kind in kinds
-        if kind.applies_to(task_type, output_format) and (kind.requires is None or REQUIREMENTS[kind.requires](output))
-    ]
+    return [kind for kind in kinds if kind.applies_to(task_type, output_format) and (kind.requires is None or REQUIREMENTS[kind.requires](output))]
 
 
 def choose_kind(candidates: Sequence[ErrorKind], record_key: str, seed: int) -> ErrorKind | None:

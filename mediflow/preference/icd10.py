@@ -43,10 +43,7 @@ class CodeSwap:
     text: str
 
     def describe(self) -> str:
-        return (
-            f"replaced ICD-10-CM {self.original} ({terminology.description(self.original)}) with its sibling "
-            f"{self.replacement} ({terminology.description(self.replacement)})"
-        )
+        return f"replaced ICD-10-CM {self.original} ({terminology.description(self.original)}) with its sibling {self.replacement} ({terminology.description(self.replacement)})"
 
 
 def swap_for_sibling(text: str, key: str, seed: int) -> CodeSwap | None:

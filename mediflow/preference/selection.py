@@ -55,8 +55,7 @@ def select_best(records: pa.Table, *, min_score: float | None, top_fraction: flo
     scores = answer_scores(records)
     if scores is None:
         warnings.warn(
-            "the input has no judge scores: taking every record as a chosen candidate "
-            "(run `mediflow curate` or `mediflow judge` first to pair only the best-judged records)",
+            "the input has no judge scores: taking every record as a chosen candidate (run `mediflow curate` or `mediflow judge` first to pair only the best-judged records)",
             stacklevel=2,
         )
         return Selection(records, records.num_rows, 0, judged=False)

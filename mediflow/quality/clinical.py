@@ -213,8 +213,7 @@ def _misspelling(word: str, others: Iterable[str], lexicon: Lexicon, lenient_val
         if limit == 0 or (has_digit and len(word) != len(other) and abs(len(word) - len(other)) > 1):
             continue
         distance = OSA.distance(word, other, score_cutoff=limit)
-        if distance <= limit and distance < best_distance and (has_digit or not section or (lexicon.item(other) or ("",))[0] != section
-                                                               or (section == "conditions" and _inflection(word, other))):
+        if distance <= limit and distance < best_distance and (has_digit or not section or (lexicon.item(other) or ("",))[0] != section or (section == "conditions" and _inflection(word, other))):
             best, best_distance = other, distance
     return best
 
@@ -228,7 +227,7 @@ def _typo_of(word: str, other: str, next_word: str = "") -> bool:
 def _inflection(first: str, second: str) -> bool:
     """One word inflected ("fluid"/"fluids", "place"/"placed", "fall"/"falls"): a condition word, not another condition."""
     shorter, longer = sorted((first, second), key=len)
-    return longer.startswith(shorter) and longer[len(shorter):] in ("s", "es", "d", "ed", "ing")
+    return longer.startswith(shorter) and longer[len(shorter) :] in ("s", "es", "d", "ed", "ing")
 
 
 def _split_decimal(word: str, mine: Counter[str], theirs: Counter[str]) -> bool:
@@ -255,14 +254,14 @@ def _split_or_merged(word: str, mine: Counter[str], theirs: Counter[str], forms:
         if _written(head, theirs, forms, 1 + (head == tail)) and _written(tail, theirs, forms, 1):
             return True
     for other in theirs:
-        if other.startswith(word) and other[len(word):] in mine:
+        if other.startswith(word) and other[len(word) :] in mine:
             return True
         if other.endswith(word) and other[: len(other) - len(word)] in mine:
             return True
     for abbreviation, expansion in forms.abbreviations_of(word):  # ``word`` is a split-off abbreviation written out
         if all(piece in mine for piece in expansion):
             for other in theirs:
-                if (other.startswith(abbreviation) and other[len(abbreviation):] in mine) or (other.endswith(abbreviation) and other[: -len(abbreviation)] in mine):
+                if (other.startswith(abbreviation) and other[len(abbreviation) :] in mine) or (other.endswith(abbreviation) and other[: -len(abbreviation)] in mine):
                     return True
     return False
 
@@ -334,8 +333,7 @@ def _rewording_allowed(unexplained: dict[str, list[tuple[str, str]]], a_only: Co
     if hard and (len(left) > 1 or hard[0][0] not in _DROPPABLE):
         return False
     replaced_by, mine = (b_only, a_only) if a_left else (a_only, b_only)
-    return not any(_content_word(word, lexicon) and not _misspelling(word, mine, lexicon, False) and not _split_or_merged(word, replaced_by, mine, lexicon.forms)
-                   for word in replaced_by)  # nothing else stands in its place
+    return not any(_content_word(word, lexicon) and not _misspelling(word, mine, lexicon, False) and not _split_or_merged(word, replaced_by, mine, lexicon.forms) for word in replaced_by)  # nothing else stands in its place
 
 
 def _same_negations(a: Facts, b: Facts, misspelled: set[str]) -> bool:
@@ -350,9 +348,14 @@ def _same_negations(a: Facts, b: Facts, misspelled: set[str]) -> bool:
         return False
     for _, first, second in mine:
         for index, (_, other_first, other_second) in enumerate(rest):
-            if (_typo_of(first, other_first, other_second) or _typo_of(other_first, first, second) or first in misspelled or other_first in misspelled
-                    or (first not in b.words and (second == other_first or (bool(second) and _typo_of(second, other_first, other_second))))
-                    or (other_first not in a.words and other_second and _typo_of(first, other_second))):
+            if (
+                _typo_of(first, other_first, other_second)
+                or _typo_of(other_first, first, second)
+                or first in misspelled
+                or other_first in misspelled
+                or (first not in b.words and (second == other_first or (bool(second) and _typo_of(second, other_first, other_second))))
+                or (other_first not in a.words and other_second and _typo_of(first, other_second))
+            ):
                 del rest[index]
                 break
         else:
@@ -379,8 +382,7 @@ def value_fingerprints(texts: pa.Array | pa.ChunkedArray, lexicon: Lexicon | Non
 _PARALLEL_FROM = 2_000  # pairs a forked process is worth (a fork of a multi-GB stage costs tens of milliseconds)
 
 
-def same_cases(tokens: CanonicalTokens, pairs: np.ndarray, lexicon: Lexicon, fingerprints: np.ndarray | None = None, lenient_values: bool = False,
-               workers: int = 1, parallel_from: int = _PARALLEL_FROM) -> np.ndarray:
+def same_cases(tokens: CanonicalTokens, pairs: np.ndarray, lexicon: Lexicon, fingerprints: np.ndarray | None = None, lenient_values: bool = False, workers: int = 1, parallel_from: int = _PARALLEL_FROM) -> np.ndarray:
     """Per pair of record indices into ``tokens``: do the two state the same values and distinguishing facts?
 
     Values first, for every pair at once (``fingerprints``, or computed from ``tokens``), unless
@@ -454,8 +456,7 @@ class _PairCheck:
 
     def run(self, positions: np.ndarray) -> np.ndarray:
         """Whether each pair at ``positions`` agrees."""
-        return np.array([agree(self.facts_of(first), self.facts_of(second), self.lexicon, self.lenient_values)
-                         for first, second in self.pairs[positions].tolist()], bool)
+        return np.array([agree(self.facts_of(first), self.facts_of(second), self.lexicon, self.lenient_values) for first, second in self.pairs[positions].tolist()], bool)
 
 
 def same_case(first: str, second: str, lexicon: Lexicon, lenient_values: bool = False) -> bool:

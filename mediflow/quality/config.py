@@ -134,9 +134,7 @@ class JudgeConfig(Config):
     )
     on_failure: Literal["drop", "keep"] = option("drop", "a record none of whose samples gave a valid answer")
     rejudge: bool = option(False, "re-score records that already carry judge scores")
-    batch_records: int = option(
-        256, "records being judged at once, a sliding window (limits.concurrency bounds requests)", minimum=1
-    )
+    batch_records: int = option(256, "records being judged at once, a sliding window (limits.concurrency bounds requests)", minimum=1)
     cache: str | None = option(None, "the judge's answer cache (default: OUT/cache.sqlite)")
     rubric: str | None = option(None, "a prompts folder holding your own judge.yaml")
     progress: bool = option(True, "show a progress bar")
@@ -162,21 +160,17 @@ class DedupConfig(Config):
     scope: Literal["within_task", "across_tasks"] = option("within_task", "compare records of the same task only, or all")
     shingle_size: int = option(3, "word n-grams per shingle", minimum=1)
     num_perm: int = option(192, "MinHash permutations", minimum=1)
-    bands: int = option(
-        48, "LSH bands (4 rows a band: candidates from shingle Jaccard ~0.4 up; paraphrased short notes sit near 0.45)", minimum=1
-    )
+    bands: int = option(48, "LSH bands (4 rows a band: candidates from shingle Jaccard ~0.4 up; paraphrased short notes sit near 0.45)", minimum=1)
     min_signature_jaccard: float = option(0.4, "candidates whose signatures agree less are dropped before rapidfuzz", minimum=0, maximum=1)
     threshold: float = option(
-        0.8, "rapidfuzz similarity (0-1) a candidate needs; the clinical check keeps same-template siblings apart (docs/dedup.md)",
-        exclusiveMinimum=0, maximum=1,
+        0.8,
+        "rapidfuzz similarity (0-1) a candidate needs; the clinical check keeps same-template siblings apart (docs/dedup.md)",
+        exclusiveMinimum=0,
+        maximum=1,
     )
     scorer: Literal["ratio", "token_sort_ratio", "token_set_ratio", "partial_ratio"] = option("token_sort_ratio", "the rapidfuzz.fuzz scorer")
-    clinical: bool = option(
-        True, "a near duplicate must also agree on values, ages, sexes, sides, negations, doses, drugs, organs, labs, codes"
-    )
-    values: Literal["strict", "lenient"] = option(
-        "strict", "strict: a changed digit is another case (a value, dose, age, code); lenient: one edit in a value is a typo (docs/dedup.md)"
-    )
+    clinical: bool = option(True, "a near duplicate must also agree on values, ages, sexes, sides, negations, doses, drugs, organs, labs, codes")
+    values: Literal["strict", "lenient"] = option("strict", "strict: a changed digit is another case (a value, dose, age, code); lenient: one edit in a value is a typo (docs/dedup.md)")
     clinical_tokens: str | None = option(None, "a lexicon YAML used instead of taxonomies/clinical_tokens.yaml (docs/dedup.md)")
     max_bucket: int = option(100, "LSH buckets above this size only pair neighbours (see minhash.bucket_pairs)", minimum=2)
     window: int = option(20, "neighbours paired in an oversized bucket", minimum=1)

@@ -122,10 +122,7 @@ def funnel_manifest(source: Path, out: Path, config: CurateConfig, reports: list
         "in": first.records_in,
         "kept": last.kept,
         "dropped": first.records_in - last.kept,
-        "funnel": [
-            {"stage": report.stage, "in": report.records_in, "kept": report.kept, "dropped": report.dropped, "folder": str(folder.relative_to(out))}
-            for report, folder in reports
-        ],
+        "funnel": [{"stage": report.stage, "in": report.records_in, "kept": report.kept, "dropped": report.dropped, "folder": str(folder.relative_to(out))} for report, folder in reports],
         "dropped_by_rule": dropped_by_rule,
         "by_task": by_task,
         "stages": [report.as_dict() for report, _ in reports],

@@ -224,8 +224,7 @@ def confirm(table: pa.Table, key: str, pairs: np.ndarray, config: DedupConfig, v
         score = np.ones(len(batch))
         rows, local = np.unique(batch, return_inverse=True)  # each text normalised once, however many pairs it is in
         local = local.reshape(batch.shape)
-        fields = [canonical_tokens(key_text(table.select([name]).take(pa.array(rows)), name), lexicon.forms)
-                  for name in (("instruction", "input") if key == "pair" else (key,))]
+        fields = [canonical_tokens(key_text(table.select([name]).take(pa.array(rows)), name), lexicon.forms) for name in (("instruction", "input") if key == "pair" else (key,))]
         for canonical in fields:
             texts = canonical.texts().to_pylist()
             left, right = ([texts[row] for row in local[:, side].tolist()] for side in (0, 1))
@@ -233,8 +232,7 @@ def confirm(table: pa.Table, key: str, pairs: np.ndarray, config: DedupConfig, v
         similar = score >= config.threshold
         if config.clinical and similar.any():
             tokens = fields[0] if len(fields) == 1 else concatenate_fields(*fields)
-            similar[similar] = same_cases(tokens, local[similar], lexicon, None if values is None else values[rows], config.values == "lenient",
-                                          workers=_workers(config))
+            similar[similar] = same_cases(tokens, local[similar], lexicon, None if values is None else values[rows], config.values == "lenient", workers=_workers(config))
         scores[start : start + len(batch)] = score
         confirmed[start : start + len(batch)] = similar
     return scores, confirmed
@@ -360,9 +358,9 @@ def find_duplicates(table: pa.Table, config: DedupConfig) -> DedupResult:
         if config.near:
             similarity, confirmed = confirm(table, key, found.pairs, config, found.values)
             edges.add(found.pairs[confirmed, 0], found.pairs[confirmed, 1], similarity[confirmed], key_index, exact=False)
-            key_details.update(lsh_pairs=found.proposed, candidate_pairs=int(len(found.pairs)), confirmed_pairs=int(confirmed.sum()),
-                               clinical_conflicts=int((similarity >= config.threshold).sum() - confirmed.sum()),
-                               signed_texts=n - int(len(members)))
+            key_details.update(
+                lsh_pairs=found.proposed, candidate_pairs=int(len(found.pairs)), confirmed_pairs=int(confirmed.sum()), clinical_conflicts=int((similarity >= config.threshold).sum() - confirmed.sum()), signed_texts=n - int(len(members))
+            )
         details[key] = key_details
     left, right, similarity, key_of_edge, exact = edges.arrays()
     labels = component_labels(n, np.stack([left, right], axis=1))

@@ -32,10 +32,7 @@ _ID_COLUMNS = ("instruction", "input", "output", "task_type", "output_format")
 
 def read_dedup_columns(source: InputData) -> pa.Table:
     """The dedup columns of the whole input, in input order (the order :func:`run_stage` streams)."""
-    batches = [
-        batch.select([c for c in DEDUP_COLUMNS if c in batch.column_names])
-        for batch in source.iter_batches(sorted(set(DEDUP_COLUMNS) | set(_ID_COLUMNS)), batch_rows=200_000)
-    ]
+    batches = [batch.select([c for c in DEDUP_COLUMNS if c in batch.column_names]) for batch in source.iter_batches(sorted(set(DEDUP_COLUMNS) | set(_ID_COLUMNS)), batch_rows=200_000)]
     if not batches:
         return pa.table({name: pa.array([], pa.string()) for name in ("id", "instruction", "input")})
     return pa.concat_tables(batches, promote_options="default")  # combining the chunks would copy every text

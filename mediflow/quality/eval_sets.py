@@ -28,8 +28,6 @@ class EvalTexts:
     item: list[int]
 
 
-
-
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
     with path.open(encoding="utf-8") as handle:

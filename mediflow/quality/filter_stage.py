@@ -68,11 +68,7 @@ def build_rules(config: FilterConfig) -> list[Rule]:
         rules.append(JsonRule(schemas, config.json.unknown_task))
     if config.icd10_codes is not None:
         codes = config.icd10_codes
-        rules.append(
-            Icd10Rule(
-                _tasks_for("icd10_codes", codes.tasks, taxonomy), terminology.is_valid, terminology.is_billable, codes.require_billable
-            )
-        )
+        rules.append(Icd10Rule(_tasks_for("icd10_codes", codes.tasks, taxonomy), terminology.is_valid, terminology.is_billable, codes.require_billable))
     if config.verbatim_copy is not None:
         copy = config.verbatim_copy
         rules.append(VerbatimCopyRule(_tasks_for("verbatim_copy", copy.tasks, taxonomy), copy.ngram, copy.max_copied))
@@ -102,9 +98,7 @@ def run_filters(source: Path | InputData, out: Path, config: FilterConfig | None
     config = config or FilterConfig()
     rules = build_rules(config)
     data, folder = open_stage(source, out, "filter", {"rules": [rule.name for rule in rules], **to_plain(config)}, overwrite=overwrite)
-    applies: dict[str, Any] = {
-        rule.name: sorted(rule.tasks) for rule in rules if isinstance(rule, (Icd10Rule, VerbatimCopyRule, CaseCodesRule))
-    }
+    applies: dict[str, Any] = {rule.name: sorted(rule.tasks) for rule in rules if isinstance(rule, (Icd10Rule, VerbatimCopyRule, CaseCodesRule))}
 
     def decide(batch: pa.Table, offset: int) -> tuple[pa.Table, Drops]:
         return batch, filter_table(batch, rules)

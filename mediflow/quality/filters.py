@@ -103,12 +103,7 @@ class PatternRule:
     what: str
 
     def check(self, record: Record) -> Verdict:
-        found = [
-            (column, match.group(0))
-            for column in self.columns
-            for pattern in self.patterns
-            if (match := pattern.search(_text(record, column)))
-        ]
+        found = [(column, match.group(0)) for column in self.columns for pattern in self.patterns if (match := pattern.search(_text(record, column)))]
         if not found:
             return Verdict(0, True)
         column, text = found[0]
@@ -209,8 +204,6 @@ class LanguageRule:
 
 
 _ICD10_SHAPE = re.compile(r"\b[A-TV-Z][0-9][0-9A-Z](?:\.[0-9A-Z]{1,4})?\b")
-
-
 
 
 def output_codes(record: Record) -> list[str]:

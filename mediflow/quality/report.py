@@ -53,10 +53,7 @@ class StageReport:
 
     def as_dict(self) -> dict[str, Any]:
         def table(counts_in: Counter[str], dropped: Counter[str]) -> dict[str, dict[str, int]]:
-            return {
-                name: {"in": counts_in[name], "dropped": dropped[name], "kept": counts_in[name] - dropped[name]}
-                for name in sorted(counts_in)
-            }
+            return {name: {"in": counts_in[name], "dropped": dropped[name], "kept": counts_in[name] - dropped[name]} for name in sorted(counts_in)}
 
         return {
             "stage": self.stage,

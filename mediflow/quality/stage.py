@@ -42,9 +42,7 @@ Decide = Callable[[pa.Table, int], tuple[pa.Table, Drops]]
 AsyncDecide = Callable[[pa.Table, int], Awaitable[tuple[pa.Table, Drops]]]
 
 
-def open_stage(
-    source: Path | InputData, out: Path, stage: str, config: dict[str, Any], *, overwrite: bool = False, other_inputs: Iterable[Path] = ()
-) -> tuple[InputData, OutputFolder]:
+def open_stage(source: Path | InputData, out: Path, stage: str, config: dict[str, Any], *, overwrite: bool = False, other_inputs: Iterable[Path] = ()) -> tuple[InputData, OutputFolder]:
     """Check the input and open (guard, lock) the output folder, before any work or teacher call."""
     data = source if isinstance(source, InputData) else open_input(source)
     folder = OutputFolder.open(out, kind=stage, config=config, inputs=[data.ref()], input_paths=other_inputs, overwrite=overwrite)
@@ -108,9 +106,7 @@ def run_stage(data: InputData, folder: OutputFolder, decide: Decide, details: Ca
         return stage.publish(details)
 
 
-async def run_stage_async(
-    data: InputData, folder: OutputFolder, decide: AsyncDecide, details: Callable[[], dict[str, Any]] | None = None
-) -> StageReport:
+async def run_stage_async(data: InputData, folder: OutputFolder, decide: AsyncDecide, details: Callable[[], dict[str, Any]] | None = None) -> StageReport:
     """:func:`run_stage` with a coroutine ``decide`` (the judge's: it waits on the teacher), in the caller's event loop."""
     with _writing(data, folder) as stage:
         for batch in stage.batches():

@@ -29,7 +29,5 @@ class RayConfig(Config):
     actors: int = option(2, "engine actors; each runs our Engine with 1/actors of the concurrency, all drawing on the run's rpm and tpm", minimum=1)
     batch_size: int = option(8, "units (instruction groups or records) per batch handed to an actor", minimum=1)
     num_cpus: float = option(0.5, "CPUs Ray reserves per actor (an actor mostly waits on the network)", exclusiveMinimum=0)
-    resource_timeout: float = option(
-        120.0, "seconds the cluster may have no room for one actor (at the start, or after losing nodes) before the run stops with an error", exclusiveMinimum=0
-    )
+    resource_timeout: float = option(120.0, "seconds the cluster may have no room for one actor (at the start, or after losing nodes) before the run stops with an error", exclusiveMinimum=0)
     vllm: VllmProcessorConfig = option(VllmProcessorConfig(), "the vLLM engine processor (vllm:PATH teachers)")

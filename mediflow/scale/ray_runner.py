@@ -452,10 +452,7 @@ class RayRun:
                     starved_since = time.monotonic()
                     logger.warning("engine: ray: waiting for the cluster: %s", room)
                 if time.monotonic() - starved_since > self.config.resource_timeout:
-                    raise MediflowError(
-                        f"engine: ray: no room for an actor for {self.config.resource_timeout:g} s: {room}; "
-                        "answers received so far are cached: rerun when the cluster has room (or lower ray.num_cpus)"
-                    ) from None
+                    raise MediflowError(f"engine: ray: no room for an actor for {self.config.resource_timeout:g} s: {room}; answers received so far are cached: rerun when the cluster has room (or lower ray.num_cpus)") from None
                 continue
             if item is done:
                 return

@@ -131,9 +131,7 @@ async def ask(engine: CompletesChat, step: LLMStep[Row, Value], row: Row) -> Ste
         response = await engine.complete(request)
         answer = Answer(response.text, None, (response,))
     else:
-        checked = await ask_json(
-            engine, request, request.response_schema, step.max_corrections, correction_template=step.correction_template
-        )
+        checked = await ask_json(engine, request, request.response_schema, step.max_corrections, correction_template=step.correction_template)
         if checked.error is not None:
             return StepResult(None, checked.text, checked.error, checked.responses, checked.corrections)
         answer = Answer(checked.text, checked.value, checked.responses)

@@ -29,9 +29,7 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-async def map_ordered(
-    function: Callable[[Item], Awaitable[Result]], items: Iterable[Item], window: int, *, ahead: int | None = None
-) -> AsyncIterator[Result]:
+async def map_ordered(function: Callable[[Item], Awaitable[Result]], items: Iterable[Item], window: int, *, ahead: int | None = None) -> AsyncIterator[Result]:
     """``function(item)`` for every item, at most ``window`` at once, yielded in item order (see the module docstring)."""
     if window < 1:
         raise ValueError(f"window must be at least 1, got {window}")
@@ -90,9 +88,7 @@ async def gather_all(*awaitables: Awaitable[Result]) -> list[Result]:
     return typing.cast(list[Result], results)
 
 
-async def run_step(
-    engine: CompletesChat, step: LLMStep[Row, Value], rows: Iterable[Row], window: int
-) -> AsyncIterator[StepResult[Value]]:
+async def run_step(engine: CompletesChat, step: LLMStep[Row, Value], rows: Iterable[Row], window: int) -> AsyncIterator[StepResult[Value]]:
     """Every row through ``step`` on ``engine``, ``window`` rows at once, results in row order."""
     async for result in map_ordered(lambda row: ask(engine, step, row), rows, window):
         yield result

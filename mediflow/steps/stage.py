@@ -149,9 +149,7 @@ def run_llm_stage(
     ``overwrite``). ``role`` is the config key of the teacher section, for errors and the manifest.
     ``mode="batch"`` buys the requests through the provider's batch API (``batch``: its settings).
     """
-    return run_sync(
-        run_llm_stage_async(source, out, step, section, kind=kind, column=column, role=role, overwrite=overwrite, progress=progress, mode=mode, batch=batch)
-    )
+    return run_sync(run_llm_stage_async(source, out, step, section, kind=kind, column=column, role=role, overwrite=overwrite, progress=progress, mode=mode, batch=batch))
 
 
 async def run_llm_stage_async(
@@ -185,9 +183,7 @@ async def run_llm_stage_async(
                     async def one(row: dict[str, Any]) -> StepResult[Any]:
                         return await ask(engine, step, row)
 
-                    details["batch"] = await fill_cache_in_batches(
-                        folder.root, kind, {role: engine}, {role: section.teacher}, batch or BatchConfig(), lambda: _records(data), one, window=window, progress=engine.progress
-                    )
+                    details["batch"] = await fill_cache_in_batches(folder.root, kind, {role: engine}, {role: section.teacher}, batch or BatchConfig(), lambda: _records(data), one, window=window, progress=engine.progress)
                 schema = await _write_results(data, engine, step, writer, kind, column, window=window)
                 details["usage"] = usage = engine.stats.as_dict()
                 folder.manifest.teacher_capabilities = capabilities_by_role({role: engine.teacher}, previous=folder.previous)
@@ -203,9 +199,7 @@ def _records(data: InputData) -> Iterator[dict[str, Any]]:
     return (row for batch in data.iter_batches(batch_rows=_BATCH_ROWS) for row in batch.to_pylist())
 
 
-async def _write_results(
-    data: InputData, engine: Engine, step: LLMStep[dict[str, Any], Any], writer: StagedWriter, kind: str, column: str | None, window: int
-) -> pa.Schema:
+async def _write_results(data: InputData, engine: Engine, step: LLMStep[dict[str, Any], Any], writer: StagedWriter, kind: str, column: str | None, window: int) -> pa.Schema:
     """Every record through ``step`` (one sliding window over the whole input, in record order), each input
     batch written as soon as its last record is answered; returns the schema of the kept records."""
     batches: dict[int, pa.Table] = {}

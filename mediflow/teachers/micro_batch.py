@@ -20,9 +20,7 @@ Result = TypeVar("Result")
 class MicroBatcher(Generic[Item, Result]):
     """``await submit(item)`` -> that item's result from ``run_batch(items)`` (a blocking function)."""
 
-    def __init__(
-        self, run_batch: Callable[[Sequence[Item]], Sequence[Result]], *, window: float = 0.02, max_batch: int = 256
-    ) -> None:
+    def __init__(self, run_batch: Callable[[Sequence[Item]], Sequence[Result]], *, window: float = 0.02, max_batch: int = 256) -> None:
         self._run_batch = run_batch
         self._window = window
         self._max_batch = max_batch

@@ -237,9 +237,7 @@ def _reason(error: openai.APIStatusError) -> str:
 def _say_temperature_dropped(model: str, reason: str) -> None:
     """The one line a run gets when its temperature stops being sent: its answers are no longer sampled as configured."""
     warnings.warn(
-        f"model {model!r} refuses the requested temperature ({reason}); temperature is no longer sent "
-        "for the rest of this run, so its answers come at the server's default temperature "
-        "(recorded under teacher_capabilities in the manifest)",
+        f"model {model!r} refuses the requested temperature ({reason}); temperature is no longer sent for the rest of this run, so its answers come at the server's default temperature (recorded under teacher_capabilities in the manifest)",
         UserWarning,
         stacklevel=2,
     )

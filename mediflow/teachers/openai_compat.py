@@ -86,10 +86,7 @@ class OpenAICompatTeacher(Teacher):
             self._client: openai.AsyncOpenAI = openai.AsyncAzureOpenAI(
                 azure_endpoint=endpoint,
                 api_key=_api_key(api_key, "AZURE_OPENAI_API_KEY", endpoint),
-                api_version=api_version
-                or os.environ.get("AZURE_OPENAI_API_VERSION")
-                or os.environ.get("OPENAI_API_VERSION")
-                or _DEFAULT_AZURE_API_VERSION,
+                api_version=api_version or os.environ.get("AZURE_OPENAI_API_VERSION") or os.environ.get("OPENAI_API_VERSION") or _DEFAULT_AZURE_API_VERSION,
                 max_retries=0,
                 http_client=http_client,
             )
@@ -130,23 +127,16 @@ class OpenAICompatTeacher(Teacher):
             return "skipped: Azure lists base models, not deployments"
         where = self.describe()
         try:
-            http_response = await self._client.get(
-                "/models", cast_to=httpx.Response, options={"timeout": self._check_timeout}
-            )
+            http_response = await self._client.get("/models", cast_to=httpx.Response, options={"timeout": self._check_timeout})
         except openai.APITimeoutError as exc:
             if isinstance(exc.__cause__, httpx.ConnectTimeout):  # the aiohttp transport's refused connection
                 raise TeacherUnavailable(f"cannot connect to the teacher at {where}: is the server running?") from None
-            raise TeacherUnavailable(
-                f"teacher at {where} did not answer GET /models within {self._check_timeout:g}s: "
-                "is the server up and reachable?"
-            ) from None
+            raise TeacherUnavailable(f"teacher at {where} did not answer GET /models within {self._check_timeout:g}s: is the server up and reachable?") from None
         except openai.APIConnectionError as exc:
             raise TeacherUnavailable(f"cannot connect to the teacher at {where}: {_one_line(exc.__cause__ or exc)}") from None
         except openai.APIStatusError as exc:
             if exc.status_code in (401, 403):
-                raise TeacherUnavailable(
-                    f"teacher at {where} refused the credentials (HTTP {exc.status_code}): {_one_line(exc)}"
-                ) from None
+                raise TeacherUnavailable(f"teacher at {where} refused the credentials (HTTP {exc.status_code}): {_one_line(exc)}") from None
             return f"not offered: GET /models answered HTTP {exc.status_code}"
         served = _served_models(http_response)
         if served is None:
@@ -154,9 +144,7 @@ class OpenAICompatTeacher(Teacher):
         if not _is_served(self.model, served):
             listed = ", ".join(repr(name) for name in served[:_MAX_LISTED_MODELS])
             more = f" and {len(served) - _MAX_LISTED_MODELS} more" if len(served) > _MAX_LISTED_MODELS else ""
-            raise TeacherUnavailable(
-                f"teacher at {where} does not serve model {self.model!r}; it serves {listed or 'no model'}{more}"
-            )
+            raise TeacherUnavailable(f"teacher at {where} does not serve model {self.model!r}; it serves {listed or 'no model'}{more}")
         return "served"
 
     async def complete(self, request: ChatRequest) -> ChatResponse:

@@ -28,9 +28,7 @@ def _strict(node: Any) -> Any:
     if isinstance(properties, dict) or node.get("type") == "object":
         properties = properties or {}
         required = set(node.get("required", ()))
-        node["properties"] = {
-            name: _strict(sub) if name in required else _nullable(_strict(sub)) for name, sub in properties.items()
-        }
+        node["properties"] = {name: _strict(sub) if name in required else _nullable(_strict(sub)) for name, sub in properties.items()}
         node["required"] = list(properties)
         node["additionalProperties"] = False
     if isinstance(node.get("items"), dict):

@@ -44,9 +44,7 @@ class VLLMOfflineTeacher(Teacher):
         self._vllm = _import_vllm()
         self._llm = llm
         self._llm_options = llm_options
-        self._batcher: MicroBatcher[ChatRequest, ChatResponse] = MicroBatcher(
-            self._generate, window=batch_window, max_batch=max_batch
-        )
+        self._batcher: MicroBatcher[ChatRequest, ChatResponse] = MicroBatcher(self._generate, window=batch_window, max_batch=max_batch)
 
     def describe(self) -> str:
         return f"vLLM offline model {self.model}"
@@ -89,10 +87,7 @@ def _import_vllm() -> Any:
     try:
         import vllm
     except ImportError as exc:
-        raise MediflowError(
-            "the vllm teacher needs vLLM on a GPU node: pip install 'mediflow[vllm]'"
-            " (for a vLLM server, use --teacher openai:MODEL --base-url URL)"
-        ) from exc
+        raise MediflowError("the vllm teacher needs vLLM on a GPU node: pip install 'mediflow[vllm]' (for a vLLM server, use --teacher openai:MODEL --base-url URL)") from exc
     return vllm
 
 

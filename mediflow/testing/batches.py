@@ -72,8 +72,13 @@ class StoredFile:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "object": "file", "bytes": len(self.content), "created_at": self.created_at,
-            "filename": self.filename, "purpose": self.purpose, "status": "processed",
+            "id": self.id,
+            "object": "file",
+            "bytes": len(self.content),
+            "created_at": self.created_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
         }
 
 
@@ -246,13 +251,15 @@ class BatchService:
         if after is not None:
             newest_first = [batch for batch in newest_first if batch.id < after]
         page = newest_first[:limit]
-        return web.json_response({
-            "object": "list",
-            "data": [batch.to_dict() for batch in page],
-            "first_id": page[0].id if page else None,
-            "last_id": page[-1].id if page else None,
-            "has_more": len(newest_first) > limit,
-        })
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [batch.to_dict() for batch in page],
+                "first_id": page[0].id if page else None,
+                "last_id": page[-1].id if page else None,
+                "has_more": len(newest_first) > limit,
+            }
+        )
 
     # -- processing -------------------------------------------------------------------------------
     async def _step(self, batch: EmulatedBatch) -> bool:
@@ -381,9 +388,7 @@ def _validate(content: bytes, endpoint: str, settings: BatchSettings) -> tuple[l
     return lines, errors
 
 
-def error_response(
-    status: int, message: str, code: str, param: str | None = None, headers: dict[str, str] | None = None
-) -> web.Response:
+def error_response(status: int, message: str, code: str, param: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
     """An error in OpenAI's shape (``{"error": {message, type, code, param}}``)."""
     return web.json_response(error_body(message, code, param), status=status, headers=headers)
 

@@ -17,9 +17,30 @@ from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any
 
 _WORDS = (
-    "hypertension", "metformin", "dyspnea", "afebrile", "tachycardia", "troponin", "anemia", "sepsis",
-    "creatinine", "lisinopril", "edema", "pneumonia", "echocardiogram", "discharge", "follow-up", "insulin",
-    "biopsy", "wheezing", "hemoglobin", "ambulatory", "cardiology", "stable", "chronic", "acute",
+    "hypertension",
+    "metformin",
+    "dyspnea",
+    "afebrile",
+    "tachycardia",
+    "troponin",
+    "anemia",
+    "sepsis",
+    "creatinine",
+    "lisinopril",
+    "edema",
+    "pneumonia",
+    "echocardiogram",
+    "discharge",
+    "follow-up",
+    "insulin",
+    "biopsy",
+    "wheezing",
+    "hemoglobin",
+    "ambulatory",
+    "cardiology",
+    "stable",
+    "chronic",
+    "acute",
 )
 _FORMATS = {
     "date": "2024-03-15",

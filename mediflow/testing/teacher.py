@@ -387,9 +387,7 @@ def _completion_dict(body: dict[str, Any], key: str, text: str, finish_reason: s
     }
 
 
-def _error(
-    status: int, message: str, code: str, headers: dict[str, str] | None = None, param: str | None = None
-) -> web.Response:
+def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None, param: str | None = None) -> web.Response:
     return error_response(status, message, code, param, headers)
 
 
@@ -430,19 +428,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--jitter", type=float, default=0.0, help="extra uniform random seconds (0..jitter)")
-    parser.add_argument("--fault-rate", type=_fault_rate, action="append", default=[], metavar="KIND=RATE",
-                        help=f"inject a fault at this rate; kinds: {', '.join(FAULT_KINDS)}")
+    parser.add_argument("--fault-rate", type=_fault_rate, action="append", default=[], metavar="KIND=RATE", help=f"inject a fault at this rate; kinds: {', '.join(FAULT_KINDS)}")
     parser.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds sent with 429s")
     parser.add_argument("--garbage", type=int, default=0, help="invalid JSON for the first K tries of each prompt")
     parser.add_argument("--ratelimit-rpm", type=int, default=0, help="enforce and advertise requests per minute")
-    parser.add_argument("--response-formats", type=_names, default=list(RESPONSE_FORMATS), metavar="A,B",
-                        help=f"response_format types accepted (default: {','.join(RESPONSE_FORMATS)})")
+    parser.add_argument("--response-formats", type=_names, default=list(RESPONSE_FORMATS), metavar="A,B", help=f"response_format types accepted (default: {','.join(RESPONSE_FORMATS)})")
     parser.add_argument("--refusal-status", type=int, default=400, help="HTTP status of a refusal (llama-cpp-python: 500)")
-    parser.add_argument("--refuse-parameter", action="append", default=[], metavar="NAME[=VALUE]",
-                        help="refuse requests carrying this parameter as unsupported (seed, top_p, max_tokens, ...); "
-                        "with =VALUE, refuse any other value (temperature=1: as OpenAI's reasoning models)")
-    parser.add_argument("--models", type=_names, default=None, metavar="A,B",
-                        help="serve only these model names, listed at GET /v1/models (default: no list, any name)")
+    parser.add_argument(
+        "--refuse-parameter",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="refuse requests carrying this parameter as unsupported (seed, top_p, max_tokens, ...); with =VALUE, refuse any other value (temperature=1: as OpenAI's reasoning models)",
+    )
+    parser.add_argument("--models", type=_names, default=None, metavar="A,B", help="serve only these model names, listed at GET /v1/models (default: no list, any name)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault draws and jitter")
     parser.add_argument("--no-batch-api", action="store_true", help="answer /v1/files and /v1/batches with 404, as a server without a batch API")
     parser.add_argument("--batch-step", type=float, default=0.05, help="seconds each batch status step takes")

@@ -32,15 +32,11 @@ _CLOSINGS = (
     "Referred to {service} for further evaluation; patient agreed with the plan.",
     "Counselled on warning signs; follow-up arranged with primary care in {weeks} weeks.",
 )
-_FINDINGS = ("chest pain", "shortness of breath", "productive cough", "abdominal pain", "fatigue", "dizziness",
-             "lower-extremity swelling", "fever and chills", "headache", "palpitations", "polyuria")
-_HISTORY = ("type 2 diabetes", "hypertension", "COPD", "atrial fibrillation", "chronic kidney disease stage 3",
-            "asthma", "hyperlipidemia", "heart failure with reduced ejection fraction", "hypothyroidism")
+_FINDINGS = ("chest pain", "shortness of breath", "productive cough", "abdominal pain", "fatigue", "dizziness", "lower-extremity swelling", "fever and chills", "headache", "palpitations", "polyuria")
+_HISTORY = ("type 2 diabetes", "hypertension", "COPD", "atrial fibrillation", "chronic kidney disease stage 3", "asthma", "hyperlipidemia", "heart failure with reduced ejection fraction", "hypothyroidism")
 _DRUGS = ("metformin", "lisinopril", "atorvastatin", "apixaban", "furosemide", "levothyroxine", "amlodipine")
-_EXAMS = ("bibasilar crackles", "mild pitting edema", "a regular rhythm without murmurs", "a soft, non-tender abdomen",
-          "expiratory wheezing", "clear lungs bilaterally")
-_IMAGING = ("no acute cardiopulmonary process", "a small right pleural effusion", "mild cardiomegaly",
-            "a 6 mm pulmonary nodule", "no evidence of obstruction")
+_EXAMS = ("bibasilar crackles", "mild pitting edema", "a regular rhythm without murmurs", "a soft, non-tender abdomen", "expiratory wheezing", "clear lungs bilaterally")
+_IMAGING = ("no acute cardiopulmonary process", "a small right pleural effusion", "mild cardiomegaly", "a 6 mm pulmonary nodule", "no evidence of obstruction")
 _SERVICES = ("cardiology", "nephrology", "pulmonology", "endocrinology", "gastroenterology")
 _WORD = re.compile(r"[A-Za-z][a-z]{5,}")
 _CASE_PRIMARY = re.compile(r"^- (.+?) \(ICD-10-CM [0-9A-Z.]+\) - the main problem", re.MULTILINE)

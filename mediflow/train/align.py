@@ -90,9 +90,7 @@ def _texts(rows: list[dict[str, Any]]) -> list[str]:
     return [conversation_text(r.get("messages") or (r["prompt"] + r.get("chosen", []))) for r in rows]
 
 
-def _sft_rows(
-    config: StageConfig, tokenizer: Any, plan: TemplatePlan, rows: list[dict[str, Any]], stage: str, masking: MaskingReport | None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], LengthReport]:
+def _sft_rows(config: StageConfig, tokenizer: Any, plan: TemplatePlan, rows: list[dict[str, Any]], stage: str, masking: MaskingReport | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], LengthReport]:
     """Conversations tokenized with every assistant turn masked in, fitted to ``data.max_length``: (trainer rows, source rows kept, counts)."""
     kwargs = config.model.chat_template_kwargs
     where = "data.train" if masking is not None else "eval"
@@ -151,9 +149,7 @@ def prepare_inputs(config: StageConfig, kind: str) -> AlignmentInputs:
         setup = training_setup(SFTConfig, config, output, has_eval=has_eval, assistant_only_loss=False, completion_only_loss=True, packing=data.packing)
     else:
         dpo = config.dpo
-        setup = training_setup(
-            DPOConfig, config, output, has_eval=has_eval, beta=dpo.beta, loss_type=[dpo.loss_type], precompute_ref_log_probs=dpo.reference == "precomputed"
-        )
+        setup = training_setup(DPOConfig, config, output, has_eval=has_eval, beta=dpo.beta, loss_type=[dpo.loss_type], precompute_ref_log_probs=dpo.reference == "precomputed")
     fingerprint = {
         "stage": kind,
         "model weights": model_fingerprint(model_path),
@@ -276,9 +272,7 @@ def _run(config: StageConfig, kind: str, build: Any, callbacks: list[Any] | None
             folder.manifest.details.update(record)
             folder.manifest.counts = counts
             folder.manifest.write(folder.root)
-        finished_model(
-            trainer, trainer.processing_class, target, inputs.plan.saved_template, init_from=inputs.model_path, template_kwargs=config.model.chat_template_kwargs
-        )
+        finished_model(trainer, trainer.processing_class, target, inputs.plan.saved_template, init_from=inputs.model_path, template_kwargs=config.model.chat_template_kwargs)
         if folder is not None:
             folder.finish(counts)
     return target

@@ -60,8 +60,7 @@ class ModelSection(Config):
     revision: str | None = option(None, "a Hub id's revision (branch, tag or commit) in the cache (unset: main)")
     chat_template: str | None = option(
         None,
-        "a shipped template (gemma, phi3, chatml) or a .jinja path, used only where it renders like the model's own "
-        "(or the model has none); the model's own template is always the one saved",
+        "a shipped template (gemma, phi3, chatml) or a .jinja path, used only where it renders like the model's own (or the model has none); the model's own template is always the one saved",
     )
     chat_template_kwargs: dict[str, Any] = option({}, "extra variables every chat-template render gets (e.g. {enable_thinking: false})")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "weights dtype (auto: fp32 to train, bf16 to evaluate on a GPU that has it)")
@@ -115,9 +114,7 @@ def mediphi_schedule() -> list[PitStageSection]:
 class MethodSection(Config):
     """How every training stage trains: full fine-tuning or LoRA."""
 
-    finetuning: Literal["full", "lora", "qlora"] = option(
-        "full", "full fine-tuning, LoRA, or QLoRA (LoRA over a 4-bit base; a CUDA GPU); adapters are merged into the saved weights"
-    )
+    finetuning: Literal["full", "lora", "qlora"] = option("full", "full fine-tuning, LoRA, or QLoRA (LoRA over a 4-bit base; a CUDA GPU); adapters are merged into the saved weights")
     lora: LoraSection = option(LoraSection(), "LoRA settings (lora and qlora)")
     qlora: QLoraSection = option(QLoraSection(), "the 4-bit base (qlora)")
 
@@ -140,9 +137,7 @@ class DpoSection(Config):
 
     beta: float = option(0.1, "the KL weight", exclusiveMinimum=0)
     loss_type: str = option("sigmoid", "TRL's loss_type (checked against TRL's own list before a model loads)")
-    reference: Literal["full", "precomputed", "adapter"] = option(
-        "full", "a frozen copy, log-probs precomputed once, or (LoRA) the policy with its adapter off"
-    )
+    reference: Literal["full", "precomputed", "adapter"] = option("full", "a frozen copy, log-probs precomputed once, or (LoRA) the policy with its adapter off")
 
 
 @dataclass
@@ -170,27 +165,18 @@ class EvalSection(Config):
 
     max_new_tokens: int = option(256, "greedy generation budget per answer", minimum=1)
     eval_batch_size: int = option(4, "prompts generated per batch", minimum=1)
-    objective: Literal["auto", "task_score", "neg_log_perplexity"] = option(
-        "auto", "the one number make_evaluator returns (auto: task score when there are records)"
-    )
-    allow_train_overlap: bool = option(
-        False, "evaluate even when records overlap what the model's manifests say it trained on (the report marks them)"
-    )
+    objective: Literal["auto", "task_score", "neg_log_perplexity"] = option("auto", "the one number make_evaluator returns (auto: task score when there are records)")
+    allow_train_overlap: bool = option(False, "evaluate even when records overlap what the model's manifests say it trained on (the report marks them)")
 
 
 @dataclass
 class DataSection(Config):
     """Where the inputs are (paths relative to the config file's folder), and how length is handled."""
 
-    documents: str | dict[str, str] | None = option(
-        None, "documents: a folder of .txt/.md, a .parquet/.jsonl file or a folder of them; eval: {domain: path}"
-    )
+    documents: str | dict[str, str] | None = option(None, "documents: a folder of .txt/.md, a .parquet/.jsonl file or a folder of them; eval: {domain: path}")
     text_field: str = option("text", "the documents' text column")
     task_data: str | None = option(None, "pit: prompt/completion (or question/answer) rows; the qa stage writes them")
-    train: str | None = option(
-        None, "sft: MediFlow records; dpo: prompt/chosen/rejected pairs (or records with rejected_output); "
-        "a file, a folder of shards or an export root. eval: the training data checked for overlap"
-    )
+    train: str | None = option(None, "sft: MediFlow records; dpo: prompt/chosen/rejected pairs (or records with rejected_output); a file, a folder of shards or an export root. eval: the training data checked for overlap")
     eval: str | None = option(None, "sft/dpo: the selection set (unset with an export root: its eval_split); never the training split")
     split: str | None = option(None, "the export split to read (unset: train for training stages, test for eval)")
     eval_split: str = option("validation", "the export split SFT/DPO evaluate on and the merge preset selects on")
@@ -199,9 +185,7 @@ class DataSection(Config):
     taxonomy: str | None = option(None, "a user taxonomy folder (the tasks' output schemas)")
     prompts: str | None = option(None, "qa: a user prompts folder searched before the built-in one")
     max_length: int = option(512, "tokens per training sequence (prompt + answer); what does not fit is counted and reported", minimum=1)
-    overlong: Literal["drop", "cut"] = option(
-        "drop", "rows longer than max_length: drop them (no answer trains without its end of turn) or keep them cut"
-    )
+    overlong: Literal["drop", "cut"] = option("drop", "rows longer than max_length: drop them (no answer trains without its end of turn) or keep them cut")
     chunk_overlap: int | None = option(None, "pit: tokens each document chunk repeats from the previous (unset: max_length / 8)", minimum=0)
     warn_fraction: float = option(0.05, "warn when more than this fraction of a stage's rows is dropped or cut", minimum=0, maximum=1)
     packing: bool = option(False, "pack several rows into each max_length sequence (sft and pit)")
@@ -254,9 +238,7 @@ class TrainSection(Config):
     fp16: bool | None = option(None, "fp16 mixed precision (unset: on a CUDA GPU without bf16, e.g. V100, T4, when bf16 is unset too)")
     use_cpu: bool | None = option(None, "train on the CPU even when a GPU is present")
     eval_steps: int | None = option(None, "with an eval set: evaluate every this many steps (unset: every epoch)", minimum=1)
-    resume_from_checkpoint: bool | str | None = option(
-        None, "true (--resume): the newest complete checkpoint in output.dir (only when its fingerprint matches); or a checkpoint folder"
-    )
+    resume_from_checkpoint: bool | str | None = option(None, "true (--resume): the newest complete checkpoint in output.dir (only when its fingerprint matches); or a checkpoint folder")
     extra: dict[str, Any] = option({}, "any other SFTConfig / DPOConfig field, checked against TRL's fields")
 
 

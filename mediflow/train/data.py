@@ -68,11 +68,7 @@ def load_documents(path: Path, text_field: str = "text") -> list[dict[str, str]]
         raise MediflowError(f"{path}: no '{text_field}' column (columns: {table.column_names}); set data.text_field")
     ids = table.column("id").to_pylist() if "id" in table.column_names else [None] * table.num_rows
     texts = table.column(text_field).to_pylist()
-    return [
-        {"id": str(doc_id) if doc_id is not None else content_id(text), "text": text}
-        for doc_id, text in zip(ids, texts)
-        if text
-    ]
+    return [{"id": str(doc_id) if doc_id is not None else content_id(text), "text": text} for doc_id, text in zip(ids, texts) if text]
 
 
 def load_task_rows(path: Path) -> list[dict[str, str]]:
@@ -117,10 +113,7 @@ def load_preferences(path: Path, split: str = "train", max_samples: int | None =
     table = read_table(path, split, "preferences")
     columns = set(table.column_names)
     if {"prompt", "chosen", "rejected"} <= columns:
-        rows = [
-            {"prompt": _as_turns(r["prompt"], "user"), "chosen": _as_turns(r["chosen"], "assistant"), "rejected": _as_turns(r["rejected"], "assistant")}
-            for r in table.select(["prompt", "chosen", "rejected"]).to_pylist()
-        ]
+        rows = [{"prompt": _as_turns(r["prompt"], "user"), "chosen": _as_turns(r["chosen"], "assistant"), "rejected": _as_turns(r["rejected"], "assistant")} for r in table.select(["prompt", "chosen", "rejected"]).to_pylist()]
     elif {"instruction", "input", "output", "rejected_output"} <= columns:
         rows = [
             {
@@ -132,9 +125,7 @@ def load_preferences(path: Path, split: str = "train", max_samples: int | None =
             if r["rejected_output"]
         ]
     else:
-        raise MediflowError(
-            f"{path}: preference data needs prompt/chosen/rejected columns or records with rejected_output, found {sorted(columns)}"
-        )
+        raise MediflowError(f"{path}: preference data needs prompt/chosen/rejected columns or records with rejected_output, found {sorted(columns)}")
     rows = [r for r in rows if r["chosen"] and r["rejected"]]
     return rows[:max_samples] if max_samples else rows
 

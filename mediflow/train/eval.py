@@ -96,10 +96,7 @@ def generate_answers(
     answers: list[str] = []
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
-            texts = [
-                tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **(template_kwargs or {}))
-                for messages in prompts[start : start + batch_size]
-            ]
+            texts = [tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **(template_kwargs or {})) for messages in prompts[start : start + batch_size]]
             batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
             output = model.generate(
                 **batch,
@@ -127,10 +124,7 @@ def read_eval_rows(config: StageConfig, split: str | None = None) -> list[dict[s
     columns = set(table.column_names)
     generic = {"prompt", "reference"} <= columns
     if not generic and not ({"output", "task_type"} <= columns and ({"messages"} <= columns or {"instruction", "input"} <= columns)):
-        raise MediflowError(
-            f"{path}: eval data needs prompt/reference columns, or MediFlow records (task_type, output and messages "
-            f"or instruction/input), found {sorted(columns)}"
-        )
+        raise MediflowError(f"{path}: eval data needs prompt/reference columns, or MediFlow records (task_type, output and messages or instruction/input), found {sorted(columns)}")
     rows = []
     for index, record in enumerate(table.to_pylist()):
         if generic:
@@ -176,9 +170,7 @@ def _json_valid(value: Any, ok: bool, schema: dict[str, Any] | None) -> bool:
     return schema is None or jsonschema.Draft202012Validator(schema).is_valid(value)
 
 
-def score_rows(
-    rows: list[dict[str, Any]], schemas: dict[str, dict[str, Any] | None], metrics: dict[str, TaskMetric], *, resamples: int = 1000
-) -> dict[str, dict[str, Any]]:
+def score_rows(rows: list[dict[str, Any]], schemas: dict[str, dict[str, Any] | None], metrics: dict[str, TaskMetric], *, resamples: int = 1000) -> dict[str, dict[str, Any]]:
     """Per-task metrics with bootstrap intervals over rows holding ``task``, ``reference``, ``prediction``.
 
     Each row also gets its own ``scores`` (what the predictions file shows). JSON validity is
@@ -237,16 +229,11 @@ class EvalInputs:
 
 def read_eval_inputs(config: StageConfig, split: str | None = None) -> EvalInputs:
     """Read (and check) the held-out documents and examples; a bad input is refused before a model loads."""
-    documents = {
-        domain: [doc["text"] for doc in load_documents(config.path(path), config.data.text_field)]
-        for domain, path in config.data.document_domains().items()
-    }
+    documents = {domain: [doc["text"] for doc in load_documents(config.path(path), config.data.text_field)] for domain, path in config.data.document_domains().items()}
     return EvalInputs(documents, read_eval_rows(config, split) if config.data.records else None)
 
 
-def evaluate_model(
-    model_dir: Path, config: StageConfig, *, split: str | None = None, predictions: Path | None = None, inputs: EvalInputs | None = None
-) -> dict[str, Any]:
+def evaluate_model(model_dir: Path, config: StageConfig, *, split: str | None = None, predictions: Path | None = None, inputs: EvalInputs | None = None) -> dict[str, Any]:
     """Measure one model folder: perplexity per document domain and task metrics on held-out examples.
 
     Answers are generated with the model's own chat template (see :mod:`.templates`) and stop at
@@ -266,9 +253,7 @@ def evaluate_model(
         report["perplexity"][domain] = perplexity(model, tokenizer, texts[: config.data.max_samples or None], config.data.max_length)
     if rows is not None:
         report["split"] = split or config.data.read_split("eval")
-        answers = generate_answers(
-            model, tokenizer, [r["prompt"] for r in rows], config.eval.max_new_tokens, config.eval.eval_batch_size, config.model.chat_template_kwargs
-        )
+        answers = generate_answers(model, tokenizer, [r["prompt"] for r in rows], config.eval.max_new_tokens, config.eval.eval_batch_size, config.model.chat_template_kwargs)
         for row, answer in zip(rows, answers):
             row["prediction"] = answer
         metrics_file = config.path(config.data.metrics) if config.data.metrics else None
@@ -362,10 +347,7 @@ def check_train_overlap(model: Path, config: StageConfig, rows: list[dict[str, A
     if missing:
         warnings.warn(f"eval: cannot check the records against {', '.join(missing)} (named by the model's manifests, no longer readable)", stacklevel=2)
     if hits and not config.eval.allow_train_overlap:
-        raise MediflowError(
-            f"eval: {len(hits)} of {len(rows)} records overlap what {model} was trained on ({'; '.join(seen_in)}, per its manifests); "
-            "evaluate on held-out records, or pass --allow-train-overlap to score them anyway"
-        )
+        raise MediflowError(f"eval: {len(hits)} of {len(rows)} records overlap what {model} was trained on ({'; '.join(seen_in)}, per its manifests); evaluate on held-out records, or pass --allow-train-overlap to score them anyway")
     if hits:
         warnings.warn(f"eval: {len(hits)} of {len(rows)} records were seen in training ({'; '.join(seen_in)}); scored anyway (--allow-train-overlap)", stacklevel=2)
     return entry
@@ -400,8 +382,17 @@ def run_eval(config: StageConfig, *, overwrite: bool = False) -> dict[str, Any]:
     paths = [model, *stage_paths(config)]
     check_output(target, paths, what="eval report", file=True, own=output)
     folder = OutputFolder.open(
-        output, kind="eval", holds="report", config=config.to_dict(), fingerprint=value_hash(identity), inputs=refs, input_paths=paths,
-        overwrite=overwrite, staged=False, extra_entries=("eval_report.json", "predictions.jsonl"), details={"fingerprint": identity},
+        output,
+        kind="eval",
+        holds="report",
+        config=config.to_dict(),
+        fingerprint=value_hash(identity),
+        inputs=refs,
+        input_paths=paths,
+        overwrite=overwrite,
+        staged=False,
+        extra_entries=("eval_report.json", "predictions.jsonl"),
+        details={"fingerprint": identity},
     )
     with folder:
         report = evaluate_model(model, config, predictions=output / "predictions.jsonl" if config.data.records else None, inputs=inputs)

@@ -87,12 +87,39 @@ def rows_hash(rows: Iterable[Any]) -> str:
 #: or fed, never the weights it ends with: they stay out of the fingerprint.
 _EXTRA_NOT_INPUTS = frozenset(
     {
-        "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers", "dataloader_prefetch_factor",
-        "dataset_num_proc", "disable_tqdm", "log_level", "log_level_replica", "log_on_each_node", "logging_dir", "logging_first_step",
-        "logging_nan_inf_filter", "logging_steps", "logging_strategy", "report_to", "run_name", "project", "trackio_space_id",
-        "save_steps", "save_strategy", "save_total_limit", "save_only_model", "save_safetensors", "save_on_each_node",
-        "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push", "hub_revision",
-        "include_num_input_tokens_seen", "include_tokens_per_second",
+        "dataloader_num_workers",
+        "dataloader_pin_memory",
+        "dataloader_persistent_workers",
+        "dataloader_prefetch_factor",
+        "dataset_num_proc",
+        "disable_tqdm",
+        "log_level",
+        "log_level_replica",
+        "log_on_each_node",
+        "logging_dir",
+        "logging_first_step",
+        "logging_nan_inf_filter",
+        "logging_steps",
+        "logging_strategy",
+        "report_to",
+        "run_name",
+        "project",
+        "trackio_space_id",
+        "save_steps",
+        "save_strategy",
+        "save_total_limit",
+        "save_only_model",
+        "save_safetensors",
+        "save_on_each_node",
+        "push_to_hub",
+        "hub_model_id",
+        "hub_strategy",
+        "hub_token",
+        "hub_private_repo",
+        "hub_always_push",
+        "hub_revision",
+        "include_num_input_tokens_seen",
+        "include_tokens_per_second",
     }
 )
 #: ... and those that only matter when there is an eval set (they shape the eval losses the manifest reports).
@@ -117,9 +144,7 @@ def training_inputs(config: Any, *, has_eval: bool = False) -> dict[str, Any]:
         train.pop("epochs")
     if not has_eval:
         train.pop("eval_steps")
-    train["extra"] = {
-        key: value for key, value in config.train.extra.items() if key not in _EXTRA_NOT_INPUTS and (has_eval or key not in _EXTRA_EVAL_ONLY)
-    }
+    train["extra"] = {key: value for key, value in config.train.extra.items() if key not in _EXTRA_NOT_INPUTS and (has_eval or key not in _EXTRA_EVAL_ONLY)}
     values: dict[str, Any] = {
         "model": {
             "dtype": config.model.dtype,

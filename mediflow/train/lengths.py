@@ -53,18 +53,14 @@ class LengthReport:
 
     def line(self) -> str:
         chunked = f", {self.documents_chunked} documents split into {self.chunks} chunks" if self.documents_chunked else ""
-        return (
-            f"{self.stage}: {self.kept} of {self.rows} rows trained at max_length={self.max_length} "
-            f"({self.dropped} dropped, {self.cut} cut, {self.tokens_lost} of {self.tokens} tokens lost{chunked})"
-        )
+        return f"{self.stage}: {self.kept} of {self.rows} rows trained at max_length={self.max_length} ({self.dropped} dropped, {self.cut} cut, {self.tokens_lost} of {self.tokens} tokens lost{chunked})"
 
     def announce(self, warn_fraction: float) -> None:
         """Log the counts; warn when the losses pass the threshold."""
         logger.info(self.line())
         if self.rows and (self.dropped + self.cut) / self.rows > warn_fraction:
             warnings.warn(
-                f"{self.stage}: {self.dropped + self.cut} of {self.rows} rows do not fit data.max_length={self.max_length}; "
-                "raise data.max_length or set data.overlong",
+                f"{self.stage}: {self.dropped + self.cut} of {self.rows} rows do not fit data.max_length={self.max_length}; raise data.max_length or set data.overlong",
                 stacklevel=2,
             )
 
@@ -104,15 +100,10 @@ def fit_tokenized(rows: list[TokenizedConversation], max_length: int, overlong: 
 def require_rows(report: LengthReport, what: str) -> None:
     """An eval (or training) set that had rows and has none left after length handling is an error, not a silent no-op."""
     if report.rows and not report.kept:
-        raise MediflowError(
-            f"{report.stage}: none of the {report.rows} {what} fits data.max_length={report.max_length}; "
-            "raise data.max_length or set data.overlong=cut"
-        )
+        raise MediflowError(f"{report.stage}: none of the {report.rows} {what} fits data.max_length={report.max_length}; raise data.max_length or set data.overlong=cut")
 
 
-def fit_preferences(
-    rows: list[dict[str, Any]], tokenizer: Any, max_length: int, overlong: str, stage: str = "dpo", template_kwargs: Mapping[str, Any] | None = None
-) -> tuple[list[dict[str, Any]], LengthReport]:
+def fit_preferences(rows: list[dict[str, Any]], tokenizer: Any, max_length: int, overlong: str, stage: str = "dpo", template_kwargs: Mapping[str, Any] | None = None) -> tuple[list[dict[str, Any]], LengthReport]:
     """DPO pairs whose prompt + chosen and prompt + rejected both fit; one line when rows were given and none does."""
     report = LengthReport(stage, max_length)
     kept = []

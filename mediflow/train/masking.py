@@ -67,9 +67,7 @@ def _common_prefix(first: list[int], second: list[int]) -> int:
     return length
 
 
-def tokenize_conversation(
-    tokenizer: Any, messages: list[dict[str, str]], masking: str, template_kwargs: Mapping[str, Any] | None = None, *, where: str = "row"
-) -> TokenizedConversation:
+def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]], masking: str, template_kwargs: Mapping[str, Any] | None = None, *, where: str = "row") -> TokenizedConversation:
     """``messages`` tokenized with the tokenizer's (training) chat template, every assistant turn masked in.
 
     ``masking`` is the plan's (:func:`~mediflow.train.templates.plan_chat_template`): generation

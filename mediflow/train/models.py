@@ -82,14 +82,10 @@ def hub_snapshot(repo_id: str, revision: str | None = None, *, key: str = "model
     except LocalEntryNotFoundError:
         if not download:
             raise ConfigError(
-                f"{key}: '{where}' is neither a model folder with config.json nor a Hub id in the local Hugging Face cache ({constants.HF_HUB_CACHE}); "
-                f"this command reads the cache only: download it first (hf download {repo_id})"
+                f"{key}: '{where}' is neither a model folder with config.json nor a Hub id in the local Hugging Face cache ({constants.HF_HUB_CACHE}); this command reads the cache only: download it first (hf download {repo_id})"
             ) from None
         if constants.HF_HUB_OFFLINE:
-            raise ConfigError(
-                f"{key}: {where} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set; "
-                f"download it first (hf download {repo_id}) or point HF_HUB_CACHE at a cache that holds it"
-            ) from None
+            raise ConfigError(f"{key}: {where} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set; download it first (hf download {repo_id}) or point HF_HUB_CACHE at a cache that holds it") from None
         logger.info("model: %s is not in the Hugging Face cache; downloading it into %s", where, constants.HF_HUB_CACHE)
         try:
             folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_FILES))
@@ -139,9 +135,7 @@ def _convert(gguf_package: Any, name: str, target: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         # transformers >= 5.2x keeps GGUF weights in their quantized blocks unless told to unpack
         # them; a trainable, savable folder needs dense weights and no quantizer attached.
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype="float32", quantization_config=GgufConfig(dequantize=True)
-        )
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype="float32", quantization_config=GgufConfig(dequantize=True))
         quantizer = getattr(model, "hf_quantizer", None)
         if quantizer is not None:
             quantizer.remove_quantization_config(model)

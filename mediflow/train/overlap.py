@@ -42,8 +42,7 @@ def check_overlap(stage: str, train_texts: list[str], eval_texts: list[str]) -> 
     hits = contaminated_items(train_texts, eval_texts)
     if hits:
         warnings.warn(
-            f"{stage}: {len(hits)} of {len(eval_texts)} eval items share a {NGRAM}-word span with the training data; "
-            "their scores are not held-out (decontaminate with `mediflow curate`)",
+            f"{stage}: {len(hits)} of {len(eval_texts)} eval items share a {NGRAM}-word span with the training data; their scores are not held-out (decontaminate with `mediflow curate`)",
             stacklevel=2,
         )
     return {"eval_items": len(eval_texts), "contaminated": len(hits), "ngram": NGRAM}

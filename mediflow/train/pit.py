@@ -161,9 +161,7 @@ def run_pit(config: StageConfig, callbacks: list[Any] | None = None, *, overwrit
         for index, stage in enumerate(config.pit.schedule, start=1):
             stage_dir = output / f"stage{index}-{stage.name}"
             rows = stage_rows(stage, task_rows, chunks)
-            fingerprint = flatten(
-                {"stage": dataclasses.asdict(stage), "init weights": model_fingerprint(current), "rows": rows_hash(rows), **training_inputs(config)}
-            )
+            fingerprint = flatten({"stage": dataclasses.asdict(stage), "init weights": model_fingerprint(current), "rows": rows_hash(rows), **training_inputs(config)})
             record = _finished_stage(stage_dir, fingerprint)
             if record is not None:
                 logger.info("pit stage %d (%s): already trained from these exact inputs; reused", index, stage.name)
@@ -198,9 +196,7 @@ def _finished_stage(stage_dir: Path, fingerprint: dict[str, Any]) -> dict[str, A
     return record if record.get("fingerprint") == fingerprint else None
 
 
-def _train_stage(
-    config: StageConfig, stage: PitStageSection, init_from: Path, rows: list[dict[str, str]], stage_dir: Path, fingerprint: dict[str, Any], callbacks: list[Any] | None
-) -> dict[str, Any]:
+def _train_stage(config: StageConfig, stage: PitStageSection, init_from: Path, rows: list[dict[str, str]], stage_dir: Path, fingerprint: dict[str, Any], callbacks: list[Any] | None) -> dict[str, Any]:
     """Train one stage into ``stage_dir/model``; its checkpoints resume only under the same fingerprint.
 
     The stage's record is written with ``status: training`` before its first checkpoint, so the

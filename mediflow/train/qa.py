@@ -98,9 +98,7 @@ class QAStep(LLMStep[tuple[dict[str, str], PromptTemplate], list[dict[str, str]]
         return [{**produced, **meta} for produced in training_rows(template, answer.value, document["text"])]
 
 
-async def _ask_all(
-    config: StageConfig, documents: list[dict[str, str]], templates: list[PromptTemplate], folder: OutputFolder
-) -> tuple[list[dict[str, str]], list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any]]:
+async def _ask_all(config: StageConfig, documents: list[dict[str, str]], templates: list[PromptTemplate], folder: OutputFolder) -> tuple[list[dict[str, str]], list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any]]:
     """The rows, the rejects, what the teacher negotiated with its server (``{role: capabilities}``) and
     what the manifest records of the engine's usage (and of batch mode)."""
     qa = config.qa
@@ -134,9 +132,7 @@ async def _ask_all(
     return produced, rejects, capabilities, details
 
 
-async def _fill_in_batches(
-    engine: Engine, step: QAStep, rows: list[tuple[dict[str, str], PromptTemplate]], folder: OutputFolder, config: StageConfig
-) -> dict[str, Any]:
+async def _fill_in_batches(engine: Engine, step: QAStep, rows: list[tuple[dict[str, str], PromptTemplate]], folder: OutputFolder, config: StageConfig) -> dict[str, Any]:
     """``qa.mode: batch``: every (document, prompt) answered through provider batches, into the cache."""
     assert config.qa.teacher is not None
 
@@ -144,8 +140,15 @@ async def _fill_in_batches(
         return await ask(engine, step, row)
 
     return await fill_cache_in_batches(
-        folder.root, "qa", {ROLE: engine}, {ROLE: config.qa.teacher}, config.qa.batch, lambda: rows, one,
-        window=2 * config.qa.limits.concurrency, progress=engine.progress,
+        folder.root,
+        "qa",
+        {ROLE: engine},
+        {ROLE: config.qa.teacher},
+        config.qa.batch,
+        lambda: rows,
+        one,
+        window=2 * config.qa.limits.concurrency,
+        progress=engine.progress,
     )
 
 
@@ -181,9 +184,7 @@ async def generate_task_data_async(config: StageConfig, *, overwrite: bool = Fal
         documents = documents[: config.data.max_samples]
     library = load_prompts(config.path(config.data.prompts) if config.data.prompts else None)
     templates = [library.get(name) for name in config.qa.tasks]
-    folder = OutputFolder.open(
-        config.path(config.output.dir), kind="qa", holds="task_data", config=_plain(config), input_paths=[documents_path], overwrite=overwrite
-    )
+    folder = OutputFolder.open(config.path(config.output.dir), kind="qa", holds="task_data", config=_plain(config), input_paths=[documents_path], overwrite=overwrite)
     with folder:
         rows, rejects, folder.manifest.teacher_capabilities, details = await _ask_all(config, documents, templates, folder)
         writer = StagedWriter(folder)

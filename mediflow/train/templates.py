@@ -121,10 +121,7 @@ def plan_chat_template(tokenizer: Any, configured: str | None) -> TemplatePlan:
     marked = shipped_chat_template(configured) if configured else family_template(tokenizer, native)
     if native is None:
         if marked is None:
-            raise ConfigError(
-                "model.chat_template: the model has no chat template and its layout is not recognised; "
-                "set model.chat_template to a .jinja file (with {% generation %} markers)"
-            )
+            raise ConfigError("model.chat_template: the model has no chat template and its layout is not recognised; set model.chat_template to a .jinja file (with {% generation %} markers)")
         masking = ASSISTANT_ONLY if has_generation_markers(marked) else COMPLETION_ONLY
         return TemplatePlan(marked, strip_generation_markers(marked), masking, "the model has no chat template: the configured/recognised one is used and saved")
     if has_generation_markers(native):

@@ -164,9 +164,7 @@ def _parameters(raw: Any, method: MethodSpec, where: str, allowed_scopes: tuple[
         raise ConfigError(f"{where}: expected a mapping of parameter names to values")
     for name, setting in raw.items():
         if name not in method.parameter_names:
-            raise ConfigError(
-                f"{where}: unknown parameter '{name}' for {method.name} (known: {', '.join(method.parameter_names)})"
-            )
+            raise ConfigError(f"{where}: unknown parameter '{name}' for {method.name} (known: {', '.join(method.parameter_names)})")
         spec = method.parameter(name)
         if allowed_scopes is not None and spec.scope not in allowed_scopes:
             raise ConfigError(f"{where}.{name}: is set once for the whole merge, under the top-level 'parameters'")

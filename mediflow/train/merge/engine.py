@@ -199,28 +199,17 @@ def _merge_one(
         _copy_agreed_buffer(name, input_names, folders, writer)
         return
     compute = torch.float64 if torch.float64 in (config.dtype, *(i.dtype for i in infos)) else torch.float32
-    sources = [
-        TensorSource(info.shape, functools.partial(folder.read_rows, n), compute, config.dtype)
-        for folder, n, info in zip(folders, input_names, infos, strict=True)
-    ]
+    sources = [TensorSource(info.shape, functools.partial(folder.read_rows, n), compute, config.dtype) for folder, n, info in zip(folders, input_names, infos, strict=True)]
     shared, per_input = _tensor_parameters(config, name, input_names, num_layers)
     chunks = row_chunks(infos[0].shape, chunk_elements)
-    plan = plan_tensor(
-        config.method, sources, config.base_index, shared, per_input, chunks, lambda i: _generator(seed, name, i)
-    )
+    plan = plan_tensor(config.method, sources, config.base_index, shared, per_input, chunks, lambda i: _generator(seed, name, i))
     for start, stop in chunks:
         writer.write(name, plan.merge_rows(start, stop).to(out_dtype))
 
 
-def _tensor_parameters(
-    config: MergeConfig, name: str, input_names: list[str], num_layers: int
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _tensor_parameters(config: MergeConfig, name: str, input_names: list[str], num_layers: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     position = layer_position(name, num_layers)
-    shared = {
-        spec.name: resolve_parameter(spec, [config.parameters], name, position, "the merge")
-        for spec in config.method.parameters
-        if spec.scope == "shared"
-    }
+    shared = {spec.name: resolve_parameter(spec, [config.parameters], name, position, "the merge") for spec in config.method.parameters if spec.scope == "shared"}
     per_input = []
     for index, (model, input_name) in enumerate(zip(config.models, input_names, strict=True)):
         per_input.append(
@@ -266,10 +255,7 @@ def _copy_side_files(config: MergeConfig, reference: Path, folder: Path) -> None
         ours = _read_json(reference / "config.json").get("vocab_size")
         theirs = _read_json(source / "config.json").get("vocab_size")
         if ours != theirs:
-            raise ConfigError(
-                f"tokenizer source {source} has vocab_size {theirs} but the merged weights have {ours}; "
-                "vocabulary remapping is not supported"
-            )
+            raise ConfigError(f"tokenizer source {source} has vocab_size {theirs} but the merged weights have {ours}; vocabulary remapping is not supported")
     if (reference / "generation_config.json").is_file():
         shutil.copy2(reference / "generation_config.json", folder / "generation_config.json")
     for file_name in TOKENIZER_FILES:

@@ -272,6 +272,7 @@ class SlerpStatistics:
 
     def add(self, base_chunk: torch.Tensor, other_chunk: torch.Tensor) -> SlerpStatistics:
         """Accumulate one chunk (sums in float64, so chunking does not change the result)."""
+
         def total(x: torch.Tensor, y: torch.Tensor) -> float:
             return float((x * y).sum(dtype=torch.float64))
 
@@ -331,9 +332,7 @@ def model_stock_ratio(gram: torch.Tensor) -> torch.Tensor:
     count = gram.shape[-1]
     norms = torch.diagonal(gram, dim1=-2, dim2=-1).sqrt()
     pairs = [(i, j) for i in range(count) for j in range(i + 1, count)]
-    cosines = torch.stack(
-        [(gram[..., i, j] / (norms[..., i] * norms[..., j]).clamp(min=1e-6)).clamp(-1, 1) for i, j in pairs]
-    )
+    cosines = torch.stack([(gram[..., i, j] / (norms[..., i] * norms[..., j]).clamp(min=1e-6)).clamp(-1, 1) for i, j in pairs])
     cos = cosines.mean(dim=0)
     denominator = 1 + (count - 1) * cos
     singular = denominator.abs() < 1e-6

@@ -161,10 +161,7 @@ def breadcrumbs_config(preset: MediPhiPreset, experts: list[Path], candidate: Ca
         "merge_method": "breadcrumbs_ties",
         "base_model": str(preset.base_model),
         "parameters": {"int8_mask": True, "normalize": False},
-        "models": [
-            {"model": str(expert), "parameters": {name: candidate[f"{name}_{i}"] for name in SEARCHED}}
-            for i, expert in enumerate(experts)
-        ],
+        "models": [{"model": str(expert), "parameters": {name: candidate[f"{name}_{i}"] for name in SEARCHED}} for i, expert in enumerate(experts)],
     }
     if preset.dtype:
         config["dtype"] = preset.dtype
@@ -187,9 +184,7 @@ def evaluator_fingerprint(evaluate: Evaluator) -> str:
     return value_hash({"callable": getattr(evaluate, "__qualname__", repr(evaluate)), "source": code})
 
 
-def run_mediphi_preset(
-    preset: MediPhiPreset, evaluate: Evaluator, *, report: Evaluator | None = None, overwrite: bool = False, data_paths: Sequence[Path] = ()
-) -> PresetResult:
+def run_mediphi_preset(preset: MediPhiPreset, evaluate: Evaluator, *, report: Evaluator | None = None, overwrite: bool = False, data_paths: Sequence[Path] = ()) -> PresetResult:
     """Run the recipe and write the best merge to ``preset.output``.
 
     ``evaluate`` selects (the SLERP ratios, the search); ``report``, on other data, scores the result
@@ -213,18 +208,14 @@ def run_mediphi_preset(
             "report evaluator": evaluator_fingerprint(report) if report is not None else None,
         }
     )
-    folder = open_merge_output(
-        preset.output, config=preset.plain(), identity=identity, inputs=inputs, overwrite=overwrite, caches=(WORK_DIR,), data_paths=data_paths
-    )
+    folder = open_merge_output(preset.output, config=preset.plain(), identity=identity, inputs=inputs, overwrite=overwrite, caches=(WORK_DIR,), data_paths=data_paths)
     with folder:
         result = _run_preset(preset, evaluate, report, judge, base, [ref.fingerprint for ref in inputs[1:]], folder)
         folder.finish({"evaluations": len(result.trials), "experts": len(preset.experts)}, {"best_score": result.best.score, "report_score": result.report_score})
     return result
 
 
-def _run_preset(
-    preset: MediPhiPreset, evaluate: Evaluator, report: Evaluator | None, judge: str, base: str, experts: list[str], folder: OutputFolder
-) -> PresetResult:
+def _run_preset(preset: MediPhiPreset, evaluate: Evaluator, report: Evaluator | None, judge: str, base: str, experts: list[str], folder: OutputFolder) -> PresetResult:
     preset.work_dir.mkdir(exist_ok=True)
     slerp_scores: dict[str, dict[str, float]] = {}
     slerped, slerp_t, slerp_keys = [], {}, []
@@ -246,9 +237,7 @@ def _run_preset(
         finally:
             shutil.rmtree(candidate_dir, ignore_errors=True)
 
-    dimensions = [
-        Dimension(f"{name}_{i}", *preset.bounds[name]) for i in range(len(slerped)) for name in SEARCHED
-    ]
+    dimensions = [Dimension(f"{name}_{i}", *preset.bounds[name]) for i in range(len(slerped)) for name in SEARCHED]
     start = {d.name: (d.low + d.high) / 2 for d in dimensions}
     published = {f"{name}_{i}": PUBLISHED[name] for i in range(len(slerped)) for name in SEARCHED}
     inside = all(d.low <= published[d.name] <= d.high for d in dimensions)
@@ -267,11 +256,7 @@ def _run_preset(
     staging = staging_for(preset.output / "model")
     write_merge(plan_merge(parse_merge_config(final, source="preset result")), staging)
     (staging / MERGE_CONFIG_NAME).write_text(yaml.safe_dump(final, sort_keys=False), encoding="utf-8")
-    held_out: dict[str, Any] = (
-        {"score": float(report(staging)), "evaluator": evaluator_fingerprint(report)}
-        if report is not None
-        else {"score": None, "note": "no separate report set: the best score above is the selection score"}
-    )
+    held_out: dict[str, Any] = {"score": float(report(staging)), "evaluator": evaluator_fingerprint(report)} if report is not None else {"score": None, "note": "no separate report set: the best score above is the selection score"}
     summary = {
         "slerp": {"t": slerp_t, "scores": slerp_scores},
         "search": {"budget": preset.budget, "evaluations": len(trials), "best_score": best.score, "best": best.candidate},
@@ -317,5 +302,3 @@ def _choose_slerp(preset: MediPhiPreset, index: int, expert: Path, evaluate: Eva
         raise ConfigError(f"slerp expert {expert}: the evaluator returned no comparable score ({scores})")
     write_json(record, {"expert": str(expert), "key": key, "t": best_t, "scores": scores})
     return chosen, best_t, scores
-
-

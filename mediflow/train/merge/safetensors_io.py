@@ -117,9 +117,7 @@ def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
     return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
 
 
-def plan_shards(
-    tensors: list[tuple[str, tuple[int, ...], torch.dtype]], max_shard_bytes: int
-) -> list[_Shard]:
+def plan_shards(tensors: list[tuple[str, tuple[int, ...], torch.dtype]], max_shard_bytes: int) -> list[_Shard]:
     """Group tensors, in order, into shards of at most ``max_shard_bytes`` (a larger tensor gets its own)."""
     shards: list[_Shard] = []
     for name, shape, dtype in tensors:
@@ -159,11 +157,7 @@ class ShardedWriter:
 
     def write(self, name: str, chunk: torch.Tensor) -> None:
         """Append the next chunk of ``name`` (already in the planned dtype), in :meth:`tensors` order."""
-        while (
-            self._order[self._cursor] != name
-            and self._cursor + 1 < len(self._order)
-            and self._written.get(self._order[self._cursor], 0) == self._expected[self._order[self._cursor]]
-        ):
+        while self._order[self._cursor] != name and self._cursor + 1 < len(self._order) and self._written.get(self._order[self._cursor], 0) == self._expected[self._order[self._cursor]]:
             self._cursor += 1
         if self._order[self._cursor] != name:
             raise ValueError(f"{name}: written out of order (expected {self._order[self._cursor]})")

@@ -99,10 +99,7 @@ def plan_tensor(
         return _SlerpPlan(base, sources[other], methods.slerp_coefficients(shared["t"], stats))
     if method.family == "model_stock":
         return _model_stock_plan(base, [sources[i] for i in others], shared["filter_wise"], chunks)
-    sparsifiers = [
-        _sparsifier(method, base, sources[i], per_input[i], shared["rescale"], chunks, functools.partial(make_generator, i))
-        for i in others
-    ]
+    sparsifiers = [_sparsifier(method, base, sources[i], per_input[i], shared["rescale"], chunks, functools.partial(make_generator, i)) for i in others]
     return _TaskVectorPlan(
         base=base,
         others=[sources[i] for i in others],
@@ -150,9 +147,7 @@ class _ModelStockPlan:
         return methods.model_stock_combine(base_rows, other_rows, ratio)
 
 
-def _model_stock_plan(
-    base: TensorSource, others: Sequence[TensorSource], filter_wise: bool, chunks: Sequence[Rows]
-) -> _ModelStockPlan:
+def _model_stock_plan(base: TensorSource, others: Sequence[TensorSource], filter_wise: bool, chunks: Sequence[Rows]) -> _ModelStockPlan:
     if filter_wise:
         return _ModelStockPlan(base, others, None)
     gram = torch.zeros(len(others), len(others), dtype=torch.float64)
@@ -289,14 +284,9 @@ def merge_tensors(
     the YAML ``parameters``.
     """
     shared = {p.name: p.default for p in method.parameters if p.scope == "shared"} | dict(shared or {})
-    per_input = [
-        {p.name: p.default for p in method.parameters if p.scope != "shared"} | dict(values)
-        for values in (per_input or [{} for _ in tensors])
-    ]
+    per_input = [{p.name: p.default for p in method.parameters if p.scope != "shared"} | dict(values) for values in (per_input or [{} for _ in tensors])]
     sources = [TensorSource.in_memory(t) for t in tensors]
     chunks = row_chunks(tuple(tensors[0].shape), chunk_elements)
-    plan = plan_tensor(
-        method, sources, base_index, shared, per_input, chunks, lambda i: torch.Generator().manual_seed(seed * 1000 + i)
-    )
+    plan = plan_tensor(method, sources, base_index, shared, per_input, chunks, lambda i: torch.Generator().manual_seed(seed * 1000 + i))
     parts = [plan.merge_rows(start, stop) for start, stop in chunks]
     return parts[0] if tensors[0].dim() == 0 else torch.cat(parts)
