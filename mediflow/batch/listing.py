@@ -18,7 +18,7 @@ from mediflow.batch.config import BatchConfig
 from mediflow.batch.providers import BatchAPI, BatchInfo, batch_api_of
 from mediflow.batch.state import BatchRecord, BatchState, load_state, state_path
 from mediflow.errors import MediflowError
-from mediflow.folders.guards import FolderLock, lock_holder
+from mediflow.folders.guards import FolderLock
 from mediflow.folders.manifest import now
 from mediflow.sync import run_sync
 from mediflow.teachers.base import Teacher
@@ -90,9 +90,6 @@ async def cancel_batches_async(out: str | Path) -> list[BatchRow]:
     """:func:`cancel_batches` for callers already running an event loop."""
     root = Path(out)
     state = _state(root)
-    holder = lock_holder(root)
-    if holder is not None:
-        raise MediflowError(f"{root}: in use by another process ({holder}); stop it first (Ctrl-C), then cancel its batches")
     cancelled: list[BatchRow] = []
     with FolderLock(root):
         async with _Providers(state) as providers:
