@@ -122,7 +122,11 @@ class ActorSession:
         self.context = context
         self.id = uuid.uuid4().hex
         self.engines: list[Engine] = []
+        self.worker: Worker | None = None  # once the work is open: its totals are what the actor reports
         self._shared_limits = CoordinatorLimits(context.coordinator)
+        self._reporting: asyncio.Lock | None = None
+        self._report_waiting = False  # a report_soon waits for the one on its way
+        self._reports: set[asyncio.Future[None]] = set()
 
     def check_folder(self) -> None:
         """Refuse to work on a node that does not see the driver's output folder (its marker) at the same path."""
@@ -143,17 +147,43 @@ class ActorSession:
         return self._shared_limits
 
     def opened(self, engine: Engine) -> None:
-        """An engine this actor opened (:func:`~mediflow.steps.open_engine` with ``share=``): flushed before results go back."""
+        """An engine this actor opened (:func:`~mediflow.steps.open_engine` with ``share=``): flushed before results go
+        back, and its totals reported as soon as its answers are on disk (``Engine.after_flush``)."""
         self.engines.append(engine)
+        engine.after_flush = self.report_soon
 
     async def flush(self) -> None:
         """Every answer this actor received, on disk."""
         for engine in self.engines:
             await engine.flush()
 
-    async def report(self, worker: Worker) -> None:
-        """This actor's totals to the coordinator (awaited: a call nobody awaits may never leave an actor about to return)."""
-        await self.context.coordinator.report.remote(self.id, worker.stats())
+    async def report(self) -> None:
+        """This actor's totals to the coordinator now, read when the report leaves (awaited: a call nobody awaits may
+        never leave an actor about to return)."""
+        if self.worker is None:
+            return
+        if self._reporting is None:
+            self._reporting = asyncio.Lock()
+        async with self._reporting:
+            self._report_waiting = False  # this report covers whatever asked for one until now
+            await self.context.coordinator.report.remote(self.id, self.worker.stats())
+
+    async def report_soon(self) -> None:
+        """A report on its way without holding anyone up (``Engine.after_flush``: answers just written). At most one waits
+        behind the one being sent, and it reads the totals when it leaves: answers written together cost one report, and
+        what an actor had on disk is counted a round trip later, whether or not it dies."""
+        if self._report_waiting or self.worker is None:
+            return
+        self._report_waiting = True
+        task = asyncio.ensure_future(self._report_or_warn())
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _report_or_warn(self) -> None:
+        try:
+            await self.report()
+        except Exception as exc:  # the batch's own report raises what matters; this one only runs ahead of it
+            logger.warning("engine: ray: an actor's report did not reach the coordinator: %s", exc)
 
 
 def check_ray(config: RayConfig) -> None:
@@ -280,6 +310,7 @@ class _EngineActor:
             if self._worker is None:
                 self._session.check_folder()
                 self._worker = await self._stack.enter_async_context(self._work.open(self._session))
+                self._session.worker = self._worker
                 self._reporter = asyncio.get_running_loop().create_task(self._report_every(REPORT_EVERY_S))
         return self._worker
 
@@ -292,9 +323,8 @@ class _EngineActor:
                 logger.warning("engine: ray: cannot write the answer segment yet: %s", exc)
 
     async def _flush_and_report(self) -> None:
-        assert self._worker is not None
         await self._session.flush()
-        await self._session.report(self._worker)
+        await self._session.report()
 
     async def __call__(self, batch: dict[str, np.ndarray] | pa.Table) -> dict[str, Any]:
         worker = await self._open()
