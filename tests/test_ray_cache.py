@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from mediflow.engine import Engine, LimitsConfig
-from mediflow.engine.cache import ResponseCache, SegmentWriter, SharedCache, merge_segments, segments_dir
+from mediflow.engine.cache import ResponseCache, SegmentWriter, SharedCache, merge_segments, segment_usage, segments_dir
 from mediflow.folders import CACHE_NAME
 from mediflow.folders.output import CACHE_SEGMENTS
 from mediflow.teachers import ChatRequest, ChatResponse, make_teacher
@@ -142,3 +142,28 @@ def test_an_actor_engine_writes_answers_in_groups_off_its_event_loop(teacher_ser
     assert sum(count for count, _ in writes) == 60 and len(writes) < 60  # grouped
     assert all(thread != loop_thread for _, thread in writes)  # off the event loop
     assert merge_segments(tmp_path / CACHE_NAME) == 60 and teacher_server.stats()["requests"] == 60
+
+
+def test_the_run_counts_the_answers_a_dead_actor_wrote_after_its_last_report(tmp_path: Path) -> None:
+    """Reproduction: after a node loss the manifest counted 52 (later 60) of 74 answers served: the lost actor's last
+    answers were on disk (its segment) but not in its last report. The driver counts the segments' lines."""
+    from mediflow.scale.config import RayConfig
+    from mediflow.scale.ray_runner import RayRun
+
+    cache_path = tmp_path / CACHE_NAME
+    for first, count in ((0, 3), (10, 4)):  # two actors' segments; the second one's writer died (closed) after 4 answers
+        writer = SegmentWriter(segments_dir(cache_path))
+        for i in range(first, first + count):
+            writer.append(f"k{i}", "t", answer(i))
+        writer.write_queued()
+        writer.close()
+    assert segment_usage(cache_path) == (7, 21, sum(range(3)) + sum(range(10, 14)))
+
+    run = RayRun([], work=None, config=RayConfig(), folder=tmp_path, cache=cache_path)  # type: ignore[arg-type]  # totals only
+    reported = {"requests": 5, "cache_hits": 1, "prompt_tokens": 12, "completion_tokens": 3 + 21}  # the second actor reported 2 of its 4
+    run._reports = {"a": {"requests": 3, "cache_hits": 0, "prompt_tokens": 9, "completion_tokens": 3}, "b": {"requests": 2, "cache_hits": 1, "prompt_tokens": 3, "completion_tokens": 21}}
+    run._on_disk = segment_usage(cache_path)
+    session = run.session
+    assert session["requests"] - session["cache_hits"] == 7  # every answer paid for and on disk
+    assert session["requests"] == reported["requests"] + 3 and session["cache_hits"] == 1
+    assert (session["prompt_tokens"], session["completion_tokens"]) == (21, 3 + 46)

@@ -407,6 +407,22 @@ def _index_dead_segments(directory: Path) -> dict[str, tuple[Path, int]]:
     return index
 
 
+def segment_usage(cache_path: Path) -> tuple[int, int, int]:
+    """``(answers, prompt_tokens, completion_tokens)`` written in the segments next to ``cache_path``: what the run's
+    actors paid for and have on disk (each fresh answer is one line; a request two actors both paid for, two)."""
+    answers = prompt = completion = 0
+    directory = segments_dir(cache_path)
+    for path in sorted(directory.glob("*.jsonl")) if directory.is_dir() else []:
+        with path.open("rb") as handle:
+            for _, line in _segment_lines(handle):
+                fields = _parse(line)
+                if fields is not None:
+                    answers += 1
+                    prompt += int(fields["prompt_tokens"] or 0)
+                    completion += int(fields["completion_tokens"] or 0)
+    return answers, prompt, completion
+
+
 def merge_segments(cache_path: Path) -> int:
     """Fold the actors' segments into the cache at ``cache_path`` and checkpoint it; returns the answers added.
 

@@ -55,7 +55,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mediflow.engine.cache import merge_segments, segments_dir
+from mediflow.engine.cache import merge_segments, segment_usage, segments_dir
 from mediflow.engine.config import LimitsConfig
 from mediflow.errors import ConfigError, MediflowError
 from mediflow.scale.config import RayConfig
@@ -412,6 +412,7 @@ class RayRun:
         self.cache = Path(os.path.abspath(cache))
         self._reports: dict[str, dict[str, Any]] = {}
         self._dataset_id: str | None = None  # the mapped dataset's, once it is built
+        self._on_disk = (0, 0, 0)  # the answers the actors wrote, and their tokens (segment_usage)
 
     @property
     def total(self) -> int:
@@ -438,6 +439,7 @@ class RayRun:
                 logger.warning("engine: ray: the actors' totals are lost (%s)", exc)
             ray.kill(context.coordinator)
             context.marker.unlink(missing_ok=True)
+            self._on_disk = segment_usage(self.cache)  # this run's paid answers (a killed run's were merged above)
             merge_segments(self.cache)
             if finished:
                 _merge_once_released(self.cache, RELEASE_WAIT_S)
@@ -557,11 +559,19 @@ class RayRun:
 
     @property
     def session(self) -> dict[str, Any]:
-        """The actors' engine totals, summed (latency is left out: percentiles do not add); an actor that died counts what it reported."""
+        """The actors' engine totals, summed (latency is left out: percentiles do not add). An actor that died counts what
+        it reported, and the answers it had written since (its segment's lines and tokens; their cost is not known here)."""
         total: dict[str, Any] = {}
         for stats in self._reports.values():
             total = add_stats(total, {**stats, "actors": 1})
-        return add_stats(total, {})
+        total = add_stats(total, {})
+        answers, prompt, completion = self._on_disk
+        unreported = answers - (total["requests"] - total["cache_hits"])
+        if unreported > 0:  # an actor died within a report's round trip of answers it had on disk: they were paid for
+            total["requests"] += unreported
+            total["prompt_tokens"] = max(total["prompt_tokens"], prompt)
+            total["completion_tokens"] = max(total["completion_tokens"], completion)
+        return total
 
 
 def _merge_once_released(cache: Path, seconds: float) -> None:
