@@ -18,8 +18,11 @@ compared, so ``pt`` and ``patient``, ``w/`` and ``with``, ``%`` and ``percent`` 
 Facts are compared as multisets, so sentence order never matters, and a negation is compared with
 what it negates inside its own sentence. Numbers and codes must agree exactly by default (a typo in
 a value is another value; ``values: lenient`` excuses one edit in a value); a distinguishing word
-misspelled (one edit or transposition per five letters, words of four letters or more), split in
-two or run into the next word is excused, and so is one dropped word when nothing replaces it.
+misspelled (one edit or transposition per four letters, words of four letters or more), garbled
+into a word that states nothing (one edit per three letters, or the same sound), split in two or
+run into the next word is excused where it stood (a shared neighbour), and so is one dropped word
+when nothing replaces it. A misspelling that writes another fact word ("mg" as "g", "she" as "he")
+is read as that fact: only meaning could tell it from a sibling.
 """
 
 from __future__ import annotations
