@@ -211,7 +211,8 @@ def _throughput(kind: str, url: str, requests: int, concurrency: int, workdir: P
         import ray
 
         begun = time.perf_counter()
-        ray.init(num_cpus=ray_cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False, _temp_dir=str(workdir / "ray"))
+        ray_dir = Path(f"/tmp/mf-ray-{os.getpid()}")  # Ray's socket paths must stay under 107 bytes
+        ray.init(num_cpus=ray_cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False, _temp_dir=str(ray_dir))
         setup = time.perf_counter() - begun
         config = RayConfig(actors=int(kind.split("-")[1]), batch_size=32)
         started = time.perf_counter()
@@ -219,6 +220,9 @@ def _throughput(kind: str, url: str, requests: int, concurrency: int, workdir: P
     wall = time.perf_counter() - started
     if kind != "local":
         ray.shutdown()
+        import shutil
+
+        shutil.rmtree(ray_dir, ignore_errors=True)
     return {"wall_s": wall, "setup_s": setup, "results": done}
 
 
@@ -241,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--ray-cpus", type=int, default=2)
     parser.add_argument("--skip", choices=("memory", "throughput"), action="append", default=[])
+    parser.add_argument("--paths", nargs="+", choices=ENGINES, default=list(ENGINES), help="throughput: the paths to time (local is the baseline)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -281,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{'path':18} {'wall s':>8} {'req/s':>8} {'vs local':>9}  notes")
             with teacher_server("--latency", str(args.latency)) as url:
                 local_rate = None
-                for kind in ENGINES:
+                for kind in args.paths:
                     url.reset()
                     run_dir = workdir / f"run-{kind}"
                     run_dir.mkdir()

@@ -112,7 +112,7 @@ def test_relative_paths_reach_every_node_and_the_records_equal_the_local_engines
     assert _records(driver / "runs/ray") == _records(driver / "runs/local")
 
 
-@pytest.mark.skip(reason="flaky here (failed 2 of 4 runs): the run's coordinator actor sometimes lands on the worker node the test removes, and the run stops with the coordinator; not fixed yet, see docs/scaling.md")
+@pytest.mark.skip(reason="flaky in the whole module (passed 5 of 5 alone, failed 1 of 2 after the relative-paths test): the lost actor's last answers, on disk, can miss its last report (60 counted of 74 served)")
 def test_a_worker_node_lost_mid_run_repeats_only_the_work_in_flight(nodes, start_teacher_server, tmp_path) -> None:
     """Reproduction: after an actor died its requests were not counted (471 sent + 129 cached for 600 served)."""
     server = start_teacher_server("--latency", "0.05")
@@ -153,18 +153,16 @@ def _tables(out: Path) -> str:
     return json.dumps([kept, pq.read_table(out / "rejects.parquet").to_pylist()], default=str, sort_keys=True)
 
 
-@pytest.mark.skip(
-    reason="hangs on this machine: Ray Data spreads the 2 actors (0.5 CPU) over the two 1-CPU workers and the judge's "
-    "read_parquet never gets its rows to them (3 actors on one 2-CPU node hang the same way); not fixed yet, see docs/scaling.md"
-)
 def test_the_judge_on_a_many_file_folder_starts_its_actors_once(nodes, teacher_server, tmp_path) -> None:
-    """Reproduction: the judge started a new dataset and new actors per input file (12 files: 24 actor processes)."""
+    """Reproduction: the judge started a new dataset and new actors per input file (12 files: 24 actor processes); and,
+    once it read the folder as one dataset, it hung when its actors left no node a whole free CPU (3 x 0.5 CPU over two
+    1-CPU nodes): Ray Data's read tasks each wait for a whole CPU."""
     records = unjudged(documents=8)
     source = write_output_folder(tmp_path / "in", records, shards=len(records) // 2)
     assert len(list((source / "data").glob("*.parquet"))) >= 6
     settings = {"teacher": TEST_TEACHER, "base_url": teacher_server, "progress": False, "samples": 2, "thresholds": {"quality": 3.0}}
-    on_ray = run_judge(source, tmp_path / "ray", JudgeConfig.load(None, engine="ray", ray={"actors": 2, "batch_size": 4}, **settings))
-    assert on_ray.details["usage"]["actors"] == 2  # one pool for the whole folder
+    on_ray = run_judge(source, tmp_path / "ray", JudgeConfig.load(None, engine="ray", ray={"actors": 3, "batch_size": 4}, **settings))
+    assert 1 <= on_ray.details["usage"]["actors"] <= 3  # one pool for the whole folder (a small input may keep one actor busy with it all)
     run_judge(source, tmp_path / "local", JudgeConfig.load(None, **settings))
     assert _tables(tmp_path / "ray") == _tables(tmp_path / "local")
 
@@ -178,6 +176,9 @@ def test_no_room_for_an_actor_is_one_line_not_a_silent_hang(nodes, teacher_serve
     errors = [line for line in lines if line.startswith("error:")]
     assert errors == lines[-1:] and "no room for an actor" in errors[0] and "4 CPU" in errors[0], lines
     assert time.monotonic() - started < 90
+    # reproduction: the failed run's dataset kept executing in Ray Data's thread (and our pump's) after the error
+    left = [thread.name for thread in threading.enumerate() if thread.name.startswith(("StreamingExecutor-", "mediflow-ray-results"))]
+    assert not left, left
 
 
 def test_an_actor_that_does_not_see_the_drivers_output_folder_refuses(tmp_path) -> None:

@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import random
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -76,6 +77,9 @@ class Engine:
         #: A Ray actor's engine: read ``cache_path`` read-only and append answers to this actor's own
         #: segment, written in groups (:class:`~mediflow.engine.cache.SharedCache`); see :meth:`flush`.
         self.shared_cache = shared_cache
+        #: Awaited after each flush that wrote answers, before they are handed over: a Ray actor reports its totals
+        #: there, so the counts of an actor that dies include every answer it had on disk (``ActorSession.opened``).
+        self.after_flush: Callable[[], Awaitable[None]] | None = None
         self.stats = EngineStats()
         self.limit = AdaptiveLimit(
             min(self.config.concurrency, teacher.max_concurrency or self.config.concurrency),
@@ -121,6 +125,8 @@ class Engine:
                 bucket.release()
         if self._cache is not None:
             await self._cache.flush()
+            if self.after_flush is not None:
+                await self.after_flush()
             self._cache.close()
             self._cache = None
 
@@ -137,6 +143,8 @@ class Engine:
         """Make every answer received so far durable (a shared cache writes its queue; a local one has nothing queued)."""
         if self._cache is not None:
             await self._cache.flush()
+            if self.after_flush is not None:
+                await self.after_flush()
 
     @property
     def stopped(self) -> bool:

@@ -1,6 +1,6 @@
 """The run's coordinator actor: the limits every engine actor draws from, and the actors' running totals.
 
-One per Ray run, started by the driver on the head node (it needs no CPU):
+One per Ray run, started by the driver on its own node (it needs no CPU):
 
 - **Limits**: it holds the run's rpm and tpm buckets (one pair per teacher) at the whole configured
   limit, or the one the server reports. Each actor's engine takes chunks of a tenth of a second
@@ -18,9 +18,6 @@ import asyncio
 from typing import Any
 
 from mediflow.engine.limits import TokenBucket
-
-#: The resource Ray gives the head node only.
-HEAD_RESOURCE = "node:__internal_head__"
 
 
 class Coordinator:
@@ -87,17 +84,15 @@ class CoordinatorLimits:
 
 
 def start_coordinator() -> Any:
-    """The coordinator actor of a run, on the head node (no CPU reserved: it only waits).
+    """The coordinator actor of a run, pinned to the driver's node (hard affinity; no CPU reserved: it only waits).
 
-    The head, not the driver's node: a driver attached to a worker's raylet (several nodes on one
-    address, as in ``ray.cluster_utils``) would put it on a node the run may lose, and the run would
-    lose its limits and totals with it. Without a head in sight, the driver's node.
+    The driver's node is the one node whose loss ends the run anyway (the driver goes with it), so the
+    coordinator adds no node the run cannot lose. Soft affinity (to the head) was not enough: Ray may
+    place a soft-pinned actor on any node, and a run that lost that node lost its limits and totals.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]  # Ray's own signature is untyped
-    heads = [node["NodeID"] for node in nodes if node.get("Alive") and HEAD_RESOURCE in node.get("Resources", {})]
-    where = NodeAffinitySchedulingStrategy(heads[0] if heads else ray.get_runtime_context().get_node_id(), soft=True)
+    where = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     actor = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1000, scheduling_strategy=where)
     return actor.remote()

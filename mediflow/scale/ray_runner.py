@@ -122,7 +122,11 @@ class ActorSession:
         self.context = context
         self.id = uuid.uuid4().hex
         self.engines: list[Engine] = []
+        self.worker: Worker | None = None  # once the work is open: its totals are what the actor reports
         self._shared_limits = CoordinatorLimits(context.coordinator)
+        self._reporting: asyncio.Lock | None = None
+        self._report_waiting = False  # a report_soon waits for the one on its way
+        self._reports: set[asyncio.Future[None]] = set()
 
     def check_folder(self) -> None:
         """Refuse to work on a node that does not see the driver's output folder (its marker) at the same path."""
@@ -143,17 +147,43 @@ class ActorSession:
         return self._shared_limits
 
     def opened(self, engine: Engine) -> None:
-        """An engine this actor opened (:func:`~mediflow.steps.open_engine` with ``share=``): flushed before results go back."""
+        """An engine this actor opened (:func:`~mediflow.steps.open_engine` with ``share=``): flushed before results go
+        back, and its totals reported as soon as its answers are on disk (``Engine.after_flush``)."""
         self.engines.append(engine)
+        engine.after_flush = self.report_soon
 
     async def flush(self) -> None:
         """Every answer this actor received, on disk."""
         for engine in self.engines:
             await engine.flush()
 
-    async def report(self, worker: Worker) -> None:
-        """This actor's totals to the coordinator (awaited: a call nobody awaits may never leave an actor about to return)."""
-        await self.context.coordinator.report.remote(self.id, worker.stats())
+    async def report(self) -> None:
+        """This actor's totals to the coordinator now, read when the report leaves (awaited: a call nobody awaits may
+        never leave an actor about to return)."""
+        if self.worker is None:
+            return
+        if self._reporting is None:
+            self._reporting = asyncio.Lock()
+        async with self._reporting:
+            self._report_waiting = False  # this report covers whatever asked for one until now
+            await self.context.coordinator.report.remote(self.id, self.worker.stats())
+
+    async def report_soon(self) -> None:
+        """A report on its way without holding anyone up (``Engine.after_flush``: answers just written). At most one waits
+        behind the one being sent, and it reads the totals when it leaves: answers written together cost one report, and
+        what an actor had on disk is counted a round trip later, whether or not it dies."""
+        if self._report_waiting or self.worker is None:
+            return
+        self._report_waiting = True
+        task = asyncio.ensure_future(self._report_or_warn())
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _report_or_warn(self) -> None:
+        try:
+            await self.report()
+        except Exception as exc:  # the batch's own report raises what matters; this one only runs ahead of it
+            logger.warning("engine: ray: an actor's report did not reach the coordinator: %s", exc)
 
 
 def check_ray(config: RayConfig) -> None:
@@ -280,6 +310,7 @@ class _EngineActor:
             if self._worker is None:
                 self._session.check_folder()
                 self._worker = await self._stack.enter_async_context(self._work.open(self._session))
+                self._session.worker = self._worker
                 self._reporter = asyncio.get_running_loop().create_task(self._report_every(REPORT_EVERY_S))
         return self._worker
 
@@ -292,9 +323,8 @@ class _EngineActor:
                 logger.warning("engine: ray: cannot write the answer segment yet: %s", exc)
 
     async def _flush_and_report(self) -> None:
-        assert self._worker is not None
         await self._session.flush()
-        await self._session.report(self._worker)
+        await self._session.report()
 
     async def __call__(self, batch: dict[str, np.ndarray] | pa.Table) -> dict[str, Any]:
         worker = await self._open()
@@ -326,9 +356,26 @@ class RecordFiles:
         return cls(tuple(Path(os.path.abspath(file)) for file in data.files), wanted, data.num_rows)
 
     def dataset(self, blocks: int) -> Any:
+        """The files as one dataset, read by tasks that reserve no CPU.
+
+        Ray Data gives every map task a whole CPU unless told otherwise, and the actors' fractions
+        (``ray.num_cpus``) can leave no node one whole free CPU (3 actors x 0.5 on 2 CPUs; 2 actors
+        over two 1-CPU nodes): a read task that waits for one never runs and the run hangs with its
+        actors idle. So the reads ask for no CPU. Ray >= 2.5x's DataSourceV2 read path adds a
+        ``ListFiles`` task whose CPU nobody can set (``ray_remote_args`` reaches only ``ReadFiles``):
+        the read goes through the file-based path, which the read's ``num_cpus`` reaches.
+        """
         import ray.data
 
-        return ray.data.read_parquet([str(file) for file in self.files], columns=list(self.columns), override_num_blocks=blocks)
+        context = ray.data.DataContext.get_current()
+        v2 = getattr(context, "use_datasource_v2", None)  # read when read_parquet plans the read; older Rays lack it
+        if v2 is not None:
+            context.use_datasource_v2 = False
+        try:
+            return ray.data.read_parquet([str(file) for file in self.files], columns=list(self.columns), override_num_blocks=blocks, num_cpus=0)
+        finally:
+            if v2 is not None:
+                context.use_datasource_v2 = v2
 
 
 @dataclass(frozen=True)
@@ -364,6 +411,7 @@ class RayRun:
         self.folder = Path(os.path.abspath(folder))
         self.cache = Path(os.path.abspath(cache))
         self._reports: dict[str, dict[str, Any]] = {}
+        self._dataset_id: str | None = None  # the mapped dataset's, once it is built
 
     @property
     def total(self) -> int:
@@ -416,6 +464,7 @@ class RayRun:
             compute=ray.data.ActorPoolStrategy(size=self.config.actors),
             num_cpus=self.config.num_cpus,
         )
+        self._dataset_id = mapped.get_dataset_id()
         position = 0
         for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):
             indexes = batch["index"] if "index" in batch else range(position, position + len(batch["result"]))
@@ -426,19 +475,44 @@ class RayRun:
     def _watched(self, results: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
         """``results``, iterated in a thread while this one watches the cluster: a cluster where no node could hold an
         actor (at the start, or after losing its nodes) is an error after ``ray.resource_timeout`` s (with a warning at
-        once), not a silent wait."""
+        once), not a silent wait. However the run ends early (that error, an actor's, the consumer gone), the dataset's
+        executor is shut down and the thread ends before this returns: nothing keeps scheduling Ray tasks behind it."""
         items: queue.Queue[Any] = queue.Queue(maxsize=2 * BATCHES_PER_ACTOR * max(1, self.config.batch_size))
         done = object()
+        stop = threading.Event()
+
+        def hand(item: Any) -> None:
+            while not stop.is_set():
+                try:
+                    items.put(item, timeout=0.5)
+                    return
+                except queue.Full:
+                    continue
 
         def pump() -> None:
             try:
                 for item in results:
-                    items.put(item)
-                items.put(done)
+                    hand(item)
+                    if stop.is_set():
+                        return
+                hand(done)
             except BaseException as exc:  # handed to the consumer, which raises it
-                items.put(exc)
+                hand(exc)
 
-        threading.Thread(target=pump, name="mediflow-ray-results", daemon=True).start()
+        thread = threading.Thread(target=pump, name="mediflow-ray-results", daemon=True)
+        thread.start()
+        finished = False
+        try:
+            yield from self._consumed(items, done)
+            finished = True
+        finally:
+            stop.set()
+            if not finished:
+                self._stop_execution()
+            thread.join(timeout=30)
+
+    def _consumed(self, items: queue.Queue[Any], done: object) -> Iterator[tuple[int, Any]]:
+        """The pump's items until ``done``; its exception raised; the no-room watch while nothing comes."""
         starved_since: float | None = None
         while True:
             try:
@@ -459,6 +533,21 @@ class RayRun:
             if isinstance(item, BaseException):
                 raise _user_error(item) from None
             yield item
+
+    def _stop_execution(self) -> None:
+        """Shut down the executor of the run's dataset (Ray Data runs it in a thread named after the dataset), so a run
+        that ends early leaves no thread scheduling its tasks: its pending reads and actors are cancelled, and the
+        iteration that waited on them ends."""
+        if self._dataset_id is None:
+            return
+        prefix = f"StreamingExecutor-{self._dataset_id.rpartition('_')[0]}_"  # the id ends with the execution's index
+        for thread in threading.enumerate():
+            shutdown = getattr(thread, "shutdown", None)
+            if thread.name.startswith(prefix) and callable(shutdown):
+                try:
+                    shutdown(force=True)
+                except Exception as exc:  # the run's own error is the one to show
+                    logger.warning("engine: ray: could not stop the dataset's executor: %s", exc)
 
     @property
     def teacher_capabilities(self) -> list[dict[str, Any]]:
