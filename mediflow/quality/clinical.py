@@ -18,8 +18,11 @@ compared, so ``pt`` and ``patient``, ``w/`` and ``with``, ``%`` and ``percent`` 
 Facts are compared as multisets, so sentence order never matters, and a negation is compared with
 what it negates inside its own sentence. Numbers and codes must agree exactly by default (a typo in
 a value is another value; ``values: lenient`` excuses one edit in a value); a distinguishing word
-misspelled (one edit or transposition per five letters, words of four letters or more), split in
-two or run into the next word is excused, and so is one dropped word when nothing replaces it.
+misspelled (one edit or transposition per four letters, words of four letters or more), garbled
+into a word that states nothing (one edit per three letters, or the same sound), split in two or
+run into the next word is excused where it stood (a shared neighbour), and so is one dropped word
+when nothing replaces it. A misspelling that writes another fact word ("mg" as "g", "she" as "he")
+is read as that fact: only meaning could tell it from a sibling.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import jellyfish
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -144,6 +148,16 @@ class Facts:
     negations: tuple[tuple[str, str, str], ...]  # per negation cue: the cue, and the next two words of its sentence it may negate
     distinguishing: frozenset[str]  # the words that have a (section, class) in the lexicon
     key: tuple[object, ...]  # the classes stated (values as written), sexes and negations: equal keys, equal facts
+    order: tuple[str, ...] = ()  # the words in the order written: where a word stands (its neighbours), for :func:`_garbled`
+
+    def neighbours(self, word: str) -> set[str]:
+        """The words written right before and right after each occurrence of ``word``."""
+        around: set[str] = set()
+        for index, found in enumerate(self.order):
+            if found == word:
+                around.update(self.order[max(0, index - 1) : index])
+                around.update(self.order[index + 1 : index + 2])
+        return around
 
 
 def facts(words: list[str], sentence_end: list[bool], lexicon: Lexicon, cues: list[int] | None = None) -> Facts:
@@ -170,7 +184,7 @@ def facts(words: list[str], sentence_end: list[bool], lexicon: Lexicon, cues: li
         cues = [index for index, word in enumerate(words) if word in lexicon.negation_cues] if not lexicon.negation_cues.isdisjoint(present) else []
     negated = tuple(sorted((words[index], *_negated(words, sentence_end, index)) for index in cues))
     frozen_sexes = frozenset(sexes)
-    return Facts(counted, frozen_sexes, negated, present, (frozenset(stated.items()), frozen_sexes, negated))
+    return Facts(counted, frozen_sexes, negated, present, (frozenset(stated.items()), frozen_sexes, negated), tuple(words))
 
 
 def text_facts(text: str, lexicon: Lexicon) -> Facts:
@@ -222,6 +236,69 @@ def _typo_of(word: str, other: str, next_word: str = "") -> bool:
     """Whether ``other`` (followed by ``next_word``) writes ``word``: the same, misspelled, or split in two ("in vasion")."""
     limit = 0 if _DIGIT.search(word) or _DIGIT.search(other) else _typo_limit(word, other)
     return word == other or (limit > 0 and OSA.distance(word, other, score_cutoff=limit) <= limit) or (bool(next_word) and word == other + next_word)
+
+
+def _garbled(word: str, others: Iterable[str], lexicon: Lexicon, mine: Facts | None = None, theirs: Facts | None = None) -> bool:
+    """Whether one of ``others`` that states nothing (no lexicon word, no digit) is ``word`` garbled beyond a typo, where it stood.
+
+    Human misspellings go further than one edit per four letters ("woman"/"wonem", "year"/"yers",
+    "daily"/"daylie", "left"/"lelf"), and a keyboard slip in a two-letter word ("no"/"nk") is a
+    typo too. A word that is no fact of its own, standing where a fact word stood and written
+    close to it, can only be that word garbled: a sibling replaces a fact with another fact of the
+    lexicon ("left"/"right", "mg"/"g", "no"/"not" all have a class), and those never pass here.
+    Close is one edit per three letters of the longer word, rounded up (one for two- and
+    three-letter words), or the same Metaphone or NYSIIS code (how the word sounds, from
+    jellyfish) of two letters or more and three or more. Where it stood: with the texts' facts
+    given, the garbled word must share a neighbour with the word (the word before or after it), so
+    an everyday word elsewhere in the note ("to", "on" for "no") or a piece of a split word never
+    stands in for a fact.
+    """
+    if len(word) < 2 or _DIGIT.search(word):
+        return False
+    shortest = 1 if mine is not None and len(word) == 2 else 2  # "no" -> "n": a letter dropped, only where "no" stood
+    close = [other for other in others if len(other) >= shortest and not _DIGIT.search(other) and lexicon.item(other) is None and _written_close(word, other)]
+    if mine is None or theirs is None:
+        return bool(close)
+    around = mine.neighbours(word)
+    return any(not around.isdisjoint(theirs.neighbours(other)) for other in close) or _split_with_typo(word, others, theirs)
+
+
+def _where_it_stood(word: str, others: Counter[str], mine: Facts, theirs: Facts) -> list[str]:
+    """The words of ``others`` that share a neighbour with ``word`` (the word before or after it): only a word written where
+    ``word`` stood can be it misspelled ("right lower lobe" / "rihgt lower lobe"; not "on night air" elsewhere in the note)."""
+    around = mine.neighbours(word)
+    return [other for other in others if not around.isdisjoint(theirs.neighbours(other))]
+
+
+def _split_with_typo(word: str, others: Iterable[str], theirs: Facts) -> bool:
+    """Whether the other text writes ``word`` cut in two where a letter was lost or replaced by a space or a symbol
+    ("hemoptysis" / "hemo tysis", "placed" / "p aced", "woman" / "w man"): two neighbouring words, one of them the
+    other text's own, joined within the typo limit (words of four letters or more, no digits)."""
+    if len(word) < _MIN_TYPO_WORD:
+        return False
+    own = set(others)
+    order = theirs.order
+    for first, second in zip(order, order[1:]):
+        if (first in own or second in own) and not _DIGIT.search(first + second):
+            joined = first + second
+            limit = _typo_limit(word, joined)
+            if limit and OSA.distance(word, joined, score_cutoff=limit) <= limit:
+                return True
+    return False
+
+
+@lru_cache(maxsize=1 << 16)
+def _written_close(word: str, other: str) -> bool:
+    limit = -(-max(len(word), len(other)) // 3)
+    if OSA.distance(word, other, score_cutoff=limit) <= limit:
+        return True
+    if min(len(word), len(other)) < _MIN_TYPO_WORD:
+        return False
+    sound = jellyfish.metaphone(word)
+    if len(sound) >= 2 and sound == jellyfish.metaphone(other):
+        return True
+    spelled = jellyfish.nysiis(word)
+    return len(spelled) >= 3 and spelled == jellyfish.nysiis(other)
 
 
 def _inflection(first: str, second: str) -> bool:
@@ -314,11 +391,11 @@ def agree(a: Facts, b: Facts, lexicon: Lexicon, lenient_values: bool = False) ->
                 if item != _VALUE and their_classes[item] > 0:
                     their_classes[item] -= 1
                     continue
-                if _misspelling(word, theirs, lexicon, lenient_values) or _split_or_merged(word, mine, theirs, lexicon.forms):
+                if _misspelling(word, _where_it_stood(word, theirs, my_facts, their_facts), lexicon, lenient_values) or _split_or_merged(word, mine, theirs, lexicon.forms) or _garbled(word, theirs, lexicon, my_facts, their_facts):
                     misspelled.add(word)
                     continue
                 unexplained[side].append(item)
-    return _rewording_allowed(unexplained, a_only, b_only, lexicon) and _same_negations(a, b, misspelled)
+    return _rewording_allowed(unexplained, a_only, b_only, lexicon) and _same_negations(a, b, misspelled, lexicon)
 
 
 def _rewording_allowed(unexplained: dict[str, list[tuple[str, str]]], a_only: Counter[str], b_only: Counter[str], lexicon: Lexicon) -> bool:
@@ -336,7 +413,7 @@ def _rewording_allowed(unexplained: dict[str, list[tuple[str, str]]], a_only: Co
     return not any(_content_word(word, lexicon) and not _misspelling(word, mine, lexicon, False) and not _split_or_merged(word, replaced_by, mine, lexicon.forms) for word in replaced_by)  # nothing else stands in its place
 
 
-def _same_negations(a: Facts, b: Facts, misspelled: set[str]) -> bool:
+def _same_negations(a: Facts, b: Facts, misspelled: set[str], lexicon: Lexicon) -> bool:
     """Each negation negates the same thing in both texts, misspelled, split or not; a first negated word dropped from one
     text may be skipped. A negation whose cue the other text writes misspelled (``misspelled``, excused word by word by
     :func:`agree`) is not read there as a negation, so it has nothing to be compared with."""
@@ -351,6 +428,8 @@ def _same_negations(a: Facts, b: Facts, misspelled: set[str]) -> bool:
             if (
                 _typo_of(first, other_first, other_second)
                 or _typo_of(other_first, first, second)
+                or _garbled(first, (other_first,), lexicon)
+                or _garbled(other_first, (first,), lexicon)
                 or first in misspelled
                 or other_first in misspelled
                 or (first not in b.words and (second == other_first or (bool(second) and _typo_of(second, other_first, other_second))))
