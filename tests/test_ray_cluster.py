@@ -219,7 +219,8 @@ _TOKEN_HEAD = textwrap.dedent(
 def test_a_cluster_that_wants_an_auth_token_is_one_line_naming_it_and_writes_nothing(tmp_path) -> None:
     """Reproduction: a missing Ray auth token ended after 30 s as "Failed to connect", with a failed folder left behind."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_AUTH")}
-    head = subprocess.Popen([sys.executable, "-c", _TOKEN_HEAD, f"/tmp/mediflow-token-{os.getpid()}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    temp = f"/tmp/mediflow-token-{os.getpid()}"  # Ray's socket paths must stay short
+    head = subprocess.Popen([sys.executable, "-c", _TOKEN_HEAD, temp], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     try:
         address = head.stdout.readline().strip()
         assert address, "the token cluster did not start"
@@ -233,6 +234,7 @@ def test_a_cluster_that_wants_an_auth_token_is_one_line_naming_it_and_writes_not
         took = time.monotonic() - started
     finally:
         head.communicate("\n", timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
     assert "auth token" in lines[0] and "RAY_AUTH_TOKEN" in lines[0] and "Traceback" not in done.stderr
