@@ -151,7 +151,8 @@ class Facts:
     order: tuple[str, ...] = ()  # the words in the order written: where a word stands (its neighbours), for :func:`_garbled`
 
     def neighbours(self, word: str) -> set[str]:
-        """The words written right before and right after each occurrence of ``word``."""
+        """The words written right before and right after each occurrence of ``word`` (read on demand: only the few
+        words two candidates do not share ask, and an index per text would cost memory for every text of a batch)."""
         around: set[str] = set()
         for index, found in enumerate(self.order):
             if found == word:
@@ -238,8 +239,9 @@ def _typo_of(word: str, other: str, next_word: str = "") -> bool:
     return word == other or (limit > 0 and OSA.distance(word, other, score_cutoff=limit) <= limit) or (bool(next_word) and word == other + next_word)
 
 
-def _garbled(word: str, others: Iterable[str], lexicon: Lexicon, mine: Facts | None = None, theirs: Facts | None = None) -> bool:
-    """Whether one of ``others`` that states nothing (no lexicon word, no digit) is ``word`` garbled beyond a typo, where it stood.
+def _garbled(word: str, others: Iterable[str], lexicon: Lexicon, shortest: int = 2) -> bool:
+    """Whether one of ``others`` (words that stand where ``word`` stood) that states nothing (no lexicon word, no digit)
+    is ``word`` garbled beyond a typo.
 
     Human misspellings go further than one edit per four letters ("woman"/"wonem", "year"/"yers",
     "daily"/"daylie", "left"/"lelf"), and a keyboard slip in a two-letter word ("no"/"nk") is a
@@ -248,19 +250,14 @@ def _garbled(word: str, others: Iterable[str], lexicon: Lexicon, mine: Facts | N
     lexicon ("left"/"right", "mg"/"g", "no"/"not" all have a class), and those never pass here.
     Close is one edit per three letters of the longer word, rounded up (one for two- and
     three-letter words), or the same Metaphone or NYSIIS code (how the word sounds, from
-    jellyfish) of two letters or more and three or more. Where it stood: with the texts' facts
-    given, the garbled word must share a neighbour with the word (the word before or after it), so
-    an everyday word elsewhere in the note ("to", "on" for "no") or a piece of a split word never
-    stands in for a fact.
+    jellyfish) of two letters or more and three or more. The caller makes sure the words stood
+    where ``word`` stood (:func:`_where_it_stood`; a negated word: right after its cue), so an
+    everyday word elsewhere in the note ("to", "on" for "no") never stands in for a fact; such a
+    word may then be a single letter (``shortest=1``: "no" -> "n", a letter dropped).
     """
     if len(word) < 2 or _DIGIT.search(word):
         return False
-    shortest = 1 if mine is not None and len(word) == 2 else 2  # "no" -> "n": a letter dropped, only where "no" stood
-    close = [other for other in others if len(other) >= shortest and not _DIGIT.search(other) and lexicon.item(other) is None and _written_close(word, other)]
-    if mine is None or theirs is None:
-        return bool(close)
-    around = mine.neighbours(word)
-    return any(not around.isdisjoint(theirs.neighbours(other)) for other in close) or _split_with_typo(word, others, theirs)
+    return any(len(other) >= shortest and not _DIGIT.search(other) and lexicon.item(other) is None and _written_close(word, other) for other in others)
 
 
 def _where_it_stood(word: str, others: Counter[str], mine: Facts, theirs: Facts) -> list[str]:
@@ -274,7 +271,7 @@ def _split_with_typo(word: str, others: Iterable[str], theirs: Facts) -> bool:
     """Whether the other text writes ``word`` cut in two where a letter was lost or replaced by a space or a symbol
     ("hemoptysis" / "hemo tysis", "placed" / "p aced", "woman" / "w man"): two neighbouring words, one of them the
     other text's own, joined within the typo limit (words of four letters or more, no digits)."""
-    if len(word) < _MIN_TYPO_WORD:
+    if len(word) < _MIN_TYPO_WORD or _DIGIT.search(word):
         return False
     own = set(others)
     order = theirs.order
@@ -391,7 +388,8 @@ def agree(a: Facts, b: Facts, lexicon: Lexicon, lenient_values: bool = False) ->
                 if item != _VALUE and their_classes[item] > 0:
                     their_classes[item] -= 1
                     continue
-                if _misspelling(word, _where_it_stood(word, theirs, my_facts, their_facts), lexicon, lenient_values) or _split_or_merged(word, mine, theirs, lexicon.forms) or _garbled(word, theirs, lexicon, my_facts, their_facts):
+                stood = _where_it_stood(word, theirs, my_facts, their_facts)
+                if _misspelling(word, stood, lexicon, lenient_values) or _split_or_merged(word, mine, theirs, lexicon.forms) or _garbled(word, stood, lexicon, shortest=1) or _split_with_typo(word, theirs, their_facts):
                     misspelled.add(word)
                     continue
                 unexplained[side].append(item)
